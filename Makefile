@@ -1,0 +1,32 @@
+# Two commands for a fresh machine with Python 3.11+ and make:
+#   make demo   set up .venv, then run the main job on data/sample/
+#   make test   set up .venv with the test tools, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test bench clean
+
+demo: $(VENV)/.installed
+	$(BIN)/toolkit demo --db $(or $(TOOLKIT_DB),var/demo.duckdb)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e '.[notebooks]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e '.[notebooks,test]'
+	touch $@ $(VENV)/.installed
+
+clean:
+	rm -rf $(VENV) var

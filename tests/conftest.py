@@ -1,0 +1,46 @@
+import gzip
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from toolkit.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample"
+NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
+T0 = 1_790_000_000          # 2026-09-21, seconds
+
+
+@pytest.fixture
+def store():
+    with Store(":memory:") as s:
+        yield s
+
+
+@pytest.fixture
+def file_store(tmp_path):
+    with Store(tmp_path / "store.duckdb") as s:
+        yield s
+
+
+def event(name="Page View", distinct_id="u1", time=T0, insert_id=None, **props):
+    properties = {"time": time, "distinct_id": distinct_id, **props}
+    if insert_id is not None:
+        properties["$insert_id"] = insert_id
+    return {"event": name, "properties": properties}
+
+
+def write_lines(path: Path, records, *, compress=False) -> Path:
+    text = "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records)
+    if compress:
+        with gzip.open(path, "wt", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def rows(store, sql, params=None):
+    return store.con.execute(sql, params or []).fetchall()

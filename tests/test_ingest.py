@@ -1,0 +1,298 @@
+"""Loading events: formats, validation and quarantine, dedup, manifest, atomicity."""
+
+import json
+import threading
+
+import duckdb
+import pandas as pd
+import pytest
+
+from conftest import NOW, T0, event, rows, write_lines
+from toolkit import ingest
+from toolkit.errors import LoadError
+
+
+def load(store, *paths, **kw):
+    return ingest.load(store, [str(p) for p in paths], now=NOW, **kw)
+
+
+def quarantine(store):
+    return rows(store, "SELECT line, reason FROM quarantine ORDER BY file_id, line")
+
+
+# -- formats -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_jsonl_plain_and_gzip(store, tmp_path, compress):
+    name = "e.jsonl.gz" if compress else "e.jsonl"
+    path = write_lines(tmp_path / name, [event("A", "u1"), event("B", "u2", plan="pro")], compress=compress)
+    summary = load(store, path)
+    assert summary.to_dict()["events"] == 2
+    assert rows(store, "SELECT event, distinct_id, properties->>'$.plan' FROM events ORDER BY event") == [
+        ("A", "u1", None), ("B", "u2", "pro")]
+
+
+def test_json_array(store, tmp_path):
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps([event("A"), event("B", "u2")]))
+    assert load(store, path).to_dict()["events"] == 2
+
+
+def test_csv_flat_columns_become_properties(store, tmp_path):
+    path = tmp_path / "e.csv"
+    path.write_text("event,distinct_id,time,$insert_id,plan,amount\n"
+                    f"Purchase,u1,{T0},abc-1,pro,9.5\nPurchase,u2,{T0},abc-2,free,1\n")
+    load(store, path)
+    assert rows(store, "SELECT distinct_id, insert_id, properties->>'$.plan', (properties->'$.amount')::DOUBLE "
+                       "FROM events ORDER BY 1") == [("u1", "abc-1", "pro", 9.5), ("u2", "abc-2", "free", 1.0)]
+
+
+def test_parquet_with_struct_properties(store, tmp_path):
+    path = tmp_path / "e.parquet"
+    duckdb.sql(f"""COPY (SELECT 'Sign Up' AS event,
+                   {{'time': {T0}, 'distinct_id': 'u1', 'plan': 'pro'}} AS properties)
+                   TO '{path}' (FORMAT parquet)""")
+    load(store, path)
+    assert rows(store, "SELECT event, distinct_id, properties->>'$.plan' FROM events") == [("Sign Up", "u1", "pro")]
+
+
+def test_time_in_seconds_or_milliseconds(store, tmp_path):
+    path = write_lines(tmp_path / "e.jsonl", [event("s", time=T0), event("ms", time=T0 * 1000 + 250),
+                                              event("frac", time=T0 + 0.5)])
+    load(store, path)
+    got = dict(rows(store, "SELECT event, epoch_ms(time) FROM events"))
+    assert got == {"s": T0 * 1000, "ms": T0 * 1000 + 250, "frac": T0 * 1000 + 500}
+
+
+def test_properties_stay_queryable_with_nesting_and_unicode(store, tmp_path):
+    path = write_lines(tmp_path / "e.jsonl", [event("Kauf", "ü-ß/\"'x", city="Zürich 🏔", tags=["a", "b"],
+                                                    nested={"k": {"v": 1}}, big=123456789012345678901234567890)])
+    load(store, path)
+    got = rows(store, """SELECT distinct_id, properties->>'$.city', properties->>'$.tags[1]',
+                                properties->>'$.nested.k.v', properties->>'$.big' FROM events""")
+    assert got == [("ü-ß/\"'x", "Zürich 🏔", "b", "1", "123456789012345678901234567890")]
+
+
+def test_empty_files_load_nothing(store, tmp_path):
+    for name in ("a.jsonl", "b.json", "c.jsonl.gz"):
+        write_lines(tmp_path / name, [], compress=name.endswith(".gz"))
+    (tmp_path / "b.json").write_text("[]")
+    summary = load(store, tmp_path)
+    assert [f.status for f in summary.files] == ["loaded"] * 3
+    assert rows(store, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_very_long_strings(store, tmp_path):
+    long = "x" * 3_000_000
+    path = write_lines(tmp_path / "e.jsonl", [event("A", blob=long)])
+    load(store, path)
+    assert rows(store, "SELECT length(properties->>'$.blob') FROM events") == [(3_000_000,)]
+
+
+# -- validation --------------------------------------------------------------------------------
+
+BAD = [
+    ("{not json", "malformed JSON"),
+    ('"a string"', "not a JSON object (got varchar)"),
+    ("[1, 2]", "not a JSON object (got array)"),
+    ({"properties": {"time": T0, "distinct_id": "u"}}, 'missing "event"'),
+    ({"event": "", "properties": {"time": T0, "distinct_id": "u"}}, "empty event name"),
+    ({"event": 5, "properties": {"time": T0, "distinct_id": "u"}}, '"event" must be a string, got ubigint'),
+    ({"event": "A"}, 'missing "properties"'),
+    ({"event": "A", "properties": [1]}, '"properties" must be an object, got array'),
+    ({"event": "A", "properties": {"time": T0}}, "missing distinct_id"),
+    ({"event": "A", "properties": {"time": T0, "distinct_id": None}}, "missing distinct_id"),
+    ({"event": "A", "properties": {"time": T0, "distinct_id": {"a": 1}}}, "distinct_id must be a string, got object"),
+    ({"event": "A", "properties": {"time": T0, "distinct_id": True}}, "distinct_id must be a string, got boolean"),
+    ({"event": "A", "properties": {"distinct_id": "u"}}, "missing time"),
+    ({"event": "A", "properties": {"time": "yesterday", "distinct_id": "u"}}, "time must be a number, got varchar"),
+    ({"event": "A", "properties": {"time": 1000, "distinct_id": "u"}}, "before 1971"),
+    ({"event": "A", "properties": {"time": 32503680000, "distinct_id": "u"}}, "in the future"),
+    ("{\"event\": \"A\", \"properties\": {\"time\": 1e400, \"distinct_id\": \"u\"}}", "out of range"),
+    ({"event": "A", "properties": {"time": T0, "distinct_id": "u", "$insert_id": "x" * 37}}, "bad $insert_id"),
+    ({"event": "A", "properties": {"time": T0, "distinct_id": "u", "$insert_id": "a b"}}, "bad $insert_id"),
+    ({"event": "A", "properties": {"time": T0, "distinct_id": "u", "$insert_id": 12}}, "bad $insert_id"),
+]
+
+
+@pytest.mark.parametrize("record,reason", BAD, ids=[r for _, r in BAD])
+def test_each_bad_row_is_quarantined_with_its_line_and_reason(store, tmp_path, record, reason):
+    path = write_lines(tmp_path / "e.jsonl", [event("ok1"), record, event("ok2")])
+    summary = load(store, path)
+    assert rows(store, "SELECT event FROM events ORDER BY event") == [("ok1",), ("ok2",)]
+    (line, got), = quarantine(store)
+    assert line == 2 and reason in got
+    assert summary.files[0].quarantined == 1 and summary.files[0].rows_loaded == 2
+
+
+@pytest.mark.parametrize("refused", ["null", "NULL", " undefined ", "0", "-1", "", "n/a", "<nil>",
+                                     "00000000-0000-0000-0000-000000000000", "anonymous"])
+def test_refused_distinct_ids(store, tmp_path, refused):
+    load(store, write_lines(tmp_path / "e.jsonl", [event("A", refused)]))
+    (_, reason), = quarantine(store)
+    assert "refused distinct_id" in reason
+
+
+def test_time_limit_is_relative_to_now(store, tmp_path):
+    now_ms = int(NOW.timestamp() * 1000)
+    path = write_lines(tmp_path / "e.jsonl", [event("in", time=now_ms + 3_599_000),
+                                              event("out", time=now_ms + 3_601_000)])
+    load(store, path)
+    assert rows(store, "SELECT event FROM events") == [("in",)]
+
+
+def test_line_numbers_count_blank_lines_and_bad_utf8(store, tmp_path):
+    path = tmp_path / "e.jsonl"
+    good = json.dumps(event("ok")).encode()
+    path.write_bytes(b"\n".join([good, b"", b'{"event": "A", "properties": {"x": "\xff\xfe"}}', b"   ",
+                                 json.dumps(event("")).encode(), good]) + b"\n")
+    load(store, path)
+    got = quarantine(store)
+    assert [line for line, _ in got] == [3, 5]
+    assert "unreadable line" in got[0][1] and "empty event name" in got[1][1]
+    assert rows(store, "SELECT count(*) FROM events") == [(2,)]
+
+
+def test_blank_lines_renumbered_on_the_fast_path(store, tmp_path):
+    path = write_lines(tmp_path / "e.jsonl", [event("ok"), "", "", event("A", "null")])
+    load(store, path)
+    assert [line for line, _ in quarantine(store)] == [4]
+
+
+def test_strict_refuses_the_whole_file_and_changes_nothing(store, tmp_path):
+    good = write_lines(tmp_path / "a.jsonl", [event("A")])
+    bad = write_lines(tmp_path / "b.jsonl", [event("B"), "{oops"])
+    load(store, good)
+    before = rows(store, "SELECT count(*) FROM events"), rows(store, "SELECT count(*) FROM loads")
+    with pytest.raises(LoadError, match=r"b.jsonl.*--strict.*line 2: malformed JSON"):
+        load(store, bad, strict=True)
+    assert (rows(store, "SELECT count(*) FROM events"), rows(store, "SELECT count(*) FROM loads")) == before
+    assert rows(store, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+def test_unparseable_array_is_refused_and_the_rest_still_loads(store, tmp_path):
+    (tmp_path / "a.json").write_text('[{"event": "A", "properties": {')
+    write_lines(tmp_path / "b.jsonl", [event("B")])
+    summary = load(store, tmp_path)
+    refused, loaded = summary.files
+    assert refused.status == "refused" and "a.json" in refused.message
+    assert loaded.status == "loaded" and rows(store, "SELECT event FROM events") == [("B",)]
+
+
+# -- dedup ---------------------------------------------------------------------------------------
+
+def test_dedup_last_copy_wins_within_and_across_files(store, tmp_path):
+    a = write_lines(tmp_path / "a.jsonl", [event("A", insert_id="k1", v=1), event("A", insert_id="k1", v=2),
+                                           event("A", insert_id="k2", v=1)])
+    b = write_lines(tmp_path / "b.jsonl", [event("A", insert_id="k1", v=3)])
+    first = load(store, a)
+    assert first.files[0].duplicates == 1 and first.files[0].rows_loaded == 2
+    second = load(store, b)
+    assert second.files[0].duplicates == 1
+    assert sorted(rows(store, "SELECT insert_id, properties->>'$.v' FROM events")) == [("k1", "3"), ("k2", "1")]
+
+
+def test_dedup_key_is_event_distinct_id_time_and_insert_id(store, tmp_path):
+    path = write_lines(tmp_path / "a.jsonl", [
+        event("A", "u1", T0, "k"), event("B", "u1", T0, "k"), event("A", "u2", T0, "k"),
+        event("A", "u1", T0 + 1, "k"), event("A", "u1", T0 * 1000, "k")])   # the last one: same time in ms
+    summary = load(store, path)
+    assert summary.files[0].duplicates == 1 and rows(store, "SELECT count(*) FROM events") == [(4,)]
+
+
+def test_events_without_insert_id_are_never_deduplicated(store, tmp_path):
+    path = write_lines(tmp_path / "a.jsonl", [event("A"), event("A"), event("A")])
+    assert load(store, path).files[0].duplicates == 0
+    assert rows(store, "SELECT count(*) FROM events") == [(3,)]
+
+
+# -- manifest ------------------------------------------------------------------------------------
+
+def test_loading_twice_changes_nothing_even_under_another_name(store, tmp_path):
+    path = write_lines(tmp_path / "a.jsonl", [event("A", insert_id="k")])
+    load(store, path)
+    snapshot = rows(store, "SELECT * FROM events"), rows(store, "SELECT count(*) FROM loads")
+    (tmp_path / "copy.jsonl").write_bytes(path.read_bytes())
+    again = load(store, path, tmp_path / "copy.jsonl")
+    assert [f.status for f in again.files] == ["skipped", "skipped"]
+    assert "same content as" in again.files[1].message
+    assert (rows(store, "SELECT * FROM events"), rows(store, "SELECT count(*) FROM loads")) == snapshot
+
+
+def test_folder_load_reads_only_new_files(store, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    write_lines(landing / "1.jsonl", [event("A")])
+    assert load(store, landing).to_dict()["files_loaded"] == 1
+    write_lines(landing / "2.jsonl", [event("B")])
+    (landing / ".hidden.jsonl").write_text("{broken")
+    (landing / "notes.txt").write_text("ignored")
+    second = load(store, landing)
+    assert [(f.path.endswith("1.jsonl"), f.status) for f in second.files] == [(True, "skipped"), (False, "loaded")]
+    assert rows(store, "SELECT count(*) FROM events") == [(2,)]
+
+
+def test_missing_path_and_unknown_type_are_named(store, tmp_path):
+    with pytest.raises(LoadError, match="nope.jsonl: no such file"):
+        load(store, tmp_path / "nope.jsonl")
+    (tmp_path / "x.xml").write_text("<a/>")
+    summary = load(store, tmp_path / "x.xml")
+    assert summary.files[0].status == "refused" and "x.xml: unknown file type" in summary.files[0].message
+
+
+# -- atomicity -----------------------------------------------------------------------------------
+
+def test_interrupt_mid_load_rolls_back_that_file_only(file_store, tmp_path, monkeypatch):
+    a = write_lines(tmp_path / "a.jsonl", [event("A")])
+    b = write_lines(tmp_path / "b.jsonl", [event("B"), event("$identify", "u9", **{
+        "$identified_id": "u9", "$anon_id": "2f1b3c4d-1234-4abc-8def-0123456789ab"})])
+    load(file_store, a)
+    real = ingest.refresh_identity
+
+    def interrupted(con):
+        real(con)
+        raise KeyboardInterrupt   # after b's rows and links are written, before commit
+
+    monkeypatch.setattr(ingest, "refresh_identity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load(file_store, b)
+    assert rows(file_store, "SELECT event FROM events") == [("A",)]
+    assert rows(file_store, "SELECT count(*) FROM identity_links") == [(0,)]
+    assert rows(file_store, "SELECT count(*) FROM loads") == [(1,)]
+    monkeypatch.setattr(ingest, "refresh_identity", real)
+    assert load(file_store, b).files[0].status == "loaded"     # and the next run converges
+    assert rows(file_store, "SELECT count(*) FROM identity_map") == [(1,)]
+
+
+def test_concurrent_reader_never_sees_half_a_load(file_store, tmp_path):
+    n = 200_000
+    path = write_lines(tmp_path / "big.jsonl", (event("A", f"u{i % 1000}", T0 + i, f"k{i}") for i in range(n)))
+    seen, stop = set(), threading.Event()
+    reader = file_store.reader()
+
+    def poll():
+        while not stop.is_set():
+            seen.add(reader.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        load(file_store, path)
+    finally:
+        stop.set()
+        thread.join()
+    seen.add(reader.execute("SELECT count(*) FROM events").fetchone()[0])
+    assert seen <= {0, n} and n in seen
+
+
+def test_committed_events_never_carry_rejected_rows(store, tmp_path):
+    load(store, write_lines(tmp_path / "a.jsonl", [event("A"), "{bad", event("B", "null")]))
+    assert rows(store, "SELECT count(*) FROM events WHERE rejected IS NOT NULL OR event IS NULL "
+                       "OR distinct_id IS NULL OR time IS NULL") == [(0,)]
+
+
+def test_summary_counts(store, tmp_path):
+    write_lines(tmp_path / "a.jsonl", [event("A", insert_id="k"), event("A", insert_id="k"), "{bad"])
+    d = load(store, tmp_path).to_dict()
+    assert (d["events"], d["duplicates_dropped"], d["rows_quarantined"], d["files_loaded"]) == (1, 1, 1, 1)
+    assert isinstance(pd.DataFrame(d["files"]), pd.DataFrame)

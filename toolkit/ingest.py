@@ -1,0 +1,475 @@
+"""Loading Mixpanel exports into the store: one transaction per file, bad rows to the quarantine.
+
+For each file: skip it if its content was loaded before (manifest by SHA-256; an unchanged path,
+size and mtime skips without hashing); otherwise, in one transaction, read it with DuckDB, move
+refused rows to the quarantine with their line and reason, drop older copies of duplicate events
+(Mixpanel's key: event, distinct_id, time, $insert_id; the last copy loaded wins), apply profile
+snapshots and updates, record identity links, refresh the identity map and write the manifest row.
+Any failure or interrupt rolls the file back; the files before it stay loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from tqdm.auto import tqdm
+
+from toolkit import identity, profile_ops, readers, validation
+from toolkit.errors import LoadError
+from toolkit.sources import Source, content_hash, describe, discover
+from toolkit.store import Store
+
+_REJECTS = "_load_rejects"
+_KIND_ORDER = {"events": 0, "profiles": 1, "profile_updates": 2}   # identity first, then who it names
+
+
+@dataclass
+class FileResult:
+    path: str
+    kind: str
+    status: str                 # loaded | skipped | refused
+    rows_read: int = 0
+    rows_loaded: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class LoadSummary:
+    files: list[FileResult] = field(default_factory=list)
+
+    def total(self, name: str) -> int:
+        return sum(getattr(f, name) for f in self.files if f.status == "loaded")
+
+    @property
+    def refused(self) -> list[FileResult]:
+        return [f for f in self.files if f.status == "refused"]
+
+    def to_dict(self) -> dict:
+        loaded = [f for f in self.files if f.status == "loaded"]
+        return {
+            "files_loaded": len(loaded),
+            "files_skipped": sum(f.status == "skipped" for f in self.files),
+            "files_refused": len(self.refused),
+            "events": sum(f.rows_loaded for f in loaded if f.kind == "events"),
+            "profiles": sum(f.rows_loaded for f in loaded if f.kind == "profiles"),
+            "profile_updates": sum(f.rows_loaded for f in loaded if f.kind == "profile_updates"),
+            "duplicates_dropped": self.total("duplicates"),
+            "rows_quarantined": self.total("quarantined"),
+            "files": [asdict(f) for f in self.files],
+        }
+
+
+def load(store: Store, paths: Iterable[str | os.PathLike], *, strict: bool = False,
+         kind: str | None = None, now: datetime | None = None, progress: bool = False,
+         on_file: Callable[[FileResult], None] | None = None) -> LoadSummary:
+    """Load files and folders (only files not loaded before are read). Never raises for one bad file
+    unless ``strict``: a refused file is reported in the summary and the others still load."""
+    now = now or datetime.now(timezone.utc)
+    sources = []
+    summary = LoadSummary()
+    for path in discover(list(paths)):
+        try:
+            sources.append(describe(path, kind))
+        except LoadError as exc:
+            if strict:
+                raise
+            summary.files.append(FileResult(str(path), kind or "?", "refused", message=str(exc)))
+    sources.sort(key=lambda s: _KIND_ORDER[s.kind])   # stable: paths stay sorted within a kind
+    with tqdm(total=sum(s.size for s in sources), unit="B", unit_scale=True, desc="load",
+              disable=not progress or None) as bar:
+        for source in sources:
+            bar.set_postfix_str(source.path.name)
+            result = load_file(store, source, strict=strict, now=now)
+            summary.files.append(result)
+            bar.update(source.size)
+            if on_file:
+                on_file(result)
+    return summary
+
+
+def load_file(store: Store, source: Source, *, strict: bool = False, now: datetime) -> FileResult:
+    started = time.perf_counter()
+    result = FileResult(str(source.path), source.kind, "loaded")
+    seen = store.con.execute(
+        "SELECT path FROM loads WHERE path = ? AND size = ? AND mtime_ns = ?",
+        [str(source.path), source.size, source.mtime_ns]).fetchone()
+    digest = None if seen else content_hash(source.path)
+    if not seen:
+        seen = store.con.execute("SELECT path FROM loads WHERE sha256 = ?", [digest]).fetchone()
+    if seen:
+        result.status, result.message = "skipped", f"already loaded (same content as {seen[0]})"
+        return result
+    # Events try read_json first; if it refuses the file, the careful line-by-line reader retries.
+    attempts = (False, True) if source.kind == "events" and source.format in ("jsonl", "json") else (True,)
+    for careful in attempts:
+        result = FileResult(str(source.path), source.kind, "loaded")
+        try:
+            with store.transaction() as con:
+                _drop_scratch(con)
+                file_id = con.execute("SELECT nextval('file_ids')").fetchone()[0]
+                loader = {"events": _load_events, "profiles": _load_profiles,
+                          "profile_updates": _load_profile_updates}[source.kind]
+                loader(con, source, file_id, now, result, careful)
+                if strict and result.quarantined:
+                    raise LoadError(str(source.path), _strict_message(con, file_id, result.quarantined))
+                con.execute("INSERT INTO loads VALUES (?, ?, ?, ?, ?, ?, ?, ?::TIMESTAMP, ?, ?, ?, ?)", [
+                    file_id, str(source.path), digest, source.size, source.mtime_ns, source.kind,
+                    source.format, now.replace(tzinfo=None), result.rows_read, result.rows_loaded,
+                    result.duplicates, result.quarantined])
+            break
+        except duckdb.InvalidInputException as exc:
+            if careful:
+                result = _refused(source, f"cannot be read: {_first_line(exc)}", strict, exc)
+        except LoadError as exc:
+            if strict:
+                raise
+            result = FileResult(str(source.path), source.kind, "refused", message=str(exc))
+            break
+        except duckdb.Error as exc:
+            result = _refused(source, f"cannot be read: {_first_line(exc)}", strict, exc)
+            break
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _refused(source: Source, message: str, strict: bool, cause: Exception) -> FileResult:
+    error = LoadError(str(source.path), message)
+    if strict:
+        raise error from cause
+    return FileResult(str(source.path), source.kind, "refused", message=str(error))
+
+
+def _drop_scratch(con) -> None:
+    for table in (_REJECTS, f"{_REJECTS}_scan", f"{_REJECTS}_lines"):
+        con.execute(f"DROP TABLE IF EXISTS temp.{table}")
+
+
+# -- events ----------------------------------------------------------------------------------
+
+def _load_events(con, source: Source, file_id: int, now: datetime, result: FileResult,
+                 careful: bool) -> None:
+    params = {"path": str(source.path), "file_id": file_id, **validation.parameters(_ms(now))}
+    _insert_events(con, source, careful=careful, params=params)
+    if not careful and source.format == "jsonl":
+        _renumber_blank_lines(con, source, file_id)
+    kept, result.quarantined = _quarantine_rejected(con, source, file_id)
+    result.rows_read = kept + result.quarantined
+    result.duplicates = _drop_duplicates(con, file_id)
+    result.rows_loaded = con.execute("SELECT count(*) FROM events WHERE file_id = ?", [file_id]).fetchone()[0]
+    _record_event_links(con, file_id)
+    refresh_identity(con)
+
+
+def _insert_events(con, source: Source, *, careful: bool, params: dict) -> None:
+    if careful and source.format == "jsonl":
+        _sql(con, readers.stage_lines(_REJECTS), params)
+    fields = readers.event_fields(source, careful, _REJECTS)
+    paths = "['$.distinct_id', '$.time', '$.\"$insert_id\"', '$.\"$device_id\"', '$.\"$user_id\"']"
+    time_ms = validation.time_ms_expr("tm")
+    reason = validation.event_reason("ev", "props", "did", "time_ms", "tm", "iid")
+    reconstructed = ("'{\"event\":' || coalesce(ev::VARCHAR, 'null') || ',\"properties\":' "
+                     "|| coalesce(props::VARCHAR, 'null') || '}'")
+    kept = "reason IS NULL"
+    sql = f"""
+        INSERT INTO events (event, distinct_id, time, insert_id, properties, file_id, line, rejected,
+                            device_id, user_id)
+        WITH src AS ({fields}),
+        keyed AS (SELECT *, json_extract(props, {paths}) AS k FROM src),
+        named AS (SELECT record, raw, doc_error, ev, props, k[1] AS did, k[2] AS tm, k[3] AS iid,
+                         k[4] AS dev, k[5] AS uid FROM keyed),
+        timed AS (SELECT *, {time_ms} AS time_ms FROM named),
+        checked AS (SELECT *, coalesce(doc_error, {reason}) AS reason FROM timed)
+        SELECT CASE WHEN {kept} THEN ev ->> '$'
+                    ELSE left(coalesce(raw, {reconstructed}), {validation.QUARANTINED_RAW_CHARS}) END,
+               CASE WHEN {kept} THEN did ->> '$' END,
+               CASE WHEN {kept} THEN make_timestamp(CAST(round(time_ms) AS BIGINT) * 1000) END,
+               CASE WHEN {kept} THEN iid ->> '$' END,
+               CASE WHEN {kept} THEN props END,
+               $file_id, record, reason,
+               CASE WHEN {kept} AND json_type(dev) IN ('VARCHAR', 'BIGINT', 'UBIGINT') THEN dev ->> '$' END,
+               CASE WHEN {kept} AND json_type(uid) IN ('VARCHAR', 'BIGINT', 'UBIGINT') THEN uid ->> '$' END
+        FROM checked"""
+    _sql(con, sql, params)
+
+
+def _renumber_blank_lines(con, source: Source, file_id: int) -> None:
+    """read_json numbers records, skipping blank lines; rejected rows need the file's line numbers."""
+    if not con.execute("SELECT count(*) FROM events WHERE file_id = ? AND rejected IS NOT NULL",
+                       [file_id]).fetchone()[0]:
+        return
+    con.execute(readers.stage_lines(_REJECTS), {"path": str(source.path)})
+    con.execute(f"""
+        UPDATE events SET line = m.line
+        FROM (SELECT {readers.line_of('ordinality', _REJECTS)} AS line,
+                     row_number() OVER (ORDER BY ordinality) AS record
+              FROM {_REJECTS}_lines WHERE raw IS NOT NULL AND trim(raw) <> '') m
+        WHERE events.file_id = ? AND events.rejected IS NOT NULL AND events.line = m.record""", [file_id])
+
+
+def _quarantine_rejected(con, source: Source, file_id: int) -> tuple[int, int]:
+    """Move rejected rows (and undecodable lines) to the quarantine; returns (rows kept, quarantined)."""
+    path = str(source.path)
+    rejects = _rejected_line_rows(con)
+    con.execute("""INSERT INTO quarantine SELECT file_id, ?, line, rejected, event
+                   FROM events WHERE file_id = ? AND rejected IS NOT NULL""", [path, file_id])
+    if rejects:
+        con.execute(f"INSERT INTO quarantine SELECT ?, ?, record, reason, raw FROM ({rejects})",
+                    [file_id, path])
+    con.execute("DELETE FROM events WHERE file_id = ? AND rejected IS NOT NULL", [file_id])
+    kept, = con.execute("SELECT count(*) FROM events WHERE file_id = ?", [file_id]).fetchone()
+    return kept, _quarantined_count(con, file_id)
+
+
+def _rejected_line_rows(con) -> str | None:
+    exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND temporary",
+                         [_REJECTS]).fetchone()[0]
+    if not exists:
+        return None
+    return readers.rejected_lines(_REJECTS)
+
+
+def _drop_duplicates(con, file_id: int) -> int:
+    """Delete every copy but the last (latest file, then latest line) of events sharing the dedup key."""
+    key = "hash(event, distinct_id, time, insert_id)"
+    deleted = con.execute(f"""
+        DELETE FROM events WHERE rowid IN (
+            SELECT rowid FROM events
+            WHERE insert_id IS NOT NULL AND {key} IN (
+                SELECT {key} FROM events
+                WHERE insert_id IS NOT NULL AND {key} IN (
+                    SELECT {key} FROM events WHERE file_id = $file_id AND insert_id IS NOT NULL)
+                GROUP BY ALL HAVING count(*) > 1)
+            QUALIFY row_number() OVER (PARTITION BY event, distinct_id, time, insert_id
+                                       ORDER BY file_id DESC, line DESC) > 1)""",
+                          {"file_id": file_id}).fetchone()[0]
+    return deleted
+
+
+def _record_event_links(con, file_id: int) -> None:
+    con.execute("""
+        INSERT INTO identity_links (kind, source, target, time_ms, file_id, line)
+        SELECT * FROM (
+            SELECT 'identify' AS kind, properties ->> '$."$anon_id"' AS source,
+                   properties ->> '$."$identified_id"' AS target, epoch_ms(time), file_id, line
+            FROM events WHERE file_id = $f AND event = '$identify'
+            UNION ALL
+            SELECT 'alias', properties ->> '$.alias', distinct_id, epoch_ms(time), file_id, line
+            FROM events WHERE file_id = $f AND event = '$create_alias'
+            UNION ALL
+            SELECT 'merge', properties ->> '$."$distinct_ids"[1]', properties ->> '$."$distinct_ids"[0]',
+                   epoch_ms(time), file_id, line
+            FROM events WHERE file_id = $f AND event = '$merge'
+            UNION ALL   -- Simplified ID Merge: the first event carrying both ids links them
+            SELECT 'simplified', '$device:' || device_id, user_id, min(epoch_ms(time)), file_id,
+                   arg_min(line, epoch_ms(time))
+            FROM events WHERE file_id = $f AND device_id IS NOT NULL AND user_id IS NOT NULL
+            GROUP BY device_id, user_id, file_id
+        ) WHERE source IS NOT NULL AND target IS NOT NULL AND source <> target""", {"f": file_id})
+
+
+# -- identity --------------------------------------------------------------------------------
+
+def refresh_identity(con) -> None:
+    """Rebuild the identity map from every link (resolution depends on the order of all of them)."""
+    rows = con.execute("SELECT rowid, kind, source, target, time_ms, file_id, line FROM identity_links"
+                       ).fetchall()
+    links = [identity.Link(kind, source, target, (time_ms, file_id, line, rowid))
+             for rowid, kind, source, target, time_ms, file_id, line in rows]
+    resolution = identity.resolve(links)
+    con.execute("DELETE FROM identity_map")
+    if resolution.canonical:
+        frame = pd.DataFrame({"distinct_id": list(resolution.canonical),
+                              "canonical_id": list(resolution.canonical.values())})
+        con.execute("INSERT INTO identity_map SELECT distinct_id, canonical_id FROM frame")
+    con.execute("UPDATE identity_links SET refused = NULL WHERE refused IS NOT NULL")
+    if resolution.refused:
+        refused = pd.DataFrame({"rid": [r.link.order[-1] for r in resolution.refused],
+                                "reason": [r.reason for r in resolution.refused]})
+        con.execute("UPDATE identity_links SET refused = r.reason FROM refused r "
+                    "WHERE identity_links.rowid = r.rid")
+
+
+# -- profiles --------------------------------------------------------------------------------
+
+def _profile_records(con, source: Source, file_id: int) -> str:
+    """(line, raw, doc_error, item, doc) for a profile or update file; Engage pages are unnested."""
+    if source.format not in ("jsonl", "json"):
+        raise LoadError(str(source.path), f"{source.kind} must be JSON or JSON Lines, not {source.format}")
+    if source.format == "jsonl":
+        con.execute(readers.stage_lines(_REJECTS), {"path": str(source.path)})
+    docs = readers.documents(source, _REJECTS)
+    return f"""
+        SELECT record AS line, raw, doc_error, item, CASE WHEN doc_error IS NULL THEN d END AS doc,
+               json_type(src.doc -> '$.results') = 'ARRAY' AS paged
+        FROM ({docs}) src,
+             LATERAL (SELECT unnest(CASE WHEN json_type(src.doc -> '$.results') = 'ARRAY'
+                                         THEN CAST(src.doc -> '$.results' AS JSON[])
+                                         ELSE [src.doc] END) AS d,
+                             generate_subscripts(CASE WHEN json_type(src.doc -> '$.results') = 'ARRAY'
+                                         THEN CAST(src.doc -> '$.results' AS JSON[])
+                                         ELSE [src.doc] END, 1) AS item)"""
+
+
+def _load_profiles(con, source: Source, file_id: int, now: datetime, result: FileResult,
+                   careful: bool = True) -> None:
+    records = _profile_records(con, source, file_id)
+    params = {"path": str(source.path), "file_id": file_id, **validation.parameters(_ms(now))}
+    reason = validation.profile_reason("did", "props")
+    _sql(con, f"""
+        CREATE OR REPLACE TEMP TABLE _profiles AS
+        WITH r AS (SELECT line, item, paged, raw, doc_error, doc -> '$."$distinct_id"' AS did,
+                          doc -> '$."$properties"' AS props, doc FROM ({records})),
+        v AS (SELECT *, coalesce(doc_error, {reason}) AS reason FROM r)
+        SELECT line, item, reason || CASE WHEN paged THEN ' (results[' || (item - 1) || '])' ELSE '' END AS reason, left(CASE WHEN paged THEN doc::VARCHAR ELSE coalesce(raw, doc::VARCHAR) END,
+                    {validation.QUARANTINED_RAW_CHARS}) AS raw,
+               did ->> '$' AS distinct_id, props
+        FROM v""", params)
+    _quarantine_from(con, "_profiles", source, file_id)
+    con.execute("""
+        INSERT OR REPLACE INTO profiles
+        SELECT coalesce(m.canonical_id, p.distinct_id), p.props, $now::TIMESTAMP, $file_id, p.line
+        FROM _profiles p LEFT JOIN identity_map m ON m.distinct_id = p.distinct_id
+        WHERE p.reason IS NULL
+        QUALIFY row_number() OVER (PARTITION BY coalesce(m.canonical_id, p.distinct_id)
+                                   ORDER BY p.line DESC, p.item DESC) = 1""",
+                {"now": now.replace(tzinfo=None), "file_id": file_id})
+    counts = con.execute("SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM _profiles").fetchone()
+    result.rows_read, result.rows_loaded = counts
+    result.quarantined = _quarantined_count(con, file_id)
+    # Seed rule: a profile carrying $onesignal_user_id aliases that value to the profile.
+    con.execute("""
+        INSERT INTO identity_links (kind, source, target, time_ms, file_id, line)
+        SELECT 'onesignal', props ->> '$."$onesignal_user_id"', distinct_id, $now_ms, $file_id, line
+        FROM _profiles
+        WHERE reason IS NULL AND json_type(props -> '$."$onesignal_user_id"') = 'VARCHAR'
+          AND trim(props ->> '$."$onesignal_user_id"') <> ''
+          AND props ->> '$."$onesignal_user_id"' <> distinct_id""",
+                {"now_ms": _ms(now), "file_id": file_id})
+    refresh_identity(con)
+
+
+def _load_profile_updates(con, source: Source, file_id: int, now: datetime, result: FileResult,
+                          careful: bool = True) -> None:
+    records = _profile_records(con, source, file_id)
+    params = {"path": str(source.path), "file_id": file_id, "ops": list(profile_ops.OPS),
+              **validation.parameters(_ms(now))}
+    id_reason = validation.distinct_id_reason("did", "$distinct_id")
+    time_ms = validation.time_ms_expr("doc -> '$.\"$time\"'")
+    _sql(con, f"""
+        CREATE OR REPLACE TEMP TABLE _updates AS
+        WITH r AS (SELECT line, item, paged, raw, doc_error, doc, doc -> '$."$distinct_id"' AS did,
+                          list_filter(json_keys(doc), lambda k: list_contains($ops, k)) AS ops
+                   FROM ({records})),
+        v AS (SELECT *, coalesce(doc_error, CASE {id_reason}
+                 WHEN len(ops) = 0 THEN 'no operation (expected one of ' || array_to_string($ops, ', ') || ')'
+                 WHEN len(ops) > 1 THEN 'more than one operation: ' || array_to_string(ops, ', ')
+                 END) || CASE WHEN paged THEN ' (results[' || (item - 1) || '])' ELSE '' END AS reason FROM r)
+        SELECT v.line, v.item, v.reason,
+               left(CASE WHEN v.paged THEN v.doc::VARCHAR ELSE coalesce(v.raw, v.doc::VARCHAR) END,
+                    {validation.QUARANTINED_RAW_CHARS}) AS raw,
+               v.did ->> '$' AS distinct_id,
+               CASE WHEN v.doc ->> '$."$ignore_alias"' = 'true' THEN v.did ->> '$'
+                    ELSE coalesce(m.canonical_id, v.did ->> '$') END AS target,
+               v.ops[1] AS op, v.doc -> ('$."' || v.ops[1] || '"') AS value,
+               coalesce({time_ms}, $now_ms) AS time_ms
+        FROM v LEFT JOIN identity_map m ON m.distinct_id = v.did ->> '$' AND v.reason IS NULL""", params)
+    # The fold runs in Python (operations are sequential per profile); rows stream in batches.
+    cursor = con.execute("""
+        SELECT u.line, u.item, u.raw, u.target, u.op, u.value, u.time_ms, p.properties
+        FROM _updates u LEFT JOIN profiles p ON p.distinct_id = u.target
+        WHERE u.reason IS NULL ORDER BY u.target, u.line, u.item""")
+    states: dict[str, tuple[dict | None, int]] = {}
+    bad: list[tuple[int, str, str]] = []
+    links: list[tuple[str, str, int, int]] = []
+    applied = 0
+    while batch := cursor.fetchmany(50_000):
+        for line, _item, raw, target, op, value, time_ms, current in batch:
+            argument = json.loads(value) if value is not None else None
+            problem = profile_ops.check(op, argument)
+            if problem:
+                bad.append((line, problem, raw))
+                continue
+            props, _ = states.get(target, (json.loads(current) if current else None, line))
+            before = (props or {}).get("$onesignal_user_id")
+            props = profile_ops.apply(props, op, argument)
+            after = (props or {}).get("$onesignal_user_id")
+            if isinstance(after, str) and after.strip() and after != before and after != target:
+                links.append((after, target, time_ms, line))
+            states[target] = (props, line)
+            applied += 1
+    _quarantine_from(con, "_updates", source, file_id, extra=bad)
+    _write_profile_states(con, states, file_id, now)
+    if links:
+        frame = pd.DataFrame(links, columns=["source", "target", "time_ms", "line"])
+        con.execute("INSERT INTO identity_links (kind, source, target, time_ms, file_id, line) "
+                    "SELECT 'onesignal', source, target, time_ms, ?, line FROM frame", [file_id])
+        refresh_identity(con)
+    result.rows_read = con.execute("SELECT count(*) FROM _updates").fetchone()[0]
+    result.rows_loaded = applied
+    result.quarantined = _quarantined_count(con, file_id)
+
+
+def _write_profile_states(con, states: dict[str, tuple[dict | None, int]], file_id: int,
+                          now: datetime) -> None:
+    deleted = [target for target, (props, _) in states.items() if props is None]
+    kept = {target: v for target, v in states.items() if v[0] is not None}
+    if deleted:
+        gone = pd.DataFrame({"distinct_id": deleted})
+        con.execute("DELETE FROM profiles WHERE distinct_id IN (SELECT distinct_id FROM gone)")
+    if kept:
+        frame = pd.DataFrame({
+            "distinct_id": list(kept),
+            "properties": [json.dumps(props, ensure_ascii=False) for props, _ in kept.values()],
+            "line": [line for _, line in kept.values()],
+        })
+        con.execute("INSERT OR REPLACE INTO profiles SELECT distinct_id, properties::JSON, ?::TIMESTAMP, ?, line "
+                    "FROM frame", [now.replace(tzinfo=None), file_id])
+
+
+def _quarantine_from(con, table: str, source: Source, file_id: int,
+                     extra: list[tuple[int, str, str]] = ()) -> None:
+    path = str(source.path)
+    con.execute(f"INSERT INTO quarantine SELECT ?, ?, line, reason, raw FROM {table} WHERE reason IS NOT NULL",
+                [file_id, path])
+    rejects = _rejected_line_rows(con)
+    if rejects:
+        con.execute(f"INSERT INTO quarantine SELECT ?, ?, record, reason, raw FROM ({rejects})", [file_id, path])
+    if extra:
+        frame = pd.DataFrame(list(extra), columns=["line", "reason", "raw"])
+        con.execute("INSERT INTO quarantine SELECT ?, ?, line, reason, raw FROM frame", [file_id, path])
+
+
+def _quarantined_count(con, file_id: int) -> int:
+    return con.execute("SELECT count(*) FROM quarantine WHERE file_id = ?", [file_id]).fetchone()[0]
+
+
+def _strict_message(con, file_id: int, count: int) -> str:
+    rows = con.execute("SELECT line, reason FROM quarantine WHERE file_id = ? ORDER BY line LIMIT 5",
+                       [file_id]).fetchall()
+    listed = "; ".join(f"line {line}: {reason}" for line, reason in rows)
+    return f"refused under --strict: {count} bad row(s), nothing loaded from this file ({listed})"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _sql(con, sql: str, params: dict):
+    """Execute with only the named parameters the statement uses (DuckDB refuses extra ones)."""
+    return con.execute(sql, {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)})
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)

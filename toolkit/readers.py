@@ -1,0 +1,100 @@
+"""SQL relations over input files, built on DuckDB's own readers (nothing is read row by row in Python).
+
+Every relation yields ``record`` (1-based line of a JSON Lines file, element of a JSON array, data
+row of a CSV), ``raw`` (the record's text where DuckDB gives it), ``doc_error`` (why the record is
+not a JSON object, else NULL) and the record's fields as JSON values. File paths are always bound
+as the parameter ``$path``.
+
+Events have two paths: ``fast`` hands the file to ``read_json`` and is used first; ``careful``
+reads lines as text and checks each one, and is used when ``read_json`` refuses the file
+(malformed JSON, a record that is not an object, bad UTF-8), so every bad line gets its own reason.
+"""
+
+from __future__ import annotations
+
+from toolkit.sources import Source
+
+MAX_RECORD_BYTES = 64 << 20     # a record larger than this is refused with the file named
+
+_LINES = ("read_csv($path, columns={'raw': 'VARCHAR'}, delim='\\0', quote='', escape='', header=false, "
+          f"auto_detect=false, strict_mode=false, max_line_size={MAX_RECORD_BYTES}, "
+          "ignore_errors=true, store_rejects=true, rejects_table='{rejects}', rejects_scan='{rejects}_scan')")
+
+
+def event_fields(source: Source, careful: bool, rejects: str) -> str:
+    """(record, raw, doc_error, ev, props) for an events file."""
+    if source.format == "csv":
+        rows = (f"read_csv($path, header=true, auto_detect=true, max_line_size={MAX_RECORD_BYTES}, "
+                "sample_size=-1)")
+        return _flat_rows(rows, first_record=2)
+    if source.format == "parquet":
+        return _parquet_rows()
+    if not careful:
+        fmt = "newline_delimited" if source.format == "jsonl" else "array"
+        return f"""SELECT ordinality AS record, NULL::VARCHAR AS raw, NULL::VARCHAR AS doc_error,
+                          event AS ev, properties AS props
+                   FROM read_json($path, columns={{'event': 'JSON', 'properties': 'JSON'}}, format='{fmt}',
+                                  maximum_object_size={MAX_RECORD_BYTES}) WITH ORDINALITY"""
+    return f"""SELECT record, raw, doc_error, doc -> '$.event' AS ev, doc -> '$.properties' AS props
+               FROM ({documents(source, rejects)})"""
+
+
+def stage_lines(rejects: str) -> str:
+    """Read a JSON Lines file into the temp table ``{rejects}_lines`` (ordinal, raw).
+
+    Lines DuckDB cannot decode (bad UTF-8) land in the temp table ``{rejects}`` instead; `documents`
+    puts the line numbers of the others back in place. Only the careful path pays for this copy.
+    """
+    return (f"CREATE OR REPLACE TEMP TABLE {rejects}_lines AS SELECT ordinality, raw "
+            f"FROM {_LINES.replace('{rejects}', rejects)} WITH ORDINALITY")
+
+
+def documents(source: Source, rejects: str) -> str:
+    """(record, raw, doc_error, doc) with each record checked on its own (JSON Lines: after `stage_lines`)."""
+    if source.format == "jsonl":
+        return f"""
+            SELECT {line_of('ordinality', rejects)} AS record, raw,
+                   CASE WHEN NOT json_valid(raw) THEN 'malformed JSON'
+                        WHEN json_type(raw) <> 'OBJECT'
+                            THEN 'not a JSON object (got ' || lower(json_type(raw)) || ')' END AS doc_error,
+                   CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT' THEN raw::JSON END AS doc
+            FROM {rejects}_lines
+            WHERE raw IS NOT NULL AND trim(raw) <> ''"""
+    # A JSON document: an array of records, or one object (an Engage page holds them in `results`).
+    return f"""
+        SELECT ordinality AS record, json::VARCHAR AS raw,
+               CASE WHEN json_type(json) <> 'OBJECT'
+                    THEN 'not a JSON object (got ' || lower(json_type(json)) || ')' END AS doc_error,
+               CASE WHEN json_type(json) = 'OBJECT' THEN json END AS doc
+        FROM read_json_objects($path, format='auto', maximum_object_size={MAX_RECORD_BYTES}) WITH ORDINALITY"""
+
+
+def line_of(ordinal: str, rejects: str) -> str:
+    """The physical line of the ``ordinal``-th line the CSV reader emitted, given the lines it rejected."""
+    return (f"({ordinal} + (SELECT count(*) FROM (SELECT line - row_number() OVER (ORDER BY line) AS before "
+            f"FROM {rejects}) WHERE before < {ordinal}))")
+
+
+def rejected_lines(rejects: str) -> str:
+    """(record, reason, raw) of lines the line reader could not decode."""
+    return f"""SELECT line AS record, 'unreadable line: ' || error_message AS reason, csv_line AS raw
+               FROM {rejects}"""
+
+
+def _flat_rows(rows: str, first_record: int) -> str:
+    """A table with one column per property (and `event`): properties are every column but `event`."""
+    return f"""SELECT ordinality + {first_record - 1} AS record, NULL::VARCHAR AS raw, NULL::VARCHAR AS doc_error,
+                      to_json(rec) -> '$.event' AS ev,
+                      json_merge_patch(to_json(rec), '{{"event": null, "ordinality": null}}') AS props
+               FROM (SELECT * FROM {rows} WITH ORDINALITY) rec"""
+
+
+def _parquet_rows() -> str:
+    """Parquet with `event` and `properties` (a struct, or JSON text), or flat like CSV."""
+    return """SELECT record, NULL::VARCHAR AS raw, NULL::VARCHAR AS doc_error, doc -> '$.event' AS ev,
+                     CASE WHEN json_type(doc -> '$.properties') = 'VARCHAR' AND json_valid(doc ->> '$.properties')
+                          THEN (doc ->> '$.properties')::JSON
+                          WHEN (doc -> '$.properties') IS NOT NULL THEN doc -> '$.properties'
+                          ELSE json_merge_patch(doc, '{"event": null}') END AS props
+              FROM (SELECT ordinality AS record, json_merge_patch(to_json(rec), '{"ordinality": null}') AS doc
+                    FROM (SELECT * FROM read_parquet($path) WITH ORDINALITY) rec)"""

@@ -1,0 +1,68 @@
+"""Plain summaries of loads and of the store, as dicts (for --json and notebooks) and as text."""
+
+from __future__ import annotations
+
+from toolkit.ingest import LoadSummary
+from toolkit.store import Store
+
+
+def load_text(summary: LoadSummary) -> str:
+    d = summary.to_dict()
+    lines = [f"files: {d['files_loaded']} loaded, {d['files_skipped']} skipped (already loaded), "
+             f"{d['files_refused']} refused"]
+    rows = [("events", d["events"]), ("profiles", d["profiles"]), ("profile updates", d["profile_updates"]),
+            ("duplicates dropped", d["duplicates_dropped"]), ("rows quarantined", d["rows_quarantined"])]
+    lines += [f"  {name:<20}{value:>12,}" for name, value in rows]
+    for f in summary.files:
+        if f.status == "refused":
+            lines.append(f"  refused: {f.message}")
+        elif f.status == "loaded" and f.quarantined:
+            lines.append(f"  {f.path}: {f.quarantined:,} row(s) quarantined (toolkit quarantine --file {f.path})")
+    return "\n".join(lines)
+
+
+def status(store: Store) -> dict:
+    con = store.reader()
+    one = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
+    months = con.execute("""
+        SELECT strftime(time, '%Y-%m') AS month, count(*) AS events, count(DISTINCT distinct_id) AS users
+        FROM resolved_events GROUP BY 1 ORDER BY 1""").fetchall()
+    return {
+        "store": store.path,
+        "events": one("SELECT count(*) FROM events"),
+        "users": one("SELECT count(DISTINCT distinct_id) FROM resolved_events"),
+        "profiles": one("SELECT count(*) FROM resolved_profiles"),
+        "merged_ids": one("SELECT count(*) FROM identity_map"),
+        "identity_links_refused": one("SELECT count(*) FROM identity_links WHERE refused IS NOT NULL"),
+        "files_loaded": one("SELECT count(*) FROM loads"),
+        "rows_quarantined": one("SELECT count(*) FROM quarantine"),
+        "months": [{"month": m, "events": e, "users": u} for m, e, u in months],
+    }
+
+
+def status_text(s: dict) -> str:
+    lines = [f"store {s['store']}",
+             f"  {'events':<20}{s['events']:>12,}",
+             f"  {'users (canonical)':<20}{s['users']:>12,}",
+             f"  {'profiles':<20}{s['profiles']:>12,}",
+             f"  {'merged ids':<20}{s['merged_ids']:>12,}   ({s['identity_links_refused']:,} identity links refused)",
+             f"  {'files loaded':<20}{s['files_loaded']:>12,}",
+             f"  {'rows quarantined':<20}{s['rows_quarantined']:>12,}"]
+    if s["months"]:
+        lines.append("  month        events     users")
+        lines += [f"  {m['month']}  {m['events']:>9,} {m['users']:>9,}" for m in s["months"]]
+    return "\n".join(lines)
+
+
+def quarantine(store: Store, file_filter: str | None = None, limit: int = 50) -> list[dict]:
+    rows = store.reader().execute("""
+        SELECT path, line, reason, raw FROM quarantine
+        WHERE $filter IS NULL OR contains(path, $filter)
+        ORDER BY file_id, line LIMIT $limit""", {"filter": file_filter, "limit": limit}).fetchall()
+    return [{"path": p, "line": line, "reason": r, "raw": raw} for p, line, r, raw in rows]
+
+
+def quarantine_text(rows: list[dict]) -> str:
+    if not rows:
+        return "quarantine is empty"
+    return "\n".join(f"{r['path']}:{r['line']}: {r['reason']}" for r in rows)

@@ -1,0 +1,81 @@
+"""Mixpanel's rules for a valid row, as SQL expressions over JSON values (one place, one wording).
+
+Each ``*_reason`` expression yields NULL for a valid row, else the reason it is quarantined. The
+expressions read columns named by the loader (see ``toolkit.ingest``) and the bound parameter
+``$now_ms``; values are always parameters, never spliced into SQL text.
+"""
+
+from __future__ import annotations
+
+# distinct_id values Mixpanel refuses (compared case-insensitively, surrounding blanks ignored).
+REFUSED_DISTINCT_IDS = (
+    "", "anon", "anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", "<nil>",
+    "0", "-1", "00000000-0000-0000-0000-000000000000",
+)
+MIN_TIME_MS = 31_536_000_000          # 1971-01-01T00:00:00Z
+MAX_FUTURE_MS = 3_600_000              # one hour
+MS_THRESHOLD = 1e11                    # a `time` above this is milliseconds, below it seconds
+MAX_INSERT_ID_BYTES = 36
+QUARANTINED_RAW_CHARS = 4096           # how much of a bad record the quarantine keeps
+
+_ID_TYPES = "('VARCHAR', 'BIGINT', 'UBIGINT')"
+_NUMBER_TYPES = "('BIGINT', 'UBIGINT', 'DOUBLE')"
+
+
+def _json_kind(col: str) -> str:
+    return f"lower(json_type({col}))"
+
+
+def distinct_id_reason(col: str, label: str) -> str:
+    """Missing, not a string (integers are accepted as Mixpanel does), or on the refused list."""
+    return f"""
+        WHEN {col} IS NULL OR json_type({col}) = 'NULL' THEN 'missing {label}'
+        WHEN json_type({col}) NOT IN {_ID_TYPES}
+            THEN '{label} must be a string, got ' || {_json_kind(col)}
+        WHEN list_contains($refused_ids, lower(trim({col} ->> '$')))
+            THEN 'refused {label} ' || to_json({col} ->> '$')::VARCHAR || ' (Mixpanel rejects this value)'
+    """
+
+
+def time_ms_expr(col: str) -> str:
+    """`time` as epoch milliseconds (seconds are scaled); NULL when not a finite number."""
+    seconds_or_ms = f"try_cast({col} AS DOUBLE)"
+    return (f"CASE WHEN json_type({col}) IN {_NUMBER_TYPES} AND isfinite({seconds_or_ms}) THEN "
+            f"CASE WHEN abs({seconds_or_ms}) > {MS_THRESHOLD} THEN {seconds_or_ms} "
+            f"ELSE {seconds_or_ms} * 1000 END END")
+
+
+def event_reason(ev: str, props: str, did: str, time_ms: str, tm: str, iid: str) -> str:
+    """Why an event record is refused, in the order a person would fix it; NULL when valid."""
+    return f"""CASE
+        WHEN {ev} IS NULL OR json_type({ev}) = 'NULL' THEN 'missing "event"'
+        WHEN json_type({ev}) <> 'VARCHAR' THEN '"event" must be a string, got ' || {_json_kind(ev)}
+        WHEN trim({ev} ->> '$') = '' THEN 'empty event name'
+        WHEN {props} IS NULL OR json_type({props}) = 'NULL' THEN 'missing "properties"'
+        WHEN json_type({props}) <> 'OBJECT' THEN '"properties" must be an object, got ' || {_json_kind(props)}
+        {distinct_id_reason(did, 'distinct_id')}
+        WHEN {tm} IS NULL OR json_type({tm}) = 'NULL' THEN 'missing time'
+        WHEN json_type({tm}) NOT IN {_NUMBER_TYPES} THEN 'time must be a number, got ' || {_json_kind(tm)}
+        WHEN {time_ms} IS NULL THEN 'time ' || ({tm})::VARCHAR || ' is out of range'
+        WHEN {time_ms} > $now_ms + {MAX_FUTURE_MS}
+            THEN 'time ' || ({tm})::VARCHAR || ' is more than 1 hour in the future'
+        WHEN {time_ms} < {MIN_TIME_MS} THEN 'time ' || ({tm})::VARCHAR || ' is before 1971'
+        WHEN {iid} IS NOT NULL AND json_type({iid}) <> 'NULL' AND (
+                 json_type({iid}) <> 'VARCHAR'
+              OR octet_length(({iid} ->> '$')::BLOB) > {MAX_INSERT_ID_BYTES}
+              OR NOT regexp_full_match({iid} ->> '$', '[A-Za-z0-9-]+'))
+            THEN 'bad $insert_id ' || left(({iid})::VARCHAR, 80)
+              || ' (at most {MAX_INSERT_ID_BYTES} bytes of letters, digits and -)'
+    END"""
+
+
+def profile_reason(did: str, props: str) -> str:
+    return f"""CASE
+        {distinct_id_reason(did, '$distinct_id')}
+        WHEN {props} IS NULL OR json_type({props}) = 'NULL' THEN 'missing "$properties"'
+        WHEN json_type({props}) <> 'OBJECT' THEN '"$properties" must be an object, got ' || {_json_kind(props)}
+    END"""
+
+
+def parameters(now_ms: int) -> dict:
+    return {"refused_ids": list(REFUSED_DISTINCT_IDS), "now_ms": now_ms}
