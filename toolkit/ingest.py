@@ -176,7 +176,6 @@ def _insert_events(con, source: Source, *, careful: bool, params: dict) -> None:
     if careful and source.format == "jsonl":
         _sql(con, readers.stage_lines(_REJECTS), params)
     fields = readers.event_fields(source, careful, _REJECTS)
-    paths = "['$.distinct_id', '$.time', '$.\"$insert_id\"', '$.\"$device_id\"', '$.\"$user_id\"']"
     time_ms = validation.time_ms_expr("tm")
     reason = validation.event_reason("ev", "props", "did", "time_ms", "tm", "iid")
     reconstructed = ("'{\"event\":' || coalesce(ev::VARCHAR, 'null') || ',\"properties\":' "
@@ -186,10 +185,7 @@ def _insert_events(con, source: Source, *, careful: bool, params: dict) -> None:
         INSERT INTO events (event, distinct_id, time, insert_id, properties, file_id, line, rejected,
                             device_id, user_id)
         WITH src AS ({fields}),
-        keyed AS (SELECT *, json_extract(props, {paths}) AS k FROM src),
-        named AS (SELECT record, raw, doc_error, ev, props, k[1] AS did, k[2] AS tm, k[3] AS iid,
-                         k[4] AS dev, k[5] AS uid FROM keyed),
-        timed AS (SELECT *, {time_ms} AS time_ms FROM named),
+        timed AS (SELECT *, {time_ms} AS time_ms FROM src),
         checked AS (SELECT *, coalesce(doc_error, {reason}) AS reason FROM timed)
         SELECT CASE WHEN {kept} THEN ev ->> '$'
                     ELSE left(coalesce(raw, {reconstructed}), {validation.QUARANTINED_RAW_CHARS}) END,
@@ -283,8 +279,8 @@ def _record_event_links(con, file_id: int) -> None:
 
 def refresh_identity(con) -> None:
     """Rebuild the identity map from every link (resolution depends on the order of all of them)."""
-    rows = con.execute("SELECT rowid, kind, source, target, time_ms, file_id, line FROM identity_links"
-                       ).fetchall()
+    rows = con.execute("SELECT rowid, kind, source, target, time_ms, file_id, line FROM identity_links "
+                       "ORDER BY time_ms, file_id, line, rowid").fetchall()   # resolve's sort is then cheap
     links = [identity.Link(kind, source, target, (time_ms, file_id, line, rowid))
              for rowid, kind, source, target, time_ms, file_id, line in rows]
     resolution = identity.resolve(links)

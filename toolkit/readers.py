@@ -21,22 +21,42 @@ _LINES = ("read_csv($path, columns={'raw': 'VARCHAR'}, delim='\\0', quote='', es
           "ignore_errors=true, store_rejects=true, rejects_table='{rejects}', rejects_scan='{rejects}_scan')")
 
 
+KEY_FIELDS = ("distinct_id", "time", "$insert_id", "$device_id", "$user_id")
+_KEY_COLUMNS = ("did", "tm", "iid", "dev", "uid")
+
+
 def event_fields(source: Source, careful: bool, rejects: str) -> str:
-    """(record, raw, doc_error, ev, props) for an events file."""
+    """(record, raw, doc_error, ev, props, did, tm, iid, dev, uid) for an events file: the record's
+    fields as JSON values, with the properties Mixpanel gives a meaning (`KEY_FIELDS`) pulled out."""
+    if source.format in ("jsonl", "json") and not careful:
+        return _fast_json(source)
     if source.format == "csv":
         rows = (f"read_csv($path, header=true, auto_detect=true, max_line_size={MAX_RECORD_BYTES}, "
                 "sample_size=-1)")
-        return _flat_rows(rows, first_record=2)
-    if source.format == "parquet":
-        return _parquet_rows()
-    if not careful:
-        fmt = "newline_delimited" if source.format == "jsonl" else "array"
-        return f"""SELECT ordinality AS record, NULL::VARCHAR AS raw, NULL::VARCHAR AS doc_error,
-                          event AS ev, properties AS props
-                   FROM read_json($path, columns={{'event': 'JSON', 'properties': 'JSON'}}, format='{fmt}',
-                                  maximum_object_size={MAX_RECORD_BYTES}) WITH ORDINALITY"""
-    return f"""SELECT record, raw, doc_error, doc -> '$.event' AS ev, doc -> '$.properties' AS props
-               FROM ({documents(source, rejects)})"""
+        records = _flat_rows(rows, first_record=2)
+    elif source.format == "parquet":
+        records = _parquet_rows()
+    else:
+        records = f"""SELECT record, raw, doc_error, doc -> '$.event' AS ev, doc -> '$.properties' AS props
+                      FROM ({documents(source, rejects)})"""
+    paths = ", ".join(f"'$.\"{name}\"'" for name in KEY_FIELDS)
+    keys = ", ".join(f"k[{i}] AS {col}" for i, col in enumerate(_KEY_COLUMNS, 1))
+    return f"""SELECT record, raw, doc_error, ev, props, {keys}
+               FROM (SELECT *, json_extract(props, [{paths}]) AS k FROM ({records}))"""
+
+
+def _fast_json(source: Source) -> str:
+    """read_json twice, side by side: once keeping `properties` whole as JSON, once pulling out only the
+    key fields as a struct. Two scans cost less than extracting fields from the JSON text afterwards."""
+    fmt = "newline_delimited" if source.format == "jsonl" else "array"
+    options = f"format='{fmt}', maximum_object_size={MAX_RECORD_BYTES}"
+    struct = ", ".join(f'"{name}" JSON' for name in KEY_FIELDS)
+    keys = ", ".join(f'k.properties."{name}" AS {col}' for name, col in zip(KEY_FIELDS, _KEY_COLUMNS))
+    return f"""SELECT whole.ordinality AS record, NULL::VARCHAR AS raw, NULL::VARCHAR AS doc_error,
+                      whole.event AS ev, whole.properties AS props, {keys}
+               FROM (SELECT * FROM read_json($path, columns={{'event': 'JSON', 'properties': 'JSON'}}, {options})
+                     WITH ORDINALITY) whole
+               POSITIONAL JOIN read_json($path, columns={{'properties': 'STRUCT({struct})'}}, {options}) k"""
 
 
 def stage_lines(rejects: str) -> str:

@@ -51,8 +51,9 @@ def event_reason(ev: str, props: str, did: str, time_ms: str, tm: str, iid: str)
         WHEN {ev} IS NULL OR json_type({ev}) = 'NULL' THEN 'missing "event"'
         WHEN json_type({ev}) <> 'VARCHAR' THEN '"event" must be a string, got ' || {_json_kind(ev)}
         WHEN trim({ev} ->> '$') = '' THEN 'empty event name'
-        WHEN {props} IS NULL OR json_type({props}) = 'NULL' THEN 'missing "properties"'
-        WHEN json_type({props}) <> 'OBJECT' THEN '"properties" must be an object, got ' || {_json_kind(props)}
+        WHEN {props} IS NULL OR {props}::VARCHAR = 'null' THEN 'missing "properties"'
+        WHEN NOT starts_with({props}::VARCHAR, '{{')   -- DuckDB's JSON text: an object starts with {{
+            THEN '"properties" must be an object, got ' || {_json_kind(props)}
         {distinct_id_reason(did, 'distinct_id')}
         WHEN {tm} IS NULL OR json_type({tm}) = 'NULL' THEN 'missing time'
         WHEN json_type({tm}) NOT IN {_NUMBER_TYPES} THEN 'time must be a number, got ' || {_json_kind(tm)}

@@ -1,0 +1,38 @@
+"""One measured step, run in its own process so that its peak memory is its own.
+
+python -m bench.worker ceiling|load FILE DB  ->  prints {"seconds": ..., "rows": ...}
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+
+
+def ceiling(file: Path, db: Path) -> dict:
+    """DuckDB's own read_json into a table of a fresh database file: the most a loader could hope for."""
+    con = duckdb.connect(str(db))
+    started = time.perf_counter()
+    con.execute("CREATE TABLE t AS SELECT * FROM read_json(?)", [str(file)])
+    con.close()
+    seconds = time.perf_counter() - started
+    rows = duckdb.connect(str(db), read_only=True).execute("SELECT count(*) FROM t").fetchone()[0]
+    return {"seconds": seconds, "rows": rows}
+
+
+def load(file: Path, db: Path) -> dict:
+    from toolkit import Store, load as load_files
+
+    started = time.perf_counter()
+    with Store(db) as store:
+        summary = load_files(store, [file])
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "rows": summary.to_dict()["events"],
+            "quarantined": summary.to_dict()["rows_quarantined"]}
+
+
+if __name__ == "__main__":
+    step, file, db = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    print(json.dumps({"ceiling": ceiling, "load": load}[step](file, db)))

@@ -1,0 +1,59 @@
+"""The `toolkit` command, run as a real subprocess against real store files."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, event, write_lines
+
+
+def toolkit(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=300)
+
+
+def test_load_status_quarantine_json(tmp_path):
+    db = tmp_path / "s.duckdb"
+    data = tmp_path / "in"
+    data.mkdir()
+    write_lines(data / "e.jsonl", [event("A", insert_id="k"), event("A", insert_id="k"), "{bad"])
+    out = toolkit("load", data, "--db", db, "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert (summary["events"], summary["duplicates_dropped"], summary["rows_quarantined"]) == (1, 1, 1)
+    status = json.loads(toolkit("status", "--db", db, "--json").stdout)
+    assert status["events"] == 1 and status["months"][0]["month"] == "2026-09"
+    rows = json.loads(toolkit("quarantine", "--db", db, "--json").stdout)["rows"]
+    assert [(r["line"], r["reason"]) for r in rows] == [(3, "malformed JSON")]
+    text = toolkit("load", data, "--db", db).stdout
+    assert "0 loaded, 1 skipped" in text
+
+
+def test_db_from_environment(tmp_path):
+    db = tmp_path / "env.duckdb"
+    write_lines(tmp_path / "e.jsonl", [event("A")])
+    assert toolkit("load", tmp_path / "e.jsonl", env={"TOOLKIT_DB": str(db)}).returncode == 0
+    assert json.loads(toolkit("status", "--json", env={"TOOLKIT_DB": str(db)}).stdout)["events"] == 1
+
+
+def test_strict_exits_non_zero_and_names_the_line(tmp_path):
+    write_lines(tmp_path / "e.jsonl", [event("A"), event("B", "undefined")])
+    out = toolkit("load", tmp_path / "e.jsonl", "--strict", "--db", tmp_path / "s.duckdb")
+    assert out.returncode == 1
+    assert "e.jsonl" in out.stderr and "line 2: refused distinct_id" in out.stderr
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    out = toolkit("load", tmp_path / "nope.jsonl", "--db", tmp_path / "s.duckdb")
+    assert out.returncode == 1 and "nope.jsonl: no such file or folder" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_demo_loads_the_sample(tmp_path):
+    out = toolkit("demo", "--db", tmp_path / "demo.duckdb", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["load"]["events"] > 1000 and result["load"]["profiles"] > 100
+    assert result["load"]["duplicates_dropped"] > 0 and result["load"]["rows_quarantined"] > 0
+    assert len(result["status"]["months"]) >= 2

@@ -1,0 +1,72 @@
+"""Identity signals found while loading, and what downstream queries see."""
+
+from conftest import NOW, T0, event, rows, write_lines
+from toolkit import ingest
+
+ANON = "2f1b3c4d-1234-4abc-8def-0123456789ab"
+
+
+def load_events(store, tmp_path, records, name="e.jsonl"):
+    ingest.load(store, [str(write_lines(tmp_path / name, records))], now=NOW)
+
+
+def canonical(store):
+    return dict(rows(store, "SELECT distinct_id, canonical_id FROM identity_map"))
+
+
+def test_identify_merges_the_anonymous_history(store, tmp_path):
+    # Mixpanel's Original ID Merge example: anonymous events, then $identify, then identified events.
+    load_events(store, tmp_path, [
+        event("Page View", ANON, T0),
+        event("$identify", "alice", T0 + 1, **{"$identified_id": "alice", "$anon_id": ANON}),
+        event("Purchase", "alice", T0 + 2)])
+    assert canonical(store) == {ANON: "alice"}
+    assert rows(store, "SELECT DISTINCT distinct_id FROM resolved_events") == [("alice",)]
+
+
+def test_identify_ignores_a_non_uuid_anon_id(store, tmp_path):
+    load_events(store, tmp_path, [event("$identify", "bob", **{"$identified_id": "bob", "$anon_id": "not-a-uuid"})])
+    assert canonical(store) == {}
+    (refused,), = rows(store, "SELECT refused FROM identity_links")
+    assert "not-a-uuid" in refused
+
+
+def test_alias_chain_and_merge(store, tmp_path):
+    load_events(store, tmp_path, [
+        event("$create_alias", "bob", T0, alias="bob-alias"),
+        event("$create_alias", "bob-alias", T0 + 1, alias="bob-alias-2"),
+        event("$merge", "carol", T0 + 2, **{"$distinct_ids": ["carol", "carol-old"]}),
+        event("Page View", "bob-alias-2", T0 + 3), event("Page View", "carol-old", T0 + 4)])
+    assert canonical(store) == {"bob-alias": "bob", "bob-alias-2": "bob", "carol-old": "carol"}
+    assert sorted(rows(store, "SELECT distinct_id FROM resolved_events WHERE event = 'Page View'")) == [
+        ("bob",), ("carol",)]
+
+
+def test_simplified_merge_is_retroactive_and_one_user_per_cluster(store, tmp_path):
+    load_events(store, tmp_path, [
+        event("Page View", "$device:d1", T0, **{"$device_id": "d1"}),
+        event("Sign Up", "dave", T0 + 1, **{"$device_id": "d1", "$user_id": "dave"}),
+        event("Sign Up", "eve", T0 + 2, **{"$device_id": "d1", "$user_id": "eve"})])
+    assert canonical(store) == {"$device:d1": "dave"}
+    assert rows(store, "SELECT count(*) FROM identity_links WHERE refused IS NOT NULL") == [(1,)]
+    assert rows(store, "SELECT distinct_id FROM resolved_events ORDER BY time") == [("dave",), ("dave",), ("eve",)]
+
+
+def test_links_from_a_later_file_resolve_earlier_events(store, tmp_path):
+    load_events(store, tmp_path, [event("Page View", ANON, T0)], "1.jsonl")
+    load_events(store, tmp_path, [event("$identify", "frank", T0 + 5,
+                                        **{"$identified_id": "frank", "$anon_id": ANON})], "2.jsonl")
+    assert rows(store, "SELECT DISTINCT distinct_id FROM resolved_events") == [("frank",)]
+
+
+def test_cluster_cap_is_enforced_through_loading(store, tmp_path):
+    aliases = [event("$create_alias", "big", T0 + i, alias=f"a{i}") for i in range(505)]
+    load_events(store, tmp_path, aliases)
+    assert len(canonical(store)) == 499
+    assert rows(store, "SELECT count(*) FROM identity_links WHERE refused LIKE '%500%'") == [(6,)]
+
+
+def test_ids_with_quotes_slashes_and_unicode(store, tmp_path):
+    weird = "o'brien/\"zoë\" 🚀"
+    load_events(store, tmp_path, [event("$create_alias", weird, alias="x/y'z"), event("Page View", "x/y'z")])
+    assert rows(store, "SELECT distinct_id FROM resolved_events WHERE event = 'Page View'") == [(weird,)]

@@ -1,0 +1,79 @@
+"""The store: location, schema versions and migrations."""
+
+import duckdb
+import pytest
+
+from toolkit import store as store_module
+from toolkit.errors import StoreError
+from toolkit.store import SCHEMA_VERSION, Store
+
+
+def test_default_location_and_env_override(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TOOLKIT_DB", raising=False)
+    with Store() as s:
+        assert s.path == "toolkit.duckdb"
+    assert (tmp_path / "toolkit.duckdb").exists()
+    monkeypatch.setenv("TOOLKIT_DB", str(tmp_path / "elsewhere" / "x.duckdb"))
+    with Store() as s:
+        assert s.path.endswith("x.duckdb")
+    assert (tmp_path / "elsewhere" / "x.duckdb").exists()
+
+
+def test_new_store_is_at_the_current_version_with_every_table(tmp_path):
+    with Store(tmp_path / "s.duckdb") as s:
+        assert s.version() == SCHEMA_VERSION
+        tables = {t for t, in s.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert {"events", "profiles", "identity_links", "identity_map", "loads", "quarantine",
+            "resolved_events", "resolved_profiles", "schema_version"} <= tables
+
+
+def test_migrations_apply_once_and_in_order(tmp_path, monkeypatch):
+    path = tmp_path / "s.duckdb"
+    with Store(path):
+        pass
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS + ["CREATE TABLE extra (x INTEGER)"])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    for _ in range(2):
+        with Store(path) as s:
+            assert s.version() == SCHEMA_VERSION + 1
+            assert s.con.execute("SELECT count(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION + 1
+
+
+def test_failed_migration_leaves_the_previous_version(tmp_path, monkeypatch):
+    path = tmp_path / "s.duckdb"
+    with Store(path):
+        pass
+    monkeypatch.setattr(store_module, "MIGRATIONS",
+                        store_module.MIGRATIONS + ["CREATE TABLE half (x INTEGER); SELECT * FROM nowhere"])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with pytest.raises(duckdb.Error):
+        Store(path)
+    con = duckdb.connect(str(path))
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+    assert not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'half'").fetchone()[0]
+
+
+def test_newer_store_is_refused_with_a_clear_message(tmp_path):
+    path = tmp_path / "s.duckdb"
+    with Store(path) as s:
+        s.con.execute("INSERT INTO schema_version VALUES (99, now()::TIMESTAMP)")
+    with pytest.raises(StoreError, match="schema version 99, newer than this toolkit"):
+        Store(path)
+
+
+def test_unopenable_store_names_the_path(tmp_path):
+    bad = tmp_path / "not-a-db.duckdb"
+    bad.write_text("this is not a database")
+    with pytest.raises(StoreError, match="not-a-db.duckdb"):
+        Store(bad)
+
+
+def test_read_only_store_sees_data_and_refuses_writes(tmp_path):
+    path = tmp_path / "s.duckdb"
+    with Store(path) as s:
+        s.con.execute("INSERT INTO identity_map VALUES ('a', 'b')")
+    with Store(path, read_only=True) as s:
+        assert s.con.execute("SELECT * FROM identity_map").fetchall() == [("a", "b")]
+        with pytest.raises(duckdb.Error):
+            s.con.execute("DELETE FROM identity_map")
