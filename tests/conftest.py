@@ -44,3 +44,9 @@ def write_lines(path: Path, records, *, compress=False) -> Path:
 
 def rows(store, sql, params=None):
     return store.con.execute(sql, params or []).fetchall()
+
+
+def expected_reasons(path: Path) -> dict[int, str]:
+    """data/sample/broken/expected.tsv: line -> a phrase the quarantine reason must contain."""
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    return {int(n): reason for n, reason in (line.split("\t", 1) for line in lines)}

@@ -283,6 +283,11 @@ def test_concurrent_reader_never_sees_half_a_load(file_store, tmp_path):
         thread.join()
     seen.add(reader.execute("SELECT count(*) FROM events").fetchone()[0])
     assert seen <= {0, n} and n in seen
+    # The fast path reads the file twice side by side: the two scans must stay row-aligned.
+    assert rows(file_store, """SELECT count(*) FROM events WHERE distinct_id <> properties->>'$.distinct_id'
+                               OR insert_id <> properties->>'$."$insert_id"'
+                               OR epoch(time) <> (properties->'$.time')::BIGINT
+                               OR line <> substr(insert_id, 2)::BIGINT + 1""") == [(0,)]
 
 
 def test_committed_events_never_carry_rejected_rows(store, tmp_path):
@@ -296,3 +301,26 @@ def test_summary_counts(store, tmp_path):
     d = load(store, tmp_path).to_dict()
     assert (d["events"], d["duplicates_dropped"], d["rows_quarantined"], d["files_loaded"]) == (1, 1, 1, 1)
     assert isinstance(pd.DataFrame(d["files"]), pd.DataFrame)
+
+
+# -- the sample ----------------------------------------------------------------------------------
+
+def test_sample_broken_rows_are_quarantined_row_by_row(store):
+    from conftest import SAMPLE, expected_reasons
+
+    summary = load(store, SAMPLE / "broken")
+    expected = expected_reasons(SAMPLE / "broken" / "expected.tsv")
+    got = dict(quarantine(store))
+    assert sorted(got) == sorted(expected)
+    for line, phrase in expected.items():
+        assert phrase in got[line], (line, got[line], phrase)
+    assert summary.to_dict()["events"] == 3
+
+
+def test_sample_loads_with_every_kind(store):
+    from conftest import SAMPLE
+
+    d = load(store, SAMPLE).to_dict()
+    assert d["files_refused"] == 0
+    assert d["events"] > 4000 and d["profiles"] > 300 and d["profile_updates"] > 500
+    assert d["duplicates_dropped"] == 70 and d["rows_quarantined"] >= 23

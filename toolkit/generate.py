@@ -61,6 +61,7 @@ _USABLE = frozenset({"external_uid", "external_ext", "subscription"})
 EVENTS_PER_PROFILE = 20  # default profiles = events // 20; plus 1 anonymous user per 8 profiles
 DUPLICATE_RATE = 0.016  # chance that an event with an $insert_id is sent twice
 REPEAT_RATE = 0.002  # chance that a product event is sent twice WITHOUT an $insert_id
+NEW_USER_SHARE = 0.35  # identified users who sign up during the period (they start at a random time)
 ONESIGNAL_SHARE = 0.22  # share of a reachable user's events that are OneSignal message events
 _FLUSH_LINES = 4096
 _GZIP_LEVEL = 6
@@ -232,8 +233,8 @@ class _User:
     """
 
     __slots__ = ("n", "uid", "persona", "role", "first", "last", "email", "city", "country", "lang", "plan",
-                 "platform", "device_type", "frag", "first_ms", "created_ms", "pre", "post", "struct", "signup",
-                 "os_kind", "os_value", "os_did", "subs", "alias", "alias_chain")
+                 "platform", "device_type", "frag", "first_ms", "until_ms", "created_ms", "pre", "post", "struct",
+                 "signup", "os_kind", "os_value", "os_did", "subs", "alias", "alias_chain")
 
 
 class _Gen:
@@ -292,7 +293,9 @@ class _Gen:
                                     '"$lib_version": "%s"' % (plat[0], u.country, _j(plat[1]), _j(u.city), plat[2],
                                                              plat[3]))
         u.frag = self.user_frags[key]
-        u.first_ms = self.start_ms + int(rand() * (self.end_ms - self.start_ms) * 0.9)
+        span = self.end_ms - self.start_ms
+        u.first_ms = self.start_ms + int(rand() * span * 0.9)  # for new users; returning ones start at once
+        u.until_ms = 0  # end of activity, set below
         ascii_name = self.ascii_names.get((u.first, u.last))
         if ascii_name is None:
             ascii_name = self.ascii_names[(u.first, u.last)] = _ascii(u.first + "." + u.last)
@@ -312,6 +315,7 @@ class _Gen:
         if role == "anonymous":
             u.signup = False
             u.created_ms = u.first_ms
+            u.until_ms = min(self.end_ms, u.first_ms + 3 * 86400_000 + int(rand() * span))
             if rand() < 0.5:
                 dev = _uuid4(rng)
                 u.persona = "anonymous_device"
@@ -322,7 +326,8 @@ class _Gen:
             u.pre, u.post = self._with_frag(u, pre), self._with_frag(u, post)
             return u
         u.persona = _pick(rng, _PERSONAS)
-        u.signup = rand() < 0.5  # a new user this period (otherwise signed up long ago)
+        new = rand() < NEW_USER_SHARE  # signs up this period; the others signed up long ago
+        u.signup = new
         if u.persona == "identify":
             r = rand()
             if r < 0.05:  # a legacy, non-UUIDv4 anon id: $identify must not merge it
@@ -334,7 +339,6 @@ class _Gen:
             self.last_anon = anon
             pre = [(_j(anon), "")]
             u.struct = [("$identify", uid, "", ', "$identified_id": %s, "$anon_id": %s' % (uid, _j(anon)))]
-            u.signup = True
         elif u.persona == "alias":
             u.alias = "crm-%06d" % n if rand() < 0.5 else "alias.%d@example.org" % n
             u.struct = [("$create_alias", uid, "", ', "alias": %s' % _j(u.alias))]
@@ -352,12 +356,17 @@ class _Gen:
             dev = _uuid4(rng)
             pre = [(_j("$device:" + dev), ', "$device_id": "%s"' % dev)]
             both = ', "$device_id": "%s", "$user_id": %s' % (dev, uid)
-            u.struct = [("Sign Up", uid, both, _pick(rng, _METHOD_LOGIN))]  # the first event with both ids merges
+            # the first event with both ids merges: a Sign Up, or a Login on a new device
+            u.struct = [("Sign Up" if new else "Login", uid, both, _pick(rng, _METHOD_LOGIN))]
             post = [(uid, both)] * 4 + [(uid, ', "$user_id": %s' % uid)]
-            u.signup = False  # its Sign Up is the structural event above
+            u.signup = False  # the structural event above is the Sign Up
         u.pre, u.post = self._with_frag(u, pre), self._with_frag(u, post)
-        new_user = u.signup or u.persona == "simplified"
-        u.created_ms = u.first_ms if new_user else self.start_ms - int(rand() * 400 * 86400_000)
+        if new:
+            u.created_ms = u.first_ms
+        else:
+            u.first_ms = self.start_ms
+            u.created_ms = self.start_ms - int(rand() * 400 * 86400_000)
+        u.until_ms = min(self.end_ms, u.first_ms + 3 * 86400_000 + int(rand() * span))
         self.assign_onesignal(u)
         return u
 
@@ -399,10 +408,10 @@ class _Gen:
 
     # ---- events ----------------------------------------------------------------------------------
 
-    def times(self, k: int, lo: int) -> list[int]:
-        """k sorted millisecond timestamps in [lo, end): sessions of a few events, seconds apart."""
+    def times(self, k: int, lo: int, until: int) -> list[int]:
+        """k sorted millisecond timestamps in [lo, until): sessions of a few events, seconds apart."""
         rand = self.rng.random
-        hi = self.end_ms - 1
+        hi = until - 1
         span = hi - lo
         sessions = max(1, k // (3 + int(rand() * 6)))
         out = []
@@ -443,7 +452,7 @@ class _Gen:
         rng = self.rng
         rand, hexid, div, names, products = rng.random, rng.randbytes, self.div, self.names, self.products
         n_products = len(products)
-        times = self.times(k, u.first_ms)
+        times = self.times(k, u.first_ms, u.until_ms)
         struct = u.struct
         if struct and len(struct) + 2 > k:  # too few events to act out the identity story
             struct = []
@@ -451,7 +460,7 @@ class _Gen:
         else:
             pre, post = u.pre, u.post
         split = 1 + int(rand() * max(1, (k - len(struct)) // 3)) if struct else 0
-        n_struct = len(struct)
+        n_struct, si = len(struct), 0  # identity events left to write, from the first slot >= split
         signup = u.signup
         reachable = u.os_did is not None
         n_product = n_identity = n_onesignal = n_dup = n_repeat = 0
@@ -462,12 +471,13 @@ class _Gen:
         while s < k:
             t = times[s]
             ptime = t + 50 + int(rand() * 4_000)
-            if split <= s < split + n_struct:
-                name, did, idp, extra = struct[s - split]
+            if si < n_struct and s >= split:
+                name, did, idp, extra = struct[si]
+                si += 1
                 nq = _Q[name]
                 append(f'{{"event": {nq}, "properties": {{"time": {t // div}, "distinct_id": {did}, '
                        f'"$insert_id": "{hexid(16).hex()}", "mp_processing_time_ms": {ptime}{idp}{u.frag}{extra}}}}}\n')
-                if name == "Sign Up":
+                if name in ("Sign Up", "Login"):
                     n_product += 1
                 else:
                     n_identity += 1
@@ -822,7 +832,7 @@ def _run(out_dir, *, events, profiles, seed, start, months, compress, time_in_ms
 SAMPLE_EVENTS = 4500  # event lines in data/sample/events.jsonl, named personas included
 SAMPLE_PROFILES = 300  # crowd profiles; the named personas add theirs
 SAMPLE_SEED = 2026
-SAMPLE_FILES = (EVENTS_FILE, PROFILES_FILE, UPDATES_FILE, "broken/broken_events.jsonl", "broken/expected.json")
+SAMPLE_FILES = (EVENTS_FILE, PROFILES_FILE, UPDATES_FILE, "broken/broken_events.jsonl", "broken/expected.tsv")
 
 _WEB = {"platform": "web", "country": "US", "$os": "Mac OS X", "$city": "Austin", "mp_lib": "web",
         "$lib_version": "2.55.1"}
@@ -880,72 +890,69 @@ def _named_personas(g: _Gen) -> tuple[list[str], list[dict], list[dict]]:
         updates.append(upd)
         g.ops[op] += 1
 
+    home = {"page": "/", "page_title": "Home"}
+    pricing = {"page": "/pricing", "page_title": "Preise & Pläne"}
+    account = {"page": "/account", "page_title": "Account"}
+
+    def buy(amount, plan="pro", items=1, **more):
+        return {**more, "amount": amount, "currency": "EUR", "plan": plan, "item_count": items}
+
     # alice: Original ID Merge, $identify from a UUIDv4 anon id; a duplicate Purchase whose later copy wins.
-    anon = "3b6f0c3e-8c1d-4f5a-9e2b-7d4c1a0f5e21"
-    ev("Page View", "2026-09-03T10:00:00", anon, "alice-0001", {"page": "/", "page_title": "Home"})
-    ev("Page View", "2026-09-03T10:02:00", anon, "alice-0002", {"page": "/pricing", "page_title": "Preise & Pläne"})
-    ev("$identify", "2026-09-03T10:05:00", "alice@example.com", "alice-0003",
-       {"$identified_id": "alice@example.com", "$anon_id": anon})
-    ev("Sign Up", "2026-09-03T10:05:30", "alice@example.com", "alice-0004", {"method": "password"})
-    buy = {"amount": 19.99, "currency": "EUR", "plan": "pro", "item_count": 1}
-    ev("Purchase", "2026-09-03T10:20:00", "alice@example.com", "alice-0005", buy)
-    ev("Purchase", "2026-09-03T10:20:00", "alice@example.com", "alice-0005", {**buy, "amount": 24.99},
-       kind="duplicate", delay=3_600_000)
-    ev("Page View", "2026-10-02T09:00:00", "alice@example.com", "alice-0006", {"page": "/account", "page_title": "Account"})
-    msg("$campaign_delivery", "2026-10-05T08:00:00", "alice@example.com", "alice-0007", "email",
-        "e0000000-0000-4000-8000-00000000a11c", 5, device="Email")
-    msg("Message Opened", "2026-10-05T08:30:00", "alice@example.com", "alice-0008", "email",
-        "e0000000-0000-4000-8000-00000000a11c", 5, device="Email")
-    profile("alice@example.com", "Alice", "Anderson", "2026-09-03T10:05:30", "2026-10-05T08:30:00",
-            "alice@example.com", plan="pro", ltv=24.99, interests=["tech", "sports"])
-    update("alice@example.com", "2026-09-03T10:06:00", "$set", {"$onesignal_user_id": "alice@example.com", "plan": "pro"})
-    update("alice@example.com", "2026-09-03T10:21:00", "$append", {"visited_pages": "/pricing"})
-    update("alice@example.com", "2026-10-02T09:01:00", "$remove", {"interests": "sports"})
+    alice, anon = "alice@example.com", "3b6f0c3e-8c1d-4f5a-9e2b-7d4c1a0f5e21"
+    inbox = "e0000000-0000-4000-8000-00000000a11c"
+    ev("Page View", "2026-09-03T10:00:00", anon, "alice-0001", home)
+    ev("Page View", "2026-09-03T10:02:00", anon, "alice-0002", pricing)
+    ev("$identify", "2026-09-03T10:05:00", alice, "alice-0003", {"$identified_id": alice, "$anon_id": anon})
+    ev("Sign Up", "2026-09-03T10:05:30", alice, "alice-0004", {"method": "password"})
+    ev("Purchase", "2026-09-03T10:20:00", alice, "alice-0005", buy(19.99))
+    ev("Purchase", "2026-09-03T10:20:00", alice, "alice-0005", buy(24.99), kind="duplicate", delay=3_600_000)
+    ev("Page View", "2026-10-02T09:00:00", alice, "alice-0006", account)
+    msg("$campaign_delivery", "2026-10-05T08:00:00", alice, "alice-0007", "email", inbox, 5, device="Email")
+    msg("Message Opened", "2026-10-05T08:30:00", alice, "alice-0008", "email", inbox, 5, device="Email")
+    profile(alice, "Alice", "Anderson", "2026-09-03T10:05:30", "2026-10-05T08:30:00", alice, plan="pro", ltv=24.99,
+            interests=["tech", "sports"])
+    update(alice, "2026-09-03T10:06:00", "$set", {"$onesignal_user_id": alice, "plan": "pro"})
+    update(alice, "2026-09-03T10:21:00", "$append", {"visited_pages": "/pricing"})
+    update(alice, "2026-10-02T09:01:00", "$remove", {"interests": "sports"})
 
     # bob: $create_alias chain robert.b -> bob@example.com -> bob; events and updates under the aliases.
+    phone = "50000000-0000-4000-8000-000000000b0b"
     ev("Sign Up", "2026-09-05T14:00:00", "bob", "bob-0001", {"method": "google"})
     ev("$create_alias", "2026-09-05T14:00:05", "bob", "bob-0002", {"alias": "bob@example.com"})
     ev("$create_alias", "2026-09-20T09:00:00", "bob@example.com", "bob-0003", {"alias": "robert.b"})
-    ev("Page View", "2026-10-08T12:00:00", "robert.b", "bob-0004", {"page": "/", "page_title": "Home"})
-    ev("Purchase", "2026-10-09T12:00:00", "bob@example.com", "bob-0005",
-       {"amount": 42.0, "currency": "EUR", "plan": "starter", "item_count": 2})
-    msg("Message Sent", "2026-10-10T18:00:00", "ext_bob", "bob-0006", "push", "50000000-0000-4000-8000-000000000b0b", 2)
-    msg("App Opened from Push", "2026-10-10T18:05:00", "ext_bob", "bob-0007", "push",
-        "50000000-0000-4000-8000-000000000b0b", 2)
+    ev("Page View", "2026-10-08T12:00:00", "robert.b", "bob-0004", home)
+    ev("Purchase", "2026-10-09T12:00:00", "bob@example.com", "bob-0005", buy(42.0, plan="starter", items=2))
+    msg("Message Sent", "2026-10-10T18:00:00", "ext_bob", "bob-0006", "push", phone, 2)
+    msg("App Opened from Push", "2026-10-10T18:05:00", "ext_bob", "bob-0007", "push", phone, 2)
     profile("bob", "Bob", "Brown", "2026-09-05T14:00:00", "2026-10-10T18:05:00", "ext_bob", plan="starter", ltv=42.0)
     update("bob", "2026-09-05T14:01:00", "$set", {"$onesignal_user_id": "ext_bob"})
     update("bob@example.com", "2026-10-09T12:01:00", "$add", {"lifetime_value": 42.0, "purchase_count": 1})
     update("robert.b", "2026-10-09T12:02:00", "$union", {"interests": ["tech", "music"]})
 
     # carol: $merge of carol-legacy-77 into carol; in October only delivery events (not an October MTU).
-    ev("Page View", "2026-09-01T08:00:00", "carol-legacy-77", "carol-0001", {"page": "/help", "page_title": "Centre d’aide"})
-    ev("Login", "2026-09-01T08:01:00", "carol-legacy-77", "carol-0002", {"method": "password"})
-    ev("$merge", "2026-09-15T11:00:00", "carol", "carol-0003", {"$distinct_ids": ["carol", "carol-legacy-77"]})
+    legacy, sms = "carol-legacy-77", "5e000000-0000-4000-8000-0000000ca201"
+    ev("Page View", "2026-09-01T08:00:00", legacy, "carol-0001", {"page": "/help", "page_title": "Centre d’aide"})
+    ev("Login", "2026-09-01T08:01:00", legacy, "carol-0002", {"method": "password"})
+    ev("$merge", "2026-09-15T11:00:00", "carol", "carol-0003", {"$distinct_ids": ["carol", legacy]})
     ev("Feature Used", "2026-09-15T11:05:00", "carol", "carol-0004", {"feature": "dark mode", "is_first_use": True})
-    msg("Message Received", "2026-10-04T09:00:00", "carol", "carol-0005", "sms", "5e000000-0000-4000-8000-0000000ca201", 3,
-        device="SMS")
-    msg("$campaign_received", "2026-10-04T09:00:01", "carol", "carol-0006", "sms", "5e000000-0000-4000-8000-0000000ca201",
-        3, device="SMS")
-    msg("SMS Undelivered", "2026-10-12T09:00:00", "carol", "carol-0007", "sms", "5e000000-0000-4000-8000-0000000ca201", 3,
-        device="SMS")
-    profile("carol", "Carol", "Castillo", "2026-09-01T08:00:00", "2026-09-15T11:05:00", "carol", plan="pro", ltv=120.5,
-            city=("Madrid", "ES"))
+    msg("Message Received", "2026-10-04T09:00:00", "carol", "carol-0005", "sms", sms, 3, device="SMS")
+    msg("$campaign_received", "2026-10-04T09:00:01", "carol", "carol-0006", "sms", sms, 3, device="SMS")
+    msg("SMS Undelivered", "2026-10-12T09:00:00", "carol", "carol-0007", "sms", sms, 3, device="SMS")
+    profile("carol", "Carol", "Castillo", "2026-09-01T08:00:00", "2026-09-15T11:05:00", "carol", plan="pro",
+            ltv=120.5, city=("Madrid", "ES"))
     update("carol", "2026-09-15T11:01:00", "$set", {"$onesignal_user_id": "carol"})
 
     # dave: Simplified ID Merge, $device:<uuid> then an event with both $device_id and $user_id.
-    dev = "9c1e2f3a-4b5c-4d6e-8f70-81a2b3c4d5e6"
+    dev, phone = "9c1e2f3a-4b5c-4d6e-8f70-81a2b3c4d5e6", "50000000-0000-4000-8000-00000000da7e"
+    both = {"$device_id": dev, "$user_id": "dave"}
+    cart = {"item_id": "sku-0042", "item_count": 1, "price": 59.9, "catégorie": "maison"}
     ev("Page View", "2026-09-10T19:00:00", "$device:" + dev, "dave-0001",
        {"$device_id": dev, "page": "/products/42", "page_title": "Widget 42"}, base=_IOS)
-    ev("Add to Cart", "2026-09-10T19:03:00", "$device:" + dev, "dave-0002",
-       {"$device_id": dev, "item_id": "sku-0042", "item_count": 1, "price": 59.9, "catégorie": "maison"}, base=_IOS)
-    ev("Sign Up", "2026-09-10T19:05:00", "dave", "dave-0003", {"$device_id": dev, "$user_id": "dave", "method": "apple"},
-       base=_IOS)
-    ev("Purchase", "2026-10-03T18:00:00", "dave", "dave-0004", {"$device_id": dev, "$user_id": "dave", "amount": 59.9,
-                                                               "currency": "EUR", "plan": "pro", "item_count": 1}, base=_IOS)
-    msg("$campaign_delivery", "2026-10-03T18:30:00", "dave", "dave-0005", "push", "50000000-0000-4000-8000-00000000da7e",
-        6, lang="fr")
-    msg("$app_open", "2026-10-03T18:31:00", "dave", "dave-0006", "push", "50000000-0000-4000-8000-00000000da7e", 6,
-        lang="fr")
+    ev("Add to Cart", "2026-09-10T19:03:00", "$device:" + dev, "dave-0002", {"$device_id": dev, **cart}, base=_IOS)
+    ev("Sign Up", "2026-09-10T19:05:00", "dave", "dave-0003", {**both, "method": "apple"}, base=_IOS)
+    ev("Purchase", "2026-10-03T18:00:00", "dave", "dave-0004", buy(59.9, **both), base=_IOS)
+    msg("$campaign_delivery", "2026-10-03T18:30:00", "dave", "dave-0005", "push", phone, 6, lang="fr")
+    msg("$app_open", "2026-10-03T18:31:00", "dave", "dave-0006", "push", phone, 6, lang="fr")
     profile("dave", "Dave", "Dubois", "2026-09-10T19:05:00", "2026-10-03T18:31:00", "dave", plan="pro", ltv=59.9,
             city=("Paris", "FR"))
     update("dave", "2026-09-10T19:06:00", "$set", {"$onesignal_user_id": "dave"})
@@ -953,58 +960,53 @@ def _named_personas(g: _Gen) -> tuple[list[str], list[dict], list[dict]]:
     # erin: $onesignal_user_id is a Subscription (Player) UUID; her message events arrive under it.
     sub = "5f0d7a2c-1e3b-4c6d-a8e9-0b1c2d3e4f50"
     ev("Login", "2026-09-12T07:30:00", "erin", "erin-0001", {"method": "magic link"}, base=_IOS)
-    for i, (name, when) in enumerate([("Message Sent", "2026-09-20T08:00:00"), ("Message Received", "2026-09-20T08:00:02"),
-                                      ("App Opened from Push", "2026-09-20T08:10:00"),
-                                      ("$campaign_delivery", "2026-10-01T08:00:00"),
-                                      ("$campaign_received", "2026-10-01T08:00:02"), ("Push Failed", "2026-10-08T08:00:00"),
-                                      ("Push Unsubscribed", "2026-10-15T08:00:00"), ("$unsubscribe", "2026-10-15T08:00:01")]):
-        msg(name, when, sub, "erin-%04d" % (i + 2), "push", sub, 1)
+    for i, (name, when) in enumerate([
+            ("Message Sent", "2026-09-20T08:00:00"), ("Message Received", "2026-09-20T08:00:02"),
+            ("App Opened from Push", "2026-09-20T08:10:00"), ("$campaign_delivery", "2026-10-01T08:00:00"),
+            ("$campaign_received", "2026-10-01T08:00:02"), ("Push Failed", "2026-10-08T08:00:00"),
+            ("Push Unsubscribed", "2026-10-15T08:00:00"), ("$unsubscribe", "2026-10-15T08:00:01")], 2):
+        msg(name, when, sub, "erin-%04d" % i, "push", sub, 1)
     profile("erin", "Erin", "Evans", "2025-06-01T12:00:00", "2026-10-15T08:00:01", sub, city=("London", "GB"))
     update("erin", "2026-09-12T07:31:00", "$set", {"$onesignal_user_id": sub})
 
     # frank: no $onesignal_user_id; a server event without $insert_id sent twice (both copies count).
-    ev("Purchase", "2026-09-02T16:00:00", "frank", "frank-0001", {"amount": 12.5, "currency": "EUR", "plan": "starter",
-                                                                 "item_count": 1})
-    ev("Purchase", "2026-10-20T16:00:00", "frank", "frank-0002", {"amount": 80.0, "currency": "EUR", "plan": "pro",
-                                                                 "item_count": 3})
-    ev("Page View", "2026-10-21T09:00:00", "frank", None, {"page": "/account", "page_title": "Account"},
-       base={"mp_lib": "python", "$lib_version": "4.10.1"}, copies=2)
+    ev("Purchase", "2026-09-02T16:00:00", "frank", "frank-0001", buy(12.5, plan="starter"))
+    ev("Purchase", "2026-10-20T16:00:00", "frank", "frank-0002", buy(80.0, items=3))
+    ev("Page View", "2026-10-21T09:00:00", "frank", None, account, base={"mp_lib": "python", "$lib_version": "4.10.1"},
+       copies=2)
     profile("frank", "Frank", "Fischer", "2024-11-30T09:00:00", "2026-10-21T09:00:00", plan="pro", ltv=92.5,
             city=("Berlin", "DE"))
 
     # grace: anonymous only (Simplified device id), no profile.
     dev = "0d9b8a7c-6e5f-4a3b-b2c1-d0e9f8a7b6c5"
-    ev("Page View", "2026-09-25T21:00:00", "$device:" + dev, "grace-0001", {"$device_id": dev, "page": "/", "page_title": "Home"})
-    ev("Search", "2026-09-25T21:01:00", "$device:" + dev, "grace-0002", {"$device_id": dev, "query": "café crème", "results": 3})
-    ev("Page View", "2026-10-25T21:00:00", "$device:" + dev, "grace-0003", {"$device_id": dev, "page": "/pricing",
-                                                                             "page_title": "Preise & Pläne"})
+    ev("Page View", "2026-09-25T21:00:00", "$device:" + dev, "grace-0001", {"$device_id": dev, **home})
+    ev("Search", "2026-09-25T21:01:00", "$device:" + dev, "grace-0002",
+       {"$device_id": dev, "query": "café crème", "results": 3})
+    ev("Page View", "2026-10-25T21:00:00", "$device:" + dev, "grace-0003", {"$device_id": dev, **pricing})
 
     # heidi: an External ID with '/', spaces, quotes and unicode (must be URL-encoded by an exporter).
+    heidi, inbox = _HEIDI_EXTERNAL_ID, "e0000000-0000-4000-8000-0000000ae1d1"
     ev("Login", "2026-10-06T10:00:00", "heidi", "heidi-0001", {"method": "password"})
-    msg("$campaign_delivery", "2026-10-07T10:00:00", _HEIDI_EXTERNAL_ID, "heidi-0002", "email",
-        "e0000000-0000-4000-8000-0000000ae1d1", 0, device="Email", lang="de")
-    msg("Message Opened", "2026-10-07T11:00:00", _HEIDI_EXTERNAL_ID, "heidi-0003", "email",
-        "e0000000-0000-4000-8000-0000000ae1d1", 0, device="Email", lang="de")
-    profile("heidi", "Heidi", "Müller", "2026-10-06T10:00:00", "2026-10-07T11:00:00", _HEIDI_EXTERNAL_ID,
-            city=("Zürich", "CH"))
-    update("heidi", "2026-10-06T10:01:00", "$set", {"$onesignal_user_id": _HEIDI_EXTERNAL_ID})
+    msg("$campaign_delivery", "2026-10-07T10:00:00", heidi, "heidi-0002", "email", inbox, 0, device="Email", lang="de")
+    msg("Message Opened", "2026-10-07T11:00:00", heidi, "heidi-0003", "email", inbox, 0, device="Email", lang="de")
+    profile("heidi", "Heidi", "Müller", "2026-10-06T10:00:00", "2026-10-07T11:00:00", heidi, city=("Zürich", "CH"))
+    update("heidi", "2026-10-06T10:01:00", "$set", {"$onesignal_user_id": heidi})
 
     # ivan and judy: two profiles with the same Subscription id (a shared tablet).
+    tablet = _SHARED_SUBSCRIPTION
     ev("Login", "2026-09-08T12:00:00", "ivan", "ivan-0001", {"method": "password"})
     ev("Login", "2026-10-08T12:00:00", "judy", "judy-0001", {"method": "password"})
-    msg("Message Sent", "2026-10-09T12:00:00", _SHARED_SUBSCRIPTION, "ivan-0002", "in_app", _SHARED_SUBSCRIPTION, 7,
-        device="Android")
-    msg("Message Opened", "2026-10-09T12:01:00", _SHARED_SUBSCRIPTION, "ivan-0003", "in_app", _SHARED_SUBSCRIPTION, 7,
-        device="Android")
-    profile("ivan", "Ivan", "Ivanov", "2025-02-02T12:00:00", "2026-10-09T12:01:00", _SHARED_SUBSCRIPTION)
-    profile("judy", "Judy", "Jensen", "2025-03-03T12:00:00", "2026-10-09T12:01:00", _SHARED_SUBSCRIPTION)
-    update("ivan", "2026-09-08T12:01:00", "$set", {"$onesignal_user_id": _SHARED_SUBSCRIPTION})
-    update("judy", "2026-10-08T12:01:00", "$set", {"$onesignal_user_id": _SHARED_SUBSCRIPTION})
+    msg("Message Sent", "2026-10-09T12:00:00", tablet, "ivan-0002", "in_app", tablet, 7, device="Android")
+    msg("Message Opened", "2026-10-09T12:01:00", tablet, "ivan-0003", "in_app", tablet, 7, device="Android")
+    profile("ivan", "Ivan", "Ivanov", "2025-02-02T12:00:00", "2026-10-09T12:01:00", tablet)
+    profile("judy", "Judy", "Jensen", "2025-03-03T12:00:00", "2026-10-09T12:01:00", tablet)
+    update("ivan", "2026-09-08T12:01:00", "$set", {"$onesignal_user_id": tablet})
+    update("judy", "2026-10-08T12:01:00", "$set", {"$onesignal_user_id": tablet})
 
     # ken, leo, mia: unusable $onesignal_user_id (a number, a blank string, an over-long string).
     ev("Login", "2026-09-14T12:00:00", "ken", "ken-0001", {"method": "google"})
-    ev("Page View", "2026-10-14T12:00:00", "leo", "leo-0001", {"page": "/", "page_title": "Home"})
-    ev("Page View", "2026-10-15T12:00:00", "mia", "mia-0001", {"page": "/", "page_title": "Home"})
+    ev("Page View", "2026-10-14T12:00:00", "leo", "leo-0001", home)
+    ev("Page View", "2026-10-15T12:00:00", "mia", "mia-0001", home)
     profile("ken", "Ken", "Kim", "2025-04-04T12:00:00", "2026-09-14T12:00:00", 4815162342)
     profile("leo", "Leo", "López", "2025-05-05T12:00:00", "2026-10-14T12:00:00", "   ")
     profile("mia", "Mia", "Martin", "2025-06-06T12:00:00", "2026-10-15T12:00:00", "ext_" + "m" * 300)
@@ -1013,11 +1015,11 @@ def _named_personas(g: _Gen) -> tuple[list[str], list[dict], list[dict]]:
     ev("Sign Up", "2026-10-02T10:00:00", "oscar", "oscar-0001", {"method": "google"})
     msg("$campaign_open", "2026-10-03T10:00:00", "ext_oscar", "oscar-0002", "email",
         "e0000000-0000-4000-8000-0000000005ca", 4, device="Email")
-    update("oscar", "2026-10-02T10:01:00", "$set", {"$onesignal_user_id": "ext_oscar", "$email": "oscar@example.com",
-                                                    "$name": "Oscar Ortiz"})
+    update("oscar", "2026-10-02T10:01:00", "$set",
+           {"$onesignal_user_id": "ext_oscar", "$email": "oscar@example.com", "$name": "Oscar Ortiz"})
 
     # peggy: set_once, unset, then deleted ($delete with $ignore_alias).
-    ev("Page View", "2026-09-16T12:00:00", "peggy", "peggy-0001", {"page": "/", "page_title": "Home"})
+    ev("Page View", "2026-09-16T12:00:00", "peggy", "peggy-0001", home)
     profile("peggy", "Peggy", "Pérez", "2025-07-07T12:00:00", "2026-09-16T12:00:00", None, beta=True)
     update("peggy", "2026-09-16T12:01:00", "$set_once", {"initial_referrer": "newsletter"})
     update("peggy", "2026-09-17T12:00:00", "$unset", ["is_beta"])
@@ -1042,9 +1044,9 @@ def _broken_lines() -> list[tuple[str, str | None]]:
         ('{"event": "Page View", "properties": {"time": 1790000120, "distinct_id": "broken-user-2"', "malformed JSON"),
         (["Page View", good(3)["properties"]], "not a JSON object"),
         ("Page View", "not a JSON object"),
-        ({"properties": good(5)["properties"]}, "missing event"),
-        (good(6, event=""), "event name"),
-        (good(7, event=42), "event name"),
+        ({"properties": good(5)["properties"]}, 'missing "event"'),
+        (good(6, event=""), "empty event name"),
+        (good(7, event=42), '"event" must be a string'),
         ({"event": "Page View"}, "properties"),
         ({"event": "Page View", "properties": "time=1790000540&distinct_id=broken-user-9"}, "properties"),
         (good(10, event="Sign Up"), None),
@@ -1055,8 +1057,8 @@ def _broken_lines() -> list[tuple[str, str | None]]:
         (good(15, distinct_id="-1"), "refused distinct_id"),
         (good(16, distinct_id="00000000-0000-0000-0000-000000000000"), "refused distinct_id"),
         (good(17, distinct_id=""), "refused distinct_id"),
-        (good(18, distinct_id={"id": 18}), "distinct_id type"),
-        (good(19, distinct_id=True), "distinct_id type"),
+        (good(18, distinct_id={"id": 18}), "distinct_id must be a string"),
+        (good(19, distinct_id=True), "distinct_id must be a string"),
         (without(good(20), "time"), "missing time"),
         (good(21, time="yesterday"), "time"),
         (good(22, time=86400), "before 1971"),
@@ -1076,8 +1078,9 @@ def write_sample(out_dir) -> dict:
     broken = _broken_lines()
     (out / "broken").mkdir(exist_ok=True)
     (out / "broken" / "broken_events.jsonl").write_text("".join(line + "\n" for line, _ in broken), encoding="utf-8")
-    expected = [{"line": i, "reason_contains": reason} for i, (_, reason) in enumerate(broken, 1) if reason]
-    (out / "broken" / "expected.json").write_text(
-        "[\n" + ",\n".join("  " + _j(e) for e in expected) + "\n]\n", encoding="utf-8")
+    # Tab-separated, not JSON, so that loading the sample folder does not read it as data.
+    expected = [(i, reason) for i, (_, reason) in enumerate(broken, 1) if reason]
+    (out / "broken" / "expected.tsv").write_text(
+        "line\treason_contains\n" + "".join(f"{i}\t{reason}\n" for i, reason in expected), encoding="utf-8")
     counts["broken"] = {"lines": len(broken), "broken": len(expected), "valid": len(broken) - len(expected)}
     return counts

@@ -87,6 +87,16 @@ def load(store: Store, paths: Iterable[str | os.PathLike], *, strict: bool = Fal
                 raise
             summary.files.append(FileResult(str(path), kind or "?", "refused", message=str(exc)))
     sources.sort(key=lambda s: _KIND_ORDER[s.kind])   # stable: paths stay sorted within a kind
+    # Rows carry their file and line, so DuckDB need not keep insertion order; without it a large
+    # load checkpoints much faster (measured: 3.5 s -> 0.1 s per million events).
+    store.con.execute("SET preserve_insertion_order = false")
+    try:
+        return _load_sources(store, sources, summary, strict, now, progress, on_file)
+    finally:
+        store.con.execute("RESET preserve_insertion_order")
+
+
+def _load_sources(store, sources, summary, strict, now, progress, on_file) -> LoadSummary:
     with tqdm(total=sum(s.size for s in sources), unit="B", unit_scale=True, desc="load",
               disable=not progress or None) as bar:
         for source in sources:
@@ -129,7 +139,9 @@ def load_file(store: Store, source: Source, *, strict: bool = False, now: dateti
                     source.format, now.replace(tzinfo=None), result.rows_read, result.rows_loaded,
                     result.duplicates, result.quarantined])
             break
-        except duckdb.InvalidInputException as exc:
+        # DuckDB may cut a record mid-character when quoting it in an error message: Python then fails
+        # to decode the message itself. Either way read_json refused the file.
+        except (duckdb.InvalidInputException, UnicodeDecodeError) as exc:
             if careful:
                 result = _refused(source, f"cannot be read: {_first_line(exc)}", strict, exc)
         except LoadError as exc:
@@ -184,7 +196,7 @@ def _insert_events(con, source: Source, *, careful: bool, params: dict) -> None:
     sql = f"""
         INSERT INTO events (event, distinct_id, time, insert_id, properties, file_id, line, rejected,
                             device_id, user_id)
-        WITH src AS ({fields}),
+        WITH src AS (SELECT *, {validation.typed("ev", "did", "tm", "iid")} FROM ({fields})),
         timed AS (SELECT *, {time_ms} AS time_ms FROM src),
         checked AS (SELECT *, coalesce(doc_error, {reason}) AS reason FROM timed)
         SELECT CASE WHEN {kept} THEN ev ->> '$'
@@ -325,8 +337,9 @@ def _load_profiles(con, source: Source, file_id: int, now: datetime, result: Fil
     reason = validation.profile_reason("did", "props")
     _sql(con, f"""
         CREATE OR REPLACE TEMP TABLE _profiles AS
-        WITH r AS (SELECT line, item, paged, raw, doc_error, doc -> '$."$distinct_id"' AS did,
-                          doc -> '$."$properties"' AS props, doc FROM ({records})),
+        WITH r0 AS (SELECT line, item, paged, raw, doc_error, doc -> '$."$distinct_id"' AS did,
+                           doc -> '$."$properties"' AS props, doc FROM ({records})),
+        r AS (SELECT *, {validation.typed("did", "props")} FROM r0),
         v AS (SELECT *, coalesce(doc_error, {reason}) AS reason FROM r)
         SELECT line, item, reason || CASE WHEN paged THEN ' (results[' || (item - 1) || '])' ELSE '' END AS reason, left(CASE WHEN paged THEN doc::VARCHAR ELSE coalesce(raw, doc::VARCHAR) END,
                     {validation.QUARANTINED_RAW_CHARS}) AS raw,
@@ -362,12 +375,14 @@ def _load_profile_updates(con, source: Source, file_id: int, now: datetime, resu
     params = {"path": str(source.path), "file_id": file_id, "ops": list(profile_ops.OPS),
               **validation.parameters(_ms(now))}
     id_reason = validation.distinct_id_reason("did", "$distinct_id")
-    time_ms = validation.time_ms_expr("doc -> '$.\"$time\"'")
+    time_ms = validation.time_ms_expr("tm")
     _sql(con, f"""
         CREATE OR REPLACE TEMP TABLE _updates AS
-        WITH r AS (SELECT line, item, paged, raw, doc_error, doc, doc -> '$."$distinct_id"' AS did,
-                          list_filter(json_keys(doc), lambda k: list_contains($ops, k)) AS ops
-                   FROM ({records})),
+        WITH r0 AS (SELECT line, item, paged, raw, doc_error, doc, doc -> '$."$distinct_id"' AS did,
+                           doc -> '$."$time"' AS tm,
+                           list_filter(json_keys(doc), lambda k: list_contains($ops, k)) AS ops
+                    FROM ({records})),
+        r AS (SELECT *, {validation.typed("did", "tm")} FROM r0),
         v AS (SELECT *, coalesce(doc_error, CASE {id_reason}
                  WHEN len(ops) = 0 THEN 'no operation (expected one of ' || array_to_string($ops, ', ') || ')'
                  WHEN len(ops) > 1 THEN 'more than one operation: ' || array_to_string(ops, ', ')

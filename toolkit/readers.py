@@ -5,9 +5,10 @@ row of a CSV), ``raw`` (the record's text where DuckDB gives it), ``doc_error`` 
 not a JSON object, else NULL) and the record's fields as JSON values. File paths are always bound
 as the parameter ``$path``.
 
-Events have two paths: ``fast`` hands the file to ``read_json`` and is used first; ``careful``
-reads lines as text and checks each one, and is used when ``read_json`` refuses the file
-(malformed JSON, a record that is not an object, bad UTF-8), so every bad line gets its own reason.
+JSON events have two paths: the fast one hands the file to ``read_json`` and is tried first; the
+careful one reads lines as text and checks each one, and is used when ``read_json`` refuses the
+file (malformed JSON, a record that is not an object, bad UTF-8), so every bad line gets its own
+reason.
 """
 
 from __future__ import annotations
@@ -28,35 +29,26 @@ _KEY_COLUMNS = ("did", "tm", "iid", "dev", "uid")
 def event_fields(source: Source, careful: bool, rejects: str) -> str:
     """(record, raw, doc_error, ev, props, did, tm, iid, dev, uid) for an events file: the record's
     fields as JSON values, with the properties Mixpanel gives a meaning (`KEY_FIELDS`) pulled out."""
-    if source.format in ("jsonl", "json") and not careful:
-        return _fast_json(source)
     if source.format == "csv":
         rows = (f"read_csv($path, header=true, auto_detect=true, max_line_size={MAX_RECORD_BYTES}, "
                 "sample_size=-1)")
         records = _flat_rows(rows, first_record=2)
     elif source.format == "parquet":
         records = _parquet_rows()
+    elif not careful:
+        fmt = "newline_delimited" if source.format == "jsonl" else "array"
+        records = f"""SELECT ordinality AS record, NULL::VARCHAR AS raw, NULL::VARCHAR AS doc_error,
+                             event AS ev, properties AS props
+                      FROM read_json($path, columns={{'event': 'JSON', 'properties': 'JSON'}}, format='{fmt}',
+                                     maximum_object_size={MAX_RECORD_BYTES}) WITH ORDINALITY"""
     else:
         records = f"""SELECT record, raw, doc_error, doc -> '$.event' AS ev, doc -> '$.properties' AS props
                       FROM ({documents(source, rejects)})"""
+    # One parse of the properties for all key fields.
     paths = ", ".join(f"'$.\"{name}\"'" for name in KEY_FIELDS)
     keys = ", ".join(f"k[{i}] AS {col}" for i, col in enumerate(_KEY_COLUMNS, 1))
     return f"""SELECT record, raw, doc_error, ev, props, {keys}
                FROM (SELECT *, json_extract(props, [{paths}]) AS k FROM ({records}))"""
-
-
-def _fast_json(source: Source) -> str:
-    """read_json twice, side by side: once keeping `properties` whole as JSON, once pulling out only the
-    key fields as a struct. Two scans cost less than extracting fields from the JSON text afterwards."""
-    fmt = "newline_delimited" if source.format == "jsonl" else "array"
-    options = f"format='{fmt}', maximum_object_size={MAX_RECORD_BYTES}"
-    struct = ", ".join(f'"{name}" JSON' for name in KEY_FIELDS)
-    keys = ", ".join(f'k.properties."{name}" AS {col}' for name, col in zip(KEY_FIELDS, _KEY_COLUMNS))
-    return f"""SELECT whole.ordinality AS record, NULL::VARCHAR AS raw, NULL::VARCHAR AS doc_error,
-                      whole.event AS ev, whole.properties AS props, {keys}
-               FROM (SELECT * FROM read_json($path, columns={{'event': 'JSON', 'properties': 'JSON'}}, {options})
-                     WITH ORDINALITY) whole
-               POSITIONAL JOIN read_json($path, columns={{'properties': 'STRUCT({struct})'}}, {options}) k"""
 
 
 def stage_lines(rejects: str) -> str:

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ KINDS = ("events", "profiles", "profile_updates")
 PROFILE_OPS = ("$set", "$set_once", "$add", "$union", "$append", "$remove", "$unset", "$delete")
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _PEEK_BYTES = 1 << 16
+# Keys in the head of a document too large to parse from its first bytes (a big Engage page).
+_LEADING_KEYS = re.compile(r'[{,]\s*"(results|\$properties|\$set|\$set_once|\$add|\$union|\$append|'
+                           r'\$remove|\$unset|\$delete|event)"\s*:')
 
 
 @dataclass(frozen=True)
@@ -92,12 +96,13 @@ def _detect_kind(path: Path, fmt: str) -> str:
     """By the first record's keys; CSV and Parquet files hold events."""
     if fmt in ("csv", "parquet"):
         return "events"
-    record = _first_record(_peek(path).lstrip("\ufeff \t\r\n"))
-    if isinstance(record, dict):
-        if "results" in record or "$properties" in record:
-            return "profiles"
-        if any(op in record for op in PROFILE_OPS):
-            return "profile_updates"
+    head = _peek(path).lstrip("\ufeff \t\r\n")
+    record = _first_record(head)
+    keys = set(record) if isinstance(record, dict) else set(_LEADING_KEYS.findall(head[:4096]))
+    if keys & {"results", "$properties"}:
+        return "profiles"
+    if keys & set(PROFILE_OPS):
+        return "profile_updates"
     return "events"   # including empty files and a malformed first line, which validation reports
 
 

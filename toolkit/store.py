@@ -48,7 +48,7 @@ MIGRATIONS: list[str] = [
         insert_id    VARCHAR,
         device_id    VARCHAR,               -- $device_id and $user_id: Simplified ID Merge reads them
         user_id      VARCHAR,
-        properties   JSON,
+        properties   JSON USING COMPRESSION zstd,   -- long JSON text: zstd writes ~2x faster, 3x smaller
         file_id      INTEGER NOT NULL,
         line         BIGINT NOT NULL,       -- record number within the file
         rejected     VARCHAR

@@ -26,12 +26,16 @@ def _json_kind(col: str) -> str:
     return f"lower(json_type({col}))"
 
 
+def typed(*cols: str) -> str:
+    """Select-list items naming each column's JSON type once (``<col>_t``), for the reasons below."""
+    return ", ".join(f"json_type({col}) AS {col}_t" for col in cols)
+
+
 def distinct_id_reason(col: str, label: str) -> str:
     """Missing, not a string (integers are accepted as Mixpanel does), or on the refused list."""
     return f"""
-        WHEN {col} IS NULL OR json_type({col}) = 'NULL' THEN 'missing {label}'
-        WHEN json_type({col}) NOT IN {_ID_TYPES}
-            THEN '{label} must be a string, got ' || {_json_kind(col)}
+        WHEN {col}_t IS NULL OR {col}_t = 'NULL' THEN 'missing {label}'
+        WHEN {col}_t NOT IN {_ID_TYPES} THEN '{label} must be a string, got ' || lower({col}_t)
         WHEN list_contains($refused_ids, lower(trim({col} ->> '$')))
             THEN 'refused {label} ' || to_json({col} ->> '$')::VARCHAR || ' (Mixpanel rejects this value)'
     """
@@ -39,30 +43,30 @@ def distinct_id_reason(col: str, label: str) -> str:
 
 def time_ms_expr(col: str) -> str:
     """`time` as epoch milliseconds (seconds are scaled); NULL when not a finite number."""
-    seconds_or_ms = f"try_cast({col} AS DOUBLE)"
-    return (f"CASE WHEN json_type({col}) IN {_NUMBER_TYPES} AND isfinite({seconds_or_ms}) THEN "
-            f"CASE WHEN abs({seconds_or_ms}) > {MS_THRESHOLD} THEN {seconds_or_ms} "
-            f"ELSE {seconds_or_ms} * 1000 END END")
+    return (f"CASE WHEN {col}_t IN {_NUMBER_TYPES} AND isfinite(try_cast({col} AS DOUBLE)) THEN "
+            f"try_cast({col} AS DOUBLE) * CASE WHEN abs(try_cast({col} AS DOUBLE)) > {MS_THRESHOLD} "
+            f"THEN 1 ELSE 1000 END END")
 
 
 def event_reason(ev: str, props: str, did: str, time_ms: str, tm: str, iid: str) -> str:
-    """Why an event record is refused, in the order a person would fix it; NULL when valid."""
+    """Why an event record is refused, in the order a person would fix it; NULL when valid.
+    Needs ``typed(ev, did, tm, iid)`` computed beside the columns."""
     return f"""CASE
-        WHEN {ev} IS NULL OR json_type({ev}) = 'NULL' THEN 'missing "event"'
-        WHEN json_type({ev}) <> 'VARCHAR' THEN '"event" must be a string, got ' || {_json_kind(ev)}
+        WHEN {ev}_t IS NULL OR {ev}_t = 'NULL' THEN 'missing "event"'
+        WHEN {ev}_t <> 'VARCHAR' THEN '"event" must be a string, got ' || lower({ev}_t)
         WHEN trim({ev} ->> '$') = '' THEN 'empty event name'
         WHEN {props} IS NULL OR {props}::VARCHAR = 'null' THEN 'missing "properties"'
         WHEN NOT starts_with({props}::VARCHAR, '{{')   -- DuckDB's JSON text: an object starts with {{
             THEN '"properties" must be an object, got ' || {_json_kind(props)}
         {distinct_id_reason(did, 'distinct_id')}
-        WHEN {tm} IS NULL OR json_type({tm}) = 'NULL' THEN 'missing time'
-        WHEN json_type({tm}) NOT IN {_NUMBER_TYPES} THEN 'time must be a number, got ' || {_json_kind(tm)}
+        WHEN {tm}_t IS NULL OR {tm}_t = 'NULL' THEN 'missing time'
+        WHEN {tm}_t NOT IN {_NUMBER_TYPES} THEN 'time must be a number, got ' || lower({tm}_t)
         WHEN {time_ms} IS NULL THEN 'time ' || ({tm})::VARCHAR || ' is out of range'
         WHEN {time_ms} > $now_ms + {MAX_FUTURE_MS}
             THEN 'time ' || ({tm})::VARCHAR || ' is more than 1 hour in the future'
         WHEN {time_ms} < {MIN_TIME_MS} THEN 'time ' || ({tm})::VARCHAR || ' is before 1971'
-        WHEN {iid} IS NOT NULL AND json_type({iid}) <> 'NULL' AND (
-                 json_type({iid}) <> 'VARCHAR'
+        WHEN {iid}_t IS NOT NULL AND {iid}_t <> 'NULL' AND (
+                 {iid}_t <> 'VARCHAR'
               OR octet_length(({iid} ->> '$')::BLOB) > {MAX_INSERT_ID_BYTES}
               OR NOT regexp_full_match({iid} ->> '$', '[A-Za-z0-9-]+'))
             THEN 'bad $insert_id ' || left(({iid})::VARCHAR, 80)
@@ -71,10 +75,11 @@ def event_reason(ev: str, props: str, did: str, time_ms: str, tm: str, iid: str)
 
 
 def profile_reason(did: str, props: str) -> str:
+    """Needs ``typed(did, props)`` computed beside the columns."""
     return f"""CASE
         {distinct_id_reason(did, '$distinct_id')}
-        WHEN {props} IS NULL OR json_type({props}) = 'NULL' THEN 'missing "$properties"'
-        WHEN json_type({props}) <> 'OBJECT' THEN '"$properties" must be an object, got ' || {_json_kind(props)}
+        WHEN {props}_t IS NULL OR {props}_t = 'NULL' THEN 'missing "$properties"'
+        WHEN {props}_t <> 'OBJECT' THEN '"$properties" must be an object, got ' || lower({props}_t)
     END"""
 
 
