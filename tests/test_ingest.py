@@ -324,3 +324,36 @@ def test_sample_loads_with_every_kind(store):
     assert d["files_refused"] == 0
     assert d["events"] > 4000 and d["profiles"] > 300 and d["profile_updates"] > 500
     assert d["duplicates_dropped"] == 70 and d["rows_quarantined"] >= 23
+
+
+def test_killed_load_leaves_whole_files_only(tmp_path):
+    """SIGKILL at several moments of a load: after recovery each file is either fully in or fully out."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from toolkit.store import Store
+
+    first = write_lines(tmp_path / "1.jsonl", [event("A", f"u{i}", T0 + i, f"a{i}") for i in range(1000)])
+    second = write_lines(tmp_path / "2.jsonl", (event("B", f"u{i}", T0 + i, f"b{i}") for i in range(300_000)))
+    script = ("import sys; from toolkit import Store, load; "
+              "load(Store(sys.argv[1]), sys.argv[2:])")
+    outcomes = set()
+    for delay in (0.3, 0.8, 1.5, 3.0):
+        db = tmp_path / f"kill-{delay}.duckdb"
+        with Store(db) as store:
+            load(store, first)
+        proc = subprocess.Popen([sys.executable, "-c", script, str(db), str(second)])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with Store(db) as store:
+            counts = dict(rows(store, "SELECT event, count(*) FROM events GROUP BY 1"))
+            loaded = rows(store, "SELECT count(*) FROM loads")[0][0]
+            assert counts.get("A") == 1000
+            assert counts.get("B", 0) in (0, 300_000) and loaded == 1 + (counts.get("B", 0) > 0)
+            outcomes.add(counts.get("B", 0))
+            load(store, second)                       # the next run converges
+            assert rows(store, "SELECT count(*) FROM events WHERE event = 'B'") == [(300_000,)]
+    assert 0 in outcomes                               # at least one kill landed mid-load
