@@ -1,0 +1,109 @@
+"""The scheduler: papermill runs, the lock, the overdue rule, failures and signals."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from datetime import datetime, timedelta, timezone
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+from toolkit import schedule
+from toolkit.errors import ToolkitError
+
+T = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+M = timedelta(minutes=15)
+
+
+def notebook(path, body):
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    params = nbformat.v4.new_code_cell("marker = 'default'\nfail = False")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize("due,finished,expected", [
+    (T, T + timedelta(minutes=2), T + M),             # on time: the next slot
+    (T, T + M, T + M),                                # finished exactly at the next slot
+    (T, T + timedelta(minutes=40), T + timedelta(minutes=40)),   # overdue: once, right away
+])
+def test_next_due(due, finished, expected):
+    assert schedule.next_due(due, finished, M) == expected
+
+
+def test_parse_every():
+    assert schedule.parse_every("15m") == M and schedule.parse_every("90s") == timedelta(seconds=90)
+    for bad in ("15", "m", "0.1s", "10x"):
+        with pytest.raises(ToolkitError, match="--every"):
+            schedule.parse_every(bad)
+
+
+def test_lock_is_exclusive_across_processes(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from toolkit.schedule import sync_lock
+        with sync_lock(Path({str(tmp_path)!r})):
+            print("held", flush=True)
+            time.sleep(30)
+    """)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(schedule.SyncBusy, match="another sync is running"):
+            with schedule.sync_lock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with schedule.sync_lock(tmp_path):      # released when its holder dies
+        pass
+
+
+def test_run_once_executes_with_parameters_and_keeps_the_notebook(tmp_path):
+    nb = notebook(tmp_path / "nb.ipynb", "print('marker is', marker)\nassert not fail")
+    run = schedule.run_once(tmp_path / "runs", {"marker": "hello"}, nb)
+    assert run.ok and run.notebook.parent == tmp_path / "runs" and run.notebook.name.startswith("sync-")
+    outputs = json.dumps(nbformat.read(run.notebook, 4).cells[-1].outputs)
+    assert "marker is hello" in outputs
+
+
+def test_failed_runs_are_recorded_and_the_schedule_goes_on(tmp_path):
+    nb = notebook(tmp_path / "nb.ipynb", "assert not fail, 'boom'")
+    runs = schedule.schedule(tmp_path / "runs", {"fail": True}, timedelta(seconds=0.1), notebook=nb, max_runs=2)
+    assert [r.ok for r in runs] == [False, False]
+    assert "boom" in runs[0].error and len(list((tmp_path / "runs").glob("sync-*.ipynb"))) == 2
+
+
+def test_stop_event_ends_the_schedule_between_runs(tmp_path):
+    nb = notebook(tmp_path / "nb.ipynb", "pass")
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    runs = schedule.schedule(tmp_path / "runs", {}, timedelta(hours=1), notebook=nb, stop=stop)
+    assert len(runs) == 1 and runs[0].ok
+
+
+def test_sigterm_stops_cleanly(tmp_path):
+    nb = notebook(tmp_path / "nb.ipynb", "pass")
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from datetime import timedelta
+        from pathlib import Path
+        from toolkit.schedule import schedule
+        runs = schedule(Path({str(tmp_path / 'runs')!r}), {{}}, timedelta(hours=1), notebook=Path({str(nb)!r}))
+        print("runs", len(runs), flush=True)
+    """)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    runs_dir = tmp_path / "runs"
+    for _ in range(600):                      # wait for the first run to finish, then signal
+        if list(runs_dir.glob("sync-*.ipynb")) and not proc.poll():
+            break
+        threading.Event().wait(0.1)
+    threading.Event().wait(2.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "runs 1" in out

@@ -1,0 +1,143 @@
+"""Scheduled sync: run notebooks/sync.ipynb with papermill, once or every N minutes, one run at a time.
+
+Each run writes its executed notebook under the runs folder, named by its UTC start time, so the
+record of what happened (cells, outputs, errors, timings) is the notebook itself, as papermill
+intends. A lock file keeps runs from overlapping, across processes too. An overdue run (the previous
+one took longer than the interval) starts once, not once per missed slot. A failed run is logged and
+the schedule goes on; Ctrl-C or SIGTERM stops it between runs, or interrupts the run in progress.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from toolkit.errors import ToolkitError
+
+ROOT = Path(__file__).resolve().parent.parent
+SYNC_NOTEBOOK = ROOT / "notebooks" / "sync.ipynb"
+DEFAULT_EVERY = timedelta(minutes=15)
+log = logging.getLogger("toolkit.schedule")
+
+
+class SyncBusy(ToolkitError):
+    """Another sync holds the lock."""
+
+
+@dataclass(frozen=True)
+class SyncRun:
+    notebook: Path          # the executed copy
+    started: datetime
+    ended: datetime
+    ok: bool
+    error: str = ""
+
+
+def parse_every(text: str) -> timedelta:
+    """'15m', '90s', '1h' -> timedelta (at least one second)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        amount, unit = float(text[:-1]), units[text[-1]]
+    except (ValueError, KeyError, IndexError):
+        raise ToolkitError(f"--every {text!r}: expected a number followed by s, m or h, e.g. 15m") from None
+    if amount * unit < 1:
+        raise ToolkitError(f"--every {text!r}: must be at least 1s")
+    return timedelta(seconds=amount * unit)
+
+
+def next_due(due: datetime, finished: datetime, every: timedelta) -> datetime:
+    """When the next run starts: one interval after the previous slot; if that moment has already
+    passed (an overdue run), right away, once, and the schedule restarts from then."""
+    following = due + every
+    return following if following > finished else finished
+
+
+@contextmanager
+def sync_lock(runs_dir: Path) -> Iterator[None]:
+    """Hold the runs folder's lock for one run, or raise SyncBusy at once."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with open(runs_dir / ".sync.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SyncBusy(f"another sync is running (lock {runs_dir / '.sync.lock'})") from None
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
+             clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> SyncRun:
+    """Execute the sync notebook once under the lock; a failing notebook is a failed run, not an error."""
+    import papermill
+
+    with sync_lock(runs_dir):
+        started = clock()
+        output = runs_dir / f"sync-{started:%Y%m%dT%H%M%S%fZ}.ipynb"
+        log.info("sync started: %s", output)
+        try:
+            papermill.execute_notebook(str(notebook), str(output), parameters=parameters,
+                                       kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+            run = SyncRun(output, started, clock(), True)
+        except papermill.PapermillExecutionError as exc:
+            run = SyncRun(output, started, clock(), False, f"{exc.ename}: {exc.evalue}")
+        log.info("sync %s in %.1fs: %s", "succeeded" if run.ok else "FAILED",
+                 (run.ended - run.started).total_seconds(), run.error or output)
+        return run
+
+
+def schedule(runs_dir: Path, parameters: dict, every: timedelta = DEFAULT_EVERY, *,
+             notebook: Path = SYNC_NOTEBOOK, max_runs: int | None = None,
+             stop: threading.Event | None = None,
+             clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> list[SyncRun]:
+    """Run the sync every ``every`` until stopped (SIGINT/SIGTERM, ``stop`` set, or ``max_runs``)."""
+    stop = stop or threading.Event()
+    restore = _stop_on_signals(stop)
+    runs: list[SyncRun] = []
+    try:
+        due = clock()
+        while not stop.is_set() and (max_runs is None or len(runs) < max_runs):
+            try:
+                runs.append(run_once(runs_dir, parameters, notebook, clock))
+            except SyncBusy as exc:
+                log.warning("skipped: %s", exc)
+            due = next_due(due, clock(), every)
+            if max_runs is not None and len(runs) >= max_runs:
+                break
+            stop.wait(max(0.0, (due - clock()).total_seconds()))
+    finally:
+        restore()
+    return runs
+
+
+def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
+    """SIGTERM and SIGINT set ``stop``: the run in progress ends (a Ctrl-C in a terminal also reaches
+    the notebook's kernel and interrupts it), then the schedule stops. Signal handlers can only be
+    set from the main thread; elsewhere this is a no-op and ``stop`` is the way to end it."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        log.info("stopping on %s", signal.Signals(signum).name)
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C stops at once
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
+    return restore
