@@ -57,3 +57,14 @@ def test_demo_loads_the_sample(tmp_path):
     assert result["load"]["events"] > 1000 and result["load"]["profiles"] > 100
     assert result["load"]["duplicates_dropped"] > 0 and result["load"]["rows_quarantined"] > 0
     assert len(result["status"]["months"]) >= 2
+
+
+def test_mtu_command(tmp_path):
+    db = tmp_path / "s.duckdb"
+    assert toolkit("load", ROOT / "data" / "sample", "--db", db).returncode == 0
+    out = toolkit("mtu", "--db", db, "--json")
+    months = {m["month"]: m for m in json.loads(out.stdout)["months"]}
+    assert set(months) == {"2026-09", "2026-10"} and months["2026-10"]["mtu"] > 0
+    assert "2026-09" in toolkit("mtu", "--db", db, "--month", "2026-09").stdout
+    bad = toolkit("mtu", "--db", db, "--month", "2026-13")
+    assert bad.returncode == 2 and "YYYY-MM" in bad.stderr

@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(run=_quarantine)
 
+    p = sub.add_parser("mtu", parents=[common], help="monthly tracked users, OneSignal delivery events exempt")
+    p.add_argument("--month", metavar="YYYY-MM")
+    p.add_argument("--rules", default="seed", choices=("seed", "strict"),
+                   help="seed: delivery exempt, engagement counts (default); strict: OneSignal's documented list")
+    p.set_defaults(run=_mtu)
+
     p = sub.add_parser("generate", parents=[common], help="write a deterministic synthetic data set")
     p.add_argument("out", type=Path)
     p.add_argument("--events", type=int, default=100_000)
@@ -92,6 +98,15 @@ def _quarantine(args) -> int:
         rows = report.quarantine(store, args.file, args.limit)
         _emit(args, {"rows": rows}, report.quarantine_text(rows))
     return 0
+
+
+def _mtu(args) -> int:
+    from toolkit import mtu
+
+    with _store(args) as store:
+        output, status = mtu.cli_main(store, args.month, args.rules, args.json)
+    print(output, file=sys.stderr if status else sys.stdout)
+    return status
 
 
 def _generate(args) -> int:
