@@ -99,6 +99,78 @@ MIGRATIONS: list[str] = [
         FROM profiles p LEFT JOIN identity_map m ON m.distinct_id = p.distinct_id
         GROUP BY ALL;
     """,
+    # 2: export state. The API key is never stored: only who is connected, and what was sent.
+    """
+    CREATE TABLE connections (
+        app_id       VARCHAR PRIMARY KEY,
+        base_url     VARCHAR NOT NULL,
+        status       VARCHAR NOT NULL,      -- connected | failed
+        detail       VARCHAR NOT NULL,
+        checked_at   TIMESTAMP NOT NULL
+    );
+    -- One export per cohort: a new export (one-time or dynamic) overwrites the previous one.
+    CREATE TABLE exports (
+        cohort           VARCHAR PRIMARY KEY,
+        mode             VARCHAR NOT NULL,  -- once | dynamic
+        app_id           VARCHAR NOT NULL,
+        base_url         VARCHAR NOT NULL,
+        tag_key          VARCHAR NOT NULL,
+        segment_name     VARCHAR NOT NULL,
+        segment_id       VARCHAR,
+        user_id_property VARCHAR NOT NULL,
+        id_type          VARCHAR NOT NULL,
+        created_at       TIMESTAMP NOT NULL,
+        next_due_at      TIMESTAMP,          -- dynamic syncs only; NULL once stopped
+        stopped_at       TIMESTAMP
+    );
+    -- The snapshot of the last successful export: who carries the cohort's tag, or was looked for
+    -- and is not in OneSignal (status absent, looked for again after a while).
+    CREATE TABLE export_members (
+        cohort       VARCHAR NOT NULL,
+        distinct_id  VARCHAR NOT NULL,
+        onesignal_id VARCHAR NOT NULL,
+        id_type      VARCHAR NOT NULL,
+        status       VARCHAR NOT NULL,      -- tagged | absent
+        checked_at   TIMESTAMP NOT NULL,
+        PRIMARY KEY (cohort, distinct_id)
+    );
+    CREATE SEQUENCE run_ids START 1;
+    CREATE TABLE export_runs (
+        run_id           INTEGER PRIMARY KEY,
+        cohort           VARCHAR NOT NULL,
+        mode             VARCHAR NOT NULL,
+        dry_run          BOOLEAN NOT NULL,
+        started_at       TIMESTAMP NOT NULL,
+        ended_at         TIMESTAMP,
+        status           VARCHAR NOT NULL,  -- running | ok | partial | failed | stopped | interrupted
+        pid              INTEGER NOT NULL,
+        members          BIGINT,
+        exportable       BIGINT,
+        added            BIGINT,
+        removed          BIGINT,
+        unchanged        BIGINT,
+        not_in_onesignal BIGINT,
+        failed           BIGINT,
+        error            VARCHAR
+    );
+    -- The exported-users report: one row per user a run sent (or tried to send).
+    CREATE TABLE export_results (
+        run_id       INTEGER NOT NULL,
+        distinct_id  VARCHAR NOT NULL,
+        onesignal_id VARCHAR NOT NULL,
+        operation    VARCHAR NOT NULL,      -- add | remove
+        outcome      VARCHAR NOT NULL,      -- ok | not_in_onesignal | failed
+        error        VARCHAR
+    );
+    -- Subscription (Player) IDs resolved to OneSignal users: lookups are rate-limited, so keep them.
+    CREATE TABLE subscription_users (
+        app_id          VARCHAR NOT NULL,
+        subscription_id VARCHAR NOT NULL,
+        onesignal_id    VARCHAR,            -- NULL: no such subscription
+        checked_at      TIMESTAMP NOT NULL,
+        PRIMARY KEY (app_id, subscription_id)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -156,16 +228,10 @@ class Store:
                 self.con.execute("INSERT INTO schema_version VALUES (?, now()::TIMESTAMP)", [version])
 
     # -- transactions -------------------------------------------------------------------------
-    @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """All or nothing: commit on success, roll back on any exception (Ctrl-C included)."""
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            yield self.con
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
+    def transaction(self, con: duckdb.DuckDBPyConnection | None = None):
+        """All or nothing on ``con`` (default: the store's connection): commit on success, roll back on
+        any exception (Ctrl-C included)."""
+        return transaction(con or self.con)
 
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A second connection to the same database (its own snapshot), for concurrent reads."""
@@ -183,6 +249,17 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.path!r}, schema v{self.version()})"
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def open_store(path: str | os.PathLike | None = None, **kwargs) -> Store:

@@ -1,0 +1,242 @@
+"""The export engine against the OneSignal emulator over real HTTP, with a real DuckDB file."""
+
+import logging
+import threading
+
+import pytest
+
+from toolkit import export
+from toolkit.emulator import Emulator
+from toolkit.onesignal import Credentials
+from toolkit.plan import Target
+from toolkit.store import Store
+
+FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 2.0, "max_attempts": 30}
+WEIRD = ["a/b", "with space", "zoë ✓", "quote\"'", "100%", "."]
+
+
+@pytest.fixture
+def emulator():
+    with Emulator(user_rate_limit=0) as emu:
+        yield emu
+
+
+@pytest.fixture
+def app(emulator):
+    app = emulator.add_app()
+    for ext in ["u1", "u2", "u3", "u4", *WEIRD]:
+        emulator.add_user(app.app_id, external_id=ext)
+    return app
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "s.duckdb") as s:
+        yield s
+
+
+def creds(app):
+    return Credentials(app.app_id, app.api_key)
+
+
+def ext(*ids):
+    return {f"d-{i}": Target(i, "external_id") for i in ids}
+
+
+def sync(store, emulator, app, wanted, cohort="Buyers", mode="dynamic", **kw):
+    export.register(store, cohort, mode, creds(app), emulator.url)
+    return export.run(store, cohort, wanted, creds(app), client_options=FAST, **kw)
+
+
+def tagged(emulator, app, cohort="Buyers"):
+    key = export.tag_key(cohort)
+    return {user for user, tags in emulator.user_tags(app.app_id).items() if tags.get(key)}
+
+
+def patches(emulator):
+    return sum(1 for r in emulator.requests() if r["method"] == "PATCH" and "/users/" in r["path"])
+
+
+def test_overwrite_semantics_join_leave_rejoin(store, emulator, app):
+    for wanted in (["u1", "u2"], ["u2", "u3"], ["u1", "u3"], []):
+        before = patches(emulator)
+        record = sync(store, emulator, app, ext(*wanted), force=True)
+        assert record.status == "ok" and tagged(emulator, app) == set(wanted)
+        assert patches(emulator) - before == record.added + record.removed
+    assert [r["added"] for r in reversed(export.runs(store))] == [2, 1, 1, 0]
+    assert [r["removed"] for r in reversed(export.runs(store))] == [0, 1, 1, 2]
+
+
+def test_segment_exists_and_its_membership_is_the_cohort(store, emulator, app):
+    sync(store, emulator, app, ext("u1", "u2"))
+    (segment,) = emulator.state["apps"][app.app_id]["segments"]
+    assert segment["name"] == "Buyers" and set(segment["members"]["external_ids"]) == {"u1", "u2"}
+    sync(store, emulator, app, ext("u2", "zoë ✓"))
+    (segment,) = emulator.state["apps"][app.app_id]["segments"]     # updated, not created again
+    assert set(segment["members"]["external_ids"]) == {"u2", "zoë ✓"}
+
+
+def test_unchanged_cohort_sends_no_updates(store, emulator, app):
+    sync(store, emulator, app, ext("u1", "u2", "u3"))
+    before = patches(emulator)
+    record = sync(store, emulator, app, ext("u1", "u2", "u3"))
+    assert patches(emulator) == before and record.unchanged == 3 and record.added == record.removed == 0
+
+
+def test_free_plan_fails_before_touching_any_user(store, emulator):
+    free = emulator.add_app(plan="free")
+    emulator.add_user(free.app_id, external_id="u1")
+    record = sync(store, emulator, free, ext("u1"))
+    assert record.status == "failed" and record.error == "App may not submit cohort updates from Mixpanel"
+    assert patches(emulator) == 0
+
+
+def test_bad_key_fails_without_leaking_it(store, emulator, app, caplog):
+    caplog.set_level(logging.DEBUG)
+    wrong = Credentials(app.app_id, "not-the-key-" + "s3cr3t")
+    export.register(store, "Buyers", "once", wrong, emulator.url)
+    record = export.run(store, "Buyers", ext("u1"), wrong, client_options=FAST)
+    assert record.status == "failed" and "s3cr3t" not in (record.error or "")
+    assert "s3cr3t" not in caplog.text
+    assert patches(emulator) == 0                     # it failed at the segment, before any user
+    assert len(emulator.requests()) == 1              # and 403 is not retried
+
+
+def test_weird_external_ids_round_trip(store, emulator, app):
+    sync(store, emulator, app, ext(*WEIRD))
+    assert tagged(emulator, app) == set(WEIRD)
+    sync(store, emulator, app, ext(), force=True)
+    assert tagged(emulator, app) == set()
+
+
+def test_player_ids_are_resolved_and_cached(store, emulator, app):
+    sub = "5f0d7a2c-1e3b-4c6d-a8e9-0b1c2d3e4f50"
+    emulator.add_user(app.app_id, external_id="erin", subscription_ids=[sub])
+    wanted = {"erin": Target(sub, "subscription_id"),
+              "ghost": Target("11111111-2222-4333-8444-555555555555", "subscription_id")}
+    record = sync(store, emulator, app, wanted)
+    assert (record.added, record.not_in_onesignal) == (1, 1)
+    assert tagged(emulator, app) == {"erin"}
+    cached = store.con.execute("SELECT count(*) FROM subscription_users").fetchone()[0]
+    assert cached == 2
+
+
+def test_users_not_in_onesignal_are_reported_never_created_and_not_resent(store, emulator, app):
+    record = sync(store, emulator, app, ext("u1", "nobody"))
+    assert (record.added, record.not_in_onesignal) == (1, 1)
+    assert emulator.counters.get("user_creates", 0) == 0
+    outcomes = store.con.execute("SELECT distinct_id, outcome FROM export_results ORDER BY 1").fetchall()
+    assert outcomes == [("d-nobody", "not_in_onesignal"), ("d-u1", "ok")]
+    before = patches(emulator)
+    sync(store, emulator, app, ext("u1", "nobody"))
+    assert patches(emulator) == before
+
+
+def test_guard_stops_mass_removal_unless_forced(store, emulator, app):
+    sync(store, emulator, app, ext("u1", "u2", "u3", "u4"))
+    record = sync(store, emulator, app, ext("u1"))
+    assert record.status == "stopped" and "75%" in record.error
+    assert tagged(emulator, app) == {"u1", "u2", "u3", "u4"}
+    assert sync(store, emulator, app, ext("u1"), force=True).status == "ok"
+    assert tagged(emulator, app) == {"u1"}
+
+
+def test_dry_run_sends_nothing(store, emulator, app):
+    record = sync(store, emulator, app, ext("u1", "u2"), dry_run=True)
+    assert record.status == "ok" and record.added == 2 and patches(emulator) == 0
+    assert tagged(emulator, app) == set()
+
+
+def test_faults_end_with_tags_equal_to_the_cohort(store, tmp_path):
+    with Emulator(error_rate=0.1, drop_rate=0.05, hang_rate=0.02, hang_seconds=3, seed=3,
+                  user_rate_limit=0) as emu:
+        app = emu.add_app(rate_limit=60)                 # and a 429 storm: 64 requests in flight
+        ids = [f"user-{i}" for i in range(300)]
+        for i in ids:
+            emu.add_user(app.app_id, external_id=i)
+        first, second = ids[:200], ids[100:]
+        for wanted in (first, second):
+            record = None
+            for _ in range(3):                            # per-user failures retry on the next run
+                record = sync(store, emu, app, ext(*wanted), force=True)
+                if record.status == "ok":
+                    break
+            assert record.status == "ok"
+            assert tagged(emu, app) == set(wanted)
+        assert emu.counters.get("rate_limited", 0) > 0 and emu.counters.get("server_errors", 0) > 0
+
+
+def test_interrupted_run_loses_nothing_and_the_next_converges(store, emulator, app, monkeypatch):
+    monkeypatch.setattr(export, "FLUSH_EVERY", 2)
+    calls = []
+
+    def stop_midway(done, total):
+        calls.append(done)
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    export.register(store, "Buyers", "dynamic", creds(app), emulator.url)
+    with pytest.raises(KeyboardInterrupt):
+        export.run(store, "Buyers", ext("u1", "u2", "u3", "u4"), creds(app), client_options=FAST,
+                   on_progress=stop_midway)
+    assert export.runs(store)[0]["status"] == "interrupted"
+    recorded = {d for d, in store.con.execute("SELECT distinct_id FROM export_members").fetchall()}
+    assert recorded and recorded <= {f"d-u{i}" for i in range(1, 5)}
+    record = sync(store, emulator, app, ext("u1", "u2", "u3", "u4"))
+    assert record.status == "ok" and tagged(emulator, app) == {"u1", "u2", "u3", "u4"}
+
+
+def test_two_runs_of_one_cohort_never_overlap(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "FLUSH_EVERY", 1)
+    with Emulator(latency=0.3, user_rate_limit=0) as emu, Store(tmp_path / "s.duckdb") as store:
+        app = emu.add_app()
+        for i in range(5):
+            emu.add_user(app.app_id, external_id=f"u{i}")
+        export.register(store, "Buyers", "once", creds(app), emu.url)
+        started = threading.Event()
+        result = {}
+
+        def first():
+            result["first"] = export.run(store, "Buyers", ext(*[f"u{i}" for i in range(5)]), creds(app),
+                                         client_options={**FAST, "concurrency": 1},
+                                         on_progress=lambda d, t: started.set())
+        thread = threading.Thread(target=first)
+        thread.start()
+        started.wait(10)
+        with pytest.raises(export.ExportError, match="already running"):
+            export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST)
+        thread.join()
+        assert result["first"].status == "ok"
+
+
+def test_dynamic_registration_due_and_stop(store, emulator, app):
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    export.register(store, "Buyers", "dynamic", creds(app), emulator.url, now=now)
+    assert export.due(store, now) == ["Buyers"]
+    export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST, now=now)
+    assert export.due(store, now + timedelta(minutes=14)) == []
+    assert export.due(store, now + timedelta(minutes=15)) == ["Buyers"]
+    export.stop(store, "Buyers")
+    assert export.due(store, now + timedelta(hours=1)) == []
+    with pytest.raises(export.ExportError, match="no active dynamic sync"):
+        export.stop(store, "Buyers")
+
+
+def test_dynamic_sync_limit(store, emulator, app, monkeypatch):
+    monkeypatch.setattr(export, "MAX_DYNAMIC_SYNCS", 2)
+    export.register(store, "a", "dynamic", creds(app), emulator.url)
+    export.register(store, "b", "dynamic", creds(app), emulator.url)
+    export.register(store, "a", "dynamic", creds(app), emulator.url)        # re-registering is fine
+    with pytest.raises(export.ExportError, match="2 dynamic syncs are active"):
+        export.register(store, "c", "dynamic", creds(app), emulator.url)
+    export.register(store, "c", "once", creds(app), emulator.url)
+
+
+def test_key_never_reaches_the_store(store, emulator, app):
+    sync(store, emulator, app, ext("u1"))
+    for table, in store.con.execute("SELECT table_name FROM information_schema.tables "
+                                    "WHERE table_type = 'BASE TABLE'").fetchall():
+        dump = str(store.con.execute(f'SELECT * FROM "{table}"').fetchall())
+        assert app.api_key not in dump, table

@@ -1,0 +1,3 @@
+from toolkit.emulator.cli import main
+
+raise SystemExit(main())

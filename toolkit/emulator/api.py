@@ -1,0 +1,266 @@
+"""The OneSignal endpoints: a request in, a status and JSON body out, with OneSignal's own error words.
+
+No sockets here (server.py does HTTP); the caller holds the world's lock around ``handle``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from toolkit.emulator import filters as segment_filters
+from toolkit.emulator.limits import Limits, retry_after_header
+from toolkit.emulator.state import App, EmulatorError, Segment, World, now_iso
+
+AUTH_MISSING = {"errors": [{"code": "auth-1",
+                            "title": "This operation requires 'Authorization' in the HTTP header"}]}
+ACCESS_DENIED = {"errors": ["Access denied.  Please include an 'Authorization: ...' header with a valid API key "
+                            "(https://documentation.onesignal.com/docs/accounts-and-keys#app-auth-key)."]}
+APP_NOT_FOUND = {"errors": ["app_id not found. You may be missing a Content-Type: application/json header."]}
+RATE_LIMITED = {"errors": ["API rate limit exceeded."]}
+UNAVAILABLE = {"errors": ["Service temporarily unavailable"]}
+TOO_MANY_TAGS_IN_REQUEST = "Please limit your tag updates to 100 per request"
+MAX_TAGS_PER_REQUEST = 100
+MAX_SEGMENT_NAME = 128
+MAX_PAGE = 300
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str                         # raw, still percent-encoded
+    query: str
+    headers: Mapping[str, str]        # case-insensitive lookups (http.client.HTTPMessage)
+    body: bytes
+
+    @property
+    def parts(self) -> list[str]:
+        # Split before decoding, so an External ID holding "/" (sent as %2F) stays one part.
+        return [unquote(p) for p in self.path.strip("/").split("/")]
+
+
+def errors(status: int, *messages: str, success_flag: bool = False) -> Response:
+    body: dict = {"errors": list(messages)}
+    if success_flag:
+        body = {"success": False, **body}
+    return Response(status, body)
+
+
+def user_not_found(label: str, alias_id: str) -> Response:
+    return Response(404, {"errors": [{"code": "user-2", "title": "User not found",
+                                      "meta": {"alias_label": label, "alias_id": alias_id}}]})
+
+
+def segment_not_found() -> Response:
+    return Response(404, {"success": False, "errors": ["Segment not found"]})
+
+
+# (method, path pattern) -> handler name; "{x}" parts are captured in order.
+ROUTES: list[tuple[str, tuple[str, ...], str]] = [
+    ("PATCH", ("apps", "{}", "users", "by", "{}", "{}"), "update_user"),
+    ("GET", ("apps", "{}", "users", "by", "{}", "{}"), "get_user"),
+    ("POST", ("apps", "{}", "users"), "create_user"),
+    ("GET", ("apps", "{}", "subscriptions", "{}", "user", "identity"), "subscription_identity"),
+    ("POST", ("apps", "{}", "segments"), "create_segment"),
+    ("GET", ("apps", "{}", "segments"), "list_segments"),
+    ("GET", ("apps", "{}", "segments", "{}"), "get_segment"),
+    ("PATCH", ("apps", "{}", "segments", "{}"), "update_segment"),
+    ("DELETE", ("apps", "{}", "segments", "{}"), "delete_segment"),
+]
+
+
+def route(method: str, parts: list[str]) -> tuple[str | None, list[str], bool]:
+    """(handler name, captured parts, whether the path exists under another method)."""
+    path_exists = False
+    for route_method, pattern, name in ROUTES:
+        if len(pattern) == len(parts) and all(p == "{}" or p == q for p, q in zip(pattern, parts)):
+            if route_method == method:
+                return name, [q for p, q in zip(pattern, parts) if p == "{}"], True
+            path_exists = True
+    return None, [], path_exists
+
+
+class Api:
+    def __init__(self, world: World, limits: Limits):
+        self.world, self.limits = world, limits
+
+    def handle(self, request: Request, now: float) -> Response:
+        name, captured, path_exists = route(request.method, request.parts)
+        if name is None:
+            return errors(405 if path_exists else 404, "Method Not Allowed" if path_exists else "Not Found")
+        authorization = request.headers.get("Authorization")
+        if not authorization:
+            return Response(401, AUTH_MISSING)
+        app = self.world.apps.get(captured[0])
+        # OneSignal reads no body without the JSON content type, so it then cannot find the app.
+        json_body = "application/json" in (request.headers.get("Content-Type") or "")
+        if app is None or (request.body and not json_body):
+            return Response(400, APP_NOT_FOUND)
+        if not hmac.compare_digest(_key(authorization).encode(), app.api_key.encode()):
+            return Response(403, ACCESS_DENIED)
+        wait = self.limits.admit_app(app.app_id, app.rate_limit, now)
+        if wait is not None:
+            return Response(429, RATE_LIMITED, {"Retry-After": retry_after_header(wait)})
+        try:
+            body = json.loads(request.body) if request.body else None
+        except ValueError:
+            return errors(400, "The request body is not valid JSON")
+        handler: Callable[..., Response] = getattr(self, name)
+        return handler(app, body, *captured[1:], query=parse_qs(request.query), now=now)
+
+    # -- users ----------------------------------------------------------------------------------
+    def update_user(self, app: App, body, label: str, alias_id: str, *, now: float, **_) -> Response:
+        properties = body.get("properties", {}) if isinstance(body, dict) else None
+        tags = properties.get("tags", {}) if isinstance(properties, dict) else None
+        if not isinstance(tags, dict):
+            return errors(400, "Expected {\"properties\": {\"tags\": {...}}}")
+        if len(tags) > MAX_TAGS_PER_REQUEST:
+            return errors(400, TOO_MANY_TAGS_IN_REQUEST)
+        if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in tags.values()):
+            return errors(400, "Tag values must be strings")
+        user = app.find_user(label, alias_id)
+        if user is None:
+            return user_not_found(label, alias_id)
+        wait = self.limits.admit_user(app.app_id, user.onesignal_id, now)
+        if wait is not None:
+            return Response(429, RATE_LIMITED, {"Retry-After": retry_after_header(wait)})
+        merged = {**user.tags, **{k: str(v) for k, v in tags.items()}}
+        merged = {k: v for k, v in merged.items() if v != ""}           # "" deletes a tag
+        if len(merged) > app.tag_limit:
+            return errors(400, f"App is limited to a maximum of {app.tag_limit} tags on a given player")
+        if merged != user.tags:
+            user.tags = merged
+            self.world.changed()
+        return Response(202, {"properties": properties})
+
+    def get_user(self, app: App, body, label: str, alias_id: str, **_) -> Response:
+        user = app.find_user(label, alias_id)
+        if user is None:
+            return user_not_found(label, alias_id)
+        return Response(200, {"properties": {"tags": dict(user.tags)}, "identity": user.identity(),
+                              "subscriptions": [dict(s) for s in user.subscriptions]})
+
+    def create_user(self, app: App, body, **_) -> Response:
+        """Implemented so that a stray call is visible: the export must never create users."""
+        self.world.counters["user_creates"] += 1
+        self.world.changed()
+        body = body if isinstance(body, dict) else {}
+        identity = body.get("identity") or {}
+        external_id = identity.get("external_id")
+        existing = app.find_user("external_id", external_id) if external_id is not None else None
+        if existing is not None:
+            return Response(200, {"identity": existing.identity(), "properties": {"tags": existing.tags},
+                                  "subscriptions": existing.subscriptions})
+        record = {"external_id": external_id, "tags": (body.get("properties") or {}).get("tags") or {},
+                  "subscriptions": [{"id": self.world.new_id(), "type": s.get("type", "AndroidPush")}
+                                    for s in body.get("subscriptions") or [] if isinstance(s, dict)]}
+        try:
+            user = app.add_user(self.world.user_from_record(record))
+        except EmulatorError as exc:              # e.g. a subscription id already taken
+            return errors(400, str(exc))
+        return Response(201, {"identity": user.identity(), "properties": {"tags": user.tags},
+                              "subscriptions": user.subscriptions})
+
+    def subscription_identity(self, app: App, body, subscription_id: str, **_) -> Response:
+        user = app.owner_of(subscription_id)
+        if user is None:
+            return Response(404, {"errors": [{"code": "subscription-0", "title": "Subscription not found",
+                                              "meta": {"subscription_id": subscription_id}}]})
+        return Response(200, {"identity": user.identity()})
+
+    # -- segments -------------------------------------------------------------------------------
+    def create_segment(self, app: App, body, **_) -> Response:
+        refused = _paid_only(app) or _segment_problem(body, name_required=True)
+        if refused:
+            return refused
+        if len(app.segments) >= app.segment_limit:
+            return errors(400, f"App has reached its limit of {app.segment_limit} segments", success_flag=True)
+        if app.segment_named(body["name"]) is not None:
+            return errors(409, f"A segment named {body['name']!r} already exists", success_flag=True)
+        stamp = now_iso()
+        segment = Segment(self.world.new_id(), body["name"], body["filters"], stamp, stamp)
+        app.segments[segment.id] = segment
+        self.world.changed()
+        return Response(201, {"success": True, "id": segment.id})
+
+    def update_segment(self, app: App, body, segment_id: str, **_) -> Response:
+        refused = _paid_only(app)
+        if refused:
+            return refused
+        segment = app.segments.get(segment_id)
+        if segment is None:
+            return segment_not_found()
+        refused = _segment_problem(body, name_required=True, filters_required=False)
+        if refused:
+            return refused
+        other = app.segment_named(body["name"])
+        if other is not None and other.id != segment_id:
+            return errors(409, f"A segment named {body['name']!r} already exists", success_flag=True)
+        segment.name = body["name"]
+        if "filters" in body:
+            segment.filters = body["filters"]
+        segment.updated_at = now_iso()
+        self.world.changed()
+        return Response(200, {"success": True, "id": segment.id})
+
+    def list_segments(self, app: App, body, *, query: dict, **_) -> Response:
+        try:
+            offset = int(query.get("offset", ["0"])[0])
+            limit = int(query.get("limit", [str(MAX_PAGE)])[0])
+        except ValueError:
+            return errors(400, "offset and limit must be integers")
+        if offset < 0 or not 1 <= limit <= MAX_PAGE:
+            return errors(400, f"offset must be >= 0 and limit between 1 and {MAX_PAGE}")
+        segments = list(app.segments.values())
+        return Response(200, {"total_count": len(segments), "offset": offset, "limit": limit,
+                              "segments": [s.summary(app.app_id) for s in segments[offset:offset + limit]]})
+
+    def get_segment(self, app: App, body, segment_id: str, **_) -> Response:
+        segment = app.segments.get(segment_id)
+        if segment is None:
+            return segment_not_found()
+        return Response(200, {**segment.summary(app.app_id), "filters": segment.filters})
+
+    def delete_segment(self, app: App, body, segment_id: str, **_) -> Response:
+        if app.segments.pop(segment_id, None) is None:
+            return Response(404, {"success": False})
+        self.world.changed()
+        return Response(200, {"success": True})
+
+
+def _key(authorization: str) -> str:
+    scheme, _, key = authorization.strip().partition(" ")
+    return key.strip() if scheme.lower() in ("key", "basic", "bearer") and key.strip() else authorization.strip()
+
+
+def _paid_only(app: App) -> Response | None:
+    if app.plan != "paid":
+        return errors(400, "App may not create or update segments through the API on a free plan; "
+                           "upgrade to a paid OneSignal plan", success_flag=True)
+    return None
+
+
+def _segment_problem(body, *, name_required: bool, filters_required: bool = True) -> Response | None:
+    if not isinstance(body, dict):
+        return errors(400, "Expected a JSON object with name and filters", success_flag=True)
+    name = body.get("name")
+    if name_required and (not isinstance(name, str) or not name.strip()):
+        return errors(400, "name is required", success_flag=True)
+    if isinstance(name, str) and len(name) > MAX_SEGMENT_NAME:
+        return errors(400, f"name must be at most {MAX_SEGMENT_NAME} characters", success_flag=True)
+    if filters_required or "filters" in body:
+        problem = segment_filters.problem(body.get("filters"))
+        if problem:
+            return errors(400, problem, success_flag=True)
+    return None

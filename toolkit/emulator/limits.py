@@ -1,0 +1,106 @@
+"""Rate limits and injected faults: the emulator's ways of saying no.
+
+Rate limits follow OneSignal's: requests per second per app, and one update per second per user,
+answered with 429 and a ``Retry-After`` header. A request refused with 429 does not use up the
+app's budget. Faults are drawn from a seeded generator, so a run is repeatable for a given order of
+arrival.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+ERROR, DROP, HANG = "error", "drop", "hang"
+
+
+class Bucket:
+    """A token bucket: refilled at ``rate`` per second, holding at most one second's worth.
+
+    So a client keeping under the rate is never refused, whatever jitter its requests pick up on
+    the way, and one going faster is refused for the excess."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.tokens = float(max(1.0, rate))
+        self._updated: float | None = None
+
+    def admit(self, now: float) -> float | None:
+        """None if admitted (a token taken), else how long until a token is there."""
+        if self._updated is not None:
+            self.tokens = min(max(1.0, self.rate), self.tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        return (1 - self.tokens) / self.rate
+
+
+class Limits:
+    """Per-app buckets and per-user spacing. Not thread-safe: the server calls it under its lock."""
+
+    def __init__(self, user_rate: float = 1.0):
+        self.user_rate = user_rate           # updates/s per user; 0 turns the per-user limit off
+        self._apps: dict[str, Bucket] = {}
+        self._users: dict[tuple[str, str], float] = {}
+
+    def admit_app(self, app_id: str, limit: int, now: float) -> float | None:
+        bucket = self._apps.get(app_id)
+        if bucket is None or bucket.rate != limit:
+            bucket = self._apps[app_id] = Bucket(limit)
+        return bucket.admit(now)
+
+    def admit_user(self, app_id: str, onesignal_id: str, now: float) -> float | None:
+        if not self.user_rate:
+            return None
+        last = self._users.get((app_id, onesignal_id))
+        spacing = 1.0 / self.user_rate
+        if last is not None and now - last < spacing:
+            return last + spacing - now
+        self._users[(app_id, onesignal_id)] = now
+        return None
+
+    def reset(self) -> None:
+        self._apps.clear()
+        self._users.clear()
+
+
+def retry_after_header(wait: float) -> str:
+    """Whole seconds, never 0: a client told to wait 0 s would come straight back."""
+    return str(max(1, math.ceil(wait)))
+
+
+@dataclass
+class Faults:
+    """Shares of requests (0..1) answered 503, dropped without an answer, or hung for ``hang_seconds``
+    then dropped; ``latency`` seconds added to every request."""
+
+    error_rate: float = 0.0
+    drop_rate: float = 0.0
+    hang_rate: float = 0.0
+    hang_seconds: float = 30.0
+    latency: float = 0.0
+    seed: int = 0
+    _random: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self):
+        for name in ("error_rate", "drop_rate", "hang_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.error_rate + self.drop_rate + self.hang_rate > 1:
+            raise ValueError("error_rate + drop_rate + hang_rate must not exceed 1")
+        self._random = random.Random(self.seed)
+
+    def draw(self) -> str | None:
+        """The fault for the next request, if any (call under the server's lock)."""
+        if not (self.error_rate or self.drop_rate or self.hang_rate):
+            return None
+        r = self._random.random()
+        if r < self.error_rate:
+            return ERROR
+        if r < self.error_rate + self.drop_rate:
+            return DROP
+        if r < self.error_rate + self.drop_rate + self.hang_rate:
+            return HANG
+        return None

@@ -1,0 +1,371 @@
+"""Exporting a cohort to OneSignal, once or as a dynamic sync: a tag per cohort, a segment on that tag.
+
+A run: evaluate who is exportable now, plan the difference against the snapshot of the last
+successful export (``toolkit.plan``), check the removal guard, make sure the segment exists (a free
+plan fails here, before any user is touched), then set the tag on added users and clear it on
+removed ones. Each user's outcome is written as it arrives, in small transactions, and the snapshot
+advances only for what succeeded: a killed run loses nothing, and the next run converges. Users
+not in OneSignal are reported and never created. Two runs of one cohort never overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from toolkit import plan as planning
+from toolkit.errors import ToolkitError
+from toolkit.onesignal import FAILED, NOT_FOUND, OK, Credentials, NotFound, OneSignalClient, OneSignalError
+from toolkit.plan import ADD, REMOVE, Target
+from toolkit.store import Store, transaction
+
+FREE_PLAN_MESSAGE = "App may not submit cohort updates from Mixpanel"   # Mixpanel's words, kept exactly
+DYNAMIC_INTERVAL = timedelta(minutes=15)
+MAX_DYNAMIC_SYNCS = 60
+MAX_COHORT_MEMBERS = 10_000_000
+RECHECK_ABSENT = timedelta(hours=24)
+DEFAULT_MAX_REMOVAL_SHARE = 0.5
+FLUSH_EVERY = 500
+TAG_VALUE = "1"
+_running: dict[tuple[str, str], threading.Lock] = {}
+
+
+class ExportError(ToolkitError):
+    """An export could not run: free plan, guard tripped, overlapping run, too many dynamic syncs..."""
+
+
+@dataclass
+class RunRecord:
+    run_id: int
+    cohort: str
+    mode: str
+    dry_run: bool
+    status: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    members: int = 0
+    exportable: int = 0
+    added: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    not_in_onesignal: int = 0
+    failed: int = 0
+    error: str | None = None
+    guard: str = ""
+    plan: planning.Plan | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("plan")
+        return data
+
+
+def tag_key(cohort: str) -> str:
+    """A short, stable tag key per cohort: readable slug plus a hash so two names never collide."""
+    slug = re.sub(r"[^a-z0-9]+", "_", cohort.lower()).strip("_")[:40] or "cohort"
+    return f"mp_{slug}_{hashlib.sha1(cohort.encode()).hexdigest()[:6]}"
+
+
+def segment_filters(key: str) -> list[dict]:
+    return [{"field": "tag", "key": key, "relation": "exists"}]
+
+
+# -- registration -------------------------------------------------------------------------------
+
+def register(store: Store, cohort: str, mode: str, credentials: Credentials, base_url: str, *,
+             user_id_property: str = "$onesignal_user_id", id_type: str = "auto",
+             now: datetime | None = None) -> None:
+    """Record the export of ``cohort`` (``once`` or ``dynamic``); a new export overwrites the previous
+    one (its snapshot stays, so switching mode sends only the difference)."""
+    if mode not in ("once", "dynamic"):
+        raise ExportError(f"mode {mode!r}: expected once or dynamic")
+    now = _naive(now)
+    con = store.con
+    if mode == "dynamic":
+        dynamic = con.execute("SELECT count(*) FROM exports WHERE mode = 'dynamic' AND stopped_at IS NULL "
+                              "AND cohort <> ?", [cohort]).fetchone()[0]
+        if dynamic >= MAX_DYNAMIC_SYNCS:
+            raise ExportError(f"{dynamic} dynamic syncs are active; Mixpanel allows {MAX_DYNAMIC_SYNCS} per "
+                              "project. Stop one (toolkit export NAME --stop) or use a one-time export.")
+    old = con.execute("SELECT segment_id, app_id FROM exports WHERE cohort = ?", [cohort]).fetchone()
+    segment_id = old[0] if old and old[1] == credentials.app_id else None
+    con.execute("""INSERT OR REPLACE INTO exports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)""", [
+        cohort, mode, credentials.app_id, base_url, tag_key(cohort), cohort[:128], segment_id,
+        user_id_property, id_type, now, now if mode == "dynamic" else None])
+
+
+def stop(store: Store, cohort: str, now: datetime | None = None) -> None:
+    """Stop a dynamic sync: no further runs; OneSignal keeps the last export."""
+    found = store.con.execute("UPDATE exports SET next_due_at = NULL, stopped_at = ? WHERE cohort = ? "
+                              "AND mode = 'dynamic' AND stopped_at IS NULL RETURNING cohort",
+                              [_naive(now), cohort]).fetchall()
+    if not found:
+        raise ExportError(f"no active dynamic sync for cohort {cohort!r}")
+
+
+def due(store: Store, now: datetime | None = None) -> list[str]:
+    """Cohorts whose dynamic sync is due."""
+    return [c for c, in store.con.execute(
+        "SELECT cohort FROM exports WHERE mode = 'dynamic' AND stopped_at IS NULL AND next_due_at <= ? "
+        "ORDER BY next_due_at, cohort", [_naive(now)]).fetchall()]
+
+
+def list_exports(store: Store) -> list[dict]:
+    cursor = store.reader().execute("""
+        SELECT e.cohort, e.mode, e.app_id, e.segment_name, e.segment_id, e.tag_key, e.next_due_at,
+               e.stopped_at, count(m.distinct_id) FILTER (WHERE m.status = 'tagged') AS in_segment
+        FROM exports e LEFT JOIN export_members m USING (cohort) GROUP BY ALL ORDER BY e.cohort""")
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def runs(store: Store, cohort: str | None = None, limit: int = 50) -> list[dict]:
+    cursor = store.reader().execute(
+        "SELECT * FROM export_runs WHERE $cohort IS NULL OR cohort = $cohort ORDER BY run_id DESC LIMIT $limit",
+        {"cohort": cohort, "limit": limit})
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+# -- a run --------------------------------------------------------------------------------------
+
+def snapshot(con, cohort: str, now: datetime) -> dict[str, Target]:
+    """Who the last successful export covered; absent users count until it is time to look again."""
+    rows = con.execute(
+        "SELECT distinct_id, onesignal_id, id_type FROM export_members WHERE cohort = ? "
+        "AND (status = 'tagged' OR checked_at > ?)", [cohort, _naive(now) - RECHECK_ABSENT]).fetchall()
+    return {d: Target(o, t) for d, o, t in rows}
+
+
+def run(store: Store, cohort: str, wanted: Mapping[str, Target], credentials: Credentials | None, *,
+        dry_run: bool = False, force: bool = False, max_removal_share: float = DEFAULT_MAX_REMOVAL_SHARE,
+        members: int | None = None, now: datetime | None = None, client_options: Mapping | None = None,
+        on_progress: Callable[[int, int], None] | None = None) -> RunRecord:
+    """One export run of a registered cohort towards ``wanted`` (distinct_id -> OneSignal target)."""
+    now = now or datetime.now(timezone.utc)
+    con = store.con.cursor()     # a connection of its own: runs may happen in threads (widgets, scheduler)
+    try:
+        return _run(store, con, cohort, wanted, credentials, dry_run, force, max_removal_share, members, now,
+                    client_options, on_progress)
+    finally:
+        con.close()
+
+
+def _run(store, con, cohort, wanted, credentials, dry_run, force, max_removal_share, members, now,
+         client_options, on_progress) -> RunRecord:
+    export = _registered(con, cohort)
+    if len(wanted) > MAX_COHORT_MEMBERS:
+        raise ExportError(f"cohort {cohort!r} has {len(wanted):,} exportable members; the limit is "
+                          f"{MAX_COHORT_MEMBERS:,} (matchability reports the rest as over_limit)")
+    the_plan = planning.plan(wanted, snapshot(con, cohort, now))
+    tagged = con.execute("SELECT count(*) FROM export_members WHERE cohort = ? AND status = 'tagged'",
+                               [cohort]).fetchone()[0]
+    verdict = planning.removal_guard(the_plan, tagged if tagged else None, max_removal_share, force=force)
+    lock = _running.setdefault((store.path, cohort), threading.Lock())
+    if not lock.acquire(blocking=False):
+        raise ExportError(f"an export of cohort {cohort!r} is already running")
+    try:
+        record = _start(con, cohort, export["mode"], dry_run, now, the_plan, verdict,
+                        members if members is not None else len(wanted), len(wanted))
+        if dry_run:
+            return _finish(con, record, "ok" if verdict.ok else "stopped", None if verdict.ok else verdict.reason)
+        if not verdict.ok:
+            return _finish(con, record, "stopped", verdict.reason)
+        if credentials is None:
+            return _finish(con, record, "failed", "no OneSignal credentials: preview only (see toolkit connect)")
+        try:
+            asyncio.run(_apply(con, export, record, the_plan, credentials, client_options or {}, on_progress))
+        except (OneSignalError, ExportError) as exc:
+            return _finish(con, record, "failed", str(exc))
+        except BaseException as exc:
+            _finish(con, record, "interrupted", f"{type(exc).__name__}: {exc}")
+            raise
+        if export["mode"] == "dynamic":
+            con.execute("UPDATE exports SET next_due_at = ? WHERE cohort = ? AND stopped_at IS NULL",
+                        [_naive(now) + DYNAMIC_INTERVAL, cohort])
+        return _finish(con, record, "partial" if record.failed else "ok", None)
+    finally:
+        lock.release()
+
+
+async def _apply(con, export: dict, record: RunRecord, the_plan: planning.Plan, credentials: Credentials,
+                 client_options: Mapping, on_progress) -> None:
+    async with OneSignalClient(credentials, export["base_url"], **client_options) as client:
+        await _ensure_segment(con, client, export)
+        changes = the_plan.changes
+        resolved = await _resolve_subscriptions(con, client, export["app_id"], changes)
+        writer = _ResultWriter(con, record, len(changes), on_progress)
+        try:
+            # Removals first: a OneSignal id that moved between members is cleared, then set again.
+            for operation in (REMOVE, ADD):
+                steps: dict[tuple[str, str], planning.Step] = {}
+                for step in (s for s in changes if s.operation == operation):
+                    alias = (resolved.get(step.target) if step.target.id_type == "subscription_id"
+                             else ("external_id", step.target.onesignal_id))
+                    if alias is None:             # a Player ID OneSignal does not know
+                        writer.add(step, NOT_FOUND, None)
+                    else:
+                        steps[alias] = step
+                value = TAG_VALUE if operation == ADD else ""
+                await client.update_many(((label, alias_id, {export["tag_key"]: value}) for label, alias_id in steps),
+                                         on_result=lambda r: writer.add(steps[(r.alias_label, r.alias_id)],
+                                                                        r.outcome, r.error))
+        finally:
+            writer.flush()
+
+
+async def _ensure_segment(con, client: OneSignalClient, export: dict) -> None:
+    """The segment must exist before any user is tagged; a free plan is refused here."""
+    filters = segment_filters(export["tag_key"])
+    try:
+        if export["segment_id"]:
+            try:
+                await client.update_segment(export["segment_id"], export["segment_name"], filters)
+                return
+            except NotFound:
+                pass                          # deleted in OneSignal: create it again
+        segment_id = await client.create_segment(export["segment_name"], filters)
+    except OneSignalError as exc:
+        if _is_plan_refusal(exc):
+            raise ExportError(FREE_PLAN_MESSAGE) from None
+        raise
+    con.execute("UPDATE exports SET segment_id = ? WHERE cohort = ?", [segment_id, export["cohort"]])
+
+
+def _is_plan_refusal(exc: OneSignalError) -> bool:
+    text = " ".join([str(exc), *getattr(exc, "messages", [])]).lower()
+    return getattr(exc, "status", None) == 402 or "plan" in text or "paid" in text
+
+
+async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
+                                 steps: list[planning.Step]) -> dict[Target, tuple[str, str] | None]:
+    """Subscription (Player) IDs -> ("onesignal_id", id) of their user, from the cache or OneSignal."""
+    wanted = sorted({s.target for s in steps if s.target.id_type == "subscription_id"})
+    if not wanted:
+        return {}
+    ids = [t.onesignal_id for t in wanted]
+    known = dict(con.execute("SELECT subscription_id, onesignal_id FROM subscription_users "
+                                   "WHERE app_id = ? AND subscription_id IN (SELECT unnest(?))",
+                                   [app_id, ids]).fetchall())
+    resolved: dict[Target, tuple[str, str] | None] = {}
+    for target in wanted:
+        sub = target.onesignal_id
+        if sub not in known or known[sub] is None:
+            try:
+                known[sub] = (await client.identity_of_subscription(sub)).get("onesignal_id")
+            except NotFound:
+                known[sub] = None
+            con.execute("INSERT OR REPLACE INTO subscription_users VALUES (?, ?, ?, now()::TIMESTAMP)",
+                        [app_id, sub, known[sub]])
+        resolved[target] = ("onesignal_id", known[sub]) if known[sub] else None
+    return resolved
+
+
+class _ResultWriter:
+    """Writes per-user outcomes and advances the snapshot in small transactions as results arrive."""
+
+    def __init__(self, con, record: RunRecord, total: int, on_progress):
+        self.con, self.record, self.total, self.on_progress = con, record, total, on_progress
+        self.pending: list[tuple[planning.Step, str, str | None]] = []
+        self.done = 0
+
+    def add(self, step: planning.Step, outcome: str, error: Exception | None) -> None:
+        self.pending.append((step, outcome, str(error) if error is not None and outcome == FAILED else None))
+        if len(self.pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        cohort, run_id, now = self.record.cohort, self.record.run_id, _naive(None)
+        with transaction(self.con) as con:
+            for step, outcome, error in batch:
+                key = [cohort, step.distinct_id]
+                reported = "not_in_onesignal" if outcome == NOT_FOUND else outcome
+                con.execute("INSERT INTO export_results VALUES (?, ?, ?, ?, ?, ?)",
+                            [run_id, step.distinct_id, step.target.onesignal_id, step.operation, reported, error])
+                if step.operation == ADD and outcome in (OK, NOT_FOUND):
+                    con.execute("INSERT OR REPLACE INTO export_members VALUES (?, ?, ?, ?, ?, ?)",
+                                [*key, step.target.onesignal_id, step.target.id_type,
+                                 "tagged" if outcome == OK else "absent", now])
+                elif step.operation == REMOVE and outcome in (OK, NOT_FOUND):
+                    con.execute("DELETE FROM export_members WHERE cohort = ? AND distinct_id = ? "
+                                "AND onesignal_id = ?", [*key, step.target.onesignal_id])
+                self._count(step, outcome)
+        self.done += len(batch)
+        if self.on_progress:
+            self.on_progress(self.done, self.total)
+
+    def _count(self, step: planning.Step, outcome: str) -> None:
+        r = self.record
+        if outcome == FAILED:
+            r.failed += 1
+        elif outcome == NOT_FOUND and step.operation == ADD:
+            r.not_in_onesignal += 1
+        elif step.operation == ADD:
+            r.added += 1
+        else:
+            r.removed += 1
+
+
+# -- run records ----------------------------------------------------------------------------------
+
+def _start(con, cohort, mode, dry_run, now, the_plan, verdict, members, exportable) -> RunRecord:
+    with transaction(con):
+        stale = con.execute("SELECT run_id, pid FROM export_runs WHERE cohort = ? AND status = 'running'",
+                            [cohort]).fetchall()
+        for run_id, pid in stale:
+            if pid != os.getpid() and _alive(pid):
+                raise ExportError(f"an export of cohort {cohort!r} is already running (process {pid})")
+            con.execute("UPDATE export_runs SET status = 'interrupted', ended_at = ? WHERE run_id = ?",
+                        [_naive(now), run_id])
+        run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
+        con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid, members, "
+                    "exportable, unchanged) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                    [run_id, cohort, mode, dry_run, _naive(now), os.getpid(), members, exportable,
+                     the_plan.counts.get(planning.NOOP, 0)])
+    return RunRecord(run_id, cohort, mode, dry_run, "running", _naive(now), members=members,
+                     exportable=exportable, unchanged=the_plan.counts.get(planning.NOOP, 0),
+                     guard=verdict.reason, plan=the_plan)
+
+
+def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord:
+    record.status, record.error, record.ended_at = status, error, _naive(None)
+    if record.dry_run:   # what the run would do
+        record.added, record.removed = record.plan.counts.get(ADD, 0), record.plan.counts.get(REMOVE, 0)
+    con.execute("""UPDATE export_runs SET status = ?, error = ?, ended_at = ?, added = ?, removed = ?,
+                         not_in_onesignal = ?, failed = ? WHERE run_id = ?""",
+                      [status, error, record.ended_at, record.added, record.removed, record.not_in_onesignal,
+                       record.failed, record.run_id])
+    return record
+
+
+def _registered(con, cohort: str) -> dict:
+    cursor = con.execute("SELECT * FROM exports WHERE cohort = ?", [cohort])
+    row = cursor.fetchone()
+    if row is None:
+        raise ExportError(f"cohort {cohort!r} has no export; register it first (toolkit export NAME --once)")
+    return dict(zip([d[0] for d in cursor.description], row))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _naive(moment: datetime | None) -> datetime:
+    """UTC without tzinfo, as the store keeps timestamps."""
+    moment = moment or datetime.now(timezone.utc)
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment

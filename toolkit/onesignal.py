@@ -1,0 +1,627 @@
+"""OneSignal REST client: auth, error shapes, retries and client-side rate limiting.
+
+Speaks OneSignal's public API with httpx (async core, ``SyncOneSignalClient`` for blocking callers):
+users by alias, a subscription's user identity, and segments. It knows nothing about DuckDB or
+cohorts; the exporter drives it. The App API key lives only in the ``Authorization`` header: it is
+redacted from reprs, error messages and log records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from toolkit.errors import ToolkitError
+
+DEFAULT_BASE_URL = "https://api.onesignal.com"
+PARTNER_NAME = "Mixpanel Cohorts Toolkit"
+USAGE_HEADER = "OneSignal-Usage"
+USAGE = f"{PARTNER_NAME} | Partner Integration"      # OneSignal asks partners to identify themselves
+USER_SPACING = 1.1    # OneSignal allows 1 request/s per user; the margin absorbs send-to-arrival jitter
+PAGE_LIMIT = 300      # the most segments one list call may ask for
+POOL_SIZE = 4         # connections per httpx pool: httpcore scans a whole pool for every request, so one
+                      # pool of 64 costs ~3x the CPU per request of sixteen pools of 4
+VALIDATE_ATTEMPTS = 3  # a "Connect" button should answer in seconds, not after ten backoffs
+REDACTED = "<redacted>"
+MIN_SECRET = 8        # shorter strings are not redacted (OneSignal keys are far longer)
+
+OK, NOT_FOUND, FAILED = "ok", "not_found", "failed"
+
+log = logging.getLogger(__name__)
+
+
+# -- credentials and redaction ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Credentials:
+    """An App ID and its App API key. The key never shows in repr or str."""
+
+    app_id: str
+    api_key: str
+
+    def __post_init__(self):
+        # Keys are often pasted with a stray space or newline.
+        object.__setattr__(self, "app_id", str(self.app_id).strip())
+        object.__setattr__(self, "api_key", str(self.api_key).strip())
+        if not self.app_id or not self.api_key:
+            raise ValueError("OneSignal credentials need both an App ID and an App API key "
+                             "(OneSignal > Settings > Keys & IDs)")
+
+    def __repr__(self) -> str:
+        return f"Credentials(app_id={self.app_id!r}, api_key={REDACTED})"
+
+    __str__ = __repr__
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces every registered secret in a log record (message, args and traceback text).
+
+    Installed on this module's logger and on httpx's and httpcore's; add ``REDACTOR`` to your own
+    handlers to cover every logger."""
+
+    def __init__(self):
+        super().__init__()
+        self._secrets: set[str] = set()
+
+    def add(self, secret: str) -> None:
+        # A few characters are no real key, and replacing them would garble every record.
+        if len(secret) >= MIN_SECRET:
+            self._secrets.add(secret)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        message = record.getMessage()
+        if self.redact(message) != message:
+            record.msg, record.args = self.redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+REDACTOR = RedactingFilter()
+for _name in (__name__, "httpx", "httpcore", "httpcore.connection", "httpcore.http11", "httpcore.http2",
+              "httpcore.proxy"):
+    logging.getLogger(_name).addFilter(REDACTOR)
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+class OneSignalError(ToolkitError):
+    """OneSignal refused or could not answer a request. ``messages`` are OneSignal's own words."""
+
+    retryable = False
+    hint = ""
+
+    def __init__(self, message: str, *, status: int | None = None, messages: Iterable[str] = (),
+                 method: str | None = None, path: str | None = None, retryable: bool | None = None):
+        self.status = status
+        self.messages = list(messages)
+        self.method, self.path = method, path
+        self.attempts = 1
+        if retryable is not None:
+            self.retryable = retryable
+        super().__init__(f"{message}. {self.hint}" if self.hint else message)
+
+
+class AuthError(OneSignalError):
+    hint = "Check the App API key (OneSignal > Settings > Keys & IDs) and that it belongs to this app"
+
+
+class BadRequest(OneSignalError):
+    pass
+
+
+class AppNotFound(BadRequest):
+    hint = "Check the App ID (OneSignal > Settings > Keys & IDs)"
+
+
+class NotFound(OneSignalError):
+    pass
+
+
+class Conflict(OneSignalError):
+    pass
+
+
+class RateLimited(OneSignalError):
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs):
+        self.retry_after = retry_after
+        super().__init__(message, **kwargs)
+
+
+class ServerError(OneSignalError):
+    retryable = True
+
+
+class NetworkError(OneSignalError):
+    retryable = True
+    hint = "Check the network connection and the base URL"
+
+
+def error_messages(content: bytes) -> list[str]:
+    """OneSignal's error text from any body shape it uses (or a non-JSON body)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        text = content.decode("utf-8", "replace").strip()
+        return [text[:300]] if text else []
+    if not isinstance(body, dict):
+        return [json.dumps(body)[:300]]
+    errors = body.get("errors")
+    if isinstance(errors, str):
+        return [errors]
+    if isinstance(errors, dict):
+        errors = [errors]
+    if isinstance(errors, list) and errors:
+        return [_describe(e) for e in errors]
+    if body.get("success") is False:
+        return ["the request failed (success: false)"]
+    return [json.dumps(body)[:300]] if body else []
+
+
+def _describe(error: Any) -> str:
+    if not isinstance(error, dict):
+        return str(error)
+    text = str(error.get("title") or error.get("message") or json.dumps(error))
+    if error.get("code"):
+        text += f" ({error['code']})"
+    if error.get("meta"):
+        text += f" {json.dumps(error['meta'], ensure_ascii=False)}"
+    return text
+
+
+def error_for(status: int, messages: list[str], *, method: str, path: str,
+              retry_after: float | None = None) -> OneSignalError:
+    """The typed error for an HTTP status and OneSignal's messages."""
+    detail = "; ".join(messages) or "no details"
+    text = f"OneSignal answered {status} to {method} {path}: {detail}"
+    common = dict(status=status, messages=messages, method=method, path=path)
+    if status in (401, 403):
+        return AuthError(text, **common)
+    if status == 400 and any("app_id not found" in m.lower() for m in messages):
+        return AppNotFound(text, **common)
+    if status == 400:
+        return BadRequest(text, **common)
+    if status == 404:
+        return NotFound(text, **common)
+    if status == 409:
+        return Conflict(text, **common)
+    if status == 429:
+        return RateLimited(text, retry_after=retry_after, **common)
+    if status >= 500:
+        return ServerError(text, **common)
+    return OneSignalError(text, **common)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header (seconds or an HTTP date) in seconds from now."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+# -- rate limiting ------------------------------------------------------------------------------
+
+class _UserSlot:
+    __slots__ = ("lock", "last", "waiters")
+
+    def __init__(self):
+        self.lock = asyncio.Lock()
+        self.last = float("-inf")
+        self.waiters = 0
+
+
+class RateLimiter:
+    """At most ``rate`` requests/s, and one request per user every ``user_spacing`` seconds counted
+    from when the previous one was let through.
+
+    Requests are spaced evenly (slots reserved in call order), and a window of the actual release
+    times caps any 1-second span at ``rate``: after the event loop stalls, late requests do not
+    leave in a burst that a server counting arrivals would answer with 429s."""
+
+    def __init__(self, rate: float, user_spacing: float = USER_SPACING, clock: Callable[[], float] = time.monotonic):
+        if rate <= 0:
+            raise ValueError("max_rps must be positive")
+        self.interval = 1.0 / rate
+        self.user_spacing = user_spacing
+        self._clock = clock
+        self._next = float("-inf")    # when the next slot may start
+        window = max(1, int(rate))
+        self._window_seconds = window / rate
+        self._released: deque[float] = deque(maxlen=window)
+        self._users: dict[Hashable, _UserSlot] = {}
+        self._prune_at = 1024
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request back for a while (OneSignal said 429: the whole app is over its limit)."""
+        self._next = max(self._next, self._clock() + seconds)
+
+    async def acquire(self, user: Hashable | None = None) -> None:
+        if user is None:
+            await self._slot()
+            return
+        slot = self._users.get(user)
+        if slot is None:
+            slot = self._users[user] = _UserSlot()
+        slot.waiters += 1
+        try:
+            async with slot.lock:
+                wait = slot.last + self.user_spacing - self._clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await self._slot()
+                slot.last = self._clock()
+        finally:
+            slot.waiters -= 1
+            self._forget_idle_users()
+
+    async def _slot(self) -> None:
+        now = self._clock()
+        start = max(now, self._next)
+        self._next = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+        released = self._released
+        while len(released) == released.maxlen:
+            wait = released[0] + self._window_seconds - self._clock()
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        released.append(self._clock())
+
+    def _forget_idle_users(self) -> None:
+        # A million-user export must not keep a million entries: drop users past their spacing.
+        if len(self._users) < self._prune_at:
+            return
+        horizon = self._clock() - self.user_spacing
+        self._users = {k: s for k, s in self._users.items() if s.waiters or s.last > horizon}
+        self._prune_at = max(1024, 2 * len(self._users))
+
+
+# -- results ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Connected:
+    """validate() succeeded: the key opens this app."""
+
+    app_id: str
+    segment_count: int
+
+    def __str__(self) -> str:
+        return "Connected"
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What happened to one user's tag update in ``update_many``."""
+
+    alias_label: str
+    alias_id: str
+    tags: Mapping[str, str]
+    outcome: str                          # OK | NOT_FOUND | FAILED
+    error: OneSignalError | None = None
+
+
+@dataclass
+class BatchSummary:
+    ok: int = 0
+    not_found: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.not_found + self.failed
+
+
+Update = tuple[str, str, Mapping[str, str]]
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+def _segment(value: str) -> str:
+    """One URL path segment: everything escaped, and "." / ".." kept from being read as dot-segments."""
+    if not value:
+        raise ValueError("an empty id cannot be put in a OneSignal URL")
+    escaped = quote(value, safe="")
+    return escaped.replace(".", "%2E") if value in (".", "..") else escaped
+
+
+def _check_tags(tags: Mapping[str, str]) -> None:
+    bad = [k for k, v in tags.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"OneSignal tag keys and values must be strings; not so for {bad[:5]!r}")
+
+
+class OneSignalClient:
+    """Async OneSignal client. Use ``async with OneSignalClient(...) as client:`` or call ``aclose()``.
+
+    Retries 429 (waiting max(Retry-After, backoff)), 5xx, timeouts and dropped connections with
+    exponential backoff and full jitter; never retries 400/401/403/404/409. ``sleep`` is used for
+    those backoff waits only (tests pass a recorder); pacing by the rate limiter is real time."""
+
+    def __init__(self, credentials: Credentials, base_url: str = DEFAULT_BASE_URL, *, max_rps: float = 900,
+                 timeout: float = 10.0, max_attempts: int = 10, backoff_base: float = 2.0,
+                 backoff_max: float = 60.0, concurrency: int = 64, sleep=asyncio.sleep,
+                 transport: httpx.AsyncBaseTransport | None = None):
+        if max_attempts < 1 or concurrency < 1:
+            raise ValueError("max_attempts and concurrency must be at least 1")
+        self.credentials = credentials
+        self.base_url = base_url.rstrip("/")
+        self.max_attempts = max_attempts
+        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self.concurrency = concurrency
+        self.limiter = RateLimiter(max_rps)
+        self._sleep = sleep
+        self._random = random.Random()
+        REDACTOR.add(credentials.api_key)
+        headers = {"Authorization": f"Key {credentials.api_key}", "Content-Type": "application/json",
+                   "Accept": "application/json", USAGE_HEADER: USAGE}
+        tls = httpx.create_ssl_context() if hasattr(httpx, "create_ssl_context") else True   # built once, shared
+        sizes = [min(POOL_SIZE, concurrency - start) for start in range(0, concurrency, POOL_SIZE)]
+        self._pools = [httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout),
+                                         limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                                         verify=tls, transport=transport)
+                       for size in sizes]
+        # One entry per request allowed in flight, naming the pool it may use: a pool is never asked for
+        # more connections than it has, so no request waits inside httpx.
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+        for index, size in enumerate(sizes):
+            for _ in range(size):
+                self._free.put_nowait(index)
+
+    def __repr__(self) -> str:
+        return f"OneSignalClient({self.credentials!r}, base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> OneSignalClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+    # -- paths ----------------------------------------------------------------------------------
+    @property
+    def _app(self) -> str:
+        return f"/apps/{_segment(self.credentials.app_id)}"
+
+    def _user_path(self, alias_label: str, alias_id: str) -> str:
+        return f"{self._app}/users/by/{_segment(alias_label)}/{_segment(alias_id)}"
+
+    # -- the API --------------------------------------------------------------------------------
+    async def validate(self) -> Connected:
+        """Check that the key opens the app: ``Connected``, else AuthError, AppNotFound or NetworkError."""
+        try:
+            body = await self._request("GET", f"{self._app}/segments", params={"limit": 1},
+                                       attempts=min(VALIDATE_ATTEMPTS, self.max_attempts))
+        except NotFound as exc:
+            raise AppNotFound(str(exc), status=exc.status, messages=exc.messages,
+                              method=exc.method, path=exc.path) from None
+        return Connected(self.credentials.app_id, int((body or {}).get("total_count") or 0))
+
+    async def update_tags(self, alias_label: str, alias_id: str, tags: Mapping[str, str]) -> dict:
+        """Set tags on an existing user ("" deletes a tag). Never creates a user: NotFound if absent."""
+        _check_tags(tags)
+        return await self._request("PATCH", self._user_path(alias_label, alias_id),
+                                   body={"properties": {"tags": dict(tags)}}, user=(alias_label, alias_id))
+
+    async def get_user(self, alias_label: str, alias_id: str) -> dict:
+        return await self._request("GET", self._user_path(alias_label, alias_id))
+
+    async def identity_of_subscription(self, subscription_id: str) -> dict:
+        """The identity (onesignal_id, external_id, ...) of the user owning a subscription (a Player ID)."""
+        body = await self._request("GET", f"{self._app}/subscriptions/{_segment(subscription_id)}/user/identity")
+        return body["identity"]
+
+    async def create_segment(self, name: str, filters: list[dict]) -> str:
+        """Create a segment (paid plans only); returns its id."""
+        body = await self._request("POST", f"{self._app}/segments", body={"name": name, "filters": filters})
+        return body["id"]
+
+    async def update_segment(self, segment_id: str, name: str, filters: list[dict]) -> dict:
+        return await self._request("PATCH", f"{self._app}/segments/{_segment(segment_id)}",
+                                   body={"name": name, "filters": filters})
+
+    async def get_segment(self, segment_id: str) -> dict:
+        return await self._request("GET", f"{self._app}/segments/{_segment(segment_id)}")
+
+    async def list_segments(self) -> list[dict]:
+        """Every segment of the app, read page by page."""
+        segments: list[dict] = []
+        while True:
+            body = await self._request("GET", f"{self._app}/segments",
+                                       params={"offset": len(segments), "limit": PAGE_LIMIT})
+            page = body.get("segments") or []
+            segments += page
+            if len(page) < PAGE_LIMIT or len(segments) >= int(body.get("total_count") or 0):
+                return segments
+
+    async def delete_segment(self, segment_id: str) -> None:
+        await self._request("DELETE", f"{self._app}/segments/{_segment(segment_id)}")
+
+    async def update_many(self, updates: Iterable[Update],
+                          on_result: Callable[[UpdateResult], None] | None = None) -> BatchSummary:
+        """Run tag updates concurrently (``concurrency`` at a time, rate-limited) and report each user's
+        outcome to ``on_result``. Per-user failures are reported, not raised; a bad key or unknown
+        app stops the batch (every user would fail the same way), as does an exception raised by
+        ``on_result`` (the caller's way to stop early)."""
+        pending = iter(updates)
+        summary = BatchSummary()
+
+        async def worker() -> None:
+            for alias_label, alias_id, tags in pending:       # shared iterator: each update taken once
+                result = await self._update_one(alias_label, alias_id, tags)
+                setattr(summary, result.outcome, getattr(summary, result.outcome) + 1)
+                if on_result is not None:
+                    on_result(result)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+        try:
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        return summary
+
+    async def _update_one(self, alias_label: str, alias_id: str, tags: Mapping[str, str]) -> UpdateResult:
+        try:
+            await self.update_tags(alias_label, alias_id, tags)
+        except (AuthError, AppNotFound):
+            raise
+        except NotFound as exc:
+            return UpdateResult(alias_label, alias_id, tags, NOT_FOUND, exc)
+        except OneSignalError as exc:
+            return UpdateResult(alias_label, alias_id, tags, FAILED, exc)
+        return UpdateResult(alias_label, alias_id, tags, OK)
+
+    # -- one request, with retries --------------------------------------------------------------
+    async def _request(self, method: str, path: str, *, body: Any = None, params: dict | None = None,
+                       user: Hashable | None = None, attempts: int | None = None) -> Any:
+        attempts = attempts or self.max_attempts
+        for attempt in range(1, attempts + 1):
+            error = await self._attempt(method, path, body, params, user)
+            if not isinstance(error, OneSignalError):
+                return error                                  # the decoded body
+            error.attempts = attempt
+            if not error.retryable or attempt == attempts:
+                raise error
+            delay = self._backoff(attempt)
+            if isinstance(error, RateLimited):
+                wait = 1.0 if error.retry_after is None else error.retry_after
+                self.limiter.pause(wait)
+                delay = max(wait, delay)
+            log.info("retrying %s %s in %.2fs after: %s (attempt %d of %d)", method, path, delay,
+                     "; ".join(error.messages) or type(error).__name__, attempt, attempts)
+            await self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, method, path, body, params, user) -> Any:
+        """One try: the decoded body on success, else the error (returned, so the caller decides)."""
+        pool = await self._free.get()
+        try:
+            await self.limiter.acquire(user)
+            response = await self._pools[pool].request(method, path, params=params,
+                                                        content=None if body is None else json.dumps(body))
+        except httpx.TransportError as exc:
+            error = NetworkError(f"no answer from OneSignal to {method} {path}: "
+                                 f"{type(exc).__name__}: {REDACTOR.redact(str(exc)) or 'connection failed'}",
+                                 method=method, path=path,
+                                 retryable=not isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)))
+            error.__cause__ = exc
+            return error
+        finally:
+            self._free.put_nowait(pool)
+        messages = [REDACTOR.redact(m) for m in error_messages(response.content)] if response.content else []
+        if response.status_code >= 300:
+            return error_for(response.status_code, messages, method=method, path=path,
+                             retry_after=retry_after_seconds(response.headers.get("Retry-After")))
+        try:
+            decoded = response.json() if response.content else None
+        except ValueError:
+            return None
+        if isinstance(decoded, dict) and decoded.get("success") is False:
+            return error_for(response.status_code, messages, method=method, path=path)
+        return decoded
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform between 0 and base * 2^(attempt-1), capped."""
+        return self._random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
+
+
+class SyncOneSignalClient:
+    """Blocking facade for notebooks and scripts. The async client runs on a private event loop in
+    its own thread, so this works even where a loop is already running (Jupyter)."""
+
+    def __init__(self, credentials: Credentials, base_url: str = DEFAULT_BASE_URL, **options):
+        self.client = OneSignalClient(credentials, base_url, **options)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="onesignal-client", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"Sync{self.client!r}"
+
+    def __enter__(self) -> SyncOneSignalClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            self._run(self.client.aclose())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def validate(self) -> Connected:
+        return self._run(self.client.validate())
+
+    def update_tags(self, alias_label: str, alias_id: str, tags: Mapping[str, str]) -> dict:
+        return self._run(self.client.update_tags(alias_label, alias_id, tags))
+
+    def get_user(self, alias_label: str, alias_id: str) -> dict:
+        return self._run(self.client.get_user(alias_label, alias_id))
+
+    def identity_of_subscription(self, subscription_id: str) -> dict:
+        return self._run(self.client.identity_of_subscription(subscription_id))
+
+    def create_segment(self, name: str, filters: list[dict]) -> str:
+        return self._run(self.client.create_segment(name, filters))
+
+    def update_segment(self, segment_id: str, name: str, filters: list[dict]) -> dict:
+        return self._run(self.client.update_segment(segment_id, name, filters))
+
+    def get_segment(self, segment_id: str) -> dict:
+        return self._run(self.client.get_segment(segment_id))
+
+    def list_segments(self) -> list[dict]:
+        return self._run(self.client.list_segments())
+
+    def delete_segment(self, segment_id: str) -> None:
+        return self._run(self.client.delete_segment(segment_id))
+
+    def update_many(self, updates: Iterable[Update],
+                    on_result: Callable[[UpdateResult], None] | None = None) -> BatchSummary:
+        """Like the async one; ``on_result`` runs on the client's loop thread."""
+        return self._run(self.client.update_many(updates, on_result))
