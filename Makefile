@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 .PHONY: demo test bench clean
 
 demo: $(VENV)/.installed
-	$(BIN)/toolkit demo --db $(or $(TOOLKIT_DB),var/demo.duckdb)
+	$(BIN)/toolkit demo
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

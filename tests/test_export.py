@@ -44,7 +44,7 @@ def ext(*ids):
 
 
 def sync(store, emulator, app, wanted, cohort="Buyers", mode="dynamic", **kw):
-    export.register(store, cohort, mode, creds(app), emulator.url)
+    export.register(store, cohort, mode, app.app_id, emulator.url)
     return export.run(store, cohort, wanted, creds(app), client_options=FAST, **kw)
 
 
@@ -94,7 +94,7 @@ def test_free_plan_fails_before_touching_any_user(store, emulator):
 def test_bad_key_fails_without_leaking_it(store, emulator, app, caplog):
     caplog.set_level(logging.DEBUG)
     wrong = Credentials(app.app_id, "not-the-key-" + "s3cr3t")
-    export.register(store, "Buyers", "once", wrong, emulator.url)
+    export.register(store, "Buyers", "once", app.app_id, emulator.url)
     record = export.run(store, "Buyers", ext("u1"), wrong, client_options=FAST)
     assert record.status == "failed" and "s3cr3t" not in (record.error or "")
     assert "s3cr3t" not in caplog.text
@@ -175,7 +175,7 @@ def test_interrupted_run_loses_nothing_and_the_next_converges(store, emulator, a
         if done >= 2:
             raise KeyboardInterrupt
 
-    export.register(store, "Buyers", "dynamic", creds(app), emulator.url)
+    export.register(store, "Buyers", "dynamic", app.app_id, emulator.url)
     with pytest.raises(KeyboardInterrupt):
         export.run(store, "Buyers", ext("u1", "u2", "u3", "u4"), creds(app), client_options=FAST,
                    on_progress=stop_midway)
@@ -192,7 +192,7 @@ def test_two_runs_of_one_cohort_never_overlap(tmp_path, monkeypatch):
         app = emu.add_app()
         for i in range(5):
             emu.add_user(app.app_id, external_id=f"u{i}")
-        export.register(store, "Buyers", "once", creds(app), emu.url)
+        export.register(store, "Buyers", "once", app.app_id, emu.url)
         started = threading.Event()
         result = {}
 
@@ -213,7 +213,7 @@ def test_dynamic_registration_due_and_stop(store, emulator, app):
     from datetime import datetime, timedelta, timezone
 
     now = datetime(2026, 11, 1, tzinfo=timezone.utc)
-    export.register(store, "Buyers", "dynamic", creds(app), emulator.url, now=now)
+    export.register(store, "Buyers", "dynamic", app.app_id, emulator.url, now=now)
     assert export.due(store, now) == ["Buyers"]
     export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST, now=now)
     assert export.due(store, now + timedelta(minutes=14)) == []
@@ -226,12 +226,12 @@ def test_dynamic_registration_due_and_stop(store, emulator, app):
 
 def test_dynamic_sync_limit(store, emulator, app, monkeypatch):
     monkeypatch.setattr(export, "MAX_DYNAMIC_SYNCS", 2)
-    export.register(store, "a", "dynamic", creds(app), emulator.url)
-    export.register(store, "b", "dynamic", creds(app), emulator.url)
-    export.register(store, "a", "dynamic", creds(app), emulator.url)        # re-registering is fine
+    export.register(store, "a", "dynamic", app.app_id, emulator.url)
+    export.register(store, "b", "dynamic", app.app_id, emulator.url)
+    export.register(store, "a", "dynamic", app.app_id, emulator.url)        # re-registering is fine
     with pytest.raises(export.ExportError, match="2 dynamic syncs are active"):
-        export.register(store, "c", "dynamic", creds(app), emulator.url)
-    export.register(store, "c", "once", creds(app), emulator.url)
+        export.register(store, "c", "dynamic", app.app_id, emulator.url)
+    export.register(store, "c", "once", app.app_id, emulator.url)
 
 
 def test_key_never_reaches_the_store(store, emulator, app):
@@ -240,3 +240,14 @@ def test_key_never_reaches_the_store(store, emulator, app):
                                     "WHERE table_type = 'BASE TABLE'").fetchall():
         dump = str(store.con.execute(f'SELECT * FROM "{table}"').fetchall())
         assert app.api_key not in dump, table
+
+
+def test_runs_from_inside_a_running_event_loop(store, emulator, app):
+    """Notebook kernels (and papermill) run an event loop in the main thread."""
+    import asyncio
+
+    async def from_a_notebook_cell():
+        return sync(store, emulator, app, ext("u1"))
+
+    assert asyncio.run(from_a_notebook_cell()).status == "ok"
+    assert tagged(emulator, app) == {"u1"}

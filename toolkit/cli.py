@@ -13,10 +13,14 @@ from toolkit import ingest, report
 from toolkit.errors import ToolkitError
 from toolkit.store import Store
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["emulator"]:          # its own options and --help
+        from toolkit.emulator import main as emulator_main
+
+        return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
@@ -66,7 +70,62 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-in-ms", action="store_true")
     p.set_defaults(run=_generate)
 
-    p = sub.add_parser("demo", parents=[common], help="the main job on the bundled sample data")
+    cohorts = sub.add_parser("cohorts", help="cohort definitions and who in them can reach OneSignal")
+    csub = cohorts.add_subparsers(required=True, metavar="ACTION")
+    p = csub.add_parser("load", parents=[common], help="store the cohorts of a YAML or JSON file (versioned)")
+    p.add_argument("file", type=Path)
+    p.set_defaults(run=_cohorts_load)
+    p = csub.add_parser("list", parents=[common], help="stored cohorts")
+    p.set_defaults(run=_cohorts_list)
+    p = csub.add_parser("preview", parents=[common], help="members, match rate and why the rest cannot export")
+    p.add_argument("name")
+    p.add_argument("--user-id-property", default="$onesignal_user_id")
+    p.add_argument("--id-type", default="auto", choices=("auto", "external_id", "subscription_id"))
+    p.add_argument("--rows", type=int, default=20, help="members to show (text output)")
+    p.set_defaults(run=_cohorts_preview)
+
+    p = sub.add_parser("connect", parents=[common], help="check an App ID and API key against OneSignal")
+    p.add_argument("--app-id", help="OneSignal App ID (default: $ONESIGNAL_APP_ID)")
+    p.add_argument("--base-url", default=None, help="OneSignal API (default: the real one; the emulator's URL)")
+    p.add_argument("--save", action="store_true", help="keep the key in the 0600 credentials file")
+    p.set_defaults(run=_connect)
+
+    p = sub.add_parser("export", parents=[common], help="export a cohort to OneSignal once, or keep it in sync")
+    p.add_argument("cohort")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--once", dest="mode", action="store_const", const="once", help="one-time export")
+    how.add_argument("--dynamic", dest="mode", action="store_const", const="dynamic",
+                     help="register a dynamic sync (every 15 minutes) and run it now")
+    how.add_argument("--stop", action="store_true", help="stop the cohort's dynamic sync")
+    p.add_argument("--dry-run", action="store_true", help="show the plan, send nothing")
+    p.add_argument("--force", action="store_true", help="pass the removal guard")
+    p.add_argument("--app-id")
+    p.add_argument("--base-url")
+    p.add_argument("--user-id-property")
+    p.add_argument("--id-type", choices=("auto", "external_id", "subscription_id"))
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("runs", parents=[common], help="export run records")
+    p.add_argument("--cohort")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(run=_runs)
+
+    sub.add_parser("emulator", help="run the OneSignal emulator on 127.0.0.1 (toolkit emulator --help)")
+
+    for name, text in (("sync", "run notebooks/sync.ipynb once with papermill"),
+                       ("schedule", "run the sync every --every (default 15m), one run at a time")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("--landing", help="folder of new Mixpanel export files to load first")
+        p.add_argument("--cohorts", default="due", help="due (default), all, or comma-separated names")
+        p.add_argument("--dry-run", action="store_true")
+        p.add_argument("--runs-dir", type=Path, default=Path("var/runs"), help="where executed notebooks go")
+        if name == "schedule":
+            p.add_argument("--every", default="15m", help="e.g. 15m, 90s, 1h")
+        p.set_defaults(run=_sync if name == "sync" else _schedule)
+
+    p = sub.add_parser("demo", help="the main job on the bundled sample data, against the emulator")
+    p.add_argument("--workdir", type=Path, default=Path("var"),
+                   help="where the store, the emulator's state and executed notebooks go (default var/)")
     p.set_defaults(run=_demo)
     return parser
 
@@ -109,6 +168,72 @@ def _mtu(args) -> int:
     return status
 
 
+def _cohorts_load(args) -> int:
+    from toolkit import cohorts
+
+    with _store(args) as store:
+        versions = cohorts.save_all(store, cohorts.load_definitions(args.file))
+    _emit(args, {"saved": versions}, "\n".join(f"{name}: v{v}" for name, v in versions.items()))
+    return 0
+
+
+def _cohorts_list(args) -> int:
+    from toolkit import cohorts
+
+    with _store(args) as store:
+        found = cohorts.list_cohorts(store)
+    _emit(args, {"cohorts": found}, "\n".join(f"{c['name']} (v{c['version']})" for c in found)
+          or "no cohorts yet: toolkit cohorts load FILE")
+    return 0
+
+
+def _cohorts_preview(args) -> int:
+    from toolkit import matching
+
+    with _store(args) as store:
+        preview = matching.preview(store, args.name, user_id_property=args.user_id_property,
+                                   id_type=args.id_type)
+    _emit(args, preview.to_dict(), matching.preview_text(preview, args.rows))
+    return 0
+
+
+def _connect(args) -> int:
+    from toolkit import credentials, sync
+
+    creds = credentials.require(args.app_id, prompt=True)
+    with _store(args) as store:
+        status = sync.connect(store, creds, args.base_url)
+    if status["connected"] and args.save:
+        status["saved_to"] = str(credentials.save(creds))
+    _emit(args, status, ("Connected" if status["connected"] else "Not connected: " + status["detail"])
+          + (f" (key saved to {status['saved_to']})" if status.get("saved_to") else ""))
+    return 0 if status["connected"] else 1
+
+
+def _export(args) -> int:
+    from toolkit import export, sync
+
+    with _store(args) as store:
+        if args.stop:
+            export.stop(store, args.cohort)
+            _emit(args, {"stopped": args.cohort}, f"stopped the dynamic sync of {args.cohort}")
+            return 0
+        record = sync.export_cohort(store, args.cohort, mode=args.mode, app_id=args.app_id, base_url=args.base_url,
+                                    dry_run=args.dry_run, force=args.force, user_id_property=args.user_id_property,
+                                    id_type=args.id_type, progress=not args.json)
+    _emit(args, record.to_dict(), report.run_text(record))
+    return 0 if record.status == "ok" else 1
+
+
+def _runs(args) -> int:
+    from toolkit import export
+
+    with _store(args) as store:
+        found = export.runs(store, args.cohort, args.limit)
+    _emit(args, {"runs": found}, report.runs_text(found))
+    return 0
+
+
 def _generate(args) -> int:
     from toolkit import generate
 
@@ -119,16 +244,37 @@ def _generate(args) -> int:
     return 0
 
 
+def _sync_parameters(args) -> dict:
+    from toolkit.store import default_path
+
+    return {"store_path": str(Path(args.db or default_path()).resolve()),
+            "landing": str(Path(args.landing).resolve()) if args.landing else None,
+            "cohorts": args.cohorts, "dry_run": args.dry_run}
+
+
+def _sync(args) -> int:
+    from toolkit import schedule
+
+    run = schedule.run_once(args.runs_dir.resolve(), _sync_parameters(args))
+    _emit(args, {"ok": run.ok, "notebook": str(run.notebook), "error": run.error},
+          f"sync {'done' if run.ok else 'FAILED: ' + run.error}; executed notebook: {run.notebook}")
+    return 0 if run.ok else 1
+
+
+def _schedule(args) -> int:
+    import logging
+
+    from toolkit import schedule
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    runs = schedule.schedule(args.runs_dir.resolve(), _sync_parameters(args), schedule.parse_every(args.every))
+    print(f"stopped after {len(runs)} run(s), {sum(not r.ok for r in runs)} failed")
+    return 0
+
+
 def _demo(args) -> int:
-    """Load the sample into the store and print what it holds (later: sync it to the emulator)."""
-    with _store(args) as store:
-        summary = ingest.load(store, [SAMPLE], progress=not args.json)
-        status = report.status(store)
-        if args.json:
-            _emit(args, {"load": summary.to_dict(), "status": status}, "")
-        else:
-            print(report.load_text(summary))
-            print()
-            print(report.status_text(status))
-            print(f"\nstore: {store.path}")
-    return 1 if summary.refused else 0
+    from toolkit import demo
+
+    result = demo.run(args.workdir)
+    print(result.text)
+    return 0 if result.ok else 1

@@ -11,6 +11,7 @@ not in OneSignal are reported and never created. Two runs of one cohort never ov
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import os
 import re
@@ -78,7 +79,7 @@ def segment_filters(key: str) -> list[dict]:
 
 # -- registration -------------------------------------------------------------------------------
 
-def register(store: Store, cohort: str, mode: str, credentials: Credentials, base_url: str, *,
+def register(store: Store, cohort: str, mode: str, app_id: str, base_url: str, *,
              user_id_property: str = "$onesignal_user_id", id_type: str = "auto",
              now: datetime | None = None) -> None:
     """Record the export of ``cohort`` (``once`` or ``dynamic``); a new export overwrites the previous
@@ -94,9 +95,9 @@ def register(store: Store, cohort: str, mode: str, credentials: Credentials, bas
             raise ExportError(f"{dynamic} dynamic syncs are active; Mixpanel allows {MAX_DYNAMIC_SYNCS} per "
                               "project. Stop one (toolkit export NAME --stop) or use a one-time export.")
     old = con.execute("SELECT segment_id, app_id FROM exports WHERE cohort = ?", [cohort]).fetchone()
-    segment_id = old[0] if old and old[1] == credentials.app_id else None
+    segment_id = old[0] if old and old[1] == app_id else None
     con.execute("""INSERT OR REPLACE INTO exports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)""", [
-        cohort, mode, credentials.app_id, base_url, tag_key(cohort), cohort[:128], segment_id,
+        cohort, mode, app_id, base_url, tag_key(cohort), cohort[:128], segment_id,
         user_id_property, id_type, now, now if mode == "dynamic" else None])
 
 
@@ -180,7 +181,7 @@ def _run(store, con, cohort, wanted, credentials, dry_run, force, max_removal_sh
         if credentials is None:
             return _finish(con, record, "failed", "no OneSignal credentials: preview only (see toolkit connect)")
         try:
-            asyncio.run(_apply(con, export, record, the_plan, credentials, client_options or {}, on_progress))
+            _run_async(_apply(con, export, record, the_plan, credentials, client_options or {}, on_progress))
         except (OneSignalError, ExportError) as exc:
             return _finish(con, record, "failed", str(exc))
         except BaseException as exc:
@@ -347,12 +348,28 @@ def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord
     return record
 
 
-def _registered(con, cohort: str) -> dict:
+def registration(con, cohort: str) -> dict | None:
+    """The registered export of ``cohort`` (a row of ``exports``), or None."""
     cursor = con.execute("SELECT * FROM exports WHERE cohort = ?", [cohort])
     row = cursor.fetchone()
-    if row is None:
+    return dict(zip([d[0] for d in cursor.description], row)) if row else None
+
+
+def _registered(con, cohort: str) -> dict:
+    found = registration(con, cohort)
+    if found is None:
         raise ExportError(f"cohort {cohort!r} has no export; register it first (toolkit export NAME --once)")
-    return dict(zip([d[0] for d in cursor.description], row))
+    return found
+
+
+def _run_async(coroutine):
+    """asyncio.run, also from where a loop already runs (Jupyter, papermill): then in a thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _alive(pid: int) -> bool:

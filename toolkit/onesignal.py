@@ -29,7 +29,7 @@ DEFAULT_BASE_URL = "https://api.onesignal.com"
 PARTNER_NAME = "Mixpanel Cohorts Toolkit"
 USAGE_HEADER = "OneSignal-Usage"
 USAGE = f"{PARTNER_NAME} | Partner Integration"      # OneSignal asks partners to identify themselves
-USER_SPACING = 1.1    # OneSignal allows 1 request/s per user; the margin absorbs send-to-arrival jitter
+USER_SPACING = 1.25   # OneSignal allows 1 request/s per user; the margin absorbs send-to-arrival jitter
 PAGE_LIMIT = 300      # the most segments one list call may ask for
 POOL_SIZE = 4         # connections per httpx pool: httpcore scans a whole pool for every request, so one
                       # pool of 64 costs ~3x the CPU per request of sixteen pools of 4

@@ -66,3 +66,26 @@ def quarantine_text(rows: list[dict]) -> str:
     if not rows:
         return "quarantine is empty"
     return "\n".join(f"{r['path']}:{r['line']}: {r['reason']}" for r in rows)
+
+
+def run_text(run) -> str:
+    r = run.to_dict() if hasattr(run, "to_dict") else run
+    head = f"{r['cohort']}: {'dry run, ' if r['dry_run'] else ''}{r['mode']} export {r['status']}"
+    counts = (f"  members {r['members']:,}, exportable {r['exportable']:,}: added {r['added']:,}, "
+              f"removed {r['removed']:,}, unchanged {r['unchanged']:,}, not in OneSignal "
+              f"{r['not_in_onesignal']:,}, failed {r['failed']:,}")
+    lines = [head, counts]
+    if r.get("guard"):
+        lines.append(f"  removal guard: {r['guard']}")
+    if r.get("error"):
+        lines.append(f"  {r['error']}")
+    return "\n".join(lines)
+
+
+def runs_text(runs: list[dict]) -> str:
+    if not runs:
+        return "no export runs yet"
+    return "\n".join(f"#{r['run_id']} {r['started_at']:%Y-%m-%d %H:%M:%S} {r['cohort']} {r['mode']}"
+                     f"{' dry-run' if r['dry_run'] else ''} {r['status']}: +{r['added'] or 0} "
+                     f"-{r['removed'] or 0} ={r['unchanged'] or 0} absent {r['not_in_onesignal'] or 0} "
+                     f"failed {r['failed'] or 0}{'  ' + r['error'] if r['error'] else ''}" for r in runs)

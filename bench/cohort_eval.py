@@ -1,0 +1,152 @@
+"""Cohort evaluation and matchability timings, as bench table rows.
+
+    python -m bench.cohort_eval [EVENTS_FILE PROFILES_FILE]     # default: bench/data/events-1000000/
+
+The cohort has three conditions, one on the profile and two behavioural, evaluated as of the last
+event in the data:
+
+    plan equals "pro"
+    AND did Purchase at least once in the last 30 days
+    AND did not do Login in the last 7 days
+
+It is timed beside (a) the same cohort in plain pandas, from DataFrames already in memory (the fetch
+is not timed, which favours pandas; parsing the JSON properties it needs is), and (b) the floor: one
+DuckDB scan of resolved_events grouped by user, the least any per-user evaluation must do. A variant
+adds an event property filter (amount > 20): that reads the events' JSON properties, which the floor
+never touches, so it is reported beside the floor without a target. Then matchability of the
+members against the cohort's own evaluation time. Each timing is the median of several runs after a
+warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from bench.table import Row
+
+COHORT = {
+    "name": "bench: pro purchasers not logging in",
+    "rules": [
+        {"property": "plan", "operator": "equals", "value": "pro"},
+        {"event": "Purchase", "last_days": 30},
+        {"event": "Login", "did": False, "last_days": 7},
+    ],
+}
+MIN_AMOUNT = 20
+FILTERED = {**COHORT, "rules": [COHORT["rules"][0],
+                                {**COHORT["rules"][1], "where": [{"property": "amount", "operator": "greater",
+                                                                  "value": MIN_AMOUNT}]},
+                                COHORT["rules"][2]]}
+RUNS = 7
+
+
+def rows(events_file, profiles_file) -> list[Row]:
+    from toolkit import Store, cohorts, load, matching
+
+    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "bench.duckdb") as store:
+        load(store, [events_file, profiles_file])
+        con = store.con
+        events = con.execute("SELECT count(*) FROM events").fetchone()[0]
+        now = con.execute("SELECT max(time) FROM events").fetchone()[0] + timedelta(seconds=1)
+        cohort, filtered = cohorts.parse(COHORT), cohorts.parse(FILTERED)
+
+        members, ours = _timed(lambda: cohorts.evaluate(con, cohort, now=now))
+        filtered_members, filtered_s = _timed(lambda: cohorts.evaluate(con, filtered, now=now))
+        _, floor = _timed(lambda: con.execute(
+            "SELECT distinct_id, count(*) FROM resolved_events GROUP BY distinct_id").fetchall())
+        _, fetch_s = _timed(lambda: _frames(con, event_properties=False), runs=3)   # what the plain cohort needs
+        frames = _frames(con)
+        expected, pandas_s = _timed(lambda: _pandas_cohort(*frames, now))
+        expected_filtered, pandas_filtered_s = _timed(lambda: _pandas_cohort(*frames, now, MIN_AMOUNT))
+        if expected != members or expected_filtered != filtered_members:
+            raise SystemExit(f"pandas and DuckDB disagree: {len(expected)} vs {len(members)} members, "
+                             f"{len(expected_filtered)} vs {len(filtered_members)} with the filter")
+        result, match_s = _timed(lambda: matching.match(con, members))
+        _, match_sql_s = _timed(lambda: matching.match(con, members, engine="sql"))
+
+    size = f"{events / 1e6:g}M events"
+    speedup, of_floor = pandas_s / ours, ours / floor
+    return [
+        Row(f"cohort eval {size} (3 conditions, {len(members):,} members)", _ms(ours), f"pandas {_ms(pandas_s)}",
+            f"{speedup:.1f}x faster", ">= 10x", speedup >= 10),
+        Row("  pandas including reading its frames from the store", _ms(ours), f"pandas {_ms(pandas_s + fetch_s)}",
+            f"{(pandas_s + fetch_s) / ours:.1f}x faster", "", None),
+        Row(f"cohort eval {size} vs floor", _ms(ours), f"scan+group {_ms(floor)}", f"{of_floor:.2f}x floor",
+            "<= 3x", of_floor <= 3),
+        Row(f"  + event property filter ({len(filtered_members):,} members)", _ms(filtered_s),
+            f"pandas {_ms(pandas_filtered_s)}", f"{pandas_filtered_s / filtered_s:.1f}x faster, "
+            f"{filtered_s / floor:.2f}x floor", "", None),
+        Row(f"matchability of {len(members):,} members (python path)", _ms(match_s), f"evaluation {_ms(ours)}",
+            f"{match_s / ours:.2f}x eval", "< 1x", match_s < ours),
+        Row(f"matchability of {len(members):,} members (sql path)", _ms(match_sql_s), f"evaluation {_ms(ours)}",
+            f"{match_sql_s / ours:.2f}x eval", "< 1x", match_sql_s < ours),
+        Row(f"match rate {size}", f"{result.summary['match_rate']:.1%}", "", "", "", None),
+    ]
+
+
+def _timed(fn, runs=RUNS):
+    result = fn()                                   # warm-up: caches, first-call overheads
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return result, statistics.median(times)
+
+
+def _frames(con, event_properties=True):
+    """What pandas works from: the events (with their JSON properties, which only the filtered variant
+    reads) and the profiles, as DataFrames."""
+    extra = ", properties" if event_properties else ""
+    events = con.execute(f"SELECT distinct_id, event, time{extra} FROM resolved_events").df()
+    profiles = con.execute("SELECT distinct_id, properties FROM resolved_profiles").df()
+    return events, profiles
+
+
+def _pandas_cohort(events, profiles, now, min_amount=None) -> list[str]:
+    """The bench cohort in plain pandas, with the compiled SQL's semantics: per-user counts of matching
+    events compared with the rule's count, among all known users. With ``min_amount``, only purchases
+    with a larger amount count. Written to be fair to pandas: masks on columns, no needless copies."""
+    ids, names, times = events["distinct_id"], events["event"], events["time"]
+    upto = times <= now
+    known = pd.Index(ids[upto].unique()).union(pd.Index(profiles["distinct_id"]))
+
+    def counts(mask):
+        return ids[mask].value_counts().reindex(known, fill_value=0)
+
+    bought = upto & (times >= now - timedelta(days=30)) & (names == "Purchase")
+    if min_amount is not None:
+        amounts = events.loc[bought, "properties"].map(lambda text: _number(json.loads(text).get("amount")))
+        bought = bought & (amounts > min_amount).reindex(events.index, fill_value=False)
+    logins = counts(upto & (times >= now - timedelta(days=7)) & (names == "Login"))
+    plans = pd.Series([json.loads(text).get("plan") for text in profiles["properties"]],
+                      index=profiles["distinct_id"]).reindex(known)
+    member = (plans == "pro") & (counts(bought) >= 1) & ~(logins >= 1)
+    return sorted(known[member.to_numpy()])
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f} ms"
+
+
+if __name__ == "__main__":
+    from bench.table import print_table
+
+    folder = Path(__file__).resolve().parent / "data" / "events-1000000"
+    args = sys.argv[1:] or [folder / "events.jsonl", folder / "profiles.json"]
+    print_table(rows(*args))

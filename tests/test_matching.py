@@ -1,0 +1,257 @@
+"""Matchability (toolkit/matching.py): exportable, or exactly one reason why not, in a fixed order.
+
+The sample's personas produce every reason; the pure path (`classify`) and the SQL path
+(`classify_sql`) must agree row for row."""
+
+import json
+from datetime import datetime
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import NOW, SAMPLE
+from toolkit import Store, cohorts, load, matching
+from toolkit.cohort_model import CohortError
+from toolkit.matching import COLUMNS, REASONS, WINNER_RULE, ProfileRow, classify
+
+GRACE = "$device:0d9b8a7c-6e5f-4a3b-b2c1-d0e9f8a7b6c5"
+ERIN_SUB = "5f0d7a2c-1e3b-4c6d-a8e9-0b1c2d3e4f50"
+SHARED = "c0ffee00-1234-4abc-8def-0123456789ab"
+HEIDI = 'ext/heidi "zoë" ✓'
+VIPS = "VIP support list"          # data/sample/cohorts.yaml: a static cohort of every named persona
+
+
+@pytest.fixture(scope="module")
+def sample():
+    with Store(":memory:") as s:
+        load(s, [SAMPLE], now=NOW)
+        cohorts.save_all(s, cohorts.load_definitions(SAMPLE / "cohorts.yaml"), now=NOW)
+        yield s
+
+
+def by_member(preview) -> dict:
+    return {r["distinct_id"]: r for r in preview.to_dict()["members"]}
+
+
+# -- every reason, from the sample ---------------------------------------------------------------------
+
+def test_every_reason_comes_from_the_sample_personas(sample):
+    preview = matching.preview(sample, VIPS, now=NOW)
+    rows = by_member(preview)
+    assert len(rows) == 15
+
+    def check(who, exportable, reason, id_type=None, onesignal_id=None):
+        row = rows[who]
+        assert (row["exportable"], row["reason"], row["id_type"]) == (exportable, reason, id_type), row
+        if onesignal_id is not None:
+            assert row["onesignal_id"] == onesignal_id
+
+    check("alice@example.com", True, None, "external_id", "alice@example.com")
+    check("bob", True, None, "external_id", "ext_bob")
+    check("carol", True, None, "external_id", "carol")
+    check("dave", True, None, "external_id", "dave")
+    check("erin", True, None, "subscription_id", ERIN_SUB)
+    check("heidi", True, None, "external_id", HEIDI)            # quotes, slash, unicode: still usable
+    check("oscar", True, None, "external_id", "ext_oscar")       # profile from updates only
+    check("frank", False, "missing_user_id")
+    check(GRACE, False, "anonymous")
+    check("peggy", False, "anonymous")                           # her profile was $delete-d
+    check("ken", False, "unusable_value")
+    check("leo", False, "unusable_value", onesignal_id="   ")
+    check("mia", False, "unusable_value")
+    check("ivan", True, None, "subscription_id", SHARED)
+    check("judy", False, "duplicate", "subscription_id", SHARED)
+
+    assert rows["frank"]["detail"] == "the profile has no $onesignal_user_id property"
+    assert rows["ken"]["detail"] == "$onesignal_user_id is a number, not a string"
+    assert rows["leo"]["detail"] == "$onesignal_user_id is blank"
+    assert rows["mia"]["detail"] == "$onesignal_user_id is 304 characters long; OneSignal ids are at most 128"
+    assert rows["judy"]["detail"] == f"subscription_id also on ivan; ivan keeps it ({WINNER_RULE})"
+    assert rows["ivan"]["detail"] == f"subscription_id also on judy; this profile keeps it ({WINNER_RULE})"
+    assert rows["alice@example.com"]["detail"] == ""
+
+    s = preview.summary
+    assert (s["cohort"], s["version"], s["members"], s["exportable"]) == (VIPS, 1, 15, 8)
+    assert s["reasons"] == {"anonymous": 2, "missing_user_id": 1, "unusable_value": 3, "duplicate": 1,
+                            "over_limit": 0}
+    assert s["id_types"] == {"external_id": 6, "subscription_id": 2}
+    assert s["match_rate"] == round(8 / 15, 4)
+    assert list(preview.members.columns) == COLUMNS
+    assert list(preview.exportable["distinct_id"]) == ["alice@example.com", "bob", "carol", "dave", "erin",
+                                                       "heidi", "ivan", "oscar"]
+
+
+def test_over_limit_keeps_the_first_exportable_members_by_distinct_id(sample):
+    rows = by_member(matching.preview(sample, VIPS, now=NOW, limit=3))
+    exported = sorted(d for d, r in rows.items() if r["exportable"])
+    assert exported == ["alice@example.com", "bob", "carol"]
+    over = sorted(d for d, r in rows.items() if r["reason"] == "over_limit")
+    assert over == ["dave", "erin", "heidi", "ivan", "oscar"]
+    assert rows["judy"]["reason"] == "duplicate" and rows["frank"]["reason"] == "missing_user_id"
+    assert "at most 3 users" in rows["dave"]["detail"]
+
+
+def test_subscription_ids_must_be_uuids(sample):
+    rows = by_member(matching.preview(sample, VIPS, now=NOW, id_type="subscription_id"))
+    assert rows["erin"]["exportable"] and rows["erin"]["id_type"] == "subscription_id"
+    assert rows["ivan"]["exportable"] and rows["judy"]["reason"] == "duplicate"
+    for who in ("alice@example.com", "bob", "heidi", "oscar"):
+        assert rows[who]["reason"] == "unusable_value"
+        assert "not a UUID" in rows[who]["detail"]
+
+
+def test_external_ids_take_uuids_as_they_are(sample):
+    rows = by_member(matching.preview(sample, VIPS, now=NOW, id_type="external_id"))
+    assert (rows["erin"]["exportable"], rows["erin"]["id_type"]) == (True, "external_id")
+    assert rows["judy"]["detail"].startswith("external_id also on ivan; ivan keeps it")
+
+
+def test_the_user_id_property_is_configurable(sample):
+    rows = by_member(matching.preview(sample, VIPS, now=NOW, user_id_property="$email"))
+    assert rows["frank"]["exportable"] and rows["frank"]["onesignal_id"] == "frank@example.com"
+    assert rows["ken"]["exportable"]
+    assert rows[GRACE]["reason"] == "anonymous"
+
+
+def test_python_and_sql_paths_agree_on_the_sample(sample):
+    for name in [c["name"] for c in cohorts.list_cohorts(sample)]:
+        for id_type in matching.ID_TYPES:
+            for limit in (matching.COHORT_LIMIT, 5):
+                a = matching.preview(sample, name, now=NOW, id_type=id_type, limit=limit, engine="python")
+                b = matching.preview(sample, name, now=NOW, id_type=id_type, limit=limit, engine="sql")
+                pd.testing.assert_frame_equal(a.members, b.members)
+                assert a.summary == b.summary
+
+
+def test_preview_renders_text_and_json(sample):
+    preview = matching.preview(sample, VIPS, now=NOW)
+    text = matching.preview_text(preview)
+    assert text.startswith(f"cohort {VIPS} (v1) as of 2026-11-01T00:00:00Z")
+    assert "15 members, 8 exportable (53.3%)" in text and "duplicate: 1" in text
+    assert f'"{SHARED}"' in text and "ivan keeps it" in text
+    assert "over_limit" not in text                       # reasons with no members are left out
+    json.dumps(preview.to_dict())                         # JSON-ready, for `cohorts preview --json`
+    assert "more (the full table" in matching.preview_text(preview, rows=5)
+
+
+def test_preview_of_an_unknown_cohort_names_the_known_ones(sample):
+    with pytest.raises(CohortError, match=r'no cohort "Nope" in the store; known: .*Pro plan in the US'):
+        matching.preview(sample, "Nope", now=NOW)
+
+
+def test_bad_options_are_refused(sample):
+    with pytest.raises(matching.MatchingError, match="id_type: expected one of auto, external_id"):
+        matching.preview(sample, VIPS, now=NOW, id_type="player")
+    with pytest.raises(matching.MatchingError, match="limit"):
+        matching.match(sample, ["bob"], limit=-1)
+
+
+# -- the pure rules, case by case ---------------------------------------------------------------------
+
+def row(did, props, updated=None):
+    return ProfileRow(did, props, updated)
+
+
+def na(value):
+    return None if pd.isna(value) else value
+
+
+def reasons(frame) -> dict:
+    return {r.distinct_id: (na(r.reason), na(r.id_type)) for r in frame.itertuples()}
+
+
+P = "$onesignal_user_id"
+
+
+def test_each_value_problem():
+    profiles = [
+        row("null", {P: None, "x": 1}), row("bool", {P: True}), row("list", {P: ["a"]}), row("obj", {P: {}}),
+        row("tab", {P: "\t\n "}), row("padded", {P: " a "}), row("at128", {P: "é" * 128}), row("at129", {P: "x" * 129}),
+        row("empty", {}), row("nothing", None), row("uuid-upper", {P: ERIN_SUB.upper()}),
+    ]
+    frame = classify([p.distinct_id for p in profiles] + ["no-profile"], profiles)
+    got = reasons(frame)
+    assert got["null"] == ("missing_user_id", None)
+    assert got["bool"] == got["list"] == got["obj"] == got["tab"] == got["at129"] == ("unusable_value", None)
+    assert got["padded"] == (None, "external_id")                     # used as stored: not blank
+    assert got["at128"] == (None, "external_id")                      # characters, not bytes
+    assert got["uuid-upper"] == (None, "subscription_id")
+    assert got["empty"] == got["nothing"] == got["no-profile"] == ("anonymous", None)
+    details = dict(zip(frame["distinct_id"], frame["detail"]))
+    assert details["null"] == f"{P} is null"
+    assert details["bool"] == f"{P} is a boolean, not a string"
+    assert details["list"] == f"{P} is a list, not a string"
+
+
+def test_duplicate_winner_rules():
+    t = datetime(2026, 10, 1)
+    later = datetime(2026, 10, 2)
+    profiles = [row("a", {P: "X"}, t), row("b", {P: "X"}, later), row("c", {P: "X"}, t),     # newest: b
+                row("d", {P: "Y"}, t), row("e", {P: "Y"}, t),                               # tie: first name
+                row("f", {P: "Z"}, later), row("g", {P: "Z"}, t)]                           # g owns Z
+    frame = classify("abcdefg", profiles, aliases={"Z": "g"})
+    assert reasons(frame) == {"a": ("duplicate", "external_id"), "b": (None, "external_id"),
+                              "c": ("duplicate", "external_id"), "d": (None, "external_id"),
+                              "e": ("duplicate", "external_id"), "f": ("duplicate", "external_id"),
+                              "g": (None, "external_id")}
+    detail = dict(zip(frame["distinct_id"], frame["detail"]))
+    assert detail["a"].startswith("external_id also on b, c; b keeps it")
+    # an id equal to a profile's own distinct_id belongs to that profile
+    frame = classify(["h", "k"], [row("h", {P: "k"}, later), row("k", {P: "k"}, t)])
+    assert reasons(frame) == {"h": ("duplicate", "external_id"), "k": (None, "external_id")}
+
+
+def test_duplicates_are_decided_over_all_profiles_not_only_members():
+    profiles = [row(f"u{i}", {P: "same"}) for i in range(6)]
+    frame = classify(["u3"], profiles)
+    assert reasons(frame) == {"u3": ("duplicate", "external_id")}
+    assert frame["detail"][0].startswith("external_id also on u0, u1, u2 and 2 more; u0 keeps it")
+
+
+def test_a_subscription_id_and_an_external_id_with_the_same_text_do_not_clash():
+    frame = classify(["a", "b"], [row("a", {P: ERIN_SUB}), row("b", {P: ERIN_SUB})], id_type="auto")
+    assert reasons(frame)["b"] == ("duplicate", "subscription_id")
+
+
+# -- the two paths agree on anything ------------------------------------------------------------------
+
+VALUES = st.one_of(
+    st.sampled_from(["ext_1", "ext_2", ERIN_SUB, SHARED, "", "   ", "x" * 129, "é" * 128, " a", "a'b\"c"]),
+    st.integers(), st.booleans(), st.none(), st.lists(st.text(max_size=2), max_size=2),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6),
+)
+PROFILE = st.one_of(st.just(None), st.just({}), st.fixed_dictionaries({}, optional={P: VALUES, "other": VALUES}))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(profiles=st.lists(PROFILE, min_size=1, max_size=8),
+       updated=st.lists(st.integers(0, 2), min_size=8, max_size=8),
+       picked=st.lists(st.booleans(), min_size=9, max_size=9),
+       owner=st.integers(0, 8), id_type=st.sampled_from(matching.ID_TYPES), limit=st.integers(0, 4))
+def test_python_and_sql_classify_the_same(profiles, updated, picked, owner, id_type, limit):
+    with Store(":memory:") as store:
+        rows_ = []
+        for i, props in enumerate(profiles):
+            if props is None:
+                continue
+            stamp = datetime(2026, 10, 1 + updated[i])
+            store.con.execute("INSERT INTO profiles VALUES (?, ?, ?, 1, ?)", [f"u{i}", json.dumps(props), stamp, i])
+            rows_.append(ProfileRow(f"u{i}", props, stamp))
+        # the first profile's id, if a string, is aliased to another user: the identity owner rule
+        first = next((p.get(P) for p in profiles if p), None)
+        aliases = {}
+        if isinstance(first, str) and first:
+            aliases[first] = f"u{owner}"
+            store.con.execute("INSERT INTO identity_map VALUES (?, ?)", [first, f"u{owner}"])
+        members = [f"u{i}" for i in range(9) if picked[i]]
+        options = {"id_type": id_type, "limit": limit}
+        expected = classify(members, rows_, aliases=aliases, **options)
+        python = matching.match(store, members, engine="python", **options)
+        sql = matching.match(store, members, engine="sql", **options)
+        pd.testing.assert_frame_equal(python.members, expected)
+        pd.testing.assert_frame_equal(sql.members, expected)
+        assert sql.summary == python.summary
+        assert sum(sql.summary["reasons"].values()) + sql.summary["exportable"] == len(members)
+        assert set(sql.members["reason"].dropna()) <= set(REASONS)

@@ -1,0 +1,399 @@
+"""Cohort definition -> one SQL query. Pure: no I/O, no connection; the caller executes it.
+
+Safety: every value (event names, property values, dates, counts, ids, JSON paths) is a bound
+parameter (``$p0``, ``$p1``...); every identifier is quoted. A property name only ever travels as a
+bound JSON Pointer (RFC 6901: ``/`` + name with ``~`` -> ``~0`` and ``/`` -> ``~1``), so quotes, dots,
+brackets, dollars and ``'; drop table`` are just characters of a key.
+
+Shape (one query):
+- ``ev``: the events the rules name (up to ``now``, identity resolved) grouped by user, with one
+  ``count(*) FILTER (...)`` column per event rule: any number of behavioural rules costs one pass,
+  and never over the JSON ``properties`` column.
+- ``fe``/``fa``: the same for rules with event property filters, over the rows of their events only;
+  each property is extracted once per row (reading ``properties`` means decompressing and parsing JSON).
+- ``known``: one row per candidate user, with the profile properties the rules read (each extracted
+  once) and the aggregates. Candidates are all known users (anyone with an event up to now, or a
+  profile), which "did not" and profile rules draw from; when a top-level AND condition needs a
+  profile or an event (``plan equals pro``, ``did Purchase``), only those users are listed, which gives
+  the same members far more cheaply (``restrict=False`` turns this off; tests compare both).
+- The cohort's rules become one boolean expression over a ``known`` row; rules of referenced cohorts
+  are inlined the same way; a static cohort is an ``IN`` over its bound id list, resolved to canonical
+  ids through the identity map.
+
+Portability: the query is plain SQL (CTEs, FILTER, FULL OUTER JOIN, COALESCE) except the JSON and list
+functions, which are confined to the ``_j*`` helpers below: the one place to change for another engine.
+
+Semantics chosen where Mixpanel's docs leave room (also in docs, see toolkit/cohorts.py):
+- Windows: ``last_days: N`` is the rolling [now - N days, now]; ``between: [d1, d2]`` covers whole UTC
+  days d1..d2; ``first_time_last_days: N``: the user's first matching event ever falls in the last N days
+  (count then applies to matching events in that window). No window: all time up to now.
+- Events after ``now`` are ignored everywhere, so a past ``now`` reproduces a past answer (profiles are
+  always their current values, as in Mixpanel).
+- ``did: false`` is the complement of the same condition among all known users. ``less_than`` /
+  ``at_most`` include users with zero matching events.
+- Profile and event properties: ``not_equals`` / ``not_contains`` include users without the property;
+  ``equals`` with a list means "any of"; on a list property, ``equals`` and ``contains`` mean "some
+  element equals" (list membership); ``contains`` with a string on a string property is a
+  case-sensitive substring test. Numbers compare numerically (numeric strings count); booleans
+  match JSON true/false or the strings "true"/"false"; datetime values compare with ISO-8601 strings
+  (UTC), a date-only value meaning that whole day. JSON null counts as not set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from toolkit.cohort_model import (COUNT_OPERATORS, Cohort, CohortCycleError, CohortError, CohortRule,
+                                  EventRule, Group, PropertyRule)
+
+__all__ = ["Query", "compile_cohort", "json_pointer", "quote_ident", "to_utc_naive"]
+
+EVENTS_VIEW = "resolved_events"
+PROFILES_VIEW = "resolved_profiles"
+IDENTITY_MAP = "identity_map"
+
+
+@dataclass(frozen=True)
+class Query:
+    sql: str
+    params: dict
+
+    def __iter__(self):      # sql, params = compile_cohort(...)
+        return iter((self.sql, self.params))
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+_q = quote_ident
+DID, TIME, PROPS = _q("distinct_id"), _q("time"), _q("properties")
+
+
+def json_pointer(name: str) -> str:
+    """The JSON Pointer addressing top-level key ``name`` (any characters allowed)."""
+    return "/" + name.replace("~", "~0").replace("/", "~1")
+
+
+def to_utc_naive(moment: dt.datetime) -> dt.datetime:
+    """Stored times are naive UTC; an aware ``now`` is converted, a naive one is taken as UTC."""
+    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def compile_cohort(cohort: Cohort, now: dt.datetime,
+                   lookup: Mapping[str, Cohort] | Callable[[str], Cohort | None] = None, *,
+                   restrict: bool = True) -> Query:
+    """SQL returning the cohort's members (column ``distinct_id``, sorted) as of ``now``.
+    ``lookup`` finds cohorts referenced by in_cohort / not_in_cohort (a mapping or a function).
+    ``restrict=False`` always draws candidates from every known user (the plan tests compare against)."""
+    if lookup is None:
+        lookup = {}
+    find = lookup.get if isinstance(lookup, Mapping) else lookup
+    return _Compiler(to_utc_naive(now), find, restrict).cohort(cohort)
+
+
+class _Compiler:
+    def __init__(self, now: dt.datetime, find, restrict: bool = True):
+        self.now, self.find, self.restrict = now, find, restrict
+        self.params: dict = {}
+        self.plain: list[str] = []            # aggregates in `ev` (no properties read)
+        self.filtered: list[str] = []         # aggregates in `fa` (over `filtered_events` only)
+        self.plain_events: list[str] = []     # bound event names of rules without property filters
+        self.filtered_events: list[str] = []  # bound event names of rules that filter on properties
+        self.event_props: dict[str, str] = {}     # event property name -> extracted column
+        self.profile_props: dict[str, str] = {}   # profile property name -> extracted column
+        self.stack: list[str] = []            # cohorts being inlined, for cycle detection
+
+    def bind(self, value) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return "$" + name
+
+    def aggregate(self, expr: str, filtered: bool) -> str:
+        target = self.filtered if filtered else self.plain
+        name = quote_ident(f"{'f' if filtered else 'a'}{len(target)}")
+        target.append(f"{expr} AS {name}")
+        return name
+
+    def prop(self, name: str, on_event: bool) -> str:
+        """The column holding property ``name`` extracted once per row (JSON; NULL when absent)."""
+        columns = self.event_props if on_event else self.profile_props
+        if name not in columns:
+            columns[name] = quote_ident(f"{'e' if on_event else 'v'}{len(columns)}")
+        return columns[name]
+
+    # -- whole query ---------------------------------------------------------------------------
+    def cohort(self, cohort: Cohort) -> Query:
+        if cohort.is_static:
+            return Query(f"SELECT DISTINCT {self.static(cohort)} ORDER BY 1", self.params)
+        predicate = self.members_of(cohort)
+        base = self.universe(cohort) if self.restrict else "u"
+        now = self.bind(self.now) if (self.plain or self.filtered or base == "u") else None
+        ctes, sources = self.event_ctes(now)          # sources: alias -> relation joined into `known`
+        if self.profile_props:
+            sources["p"] = _q(PROFILES_VIEW)
+        if base == "u":                 # everyone known: anyone with an event up to now, or a profile
+            ctes.append(f"""{_q("users")} AS (
+    SELECT {DID} FROM {_q(EVENTS_VIEW)} WHERE {TIME} <= {now}
+    UNION SELECT {DID} FROM {_q(PROFILES_VIEW)}
+)""")
+            sources = {"u": _q("users"), **sources}
+        else:                           # the restricting relation leads; the others join to it
+            sources = {base: sources.get(base, _q(PROFILES_VIEW)), **sources}
+        (lead, relation), *rest = sources.items()
+        joins = "".join(f"\n    LEFT JOIN {rel} {alias} ON {alias}.{DID} = {lead}.{DID}" for alias, rel in rest)
+        profile = [f"json_extract(p.{PROPS}, {self.bind(json_pointer(n))}) AS {c}"
+                   for n, c in self.profile_props.items()]
+        columns = _listed(profile) + _listed(_names(self.plain), "e.") + _listed(_names(self.filtered), "f.")
+        ctes.append(f"""{_q("known")} AS (
+    SELECT {lead}.{DID}{columns}
+    FROM {relation} {lead}{joins}
+)""")
+        sql = f"""WITH {", ".join(ctes)}
+SELECT {DID} FROM {_q("known")}
+WHERE {predicate}
+ORDER BY {DID}"""
+        return Query(sql, self.params)
+
+    def event_ctes(self, now: str | None) -> tuple[list[str], dict[str, str]]:
+        ctes, sources = [], {}
+        if self.plain:
+            ctes.append(f"""{_q("ev")} AS (
+    SELECT {DID}{_listed(self.plain)}
+    FROM {_q(EVENTS_VIEW)}
+    WHERE {TIME} <= {now} AND {_q("event")} IN ({", ".join(self.plain_events)})
+    GROUP BY {DID}
+)""")
+            sources["e"] = _q("ev")
+        if self.filtered:
+            extracted = [f"json_extract({PROPS}, {self.bind(json_pointer(n))}) AS {c}"
+                         for n, c in self.event_props.items()]
+            ctes.append(f"""{_q("fe")} AS (
+    SELECT {DID}, {_q("event")}, {TIME}{_listed(extracted)}
+    FROM {_q(EVENTS_VIEW)}
+    WHERE {TIME} <= {now} AND {_q("event")} IN ({", ".join(self.filtered_events)})
+), {_q("fa")} AS (
+    SELECT {DID}{_listed(self.filtered)}
+    FROM {_q("fe")}
+    GROUP BY {DID}
+)""")
+            sources["f"] = _q("fa")
+        return ctes, sources
+
+    def universe(self, cohort: Cohort) -> str:
+        """Where candidates come from. Members are drawn from all known users, but when a top-level AND
+        condition is false for anyone without a profile ("p") or without an event the rules name ("e",
+        "f"), those users are a superset of the members and far cheaper to list than every user."""
+        if cohort.match != "all":
+            return "u"
+        found = set()
+        for r in cohort.rules:
+            if isinstance(r, PropertyRule) and r.operator in _NEEDS_A_VALUE:
+                found.add("p")
+            elif isinstance(r, EventRule) and _needs_an_event(r):
+                found.add("f" if r.where else "e")
+        return next((k for k in ("p", "e", "f") if k in found), "u")
+
+    def members_of(self, cohort: Cohort) -> str:
+        """A boolean expression over a row of ``known``: is this user a member?"""
+        if cohort.name in self.stack:
+            raise CohortCycleError(self.stack[self.stack.index(cohort.name):] + [cohort.name])
+        if cohort.is_static:
+            return f"{quote_ident('distinct_id')} IN (SELECT {self.static(cohort)})"
+        self.stack.append(cohort.name)
+        expr = self.group(cohort.rules, cohort.match, "rules")
+        self.stack.pop()
+        return expr
+
+    def static(self, cohort: Cohort) -> str:
+        """FROM-less select list of a static cohort's canonical ids (used after SELECT [DISTINCT])."""
+        did = quote_ident("distinct_id")
+        return (f"coalesce(m.{quote_ident('canonical_id')}, s.{quote_ident('id')}) AS {did} "
+                f"FROM (SELECT unnest({self.bind(list(cohort.static_ids))}) AS {quote_ident('id')}) s "
+                f"LEFT JOIN {quote_ident(IDENTITY_MAP)} m ON m.{did} = s.{quote_ident('id')}")
+
+    # -- rules ---------------------------------------------------------------------------------
+    def group(self, rules, match: str, path: str) -> str:
+        parts = [self.rule(r, f"{path}[{i}]") for i, r in enumerate(rules)]
+        return "(" + (" AND " if match == "all" else " OR ").join(parts) + ")"
+
+    def rule(self, r, path: str) -> str:
+        if isinstance(r, Group):
+            return self.group(r.rules, r.match, f"{path}.rules")
+        if isinstance(r, PropertyRule):
+            return _boolean(self.condition(r, self.prop(r.property, on_event=False)))
+        if isinstance(r, EventRule):
+            return self.event(r)
+        if isinstance(r, CohortRule):
+            other = self.find(r.cohort)
+            if other is None:
+                key = "in_cohort" if r.include else "not_in_cohort"
+                where = f'cohort "{self.stack[-1]}"' if self.stack else "cohort"
+                raise CohortError(f'{where}: {path}.{key}: no cohort named "{r.cohort}" '
+                                  "(save it first, or pass it in definitions)")
+            inner = self.members_of(other)
+            return inner if r.include else f"(NOT {inner})"
+        raise CohortError(f"{path}: not a rule: {r!r}")
+
+    def event(self, r: EventRule) -> str:
+        time = quote_ident("time")
+        filtered = bool(r.where)
+        event = self.bind(r.event)
+        (self.filtered_events if filtered else self.plain_events).append(event)
+        matches = [f"{quote_ident('event')} = {event}"]
+        matches += [_boolean(self.condition(f, self.prop(f.property, on_event=True))) for f in r.where]
+        window = []
+        start = None
+        if r.last_days is not None:
+            start = self.bind(self.now - dt.timedelta(days=r.last_days))
+        elif r.first_time_last_days is not None:
+            start = self.bind(self.now - dt.timedelta(days=r.first_time_last_days))
+        elif r.between is not None:
+            first, last = r.between
+            window = [f"{time} >= {self.bind(_midnight(first))}",
+                      f"{time} < {self.bind(_midnight(last) + dt.timedelta(days=1))}"]
+        if start is not None:
+            window = [f"{time} >= {start}"]
+        count = self.aggregate(f"count(*) FILTER (WHERE {' AND '.join(matches + window)})", filtered)
+        expr = f"coalesce({count}, 0) {COUNT_OPERATORS[r.operator]} {self.bind(r.count)}"
+        if r.first_time_last_days is not None:   # the first matching event ever is inside the window
+            first_seen = self.aggregate(f"min({time}) FILTER (WHERE {' AND '.join(matches)})", filtered)
+            expr = f"{first_seen} >= {start} AND {expr}"
+        expr = _boolean(expr)
+        return expr if r.did else f"(NOT {expr})"
+
+    def condition(self, r: PropertyRule, value: str) -> str:
+        """SQL for one property condition on ``value``, the property's extracted JSON (NULL when
+        absent); the result may be NULL (callers wrap it in _boolean)."""
+        jtype = f"json_type({value})"
+        if r.operator in ("is_set", "is_not_set"):
+            is_set = f"coalesce({jtype} <> 'NULL', false)"
+            return is_set if r.operator == "is_set" else f"NOT {is_set}"
+        values = list(r.value) if isinstance(r.value, tuple) else [r.value]
+        scalar = _typed(value, r.type)
+        if r.operator in ("equals", "not_equals"):
+            expr = self.equals(value, jtype, scalar, r.type, values)
+        elif r.operator in ("contains", "not_contains"):
+            expr = self.contains(value, jtype, r.type, values[0])
+        elif r.operator == "between":   # inclusive; a date-only high bound includes its whole day
+            expr = f"{scalar} >= {self.bind(_param(_start(values[0])))} AND {scalar} {self.until(values[1])}"
+        elif r.operator == "greater":
+            expr = f"{scalar} {self.after(values[0])}"
+        else:   # less: before the value (a date: before that day starts)
+            expr = f"{scalar} < {self.bind(_param(_start(values[0])))}"
+        return f"NOT {_boolean(expr)}" if r.operator.startswith("not_") else expr
+
+    def equals(self, value, jtype, scalar, kind, values) -> str:
+        if kind == "datetime":   # a date-only value is a whole day: [day, day + 1)
+            ors = []
+            for v in values:
+                low, high = self.bounds(v)
+                ors.append(f"({scalar} >= {low} AND {scalar} {high})")
+            return "(" + " OR ".join(ors) + ")"
+        bound = [self.bind(_param(v)) for v in values]
+        in_list = f"list_has_any({_jlist(value, kind)}, [{', '.join(bound)}])"
+        on_scalar = " OR ".join(f"{scalar} = {b}" for b in bound)
+        return f"CASE WHEN {jtype} = 'ARRAY' THEN {in_list} ELSE ({on_scalar}) END"
+
+    def contains(self, value, jtype, kind, needle) -> str:
+        bound = self.bind(_param(needle))
+        in_list = f"list_contains({_jlist(value, kind)}, {bound})"
+        substring = f"strpos({_jtext(value)}, {bound}) > 0" if kind == "string" else "false"
+        return (f"CASE WHEN {jtype} = 'ARRAY' THEN {in_list} "
+                f"WHEN {jtype} = 'VARCHAR' THEN {substring} ELSE false END")
+
+    def bounds(self, v) -> tuple[str, str]:
+        """(low parameter, 'op high' closing the range) for one value; a date covers its whole day."""
+        if _is_day(v):
+            return self.bind(_midnight(v)), self.until(v)
+        bound = self.bind(_param(v))
+        return bound, f"<= {bound}"
+
+    def until(self, v) -> str:
+        """'op high' for an inclusive upper bound."""
+        if _is_day(v):
+            return f"< {self.bind(_midnight(v) + dt.timedelta(days=1))}"
+        return f"<= {self.bind(_param(v))}"
+
+    def after(self, v) -> str:
+        if _is_day(v):   # after the whole day
+            return f">= {self.bind(_midnight(v) + dt.timedelta(days=1))}"
+        return f"> {self.bind(_param(v))}"
+
+
+# -- the engine-specific part: JSON access -----------------------------------------------------------
+# ``value`` is a property already extracted with json_extract (small JSON, NULL when absent), so
+# these never re-parse the whole document.
+
+def _jtext(value: str) -> str:
+    return f"json_extract_string({value}, '$')"
+
+
+def _typed(value: str, kind: str) -> str:
+    """The property as a SQL value of ``kind``; NULL when absent or not convertible."""
+    text = _jtext(value)
+    if kind == "number":
+        return f"TRY_CAST({text} AS DOUBLE)"
+    if kind == "boolean":
+        return f"CASE lower({text}) WHEN 'true' THEN true WHEN 'false' THEN false END"
+    if kind == "datetime":
+        return f"TRY_CAST({text} AS TIMESTAMP)"
+    return f"CASE WHEN json_type({value}) NOT IN ('ARRAY', 'OBJECT') THEN {text} END"
+
+
+def _jlist(value: str, kind: str) -> str:
+    """A JSON array as a typed SQL list (elements that do not convert become NULL)."""
+    sql_type = {"number": "DOUBLE", "boolean": "BOOLEAN"}.get(kind, "VARCHAR")
+    return f"TRY_CAST({value} AS {sql_type}[])"
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+# Profile operators that are false when the property is absent (so they need a profile).
+_NEEDS_A_VALUE = ("equals", "contains", "greater", "less", "between", "is_set")
+
+
+def _needs_an_event(r: EventRule) -> bool:
+    """True when the rule is false for a user with no event of its name."""
+    if not r.did:
+        return False
+    if r.first_time_last_days is not None:
+        return True
+    zero = {"at_least": 0 >= r.count, "at_most": True, "more_than": False, "less_than": 0 < r.count,
+            "exactly": r.count == 0}
+    return not zero[r.operator]
+
+
+def _names(columns: list[str]) -> list[str]:
+    return [c.rsplit(" AS ", 1)[1] for c in columns]
+
+
+def _listed(items, prefix: str = "") -> str:
+    return "".join(f",\n           {prefix}{item}" for item in items)
+
+
+def _boolean(expr: str) -> str:
+    """Two-valued logic: an unknown (NULL) condition is false, so NOT behaves as people expect."""
+    return f"coalesce({expr}, false)"
+
+
+def _param(v):
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)):
+        return float(v)    # one numeric type on both sides: properties are compared as DOUBLE
+    return v
+
+
+def _is_day(v) -> bool:
+    return isinstance(v, dt.date) and not isinstance(v, dt.datetime)
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time())
+
+
+def _start(v):
+    return _midnight(v) if _is_day(v) else v

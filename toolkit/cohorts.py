@@ -1,0 +1,315 @@
+"""Cohorts: definitions from YAML/JSON files, stored and versioned in the store, evaluated as of now.
+
+The pure parts live beside this module: ``cohort_model`` (the dataclasses, validation, canonical form)
+and ``cohort_sql`` (definition -> SQL). This module is the shell around them: it reads files (the
+definitions and static cohorts' CSVs), reads and writes the ``cohorts`` table, and executes the SQL.
+
+    defs = cohorts.load_definitions("data/sample/cohorts.yaml")
+    cohorts.save_all(store, defs)                       # version 1, or unchanged
+    cohorts.evaluate(store.con, "Pro plan in the US", now=datetime(2026, 11, 1, tzinfo=timezone.utc))
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from toolkit.cohort_model import (Cohort, CohortCycleError, CohortError, CohortRule, DefinitionError,
+                                  EventRule, Group, PropertyRule, check_cycles, normalize, parse,
+                                  references, to_dict)
+from toolkit.cohort_sql import Query, compile_cohort, to_utc_naive
+
+__all__ = ["COHORTS_DDL", "Cohort", "EventRule", "PropertyRule", "CohortRule", "Group", "CohortError",
+           "DefinitionError", "CohortCycleError", "load_definitions", "read_ids_csv", "save", "save_all",
+           "list_cohorts", "get", "evaluate", "query", "describe", "to_dict", "parse"]
+
+# The store's cohort table; to be added to toolkit/store.py MIGRATIONS (created here until then).
+COHORTS_DDL = """
+CREATE TABLE IF NOT EXISTS cohorts (
+    name        VARCHAR NOT NULL,
+    version     INTEGER NOT NULL,      -- 1, 2, ...: bumped only when the definition's meaning changes
+    definition  JSON NOT NULL,         -- canonical form (cohort_model.to_dict)
+    created_at  TIMESTAMP NOT NULL,    -- UTC
+    PRIMARY KEY (name, version)
+)"""
+
+ID_HEADERS = ("distinct_id", "$distinct_id", "distinct id")
+
+
+# -- definition files --------------------------------------------------------------------------------
+
+def load_definitions(path: str | os.PathLike) -> list[Cohort]:
+    """Read a YAML or JSON file of cohorts (``{"cohorts": [...]}`` or a bare list), check every one, read
+    static cohorts' CSV files (relative to the definition file) and refuse reference cycles."""
+    path = Path(path)
+    data = _read_document(path)
+    items = data.get("cohorts") if isinstance(data, Mapping) else data
+    if not isinstance(items, list):
+        raise CohortError(f"{path}: expected a list of cohorts under the key 'cohorts'")
+    found: dict[str, Cohort] = {}
+    for i, item in enumerate(items):
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if not isinstance(name, str) or not name.strip():
+            raise DefinitionError(str(path), f"cohorts[{i}].name", f"expected a non-empty cohort name, got {name!r}")
+        if name in found:
+            raise DefinitionError(str(path), f"cohorts[{i}].name", f'cohort "{name}" is defined twice')
+        if isinstance(item.get("static_csv"), str) and "static_ids" not in item:
+            csv_path = path.parent / item["static_csv"]
+            try:
+                item = {**item, "static_ids": read_ids_csv(csv_path)}
+            except CohortError as exc:
+                raise DefinitionError(f'{path}: cohort "{name}"', "static_csv", str(exc)) from None
+        found[name] = parse(item, str(path))
+    check_cycles(found, str(path))
+    return list(found.values())
+
+
+def read_ids_csv(path: str | os.PathLike) -> list[str]:
+    """distinct_ids from a CSV: the column headed distinct_id / $distinct_id (Mixpanel's export), else the
+    first column of a header-less file. Blank lines are skipped; an empty id cell is an error."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CohortError(f"{path}: cannot read: {exc}") from exc
+    numbered = [(n, row) for n, row in enumerate(rows, 1) if any(cell.strip() for cell in row)]
+    if not numbered:
+        raise CohortError(f"{path}: no distinct_ids (the file is empty)")
+    header = [cell.strip().lower() for cell in numbered[0][1]]
+    column = next((header.index(h) for h in ID_HEADERS if h in header), None)
+    if column is not None:
+        numbered = numbered[1:]
+    column = column or 0
+    ids = []
+    for n, row in numbered:
+        value = row[column].strip() if column < len(row) else ""
+        if not value:
+            raise CohortError(f"{path}: line {n}: empty distinct_id in column {column + 1}")
+        ids.append(value)
+    if not ids:
+        raise CohortError(f"{path}: no distinct_ids below the header")
+    return ids
+
+
+def _read_document(path: Path):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CohortError(f"{path}: cannot read: {exc}") from exc
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise CohortError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); "
+                              "or write the definitions as JSON") from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CohortError(f"{path}: not valid YAML: {exc}") from exc
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CohortError(f"{path}: not valid JSON: line {exc.lineno}: {exc.msg}") from exc
+    raise CohortError(f"{path}: unknown definition format; expected .yaml, .yml or .json")
+
+
+# -- the store ---------------------------------------------------------------------------------------
+
+def save(store, cohort: Cohort | Mapping, *, now: dt.datetime | None = None) -> int:
+    """Store a definition; returns its version. An unchanged definition keeps its version; a changed one
+    gets the next. Refuses a definition that would close a reference cycle with the stored ones."""
+    return save_all(store, [cohort], now=now)[_name(cohort)]
+
+
+def save_all(store, definitions: Iterable[Cohort | Mapping], *,
+             now: dt.datetime | None = None) -> dict[str, int]:
+    """Save several definitions at once (all or nothing); returns name -> version."""
+    con = _con(store)
+    new = {c.name: c for c in (normalize(d) for d in definitions)}
+    con.execute(COHORTS_DDL)
+    stored = {name: c for name, (c, _) in _latest(con).items()}
+    check_cycles({**stored, **new})
+    created = to_utc_naive(now or dt.datetime.now(dt.timezone.utc))
+    versions = {}
+    with _transaction(store):
+        for name, cohort in new.items():
+            text = _canonical(to_dict(cohort))
+            row = con.execute("SELECT version, definition FROM cohorts WHERE name = ? "
+                              "ORDER BY version DESC LIMIT 1", [name]).fetchone()
+            if row and _canonical(json.loads(row[1])) == text:
+                versions[name] = row[0]
+                continue
+            versions[name] = (row[0] if row else 0) + 1
+            con.execute("INSERT INTO cohorts VALUES (?, ?, ?, ?)", [name, versions[name], text, created])
+    return versions
+
+
+def list_cohorts(store) -> list[dict]:
+    """The latest version of every stored cohort, by name: name, version, versions, created_at, kind,
+    description and a one-line summary of the rules."""
+    con = _con(store)
+    if not _has_table(con):
+        return []
+    rows = con.execute("""
+        SELECT name, max(version), count(*), arg_max(created_at, version)
+        FROM cohorts GROUP BY name ORDER BY name""").fetchall()
+    latest = _latest(con)
+    out = []
+    for name, version, versions, created in rows:
+        cohort = latest[name][0]
+        out.append({"name": name, "version": version, "versions": versions,
+                    "created_at": created.isoformat(), "kind": "static" if cohort.is_static else "dynamic",
+                    "description": cohort.description, "summary": describe(cohort)})
+    return out
+
+
+def get(store, name: str, version: int | None = None) -> Cohort:
+    """A stored definition (the latest version unless ``version`` is given)."""
+    con = _con(store)
+    row = None
+    if _has_table(con):
+        sql = "SELECT definition FROM cohorts WHERE name = ?" + (" AND version = ?" if version else "")
+        row = con.execute(sql + " ORDER BY version DESC LIMIT 1",
+                          [name] + ([version] if version else [])).fetchone()
+    if row is None:
+        known = [c["name"] for c in list_cohorts(con)]
+        what = f'version {version} of cohort "{name}"' if version else f'cohort "{name}"'
+        raise CohortError(f"no {what} in the store; known: {', '.join(known) if known else 'none'} "
+                          "(save definitions with cohorts.save or cohorts.save_all)")
+    return parse(json.loads(row[0]), "store")
+
+
+def version_of(store, name: str) -> int | None:
+    con = _con(store)
+    if not _has_table(con):
+        return None
+    return con.execute("SELECT max(version) FROM cohorts WHERE name = ?", [name]).fetchone()[0]
+
+
+# -- evaluation --------------------------------------------------------------------------------------
+
+def query(con, cohort: Cohort | str, *, now: dt.datetime | None = None,
+          definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None) -> Query:
+    """The compiled query for a cohort (by name or definition). Referenced cohorts come from
+    ``definitions`` first, then the store. Their definitions are fetched here, so compiling stays pure."""
+    con = _con(con)
+    defs = _by_name(definitions)
+    root = normalize(cohort) if not isinstance(cohort, str) else defs.get(cohort) or get(con, cohort)
+    return compile_cohort(root, now or dt.datetime.now(dt.timezone.utc), _closure(con, root, defs))
+
+
+def evaluate(con, cohort: Cohort | str, *, now: dt.datetime | None = None,
+             definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None) -> list[str]:
+    """The cohort's members as of ``now`` (default: the current time): canonical distinct_ids, sorted."""
+    con = _con(con)
+    sql, params = query(con, cohort, now=now, definitions=definitions)
+    return [row[0] for row in con.execute(sql, params).fetchall()]
+
+
+def _closure(con, root: Cohort, defs: Mapping[str, Cohort]) -> dict[str, Cohort]:
+    """Every cohort reachable through in_cohort / not_in_cohort from ``root``."""
+    found: dict[str, Cohort] = {root.name: root}
+    todo = [root]
+    while todo:
+        for path, name in references(todo.pop()):
+            if name in found:
+                continue
+            cohort = defs.get(name)
+            if cohort is None and version_of(con, name) is not None:
+                cohort = get(con, name)
+            if cohort is not None:      # unknown names are reported by the compiler, with their path
+                found[name] = cohort
+                todo.append(cohort)
+    return found
+
+
+# -- a one-line rendering for lists and previews -------------------------------------------------------
+
+def describe(cohort: Cohort) -> str:
+    if cohort.is_static:
+        source = f" from {cohort.static_csv}" if cohort.static_csv else ""
+        return f"static: {len(cohort.static_ids)} ids{source}"
+    return _describe_rules(cohort.rules, cohort.match)
+
+
+def _describe_rules(rules, match: str) -> str:
+    return f" {match.upper().replace('ALL', 'AND').replace('ANY', 'OR')} ".join(_describe(r) for r in rules)
+
+
+def _describe(r) -> str:
+    if isinstance(r, Group):
+        return f"({_describe_rules(r.rules, r.match)})"
+    if isinstance(r, CohortRule):
+        return f'{"in" if r.include else "not in"} cohort "{r.cohort}"'
+    if isinstance(r, PropertyRule):
+        if r.operator in ("is_set", "is_not_set"):
+            return f"{r.property} {r.operator.replace('_', ' ')}"
+        value = (" and ".join(map(_literal, r.value)) if r.operator == "between"
+                 else " or ".join(map(_literal, r.value)) if isinstance(r.value, tuple) else _literal(r.value))
+        return f"{r.property} {r.operator.replace('_', ' ')} {value}"
+    if isinstance(r, EventRule):
+        text = f'{"did" if r.did else "did not do"} "{r.event}" {r.operator.replace("_", " ")} {r.count}x'
+        if r.last_days:
+            text += f" in the last {r.last_days} days"
+        elif r.first_time_last_days:
+            text += f" for the first time in the last {r.first_time_last_days} days"
+        elif r.between:
+            text += f" between {r.between[0]} and {r.between[1]}"
+        if r.where:
+            text += " where " + " and ".join(_describe(f) for f in r.where)
+        return text
+    return repr(r)
+
+
+def _literal(v) -> str:
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, bool):
+        return str(v).lower()
+    return v.isoformat() if isinstance(v, dt.date) else str(v)
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+def _con(store):
+    return getattr(store, "con", store)
+
+
+def _transaction(store):
+    if hasattr(store, "transaction"):
+        return store.transaction()
+    from contextlib import nullcontext
+    return nullcontext()
+
+
+def _has_table(con) -> bool:
+    return con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'cohorts'"
+                       ).fetchone()[0] > 0
+
+
+def _latest(con) -> dict[str, tuple[Cohort, int]]:
+    rows = con.execute("SELECT name, arg_max(definition, version), max(version) FROM cohorts GROUP BY name"
+                       ).fetchall()
+    return {name: (parse(json.loads(text), "store"), version) for name, text, version in rows}
+
+
+def _canonical(data: dict) -> str:
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _by_name(definitions) -> dict[str, Cohort]:
+    if definitions is None:
+        return {}
+    items = definitions.values() if isinstance(definitions, Mapping) else definitions
+    return {c.name: c for c in (normalize(d) for d in items)}
+
+
+def _name(cohort) -> str:
+    return cohort.name if isinstance(cohort, Cohort) else normalize(cohort).name

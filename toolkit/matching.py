@@ -1,0 +1,426 @@
+"""Matchability: for every cohort member, exportable to OneSignal or exactly one reason why not.
+
+Reasons, checked in this fixed order (the first that applies is the one reported):
+
+1. ``anonymous``        no profile, or a profile with no properties: Mixpanel exports identified profiles only.
+2. ``missing_user_id``  the profile lacks the user-id property (default ``$onesignal_user_id``), or it is null.
+3. ``unusable_value``   the value is not a string; is blank (only whitespace); is longer than
+                        ``MAX_ID_LENGTH`` (128) characters; or, with ``id_type="subscription_id"``, is not a UUID.
+4. ``duplicate``        another profile in the store holds the same id (same id type). One of them keeps
+                        it (the winner); the others are duplicates. Winner: the profile the id already
+                        resolves to in the identity map (the seed's auto-alias points the id at the first
+                        profile that set it, so OneSignal's message events land there too), else the most
+                        recently updated profile, else the first distinct_id in sort order. Duplicates are
+                        decided over all profiles, not only members: the id means one person whichever
+                        cohort is exported.
+5. ``over_limit``       exportable, but beyond the first ``limit`` (10,000,000) exportable members in
+                        distinct_id order: OneSignal takes at most that many users per exported cohort.
+
+Id types: ``external_id`` (OneSignal External ID, any usable string), ``subscription_id`` (Subscription,
+formerly Player, ID: must be a UUID, any version, hyphenated) or ``auto`` (a UUID is a subscription id,
+anything else an external id). The length limit counts characters (code points), not bytes. Values are
+used exactly as stored: no trimming or case folding.
+
+Two paths compute the same table: `classify` (pure Python over profile rows; the reference) and
+`classify_sql` (one query, for big cohorts). `match` picks one; `preview` evaluates a cohort and matches it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from toolkit import cohorts
+from toolkit.cohort_sql import Query, json_pointer, quote_ident, to_utc_naive
+from toolkit.errors import ToolkitError
+
+__all__ = ["REASONS", "ID_TYPES", "DEFAULT_USER_ID_PROPERTY", "COHORT_LIMIT", "MAX_ID_LENGTH", "COLUMNS",
+           "ProfileRow", "Matchability", "Preview", "classify", "classify_sql", "summarize", "match",
+           "preview", "preview_text"]
+
+REASONS = ("anonymous", "missing_user_id", "unusable_value", "duplicate", "over_limit")
+ID_TYPES = ("auto", "external_id", "subscription_id")
+DEFAULT_USER_ID_PROPERTY = "$onesignal_user_id"
+COHORT_LIMIT = 10_000_000
+MAX_ID_LENGTH = 128
+PYTHON_MAX_MEMBERS = 1_000        # above this, `match` classifies inside DuckDB (one query, no row loop)
+COLUMNS = ["distinct_id", "onesignal_id", "id_type", "exportable", "reason", "detail"]
+
+# Patterns shared by both paths (Python re and DuckDB's RE2 agree on these ASCII classes).
+UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+BLANK = "[\t\n\x0b\f\r ]*"
+WINNER_RULE = "the profile the id resolves to, else the most recently updated, else the first distinct_id"
+_SHOWN = 3                        # claimants named in a duplicate's detail before "and N more"
+
+
+class MatchingError(ToolkitError):
+    """Bad matching options (unknown id type, empty property name, negative limit)."""
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    distinct_id: str
+    properties: Mapping | str | None      # a dict or its JSON text; None: no profile
+    updated_at: dt.datetime | None = None
+
+
+# -- the pure path ------------------------------------------------------------------------------------
+
+def classify(members: Iterable[str], profiles: Iterable[ProfileRow], *,
+             aliases: Mapping[str, str] | None = None, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
+             id_type: str = "auto", limit: int = COHORT_LIMIT) -> pd.DataFrame:
+    """One row per member (sorted by distinct_id) with COLUMNS. ``profiles`` must hold every member's
+    profile and every profile that may share an id with one (duplicates are decided among them);
+    ``aliases`` is the identity map (id -> canonical id), used to pick a duplicate's winner."""
+    _check_options(user_id_property, id_type, limit)
+    aliases = aliases or {}
+    by_id: dict[str, tuple[ProfileRow, dict | None]] = {}
+    for row in profiles:
+        props = json.loads(row.properties) if isinstance(row.properties, str) else row.properties
+        by_id[row.distinct_id] = (row, props)
+    inspected = {did: _inspect(props, user_id_property, id_type) for did, (_, props) in by_id.items()}
+
+    claims: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for did, (problem, value, kind) in inspected.items():
+        if problem is None:
+            claims[(kind, value)].append(did)
+    ranked = {key: _rank(dids, key[1], by_id, aliases) for key, dids in claims.items() if len(dids) > 1}
+
+    rows = []
+    for did in sorted(set(members)):
+        props = by_id.get(did, (None, None))[1]
+        problem, value, kind = inspected.get(did, ("missing", None, None))
+        reason, detail, usable = _reason(props, problem, value, kind, user_id_property)
+        if reason is None and (kind, value) in ranked:
+            order = ranked[(kind, value)]
+            others = _others([d for d in sorted(order) if d != did])
+            if order[0] != did:
+                reason = "duplicate"
+                detail = f"{kind} also on {others}; {order[0]} keeps it ({WINNER_RULE})"
+            else:
+                detail = f"{kind} also on {others}; this profile keeps it ({WINNER_RULE})"
+        rows.append([did, value if isinstance(value, str) else None, kind if usable else None,
+                     reason is None, reason, detail])
+    exportable = 0
+    for row in rows:      # sorted by distinct_id: the first `limit` exportable members export
+        if row[3]:
+            exportable += 1
+            if exportable > limit:
+                row[3:] = [False, "over_limit", _over_limit_detail(limit)]
+    return pd.DataFrame(rows, columns=COLUMNS).astype({"exportable": bool})
+
+
+def _inspect(props, prop: str, id_type: str) -> tuple[str | None, object, str | None]:
+    """(problem or None, value, id type) of one profile's user-id property."""
+    if not props or prop not in props or props[prop] is None:
+        return "missing", None, None
+    value = props[prop]
+    if not isinstance(value, str):
+        return "not_string", value, None
+    is_uuid = re.fullmatch(UUID, value) is not None
+    kind = id_type if id_type != "auto" else ("subscription_id" if is_uuid else "external_id")
+    if re.fullmatch(BLANK, value):
+        return "blank", value, kind
+    if len(value) > MAX_ID_LENGTH:
+        return "too_long", value, kind
+    if id_type == "subscription_id" and not is_uuid:
+        return "not_uuid", value, kind
+    return None, value, kind
+
+
+def _reason(props, problem, value, kind, prop: str) -> tuple[str | None, str, bool]:
+    """(reason, detail, usable) before duplicates and the limit are considered."""
+    if not props:
+        return "anonymous", "no profile properties: an anonymous user never exports", False
+    if problem == "missing":
+        absent = props.get(prop, ...) is ...
+        return "missing_user_id", (f"the profile has no {prop} property" if absent else f"{prop} is null"), False
+    if problem is None:
+        return None, "", True
+    return "unusable_value", _unusable_detail(problem, value, prop), False
+
+
+def _unusable_detail(problem: str, value, prop: str) -> str:
+    if problem == "not_string":
+        kind = ("boolean" if isinstance(value, bool) else "number" if isinstance(value, (int, float))
+                else "list" if isinstance(value, list) else "object")
+        return f"{prop} is a {kind}, not a string"
+    if problem == "blank":
+        return f"{prop} is blank"
+    if problem == "too_long":
+        return f"{prop} is {len(value)} characters long; OneSignal ids are at most {MAX_ID_LENGTH}"
+    return f"{prop} is not a UUID; id_type subscription_id needs a Subscription (Player) ID"
+
+
+def _rank(dids: list[str], value: str, by_id, aliases: Mapping[str, str]) -> list[str]:
+    """Claimants of one id, winner first (see the module docstring)."""
+    owner = aliases.get(value, value)
+    oldest = dt.datetime.min
+    by_name = sorted(dids)
+    by_recency = sorted(by_name, key=lambda d: by_id[d][0].updated_at or oldest, reverse=True)
+    return sorted(by_recency, key=lambda d: d != owner)        # stable sorts: owner, recency, name
+
+
+def _others(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _over_limit_detail(limit: int) -> str:
+    return (f"beyond the first {limit:,} exportable members (by distinct_id): "
+            f"a OneSignal cohort export holds at most {limit:,} users")
+
+
+def _check_options(prop: str, id_type: str, limit: int) -> None:
+    if id_type not in ID_TYPES:
+        raise MatchingError(f"id_type: expected one of {', '.join(ID_TYPES)}, got {id_type!r}")
+    if not isinstance(prop, str) or not prop:
+        raise MatchingError(f"user_id_property: expected a property name, got {prop!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise MatchingError(f"limit: expected a non-negative integer, got {limit!r}")
+
+
+# -- the SQL path --------------------------------------------------------------------------------------
+
+def classify_sql(members: Query, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
+                 id_type: str = "auto", limit: int = COHORT_LIMIT) -> Query:
+    """The same table as `classify`, as one query over ``members`` (a query with a distinct_id column,
+    e.g. a compiled cohort) joined to ``resolved_profiles``. Pure: builds SQL, runs nothing."""
+    _check_options(user_id_property, id_type, limit)
+    params = dict(members.params)
+    clash = [k for k in params if k.startswith("m_")]
+    if clash:
+        raise MatchingError(f"member query parameters may not start with m_: {clash}")
+    params.update({
+        "m_path": json_pointer(user_id_property), "m_prop": user_id_property, "m_mode": id_type,
+        "m_uuid": UUID, "m_blank": BLANK, "m_max": MAX_ID_LENGTH, "m_limit": limit,
+        "m_rule": WINNER_RULE, "m_over": _over_limit_detail(limit),
+    })
+    q = quote_ident
+    did = q("distinct_id")
+    # Each CASE mirrors _inspect / _reason / _unusable_detail above; tests keep the two paths equal.
+    sql = f"""
+WITH {q("m_members")} AS (SELECT DISTINCT {did} FROM ({members.sql}) {q("m_src")}),
+{q("m_prof")} AS (     -- the property is extracted once; each later test reads the small value
+    SELECT {did}, {q("updated_at")} AS updated_at,
+           json_extract({q("properties")}, $m_path) AS x,
+           -- "no properties": only a tiny document can be empty, so only those are parsed
+           CASE WHEN strlen({q("properties")}::VARCHAR) < 16 THEN len(json_keys({q("properties")})) = 0
+                ELSE false END AS empty
+    FROM {q("resolved_profiles")}
+),
+{q("m_values")} AS (
+    SELECT {did}, empty, updated_at, json_type(x) AS jt, json_extract_string(x, '$') AS v FROM {q("m_prof")}
+),
+{q("m_inspected")} AS MATERIALIZED (   -- read twice below: computed once
+    SELECT *,
+        CASE WHEN jt IS NULL OR jt = 'NULL' THEN 'missing'
+             WHEN jt <> 'VARCHAR' THEN 'not_string'
+             WHEN regexp_full_match(v, $m_blank) THEN 'blank'
+             WHEN length(v) > $m_max THEN 'too_long'
+             WHEN $m_mode = 'subscription_id' AND NOT regexp_full_match(v, $m_uuid) THEN 'not_uuid'
+        END AS problem,
+        CASE WHEN jt <> 'VARCHAR' THEN NULL
+             WHEN $m_mode <> 'auto' THEN $m_mode
+             WHEN regexp_full_match(v, $m_uuid) THEN 'subscription_id' ELSE 'external_id' END AS kind
+    FROM {q("m_values")}
+),
+{q("m_mine")} AS (     -- the members' usable ids: only profiles holding one of these can clash
+    SELECT DISTINCT i.v FROM {q("m_inspected")} i JOIN {q("m_members")} m ON m.{did} = i.{did}
+    WHERE i.problem IS NULL
+),
+{q("m_groups")} AS (   -- every profile claiming one of those ids, winner first (see _rank)
+    SELECT i.kind, i.v, count(*) AS claimants,
+           list(i.{did} ORDER BY i.{did}) AS names,
+           list(i.{did} ORDER BY (i.{did} = coalesce(a.{q("canonical_id")}, i.v)) DESC,
+                                 i.updated_at DESC NULLS LAST, i.{did})[1] AS winner
+    FROM {q("m_inspected")} i LEFT JOIN {q("identity_map")} a ON a.{did} = i.v
+    WHERE i.problem IS NULL AND i.v IN (SELECT v FROM {q("m_mine")})
+    GROUP BY i.kind, i.v
+),
+{q("m_rows")} AS (
+    SELECT m.{did}, p.jt, p.v, p.problem, p.kind, c.claimants, c.winner,
+           list_filter(c.names, lambda x: x <> m.{did}) AS others,
+           CASE WHEN p.empty IS NULL OR p.empty THEN 'anonymous'
+                WHEN p.problem = 'missing' THEN 'missing_user_id'
+                WHEN p.problem IS NOT NULL THEN 'unusable_value'
+                WHEN c.claimants > 1 AND c.winner <> m.{did} THEN 'duplicate'
+           END AS reason
+    FROM {q("m_members")} m
+    LEFT JOIN {q("m_inspected")} p ON p.{did} = m.{did}
+    LEFT JOIN {q("m_groups")} c ON c.kind = p.kind AND c.v = p.v AND p.problem IS NULL
+),
+{q("m_detailed")} AS (
+    SELECT {did}, CASE WHEN jt = 'VARCHAR' THEN v END AS onesignal_id,
+           CASE WHEN reason IS NULL OR reason = 'duplicate' THEN kind END AS id_type, reason,
+           CASE reason
+             WHEN 'anonymous' THEN 'no profile properties: an anonymous user never exports'
+             WHEN 'missing_user_id' THEN CASE WHEN jt IS NULL THEN 'the profile has no ' || $m_prop || ' property'
+                                              ELSE $m_prop || ' is null' END
+             WHEN 'unusable_value' THEN CASE problem
+                 WHEN 'not_string' THEN $m_prop || ' is a ' || CASE jt WHEN 'BOOLEAN' THEN 'boolean'
+                     WHEN 'ARRAY' THEN 'list' WHEN 'OBJECT' THEN 'object' ELSE 'number' END || ', not a string'
+                 WHEN 'blank' THEN $m_prop || ' is blank'
+                 WHEN 'too_long' THEN $m_prop || ' is ' || length(v) || ' characters long; OneSignal ids are at most '
+                                      || $m_max
+                 ELSE $m_prop || ' is not a UUID; id_type subscription_id needs a Subscription (Player) ID' END
+             ELSE CASE WHEN claimants > 1 THEN kind || ' also on '
+                          || array_to_string(others[1:{_SHOWN}], ', ')
+                          || CASE WHEN len(others) > {_SHOWN} THEN ' and ' || (len(others) - {_SHOWN}) || ' more' ELSE '' END
+                          || '; ' || CASE WHEN reason = 'duplicate' THEN winner ELSE 'this profile' END
+                          || ' keeps it (' || $m_rule || ')'
+                       ELSE '' END
+           END AS detail
+    FROM {q("m_rows")}
+)
+SELECT {did}, onesignal_id, id_type, reason IS NULL AND NOT over AS exportable,
+       CASE WHEN over THEN 'over_limit' ELSE reason END AS reason,
+       CASE WHEN over THEN $m_over ELSE detail END AS detail
+FROM (SELECT *, reason IS NULL AND row_number() OVER (PARTITION BY reason IS NULL ORDER BY {did}) > $m_limit AS over
+      FROM {q("m_detailed")})
+ORDER BY {did}"""
+    return Query(sql, params)
+
+
+# -- the shell: run one path, summarise, preview a cohort -------------------------------------------------
+
+@dataclass
+class Matchability:
+    summary: dict
+    members: pd.DataFrame
+
+    @property
+    def exportable(self) -> pd.DataFrame:
+        """What an export sends: distinct_id, onesignal_id, id_type of exportable members."""
+        return self.members.loc[self.members["exportable"], ["distinct_id", "onesignal_id", "id_type"]]
+
+
+@dataclass
+class Preview(Matchability):
+    cohort: str = ""
+    version: int | None = None
+    now: dt.datetime | None = None
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self, rows: int | None = None) -> dict:
+        frame = self.members if rows is None else self.members.head(rows)
+        records = [{k: (None if not isinstance(v, (bool, str)) and pd.isna(v) else v) for k, v in r.items()}
+                   for r in frame.to_dict(orient="records")]
+        return {"summary": self.summary, "members": records}
+
+
+def summarize(frame: pd.DataFrame, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
+              id_type: str = "auto", limit: int = COHORT_LIMIT) -> dict:
+    members = len(frame)
+    exportable = int(frame["exportable"].sum())
+    counts = frame["reason"].value_counts()
+    kinds = frame.loc[frame["exportable"], "id_type"].value_counts()
+    return {
+        "members": members, "exportable": exportable,
+        "match_rate": round(exportable / members, 4) if members else 0.0,
+        "reasons": {r: int(counts.get(r, 0)) for r in REASONS},
+        "id_types": {k: int(kinds.get(k, 0)) for k in ("external_id", "subscription_id")},
+        "user_id_property": user_id_property, "id_type": id_type, "limit": limit,
+    }
+
+
+def match(con, members: Iterable[str] | Query, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
+          id_type: str = "auto", limit: int = COHORT_LIMIT, engine: str = "auto") -> Matchability:
+    """Classify members (a list of canonical ids, or a query producing them) against the store.
+    engine: "python" (fetch rows, run `classify`), "sql" (`classify_sql` in DuckDB) or "auto" (python
+    for a list of at most PYTHON_MAX_MEMBERS ids, else sql)."""
+    con = getattr(con, "con", con)
+    if engine not in ("auto", "python", "sql"):
+        raise MatchingError(f"engine: expected auto, python or sql, got {engine!r}")
+    options = {"user_id_property": user_id_property, "id_type": id_type, "limit": limit}
+    if engine == "auto":
+        engine = "python" if not isinstance(members, Query) and len(members := list(members)) <= PYTHON_MAX_MEMBERS \
+            else "sql"
+    if engine == "sql":
+        source = members if isinstance(members, Query) else _list_query(members)
+        sql, params = classify_sql(source, **options)
+        frame = con.execute(sql, params).df()[COLUMNS]
+    else:
+        ids = [r[0] for r in con.execute(*members).fetchall()] if isinstance(members, Query) else list(members)
+        profiles, aliases = _fetch_profiles(con, ids, user_id_property)
+        frame = classify(ids, profiles, aliases=aliases, **options)
+    return Matchability(summarize(frame, **options), frame.reset_index(drop=True))
+
+
+def _list_query(ids: list[str]) -> Query:
+    return Query(f"SELECT unnest($ids) AS {quote_ident('distinct_id')}", {"ids": list(ids)})
+
+
+def _fetch_profiles(con, ids: list[str], prop: str) -> tuple[list[ProfileRow], dict[str, str]]:
+    """Members' profiles plus every profile sharing a user-id value with one, and the aliases of those values."""
+    rows = con.execute("""
+        WITH m AS (SELECT DISTINCT unnest($ids) AS distinct_id),
+        p AS (SELECT distinct_id, properties, updated_at, json_extract(properties, $path) AS x
+              FROM resolved_profiles),
+        s AS MATERIALIZED (SELECT *, CASE WHEN json_type(x) = 'VARCHAR' THEN json_extract_string(x, '$') END AS v FROM p),
+        mine AS (SELECT DISTINCT v FROM s JOIN m USING (distinct_id) WHERE v IS NOT NULL)
+        SELECT distinct_id, properties, updated_at FROM s
+        WHERE distinct_id IN (SELECT distinct_id FROM m) OR v IN (SELECT v FROM mine)""",
+                       {"ids": ids, "path": json_pointer(prop)}).fetchall()
+    profiles = [ProfileRow(*row) for row in rows]
+    values = sorted({v for p in profiles if isinstance(v := json.loads(p.properties).get(prop), str)})
+    aliases = dict(con.execute("SELECT distinct_id, canonical_id FROM identity_map "
+                               "WHERE distinct_id IN (SELECT unnest($v))", {"v": values}).fetchall()) if values else {}
+    return profiles, aliases
+
+
+def preview(store, name: str | cohorts.Cohort, *, now: dt.datetime | None = None, definitions=None,
+            user_id_property: str = DEFAULT_USER_ID_PROPERTY, id_type: str = "auto",
+            limit: int = COHORT_LIMIT, engine: str = "auto") -> Preview:
+    """Evaluate a cohort as of ``now`` and say, for each member, whether it exports to OneSignal."""
+    import time
+    con = getattr(store, "con", store)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    started = time.perf_counter()
+    members = cohorts.evaluate(con, name, now=now, definitions=definitions)
+    evaluated = time.perf_counter()
+    result = match(con, members, user_id_property=user_id_property, id_type=id_type, limit=limit,
+                   engine=engine)
+    matched = time.perf_counter()
+    cohort_name = name if isinstance(name, str) else name.name
+    from_store = isinstance(name, str) and name not in cohorts._by_name(definitions)
+    version = cohorts.version_of(con, cohort_name) if from_store else None
+    summary = {"cohort": cohort_name, "version": version, "now": to_utc_naive(now).isoformat() + "Z",
+               **result.summary}
+    return Preview(summary, result.members, cohort=cohort_name, version=version, now=now,
+                   seconds={"evaluate": round(evaluated - started, 4), "match": round(matched - evaluated, 4)})
+
+
+def preview_text(preview: Preview, rows: int = 20) -> str:
+    s = preview.summary
+    version = f" (v{s['version']})" if s.get("version") else ""
+    lines = [f"cohort {s['cohort']}{version} as of {s['now']}",
+             f"  {s['members']:,} members, {s['exportable']:,} exportable ({s['match_rate']:.1%}) "
+             f"by {s['user_id_property']} as {s['id_type']}",
+             "  exportable: " + ", ".join(f"{v:,} {k}" for k, v in s["id_types"].items())]
+    lines += [f"  {reason}: {count:,}" for reason, count in s["reasons"].items() if count]
+    frame = preview.members
+    if len(frame):
+        lines.append("")
+        shown = frame.head(rows)
+        width = min(max(len(str(d)) for d in shown["distinct_id"]), 40)
+        for r in shown.itertuples(index=False):
+            status = "exportable" if r.exportable else r.reason
+            oid, kind, detail = (None if pd.isna(v) else v for v in (r.onesignal_id, r.id_type, r.detail))
+            target = f"{kind} {_clip(json.dumps(oid, ensure_ascii=False))}" if kind else ""
+            line = f"  {_clip(r.distinct_id, 40):<{width}}  {status:<15} {target}".rstrip()
+            lines.append(line + (f"  — {detail}" if detail else ""))
+        if len(frame) > rows:
+            lines.append(f"  ... {len(frame) - rows:,} more (the full table is Preview.members)")
+    return "\n".join(lines)
+
+
+def _clip(text, width: int = 48) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= width else text[: width - 1] + "…"
