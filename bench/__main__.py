@@ -5,7 +5,6 @@
 """
 
 import argparse
-import importlib
 import json
 import os
 import shutil
@@ -73,35 +72,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--events", default="1000000,10000000",
                         help="comma-separated sizes of the load benchmark (default: 1M and 10M)")
+    parser.add_argument("--stages", default="1000000",
+                        help="sizes at which cohort and MTU rows are measured too (default: 1M)")
     args = parser.parse_args()
     DATA.mkdir(exist_ok=True)
     rows: list[Row] = []
+    stages = {int(n) for n in args.stages.split(",") if n}
     for events in (int(n) for n in args.events.split(",")):
         load, store = load_rows(events)
         rows += load
-        rows += later_rows(store)
+        if events in stages:
+            rows += later_rows(store)
+    rows += export_rows()
     print_table(rows)
 
 
 def later_rows(store: Path) -> list[Row]:
-    """Rows measured on the loaded store, from the benchmarks of the stages after loading."""
-    from toolkit import Store, load
+    """Rows of the stages after loading, on the same generated data."""
+    from bench import cohort_eval, export_plan, export_throughput, mtu_bench
 
-    with Store(store) as s:   # profiles and updates too: cohorts read them (not part of the load row)
-        load(s, [store.parent / "profiles.json", store.parent / "profile_updates.jsonl"])
-    found: list[Row] = []
-    for module in BENCHMARKS:
-        try:
-            bench = importlib.import_module(module)
-        except ModuleNotFoundError:
-            continue
-        found += bench.rows(store)
-    return found
+    folder = store.parent
+    return [*cohort_eval.rows(folder / "events.jsonl", folder / "profiles.json"), *mtu_bench.rows(store)]
 
 
-# Each module's rows(store_path) adds its rows; a stage not built yet is skipped.
-BENCHMARKS = ["bench.cohort_eval", "bench.mtu_bench", "bench.export_throughput"]
+def export_rows() -> list[Row]:
+    from bench import export_plan, export_throughput
 
-
-if __name__ == "__main__":
-    main()
+    return [*export_throughput.rows(), *export_plan.rows()]

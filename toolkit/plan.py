@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 ADD, REMOVE, NOOP = "add", "remove", "no-op"
 
 
-@dataclass(frozen=True, order=True)
-class Target:
+# Tuples, not dataclasses: a dynamic sync compares a million of them every fifteen minutes.
+class Target(NamedTuple):
     """One OneSignal user, as the export addresses it."""
     onesignal_id: str
     id_type: str            # external_id | subscription_id
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     distinct_id: str
     operation: str          # add | remove | no-op
     target: Target
@@ -45,16 +45,19 @@ def plan(wanted: Mapping[str, Target], snapshot: Mapping[str, Target]) -> Plan:
     """Add who is wanted and not in the snapshot; remove who is in it and not wanted. A member whose
     OneSignal id changed is removed under the old id and added under the new one."""
     steps: list[Step] = []
+    counts = {ADD: 0, REMOVE: 0, NOOP: 0}
     for distinct_id in sorted(wanted.keys() | snapshot.keys()):
         want, have = wanted.get(distinct_id), snapshot.get(distinct_id)
         if want == have:
             steps.append(Step(distinct_id, NOOP, want))
+            counts[NOOP] += 1
             continue
         if have is not None:
             steps.append(Step(distinct_id, REMOVE, have))
+            counts[REMOVE] += 1
         if want is not None:
             steps.append(Step(distinct_id, ADD, want))
-    counts = {op: sum(s.operation == op for s in steps) for op in (ADD, REMOVE, NOOP)}
+            counts[ADD] += 1
     return Plan(tuple(steps), counts)
 
 
