@@ -251,3 +251,47 @@ def test_runs_from_inside_a_running_event_loop(store, emulator, app):
 
     assert asyncio.run(from_a_notebook_cell()).status == "ok"
     assert tagged(emulator, app) == {"u1"}
+
+
+def test_sigkilled_run_then_rerun_converges(tmp_path):
+    """A process killed mid-export: the store recovers, and the next run ends with tags == cohort."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with Emulator(latency=0.02, user_rate_limit=0) as emu:
+        app = emu.add_app()
+        ids = [f"k{i}" for i in range(200)]
+        for i in ids:
+            emu.add_user(app.app_id, external_id=i)
+        db = tmp_path / "s.duckdb"
+        with Store(db) as store:
+            export.register(store, "Buyers", "dynamic", app.app_id, emu.url)
+        script = f"""
+import json, sys
+from toolkit import export
+from toolkit.onesignal import Credentials
+from toolkit.plan import Target
+from toolkit.store import Store
+export.FLUSH_EVERY = 10
+with Store({str(db)!r}) as store:
+    wanted = {{f"d-{{i}}": Target(i, "external_id") for i in json.loads(sys.argv[1])}}
+    export.run(store, "Buyers", wanted, Credentials({app.app_id!r}, sys.stdin.readline().strip()),
+               client_options={{"concurrency": 4}})
+"""
+        proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(ids)], stdin=subprocess.PIPE, text=True)
+        proc.stdin.write(app.api_key + "\n")
+        proc.stdin.flush()
+        for _ in range(300):                              # wait until some users are tagged, then kill
+            if len(tagged(emu, app)) >= 40:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert 0 < len(tagged(emu, app)) < len(ids)
+        with Store(db) as store:
+            record = export.run(store, "Buyers", ext(*ids), creds(app), client_options=FAST)
+            assert record.status == "ok" and tagged(emu, app) == set(ids)
+            assert export.runs(store)[-1]["status"] == "interrupted"      # the killed run, marked as such
