@@ -355,6 +355,8 @@ def _refusal(case, emulator):
         return app, None, lambda c: c.update_tags("external_id", "u", {f"t{n}": "1" for n in range(101)}), BadRequest
     if case == "wrong key":
         return app, "not-the-key", lambda c: c.update_tags("external_id", "u", {"a": "1"}), AuthError
+    if case == "no Authorization header":
+        return app, None, lambda c: c.update_tags("external_id", "u", {"a": "1"}), AuthError
     if case == "unknown app":
         app.app_id = str(uuid.uuid4())          # only this test's copy of the credentials changes
         return app, None, lambda c: c.update_tags("external_id", "u", {"a": "1"}), AppNotFound
@@ -369,15 +371,26 @@ def _refusal(case, emulator):
     return app, None, twice, Conflict
 
 
-@pytest.mark.parametrize("case", ["tag limit", "too many tags", "wrong key", "unknown app", "unknown user",
-                                  "duplicate segment"])
+class WithoutAuthorization(Recording):
+    """Real HTTP with the Authorization header taken off, to meet the 401 the client itself never causes."""
+
+    async def handle_async_request(self, request):
+        del request.headers["Authorization"]
+        return await super().handle_async_request(request)
+
+
+@pytest.mark.parametrize("case", ["tag limit", "too many tags", "wrong key", "no Authorization header",
+                                  "unknown app", "unknown user", "duplicate segment"])
 def test_refusals_are_never_retried(case):
     with Emulator() as emulator:
         app, key, call, expected = _refusal(case, emulator)
         sleeps = Sleeps()
-        with pytest.raises(expected):
-            run(OneSignalClient(Credentials(app.app_id, key or app.api_key), emulator.url, sleep=sleeps), call)
+        transport = WithoutAuthorization() if case == "no Authorization header" else None
+        with pytest.raises(expected) as info:
+            run(OneSignalClient(Credentials(app.app_id, key or app.api_key), emulator.url, sleep=sleeps,
+                                transport=transport), call)
         requests = emulator.counters["requests"]
+    assert info.value.status in (400, 401, 403, 404, 409)
     assert requests == (2 if case == "duplicate segment" else 1)
     assert sleeps.waits == []
 

@@ -246,9 +246,9 @@ class RateLimiter:
     """At most ``rate`` requests/s, and one request per user every ``user_spacing`` seconds counted
     from when the previous one was let through.
 
-    Requests are spaced evenly (slots reserved in call order), and a window of the actual release
-    times caps any 1-second span at ``rate``: after the event loop stalls, late requests do not
-    leave in a burst that a server counting arrivals would answer with 429s."""
+    A token bucket one token deep: requests leave evenly spaced, in call order. A window of the
+    actual release times also caps any 1-second span at ``rate``, so requests made late by a busy
+    event loop do not leave in a burst that the server would answer with 429s."""
 
     def __init__(self, rate: float, user_spacing: float = USER_SPACING, clock: Callable[[], float] = time.monotonic):
         if rate <= 0:

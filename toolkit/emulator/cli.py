@@ -1,4 +1,4 @@
-"""``python -m toolkit.emulator``: run the emulator until interrupted.
+"""Run a OneSignal-compatible emulator on loopback until interrupted (``python -m toolkit.emulator``).
 
 On a fresh start it creates one app from --app-id/--api-key/--plan (generated when not given) and
 seeds --seed-users into it. With --state FILE, an existing file is loaded instead (apps, users,
@@ -18,10 +18,17 @@ from toolkit.emulator.state import PLANS, EmulatorError
 DEFAULT_PORT = 8787
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port is between 0 and 65535")
+    return port
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m toolkit.emulator", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"0 picks a free port (default {DEFAULT_PORT})")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"0 picks a free port (default {DEFAULT_PORT})")
     p.add_argument("--state", metavar="FILE", help="load the state from FILE if it exists; save it there")
     p.add_argument("--seed-users", metavar="FILE", help="JSON or JSON Lines user records, seeded on a fresh start")
     p.add_argument("--app-id", help="the app's id (default: a generated UUID)")

@@ -138,12 +138,14 @@ class Emulator:
         """Seed users from records (see ``World.user_from_record``); a record may name its ``app_id``."""
         with self._lock:
             ids = []
-            for record in records:
-                app = self._app_for(record.get("app_id") or app_id)
-                user = app.add_user(self.world.user_from_record(record))
-                self._baseline["apps"][app.app_id]["users"].append(copy.deepcopy(asdict(user)))
-                ids.append(user.onesignal_id)
-            self.world.changed()
+            try:
+                for record in records:
+                    app = self._app_for(record.get("app_id") or app_id)
+                    user = app.add_user(self.world.user_from_record(record))
+                    self._baseline["apps"][app.app_id]["users"].append(copy.deepcopy(asdict(user)))
+                    ids.append(user.onesignal_id)
+            finally:
+                self.world.changed()          # users added before a bad record stay, and get saved
             return ids
 
     def seed_users(self, path: str | Path, app_id: str | None = None) -> int:
