@@ -99,3 +99,7 @@ def export_rows() -> list[Row]:
     from bench import export_plan, export_throughput
 
     return [*export_throughput.rows(), *export_plan.rows()]
+
+
+if __name__ == "__main__":
+    main()

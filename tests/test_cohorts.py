@@ -474,7 +474,7 @@ def test_hostile_property_names_are_just_names(tmp_path, name):
     assert store.con.execute("SELECT count(*) FROM events").fetchone()[0] == 2
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
        value=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12))
 def test_any_property_name_and_value_round_trip(tmp_path_factory, name, value):

@@ -295,3 +295,9 @@ with Store({str(db)!r}) as store:
             record = export.run(store, "Buyers", ext(*ids), creds(app), client_options=FAST)
             assert record.status == "ok" and tagged(emu, app) == set(ids)
             assert export.runs(store)[-1]["status"] == "interrupted"      # the killed run, marked as such
+
+
+def test_dry_run_of_an_unregistered_cohort_registers_nothing(store, emulator, app):
+    record = export.run(store, "Later", ext("u1", "u2"), None, dry_run=True, mode="dynamic")
+    assert (record.status, record.mode, record.added) == ("ok", "dynamic", 2)
+    assert export.list_exports(store) == [] and export.due(store) == [] and patches(emulator) == 0

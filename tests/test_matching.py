@@ -117,10 +117,11 @@ def test_the_user_id_property_is_configurable(sample):
 
 def test_python_and_sql_paths_agree_on_the_sample(sample):
     for name in [c["name"] for c in cohorts.list_cohorts(sample)]:
+        members = cohorts.evaluate(sample, name, now=NOW)
         for id_type in matching.ID_TYPES:
             for limit in (matching.COHORT_LIMIT, 5):
-                a = matching.preview(sample, name, now=NOW, id_type=id_type, limit=limit, engine="python")
-                b = matching.preview(sample, name, now=NOW, id_type=id_type, limit=limit, engine="sql")
+                a = matching.match(sample, members, id_type=id_type, limit=limit, engine="python")
+                b = matching.match(sample, members, id_type=id_type, limit=limit, engine="sql")
                 pd.testing.assert_frame_equal(a.members, b.members)
                 assert a.summary == b.summary
 
@@ -225,33 +226,41 @@ VALUES = st.one_of(
 PROFILE = st.one_of(st.just(None), st.just({}), st.fixed_dictionaries({}, optional={P: VALUES, "other": VALUES}))
 
 
+@pytest.fixture(scope="module")
+def scratch():
+    with Store(":memory:") as store:
+        yield store
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(profiles=st.lists(PROFILE, min_size=1, max_size=8),
        updated=st.lists(st.integers(0, 2), min_size=8, max_size=8),
        picked=st.lists(st.booleans(), min_size=9, max_size=9),
        owner=st.integers(0, 8), id_type=st.sampled_from(matching.ID_TYPES), limit=st.integers(0, 4))
-def test_python_and_sql_classify_the_same(profiles, updated, picked, owner, id_type, limit):
-    with Store(":memory:") as store:
-        rows_ = []
-        for i, props in enumerate(profiles):
-            if props is None:
-                continue
-            stamp = datetime(2026, 10, 1 + updated[i])
-            store.con.execute("INSERT INTO profiles VALUES (?, ?, ?, 1, ?)", [f"u{i}", json.dumps(props), stamp, i])
-            rows_.append(ProfileRow(f"u{i}", props, stamp))
-        # the first profile's id, if a string, is aliased to another user: the identity owner rule
-        first = next((p.get(P) for p in profiles if p), None)
-        aliases = {}
-        if isinstance(first, str) and first:
-            aliases[first] = f"u{owner}"
-            store.con.execute("INSERT INTO identity_map VALUES (?, ?)", [first, f"u{owner}"])
-        members = [f"u{i}" for i in range(9) if picked[i]]
-        options = {"id_type": id_type, "limit": limit}
-        expected = classify(members, rows_, aliases=aliases, **options)
-        python = matching.match(store, members, engine="python", **options)
-        sql = matching.match(store, members, engine="sql", **options)
-        pd.testing.assert_frame_equal(python.members, expected)
-        pd.testing.assert_frame_equal(sql.members, expected)
-        assert sql.summary == python.summary
-        assert sum(sql.summary["reasons"].values()) + sql.summary["exportable"] == len(members)
-        assert set(sql.members["reason"].dropna()) <= set(REASONS)
+def test_python_and_sql_classify_the_same(scratch, profiles, updated, picked, owner, id_type, limit):
+    store = scratch                 # one store, emptied per example: creating one per example is slow
+    store.con.execute("DELETE FROM profiles")
+    store.con.execute("DELETE FROM identity_map")
+    rows_ = []
+    for i, props in enumerate(profiles):
+        if props is None:
+            continue
+        stamp = datetime(2026, 10, 1 + updated[i])
+        store.con.execute("INSERT INTO profiles VALUES (?, ?, ?, 1, ?)", [f"u{i}", json.dumps(props), stamp, i])
+        rows_.append(ProfileRow(f"u{i}", props, stamp))
+    # the first profile's id, if a string, is aliased to another user: the identity owner rule
+    first = next((p.get(P) for p in profiles if p), None)
+    aliases = {}
+    if isinstance(first, str) and first:
+        aliases[first] = f"u{owner}"
+        store.con.execute("INSERT INTO identity_map VALUES (?, ?)", [first, f"u{owner}"])
+    members = [f"u{i}" for i in range(9) if picked[i]]
+    options = {"id_type": id_type, "limit": limit}
+    expected = classify(members, rows_, aliases=aliases, **options)
+    python = matching.match(store, members, engine="python", **options)
+    sql = matching.match(store, members, engine="sql", **options)
+    pd.testing.assert_frame_equal(python.members, expected)
+    pd.testing.assert_frame_equal(sql.members, expected)
+    assert sql.summary == python.summary
+    assert sum(sql.summary["reasons"].values()) + sql.summary["exportable"] == len(members)
+    assert set(sql.members["reason"].dropna()) <= set(REASONS)

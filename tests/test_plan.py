@@ -11,7 +11,7 @@ states = st.dictionaries(ids, targets, max_size=20)
 
 def apply(snapshot, p):
     state = dict(snapshot)
-    for step in p.steps:
+    for step in p.changes:
         if step.operation == REMOVE:
             assert state.pop(step.distinct_id) == step.target
         elif step.operation == ADD:
@@ -31,19 +31,21 @@ def test_applying_the_plan_to_the_snapshot_gives_the_wanted_state(wanted, snapsh
 def test_plan_is_deterministic_and_sorted(wanted, snapshot):
     p = plan(wanted, snapshot)
     assert p == plan(dict(reversed(list(wanted.items()))), dict(reversed(list(snapshot.items()))))
+    assert [s.distinct_id for s in p.changes] == sorted(s.distinct_id for s in p.changes)
     assert [s.distinct_id for s in p.steps] == sorted(s.distinct_id for s in p.steps)
+    assert len(p.steps) == len(p.changes) + p.counts[NOOP]
 
 
 @given(states)
 def test_unchanged_cohort_plans_no_changes(state):
     p = plan(state, state)
-    assert p.changes == [] and p.counts[NOOP] == len(state)
+    assert p.changes == () and p.counts[NOOP] == len(state)
 
 
 def test_join_leave_rejoin_and_id_change():
     a, b, b2 = Target("ext-a", "external_id"), Target("ext-b", "external_id"), Target("ext-b2", "external_id")
     p = plan({"a": a, "b": b2}, {"b": b, "c": a})
-    assert [(s.distinct_id, s.operation, s.target.onesignal_id) for s in p.steps] == [
+    assert [(s.distinct_id, s.operation, s.target.onesignal_id) for s in p.changes] == [
         ("a", ADD, "ext-a"), ("b", REMOVE, "ext-b"), ("b", ADD, "ext-b2"), ("c", REMOVE, "ext-a")]
 
 

@@ -25,7 +25,7 @@ from toolkit.cohort_sql import Query, compile_cohort, to_utc_naive
 
 __all__ = ["COHORTS_DDL", "Cohort", "EventRule", "PropertyRule", "CohortRule", "Group", "CohortError",
            "DefinitionError", "CohortCycleError", "load_definitions", "read_ids_csv", "save", "save_all",
-           "list_cohorts", "get", "evaluate", "query", "describe", "to_dict", "parse"]
+           "list_cohorts", "get", "version_of", "evaluate", "query", "describe", "by_name", "to_dict", "parse"]
 
 # The store's cohort table; to be added to toolkit/store.py MIGRATIONS (created here until then).
 COHORTS_DDL = """
@@ -200,7 +200,7 @@ def query(con, cohort: Cohort | str, *, now: dt.datetime | None = None,
     """The compiled query for a cohort (by name or definition). Referenced cohorts come from
     ``definitions`` first, then the store. Their definitions are fetched here, so compiling stays pure."""
     con = _con(con)
-    defs = _by_name(definitions)
+    defs = by_name(definitions)
     root = normalize(cohort) if not isinstance(cohort, str) else defs.get(cohort) or get(con, cohort)
     return compile_cohort(root, now or dt.datetime.now(dt.timezone.utc), _closure(con, root, defs))
 
@@ -255,7 +255,9 @@ def _describe(r) -> str:
                  else " or ".join(map(_literal, r.value)) if isinstance(r.value, tuple) else _literal(r.value))
         return f"{r.property} {r.operator.replace('_', ' ')} {value}"
     if isinstance(r, EventRule):
-        text = f'{"did" if r.did else "did not do"} "{r.event}" {r.operator.replace("_", " ")} {r.count}x'
+        text = f'{"did" if r.did else "did not do"} "{r.event}"'
+        if (r.operator, r.count) != ("at_least", 1):
+            text += f' {r.operator.replace("_", " ")} {r.count} time{"" if r.count == 1 else "s"}'
         if r.last_days:
             text += f" in the last {r.last_days} days"
         elif r.first_time_last_days:
@@ -304,7 +306,8 @@ def _canonical(data: dict) -> str:
     return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def _by_name(definitions) -> dict[str, Cohort]:
+def by_name(definitions) -> dict[str, Cohort]:
+    """Definitions (a list or a mapping, dicts or Cohorts) checked and keyed by name."""
     if definitions is None:
         return {}
     items = definitions.values() if isinstance(definitions, Mapping) else definitions

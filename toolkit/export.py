@@ -145,22 +145,25 @@ def snapshot(con, cohort: str, now: datetime) -> dict[str, Target]:
 
 
 def run(store: Store, cohort: str, wanted: Mapping[str, Target], credentials: Credentials | None, *,
-        dry_run: bool = False, force: bool = False, max_removal_share: float = DEFAULT_MAX_REMOVAL_SHARE,
+        dry_run: bool = False, mode: str | None = None, force: bool = False, max_removal_share: float = DEFAULT_MAX_REMOVAL_SHARE,
         members: int | None = None, now: datetime | None = None, client_options: Mapping | None = None,
         on_progress: Callable[[int, int], None] | None = None) -> RunRecord:
-    """One export run of a registered cohort towards ``wanted`` (distinct_id -> OneSignal target)."""
+    """One export run of a registered cohort towards ``wanted`` (distinct_id -> OneSignal target).
+    A dry run needs no registration (``mode`` names what it rehearses) and changes no export."""
     now = now or datetime.now(timezone.utc)
     con = store.con.cursor()     # a connection of its own: runs may happen in threads (widgets, scheduler)
     try:
-        return _run(store, con, cohort, wanted, credentials, dry_run, force, max_removal_share, members, now,
-                    client_options, on_progress)
+        return _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_removal_share, members,
+                    now, client_options, on_progress)
     finally:
         con.close()
 
 
-def _run(store, con, cohort, wanted, credentials, dry_run, force, max_removal_share, members, now,
+def _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_removal_share, members, now,
          client_options, on_progress) -> RunRecord:
-    export = _registered(con, cohort)
+    export = registration(con, cohort) if dry_run else _registered(con, cohort)
+    if dry_run:
+        export = {**(export or {}), "mode": mode or (export or {}).get("mode") or "once"}
     if len(wanted) > MAX_COHORT_MEMBERS:
         raise ExportError(f"cohort {cohort!r} has {len(wanted):,} exportable members; the limit is "
                           f"{MAX_COHORT_MEMBERS:,} (matchability reports the rest as over_limit)")
@@ -285,7 +288,8 @@ class _ResultWriter:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
-        cohort, run_id, now = self.record.cohort, self.record.run_id, _naive(None)
+        # The run's clock, not the wall's: snapshot() compares checked_at with the run's `now`.
+        cohort, run_id, now = self.record.cohort, self.record.run_id, self.record.started_at
         with transaction(self.con) as con:
             for step, outcome, error in batch:
                 key = [cohort, step.distinct_id]

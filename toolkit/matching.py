@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ COLUMNS = ["distinct_id", "onesignal_id", "id_type", "exportable", "reason", "de
 # Patterns shared by both paths (Python re and DuckDB's RE2 agree on these ASCII classes).
 UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 BLANK = "[\t\n\x0b\f\r ]*"
+_UUID, _BLANK = re.compile(UUID), re.compile(BLANK)
 WINNER_RULE = "the profile the id resolves to, else the most recently updated, else the first distinct_id"
 _SHOWN = 3                        # claimants named in a duplicate's detail before "and N more"
 
@@ -123,9 +125,9 @@ def _inspect(props, prop: str, id_type: str) -> tuple[str | None, object, str | 
     value = props[prop]
     if not isinstance(value, str):
         return "not_string", value, None
-    is_uuid = re.fullmatch(UUID, value) is not None
+    is_uuid = _UUID.fullmatch(value) is not None
     kind = id_type if id_type != "auto" else ("subscription_id" if is_uuid else "external_id")
-    if re.fullmatch(BLANK, value):
+    if _BLANK.fullmatch(value):
         return "blank", value, kind
     if len(value) > MAX_ID_LENGTH:
         return "too_long", value, kind
@@ -215,8 +217,17 @@ WITH {q("m_members")} AS (SELECT DISTINCT {did} FROM ({members.sql}) {q("m_src")
                 ELSE false END AS empty
     FROM {q("resolved_profiles")}
 ),
-{q("m_values")} AS (
+{q("m_values")} AS MATERIALIZED (   -- every profile's value: only these columns are kept
     SELECT {did}, empty, updated_at, json_type(x) AS jt, json_extract_string(x, '$') AS v FROM {q("m_prof")}
+),
+{q("m_relevant")} AS (   -- the members' profiles and any profile holding the same string
+    SELECT * FROM {q("m_values")}
+    WHERE {did} IN (SELECT {did} FROM {q("m_members")})
+       OR (jt = 'VARCHAR' AND v IN (SELECT v.v FROM {q("m_values")} v JOIN {q("m_members")} m ON m.{did} = v.{did}
+                                    WHERE v.jt = 'VARCHAR'))
+),
+{q("m_checked")} AS (
+    SELECT *, regexp_full_match(v, $m_uuid) AS is_uuid FROM {q("m_relevant")}
 ),
 {q("m_inspected")} AS MATERIALIZED (   -- read twice below: computed once
     SELECT *,
@@ -224,24 +235,20 @@ WITH {q("m_members")} AS (SELECT DISTINCT {did} FROM ({members.sql}) {q("m_src")
              WHEN jt <> 'VARCHAR' THEN 'not_string'
              WHEN regexp_full_match(v, $m_blank) THEN 'blank'
              WHEN length(v) > $m_max THEN 'too_long'
-             WHEN $m_mode = 'subscription_id' AND NOT regexp_full_match(v, $m_uuid) THEN 'not_uuid'
+             WHEN $m_mode = 'subscription_id' AND NOT is_uuid THEN 'not_uuid'
         END AS problem,
         CASE WHEN jt <> 'VARCHAR' THEN NULL
              WHEN $m_mode <> 'auto' THEN $m_mode
-             WHEN regexp_full_match(v, $m_uuid) THEN 'subscription_id' ELSE 'external_id' END AS kind
-    FROM {q("m_values")}
+             WHEN is_uuid THEN 'subscription_id' ELSE 'external_id' END AS kind
+    FROM {q("m_checked")}
 ),
-{q("m_mine")} AS (     -- the members' usable ids: only profiles holding one of these can clash
-    SELECT DISTINCT i.v FROM {q("m_inspected")} i JOIN {q("m_members")} m ON m.{did} = i.{did}
-    WHERE i.problem IS NULL
-),
-{q("m_groups")} AS (   -- every profile claiming one of those ids, winner first (see _rank)
+{q("m_groups")} AS (   -- the profiles claiming each usable id, winner first (see _rank)
     SELECT i.kind, i.v, count(*) AS claimants,
            list(i.{did} ORDER BY i.{did}) AS names,
            list(i.{did} ORDER BY (i.{did} = coalesce(a.{q("canonical_id")}, i.v)) DESC,
                                  i.updated_at DESC NULLS LAST, i.{did})[1] AS winner
     FROM {q("m_inspected")} i LEFT JOIN {q("identity_map")} a ON a.{did} = i.v
-    WHERE i.problem IS NULL AND i.v IN (SELECT v FROM {q("m_mine")})
+    WHERE i.problem IS NULL
     GROUP BY i.kind, i.v
 ),
 {q("m_rows")} AS (
@@ -379,7 +386,6 @@ def preview(store, name: str | cohorts.Cohort, *, now: dt.datetime | None = None
             user_id_property: str = DEFAULT_USER_ID_PROPERTY, id_type: str = "auto",
             limit: int = COHORT_LIMIT, engine: str = "auto") -> Preview:
     """Evaluate a cohort as of ``now`` and say, for each member, whether it exports to OneSignal."""
-    import time
     con = getattr(store, "con", store)
     now = now or dt.datetime.now(dt.timezone.utc)
     started = time.perf_counter()
@@ -389,7 +395,7 @@ def preview(store, name: str | cohorts.Cohort, *, now: dt.datetime | None = None
                    engine=engine)
     matched = time.perf_counter()
     cohort_name = name if isinstance(name, str) else name.name
-    from_store = isinstance(name, str) and name not in cohorts._by_name(definitions)
+    from_store = isinstance(name, str) and name not in cohorts.by_name(definitions)
     version = cohorts.version_of(con, cohort_name) if from_store else None
     summary = {"cohort": cohort_name, "version": version, "now": to_utc_naive(now).isoformat() + "Z",
                **result.summary}

@@ -4,6 +4,7 @@ and the widgets all call these, so there is one behaviour to test."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -53,20 +54,23 @@ def export_cohort(store: Store, cohort: str, *, mode: str | None = None, app_id:
     overwrites the previous one; without, it runs the registered export again."""
     now = now or datetime.now(timezone.utc)
     registered = _registered(store, cohort)
-    if mode is not None:
-        app_id = app_id or (credentials.app_id if credentials else None) or (registered or {}).get("app_id")
+    if mode is not None and not dry_run:     # a dry run rehearses; it changes no registration
+        app_id = (app_id or (credentials.app_id if credentials else None) or (registered or {}).get("app_id")
+                  or os.environ.get(keys.ENV_APP))
         if not app_id:
             raise export.ExportError("say which OneSignal app: --app-id or $ONESIGNAL_APP_ID")
         export.register(store, cohort, mode, app_id, base_url or (registered or {}).get("base_url")
                         or DEFAULT_BASE_URL, user_id_property=user_id_property or DEFAULT_USER_ID_PROPERTY,
                         id_type=id_type or "auto", now=now)
         registered = _registered(store, cohort)
-    elif registered is None:
+    elif registered is None and not dry_run:
         raise export.ExportError(f"cohort {cohort!r} has no export yet: choose --once or --dynamic")
     if credentials is None and not dry_run:
         credentials = keys.find(registered["app_id"])
-    preview = matching.preview(store, cohort, now=now, user_id_property=registered["user_id_property"],
-                               id_type=registered["id_type"])
+    settings = registered or {}
+    preview = matching.preview(store, cohort, now=now,
+                               user_id_property=user_id_property or settings.get("user_id_property")
+                               or DEFAULT_USER_ID_PROPERTY, id_type=id_type or settings.get("id_type") or "auto")
     bar = tqdm(desc=f"export {cohort}", unit="user", disable=not progress or None)
 
     def report(done: int, total: int) -> None:
@@ -76,7 +80,7 @@ def export_cohort(store: Store, cohort: str, *, mode: str | None = None, app_id:
             on_progress(done, total)
 
     try:
-        return export.run(store, cohort, targets(preview), credentials, dry_run=dry_run, force=force,
+        return export.run(store, cohort, targets(preview), credentials, dry_run=dry_run, mode=mode, force=force,
                           members=int(preview.summary["members"]), now=now, client_options=client_options,
                           on_progress=report)
     finally:

@@ -1,0 +1,270 @@
+"""toolkit/widgets.py driven headlessly: set control values, click buttons, read labels and outputs,
+against a real store built from data/sample and the OneSignal emulator over real HTTP."""
+
+import json
+import re
+import shutil
+
+import pytest
+from conftest import NOW, SAMPLE
+
+from toolkit import Store, cohorts, demo, export, load, matching, sync
+
+w = pytest.importorskip("ipywidgets")
+from toolkit import widgets  # noqa: E402  (needs ipywidgets)
+from toolkit.emulator import Emulator
+from toolkit.identity import is_uuid4
+
+CHURN = "Churn risk: active in September, silent in October"
+PRO = "Pro plan in the US"
+TECH = "Tech fans worth a call"
+
+
+@pytest.fixture(scope="module")
+def sample_db(tmp_path_factory):
+    """The sample loaded once; each test gets its own copy of the file."""
+    path = tmp_path_factory.mktemp("sample") / "s.duckdb"
+    with Store(path) as store:
+        load(store, [SAMPLE], now=NOW)
+        cohorts.save_all(store, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))
+    return path
+
+
+@pytest.fixture
+def store(sample_db, tmp_path):
+    shutil.copy(sample_db, tmp_path / "s.duckdb")
+    with Store(tmp_path / "s.duckdb") as s:
+        yield s
+
+
+@pytest.fixture
+def emulator():
+    with Emulator(user_rate_limit=0) as emu:
+        yield emu
+
+
+@pytest.fixture
+def app(emulator, store):
+    app = emulator.add_app()
+    emulator.add_users(app.app_id, demo.seed_users(store))
+    return app
+
+
+@pytest.fixture
+def connection(store, emulator, app):
+    panel = widgets.connect_panel(store, base_url=emulator.url)
+    panel.app_id.value, panel.api_key.value = app.app_id, app.api_key
+    panel.connect_button.click()
+    assert panel.status.value == "Connected"
+    return panel
+
+
+def tree(widget):
+    """The widget and everything under it."""
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from tree(child)
+
+
+def saved_state(panel) -> str:
+    """What a notebook would save for the panel: every widget's state (Output contents included),
+    plus every live widget's state as the kernel's widget manager holds it."""
+    states = [w.get_state() for w in tree(panel.widget)] + [w.Widget.get_manager_state()]
+    return json.dumps(states, default=str) + repr(panel)
+
+
+def reasons_shown(explorer) -> dict[str, int]:
+    return {r: int(n) for r, n in re.findall(r"<tr><td>(\w+)</td><td>(\d+)</td>", explorer.reasons.value)}
+
+
+def seeded(store) -> set[tuple[str, str]]:
+    """(id type, id) of every user demo.seed_users puts in the emulator."""
+    return {("subscription_id", u["subscription_ids"][0]) if "subscription_ids" in u else ("external_id", u["external_id"])
+            for u in demo.seed_users(store)}
+
+
+def tagged(emulator, app, cohort) -> set[tuple[str, str]]:
+    """(id type, id) of every emulator user carrying the cohort's tag."""
+    key = export.tag_key(cohort)
+    found = set()
+    for user in emulator.state["apps"][app.app_id]["users"]:
+        if user["tags"].get(key):
+            found |= ({("external_id", user["external_id"])} if user["external_id"] is not None else
+                      {("subscription_id", s["id"]) for s in user["subscriptions"]})
+    return found
+
+
+def expected_tagged(store, cohort) -> set[tuple[str, str]]:
+    """Exportable members of the cohort who exist in the emulator."""
+    wanted = sync.targets(matching.preview(store, cohort, now=NOW))
+    return {(t.id_type, t.onesignal_id) for t in wanted.values()} & seeded(store)
+
+
+# -- connect ------------------------------------------------------------------------------------
+
+def test_connect_with_a_good_key_keeps_it_only_in_memory(store, emulator, app):
+    panel = widgets.connect_panel(store, base_url=emulator.url)
+    assert panel.status.value == "Not connected" and panel.credentials is None
+    panel.app_id.value, panel.api_key.value = app.app_id, app.api_key
+    panel.connect_button.click()
+    assert panel.status.value == "Connected" and panel.connected
+    assert panel.credentials.app_id == app.app_id and panel.credentials.api_key == app.api_key
+    assert panel.api_key.value == ""
+    assert app.api_key not in saved_state(panel)
+    assert store.con.execute("SELECT status FROM connections WHERE app_id = ?", [app.app_id]).fetchone() == ("connected",)
+
+
+def test_connect_with_a_bad_key_says_why_and_leaks_nothing(store, emulator, app):
+    secret = "wrong-key-s3cr3t-0123456789abcdef"
+    panel = widgets.connect_panel(store, base_url=emulator.url)
+    panel.app_id.value, panel.api_key.value = app.app_id, secret
+    panel.connect_button.click()
+    assert panel.status.value.startswith("Not connected: ") and len(panel.status.value) > len("Not connected: ")
+    assert panel.credentials is None and panel.api_key.value == ""
+    assert secret not in saved_state(panel)
+
+
+def test_connect_without_a_key_says_what_is_missing(store, emulator):
+    panel = widgets.connect_panel(store, base_url=emulator.url)
+    panel.app_id.value = "some-app"
+    panel.connect_button.click()
+    assert panel.status.value.startswith("Not connected: ") and "API key" in panel.status.value
+
+
+# -- explore ------------------------------------------------------------------------------------
+
+def test_explorer_shows_each_cohort_as_matching_does(store):
+    explorer = widgets.cohort_explorer(store, now=NOW)
+    names = list(explorer.cohort.options)
+    assert names == [c["name"] for c in cohorts.list_cohorts(store)] and len(names) >= 10
+    for name in names:
+        explorer.cohort.value = name
+        summary = matching.preview(store, name, now=NOW).summary
+        assert explorer.size.value.startswith(f"{summary['members']:,} members, {summary['exportable']:,} exportable")
+        assert reasons_shown(explorer) == summary["reasons"]
+        (chart,) = explorer.funnel.outputs
+        steps = widgets.funnel(summary)
+        assert chart["data"]["text/plain"] == " -> ".join(f"{label} {n:,}" for label, n in steps)
+        assert chart["data"]["image/png"]
+        assert [n for _, n in steps] == sorted((n for _, n in steps), reverse=True)
+        assert steps[0][1] == summary["members"] and steps[-1][1] == summary["exportable"]
+        assert explorer.matches.value.startswith(f"{summary['members']:,} of {summary['members']:,} members")
+
+
+def test_explorer_search_narrows_the_table(store):
+    explorer = widgets.cohort_explorer(store, now=NOW)
+    explorer.cohort.value = CHURN
+    preview = matching.preview(store, CHURN, now=NOW)
+    total = len(preview.members)
+
+    explorer.search.value = "missing_user_id"
+    count = preview.summary["reasons"]["missing_user_id"]
+    assert 0 < count < total
+    assert len(explorer.shown) == count and set(explorer.shown["status"]) == {"missing_user_id"}
+    assert explorer.matches.value.startswith(f"{count:,} of {total:,} members")
+    assert explorer.table.value.count("<tr") == count + 1            # header + rows
+
+    one = preview.members["distinct_id"].iloc[3]
+    explorer.search.value = one.upper()                                # any case
+    assert list(explorer.shown["distinct_id"]) == [d for d in preview.members["distinct_id"] if one in d]
+    assert one in explorer.table.value
+
+    explorer.search.value = ""
+    assert len(explorer.shown) == total
+    assert explorer.table.value.count("<tr") == min(total, widgets.ROWS) + 1
+
+
+# -- export -------------------------------------------------------------------------------------
+
+def counts_shown(panel) -> tuple[int, int, int]:
+    m = re.search(r"add ([\d,]+), remove ([\d,]+), no-op ([\d,]+)", panel.status.value)
+    return tuple(int(x.replace(",", "")) for x in m.groups())
+
+
+def test_preview_export_and_preview_again(store, emulator, app, connection):
+    panel = widgets.export_panel(store, connection, now=NOW)
+    panel.cohort.value = CHURN
+    panel.preview_button.click()
+    shown = counts_shown(panel)
+    assert not export.runs(store)                                      # previewing registered nothing
+    # The same diff as the real dry run.
+    record = sync.export_cohort(store, CHURN, mode="once", app_id=app.app_id, base_url=emulator.url,
+                                dry_run=True, now=NOW)
+    assert shown == (record.added, record.removed, record.unchanged) and shown[0] == record.exportable > 0
+    assert "guard passes" in panel.status.value and f"add {shown[0]}" in panel.diff.value
+
+    panel.export_button.click()
+    run = panel.last_record
+    assert panel.status.value == "Export ok" and run.status == "ok" and not run.dry_run
+    assert f"{CHURN}: once export ok" in panel.result.value
+    expected = expected_tagged(store, CHURN)
+    assert 0 < len(expected) < run.exportable                          # some members are not in OneSignal
+    assert tagged(emulator, app, CHURN) == expected
+    assert (run.added, run.not_in_onesignal) == (len(expected), run.exportable - len(expected))
+    assert panel.progress.value == panel.progress.max == run.exportable
+    assert CHURN in panel.syncs.value
+
+    panel.preview_button.click()
+    assert counts_shown(panel) == (0, 0, run.exportable)
+
+
+def test_dynamic_export_then_stop(store, emulator, app, connection):
+    panel = widgets.export_panel(store, connection, now=NOW)
+    panel.cohort.value, panel.mode.value = PRO, "dynamic"
+    panel.export_button.click()
+    assert panel.last_record.status == "ok" and panel.last_record.mode == "dynamic"
+    assert tagged(emulator, app, PRO) == expected_tagged(store, PRO)
+    later = NOW.replace(hour=1)
+    assert export.due(store, later) == [PRO]
+    assert list(panel.sync_choice.options) == [PRO]
+
+    cohorts.save(store, {"name": "Another cohort", "rules": [{"event": "Purchase", "last_days": 7}]})
+    panel.refresh()                                                    # a new cohort keeps the selection
+    assert "Another cohort" in panel.cohort.options and panel.cohort.value == PRO
+
+    panel.sync_choice.value = PRO
+    panel.stop_button.click()
+    assert panel.status.value.startswith(f"Stopped the dynamic sync of {PRO}")
+    assert export.due(store, later) == [] and list(panel.sync_choice.options) == []
+    assert tagged(emulator, app, PRO) == expected_tagged(store, PRO)  # OneSignal keeps the last export
+
+
+def test_removal_guard_trips_and_force_passes(store, emulator, app, connection):
+    panel = widgets.export_panel(store, connection, now=NOW)
+    panel.cohort.value = TECH
+    panel.export_button.click()
+    before = tagged(emulator, app, TECH)
+    assert panel.last_record.status == "ok" and len(before) >= 4
+
+    # Someone narrows the cohort's definition: most of the exported members would leave the segment.
+    cohorts.save(store, {"name": TECH, "rules": [{"property": "plan", "operator": "equals", "value": "pro"},
+                                                 {"property": "$country_code", "operator": "equals", "value": "US"}]})
+    panel.preview_button.click()
+    assert not panel.last_diff.verdict.ok and "STOPS" in panel.status.value
+    assert "would remove" in panel.diff.value
+    panel.export_button.click()
+    assert panel.last_record.status == "stopped" and "rerun with force" in panel.status.value
+    assert tagged(emulator, app, TECH) == before                       # nothing was touched
+
+    panel.force.value = True
+    panel.preview_button.click()
+    assert panel.last_diff.verdict.ok and "forced" in panel.diff.value
+    panel.export_button.click()
+    assert panel.last_record.status == "ok" and panel.last_record.removed > 0
+    assert tagged(emulator, app, TECH) == expected_tagged(store, TECH) != before
+
+
+def test_export_without_a_connection_or_key_says_so(store, monkeypatch, tmp_path):
+    monkeypatch.delenv("ONESIGNAL_API_KEY", raising=False)
+    monkeypatch.delenv("ONESIGNAL_APP_ID", raising=False)
+    monkeypatch.setenv("TOOLKIT_CREDENTIALS", str(tmp_path / "none.json"))
+    panel = widgets.export_panel(store, now=NOW)
+    panel.cohort.value = PRO
+    panel.export_button.click()
+    assert panel.status.value.startswith("Not connected") and export.list_exports(store) == []
+
+
+def test_panels_display_as_their_container(store):
+    for panel in (widgets.connect_panel(store), widgets.cohort_explorer(store, now=NOW),
+                  widgets.export_panel(store, now=NOW)):
+        assert isinstance(panel.widget, w.Box) and callable(panel._ipython_display_)

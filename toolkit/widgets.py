@@ -1,0 +1,433 @@
+"""ipywidgets panels for the notebooks: connect to OneSignal, explore a cohort's matchability, export it.
+
+    from toolkit import widgets
+    connection = widgets.connect_panel(store)          # App ID, API key, Connect -> "Connected"
+    widgets.cohort_explorer(store)                     # size, funnel, reasons, searchable members
+    widgets.export_panel(store, connection)            # preview the diff, export with progress, stop syncs
+
+The panels only wire controls to the toolkit (``sync``, ``export``, ``plan``, ``matching``,
+``cohorts``); they hold no business rules of their own. Each panel is a small object whose controls
+are attributes, so tests drive it headlessly: set ``.value``, call ``.click()``, read labels and
+outputs. Display it with ``display(panel)`` or as a cell's last expression (``panel.widget`` is the
+container).
+
+The API key is typed into a ``Password`` field, which is cleared as soon as Connect is pressed:
+widget state is saved into notebooks, so the key lives only in memory, on ``ConnectPanel.credentials``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pandas as pd
+
+try:
+    import ipywidgets as w
+except ImportError as exc:      # an optional dependency: say how to get it
+    raise ImportError("toolkit.widgets needs ipywidgets 8: pip install -e '.[notebooks]'") from exc
+
+from toolkit import cohorts, export, matching, report, sync
+from toolkit import credentials as keys
+from toolkit import plan as planning
+from toolkit.onesignal import REDACTED, Credentials
+
+__all__ = ["connect_panel", "cohort_explorer", "export_panel", "ConnectPanel", "CohortExplorer",
+           "ExportPanel", "Diff", "preview_diff", "funnel", "filter_members"]
+
+ROWS = 50          # member rows shown in the explorer's table
+SAMPLES = 5        # adds / removes named in an export preview
+MODES = [("One-time", "once"), ("Dynamic", "dynamic")]
+REASON_HELP = {    # one line each, from toolkit/matching.py's rules
+    "anonymous": "no profile properties: Mixpanel exports identified profiles only",
+    "missing_user_id": "the profile has no $onesignal_user_id (or it is null)",
+    "unusable_value": "the id is not a string, is blank, too long, or not a UUID where one is needed",
+    "duplicate": "another profile holds the same OneSignal id and keeps it",
+    "over_limit": "beyond the most users one OneSignal cohort export can hold",
+}
+
+
+# -- the pure bits the panels show --------------------------------------------------------------------
+
+def funnel(summary: dict) -> list[tuple[str, int]]:
+    """A matchability summary as funnel steps: each step drops the members lost to one reason."""
+    reasons = summary["reasons"]
+    members = summary["members"]
+    identified = members - reasons["anonymous"]
+    with_id = identified - reasons["missing_user_id"]
+    valid = with_id - reasons["unusable_value"]
+    return [("members", members), ("identified", identified), ("with user id", with_id),
+            ("valid id", valid), ("exportable", summary["exportable"])]
+
+
+def filter_members(frame: pd.DataFrame, text: str) -> pd.DataFrame:
+    """Members whose distinct_id or status (the reason, or "exportable") contains ``text``, any case."""
+    status = frame["reason"].where(~frame["exportable"], "exportable").fillna("exportable")
+    shown = frame.assign(status=status)[["distinct_id", "status", "onesignal_id", "id_type", "detail"]]
+    text = (text or "").strip()
+    if not text:
+        return shown
+    hit = (shown["distinct_id"].astype(str).str.contains(text, case=False, regex=False)
+           | shown["status"].str.contains(text, case=False, regex=False))
+    return shown[hit]
+
+
+@dataclass
+class Diff:
+    """What exporting a cohort now would do: the plan against the last export's snapshot and the
+    removal guard's verdict. Nothing is sent."""
+    cohort: str
+    plan: planning.Plan
+    verdict: planning.GuardVerdict
+    members: int
+    exportable: int
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {op: self.plan.counts.get(op, 0) for op in (planning.ADD, planning.REMOVE, planning.NOOP)}
+
+    def samples(self, operation: str, n: int = SAMPLES) -> list[planning.Step]:
+        return self.plan.of(operation)[:n]
+
+    def text(self) -> str:
+        c = self.counts
+        lines = [f"{self.cohort}: {self.exportable:,} exportable of {self.members:,} members",
+                 f"  add {c[planning.ADD]:,}, remove {c[planning.REMOVE]:,}, no-op {c[planning.NOOP]:,}"]
+        for op in (planning.ADD, planning.REMOVE):
+            steps = self.samples(op)
+            if steps:
+                more = c[op] - len(steps)
+                lines.append(f"  {op}: " + ", ".join(f"{s.distinct_id} ({s.target.id_type} {s.target.onesignal_id})"
+                                                     for s in steps) + (f" and {more:,} more" if more else ""))
+        lines.append(f"  removal guard: {'passes' if self.verdict.ok else 'STOPS the export'}: {self.verdict.reason}")
+        return "\n".join(lines)
+
+
+def preview_diff(store, cohort: str, *, now: datetime | str | None = None, force: bool = False) -> Diff:
+    """The dry run of an export of ``cohort``. A registered export goes through the real run
+    (``sync.export_cohort(dry_run=True)``, recorded as a dry run); an unregistered cohort is planned
+    with the pure functions, because ``export_cohort(mode=...)`` would register it."""
+    now = _as_time(now) or datetime.now(timezone.utc)
+    if export.registration(store.con, cohort) is not None:
+        record = sync.export_cohort(store, cohort, dry_run=True, force=force, now=now)
+        return Diff(cohort, record.plan, planning.GuardVerdict(record.status == "ok", record.guard),
+                    record.members, record.exportable)
+    found = matching.preview(store, cohort, now=now)
+    wanted = sync.targets(found)
+    the_plan = planning.plan(wanted, export.snapshot(store.con, cohort, now))
+    verdict = planning.removal_guard(the_plan, None, export.DEFAULT_MAX_REMOVAL_SHARE, force=force)
+    return Diff(cohort, the_plan, verdict, int(found.summary["members"]), len(wanted))
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+def _as_time(now: datetime | str | None) -> datetime | None:
+    """Notebooks pass papermill parameters through as ISO text."""
+    return datetime.fromisoformat(now) if isinstance(now, str) else now
+
+
+def _cohort_names(store) -> list[str]:
+    return [c["name"] for c in cohorts.list_cohorts(store)]
+
+
+def _set_options(dropdown: w.Dropdown, options: list) -> None:
+    """New options, keeping the selection when it is still there (ipywidgets resets it otherwise)."""
+    if tuple(options) != tuple(dropdown.options):
+        keep = dropdown.value
+        dropdown.options = options
+        if keep in options:
+            dropdown.value = keep
+
+
+def _pre(text: str) -> str:
+    return f"<pre style='margin:0'>{html.escape(text)}</pre>"
+
+
+def _show(output: w.Output, data: dict) -> None:
+    """Replace an Output's content with one display_data bundle. Setting ``outputs`` directly works
+    with and without a kernel, so headless tests see what a notebook shows."""
+    output.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},)
+
+
+def _funnel_png(steps: list[tuple[str, int]], title: str) -> bytes | None:
+    """The funnel as horizontal bars; None without matplotlib (the text view still shows the numbers)."""
+    try:
+        from matplotlib.figure import Figure     # no pyplot: no global figures, no backend to pick
+    except ImportError:
+        return None
+    labels = [label for label, _ in steps][::-1]
+    values = [value for _, value in steps][::-1]
+    fig = Figure(figsize=(6, 2.6), dpi=80, layout="constrained")
+    ax = fig.subplots()
+    bars = ax.barh(labels, values, color=["#2a9d8f"] + ["#8ab6d6"] * (len(values) - 1))
+    ax.bar_label(bars, labels=[f"{v:,}" for v in values], padding=3)
+    ax.set_xlim(0, max(values + [1]) * 1.15)
+    ax.set_title(title[:60], fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+class _Panel:
+    widget: w.Widget
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+# -- connect ----------------------------------------------------------------------------------------
+
+class ConnectPanel(_Panel):
+    """App ID, API key and Connect; ``credentials`` holds the key in memory once connected."""
+
+    def __init__(self, store, base_url: str | None = None):
+        self.store, self.base_url = store, base_url
+        self.credentials: Credentials | None = None
+        self.result: dict | None = None
+        self.app_id = w.Text(description="App ID", placeholder="OneSignal App ID")
+        self.api_key = w.Password(description="API key", placeholder="App API key (never saved)")
+        self.connect_button = w.Button(description="Connect", button_style="primary", icon="plug")
+        self.status = w.Label("Not connected")
+        self.connect_button.on_click(self._on_connect)
+        self.widget = w.VBox([w.HBox([self.app_id, self.api_key, self.connect_button]), self.status])
+
+    @property
+    def connected(self) -> bool:
+        return self.credentials is not None
+
+    def connect(self, credentials: Credentials) -> bool:
+        """Check ``credentials`` against OneSignal (also usable with keys found by
+        ``toolkit.credentials.find``); keep them only if they work."""
+        self.app_id.value = credentials.app_id
+        try:
+            self.result = sync.connect(self.store, credentials, self.base_url)
+        except Exception as exc:        # a click handler's exception would vanish into the kernel log
+            self.result = {"connected": False, "detail": f"{type(exc).__name__}: {exc}"}
+        ok = bool(self.result["connected"])
+        self.credentials = credentials if ok else None
+        detail = str(self.result["detail"]).replace(credentials.api_key, REDACTED)
+        self.status.value = "Connected" if ok else f"Not connected: {detail}"
+        return ok
+
+    def _on_connect(self, _button=None) -> None:
+        app_id, key = self.app_id.value, self.api_key.value
+        self.api_key.value = ""         # first: a Password's value is saved with the notebook's widget state
+        try:
+            credentials = Credentials(app_id, key)
+        except ValueError as exc:
+            self.credentials = None
+            self.status.value = f"Not connected: {exc}"
+            return
+        self.connect(credentials)
+
+    def __repr__(self) -> str:
+        return f"ConnectPanel(app_id={self.app_id.value!r}, status={self.status.value!r})"
+
+
+def connect_panel(store, base_url: str | None = None) -> ConnectPanel:
+    """App ID, API key (Password) and Connect, with a "Connected" / "Not connected: why" status."""
+    return ConnectPanel(store, base_url)
+
+
+# -- explore ----------------------------------------------------------------------------------------
+
+class CohortExplorer(_Panel):
+    """Pick a cohort: its size, matchability funnel, reasons, and a searchable table of members."""
+
+    def __init__(self, store, now: datetime | str | None = None, rows: int = ROWS):
+        self.store, self.now, self.rows = store, _as_time(now), rows
+        self.preview: matching.Preview | None = None
+        self.shown: pd.DataFrame | None = None
+        self.cohort = w.Dropdown(description="Cohort", options=_cohort_names(store), layout={"width": "480px"})
+        self.size = w.Label()
+        self.funnel = w.Output()
+        self.reasons = w.HTML()
+        self.search = w.Text(description="Search", placeholder="distinct_id or reason")
+        self.matches = w.Label()
+        self.table = w.HTML()
+        self.cohort.observe(lambda _: self.show(), names="value")
+        self.search.observe(lambda _: self._filter(), names="value")
+        self.widget = w.VBox([self.cohort, self.size, w.HBox([self.funnel, self.reasons]),
+                              w.HBox([self.search, self.matches]), self.table])
+        self.show()
+
+    def refresh(self) -> None:
+        """Re-read the cohort list (after cohorts were saved elsewhere)."""
+        _set_options(self.cohort, _cohort_names(self.store))
+
+    def show(self) -> None:
+        name = self.cohort.value
+        if name is None:
+            self.size.value = "no cohorts in the store: save definitions first (toolkit cohorts load FILE)"
+            return
+        try:
+            self.preview = matching.preview(self.store, name, now=self.now or datetime.now(timezone.utc))
+        except Exception as exc:
+            self.preview = None
+            self.size.value = f"cannot evaluate {name}: {exc}"
+            self.funnel.outputs, self.reasons.value, self.matches.value, self.table.value = (), "", "", ""
+            return
+        s = self.preview.summary
+        self.size.value = f"{s['members']:,} members, {s['exportable']:,} exportable ({s['match_rate']:.1%})"
+        self._draw_funnel(name, s)
+        self.reasons.value = self._reasons_html(s["reasons"])
+        self._filter()
+
+    def _draw_funnel(self, name: str, summary: dict) -> None:
+        steps = funnel(summary)
+        data = {"text/plain": " -> ".join(f"{label} {value:,}" for label, value in steps)}
+        png = _funnel_png(steps, name)
+        if png:
+            data["image/png"] = base64.b64encode(png).decode()
+        _show(self.funnel, data)
+
+    @staticmethod
+    def _reasons_html(reasons: dict) -> str:
+        rows = "".join(f"<tr><td>{r}</td><td>{n}</td><td>{html.escape(REASON_HELP.get(r, ''))}</td></tr>"
+                       for r, n in reasons.items())
+        return f"<table><tr><th>why not exportable</th><th>members</th><th></th></tr>{rows}</table>"
+
+    def _filter(self) -> None:
+        if self.preview is None:
+            return
+        self.shown = filter_members(self.preview.members, self.search.value)
+        total = len(self.preview.members)
+        self.matches.value = f"{len(self.shown):,} of {total:,} members" + (
+            f" (first {self.rows} shown)" if len(self.shown) > self.rows else "")
+        self.table.value = self.shown.head(self.rows).to_html(index=False, na_rep="", escape=True)
+
+
+def cohort_explorer(store, now: datetime | str | None = None) -> CohortExplorer:
+    """A cohort Dropdown with size, matchability funnel, per-reason counts and a searchable member table."""
+    return CohortExplorer(store, now)
+
+
+# -- export -----------------------------------------------------------------------------------------
+
+class ExportPanel(_Panel):
+    """Preview and run an export of a cohort (one-time or dynamic), and stop dynamic syncs."""
+
+    def __init__(self, store, connection: ConnectPanel | None = None, now: datetime | str | None = None):
+        self.store, self.connection, self.now = store, connection, _as_time(now)
+        self.last_diff: Diff | None = None
+        self.last_record: export.RunRecord | None = None
+        self.cohort = w.Dropdown(description="Cohort", options=_cohort_names(store), layout={"width": "480px"})
+        self.mode = w.ToggleButtons(options=MODES, value="once", description="Sync type")
+        self.force = w.Checkbox(description="Force (allow mass removals)", value=False)
+        self.preview_button = w.Button(description="Preview", icon="eye")
+        self.export_button = w.Button(description="Export", button_style="primary", icon="upload")
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="Progress")
+        self.status = w.Label()
+        self.diff = w.HTML()
+        self.result = w.HTML()
+        self.syncs = w.HTML()
+        self.sync_choice = w.Dropdown(description="Dynamic", options=[])
+        self.stop_button = w.Button(description="Stop sync", button_style="warning", icon="stop")
+        self.preview_button.on_click(self._on_preview)
+        self.export_button.on_click(self._on_export)
+        self.stop_button.on_click(self._on_stop)
+        self.widget = w.VBox([
+            self.cohort, self.mode, self.force, w.HBox([self.preview_button, self.export_button, self.progress]),
+            self.status, self.diff, self.result,
+            w.HTML("<b>Exports</b>"), self.syncs, w.HBox([self.sync_choice, self.stop_button])])
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read cohorts and exports from the store."""
+        _set_options(self.cohort, _cohort_names(self.store))
+        found = export.list_exports(self.store)
+        _set_options(self.sync_choice,
+                     [e["cohort"] for e in found if e["mode"] == "dynamic" and e["stopped_at"] is None])
+        columns = ["cohort", "mode", "in_segment", "next_due_at", "stopped_at"]
+        self.syncs.value = (pd.DataFrame(found, columns=columns).to_html(index=False, na_rep="", escape=True)
+                            if found else "no exports yet")
+
+    def _time(self) -> datetime:
+        return self.now or datetime.now(timezone.utc)
+
+    def _credentials(self) -> Credentials | None:
+        """The connected panel's key, else the environment or the 0600 file (as the CLI does)."""
+        if self.connection is not None and self.connection.credentials is not None:
+            return self.connection.credentials
+        app_id = self.connection.app_id.value if self.connection is not None else None
+        return keys.find(app_id or None)
+
+    def _on_preview(self, _button=None) -> None:
+        if self.cohort.value is None:
+            self.status.value = "no cohorts in the store: save definitions first"
+            return
+        try:
+            self.last_diff = preview_diff(self.store, self.cohort.value, now=self._time(), force=self.force.value)
+        except Exception as exc:
+            self.status.value = f"Preview failed: {exc}"
+            return
+        c = self.last_diff.counts
+        verdict = "guard passes" if self.last_diff.verdict.ok else "guard STOPS it (tick Force to override)"
+        self.status.value = (f"Preview: add {c[planning.ADD]:,}, remove {c[planning.REMOVE]:,}, "
+                             f"no-op {c[planning.NOOP]:,}; {verdict}")
+        self.diff.value = _pre(self.last_diff.text())
+
+    def _on_export(self, _button=None) -> None:
+        name = self.cohort.value
+        try:
+            credentials = self._credentials()
+        except Exception as exc:       # e.g. a credentials file readable by others
+            self.status.value = f"Not connected: {exc}"
+            return
+        if name is None or credentials is None:
+            self.status.value = ("no cohorts in the store" if name is None else
+                                 "Not connected: connect above (or set $ONESIGNAL_APP_ID and $ONESIGNAL_API_KEY)")
+            return
+        self.progress.value, self.progress.max, self.progress.bar_style = 0, 1, ""
+        self.export_button.disabled = True       # two runs of one cohort never overlap anyway
+        self.status.value = f"Exporting {name}..."
+        try:
+            record = sync.export_cohort(
+                self.store, name, mode=self.mode.value, credentials=credentials, force=self.force.value,
+                base_url=self.connection.base_url if self.connection is not None else None,
+                now=self._time(), on_progress=self._on_progress)
+        except Exception as exc:
+            self.status.value = f"Export failed: {exc}"
+            return
+        finally:
+            self.export_button.disabled = False
+        self.last_record = record
+        if record.status in ("ok", "partial") and not (record.plan and record.plan.changes):
+            self.progress.value = self.progress.max    # nothing to send is done too
+        self.progress.bar_style = {"ok": "success", "partial": "warning"}.get(record.status, "danger")
+        self.status.value = f"Export {record.status}" + (f": {record.error}" if record.error else "")
+        self.result.value = _pre(report.run_text(record))
+        self.refresh()
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress.max = max(total, 1)
+        self.progress.value = min(done, self.progress.max)
+
+    def _on_stop(self, _button=None) -> None:
+        name = self.sync_choice.value
+        if name is None:
+            self.status.value = "no dynamic sync to stop"
+            return
+        try:
+            export.stop(self.store, name, self._time())
+        except Exception as exc:
+            self.status.value = f"Stop failed: {exc}"
+            return
+        self.status.value = f"Stopped the dynamic sync of {name}; OneSignal keeps the last export"
+        self.refresh()
+
+    def __repr__(self) -> str:
+        return f"ExportPanel(cohort={self.cohort.value!r}, mode={self.mode.value!r}, status={self.status.value!r})"
+
+
+def export_panel(store, connection: ConnectPanel | None = None, now: datetime | str | None = None) -> ExportPanel:
+    """Cohort, sync type, Preview (diff and removal guard), Export with progress, Force, and Stop
+    for dynamic syncs. Uses ``connection``'s key, else $ONESIGNAL_API_KEY / the credentials file."""
+    return ExportPanel(store, connection, now)
+
