@@ -145,8 +145,8 @@ def snapshot(con, cohort: str, now: datetime) -> dict[str, Target]:
 
 
 def run(store: Store, cohort: str, wanted: Mapping[str, Target], credentials: Credentials | None, *,
-        dry_run: bool = False, mode: str | None = None, force: bool = False, max_removal_share: float = DEFAULT_MAX_REMOVAL_SHARE,
-        members: int | None = None, now: datetime | None = None, client_options: Mapping | None = None,
+        dry_run: bool = False, mode: str | None = None, force: bool = False,
+        max_removal_share: float = DEFAULT_MAX_REMOVAL_SHARE, members: int | None = None, now: datetime | None = None, client_options: Mapping | None = None,
         on_progress: Callable[[int, int], None] | None = None) -> RunRecord:
     """One export run of a registered cohort towards ``wanted`` (distinct_id -> OneSignal target).
     A dry run needs no registration (``mode`` names what it rehearses) and changes no export."""
@@ -167,10 +167,11 @@ def _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_remo
     if len(wanted) > MAX_COHORT_MEMBERS:
         raise ExportError(f"cohort {cohort!r} has {len(wanted):,} exportable members; the limit is "
                           f"{MAX_COHORT_MEMBERS:,} (matchability reports the rest as over_limit)")
-    the_plan = planning.plan(wanted, snapshot(con, cohort, now))
-    tagged = con.execute("SELECT count(*) FROM export_members WHERE cohort = ? AND status = 'tagged'",
-                               [cohort]).fetchone()[0]
-    verdict = planning.removal_guard(the_plan, tagged if tagged else None, max_removal_share, force=force)
+    current = snapshot(con, cohort, now)
+    the_plan = planning.plan(wanted, current)
+    # The share is of what the plan diffs against; with nothing exported yet, size is unknown (trips
+    # only if something would be removed, which cannot happen then).
+    verdict = planning.removal_guard(the_plan, len(current) or None, max_removal_share, force=force)
     lock = _running.setdefault((store.path, cohort), threading.Lock())
     if not lock.acquire(blocking=False):
         raise ExportError(f"an export of cohort {cohort!r} is already running")
