@@ -357,3 +357,11 @@ def test_killed_load_leaves_whole_files_only(tmp_path):
             load(store, second)                       # the next run converges
             assert rows(store, "SELECT count(*) FROM events WHERE event = 'B'") == [(300_000,)]
     assert 0 in outcomes                               # at least one kill landed mid-load
+
+
+def test_non_ascii_insert_id_is_quarantined_not_the_file(store, tmp_path):
+    path = write_lines(tmp_path / "e.jsonl", [event("A", insert_id="\u0080"), event("B", insert_id="é" * 20),
+                                              event("C", insert_id="ok-1")])
+    summary = load(store, path)
+    assert summary.files[0].status == "loaded" and rows(store, "SELECT event FROM events") == [("C",)]
+    assert [line for line, _ in quarantine(store)] == [1, 2]

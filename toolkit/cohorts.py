@@ -23,19 +23,9 @@ from toolkit.cohort_model import (Cohort, CohortCycleError, CohortError, CohortR
                                   references, to_dict)
 from toolkit.cohort_sql import Query, compile_cohort, to_utc_naive
 
-__all__ = ["COHORTS_DDL", "Cohort", "EventRule", "PropertyRule", "CohortRule", "Group", "CohortError",
+__all__ = ["Cohort", "EventRule", "PropertyRule", "CohortRule", "Group", "CohortError",
            "DefinitionError", "CohortCycleError", "load_definitions", "read_ids_csv", "save", "save_all",
            "list_cohorts", "get", "version_of", "evaluate", "query", "describe", "by_name", "to_dict", "parse"]
-
-# The store's cohort table; to be added to toolkit/store.py MIGRATIONS (created here until then).
-COHORTS_DDL = """
-CREATE TABLE IF NOT EXISTS cohorts (
-    name        VARCHAR NOT NULL,
-    version     INTEGER NOT NULL,      -- 1, 2, ...: bumped only when the definition's meaning changes
-    definition  JSON NOT NULL,         -- canonical form (cohort_model.to_dict)
-    created_at  TIMESTAMP NOT NULL,    -- UTC
-    PRIMARY KEY (name, version)
-)"""
 
 ID_HEADERS = ("distinct_id", "$distinct_id", "distinct id")
 
@@ -133,7 +123,6 @@ def save_all(store, definitions: Iterable[Cohort | Mapping], *,
     """Save several definitions at once (all or nothing); returns name -> version."""
     con = _con(store)
     new = {c.name: c for c in (normalize(d) for d in definitions)}
-    con.execute(COHORTS_DDL)
     stored = {name: c for name, (c, _) in _latest(con).items()}
     check_cycles({**stored, **new})
     created = to_utc_naive(now or dt.datetime.now(dt.timezone.utc))

@@ -171,6 +171,22 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (app_id, subscription_id)
     );
     """,
+    # 3: cohort definitions, versioned; resolved_profiles breaks ties between rows of one load.
+    """
+    CREATE TABLE IF NOT EXISTS cohorts (
+        name        VARCHAR NOT NULL,
+        version     INTEGER NOT NULL,      -- bumped only when the definition's meaning changes
+        definition  JSON NOT NULL,         -- canonical form (cohort_model.to_dict)
+        created_at  TIMESTAMP NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE OR REPLACE VIEW resolved_profiles AS
+        SELECT coalesce(m.canonical_id, p.distinct_id) AS distinct_id,
+               arg_max(p.properties, (p.updated_at, p.file_id, p.line)) AS properties,
+               max(p.updated_at) AS updated_at
+        FROM profiles p LEFT JOIN identity_map m ON m.distinct_id = p.distinct_id
+        GROUP BY ALL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

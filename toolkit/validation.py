@@ -67,7 +67,7 @@ def event_reason(ev: str, props: str, did: str, time_ms: str, tm: str, iid: str)
         WHEN {time_ms} < {MIN_TIME_MS} THEN 'time ' || ({tm})::VARCHAR || ' is before 1971'
         WHEN {iid}_t IS NOT NULL AND {iid}_t <> 'NULL' AND (
                  {iid}_t <> 'VARCHAR'
-              OR octet_length(({iid} ->> '$')::BLOB) > {MAX_INSERT_ID_BYTES}
+              OR strlen({iid} ->> '$') > {MAX_INSERT_ID_BYTES}          -- bytes, not characters
               OR NOT regexp_full_match({iid} ->> '$', '[A-Za-z0-9-]+'))
             THEN 'bad $insert_id ' || left(({iid})::VARCHAR, 80)
               || ' (at most {MAX_INSERT_ID_BYTES} bytes of letters, digits and -)'
