@@ -204,6 +204,7 @@ class Store:
         self.path = str(path) if path is not None else default_path()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.memory_limit = memory_limit
         config = {"memory_limit": memory_limit} if memory_limit else {}
         try:
             self.con = duckdb.connect(self.path, read_only=read_only, config=config)
@@ -248,6 +249,13 @@ class Store:
         """All or nothing on ``con`` (default: the store's connection): commit on success, roll back on
         any exception (Ctrl-C included)."""
         return transaction(con or self.con)
+
+    def restore_memory_limit(self) -> None:
+        """Back to the limit the store was opened with (DuckDB's default if none)."""
+        if self.memory_limit:
+            self.con.execute("SET memory_limit = ?", [self.memory_limit])
+        else:
+            self.con.execute("RESET memory_limit")
 
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A second connection to the same database (its own snapshot), for concurrent reads."""
