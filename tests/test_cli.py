@@ -77,3 +77,63 @@ def test_mtu_command(tmp_path):
     assert "2026-09" in toolkit("mtu", "--db", db, "--month", "2026-09").stdout
     bad = toolkit("mtu", "--db", db, "--month", "2026-13")
     assert bad.returncode == 2 and "YYYY-MM" in bad.stderr
+
+
+def test_connect_and_export_against_the_emulator(tmp_path):
+    """The done-when of the export issue, through the real command: connect, export --once and
+    --dynamic; segment members equal the exportable members OneSignal has; a rerun after the data
+    changed sends only the difference."""
+    from toolkit import Store, cohorts, load, matching
+    from toolkit.demo import seed_users
+    from toolkit.emulator import Emulator
+
+    db = tmp_path / "s.duckdb"
+    with Store(db) as store:
+        load(store, [ROOT / "data" / "sample"])
+        cohorts.save_all(store, cohorts.load_definitions(ROOT / "data" / "sample" / "cohorts.yaml"))
+        users = seed_users(store)
+        exportable = {r.onesignal_id for r in matching.preview(store, "Tech fans worth a call").exportable
+                      .itertuples()}
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        emu.add_users(app.app_id, users)
+        env = {"ONESIGNAL_API_KEY": app.api_key, "TOOLKIT_CREDENTIALS": str(tmp_path / "none.json")}
+        common = ["--db", db, "--app-id", app.app_id, "--base-url", emu.url]
+        connected = toolkit("connect", *common, env=env)
+        assert connected.returncode == 0 and "Connected" in connected.stdout
+        assert app.api_key not in connected.stdout + connected.stderr
+        bad = toolkit("connect", *common, env={**env, "ONESIGNAL_API_KEY": "wrong-key-123456"})
+        assert bad.returncode == 1 and "Not connected" in bad.stdout
+
+        once = json.loads(toolkit("export", "Tech fans worth a call", "--once", *common, "--json", env=env).stdout)
+        segment = {s["name"]: s for s in emu.state["apps"][app.app_id]["segments"]}["Tech fans worth a call"]
+        in_onesignal = {u.get("external_id") or u["subscription_ids"][0] for u in users}
+        members = set(segment["members"]["external_ids"])
+        assert members == {x for x in exportable & in_onesignal if not _is_uuid(x)}
+        assert once["added"] + once["not_in_onesignal"] == len(exportable) and once["status"] == "ok"
+
+        dynamic = json.loads(toolkit("export", "Engaged with push", "--dynamic", *common, "--json", env=env).stdout)
+        assert dynamic["mode"] == "dynamic" and dynamic["status"] == "ok"
+        again = json.loads(toolkit("export", "Tech fans worth a call", *common, "--json", env=env).stdout)
+        assert (again["added"], again["removed"], again["unchanged"]) == (0, 0, once["added"] + once["not_in_onesignal"])
+
+        # The data changes: one exported member loses the OneSignal id; only that removal is sent.
+        leaver = sorted(m for m in members)[0]
+        with Store(db) as store:
+            (who,) = store.con.execute("SELECT distinct_id FROM resolved_profiles "
+                                       "WHERE properties ->> '$.\"$onesignal_user_id\"' = ?", [leaver]).fetchone()
+        write_lines(tmp_path / "updates.jsonl", [{"$distinct_id": who, "$unset": ["$onesignal_user_id"]}])
+        assert toolkit("load", tmp_path / "updates.jsonl", "--db", db).returncode == 0
+        user_patches = lambda: sum(1 for r in emu.requests() if r["method"] == "PATCH" and "/users/" in r["path"])  # noqa: E731
+        before = user_patches()
+        third = json.loads(toolkit("export", "Tech fans worth a call", *common, "--json", env=env).stdout)
+        assert (third["added"], third["removed"]) == (0, 1)
+        assert user_patches() - before == 1
+        runs = json.loads(toolkit("runs", "--db", db, "--json").stdout)["runs"]
+        assert [r["cohort"] for r in runs][:2] == ["Tech fans worth a call", "Tech fans worth a call"]
+
+
+def _is_uuid(value):
+    from toolkit.identity import is_uuid4
+
+    return is_uuid4(value)
