@@ -19,6 +19,17 @@ def store():
         yield s
 
 
+@pytest.fixture(scope="module")
+def sample():
+    """The sample loaded (as of NOW) with its cohorts stored; shared by a module's tests, read only."""
+    from toolkit import cohorts, load
+
+    with Store(":memory:") as s:
+        load(s, [SAMPLE], now=NOW)
+        cohorts.save_all(s, cohorts.load_definitions(SAMPLE / "cohorts.yaml"), now=NOW)
+        yield s
+
+
 @pytest.fixture
 def file_store(tmp_path):
     with Store(tmp_path / "store.duckdb") as s:

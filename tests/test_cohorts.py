@@ -500,12 +500,6 @@ def test_compiling_is_pure_and_binds_every_value():
 
 # -- the sample's definitions -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def sample():
-    with Store(":memory:") as s:
-        load(s, [SAMPLE], now=NOW)
-        cohorts.save_all(s, cohorts.load_definitions(SAMPLE / "cohorts.yaml"), now=NOW)
-        yield s
 
 
 def test_sample_definitions_use_every_feature():

@@ -23,12 +23,6 @@ HEIDI = 'ext/heidi "zoë" ✓'
 VIPS = "VIP support list"          # data/sample/cohorts.yaml: a static cohort of every named persona
 
 
-@pytest.fixture(scope="module")
-def sample():
-    with Store(":memory:") as s:
-        load(s, [SAMPLE], now=NOW)
-        cohorts.save_all(s, cohorts.load_definitions(SAMPLE / "cohorts.yaml"), now=NOW)
-        yield s
 
 
 def by_member(preview) -> dict:
