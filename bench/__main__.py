@@ -89,7 +89,7 @@ def main() -> None:
 
 def later_rows(store: Path) -> list[Row]:
     """Rows of the stages after loading, on the same generated data."""
-    from bench import cohort_eval, export_plan, export_throughput, mtu_bench
+    from bench import cohort_eval, mtu_bench
 
     folder = store.parent
     return [*cohort_eval.rows(folder / "events.jsonl", folder / "profiles.json"), *mtu_bench.rows(store)]

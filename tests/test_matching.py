@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import NOW, SAMPLE
-from toolkit import Store, cohorts, load, matching
+from conftest import NOW
+from toolkit import Store, cohorts, matching
 from toolkit.cohort_model import CohortError
 from toolkit.matching import COLUMNS, REASONS, WINNER_RULE, ProfileRow, classify
 

@@ -13,7 +13,6 @@ from toolkit import Store, cohorts, demo, export, load, matching, sync
 w = pytest.importorskip("ipywidgets")
 from toolkit import widgets  # noqa: E402  (needs ipywidgets)
 from toolkit.emulator import Emulator
-from toolkit.identity import is_uuid4
 
 CHURN = "Churn risk: active in September, silent in October"
 PRO = "Pro plan in the US"
