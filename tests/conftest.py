@@ -19,6 +19,20 @@ def store():
         yield s
 
 
+@pytest.fixture
+def emulator():
+    """A OneSignal emulator on 127.0.0.1 with its default limits (1 update/s per user)."""
+    from toolkit.emulator import Emulator
+
+    with Emulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def app(emulator):
+    return emulator.add_app()
+
+
 @pytest.fixture(scope="module")
 def sample():
     """The sample loaded (as of NOW) with its cohorts stored; shared by a module's tests, read only."""

@@ -24,17 +24,6 @@ TAG_A = [{"field": "tag", "key": "a", "relation": "exists"}]
 
 
 @pytest.fixture
-def emulator():
-    with Emulator() as emu:
-        yield emu
-
-
-@pytest.fixture
-def app(emulator):
-    return emulator.add_app()
-
-
-@pytest.fixture
 def http(emulator, app):
     """An httpx client speaking as ``app``; paths are relative to the app (``/users/...``)."""
     with httpx.Client(base_url=f"{emulator.url}/apps/{app.app_id}",

@@ -36,17 +36,6 @@ class Sleeps:
         await asyncio.sleep(0)
 
 
-@pytest.fixture
-def emulator():
-    with Emulator() as emu:
-        yield emu
-
-
-@pytest.fixture
-def app(emulator):
-    return emulator.add_app()
-
-
 def client_for(emulator, app, key=None, **options) -> OneSignalClient:
     options.setdefault("sleep", Sleeps())
     return OneSignalClient(Credentials(app.app_id, key or app.api_key), emulator.url, **options)
