@@ -51,7 +51,7 @@ def seed_users(store: Store) -> list[dict]:
 
 def run(workdir: Path = VAR) -> DemoResult:
     """Everything the demo writes goes under ``workdir``: demo.duckdb, onesignal.json, runs/."""
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()     # the notebook kernel runs from the project root
     workdir.mkdir(parents=True, exist_ok=True)
     db, runs_dir = workdir / "demo.duckdb", workdir / "runs"
     with Emulator(state_file=workdir / "onesignal.json") as emulator:
