@@ -314,7 +314,7 @@ def refresh_identity(con) -> None:
 
 # -- profiles --------------------------------------------------------------------------------
 
-def _profile_records(con, source: Source, file_id: int) -> str:
+def _profile_records(con, source: Source) -> str:
     """(line, raw, doc_error, item, doc) for a profile or update file; Engage pages are unnested."""
     if source.format not in ("jsonl", "json"):
         raise LoadError(str(source.path), f"{source.kind} must be JSON or JSON Lines, not {source.format}")
@@ -335,7 +335,7 @@ def _profile_records(con, source: Source, file_id: int) -> str:
 
 def _load_profiles(con, source: Source, file_id: int, now: datetime, result: FileResult,
                    careful: bool = True) -> None:
-    records = _profile_records(con, source, file_id)
+    records = _profile_records(con, source)
     params = {"path": str(source.path), "file_id": file_id, **validation.parameters(_ms(now))}
     reason = validation.profile_reason("did", "props")
     _sql(con, f"""
@@ -374,7 +374,7 @@ def _load_profiles(con, source: Source, file_id: int, now: datetime, result: Fil
 
 def _load_profile_updates(con, source: Source, file_id: int, now: datetime, result: FileResult,
                           careful: bool = True) -> None:
-    records = _profile_records(con, source, file_id)
+    records = _profile_records(con, source)
     params = {"path": str(source.path), "file_id": file_id, "ops": list(profile_ops.OPS),
               **validation.parameters(_ms(now))}
     id_reason = validation.distinct_id_reason("did", "$distinct_id")
