@@ -187,6 +187,20 @@ MIGRATIONS: list[str] = [
         FROM profiles p LEFT JOIN identity_map m ON m.distinct_id = p.distinct_id
         GROUP BY ALL;
     """,
+    # 4: an events file loads in two transactions (see toolkit/ingest.py): its rows are staged, then
+    # settled and published by the file's row in `loads`. `events` shows published files only, so no
+    # reader ever sees a staged file. Rows no longer carry their line: the fast reader cannot number
+    # them without running on one thread, and only refused rows need one (the quarantine keeps it).
+    # `rejected` marks staged rows that settling moves to the quarantine.
+    """
+    ALTER TABLE events RENAME TO event_rows;
+    ALTER TABLE event_rows DROP COLUMN line;
+    ALTER TABLE identity_links ALTER COLUMN line DROP NOT NULL;   -- NULL for links read from events
+    CREATE VIEW events AS
+        SELECT event, distinct_id, time, insert_id, device_id, user_id, properties, file_id
+        FROM event_rows
+        WHERE file_id <= (SELECT coalesce(max(file_id), 0) FROM loads);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
