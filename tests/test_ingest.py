@@ -10,6 +10,7 @@ import pytest
 from conftest import NOW, T0, event, rows, write_lines
 from toolkit import ingest
 from toolkit.errors import LoadError
+from toolkit.store import Store
 
 
 def load(store, *paths, **kw):
@@ -181,15 +182,30 @@ def test_unparseable_array_is_refused_and_the_rest_still_loads(store, tmp_path):
 
 # -- dedup ---------------------------------------------------------------------------------------
 
-def test_dedup_last_copy_wins_within_and_across_files(store, tmp_path):
-    a = write_lines(tmp_path / "a.jsonl", [event("A", insert_id="k1", v=1), event("A", insert_id="k1", v=2),
-                                           event("A", insert_id="k2", v=1)])
-    b = write_lines(tmp_path / "b.jsonl", [event("A", insert_id="k1", v=3)])
+def test_dedup_most_recent_copy_wins_within_and_across_files(store, tmp_path):
+    """Within a file the copy Mixpanel processed last wins, wherever it sits; a later file wins over
+    an earlier one."""
+    a = write_lines(tmp_path / "a.jsonl", [
+        event("A", insert_id="k1", v=2, mp_processing_time_ms=T0 * 1000 + 9),
+        event("A", insert_id="k1", v=1, mp_processing_time_ms=T0 * 1000 + 5),
+        event("A", insert_id="k2", v=1)])
+    b = write_lines(tmp_path / "b.jsonl", [event("A", insert_id="k1", v=3, mp_processing_time_ms=T0 * 1000)])
     first = load(store, a)
     assert first.files[0].duplicates == 1 and first.files[0].rows_loaded == 2
+    assert sorted(rows(store, "SELECT insert_id, properties->>'$.v' FROM events")) == [("k1", "2"), ("k2", "1")]
     second = load(store, b)
     assert second.files[0].duplicates == 1
     assert sorted(rows(store, "SELECT insert_id, properties->>'$.v' FROM events")) == [("k1", "3"), ("k2", "1")]
+
+
+def test_dedup_of_copies_alike_but_for_content_does_not_depend_on_their_order(tmp_path):
+    copies = [event("A", insert_id="k", v=v) for v in (1, 2, 3)]
+    kept = set()
+    for name, order in (("one", copies), ("two", copies[::-1]), ("three", copies[1:] + copies[:1])):
+        with Store(":memory:") as store:
+            load(store, write_lines(tmp_path / f"{name}.jsonl", order))
+            kept.add(rows(store, "SELECT properties FROM events")[0][0])
+    assert len(kept) == 1
 
 
 def test_dedup_key_is_event_distinct_id_time_and_insert_id(store, tmp_path):
@@ -354,8 +370,6 @@ def test_killed_load_leaves_whole_files_only(tmp_path):
     import subprocess
     import sys
     import time
-
-    from toolkit.store import Store
 
     first = write_lines(tmp_path / "1.jsonl", [event("A", f"u{i}", T0 + i, f"a{i}") for i in range(1000)])
     second = write_lines(tmp_path / "2.jsonl", (event("B", f"u{i}", T0 + i, f"b{i}") for i in range(300_000)))
