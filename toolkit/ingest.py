@@ -1,11 +1,13 @@
-"""Loading Mixpanel exports into the store: one transaction per file, bad rows to the quarantine.
+"""Loading Mixpanel exports into the store: each file all or nothing, bad rows to the quarantine.
 
-For each file: skip it if its content was loaded before (manifest by SHA-256; an unchanged path,
-size and mtime skips without hashing); otherwise, in one transaction, read it with DuckDB, move
-refused rows to the quarantine with their line and reason, drop older copies of duplicate events
-(Mixpanel's key: event, distinct_id, time, $insert_id; the last copy loaded wins), apply profile
-snapshots and updates, record identity links, refresh the identity map and write the manifest row.
-Any failure or interrupt rolls the file back; the files before it stay loaded.
+For each file: skip it if its content was loaded before (manifest by content hash; an unchanged path,
+size and mtime skips without hashing); otherwise read it with DuckDB. An events file is staged first
+(its rows committed but invisible until published), then settled in one transaction: refused rows
+move to the quarantine with their line and reason, older copies of duplicate events are dropped
+(Mixpanel's key: event, distinct_id, time, $insert_id; the most recent copy wins), identity links
+are recorded, the identity map refreshed and the manifest row written, which publishes the file.
+Profile snapshots and updates are applied in one transaction. Any failure or interrupt leaves the
+store as it was before that file; the files before it stay loaded.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def load_file(store: Store, source: Source, *, strict: bool = False, now: dateti
         [str(source.path), source.size, source.mtime_ns]).fetchone()
     digest = None if seen else content_hash(source.path)
     if not seen:
-        seen = store.con.execute("SELECT path FROM loads WHERE sha256 = ?", [digest]).fetchone()
+        seen = store.con.execute("SELECT path FROM loads WHERE content_hash = ?", [digest]).fetchone()
     if seen:
         result.status, result.message = "skipped", f"already loaded (same content as {seen[0]})"
         return result

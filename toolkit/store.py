@@ -196,6 +196,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE events RENAME TO event_rows;
     ALTER TABLE event_rows DROP COLUMN line;
     ALTER TABLE identity_links ALTER COLUMN line DROP NOT NULL;   -- NULL for links read from events
+    ALTER TABLE loads RENAME COLUMN sha256 TO content_hash;       -- "xxh3-128:<hex>" from now on
     CREATE VIEW events AS
         SELECT event, distinct_id, time, insert_id, device_id, user_id, properties, file_id
         FROM event_rows
