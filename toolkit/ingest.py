@@ -211,10 +211,10 @@ def _stage_events(con, source: Source, careful: bool, params: dict) -> None:
     _sql(con, f"""
         INSERT INTO event_rows (event, distinct_id, time, insert_id, properties, file_id, rejected,
                                 device_id, user_id)
-        SELECT CASE WHEN reason IS NULL THEN ev ->> '$' END,
-               CASE WHEN reason IS NULL THEN did ->> '$' END,
+        SELECT CASE WHEN reason IS NULL THEN ev_s END,
+               CASE WHEN reason IS NULL THEN did_s END,
                CASE WHEN reason IS NULL THEN make_timestamp(CAST(round(time_ms) AS BIGINT) * 1000) END,
-               CASE WHEN reason IS NULL THEN iid ->> '$' END,
+               CASE WHEN reason IS NULL THEN iid_s END,
                CASE WHEN reason IS NULL THEN props END,
                $file_id, reason,
                CASE WHEN reason IS NULL AND json_type(dev) IN ('VARCHAR', 'BIGINT', 'UBIGINT') THEN dev ->> '$' END,
@@ -228,7 +228,8 @@ def _checked_events(source: Source, careful: bool, numbered: bool) -> str:
     time_ms = validation.time_ms_expr("tm")
     reason = validation.event_reason("ev", "props", "did", "time_ms", "tm", "iid")
     return f"""
-        WITH src AS (SELECT *, {validation.typed("ev", "did", "tm", "iid")} FROM ({fields})),
+        WITH src AS (SELECT *, {validation.typed("ev", "did", "tm", "iid", texts=("ev", "did", "iid"),
+                                                 numbers=("tm",))} FROM ({fields})),
         timed AS (SELECT *, {time_ms} AS time_ms FROM src)
         SELECT *, coalesce(doc_error, {reason}) AS reason FROM timed"""
 
@@ -382,11 +383,11 @@ def _load_profiles(con, source: Source, file_id: int, now: datetime, result: Fil
         CREATE OR REPLACE TEMP TABLE _profiles AS
         WITH r0 AS (SELECT line, item, paged, raw, doc_error, doc -> '$."$distinct_id"' AS did,
                            doc -> '$."$properties"' AS props, doc FROM ({records})),
-        r AS (SELECT *, {validation.typed("did", "props")} FROM r0),
+        r AS (SELECT *, {validation.typed("did", "props", texts=("did",))} FROM r0),
         v AS (SELECT *, coalesce(doc_error, {reason}) AS reason FROM r)
         SELECT line, item, reason || CASE WHEN paged THEN ' (results[' || (item - 1) || '])' ELSE '' END AS reason, left(CASE WHEN paged THEN doc::VARCHAR ELSE coalesce(raw, doc::VARCHAR) END,
                     {validation.QUARANTINED_RAW_CHARS}) AS raw,
-               did ->> '$' AS distinct_id, props
+               did_s AS distinct_id, props
         FROM v""", params)
     _quarantine_from(con, "_profiles", source, file_id)
     con.execute("""
@@ -425,7 +426,7 @@ def _load_profile_updates(con, source: Source, file_id: int, now: datetime, resu
                            doc -> '$."$time"' AS tm,
                            list_filter(json_keys(doc), lambda k: list_contains($ops, k)) AS ops
                     FROM ({records})),
-        r AS (SELECT *, {validation.typed("did", "tm")} FROM r0),
+        r AS (SELECT *, {validation.typed("did", "tm", texts=("did",), numbers=("tm",))} FROM r0),
         v AS (SELECT *, coalesce(doc_error, CASE {id_reason}
                  WHEN len(ops) = 0 THEN 'no operation (expected one of ' || array_to_string($ops, ', ') || ')'
                  WHEN len(ops) > 1 THEN 'more than one operation: ' || array_to_string(ops, ', ')
@@ -433,12 +434,12 @@ def _load_profile_updates(con, source: Source, file_id: int, now: datetime, resu
         SELECT v.line, v.item, v.reason,
                left(CASE WHEN v.paged THEN v.doc::VARCHAR ELSE coalesce(v.raw, v.doc::VARCHAR) END,
                     {validation.QUARANTINED_RAW_CHARS}) AS raw,
-               v.did ->> '$' AS distinct_id,
-               CASE WHEN v.doc ->> '$."$ignore_alias"' = 'true' THEN v.did ->> '$'
-                    ELSE coalesce(m.canonical_id, v.did ->> '$') END AS target,
+               v.did_s AS distinct_id,
+               CASE WHEN v.doc ->> '$."$ignore_alias"' = 'true' THEN v.did_s
+                    ELSE coalesce(m.canonical_id, v.did_s) END AS target,
                v.ops[1] AS op, v.doc -> ('$."' || v.ops[1] || '"') AS value,
                coalesce({time_ms}, $now_ms) AS time_ms
-        FROM v LEFT JOIN identity_map m ON m.distinct_id = v.did ->> '$' AND v.reason IS NULL""", params)
+        FROM v LEFT JOIN identity_map m ON m.distinct_id = v.did_s AND v.reason IS NULL""", params)
     # The fold runs in Python (operations are sequential per profile); rows stream in batches.
     cursor = con.execute("""
         SELECT u.line, u.item, u.raw, u.target, u.op, u.value, u.time_ms, p.properties

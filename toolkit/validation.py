@@ -26,35 +26,41 @@ def _json_kind(col: str) -> str:
     return f"lower(json_type({col}))"
 
 
-def typed(*cols: str) -> str:
-    """Select-list items naming each column's JSON type once (``<col>_t``), for the reasons below."""
-    return ", ".join(f"json_type({col}) AS {col}_t" for col in cols)
+def typed(*cols: str, texts: tuple[str, ...] = (), numbers: tuple[str, ...] = ()) -> str:
+    """Select-list items computing once what the reasons below read of a JSON value: its type
+    (``<col>_t``) for every column, its text (``<col>_s``) and its number (``<col>_d``) where asked.
+    Each is a parse of the value, so the reasons and the loader share them rather than repeat them."""
+    items = [f"json_type({col}) AS {col}_t" for col in cols]
+    items += [f"{col} ->> '$' AS {col}_s" for col in texts]
+    items += [f"try_cast({col} AS DOUBLE) AS {col}_d" for col in numbers]
+    return ", ".join(items)
 
 
 def distinct_id_reason(col: str, label: str) -> str:
-    """Missing, not a string (integers are accepted as Mixpanel does), or on the refused list."""
+    """Missing, not a string (integers are accepted as Mixpanel does), or on the refused list.
+    Needs ``typed(col, texts=(col,))``."""
     return f"""
         WHEN {col}_t IS NULL OR {col}_t = 'NULL' THEN 'missing {label}'
         WHEN {col}_t NOT IN {_ID_TYPES} THEN '{label} must be a string, got ' || lower({col}_t)
-        WHEN list_contains($refused_ids, lower(trim({col} ->> '$')))
-            THEN 'refused {label} ' || to_json({col} ->> '$')::VARCHAR || ' (Mixpanel rejects this value)'
+        WHEN list_contains($refused_ids, lower(trim({col}_s)))
+            THEN 'refused {label} ' || to_json({col}_s)::VARCHAR || ' (Mixpanel rejects this value)'
     """
 
 
 def time_ms_expr(col: str) -> str:
-    """`time` as epoch milliseconds (seconds are scaled); NULL when not a finite number."""
-    return (f"CASE WHEN {col}_t IN {_NUMBER_TYPES} AND isfinite(try_cast({col} AS DOUBLE)) THEN "
-            f"try_cast({col} AS DOUBLE) * CASE WHEN abs(try_cast({col} AS DOUBLE)) > {MS_THRESHOLD} "
-            f"THEN 1 ELSE 1000 END END")
+    """`time` as epoch milliseconds (seconds are scaled); NULL when not a finite number.
+    Needs ``typed(col, numbers=(col,))``."""
+    return (f"CASE WHEN {col}_t IN {_NUMBER_TYPES} AND isfinite({col}_d) THEN "
+            f"{col}_d * CASE WHEN abs({col}_d) > {MS_THRESHOLD} THEN 1 ELSE 1000 END END")
 
 
 def event_reason(ev: str, props: str, did: str, time_ms: str, tm: str, iid: str) -> str:
     """Why an event record is refused, in the order a person would fix it; NULL when valid.
-    Needs ``typed(ev, did, tm, iid)`` computed beside the columns."""
+    Needs ``typed(ev, did, tm, iid, texts=(ev, did, iid), numbers=(tm,))`` beside the columns."""
     return f"""CASE
         WHEN {ev}_t IS NULL OR {ev}_t = 'NULL' THEN 'missing "event"'
         WHEN {ev}_t <> 'VARCHAR' THEN '"event" must be a string, got ' || lower({ev}_t)
-        WHEN trim({ev} ->> '$') = '' THEN 'empty event name'
+        WHEN trim({ev}_s) = '' THEN 'empty event name'
         WHEN {props} IS NULL OR {props}::VARCHAR = 'null' THEN 'missing "properties"'
         WHEN NOT starts_with({props}::VARCHAR, '{{')   -- DuckDB's JSON text: an object starts with {{
             THEN '"properties" must be an object, got ' || {_json_kind(props)}
@@ -67,15 +73,15 @@ def event_reason(ev: str, props: str, did: str, time_ms: str, tm: str, iid: str)
         WHEN {time_ms} < {MIN_TIME_MS} THEN 'time ' || ({tm})::VARCHAR || ' is before 1971'
         WHEN {iid}_t IS NOT NULL AND {iid}_t <> 'NULL' AND (
                  {iid}_t <> 'VARCHAR'
-              OR strlen({iid} ->> '$') > {MAX_INSERT_ID_BYTES}          -- bytes, not characters
-              OR NOT regexp_full_match({iid} ->> '$', '[A-Za-z0-9-]+'))
+              OR strlen({iid}_s) > {MAX_INSERT_ID_BYTES}          -- bytes, not characters
+              OR NOT regexp_full_match({iid}_s, '[A-Za-z0-9-]+'))
             THEN 'bad $insert_id ' || left(({iid})::VARCHAR, 80)
               || ' (at most {MAX_INSERT_ID_BYTES} bytes of letters, digits and -)'
     END"""
 
 
 def profile_reason(did: str, props: str) -> str:
-    """Needs ``typed(did, props)`` computed beside the columns."""
+    """Needs ``typed(did, props, texts=(did,))`` beside the columns."""
     return f"""CASE
         {distinct_id_reason(did, '$distinct_id')}
         WHEN {props}_t IS NULL OR {props}_t = 'NULL' THEN 'missing "$properties"'
