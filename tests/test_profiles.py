@@ -69,6 +69,20 @@ def test_engage_page_bare_list_and_json_lines(store, tmp_path):
         ("u1", "1"), ("u2", "2"), ("u3", "3")]
 
 
+def test_a_large_engage_page_loads_within_the_load_memory(store, tmp_path, monkeypatch):
+    """One Engage page holding 20,000 profiles (8 MB) under a 600 MB load memory, which the page's
+    unnesting used to exceed (a 22 MB page failed under the default 1 GB)."""
+    page = {"results": [{"$distinct_id": f"user_{i:06d}", "$properties": {
+        "$email": f"user{i}@example.com", "$name": "Zoë Example", "plan": "pro", "bio": "x" * 300}}
+        for i in range(20_000)], "page": 0, "page_size": 20_000, "status": "ok", "total": 20_000}
+    (tmp_path / "page.json").write_text(json.dumps(page, ensure_ascii=False), encoding="utf-8")
+    monkeypatch.setenv("TOOLKIT_LOAD_MEMORY", "600MB")
+    summary = load(store, tmp_path / "page.json")
+    assert summary.files[0].status == "loaded", summary.files[0].message
+    assert rows(store, "SELECT count(*), count(*) FILTER (WHERE properties->>'$.$name' = 'Zoë Example') "
+                       "FROM profiles") == [(20_000, 20_000)]
+
+
 def test_snapshot_replaces_properties_and_last_record_wins(store, tmp_path):
     write_lines(tmp_path / "p1.jsonl", [{"$distinct_id": "u1", "$properties": {"a": 1, "b": 1}}])
     load(store, tmp_path / "p1.jsonl")

@@ -362,16 +362,16 @@ def _profile_records(con, source: Source) -> str:
     if source.format == "jsonl":
         con.execute(readers.stage_lines(_REJECTS), {"path": str(source.path)})
     docs = readers.documents(source, _REJECTS)
+    # An Engage page is one record holding every profile: its items are unnested from one list, and
+    # the page's own text is not carried along (a 22 MB page used to exhaust the 1 GB load memory).
     return f"""
-        SELECT record AS line, raw, doc_error, item, CASE WHEN doc_error IS NULL THEN d END AS doc,
-               json_type(src.doc -> '$.results') = 'ARRAY' AS paged
-        FROM ({docs}) src,
-             LATERAL (SELECT unnest(CASE WHEN json_type(src.doc -> '$.results') = 'ARRAY'
-                                         THEN CAST(src.doc -> '$.results' AS JSON[])
-                                         ELSE [src.doc] END) AS d,
-                             generate_subscripts(CASE WHEN json_type(src.doc -> '$.results') = 'ARRAY'
-                                         THEN CAST(src.doc -> '$.results' AS JSON[])
-                                         ELSE [src.doc] END, 1) AS item)"""
+        SELECT record AS line, CASE WHEN NOT paged THEN raw END AS raw, doc_error, paged,
+               unnest(items) AS doc, generate_subscripts(items, 1) AS item
+        FROM (SELECT record, raw, doc_error, coalesce(json_type(doc -> '$.results') = 'ARRAY', false) AS paged,
+                     CASE WHEN doc_error IS NOT NULL THEN [NULL::JSON]
+                          WHEN json_type(doc -> '$.results') = 'ARRAY' THEN CAST(doc -> '$.results' AS JSON[])
+                          ELSE [doc] END AS items
+              FROM ({docs}))"""
 
 
 def _load_profiles(con, source: Source, file_id: int, now: datetime, result: FileResult,

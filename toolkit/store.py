@@ -226,6 +226,7 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute("SET enable_progress_bar = false")   # ours (tqdm) shows progress, DuckDB's would interleave
         if not read_only:
             self._migrate()
         else:
