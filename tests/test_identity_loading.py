@@ -70,3 +70,22 @@ def test_ids_with_quotes_slashes_and_unicode(store, tmp_path):
     weird = "o'brien/\"zoë\" 🚀"
     load_events(store, tmp_path, [event("$create_alias", weird, alias="x/y'z"), event("Page View", "x/y'z")])
     assert rows(store, "SELECT distinct_id FROM resolved_events WHERE event = 'Page View'") == [(weird,)]
+
+
+def test_resolved_profiles_one_row_per_user_the_newest_profile_of_a_merge_wins(store, tmp_path):
+    import json
+    from datetime import timedelta
+
+    (tmp_path / "p1.json").write_text(json.dumps([
+        {"$distinct_id": "u1", "$properties": {"plan": "old"}},
+        {"$distinct_id": "dev-9", "$properties": {"plan": "device"}},
+        {"$distinct_id": "alone", "$properties": {"plan": "solo"}}]))
+    ingest.load(store, [str(tmp_path / "p1.json")], now=NOW)
+    (tmp_path / "p2.json").write_text(json.dumps([{"$distinct_id": "u2", "$properties": {"plan": "new"}}]))
+    ingest.load(store, [str(tmp_path / "p2.json")], now=NOW + timedelta(minutes=1))
+    load_events(store, tmp_path, [   # merge u1, dev-9 and u2 into one user (canonical: u2's cluster)
+        event("$merge", "u1", T0, **{"$distinct_ids": ["u1", "dev-9"]}),
+        event("$merge", "u2", T0 + 1, **{"$distinct_ids": ["u2", "u1"]})])
+    got = rows(store, "SELECT distinct_id, properties->>'plan' FROM resolved_profiles ORDER BY 1")
+    merged = canonical(store)["u1"]
+    assert got == sorted([("alone", "solo"), (merged, "new")])
