@@ -12,6 +12,7 @@ store as it was before that file; the files before it stay loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -179,7 +180,8 @@ def _load_once(store: Store, source: Source, digest: str, strict: bool, now: dat
                 result.duplicates, result.quarantined])
     except BaseException:
         if source.kind == "events":
-            _discard_unpublished(store)
+            with contextlib.suppress(duckdb.Error):   # else the next load discards them
+                _discard_unpublished(store)
         raise
     return result
 
