@@ -33,6 +33,15 @@ def load(file: Path, db: Path) -> dict:
             "quarantined": summary.to_dict()["rows_quarantined"]}
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM). Not getrusage: its maxrss also counts the
+    parent's memory, copied at fork before this program was exec'd."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise SystemExit("no VmHWM in /proc/self/status")
+
+
 if __name__ == "__main__":
     step, file, db = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-    print(json.dumps({"ceiling": ceiling, "load": load}[step](file, db)))
+    print(json.dumps({**{"ceiling": ceiling, "load": load}[step](file, db), "peak_rss": peak_rss()}))
