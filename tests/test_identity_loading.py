@@ -2,6 +2,7 @@
 
 from conftest import NOW, T0, event, rows, write_lines
 from toolkit import ingest
+from toolkit.store import Store
 
 ANON = "2f1b3c4d-1234-4abc-8def-0123456789ab"
 
@@ -89,3 +90,19 @@ def test_resolved_profiles_one_row_per_user_the_newest_profile_of_a_merge_wins(s
     got = rows(store, "SELECT distinct_id, properties->>'plan' FROM resolved_profiles ORDER BY 1")
     merged = canonical(store)["u1"]
     assert got == sorted([("alone", "solo"), (merged, "new")])
+
+
+def test_resolved_profiles_tie_between_merged_profiles_of_one_page_is_settled_by_profile_id(store, tmp_path):
+    """Both profiles sit on the same Engage page (same file, line and time): the greater distinct_id wins,
+    whichever comes first on the page."""
+    import json
+
+    got = set()
+    for order, name in ((["a-user", "b-user"], "p1.json"), (["b-user", "a-user"], "p2.json")):
+        with Store(":memory:") as s:
+            (tmp_path / name).write_text(json.dumps({"results": [
+                {"$distinct_id": d, "$properties": {"who": d}} for d in order]}))
+            ingest.load(s, [str(tmp_path / name)], now=NOW)
+            load_events(s, tmp_path, [event("$merge", "a-user", T0, **{"$distinct_ids": ["a-user", "b-user"]})])
+            got.update(rows(s, "SELECT properties->>'who' FROM resolved_profiles"))
+    assert got == {("b-user",)}

@@ -201,18 +201,20 @@ MIGRATIONS: list[str] = [
         SELECT event, distinct_id, time, insert_id, device_id, user_id, properties, file_id
         FROM event_rows
         WHERE file_id <= (SELECT coalesce(max(file_id), 0) FROM loads);
-    -- Same rows as before, but only users that a merge gave several profiles are grouped: grouping
-    -- every profile with its JSON took half of a profile condition's time.
+    -- Only users that a merge gave several profiles are grouped (grouping every profile with its JSON
+    -- took half of a profile condition's time). The newest profile wins; profiles of one Engage page
+    -- share file and line, so the profile's own id settles the tie (arg_max alone picked either).
     CREATE OR REPLACE VIEW resolved_profiles AS
         WITH placed AS (
             SELECT coalesce(m.canonical_id, p.distinct_id) AS distinct_id, p.properties, p.updated_at,
-                   p.file_id, p.line, m.canonical_id IS NOT NULL AS moved
+                   p.file_id, p.line, p.distinct_id AS profile_id, m.canonical_id IS NOT NULL AS moved
             FROM profiles p LEFT JOIN identity_map m ON m.distinct_id = p.distinct_id),
         contested AS (SELECT DISTINCT distinct_id FROM placed WHERE moved)
         SELECT distinct_id, properties, updated_at FROM placed
         WHERE distinct_id NOT IN (SELECT distinct_id FROM contested)
         UNION ALL
-        SELECT distinct_id, arg_max(properties, (updated_at, file_id, line)), max(updated_at) FROM placed
+        SELECT distinct_id, arg_max(properties, (updated_at, file_id, line, profile_id)), max(updated_at)
+        FROM placed
         WHERE distinct_id IN (SELECT distinct_id FROM contested)
         GROUP BY distinct_id;
     """,
