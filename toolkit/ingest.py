@@ -293,15 +293,18 @@ def _drop_duplicates(con, file_id: int) -> int:
     """Delete every copy but the most recent of events sharing the dedup key: the copy from the latest
     file, within a file the one Mixpanel processed last (`mp_processing_time_ms`); copies alike in
     both are told apart by their properties, so the outcome never depends on the reader's row order."""
-    key = "hash(event, distinct_id, time, insert_id)"
+    key = "hash(event, distinct_id, time, insert_id)"   # collisions only widen the candidates
     deleted = con.execute(f"""
         DELETE FROM event_rows WHERE rowid IN (
-            SELECT rowid FROM event_rows
-            WHERE insert_id IS NOT NULL AND {key} IN (
+            WITH new AS (SELECT {key} AS k FROM event_rows WHERE file_id = $file_id AND insert_id IS NOT NULL),
+            shared AS (   -- keys this file holds twice, or that an earlier file holds too
+                SELECT k FROM new GROUP BY k HAVING count(*) > 1
+                UNION
                 SELECT {key} FROM event_rows
-                WHERE insert_id IS NOT NULL AND {key} IN (
-                    SELECT {key} FROM event_rows WHERE file_id = $file_id AND insert_id IS NOT NULL)
-                GROUP BY ALL HAVING count(*) > 1)
+                WHERE file_id < $file_id AND insert_id IS NOT NULL AND {key} IN (SELECT k FROM new)),
+            copies AS MATERIALIZED (   -- found without reading properties, which only they need
+                SELECT rowid AS r FROM event_rows WHERE insert_id IS NOT NULL AND {key} IN (SELECT k FROM shared))
+            SELECT rowid FROM event_rows WHERE rowid IN (SELECT r FROM copies)
             QUALIFY row_number() OVER (
                 PARTITION BY event, distinct_id, time, insert_id
                 ORDER BY file_id DESC, try_cast(properties ->> 'mp_processing_time_ms' AS DOUBLE) DESC NULLS LAST,
@@ -311,24 +314,31 @@ def _drop_duplicates(con, file_id: int) -> int:
 
 
 def _record_event_links(con, file_id: int) -> None:
+    # One scan for the three identity events: reading `properties` decompresses the whole column,
+    # whichever rows are kept. The candidate links are kept apart before being checked: DuckDB
+    # would push the checks (JSON reads) into the scan, ahead of the event filter, and parse every
+    # event's properties (5 s at 10M events instead of 1.6 s).
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _links AS
+        SELECT CASE event WHEN '$identify' THEN 'identify' WHEN '$create_alias' THEN 'alias'
+                          ELSE 'merge' END AS kind,
+               CASE event WHEN '$identify' THEN properties ->> '$."$anon_id"'
+                          WHEN '$create_alias' THEN properties ->> '$.alias'
+                          ELSE properties ->> '$."$distinct_ids"[1]' END AS source,
+               CASE event WHEN '$identify' THEN properties ->> '$."$identified_id"'
+                          WHEN '$create_alias' THEN distinct_id
+                          ELSE properties ->> '$."$distinct_ids"[0]' END AS target,
+               epoch_ms(time) AS time_ms
+        FROM event_rows WHERE file_id = $f AND event IN ('$identify', '$create_alias', '$merge')
+        UNION ALL   -- Simplified ID Merge: the first event carrying both ids links them
+        SELECT 'simplified', '$device:' || device_id, user_id, min(epoch_ms(time))
+        FROM event_rows WHERE file_id = $f AND device_id IS NOT NULL AND user_id IS NOT NULL
+        GROUP BY device_id, user_id""", {"f": file_id})
     con.execute("""
         INSERT INTO identity_links (kind, source, target, time_ms, file_id)
-        SELECT * FROM (
-            SELECT 'identify' AS kind, properties ->> '$."$anon_id"' AS source,
-                   properties ->> '$."$identified_id"' AS target, epoch_ms(time), file_id
-            FROM event_rows WHERE file_id = $f AND event = '$identify'
-            UNION ALL
-            SELECT 'alias', properties ->> '$.alias', distinct_id, epoch_ms(time), file_id
-            FROM event_rows WHERE file_id = $f AND event = '$create_alias'
-            UNION ALL
-            SELECT 'merge', properties ->> '$."$distinct_ids"[1]', properties ->> '$."$distinct_ids"[0]',
-                   epoch_ms(time), file_id
-            FROM event_rows WHERE file_id = $f AND event = '$merge'
-            UNION ALL   -- Simplified ID Merge: the first event carrying both ids links them
-            SELECT 'simplified', '$device:' || device_id, user_id, min(epoch_ms(time)), file_id
-            FROM event_rows WHERE file_id = $f AND device_id IS NOT NULL AND user_id IS NOT NULL
-            GROUP BY device_id, user_id, file_id
-        ) WHERE source IS NOT NULL AND target IS NOT NULL AND source <> target""", {"f": file_id})
+        SELECT kind, source, target, time_ms, $f FROM _links
+        WHERE source IS NOT NULL AND target IS NOT NULL AND source <> target""", {"f": file_id})
+    con.execute("DROP TABLE _links")
 
 
 # -- identity --------------------------------------------------------------------------------
