@@ -16,19 +16,22 @@ from bench.table import Row, print_table
 
 DATA = Path(__file__).resolve().parent / "data"
 GIB = 1 << 30
+EVENTS_PER_PROFILE = 10
 
 
 def generated(events: int) -> Path:
-    """The generated events file for this size, made once and reused."""
-    folder = DATA / f"events-{events}"
+    """The generated events file for this size, made once and reused. One profile per 10 events: the
+    cohort issue's shape, 10M events and 1M profiles."""
+    profiles = events // EVENTS_PER_PROFILE
+    folder = DATA / f"events-{events}-profiles-{profiles}"
     path = folder / "events.jsonl"
     if not path.exists():
         from toolkit.generate import generate
 
-        print(f"generating {events:,} events into {folder} ...", file=sys.stderr)
+        print(f"generating {events:,} events and {profiles:,} profiles into {folder} ...", file=sys.stderr)
         partial = folder.with_suffix(".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        generate(partial, events=events)
+        generate(partial, events=events, profiles=profiles)
         partial.rename(folder)
     return path
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import expected_reasons
+from toolkit import Store, load
 from toolkit import onesignal_events as osev
 from toolkit.generate import (EVENTS_FILE, EVENTS_FILE_GZ, ONESIGNAL_ID_KINDS, PROFILES_FILE, SAMPLE_FILES,
                               UPDATE_OPS, UPDATES_FILE, generate, write_sample)
@@ -156,6 +157,26 @@ def test_no_profiles_puts_every_event_on_anonymous_users(tmp_path):
 def test_profiles_argument_and_default_ratio(tmp_path):
     assert generate(tmp_path / "a", events=2000, profiles=321)["profiles"] == 321
     assert generate(tmp_path / "b", events=2000)["profiles"] == 100
+
+
+def test_profiles_come_in_engage_pages_of_a_thousand_and_load(tmp_path):
+    counts = generate(tmp_path, events=3000, profiles=2345)
+    text = (tmp_path / PROFILES_FILE).read_text(encoding="utf-8")
+    pages, decoder, at = [], json.JSONDecoder(), 0
+    while at < len(text):
+        page, at = decoder.raw_decode(text, at)
+        pages.append(page)
+        at += len(text[at:]) - len(text[at:].lstrip())
+    assert [p["page"] for p in pages] == [0, 1, 2] == list(range(counts["files"][PROFILES_FILE]["pages"]))
+    assert [len(p["results"]) for p in pages] == [1000, 1000, 345]
+    assert {p["total"] for p in pages} == {2345} and {p["page_size"] for p in pages} == {1000}
+    assert len({p["session_id"] for p in pages}) == 1
+    ids = [r["$distinct_id"] for p in pages for r in p["results"]]
+    with Store(":memory:") as store:
+        loaded = load(store, [tmp_path / PROFILES_FILE]).files[0]
+        assert (loaded.rows_loaded, loaded.quarantined) == (2345, 0)
+        stored = store.con.execute("SELECT distinct_id FROM profiles").fetchall()
+    assert sorted(d for (d,) in stored) == sorted(ids)
 
 
 def test_bad_arguments_are_refused(tmp_path):

@@ -10,7 +10,8 @@
   the lines repeat an event with the same (event, distinct_id, time, ``$insert_id``): half byte-identical,
   half a later copy (higher ``mp_processing_time_ms``, further down the file) with other properties changed,
   which must win. A few events without ``$insert_id`` are written twice, byte-identical: both count.
-- ``profiles.json``: an Engage query result. ``$onesignal_user_id`` is an External ID (the user id or
+- ``profiles.json``: Engage query results, one page of up to 1,000 profiles (the API's page size) after
+  another, so that no record grows with the data set. ``$onesignal_user_id`` is an External ID (the user id or
   ``ext_...``), a Subscription UUID, missing, unusable (a number, a blank string, an over-long string) or
   shared by two profiles.
 - ``profile_updates.jsonl``: Ingestion API ``/engage`` updates, one operation each, every operation kind,
@@ -58,6 +59,7 @@ ONESIGNAL_ID_KINDS = ("external_uid", "external_ext", "subscription", "missing",
                       "unusable_blank", "unusable_long", "duplicate")
 _USABLE = frozenset({"external_uid", "external_ext", "subscription"})
 
+ENGAGE_PAGE_SIZE = 1000  # profiles per Engage page, as the Engage API pages its results
 EVENTS_PER_PROFILE = 20  # default profiles = events // 20; plus 1 anonymous user per 8 profiles
 DUPLICATE_RATE = 0.016  # chance that an event with an $insert_id is sent twice
 REPEAT_RATE = 0.002  # chance that a product event is sent twice WITHOUT an $insert_id
@@ -692,6 +694,34 @@ class _Out:
             self.tmp.unlink(missing_ok=True)
 
 
+class _Pages:
+    """Profiles written as Engage query results: a page of up to ENGAGE_PAGE_SIZE, then the next."""
+
+    def __init__(self, out: _Out, session_id: str, total: int):
+        self.out, self.session_id, self.total = out, session_id, total
+        self.count = self.pages = 0
+
+    def add(self, profile: str) -> None:
+        if self.count % ENGAGE_PAGE_SIZE == 0:
+            if self.count:
+                self._end_page()
+            self.out.write('{"results": [\n')
+        else:
+            self.out.write(",\n")
+        self.out.write(profile)
+        self.count += 1
+
+    def close(self) -> None:
+        if not self.count:  # no profiles: still one (empty) page, as the API answers
+            self.out.write('{"results": [')
+        self._end_page()
+
+    def _end_page(self) -> None:
+        self.out.write('\n], "page": %d, "page_size": %d, "session_id": "%s", "status": "ok", "total": %d}\n'
+                       % (self.pages, ENGAGE_PAGE_SIZE, self.session_id, self.total))
+        self.pages += 1
+
+
 def _budget(rng: random.Random, remaining: int, users_left: int) -> int:
     """Events for the next user: exponential around the running mean, 3 % heavy users, sums exactly."""
     if users_left <= 1:
@@ -742,17 +772,13 @@ def _run(out_dir, *, events, profiles, seed, start, months, compress, time_in_ms
         up = _Out(out / UPDATES_FILE)
         files.append(up)
         remaining = events
-        n_profiles = 0
-        sep = "\n"
-        pr.write('{"results": [')
+        named_events, named_profiles, named_updates = _named_personas(g) if personas else ([], [], [])
+        pages = _Pages(pr, g.session_id, total=len(named_profiles) + profiles)
         if personas:
-            named_events, named_profiles, named_updates = _named_personas(g)
             ev.extend(named_events[:remaining])
             remaining -= min(len(named_events), remaining)
             for p in named_profiles:
-                pr.write(sep + _j(p))
-                sep = ",\n"
-            n_profiles += len(named_profiles)
+                pages.add(_j(p))
             up.extend([_j(x) + "\n" for x in named_updates])
         left = {"profile": profiles, "anonymous": profiles // 8, "ghost": profiles // 100}
         users_left = sum(left.values())
@@ -772,9 +798,7 @@ def _run(out_dir, *, events, profiles, seed, start, months, compress, time_in_ms
             ev.extend(lines)
             if role == "profile":
                 g.os_kinds[u.os_kind] += 1
-                pr.write(sep + g.profile(u, g.last_ms if lines else u.created_ms))
-                sep = ",\n"
-                n_profiles += 1
+                pages.add(g.profile(u, g.last_ms if lines else u.created_ms))
             if role != "anonymous":
                 up.extend(g.updates(u))
             if len(ev.buf) >= _FLUSH_LINES:
@@ -794,8 +818,7 @@ def _run(out_dir, *, events, profiles, seed, start, months, compress, time_in_ms
                     ev.flush()
                     if progress is not None:
                         progress(ev.lines)
-        pr.write('\n], "page": 0, "page_size": %d, "session_id": "%s", "status": "ok", "total": %d}\n'
-                 % (max(n_profiles, 1), g.session_id, n_profiles))
+        pages.close()
         sizes = {f.path.name: f.close() for f in files}
     except BaseException:
         for f in files:
@@ -811,11 +834,11 @@ def _run(out_dir, *, events, profiles, seed, start, months, compress, time_in_ms
         "time_unit": "ms" if time_in_ms else "s",
         "files": {
             events_name: {"lines": ev.lines, "bytes": sizes[events_name]},
-            PROFILES_FILE: {"profiles": n_profiles, "bytes": sizes[PROFILES_FILE]},
+            PROFILES_FILE: {"profiles": pages.count, "pages": pages.pages, "bytes": sizes[PROFILES_FILE]},
             UPDATES_FILE: {"lines": up.lines, "bytes": sizes[UPDATES_FILE]},
         },
         "events": ev.lines,
-        "profiles": n_profiles,
+        "profiles": pages.count,
         "profile_updates": up.lines,
         "event_kinds": dict(g.kinds),
         "event_names": {json.loads(k): v for k, v in sorted(g.names.items())},
