@@ -83,6 +83,21 @@ def test_a_large_engage_page_loads_within_the_load_memory(store, tmp_path, monke
                        "FROM profiles") == [(20_000, 20_000)]
 
 
+def test_many_engage_pages_load_within_the_load_memory(store, tmp_path, monkeypatch):
+    """Forty pages of 1,000 profiles (16 MB) under a 300 MB load memory: parsing all the pages of one
+    DuckDB vector at once used to need several times the file (a 45 MB export failed under 1 GB)."""
+    with open(tmp_path / "pages.json", "w", encoding="utf-8") as out:
+        for n in range(40):
+            out.write(json.dumps({"results": [{"$distinct_id": f"user_{n}_{i}", "$properties": {
+                "$name": "Zoë Example", "plan": "pro", "bio": "x" * 300}} for i in range(1000)],
+                "page": n, "page_size": 1000, "status": "ok", "total": 40_000}, ensure_ascii=False) + "\n")
+    monkeypatch.setenv("TOOLKIT_LOAD_MEMORY", "300MB")
+    summary = load(store, tmp_path / "pages.json")
+    assert summary.files[0].status == "loaded", summary.files[0].message
+    assert rows(store, "SELECT count(*), count(DISTINCT distinct_id), min(line), max(line) FROM profiles "
+                       "WHERE properties->>'$.plan' = 'pro'") == [(40_000, 40_000, 1, 40)]
+
+
 def test_snapshot_replaces_properties_and_last_record_wins(store, tmp_path):
     write_lines(tmp_path / "p1.jsonl", [{"$distinct_id": "u1", "$properties": {"a": 1, "b": 1}}])
     load(store, tmp_path / "p1.jsonl")

@@ -32,6 +32,7 @@ from toolkit.store import Store
 
 _REJECTS = "_load_rejects"
 LOAD_MEMORY = "1GB"     # DuckDB's share while loading ($TOOLKIT_LOAD_MEMORY overrides)
+_PARSE_BATCH_BYTES = 8 << 20   # JSON text of profiles parsed per statement (see _stage_profile_records)
 _KIND_ORDER = {"events": 0, "profiles": 1, "profile_updates": 2}   # identity first, then who it names
 
 
@@ -200,7 +201,7 @@ def _refused(source: Source, message: str, strict: bool, cause: Exception) -> Fi
 
 
 def _drop_scratch(con) -> None:
-    for table in (_REJECTS, f"{_REJECTS}_scan", f"{_REJECTS}_lines"):
+    for table in (_REJECTS, f"{_REJECTS}_scan", f"{_REJECTS}_lines", "_docs", "_records"):
         con.execute(f"DROP TABLE IF EXISTS temp.{table}")
 
 
@@ -367,34 +368,48 @@ def refresh_identity(con) -> None:
 
 # -- profiles --------------------------------------------------------------------------------
 
-def _profile_records(con, source: Source) -> str:
-    """(line, raw, doc_error, item, doc) for a profile or update file; Engage pages are unnested."""
+def _stage_profile_records(con, source: Source) -> None:
+    """Fill the temp table ``_records`` (line, raw, doc_error, paged, item, doc) of a profile or update
+    file, one row per profile or update: Engage pages are unnested.
+
+    DuckDB keeps the parse of every JSON document in a vector until the vector is done, and a vector
+    holds up to 2,048 records: 2,048 Engage pages of 450 KB would need gigabytes. So the documents are
+    staged as text first and unnested a few megabytes at a time."""
     if source.format not in ("jsonl", "json"):
         raise LoadError(str(source.path), f"{source.kind} must be JSON or JSON Lines, not {source.format}")
     if source.format == "jsonl":
         con.execute(readers.stage_lines(_REJECTS), {"path": str(source.path)})
-    docs = readers.documents(source, _REJECTS)
-    # An Engage page is one record holding every profile: its items are unnested from one list, and
-    # the page's own text is not carried along (a 22 MB page used to exhaust the 1 GB load memory).
-    return f"""
-        SELECT record AS line, CASE WHEN NOT paged THEN raw END AS raw, doc_error, paged,
-               unnest(items) AS doc, generate_subscripts(items, 1) AS item
-        FROM (SELECT record, raw, doc_error, coalesce(json_type(doc -> '$.results') = 'ARRAY', false) AS paged,
-                     CASE WHEN doc_error IS NOT NULL THEN [NULL::JSON]
-                          WHEN json_type(doc -> '$.results') = 'ARRAY' THEN CAST(doc -> '$.results' AS JSON[])
-                          ELSE [doc] END AS items
-              FROM ({docs}))"""
+    _sql(con, f"CREATE OR REPLACE TEMP TABLE _docs AS {readers.documents(source, _REJECTS)}",
+         {"path": str(source.path)})
+    batches = con.execute("""
+        SELECT min(record), max(record) FROM (
+            SELECT record, (sum(coalesce(strlen(doc::VARCHAR), 0)) OVER (ORDER BY record)) // $bytes AS batch
+            FROM _docs) GROUP BY batch ORDER BY batch""", {"bytes": _PARSE_BATCH_BYTES}).fetchall()
+    con.execute("""CREATE OR REPLACE TEMP TABLE _records (line BIGINT, raw VARCHAR, doc_error VARCHAR,
+                                                          paged BOOLEAN, item BIGINT, doc JSON)""")
+    # The page's own text is not carried along, only its items.
+    for first, last in batches:
+        con.execute("""
+            INSERT INTO _records
+            SELECT record, CASE WHEN NOT paged THEN raw END, doc_error, paged,
+                   generate_subscripts(items, 1), unnest(items)
+            FROM (SELECT record, raw, doc_error, coalesce(json_type(doc, '$.results') = 'ARRAY', false) AS paged,
+                         CASE WHEN doc_error IS NOT NULL THEN [NULL::JSON]
+                              WHEN json_type(doc, '$.results') = 'ARRAY' THEN CAST(doc -> '$.results' AS JSON[])
+                              ELSE [doc] END AS items
+                  FROM _docs WHERE record BETWEEN ? AND ?)""", [first, last])
+    con.execute("DROP TABLE _docs")
 
 
 def _load_profiles(con, source: Source, file_id: int, now: datetime, result: FileResult,
                    careful: bool = True) -> None:
-    records = _profile_records(con, source)
+    _stage_profile_records(con, source)
     params = {"path": str(source.path), "file_id": file_id, **validation.parameters(_ms(now))}
     reason = validation.profile_reason("did", "props")
     _sql(con, f"""
         CREATE OR REPLACE TEMP TABLE _profiles AS
         WITH r0 AS (SELECT line, item, paged, raw, doc_error, doc -> '$."$distinct_id"' AS did,
-                           doc -> '$."$properties"' AS props, doc FROM ({records})),
+                           doc -> '$."$properties"' AS props, doc FROM _records),
         r AS (SELECT *, {validation.typed("did", "props", texts=("did",))} FROM r0),
         v AS (SELECT *, coalesce(doc_error, {reason}) AS reason FROM r)
         SELECT line, item, reason || CASE WHEN paged THEN ' (results[' || (item - 1) || '])' ELSE '' END AS reason, left(CASE WHEN paged THEN doc::VARCHAR ELSE coalesce(raw, doc::VARCHAR) END,
@@ -427,7 +442,7 @@ def _load_profiles(con, source: Source, file_id: int, now: datetime, result: Fil
 
 def _load_profile_updates(con, source: Source, file_id: int, now: datetime, result: FileResult,
                           careful: bool = True) -> None:
-    records = _profile_records(con, source)
+    _stage_profile_records(con, source)
     params = {"path": str(source.path), "file_id": file_id, "ops": list(profile_ops.OPS),
               **validation.parameters(_ms(now))}
     id_reason = validation.distinct_id_reason("did", "$distinct_id")
@@ -437,7 +452,7 @@ def _load_profile_updates(con, source: Source, file_id: int, now: datetime, resu
         WITH r0 AS (SELECT line, item, paged, raw, doc_error, doc, doc -> '$."$distinct_id"' AS did,
                            doc -> '$."$time"' AS tm,
                            list_filter(json_keys(doc), lambda k: list_contains($ops, k)) AS ops
-                    FROM ({records})),
+                    FROM _records),
         r AS (SELECT *, {validation.typed("did", "tm", texts=("did",), numbers=("tm",))} FROM r0),
         v AS (SELECT *, coalesce(doc_error, CASE {id_reason}
                  WHEN len(ops) = 0 THEN 'no operation (expected one of ' || array_to_string($ops, ', ') || ')'
