@@ -32,7 +32,7 @@ from toolkit.store import Store
 
 _REJECTS = "_load_rejects"
 LOAD_MEMORY = "1GB"     # DuckDB's share while loading ($TOOLKIT_LOAD_MEMORY overrides)
-_PARSE_BATCH_BYTES = 8 << 20   # JSON text of profiles parsed per statement (see _stage_profile_records)
+_PARSE_BATCH_BYTES = 16 << 20   # JSON Lines text parsed per statement (see _stage_profile_records)
 _KIND_ORDER = {"events": 0, "profiles": 1, "profile_updates": 2}   # identity first, then who it names
 
 
@@ -201,7 +201,7 @@ def _refused(source: Source, message: str, strict: bool, cause: Exception) -> Fi
 
 
 def _drop_scratch(con) -> None:
-    for table in (_REJECTS, f"{_REJECTS}_scan", f"{_REJECTS}_lines", "_docs", "_records"):
+    for table in (_REJECTS, f"{_REJECTS}_scan", f"{_REJECTS}_lines", "_records"):
         con.execute(f"DROP TABLE IF EXISTS temp.{table}")
 
 
@@ -370,35 +370,22 @@ def refresh_identity(con) -> None:
 
 def _stage_profile_records(con, source: Source) -> None:
     """Fill the temp table ``_records`` (line, raw, doc_error, paged, item, doc) of a profile or update
-    file, one row per profile or update: Engage pages are unnested.
-
-    DuckDB keeps the parse of every JSON document in a vector until the vector is done, and a vector
-    holds up to 2,048 records: 2,048 Engage pages of 450 KB would need gigabytes. So the documents are
-    staged as text first and unnested a few megabytes at a time."""
+    file, one row per profile or update: Engage pages are unnested. A few megabytes of JSON are parsed
+    at a time (see `readers.profile_items`): 2,048 Engage pages of 450 KB at once would need gigabytes."""
     if source.format not in ("jsonl", "json"):
         raise LoadError(str(source.path), f"{source.kind} must be JSON or JSON Lines, not {source.format}")
-    if source.format == "jsonl":
-        con.execute(readers.stage_lines(_REJECTS), {"path": str(source.path)})
-    _sql(con, f"CREATE OR REPLACE TEMP TABLE _docs AS {readers.documents(source, _REJECTS)}",
-         {"path": str(source.path)})
-    batches = con.execute("""
-        SELECT min(record), max(record) FROM (
-            SELECT record, (sum(coalesce(strlen(doc::VARCHAR), 0)) OVER (ORDER BY record)) // $bytes AS batch
-            FROM _docs) GROUP BY batch ORDER BY batch""", {"bytes": _PARSE_BATCH_BYTES}).fetchall()
     con.execute("""CREATE OR REPLACE TEMP TABLE _records (line BIGINT, raw VARCHAR, doc_error VARCHAR,
                                                           paged BOOLEAN, item BIGINT, doc JSON)""")
-    # The page's own text is not carried along, only its items.
-    for first, last in batches:
-        con.execute("""
-            INSERT INTO _records
-            SELECT record, CASE WHEN NOT paged THEN raw END, doc_error, paged,
-                   generate_subscripts(items, 1), unnest(items)
-            FROM (SELECT record, raw, doc_error, coalesce(json_type(doc, '$.results') = 'ARRAY', false) AS paged,
-                         CASE WHEN doc_error IS NOT NULL THEN [NULL::JSON]
-                              WHEN json_type(doc, '$.results') = 'ARRAY' THEN CAST(doc -> '$.results' AS JSON[])
-                              ELSE [doc] END AS items
-                  FROM _docs WHERE record BETWEEN ? AND ?)""", [first, last])
-    con.execute("DROP TABLE _docs")
+    ranges = [None]
+    if source.format == "jsonl":
+        con.execute(readers.stage_lines(_REJECTS), {"path": str(source.path)})
+        ranges = con.execute(f"""
+            SELECT min(ordinality), max(ordinality) FROM (
+                SELECT ordinality, (sum(coalesce(strlen(raw), 0)) OVER (ORDER BY ordinality)) // $bytes AS part
+                FROM {_REJECTS}_lines) GROUP BY part ORDER BY part""", {"bytes": _PARSE_BATCH_BYTES}).fetchall()
+    for lines in ranges:
+        _sql(con, f"INSERT INTO _records {readers.profile_items(source, _REJECTS, lines)}",
+             {"path": str(source.path)})
 
 
 def _load_profiles(con, source: Source, file_id: int, now: datetime, result: FileResult,
@@ -408,34 +395,40 @@ def _load_profiles(con, source: Source, file_id: int, now: datetime, result: Fil
     reason = validation.profile_reason("did", "props")
     _sql(con, f"""
         CREATE OR REPLACE TEMP TABLE _profiles AS
-        WITH r0 AS (SELECT line, item, paged, raw, doc_error, doc -> '$."$distinct_id"' AS did,
-                           doc -> '$."$properties"' AS props, doc FROM _records),
+        WITH r00 AS (SELECT *, json_extract(doc, ['$."$distinct_id"', '$."$properties"']) AS k FROM _records),
+        r0 AS (SELECT line, item, paged, raw, doc_error, k[1] AS did, k[2] AS props, doc FROM r00),
         r AS (SELECT *, {validation.typed("did", "props", texts=("did",))} FROM r0),
         v AS (SELECT *, coalesce(doc_error, {reason}) AS reason FROM r)
-        SELECT line, item, reason || CASE WHEN paged THEN ' (results[' || (item - 1) || '])' ELSE '' END AS reason, left(CASE WHEN paged THEN doc::VARCHAR ELSE coalesce(raw, doc::VARCHAR) END,
-                    {validation.QUARANTINED_RAW_CHARS}) AS raw,
-               did_s AS distinct_id, props
+        SELECT line, item, reason || CASE WHEN paged THEN ' (results[' || (item - 1) || '])' ELSE '' END AS reason,
+               CASE WHEN reason IS NOT NULL
+                    THEN left(CASE WHEN paged THEN doc::VARCHAR ELSE coalesce(raw, doc::VARCHAR) END,
+                              {validation.QUARANTINED_RAW_CHARS}) END AS raw,
+               did_s AS distinct_id, props,
+               CASE WHEN reason IS NULL THEN props -> '$."$onesignal_user_id"' END AS onesignal_id
         FROM v""", params)
     _quarantine_from(con, "_profiles", source, file_id)
+    # Replaced by delete and insert: INSERT OR REPLACE checks every row for a conflict (twice as slow).
     con.execute("""
-        INSERT OR REPLACE INTO profiles
-        SELECT coalesce(m.canonical_id, p.distinct_id), p.props, $now::TIMESTAMP, $file_id, p.line
+        CREATE OR REPLACE TEMP TABLE _placed AS
+        SELECT coalesce(m.canonical_id, p.distinct_id) AS distinct_id, p.props, p.line
         FROM _profiles p LEFT JOIN identity_map m ON m.distinct_id = p.distinct_id
         WHERE p.reason IS NULL
         QUALIFY row_number() OVER (PARTITION BY coalesce(m.canonical_id, p.distinct_id)
-                                   ORDER BY p.line DESC, p.item DESC) = 1""",
+                                   ORDER BY p.line DESC, p.item DESC) = 1""")
+    con.execute("DELETE FROM profiles WHERE distinct_id IN (SELECT distinct_id FROM _placed)")
+    con.execute("INSERT INTO profiles SELECT distinct_id, props, $now::TIMESTAMP, $file_id, line FROM _placed",
                 {"now": now.replace(tzinfo=None), "file_id": file_id})
+    con.execute("DROP TABLE _placed")
     counts = con.execute("SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM _profiles").fetchone()
     result.rows_read, result.rows_loaded = counts
     result.quarantined = _quarantined_count(con, file_id)
     # Seed rule: a profile carrying $onesignal_user_id aliases that value to the profile.
     con.execute("""
         INSERT INTO identity_links (kind, source, target, time_ms, file_id, line)
-        SELECT 'onesignal', props ->> '$."$onesignal_user_id"', distinct_id, $now_ms, $file_id, line
-        FROM _profiles
-        WHERE reason IS NULL AND json_type(props -> '$."$onesignal_user_id"') = 'VARCHAR'
-          AND trim(props ->> '$."$onesignal_user_id"') <> ''
-          AND props ->> '$."$onesignal_user_id"' <> distinct_id""",
+        SELECT 'onesignal', value, distinct_id, $now_ms, $file_id, line
+        FROM (SELECT *, onesignal_id ->> '$' AS value FROM _profiles
+              WHERE reason IS NULL AND json_type(onesignal_id) = 'VARCHAR')
+        WHERE trim(value) <> '' AND value <> distinct_id""",
                 {"now_ms": _ms(now), "file_id": file_id})
     refresh_identity(con)
 

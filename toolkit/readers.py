@@ -16,6 +16,7 @@ from __future__ import annotations
 from toolkit.sources import Source
 
 MAX_RECORD_BYTES = 64 << 20     # a record larger than this is refused with the file named
+DOCUMENT_BUFFER_BYTES = 4 << 20   # read_json_objects buffer, per thread: 64 MB ones parsed GBs of Engage pages at once
 
 _LINES = ("read_csv($path, columns={'raw': 'VARCHAR'}, delim='\\0', quote='', escape='', header=false, "
           f"auto_detect=false, strict_mode=false, max_line_size={MAX_RECORD_BYTES}, "
@@ -67,22 +68,50 @@ def stage_lines(rejects: str) -> str:
 
 def documents(source: Source, rejects: str) -> str:
     """(record, raw, doc_error, doc) with each record checked on its own (JSON Lines: after `stage_lines`)."""
-    if source.format == "jsonl":
-        return f"""
-            SELECT {line_of('ordinality', rejects)} AS record, raw,
-                   CASE WHEN NOT json_valid(raw) THEN 'malformed JSON'
-                        WHEN json_type(raw) <> 'OBJECT'
-                            THEN 'not a JSON object (got ' || lower(json_type(raw)) || ')' END AS doc_error,
-                   CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT' THEN raw::JSON END AS doc
-            FROM {rejects}_lines
-            WHERE raw IS NOT NULL AND trim(raw) <> ''"""
-    # A JSON document: an array of records, or one object (an Engage page holds them in `results`).
     return f"""
-        SELECT ordinality AS record, json::VARCHAR AS raw,
-               CASE WHEN json_type(json) <> 'OBJECT'
-                    THEN 'not a JSON object (got ' || lower(json_type(json)) || ')' END AS doc_error,
-               CASE WHEN json_type(json) = 'OBJECT' THEN json END AS doc
-        FROM read_json_objects($path, format='auto', maximum_object_size={MAX_RECORD_BYTES}) WITH ORDINALITY"""
+        SELECT record, raw,
+               CASE WHEN NOT json_valid(raw) THEN 'malformed JSON'
+                    WHEN json_type(raw) <> 'OBJECT'
+                        THEN 'not a JSON object (got ' || lower(json_type(raw)) || ')' END AS doc_error,
+               CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT' THEN raw::JSON END AS doc
+        FROM ({_document_texts(source, rejects)})"""
+
+
+def profile_items(source: Source, rejects: str, lines: tuple[int, int] | None = None) -> str:
+    """(record, raw, doc_error, paged, item, doc): one row per profile or update, the items of an Engage
+    page (``paged``) unnested, each with its 1-based place in the page. A page's own text is not
+    carried along (``raw`` is NULL). JSON Lines: after `stage_lines`; ``lines`` limits the staged lines.
+
+    Every JSON function parses its argument again, and 450 KB pages add up: the types come from one
+    parse, the items from another (a third checks a JSON Lines line is JSON at all)."""
+    valid = "json_valid(raw)" if source.format == "jsonl" else "true"   # read_json_objects parsed them
+    return f"""
+        SELECT record, CASE WHEN NOT paged THEN raw END AS raw, doc_error, paged,
+               generate_subscripts(items, 1) AS item, unnest(items) AS doc
+        FROM (SELECT *, CASE WHEN paged THEN json_extract(raw, '$.results[*]')
+                             WHEN doc_error IS NULL THEN [raw::JSON] ELSE [NULL::JSON] END AS items
+              FROM (SELECT record, raw, coalesce(types[2] = 'ARRAY', false) AS paged,
+                           CASE WHEN types IS NULL THEN 'malformed JSON'
+                                WHEN types[1] <> 'OBJECT' THEN 'not a JSON object (got ' || lower(types[1]) || ')'
+                           END AS doc_error
+                    FROM (SELECT record, raw, CASE WHEN {valid} THEN json_type(raw, ['$', '$.results']) END AS types
+                          FROM ({_document_texts(source, rejects, lines)}))))"""
+
+
+def _document_texts(source: Source, rejects: str, lines: tuple[int, int] | None = None) -> str:
+    """(record, raw): each record's text. A JSON document is an array of records, or one object per
+    record (an Engage page holds its profiles in `results`).
+
+    DuckDB keeps the parse of every JSON value in a vector until the vector is done. read_json_objects
+    fills a vector from one buffer, sized by ``maximum_object_size`` (a larger object still reads), so
+    `DOCUMENT_BUFFER_BYTES` bounds what is parsed at once; a range of staged lines bounds it for JSON Lines."""
+    if source.format == "jsonl":
+        within = f" AND ordinality BETWEEN {int(lines[0])} AND {int(lines[1])}" if lines else ""
+        return f"""SELECT {line_of('ordinality', rejects)} AS record, raw FROM {rejects}_lines
+                   WHERE raw IS NOT NULL AND trim(raw) <> ''{within}"""
+    return f"""SELECT ordinality AS record, json::VARCHAR AS raw
+               FROM read_json_objects($path, format='auto', maximum_object_size={DOCUMENT_BUFFER_BYTES})
+               WITH ORDINALITY"""
 
 
 def line_of(ordinal: str, rejects: str) -> str:
