@@ -47,11 +47,11 @@ FILTERED = {**COHORT, "rules": [COHORT["rules"][0],
 RUNS = 7
 
 
-def rows(events_file, profiles_file) -> list[Row]:
-    from toolkit import Store, cohorts, load, matching
+def rows(db_path) -> list[Row]:
+    """The rows, measured on a store that holds the generated events and profiles."""
+    from toolkit import Store, cohorts, matching
 
-    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "bench.duckdb") as store:
-        load(store, [events_file, profiles_file])
+    with Store(db_path) as store:
         con = store.con
         events = con.execute("SELECT count(*) FROM events").fetchone()[0]
         now = con.execute("SELECT max(time) FROM events").fetchone()[0] + timedelta(seconds=1)
@@ -147,6 +147,4 @@ def _ms(seconds: float) -> str:
 if __name__ == "__main__":
     from bench.table import print_table
 
-    folder = Path(__file__).resolve().parent / "data" / "events-1000000"
-    args = sys.argv[1:] or [folder / "events.jsonl", folder / "profiles.json"]
-    print_table(rows(*args))
+    print_table(rows(sys.argv[1]))

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from conftest import NOW
 from toolkit import Store, cohorts, matching
 from toolkit.cohort_model import CohortError
+from toolkit.store import profile_facts
 from toolkit.matching import COLUMNS, REASONS, WINNER_RULE, ProfileRow, classify
 
 GRACE = "$device:0d9b8a7c-6e5f-4a3b-b2c1-d0e9f8a7b6c5"
@@ -240,7 +241,8 @@ def test_python_and_sql_classify_the_same(scratch, profiles, updated, picked, ow
         if props is None:
             continue
         stamp = datetime(2026, 10, 1 + updated[i])
-        store.con.execute("INSERT INTO profiles VALUES (?, ?, ?, 1, ?)", [f"u{i}", json.dumps(props), stamp, i])
+        store.con.execute(f"INSERT INTO profiles SELECT ?, ?::JSON, ?, 1, ?, {profile_facts('$2::JSON')}",
+                          [f"u{i}", json.dumps(props), stamp, i])
         rows_.append(ProfileRow(f"u{i}", props, stamp))
     # the first profile's id, if a string, is aliased to another user: the identity owner rule
     first = next((p.get(P) for p in profiles if p), None)

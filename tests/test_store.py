@@ -77,3 +77,19 @@ def test_read_only_store_sees_data_and_refuses_writes(tmp_path):
         assert s.con.execute("SELECT * FROM identity_map").fetchall() == [("a", "b")]
         with pytest.raises(duckdb.Error):
             s.con.execute("DELETE FROM identity_map")
+
+
+def test_migration_5_derives_the_matching_columns_of_existing_profiles(tmp_path, monkeypatch):
+    path = tmp_path / "s.duckdb"
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:4])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 4)
+    with Store(path) as s:
+        s.con.execute("""INSERT INTO profiles VALUES
+            ('a', '{"$onesignal_user_id": "ext_a", "plan": "pro"}', '2026-10-01', 1, 1),
+            ('b', '{}', '2026-10-01', 1, 2), ('c', '{ }', '2026-10-01', 1, 3),
+            ('d', '{"$onesignal_user_id": 7}', '2026-10-01', 1, 4)""")
+    monkeypatch.undo()
+    with Store(path) as s:
+        assert s.version() == SCHEMA_VERSION
+        got = s.con.execute("SELECT distinct_id, onesignal_user_id, empty FROM resolved_profiles ORDER BY 1").fetchall()
+    assert got == [("a", '"ext_a"', False), ("b", None, True), ("c", None, True), ("d", "7", False)]

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from toolkit import identity, profile_ops, readers, validation
 from toolkit.errors import LoadError
 from toolkit.sources import Source, content_hash, describe, discover
-from toolkit.store import Store
+from toolkit.store import Store, profile_facts
 
 _REJECTS = "_load_rejects"
 LOAD_MEMORY = "1GB"     # DuckDB's share while loading ($TOOLKIT_LOAD_MEMORY overrides)
@@ -416,7 +416,8 @@ def _load_profiles(con, source: Source, file_id: int, now: datetime, result: Fil
         QUALIFY row_number() OVER (PARTITION BY coalesce(m.canonical_id, p.distinct_id)
                                    ORDER BY p.line DESC, p.item DESC) = 1""")
     con.execute("DELETE FROM profiles WHERE distinct_id IN (SELECT distinct_id FROM _placed)")
-    con.execute("INSERT INTO profiles SELECT distinct_id, props, $now::TIMESTAMP, $file_id, line FROM _placed",
+    con.execute(f"INSERT INTO profiles SELECT distinct_id, props, $now::TIMESTAMP, $file_id, line, "
+                f"{profile_facts('props')} FROM _placed",
                 {"now": now.replace(tzinfo=None), "file_id": file_id})
     con.execute("DROP TABLE _placed")
     counts = con.execute("SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM _profiles").fetchone()
@@ -509,7 +510,8 @@ def _write_profile_states(con, states: dict[str, tuple[dict | None, int]], file_
             "properties": [json.dumps(props, ensure_ascii=False) for props, _ in kept.values()],
             "line": [line for _, line in kept.values()],
         })
-        con.execute("INSERT OR REPLACE INTO profiles SELECT distinct_id, properties::JSON, ?::TIMESTAMP, ?, line "
+        con.execute("INSERT OR REPLACE INTO profiles SELECT distinct_id, properties::JSON, ?::TIMESTAMP, ?, line, "
+                    f"{profile_facts('properties::JSON')} "
                     "FROM frame", [now.replace(tzinfo=None), file_id])
 
 

@@ -35,7 +35,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from toolkit import cohorts
 from toolkit.cohort_sql import Query, json_pointer, quote_ident, to_utc_naive
@@ -52,11 +55,12 @@ COHORT_LIMIT = 10_000_000
 MAX_ID_LENGTH = 128
 PYTHON_MAX_MEMBERS = 1_000        # above this, `match` classifies inside DuckDB (one query, no row loop)
 COLUMNS = ["distinct_id", "onesignal_id", "id_type", "exportable", "reason", "detail"]
+SCHEMA = pa.schema([(name, pa.bool_() if name == "exportable" else pa.string()) for name in COLUMNS])
 
 # Patterns shared by both paths (Python re and DuckDB's RE2 agree on these ASCII classes).
 UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-BLANK = "[\t\n\x0b\f\r ]*"
-_UUID, _BLANK = re.compile(UUID), re.compile(BLANK)
+BLANKS = "\t\n\x0b\f\r "
+_UUID, _BLANK = re.compile(UUID), re.compile(f"[{BLANKS}]*")
 WINNER_RULE = "the profile the id resolves to, else the most recently updated, else the first distinct_id"
 _SHOWN = 3                        # claimants named in a duplicate's detail before "and N more"
 
@@ -115,7 +119,14 @@ def classify(members: Iterable[str], profiles: Iterable[ProfileRow], *,
             exportable += 1
             if exportable > limit:
                 row[3:] = [False, "over_limit", _over_limit_detail(limit)]
-    return pd.DataFrame(rows, columns=COLUMNS).astype({"exportable": bool})
+    return _frame(pa.Table.from_arrays([pa.array(list(col), type=SCHEMA.field(i).type) for i, col in
+                                        enumerate(zip(*rows))] if rows else SCHEMA.empty_table().columns,
+                                       schema=SCHEMA))
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """The per-member DataFrame, the same dtypes whichever path made it."""
+    return table.cast(SCHEMA).to_pandas()
 
 
 def _inspect(props, prop: str, id_type: str) -> tuple[str | None, object, str | None]:
@@ -191,65 +202,64 @@ def _check_options(prop: str, id_type: str, limit: int) -> None:
 # -- the SQL path --------------------------------------------------------------------------------------
 
 def classify_sql(members: Query, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
-                 id_type: str = "auto", limit: int = COHORT_LIMIT) -> Query:
-    """The same table as `classify`, as one query over ``members`` (a query with a distinct_id column,
-    e.g. a compiled cohort) joined to ``resolved_profiles``. Pure: builds SQL, runs nothing."""
-    _check_options(user_id_property, id_type, limit)
+                 id_type: str = "auto") -> Query:
+    """The same table as `classify` before the cohort limit (`apply_limit`), as one query over
+    ``members`` (a query with a distinct_id column, e.g. a compiled cohort) joined to
+    ``resolved_profiles``. Pure: builds SQL, runs nothing.
+
+    Every profile's value is read once; duplicate groups are counted by value alone (a value's id type
+    follows from its text, or is the same for all), and only the few values held by several profiles
+    are ranked (a sorted list per value costs more than the rest of the query)."""
+    _check_options(user_id_property, id_type, COHORT_LIMIT)
     params = dict(members.params)
     clash = [k for k in params if k.startswith("m_")]
     if clash:
         raise MatchingError(f"member query parameters may not start with m_: {clash}")
     params.update({
-        "m_path": json_pointer(user_id_property), "m_prop": user_id_property, "m_mode": id_type,
-        "m_uuid": UUID, "m_blank": BLANK, "m_max": MAX_ID_LENGTH, "m_limit": limit,
-        "m_rule": WINNER_RULE, "m_over": _over_limit_detail(limit),
+        "m_prop": user_id_property, "m_mode": id_type, "m_uuid": UUID, "m_blanks": BLANKS, "m_max": MAX_ID_LENGTH,
+        "m_rule": WINNER_RULE,
     })
     q = quote_ident
     did = q("distinct_id")
+    # The default property is kept beside each profile (store migration 5): no profile JSON is parsed.
+    value = q("onesignal_user_id")
+    if user_id_property != DEFAULT_USER_ID_PROPERTY:
+        value, params["m_path"] = f"json_extract({q('properties')}, $m_path)", json_pointer(user_id_property)
     # Each CASE mirrors _inspect / _reason / _unusable_detail above; tests keep the two paths equal.
     sql = f"""
 WITH {q("m_members")} AS (SELECT DISTINCT {did} FROM ({members.sql}) {q("m_src")}),
-{q("m_prof")} AS (     -- the property is extracted once; each later test reads the small value
-    SELECT {did}, {q("updated_at")} AS updated_at,
-           json_extract({q("properties")}, $m_path) AS x,
-           -- "no properties": only a tiny document can be empty, so only those are parsed
-           CASE WHEN strlen({q("properties")}::VARCHAR) < 16 THEN len(json_keys({q("properties")})) = 0
-                ELSE false END AS empty
-    FROM {q("resolved_profiles")}
+{q("m_values")} AS (     -- the property is read once; each later test reads the small value
+    SELECT {did}, updated_at, json_type(x) AS jt, json_extract_string(x, '$') AS v, empty
+    FROM (SELECT {did}, {q("updated_at")} AS updated_at, {q("empty")} AS empty, {value} AS x
+          FROM {q("resolved_profiles")})
 ),
-{q("m_values")} AS MATERIALIZED (   -- every profile's value: only these columns are kept
-    SELECT {did}, empty, updated_at, json_type(x) AS jt, json_extract_string(x, '$') AS v FROM {q("m_prof")}
+{q("m_inspected")} AS MATERIALIZED (   -- every profile: its value's problem and id type
+    SELECT {did}, updated_at, jt, v, empty, problem,
+           CASE WHEN jt <> 'VARCHAR' THEN NULL
+                WHEN $m_mode <> 'auto' THEN $m_mode
+                WHEN is_uuid THEN 'subscription_id' ELSE 'external_id' END AS kind
+    FROM (SELECT *,
+            CASE WHEN jt IS NULL OR jt = 'NULL' THEN 'missing'
+                 WHEN jt <> 'VARCHAR' THEN 'not_string'
+                 WHEN ltrim(v, $m_blanks) = '' THEN 'blank'
+                 WHEN length(v) > $m_max THEN 'too_long'
+                 WHEN $m_mode = 'subscription_id' AND NOT is_uuid THEN 'not_uuid'
+            END AS problem
+          -- the regular expression only for values of a UUID's length: most ids are not
+          FROM (SELECT *, jt = 'VARCHAR' AND strlen(v) = 36 AND regexp_full_match(v, $m_uuid) AS is_uuid
+                FROM {q("m_values")}))
 ),
-{q("m_relevant")} AS (   -- the members' profiles and any profile holding the same string
-    SELECT * FROM {q("m_values")}
-    WHERE {did} IN (SELECT {did} FROM {q("m_members")})
-       OR (jt = 'VARCHAR' AND v IN (SELECT v.v FROM {q("m_values")} v JOIN {q("m_members")} m ON m.{did} = v.{did}
-                                    WHERE v.jt = 'VARCHAR'))
+{q("m_shared")} AS (   -- usable values held by several profiles
+    SELECT v, count(*) AS claimants FROM {q("m_inspected")} WHERE problem IS NULL GROUP BY v HAVING count(*) > 1
 ),
-{q("m_checked")} AS (
-    SELECT *, regexp_full_match(v, $m_uuid) AS is_uuid FROM {q("m_relevant")}
-),
-{q("m_inspected")} AS MATERIALIZED (   -- read twice below: computed once
-    SELECT *,
-        CASE WHEN jt IS NULL OR jt = 'NULL' THEN 'missing'
-             WHEN jt <> 'VARCHAR' THEN 'not_string'
-             WHEN regexp_full_match(v, $m_blank) THEN 'blank'
-             WHEN length(v) > $m_max THEN 'too_long'
-             WHEN $m_mode = 'subscription_id' AND NOT is_uuid THEN 'not_uuid'
-        END AS problem,
-        CASE WHEN jt <> 'VARCHAR' THEN NULL
-             WHEN $m_mode <> 'auto' THEN $m_mode
-             WHEN is_uuid THEN 'subscription_id' ELSE 'external_id' END AS kind
-    FROM {q("m_checked")}
-),
-{q("m_groups")} AS (   -- the profiles claiming each usable id, winner first (see _rank)
-    SELECT i.kind, i.v, count(*) AS claimants,
-           list(i.{did} ORDER BY i.{did}) AS names,
+{q("m_groups")} AS (   -- their claimants, winner first (see _rank)
+    SELECT i.v, any_value(s.claimants) AS claimants, list(i.{did} ORDER BY i.{did}) AS names,
            list(i.{did} ORDER BY (i.{did} = coalesce(a.{q("canonical_id")}, i.v)) DESC,
                                  i.updated_at DESC NULLS LAST, i.{did})[1] AS winner
-    FROM {q("m_inspected")} i LEFT JOIN {q("identity_map")} a ON a.{did} = i.v
+    FROM {q("m_inspected")} i JOIN {q("m_shared")} s ON s.v = i.v
+    LEFT JOIN {q("identity_map")} a ON a.{did} = i.v
     WHERE i.problem IS NULL
-    GROUP BY i.kind, i.v
+    GROUP BY i.v
 ),
 {q("m_rows")} AS (
     SELECT m.{did}, p.jt, p.v, p.problem, p.kind, c.claimants, c.winner,
@@ -257,50 +267,74 @@ WITH {q("m_members")} AS (SELECT DISTINCT {did} FROM ({members.sql}) {q("m_src")
            CASE WHEN p.empty IS NULL OR p.empty THEN 'anonymous'
                 WHEN p.problem = 'missing' THEN 'missing_user_id'
                 WHEN p.problem IS NOT NULL THEN 'unusable_value'
-                WHEN c.claimants > 1 AND c.winner <> m.{did} THEN 'duplicate'
+                WHEN c.winner <> m.{did} THEN 'duplicate'
            END AS reason
     FROM {q("m_members")} m
     LEFT JOIN {q("m_inspected")} p ON p.{did} = m.{did}
-    LEFT JOIN {q("m_groups")} c ON c.kind = p.kind AND c.v = p.v AND p.problem IS NULL
-),
-{q("m_detailed")} AS (
-    SELECT {did}, CASE WHEN jt = 'VARCHAR' THEN v END AS onesignal_id,
-           CASE WHEN reason IS NULL OR reason = 'duplicate' THEN kind END AS id_type, reason,
-           CASE reason
-             WHEN 'anonymous' THEN 'no profile properties: an anonymous user never exports'
-             WHEN 'missing_user_id' THEN CASE WHEN jt IS NULL THEN 'the profile has no ' || $m_prop || ' property'
-                                              ELSE $m_prop || ' is null' END
-             WHEN 'unusable_value' THEN CASE problem
-                 WHEN 'not_string' THEN $m_prop || ' is a ' || CASE jt WHEN 'BOOLEAN' THEN 'boolean'
-                     WHEN 'ARRAY' THEN 'list' WHEN 'OBJECT' THEN 'object' ELSE 'number' END || ', not a string'
-                 WHEN 'blank' THEN $m_prop || ' is blank'
-                 WHEN 'too_long' THEN $m_prop || ' is ' || length(v) || ' characters long; OneSignal ids are at most '
-                                      || $m_max
-                 ELSE $m_prop || ' is not a UUID; id_type subscription_id needs a Subscription (Player) ID' END
-             ELSE CASE WHEN claimants > 1 THEN kind || ' also on '
-                          || array_to_string(others[1:{_SHOWN}], ', ')
-                          || CASE WHEN len(others) > {_SHOWN} THEN ' and ' || (len(others) - {_SHOWN}) || ' more' ELSE '' END
-                          || '; ' || CASE WHEN reason = 'duplicate' THEN winner ELSE 'this profile' END
-                          || ' keeps it (' || $m_rule || ')'
-                       ELSE '' END
-           END AS detail
-    FROM {q("m_rows")}
+    LEFT JOIN {q("m_groups")} c ON c.v = p.v AND p.problem IS NULL
 )
-SELECT {did}, onesignal_id, id_type, reason IS NULL AND NOT over AS exportable,
-       CASE WHEN over THEN 'over_limit' ELSE reason END AS reason,
-       CASE WHEN over THEN $m_over ELSE detail END AS detail
-FROM (SELECT *, reason IS NULL AND row_number() OVER (PARTITION BY reason IS NULL ORDER BY {did}) > $m_limit AS over
-      FROM {q("m_detailed")})
-ORDER BY {did}"""
+SELECT {did}, CASE WHEN jt = 'VARCHAR' THEN v END AS onesignal_id,
+       CASE WHEN reason IS NULL OR reason = 'duplicate' THEN kind END AS id_type, reason IS NULL AS exportable,
+       reason,
+       CASE reason
+         WHEN 'anonymous' THEN 'no profile properties: an anonymous user never exports'
+         WHEN 'missing_user_id' THEN CASE WHEN jt IS NULL THEN 'the profile has no ' || $m_prop || ' property'
+                                          ELSE $m_prop || ' is null' END
+         WHEN 'unusable_value' THEN CASE problem
+             WHEN 'not_string' THEN $m_prop || ' is a ' || CASE jt WHEN 'BOOLEAN' THEN 'boolean'
+                 WHEN 'ARRAY' THEN 'list' WHEN 'OBJECT' THEN 'object' ELSE 'number' END || ', not a string'
+             WHEN 'blank' THEN $m_prop || ' is blank'
+             WHEN 'too_long' THEN $m_prop || ' is ' || length(v) || ' characters long; OneSignal ids are at most '
+                                  || $m_max
+             ELSE $m_prop || ' is not a UUID; id_type subscription_id needs a Subscription (Player) ID' END
+         ELSE CASE WHEN claimants > 1 THEN kind || ' also on '
+                      || array_to_string(others[1:{_SHOWN}], ', ')
+                      || CASE WHEN len(others) > {_SHOWN} THEN ' and ' || (len(others) - {_SHOWN}) || ' more' ELSE '' END
+                      || '; ' || CASE WHEN reason = 'duplicate' THEN winner ELSE 'this profile' END
+                      || ' keeps it (' || $m_rule || ')'
+                   ELSE '' END
+       END AS detail
+FROM {q("m_rows")}"""
     return Query(sql, params)
+
+
+def apply_limit(table: pa.Table, limit: int) -> pa.Table:
+    """Mark exportable members beyond the first ``limit`` by distinct_id over_limit (sorting the table
+    by distinct_id only when there are that many)."""
+    if (pc.sum(table.column("exportable")).as_py() or 0) <= limit:
+        return table
+    table = table.sort_by("distinct_id")
+    exportable = table.column("exportable").to_numpy(zero_copy_only=False)
+    over = pa.array(exportable & (np.cumsum(exportable) > limit))
+    for name, value in (("exportable", False), ("reason", "over_limit"), ("detail", _over_limit_detail(limit))):
+        column = pc.if_else(over, pa.scalar(value, table.schema.field(name).type), table.column(name))
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table
 
 
 # -- the shell: run one path, summarise, preview a cohort -------------------------------------------------
 
-@dataclass
 class Matchability:
-    summary: dict
-    members: pd.DataFrame
+    """``summary`` (counts per reason, match rate) and ``members``, the per-member table with COLUMNS.
+    The SQL path keeps the table in Arrow and makes the DataFrame on first use: for a million members
+    that conversion alone takes longer than classifying them."""
+
+    def __init__(self, summary: dict, members: pd.DataFrame | pa.Table):
+        self.summary = summary
+        self._members = members
+
+    @property
+    def members(self) -> pd.DataFrame:
+        """One row per member, sorted by distinct_id."""
+        if isinstance(self._members, pa.Table):
+            self._members = _frame(self._members.sort_by("distinct_id"))
+        return self._members
+
+    def head(self, rows: int) -> pd.DataFrame:
+        """The first ``rows`` members by distinct_id, without converting the whole table."""
+        if isinstance(self._members, pa.Table):
+            return _frame(_first(self._members, rows))
+        return self._members.head(rows)
 
     @property
     def exportable(self) -> pd.DataFrame:
@@ -308,33 +342,49 @@ class Matchability:
         return self.members.loc[self.members["exportable"], ["distinct_id", "onesignal_id", "id_type"]]
 
 
-@dataclass
 class Preview(Matchability):
-    cohort: str = ""
-    version: int | None = None
-    now: dt.datetime | None = None
-    seconds: dict = field(default_factory=dict)
+    """A cohort's matchability as of ``now``, with the seconds its evaluation and matching took."""
+
+    def __init__(self, summary: dict, members: pd.DataFrame | pa.Table, *, cohort: str = "",
+                 version: int | None = None, now: dt.datetime | None = None, seconds: dict | None = None):
+        super().__init__(summary, members)
+        self.cohort, self.version, self.now, self.seconds = cohort, version, now, seconds or {}
 
     def to_dict(self, rows: int | None = None) -> dict:
-        frame = self.members if rows is None else self.members.head(rows)
+        frame = self.members if rows is None else self.head(rows)
         records = [{k: (None if not isinstance(v, (bool, str)) and pd.isna(v) else v) for k, v in r.items()}
                    for r in frame.to_dict(orient="records")]
         return {"summary": self.summary, "members": records}
 
 
-def summarize(frame: pd.DataFrame, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
+def _first(table: pa.Table, rows: int) -> pa.Table:
+    """The first ``rows`` members by distinct_id, without sorting them all."""
+    return table.take(pc.select_k_unstable(table, rows, [("distinct_id", "ascending")])).sort_by("distinct_id")
+
+
+def summarize(members: pd.DataFrame | pa.Table, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
               id_type: str = "auto", limit: int = COHORT_LIMIT) -> dict:
-    members = len(frame)
-    exportable = int(frame["exportable"].sum())
-    counts = frame["reason"].value_counts()
-    kinds = frame.loc[frame["exportable"], "id_type"].value_counts()
+    if isinstance(members, pa.Table):
+        exportable = members.column("exportable")
+        total, exported = members.num_rows, int(pc.sum(exportable).as_py() or 0)
+        counts = _value_counts(members.column("reason"))
+        kinds = _value_counts(pc.filter(members.column("id_type"), exportable))
+    else:
+        total, exported = len(members), int(members["exportable"].sum())
+        counts = members["reason"].value_counts()
+        kinds = members.loc[members["exportable"], "id_type"].value_counts()
     return {
-        "members": members, "exportable": exportable,
-        "match_rate": round(exportable / members, 4) if members else 0.0,
+        "members": total, "exportable": exported,
+        "match_rate": round(exported / total, 4) if total else 0.0,
         "reasons": {r: int(counts.get(r, 0)) for r in REASONS},
         "id_types": {k: int(kinds.get(k, 0)) for k in ("external_id", "subscription_id")},
         "user_id_property": user_id_property, "id_type": id_type, "limit": limit,
     }
+
+
+def _value_counts(column) -> dict:
+    counted = pc.value_counts(column)
+    return dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
 
 
 def match(con, members: Iterable[str] | Query, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
@@ -346,17 +396,18 @@ def match(con, members: Iterable[str] | Query, *, user_id_property: str = DEFAUL
     if engine not in ("auto", "python", "sql"):
         raise MatchingError(f"engine: expected auto, python or sql, got {engine!r}")
     options = {"user_id_property": user_id_property, "id_type": id_type, "limit": limit}
+    _check_options(user_id_property, id_type, limit)
     if engine == "auto":
         engine = "python" if not isinstance(members, Query) and len(members := list(members)) <= PYTHON_MAX_MEMBERS \
             else "sql"
     if engine == "sql":
         source = members if isinstance(members, Query) else _list_query(members)
-        sql, params = classify_sql(source, **options)
-        frame = con.execute(sql, params).df()[COLUMNS]
-    else:
-        ids = [r[0] for r in con.execute(*members).fetchall()] if isinstance(members, Query) else list(members)
-        profiles, aliases = _fetch_profiles(con, ids, user_id_property)
-        frame = classify(ids, profiles, aliases=aliases, **options)
+        sql, params = classify_sql(source, user_id_property=user_id_property, id_type=id_type)
+        table = apply_limit(con.sql(sql, params=params).to_arrow_table().select(COLUMNS).cast(SCHEMA), limit)
+        return Matchability(summarize(table, **options), table)
+    ids = [r[0] for r in con.execute(*members).fetchall()] if isinstance(members, Query) else list(members)
+    profiles, aliases = _fetch_profiles(con, ids, user_id_property)
+    frame = classify(ids, profiles, aliases=aliases, **options)
     return Matchability(summarize(frame, **options), frame.reset_index(drop=True))
 
 
@@ -399,7 +450,7 @@ def preview(store, name: str | cohorts.Cohort, *, now: dt.datetime | None = None
     version = cohorts.version_of(con, cohort_name) if from_store else None
     summary = {"cohort": cohort_name, "version": version, "now": to_utc_naive(now).isoformat() + "Z",
                **result.summary}
-    return Preview(summary, result.members, cohort=cohort_name, version=version, now=now,
+    return Preview(summary, result._members, cohort=cohort_name, version=version, now=now,
                    seconds={"evaluate": round(evaluated - started, 4), "match": round(matched - evaluated, 4)})
 
 
@@ -411,10 +462,10 @@ def preview_text(preview: Preview, rows: int = 20) -> str:
              f"by {s['user_id_property']} as {s['id_type']}",
              "  exportable: " + ", ".join(f"{v:,} {k}" for k, v in s["id_types"].items())]
     lines += [f"  {reason}: {count:,}" for reason, count in s["reasons"].items() if count]
-    frame = preview.members
-    if len(frame):
+    total = s["members"]
+    if total:
         lines.append("")
-        shown = frame.head(rows)
+        shown = preview.head(rows)
         width = min(max(len(str(d)) for d in shown["distinct_id"]), 40)
         for r in shown.itertuples(index=False):
             status = "exportable" if r.exportable else r.reason
@@ -422,8 +473,8 @@ def preview_text(preview: Preview, rows: int = 20) -> str:
             target = f"{kind} {_clip(json.dumps(oid, ensure_ascii=False))}" if kind else ""
             line = f"  {_clip(r.distinct_id, 40):<{width}}  {status:<15} {target}".rstrip()
             lines.append(line + (f"  — {detail}" if detail else ""))
-        if len(frame) > rows:
-            lines.append(f"  ... {len(frame) - rows:,} more (the full table is Preview.members)")
+        if total > rows:
+            lines.append(f"  ... {total - rows:,} more (the full table is Preview.members)")
     return "\n".join(lines)
 
 
