@@ -91,5 +91,7 @@ def test_migration_5_derives_the_matching_columns_of_existing_profiles(tmp_path,
     monkeypatch.undo()
     with Store(path) as s:
         assert s.version() == SCHEMA_VERSION
-        got = s.con.execute("SELECT distinct_id, onesignal_user_id, empty FROM resolved_profiles ORDER BY 1").fetchall()
-    assert got == [("a", '"ext_a"', False), ("b", None, True), ("c", None, True), ("d", "7", False)]
+        got = s.con.execute("SELECT distinct_id, onesignal_user_id_type, onesignal_user_id, empty "
+                            "FROM resolved_profiles ORDER BY 1").fetchall()
+    assert got == [("a", "VARCHAR", "ext_a", False), ("b", None, None, True), ("c", None, None, True),
+                   ("d", "UBIGINT", "7", False)]

@@ -62,6 +62,8 @@ UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{
 BLANKS = "\t\n\x0b\f\r "
 _UUID, _BLANK = re.compile(UUID), re.compile(f"[{BLANKS}]*")
 WINNER_RULE = "the profile the id resolves to, else the most recently updated, else the first distinct_id"
+FACTS_TABLE = "user_id_facts"        # refresh_facts: the default property's facts, as of a load
+_MEMBERS = "temp._preview_members"   # a preview's evaluated cohort
 _SHOWN = 3                        # claimants named in a duplicate's detail before "and N more"
 
 
@@ -201,77 +203,93 @@ def _check_options(prop: str, id_type: str, limit: int) -> None:
 
 # -- the SQL path --------------------------------------------------------------------------------------
 
-def classify_sql(members: Query, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
-                 id_type: str = "auto") -> Query:
-    """The same table as `classify` before the cohort limit (`apply_limit`), as one query over
-    ``members`` (a query with a distinct_id column, e.g. a compiled cohort) joined to
-    ``resolved_profiles``. Pure: builds SQL, runs nothing.
+def facts_sql(user_id_property: str = DEFAULT_USER_ID_PROPERTY) -> Query:
+    """What matching needs of every resolved profile, whatever the cohort and id type: distinct_id,
+    updated_at, empty, the value's JSON type (jt) and text (v), ``problem`` (missing, not_string,
+    blank, too_long or NULL), is_uuid, and for a value held by several profiles its claimants, their
+    sorted names and the winner (see _rank). Pure.
 
-    Every profile's value is read once; duplicate groups are counted by value alone (a value's id type
-    follows from its text, or is the same for all), and only the few values held by several profiles
-    are ranked (a sorted list per value costs more than the rest of the query)."""
-    _check_options(user_id_property, id_type, COHORT_LIMIT)
-    params = dict(members.params)
-    clash = [k for k in params if k.startswith("m_")]
-    if clash:
-        raise MatchingError(f"member query parameters may not start with m_: {clash}")
-    params.update({
-        "m_prop": user_id_property, "m_mode": id_type, "m_uuid": UUID, "m_blanks": BLANKS, "m_max": MAX_ID_LENGTH,
-        "m_rule": WINNER_RULE,
-    })
+    Claimants are counted by value alone: a value's id type follows from its text (auto), or is the
+    same for all, and subscription_id only refuses the non-UUIDs, whose claimants are all non-UUIDs.
+    Only values held by several profiles are ranked: a sorted list per value costs more than the rest."""
+    params = {"f_uuid": UUID, "f_blanks": BLANKS, "f_max": MAX_ID_LENGTH}
     q = quote_ident
     did = q("distinct_id")
     # The default property is kept beside each profile (store migration 5): no profile JSON is parsed.
-    value = q("onesignal_user_id")
+    values = f"""SELECT {did}, {q("updated_at")} AS updated_at, {q("empty")} AS empty,
+                        {q("onesignal_user_id_type")} AS jt, {q("onesignal_user_id")} AS v FROM {q("resolved_profiles")}"""
     if user_id_property != DEFAULT_USER_ID_PROPERTY:
-        value, params["m_path"] = f"json_extract({q('properties')}, $m_path)", json_pointer(user_id_property)
+        params["f_path"] = json_pointer(user_id_property)
+        values = f"""SELECT {did}, updated_at, empty, json_type(x) AS jt, json_extract_string(x, '$') AS v
+            FROM (SELECT {did}, {q("updated_at")} AS updated_at, {q("empty")} AS empty,
+                         json_extract({q("properties")}, $f_path) AS x FROM {q("resolved_profiles")})"""
+    sql = f"""
+WITH {q("f_checked")} AS MATERIALIZED (
+    SELECT *,
+        CASE WHEN jt IS NULL OR jt = 'NULL' THEN 'missing'
+             WHEN jt <> 'VARCHAR' THEN 'not_string'
+             WHEN ltrim(v, $f_blanks) = '' THEN 'blank'
+             WHEN length(v) > $f_max THEN 'too_long'
+        END AS problem,
+        -- the regular expression only for values of a UUID's length: most ids are not
+        jt = 'VARCHAR' AND strlen(v) = 36 AND regexp_full_match(v, $f_uuid) AS is_uuid
+    FROM ({values})
+),
+{q("f_shared")} AS (
+    SELECT v, count(*) AS claimants FROM {q("f_checked")} WHERE problem IS NULL GROUP BY v HAVING count(*) > 1
+),
+{q("f_groups")} AS (
+    SELECT c.v, any_value(s.claimants) AS claimants, list(c.{did} ORDER BY c.{did}) AS names,
+           list(c.{did} ORDER BY (c.{did} = coalesce(a.{q("canonical_id")}, c.v)) DESC,
+                                 c.updated_at DESC NULLS LAST, c.{did})[1] AS winner
+    FROM {q("f_checked")} c JOIN {q("f_shared")} s ON s.v = c.v
+    LEFT JOIN {q("identity_map")} a ON a.{did} = c.v
+    WHERE c.problem IS NULL
+    GROUP BY c.v
+)
+SELECT c.{did}, c.updated_at, c.empty, c.jt, c.v, c.problem, c.is_uuid, g.claimants, g.names, g.winner
+FROM {q("f_checked")} c LEFT JOIN {q("f_groups")} g ON g.v = c.v AND c.problem IS NULL"""
+    return Query(sql, params)
+
+
+def classify_sql(members: Query, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
+                 id_type: str = "auto", facts: str | None = None) -> Query:
+    """The same table as `classify` before the cohort limit (`apply_limit`), as one query over
+    ``members`` (a query yielding each member's distinct_id once, e.g. a compiled cohort) and the
+    profiles' facts: `facts_sql`, or the table ``facts`` that holds them. Pure: builds SQL, runs nothing."""
+    _check_options(user_id_property, id_type, COHORT_LIMIT)
+    params = dict(members.params)
+    clash = [k for k in params if k[:2] in ("m_", "f_")]
+    if clash:
+        raise MatchingError(f"member query parameters may not start with m_ or f_: {clash}")
+    if facts is None:
+        facts, facts_params = facts_sql(user_id_property)
+        facts = f"({facts})"
+        params.update(facts_params)
+    params.update({"m_prop": user_id_property, "m_mode": id_type, "m_max": MAX_ID_LENGTH, "m_rule": WINNER_RULE})
+    q = quote_ident
+    did = q("distinct_id")
     # Each CASE mirrors _inspect / _reason / _unusable_detail above; tests keep the two paths equal.
     sql = f"""
-WITH {q("m_members")} AS (SELECT DISTINCT {did} FROM ({members.sql}) {q("m_src")}),
-{q("m_values")} AS (     -- the property is read once; each later test reads the small value
-    SELECT {did}, updated_at, json_type(x) AS jt, json_extract_string(x, '$') AS v, empty
-    FROM (SELECT {did}, {q("updated_at")} AS updated_at, {q("empty")} AS empty, {value} AS x
-          FROM {q("resolved_profiles")})
-),
-{q("m_inspected")} AS MATERIALIZED (   -- every profile: its value's problem and id type
-    SELECT {did}, updated_at, jt, v, empty, problem,
+WITH {q("m_members")} AS (SELECT {did} FROM ({members.sql}) {q("m_src")}),
+{q("m_inspected")} AS (   -- the id type decides the rest: a UUID is required, and what kind of id it is
+    SELECT {did}, jt, v, empty, claimants, names, winner,
+           CASE WHEN problem IS NULL AND $m_mode = 'subscription_id' AND NOT is_uuid THEN 'not_uuid'
+                ELSE problem END AS problem,
            CASE WHEN jt <> 'VARCHAR' THEN NULL
                 WHEN $m_mode <> 'auto' THEN $m_mode
                 WHEN is_uuid THEN 'subscription_id' ELSE 'external_id' END AS kind
-    FROM (SELECT *,
-            CASE WHEN jt IS NULL OR jt = 'NULL' THEN 'missing'
-                 WHEN jt <> 'VARCHAR' THEN 'not_string'
-                 WHEN ltrim(v, $m_blanks) = '' THEN 'blank'
-                 WHEN length(v) > $m_max THEN 'too_long'
-                 WHEN $m_mode = 'subscription_id' AND NOT is_uuid THEN 'not_uuid'
-            END AS problem
-          -- the regular expression only for values of a UUID's length: most ids are not
-          FROM (SELECT *, jt = 'VARCHAR' AND strlen(v) = 36 AND regexp_full_match(v, $m_uuid) AS is_uuid
-                FROM {q("m_values")}))
-),
-{q("m_shared")} AS (   -- usable values held by several profiles
-    SELECT v, count(*) AS claimants FROM {q("m_inspected")} WHERE problem IS NULL GROUP BY v HAVING count(*) > 1
-),
-{q("m_groups")} AS (   -- their claimants, winner first (see _rank)
-    SELECT i.v, any_value(s.claimants) AS claimants, list(i.{did} ORDER BY i.{did}) AS names,
-           list(i.{did} ORDER BY (i.{did} = coalesce(a.{q("canonical_id")}, i.v)) DESC,
-                                 i.updated_at DESC NULLS LAST, i.{did})[1] AS winner
-    FROM {q("m_inspected")} i JOIN {q("m_shared")} s ON s.v = i.v
-    LEFT JOIN {q("identity_map")} a ON a.{did} = i.v
-    WHERE i.problem IS NULL
-    GROUP BY i.v
+    FROM {facts} {q("m_facts")}
 ),
 {q("m_rows")} AS (
-    SELECT m.{did}, p.jt, p.v, p.problem, p.kind, c.claimants, c.winner,
-           list_filter(c.names, lambda x: x <> m.{did}) AS others,
+    SELECT m.{did}, p.jt, p.v, p.problem, p.kind, p.claimants, p.winner,
+           list_filter(p.names, lambda x: x <> m.{did}) AS others,
            CASE WHEN p.empty IS NULL OR p.empty THEN 'anonymous'
                 WHEN p.problem = 'missing' THEN 'missing_user_id'
                 WHEN p.problem IS NOT NULL THEN 'unusable_value'
-                WHEN c.winner <> m.{did} THEN 'duplicate'
+                WHEN p.winner <> m.{did} THEN 'duplicate'
            END AS reason
-    FROM {q("m_members")} m
-    LEFT JOIN {q("m_inspected")} p ON p.{did} = m.{did}
-    LEFT JOIN {q("m_groups")} c ON c.v = p.v AND p.problem IS NULL
+    FROM {q("m_members")} m LEFT JOIN {q("m_inspected")} p ON p.{did} = m.{did}
 )
 SELECT {did}, CASE WHEN jt = 'VARCHAR' THEN v END AS onesignal_id,
        CASE WHEN reason IS NULL OR reason = 'duplicate' THEN kind END AS id_type, reason IS NULL AS exportable,
@@ -402,7 +420,8 @@ def match(con, members: Iterable[str] | Query, *, user_id_property: str = DEFAUL
             else "sql"
     if engine == "sql":
         source = members if isinstance(members, Query) else _list_query(members)
-        sql, params = classify_sql(source, user_id_property=user_id_property, id_type=id_type)
+        sql, params = classify_sql(source, user_id_property=user_id_property, id_type=id_type,
+                                   facts=_stored_facts(con, user_id_property))
         table = apply_limit(con.sql(sql, params=params).to_arrow_table().select(COLUMNS).cast(SCHEMA), limit)
         return Matchability(summarize(table, **options), table)
     ids = [r[0] for r in con.execute(*members).fetchall()] if isinstance(members, Query) else list(members)
@@ -411,8 +430,27 @@ def match(con, members: Iterable[str] | Query, *, user_id_property: str = DEFAUL
     return Matchability(summarize(frame, **options), frame.reset_index(drop=True))
 
 
+def refresh_facts(con, generation: int) -> None:
+    """Store `facts_sql` of the default user-id property as of load ``generation`` (the newest file_id
+    in ``loads``). Each load does, in its own transaction, so a preview reads the facts instead of
+    recomputing them from every profile (at 1M profiles: 0.3 s instead of 1 s)."""
+    sql, params = facts_sql()
+    con.execute(f"CREATE OR REPLACE TABLE {FACTS_TABLE} AS {sql}", params)
+    con.execute(f"COMMENT ON TABLE {FACTS_TABLE} IS 'generation {int(generation)}'")
+
+
+def _stored_facts(con, user_id_property: str) -> str | None:
+    """The stored facts table if it holds this property as of the newest load, else None."""
+    if user_id_property != DEFAULT_USER_ID_PROPERTY:
+        return None
+    current = con.execute(f"""
+        SELECT (SELECT comment FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = '{FACTS_TABLE}')
+               = 'generation ' || (SELECT max(file_id) FROM loads)""").fetchall()[0][0]
+    return FACTS_TABLE if current else None
+
+
 def _list_query(ids: list[str]) -> Query:
-    return Query(f"SELECT unnest($ids) AS {quote_ident('distinct_id')}", {"ids": list(ids)})
+    return Query(f"SELECT unnest($ids) AS {quote_ident('distinct_id')}", {"ids": list(dict.fromkeys(ids))})
 
 
 def _fetch_profiles(con, ids: list[str], prop: str) -> tuple[list[ProfileRow], dict[str, str]]:
@@ -440,10 +478,15 @@ def preview(store, name: str | cohorts.Cohort, *, now: dt.datetime | None = None
     con = getattr(store, "con", store)
     now = now or dt.datetime.now(dt.timezone.utc)
     started = time.perf_counter()
-    members = cohorts.evaluate(con, name, now=now, definitions=definitions)
+    # The members stay in DuckDB: a million ids through Python cost more than classifying them.
+    sql, params = cohorts.query(con, name, now=now, definitions=definitions)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_MEMBERS} AS {sql}", params)
     evaluated = time.perf_counter()
-    result = match(con, members, user_id_property=user_id_property, id_type=id_type, limit=limit,
-                   engine=engine)
+    try:
+        result = match(con, Query(f"SELECT {quote_ident('distinct_id')} FROM {_MEMBERS}", {}),
+                       user_id_property=user_id_property, id_type=id_type, limit=limit, engine=engine)
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {_MEMBERS}")
     matched = time.perf_counter()
     cohort_name = name if isinstance(name, str) else name.name
     from_store = isinstance(name, str) and name not in cohorts.by_name(definitions)

@@ -219,23 +219,26 @@ MIGRATIONS: list[str] = [
         GROUP BY distinct_id;
     """,
     # 5: what matching reads of a profile, kept beside it so that a preview parses no profile JSON:
-    # the default user-id property's JSON value, and whether the profile has no properties at all.
+    # the default user-id property's JSON type and text, and whether the profile has no properties.
     """
-    ALTER TABLE profiles ADD COLUMN onesignal_user_id JSON;
+    ALTER TABLE profiles ADD COLUMN onesignal_user_id_type VARCHAR;
+    ALTER TABLE profiles ADD COLUMN onesignal_user_id VARCHAR;
     ALTER TABLE profiles ADD COLUMN empty BOOLEAN;
-    UPDATE profiles SET onesignal_user_id = properties -> '$."$onesignal_user_id"',
+    UPDATE profiles SET onesignal_user_id_type = json_type(properties, '$."$onesignal_user_id"'),
+                        onesignal_user_id = json_extract_string(properties, '$."$onesignal_user_id"'),
                         empty = len(json_keys(properties)) = 0;
     CREATE OR REPLACE VIEW resolved_profiles AS
         WITH placed AS (
             SELECT coalesce(m.canonical_id, p.distinct_id) AS distinct_id, p.properties, p.updated_at,
-                   p.onesignal_user_id, p.empty,
+                   p.onesignal_user_id_type, p.onesignal_user_id, p.empty,
                    p.file_id, p.line, p.distinct_id AS profile_id, m.canonical_id IS NOT NULL AS moved
             FROM profiles p LEFT JOIN identity_map m ON m.distinct_id = p.distinct_id),
         contested AS (SELECT DISTINCT distinct_id FROM placed WHERE moved)
-        SELECT distinct_id, properties, updated_at, onesignal_user_id, empty FROM placed
+        SELECT distinct_id, properties, updated_at, onesignal_user_id_type, onesignal_user_id, empty FROM placed
         WHERE distinct_id NOT IN (SELECT distinct_id FROM contested)
         UNION ALL
         SELECT distinct_id, arg_max(properties, (updated_at, file_id, line, profile_id)), max(updated_at),
+               arg_max(onesignal_user_id_type, (updated_at, file_id, line, profile_id)),
                arg_max(onesignal_user_id, (updated_at, file_id, line, profile_id)),
                arg_max(empty, (updated_at, file_id, line, profile_id))
         FROM placed
@@ -249,9 +252,11 @@ MIGRATIONS: list[str] = [
 def profile_facts(properties: str) -> str:
     """Select items for the profile columns derived from a JSON ``properties`` expression (migration 5),
     for every statement that writes profiles. Only a tiny document can be empty, so only those are parsed."""
-    return (f"""({properties}) -> '$."$onesignal_user_id"' AS onesignal_user_id, """
+    value = f"""({properties}) -> '$."$onesignal_user_id"'"""
+    return (f"json_type({value}) AS onesignal_user_id_type, json_extract_string({value}, '$') AS onesignal_user_id, "
             f"CASE WHEN strlen(({properties})::VARCHAR) < 16 THEN len(json_keys({properties})) = 0 "
             "ELSE false END AS empty")
+
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
