@@ -1,7 +1,7 @@
 """Run the benchmarks and print one table.
 
     python -m bench                     # 1M and 10M events (generates them once under bench/data/)
-    python -m bench --events 100000     # a quick run
+    python -m bench --events 100000 --stages 100000 --repeat 1     # a quick run
 """
 
 import argparse
@@ -36,9 +36,10 @@ def generated(events: int) -> Path:
     return path
 
 
-def measure(step: str, file: Path, db: Path) -> dict:
-    """Run one step in a child process on a fresh database file; it reports its peak RSS (bytes)."""
-    for stale in (db, db.with_name(db.name + ".wal")):
+def measure(step: str, file: Path, db: Path, fresh: bool = True) -> dict:
+    """Run one step in a child process (on a fresh database file unless not ``fresh``); it reports its
+    peak RSS (bytes)."""
+    for stale in (db, db.with_name(db.name + ".wal")) if fresh else ():
         stale.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "bench.worker", step, str(file), str(db)],
                             stdout=subprocess.PIPE, text=True)
@@ -82,8 +83,9 @@ def main() -> None:
                         help="comma-separated sizes of the load benchmark (default: 1M and 10M)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each load measurement; the fastest counts (default: 3)")
-    parser.add_argument("--stages", default="1000000",
-                        help="sizes at which cohort and MTU rows are measured too (default: 1M)")
+    parser.add_argument("--stages", default="10000000",
+                        help="sizes at which profile, cohort and MTU rows are measured too (default: 10M, "
+                             "with 1M profiles)")
     args = parser.parse_args()
     DATA.mkdir(exist_ok=True)
     rows: list[Row] = []
@@ -98,11 +100,15 @@ def main() -> None:
 
 
 def later_rows(store: Path) -> list[Row]:
-    """Rows of the stages after loading, on the same generated data."""
+    """Rows of the stages after loading, on the same generated data: the profiles are loaded into the
+    events' store first (timed, untargeted), then cohorts and MTU are measured on it."""
     from bench import cohort_eval, mtu_bench
 
-    folder = store.parent
-    return [*cohort_eval.rows(folder / "events.jsonl", folder / "profiles.json"), *mtu_bench.rows(store)]
+    loaded = measure("load", store.parent / "profiles.json", store, fresh=False)
+    profiles = Row(f"load {loaded['profiles'] / 1e6:g}M profiles (Engage pages) after the events",
+                   f"{loaded['profiles'] / loaded['seconds']:,.0f} profiles/s", f"{loaded['seconds']:.1f} s",
+                   f"peak RSS {loaded['peak_rss'] / GIB:.2f} GiB", "", None)
+    return [profiles, *cohort_eval.rows(store), *mtu_bench.rows(store)]
 
 
 def export_rows() -> list[Row]:

@@ -1,6 +1,6 @@
 """One measured step, run in its own process so that its peak memory is its own.
 
-python -m bench.worker ceiling|load FILE DB  ->  prints {"seconds": ..., "rows": ...}
+python -m bench.worker ceiling|load FILE DB  ->  prints {"seconds": ..., "rows": ..., "peak_rss": ...}
 """
 
 import json
@@ -29,8 +29,11 @@ def load(file: Path, db: Path) -> dict:
     with Store(db) as store:
         summary = load_files(store, [file])
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "rows": summary.to_dict()["events"],
-            "quarantined": summary.to_dict()["rows_quarantined"]}
+    counts = summary.to_dict()
+    if counts["files_refused"]:
+        raise SystemExit(f"{file} was refused: {summary.refused[0].message}")
+    return {"seconds": seconds, "rows": counts["events"], "profiles": counts["profiles"],
+            "quarantined": counts["rows_quarantined"]}
 
 
 def peak_rss() -> int:
