@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import NOW, SAMPLE
+from conftest import NOW
 from toolkit import Store, cohorts, matching
 from toolkit.cohort_model import CohortError
 from toolkit.store import profile_facts
@@ -209,37 +209,6 @@ def test_duplicates_are_decided_over_all_profiles_not_only_members():
 def test_a_subscription_id_and_an_external_id_with_the_same_text_do_not_clash():
     frame = classify(["a", "b"], [row("a", {P: ERIN_SUB}), row("b", {P: ERIN_SUB})], id_type="auto")
     assert reasons(frame)["b"] == ("duplicate", "subscription_id")
-
-
-def test_each_load_stores_the_facts_and_they_agree_with_computing_them(tmp_path):
-    """The facts a load stores (matching.refresh_facts) give the table computing them would, for
-    each id type; a load that changes ids refreshes them; another property or a stale stamp computes."""
-    from toolkit import load
-    from toolkit.cohort_sql import Query
-
-    everyone = Query("SELECT distinct_id FROM resolved_profiles UNION SELECT 'nobody'", {})
-
-    def both(store, id_type):
-        stored = matching.match(store, everyone, id_type=id_type, engine="sql").members
-        sql, params = matching.classify_sql(everyone, id_type=id_type)          # facts computed inline
-        computed = matching._frame(store.con.sql(sql, params=params).to_arrow_table()
-                                   .select(COLUMNS).sort_by("distinct_id"))
-        pd.testing.assert_frame_equal(stored, computed)
-        return stored
-
-    with Store(tmp_path / "s.duckdb") as store:
-        load(store, [SAMPLE / "events.jsonl", SAMPLE / "profiles.json"], now=NOW)
-        assert matching._stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == matching.FACTS_TABLE
-        before = {id_type: both(store, id_type) for id_type in matching.ID_TYPES}
-        assert set(before["auto"]["reason"].dropna()) >= {"anonymous", "missing_user_id", "unusable_value", "duplicate"}
-        load(store, [SAMPLE / "profile_updates.jsonl"], now=NOW)
-        assert matching._stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == matching.FACTS_TABLE
-        after = both(store, "auto")
-        assert not after.equals(before["auto"])       # the updates set and change user ids
-        assert matching._stored_facts(store.con, "$email") is None
-        store.con.execute(f"COMMENT ON TABLE {matching.FACTS_TABLE} IS 'generation 0'")
-        assert matching._stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) is None
-        pd.testing.assert_frame_equal(matching.match(store, everyone, engine="sql").members, after)
 
 
 # -- the two paths agree on anything ------------------------------------------------------------------

@@ -25,7 +25,7 @@ import duckdb
 import pandas as pd
 from tqdm.auto import tqdm
 
-from toolkit import identity, matching, profile_ops, readers, validation
+from toolkit import identity, profile_ops, readers, validation
 from toolkit.errors import LoadError
 from toolkit.sources import Source, content_hash, describe, discover
 from toolkit.store import Store, profile_facts
@@ -179,7 +179,6 @@ def _load_once(store: Store, source: Source, digest: str, strict: bool, now: dat
                 params["file_id"], str(source.path), digest, source.size, source.mtime_ns, source.kind,
                 source.format, now.replace(tzinfo=None), result.rows_read, result.rows_loaded,
                 result.duplicates, result.quarantined])
-            matching.refresh_facts(con, params["file_id"])
     except BaseException:
         if source.kind == "events":
             with contextlib.suppress(duckdb.Error):   # else the next load discards them
