@@ -79,11 +79,16 @@ def test_read_only_store_sees_data_and_refuses_writes(tmp_path):
             s.con.execute("DELETE FROM identity_map")
 
 
-def test_migration_5_derives_the_matching_columns_of_existing_profiles(tmp_path, monkeypatch):
+def test_migration_5_takes_out_what_later_steps_read_of_existing_rows(tmp_path, monkeypatch):
     path = tmp_path / "s.duckdb"
     monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:4])
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", 4)
     with Store(path) as s:
+        s.con.execute("""INSERT INTO event_rows (event, distinct_id, time, properties, file_id) VALUES
+            ('$identify', 'u1', '2026-10-01', '{"$anon_id": "a1", "$identified_id": "u1", "mp_processing_time_ms": 5}', 1),
+            ('$create_alias', 'u1', '2026-10-01', '{"alias": "x1"}', 1),
+            ('$merge', 'u1', '2026-10-01', '{"$distinct_ids": ["u1", "u2"], "mp_processing_time_ms": "7"}', 1),
+            ('Login', 'u1', '2026-10-01', '{}', 1)""")
         s.con.execute("""INSERT INTO profiles VALUES
             ('a', '{"$onesignal_user_id": "ext_a", "plan": "pro"}', '2026-10-01', 1, 1),
             ('b', '{}', '2026-10-01', 1, 2), ('c', '{ }', '2026-10-01', 1, 3),
@@ -93,5 +98,9 @@ def test_migration_5_derives_the_matching_columns_of_existing_profiles(tmp_path,
         assert s.version() == SCHEMA_VERSION
         got = s.con.execute("SELECT distinct_id, onesignal_user_id_type, onesignal_user_id, empty "
                             "FROM resolved_profiles ORDER BY 1").fetchall()
+        events = s.con.execute("SELECT event, processed_ms, link_source, link_target, content_hash = hash(properties) "
+                               "FROM event_rows ORDER BY event").fetchall()
+    assert events == [("$create_alias", None, "x1", "u1", True), ("$identify", 5.0, "a1", "u1", True),
+                      ("$merge", 7.0, "u2", "u1", True), ("Login", None, None, None, True)]
     assert got == [("a", "VARCHAR", "ext_a", False), ("b", None, None, True), ("c", None, None, True),
                    ("d", "UBIGINT", "7", False)]

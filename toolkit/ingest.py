@@ -213,7 +213,7 @@ def _stage_events(con, source: Source, careful: bool, params: dict) -> None:
         _sql(con, readers.stage_lines(_REJECTS), params)
     _sql(con, f"""
         INSERT INTO event_rows (event, distinct_id, time, insert_id, properties, file_id, rejected,
-                                device_id, user_id)
+                                device_id, user_id, processed_ms, content_hash, link_source, link_target)
         SELECT CASE WHEN reason IS NULL THEN ev_s END,
                CASE WHEN reason IS NULL THEN did_s END,
                CASE WHEN reason IS NULL THEN make_timestamp(CAST(round(time_ms) AS BIGINT) * 1000) END,
@@ -221,7 +221,16 @@ def _stage_events(con, source: Source, careful: bool, params: dict) -> None:
                CASE WHEN reason IS NULL THEN props END,
                $file_id, reason,
                CASE WHEN reason IS NULL AND json_type(dev) IN ('VARCHAR', 'BIGINT', 'UBIGINT') THEN dev ->> '$' END,
-               CASE WHEN reason IS NULL AND json_type(uid) IN ('VARCHAR', 'BIGINT', 'UBIGINT') THEN uid ->> '$' END
+               CASE WHEN reason IS NULL AND json_type(uid) IN ('VARCHAR', 'BIGINT', 'UBIGINT') THEN uid ->> '$' END,
+               -- what settling reads, so that it never reads `properties` (see store migration 5)
+               CASE WHEN reason IS NULL THEN try_cast(processed ->> '$' AS DOUBLE) END,
+               CASE WHEN reason IS NULL THEN hash(props) END,
+               CASE WHEN reason IS NULL THEN CASE ev_s WHEN '$identify' THEN anon ->> '$'
+                                                       WHEN '$create_alias' THEN alias ->> '$'
+                                                       WHEN '$merge' THEN merged ->> '$[1]' END END,
+               CASE WHEN reason IS NULL THEN CASE ev_s WHEN '$identify' THEN identified ->> '$'
+                                                       WHEN '$create_alias' THEN did_s
+                                                       WHEN '$merge' THEN merged ->> '$[0]' END END
         FROM ({_checked_events(source, careful, numbered=False)})""", params)
 
 
@@ -293,7 +302,8 @@ def _rejected_line_rows(con) -> str | None:
 def _drop_duplicates(con, file_id: int) -> int:
     """Delete every copy but the most recent of events sharing the dedup key: the copy from the latest
     file, within a file the one Mixpanel processed last (`mp_processing_time_ms`); copies alike in
-    both are told apart by their properties, so the outcome never depends on the reader's row order."""
+    both are told apart by a hash of their properties, so the outcome never depends on the reader's
+    row order. Nothing here reads `properties`: its columns were taken out at staging."""
     key = "hash(event, distinct_id, time, insert_id)"   # collisions only widen the candidates
     deleted = con.execute(f"""
         DELETE FROM event_rows WHERE rowid IN (
@@ -303,43 +313,31 @@ def _drop_duplicates(con, file_id: int) -> int:
                 UNION
                 SELECT {key} FROM event_rows
                 WHERE file_id < $file_id AND insert_id IS NOT NULL AND {key} IN (SELECT k FROM new)),
-            copies AS MATERIALIZED (   -- found without reading properties, which only they need
+            copies AS MATERIALIZED (
                 SELECT rowid AS r FROM event_rows WHERE insert_id IS NOT NULL AND {key} IN (SELECT k FROM shared))
             SELECT rowid FROM event_rows WHERE rowid IN (SELECT r FROM copies)
             QUALIFY row_number() OVER (
                 PARTITION BY event, distinct_id, time, insert_id
-                ORDER BY file_id DESC, try_cast(properties ->> 'mp_processing_time_ms' AS DOUBLE) DESC NULLS LAST,
-                         properties::VARCHAR DESC) > 1)""",
+                ORDER BY file_id DESC, processed_ms DESC NULLS LAST, content_hash DESC) > 1)""",
                           {"file_id": file_id}).fetchone()[0]
     return deleted
 
 
 def _record_event_links(con, file_id: int) -> None:
-    # One scan for the three identity events: reading `properties` decompresses the whole column,
-    # whichever rows are kept. The candidate links are kept apart before being checked: DuckDB
-    # would push the checks (JSON reads) into the scan, ahead of the event filter, and parse every
-    # event's properties (5 s at 10M events instead of 1.6 s).
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE _links AS
-        SELECT CASE event WHEN '$identify' THEN 'identify' WHEN '$create_alias' THEN 'alias'
-                          ELSE 'merge' END AS kind,
-               CASE event WHEN '$identify' THEN properties ->> '$."$anon_id"'
-                          WHEN '$create_alias' THEN properties ->> '$.alias'
-                          ELSE properties ->> '$."$distinct_ids"[1]' END AS source,
-               CASE event WHEN '$identify' THEN properties ->> '$."$identified_id"'
-                          WHEN '$create_alias' THEN distinct_id
-                          ELSE properties ->> '$."$distinct_ids"[0]' END AS target,
-               epoch_ms(time) AS time_ms
-        FROM event_rows WHERE file_id = $f AND event IN ('$identify', '$create_alias', '$merge')
-        UNION ALL   -- Simplified ID Merge: the first event carrying both ids links them
-        SELECT 'simplified', '$device:' || device_id, user_id, min(epoch_ms(time))
-        FROM event_rows WHERE file_id = $f AND device_id IS NOT NULL AND user_id IS NOT NULL
-        GROUP BY device_id, user_id""", {"f": file_id})
+    """Links from $identify, $create_alias and $merge (their ids were taken out at staging), and
+    Simplified ID Merge: the first event carrying both $device_id and $user_id links them."""
     con.execute("""
         INSERT INTO identity_links (kind, source, target, time_ms, file_id)
-        SELECT kind, source, target, time_ms, $f FROM _links
+        SELECT kind, source, target, time_ms, $f FROM (
+            SELECT CASE event WHEN '$identify' THEN 'identify' WHEN '$create_alias' THEN 'alias'
+                              ELSE 'merge' END AS kind,
+                   link_source AS source, link_target AS target, epoch_ms(time) AS time_ms
+            FROM event_rows WHERE file_id = $f AND event IN ('$identify', '$create_alias', '$merge')
+            UNION ALL
+            SELECT 'simplified', '$device:' || device_id, user_id, min(epoch_ms(time))
+            FROM event_rows WHERE file_id = $f AND device_id IS NOT NULL AND user_id IS NOT NULL
+            GROUP BY device_id, user_id)
         WHERE source IS NOT NULL AND target IS NOT NULL AND source <> target""", {"f": file_id})
-    con.execute("DROP TABLE _links")
 
 
 # -- identity --------------------------------------------------------------------------------

@@ -23,13 +23,15 @@ _LINES = ("read_csv($path, columns={'raw': 'VARCHAR'}, delim='\\0', quote='', es
           "ignore_errors=true, store_rejects=true, rejects_table='{rejects}', rejects_scan='{rejects}_scan')")
 
 
-KEY_FIELDS = ("distinct_id", "time", "$insert_id", "$device_id", "$user_id")
-_KEY_COLUMNS = ("did", "tm", "iid", "dev", "uid")
+KEY_FIELDS = ("distinct_id", "time", "$insert_id", "$device_id", "$user_id", "mp_processing_time_ms",
+              "$anon_id", "$identified_id", "alias", "$distinct_ids")
+_KEY_COLUMNS = ("did", "tm", "iid", "dev", "uid", "processed", "anon", "identified", "alias", "merged")
 
 
 def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = True) -> str:
-    """(record, raw, doc_error, ev, props, did, tm, iid, dev, uid) for an events file: the record's
-    fields as JSON values, with the properties Mixpanel gives a meaning (`KEY_FIELDS`) pulled out.
+    """(record, raw, doc_error, ev, props, did, tm, iid, dev, uid, processed, anon, identified, alias,
+    merged) for an events file: the record's fields as JSON values, with the properties Mixpanel gives
+    a meaning (`KEY_FIELDS`) pulled out.
 
     ``numbered=False`` leaves ``record`` NULL on the fast path: numbering rows keeps read_json on one
     thread, which doubles the time of a clean load that needs no line numbers."""

@@ -218,9 +218,24 @@ MIGRATIONS: list[str] = [
         WHERE distinct_id IN (SELECT distinct_id FROM contested)
         GROUP BY distinct_id;
     """,
-    # 5: what matching reads of a profile, kept beside it so that a preview parses no profile JSON:
-    # the default user-id property's JSON type and text, and whether the profile has no properties.
+    # 5: what later steps read of a row's JSON, kept beside it at load so that they parse none.
+    # Events: what settling a load needs (reading `properties` at all decompresses the whole column):
+    # Mixpanel's processing time and a content hash to pick among duplicates, an identity event's
+    # link. Profiles: the default user-id property's JSON type and text, and "no properties at all".
     """
+    ALTER TABLE event_rows ADD COLUMN processed_ms DOUBLE;
+    ALTER TABLE event_rows ADD COLUMN content_hash UBIGINT;
+    ALTER TABLE event_rows ADD COLUMN link_source VARCHAR;
+    ALTER TABLE event_rows ADD COLUMN link_target VARCHAR;
+    UPDATE event_rows SET processed_ms = try_cast(properties ->> 'mp_processing_time_ms' AS DOUBLE),
+                          content_hash = hash(properties),
+                          link_source = CASE event WHEN '$identify' THEN properties ->> '$."$anon_id"'
+                                                   WHEN '$create_alias' THEN properties ->> '$.alias'
+                                                   WHEN '$merge' THEN properties ->> '$."$distinct_ids"[1]' END,
+                          link_target = CASE event WHEN '$identify' THEN properties ->> '$."$identified_id"'
+                                                   WHEN '$create_alias' THEN distinct_id
+                                                   WHEN '$merge' THEN properties ->> '$."$distinct_ids"[0]' END
+    WHERE rejected IS NULL;
     ALTER TABLE profiles ADD COLUMN onesignal_user_id_type VARCHAR;
     ALTER TABLE profiles ADD COLUMN onesignal_user_id VARCHAR;
     ALTER TABLE profiles ADD COLUMN empty BOOLEAN;
