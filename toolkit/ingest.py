@@ -348,9 +348,9 @@ def refresh_identity(con) -> None:
     # their content: event rows carry no line, and the order must not depend on how they were read.
     rows = con.execute("SELECT rowid, kind, source, target, time_ms, file_id, coalesce(line, 0) FROM identity_links "
                        "ORDER BY time_ms, file_id, coalesce(line, 0), kind, source, target, rowid").fetchall()
-    links = [identity.Link(kind, source, target, (time_ms, file_id, line, kind, source, target, rowid))
+    links = [(kind, source, target, (time_ms, file_id, line, kind, source, target, rowid))
              for rowid, kind, source, target, time_ms, file_id, line in rows]
-    resolution = identity.resolve(links)
+    resolution = identity.resolve(links, ordered=True)   # DuckDB sorted them as Python would
     con.execute("DELETE FROM identity_map")
     if resolution.canonical:
         frame = pd.DataFrame({"distinct_id": list(resolution.canonical),

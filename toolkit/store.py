@@ -236,6 +236,12 @@ MIGRATIONS: list[str] = [
                                                    WHEN '$create_alias' THEN distinct_id
                                                    WHEN '$merge' THEN properties ->> '$."$distinct_ids"[0]' END
     WHERE rejected IS NULL;
+    -- Rebuilt whole by every load, and a primary key made that 13 s at 500k ids instead of 0.3 s;
+    -- ids are unique by construction (ingest.refresh_identity writes a dict).
+    CREATE TABLE identity_map_unkeyed AS SELECT * FROM identity_map;
+    DROP TABLE identity_map;
+    ALTER TABLE identity_map_unkeyed RENAME TO identity_map;
+    ALTER TABLE identity_map ALTER COLUMN canonical_id SET NOT NULL;
     ALTER TABLE profiles ADD COLUMN onesignal_user_id_type VARCHAR;
     ALTER TABLE profiles ADD COLUMN onesignal_user_id VARCHAR;
     ALTER TABLE profiles ADD COLUMN empty BOOLEAN;
