@@ -16,6 +16,7 @@ from __future__ import annotations
 from toolkit.sources import Source
 
 MAX_RECORD_BYTES = 64 << 20     # a record larger than this is refused with the file named
+JSON_BLANKS = "' \t\r\n'"     # a line of JSON's whitespace only is blank; any other character is a record
 DOCUMENT_BUFFER_BYTES = 4 << 20   # read_json_objects buffer, per thread: 64 MB ones parsed GBs of Engage pages at once
 
 _LINES = ("read_csv($path, columns={'raw': 'VARCHAR'}, delim='\\0', quote='', escape='', header=false, "
@@ -23,15 +24,17 @@ _LINES = ("read_csv($path, columns={'raw': 'VARCHAR'}, delim='\\0', quote='', es
           "ignore_errors=true, store_rejects=true, rejects_table='{rejects}', rejects_scan='{rejects}_scan')")
 
 
-KEY_FIELDS = ("distinct_id", "time", "$insert_id", "$device_id", "$user_id", "mp_processing_time_ms",
-              "$anon_id", "$identified_id", "alias", "$distinct_ids")
-_KEY_COLUMNS = ("did", "tm", "iid", "dev", "uid", "processed", "anon", "identified", "alias", "merged")
+KEY_FIELDS = ("distinct_id", "time", "$insert_id", "$device_id", "$user_id")
+_KEY_COLUMNS = ("did", "tm", "iid", "dev", "uid")
+# The ids an identity event links, pulled out of those events only (a few percent of rows).
+IDENTITY_EVENTS = ("$identify", "$create_alias", "$merge")
+LINK_FIELDS = ("$anon_id", "$identified_id", "alias", "$distinct_ids")
 
 
 def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = True) -> str:
-    """(record, raw, doc_error, ev, props, did, tm, iid, dev, uid, processed, anon, identified, alias,
-    merged) for an events file: the record's fields as JSON values, with the properties Mixpanel gives
-    a meaning (`KEY_FIELDS`) pulled out.
+    """(record, raw, doc_error, ev, props, did, tm, iid, dev, uid, links) for an events
+    file: the record's fields as JSON values, with the properties Mixpanel gives a meaning
+    (`KEY_FIELDS`) pulled out, and for an identity event the `LINK_FIELDS` it links (a list).
 
     ``numbered=False`` leaves ``record`` NULL on the fast path: numbering rows keeps read_json on one
     thread, which doubles the time of a clean load that needs no line numbers."""
@@ -51,11 +54,16 @@ def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = T
     else:
         records = f"""SELECT record, raw, doc_error, doc -> '$.event' AS ev, doc -> '$.properties' AS props
                       FROM ({documents(source, rejects)})"""
-    # One parse of the properties for all key fields.
-    paths = ", ".join(f"'$.\"{name}\"'" for name in KEY_FIELDS)
+    # One parse of the properties for all key fields; identity events get a second for their ids.
     keys = ", ".join(f"k[{i}] AS {col}" for i, col in enumerate(_KEY_COLUMNS, 1))
-    return f"""SELECT record, raw, doc_error, ev, props, {keys}
-               FROM (SELECT *, json_extract(props, [{paths}]) AS k FROM ({records}))"""
+    return f"""SELECT record, raw, doc_error, ev, props, {keys},
+                      CASE WHEN ev ->> '$' IN {IDENTITY_EVENTS} THEN json_extract(props, [{_paths(LINK_FIELDS)}])
+                      END AS links
+               FROM (SELECT *, json_extract(props, [{_paths(KEY_FIELDS)}]) AS k FROM ({records}))"""
+
+
+def _paths(names) -> str:
+    return ", ".join(f"'$.\"{name}\"'" for name in names)
 
 
 def stage_lines(rejects: str) -> str:
@@ -110,7 +118,7 @@ def _document_texts(source: Source, rejects: str, lines: tuple[int, int] | None 
     if source.format == "jsonl":
         within = f" AND ordinality BETWEEN {int(lines[0])} AND {int(lines[1])}" if lines else ""
         return f"""SELECT {line_of('ordinality', rejects)} AS record, raw FROM {rejects}_lines
-                   WHERE raw IS NOT NULL AND trim(raw) <> ''{within}"""
+                   WHERE raw IS NOT NULL AND trim(raw, {JSON_BLANKS}) <> ''{within}"""
     return f"""SELECT ordinality AS record, json::VARCHAR AS raw
                FROM read_json_objects($path, format='auto', maximum_object_size={DOCUMENT_BUFFER_BYTES})
                WITH ORDINALITY"""

@@ -219,23 +219,19 @@ MIGRATIONS: list[str] = [
         GROUP BY distinct_id;
     """,
     # 5: what later steps read of a row's JSON, kept beside it at load so that they parse none.
-    # Events: what settling a load needs (reading `properties` at all decompresses the whole column):
-    # Mixpanel's processing time and a content hash to pick among duplicates, an identity event's
-    # link. Profiles: the default user-id property's JSON type and text, and "no properties at all".
+    # Events: an identity event's ids (settling read them from `properties`, and reading any rows of
+    # it decompresses the whole column). Profiles: the default user-id property's JSON type and text,
+    # and whether the profile has no properties at all.
     """
-    ALTER TABLE event_rows ADD COLUMN processed_ms DOUBLE;
-    ALTER TABLE event_rows ADD COLUMN content_hash UBIGINT;
     ALTER TABLE event_rows ADD COLUMN link_source VARCHAR;
     ALTER TABLE event_rows ADD COLUMN link_target VARCHAR;
-    UPDATE event_rows SET processed_ms = try_cast(properties ->> 'mp_processing_time_ms' AS DOUBLE),
-                          content_hash = hash(properties),
-                          link_source = CASE event WHEN '$identify' THEN properties ->> '$."$anon_id"'
+    UPDATE event_rows SET link_source = CASE event WHEN '$identify' THEN properties ->> '$."$anon_id"'
                                                    WHEN '$create_alias' THEN properties ->> '$.alias'
                                                    WHEN '$merge' THEN properties ->> '$."$distinct_ids"[1]' END,
                           link_target = CASE event WHEN '$identify' THEN properties ->> '$."$identified_id"'
                                                    WHEN '$create_alias' THEN distinct_id
                                                    WHEN '$merge' THEN properties ->> '$."$distinct_ids"[0]' END
-    WHERE rejected IS NULL;
+    WHERE rejected IS NULL AND event IN ('$identify', '$create_alias', '$merge');
     -- Rebuilt whole by every load, and a primary key made that 13 s at 500k ids instead of 0.3 s;
     -- ids are unique by construction (ingest.refresh_identity writes a dict).
     CREATE TABLE identity_map_unkeyed AS SELECT * FROM identity_map;
