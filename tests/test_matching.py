@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import NOW
+from conftest import NOW, SAMPLE
 from toolkit import Store, cohorts, matching
 from toolkit.cohort_model import CohortError
 from toolkit.store import profile_facts
@@ -209,6 +209,57 @@ def test_duplicates_are_decided_over_all_profiles_not_only_members():
 def test_a_subscription_id_and_an_external_id_with_the_same_text_do_not_clash():
     frame = classify(["a", "b"], [row("a", {P: ERIN_SUB}), row("b", {P: ERIN_SUB})], id_type="auto")
     assert reasons(frame)["b"] == ("duplicate", "subscription_id")
+
+
+def test_each_load_stores_the_facts_and_they_agree_with_computing_them(tmp_path):
+    """The facts a load stores (matching.refresh_facts) give the table computing them would, for
+    each id type; a load that changes ids refreshes them; another property or a stale stamp computes."""
+    from toolkit import load
+    from toolkit.cohort_sql import Query
+
+    everyone = Query("SELECT distinct_id FROM resolved_profiles UNION SELECT 'nobody'", {})
+
+    def both(store, id_type):
+        stored = matching.match(store, everyone, id_type=id_type, engine="sql").members
+        sql, params = matching.classify_sql(everyone, id_type=id_type)          # facts computed inline
+        computed = matching._frame(store.con.sql(sql, params=params).to_arrow_table()
+                                   .select(COLUMNS).sort_by("distinct_id"))
+        pd.testing.assert_frame_equal(stored, computed)
+        return stored
+
+    with Store(tmp_path / "s.duckdb") as store:
+        load(store, [SAMPLE / "events.jsonl", SAMPLE / "profiles.json"], now=NOW)
+        assert matching._stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == matching.FACTS_TABLE
+        before = {id_type: both(store, id_type) for id_type in matching.ID_TYPES}
+        assert set(before["auto"]["reason"].dropna()) >= {"anonymous", "missing_user_id", "unusable_value", "duplicate"}
+        load(store, [SAMPLE / "profile_updates.jsonl"], now=NOW)
+        assert matching._stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == matching.FACTS_TABLE
+        after = both(store, "auto")
+        assert not after.equals(before["auto"])       # the updates set and change user ids
+        assert matching._stored_facts(store.con, "$email") is None
+        store.con.execute(f"COMMENT ON TABLE {matching.FACTS_TABLE} IS 'generation 0'")
+        assert matching._stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) is None
+        pd.testing.assert_frame_equal(matching.match(store, everyone, engine="sql").members, after)
+
+
+def test_a_load_without_profiles_or_identity_links_only_moves_the_facts_stamp(tmp_path, monkeypatch):
+    from toolkit import load
+
+    built = []
+    facts_sql = matching.facts_sql
+    monkeypatch.setattr(matching, "facts_sql", lambda *a: built.append(a) or facts_sql(*a))
+    plain = {"event": "Page View", "properties": {"distinct_id": "bob", "time": int(NOW.timestamp()) - 60}}
+    merge = {"event": "$merge", "properties": {"distinct_id": "bob", "time": int(NOW.timestamp()) - 30,
+                                               "$distinct_ids": ["bob", "bob-phone"]}}
+    with Store(tmp_path / "s.duckdb") as store:
+        load(store, [SAMPLE / "events.jsonl", SAMPLE / "profiles.json"], now=NOW)
+        assert len(built) == 2
+        for name, record, rebuilt in (("plain.jsonl", plain, 0), ("merge.jsonl", merge, 1)):
+            (tmp_path / name).write_text(json.dumps(record) + "\n")
+            built.clear()
+            assert load(store, [tmp_path / name], now=NOW).files[0].status == "loaded"
+            assert len(built) == rebuilt, name
+            assert matching._stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == matching.FACTS_TABLE
 
 
 # -- the two paths agree on anything ------------------------------------------------------------------

@@ -25,7 +25,7 @@ import duckdb
 import pandas as pd
 from tqdm.auto import tqdm
 
-from toolkit import identity, profile_ops, readers, validation
+from toolkit import identity, matching, profile_ops, readers, validation
 from toolkit.errors import LoadError
 from toolkit.sources import Source, content_hash, describe, discover
 from toolkit.store import Store, profile_facts
@@ -175,6 +175,9 @@ def _load_once(store: Store, source: Source, digest: str, strict: bool, now: dat
             settle(con, source, params["file_id"], now, result, careful)
             if strict and result.quarantined:
                 raise LoadError(str(source.path), _strict_message(con, params["file_id"], result.quarantined))
+            linked = con.execute("SELECT count(*) FROM identity_links WHERE file_id = ?",
+                                 [params["file_id"]]).fetchone()[0]
+            matching.refresh_facts(con, params["file_id"], changed=source.kind != "events" or linked > 0)
             con.execute("INSERT INTO loads VALUES (?, ?, ?, ?, ?, ?, ?, ?::TIMESTAMP, ?, ?, ?, ?)", [
                 params["file_id"], str(source.path), digest, source.size, source.mtime_ns, source.kind,
                 source.format, now.replace(tzinfo=None), result.rows_read, result.rows_loaded,

@@ -62,6 +62,7 @@ UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{
 BLANKS = "\t\n\x0b\f\r "
 _UUID, _BLANK = re.compile(UUID), re.compile(f"[{BLANKS}]*")
 WINNER_RULE = "the profile the id resolves to, else the most recently updated, else the first distinct_id"
+FACTS_TABLE = "user_id_facts"        # refresh_facts: the default property's facts, as of a load
 _MEMBERS = "temp._preview_members"   # a preview's evaluated cohort
 _SHOWN = 3                        # claimants named in a duplicate's detail before "and N more"
 
@@ -252,17 +253,19 @@ FROM {q("f_checked")} c LEFT JOIN {q("f_groups")} g ON g.v = c.v AND c.problem I
 
 
 def classify_sql(members: Query, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
-                 id_type: str = "auto") -> Query:
+                 id_type: str = "auto", facts: str | None = None) -> Query:
     """The same table as `classify` before the cohort limit (`apply_limit`), as one query over
     ``members`` (a query yielding each member's distinct_id once, e.g. a compiled cohort) and the
-    profiles' `facts_sql`. Pure: builds SQL, runs nothing."""
+    profiles' facts: `facts_sql`, or the table ``facts`` that holds them. Pure: builds SQL, runs nothing."""
     _check_options(user_id_property, id_type, COHORT_LIMIT)
     params = dict(members.params)
     clash = [k for k in params if k[:2] in ("m_", "f_")]
     if clash:
         raise MatchingError(f"member query parameters may not start with m_ or f_: {clash}")
-    facts, facts_params = facts_sql(user_id_property)
-    params.update(facts_params)
+    if facts is None:
+        facts, facts_params = facts_sql(user_id_property)
+        facts = f"({facts})"
+        params.update(facts_params)
     params.update({"m_prop": user_id_property, "m_mode": id_type, "m_max": MAX_ID_LENGTH, "m_rule": WINNER_RULE})
     q = quote_ident
     did = q("distinct_id")
@@ -276,7 +279,7 @@ WITH {q("m_members")} AS (SELECT {did} FROM ({members.sql}) {q("m_src")}),
            CASE WHEN jt <> 'VARCHAR' THEN NULL
                 WHEN $m_mode <> 'auto' THEN $m_mode
                 WHEN is_uuid THEN 'subscription_id' ELSE 'external_id' END AS kind
-    FROM ({facts}) {q("m_facts")}
+    FROM {facts} {q("m_facts")}
 ),
 {q("m_rows")} AS (
     SELECT m.{did}, p.jt, p.v, p.problem, p.kind, p.claimants, p.winner,
@@ -417,13 +420,35 @@ def match(con, members: Iterable[str] | Query, *, user_id_property: str = DEFAUL
             else "sql"
     if engine == "sql":
         source = members if isinstance(members, Query) else _list_query(members)
-        sql, params = classify_sql(source, user_id_property=user_id_property, id_type=id_type)
+        sql, params = classify_sql(source, user_id_property=user_id_property, id_type=id_type,
+                                   facts=_stored_facts(con, user_id_property))
         table = apply_limit(con.sql(sql, params=params).to_arrow_table().select(COLUMNS).cast(SCHEMA), limit)
         return Matchability(summarize(table, **options), table)
     ids = [r[0] for r in con.execute(*members).fetchall()] if isinstance(members, Query) else list(members)
     profiles, aliases = _fetch_profiles(con, ids, user_id_property)
     frame = classify(ids, profiles, aliases=aliases, **options)
     return Matchability(summarize(frame, **options), frame.reset_index(drop=True))
+
+
+def refresh_facts(con, generation: int, *, changed: bool = True) -> None:
+    """Store `facts_sql` of the default user-id property as of load ``generation``, in the load's own
+    transaction before its manifest row, so a preview reads the facts instead of recomputing them from
+    every profile (1M profiles: 0.5 s instead of 1 s; the rebuild costs a load 2 s). A load that
+    changed no profile and no identity link (``changed``) only moves the stamp of current facts."""
+    if changed or _stored_facts(con, DEFAULT_USER_ID_PROPERTY) is None:
+        sql, params = facts_sql()
+        con.execute(f"CREATE OR REPLACE TABLE {FACTS_TABLE} AS {sql}", params)
+    con.execute(f"COMMENT ON TABLE {FACTS_TABLE} IS 'generation {int(generation)}'")
+
+
+def _stored_facts(con, user_id_property: str) -> str | None:
+    """The stored facts table if it holds this property as of the newest load, else None."""
+    if user_id_property != DEFAULT_USER_ID_PROPERTY:
+        return None
+    current = con.execute(f"""
+        SELECT (SELECT comment FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = '{FACTS_TABLE}')
+               = 'generation ' || coalesce((SELECT max(file_id) FROM loads), 0)""").fetchall()[0][0]
+    return FACTS_TABLE if current else None
 
 
 def _list_query(ids: list[str]) -> Query:
