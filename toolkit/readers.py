@@ -16,8 +16,9 @@ from __future__ import annotations
 from toolkit.sources import Source
 
 MAX_RECORD_BYTES = 64 << 20     # a record larger than this is refused with the file named
-JSON_BLANKS = "' \t\r\n'"     # a line of JSON's whitespace only is blank; any other character is a record
-DOCUMENT_BUFFER_BYTES = 4 << 20   # read_json_objects buffer, per thread: 64 MB ones parsed GBs of Engage pages at once
+# A line of JSON's whitespace only is blank; any other character (\x1f, say) makes it a record.
+JSON_BLANKS = "' ' || chr(9) || chr(10) || chr(13)"
+DOCUMENT_BUFFER_BYTES = 4 << 20   # read_json_objects' buffer per thread (see _document_texts)
 
 _LINES = ("read_csv($path, columns={'raw': 'VARCHAR'}, delim='\\0', quote='', escape='', header=false, "
           f"auto_detect=false, strict_mode=false, max_line_size={MAX_RECORD_BYTES}, "

@@ -265,7 +265,6 @@ MIGRATIONS: list[str] = [
 ]
 
 
-
 def profile_facts(properties: str) -> str:
     """Select items for the profile columns derived from a JSON ``properties`` expression (migration 5),
     for every statement that writes profiles. Only a tiny document can be empty, so only those are parsed."""
