@@ -161,12 +161,11 @@ def test_profiles_argument_and_default_ratio(tmp_path):
 
 def test_profiles_come_in_engage_pages_of_a_thousand_and_load(tmp_path):
     counts = generate(tmp_path, events=3000, profiles=2345)
-    text = (tmp_path / PROFILES_FILE).read_text(encoding="utf-8")
-    pages, decoder, at = [], json.JSONDecoder(), 0
-    while at < len(text):
-        page, at = decoder.raw_decode(text, at)
+    pages, decoder, rest = [], json.JSONDecoder(), (tmp_path / PROFILES_FILE).read_text(encoding="utf-8")
+    while rest := rest.lstrip():           # one JSON document after another
+        page, end = decoder.raw_decode(rest)
         pages.append(page)
-        at += len(text[at:]) - len(text[at:].lstrip())
+        rest = rest[end:]
     assert [p["page"] for p in pages] == [0, 1, 2] == list(range(counts["files"][PROFILES_FILE]["pages"]))
     assert [len(p["results"]) for p in pages] == [1000, 1000, 345]
     assert {p["total"] for p in pages} == {2345} and {p["page_size"] for p in pages} == {1000}
