@@ -330,13 +330,13 @@ def _drop_duplicates(con, file_id: int) -> int:
 def _record_event_links(con, file_id: int) -> None:
     """Links from $identify, $create_alias and $merge (their ids were taken out at staging), and
     Simplified ID Merge: the first event carrying both $device_id and $user_id links them."""
-    con.execute("""
+    con.execute(f"""
         INSERT INTO identity_links (kind, source, target, time_ms, file_id)
         SELECT kind, source, target, time_ms, $f FROM (
             SELECT CASE event WHEN '$identify' THEN 'identify' WHEN '$create_alias' THEN 'alias'
                               ELSE 'merge' END AS kind,
                    link_source AS source, link_target AS target, epoch_ms(time) AS time_ms
-            FROM event_rows WHERE file_id = $f AND event IN ('$identify', '$create_alias', '$merge')
+            FROM event_rows WHERE file_id = $f AND event IN {readers.IDENTITY_EVENTS}
             UNION ALL
             SELECT 'simplified', '$device:' || device_id, user_id, min(epoch_ms(time))
             FROM event_rows WHERE file_id = $f AND device_id IS NOT NULL AND user_id IS NOT NULL

@@ -33,7 +33,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -121,9 +121,7 @@ def classify(members: Iterable[str], profiles: Iterable[ProfileRow], *,
             exportable += 1
             if exportable > limit:
                 row[3:] = [False, "over_limit", _over_limit_detail(limit)]
-    return _frame(pa.Table.from_arrays([pa.array(list(col), type=SCHEMA.field(i).type) for i, col in
-                                        enumerate(zip(*rows))] if rows else SCHEMA.empty_table().columns,
-                                       schema=SCHEMA))
+    return _frame(pa.Table.from_pylist([dict(zip(COLUMNS, row)) for row in rows], schema=SCHEMA))
 
 
 def _frame(table: pa.Table) -> pd.DataFrame:
