@@ -1,7 +1,12 @@
 """Identity signals found while loading, and what downstream queries see."""
 
+import uuid
+
 from conftest import NOW, T0, event, rows, write_lines
-from toolkit import ingest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from toolkit import identity, ingest
 from toolkit.store import Store
 
 ANON = "2f1b3c4d-1234-4abc-8def-0123456789ab"
@@ -106,3 +111,28 @@ def test_resolved_profiles_tie_between_merged_profiles_of_one_page_is_settled_by
             load_events(s, tmp_path, [event("$merge", "a-user", T0, **{"$distinct_ids": ["a-user", "b-user"]})])
             got.update(rows(s, "SELECT properties->>'who' FROM resolved_profiles"))
     assert got == {("b-user",)}
+
+
+UUIDS = [str(uuid.UUID(int=i, version=4)) for i in range(1, 9)]
+ID_POOL = UUIDS + [f"u{i}" for i in range(12)] + [f"$device:d{i}" for i in range(6)] + ["", "a/b", "it's", "🙂",
+                                                                                       UUIDS[0].upper()]
+stored_link = st.tuples(st.sampled_from(sorted(identity.KINDS)), st.sampled_from(ID_POOL),
+                        st.sampled_from(ID_POOL), st.integers(0, 4))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(stored_link, max_size=40))
+def test_refresh_identity_equals_resolving_every_link_in_python(links):
+    """refresh_identity maps lone links in SQL and folds the rest in Python; together they must give
+    what resolving every link in one Python pass gives, refusals included."""
+    with Store(":memory:") as s:
+        for link in links:
+            s.con.execute("INSERT INTO identity_links (kind, source, target, time_ms, file_id, line) "
+                          "VALUES (?, ?, ?, ?, 1, NULL)", list(link))
+        ingest.refresh_identity(s.con)
+        stored = s.con.execute("SELECT rowid, kind, source, target, time_ms FROM identity_links").fetchall()
+        expected = identity.resolve([(kind, source, target, (time_ms, 1, 0, kind, source, target, rowid))
+                                     for rowid, kind, source, target, time_ms in stored])
+        assert dict(rows(s, "SELECT distinct_id, canonical_id FROM identity_map")) == expected.canonical
+        assert dict(rows(s, "SELECT rowid, refused FROM identity_links WHERE refused IS NOT NULL")) == {
+            r.link.order[-1]: r.reason for r in expected.refused}

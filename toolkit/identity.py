@@ -38,13 +38,15 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import NamedTuple
 
-__all__ = ["KINDS", "MAX_CLUSTER", "Link", "Refusal", "Resolution", "is_uuid4", "resolve"]
+__all__ = ["KINDS", "MAX_CLUSTER", "UUID4_PATTERN", "Link", "Refusal", "Resolution", "is_uuid4", "resolve"]
 
 MAX_CLUSTER = 500
 KINDS = frozenset({"identify", "alias", "merge", "simplified", "onesignal"})
 
 # Explicit ASCII classes: re.IGNORECASE would also let Unicode case-folds through.
-_UUID4 = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}")
+# Plain enough for DuckDB's regexp_full_match (RE2) to read the same way.
+UUID4_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
+_UUID4 = re.compile(UUID4_PATTERN)
 
 
 def is_uuid4(value: str) -> bool:
