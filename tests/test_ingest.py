@@ -227,12 +227,24 @@ def test_events_without_insert_id_are_never_deduplicated(store, tmp_path):
 def test_loading_twice_changes_nothing_even_under_another_name(store, tmp_path):
     path = write_lines(tmp_path / "a.jsonl", [event("A", insert_id="k")])
     load(store, path)
-    snapshot = rows(store, "SELECT * FROM events"), rows(store, "SELECT count(*) FROM loads")
+    snapshot = [rows(store, f"SELECT * FROM {table} ORDER BY ALL") for table in ("event_rows", "loads")]
     (tmp_path / "copy.jsonl").write_bytes(path.read_bytes())
     again = load(store, path, tmp_path / "copy.jsonl")
     assert [f.status for f in again.files] == ["skipped", "skipped"]
-    assert "same content as" in again.files[1].message
-    assert (rows(store, "SELECT * FROM events"), rows(store, "SELECT count(*) FROM loads")) == snapshot
+    assert f"same content as {path}" in again.files[1].message
+    # The copy was staged while it was hashed; its staged rows are gone.
+    assert [rows(store, f"SELECT * FROM {table} ORDER BY ALL") for table in ("event_rows", "loads")] == snapshot
+
+
+def test_a_copy_of_a_profiles_file_is_skipped(store, tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([{"$distinct_id": "u1", "$properties": {"plan": "pro"}}]))
+    load(store, path)
+    (tmp_path / "later.json").write_bytes(path.read_bytes())
+    store.con.execute("UPDATE profiles SET properties = '{\"plan\": \"edited\"}'")
+    again = load(store, tmp_path / "later.json")
+    assert again.files[0].status == "skipped" and str(path) in again.files[0].message
+    assert rows(store, "SELECT properties->>'plan' FROM profiles") == [("edited",)]
 
 
 def test_folder_load_reads_only_new_files(store, tmp_path):
