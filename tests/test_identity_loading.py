@@ -117,22 +117,26 @@ UUIDS = [str(uuid.UUID(int=i, version=4)) for i in range(1, 9)]
 ID_POOL = UUIDS + [f"u{i}" for i in range(12)] + [f"$device:d{i}" for i in range(6)] + ["", "a/b", "it's", "🙂",
                                                                                        UUIDS[0].upper()]
 stored_link = st.tuples(st.sampled_from(sorted(identity.KINDS)), st.sampled_from(ID_POOL),
-                        st.sampled_from(ID_POOL), st.integers(0, 4))
+                        st.sampled_from(ID_POOL), st.integers(0, 4), st.sampled_from([1, 2]))
 
 
-@settings(max_examples=80, deadline=None)
-@given(st.lists(stored_link, max_size=40))
-def test_refresh_identity_equals_resolving_every_link_in_python(links):
-    """refresh_identity maps lone links in SQL and folds the rest in Python; together they must give
-    what resolving every link in one Python pass gives, refusals included."""
+@settings(max_examples=120, deadline=None)
+@given(st.lists(stored_link, max_size=40), st.booleans())
+def test_refresh_identity_equals_resolving_every_link_in_python(links, second_file_is_newer):
+    """Two files of links. refresh_identity maps lone links in SQL and folds the rest in Python; for
+    the second file, only the components its links reach (its links may come before or after the
+    first file's). The map and refusals must be what resolving every link in one Python pass gives."""
     with Store(":memory:") as s:
-        for link in links:
-            s.con.execute("INSERT INTO identity_links (kind, source, target, time_ms, file_id, line) "
-                          "VALUES (?, ?, ?, ?, 1, NULL)", list(link))
-        ingest.refresh_identity(s.con)
-        stored = s.con.execute("SELECT rowid, kind, source, target, time_ms FROM identity_links").fetchall()
-        expected = identity.resolve([(kind, source, target, (time_ms, 1, 0, kind, source, target, rowid))
-                                     for rowid, kind, source, target, time_ms in stored])
+        for file_id in (1, 2):
+            for kind, source, target, time_ms, in_file in links:
+                if in_file == file_id:
+                    time_ms += 10 if file_id == 2 and second_file_is_newer else 0
+                    s.con.execute("INSERT INTO identity_links (kind, source, target, time_ms, file_id, line) "
+                                  "VALUES (?, ?, ?, ?, ?, NULL)", [kind, source, target, time_ms, file_id])
+            ingest.refresh_identity(s.con, file_id)
+        stored = s.con.execute("SELECT rowid, kind, source, target, time_ms, file_id FROM identity_links").fetchall()
+        expected = identity.resolve([(kind, source, target, (time_ms, file_id, 0, kind, source, target, rowid))
+                                     for rowid, kind, source, target, time_ms, file_id in stored])
         assert dict(rows(s, "SELECT distinct_id, canonical_id FROM identity_map")) == expected.canonical
         assert dict(rows(s, "SELECT rowid, refused FROM identity_links WHERE refused IS NOT NULL")) == {
             r.link.order[-1]: r.reason for r in expected.refused}

@@ -277,8 +277,8 @@ def test_interrupt_mid_load_rolls_back_that_file_only(file_store, tmp_path, monk
     load(file_store, a)
     real = ingest.refresh_identity
 
-    def interrupted(con):
-        real(con)
+    def interrupted(con, file_id):
+        real(con, file_id)
         raise KeyboardInterrupt   # after b's rows and links are written, before commit
 
     monkeypatch.setattr(ingest, "refresh_identity", interrupted)
