@@ -17,6 +17,7 @@ from bench.table import Row, print_table
 DATA = Path(__file__).resolve().parent / "data"
 GIB = 1 << 30
 EVENTS_PER_PROFILE = 10
+INCREMENT_EVENTS = 10_000
 
 
 def generated(events: int) -> Path:
@@ -108,7 +109,30 @@ def later_rows(store: Path) -> list[Row]:
     profiles = Row(f"load {loaded['profiles'] / 1e6:g}M profiles (Engage pages) after the events",
                    f"{loaded['profiles'] / loaded['seconds']:,.0f} profiles/s", f"{loaded['seconds']:.1f} s",
                    f"peak RSS {loaded['peak_rss'] / GIB:.2f} GiB", "", None)
-    return [profiles, *cohort_eval.rows(store), *mtu_bench.rows(store)]
+    return [profiles, *cohort_eval.rows(store), *mtu_bench.rows(store), *increment_rows(store)]
+
+
+def increment_rows(store: Path) -> list[Row]:
+    """What a sync run pays to load one more small export into the big store: other users (another
+    seed) over the store's last month. Measured last, as it adds to the store the rows above read."""
+    import datetime as dt
+
+    from toolkit.generate import generate
+
+    folder = DATA / f"increment-{INCREMENT_EVENTS}"
+    if not (folder / "events.jsonl").exists():
+        partial = folder.with_suffix(".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        generate(partial, events=INCREMENT_EVENTS, profiles=INCREMENT_EVENTS // EVENTS_PER_PROFILE, seed=8,
+                 start=dt.date(2026, 10, 1), months=1)
+        partial.rename(folder)
+    rows = []
+    for name, what in (("events.jsonl", "events"), ("profile_updates.jsonl", "profile_updates")):
+        loaded = measure("load", folder / name, store, fresh=False)
+        count = loaded["rows"] if what == "events" else loaded["profile_updates"]
+        rows.append(Row(f"load {count:,} new {what.replace('_', ' ')} into that store", f"{loaded['seconds']:.2f} s",
+                        "", f"peak RSS {loaded['peak_rss'] / GIB:.2f} GiB", "", None))
+    return rows
 
 
 def export_rows() -> list[Row]:

@@ -33,7 +33,7 @@ def load(file: Path, db: Path) -> dict:
     if counts["files_refused"]:
         raise SystemExit(f"{file} was refused: {summary.refused[0].message}")
     return {"seconds": seconds, "rows": counts["events"], "profiles": counts["profiles"],
-            "quarantined": counts["rows_quarantined"]}
+            "profile_updates": counts["profile_updates"], "quarantined": counts["rows_quarantined"]}
 
 
 def peak_rss() -> int:
