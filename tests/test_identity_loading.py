@@ -137,6 +137,7 @@ def test_refresh_identity_equals_resolving_every_link_in_python(links, second_fi
         stored = s.con.execute("SELECT rowid, kind, source, target, time_ms, file_id FROM identity_links").fetchall()
         expected = identity.resolve([(kind, source, target, (time_ms, file_id, 0, kind, source, target, rowid))
                                      for rowid, kind, source, target, time_ms, file_id in stored])
-        assert dict(rows(s, "SELECT distinct_id, canonical_id FROM identity_map")) == expected.canonical
+        mapped = rows(s, "SELECT distinct_id, canonical_id FROM identity_map")
+        assert len(mapped) == len(dict(mapped)) and dict(mapped) == expected.canonical
         assert dict(rows(s, "SELECT rowid, refused FROM identity_links WHERE refused IS NOT NULL")) == {
             r.link.order[-1]: r.reason for r in expected.refused}

@@ -3,9 +3,10 @@
 For each file: skip it if its content was loaded before (manifest by content hash, computed while the
 file is read; an unchanged path, size and mtime skips without hashing); otherwise read it with DuckDB.
 An events file is staged first (its rows committed but invisible until published), then settled in
-one transaction: refused rows move to the quarantine with their line and reason, older copies of duplicate events are dropped
-(Mixpanel's key: event, distinct_id, time, $insert_id; the most recent copy wins), identity links
-are recorded, the identity map refreshed and the manifest row written, which publishes the file.
+one transaction: refused rows move to the quarantine with their line and reason, older copies of
+duplicate events are dropped (Mixpanel's key: event, distinct_id, time, $insert_id; the most recent
+copy wins), identity links are recorded, the identity map refreshed and the manifest row written,
+which publishes the file.
 Profile snapshots and updates are applied in one transaction. Any failure or interrupt leaves the
 store as it was before that file; the files before it stay loaded.
 """
@@ -361,19 +362,35 @@ def refresh_identity(con, file_id: int) -> None:
 
     A link's fate depends on the earlier links of its connected component (every link, refused or
     not, joins its two ids), and on nothing else. So only the components this file's links reach are
-    resolved again, with all their links in order, whatever their times; a 10k-event load into a
-    store of 10M events and 1M profiles no longer rebuilds the whole map.
+    resolved again, with all their links in order, whatever their times: a 10k-event load into a
+    store of 10M events and 1M profiles no longer rebuilds the whole map."""
+    scope = _take_reached_components(con, file_id)
+    if scope is None:
+        return
+    _find_star_links(con, scope)
+    # Links in one file at one moment go by their line when they have one (profile updates), else by
+    # their content: event rows carry no line, and the order must not depend on how they were read.
+    rows = con.execute(f"""
+        SELECT rowid, kind, source, target, time_ms, file_id, coalesce(line, 0) FROM identity_links
+        WHERE {scope} AND rowid NOT IN (SELECT rid FROM _star_links)
+        ORDER BY time_ms, file_id, coalesce(line, 0), kind, source, target, rowid""").fetchall()
+    links = [(kind, source, target, (time_ms, file_id, line, kind, source, target, rowid))
+             for rowid, kind, source, target, time_ms, file_id, line in rows]
+    resolution = identity.resolve(links, ordered=True)   # DuckDB sorted them as Python would
+    con.execute("INSERT INTO identity_map SELECT source, target FROM _star_links")
+    for table in ("_star_links", "_reached"):
+        con.execute(f"DROP TABLE {table}")
+    _write_resolution(con, resolution)
 
-    Most components are stars: fewer than 500 links into one centre that is never a source, from
-    sources no other link names (a user's $identify from an anonymous id, its devices' $user_id, its
-    $onesignal_user_id). Each such link meets a source cluster of one, so only its kind's own check
-    can refuse it, whatever its place in the order, and the centre stays canonical: SQL maps these
-    directly, and `identity.resolve` folds the rest (a link its own check refuses goes there too, for
-    its reason)."""
+
+def _take_reached_components(con, file_id: int) -> str | None:
+    """Take the components file ``file_id``'s links reach out of the map and their links' refusals
+    (temp table ``_reached`` holds their ids); return the SQL condition on `identity_links` that
+    selects their links, or None when the file added no link. The first links take everything."""
     new, earlier = con.execute("SELECT count(*) FILTER (WHERE file_id = ?), count(*) FILTER (WHERE file_id < ?) "
                                "FROM identity_links", [file_id, file_id]).fetchone()
     if not new:
-        return
+        return None
     con.execute("CREATE OR REPLACE TEMP TABLE _reached (id VARCHAR)")
     if earlier:
         con.execute("""
@@ -392,6 +409,18 @@ def refresh_identity(con, file_id: int) -> None:
     # Through rowid: filtering the UPDATE itself on `source` took 1.4 s at 900k links, this 0.1 s.
     con.execute(f"UPDATE identity_links SET refused = NULL WHERE rowid IN "
                 f"(SELECT rowid FROM identity_links WHERE refused IS NOT NULL AND {scope})")
+    return scope
+
+
+def _find_star_links(con, scope: str) -> None:
+    """Fill temp table ``_star_links`` (rid, source, target) with the links of ``scope`` that SQL can map.
+
+    Most components are stars: fewer than 500 links into one centre that is never a source, from
+    sources no other link names (a user's $identify from an anonymous id, its devices' $user_id, its
+    $onesignal_user_id). Each such link meets a source cluster of one, so only its kind's own check
+    can refuse it, whatever its place in the order, and the centre stays canonical. A link its own
+    check refuses is left to `identity.resolve`, for its reason (at 10M events: 460k of 500k links
+    are mapped here; loading 1M profiles after them, the refresh took 8.0 s before stars, 4.2 s)."""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _star_links AS
         WITH links AS (SELECT rowid AS rid, * FROM identity_links WHERE {scope}),
@@ -405,19 +434,6 @@ def refresh_identity(con, file_id: int) -> None:
           AND kind IN {tuple(sorted(identity.KINDS))}
           AND (kind <> 'identify' OR regexp_full_match(source, $uuid4))""",
                 {"uuid4": identity.UUID4_PATTERN, "cap": identity.MAX_CLUSTER})
-    # Links in one file at one moment go by their line when they have one (profile updates), else by
-    # their content: event rows carry no line, and the order must not depend on how they were read.
-    rows = con.execute(f"""
-        SELECT rowid, kind, source, target, time_ms, file_id, coalesce(line, 0) FROM identity_links
-        WHERE {scope} AND rowid NOT IN (SELECT rid FROM _star_links)
-        ORDER BY time_ms, file_id, coalesce(line, 0), kind, source, target, rowid""").fetchall()
-    links = [(kind, source, target, (time_ms, file_id, line, kind, source, target, rowid))
-             for rowid, kind, source, target, time_ms, file_id, line in rows]
-    resolution = identity.resolve(links, ordered=True)   # DuckDB sorted them as Python would
-    con.execute("INSERT INTO identity_map SELECT source, target FROM _star_links")
-    for table in ("_star_links", "_reached"):
-        con.execute(f"DROP TABLE {table}")
-    _write_resolution(con, resolution)
 
 
 def _write_resolution(con, resolution: identity.Resolution) -> None:
