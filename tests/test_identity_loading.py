@@ -123,7 +123,7 @@ stored_link = st.tuples(st.sampled_from(sorted(identity.KINDS)), st.sampled_from
 @settings(max_examples=120, deadline=None)
 @given(st.lists(stored_link, max_size=40), st.booleans())
 def test_refresh_identity_equals_resolving_every_link_in_python(links, second_file_is_newer):
-    """Two files of links. refresh_identity maps lone links in SQL and folds the rest in Python; for
+    """Two files of links. refresh_identity maps star links in SQL and folds the rest in Python; for
     the second file, only the components its links reach (its links may come before or after the
     first file's). The map and refusals must be what resolving every link in one Python pass gives."""
     with Store(":memory:") as s:
