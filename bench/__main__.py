@@ -20,21 +20,23 @@ EVENTS_PER_PROFILE = 10
 INCREMENT_EVENTS = 10_000
 
 
-def generated(events: int) -> Path:
-    """The generated events file for this size, made once and reused. One profile per 10 events: the
-    cohort issue's shape, 10M events and 1M profiles."""
+def generated(events: int, **options) -> Path:
+    """The generated events file for this size (``options`` go to `toolkit.generate.generate`; the
+    profiles and updates sit beside it), made once and reused. One profile per 10 events: the cohort
+    issue's shape, 10M events and 1M profiles."""
     profiles = events // EVENTS_PER_PROFILE
     folder = DATA / f"events-{events}-profiles-{profiles}"
-    path = folder / "events.jsonl"
-    if not path.exists():
+    if options:
+        folder = folder.with_name(folder.name + "-" + "-".join(f"{k}-{v}" for k, v in sorted(options.items())))
+    if not (folder / "events.jsonl").exists():
         from toolkit.generate import generate
 
         print(f"generating {events:,} events and {profiles:,} profiles into {folder} ...", file=sys.stderr)
         partial = folder.with_suffix(".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        generate(partial, events=events, profiles=profiles)
+        generate(partial, events=events, profiles=profiles, **options)
         partial.rename(folder)
-    return path
+    return folder / "events.jsonl"
 
 
 def measure(step: str, file: Path, db: Path, fresh: bool = True) -> dict:
@@ -117,15 +119,7 @@ def increment_rows(store: Path) -> list[Row]:
     seed) over the store's last month. Measured last, as it adds to the store the rows above read."""
     import datetime as dt
 
-    from toolkit.generate import generate
-
-    folder = DATA / f"increment-{INCREMENT_EVENTS}"
-    if not (folder / "events.jsonl").exists():
-        partial = folder.with_suffix(".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        generate(partial, events=INCREMENT_EVENTS, profiles=INCREMENT_EVENTS // EVENTS_PER_PROFILE, seed=8,
-                 start=dt.date(2026, 10, 1), months=1)
-        partial.rename(folder)
+    folder = generated(INCREMENT_EVENTS, seed=8, start=dt.date(2026, 10, 1), months=1).parent
     rows = []
     for name, what in (("events.jsonl", "events"), ("profile_updates.jsonl", "profile_updates")):
         loaded = measure("load", folder / name, store, fresh=False)
