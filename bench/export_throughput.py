@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.table import Row, print_table
+from toolkit.emulator.server import ADMIN_HEADER, ENV_ADMIN_TOKEN
 from toolkit.onesignal import Credentials, OneSignalClient
 
 HEADROOM = 0.95          # the client's max_rps as a share of the app's limit
@@ -31,6 +34,7 @@ TARGET_429 = 0.01        # share of requests answered 429
 
 APP_ID = "00000000-0000-4000-8000-00000000be11"
 API_KEY = "bench-key"
+ADMIN_TOKEN = secrets.token_urlsafe(16)      # for the emulator's /_emulator/state
 
 
 @contextmanager
@@ -41,7 +45,7 @@ def emulator_process(rate: int, users: int):
         seed.write_text("".join(json.dumps({"external_id": f"user-{n}"}) + "\n" for n in range(users)))
         proc = subprocess.Popen([sys.executable, "-m", "toolkit.emulator", "--port", "0", "--rate-limit", str(rate),
                                  "--app-id", APP_ID, "--api-key", API_KEY, "--seed-users", str(seed)],
-                                stdout=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, ENV_ADMIN_TOKEN: ADMIN_TOKEN})
         try:
             first = proc.stdout.readline()         # "OneSignal emulator at http://127.0.0.1:PORT  (...)"
             if " at " not in first:
@@ -64,7 +68,8 @@ def measure(rate: int = 200, seconds: float = 5.0) -> dict:
                 return summary, time.perf_counter() - started
 
         summary, elapsed = asyncio.run(run())
-        with urllib.request.urlopen(f"{url}/_emulator/state") as response:
+        state = urllib.request.Request(f"{url}/_emulator/state", headers={ADMIN_HEADER: ADMIN_TOKEN})
+        with urllib.request.urlopen(state) as response:
             counters = json.load(response)["counters"]
     return {"rate": rate, "updates": summary.ok, "failed": summary.failed + summary.not_found,
             "seconds": elapsed, "updates_per_s": summary.ok / elapsed, "requests": counters["requests"],

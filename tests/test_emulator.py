@@ -175,8 +175,9 @@ def test_segment_lifecycle(emulator, app, http):
     assert body["segments"][0]["app_id"] == app.app_id
     r = http.patch(f"/segments/{segment_id}", json={"name": "Cohort B"})
     assert r.status_code == 200
-    r = http.get(f"/segments/{segment_id}")
-    assert r.json()["name"] == "Cohort B" and r.json()["filters"] == TAG_A
+    assert http.get(f"/segments/{segment_id}").json() == {"subscriber_count": 0}      # OneSignal's default
+    r = http.get(f"/segments/{segment_id}", params={"include-segment-detail": "true"})
+    assert r.json()["payload"]["name"] == "Cohort B" and r.json()["payload"]["filters"] == TAG_A
     assert http.delete(f"/segments/{segment_id}").json() == {"success": True}
     r = http.delete(f"/segments/{segment_id}")
     assert r.status_code == 404 and r.json() == {"success": False}
@@ -317,18 +318,18 @@ def test_state_snapshot_and_the_control_endpoints(emulator, app, http):
     emulator.add_user(app.app_id, external_id="u", tags={"seeded": "1"})
     http.patch("/users/by/external_id/u", json=tags({"a": "1", "seeded": ""}))
     http.post("/segments", json={"name": "A", "filters": TAG_A})
-    state = httpx.get(f"{emulator.url}/_emulator/state").json()
+    state = httpx.get(f"{emulator.url}/_emulator/state", headers=emulator.admin_headers).json()
     assert state == emulator.state
     (user,) = state["apps"][app.app_id]["users"]
     assert user["external_id"] == "u" and user["tags"] == {"a": "1"}
     assert state["apps"][app.app_id]["segments"][0]["members"]["external_ids"] == ["u"]
     assert app.api_key not in json.dumps(state)
     assert state["counters"]["requests"] == 2
-    log = httpx.get(f"{emulator.url}/_emulator/requests").json()["requests"]
+    log = httpx.get(f"{emulator.url}/_emulator/requests", headers=emulator.admin_headers).json()["requests"]
     assert [(r["method"], r["status"]) for r in log] == [("PATCH", 202), ("POST", 201)]
     http.post("/users", json={"identity": {"external_id": "created"}})
 
-    assert httpx.post(f"{emulator.url}/_emulator/reset").json() == {"success": True}
+    assert httpx.post(f"{emulator.url}/_emulator/reset", headers=emulator.admin_headers).json() == {"success": True}
     state = emulator.state
     (user,) = state["apps"][app.app_id]["users"]                    # back to the users as seeded...
     assert user["external_id"] == "u" and user["tags"] == {"seeded": "1"}

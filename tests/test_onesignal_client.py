@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from toolkit.emulator import Emulator
 from toolkit.onesignal import (
-    FAILED, NOT_FOUND, OK, USAGE, USAGE_HEADER, VALIDATE_ATTEMPTS, AppNotFound, AuthError, BadRequest, Conflict,
+    FAILED, NOT_FOUND, OK, USAGE, USAGE_HEADER, AppNotFound, AuthError, BadRequest, Conflict,
     Credentials, NetworkError, NotFound, OneSignalClient, OneSignalError, RateLimited, ServerError,
     SyncOneSignalClient, error_messages, retry_after_seconds,
 )
@@ -435,13 +435,14 @@ def test_validate_names_an_unknown_app(emulator, app):
     assert "App ID" in str(info.value)
 
 
-def test_validate_without_a_network_gives_up_quickly():
+def test_validate_without_a_network_gives_up_at_once():
     sleeps = Sleeps()
-    client = OneSignalClient(Credentials("app", "k"), f"http://127.0.0.1:{closed_port()}", sleep=sleeps)
+    url = f"http://127.0.0.1:{closed_port()}"
+    client = OneSignalClient(Credentials("app", "k"), url, sleep=sleeps)
     with pytest.raises(NetworkError) as info:
         run(client, lambda c: c.validate())
-    assert info.value.status is None and info.value.attempts == VALIDATE_ATTEMPTS
-    assert len(sleeps.waits) == VALIDATE_ATTEMPTS - 1
+    assert info.value.status is None and info.value.attempts == 1 and sleeps.waits == []   # refused: no retries
+    assert url in str(info.value) and "connection refused" in str(info.value)
 
 
 # -- segments and batches --------------------------------------------------------------------------

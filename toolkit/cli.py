@@ -28,8 +28,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; the file being loaded was rolled back", file=sys.stderr)
+        print(f"interrupted: {_INTERRUPTED.get(args.run.__name__, 'stopped before it finished')}", file=sys.stderr)
         return 130
+
+
+_INTERRUPTED = {     # what Ctrl-C cut short, and what is left of it
+    "_load": "the file being loaded was rolled back",
+    "_export": "the export stopped; users already updated are recorded, and the next run sends the rest",
+    "_sync": "the sync stopped; a file being loaded was rolled back, exports keep what they sent and the next "
+             "run converges",
+}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -5,24 +5,30 @@ successful export (``toolkit.plan``), check the removal guard, make sure the seg
 plan fails here, before any user is touched), then set the tag on added users and clear it on
 removed ones. Each user's outcome is written as it arrives, in small transactions, and the snapshot
 advances only for what succeeded: a killed run loses nothing, and the next run converges. Users
-not in OneSignal are reported and never created. Two runs of one cohort never overlap.
+not in OneSignal are reported and never created. Two runs of one cohort never overlap: a run holds
+a lock file beside the store (flock, released by the kernel when its process dies), so a stale
+"running" record never blocks, whatever process now has its pid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import hashlib
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from toolkit import plan as planning
 from toolkit.errors import ToolkitError
-from toolkit.onesignal import FAILED, NOT_FOUND, OK, Credentials, NotFound, OneSignalClient, OneSignalError
+from toolkit.onesignal import (FAILED, NOT_FOUND, OK, REDACTOR, Conflict, Credentials, NotFound, OneSignalClient,
+                               OneSignalError, PlanRefused)
 from toolkit.plan import ADD, REMOVE, Target
 from toolkit.store import Store, transaction
 
@@ -34,6 +40,7 @@ RECHECK_ABSENT = timedelta(hours=24)
 DEFAULT_MAX_REMOVAL_SHARE = 0.5
 FLUSH_EVERY = 500
 TAG_VALUE = "1"
+MAX_SEGMENT_NAME = 128          # OneSignal's limit, in characters
 _running: dict[tuple[str, str], threading.Lock] = {}
 
 
@@ -73,8 +80,23 @@ def tag_key(cohort: str) -> str:
     return f"mp_{slug}_{hashlib.sha1(cohort.encode()).hexdigest()[:6]}"
 
 
+def segment_name(cohort: str) -> str:
+    """The cohort's name, or for a longer name than OneSignal allows, its start and a short hash: two
+    names sharing their first 128 characters still get two segments."""
+    if len(cohort) <= MAX_SEGMENT_NAME:
+        return cohort
+    digest = hashlib.sha1(cohort.encode()).hexdigest()[:8]
+    return f"{cohort[:MAX_SEGMENT_NAME - len(digest) - 2].rstrip()} ~{digest}"
+
+
 def segment_filters(key: str) -> list[dict]:
     return [{"field": "tag", "key": key, "relation": "exists"}]
+
+
+def _same_filters(found, wanted: list[dict]) -> bool:
+    if not isinstance(found, list) or len(found) != len(wanted):
+        return False
+    return all(isinstance(f, dict) and all(f.get(k) == v for k, v in w.items()) for f, w in zip(found, wanted))
 
 
 # -- registration -------------------------------------------------------------------------------
@@ -84,10 +106,18 @@ def register(store: Store, cohort: str, mode: str, app_id: str, base_url: str, *
              now: datetime | None = None) -> None:
     """Record the export of ``cohort`` (``once`` or ``dynamic``); a new export overwrites the previous
     one (its snapshot stays, so switching mode sends only the difference)."""
+    _save_registration(store.con, proposed(store.con, cohort, mode, app_id, base_url,
+                                           user_id_property=user_id_property, id_type=id_type, now=now))
+
+
+def proposed(con, cohort: str, mode: str, app_id: str, base_url: str, *,
+             user_id_property: str = "$onesignal_user_id", id_type: str = "auto",
+             now: datetime | None = None) -> dict:
+    """The registration ``register`` would write, checked but not stored: give it to ``run`` as
+    ``registration`` and it is stored only if that run succeeds (a failed export changes nothing)."""
     if mode not in ("once", "dynamic"):
         raise ExportError(f"mode {mode!r}: expected once or dynamic")
     now = _naive(now)
-    con = store.con
     if mode == "dynamic":
         dynamic = con.execute("SELECT count(*) FROM exports WHERE mode = 'dynamic' AND stopped_at IS NULL "
                               "AND cohort <> ?", [cohort]).fetchone()[0]
@@ -96,9 +126,17 @@ def register(store: Store, cohort: str, mode: str, app_id: str, base_url: str, *
                               "project. Stop one (toolkit export NAME --stop) or use a one-time export.")
     old = con.execute("SELECT segment_id, app_id FROM exports WHERE cohort = ?", [cohort]).fetchone()
     segment_id = old[0] if old and old[1] == app_id else None
-    con.execute("""INSERT OR REPLACE INTO exports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)""", [
-        cohort, mode, app_id, base_url, tag_key(cohort), cohort[:128], segment_id,
-        user_id_property, id_type, now, now if mode == "dynamic" else None])
+    return {"cohort": cohort, "mode": mode, "app_id": app_id, "base_url": base_url, "tag_key": tag_key(cohort),
+            "segment_name": segment_name(cohort), "segment_id": segment_id, "user_id_property": user_id_property,
+            "id_type": id_type, "created_at": now, "next_due_at": now if mode == "dynamic" else None,
+            "stopped_at": None}
+
+
+def _save_registration(con, row: dict) -> None:
+    con.execute("""INSERT OR REPLACE INTO exports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""", [
+        row["cohort"], row["mode"], row["app_id"], row["base_url"], row["tag_key"], row["segment_name"],
+        row["segment_id"], row["user_id_property"], row["id_type"], row["created_at"], row["next_due_at"],
+        row["stopped_at"]])
 
 
 def stop(store: Store, cohort: str, now: datetime | None = None) -> None:
@@ -147,21 +185,26 @@ def snapshot(con, cohort: str, now: datetime) -> dict[str, Target]:
 def run(store: Store, cohort: str, wanted: Mapping[str, Target], credentials: Credentials | None, *,
         dry_run: bool = False, mode: str | None = None, force: bool = False,
         max_removal_share: float = DEFAULT_MAX_REMOVAL_SHARE, members: int | None = None, now: datetime | None = None, client_options: Mapping | None = None,
-        on_progress: Callable[[int, int], None] | None = None) -> RunRecord:
+        on_progress: Callable[[int, int], None] | None = None, registration: dict | None = None) -> RunRecord:
     """One export run of a registered cohort towards ``wanted`` (distinct_id -> OneSignal target).
-    A dry run needs no registration (``mode`` names what it rehearses) and changes no export."""
+    With ``registration`` (from ``proposed``) the run follows it, and stores it only if the run
+    succeeds (ok or partial). A dry run needs no registration (``mode`` names what it rehearses)
+    and changes no export."""
     now = now or datetime.now(timezone.utc)
     con = store.con.cursor()     # a connection of its own: runs may happen in threads (widgets, scheduler)
     try:
         return _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_removal_share, members,
-                    now, client_options, on_progress)
+                    now, client_options, on_progress, registration)
     finally:
         con.close()
 
 
 def _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_removal_share, members, now,
-         client_options, on_progress) -> RunRecord:
-    export = registration(con, cohort) if dry_run else _registered(con, cohort)
+         client_options, on_progress, pending) -> RunRecord:
+    if pending is not None and not dry_run:
+        export = dict(pending)
+    else:
+        export = registration(con, cohort) if dry_run else _registered(con, cohort)
     if dry_run:
         export = {**(export or {}), "mode": mode or (export or {}).get("mode") or "once"}
     if len(wanted) > MAX_COHORT_MEMBERS:
@@ -172,10 +215,7 @@ def _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_remo
     # The share is of what the plan diffs against; with nothing exported yet, size is unknown (trips
     # only if something would be removed, which cannot happen then).
     verdict = planning.removal_guard(the_plan, len(current) or None, max_removal_share, force=force)
-    lock = _running.setdefault((store.path, cohort), threading.Lock())
-    if not lock.acquire(blocking=False):
-        raise ExportError(f"an export of cohort {cohort!r} is already running")
-    try:
+    with _run_lock(store, cohort):
         record = _start(con, cohort, export["mode"], dry_run, now, the_plan, verdict,
                         members if members is not None else len(wanted), len(wanted))
         if dry_run:
@@ -191,10 +231,41 @@ def _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_remo
         except BaseException as exc:
             _finish(con, record, "interrupted", f"{type(exc).__name__}: {exc}")
             raise
+        if pending is not None:              # the run succeeded: now the export is registered as asked
+            _save_registration(con, export)
         if export["mode"] == "dynamic":
             con.execute("UPDATE exports SET next_due_at = ? WHERE cohort = ? AND stopped_at IS NULL",
                         [_naive(now) + DYNAMIC_INTERVAL, cohort])
         return _finish(con, record, "partial" if record.failed else "ok", None)
+
+
+@contextmanager
+def _run_lock(store: Store, cohort: str) -> Iterator[None]:
+    """One run per cohort: a thread lock within this process, and an flock on a file beside the store
+    across processes. The kernel drops the flock when its holder dies, however it dies, so liveness
+    never rests on a process id that may since belong to another process."""
+    lock = _running.setdefault((store.path, cohort), threading.Lock())
+    if not lock.acquire(blocking=False):
+        raise ExportError(f"an export of cohort {cohort!r} is already running")
+    try:
+        if store.path == ":memory:":         # no other process can reach this store
+            yield
+            return
+        folder = Path(f"{store.path}.export-locks")
+        folder.mkdir(exist_ok=True)
+        fd = os.open(folder / f"{hashlib.sha1(cohort.encode()).hexdigest()[:16]}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                raise ExportError(f"an export of cohort {cohort!r} is already running"
+                                  + (f" (process {holder})" if holder.isdigit() else "")) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)                     # releases the flock
     finally:
         lock.release()
 
@@ -202,7 +273,7 @@ def _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_remo
 async def _apply(con, export: dict, record: RunRecord, the_plan: planning.Plan, credentials: Credentials,
                  client_options: Mapping, on_progress) -> None:
     async with OneSignalClient(credentials, export["base_url"], **client_options) as client:
-        await _ensure_segment(con, client, export)
+        export["segment_id"] = await _ensure_segment(con, client, export)
         changes = the_plan.changes
         resolved = await _resolve_subscriptions(con, client, export["app_id"], changes)
         writer = _ResultWriter(con, record, len(changes), on_progress)
@@ -225,27 +296,52 @@ async def _apply(con, export: dict, record: RunRecord, the_plan: planning.Plan, 
             writer.flush()
 
 
-async def _ensure_segment(con, client: OneSignalClient, export: dict) -> None:
-    """The segment must exist before any user is tagged; a free plan is refused here."""
-    filters = segment_filters(export["tag_key"])
+async def _ensure_segment(con, client: OneSignalClient, export: dict) -> str:
+    """The segment must exist before any user is tagged; a free plan is refused here. Returns its id.
+
+    Without a known id, a segment of that name is looked for first and adopted if it filters on this
+    cohort's tag: a run killed between creating it and saving its id, or a rebuilt store, left it."""
+    name, filters = export["segment_name"], segment_filters(export["tag_key"])
     try:
         if export["segment_id"]:
             try:
-                await client.update_segment(export["segment_id"], export["segment_name"], filters)
-                return
+                await client.update_segment(export["segment_id"], name, filters)
+                return export["segment_id"]
             except NotFound:
-                pass                          # deleted in OneSignal: create it again
-        segment_id = await client.create_segment(export["segment_name"], filters)
-    except OneSignalError as exc:
-        if _is_plan_refusal(exc):
-            raise ExportError(FREE_PLAN_MESSAGE) from None
-        raise
-    con.execute("UPDATE exports SET segment_id = ? WHERE cohort = ?", [segment_id, export["cohort"]])
+                pass                          # deleted in OneSignal: find or create it again
+        segment_id = await _adopt_segment(client, export, name, filters)
+        if segment_id is None:
+            try:
+                segment_id = await client.create_segment(name, filters)
+            except Conflict:                  # made meanwhile (another run, a person): look again
+                segment_id = await _adopt_segment(client, export, name, filters)
+                if segment_id is None:
+                    raise
+    except PlanRefused:                       # decided from OneSignal's status and words, never the name
+        raise ExportError(FREE_PLAN_MESSAGE) from None
+    # Saved at once where this export is already registered for this app (a new registration is
+    # saved with the id when the run succeeds); a kill before this line is recovered by name.
+    con.execute("UPDATE exports SET segment_id = ? WHERE cohort = ? AND app_id = ?",
+                [segment_id, export["cohort"], export["app_id"]])
+    return segment_id
 
 
-def _is_plan_refusal(exc: OneSignalError) -> bool:
-    text = " ".join([str(exc), *getattr(exc, "messages", [])]).lower()
-    return getattr(exc, "status", None) == 402 or "plan" in text or "paid" in text
+async def _adopt_segment(client: OneSignalClient, export: dict, name: str, filters: list[dict]) -> str | None:
+    """The id of the app's segment called ``name`` if it is this cohort's (it filters on the cohort's
+    tag); None if there is none; an error naming it if one of that name filters on something else."""
+    for found in [s for s in await client.list_segments() if s.get("name") == name]:
+        try:
+            details = await client.get_segment(found["id"])
+        except NotFound:
+            continue                          # deleted since the list
+        if _same_filters(details.get("filters"), filters):
+            return found["id"]
+        raise ExportError(
+            f"cohort {export['cohort']!r}: OneSignal app {export['app_id']} already has a segment named {name!r} "
+            f"(id {found['id']}) that does not filter on this cohort's tag {export['tag_key']!r}, so it was "
+            "not made by this export and is left alone. Rename or delete that segment in OneSignal, or "
+            "rename the cohort.")
+    return None
 
 
 async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
@@ -281,7 +377,8 @@ class _ResultWriter:
         self.done = 0
 
     def add(self, step: planning.Step, outcome: str, error: Exception | None) -> None:
-        self.pending.append((step, outcome, str(error) if error is not None and outcome == FAILED else None))
+        self.pending.append((step, outcome, REDACTOR.redact(str(error)) if error is not None and outcome == FAILED
+                             else None))
         if len(self.pending) >= FLUSH_EVERY:
             self.flush()
 
@@ -324,14 +421,10 @@ class _ResultWriter:
 # -- run records ----------------------------------------------------------------------------------
 
 def _start(con, cohort, mode, dry_run, now, the_plan, verdict, members, exportable) -> RunRecord:
+    """Called holding the cohort's run lock: any run still marked running was cut short."""
     with transaction(con):
-        stale = con.execute("SELECT run_id, pid FROM export_runs WHERE cohort = ? AND status = 'running'",
-                            [cohort]).fetchall()
-        for run_id, pid in stale:
-            if pid != os.getpid() and _alive(pid):
-                raise ExportError(f"an export of cohort {cohort!r} is already running (process {pid})")
-            con.execute("UPDATE export_runs SET status = 'interrupted', ended_at = ? WHERE run_id = ?",
-                        [_naive(now), run_id])
+        con.execute("UPDATE export_runs SET status = 'interrupted', ended_at = ? WHERE cohort = ? "
+                    "AND status = 'running'", [_naive(now), cohort])
         run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
         con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid, members, "
                     "exportable, unchanged) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
@@ -343,6 +436,7 @@ def _start(con, cohort, mode, dry_run, now, the_plan, verdict, members, exportab
 
 
 def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord:
+    error = None if error is None else REDACTOR.redact(error)
     record.status, record.error, record.ended_at = status, error, _naive(None)
     if record.dry_run:   # what the run would do
         record.added, record.removed = record.plan.counts.get(ADD, 0), record.plan.counts.get(REMOVE, 0)
@@ -375,16 +469,6 @@ def _run_async(coroutine):
         return asyncio.run(coroutine)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _naive(moment: datetime | None) -> datetime:

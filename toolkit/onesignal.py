@@ -9,23 +9,27 @@ redacted from reprs, error messages and log records.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import logging
+import os
 import random
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import httpx
 
 from toolkit.errors import ToolkitError
 
 DEFAULT_BASE_URL = "https://api.onesignal.com"
+ENV_BASE_URL = "ONESIGNAL_BASE_URL"
 PARTNER_NAME = "Mixpanel Cohorts Toolkit"
 USAGE_HEADER = "OneSignal-Usage"
 USAGE = f"{PARTNER_NAME} | Partner Integration"      # OneSignal asks partners to identify themselves
@@ -36,13 +40,29 @@ POOL_SIZE = 4         # connections per httpx pool: httpcore scans a whole pool 
 VALIDATE_ATTEMPTS = 3  # a "Connect" button should answer in seconds, not after ten backoffs
 REDACTED = "<redacted>"
 MIN_SECRET = 8        # shorter strings are not redacted (OneSignal keys are far longer)
+RETRY_NOTICE_EVERY = 5.0   # seconds between warnings about retries (each retry is also logged at INFO)
+# What OneSignal answers when an app's plan does not allow segments through the API: 402, or 400 with
+# exactly one of these messages (never a message that could carry a segment or cohort name).
+PLAN_REFUSALS = frozenset({
+    "App may not create or update segments through the API on a free plan; upgrade to a paid OneSignal plan",
+})
 
 OK, NOT_FOUND, FAILED = "ok", "not_found", "failed"
 
 log = logging.getLogger(__name__)
 
 
+def default_base_url() -> str:
+    """$ONESIGNAL_BASE_URL (an emulator, a proxy), else OneSignal's own API."""
+    return os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+
+
 # -- credentials and redaction ------------------------------------------------------------------
+
+class InvalidCredentials(ToolkitError, ValueError):
+    """An App ID or API key that cannot be right (empty, a line break or a non-ASCII character inside).
+    The message never repeats the key, not even part of it."""
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -56,13 +76,47 @@ class Credentials:
         object.__setattr__(self, "app_id", str(self.app_id).strip())
         object.__setattr__(self, "api_key", str(self.api_key).strip())
         if not self.app_id or not self.api_key:
-            raise ValueError("OneSignal credentials need both an App ID and an App API key "
-                             "(OneSignal > Settings > Keys & IDs)")
+            raise InvalidCredentials("OneSignal credentials need both an App ID and an App API key "
+                                     "(OneSignal > Settings > Keys & IDs)")
+        problem = _key_problem(self.api_key)
+        if problem:
+            raise InvalidCredentials(f"the App API key for app {self.app_id} {problem}: OneSignal keys are "
+                                     "one line of letters, digits and punctuation. Copy it again from "
+                                     "OneSignal > Settings > Keys & IDs (the key is not shown here)")
 
     def __repr__(self) -> str:
         return f"Credentials(app_id={self.app_id!r}, api_key={REDACTED})"
 
     __str__ = __repr__
+
+
+def _key_problem(key: str) -> str | None:
+    """What makes ``key`` impossible as an API key, described without quoting any of it."""
+    for position, char in enumerate(key, 1):
+        if char in "\r\n":
+            return f"has a line break inside (character {position}; was it pasted with another line?)"
+        if char.isspace():
+            return f"has a space or tab inside (character {position})"
+        if ord(char) < 32 or ord(char) == 127:
+            return f"has a control character inside (character {position})"
+        if ord(char) > 126:
+            return f"has a non-ASCII character inside (character {position})"
+    return None
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The ways a secret can be written into text: as is, escaped as in a str or bytes repr or JSON,
+    URL-encoded, and base64 (alone or as an ``Authorization`` value)."""
+    forms = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1], quote(secret, safe=""), quote_plus(secret)}
+    try:
+        raw = secret.encode("utf-8")
+    except UnicodeEncodeError:              # a lone surrogate: no bytes form
+        return forms
+    forms |= {repr(raw)[2:-1], base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode(),
+              base64.b64encode(raw).decode().rstrip("=")}
+    for scheme in ("Key ", "Basic ", "Bearer "):
+        forms.add(base64.b64encode(scheme.encode() + raw).decode())
+    return {form for form in forms if len(form) >= MIN_SECRET}
 
 
 class RedactingFilter(logging.Filter):
@@ -78,10 +132,10 @@ class RedactingFilter(logging.Filter):
     def add(self, secret: str) -> None:
         # A few characters are no real key, and replacing them would garble every record.
         if len(secret) >= MIN_SECRET:
-            self._secrets.add(secret)
+            self._secrets |= secret_forms(secret)
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
+        for secret in sorted(self._secrets, key=len, reverse=True):     # longest first: no partial leftovers
             text = text.replace(secret, REDACTED)
         return text
 
@@ -122,7 +176,10 @@ class OneSignalError(ToolkitError):
         self.attempts = 1
         if retryable is not None:
             self.retryable = retryable
-        super().__init__(f"{message}. {self.hint}" if self.hint else message)
+        message = message.rstrip()
+        if self.hint:
+            message = f"{message}{'' if message.endswith('.') else '.'} {self.hint}."
+        super().__init__(REDACTOR.redact(message))
 
 
 class AuthError(OneSignalError):
@@ -139,6 +196,10 @@ class AppNotFound(BadRequest):
 
 class NotFound(OneSignalError):
     pass
+
+
+class PlanRefused(BadRequest):
+    """The app's OneSignal plan does not allow this (segments through the API on a free plan)."""
 
 
 class Conflict(OneSignalError):
@@ -200,6 +261,8 @@ def error_for(status: int, messages: list[str], *, method: str, path: str,
     detail = "; ".join(messages) or "no details"
     text = f"OneSignal answered {status} to {method} {path}: {detail}"
     common = dict(status=status, messages=messages, method=method, path=path)
+    if status == 402 or (status in (400, 403) and any(m.strip() in PLAN_REFUSALS for m in messages)):
+        return PlanRefused(text, **common)
     if status in (401, 403):
         return AuthError(text, **common)
     if status == 400 and any("app_id not found" in m.lower() for m in messages):
@@ -357,6 +420,21 @@ def _segment(value: str) -> str:
     return escaped.replace(".", "%2E") if value in (".", "..") else escaped
 
 
+def _transport_cause(exc: BaseException) -> str:
+    """The root cause of a transport error in words (httpx's own text can be "All connection attempts
+    failed" while the socket error underneath says "connection refused")."""
+    root, seen = exc, set()
+    while (root.__cause__ or root.__context__) is not None and id(root) not in seen:
+        seen.add(id(root))
+        root = root.__cause__ or root.__context__
+    if isinstance(root, ConnectionRefusedError):
+        return "connection refused (nothing listens at that address and port)"
+    if isinstance(root, socket.gaierror):
+        return f"the host name cannot be resolved ({root.strerror or root})"
+    text = str(root) if isinstance(root, OSError) and str(root) else str(exc)
+    return text or type(exc).__name__
+
+
 def _check_tags(tags: Mapping[str, str]) -> None:
     bad = [k for k, v in tags.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
@@ -384,6 +462,9 @@ class OneSignalClient:
         self.limiter = RateLimiter(max_rps)
         self._sleep = sleep
         self._random = random.Random()
+        self._reached = False           # has the server answered once? Until then, a refused connect is final
+        self._retries_unreported = 0
+        self._last_retry_notice = float("-inf")
         REDACTOR.add(credentials.api_key)
         headers = {"Authorization": f"Key {credentials.api_key}", "Content-Type": "application/json",
                    "Accept": "application/json", USAGE_HEADER: USAGE}
@@ -456,7 +537,11 @@ class OneSignalClient:
                                    body={"name": name, "filters": filters})
 
     async def get_segment(self, segment_id: str) -> dict:
-        return await self._request("GET", f"{self._app}/segments/{_segment(segment_id)}")
+        """A segment's details (id, name, filters...) and its ``subscriber_count``."""
+        body = await self._request("GET", f"{self._app}/segments/{_segment(segment_id)}",
+                                   params={"include-segment-detail": "true"}) or {}
+        details = body.get("payload") if isinstance(body.get("payload"), dict) else {}
+        return {**body, **details}
 
     async def list_segments(self) -> list[dict]:
         """Every segment of the app, read page by page."""
@@ -527,10 +612,28 @@ class OneSignalClient:
                 wait = 1.0 if error.retry_after is None else error.retry_after
                 self.limiter.pause(wait)
                 delay = max(wait, delay)
-            log.info("retrying %s %s in %.2fs after: %s (attempt %d of %d)", method, path, delay,
-                     "; ".join(error.messages) or type(error).__name__, attempt, attempts)
+            self._report_retry(method, path, error, delay, attempt, attempts)
             await self._sleep(delay)
         raise AssertionError("unreachable")
+
+    def _report_retry(self, method: str, path: str, error: OneSignalError, delay: float, attempt: int,
+                      attempts: int) -> None:
+        """Every retry at INFO; a warning (seen without any logging set up) at most every few seconds,
+        so a long wait is never silent and a storm of 429s is not a wall of text."""
+        reason = "; ".join(error.messages) or str(error).split(": ", 1)[-1]
+        if error.status:
+            reason = f"{error.status} {reason}"
+        log.info("retrying %s %s in %.1fs after: %s (attempt %d of %d)", method, path, delay, reason,
+                 attempt, attempts)
+        self._retries_unreported += 1
+        now = time.monotonic()
+        if now - self._last_retry_notice < RETRY_NOTICE_EVERY:
+            return
+        others = self._retries_unreported - 1
+        log.warning("OneSignal at %s: %s; retrying %s %s in %.1fs (attempt %d of %d)%s", self.base_url, reason,
+                    method, path, delay, attempt + 1, attempts,
+                    f"; {others} other retries since the last notice" if others else "")
+        self._last_retry_notice, self._retries_unreported = now, 0
 
     async def _attempt(self, method, path, body, params, user) -> Any:
         """One try: the decoded body on success, else the error (returned, so the caller decides)."""
@@ -540,14 +643,22 @@ class OneSignalClient:
             response = await self._pools[pool].request(method, path, params=params,
                                                         content=None if body is None else json.dumps(body))
         except httpx.TransportError as exc:
-            error = NetworkError(f"no answer from OneSignal to {method} {path}: "
-                                 f"{type(exc).__name__}: {REDACTOR.redact(str(exc)) or 'connection failed'}",
-                                 method=method, path=path,
-                                 retryable=not isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)))
+            cause = REDACTOR.redact(_transport_cause(exc))
+            if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and not self._reached:
+                # A refused connection or an unknown host will not heal in minutes: say so now.
+                # Once the server has answered, the same error is a blip worth retrying.
+                error = NetworkError(f"cannot connect to {self.base_url} ({method} {path}): {cause}",
+                                     method=method, path=path, retryable=False)
+            else:
+                error = NetworkError(f"no answer from OneSignal at {self.base_url} to {method} {path}: "
+                                     f"{type(exc).__name__}: {cause}", method=method, path=path,
+                                     retryable=not isinstance(exc, (httpx.UnsupportedProtocol,
+                                                                    httpx.LocalProtocolError)))
             error.__cause__ = exc
             return error
         finally:
             self._free.put_nowait(pool)
+        self._reached = True
         messages = [REDACTOR.redact(m) for m in error_messages(response.content)] if response.content else []
         if response.status_code >= 300:
             return error_for(response.status_code, messages, method=method, path=path,

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from toolkit import credentials as keys
 from toolkit import export, ingest, matching, mtu
 from toolkit.matching import DEFAULT_USER_ID_PROPERTY
-from toolkit.onesignal import DEFAULT_BASE_URL, Credentials
+from toolkit.onesignal import DEFAULT_BASE_URL, Credentials, default_base_url
 from toolkit.plan import Target
 from toolkit.store import Store
 
@@ -51,20 +51,25 @@ def export_cohort(store: Store, cohort: str, *, mode: str | None = None, app_id:
                   client_options: dict | None = None, progress: bool = False,
                   on_progress: Callable[[int, int], None] | None = None) -> export.RunRecord:
     """Export ``cohort`` now. With ``mode`` (once/dynamic) it (re)registers the export, which
-    overwrites the previous one; without, it runs the registered export again."""
+    overwrites the previous one; without, it runs the registered export again (at ``base_url`` if
+    given). A new registration or address is kept only if the run succeeds: a failed or refused
+    export leaves the registered one as it was."""
     now = now or datetime.now(timezone.utc)
     registered = _registered(store, cohort)
+    pending = None
     if mode is not None and not dry_run:     # a dry run rehearses; it changes no registration
         app_id = (app_id or (credentials.app_id if credentials else None) or (registered or {}).get("app_id")
                   or os.environ.get(keys.ENV_APP))
         if not app_id:
             raise export.ExportError("say which OneSignal app: --app-id or $ONESIGNAL_APP_ID")
-        export.register(store, cohort, mode, app_id, base_url or (registered or {}).get("base_url")
-                        or DEFAULT_BASE_URL, user_id_property=user_id_property or DEFAULT_USER_ID_PROPERTY,
-                        id_type=id_type or "auto", now=now)
-        registered = _registered(store, cohort)
+        pending = export.proposed(store.con, cohort, mode, app_id, base_url or (registered or {}).get("base_url")
+                                  or default_base_url(), user_id_property=user_id_property or DEFAULT_USER_ID_PROPERTY,
+                                  id_type=id_type or "auto", now=now)
+        registered = pending
     elif registered is None and not dry_run:
         raise export.ExportError(f"cohort {cohort!r} has no export yet: choose --once or --dynamic")
+    elif base_url and not dry_run and base_url != registered["base_url"]:
+        pending = registered = {**registered, "base_url": base_url}
     if credentials is None and not dry_run:
         credentials = keys.find(registered["app_id"])
     settings = registered or {}
@@ -82,7 +87,7 @@ def export_cohort(store: Store, cohort: str, *, mode: str | None = None, app_id:
     try:
         return export.run(store, cohort, targets(preview), credentials, dry_run=dry_run, mode=mode, force=force,
                           members=int(preview.summary["members"]), now=now, client_options=client_options,
-                          on_progress=report)
+                          on_progress=report, registration=pending)
     finally:
         bar.close()
 

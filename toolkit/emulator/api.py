@@ -226,11 +226,16 @@ class Api:
         return Response(200, {"total_count": len(segments), "offset": offset, "limit": limit,
                               "segments": [s.summary(app.app_id) for s in segments[offset:offset + limit]]})
 
-    def get_segment(self, app: App, body, segment_id: str, **_) -> Response:
+    def get_segment(self, app: App, body, segment_id: str, *, query: dict, **_) -> Response:
+        """As OneSignal: the subscriber count; with ``include-segment-detail=true`` also a ``payload``
+        of the segment's details and filters."""
         segment = app.segments.get(segment_id)
         if segment is None:
             return segment_not_found()
-        return Response(200, {**segment.summary(app.app_id), "filters": segment.filters})
+        answer: dict = {"subscriber_count": sum(len(u.subscriptions) for u in app.members(segment))}
+        if query.get("include-segment-detail", ["false"])[0].lower() == "true":
+            answer["payload"] = {**segment.summary(app.app_id), "source": "custom", "filters": segment.filters}
+        return Response(200, answer)
 
     def delete_segment(self, app: App, body, segment_id: str, **_) -> Response:
         if app.segments.pop(segment_id, None) is None:
@@ -244,10 +249,13 @@ def _key(authorization: str) -> str:
     return key.strip() if scheme.lower() in ("key", "basic", "bearer") and key.strip() else authorization.strip()
 
 
+FREE_PLAN_REFUSAL = ("App may not create or update segments through the API on a free plan; "
+                     "upgrade to a paid OneSignal plan")
+
+
 def _paid_only(app: App) -> Response | None:
     if app.plan != "paid":
-        return errors(400, "App may not create or update segments through the API on a free plan; "
-                           "upgrade to a paid OneSignal plan", success_flag=True)
+        return errors(400, FREE_PLAN_REFUSAL, success_flag=True)
     return None
 
 

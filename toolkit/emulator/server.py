@@ -7,13 +7,20 @@
 
 Faults (503s, dropped connections, hung requests, latency) happen before the API sees a request, so
 a faulted request changes nothing. The request log keeps the method and path only, never headers.
+
+The control endpoints (``GET /_emulator/state``, ``GET /_emulator/requests``, ``POST /_emulator/reset``)
+need the emulator's admin token in an ``X-Emulator-Token`` header (``emu.admin_headers``): the token
+is ``admin_token=``, else $TOOLKIT_EMULATOR_TOKEN, else generated (``emu.admin_token``).
 """
 
 from __future__ import annotations
 
 import copy
+import hmac
 import json
 import logging
+import os
+import secrets
 import socket
 import sys
 import threading
@@ -29,6 +36,8 @@ from toolkit.emulator.state import App, EmulatorError, World, new_counters, read
 
 log = logging.getLogger(__name__)
 CONTROL = "/_emulator/"
+ADMIN_HEADER = "X-Emulator-Token"
+ENV_ADMIN_TOKEN = "TOOLKIT_EMULATOR_TOKEN"
 NO_ANSWER = None          # what _dispatch returns for a dropped or hung request
 
 
@@ -38,8 +47,10 @@ class Emulator:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, state_file: str | Path | None = None,
                  seed: int = 0, rate_limit: int = 1000, user_rate_limit: float = 1.0, error_rate: float = 0.0,
                  drop_rate: float = 0.0, hang_rate: float = 0.0, hang_seconds: float = 30.0,
-                 latency: float = 0.0, save_interval: float = 1.0, log_size: int = 200_000):
+                 latency: float = 0.0, save_interval: float = 1.0, log_size: int = 200_000,
+                 admin_token: str | None = None):
         self.host, self.port = host, port
+        self.admin_token = admin_token or os.environ.get(ENV_ADMIN_TOKEN) or secrets.token_urlsafe(24)
         self.state_file = Path(state_file) if state_file else None
         self.rate_limit = rate_limit                  # default for apps added from now on
         self.save_interval = save_interval
@@ -105,6 +116,11 @@ class Emulator:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The header the ``/_emulator/`` control endpoints require."""
+        return {ADMIN_HEADER: self.admin_token}
 
     # -- setting up -----------------------------------------------------------------------------
     def add_app(self, app_id: str | None = None, api_key: str | None = None, *, plan: str = "paid",
@@ -241,6 +257,10 @@ class Emulator:
             self._log.append({"t": arrived, "method": request.method, "path": request.path, "status": status})
 
     def _control(self, request: Request) -> Response:
+        token = request.headers.get(ADMIN_HEADER) or ""
+        if not hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            return Response(401, {"errors": [f"the {CONTROL} endpoints need the emulator's admin token in an "
+                                             f"{ADMIN_HEADER} header"]})
         if request.method == "GET" and request.path.rstrip("/") == "/_emulator/state":
             return Response(200, self.state)
         if request.method == "GET" and request.path.rstrip("/") == "/_emulator/requests":

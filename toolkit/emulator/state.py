@@ -211,11 +211,18 @@ class World:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(partial, "w", encoding="utf-8") as fh:
-            json.dump(self.to_json(with_keys=True, with_members=False), fh, ensure_ascii=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(partial, path)
+        # It holds API keys: readable by its owner only, from the first byte written.
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)                 # a leftover partial file may have had another mode
+            with open(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.to_json(with_keys=True, with_members=False), fh, ensure_ascii=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike, seed: int = 0) -> World:
