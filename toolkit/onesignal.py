@@ -423,16 +423,17 @@ def _segment(value: str) -> str:
 def _transport_cause(exc: BaseException) -> str:
     """The root cause of a transport error in words (httpx's own text can be "All connection attempts
     failed" while the socket error underneath says "connection refused")."""
-    root, seen = exc, set()
-    while (root.__cause__ or root.__context__) is not None and id(root) not in seen:
-        seen.add(id(root))
-        root = root.__cause__ or root.__context__
-    if isinstance(root, ConnectionRefusedError):
-        return "connection refused (nothing listens at that address and port)"
-    if isinstance(root, socket.gaierror):
-        return f"the host name cannot be resolved ({root.strerror or root})"
-    text = str(root) if isinstance(root, OSError) and str(root) else str(exc)
-    return text or type(exc).__name__
+    chain, link = [], exc
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    for link in chain:
+        if isinstance(link, ConnectionRefusedError):
+            return "connection refused (nothing listens at that address and port)"
+        if isinstance(link, socket.gaierror):
+            return f"the host name cannot be resolved ({link.strerror or link})"
+    os_errors = [link for link in chain if isinstance(link, OSError) and link.errno is not None]
+    return str(os_errors[0] if os_errors else exc) or type(exc).__name__
 
 
 def _check_tags(tags: Mapping[str, str]) -> None:

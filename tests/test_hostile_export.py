@@ -1,0 +1,416 @@
+"""Hostile inputs and faults on the export side (issue 13 points 1, 2, 5, 6, 11; issue 12 point 5), each
+against the real emulator over HTTP and real DuckDB files. Every test here failed before its fix."""
+
+import base64
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from conftest import ROOT
+from toolkit import export, sync
+from toolkit.emulator import Emulator
+from toolkit.onesignal import (REDACTOR, AuthError, Credentials, OneSignalClient, PlanRefused, ServerError,
+                               error_for)
+from toolkit.plan import Target
+from toolkit.store import Store
+
+FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 30}
+COHORT = "Tech fans worth a call"         # a sample cohort with exportable members
+
+
+@pytest.fixture
+def emulator():
+    with Emulator(user_rate_limit=0) as emu:
+        yield emu
+
+
+@pytest.fixture
+def app(emulator):
+    app = emulator.add_app()
+    for ext in ["u1", "u2", "u3"]:
+        emulator.add_user(app.app_id, external_id=ext)
+    return app
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "s.duckdb") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def sample_db(tmp_path_factory):
+    """The sample loaded with its cohorts, in a file; tests take a copy."""
+    from toolkit import cohorts, load
+    from toolkit.demo import seed_users
+
+    path = tmp_path_factory.mktemp("sample") / "sample.duckdb"
+    with Store(path) as s:
+        load(s, [ROOT / "data" / "sample"])
+        cohorts.save_all(s, cohorts.load_definitions(ROOT / "data" / "sample" / "cohorts.yaml"))
+        users = seed_users(s)
+    return path, users
+
+
+@pytest.fixture
+def sample(sample_db, tmp_path, emulator):
+    """(store path, app) with the sample's OneSignal users in the emulator."""
+    path, users = sample_db
+    db = tmp_path / "sample.duckdb"
+    shutil.copy(path, db)
+    app = emulator.add_app()
+    emulator.add_users(app.app_id, users)
+    return db, app
+
+
+@pytest.fixture
+def no_key(monkeypatch, tmp_path):
+    monkeypatch.delenv("ONESIGNAL_API_KEY", raising=False)
+    monkeypatch.setenv("TOOLKIT_CREDENTIALS", str(tmp_path / "no-credentials.json"))
+
+
+def creds(app):
+    return Credentials(app.app_id, app.api_key)
+
+
+def ext(*ids):
+    return {f"d-{i}": Target(i, "external_id") for i in ids}
+
+
+def segments(emulator, app):
+    return emulator.state["apps"][app.app_id]["segments"]
+
+
+def patches(emulator):
+    return sum(1 for r in emulator.requests() if r["method"] == "PATCH" and "/users/" in r["path"])
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def toolkit(*args, env=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=ROOT, timeout=300, **kwargs)
+
+
+def fragments(secret: str, size: int = 4) -> set[str]:
+    return {secret[i:i + size] for i in range(len(secret) - size + 1)}
+
+
+# -- 13.1: a segment that already exists ----------------------------------------------------------
+
+def test_a_rebuilt_store_adopts_the_segment_its_earlier_export_made(tmp_path, emulator, app):
+    with Store(tmp_path / "first.duckdb") as first:
+        export.register(first, "Buyers", "once", app.app_id, emulator.url)
+        assert export.run(first, "Buyers", ext("u1"), creds(app), client_options=FAST).status == "ok"
+    (made,) = segments(emulator, app)
+    with Store(tmp_path / "rebuilt.duckdb") as rebuilt:          # same cohort, no segment id known
+        export.register(rebuilt, "Buyers", "once", app.app_id, emulator.url)
+        record = export.run(rebuilt, "Buyers", ext("u1", "u2"), creds(app), client_options=FAST)
+        assert record.status == "ok", record.error
+        assert export.registration(rebuilt.con, "Buyers")["segment_id"] == made["id"]
+    (segment,) = segments(emulator, app)                              # adopted, not a second one
+    assert segment["id"] == made["id"] and set(segment["members"]["external_ids"]) == {"u1", "u2"}
+
+
+def test_a_kill_between_creating_the_segment_and_saving_its_id_is_recovered(store, emulator, app, monkeypatch):
+    created = OneSignalClient.create_segment
+
+    async def create_then_die(self, name, filters):
+        await created(self, name, filters)
+        raise KeyboardInterrupt                                       # the process dies before saving the id
+
+    export.register(store, "Buyers", "dynamic", app.app_id, emulator.url)
+    monkeypatch.setattr(OneSignalClient, "create_segment", create_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST)
+    assert export.registration(store.con, "Buyers")["segment_id"] is None and len(segments(emulator, app)) == 1
+    monkeypatch.setattr(OneSignalClient, "create_segment", created)
+    for _ in range(2):                                                # and it stays unwedged
+        record = export.run(store, "Buyers", ext("u1", "u2"), creds(app), client_options=FAST)
+        assert record.status == "ok", record.error
+    (segment,) = segments(emulator, app)
+    assert export.registration(store.con, "Buyers")["segment_id"] == segment["id"]
+    assert set(segment["members"]["external_ids"]) == {"u1", "u2"}
+
+
+def test_a_hand_made_segment_of_that_name_is_left_alone_with_a_clear_error(store, emulator, app):
+    other = [{"field": "tag", "key": "vip", "relation": "exists"}]
+    with httpx.Client(base_url=f"{emulator.url}/apps/{app.app_id}",
+                      headers={"Authorization": f"Key {app.api_key}"}) as http:
+        hand_made = http.post("/segments", json={"name": "Buyers", "filters": other}).json()["id"]
+    export.register(store, "Buyers", "once", app.app_id, emulator.url)
+    record = export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST)
+    assert record.status == "failed"
+    assert "'Buyers'" in record.error and hand_made in record.error and "Rename or delete" in record.error
+    assert patches(emulator) == 0                                     # no user touched
+    (segment,) = segments(emulator, app)
+    assert segment["id"] == hand_made and segment["filters"] == other
+
+
+def test_cohorts_sharing_their_first_128_characters_get_a_segment_each(store, emulator, app):
+    stem = "Users who " + "x" * 130
+    names = [stem + " bought", stem + " browsed"]
+    for name, user in zip(names, ["u1", "u2"]):
+        export.register(store, name, "once", app.app_id, emulator.url)
+        record = export.run(store, name, ext(user), creds(app), client_options=FAST)
+        assert record.status == "ok", record.error
+    made = segments(emulator, app)
+    assert len(made) == 2 and len({s["name"] for s in made}) == 2
+    assert all(len(s["name"]) <= 128 and s["name"].startswith("Users who xxx") for s in made)
+    assert {tuple(s["members"]["external_ids"]) for s in made} == {("u1",), ("u2",)}
+    assert export.segment_name("Short") == "Short"
+
+
+# -- 13.2: a free-plan refusal is OneSignal's answer, not a word in a name -------------------------
+
+def test_plan_in_a_cohort_name_is_not_a_free_plan_refusal(store, emulator, app):
+    with httpx.Client(base_url=f"{emulator.url}/apps/{app.app_id}",
+                      headers={"Authorization": f"Key {app.api_key}"}) as http:
+        http.post("/segments", json={"name": "Paid plan upgrades", "filters": [
+            {"field": "tag", "key": "other", "relation": "exists"}]})
+    export.register(store, "Paid plan upgrades", "once", app.app_id, emulator.url)
+    record = export.run(store, "Paid plan upgrades", ext("u1"), creds(app), client_options=FAST)
+    assert record.status == "failed" and record.error != export.FREE_PLAN_MESSAGE
+    assert "already has a segment named 'Paid plan upgrades'" in record.error
+
+
+def test_the_free_plan_is_known_by_status_and_exact_words():
+    refusal = "App may not create or update segments through the API on a free plan; upgrade to a paid OneSignal plan"
+    assert isinstance(error_for(400, [refusal], method="POST", path="/s"), PlanRefused)
+    assert isinstance(error_for(402, ["anything"], method="POST", path="/s"), PlanRefused)
+    for words in ["A segment named 'free plan' already exists", f"{refusal} (segment 'x')", "upgrade your paid plan"]:
+        for status in (400, 409):
+            assert not isinstance(error_for(status, [words], method="POST", path="/s"), PlanRefused)
+
+
+# -- 13.5: keys with control or non-ASCII characters; every form of a secret redacted ----------------
+
+BAD_KEYS = ["zq7xk3wv9bj2\nm4vj8tpq2rsb", "zq7xk3wv9bj2\tm4vj8tpq2rsb", "zq7xk3wv9bj2ém4vj8tpq2rsb",
+            "zq7xk3wv9bj2\x00m4vj8tpq2rsb"]
+
+
+@pytest.mark.parametrize("key", BAD_KEYS)
+def test_a_bad_key_is_refused_up_front_and_never_echoed(key):
+    with pytest.raises(ValueError) as info:
+        Credentials("app-1", key)
+    assert "API key" in str(info.value) and "app-1" in str(info.value)
+    assert [f for f in fragments(key, 3) if f in str(info.value)] == []
+    assert not isinstance(info.value, UnicodeError)
+
+
+def test_connect_with_a_pasted_two_line_key_stores_and_prints_nothing_of_it(tmp_path, emulator, app):
+    key = app.api_key[:20] + "\n" + app.api_key[20:]
+    db = tmp_path / "s.duckdb"
+    result = toolkit("connect", "--db", db, "--app-id", app.app_id, "--base-url", emulator.url,
+                     env={"ONESIGNAL_API_KEY": key, "TOOLKIT_CREDENTIALS": str(tmp_path / "none.json")})
+    assert result.returncode == 1 and "line break" in result.stderr
+    assert "Traceback" not in result.stderr
+    output = result.stdout + result.stderr
+    assert [f for f in fragments(app.api_key, 6) if f in output] == []
+    with Store(db) as s:
+        dump = str(s.con.execute("SELECT * FROM connections").fetchall())
+        dump += str(s.con.execute("SELECT * FROM export_runs").fetchall())
+    assert [f for f in fragments(app.api_key, 6) if f in dump] == []
+
+
+def test_every_written_form_of_a_key_is_redacted():
+    key = "os_v2_app+some/secret=key-0123"
+    REDACTOR.add(key)
+    forms = [key, repr(key.encode()), quote(key, safe=""), base64.b64encode(key.encode()).decode(),
+             base64.b64encode(f"Key {key}".encode()).decode(), json.dumps(key)]
+    for form in forms:
+        text = REDACTOR.redact(f"header: {form} end")
+        assert "some/secret" not in text and "some%2Fsecret" not in text and form not in text, form
+
+
+def test_a_stored_run_error_never_holds_the_key(store, emulator, app, monkeypatch):
+    async def leaky(self, *args, **kwargs):
+        raise RuntimeError(f"boom with {self.credentials.api_key!r} and {self.credentials.api_key.encode()!r}")
+
+    monkeypatch.setattr(OneSignalClient, "create_segment", leaky)
+    export.register(store, "Buyers", "once", app.app_id, emulator.url)
+    with pytest.raises(RuntimeError):
+        export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST)
+    (error,) = store.con.execute("SELECT error FROM export_runs").fetchone()
+    assert app.api_key not in error and "boom" in error
+
+
+# -- 13.6: liveness of a run is not a process id ---------------------------------------------------
+
+def test_a_stale_running_record_whose_pid_now_belongs_to_a_live_process_does_not_block(store, emulator, app):
+    export.register(store, "Buyers", "once", app.app_id, emulator.url)
+    store.con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid) "
+                      "VALUES (nextval('run_ids'), 'Buyers', 'once', false, now()::TIMESTAMP, 'running', ?)",
+                      [os.getppid()])                                 # a live process, not an export
+    record = export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST)
+    assert record.status == "ok", record.error
+    assert [r["status"] for r in export.runs(store)] == ["ok", "interrupted"]
+
+
+def test_a_run_in_another_process_blocks_until_that_process_is_gone(store, emulator, app):
+    export.register(store, "Buyers", "once", app.app_id, emulator.url)
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, types
+from toolkit import export
+with export._run_lock(types.SimpleNamespace(path={str(store.path)!r}), "Buyers"):
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(export.ExportError, match=rf"already running \(process {holder.pid}\)"):
+            export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST).status == "ok"
+
+
+# -- 13.11: the emulator's secrets; --base-url; Ctrl-C ----------------------------------------------
+
+def test_the_emulator_state_file_is_private(tmp_path):
+    path = tmp_path / "onesignal.json"
+    with Emulator(state_file=path) as emu:
+        emu.add_app()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o644)                                                 # an old file is made private again
+    with Emulator(state_file=path) as emu:
+        emu.add_app()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_the_control_endpoints_need_the_admin_token(emulator, app):
+    for method, path in [("GET", "state"), ("GET", "requests"), ("POST", "reset")]:
+        for headers in ({}, {"X-Emulator-Token": "guess"}, {"Authorization": f"Key {app.api_key}"}):
+            answer = httpx.request(method, f"{emulator.url}/_emulator/{path}", headers=headers)
+            assert answer.status_code == 401 and "admin token" in answer.text
+        assert httpx.request(method, f"{emulator.url}/_emulator/{path}", headers=emulator.admin_headers).status_code == 200
+
+
+def test_base_url_without_a_mode_is_honoured_and_kept_after_success(sample, emulator):
+    db, app = sample
+    dead = f"http://127.0.0.1:{closed_port()}"
+    with Store(db) as s:
+        export.register(s, COHORT, "dynamic", app.app_id, dead)
+        record = sync.export_cohort(s, COHORT, base_url=emulator.url, credentials=creds(app), client_options=FAST)
+        assert record.status == "ok", record.error
+        assert export.registration(s.con, COHORT)["base_url"] == emulator.url
+    assert len(segments(emulator, app)) == 1
+
+
+def test_ctrl_c_during_an_export_says_the_export_stopped(sample, tmp_path):
+    db, app = sample
+    with Emulator(user_rate_limit=0, latency=0.2) as slow:
+        slow_app = slow.add_app(app.app_id, app.api_key)
+        slow.add_users(slow_app.app_id, [{"external_id": f"x{n}"} for n in range(3)])
+        from toolkit.demo import seed_users
+        with Store(db) as s:
+            slow.add_users(slow_app.app_id, seed_users(s))
+        proc = subprocess.Popen([sys.executable, "-m", "toolkit", "export", COHORT, "--once", "--db", str(db),
+                                 "--app-id", app.app_id, "--base-url", slow.url],
+                                env={**os.environ, "ONESIGNAL_API_KEY": app.api_key,
+                                     "TOOLKIT_CREDENTIALS": str(tmp_path / "none.json")},
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(600):                                      # until the segment request arrived
+                if any("/segments" in r["path"] for r in slow.requests()) or proc.poll() is not None:
+                    break
+                __import__("time").sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "the export stopped" in err and "file being loaded" not in err
+
+
+# -- 12.5: a failed or refused export changes nothing; unreachable addresses fail at once ------------
+
+def test_a_failed_once_export_leaves_a_dynamic_sync_running(sample, emulator, no_key):
+    db, app = sample
+    with Store(db) as s:
+        export.register(s, COHORT, "dynamic", app.app_id, emulator.url)
+        before = export.registration(s.con, COHORT)
+        record = sync.export_cohort(s, COHORT, mode="once", app_id=app.app_id)          # no key anywhere
+        assert record.status == "failed" and "no OneSignal credentials" in record.error
+        assert export.registration(s.con, COHORT) == before
+        assert export.due(s) == [COHORT]
+
+
+def test_a_failed_first_export_registers_nothing(sample, emulator):
+    db, app = sample
+    dead = f"http://127.0.0.1:{closed_port()}"
+    with Store(db) as s:
+        record = sync.export_cohort(s, COHORT, mode="dynamic", app_id=app.app_id, base_url=dead,
+                                    credentials=creds(app), client_options=FAST)
+        assert record.status == "failed"
+        assert export.list_exports(s) == [] and export.due(s) == []
+        record = sync.export_cohort(s, COHORT, mode="dynamic", app_id=app.app_id, base_url=emulator.url,
+                                    credentials=creds(app), client_options=FAST)
+        assert record.status == "ok" and export.registration(s.con, COHORT)["mode"] == "dynamic"
+        assert export.registration(s.con, COHORT)["segment_id"] == segments(emulator, app)[0]["id"]
+
+
+@pytest.mark.parametrize("address, cause", [
+    ("http://127.0.0.1:{port}", "connection refused"),
+    ("http://no-such-host.invalid", "cannot be resolved"),
+])
+def test_an_unreachable_address_fails_at_once_naming_it(store, app, caplog, address, cause):
+    address = address.format(port=closed_port())
+    caplog.set_level(logging.INFO, logger="toolkit.onesignal")
+    export.register(store, "Buyers", "once", app.app_id, address)
+    record = export.run(store, "Buyers", ext("u1"), creds(app))      # the default 10 attempts
+    assert record.status == "failed" and address in record.error and cause in record.error
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+def test_retries_are_shown_with_the_reason_and_the_wait_without_flooding(caplog):
+    waits = []
+
+    async def sleep(seconds):
+        waits.append(seconds)
+
+    caplog.set_level(logging.INFO, logger="toolkit.onesignal")
+    with Emulator(error_rate=1.0) as emu:
+        app = emu.add_app()
+        client = OneSignalClient(creds(app), emu.url, max_attempts=5, sleep=sleep)
+
+        async def call():
+            async with client:
+                await client.get_user("external_id", "u1")
+
+        with pytest.raises(ServerError):
+            __import__("asyncio").run(call())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "retrying" in r.getMessage()]
+    assert len(infos) == 4 and len(waits) == 4
+    assert len(warnings) == 1                                          # rate-limited: one notice for a quick burst
+    assert "503" in warnings[0] and "Service temporarily unavailable" in warnings[0] and emu.url in warnings[0]
+    assert "retrying GET" in warnings[0] and "attempt 2 of 5" in warnings[0]
+
+
+def test_the_bad_key_message_reads_cleanly(emulator, app):
+    async def call():
+        async with OneSignalClient(Credentials(app.app_id, "not-the-key-at-all"), emulator.url) as client:
+            await client.validate()
+
+    with pytest.raises(AuthError) as info:
+        __import__("asyncio").run(call())
+    text = str(info.value)
+    assert not re.search(r"[^.]\.\.(?!\.)|\. \.", text) and text.endswith(".")     # "..." is OneSignal's own
+    assert "Check the App API key" in text
