@@ -414,3 +414,17 @@ def test_the_bad_key_message_reads_cleanly(emulator, app):
     text = str(info.value)
     assert not re.search(r"[^.]\.\.(?!\.)|\. \.", text) and text.endswith(".")     # "..." is OneSignal's own
     assert "Check the App API key" in text
+
+
+def test_a_hung_request_is_reported_in_words(caplog):
+    with Emulator(hang_rate=1.0, hang_seconds=5) as emu:
+        app = emu.add_app()
+
+        async def call():
+            async with OneSignalClient(creds(app), emu.url, timeout=0.3, max_attempts=1) as client:
+                await client.get_user("external_id", "u1")
+
+        with pytest.raises(Exception) as info:
+            __import__("asyncio").run(call())
+    assert "no answer within 0.3s (ReadTimeout)" in str(info.value) and emu.url in str(info.value)
+    assert "ReadTimeout: ReadTimeout" not in str(info.value)

@@ -458,6 +458,7 @@ class OneSignalClient:
         self.credentials = credentials
         self.base_url = base_url.rstrip("/")
         self.max_attempts = max_attempts
+        self.timeout = timeout
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
         self.concurrency = concurrency
         self.limiter = RateLimiter(max_rps)
@@ -651,8 +652,12 @@ class OneSignalClient:
                 error = NetworkError(f"cannot connect to {self.base_url} ({method} {path}): {cause}",
                                      method=method, path=path, retryable=False)
             else:
+                if isinstance(exc, httpx.TimeoutException):
+                    cause = f"no answer within {self.timeout:g}s ({type(exc).__name__})"
+                elif cause != type(exc).__name__:
+                    cause = f"{type(exc).__name__}: {cause}"
                 error = NetworkError(f"no answer from OneSignal at {self.base_url} to {method} {path}: "
-                                     f"{type(exc).__name__}: {cause}", method=method, path=path,
+                                     f"{cause}", method=method, path=path,
                                      retryable=not isinstance(exc, (httpx.UnsupportedProtocol,
                                                                     httpx.LocalProtocolError)))
             error.__cause__ = exc
