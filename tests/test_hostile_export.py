@@ -176,6 +176,18 @@ def test_cohorts_sharing_their_first_128_characters_get_a_segment_each(store, em
     assert export.segment_name("Short") == "Short"
 
 
+def test_a_registration_with_a_cut_name_from_before_is_renamed_and_unwedged(store, emulator, app):
+    stem = "Users who " + "y" * 130
+    first, second = stem + " bought", stem + " browsed"
+    for name, user in ((first, "u1"), (second, "u2")):
+        export.register(store, name, "once", app.app_id, emulator.url)
+        # as registered before: the name cut at 128 characters, the same for both cohorts
+        store.con.execute("UPDATE exports SET segment_name = ? WHERE cohort = ?", [name[:128], name])
+        record = export.run(store, name, ext(user), creds(app), client_options=FAST)
+        assert record.status == "ok", record.error
+    assert sorted(s["name"] for s in segments(emulator, app)) == sorted(map(export.segment_name, (first, second)))
+
+
 # -- 13.2: a free-plan refusal is OneSignal's answer, not a word in a name -------------------------
 
 def test_plan_in_a_cohort_name_is_not_a_free_plan_refusal(store, emulator, app):

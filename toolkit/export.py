@@ -301,7 +301,9 @@ async def _ensure_segment(con, client: OneSignalClient, export: dict) -> str:
 
     Without a known id, a segment of that name is looked for first and adopted if it filters on this
     cohort's tag: a run killed between creating it and saving its id, or a rebuilt store, left it."""
-    name, filters = export["segment_name"], segment_filters(export["tag_key"])
+    # From the cohort, not the stored name: a registration made before names were kept unique heals.
+    name, filters = segment_name(export["cohort"]), segment_filters(export["tag_key"])
+    export["segment_name"] = name
     try:
         if export["segment_id"]:
             try:
@@ -321,8 +323,8 @@ async def _ensure_segment(con, client: OneSignalClient, export: dict) -> str:
         raise ExportError(FREE_PLAN_MESSAGE) from None
     # Saved at once where this export is already registered for this app (a new registration is
     # saved with the id when the run succeeds); a kill before this line is recovered by name.
-    con.execute("UPDATE exports SET segment_id = ? WHERE cohort = ? AND app_id = ?",
-                [segment_id, export["cohort"], export["app_id"]])
+    con.execute("UPDATE exports SET segment_id = ?, segment_name = ? WHERE cohort = ? AND app_id = ?",
+                [segment_id, name, export["cohort"], export["app_id"]])
     return segment_id
 
 
