@@ -440,3 +440,45 @@ def test_a_hung_request_is_reported_in_words(caplog):
             __import__("asyncio").run(call())
     assert "no answer within 0.3s (ReadTimeout)" in str(info.value) and emu.url in str(info.value)
     assert "ReadTimeout: ReadTimeout" not in str(info.value)
+
+
+def test_an_address_where_something_else_listens_gives_up_after_a_few_tries():
+    """Not HTTP at all (an SSH banner, then the connection closes): a few quick tries, then the address."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    waits = []
+
+    async def sleep(seconds):
+        waits.append(seconds)
+
+    address = f"http://127.0.0.1:{server.getsockname()[1]}"
+
+    async def call():
+        async with OneSignalClient(Credentials("app", "k"), address, sleep=sleep) as client:   # 10 attempts
+            await client.create_segment("S", [{"field": "tag", "key": "a", "relation": "exists"}])
+
+    try:
+        with pytest.raises(Exception) as info:
+            __import__("asyncio").run(call())
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    assert info.value.attempts == 3 and len(waits) == 2 and address in str(info.value)

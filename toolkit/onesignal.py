@@ -607,7 +607,10 @@ class OneSignalClient:
             if not isinstance(error, OneSignalError):
                 return error                                  # the decoded body
             error.attempts = attempt
-            if not error.retryable or attempt == attempts:
+            # A server that never answered (something else listens there, or nothing HTTP) gets a
+            # few tries, not minutes of backoff.
+            last = attempts if self._reached else min(attempts, VALIDATE_ATTEMPTS)
+            if not error.retryable or attempt >= last:
                 raise error
             delay = self._backoff(attempt)
             if isinstance(error, RateLimited):
