@@ -1,6 +1,7 @@
 """Hostile inputs and faults on the export side (issue 13 points 1, 2, 5, 6, 11; issue 12 point 5), each
 against the real emulator over HTTP and real DuckDB files. Every test here failed before its fix."""
 
+import asyncio
 import base64
 import json
 import logging
@@ -12,6 +13,8 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from urllib.parse import quote
 
 import httpx
@@ -342,7 +345,7 @@ def test_ctrl_c_during_an_export_says_the_export_stopped(sample, tmp_path):
             for _ in range(600):                                      # until the segment request arrived
                 if any("/segments" in r["path"] for r in slow.requests()) or proc.poll() is not None:
                     break
-                __import__("time").sleep(0.05)
+                time.sleep(0.05)
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)
         finally:
@@ -407,7 +410,7 @@ def test_retries_are_shown_with_the_reason_and_the_wait_without_flooding(caplog)
                 await client.get_user("external_id", "u1")
 
         with pytest.raises(ServerError):
-            __import__("asyncio").run(call())
+            asyncio.run(call())
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "retrying" in r.getMessage()]
     assert len(infos) == 4 and len(waits) == 4
@@ -422,7 +425,7 @@ def test_the_bad_key_message_reads_cleanly(emulator, app):
             await client.validate()
 
     with pytest.raises(AuthError) as info:
-        __import__("asyncio").run(call())
+        asyncio.run(call())
     text = str(info.value)
     assert not re.search(r"[^.]\.\.(?!\.)|\. \.", text) and text.endswith(".")     # "..." is OneSignal's own
     assert "Check the App API key" in text
@@ -437,14 +440,13 @@ def test_a_hung_request_is_reported_in_words(caplog):
                 await client.get_user("external_id", "u1")
 
         with pytest.raises(Exception) as info:
-            __import__("asyncio").run(call())
+            asyncio.run(call())
     assert "no answer within 0.3s (ReadTimeout)" in str(info.value) and emu.url in str(info.value)
     assert "ReadTimeout: ReadTimeout" not in str(info.value)
 
 
 def test_an_address_where_something_else_listens_gives_up_after_a_few_tries():
     """Not HTTP at all (an SSH banner, then the connection closes): a few quick tries, then the address."""
-    import threading
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -476,7 +478,7 @@ def test_an_address_where_something_else_listens_gives_up_after_a_few_tries():
 
     try:
         with pytest.raises(Exception) as info:
-            __import__("asyncio").run(call())
+            asyncio.run(call())
     finally:
         stop.set()
         thread.join()
