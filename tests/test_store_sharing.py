@@ -118,17 +118,21 @@ def test_the_holder_is_read_from_duckdbs_lock_error_and_its_command_line():
 
 # -- waiting, across processes -------------------------------------------------------------------------
 
-def test_a_writer_waits_for_the_holder_names_it_once_and_goes_on(db, env, holding, tmp_path):
+@pytest.mark.parametrize("command,said", [
+    (["cohorts", "load", SAMPLE / "cohorts.yaml"], f"{CHURN}: v1"),
+    (["sync", "--runs-dir", "runs"], "sync done"),           # the wait shows in the terminal, not in the notebook
+], ids=["cohorts load", "sync"])
+def test_a_writer_waits_for_the_holder_names_it_once_and_goes_on(db, env, holding, tmp_path, command, said):
     held = holding()
-    writer = subprocess.Popen([sys.executable, "-m", "toolkit", "cohorts", "load", str(SAMPLE / "cohorts.yaml"),
-                               "--db", str(db)], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    writer = subprocess.Popen([sys.executable, "-m", "toolkit", *map(str, command), "--db", str(db)], env=env,
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     waiting = writer.stderr.readline()      # the writer's own wait bounds this (TOOLKIT_STORE_WAIT)
     assert waiting.startswith(f"store {db} is in use by process {held.proc.pid} (")
     assert "hold_store.py" in waiting and "waiting up to 300s" in waiting and "TOOLKIT_STORE_WAIT" in waiting
     held.release()
     out, err = writer.communicate()
     assert writer.returncode == 0, err
-    assert f"{CHURN}: v1" in out
+    assert said in out
     assert "in use" not in err and not any(raw in waiting + err for raw in RAW)   # said once, nothing else
 
 

@@ -257,7 +257,9 @@ def _sync_parameters(args) -> dict:
 def _sync(args) -> int:
     from toolkit import schedule
 
-    run = schedule.run_once(args.runs_dir.resolve(), _sync_parameters(args))
+    parameters = _sync_parameters(args)
+    Store(parameters["store_path"]).close()    # wait here, where the terminal shows it, while another process holds it
+    run = schedule.run_once(args.runs_dir.resolve(), parameters)
     _emit(args, {"ok": run.ok, "notebook": str(run.notebook), "error": run.error},
           f"sync {'done' if run.ok else 'FAILED: ' + run.error}; executed notebook: {run.notebook}")
     return 0 if run.ok else 1
