@@ -319,3 +319,17 @@ def test_with_the_panels_displayed_in_a_kernel_sync_and_export_work(db, env, emu
         assert toolkit("status", "--db", db, env={**env, "TOOLKIT_STORE_WAIT": "0"}).returncode == 0
     finally:
         kernel.stop()
+
+
+def test_notebooks_default_to_the_store_in_toolkit_db(db, env, tmp_path):
+    """`toolkit lab` sets $TOOLKIT_DB for the kernels: the notebooks read that store when no path is given."""
+    with Store(db, read_only=True) as store:
+        churn = matching.preview(store, CHURN).summary
+    env = {**env, "TOOLKIT_DB": str(db)}
+    started = [papermill("explore_cohorts", tmp_path / "explore.ipynb", {"cohort": CHURN}, env),
+               papermill("mtu_report", tmp_path / "mtu.ipynb", {}, env)]
+    for proc in started:
+        out, err = proc.communicate()
+        assert proc.returncode == 0, err
+    assert f"{churn['members']:,} members, {churn['exportable']:,} exportable" in outputs(tmp_path / "explore.ipynb")
+    assert "2026-10" in outputs(tmp_path / "mtu.ipynb")
