@@ -17,6 +17,7 @@ from conftest import NOW, ROOT, SAMPLE
 from toolkit import Store, cohorts, demo, export, load, matching, sync
 from toolkit.emulator import Emulator
 from toolkit.errors import StoreError
+from toolkit.onesignal import Credentials
 from toolkit.store import Holder, lock_holder
 
 pytest.importorskip("ipywidgets")
@@ -167,6 +168,9 @@ def test_a_panel_says_who_holds_the_store_and_recovers(db, holding, monkeypatch)
     assert panel.status.value.startswith(f"store {db} is in use by process {held.proc.pid} (")
     assert "hold_store.py" in panel.status.value and "stayed busy" in panel.status.value
     assert panel.cohort.options == ()
+    connection = widgets.connect_panel(str(db), base_url="http://127.0.0.1:9")
+    assert not connection.connect(Credentials("some-app", "some-key"))
+    assert connection.status.value.startswith(f"Not connected: store {db} is in use by process {held.proc.pid} (")
     held.release()
     panel.refresh()
     assert CHURN in panel.cohort.options and panel.cohort.value == panel.cohort.options[0]

@@ -37,9 +37,9 @@ except ImportError as exc:      # an optional dependency: say how to get it
     raise ImportError("toolkit.widgets needs ipywidgets 8: pip install -e '.[notebooks]'") from exc
 
 from toolkit import cohorts, export, matching, report, sync
-from toolkit.errors import ToolkitError
 from toolkit import credentials as keys
 from toolkit import plan as planning
+from toolkit.errors import ToolkitError
 from toolkit.onesignal import REDACTED, Credentials
 from toolkit.store import using
 
@@ -237,7 +237,8 @@ class ConnectPanel(_Panel):
             with self._open() as store:
                 self.result = sync.connect(store, credentials, self.base_url)
         except Exception as exc:        # a click handler's exception would vanish into the kernel log
-            self.result = {"connected": False, "detail": f"{type(exc).__name__}: {exc}"}
+            self.result = {"connected": False,
+                           "detail": str(exc) if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"}
         ok = bool(self.result["connected"])
         self.credentials = credentials if ok else None
         detail = str(self.result["detail"]).replace(credentials.api_key, REDACTED)
