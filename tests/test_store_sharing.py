@@ -337,3 +337,9 @@ def test_notebooks_default_to_the_store_in_toolkit_db(db, env, tmp_path):
         assert proc.returncode == 0, err
     assert f"{churn['members']:,} members, {churn['exportable']:,} exportable" in outputs(tmp_path / "explore.ipynb")
     assert "2026-10" in outputs(tmp_path / "mtu.ipynb")
+
+
+def test_a_wait_that_is_not_a_number_is_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_STORE_WAIT", "soon")
+    with pytest.raises(StoreError, match=r"\$TOOLKIT_STORE_WAIT must be a number of seconds \(0 or more\), not 'soon'"):
+        Store(tmp_path / "s.duckdb")
