@@ -138,8 +138,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _store(args) -> Store:
-    return Store(args.db)
+def _store(args, read_only: bool = False) -> Store:
+    """The store for this command's run. Commands that only read open it read-only, so they share it
+    with other readers; either kind waits (saying for whom) while another process writes it."""
+    return Store(args.db, read_only=read_only)
 
 
 def _emit(args, data: dict, text: str) -> None:
@@ -154,14 +156,14 @@ def _load(args) -> int:
 
 
 def _status(args) -> int:
-    with _store(args) as store:
+    with _store(args, read_only=True) as store:
         status = report.status(store)
         _emit(args, status, report.status_text(status))
     return 0
 
 
 def _quarantine(args) -> int:
-    with _store(args) as store:
+    with _store(args, read_only=True) as store:
         rows = report.quarantine(store, args.file, args.limit)
         _emit(args, {"rows": rows}, report.quarantine_text(rows))
     return 0
@@ -170,7 +172,7 @@ def _quarantine(args) -> int:
 def _mtu(args) -> int:
     from toolkit import mtu
 
-    with _store(args) as store:
+    with _store(args, read_only=True) as store:
         output, status = mtu.cli_main(store, args.month, args.rules, args.json)
     print(output, file=sys.stderr if status else sys.stdout)
     return status
@@ -188,7 +190,7 @@ def _cohorts_load(args) -> int:
 def _cohorts_list(args) -> int:
     from toolkit import cohorts
 
-    with _store(args) as store:
+    with _store(args, read_only=True) as store:
         found = cohorts.list_cohorts(store)
     _emit(args, {"cohorts": found}, "\n".join(f"{c['name']} (v{c['version']})" for c in found)
           or "no cohorts yet: toolkit cohorts load FILE")
@@ -198,7 +200,7 @@ def _cohorts_list(args) -> int:
 def _cohorts_preview(args) -> int:
     from toolkit import matching
 
-    with _store(args) as store:
+    with _store(args, read_only=True) as store:
         preview = matching.preview(store, args.name, user_id_property=args.user_id_property,
                                    id_type=args.id_type)
     _emit(args, preview.to_dict(), matching.preview_text(preview, args.rows))
@@ -236,7 +238,7 @@ def _export(args) -> int:
 def _runs(args) -> int:
     from toolkit import export
 
-    with _store(args) as store:
+    with _store(args, read_only=True) as store:
         found = export.runs(store, args.cohort, args.limit)
     _emit(args, {"runs": found}, report.runs_text(found))
     return 0
@@ -263,7 +265,9 @@ def _sync_parameters(args) -> dict:
 def _sync(args) -> int:
     from toolkit import schedule
 
-    run = schedule.run_once(args.runs_dir.resolve(), _sync_parameters(args))
+    parameters = _sync_parameters(args)
+    Store(parameters["store_path"]).close()    # wait here, where the terminal shows it, while another process holds it
+    run = schedule.run_once(args.runs_dir.resolve(), parameters)
     _emit(args, {"ok": run.ok, "notebook": str(run.notebook), "error": run.error},
           f"sync {'done' if run.ok else 'FAILED: ' + run.error}; executed notebook: {run.notebook}")
     return 0 if run.ok else 1

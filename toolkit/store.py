@@ -3,13 +3,23 @@
 Where the file lives: an explicit path, else $TOOLKIT_DB, else ``toolkit.duckdb`` in the working
 directory; ``":memory:"`` for tests. Migrations run on open, each in its own transaction, so a store
 is always at one schema version. Secrets are never written here.
+
+Sharing the file: DuckDB lets one process open it read-write, or any number of processes read-only,
+never both at once. So nobody keeps it open longer than one action (``using`` opens it for a block),
+and opening a store another process holds waits for it, saying once who holds it (process id and
+command), for up to $TOOLKIT_STORE_WAIT seconds (default 60), then fails with a StoreError that says
+what to do.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -17,6 +27,8 @@ import duckdb
 from toolkit.errors import StoreError
 
 DEFAULT_DB = "toolkit.duckdb"
+ENV_WAIT = "TOOLKIT_STORE_WAIT"
+DEFAULT_WAIT = 60.0      # seconds to wait for another process to let go of the store
 
 # Each entry is one schema version; append, never edit a released one.
 MIGRATIONS: list[str] = [
@@ -282,25 +294,45 @@ def default_path() -> str:
 
 
 class Store:
-    """An open store. ``con`` is the DuckDB connection; use ``transaction()`` for atomic writes."""
+    """An open store. ``con`` is the DuckDB connection; use ``transaction()`` for atomic writes.
+
+    ``wait``: seconds to wait while another process holds the file (default $TOOLKIT_STORE_WAIT, else
+    60); ``on_wait`` is told once per holder that we are waiting (default: a line on stderr)."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, read_only: bool = False,
-                 memory_limit: str | None = None):
+                 memory_limit: str | None = None, wait: float | None = None,
+                 on_wait: Callable[[str], None] | None = None):
         self.path = str(path) if path is not None else default_path()
+        self.read_only = read_only
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.memory_limit = memory_limit
         config = {"memory_limit": memory_limit} if memory_limit else {}
+        wait = wait_seconds() if wait is None else wait
+        if read_only and self.path != ":memory:" and not Path(self.path).exists():
+            # A reader of a store not made yet: make it (empty, current schema) rather than fail.
+            Store(self.path, memory_limit=memory_limit, wait=wait, on_wait=on_wait).close()
+        self.con = self._open(config, wait, on_wait)
+        if read_only and self.version() < SCHEMA_VERSION:
+            # An older store: upgrade it in a short write, then read as asked.
+            self.con.close()
+            Store(self.path, memory_limit=memory_limit, wait=wait, on_wait=on_wait).close()
+            self.con = self._open(config, wait, on_wait)
+
+    def _open(self, config: dict, wait: float, on_wait) -> duckdb.DuckDBPyConnection:
+        con = _connect(self.path, self.read_only, config, wait, on_wait)
+        self.con = con
         try:
-            self.con = duckdb.connect(self.path, read_only=read_only, config=config)
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-        self.con.execute("SET TimeZone = 'UTC'")
-        self.con.execute("SET enable_progress_bar = false")   # ours (tqdm) shows progress, DuckDB's would interleave
-        if not read_only:
-            self._migrate()
-        else:
-            self._check_version()
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute("SET enable_progress_bar = false")   # ours (tqdm) shows progress, DuckDB's would interleave
+            if self.read_only:
+                self._check_version()
+            else:
+                self._migrate()
+        except BaseException:
+            con.close()     # a half-opened store must not keep the file from others
+            raise
+        return con
 
     # -- schema -----------------------------------------------------------------------------
     def version(self) -> int:
@@ -374,3 +406,118 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
 
 def open_store(path: str | os.PathLike | None = None, **kwargs) -> Store:
     return Store(path, **kwargs)
+
+
+@contextmanager
+def using(store: Store | str | os.PathLike | None, *, read_only: bool = False, **kwargs) -> Iterator[Store]:
+    """The store for one action: an open ``Store`` as it is (its owner closes it), else the path (None:
+    the default) opened for this block and closed after it, so other processes get their turn."""
+    if isinstance(store, Store):
+        yield store
+        return
+    with Store(store, read_only=read_only, **kwargs) as opened:
+        yield opened
+
+
+def wait_seconds() -> float:
+    """How long to wait for a busy store: $TOOLKIT_STORE_WAIT seconds, else 60."""
+    text = os.environ.get(ENV_WAIT, "").strip()
+    if not text:
+        return DEFAULT_WAIT
+    try:
+        seconds = float(text)
+        if seconds < 0:
+            raise ValueError
+    except ValueError:
+        raise StoreError(f"${ENV_WAIT} must be a number of seconds (0 or more), not {text!r}") from None
+    return seconds
+
+
+# -- waiting for a store another process holds ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Holder:
+    """The process DuckDB says holds the file's lock."""
+    pid: int | None
+    command: str
+
+    @property
+    def is_kernel(self) -> bool:
+        return "ipykernel" in self.command
+
+    def __str__(self) -> str:
+        if self.pid is None:
+            return "another process"
+        kind = "a Jupyter notebook kernel, " if self.is_kernel else ""
+        return f"process {self.pid} ({kind}{self.command})"
+
+
+_LOCK = re.compile(r"Could not set lock on file")
+_HELD_BY = re.compile(r"held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+
+
+def lock_holder(message: str) -> Holder | None:
+    """The holder named in DuckDB's lock error (None: not a lock error); its command line from /proc."""
+    if not _LOCK.search(message):
+        return None
+    found = _HELD_BY.search(message)
+    if not found:
+        return Holder(None, "")
+    pid = int(found["pid"])
+    return Holder(pid, _command_line(pid) or found["exe"])
+
+
+def _command_line(pid: int, width: int = 160) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    text = " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _say_waiting(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _connect(path: str, read_only: bool, config: dict, wait: float,
+             on_wait: Callable[[str], None] | None) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, waiting while another process holds the file; never DuckDB's text on a busy store."""
+    on_wait = on_wait or _say_waiting
+    deadline = time.monotonic() + wait
+    told: Holder | None = None
+    pause = 0.05
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only, config=config)
+        except duckdb.ConnectionException as exc:
+            if "different configuration" in str(exc):
+                # This process has the file open already, the other way (read-only vs read-write).
+                if read_only:       # reading through the write connection it holds takes nobody's turn
+                    return duckdb.connect(path, config=config)
+                raise StoreError(f"store {path} is already open in this process with other settings (read-only, "
+                                 "or another memory limit); close that Store first") from None
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        except duckdb.Error as exc:
+            holder = lock_holder(str(exc))
+            if holder is None:
+                raise StoreError(f"cannot open store {path}: {exc}") from exc
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise StoreError(_busy_text(path, holder, wait)) from None
+        if holder != told:
+            told = holder
+            on_wait(f"store {path} is in use by {holder}; waiting up to {wait:g}s for it to let go "
+                    f"(${ENV_WAIT} sets how long)")
+        time.sleep(min(pause, remaining))
+        pause = min(pause * 2, 0.5)
+
+
+def _busy_text(path: str, holder: Holder, wait: float) -> str:
+    if holder.is_kernel:
+        what = "finish what that notebook is doing, or shut its kernel down (Kernel > Shut Down Kernel)"
+    else:
+        what = "wait for it to finish (or stop it)"
+    return (f"store {path} is in use by {holder}" + (f" and stayed busy for {wait:g}s" if wait else "")
+            + f": {what}, then try again. ${ENV_WAIT} sets how many seconds to wait (now {wait:g}). "
+            "Only one process at a time can write a store.")

@@ -1,9 +1,15 @@
 """ipywidgets panels for the notebooks: connect to OneSignal, explore a cohort's matchability, export it.
 
     from toolkit import widgets
-    connection = widgets.connect_panel(store)          # App ID, API key, Connect -> "Connected"
-    widgets.cohort_explorer(store)                     # size, funnel, reasons, searchable members
-    widgets.export_panel(store, connection)            # preview the diff, export with progress, stop syncs
+    connection = widgets.connect_panel(store_path)     # App ID, API key, Connect -> "Connected"
+    widgets.cohort_explorer(store_path)                # size, funnel, reasons, searchable members
+    widgets.export_panel(store_path, connection)       # preview the diff, export with progress, stop syncs
+
+Panels take the store's path and open it for each action only (refresh, preview, export, stop), read-only
+where the action only reads, so an open notebook never keeps other notebooks, ``toolkit sync`` or an
+export out of the store (DuckDB lets one process write a file, or many read it, never both at once).
+While another process holds the store, the panel's status line says who and that it is waiting. An
+open ``Store`` is accepted too (tests): it is used as is, and stays open.
 
 The panels only wire controls to the toolkit (``sync``, ``export``, ``plan``, ``matching``,
 ``cohorts``); they hold no business rules of their own. Each panel is a small object whose controls
@@ -33,7 +39,9 @@ except ImportError as exc:      # an optional dependency: say how to get it
 from toolkit import cohorts, export, matching, report, sync
 from toolkit import credentials as keys
 from toolkit import plan as planning
+from toolkit.errors import ToolkitError
 from toolkit.onesignal import REDACTED, Credentials
+from toolkit.store import using
 
 __all__ = ["connect_panel", "cohort_explorer", "export_panel", "ConnectPanel", "CohortExplorer",
            "ExportPanel", "Diff", "preview_diff", "funnel", "filter_members"]
@@ -106,20 +114,24 @@ class Diff:
         return "\n".join(lines)
 
 
-def preview_diff(store, cohort: str, *, now: datetime | str | None = None, force: bool = False) -> Diff:
-    """The dry run of an export of ``cohort``. A registered export goes through the real run
-    (``sync.export_cohort(dry_run=True)``, recorded as a dry run); an unregistered cohort is planned
-    with the pure functions, because ``export_cohort(mode=...)`` would register it."""
+def preview_diff(store, cohort: str, *, now: datetime | str | None = None, force: bool = False,
+                 on_wait=None) -> Diff:
+    """The dry run of an export of ``cohort`` (``store``: a path, opened for this only, or a Store).
+    A registered export goes through the real run (``sync.export_cohort(dry_run=True)``, recorded as a
+    dry run, so it writes); an unregistered cohort is planned with the pure functions, reading only,
+    because ``export_cohort(mode=...)`` would register it."""
     now = _as_time(now) or datetime.now(timezone.utc)
-    if export.registration(store.con, cohort) is not None:
-        record = sync.export_cohort(store, cohort, dry_run=True, force=force, now=now)
-        return Diff(cohort, record.plan, planning.GuardVerdict(record.status == "ok", record.guard),
-                    record.members, record.exportable)
-    found = matching.preview(store, cohort, now=now)
-    wanted = sync.targets(found)
-    the_plan = planning.plan(wanted, export.snapshot(store.con, cohort, now))
-    verdict = planning.removal_guard(the_plan, None, export.DEFAULT_MAX_REMOVAL_SHARE, force=force)
-    return Diff(cohort, the_plan, verdict, int(found.summary["members"]), len(wanted))
+    with using(store, read_only=True, on_wait=on_wait) as opened:
+        if export.registration(opened.con, cohort) is None:
+            found = matching.preview(opened, cohort, now=now)
+            wanted = sync.targets(found)
+            the_plan = planning.plan(wanted, export.snapshot(opened.con, cohort, now))
+            verdict = planning.removal_guard(the_plan, None, export.DEFAULT_MAX_REMOVAL_SHARE, force=force)
+            return Diff(cohort, the_plan, verdict, int(found.summary["members"]), len(wanted))
+    with using(store, on_wait=on_wait) as opened:
+        record = sync.export_cohort(opened, cohort, dry_run=True, force=force, now=now)
+    return Diff(cohort, record.plan, planning.GuardVerdict(record.status == "ok", record.guard),
+                record.members, record.exportable)
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -131,6 +143,13 @@ def _as_time(now: datetime | str | None) -> datetime | None:
 
 def _cohort_names(store) -> list[str]:
     return [c["name"] for c in cohorts.list_cohorts(store)]
+
+
+def _set_cohorts(dropdown: w.Dropdown, names: list[str]) -> None:
+    """The cohort list, the first one selected when none was (as a Dropdown made with them would)."""
+    _set_options(dropdown, names)
+    if dropdown.value is None and names:
+        dropdown.value = names[0]
 
 
 def _set_options(dropdown: w.Dropdown, options: list) -> None:
@@ -174,6 +193,15 @@ def _funnel_png(steps: list[tuple[str, int]], title: str) -> bytes | None:
 
 class _Panel:
     widget: w.Widget
+    store: object           # a path (opened per action) or an open Store
+    busy: w.Label           # where "waiting for the store" shows
+
+    def _open(self, read_only: bool = False):
+        """The store for one action, closed after it (unless the panel was given an open Store)."""
+        return using(self.store, read_only=read_only, on_wait=self._waiting)
+
+    def _waiting(self, message: str) -> None:
+        self.busy.value = message
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -193,7 +221,7 @@ class ConnectPanel(_Panel):
         self.app_id = w.Text(description="App ID", placeholder="OneSignal App ID")
         self.api_key = w.Password(description="API key", placeholder="App API key (never saved)")
         self.connect_button = w.Button(description="Connect", button_style="primary", icon="plug")
-        self.status = w.Label("Not connected")
+        self.status = self.busy = w.Label("Not connected")
         self.connect_button.on_click(self._on_connect)
         self.widget = w.VBox([w.HBox([self.app_id, self.api_key, self.connect_button]), self.status])
 
@@ -206,9 +234,11 @@ class ConnectPanel(_Panel):
         ``toolkit.credentials.find``); keep them only if they work."""
         self.app_id.value = credentials.app_id
         try:
-            self.result = sync.connect(self.store, credentials, self.base_url)
+            with self._open() as store:
+                self.result = sync.connect(store, credentials, self.base_url)
         except Exception as exc:        # a click handler's exception would vanish into the kernel log
-            self.result = {"connected": False, "detail": f"{type(exc).__name__}: {exc}"}
+            self.result = {"connected": False,
+                           "detail": str(exc) if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"}
         ok = bool(self.result["connected"])
         self.credentials = credentials if ok else None
         detail = str(self.result["detail"]).replace(credentials.api_key, REDACTED)
@@ -244,22 +274,30 @@ class CohortExplorer(_Panel):
         self.store, self.now, self.rows = store, _as_time(now), rows
         self.preview: matching.Preview | None = None
         self.shown: pd.DataFrame | None = None
-        self.cohort = w.Dropdown(description="Cohort", options=_cohort_names(store), layout={"width": "480px"})
-        self.size = w.Label()
+        self.cohort = w.Dropdown(description="Cohort", options=[], layout={"width": "480px"})
+        self.size = self.busy = w.Label()
         self.funnel = w.Output()
         self.reasons = w.HTML()
         self.search = w.Text(description="Search", placeholder="distinct_id or reason")
         self.matches = w.Label()
         self.table = w.HTML()
+        if self.refresh():      # before observing: the first cohort is shown once, below
+            self.show()
         self.cohort.observe(lambda _: self.show(), names="value")
         self.search.observe(lambda _: self._filter(), names="value")
         self.widget = w.VBox([self.cohort, self.size, w.HBox([self.funnel, self.reasons]),
                               w.HBox([self.search, self.matches]), self.table])
-        self.show()
 
-    def refresh(self) -> None:
-        """Re-read the cohort list (after cohorts were saved elsewhere)."""
-        _set_options(self.cohort, _cohort_names(self.store))
+    def refresh(self) -> bool:
+        """Re-read the cohort list (after cohorts were saved elsewhere); False if the store could not be read."""
+        try:
+            with self._open(read_only=True) as store:
+                names = _cohort_names(store)
+        except ToolkitError as exc:
+            self.size.value = str(exc)
+            return False
+        _set_cohorts(self.cohort, names)
+        return True
 
     def show(self) -> None:
         name = self.cohort.value
@@ -267,7 +305,8 @@ class CohortExplorer(_Panel):
             self.size.value = "no cohorts in the store: save definitions first (toolkit cohorts load FILE)"
             return
         try:
-            self.preview = matching.preview(self.store, name, now=self.now or datetime.now(timezone.utc))
+            with self._open(read_only=True) as store:
+                self.preview = matching.preview(store, name, now=self.now or datetime.now(timezone.utc))
         except Exception as exc:
             self.preview = None
             self.size.value = f"cannot evaluate {name}: {exc}"
@@ -317,13 +356,13 @@ class ExportPanel(_Panel):
         self.store, self.connection, self.now = store, connection, _as_time(now)
         self.last_diff: Diff | None = None
         self.last_record: export.RunRecord | None = None
-        self.cohort = w.Dropdown(description="Cohort", options=_cohort_names(store), layout={"width": "480px"})
+        self.cohort = w.Dropdown(description="Cohort", options=[], layout={"width": "480px"})
         self.mode = w.ToggleButtons(options=MODES, value="once", description="Sync type")
         self.force = w.Checkbox(description="Force (allow mass removals)", value=False)
         self.preview_button = w.Button(description="Preview", icon="eye")
         self.export_button = w.Button(description="Export", button_style="primary", icon="upload")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="Progress")
-        self.status = w.Label()
+        self.status = self.busy = w.Label()
         self.diff = w.HTML()
         self.result = w.HTML()
         self.syncs = w.HTML()
@@ -340,8 +379,13 @@ class ExportPanel(_Panel):
 
     def refresh(self) -> None:
         """Re-read cohorts and exports from the store."""
-        _set_options(self.cohort, _cohort_names(self.store))
-        found = export.list_exports(self.store)
+        try:
+            with self._open(read_only=True) as store:
+                names, found = _cohort_names(store), export.list_exports(store)
+        except ToolkitError as exc:
+            self.status.value = str(exc)
+            return
+        _set_cohorts(self.cohort, names)
         _set_options(self.sync_choice,
                      [e["cohort"] for e in found if e["mode"] == "dynamic" and e["stopped_at"] is None])
         columns = ["cohort", "mode", "in_segment", "next_due_at", "stopped_at"]
@@ -363,7 +407,8 @@ class ExportPanel(_Panel):
             self.status.value = "no cohorts in the store: save definitions first"
             return
         try:
-            self.last_diff = preview_diff(self.store, self.cohort.value, now=self._time(), force=self.force.value)
+            self.last_diff = preview_diff(self.store, self.cohort.value, now=self._time(), force=self.force.value,
+                                          on_wait=self._waiting)
         except Exception as exc:
             self.status.value = f"Preview failed: {exc}"
             return
@@ -388,10 +433,11 @@ class ExportPanel(_Panel):
         self.export_button.disabled = True       # two runs of one cohort never overlap anyway
         self.status.value = f"Exporting {name}..."
         try:
-            record = sync.export_cohort(
-                self.store, name, mode=self.mode.value, credentials=credentials, force=self.force.value,
-                base_url=self.connection.base_url if self.connection is not None else None,
-                now=self._time(), on_progress=self._on_progress)
+            with self._open() as store:     # the write connection lasts for the run only
+                record = sync.export_cohort(
+                    store, name, mode=self.mode.value, credentials=credentials, force=self.force.value,
+                    base_url=self.connection.base_url if self.connection is not None else None,
+                    now=self._time(), on_progress=self._on_progress)
         except Exception as exc:
             self.status.value = f"Export failed: {exc}"
             return
@@ -415,7 +461,8 @@ class ExportPanel(_Panel):
             self.status.value = "no dynamic sync to stop"
             return
         try:
-            export.stop(self.store, name, self._time())
+            with self._open() as store:
+                export.stop(store, name, self._time())
         except Exception as exc:
             self.status.value = f"Stop failed: {exc}"
             return
