@@ -478,6 +478,8 @@ def preview(store, name: str | cohorts.Cohort, *, now: dt.datetime | None = None
     con = getattr(store, "con", store)
     now = now or dt.datetime.now(dt.timezone.utc)
     started = time.perf_counter()
+    if isinstance(name, str) and name not in cohorts.by_name(definitions):
+        name = cohorts.resolve_name(con, name)      # "pro plan in the us" finds "Pro plan in the US"
     # The members stay in DuckDB: a million ids through Python cost more than classifying them.
     sql, params = cohorts.query(con, name, now=now, definitions=definitions)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_MEMBERS} AS {sql}", params)
@@ -497,7 +499,8 @@ def preview(store, name: str | cohorts.Cohort, *, now: dt.datetime | None = None
                    seconds={"evaluate": round(evaluated - started, 4), "match": round(matched - evaluated, 4)})
 
 
-def preview_text(preview: Preview, rows: int = 20) -> str:
+def preview_text(preview: Preview, rows: int = 20, more: str = "") -> str:
+    """The summary and the first ``rows`` members as text; ``more`` says how to see the rest."""
     s = preview.summary
     version = f" (v{s['version']})" if s.get("version") else ""
     lines = [f"cohort {s['cohort']}{version} as of {s['now']}",
@@ -517,7 +520,7 @@ def preview_text(preview: Preview, rows: int = 20) -> str:
             line = f"  {_clip(r.distinct_id, 40):<{width}}  {status:<15} {target}".rstrip()
             lines.append(line + (f"  — {detail}" if detail else ""))
         if total > rows:
-            lines.append(f"  ... {total - rows:,} more (the full table is Preview.members)")
+            lines.append(f"  ... {total - rows:,} more not shown" + (f" ({more})" if more else ""))
     return "\n".join(lines)
 
 
