@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--db", metavar="PATH", help="DuckDB store (default: $TOOLKIT_DB or ./toolkit.duckdb)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = sub.add_parser("load", parents=[common], help="load Mixpanel exports (files or folders)")

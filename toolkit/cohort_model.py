@@ -36,6 +36,7 @@ The format (YAML shown; JSON is the same shape):
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -506,5 +507,5 @@ def _show(v) -> str:
         return str(v).lower()
     if v is None:
         return "nothing"
-    text = repr(v)
+    text = json.dumps(v, ensure_ascii=False, default=str)      # JSON, as the definition was written
     return text if len(text) <= 60 else text[:57] + "..."

@@ -192,11 +192,11 @@ def _over_limit_detail(limit: int) -> str:
 
 def _check_options(prop: str, id_type: str, limit: int) -> None:
     if id_type not in ID_TYPES:
-        raise MatchingError(f"id_type: expected one of {', '.join(ID_TYPES)}, got {id_type!r}")
+        raise MatchingError(f"id_type: expected one of {', '.join(ID_TYPES)}, got {_shown(id_type)}")
     if not isinstance(prop, str) or not prop:
-        raise MatchingError(f"user_id_property: expected a property name, got {prop!r}")
+        raise MatchingError(f"user_id_property: expected a property name, got {_shown(prop)}")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise MatchingError(f"limit: expected a non-negative integer, got {limit!r}")
+        raise MatchingError(f"limit: expected a non-negative integer, got {_shown(limit)}")
 
 
 # -- the SQL path --------------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ def match(con, members: Iterable[str] | Query, *, user_id_property: str = DEFAUL
     for a list of at most PYTHON_MAX_MEMBERS ids, else sql)."""
     con = getattr(con, "con", con)
     if engine not in ("auto", "python", "sql"):
-        raise MatchingError(f"engine: expected auto, python or sql, got {engine!r}")
+        raise MatchingError(f"engine: expected auto, python or sql, got {_shown(engine)}")
     options = {"user_id_property": user_id_property, "id_type": id_type, "limit": limit}
     _check_options(user_id_property, id_type, limit)
     if engine == "auto":
@@ -522,6 +522,11 @@ def preview_text(preview: Preview, rows: int = 20, more: str = "") -> str:
         if total > rows:
             lines.append(f"  ... {total - rows:,} more not shown" + (f" ({more})" if more else ""))
     return "\n".join(lines)
+
+
+def _shown(value) -> str:
+    """A value as JSON, the way a person wrote it (never Python's repr)."""
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _clip(text, width: int = 48) -> str:

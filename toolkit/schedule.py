@@ -64,9 +64,9 @@ def parse_every(text: str) -> timedelta:
     try:
         amount, unit = float(text[:-1]), units[text[-1]]
     except (ValueError, KeyError, IndexError):
-        raise ToolkitError(f"--every {text!r}: expected a number followed by s, m or h, e.g. 15m") from None
+        raise ToolkitError(f'--every "{text}": expected a number followed by s, m or h, e.g. 15m') from None
     if amount * unit < 1:
-        raise ToolkitError(f"--every {text!r}: must be at least 1s")
+        raise ToolkitError(f'--every "{text}": must be at least 1s')
     return timedelta(seconds=amount * unit)
 
 
