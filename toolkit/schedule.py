@@ -1,10 +1,11 @@
 """Scheduled sync: run notebooks/sync.ipynb with papermill, once or every N minutes, one run at a time.
 
-Each run writes its executed notebook under the runs folder, named by its UTC start time, so the
-record of what happened (cells, outputs, errors, timings) is the notebook itself, as papermill
-intends. A lock file keeps runs from overlapping, across processes too. An overdue run (the previous
-one took longer than the interval) starts once, not once per missed slot. A failed run is logged and
-the schedule goes on; Ctrl-C or SIGTERM stops it between runs, or interrupts the run in progress.
+Each run writes its executed notebook under the runs folder, named by its UTC start time (cells,
+outputs, errors, timings), and beside it a run record (JSON): the verdict (ok, partial, failed), per
+cohort its status and counts, the load and the MTU count. The verdict gives the exit code. A lock
+file keeps runs from overlapping, across processes too. An overdue run (the previous one took longer
+than the interval) starts once, not once per missed slot. Each run's outcome is logged and the
+schedule goes on; Ctrl-C or SIGTERM stops it between runs, or interrupts the run in progress.
 """
 
 from __future__ import annotations
