@@ -235,3 +235,15 @@ def test_schedule_exits_non_zero_when_its_runs_failed_and_logs_each_outcome(worl
     assert "sync PARTIAL" in out.stderr and "sync FAILED" in out.stderr
     assert "stopped after 2 run(s), 2 not ok" in out.stdout
     assert len(list((world["tmp"] / "runs").glob("sync-*.json"))) == 2
+
+
+def test_named_cohorts_are_found_in_any_case_and_an_unknown_one_fails_alone(world, monkeypatch):
+    for k, v in world["env"].items():
+        monkeypatch.setenv(k, v)
+    register(world, *GOOD)
+    result = sync.sync(world["db"], cohorts="BUYERS, Buyres, also buyers", now=NOW + timedelta(minutes=1),
+                       client_options=FAST)
+    assert [(r.cohort, r.status) for r in result.runs] == [("Buyers", "ok"), ("Buyres", "failed"),
+                                                           ("Also buyers", "ok")]
+    assert 'no cohort "Buyres" in the store; did you mean "Buyers"' in result.runs[1].error
+    assert result.status == "partial"

@@ -62,6 +62,10 @@ def test_the_cli_finds_a_cohort_in_any_case_and_suggests_close_names(named):
     missing = toolkit("cohorts", "preview", "Pro plan US", "--db", named)
     assert missing.returncode == 1 and 'did you mean "Pro plan in the US"?' in missing.stderr
     assert not LEAKS.search(found.stdout + missing.stderr)
+    runs = toolkit("runs", "--cohort", "PRO plan in the us", "--db", named)
+    assert runs.returncode == 0 and runs.stdout.strip() == "no export runs yet"
+    typo = toolkit("runs", "--cohort", "Pro plan in te US", "--db", named)
+    assert typo.returncode == 1 and 'did you mean "Pro plan in the US"?' in typo.stderr
 
 
 def test_help_texts_are_plain():

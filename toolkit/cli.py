@@ -236,6 +236,10 @@ def _runs(args) -> int:
     from toolkit import export
 
     with _store(args) as store:
+        if args.cohort and not export.runs(store, args.cohort, 1):
+            from toolkit import cohorts
+
+            args.cohort = cohorts.resolve_name(store, args.cohort)     # any case; else "did you mean"
         found = export.runs(store, args.cohort, args.limit)
     _emit(args, {"runs": found}, report.runs_text(found))
     return 0
