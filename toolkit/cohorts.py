@@ -26,7 +26,8 @@ from toolkit.cohort_sql import Query, compile_cohort, to_utc_naive
 
 __all__ = ["Cohort", "EventRule", "PropertyRule", "CohortRule", "Group", "CohortError",
            "DefinitionError", "CohortCycleError", "load_definitions", "read_ids_csv", "save", "save_all",
-           "list_cohorts", "get", "resolve_name", "version_of", "evaluate", "query", "describe", "by_name", "to_dict", "parse"]
+           "list_cohorts", "get", "resolve_name", "version_of", "evaluate", "query", "describe", "by_name",
+           "to_dict", "parse"]
 
 ID_HEADERS = ("distinct_id", "$distinct_id", "distinct id")
 

@@ -104,7 +104,8 @@ def profile_items(source: Source, rejects: str, lines: tuple[int, int] | None = 
                              WHEN doc_error IS NULL THEN [raw::JSON] ELSE [NULL::JSON] END AS items
               FROM (SELECT record, raw, coalesce(types[2] = 'ARRAY', false) AS paged,
                            CASE WHEN types IS NULL THEN 'malformed JSON'
-                                WHEN types[1] <> 'OBJECT' THEN 'not a JSON object (got ' || {json_type_name('types[1]')} || ')'
+                                WHEN types[1] <> 'OBJECT'
+                                    THEN 'not a JSON object (got ' || {json_type_name('types[1]')} || ')'
                            END AS doc_error
                     FROM (SELECT record, raw, CASE WHEN {valid} THEN json_type(raw, ['$', '$.results']) END AS types
                           FROM ({_document_texts(source, rejects, lines)}))))"""

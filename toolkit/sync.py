@@ -209,7 +209,8 @@ class SyncResult:
             load = {"ok": self._load_outcome() == "ok", "landing": self.landing, "error": self.load_error,
                     **{k: counts.get(k, 0) for k in ("files_loaded", "files_skipped", "files_refused", "events",
                                                      "profiles", "profile_updates", "rows_quarantined")},
-                    "refused": [{"path": f.path, "reason": f.message} for f in (self.load.refused if self.load else [])]}
+                    "refused": [{"path": f.path, "reason": f.message}
+                                for f in (self.load.refused if self.load else [])]}
         cohorts = [{k: v for k, v in r.to_dict().items() if k not in ("started_at", "ended_at", "guard")}
                    for r in self.runs]
         return {"status": self.status, "summary": self.summary, "dry_run": self.dry_run,
@@ -238,7 +239,7 @@ def sync(store_path: str | Path, *, landing: str | Path | None = None, cohorts: 
         loaded, load_error = None, None
         if landing:
             try:
-                if not Path(landing).is_dir():
+                if not Path(landing).exists():
                     raise ToolkitError(f"the landing folder {landing} does not exist")
                 loaded = ingest.load(store, [landing], now=now)
             except Exception as exc:
