@@ -177,7 +177,16 @@ def test_fail_on_error_false_lets_the_notebook_finish_but_the_record_still_says_
         monkeypatch.setenv(k, v)
     break_cohort(world["db"])
     register(world, "Broken", *GOOD)
-    run = schedule.run_once(world["tmp"] / "runs", {"store_path": str(world["db"]), "fail_on_error": False})
+    # What Airflow's PapermillOperator does: execute the notebook with parameters, nothing else.
+    import papermill
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(ROOT / "notebooks" / "sync.ipynb"), str(world["tmp"] / "airflow.ipynb"),
+                                   parameters={"store_path": str(world["db"])}, kernel_name="python3",
+                                   progress_bar=False, cwd=str(ROOT))
+    assert err.value.ename == "SyncFailed" and '"Broken" failed' in err.value.evalue
+    register(world, "Broken")                   # due again (the good two ran and are not due now)
+    run = schedule.run_once(world["tmp"] / "runs", {"store_path": str(world["db"]), "fail_on_error": False,
+                                                    "cohorts": "all"})
     assert run.status == "partial" and '"Broken" failed' in run.error
     executed = json.dumps(nbformat.read(run.notebook, 4).cells[-1].get("outputs", []))
     assert "SyncFailed" not in executed                          # the notebook itself succeeded
