@@ -129,7 +129,9 @@ def test_preview_renders_text_and_json(sample):
     assert f'"{SHARED}"' in text and "ivan keeps it" in text
     assert "over_limit" not in text                       # reasons with no members are left out
     json.dumps(preview.to_dict())                         # JSON-ready, for `cohorts preview --json`
-    assert "more (the full table" in matching.preview_text(preview, rows=5)
+    assert matching.preview_text(preview, rows=5).endswith("... 10 more not shown")
+    hinted = matching.preview_text(preview, rows=5, more="--rows N shows more")
+    assert hinted.endswith("... 10 more not shown (--rows N shows more)") and "Preview." not in hinted
 
 
 def test_preview_of_an_unknown_cohort_names_the_known_ones(sample):

@@ -164,7 +164,7 @@ def test_cli_entry_text_json_and_usage_errors(store, tmp_path):
     [month] = data["months"]
     assert (month["month"], month["mtu"], month["exempt_only_users"]) == ("2026-09", 1, 1)
     assert mtu.cli_main(store, "09/2026", "seed", False) == (
-        "error: month must be a calendar month as YYYY-MM, not '09/2026'", 2)
+        'error: month must be a calendar month as YYYY-MM, not "09/2026"', 2)
     assert mtu.cli_main(store, None, "nope", False)[1] == 2
 
 

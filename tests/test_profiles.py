@@ -165,7 +165,7 @@ def test_bad_profiles_are_quarantined_with_their_page_position(store, tmp_path):
         {"$properties": {}}]}))
     load(store, tmp_path)
     assert [r for _, r in rows(store, "SELECT line, reason FROM quarantine ORDER BY reason")] == [
-        '"$properties" must be an object, got varchar (results[1])', "missing $distinct_id (results[2])"]
+        '"$properties" must be an object, got string (results[1])', "missing $distinct_id (results[2])"]
 
 
 def test_onesignal_user_id_aliases_to_the_profile(store, tmp_path):

@@ -1,6 +1,9 @@
-"""The ``toolkit`` command. Every subcommand takes ``--db PATH`` (else $TOOLKIT_DB, else ./toolkit.duckdb)
-and most take ``--json`` for machine-readable output. Exit status: 0 ok, 1 a refused file or bad
-input, 2 usage error."""
+"""The toolkit command: load Mixpanel exports, define cohorts, export them to OneSignal, count MTU.
+
+Every command takes --db PATH (else $TOOLKIT_DB, else ./toolkit.duckdb) and most take --json for
+machine-readable output. Exit status: 0 all good; 1 failed (nothing succeeded, a refused file, bad
+input); 2 usage error; 3 partial failure (sync, export, schedule: some cohorts or users failed).
+"""
 
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--db", metavar="PATH", help="DuckDB store (default: $TOOLKIT_DB or ./toolkit.duckdb)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = sub.add_parser("load", parents=[common], help="load Mixpanel exports (files or folders)")
@@ -129,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--runs-dir", type=Path, default=Path("var/runs"), help="where executed notebooks go")
         if name == "schedule":
             p.add_argument("--every", default="15m", help="e.g. 15m, 90s, 1h")
+            p.add_argument("--max-runs", type=int, metavar="N", help="stop after N runs (default: until stopped)")
         p.set_defaults(run=_sync if name == "sync" else _schedule)
 
     p = sub.add_parser("demo", help="the main job on the bundled sample data, against the emulator")
@@ -182,7 +187,7 @@ def _cohorts_load(args) -> int:
     from toolkit import cohorts
 
     with _store(args) as store:
-        versions = cohorts.save_all(store, cohorts.load_definitions(args.file))
+        versions = cohorts.save_all(store, cohorts.load_definitions(args.file), where=str(args.file))
     _emit(args, {"saved": versions}, "\n".join(f"{name}: v{v}" for name, v in versions.items()))
     return 0
 
@@ -203,7 +208,8 @@ def _cohorts_preview(args) -> int:
     with _store(args, read_only=True) as store:
         preview = matching.preview(store, args.name, user_id_property=args.user_id_property,
                                    id_type=args.id_type)
-    _emit(args, preview.to_dict(), matching.preview_text(preview, args.rows))
+    _emit(args, preview.to_dict(), matching.preview_text(preview, args.rows,
+                                                         more="--rows N shows more, --json lists them all"))
     return 0
 
 
@@ -221,10 +227,11 @@ def _connect(args) -> int:
 
 
 def _export(args) -> int:
-    from toolkit import export, sync
+    from toolkit import cohorts, export, schedule, sync
 
     with _store(args) as store:
         if args.stop:
+            args.cohort = cohorts.resolve_name(store, args.cohort)
             export.stop(store, args.cohort)
             _emit(args, {"stopped": args.cohort}, f"stopped the dynamic sync of {args.cohort}")
             return 0
@@ -232,13 +239,17 @@ def _export(args) -> int:
                                     dry_run=args.dry_run, force=args.force, user_id_property=args.user_id_property,
                                     id_type=args.id_type, progress=not args.json)
     _emit(args, record.to_dict(), report.run_text(record))
-    return 0 if record.status == "ok" else 1
+    return schedule.EXIT_CODES[sync.run_outcome(record)]
 
 
 def _runs(args) -> int:
     from toolkit import export
 
     with _store(args, read_only=True) as store:
+        if args.cohort and not export.runs(store, args.cohort, 1):
+            from toolkit import cohorts
+
+            args.cohort = cohorts.resolve_name(store, args.cohort)     # any case; else "did you mean"
         found = export.runs(store, args.cohort, args.limit)
     _emit(args, {"runs": found}, report.runs_text(found))
     return 0
@@ -268,9 +279,11 @@ def _sync(args) -> int:
     parameters = _sync_parameters(args)
     Store(parameters["store_path"]).close()    # wait here, where the terminal shows it, while another process holds it
     run = schedule.run_once(args.runs_dir.resolve(), parameters)
-    _emit(args, {"ok": run.ok, "notebook": str(run.notebook), "error": run.error},
-          f"sync {'done' if run.ok else 'FAILED: ' + run.error}; executed notebook: {run.notebook}")
-    return 0 if run.ok else 1
+    _emit(args, {"status": run.status, "ok": run.ok, "notebook": str(run.notebook),
+                 "record": str(run.record) if run.record else None, "error": run.error},
+          ("sync ok" if run.ok else run.error) + f"\nexecuted notebook: {run.notebook}"
+          + (f"\nrun record: {run.record}" if run.record else ""))
+    return schedule.EXIT_CODES[run.status]
 
 
 def _schedule(args) -> int:
@@ -279,9 +292,12 @@ def _schedule(args) -> int:
     from toolkit import schedule
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    runs = schedule.schedule(args.runs_dir.resolve(), _sync_parameters(args), schedule.parse_every(args.every))
-    print(f"stopped after {len(runs)} run(s), {sum(not r.ok for r in runs)} failed")
-    return 0
+    runs = schedule.schedule(args.runs_dir.resolve(), _sync_parameters(args), schedule.parse_every(args.every),
+                             max_runs=args.max_runs)
+    failed = [r for r in runs if not r.ok]
+    print(f"stopped after {len(runs)} run(s), {len(failed)} not ok"
+          + "".join(f"\n  {r.started:%Y-%m-%d %H:%M:%S} {r.status}: {r.error}" for r in failed))
+    return schedule.exit_code([r.status for r in runs])
 
 
 def _demo(args) -> int:

@@ -36,6 +36,7 @@ The format (YAML shown; JSON is the same shape):
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ def parse(data: Any, where: str = "") -> Cohort:
         data = to_dict(data)
     prefix = f"{where}: " if where else ""
     if not isinstance(data, Mapping):
-        raise DefinitionError(where or "cohort", "", f"expected a mapping with a name, got {_show(data)}")
+        raise DefinitionError(where or "cohort", "", f"expected an object with a name, got {_show(data)}")
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
         raise DefinitionError(where or "cohort", "name", f"expected a non-empty string, got {_show(name)}")
@@ -202,7 +203,7 @@ class _Parser:
         if isinstance(r, (EventRule, PropertyRule, CohortRule, Group)):
             r = _rule_dict(r)
         if not isinstance(r, Mapping):
-            self.fail(path, f"expected a rule (a mapping), got {_show(r)}")
+            self.fail(path, f"expected a rule (an object), got {_show(r)}")
         kinds = [k for k in ("event", "property", "in_cohort", "not_in_cohort", "rules") if k in r]
         if len(kinds) != 1:
             found = f"found {', '.join(kinds)}" if kinds else f"found keys {', '.join(map(str, r)) or 'none'}"
@@ -279,7 +280,7 @@ class _Parser:
         if isinstance(r, PropertyRule):
             r = _rule_dict(r)
         if not isinstance(r, Mapping):
-            self.fail(path, f"expected a property condition (a mapping), got {_show(r)}")
+            self.fail(path, f"expected a property condition (an object), got {_show(r)}")
         what = "an event property filter" if event_filter else "a profile property rule"
         self.keys(r, {"property", "operator", "value", "type"}, path, what)
         name = r.get("property")
@@ -506,5 +507,5 @@ def _show(v) -> str:
         return str(v).lower()
     if v is None:
         return "nothing"
-    text = repr(v)
+    text = json.dumps(v, ensure_ascii=False, default=str)      # JSON, as the definition was written
     return text if len(text) <= 60 else text[:57] + "..."

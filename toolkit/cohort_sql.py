@@ -232,7 +232,7 @@ ORDER BY {DID}"""
                 key = "in_cohort" if r.include else "not_in_cohort"
                 where = f'cohort "{self.stack[-1]}"' if self.stack else "cohort"
                 raise CohortError(f'{where}: {path}.{key}: no cohort named "{r.cohort}" '
-                                  "(save it first, or pass it in definitions)")
+                                  "in the store (load its definition first)")
             inner = self.members_of(other)
             return inner if r.include else f"(NOT {inner})"
         raise CohortError(f"{path}: not a rule: {r!r}")

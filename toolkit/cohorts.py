@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import difflib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -25,7 +26,8 @@ from toolkit.cohort_sql import Query, compile_cohort, to_utc_naive
 
 __all__ = ["Cohort", "EventRule", "PropertyRule", "CohortRule", "Group", "CohortError",
            "DefinitionError", "CohortCycleError", "load_definitions", "read_ids_csv", "save", "save_all",
-           "list_cohorts", "get", "version_of", "evaluate", "query", "describe", "by_name", "to_dict", "parse"]
+           "list_cohorts", "get", "resolve_name", "version_of", "evaluate", "query", "describe", "by_name",
+           "to_dict", "parse"]
 
 ID_HEADERS = ("distinct_id", "$distinct_id", "distinct id")
 
@@ -112,19 +114,24 @@ def _read_document(path: Path):
 
 # -- the store ---------------------------------------------------------------------------------------
 
-def save(store, cohort: Cohort | Mapping, *, now: dt.datetime | None = None) -> int:
+def save(store, cohort: Cohort | Mapping, *, now: dt.datetime | None = None, where: str = "") -> int:
     """Store a definition; returns its version. An unchanged definition keeps its version; a changed one
-    gets the next. Refuses a definition that would close a reference cycle with the stored ones."""
-    return save_all(store, [cohort], now=now)[_name(cohort)]
+    gets the next. Refuses a definition that names a cohort the store does not hold, or that would close
+    a reference cycle with the stored ones."""
+    return save_all(store, [cohort], now=now, where=where)[_name(cohort)]
 
 
 def save_all(store, definitions: Iterable[Cohort | Mapping], *,
-             now: dt.datetime | None = None) -> dict[str, int]:
-    """Save several definitions at once (all or nothing); returns name -> version."""
+             now: dt.datetime | None = None, where: str = "") -> dict[str, int]:
+    """Save several definitions at once (all or nothing); returns name -> version. Every cohort an
+    in_cohort / not_in_cohort rule names must be among ``definitions`` or already stored, so a broken
+    reference is refused here rather than failing the scheduled sync later. ``where`` (e.g. the file the
+    definitions came from) prefixes errors."""
     con = _con(store)
     new = {c.name: c for c in (normalize(d) for d in definitions)}
-    stored = {name: c for name, (c, _) in _latest(con).items()}
-    check_cycles({**stored, **new})
+    stored = {name: c for name, (c, _) in _latest(con).items()} if _has_table(con) else {}
+    check_references(new, stored, where)
+    check_cycles({**stored, **new}, where)
     created = to_utc_naive(now or dt.datetime.now(dt.timezone.utc))
     versions = {}
     with _transaction(store):
@@ -138,6 +145,22 @@ def save_all(store, definitions: Iterable[Cohort | Mapping], *,
             versions[name] = (row[0] if row else 0) + 1
             con.execute("INSERT INTO cohorts VALUES (?, ?, ?, ?)", [name, versions[name], text, created])
     return versions
+
+
+def check_references(new: Mapping[str, Cohort], stored: Mapping[str, Cohort], where: str = "") -> None:
+    """Refuse definitions naming cohorts that are neither among ``new`` nor in ``stored``: one error
+    listing each cohort, the rule's field and the missing name (with a close match when there is one)."""
+    known = {**stored, **new}
+    problems = []
+    for name, cohort in new.items():
+        for path, ref in references(cohort):
+            if ref not in known:
+                hint = _did_you_mean(ref, list(known))
+                problems.append(f'cohort "{name}": {path}: no cohort named "{ref}" among these definitions '
+                                f"or in the store{hint}")
+    if problems:
+        prefix = f"{where}: " if where else ""
+        raise CohortError(prefix + ("\n" + prefix).join(problems) + "\nnothing was saved")
 
 
 def list_cohorts(store) -> list[dict]:
@@ -160,19 +183,44 @@ def list_cohorts(store) -> list[dict]:
 
 
 def get(store, name: str, version: int | None = None) -> Cohort:
-    """A stored definition (the latest version unless ``version`` is given)."""
+    """A stored definition (the latest version unless ``version`` is given). ``name`` is matched
+    exactly, else ignoring case when that picks one cohort (see ``resolve_name``)."""
     con = _con(store)
-    row = None
-    if _has_table(con):
-        sql = "SELECT definition FROM cohorts WHERE name = ?" + (" AND version = ?" if version else "")
-        row = con.execute(sql + " ORDER BY version DESC LIMIT 1",
-                          [name] + ([version] if version else [])).fetchone()
+    name = resolve_name(con, name)
+    sql = "SELECT definition FROM cohorts WHERE name = ?" + (" AND version = ?" if version else "")
+    row = con.execute(sql + " ORDER BY version DESC LIMIT 1", [name] + ([version] if version else [])).fetchone()
     if row is None:
-        known = [c["name"] for c in list_cohorts(con)]
-        what = f'version {version} of cohort "{name}"' if version else f'cohort "{name}"'
-        raise CohortError(f"no {what} in the store; known: {', '.join(known) if known else 'none'} "
-                          "(save definitions with cohorts.save or cohorts.save_all)")
+        raise CohortError(f'no version {version} of cohort "{name}" in the store; it has versions 1 to '
+                          f"{version_of(con, name)}")
     return parse(json.loads(row[0]), "store")
+
+
+def resolve_name(store, name: str) -> str:
+    """The stored cohort ``name`` means: itself, else the one cohort whose name differs only in case.
+    Otherwise a CohortError that lists the close matches ("did you mean") or the known names."""
+    con = _con(store)
+    names = [n for n, in con.execute("SELECT DISTINCT name FROM cohorts ORDER BY name").fetchall()] \
+        if _has_table(con) else []
+    if name in names:
+        return name
+    same = [n for n in names if n.casefold() == name.casefold()]
+    if len(same) == 1:
+        return same[0]
+    if same:
+        raise CohortError(f'"{name}" matches {len(same)} cohorts that differ only in case: '
+                          + ", ".join(f'"{n}"' for n in same) + "; give the exact name")
+    hint = _did_you_mean(name, names)
+    if not hint:
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        hint = f"; known: {shown}" if names else "; the store holds no cohorts yet"
+    raise CohortError(f'no cohort "{name}" in the store{hint} (store definitions with: toolkit cohorts load FILE)')
+
+
+def _did_you_mean(name: str, names: list[str]) -> str:
+    """'; did you mean "A" or "B"?' for names close to ``name`` (ignoring case), else ''."""
+    folded = {n.casefold(): n for n in names}
+    close = [folded[n] for n in difflib.get_close_matches(name.casefold(), list(folded), n=3, cutoff=0.6)]
+    return "; did you mean " + " or ".join(f'"{n}"' for n in close) + "?" if close else ""
 
 
 def version_of(store, name: str) -> int | None:

@@ -449,6 +449,20 @@ def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord
     return record
 
 
+def record_failure(store: Store, cohort: str, mode: str, error: str, *, dry_run: bool = False,
+                   now: datetime | None = None) -> RunRecord:
+    """A failed run record for an export that could not even start (its cohort cannot be evaluated,
+    no key...), so the failure shows in ``toolkit runs`` like any other."""
+    con = store.con
+    started = _naive(now)
+    run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
+    record = RunRecord(run_id, cohort, mode, dry_run, "failed", started, ended_at=_naive(None), error=error)
+    con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, ended_at, status, pid, "
+                "error) VALUES (?, ?, ?, ?, ?, ?, 'failed', ?, ?)",
+                [run_id, cohort, mode, dry_run, started, record.ended_at, os.getpid(), error])
+    return record
+
+
 def registration(con, cohort: str) -> dict | None:
     """The registered export of ``cohort`` (a row of ``exports``), or None."""
     cursor = con.execute("SELECT * FROM exports WHERE cohort = ?", [cohort])

@@ -192,11 +192,11 @@ def _over_limit_detail(limit: int) -> str:
 
 def _check_options(prop: str, id_type: str, limit: int) -> None:
     if id_type not in ID_TYPES:
-        raise MatchingError(f"id_type: expected one of {', '.join(ID_TYPES)}, got {id_type!r}")
+        raise MatchingError(f"id_type: expected one of {', '.join(ID_TYPES)}, got {_shown(id_type)}")
     if not isinstance(prop, str) or not prop:
-        raise MatchingError(f"user_id_property: expected a property name, got {prop!r}")
+        raise MatchingError(f"user_id_property: expected a property name, got {_shown(prop)}")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise MatchingError(f"limit: expected a non-negative integer, got {limit!r}")
+        raise MatchingError(f"limit: expected a non-negative integer, got {_shown(limit)}")
 
 
 # -- the SQL path --------------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ def match(con, members: Iterable[str] | Query, *, user_id_property: str = DEFAUL
     for a list of at most PYTHON_MAX_MEMBERS ids, else sql)."""
     con = getattr(con, "con", con)
     if engine not in ("auto", "python", "sql"):
-        raise MatchingError(f"engine: expected auto, python or sql, got {engine!r}")
+        raise MatchingError(f"engine: expected auto, python or sql, got {_shown(engine)}")
     options = {"user_id_property": user_id_property, "id_type": id_type, "limit": limit}
     _check_options(user_id_property, id_type, limit)
     if engine == "auto":
@@ -478,6 +478,8 @@ def preview(store, name: str | cohorts.Cohort, *, now: dt.datetime | None = None
     con = getattr(store, "con", store)
     now = now or dt.datetime.now(dt.timezone.utc)
     started = time.perf_counter()
+    if isinstance(name, str) and name not in cohorts.by_name(definitions):
+        name = cohorts.resolve_name(con, name)      # "pro plan in the us" finds "Pro plan in the US"
     # The members stay in DuckDB: a million ids through Python cost more than classifying them.
     sql, params = cohorts.query(con, name, now=now, definitions=definitions)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_MEMBERS} AS {sql}", params)
@@ -497,7 +499,8 @@ def preview(store, name: str | cohorts.Cohort, *, now: dt.datetime | None = None
                    seconds={"evaluate": round(evaluated - started, 4), "match": round(matched - evaluated, 4)})
 
 
-def preview_text(preview: Preview, rows: int = 20) -> str:
+def preview_text(preview: Preview, rows: int = 20, more: str = "") -> str:
+    """The summary and the first ``rows`` members as text; ``more`` says how to see the rest."""
     s = preview.summary
     version = f" (v{s['version']})" if s.get("version") else ""
     lines = [f"cohort {s['cohort']}{version} as of {s['now']}",
@@ -517,8 +520,13 @@ def preview_text(preview: Preview, rows: int = 20) -> str:
             line = f"  {_clip(r.distinct_id, 40):<{width}}  {status:<15} {target}".rstrip()
             lines.append(line + (f"  — {detail}" if detail else ""))
         if total > rows:
-            lines.append(f"  ... {total - rows:,} more (the full table is Preview.members)")
+            lines.append(f"  ... {total - rows:,} more not shown" + (f" ({more})" if more else ""))
     return "\n".join(lines)
+
+
+def _shown(value) -> str:
+    """A value as JSON, the way a person wrote it (never Python's repr)."""
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _clip(text, width: int = 48) -> str:

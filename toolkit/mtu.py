@@ -60,7 +60,7 @@ def exempt_names(rules: str = "seed") -> frozenset[str]:
         return MIXPANEL_EXEMPT | osev.DELIVERY
     if rules == "strict":
         return MIXPANEL_EXEMPT | osev.DELIVERY | _STRICT_ONESIGNAL
-    raise ValueError(f"unknown MTU rule set {rules!r}; choose one of {', '.join(RULE_SETS)}")
+    raise ValueError(f"unknown MTU rule set \"{rules}\"; choose one of {', '.join(RULE_SETS)}")
 
 
 def classify(event: str, rules: str = "seed") -> str:
@@ -128,7 +128,7 @@ def _month_bounds(month: str | None) -> tuple[datetime | None, datetime | None]:
             raise ValueError
         start = datetime.strptime(month, "%Y-%m")     # naive UTC, like the store's TIMESTAMP column
     except (TypeError, ValueError):
-        raise ValueError(f"month must be a calendar month as YYYY-MM, not {month!r}") from None
+        raise ValueError(f"month must be a calendar month as YYYY-MM, not \"{month}\"") from None
     end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
     return start, end
 

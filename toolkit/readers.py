@@ -14,6 +14,7 @@ reason.
 from __future__ import annotations
 
 from toolkit.sources import Source
+from toolkit.validation import json_type_name
 
 MAX_RECORD_BYTES = 64 << 20     # a record larger than this is refused with the file named
 # A line of JSON's whitespace only is blank; any other character (\x1f, say) makes it a record.
@@ -83,7 +84,7 @@ def documents(source: Source, rejects: str) -> str:
         SELECT record, raw,
                CASE WHEN NOT json_valid(raw) THEN 'malformed JSON'
                     WHEN json_type(raw) <> 'OBJECT'
-                        THEN 'not a JSON object (got ' || lower(json_type(raw)) || ')' END AS doc_error,
+                        THEN 'not a JSON object (got ' || {json_type_name('json_type(raw)')} || ')' END AS doc_error,
                CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT' THEN raw::JSON END AS doc
         FROM ({_document_texts(source, rejects)})"""
 
@@ -103,7 +104,8 @@ def profile_items(source: Source, rejects: str, lines: tuple[int, int] | None = 
                              WHEN doc_error IS NULL THEN [raw::JSON] ELSE [NULL::JSON] END AS items
               FROM (SELECT record, raw, coalesce(types[2] = 'ARRAY', false) AS paged,
                            CASE WHEN types IS NULL THEN 'malformed JSON'
-                                WHEN types[1] <> 'OBJECT' THEN 'not a JSON object (got ' || lower(types[1]) || ')'
+                                WHEN types[1] <> 'OBJECT'
+                                    THEN 'not a JSON object (got ' || {json_type_name('types[1]')} || ')'
                            END AS doc_error
                     FROM (SELECT record, raw, CASE WHEN {valid} THEN json_type(raw, ['$', '$.results']) END AS types
                           FROM ({_document_texts(source, rejects, lines)}))))"""

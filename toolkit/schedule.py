@@ -1,15 +1,17 @@
 """Scheduled sync: run notebooks/sync.ipynb with papermill, once or every N minutes, one run at a time.
 
-Each run writes its executed notebook under the runs folder, named by its UTC start time, so the
-record of what happened (cells, outputs, errors, timings) is the notebook itself, as papermill
-intends. A lock file keeps runs from overlapping, across processes too. An overdue run (the previous
-one took longer than the interval) starts once, not once per missed slot. A failed run is logged and
-the schedule goes on; Ctrl-C or SIGTERM stops it between runs, or interrupts the run in progress.
+Each run writes its executed notebook under the runs folder, named by its UTC start time (cells,
+outputs, errors, timings), and beside it a run record (JSON): the verdict (ok, partial, failed), per
+cohort its status and counts, the load and the MTU count. The verdict gives the exit code. A lock
+file keeps runs from overlapping, across processes too. An overdue run (the previous one took longer
+than the interval) starts once, not once per missed slot. Each run's outcome is logged and the
+schedule goes on; Ctrl-C or SIGTERM stops it between runs, or interrupts the run in progress.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -37,8 +39,24 @@ class SyncRun:
     notebook: Path          # the executed copy
     started: datetime
     ended: datetime
-    ok: bool
-    error: str = ""
+    status: str             # ok | partial | failed (see EXIT_CODES)
+    error: str = ""         # why not ok: the record's summary, or the notebook's error
+    record: Path | None = None      # the run record (JSON) beside the executed notebook
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+# Exit codes of `toolkit sync`, `export` and `schedule`, for cron and Airflow (README "Exit codes").
+EXIT_CODES = {"ok": 0, "failed": 1, "usage": 2, "partial": 3}
+
+
+def exit_code(statuses: list[str]) -> int:
+    """One exit code for several runs: 0 all ok (or none), 1 all failed, else 3 (some failed)."""
+    if all(s == "ok" for s in statuses):
+        return EXIT_CODES["ok"]
+    return EXIT_CODES["failed"] if all(s == "failed" for s in statuses) else EXIT_CODES["partial"]
 
 
 def parse_every(text: str) -> timedelta:
@@ -47,9 +65,9 @@ def parse_every(text: str) -> timedelta:
     try:
         amount, unit = float(text[:-1]), units[text[-1]]
     except (ValueError, KeyError, IndexError):
-        raise ToolkitError(f"--every {text!r}: expected a number followed by s, m or h, e.g. 15m") from None
+        raise ToolkitError(f'--every "{text}": expected a number followed by s, m or h, e.g. 15m') from None
     if amount * unit < 1:
-        raise ToolkitError(f"--every {text!r}: must be at least 1s")
+        raise ToolkitError(f'--every "{text}": must be at least 1s')
     return timedelta(seconds=amount * unit)
 
 
@@ -79,22 +97,49 @@ def sync_lock(runs_dir: Path) -> Iterator[None]:
 
 def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
              clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> SyncRun:
-    """Execute the sync notebook once under the lock; a failing notebook is a failed run, not an error."""
+    """Execute the sync notebook once under the lock; a failing notebook is a failed run, not an error.
+    The notebook writes its run record (per cohort, load, MTU) beside the executed copy; when it could
+    not (it failed before its last cell), the record is written here, as a failed run."""
     import papermill
 
     with sync_lock(runs_dir):
         started = clock()
         output = runs_dir / f"sync-{started:%Y%m%dT%H%M%S%fZ}.ipynb"
+        record = output.with_suffix(".json")
         log.info("sync started: %s", output)
+        notebook_error = ""
         try:
-            papermill.execute_notebook(str(notebook), str(output), parameters=parameters,
+            papermill.execute_notebook(str(notebook), str(output), parameters={**parameters, "run_record": str(record)},
                                        kernel_name="python3", progress_bar=False, cwd=str(ROOT))
-            run = SyncRun(output, started, clock(), True)
         except papermill.PapermillExecutionError as exc:
-            run = SyncRun(output, started, clock(), False, f"{exc.ename}: {exc.evalue}")
-        log.info("sync %s in %.1fs: %s", "succeeded" if run.ok else "FAILED",
-                 (run.ended - run.started).total_seconds(), run.error or output)
+            notebook_error = f"the sync notebook failed: {exc.evalue or exc.ename}"
+        data = _read_record(record)
+        if data is None and notebook_error:
+            data = {"status": "failed", "summary": notebook_error}
+            write_record(record, data)
+        status = data.get("status", "failed") if data else "ok"
+        error = "" if status == "ok" else data.get("summary") or notebook_error
+        run = SyncRun(output, started, clock(), status, error, record if data else None)
+        log.info("sync %s in %.1fs: %s; executed notebook %s", run.status if run.ok else run.status.upper(),
+                 (run.ended - run.started).total_seconds(), run.error or "all cohorts ok", output)
         return run
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return {"status": "failed", "summary": f"the run record {path} cannot be read: {exc}"}
+
+
+def write_record(path: Path, data: dict) -> None:
+    """Write a run record as JSON through a temporary file and a rename: never half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+    os.replace(temp, path)
 
 
 def schedule(runs_dir: Path, parameters: dict, every: timedelta = DEFAULT_EVERY, *,

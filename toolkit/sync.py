@@ -4,21 +4,27 @@ and the widgets all call these, so there is one behaviour to test."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 from tqdm.auto import tqdm
 
 from toolkit import credentials as keys
 from toolkit import export, ingest, matching, mtu
+from toolkit.cohorts import resolve_name
+from toolkit.errors import ToolkitError
 from toolkit.matching import DEFAULT_USER_ID_PROPERTY
 from toolkit.onesignal import DEFAULT_BASE_URL, Credentials, default_base_url
 from toolkit.plan import Target
 from toolkit.store import Store
+
+log = logging.getLogger("toolkit.sync")
 
 
 def connect(store: Store, credentials: Credentials, base_url: str | None = None) -> dict:
@@ -55,6 +61,7 @@ def export_cohort(store: Store, cohort: str, *, mode: str | None = None, app_id:
     given). A new registration or address is kept only if the run succeeds: a failed or refused
     export leaves the registered one as it was."""
     now = now or datetime.now(timezone.utc)
+    cohort = resolve_name(store, cohort)        # case-insensitive when unambiguous, else "did you mean"
     registered = _registered(store, cohort)
     pending = None
     if mode is not None and not dry_run:     # a dry run rehearses; it changes no registration
@@ -67,7 +74,7 @@ def export_cohort(store: Store, cohort: str, *, mode: str | None = None, app_id:
                                   id_type=id_type or "auto", now=now)
         registered = pending
     elif registered is None and not dry_run:
-        raise export.ExportError(f"cohort {cohort!r} has no export yet: choose --once or --dynamic")
+        raise export.ExportError(f'cohort "{cohort}" has no export yet: choose --once or --dynamic')
     elif base_url and not dry_run and base_url != registered["base_url"]:
         pending = registered = {**registered, "base_url": base_url}
     if credentials is None and not dry_run:
@@ -94,12 +101,55 @@ def export_cohort(store: Store, cohort: str, *, mode: str | None = None, app_id:
 
 def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
             cohorts: list[str] | None = None, client_options: dict | None = None) -> list[export.RunRecord]:
-    """Every dynamic sync that is due (or the named cohorts' exports), one after the other; one
-    cohort's failure is recorded in its run and does not stop the others."""
+    """Every dynamic sync that is due (or the named cohorts' exports), one after the other. Each cohort
+    succeeds or fails on its own: whatever stops one (a cohort that cannot be evaluated, no key, a
+    refused export) becomes its failed run record, with the reason, and the others still run."""
     now = now or datetime.now(timezone.utc)
     names = cohorts if cohorts is not None else export.due(store, now)
-    return [export_cohort(store, name, now=now, dry_run=dry_run, client_options=client_options)
-            for name in names]
+    return [_run_one(store, name, now, dry_run, client_options) for name in names]
+
+
+def _run_one(store: Store, name: str, now: datetime, dry_run: bool, client_options: dict | None
+             ) -> export.RunRecord:
+    try:
+        return export_cohort(store, name, now=now, dry_run=dry_run, client_options=client_options)
+    except Exception as exc:     # one cohort never stops the sync; the failure is its run record
+        reason = failure_reason(exc)
+        log.warning('cohort "%s" failed: %s', name, reason, exc_info=not isinstance(exc, ToolkitError))
+        _end_open_transaction(store)
+        try:
+            mode = (_registered(store, name) or {}).get("mode") or "once"
+        except Exception:
+            mode = "once"
+        return export.record_failure(store, name, mode, reason, dry_run=dry_run, now=now)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a person reads about a failure: the toolkit's own message, else the error's text."""
+    if isinstance(exc, ToolkitError):
+        return str(exc)
+    return f"unexpected error: {str(exc).strip() or type(exc).__name__} (details in the log)"
+
+
+def _end_open_transaction(store: Store) -> None:
+    """A failure inside a transaction leaves the connection refusing further statements until rolled back."""
+    try:
+        store.con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass            # none was open
+
+
+class SyncFailed(ToolkitError):
+    """Some or all of a scheduled sync failed (raised by the sync notebook after it wrote its record)."""
+
+
+def run_outcome(record: export.RunRecord) -> str:
+    """ok; partial: some users failed and others were handled; failed: nothing was (a failed, guarded or
+    interrupted run, or one where every user failed)."""
+    if record.status == "ok":
+        return "ok"
+    handled = record.added + record.removed + record.unchanged + record.not_in_onesignal
+    return "partial" if record.status == "partial" and handled else "failed"
 
 
 @dataclass
@@ -107,6 +157,11 @@ class SyncResult:
     load: ingest.LoadSummary | None
     runs: list[export.RunRecord] = field(default_factory=list)
     mtu: pd.DataFrame | None = None
+    load_error: str | None = None       # the landing folder could not be loaded at all
+    mtu_error: str | None = None
+    landing: str | None = None
+    now: datetime | None = None
+    dry_run: bool = False
 
     @property
     def table(self) -> pd.DataFrame:
@@ -115,21 +170,100 @@ class SyncResult:
                    "not_in_onesignal", "failed", "error"]
         return pd.DataFrame([{k: r.to_dict()[k] for k in columns} for r in self.runs], columns=columns)
 
+    def _load_outcome(self) -> str | None:
+        if self.landing is None:
+            return None
+        if self.load_error:
+            return "failed"
+        refused = len(self.load.refused) if self.load else 0
+        loaded = self.load.to_dict()["files_loaded"] if self.load else 0
+        return "ok" if not refused else "partial" if loaded else "failed"
+
+    @property
+    def status(self) -> str:
+        """ok: everything worked; failed: every export failed (or, with none due, the load and the MTU
+        count both failed); partial: anything else that failed beside something that worked."""
+        runs = [run_outcome(r) for r in self.runs]
+        outcomes = [o for o in (self._load_outcome(),) if o] + runs + ["failed" if self.mtu_error else "ok"]
+        if all(o == "ok" for o in outcomes):
+            return "ok"
+        if (runs and all(o == "failed" for o in runs)) or all(o == "failed" for o in outcomes):
+            return "failed"
+        return "partial"
+
+    @property
+    def summary(self) -> str:
+        """One line: the verdict, the cohorts that failed and why, the load's refusals, MTU."""
+        ok = sum(r.status == "ok" for r in self.runs)
+        parts = [f"sync {self.status}: {ok} of {len(self.runs)} cohort export(s) ok"]
+        parts += [f'"{r.cohort}" {r.status}' + (f" ({r.error})" if r.error else f" ({r.failed:,} user(s) failed)")
+                  for r in self.runs if r.status != "ok"]
+        if self.load_error:
+            parts.append(f"loading {self.landing} failed: {self.load_error}")
+        elif self.load and self.load.refused:
+            parts.append(f"{len(self.load.refused)} file(s) refused: "
+                         + "; ".join(f.message or f.path for f in self.load.refused))
+        parts.append(f"MTU not counted: {self.mtu_error}" if self.mtu_error else "MTU counted")
+        return "; ".join(parts)
+
+    def to_record(self) -> dict:
+        """The run record the scheduler reads (JSON-ready): verdict, per cohort, load, MTU."""
+        load = None
+        if self.landing is not None:
+            counts = self.load.to_dict() if self.load else {}
+            load = {"ok": self._load_outcome() == "ok", "landing": self.landing, "error": self.load_error,
+                    **{k: counts.get(k, 0) for k in ("files_loaded", "files_skipped", "files_refused", "events",
+                                                     "profiles", "profile_updates", "rows_quarantined")},
+                    "refused": [{"path": f.path, "reason": f.message}
+                                for f in (self.load.refused if self.load else [])]}
+        cohorts = [{k: v for k, v in r.to_dict().items() if k not in ("started_at", "ended_at", "guard")}
+                   for r in self.runs]
+        return {"status": self.status, "summary": self.summary, "dry_run": self.dry_run,
+                "as_of": self.now.isoformat() if self.now else None, "load": load, "cohorts": cohorts,
+                "mtu": {"ok": self.mtu_error is None, "error": self.mtu_error}}
+
+    def finish(self, record: str | Path | None = None, fail_on_error: bool = True) -> None:
+        """The sync notebook's last step: write the run record (JSON, atomically) when a path is given,
+        then, if anything failed and ``fail_on_error``, raise, so whatever runs the notebook (papermill,
+        Airflow) sees the failure."""
+        if record:
+            from toolkit.schedule import write_record
+
+            write_record(Path(record), self.to_record())
+        if fail_on_error and self.status != "ok":
+            raise SyncFailed(self.summary)
+
 
 def sync(store_path: str | Path, *, landing: str | Path | None = None, cohorts: str = "due",
          dry_run: bool = False, now: datetime | None = None, client_options: dict | None = None) -> SyncResult:
     """The scheduled job: load new files from ``landing``, re-evaluate cohorts and run the syncs
-    (``cohorts``: "due", "all" registered exports, or comma-separated names), then count MTU."""
+    (``cohorts``: "due", "all" registered exports, or comma-separated names), then count MTU. The
+    load, each cohort and the MTU count fail on their own; the result says what worked and what not."""
     now = now or datetime.now(timezone.utc)
     with Store(store_path) as store:
-        loaded = ingest.load(store, [landing], now=now) if landing and Path(landing).exists() else None
+        loaded, load_error = None, None
+        if landing:
+            try:
+                if not Path(landing).exists():
+                    raise ToolkitError(f"the landing folder {landing} does not exist")
+                loaded = ingest.load(store, [landing], now=now)
+            except Exception as exc:
+                load_error = failure_reason(exc)
+                log.warning("loading %s failed: %s", landing, load_error, exc_info=not isinstance(exc, ToolkitError))
+                _end_open_transaction(store)
         names = None
         if cohorts == "all":
             names = [e["cohort"] for e in export.list_exports(store)]
         elif cohorts != "due":
             names = [name.strip() for name in cohorts.split(",") if name.strip()]
         runs = run_due(store, now=now, dry_run=dry_run, cohorts=names, client_options=client_options)
-        return SyncResult(loaded, runs, mtu.report_frame(store))
+        frame, mtu_error = None, None
+        try:
+            frame = mtu.report_frame(store)
+        except Exception as exc:
+            mtu_error = failure_reason(exc)
+            log.warning("counting MTU failed: %s", mtu_error, exc_info=not isinstance(exc, ToolkitError))
+        return SyncResult(loaded, runs, frame, load_error, mtu_error, str(landing) if landing else None, now, dry_run)
 
 
 def _registered(store: Store, cohort: str) -> dict | None:

@@ -22,8 +22,15 @@ _ID_TYPES = "('VARCHAR', 'BIGINT', 'UBIGINT')"
 _NUMBER_TYPES = "('BIGINT', 'UBIGINT', 'DOUBLE')"
 
 
+def json_type_name(json_type: str) -> str:
+    """SQL naming a ``json_type()`` result as people know JSON: string, number, boolean, null, object,
+    array (never the engine's VARCHAR, UBIGINT...)."""
+    return (f"CASE {json_type} WHEN 'VARCHAR' THEN 'string' WHEN 'BOOLEAN' THEN 'boolean' WHEN 'NULL' THEN "
+            f"'null' WHEN 'OBJECT' THEN 'object' WHEN 'ARRAY' THEN 'array' ELSE 'number' END")
+
+
 def _json_kind(col: str) -> str:
-    return f"lower(json_type({col}))"
+    return json_type_name(f"json_type({col})")
 
 
 def typed(*cols: str, texts: tuple[str, ...] = (), numbers: tuple[str, ...] = ()) -> str:
@@ -41,7 +48,7 @@ def distinct_id_reason(col: str, label: str) -> str:
     Needs ``typed(col, texts=(col,))``."""
     return f"""
         WHEN {col}_t IS NULL OR {col}_t = 'NULL' THEN 'missing {label}'
-        WHEN {col}_t NOT IN {_ID_TYPES} THEN '{label} must be a string, got ' || lower({col}_t)
+        WHEN {col}_t NOT IN {_ID_TYPES} THEN '{label} must be a string, got ' || {json_type_name(col + '_t')}
         WHEN list_contains($refused_ids, lower(trim({col}_s)))
             THEN 'refused {label} ' || to_json({col}_s)::VARCHAR || ' (Mixpanel rejects this value)'
     """
@@ -59,14 +66,14 @@ def event_reason(ev: str, props: str, did: str, time_ms: str, tm: str, iid: str)
     Needs ``typed(ev, did, tm, iid, texts=(ev, did, iid), numbers=(tm,))`` beside the columns."""
     return f"""CASE
         WHEN {ev}_t IS NULL OR {ev}_t = 'NULL' THEN 'missing "event"'
-        WHEN {ev}_t <> 'VARCHAR' THEN '"event" must be a string, got ' || lower({ev}_t)
+        WHEN {ev}_t <> 'VARCHAR' THEN '"event" must be a string, got ' || {json_type_name(ev + '_t')}
         WHEN trim({ev}_s) = '' THEN 'empty event name'
         WHEN {props} IS NULL OR {props}::VARCHAR = 'null' THEN 'missing "properties"'
         WHEN NOT starts_with({props}::VARCHAR, '{{')   -- DuckDB's JSON text: an object starts with {{
             THEN '"properties" must be an object, got ' || {_json_kind(props)}
         {distinct_id_reason(did, 'distinct_id')}
         WHEN {tm}_t IS NULL OR {tm}_t = 'NULL' THEN 'missing time'
-        WHEN {tm}_t NOT IN {_NUMBER_TYPES} THEN 'time must be a number, got ' || lower({tm}_t)
+        WHEN {tm}_t NOT IN {_NUMBER_TYPES} THEN 'time must be a number, got ' || {json_type_name(tm + '_t')}
         WHEN {time_ms} IS NULL THEN 'time ' || ({tm})::VARCHAR || ' is out of range'
         WHEN {time_ms} > $now_ms + {MAX_FUTURE_MS}
             THEN 'time ' || ({tm})::VARCHAR || ' is more than 1 hour in the future'
@@ -85,7 +92,7 @@ def profile_reason(did: str, props: str) -> str:
     return f"""CASE
         {distinct_id_reason(did, '$distinct_id')}
         WHEN {props}_t IS NULL OR {props}_t = 'NULL' THEN 'missing "$properties"'
-        WHEN {props}_t <> 'OBJECT' THEN '"$properties" must be an object, got ' || lower({props}_t)
+        WHEN {props}_t <> 'OBJECT' THEN '"$properties" must be an object, got ' || {json_type_name(props + '_t')}
     END"""
 
 
