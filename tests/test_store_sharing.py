@@ -121,7 +121,7 @@ def test_the_holder_is_read_from_duckdbs_lock_error_and_its_command_line():
 
 @pytest.mark.parametrize("command,said", [
     (["cohorts", "load", SAMPLE / "cohorts.yaml"], f"{CHURN}: v1"),
-    (["sync", "--runs-dir", "runs"], "sync done"),           # the wait shows in the terminal, not in the notebook
+    (["sync", "--runs-dir", "runs"], "sync ok"),             # the wait shows in the terminal, not in the notebook
 ], ids=["cohorts load", "sync"])
 def test_a_writer_waits_for_the_holder_names_it_once_and_goes_on(db, env, holding, tmp_path, command, said):
     held = holding()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from toolkit import ingest, report
-from toolkit.errors import ToolkitError
+from toolkit.errors import StoreError, ToolkitError
 from toolkit.store import Store
 
 
@@ -277,7 +277,10 @@ def _sync(args) -> int:
     from toolkit import schedule
 
     parameters = _sync_parameters(args)
-    Store(parameters["store_path"]).close()    # wait here, where the terminal shows it, while another process holds it
+    try:        # wait here, where the terminal shows it, while another process holds the store
+        Store(parameters["store_path"]).close()
+    except StoreError:
+        pass    # the notebook meets the same error and its run record says so
     run = schedule.run_once(args.runs_dir.resolve(), parameters)
     _emit(args, {"status": run.status, "ok": run.ok, "notebook": str(run.notebook),
                  "record": str(run.record) if run.record else None, "error": run.error},
