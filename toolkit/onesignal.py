@@ -12,6 +12,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -25,7 +26,8 @@ import httpx
 
 from toolkit.errors import ToolkitError
 
-DEFAULT_BASE_URL = "https://api.onesignal.com"
+ENV_BASE_URL = "ONESIGNAL_BASE_URL"     # e.g. the emulator's address (`toolkit lab` sets it for its kernels)
+DEFAULT_BASE_URL = os.environ.get(ENV_BASE_URL) or "https://api.onesignal.com"
 PARTNER_NAME = "Mixpanel Cohorts Toolkit"
 USAGE_HEADER = "OneSignal-Usage"
 USAGE = f"{PARTNER_NAME} | Partner Integration"      # OneSignal asks partners to identify themselves

@@ -21,9 +21,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from toolkit.errors import ToolkitError
+from toolkit.resources import SYNC_NOTEBOOK
 
-ROOT = Path(__file__).resolve().parent.parent
-SYNC_NOTEBOOK = ROOT / "notebooks" / "sync.ipynb"
 DEFAULT_EVERY = timedelta(minutes=15)
 log = logging.getLogger("toolkit.schedule")
 
@@ -79,8 +78,9 @@ def sync_lock(runs_dir: Path) -> Iterator[None]:
 
 def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
              clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> SyncRun:
-    """Execute the sync notebook once under the lock; a failing notebook is a failed run, not an error."""
-    import papermill
+    """Execute the sync notebook once under the lock; a failing notebook is a failed run, not an error.
+    The kernel starts in the caller's working directory; the parameters carry absolute paths."""
+    papermill = notebook_runner()
 
     with sync_lock(runs_dir):
         started = clock()
@@ -88,13 +88,23 @@ def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
         log.info("sync started: %s", output)
         try:
             papermill.execute_notebook(str(notebook), str(output), parameters=parameters,
-                                       kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+                                       kernel_name="python3", progress_bar=False)
             run = SyncRun(output, started, clock(), True)
         except papermill.PapermillExecutionError as exc:
             run = SyncRun(output, started, clock(), False, f"{exc.ename}: {exc.evalue}")
         log.info("sync %s in %.1fs: %s", "succeeded" if run.ok else "FAILED",
                  (run.ended - run.started).total_seconds(), run.error or output)
         return run
+
+
+def notebook_runner():
+    """papermill, or a clear error when the notebooks extra is not installed."""
+    try:
+        import papermill
+    except ImportError:
+        raise ToolkitError("running the sync notebook needs the notebooks extra: "
+                           "pip install 'toolkit[notebooks]'") from None
+    return papermill
 
 
 def schedule(runs_dir: Path, parameters: dict, every: timedelta = DEFAULT_EVERY, *,

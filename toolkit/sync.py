@@ -22,7 +22,8 @@ from toolkit.store import Store
 
 
 def connect(store: Store, credentials: Credentials, base_url: str | None = None) -> dict:
-    """Check the key against OneSignal and record the outcome (never the key): Connected, or why not."""
+    """Check the key against OneSignal and record the outcome (never the key): Connected, or why not.
+    Once connected, the app's registered exports use this address."""
     from toolkit.onesignal import OneSignalError, SyncOneSignalClient
 
     base_url = base_url or DEFAULT_BASE_URL
@@ -34,6 +35,9 @@ def connect(store: Store, credentials: Credentials, base_url: str | None = None)
         connected, detail = False, str(exc)
     store.con.execute("INSERT OR REPLACE INTO connections VALUES (?, ?, ?, ?, now()::TIMESTAMP)",
                       [credentials.app_id, base_url, "connected" if connected else "failed", detail])
+    if connected:       # the app's exports follow it to the address that answered (e.g. a new emulator port)
+        store.con.execute("UPDATE exports SET base_url = ? WHERE app_id = ? AND base_url <> ?",
+                          [base_url, credentials.app_id, base_url])
     return {"app_id": credentials.app_id, "base_url": base_url, "connected": connected, "detail": detail}
 
 
@@ -117,7 +121,8 @@ def sync(store_path: str | Path, *, landing: str | Path | None = None, cohorts: 
     (``cohorts``: "due", "all" registered exports, or comma-separated names), then count MTU."""
     now = now or datetime.now(timezone.utc)
     with Store(store_path) as store:
-        loaded = ingest.load(store, [landing], now=now) if landing and Path(landing).exists() else None
+        # Loading checks event times against the real clock: ``now`` only says when cohorts are evaluated.
+        loaded = ingest.load(store, [landing]) if landing and Path(landing).exists() else None
         names = None
         if cohorts == "all":
             names = [e["cohort"] for e in export.list_exports(store)]
