@@ -90,10 +90,12 @@ def run(workdir: Path = VAR) -> DemoResult:
         run = schedule.run_once(runs_dir, {"store_path": str(db), "cohorts": "due", "dry_run": False,
                                            "now": now.isoformat()})
         emulator.save()
-    steps = next_steps(shown, as_of, names, loaded)
     with Store(db, read_only=True) as store:
+        quarantined = store.con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        steps = next_steps(shown, as_of, names, quarantined)
         text = summary_text(store, names, loaded, run, steps, as_of)
-    return DemoResult(db, run.notebook, run.ok, text, as_of, [command for command, _ in steps])
+        failed = [r["cohort"] for r in _last_runs(store).values() if r["status"] != "ok"]
+    return DemoResult(db, run.notebook, run.ok and not failed, text, as_of, [command for command, _ in steps])
 
 
 def toolkit_command() -> str:
@@ -112,12 +114,12 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def next_steps(workdir: Path, as_of: dt.date, names: list[str], loaded: ingest.LoadSummary) -> list[tuple[str, str]]:
+def next_steps(workdir: Path, as_of: dt.date, names: list[str], quarantined: int) -> list[tuple[str, str]]:
     """(command, what it shows): commands that work as pasted, against the demo's store."""
     tk, db, day = toolkit_command(), shlex.quote(_relative(workdir / "demo.duckdb")), as_of.isoformat()
     example = "Engaged with push" if "Engaged with push" in names else names[0]
     steps = []
-    if loaded.to_dict()["rows_quarantined"]:
+    if quarantined:
         steps.append((f"{tk} quarantine --db {db}", "the rows the load refused, with file, line and reason"))
     steps += [
         (f"{tk} cohorts preview {shlex.quote(example)} --db {db} --as-of {day}",
@@ -131,11 +133,15 @@ def next_steps(workdir: Path, as_of: dt.date, names: list[str], loaded: ingest.L
     return steps
 
 
+def _last_runs(store: Store) -> dict[str, dict]:
+    return {r["cohort"]: r for r in reversed(export.runs(store, limit=10_000))}
+
+
 def summary_text(store: Store, names: list[str], loaded: ingest.LoadSummary, run: schedule.SyncRun,
                  steps: list[tuple[str, str]], as_of: dt.date) -> str:
     from toolkit import report
 
-    last = {r["cohort"]: r for r in reversed(export.runs(store, limit=10_000))}
+    last = _last_runs(store)
     lines = [report.load_text(loaded, quarantine_command=steps[0][0] if "quarantine" in steps[0][0] else None),
              "",
              f"sync notebook {'ran' if run.ok else 'FAILED: ' + run.error}: {run.notebook}",
