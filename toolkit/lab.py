@@ -48,7 +48,8 @@ def kernel_environment(db: Path, app: App, base_url: str) -> dict[str, str]:
 
 def lab_command(notebooks: Path, port: int, browser: bool = True) -> list[str]:
     return [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-            f"--ServerApp.root_dir={notebooks}", *([] if browser else ["--no-browser"])]
+            f"--ServerApp.root_dir={notebooks}", *([] if browser else ["--no-browser"]),
+            *(["--allow-root"] if os.geteuid() == 0 else [])]     # containers and CI run as root
 
 
 def run(workdir: Path, *, db: str | Path | None = None, notebooks: Path | None = None, port: int = 8888,
