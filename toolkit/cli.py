@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cohorts_load)
     p = csub.add_parser("list", parents=[common], help="stored cohorts")
     p.set_defaults(run=_cohorts_list)
-    p = csub.add_parser("preview", parents=[common, evaluated], help="members, match rate and why the rest cannot export")
+    p = csub.add_parser("preview", parents=[common, evaluated],
+                        help="members, match rate and why the rest cannot export")
     p.add_argument("name")
     p.add_argument("--user-id-property", default="$onesignal_user_id")
     p.add_argument("--id-type", default="auto", choices=("auto", "external_id", "subscription_id"))
@@ -108,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save", action="store_true", help="keep the key in the 0600 credentials file")
     p.set_defaults(run=_connect)
 
-    p = sub.add_parser("export", parents=[common, evaluated], help="export a cohort to OneSignal once, or keep it in sync")
+    p = sub.add_parser("export", parents=[common, evaluated],
+                       help="export a cohort to OneSignal once, or keep it in sync")
     p.add_argument("cohort")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--once", dest="mode", action="store_const", const="once", help="one-time export")
