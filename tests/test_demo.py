@@ -128,6 +128,7 @@ def test_lab_starts_the_emulator_and_gives_the_kernels_store_app_key_and_address
         env = kernels[0].environ()
         assert env["TOOLKIT_DB"] == str(db)
         assert env["ONESIGNAL_APP_ID"] == app_id and env["ONESIGNAL_API_KEY"] == app["api_key"]
+        assert env["TOOLKIT_AS_OF"] == "2026-10-31T23:59:59.999999+00:00"      # as the demo evaluated
         base_url = env["ONESIGNAL_BASE_URL"]
         assert base_url.startswith("http://127.0.0.1:") and base_url not in old_urls
         # The emulator answers there with that key, and the demo's exports moved to it.
@@ -204,3 +205,30 @@ def test_lab_without_a_demo_says_to_run_it(tmp_path):
     out = subprocess.run([sys.executable, "-m", "toolkit", "lab", "--workdir", str(tmp_path / "nothing")],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 1 and "toolkit demo --workdir" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_export_notebook_finds_store_app_key_address_and_day_in_the_lab_environment(demo, tmp_path,
+                                                                                         monkeypatch):
+    """export_cohort.ipynb as Lab's kernels run it: no parameters, run away from notebooks/ (so the
+    store comes from TOOLKIT_DB), connected to the emulator through the environment alone."""
+    import papermill
+
+    from toolkit import lab
+    from toolkit.emulator import Emulator
+
+    cwd, _ = demo
+    db = cwd / "var" / "demo.duckdb"
+    with Emulator(state_file=cwd / "var" / "onesignal.json") as emulator:
+        app = lab.pick_app(emulator)
+        with Store(db, read_only=True) as store:
+            as_of = lab.demo.end_of_day(lab.demo.last_event_day(store))
+        for name, value in lab.kernel_environment(db, app, emulator.url, as_of).items():
+            monkeypatch.setenv(name, value)
+        out = tmp_path / "export_cohort.ipynb"
+        papermill.execute_notebook(str(ROOT / "notebooks" / "export_cohort.ipynb"), str(out), kernel_name="python3",
+                                   parameters={"cohort": "Engaged with push"}, cwd=str(tmp_path), progress_bar=False)
+    text = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"]
+                   for o in c.get("outputs", []))
+    assert "Connected" in text
+    assert "42 exportable of 42 members" in text and "add 0, remove 0" in text     # in sync as of the demo's day
+    assert app.api_key not in out.read_text()

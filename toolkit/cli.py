@@ -46,6 +46,10 @@ def as_of(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def _as_of_or_now(text: str) -> datetime | str:
+    return "now" if text == "now" else as_of(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", metavar="PATH", help="DuckDB store (default: $TOOLKIT_DB or ./toolkit.duckdb)")
@@ -151,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8888, help="JupyterLab's port on 127.0.0.1 (default 8888)")
     p.add_argument("--emulator-port", type=int, default=0, help="the emulator's port (default: a free one)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--as-of", type=_as_of_or_now, metavar="DATE",
+                   help="when the notebooks evaluate cohorts: DATE, or now (default: the store's last "
+                        "event day, as the demo)")
     p.set_defaults(run=_lab)
 
     p = sub.add_parser("demo", help="the main job on the bundled sample data, against the emulator")
@@ -308,7 +315,7 @@ def _lab(args) -> int:
     from toolkit import lab
 
     return lab.run(args.workdir, db=args.db, notebooks=args.notebooks, port=args.port,
-                   emulator_port=args.emulator_port, browser=not args.no_browser)
+                   emulator_port=args.emulator_port, browser=not args.no_browser, as_of=args.as_of)
 
 
 def _demo(args) -> int:
