@@ -1,14 +1,18 @@
 # Two commands for a fresh machine with Python 3.11+ and make:
 #   make demo   set up .venv, then run the main job on data/sample/
 #   make test   set up .venv with the test tools, then run the test suite
+# After the demo:  make lab   JupyterLab on notebooks/ with the demo's store and emulator (toolkit lab)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test lab bench clean
 
 demo: $(VENV)/.installed
 	$(BIN)/toolkit demo
+
+lab: $(VENV)/.installed
+	$(BIN)/toolkit lab
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+from datetime import date, datetime, time, timezone
 from pathlib import Path
 
 from toolkit import ingest, report
@@ -43,10 +45,30 @@ _INTERRUPTED = {     # what Ctrl-C cut short, and what is left of it
 }
 
 
+def as_of(text: str) -> datetime:
+    """--as-of: a date (its last moment, UTC: the whole day counts) or an ISO time (UTC unless it says)."""
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time.max, timezone.utc)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date: expected YYYY-MM-DD (that whole day, UTC) or YYYY-MM-DDTHH:MM") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _as_of_or_now(text: str) -> datetime | str:
+    return "now" if text == "now" else as_of(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", metavar="PATH", help="DuckDB store (default: $TOOLKIT_DB or ./toolkit.duckdb)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    evaluated = argparse.ArgumentParser(add_help=False)
+    evaluated.add_argument("--as-of", type=as_of, metavar="DATE",
+                           help="evaluate cohorts as of DATE (YYYY-MM-DD: the end of that day, UTC) "
+                                "or an ISO time (default: now)")
 
     parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cohorts_load)
     p = csub.add_parser("list", parents=[common], help="stored cohorts")
     p.set_defaults(run=_cohorts_list)
-    p = csub.add_parser("preview", parents=[common], help="members, match rate and why the rest cannot export")
+    p = csub.add_parser("preview", parents=[common, evaluated],
+                        help="members, match rate and why the rest cannot export")
     p.add_argument("name")
     p.add_argument("--user-id-property", default="$onesignal_user_id")
     p.add_argument("--id-type", default="auto", choices=("auto", "external_id", "subscription_id"))
@@ -102,7 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save", action="store_true", help="keep the key in the 0600 credentials file")
     p.set_defaults(run=_connect)
 
-    p = sub.add_parser("export", parents=[common], help="export a cohort to OneSignal once, or keep it in sync")
+    p = sub.add_parser("export", parents=[common, evaluated],
+                       help="export a cohort to OneSignal once, or keep it in sync")
     p.add_argument("cohort")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--once", dest="mode", action="store_const", const="once", help="one-time export")
@@ -126,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (("sync", "run notebooks/sync.ipynb once with papermill"),
                        ("schedule", "run the sync every --every (default 15m), one run at a time")):
-        p = sub.add_parser(name, parents=[common], help=text)
+        p = sub.add_parser(name, parents=[common, evaluated], help=text)
         p.add_argument("--landing", help="folder of new Mixpanel export files to load first")
         p.add_argument("--cohorts", default="due", help="due (default), all, or comma-separated names")
         p.add_argument("--dry-run", action="store_true")
@@ -135,6 +159,19 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--every", default="15m", help="e.g. 15m, 90s, 1h")
             p.add_argument("--max-runs", type=int, metavar="N", help="stop after N runs (default: until stopped)")
         p.set_defaults(run=_sync if name == "sync" else _schedule)
+
+    p = sub.add_parser("lab", help="JupyterLab on the notebooks, with the demo's store and its emulator running")
+    p.add_argument("--workdir", type=Path, default=Path("var"),
+                   help="the demo's folder: demo.duckdb and the emulator's onesignal.json (default var/)")
+    p.add_argument("--db", metavar="PATH", help="the store the notebooks open (default: WORKDIR/demo.duckdb)")
+    p.add_argument("--notebooks", type=Path, help="folder JupyterLab opens (default: the toolkit's notebooks)")
+    p.add_argument("--port", type=int, default=8888, help="JupyterLab's port on 127.0.0.1 (default 8888)")
+    p.add_argument("--emulator-port", type=int, default=0, help="the emulator's port (default: a free one)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--as-of", type=_as_of_or_now, metavar="DATE",
+                   help="when the notebooks evaluate cohorts: DATE, or now (default: the store's last "
+                        "event day, as the demo)")
+    p.set_defaults(run=_lab)
 
     p = sub.add_parser("demo", help="the main job on the bundled sample data, against the emulator")
     p.add_argument("--workdir", type=Path, default=Path("var"),
@@ -156,7 +193,8 @@ def _emit(args, data: dict, text: str) -> None:
 def _load(args) -> int:
     with _store(args) as store:
         summary = ingest.load(store, args.paths, strict=args.strict, kind=args.kind, progress=not args.json)
-        _emit(args, summary.to_dict(), report.load_text(summary))
+        hint = "toolkit quarantine" + (f" --db {shlex.quote(args.db)}" if args.db else "")
+        _emit(args, summary.to_dict(), report.load_text(summary, quarantine_command=hint))
     return 1 if summary.refused else 0
 
 
@@ -207,7 +245,7 @@ def _cohorts_preview(args) -> int:
 
     with _store(args, read_only=True) as store:
         preview = matching.preview(store, args.name, user_id_property=args.user_id_property,
-                                   id_type=args.id_type)
+                                   id_type=args.id_type, now=args.as_of)
     _emit(args, preview.to_dict(), matching.preview_text(preview, args.rows,
                                                          more="--rows N shows more, --json lists them all"))
     return 0
@@ -237,7 +275,7 @@ def _export(args) -> int:
             return 0
         record = sync.export_cohort(store, args.cohort, mode=args.mode, app_id=args.app_id, base_url=args.base_url,
                                     dry_run=args.dry_run, force=args.force, user_id_property=args.user_id_property,
-                                    id_type=args.id_type, progress=not args.json)
+                                    id_type=args.id_type, progress=not args.json, now=args.as_of)
     _emit(args, record.to_dict(), report.run_text(record))
     return schedule.EXIT_CODES[sync.run_outcome(record)]
 
@@ -270,7 +308,8 @@ def _sync_parameters(args) -> dict:
 
     return {"store_path": str(Path(args.db or default_path()).resolve()),
             "landing": str(Path(args.landing).resolve()) if args.landing else None,
-            "cohorts": args.cohorts, "dry_run": args.dry_run}
+            "cohorts": args.cohorts, "dry_run": args.dry_run,
+            "now": args.as_of.isoformat() if args.as_of else None}
 
 
 def _sync(args) -> int:
@@ -301,6 +340,13 @@ def _schedule(args) -> int:
     print(f"stopped after {len(runs)} run(s), {len(failed)} not ok"
           + "".join(f"\n  {r.started:%Y-%m-%d %H:%M:%S} {r.status}: {r.error}" for r in failed))
     return schedule.exit_code([r.status for r in runs])
+
+
+def _lab(args) -> int:
+    from toolkit import lab
+
+    return lab.run(args.workdir, db=args.db, notebooks=args.notebooks, port=args.port,
+                   emulator_port=args.emulator_port, browser=not args.no_browser, as_of=args.as_of)
 
 
 def _demo(args) -> int:

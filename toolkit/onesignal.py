@@ -449,14 +449,14 @@ class OneSignalClient:
     exponential backoff and full jitter; never retries 400/401/403/404/409. ``sleep`` is used for
     those backoff waits only (tests pass a recorder); pacing by the rate limiter is real time."""
 
-    def __init__(self, credentials: Credentials, base_url: str = DEFAULT_BASE_URL, *, max_rps: float = 900,
+    def __init__(self, credentials: Credentials, base_url: str | None = None, *, max_rps: float = 900,
                  timeout: float = 10.0, max_attempts: int = 10, backoff_base: float = 2.0,
                  backoff_max: float = 60.0, concurrency: int = 64, sleep=asyncio.sleep,
                  transport: httpx.AsyncBaseTransport | None = None):
         if max_attempts < 1 or concurrency < 1:
             raise ValueError("max_attempts and concurrency must be at least 1")
         self.credentials = credentials
-        self.base_url = base_url.rstrip("/")
+        self.base_url = (base_url or default_base_url()).rstrip("/")
         self.max_attempts = max_attempts
         self.timeout = timeout
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
@@ -689,7 +689,7 @@ class SyncOneSignalClient:
     """Blocking facade for notebooks and scripts. The async client runs on a private event loop in
     its own thread, so this works even where a loop is already running (Jupyter)."""
 
-    def __init__(self, credentials: Credentials, base_url: str = DEFAULT_BASE_URL, **options):
+    def __init__(self, credentials: Credentials, base_url: str | None = None, **options):
         self.client = OneSignalClient(credentials, base_url, **options)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="onesignal-client", daemon=True)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
+
 from toolkit.ingest import LoadSummary
 from toolkit.store import Store
 
 
-def load_text(summary: LoadSummary) -> str:
+def load_text(summary: LoadSummary, quarantine_command: str | None = None) -> str:
+    """``quarantine_command``: how to list the refused rows (default ``toolkit quarantine``), e.g. with --db."""
     d = summary.to_dict()
+    quarantine_command = quarantine_command or "toolkit quarantine"
     lines = [f"files: {d['files_loaded']} loaded, {d['files_skipped']} skipped (already loaded), "
              f"{d['files_refused']} refused"]
     rows = [("events", d["events"]), ("profiles", d["profiles"]), ("profile updates", d["profile_updates"]),
@@ -17,7 +21,8 @@ def load_text(summary: LoadSummary) -> str:
         if f.status == "refused":
             lines.append(f"  refused: {f.message}")
         elif f.status == "loaded" and f.quarantined:
-            lines.append(f"  {f.path}: {f.quarantined:,} row(s) quarantined (toolkit quarantine --file {f.path})")
+            lines.append(f"  {f.path}: {f.quarantined:,} row(s) quarantined "
+                         f"({quarantine_command} --file {shlex.quote(str(f.path))})")
     return "\n".join(lines)
 
 

@@ -23,9 +23,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from toolkit.errors import ToolkitError
+from toolkit.resources import SYNC_NOTEBOOK
 
-ROOT = Path(__file__).resolve().parent.parent
-SYNC_NOTEBOOK = ROOT / "notebooks" / "sync.ipynb"
 DEFAULT_EVERY = timedelta(minutes=15)
 log = logging.getLogger("toolkit.schedule")
 
@@ -99,8 +98,9 @@ def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
              clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> SyncRun:
     """Execute the sync notebook once under the lock; a failing notebook is a failed run, not an error.
     The notebook writes its run record (per cohort, load, MTU) beside the executed copy; when it could
-    not (it failed before its last cell), the record is written here, as a failed run."""
-    import papermill
+    not (it failed before its last cell), the record is written here, as a failed run. The kernel
+    starts in the caller's working directory; the parameters carry absolute paths."""
+    papermill = notebook_runner()
 
     with sync_lock(runs_dir):
         started = clock()
@@ -110,7 +110,7 @@ def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
         notebook_error = ""
         try:
             papermill.execute_notebook(str(notebook), str(output), parameters={**parameters, "run_record": str(record)},
-                                       kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+                                       kernel_name="python3", progress_bar=False)
         except papermill.PapermillExecutionError as exc:
             notebook_error = f"the sync notebook failed: {exc.evalue or exc.ename}"
         data = _read_record(record)
@@ -140,6 +140,16 @@ def write_record(path: Path, data: dict) -> None:
     temp = path.with_name(path.name + ".tmp")
     temp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
     os.replace(temp, path)
+
+
+def notebook_runner():
+    """papermill, or a clear error when the notebooks extra is not installed."""
+    try:
+        import papermill
+    except ImportError:
+        raise ToolkitError("running the sync notebook needs the notebooks extra: "
+                           "pip install 'toolkit[notebooks]'") from None
+    return papermill
 
 
 def schedule(runs_dir: Path, parameters: dict, every: timedelta = DEFAULT_EVERY, *,

@@ -20,7 +20,7 @@ from toolkit import export, ingest, matching, mtu
 from toolkit.cohorts import resolve_name
 from toolkit.errors import ToolkitError
 from toolkit.matching import DEFAULT_USER_ID_PROPERTY
-from toolkit.onesignal import DEFAULT_BASE_URL, Credentials, default_base_url
+from toolkit.onesignal import Credentials, default_base_url
 from toolkit.plan import Target
 from toolkit.store import Store
 
@@ -28,10 +28,11 @@ log = logging.getLogger("toolkit.sync")
 
 
 def connect(store: Store, credentials: Credentials, base_url: str | None = None) -> dict:
-    """Check the key against OneSignal and record the outcome (never the key): Connected, or why not."""
+    """Check the key against OneSignal and record the outcome (never the key): Connected, or why not.
+    Once connected, the app's registered exports use this address."""
     from toolkit.onesignal import OneSignalError, SyncOneSignalClient
 
-    base_url = base_url or DEFAULT_BASE_URL
+    base_url = base_url or default_base_url()
     try:
         with SyncOneSignalClient(credentials, base_url, max_attempts=3, timeout=10.0) as client:
             client.validate()
@@ -40,6 +41,9 @@ def connect(store: Store, credentials: Credentials, base_url: str | None = None)
         connected, detail = False, str(exc)
     store.con.execute("INSERT OR REPLACE INTO connections VALUES (?, ?, ?, ?, now()::TIMESTAMP)",
                       [credentials.app_id, base_url, "connected" if connected else "failed", detail])
+    if connected:       # the app's exports follow it to the address that answered (e.g. a new emulator port)
+        store.con.execute("UPDATE exports SET base_url = ? WHERE app_id = ? AND base_url <> ?",
+                          [base_url, credentials.app_id, base_url])
     return {"app_id": credentials.app_id, "base_url": base_url, "connected": connected, "detail": detail}
 
 
@@ -246,7 +250,7 @@ def sync(store_path: str | Path, *, landing: str | Path | None = None, cohorts: 
             try:
                 if not Path(landing).exists():
                     raise ToolkitError(f"the landing folder {landing} does not exist")
-                loaded = ingest.load(store, [landing], now=now)
+                loaded = ingest.load(store, [landing])   # event times are checked against the real clock; ``now`` only says when cohorts are evaluated
             except Exception as exc:
                 load_error = failure_reason(exc)
                 log.warning("loading %s failed: %s", landing, load_error, exc_info=not isinstance(exc, ToolkitError))

@@ -1,8 +1,10 @@
-"""Run a OneSignal-compatible emulator on loopback until interrupted (``python -m toolkit.emulator``).
+"""Run a OneSignal-compatible emulator on 127.0.0.1 until interrupted (toolkit emulator).
 
 On a fresh start it creates one app from --app-id/--api-key/--plan (generated when not given) and
 seeds --seed-users into it. With --state FILE, an existing file is loaded instead (apps, users,
 segments and counters) and the state is written back, atomically, while running and on exit.
+It prints each app's API key when it generated the key or loaded it from the state file (the key is
+the emulator's own stand-in, never a real OneSignal key), so a client can connect.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def _port(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m toolkit.emulator", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="toolkit emulator", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"0 picks a free port (default {DEFAULT_PORT})")
     p.add_argument("--state", metavar="FILE", help="load the state from FILE if it exists; save it there")
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         if generated_key:
             # A generated key is unusable unless shown once; it is a local stand-in, never a real key.
             print(f"  generated API key for this emulator: {app.api_key}")
+        elif not fresh:       # from the state file: only there otherwise
+            print(f"  API key (from {args.state}): {app.api_key}")
     print("Ctrl-C to stop.", flush=True)
 
     done = threading.Event()
