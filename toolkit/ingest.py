@@ -34,7 +34,7 @@ from toolkit.store import Store, profile_facts
 
 _REJECTS = "_load_rejects"
 LOAD_MEMORY = "1GB"     # DuckDB's share while loading ($TOOLKIT_LOAD_MEMORY overrides)
-_PARSE_BATCH_BYTES = 16 << 20   # JSON Lines text parsed per statement (see _stage_profile_records)
+_PROFILE_BATCH_BYTES = 16 << 20   # JSON Lines text parsed per statement (see _stage_profile_records)
 _KIND_ORDER = {"events": 0, "profiles": 1, "profile_updates": 2}   # identity first, then who it names
 
 
@@ -142,15 +142,10 @@ def load_file(store: Store, source: Source, *, strict: bool = False, now: dateti
             # DuckDB may cut a record mid-character when quoting it in an error message: Python then
             # fails to decode the message itself. Either way read_json refused the file.
             except (duckdb.InvalidInputException, UnicodeDecodeError) as exc:
-                if careful:
-                    result = _refused(source, f"cannot be read: {_first_line(exc)}", strict, exc)
-            except LoadError as exc:
-                if strict:
-                    raise
-                result = FileResult(str(source.path), source.kind, "refused", message=str(exc))
-                break
-            except duckdb.Error as exc:
-                result = _refused(source, f"cannot be read: {_first_line(exc)}", strict, exc)
+                if careful or _hash_failure(digest):
+                    result = _refused(source, exc, digest, strict)
+            except (LoadError, duckdb.Error, OSError, RecursionError) as exc:
+                result = _refused(source, exc, digest, strict)
                 break
     finally:
         hashing.shutdown(wait=False)   # an interrupted load does not wait for the hash
@@ -172,6 +167,10 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
     with store.transaction() as con:
         _drop_scratch(con)
         params["file_id"] = con.execute("SELECT nextval('file_ids')").fetchone()[0]
+        if source.compressed and digest.exception():
+            # Inflated and measured before DuckDB reads it: a gzip bomb that inflates to blank lines gives
+            # DuckDB no point at which to stop. Costs one inflation (in Python) of each gzip file.
+            raise digest.exception()
         if source.kind == "events":
             _stage_events(con, source, careful, params)
     try:
@@ -207,10 +206,24 @@ def _discard_unpublished(store: Store) -> None:
         con.execute("DELETE FROM event_rows WHERE file_id > (SELECT coalesce(max(file_id), 0) FROM loads)")
 
 
-def _refused(source: Source, message: str, strict: bool, cause: Exception) -> FileResult:
-    error = LoadError(str(source.path), message)
+def _hash_failure(digest: Future[str]) -> BaseException | None:
+    return digest.exception() if digest.done() else None
+
+
+def _refused(source: Source, exc: BaseException, digest: Future[str], strict: bool) -> FileResult:
+    """The file refused on its own, with the reason a person can act on (the hash thread's first:
+    a gzip bomb or an unreadable file explains why DuckDB was stopped or failed)."""
+    cause = _hash_failure(digest) or exc
+    if isinstance(cause, LoadError):
+        error = cause
+    elif isinstance(cause, OSError):
+        error = LoadError(str(source.path), f"cannot read: {cause.strerror or cause}")
+    elif isinstance(cause, RecursionError):
+        error = LoadError(str(source.path), "a record is nested too deeply to read")
+    else:
+        error = LoadError(str(source.path), f"cannot be read: {_first_line(cause)}")
     if strict:
-        raise error from cause
+        raise error from (None if error is exc else exc)
     return FileResult(str(source.path), source.kind, "refused", message=str(error))
 
 
@@ -225,6 +238,16 @@ def _stage_events(con, source: Source, careful: bool, params: dict) -> None:
     """Insert every record of the file; a refused one holds only its reason (``rejected``)."""
     if careful and source.format == "jsonl":
         _sql(con, readers.stage_lines(_REJECTS), params)
+    for lines in _ranges(con, source, careful):
+        _stage_event_range(con, source, careful, params, lines)
+
+
+def _ranges(con, source: Source, careful: bool) -> list:
+    """The careful reader parses staged JSON Lines a few megabytes at a time (`readers.line_ranges`)."""
+    return con.execute(readers.line_ranges(_REJECTS)).fetchall() if careful and source.format == "jsonl" else [None]
+
+
+def _stage_event_range(con, source: Source, careful: bool, params: dict, lines) -> None:
     _sql(con, f"""
         INSERT INTO event_rows (event, distinct_id, time, insert_id, properties, file_id, rejected,
                                 device_id, user_id, link_source, link_target)
@@ -243,14 +266,14 @@ def _stage_events(con, source: Source, careful: bool, params: dict) -> None:
                CASE WHEN reason IS NULL THEN CASE ev_s WHEN '$identify' THEN links[2] ->> '$'
                                                        WHEN '$create_alias' THEN did_s
                                                        WHEN '$merge' THEN links[4] ->> '$[0]' END END
-        FROM ({_checked_events(source, careful, numbered=False)})""", params)
+        FROM ({_checked_events(source, careful, numbered=False, lines=lines)})""", params)
 
 
-def _checked_events(source: Source, careful: bool, numbered: bool) -> str:
+def _checked_events(source: Source, careful: bool, numbered: bool, lines=None) -> str:
     """The file's records with ``time_ms`` and ``reason`` (NULL for a valid event)."""
-    fields = readers.event_fields(source, careful, _REJECTS, numbered)
+    fields = readers.event_fields(source, careful, _REJECTS, numbered, lines)
     time_ms = validation.time_ms_expr("tm")
-    reason = validation.event_reason("ev", "props", "did", "time_ms", "tm", "iid")
+    reason = validation.event_reason("ev", "props", "did", "time_ms", "tm", "iid", readers.MAX_RECORD_BYTES)
     return f"""
         WITH src AS (SELECT *, {validation.typed("ev", "did", "tm", "iid", texts=("ev", "did", "iid"),
                                                  numbers=("tm",))} FROM ({fields})),
@@ -283,24 +306,29 @@ def _quarantine_events(con, source: Source, careful: bool, params: dict) -> None
     refused record pay for numbering), and delete their staged rows."""
     reconstructed = ("'{\"event\":' || coalesce(ev::VARCHAR, 'null') || ',\"properties\":' "
                      "|| coalesce(props::VARCHAR, 'null') || '}'")
-    _sql(con, f"""
-        INSERT INTO quarantine
-        SELECT $file_id, $path, record, reason, left(coalesce(raw, {reconstructed}), {validation.QUARANTINED_RAW_CHARS})
-        FROM ({_checked_events(source, careful, numbered=True)}) WHERE reason IS NOT NULL""", params)
+    for lines in _ranges(con, source, careful):
+        _sql(con, f"""
+            INSERT INTO quarantine
+            SELECT $file_id, $path, record, reason,
+                   left(coalesce(raw, {reconstructed}), {validation.QUARANTINED_RAW_CHARS})
+            FROM ({_checked_events(source, careful, numbered=True, lines=lines)}) WHERE reason IS NOT NULL""", params)
     if not careful and source.format == "jsonl":
         _renumber_blank_lines(con, source, params["file_id"])
     con.execute("DELETE FROM event_rows WHERE file_id = ? AND rejected IS NOT NULL", [params["file_id"]])
 
 
 def _renumber_blank_lines(con, source: Source, file_id: int) -> None:
-    """read_json numbers records, skipping blank lines; the quarantine needs the file's line numbers."""
+    """read_json numbers records, skipping blank lines; the quarantine needs the file's line numbers.
+    Lines too long for the line reader are records too (the size check quarantined them already)."""
     con.execute(readers.stage_lines(_REJECTS), {"path": str(source.path)})
     con.execute(f"""
         UPDATE quarantine SET line = m.line
-        FROM (SELECT {readers.line_of('ordinality', _REJECTS)} AS line,
-                     row_number() OVER (ORDER BY ordinality) AS record
-              FROM {_REJECTS}_lines WHERE raw IS NOT NULL AND trim(raw, {readers.JSON_BLANKS}) <> '') m
+        FROM (SELECT line, row_number() OVER (ORDER BY line) AS record FROM (
+                  SELECT {readers.line_of('ordinality', _REJECTS)} AS line
+                  FROM {_REJECTS}_lines WHERE raw IS NOT NULL AND trim(raw, {readers.JSON_BLANKS}) <> ''
+                  UNION ALL SELECT line FROM {_REJECTS})) m
         WHERE quarantine.file_id = ? AND quarantine.line = m.record""", [file_id])
+    con.execute(f"DROP TABLE {_REJECTS}")
 
 
 def _rejected_line_rows(con) -> str | None:
@@ -454,7 +482,7 @@ def _write_resolution(con, resolution: identity.Resolution) -> None:
 def _stage_profile_records(con, source: Source) -> None:
     """Fill the temp table ``_records`` (line, raw, doc_error, paged, item, doc) of a profile or update
     file, one row per profile or update: Engage pages are unnested. A few megabytes of JSON are parsed
-    at a time (see `readers.profile_items`): 2,048 Engage pages of 450 KB at once would need gigabytes."""
+    at a time (see `readers.line_ranges`): 2,048 Engage pages of 450 KB at once would need gigabytes."""
     if source.format not in ("jsonl", "json"):
         raise LoadError(str(source.path), f"{source.kind} must be JSON or JSON Lines, not {source.format}")
     con.execute("""CREATE OR REPLACE TEMP TABLE _records (line BIGINT, raw VARCHAR, doc_error VARCHAR,
@@ -462,10 +490,7 @@ def _stage_profile_records(con, source: Source) -> None:
     ranges = [None]
     if source.format == "jsonl":
         con.execute(readers.stage_lines(_REJECTS), {"path": str(source.path)})
-        ranges = con.execute(f"""
-            SELECT min(ordinality), max(ordinality) FROM (
-                SELECT ordinality, (sum(coalesce(strlen(raw), 0)) OVER (ORDER BY ordinality)) // $bytes AS part
-                FROM {_REJECTS}_lines) GROUP BY part ORDER BY part""", {"bytes": _PARSE_BATCH_BYTES}).fetchall()
+        ranges = con.execute(readers.line_ranges(_REJECTS, _PROFILE_BATCH_BYTES)).fetchall()
     for lines in ranges:
         _sql(con, f"INSERT INTO _records {readers.profile_items(source, _REJECTS, lines)}",
              {"path": str(source.path)})
@@ -489,6 +514,7 @@ def _load_profiles(con, source: Source, file_id: int, now: datetime, result: Fil
                did_s AS distinct_id, props,
                CASE WHEN reason IS NULL THEN props -> '$."$onesignal_user_id"' END AS onesignal_id
         FROM v""", params)
+    _refuse_deep_profiles(con)
     _quarantine_from(con, "_profiles", source, file_id)
     # Replaced by delete and insert: INSERT OR REPLACE checks every row for a conflict (twice as slow).
     con.execute("""
@@ -515,6 +541,21 @@ def _load_profiles(con, source: Source, file_id: int, now: datetime, result: Fil
         WHERE trim(value) <> '' AND value <> distinct_id""",
                 {"now_ms": _ms(now), "file_id": file_id})
     refresh_identity(con, file_id)
+
+
+def _refuse_deep_profiles(con) -> None:
+    """Refuse profiles nested deeper than `validation.MAX_DEPTH`: matching and updates read profiles in
+    Python, whose reader fails on deep nesting. Only profiles with that many brackets are looked at."""
+    candidates = con.execute(f"""SELECT line, item, props::VARCHAR FROM _profiles
+                                 WHERE reason IS NULL AND strlen(props::VARCHAR) > $d * 2
+                                   AND {validation.openers('props::VARCHAR')} > $d""",
+                             {"d": validation.MAX_DEPTH}).fetchall()
+    deep = [(line, item) for line, item, text in candidates if validation.json_depth(text) > validation.MAX_DEPTH]
+    if deep:
+        frame = pd.DataFrame(deep, columns=["line", "item"])
+        con.execute(f"""UPDATE _profiles SET reason = 'nested more than {validation.MAX_DEPTH} levels deep',
+                                             raw = left(props::VARCHAR, {validation.QUARANTINED_RAW_CHARS})
+                        FROM frame f WHERE _profiles.line = f.line AND _profiles.item = f.item""")
 
 
 def _load_profile_updates(con, source: Source, file_id: int, now: datetime, result: FileResult,
@@ -555,7 +596,11 @@ def _load_profile_updates(con, source: Source, file_id: int, now: datetime, resu
     applied = 0
     while batch := cursor.fetchmany(50_000):
         for line, _item, raw, target, op, value, time_ms, current in batch:
-            argument = json.loads(value) if value is not None else None
+            try:
+                argument = json.loads(value) if value is not None else None
+            except RecursionError:
+                bad.append((line, f"{op} value nested too deeply (at most {validation.MAX_DEPTH} levels)", raw))
+                continue
             problem = profile_ops.check(op, argument)
             if problem:
                 bad.append((line, problem, raw))

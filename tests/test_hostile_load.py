@@ -1,0 +1,203 @@
+"""Hostile input for loading: files built to break the loader, each against a real DuckDB store file.
+
+Every case asserts the same four things: the bad file (or line) is named with a reason a person can
+act on, the good files and rows still load (nothing lost), nothing is half-written, and loading again
+converges (the next run changes nothing or finishes the job).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import NOW, T0, event, rows, write_lines
+from toolkit import load
+from toolkit.readers import MAX_RECORD_BYTES
+from toolkit.store import Store
+
+
+def good_file(folder: Path, name="good.jsonl", n=3, prefix="g") -> Path:
+    return write_lines(folder / name, [event(distinct_id=f"{prefix}{i}", insert_id=f"{prefix}{i}") for i in range(n)])
+
+
+def by_name(summary) -> dict[str, object]:
+    return {Path(f.path).name: f for f in summary.files}
+
+
+def event_count(store) -> int:
+    return rows(store, "SELECT count(*) FROM events")[0][0]
+
+
+def assert_converges(store, folder: Path) -> None:
+    """A second load of the same folder loads nothing new and changes nothing."""
+    before = (event_count(store), rows(store, "SELECT count(*) FROM quarantine")[0][0],
+              rows(store, "SELECT count(*) FROM profiles")[0][0])
+    again = load(store, [folder], now=NOW)
+    assert all(f.status in ("skipped", "refused") for f in again.files), again.to_dict()
+    assert (event_count(store), rows(store, "SELECT count(*) FROM quarantine")[0][0],
+            rows(store, "SELECT count(*) FROM profiles")[0][0]) == before
+
+
+def big_event(distinct_id: str, mib: float) -> str:
+    return json.dumps(event(distinct_id=distinct_id, blob="x" * int(mib * (1 << 20))))
+
+
+# -- files the toolkit cannot read are refused on their own (issue 13.3) ----------------------------
+
+def test_first_record_nested_ten_thousand_deep_is_quarantined_and_the_folder_loads(file_store, tmp_path):
+    good_file(tmp_path)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 10_000 + "]" * 10_000 + "\n" + json.dumps(event(distinct_id="d1")) + "\n")
+    summary = load(file_store, [tmp_path], now=NOW)
+    files = by_name(summary)
+    assert files["good.jsonl"].rows_loaded == 3
+    assert files["deep.jsonl"].rows_loaded == 1
+    assert rows(file_store, "SELECT path, line, reason FROM quarantine") == [
+        (str(deep), 1, "not a JSON object (got array)")]
+    assert_converges(file_store, tmp_path)
+
+
+def test_deep_profile_and_deep_update_are_quarantined_not_the_load(file_store, tmp_path):
+    deep_value = "[" * 10_000 + "]" * 10_000
+    (tmp_path / "a_profiles.jsonl").write_text(
+        '{"$distinct_id": "p1", "$properties": {"x": ' + deep_value + '}}\n'
+        '{"$distinct_id": "p2", "$properties": {"plan": "pro"}}\n')
+    (tmp_path / "b_updates.jsonl").write_text(
+        '{"$distinct_id": "p2", "$set": {"y": ' + deep_value + '}}\n'
+        '{"$distinct_id": "p2", "$set": {"plan": "free"}}\n'
+        '{"$distinct_id": "p1", "$set": {"plan": "free"}}\n')
+    summary = load(file_store, [tmp_path], now=NOW)
+    assert not summary.refused
+    quarantined = rows(file_store, "SELECT regexp_extract(path, '[^/]+$'), line, reason FROM quarantine ORDER BY 1")
+    assert quarantined == [("a_profiles.jsonl", 1, "nested more than 500 levels deep"),
+                           ("b_updates.jsonl", 1, "$set value nested too deeply (at most 500 levels)")]
+    assert rows(file_store, "SELECT distinct_id, properties->>'$.plan' FROM profiles ORDER BY 1") == [
+        ("p1", "free"), ("p2", "free")]
+    assert_converges(file_store, tmp_path)
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("binary.jsonl", bytes(range(256)) * 64, "binary content (a zero byte at byte 0), not text"),
+    ("utf16.jsonl", (json.dumps(event()) + "\n").encode("utf-16"), "encoded as UTF-16; save it as UTF-8"),
+    ("utf16-nobom.csv", "event,distinct_id,time\ne,u1,1790000000\n".encode("utf-16-le"),
+     "binary content (a zero byte at byte 1), not text (it looks like UTF-16 text; save it as UTF-8)"),
+    ("cut.jsonl.gz", gzip.compress((json.dumps(event()) + "\n").encode() * 2000)[:400],
+     "cannot read: the compressed file is cut short"),
+    ("plain.jsonl.gz", (json.dumps(event()) + "\n").encode(), "cannot read: Not a gzipped file"),
+])
+def test_unreadable_file_is_refused_on_its_own_with_its_reason(file_store, tmp_path, name, content, reason):
+    good_file(tmp_path)
+    (tmp_path / name).write_bytes(content)
+    summary = load(file_store, [tmp_path], now=NOW)
+    files = by_name(summary)
+    assert files[name].status == "refused"
+    assert files[name].message.startswith(f"{tmp_path / name}: {reason}")
+    assert files["good.jsonl"].rows_loaded == 3 and event_count(file_store) == 3
+    assert rows(file_store, "SELECT count(*) FROM quarantine") == [(0,)]
+    assert_converges(file_store, tmp_path)
+
+
+def test_a_wrongly_encoded_line_is_quarantined_and_the_rest_of_the_file_loads(file_store, tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(event(name="Caf\u00e9"), ensure_ascii=False).encode("latin-1") + b"\n"
+                     + json.dumps(event(distinct_id="u2")).encode() + b"\n")
+    summary = load(file_store, [path], now=NOW)
+    assert summary.files[0].rows_loaded == 1
+    (line, reason), = rows(file_store, "SELECT line, reason FROM quarantine")
+    assert line == 1 and "not utf-8" in reason
+    assert_converges(file_store, tmp_path)
+
+
+def test_symlink_loop_and_broken_link_are_refused_by_name(file_store, tmp_path):
+    good_file(tmp_path)
+    os.symlink(tmp_path / "b.jsonl", tmp_path / "a.jsonl")
+    os.symlink(tmp_path / "a.jsonl", tmp_path / "b.jsonl")
+    os.symlink(tmp_path / "gone.jsonl", tmp_path / "c.jsonl")
+    (tmp_path / "sub").mkdir()
+    os.symlink(tmp_path, tmp_path / "sub" / "up")   # a folder loop is not followed
+    files = by_name(load(file_store, [tmp_path], now=NOW))
+    assert files["a.jsonl"].message == f"{tmp_path / 'a.jsonl'}: cannot read: symbolic link loop"
+    assert files["b.jsonl"].status == "refused"
+    assert files["c.jsonl"].message == f"{tmp_path / 'c.jsonl'}: cannot read: broken symbolic link (its target does not exist)"
+    assert files["good.jsonl"].rows_loaded == 3 and len(files) == 4
+    assert_converges(file_store, tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_permissions_are_refused_by_name(file_store, tmp_path):
+    good_file(tmp_path)
+    locked = good_file(tmp_path, "locked.jsonl", prefix="l")
+    locked.chmod(0)
+    files = by_name(load(file_store, [tmp_path], now=NOW))
+    assert files["locked.jsonl"].message == f"{locked}: cannot read: Permission denied"
+    assert files["good.jsonl"].rows_loaded == 3
+
+
+def test_empty_files_load_nothing_and_are_not_errors(file_store, tmp_path):
+    for name in ("e.jsonl", "e.json", "e.csv"):
+        (tmp_path / name).write_text("")
+    good_file(tmp_path)
+    summary = load(file_store, [tmp_path], now=NOW)
+    assert not summary.refused and event_count(file_store) == 3
+    assert_converges(file_store, tmp_path)
+
+
+def test_gzip_bomb_is_refused_early_without_inflating_it_all(file_store, tmp_path):
+    bomb = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as fh:
+        for _ in range(160):                     # 160 MiB of blank lines in about 160 KiB
+            fh.write(b"\n" * (1 << 20))
+    good_file(tmp_path)
+    files = by_name(load(file_store, [tmp_path], now=NOW))
+    assert files["bomb.jsonl.gz"].status == "refused"
+    message = files["bomb.jsonl.gz"].message
+    assert message.startswith(f"{bomb}: inflates to over 64 MiB") and "gzip bomb" in message
+    assert files["good.jsonl"].rows_loaded == 3
+    assert_converges(file_store, tmp_path)
+
+
+def test_a_well_compressed_export_is_not_taken_for_a_bomb(file_store, tmp_path):
+    path = write_lines(tmp_path / "events.jsonl.gz",
+                       [event(distinct_id=f"u{i % 50}", insert_id=f"i{i}") for i in range(20_000)], compress=True)
+    summary = load(file_store, [path], now=NOW)
+    assert summary.files[0].status == "loaded" and event_count(file_store) == 20_000
+
+
+# -- record size (issue 13.8) --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mib", [16.5, 20, 55, 70])
+def test_an_oversize_record_is_quarantined_with_its_line_and_size_and_the_rest_loads(file_store, tmp_path, mib):
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join([json.dumps(event(distinct_id="a")), "", big_event("big", mib),
+                               json.dumps(event(distinct_id="b"))]) + "\n")
+    summary = load(file_store, [path], now=NOW)
+    assert summary.files[0].status == "loaded", summary.files[0].message
+    assert rows(file_store, "SELECT distinct_id FROM events ORDER BY 1") == [("a",), ("b",)]
+    (line, reason, raw), = rows(file_store, "SELECT line, reason, raw FROM quarantine")
+    assert (line, reason) == (3, f"record too large: {mib:.1f} MiB (at most 16 MiB)")
+    assert raw.startswith('{"event"') and len(raw) <= 4096
+    assert_converges(file_store, tmp_path)
+
+
+def test_records_just_under_the_limit_load_within_the_default_memory(file_store, tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(big_event(f"u{i}", 15.9) + "\n" for i in range(3)))
+    assert os.path.getsize(path) // 3 < MAX_RECORD_BYTES
+    summary = load(file_store, [path], now=NOW)
+    assert summary.files[0].rows_loaded == 3, summary.files[0].message
+
+
+def test_a_malformed_line_among_large_records_costs_only_that_line(file_store, tmp_path, monkeypatch):
+    """The careful reader (used when read_json refuses the file) parses a few megabytes at a time:
+    parsing all lines at once ran out of memory on files of 1 MiB records."""
+    monkeypatch.setenv("TOOLKIT_LOAD_MEMORY", "600MB")
+    path = tmp_path / "events.jsonl"
+    path.write_text("{not json\n" + "".join(big_event(f"u{i}", 1) + "\n" for i in range(100)))
+    summary = load(file_store, [path], now=NOW)
+    assert summary.files[0].status == "loaded", summary.files[0].message
+    assert event_count(file_store) == 100
+    assert rows(file_store, "SELECT line, reason FROM quarantine") == [(1, "malformed JSON")]
