@@ -201,3 +201,29 @@ def test_a_malformed_line_among_large_records_costs_only_that_line(file_store, t
     assert summary.files[0].status == "loaded", summary.files[0].message
     assert event_count(file_store) == 100
     assert rows(file_store, "SELECT line, reason FROM quarantine") == [(1, "malformed JSON")]
+
+
+# -- ragged CSV (issue 13.9) ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+def test_ragged_csv_rows_are_quarantined_one_by_one_and_the_good_rows_load(file_store, tmp_path, delimiter):
+    lines = [["event", "distinct_id", "time", "plan"],
+             ["Signup", "short1", str(T0)],                       # 2: short, first of all (the sniffer's sample)
+             ["Signup", "a", str(T0), "pro"],
+             ["Signup", "null", str(T0), "pro"],                  # 4: refused distinct_id, after a short row
+             ["Signup", "b", str(T0), "pro", "extra"],            # 5: long
+             ["Signup", "c"],                                     # 6: two short
+             ["Signup", "d", str(T0), "free"]]
+    path = tmp_path / "events.csv"
+    path.write_text("".join(delimiter.join(cells) + "\n" for cells in lines))
+    summary = load(file_store, [path], now=NOW)
+    assert summary.files[0].status == "loaded", summary.files[0].message
+    assert rows(file_store, "SELECT distinct_id, properties->>'$.plan' FROM events ORDER BY 1") == [
+        ("a", "pro"), ("d", "free")]
+    assert rows(file_store, "SELECT line, reason FROM quarantine ORDER BY line") == [
+        (2, "row has 3 fields, the header has 4"),
+        (4, 'refused distinct_id "null" (Mixpanel rejects this value)'),
+        (5, "row has 5 fields, the header has 4"),
+        (6, "row has 2 fields, the header has 4")]
+    assert rows(file_store, "SELECT raw FROM quarantine WHERE line = 6") == [(delimiter.join(["Signup", "c"]),)]
+    assert_converges(file_store, tmp_path)

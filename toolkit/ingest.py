@@ -306,6 +306,8 @@ def _quarantine_events(con, source: Source, careful: bool, params: dict) -> None
     refused record pay for numbering), and delete their staged rows."""
     reconstructed = ("'{\"event\":' || coalesce(ev::VARCHAR, 'null') || ',\"properties\":' "
                      "|| coalesce(props::VARCHAR, 'null') || '}'")
+    if source.format == "csv":   # this read records the short rows again
+        _drop_scratch(con)
     for lines in _ranges(con, source, careful):
         _sql(con, f"""
             INSERT INTO quarantine
@@ -314,6 +316,8 @@ def _quarantine_events(con, source: Source, careful: bool, params: dict) -> None
             FROM ({_checked_events(source, careful, numbered=True, lines=lines)}) WHERE reason IS NOT NULL""", params)
     if not careful and source.format == "jsonl":
         _renumber_blank_lines(con, source, params["file_id"])
+    if source.format == "csv":
+        _renumber_csv_rows(con, params["file_id"])
     con.execute("DELETE FROM event_rows WHERE file_id = ? AND rejected IS NOT NULL", [params["file_id"]])
 
 
@@ -329,6 +333,13 @@ def _renumber_blank_lines(con, source: Source, file_id: int) -> None:
                   UNION ALL SELECT line FROM {_REJECTS})) m
         WHERE quarantine.file_id = ? AND quarantine.line = m.record""", [file_id])
     con.execute(f"DROP TABLE {_REJECTS}")
+
+
+def _renumber_csv_rows(con, file_id: int) -> None:
+    """CSV records are numbered as read (the header is line 1); rows refused for their number of
+    fields were not read, so the lines after them move down."""
+    con.execute(f"""UPDATE quarantine SET line = {readers.line_of('line', _REJECTS)}
+                    WHERE file_id = ? AND line IS NOT NULL""", [file_id])
 
 
 def _rejected_line_rows(con) -> str | None:

@@ -47,9 +47,7 @@ def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = T
     thread, which doubles the time of a clean load that needs no line numbers. A record over
     `MAX_RECORD_BYTES` is not parsed (validation refuses it for its size); ``lines`` as in `documents`."""
     if source.format == "csv":
-        rows = (f"read_csv($path, header=true, auto_detect=true, max_line_size={MAX_RECORD_BYTES}, "
-                "sample_size=-1)")
-        records = _flat_rows(rows, first_record=2)
+        records = _flat_rows(csv_rows(source, rejects), first_record=2)
     elif source.format == "parquet":
         records = _parquet_rows()
     elif not careful:
@@ -70,6 +68,16 @@ def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = T
                            THEN json_extract(props, [{_paths(LINK_FIELDS)}]) END AS links
                FROM (SELECT *, CASE WHEN {fits} THEN json_extract(props, [{_paths(KEY_FIELDS)}]) END AS k
                      FROM ({records}))"""
+
+
+def csv_rows(source: Source, rejects: str) -> str:
+    """A CSV file's rows with the header's columns. A row with too few or too many fields goes to the
+    temp table ``{rejects}`` with its line (see `rejected_lines`); ``record`` numbers the rows read, so
+    the loader puts the file's line numbers back (`line_of`). Each scan adds to ``{rejects}``."""
+    delim = {",": ",", ";": ";", "\t": "\\t", "|": "|"}[source.delimiter]
+    return (f"read_csv($path, delim='{delim}', header=true, auto_detect=true, sample_size=-1, "
+            f"max_line_size={MAX_RECORD_BYTES}, ignore_errors=true, store_rejects=true, "
+            f"rejects_table='{rejects}', rejects_scan='{rejects}_scan')")
 
 
 def _paths(names) -> str:
@@ -150,17 +158,21 @@ def _document_texts(source: Source, rejects: str, lines: tuple[int, int] | None 
 def line_of(ordinal: str, rejects: str) -> str:
     """The physical line of the ``ordinal``-th line the CSV reader emitted, given the lines it rejected."""
     return (f"({ordinal} + (SELECT count(*) FROM (SELECT line - row_number() OVER (ORDER BY line) AS before "
-            f"FROM {rejects}) WHERE before < {ordinal}))")
+            f"FROM (SELECT DISTINCT line FROM {rejects})) WHERE before < {ordinal}))")
 
 
 def rejected_lines(rejects: str) -> str:
-    """(record, reason, raw) of lines the line reader could not decode."""
+    """(record, reason, raw) of lines the reader could not decode or split (one row per line: the CSV
+    reader reports a row short of two fields twice)."""
     size = "try_cast(regexp_extract(error_message, 'Actual Size:\\s*(\\d+)', 1) AS BIGINT)"
+    fields = "regexp_extract(error_message, 'Expected Number of Columns: (\\d+) Found: (\\d+)', ['want', 'got'])"
     return f"""SELECT line AS record,
                       CASE WHEN error_type = 'LINE SIZE OVER MAXIMUM' THEN {record_too_large(size)}
+                           WHEN error_type IN ('MISSING COLUMNS', 'TOO MANY COLUMNS')
+                               THEN 'row has ' || {fields}.got || ' fields, the header has ' || {fields}.want
                            ELSE 'unreadable line: ' || error_message END AS reason,
                       left(ltrim(csv_line, chr(10) || chr(13)), {QUARANTINED_RAW_CHARS}) AS raw
-               FROM {rejects}"""
+               FROM (SELECT DISTINCT ON (line) * FROM {rejects} ORDER BY line, column_idx)"""
 
 
 def record_too_large(size: str) -> str:

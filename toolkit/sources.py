@@ -36,6 +36,7 @@ class Source:
     kind: str          # events | profiles | profile_updates
     size: int
     mtime_ns: int
+    delimiter: str = ","   # CSV: told from the header line (DuckDB's sniffer gives up on a short row)
 
     @property
     def compressed(self) -> bool:
@@ -74,12 +75,16 @@ def describe(path: Path, kind: str | None = None) -> Source:
         raise LoadError(str(path), "not a regular file")
     if kind is not None and kind not in KINDS:
         raise LoadError(str(path), f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    delimiter = ","
     if fmt != "parquet":
         head = _peek(path)
         _check_text(path, head)
+        text = head.decode("utf-8", errors="replace")
         if kind is None:
-            kind = _detect_kind(fmt, head.decode("utf-8", errors="replace"))
-    return Source(path, fmt, kind or "events", stat.st_size, stat.st_mtime_ns)
+            kind = _detect_kind(fmt, text)
+        if fmt == "csv":
+            delimiter = _delimiter(text)
+    return Source(path, fmt, kind or "events", stat.st_size, stat.st_mtime_ns, delimiter)
 
 
 def content_hash(path: Path) -> str:
@@ -204,6 +209,14 @@ def _detect_kind(fmt: str, head: str) -> str:
     if keys & set(PROFILE_OPS):
         return "profile_updates"
     return "events"   # including empty files and a malformed first line, which validation reports
+
+
+def _delimiter(head: str) -> str:
+    """The CSV delimiter: whichever of , ; tab | the header line holds most of (outside quotes)."""
+    header = re.sub(r'"[^"]*"', "", head.lstrip("\ufeff").split("\n", 1)[0])
+    counts = {d: header.count(d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
 
 
 def _first_record(head: str) -> object:
