@@ -227,3 +227,90 @@ def test_ragged_csv_rows_are_quarantined_one_by_one_and_the_good_rows_load(file_
         (6, "row has 2 fields, the header has 4")]
     assert rows(file_store, "SELECT raw FROM quarantine WHERE line = 6") == [(delimiter.join(["Signup", "c"]),)]
     assert_converges(file_store, tmp_path)
+
+
+# -- kind and what makes a load "the same"; files still being written (issue 13.10) ---------------------
+
+def profiles_text(first_line: str) -> str:
+    return first_line + "\n" + "".join(
+        json.dumps({"$distinct_id": f"p{i}", "$properties": {"plan": "pro"}}) + "\n" for i in range(3))
+
+
+@pytest.mark.parametrize("first_line", ["", "{not json", "[1, 2]", "{}"])
+def test_kind_is_told_by_the_first_record_that_is_an_object(file_store, tmp_path, first_line):
+    path = tmp_path / "people.jsonl"
+    path.write_text(profiles_text(first_line))
+    summary = load(file_store, [path], now=NOW)
+    assert summary.files[0].kind == "profiles"
+    assert rows(file_store, "SELECT count(*) FROM profiles") == [(3,)]
+
+
+def test_an_event_with_profile_keys_is_still_an_event(file_store, tmp_path):
+    path = write_lines(tmp_path / "events.jsonl", [{**event(distinct_id="a"), "$set": {"x": 1}}])
+    assert load(file_store, [path], now=NOW).files[0].kind == "events"
+
+
+def test_kind_given_after_a_wrong_detection_loads_the_file_as_that_kind(file_store, tmp_path):
+    path = tmp_path / "people.jsonl"   # detected as events: its records name no profile key
+    path.write_text("".join(json.dumps({"$distinct_id": f"p{i}", "plan": "pro"}) + "\n" for i in range(2)))
+    first = load(file_store, [path], now=NOW).files[0]
+    assert (first.kind, first.rows_loaded, first.quarantined) == ("events", 0, 2)
+    assert load(file_store, [path], now=NOW).files[0].status == "skipped"        # the same load
+    again = load(file_store, [path], kind="profile_updates", now=NOW).files[0]   # not the same load
+    assert (again.status, again.kind, again.rows_loaded) == ("loaded", "profile_updates", 0)
+    assert rows(file_store, "SELECT DISTINCT reason FROM quarantine") == [
+        ("no operation (expected one of $set, $set_once, $add, $union, $append, $remove, $unset, $delete)",)]
+    # a copy under another name is the same load too, as is loading it without --kind
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(path.read_bytes())
+    assert load(file_store, [copy], kind="profile_updates", now=NOW).files[0].status == "skipped"
+    assert load(file_store, [path], now=NOW).files[0].status == "skipped"
+
+
+def test_a_file_changed_while_it_is_read_is_not_kept_and_loads_whole_next_time(file_store, tmp_path, monkeypatch):
+    from toolkit import ingest
+
+    path = good_file(tmp_path, n=3)
+    stage = ingest._stage_events
+
+    def stage_then_append(con, source, careful, params):
+        stage(con, source, careful, params)
+        with open(path, "a") as fh:   # the writer adds a record after DuckDB read the file
+            fh.write(json.dumps(event(distinct_id="late", insert_id="late")) + "\n")
+
+    monkeypatch.setattr(ingest, "_stage_events", stage_then_append)
+    result = load(file_store, [path], now=NOW).files[0]
+    assert result.status == "refused"
+    assert result.message == f"{path}: changed while it was being read; nothing of it was kept, it loads on a later run"
+    assert rows(file_store, "SELECT count(*) FROM event_rows") == [(0,)]
+    assert rows(file_store, "SELECT count(*) FROM loads") == [(0,)]
+    monkeypatch.undo()
+    assert load(file_store, [path], now=NOW).files[0].rows_loaded == 4
+    assert event_count(file_store) == 4
+    assert_converges(file_store, tmp_path)
+
+
+def test_a_file_that_keeps_changing_waits_for_a_later_run(file_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_SETTLE_SECONDS", "0.2")
+    path = good_file(tmp_path)
+    future = NOW.timestamp() + 10 ** 9   # its mtime stays "just now" however long the loader waits
+    os.utime(path, (future, future))
+    result = load(file_store, [path], now=NOW).files[0]
+    assert result.status == "skipped" and "still being written" in result.message
+    assert rows(file_store, "SELECT count(*) FROM loads") == [(0,)]
+    os.utime(path, (T0, T0))
+    assert load(file_store, [path], now=NOW).files[0].rows_loaded == 3
+
+
+def test_a_file_loaded_in_part_is_never_loaded_twice(file_store, tmp_path):
+    path = good_file(tmp_path, n=2)
+    assert load(file_store, [path], now=NOW).files[0].rows_loaded == 2   # the writer paused here
+    loaded = path.stat().st_size
+    with open(path, "a") as fh:
+        fh.write(json.dumps(event(distinct_id="late")) + "\n")
+    result = load(file_store, [path], now=NOW).files[0]
+    assert result.status == "refused"
+    assert result.message == (f"{path}: grew by {path.stat().st_size - loaded} bytes since its first {loaded} bytes "
+                              "were loaded (2026-11-01 00:00 UTC); loading it again would load those twice: "
+                              "put the new records in a file of their own")
+    assert event_count(file_store) == 2

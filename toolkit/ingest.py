@@ -14,6 +14,7 @@ store as it was before that file; the files before it stay loaded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -29,11 +30,12 @@ from tqdm.auto import tqdm
 
 from toolkit import identity, matching, profile_ops, readers, validation
 from toolkit.errors import LoadError
-from toolkit.sources import Source, content_hash, describe, discover
+from toolkit.sources import Source, content_hash, describe, discover, prefix_hash
 from toolkit.store import Store, profile_facts
 
 _REJECTS = "_load_rejects"
 LOAD_MEMORY = "1GB"     # DuckDB's share while loading ($TOOLKIT_LOAD_MEMORY overrides)
+SETTLE_SECONDS = 2.0    # a file changed more recently is waited for ($TOOLKIT_SETTLE_SECONDS overrides)
 _PROFILE_BATCH_BYTES = 16 << 20   # JSON Lines text parsed per statement (see _stage_profile_records)
 _KIND_ORDER = {"events": 0, "profiles": 1, "profile_updates": 2}   # identity first, then who it names
 
@@ -92,6 +94,8 @@ def load(store: Store, paths: Iterable[str | os.PathLike], *, strict: bool = Fal
             if strict:
                 raise
             summary.files.append(FileResult(str(path), kind or "?", "refused", message=str(exc)))
+    sources, unsettled = _settle(sources, float(os.environ.get("TOOLKIT_SETTLE_SECONDS", SETTLE_SECONDS)))
+    summary.files += unsettled
     sources.sort(key=lambda s: _KIND_ORDER[s.kind])   # stable: paths stay sorted within a kind
     # Rows carry their file and line, so DuckDB need not keep insertion order; without it a large
     # load checkpoints much faster (measured: 3.5 s -> 0.1 s per million events).
@@ -104,6 +108,35 @@ def load(store: Store, paths: Iterable[str | os.PathLike], *, strict: bool = Fal
     finally:
         store.con.execute("RESET preserve_insertion_order")
         store.restore_memory_limit()
+
+
+def _settle(sources: list[Source], seconds: float) -> tuple[list[Source], list[FileResult]]:
+    """The sources whose files have not changed for ``seconds``, and a result for each that kept
+    changing: a file still being written is read once it is whole, never in part (the part and then
+    the whole would both load). Waits at most three times ``seconds``, once for all the files."""
+    deadline = time.monotonic() + 3 * seconds
+    ready, waiting = [], list(sources)
+    while waiting:
+        now_ns = time.time_ns()
+        young = [s for s in waiting if now_ns - s.mtime_ns < seconds * 1e9]
+        ready += [s for s in waiting if s not in young]
+        left = deadline - time.monotonic()
+        if not young or left <= 0:
+            waiting = young
+            break
+        time.sleep(min(left, max(seconds - (now_ns - s.mtime_ns) / 1e9 for s in young)))
+        waiting = [_restat(s) for s in young]
+    return ready, [FileResult(str(s.path), s.kind, "skipped", message=(
+        f"{s.path}: still being written (changed less than {seconds:g} s ago); it loads on a later run"))
+        for s in waiting]
+
+
+def _restat(source: Source) -> Source:
+    try:
+        stat = source.path.stat()
+    except OSError:
+        return source   # read next, where the reason is reported
+    return dataclasses.replace(source, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
 def _load_sources(store, sources, summary, strict, now, progress, on_file) -> LoadSummary:
@@ -123,11 +156,15 @@ def load_file(store: Store, source: Source, *, strict: bool = False, now: dateti
     started = time.perf_counter()
     result = FileResult(str(source.path), source.kind, "loaded")
     seen = store.con.execute(
-        "SELECT path FROM loads WHERE path = ? AND size = ? AND mtime_ns = ?",
+        f"SELECT path FROM loads WHERE path = ? AND size = ? AND mtime_ns = ? AND {_same_kind(source)}",
         [str(source.path), source.size, source.mtime_ns]).fetchone()
     if seen:
         result.status, result.message = "skipped", f"already loaded (same content as {seen[0]})"
         return result
+    try:
+        _refuse_grown(store, source)
+    except LoadError as exc:
+        return _refused(source, exc, None, strict)
     # The file is hashed while DuckDB stages it: both read it (at 10M events, hashing first cost 2.6 s
     # with the file cached and 12 s without). A copy of a loaded file is caught before it publishes.
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="content-hash")
@@ -174,7 +211,8 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
         if source.kind == "events":
             _stage_events(con, source, careful, params)
     try:
-        copy_of = store.con.execute("SELECT path FROM loads WHERE content_hash = ?", [digest.result()]).fetchone()
+        copy_of = store.con.execute(f"SELECT path FROM loads WHERE content_hash = ? AND {_same_kind(source)}",
+                                    [digest.result()]).fetchone()
         if copy_of:
             _discard_unpublished(store)
             result.status, result.message = "skipped", f"already loaded (same content as {copy_of[0]})"
@@ -188,6 +226,10 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
             linked = con.execute("SELECT count(*) FROM identity_links WHERE file_id = ?",
                                  [params["file_id"]]).fetchone()[0]
             matching.refresh_facts(con, params["file_id"], changed=source.kind != "events" or linked > 0)
+            _check_unchanged(source)   # the hash and the rows are of the same bytes
+            if source.kind_given:   # what the content read as another kind left in the quarantine
+                con.execute("DELETE FROM quarantine WHERE file_id IN (SELECT file_id FROM loads "
+                            "WHERE content_hash = ? AND kind <> ?)", [digest.result(), source.kind])
             con.execute("INSERT INTO loads VALUES (?, ?, ?, ?, ?, ?, ?, ?::TIMESTAMP, ?, ?, ?, ?)", [
                 params["file_id"], str(source.path), digest.result(), source.size, source.mtime_ns,
                 source.kind, source.format, now.replace(tzinfo=None), result.rows_read, result.rows_loaded,
@@ -200,17 +242,46 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
     return result
 
 
+def _check_unchanged(source: Source) -> None:
+    try:
+        stat = source.path.stat()
+    except OSError as exc:
+        raise LoadError(str(source.path), f"cannot read: {exc.strerror or exc}") from None
+    if (stat.st_size, stat.st_mtime_ns) != (source.size, source.mtime_ns):
+        raise LoadError(str(source.path), "changed while it was being read; nothing of it was kept, "
+                                          "it loads on a later run")
+
+
 def _discard_unpublished(store: Store) -> None:
     """Delete event rows staged by a load that never published (failed, interrupted or killed)."""
     with store.transaction() as con:
         con.execute("DELETE FROM event_rows WHERE file_id > (SELECT coalesce(max(file_id), 0) FROM loads)")
 
 
-def _hash_failure(digest: Future[str]) -> BaseException | None:
-    return digest.exception() if digest.done() else None
+def _same_kind(source: Source) -> str:
+    """SQL on `loads`: a load that makes loading ``source`` again pointless. Asked for a kind, only a
+    load as that kind (detection may have been wrong); else any load of the content."""
+    return f"kind = '{source.kind}'" if source.kind_given else "true"   # kind is one of sources.KINDS
 
 
-def _refused(source: Source, exc: BaseException, digest: Future[str], strict: bool) -> FileResult:
+def _refuse_grown(store: Store, source: Source) -> None:
+    """A file loaded before under this path that has since grown at its end was loaded in part
+    (it was being written): loading it whole would load that part twice."""
+    earlier = store.con.execute(
+        "SELECT size, content_hash, loaded_at FROM loads WHERE path = ? AND size < ? ORDER BY file_id DESC LIMIT 1",
+        [str(source.path), source.size]).fetchone()
+    if earlier and earlier[0] > 0 and prefix_hash(source.path, earlier[0]) == earlier[1]:
+        raise LoadError(str(source.path), (
+            f"grew by {source.size - earlier[0]} bytes since its first {earlier[0]} bytes were loaded "
+            f"({earlier[2]:%Y-%m-%d %H:%M} UTC); loading it again would load those twice: put the new "
+            "records in a file of their own"))
+
+
+def _hash_failure(digest: Future[str] | None) -> BaseException | None:
+    return digest.exception() if digest and digest.done() else None
+
+
+def _refused(source: Source, exc: BaseException, digest: Future[str] | None, strict: bool) -> FileResult:
     """The file refused on its own, with the reason a person can act on (the hash thread's first:
     a gzip bomb or an unreadable file explains why DuckDB was stopped or failed)."""
     cause = _hash_failure(digest) or exc

@@ -37,6 +37,7 @@ class Source:
     size: int
     mtime_ns: int
     delimiter: str = ","   # CSV: told from the header line (DuckDB's sniffer gives up on a short row)
+    kind_given: bool = False   # the kind was asked for (--kind), not detected
 
     @property
     def compressed(self) -> bool:
@@ -80,11 +81,12 @@ def describe(path: Path, kind: str | None = None) -> Source:
         head = _peek(path)
         _check_text(path, head)
         text = head.decode("utf-8", errors="replace")
-        if kind is None:
-            kind = _detect_kind(fmt, text)
         if fmt == "csv":
             delimiter = _delimiter(text)
-    return Source(path, fmt, kind or "events", stat.st_size, stat.st_mtime_ns, delimiter)
+    given = kind is not None
+    if fmt != "parquet" and kind is None:
+        kind = _detect_kind(fmt, text)
+    return Source(path, fmt, kind or "events", stat.st_size, stat.st_mtime_ns, delimiter, given)
 
 
 def content_hash(path: Path) -> str:
@@ -104,6 +106,16 @@ def content_hash(path: Path) -> str:
                 inflate.feed(view[start:min(size, start + (1 << 16))])
     if inflate:
         inflate.finish()
+    return "xxh3-128:" + digest.hexdigest()
+
+
+def prefix_hash(path: Path, size: int) -> str:
+    """`content_hash` of the file's first ``size`` bytes (a file that grew: was its start loaded?)."""
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        while size > 0 and (chunk := fh.read(min(size, 1 << 22))):
+            digest.update(chunk)
+            size -= len(chunk)
     return "xxh3-128:" + digest.hexdigest()
 
 
@@ -198,17 +210,25 @@ def _check_text(path: Path, head: bytes) -> None:
 
 
 def _detect_kind(fmt: str, head: str) -> str:
-    """By the first record's keys; CSV files hold events."""
+    """By the keys of the first record that is a JSON object (a blank, malformed or non-object line
+    before it does not decide); CSV files hold events."""
     if fmt == "csv":
         return "events"
     head = head.lstrip("\ufeff \t\r\n")
-    record = _first_record(head)
-    keys = set(record) if isinstance(record, dict) else set(_LEADING_KEYS.findall(head[:4096]))
+    keys: set = set()
+    for record in _first_records(head):
+        if isinstance(record, dict) and record:
+            keys = set(record)
+            break
+    else:
+        keys = set(_LEADING_KEYS.findall(head[:4096]))
+    if {"event", "properties"} <= keys:
+        return "events"   # whatever else the record holds
     if keys & {"results", "$properties"}:
         return "profiles"
     if keys & set(PROFILE_OPS):
         return "profile_updates"
-    return "events"   # including empty files and a malformed first line, which validation reports
+    return "events"   # including empty files and malformed records, which validation reports
 
 
 def _delimiter(head: str) -> str:
@@ -219,11 +239,18 @@ def _delimiter(head: str) -> str:
     return best if counts[best] else ","
 
 
-def _first_record(head: str) -> object:
-    """The first record of a JSON Lines file or of a JSON array; None when it cannot be told."""
-    text = head[1:].lstrip() if head.startswith("[") else head
-    try:
-        value, _ = json.JSONDecoder().raw_decode(text)
-        return value
-    except (ValueError, RecursionError):   # a record nested too deep for Python: the loader judges it
-        return None
+def _first_records(head: str, count: int = 20) -> list:
+    """The first records of a JSON Lines file or of a JSON array that parse (a JSON Lines line that
+    does not is passed over); none when they cannot be told."""
+    if head.startswith("["):
+        try:
+            return [json.JSONDecoder().raw_decode(head[1:].lstrip())[0]]
+        except (ValueError, RecursionError):   # nested too deep for Python: the loader judges it
+            return []
+    found = []
+    for line in head.splitlines()[:count]:
+        try:
+            found.append(json.loads(line))
+        except (ValueError, RecursionError):
+            continue
+    return found
