@@ -314,3 +314,81 @@ def test_a_file_loaded_in_part_is_never_loaded_twice(file_store, tmp_path):
                               "were loaded (2026-11-01 00:00 UTC); loading it again would load those twice: "
                               "put the new records in a file of their own")
     assert event_count(file_store) == 2
+
+
+# -- cohort definition files (issue 13.7) ---------------------------------------------------------------
+
+ALIAS_BOMB = """a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+cohorts: [{name: bomb, static_ids: [*h, *h, *h, *h, *h, *h, *h, *h, *h]}]
+"""
+
+
+def test_yaml_alias_bomb_is_refused_at_once_naming_the_file(tmp_path):
+    from toolkit.cohorts import CohortError, load_definitions
+
+    path = tmp_path / "cohorts.yaml"
+    path.write_text(ALIAS_BOMB)
+    assert path.stat().st_size < 1024
+    with pytest.raises(CohortError, match=r"cohorts\.yaml: line 6: expands to over 100,000 values \(YAML aliases"):
+        load_definitions(path)
+
+
+def test_yaml_alias_inside_itself_and_deep_nesting_are_refused(tmp_path):
+    from toolkit.cohorts import CohortError, load_definitions
+
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("cohorts: &c [{name: x, static_ids: *c}]\n")
+    with pytest.raises(CohortError, match=r"loop\.yaml: line 1: a YAML alias refers to itself"):
+        load_definitions(loop)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 10_000 + "]" * 10_000)
+    with pytest.raises(CohortError, match=r"deep\.json: nested too deeply to be a cohort definition"):
+        load_definitions(deep)
+
+
+def test_a_few_yaml_aliases_still_read(tmp_path):
+    from toolkit.cohorts import load_definitions
+
+    path = tmp_path / "cohorts.yaml"
+    path.write_text("ids: &ids [u1, u2]\ncohorts:\n  - {name: a, static_ids: *ids}\n  - {name: b, static_ids: *ids}\n")
+    assert [c.static_ids for c in load_definitions(path)] == [("u1", "u2"), ("u1", "u2")]
+
+
+def test_an_oversize_definitions_file_is_refused_unread(tmp_path):
+    from toolkit.cohorts import CohortError, load_definitions
+
+    path = tmp_path / "cohorts.json"
+    path.write_text(json.dumps({"cohorts": [{"name": "n", "static_ids": [f"u{i}" for i in range(200_000)]}]}))
+    with pytest.raises(CohortError, match=rf"cohorts\.json: {path.stat().st_size} bytes is too large for a "
+                                          r"definitions file \(at most 1 MiB\)"):
+        load_definitions(path)
+
+
+@pytest.mark.parametrize("where", ["../outside.csv", "{outside}", "link.csv", "sub/../../outside.csv"])
+def test_static_csv_is_confined_to_the_definitions_folder(tmp_path, where):
+    from toolkit.cohorts import CohortError, load_definitions
+
+    folder = tmp_path / "defs"
+    folder.mkdir()
+    outside = tmp_path / "outside.csv"
+    outside.write_text("distinct_id\nsecret\n")
+    os.symlink(outside, folder / "link.csv")
+    target = where.format(outside=outside)
+    path = folder / "cohorts.json"
+    path.write_text(json.dumps({"cohorts": [{"name": "Beta", "static_csv": target}]}))
+    with pytest.raises(CohortError) as caught:
+        load_definitions(path)
+    assert str(caught.value) == (f'{path}: cohort "Beta": static_csv: {folder / target} is outside the folder '
+                                 f"of the definitions ({folder}); put the CSV beside the definitions file")
+    # the same CSV beside the definitions, or in a folder allowed by name, reads
+    assert load_definitions(path, csv_folders=[tmp_path])[0].static_ids == ("secret",)
+    (folder / "inside.csv").write_text("distinct_id\nu1\n")
+    path.write_text(json.dumps({"cohorts": [{"name": "Beta", "static_csv": "inside.csv"}]}))
+    assert load_definitions(path)[0].static_ids == ("u1",)
