@@ -392,3 +392,50 @@ def test_static_csv_is_confined_to_the_definitions_folder(tmp_path, where):
     (folder / "inside.csv").write_text("distinct_id\nu1\n")
     path.write_text(json.dumps({"cohorts": [{"name": "Beta", "static_csv": "inside.csv"}]}))
     assert load_definitions(path)[0].static_ids == ("u1",)
+
+
+# -- kill -9 at a random point of a load ----------------------------------------------------------------
+
+def store_state(store) -> tuple:
+    """Everything a load leaves, in an order that does not depend on how it was read."""
+    return (rows(store, "SELECT event, distinct_id, time, insert_id, properties::VARCHAR FROM events ORDER BY ALL"),
+            rows(store, "SELECT regexp_extract(path, '[^/]+$'), line, reason FROM quarantine ORDER BY ALL"),
+            rows(store, "SELECT distinct_id, properties::VARCHAR FROM profiles ORDER BY ALL"),
+            rows(store, "SELECT regexp_extract(path, '[^/]+$'), kind, rows_loaded, quarantined FROM loads ORDER BY ALL"),
+            rows(store, "SELECT count(*) FROM event_rows"))
+
+
+def test_kill_9_at_random_points_of_a_hostile_load_then_the_next_load_converges(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "landing"
+    data.mkdir()
+    lines = [json.dumps(event(distinct_id=f"u{i % 5000}", insert_id=f"e{i}", time=T0 + i)) for i in range(150_000)]
+    lines[10], lines[70_000] = "{cut", '"a string"'          # the careful reader, with its quarantine
+    (data / "events.jsonl").write_text("\n".join(lines) + "\n")
+    (data / "rows.csv").write_text("event,distinct_id,time\n" + "".join(
+        f"Signup,c{i},{T0}\n" if i != 500 else "Signup,short\n" for i in range(20_000)))
+    (data / "people.jsonl").write_text("".join(json.dumps({"$distinct_id": f"u{i}", "$properties": {"n": i}}) + "\n"
+                                               for i in range(5000)))
+    (data / "poison.jsonl").write_text("[" * 10_000 + "]" * 10_000 + "\n")
+    with Store(tmp_path / "reference.duckdb") as reference:
+        load(reference, [data], now=NOW)
+        expected = store_state(reference)
+    script = ("import sys, datetime; from toolkit import Store, load; "
+              "load(Store(sys.argv[1]), [sys.argv[2]], now=datetime.datetime.fromisoformat(sys.argv[3]))")
+    for n, delay in enumerate(random.Random(13).uniform(0.5, 4.0) for _ in range(3)):
+        db = tmp_path / f"killed-{n}.duckdb"
+        proc = subprocess.Popen([sys.executable, "-c", script, str(db), str(data), NOW.isoformat()])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with Store(db) as store:
+            published = {p for p, in rows(store, "SELECT regexp_extract(path, '[^/]+$') FROM loads")}
+            # what is visible is whole files only
+            assert {p for p, *_ in store_state(store)[1]} <= published
+            load(store, [data], now=NOW)
+            assert store_state(store) == expected, f"after a kill at {delay:.2f} s"
