@@ -88,6 +88,8 @@ def test_deep_profile_and_deep_update_are_quarantined_not_the_load(file_store, t
     ("cut.jsonl.gz", gzip.compress((json.dumps(event()) + "\n").encode() * 2000)[:400],
      "cannot read: the compressed file is cut short"),
     ("plain.jsonl.gz", (json.dumps(event()) + "\n").encode(), "cannot read: Not a gzipped file"),
+    ("empty.jsonl.gz", b"", "cannot read: the file is empty, not gzip data"),
+    ("garbage.parquet", b"PAR1 not really", "cannot be read: "),
 ])
 def test_unreadable_file_is_refused_on_its_own_with_its_reason(file_store, tmp_path, name, content, reason):
     good_file(tmp_path)
@@ -98,6 +100,22 @@ def test_unreadable_file_is_refused_on_its_own_with_its_reason(file_store, tmp_p
     assert files[name].message.startswith(f"{tmp_path / name}: {reason}")
     assert files["good.jsonl"].rows_loaded == 3 and event_count(file_store) == 3
     assert rows(file_store, "SELECT count(*) FROM quarantine") == [(0,)]
+    assert_converges(file_store, tmp_path)
+
+
+def test_malformed_json_costs_only_its_lines_and_an_unparseable_array_only_its_file(file_store, tmp_path):
+    good_file(tmp_path)
+    (tmp_path / "lines.jsonl").write_text("\n".join([
+        json.dumps(event(distinct_id="a")), '{"event": "x", "properties": {', "", "[1]", "\x1f",
+        json.dumps(event(distinct_id="b"))]) + "\n")
+    (tmp_path / "array.json").write_text('[{"event": "x", "properties": {"distinct_id": "c", ')
+    files = by_name(load(file_store, [tmp_path], now=NOW))
+    assert files["lines.jsonl"].rows_loaded == 2
+    assert files["array.json"].status == "refused" and files["array.json"].message.startswith(
+        f"{tmp_path / 'array.json'}: cannot be read: ")
+    assert rows(file_store, "SELECT line, reason FROM quarantine ORDER BY line") == [
+        (2, "malformed JSON"), (4, "not a JSON object (got array)"), (5, "malformed JSON")]
+    assert event_count(file_store) == 5
     assert_converges(file_store, tmp_path)
 
 

@@ -74,6 +74,8 @@ def describe(path: Path, kind: str | None = None) -> Source:
         raise LoadError(str(path), f"cannot read: {_os_reason(exc)}") from None
     if not path.is_file():
         raise LoadError(str(path), "not a regular file")
+    if path.suffix == ".gz" and stat.st_size == 0:
+        raise LoadError(str(path), "cannot read: the file is empty, not gzip data")
     if kind is not None and kind not in KINDS:
         raise LoadError(str(path), f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     delimiter = ","
