@@ -61,6 +61,24 @@ def test_first_record_nested_ten_thousand_deep_is_quarantined_and_the_folder_loa
     assert_converges(file_store, tmp_path)
 
 
+def test_a_poison_file_in_the_landing_folder_does_not_stop_the_scheduled_sync(tmp_path):
+    from toolkit import sync
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "0-poison.jsonl").write_text("{" * 10_000 + "\n")
+    (landing / "1-binary.jsonl").write_bytes(b"\x00\xff" * 1000)
+    good_file(landing)
+    for _ in range(2):   # every cycle, not just the first
+        result = sync.sync(tmp_path / "store.duckdb", landing=landing, now=NOW)
+        assert {Path(f.path).name: f.status for f in result.load.files}["1-binary.jsonl"] == "refused"
+        assert result.mtu is not None
+    with Store(tmp_path / "store.duckdb") as store:
+        assert event_count(store) == 3
+        assert rows(store, "SELECT regexp_extract(path, '[^/]+$'), line, reason FROM quarantine") == [
+            ("0-poison.jsonl", 1, "malformed JSON")]
+
+
 def test_deep_profile_and_deep_update_are_quarantined_not_the_load(file_store, tmp_path):
     deep_value = "[" * 10_000 + "]" * 10_000
     (tmp_path / "a_profiles.jsonl").write_text(
