@@ -327,14 +327,31 @@ def test_a_file_changed_while_it_is_read_is_not_kept_and_loads_whole_next_time(f
 
 
 def test_a_file_that_keeps_changing_waits_for_a_later_run(file_store, tmp_path, monkeypatch):
-    monkeypatch.setenv("TOOLKIT_SETTLE_SECONDS", "0.2")
+    from toolkit import ingest
+
+    monkeypatch.setenv("TOOLKIT_SETTLE_SECONDS", "0.1")
     path = good_file(tmp_path)
-    future = NOW.timestamp() + 10 ** 9   # its mtime stays "just now" however long the loader waits
-    os.utime(path, (future, future))
+    sleep = ingest.time.sleep
+
+    def writer_busy_meanwhile(seconds):   # the writer adds a record while the loader waits
+        with open(path, "a") as fh:
+            fh.write(json.dumps(event(distinct_id="more")) + "\n")
+        sleep(seconds)
+
+    monkeypatch.setattr(ingest.time, "sleep", writer_busy_meanwhile)
     result = load(file_store, [path], now=NOW).files[0]
-    assert result.status == "skipped" and "still being written" in result.message
+    assert result.status == "skipped"
+    assert result.message == f"{path}: still being written (it kept changing for 0.3 s); it loads on a later run"
     assert rows(file_store, "SELECT count(*) FROM loads") == [(0,)]
-    os.utime(path, (T0, T0))
+    monkeypatch.setattr(ingest.time, "sleep", sleep)   # the writer is done
+    assert load(file_store, [path], now=NOW).files[0].rows_loaded == 6
+
+
+def test_a_file_dated_in_the_future_loads_once_it_stays_unchanged(file_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_SETTLE_SECONDS", "0.1")
+    path = good_file(tmp_path)
+    future = NOW.timestamp() + 10 ** 9   # a writer's clock far ahead: "changed just now" for ever
+    os.utime(path, (future, future))
     assert load(file_store, [path], now=NOW).files[0].rows_loaded == 3
 
 

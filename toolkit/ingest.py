@@ -111,23 +111,24 @@ def load(store: Store, paths: Iterable[str | os.PathLike], *, strict: bool = Fal
 
 
 def _settle(sources: list[Source], seconds: float) -> tuple[list[Source], list[FileResult]]:
-    """The sources whose files have not changed for ``seconds``, and a result for each that kept
-    changing: a file still being written is read once it is whole, never in part (the part and then
-    the whole would both load). Waits at most three times ``seconds``, once for all the files."""
-    deadline = time.monotonic() + 3 * seconds
-    ready, waiting = [], list(sources)
-    while waiting:
-        now_ns = time.time_ns()
-        young = [s for s in waiting if now_ns - s.mtime_ns < seconds * 1e9]
-        ready += [s for s in waiting if s not in young]
-        left = deadline - time.monotonic()
-        if not young or left <= 0:
-            waiting = young
+    """The sources whose files have settled, and a result for each that kept changing: a file changed
+    in the last ``seconds`` (or dated in the future) is read only once its size and mtime stayed the
+    same for ``seconds``, so a file still being written is read whole, never in part (the part and
+    then the whole would both load). Waits at most three times ``seconds``, for all the files at once."""
+    if seconds <= 0:
+        return sources, []
+    now_ns = time.time_ns()
+    waiting = [s for s in sources if now_ns - s.mtime_ns < seconds * 1e9]
+    ready = [s for s in sources if s not in waiting]
+    for _ in range(3):
+        if not waiting:
             break
-        time.sleep(min(left, max(seconds - (now_ns - s.mtime_ns) / 1e9 for s in young)))
-        waiting = [_restat(s) for s in young]
+        time.sleep(seconds)
+        again = [_restat(s) for s in waiting]
+        ready += [s for s, now in zip(waiting, again) if (s.size, s.mtime_ns) == (now.size, now.mtime_ns)]
+        waiting = [now for s, now in zip(waiting, again) if (s.size, s.mtime_ns) != (now.size, now.mtime_ns)]
     return ready, [FileResult(str(s.path), s.kind, "skipped", message=(
-        f"{s.path}: still being written (changed less than {seconds:g} s ago); it loads on a later run"))
+        f"{s.path}: still being written (it kept changing for {3 * seconds:g} s); it loads on a later run"))
         for s in waiting]
 
 
