@@ -105,7 +105,7 @@ def test_deep_profile_and_deep_update_are_quarantined_not_the_load(file_store, t
      "binary content (a zero byte at byte 1), not text (it looks like UTF-16 text; save it as UTF-8)"),
     ("cut.jsonl.gz", gzip.compress((json.dumps(event()) + "\n").encode() * 2000)[:400],
      "cannot read: the compressed file is cut short"),
-    ("plain.jsonl.gz", (json.dumps(event()) + "\n").encode(), "cannot read: Not a gzipped file"),
+    ("plain.jsonl.gz", (json.dumps(event()) + "\n").encode(), "cannot read: not gzip data (the name ends in .gz)"),
     ("empty.jsonl.gz", b"", "cannot read: the file is empty, not gzip data"),
     ("garbage.parquet", b"PAR1 not really", "cannot be read: "),
 ])

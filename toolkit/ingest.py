@@ -283,8 +283,8 @@ def _hash_failure(digest: Future[str] | None) -> BaseException | None:
 
 
 def _refused(source: Source, exc: BaseException, digest: Future[str] | None, strict: bool) -> FileResult:
-    """The file refused on its own, with the reason a person can act on (the hash thread's first:
-    a gzip bomb or an unreadable file explains why DuckDB was stopped or failed)."""
+    """The file refused on its own, with the reason a person can act on (the hash thread's first: a
+    gzip bomb, a cut-short or unreadable file explains why DuckDB failed)."""
     cause = _hash_failure(digest) or exc
     if isinstance(cause, LoadError):
         error = cause
@@ -404,7 +404,7 @@ def _renumber_blank_lines(con, source: Source, file_id: int) -> None:
                   FROM {_REJECTS}_lines WHERE raw IS NOT NULL AND trim(raw, {readers.JSON_BLANKS}) <> ''
                   UNION ALL SELECT line FROM {_REJECTS})) m
         WHERE quarantine.file_id = ? AND quarantine.line = m.record""", [file_id])
-    con.execute(f"DROP TABLE {_REJECTS}")
+    con.execute(f"DROP TABLE IF EXISTS {_REJECTS}")
 
 
 def _renumber_csv_rows(con, file_id: int) -> None:

@@ -95,8 +95,8 @@ def content_hash(path: Path) -> str:
     """What the manifest knows a file by. XXH3-128 rather than SHA-256: it tells accidental copies
     apart just as surely and runs at memory speed (SHA-256 cost 0.4 s per million events, 5x this).
 
-    A gzip file is also inflated as it is hashed, to refuse a gzip bomb (`check_expansion`) while
-    DuckDB reads it; the inflated bytes are counted and dropped, so memory stays flat."""
+    A gzip file is also inflated as it is hashed, to refuse a gzip bomb or a cut-short file (`_Inflater`);
+    the inflated bytes are counted and dropped, so memory stays flat."""
     digest = xxhash.xxh3_128()
     inflate = _Inflater(path) if path.suffix == ".gz" else None
     buffer = bytearray(1 << 22)
@@ -125,10 +125,6 @@ MAX_EXPANSION = 200                 # a gzip file inflating to more than this ma
 MIN_BOMB_BYTES = 64 << 20           # ...and to more than this is refused as a gzip bomb
 
 
-class GzipBombError(LoadError):
-    """A gzip file inflates far beyond what any export compresses to."""
-
-
 class _Inflater:
     """Counts a gzip file's inflated bytes (members one after another) without keeping them."""
 
@@ -147,7 +143,7 @@ class _Inflater:
                 raise LoadError(str(self.path), f"cannot read: not valid gzip data ({exc})") from None
             self.inflated += len(out)
             if self.inflated > max(MIN_BOMB_BYTES, MAX_EXPANSION * self.read):
-                raise GzipBombError(str(self.path), f"inflates to over {self.inflated >> 20} MiB from "
+                raise LoadError(str(self.path), f"inflates to over {self.inflated >> 20} MiB from "
                                     f"{_size(self.read)} read so far (over {MAX_EXPANSION} times): "
                                     "refused as a likely gzip bomb")
             if self._z.unconsumed_tail:
@@ -187,9 +183,10 @@ def _peek(path: Path) -> bytes:
     try:
         with opener(path, "rb") as fh:
             return fh.read(_PEEK_BYTES)
+    except gzip.BadGzipFile:
+        raise LoadError(str(path), "cannot read: not gzip data (the name ends in .gz)") from None
     except OSError as exc:
-        reason = _os_reason(exc) if exc.errno else str(exc)
-        raise LoadError(str(path), f"cannot read: {reason}") from None
+        raise LoadError(str(path), f"cannot read: {_os_reason(exc)}") from None
     except EOFError:
         raise LoadError(str(path), "cannot read: the compressed file is cut short") from None
 
