@@ -327,7 +327,7 @@ def test_a_file_changed_while_it_is_read_is_not_kept_and_loads_whole_next_time(f
 
 
 def test_a_file_that_keeps_changing_waits_for_a_later_run(file_store, tmp_path, monkeypatch):
-    from toolkit import ingest
+    from toolkit import ingest, report
 
     monkeypatch.setenv("TOOLKIT_SETTLE_SECONDS", "0.1")
     path = good_file(tmp_path)
@@ -339,9 +339,11 @@ def test_a_file_that_keeps_changing_waits_for_a_later_run(file_store, tmp_path, 
         sleep(seconds)
 
     monkeypatch.setattr(ingest.time, "sleep", writer_busy_meanwhile)
-    result = load(file_store, [path], now=NOW).files[0]
-    assert result.status == "skipped"
+    summary = load(file_store, [path], now=NOW)
+    result = summary.files[0]
+    assert result.status == "waiting" and summary.to_dict()["files_waiting"] == 1
     assert result.message == f"{path}: still being written (it kept changing for 0.3 s); it loads on a later run"
+    assert f"  waiting: {result.message}" in report.load_text(summary).splitlines()
     assert rows(file_store, "SELECT count(*) FROM loads") == [(0,)]
     monkeypatch.setattr(ingest.time, "sleep", sleep)   # the writer is done
     assert load(file_store, [path], now=NOW).files[0].rows_loaded == 6

@@ -44,7 +44,7 @@ _KIND_ORDER = {"events": 0, "profiles": 1, "profile_updates": 2}   # identity fi
 class FileResult:
     path: str
     kind: str
-    status: str                 # loaded | skipped | refused
+    status: str                 # loaded | skipped | refused | waiting (still being written)
     rows_read: int = 0
     rows_loaded: int = 0
     duplicates: int = 0
@@ -70,6 +70,7 @@ class LoadSummary:
             "files_loaded": len(loaded),
             "files_skipped": sum(f.status == "skipped" for f in self.files),
             "files_refused": len(self.refused),
+            "files_waiting": sum(f.status == "waiting" for f in self.files),
             "events": sum(f.rows_loaded for f in loaded if f.kind == "events"),
             "profiles": sum(f.rows_loaded for f in loaded if f.kind == "profiles"),
             "profile_updates": sum(f.rows_loaded for f in loaded if f.kind == "profile_updates"),
@@ -127,7 +128,7 @@ def _settle(sources: list[Source], seconds: float) -> tuple[list[Source], list[F
         again = [_restat(s) for s in waiting]
         ready += [s for s, now in zip(waiting, again) if (s.size, s.mtime_ns) == (now.size, now.mtime_ns)]
         waiting = [now for s, now in zip(waiting, again) if (s.size, s.mtime_ns) != (now.size, now.mtime_ns)]
-    return ready, [FileResult(str(s.path), s.kind, "skipped", message=(
+    return ready, [FileResult(str(s.path), s.kind, "waiting", message=(
         f"{s.path}: still being written (it kept changing for {3 * seconds:g} s); it loads on a later run"))
         for s in waiting]
 
