@@ -30,13 +30,18 @@ __all__ = ["Cohort", "EventRule", "PropertyRule", "CohortRule", "Group", "Cohort
            "to_dict", "parse"]
 
 ID_HEADERS = ("distinct_id", "$distinct_id", "distinct id")
+MAX_DEFINITION_BYTES = 1 << 20   # a definitions file larger than this is refused unread
+MAX_YAML_NODES = 100_000         # values a YAML file may hold once its aliases are expanded
 
 
 # -- definition files --------------------------------------------------------------------------------
 
-def load_definitions(path: str | os.PathLike) -> list[Cohort]:
+def load_definitions(path: str | os.PathLike, *, csv_folders: Iterable[str | os.PathLike] = ()) -> list[Cohort]:
     """Read a YAML or JSON file of cohorts (``{"cohorts": [...]}`` or a bare list), check every one, read
-    static cohorts' CSV files (relative to the definition file) and refuse reference cycles."""
+    static cohorts' CSV files (relative to the definition file) and refuse reference cycles.
+
+    A static cohort's CSV must lie in the definition file's folder (or below it), or in one of
+    ``csv_folders``, links resolved: a definitions file cannot make the toolkit read any file it names."""
     path = Path(path)
     data = _read_document(path)
     items = data.get("cohorts") if isinstance(data, Mapping) else data
@@ -50,8 +55,8 @@ def load_definitions(path: str | os.PathLike) -> list[Cohort]:
         if name in found:
             raise DefinitionError(str(path), f"cohorts[{i}].name", f'cohort "{name}" is defined twice')
         if isinstance(item.get("static_csv"), str) and "static_ids" not in item:
-            csv_path = path.parent / item["static_csv"]
             try:
+                csv_path = _confined(path.parent / item["static_csv"], [path.parent, *map(Path, csv_folders)])
                 item = {**item, "static_ids": read_ids_csv(csv_path)}
             except CohortError as exc:
                 raise DefinitionError(f'{path}: cohort "{name}"', "static_csv", str(exc)) from None
@@ -60,10 +65,22 @@ def load_definitions(path: str | os.PathLike) -> list[Cohort]:
     return list(found.values())
 
 
+def _confined(csv_path: Path, folders: list[Path]) -> Path:
+    """``csv_path`` when it resolves (links followed) into one of ``folders``; else a CohortError."""
+    real = csv_path.resolve()
+    if any(real.is_relative_to(folder.resolve()) for folder in folders):
+        return real
+    allowed = " or ".join(str(folder.resolve()) for folder in folders)
+    raise CohortError(f"{csv_path} is outside the folder of the definitions ({allowed}); "
+                      "put the CSV beside the definitions file")
+
+
 def read_ids_csv(path: str | os.PathLike) -> list[str]:
     """distinct_ids from a CSV: the column headed distinct_id / $distinct_id (Mixpanel's export), else the
     first column of a header-less file. Blank lines are skipped; an empty id cell is an error."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise CohortError(f"{path}: not a regular file")
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             rows = list(csv.reader(fh))
@@ -90,26 +107,71 @@ def read_ids_csv(path: str | os.PathLike) -> list[str]:
 
 def _read_document(path: Path):
     try:
+        size = path.stat().st_size
+        if size > MAX_DEFINITION_BYTES:
+            raise CohortError(f"{path}: {size} bytes is too large for a definitions file "
+                              f"(at most {MAX_DEFINITION_BYTES >> 20} MiB)")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CohortError(f"{path}: cannot read: {exc}") from exc
     suffix = path.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise CohortError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); "
-                              "or write the definitions as JSON") from None
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise CohortError(f"{path}: not valid YAML: {exc}") from exc
-    if suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CohortError(f"{path}: not valid JSON: line {exc.lineno}: {exc.msg}") from exc
+    try:
+        if suffix in (".yaml", ".yml"):
+            return _read_yaml(path, text)
+        if suffix == ".json":
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise CohortError(f"{path}: not valid JSON: line {exc.lineno}: {exc.msg}") from exc
+    except RecursionError:
+        raise CohortError(f"{path}: nested too deeply to be a cohort definition") from None
     raise CohortError(f"{path}: unknown definition format; expected .yaml, .yml or .json")
+
+
+def _read_yaml(path: Path, text: str):
+    """YAML with its aliases counted as what they expand to: a few hundred bytes of nested aliases
+    (an "alias bomb") expand to billions of values, which reading the definitions would then walk."""
+    try:
+        import yaml
+    except ImportError:
+        raise CohortError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); "
+                          "or write the definitions as JSON") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _count_yaml_nodes(path, root)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CohortError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def _count_yaml_nodes(path: Path, root) -> int:
+    """Values under ``root`` with every alias expanded, counted without expanding them (each node
+    once); refuses more than `MAX_YAML_NODES` and an alias inside itself."""
+    import yaml
+
+    sizes: dict[int, int] = {}   # id(node) -> its expanded size, or `visiting` while under way
+    visiting = -1
+
+    def size(node) -> int:
+        known = sizes.get(id(node))
+        if known == visiting:
+            raise CohortError(f"{path}: line {node.start_mark.line + 1}: a YAML alias refers to itself")
+        if known is not None:
+            return known
+        sizes[id(node)] = visiting
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(v) for v in node.value)
+        else:
+            total = 1
+        if total > MAX_YAML_NODES:
+            raise CohortError(f"{path}: line {node.start_mark.line + 1}: expands to over {MAX_YAML_NODES:,} "
+                              "values (YAML aliases repeated inside each other); write the cohorts out")
+        sizes[id(node)] = total
+        return total
+
+    return size(root) if root is not None else 0
 
 
 # -- the store ---------------------------------------------------------------------------------------

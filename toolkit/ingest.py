@@ -14,6 +14,7 @@ store as it was before that file; the files before it stay loaded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -29,12 +30,13 @@ from tqdm.auto import tqdm
 
 from toolkit import identity, matching, profile_ops, readers, validation
 from toolkit.errors import LoadError
-from toolkit.sources import Source, content_hash, describe, discover
+from toolkit.sources import Source, content_hash, describe, discover, prefix_hash
 from toolkit.store import Store, profile_facts
 
 _REJECTS = "_load_rejects"
 LOAD_MEMORY = "1GB"     # DuckDB's share while loading ($TOOLKIT_LOAD_MEMORY overrides)
-_PARSE_BATCH_BYTES = 16 << 20   # JSON Lines text parsed per statement (see _stage_profile_records)
+SETTLE_SECONDS = 2.0    # a file changed more recently is waited for ($TOOLKIT_SETTLE_SECONDS overrides)
+_PROFILE_BATCH_BYTES = 16 << 20   # JSON Lines text parsed per statement (see _stage_profile_records)
 _KIND_ORDER = {"events": 0, "profiles": 1, "profile_updates": 2}   # identity first, then who it names
 
 
@@ -42,7 +44,7 @@ _KIND_ORDER = {"events": 0, "profiles": 1, "profile_updates": 2}   # identity fi
 class FileResult:
     path: str
     kind: str
-    status: str                 # loaded | skipped | refused
+    status: str                 # loaded | skipped | refused | waiting (still being written)
     rows_read: int = 0
     rows_loaded: int = 0
     duplicates: int = 0
@@ -68,6 +70,7 @@ class LoadSummary:
             "files_loaded": len(loaded),
             "files_skipped": sum(f.status == "skipped" for f in self.files),
             "files_refused": len(self.refused),
+            "files_waiting": sum(f.status == "waiting" for f in self.files),
             "events": sum(f.rows_loaded for f in loaded if f.kind == "events"),
             "profiles": sum(f.rows_loaded for f in loaded if f.kind == "profiles"),
             "profile_updates": sum(f.rows_loaded for f in loaded if f.kind == "profile_updates"),
@@ -92,6 +95,8 @@ def load(store: Store, paths: Iterable[str | os.PathLike], *, strict: bool = Fal
             if strict:
                 raise
             summary.files.append(FileResult(str(path), kind or "?", "refused", message=str(exc)))
+    sources, unsettled = _settle(sources, float(os.environ.get("TOOLKIT_SETTLE_SECONDS", SETTLE_SECONDS)))
+    summary.files += unsettled
     sources.sort(key=lambda s: _KIND_ORDER[s.kind])   # stable: paths stay sorted within a kind
     # Rows carry their file and line, so DuckDB need not keep insertion order; without it a large
     # load checkpoints much faster (measured: 3.5 s -> 0.1 s per million events).
@@ -104,6 +109,36 @@ def load(store: Store, paths: Iterable[str | os.PathLike], *, strict: bool = Fal
     finally:
         store.con.execute("RESET preserve_insertion_order")
         store.restore_memory_limit()
+
+
+def _settle(sources: list[Source], seconds: float) -> tuple[list[Source], list[FileResult]]:
+    """The sources whose files have settled, and a result for each that kept changing: a file changed
+    in the last ``seconds`` (or dated in the future) is read only once its size and mtime stayed the
+    same for ``seconds``, so a file still being written is read whole, never in part (the part and
+    then the whole would both load). Waits at most three times ``seconds``, for all the files at once."""
+    if seconds <= 0:
+        return sources, []
+    now_ns = time.time_ns()
+    waiting = [s for s in sources if now_ns - s.mtime_ns < seconds * 1e9]
+    ready = [s for s in sources if s not in waiting]
+    for _ in range(3):
+        if not waiting:
+            break
+        time.sleep(seconds)
+        again = [_restat(s) for s in waiting]
+        ready += [s for s, now in zip(waiting, again) if (s.size, s.mtime_ns) == (now.size, now.mtime_ns)]
+        waiting = [now for s, now in zip(waiting, again) if (s.size, s.mtime_ns) != (now.size, now.mtime_ns)]
+    return ready, [FileResult(str(s.path), s.kind, "waiting", message=(
+        f"{s.path}: still being written (it kept changing for {3 * seconds:g} s); it loads on a later run"))
+        for s in waiting]
+
+
+def _restat(source: Source) -> Source:
+    try:
+        stat = source.path.stat()
+    except OSError:
+        return source   # read next, where the reason is reported
+    return dataclasses.replace(source, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
 def _load_sources(store, sources, summary, strict, now, progress, on_file) -> LoadSummary:
@@ -123,11 +158,15 @@ def load_file(store: Store, source: Source, *, strict: bool = False, now: dateti
     started = time.perf_counter()
     result = FileResult(str(source.path), source.kind, "loaded")
     seen = store.con.execute(
-        "SELECT path FROM loads WHERE path = ? AND size = ? AND mtime_ns = ?",
+        f"SELECT path FROM loads WHERE path = ? AND size = ? AND mtime_ns = ? AND {_same_kind(source)}",
         [str(source.path), source.size, source.mtime_ns]).fetchone()
     if seen:
         result.status, result.message = "skipped", f"already loaded (same content as {seen[0]})"
         return result
+    try:
+        _refuse_grown(store, source)
+    except LoadError as exc:
+        return _refused(source, exc, None, strict)
     # The file is hashed while DuckDB stages it: both read it (at 10M events, hashing first cost 2.6 s
     # with the file cached and 12 s without). A copy of a loaded file is caught before it publishes.
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="content-hash")
@@ -142,15 +181,10 @@ def load_file(store: Store, source: Source, *, strict: bool = False, now: dateti
             # DuckDB may cut a record mid-character when quoting it in an error message: Python then
             # fails to decode the message itself. Either way read_json refused the file.
             except (duckdb.InvalidInputException, UnicodeDecodeError) as exc:
-                if careful:
-                    result = _refused(source, f"cannot be read: {_first_line(exc)}", strict, exc)
-            except LoadError as exc:
-                if strict:
-                    raise
-                result = FileResult(str(source.path), source.kind, "refused", message=str(exc))
-                break
-            except duckdb.Error as exc:
-                result = _refused(source, f"cannot be read: {_first_line(exc)}", strict, exc)
+                if careful or _hash_failure(digest):
+                    result = _refused(source, exc, digest, strict)
+            except (LoadError, duckdb.Error, OSError, RecursionError) as exc:
+                result = _refused(source, exc, digest, strict)
                 break
     finally:
         hashing.shutdown(wait=False)   # an interrupted load does not wait for the hash
@@ -172,10 +206,15 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
     with store.transaction() as con:
         _drop_scratch(con)
         params["file_id"] = con.execute("SELECT nextval('file_ids')").fetchone()[0]
+        if source.compressed and digest.exception():
+            # Inflated and measured before DuckDB reads it: a gzip bomb that inflates to blank lines gives
+            # DuckDB no point at which to stop. Costs one inflation (in Python) of each gzip file.
+            raise digest.exception()
         if source.kind == "events":
             _stage_events(con, source, careful, params)
     try:
-        copy_of = store.con.execute("SELECT path FROM loads WHERE content_hash = ?", [digest.result()]).fetchone()
+        copy_of = store.con.execute(f"SELECT path FROM loads WHERE content_hash = ? AND {_same_kind(source)}",
+                                    [digest.result()]).fetchone()
         if copy_of:
             _discard_unpublished(store)
             result.status, result.message = "skipped", f"already loaded (same content as {copy_of[0]})"
@@ -189,6 +228,10 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
             linked = con.execute("SELECT count(*) FROM identity_links WHERE file_id = ?",
                                  [params["file_id"]]).fetchone()[0]
             matching.refresh_facts(con, params["file_id"], changed=source.kind != "events" or linked > 0)
+            _check_unchanged(source)   # the hash and the rows are of the same bytes
+            if source.kind_given:   # what the content read as another kind left in the quarantine
+                con.execute("DELETE FROM quarantine WHERE file_id IN (SELECT file_id FROM loads "
+                            "WHERE content_hash = ? AND kind <> ?)", [digest.result(), source.kind])
             con.execute("INSERT INTO loads VALUES (?, ?, ?, ?, ?, ?, ?, ?::TIMESTAMP, ?, ?, ?, ?)", [
                 params["file_id"], str(source.path), digest.result(), source.size, source.mtime_ns,
                 source.kind, source.format, now.replace(tzinfo=None), result.rows_read, result.rows_loaded,
@@ -201,16 +244,59 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
     return result
 
 
+def _check_unchanged(source: Source) -> None:
+    try:
+        stat = source.path.stat()
+    except OSError as exc:
+        raise LoadError(str(source.path), f"cannot read: {exc.strerror or exc}") from None
+    if (stat.st_size, stat.st_mtime_ns) != (source.size, source.mtime_ns):
+        raise LoadError(str(source.path), "changed while it was being read; nothing of it was kept, "
+                                          "it loads on a later run")
+
+
 def _discard_unpublished(store: Store) -> None:
     """Delete event rows staged by a load that never published (failed, interrupted or killed)."""
     with store.transaction() as con:
         con.execute("DELETE FROM event_rows WHERE file_id > (SELECT coalesce(max(file_id), 0) FROM loads)")
 
 
-def _refused(source: Source, message: str, strict: bool, cause: Exception) -> FileResult:
-    error = LoadError(str(source.path), message)
+def _same_kind(source: Source) -> str:
+    """SQL on `loads`: a load that makes loading ``source`` again pointless. Asked for a kind, only a
+    load as that kind (detection may have been wrong); else any load of the content."""
+    return f"kind = '{source.kind}'" if source.kind_given else "true"   # kind is one of sources.KINDS
+
+
+def _refuse_grown(store: Store, source: Source) -> None:
+    """A file loaded before under this path that has since grown at its end was loaded in part
+    (it was being written): loading it whole would load that part twice."""
+    earlier = store.con.execute(
+        "SELECT size, content_hash, loaded_at FROM loads WHERE path = ? AND size < ? ORDER BY file_id DESC LIMIT 1",
+        [str(source.path), source.size]).fetchone()
+    if earlier and earlier[0] > 0 and prefix_hash(source.path, earlier[0]) == earlier[1]:
+        raise LoadError(str(source.path), (
+            f"grew by {source.size - earlier[0]} bytes since its first {earlier[0]} bytes were loaded "
+            f"({earlier[2]:%Y-%m-%d %H:%M} UTC); loading it again would load those twice: put the new "
+            "records in a file of their own"))
+
+
+def _hash_failure(digest: Future[str] | None) -> BaseException | None:
+    return digest.exception() if digest and digest.done() else None
+
+
+def _refused(source: Source, exc: BaseException, digest: Future[str] | None, strict: bool) -> FileResult:
+    """The file refused on its own, with the reason a person can act on (the hash thread's first: a
+    gzip bomb, a cut-short or unreadable file explains why DuckDB failed)."""
+    cause = _hash_failure(digest) or exc
+    if isinstance(cause, LoadError):
+        error = cause
+    elif isinstance(cause, OSError):
+        error = LoadError(str(source.path), f"cannot read: {cause.strerror or cause}")
+    elif isinstance(cause, RecursionError):
+        error = LoadError(str(source.path), "a record is nested too deeply to read")
+    else:
+        error = LoadError(str(source.path), f"cannot be read: {_first_line(cause)}")
     if strict:
-        raise error from cause
+        raise error from (None if error is exc else exc)
     return FileResult(str(source.path), source.kind, "refused", message=str(error))
 
 
@@ -225,6 +311,16 @@ def _stage_events(con, source: Source, careful: bool, params: dict) -> None:
     """Insert every record of the file; a refused one holds only its reason (``rejected``)."""
     if careful and source.format == "jsonl":
         _sql(con, readers.stage_lines(_REJECTS), params)
+    for lines in _ranges(con, source, careful):
+        _stage_event_range(con, source, careful, params, lines)
+
+
+def _ranges(con, source: Source, careful: bool) -> list:
+    """The careful reader parses staged JSON Lines a few megabytes at a time (`readers.line_ranges`)."""
+    return con.execute(readers.line_ranges(_REJECTS)).fetchall() if careful and source.format == "jsonl" else [None]
+
+
+def _stage_event_range(con, source: Source, careful: bool, params: dict, lines) -> None:
     _sql(con, f"""
         INSERT INTO event_rows (event, distinct_id, time, insert_id, properties, file_id, rejected,
                                 device_id, user_id, link_source, link_target)
@@ -243,14 +339,14 @@ def _stage_events(con, source: Source, careful: bool, params: dict) -> None:
                CASE WHEN reason IS NULL THEN CASE ev_s WHEN '$identify' THEN links[2] ->> '$'
                                                        WHEN '$create_alias' THEN did_s
                                                        WHEN '$merge' THEN links[4] ->> '$[0]' END END
-        FROM ({_checked_events(source, careful, numbered=False)})""", params)
+        FROM ({_checked_events(source, careful, numbered=False, lines=lines)})""", params)
 
 
-def _checked_events(source: Source, careful: bool, numbered: bool) -> str:
+def _checked_events(source: Source, careful: bool, numbered: bool, lines=None) -> str:
     """The file's records with ``time_ms`` and ``reason`` (NULL for a valid event)."""
-    fields = readers.event_fields(source, careful, _REJECTS, numbered)
+    fields = readers.event_fields(source, careful, _REJECTS, numbered, lines)
     time_ms = validation.time_ms_expr("tm")
-    reason = validation.event_reason("ev", "props", "did", "time_ms", "tm", "iid")
+    reason = validation.event_reason("ev", "props", "did", "time_ms", "tm", "iid", readers.MAX_RECORD_BYTES)
     return f"""
         WITH src AS (SELECT *, {validation.typed("ev", "did", "tm", "iid", texts=("ev", "did", "iid"),
                                                  numbers=("tm",))} FROM ({fields})),
@@ -283,24 +379,40 @@ def _quarantine_events(con, source: Source, careful: bool, params: dict) -> None
     refused record pay for numbering), and delete their staged rows."""
     reconstructed = ("'{\"event\":' || coalesce(ev::VARCHAR, 'null') || ',\"properties\":' "
                      "|| coalesce(props::VARCHAR, 'null') || '}'")
-    _sql(con, f"""
-        INSERT INTO quarantine
-        SELECT $file_id, $path, record, reason, left(coalesce(raw, {reconstructed}), {validation.QUARANTINED_RAW_CHARS})
-        FROM ({_checked_events(source, careful, numbered=True)}) WHERE reason IS NOT NULL""", params)
+    if source.format == "csv":   # this read records the short rows again
+        _drop_scratch(con)
+    for lines in _ranges(con, source, careful):
+        _sql(con, f"""
+            INSERT INTO quarantine
+            SELECT $file_id, $path, record, reason,
+                   left(coalesce(raw, {reconstructed}), {validation.QUARANTINED_RAW_CHARS})
+            FROM ({_checked_events(source, careful, numbered=True, lines=lines)}) WHERE reason IS NOT NULL""", params)
     if not careful and source.format == "jsonl":
         _renumber_blank_lines(con, source, params["file_id"])
+    if source.format == "csv":
+        _renumber_csv_rows(con, params["file_id"])
     con.execute("DELETE FROM event_rows WHERE file_id = ? AND rejected IS NOT NULL", [params["file_id"]])
 
 
 def _renumber_blank_lines(con, source: Source, file_id: int) -> None:
-    """read_json numbers records, skipping blank lines; the quarantine needs the file's line numbers."""
+    """read_json numbers records, skipping blank lines; the quarantine needs the file's line numbers.
+    Lines too long for the line reader are records too (the size check quarantined them already)."""
     con.execute(readers.stage_lines(_REJECTS), {"path": str(source.path)})
     con.execute(f"""
         UPDATE quarantine SET line = m.line
-        FROM (SELECT {readers.line_of('ordinality', _REJECTS)} AS line,
-                     row_number() OVER (ORDER BY ordinality) AS record
-              FROM {_REJECTS}_lines WHERE raw IS NOT NULL AND trim(raw, {readers.JSON_BLANKS}) <> '') m
+        FROM (SELECT line, row_number() OVER (ORDER BY line) AS record FROM (
+                  SELECT {readers.line_of('ordinality', _REJECTS)} AS line
+                  FROM {_REJECTS}_lines WHERE raw IS NOT NULL AND trim(raw, {readers.JSON_BLANKS}) <> ''
+                  UNION ALL SELECT line FROM {_REJECTS})) m
         WHERE quarantine.file_id = ? AND quarantine.line = m.record""", [file_id])
+    con.execute(f"DROP TABLE IF EXISTS {_REJECTS}")
+
+
+def _renumber_csv_rows(con, file_id: int) -> None:
+    """CSV records are numbered as read (the header is line 1); rows refused for their number of
+    fields were not read, so the lines after them move down."""
+    con.execute(f"""UPDATE quarantine SET line = {readers.line_of('line', _REJECTS)}
+                    WHERE file_id = ? AND line IS NOT NULL""", [file_id])
 
 
 def _rejected_line_rows(con) -> str | None:
@@ -454,7 +566,7 @@ def _write_resolution(con, resolution: identity.Resolution) -> None:
 def _stage_profile_records(con, source: Source) -> None:
     """Fill the temp table ``_records`` (line, raw, doc_error, paged, item, doc) of a profile or update
     file, one row per profile or update: Engage pages are unnested. A few megabytes of JSON are parsed
-    at a time (see `readers.profile_items`): 2,048 Engage pages of 450 KB at once would need gigabytes."""
+    at a time (see `readers.line_ranges`): 2,048 Engage pages of 450 KB at once would need gigabytes."""
     if source.format not in ("jsonl", "json"):
         raise LoadError(str(source.path), f"{source.kind} must be JSON or JSON Lines, not {source.format}")
     con.execute("""CREATE OR REPLACE TEMP TABLE _records (line BIGINT, raw VARCHAR, doc_error VARCHAR,
@@ -462,10 +574,7 @@ def _stage_profile_records(con, source: Source) -> None:
     ranges = [None]
     if source.format == "jsonl":
         con.execute(readers.stage_lines(_REJECTS), {"path": str(source.path)})
-        ranges = con.execute(f"""
-            SELECT min(ordinality), max(ordinality) FROM (
-                SELECT ordinality, (sum(coalesce(strlen(raw), 0)) OVER (ORDER BY ordinality)) // $bytes AS part
-                FROM {_REJECTS}_lines) GROUP BY part ORDER BY part""", {"bytes": _PARSE_BATCH_BYTES}).fetchall()
+        ranges = con.execute(readers.line_ranges(_REJECTS, _PROFILE_BATCH_BYTES)).fetchall()
     for lines in ranges:
         _sql(con, f"INSERT INTO _records {readers.profile_items(source, _REJECTS, lines)}",
              {"path": str(source.path)})
@@ -489,6 +598,7 @@ def _load_profiles(con, source: Source, file_id: int, now: datetime, result: Fil
                did_s AS distinct_id, props,
                CASE WHEN reason IS NULL THEN props -> '$."$onesignal_user_id"' END AS onesignal_id
         FROM v""", params)
+    _refuse_deep_profiles(con)
     _quarantine_from(con, "_profiles", source, file_id)
     # Replaced by delete and insert: INSERT OR REPLACE checks every row for a conflict (twice as slow).
     con.execute("""
@@ -515,6 +625,21 @@ def _load_profiles(con, source: Source, file_id: int, now: datetime, result: Fil
         WHERE trim(value) <> '' AND value <> distinct_id""",
                 {"now_ms": _ms(now), "file_id": file_id})
     refresh_identity(con, file_id)
+
+
+def _refuse_deep_profiles(con) -> None:
+    """Refuse profiles nested deeper than `validation.MAX_DEPTH`: matching and updates read profiles in
+    Python, whose reader fails on deep nesting. Only profiles with that many brackets are looked at."""
+    candidates = con.execute(f"""SELECT line, item, props::VARCHAR FROM _profiles
+                                 WHERE reason IS NULL AND strlen(props::VARCHAR) > $d * 2
+                                   AND {validation.openers('props::VARCHAR')} > $d""",
+                             {"d": validation.MAX_DEPTH}).fetchall()
+    deep = [(line, item) for line, item, text in candidates if validation.json_depth(text) > validation.MAX_DEPTH]
+    if deep:
+        frame = pd.DataFrame(deep, columns=["line", "item"])
+        con.execute(f"""UPDATE _profiles SET reason = 'nested more than {validation.MAX_DEPTH} levels deep',
+                                             raw = left(props::VARCHAR, {validation.QUARANTINED_RAW_CHARS})
+                        FROM frame f WHERE _profiles.line = f.line AND _profiles.item = f.item""")
 
 
 def _load_profile_updates(con, source: Source, file_id: int, now: datetime, result: FileResult,
@@ -555,7 +680,11 @@ def _load_profile_updates(con, source: Source, file_id: int, now: datetime, resu
     applied = 0
     while batch := cursor.fetchmany(50_000):
         for line, _item, raw, target, op, value, time_ms, current in batch:
-            argument = json.loads(value) if value is not None else None
+            try:
+                argument = json.loads(value) if value is not None else None
+            except RecursionError:
+                bad.append((line, f"{op} value nested too deeply (at most {validation.MAX_DEPTH} levels)", raw))
+                continue
             problem = profile_ops.check(op, argument)
             if problem:
                 bad.append((line, problem, raw))

@@ -14,12 +14,16 @@ reason.
 from __future__ import annotations
 
 from toolkit.sources import Source
-from toolkit.validation import json_type_name
+from toolkit.validation import QUARANTINED_RAW_CHARS, json_type_name
 
-MAX_RECORD_BYTES = 64 << 20     # a record larger than this is refused with the file named
+# A larger record is quarantined with its line and size. DuckDB's JSON parse of a record takes about
+# eight times its text, and a reader thread parses a buffer of up to this size at once: 16 MiB keeps a
+# load within its 1 GB (at 64 MiB, files of 1 MiB records ran out of memory). Mixpanel's own limit is 1 MB.
+MAX_RECORD_BYTES = 16 << 20
 # A line of JSON's whitespace only is blank; any other character (\x1f, say) makes it a record.
 JSON_BLANKS = "' ' || chr(9) || chr(10) || chr(13)"
 DOCUMENT_BUFFER_BYTES = 4 << 20   # read_json_objects' buffer per thread (see _document_texts)
+PARSE_BATCH_BYTES = 4 << 20       # JSON Lines text parsed per statement (see line_ranges)
 
 _LINES = ("read_csv($path, columns={'raw': 'VARCHAR'}, delim='\\0', quote='', escape='', header=false, "
           f"auto_detect=false, strict_mode=false, max_line_size={MAX_RECORD_BYTES}, "
@@ -33,17 +37,17 @@ IDENTITY_EVENTS = ("$identify", "$create_alias", "$merge")
 LINK_FIELDS = ("$anon_id", "$identified_id", "alias", "$distinct_ids")
 
 
-def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = True) -> str:
+def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = True,
+                 lines: tuple[int, int] | None = None) -> str:
     """(record, raw, doc_error, ev, props, did, tm, iid, dev, uid, links) for an events
     file: the record's fields as JSON values, with the properties Mixpanel gives a meaning
     (`KEY_FIELDS`) pulled out, and for an identity event the `LINK_FIELDS` it links (a list).
 
     ``numbered=False`` leaves ``record`` NULL on the fast path: numbering rows keeps read_json on one
-    thread, which doubles the time of a clean load that needs no line numbers."""
+    thread, which doubles the time of a clean load that needs no line numbers. A record over
+    `MAX_RECORD_BYTES` is not parsed (validation refuses it for its size); ``lines`` as in `documents`."""
     if source.format == "csv":
-        rows = (f"read_csv($path, header=true, auto_detect=true, max_line_size={MAX_RECORD_BYTES}, "
-                "sample_size=-1)")
-        records = _flat_rows(rows, first_record=2)
+        records = _flat_rows(csv_rows(source, rejects), first_record=2)
     elif source.format == "parquet":
         records = _parquet_rows()
     elif not careful:
@@ -55,13 +59,25 @@ def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = T
                                      maximum_object_size={MAX_RECORD_BYTES}){ordinality}"""
     else:
         records = f"""SELECT record, raw, doc_error, doc -> '$.event' AS ev, doc -> '$.properties' AS props
-                      FROM ({documents(source, rejects)})"""
+                      FROM ({documents(source, rejects, lines)})"""
     # One parse of the properties for all key fields; identity events get a second for their ids.
     keys = ", ".join(f"k[{i}] AS {col}" for i, col in enumerate(_KEY_COLUMNS, 1))
+    fits = f"strlen(props) <= {MAX_RECORD_BYTES}"
     return f"""SELECT record, raw, doc_error, ev, props, {keys},
-                      CASE WHEN ev ->> '$' IN {IDENTITY_EVENTS} THEN json_extract(props, [{_paths(LINK_FIELDS)}])
-                      END AS links
-               FROM (SELECT *, json_extract(props, [{_paths(KEY_FIELDS)}]) AS k FROM ({records}))"""
+                      CASE WHEN {fits} AND ev ->> '$' IN {IDENTITY_EVENTS}
+                           THEN json_extract(props, [{_paths(LINK_FIELDS)}]) END AS links
+               FROM (SELECT *, CASE WHEN {fits} THEN json_extract(props, [{_paths(KEY_FIELDS)}]) END AS k
+                     FROM ({records}))"""
+
+
+def csv_rows(source: Source, rejects: str) -> str:
+    """A CSV file's rows with the header's columns. A row with too few or too many fields goes to the
+    temp table ``{rejects}`` with its line (see `rejected_lines`); ``record`` numbers the rows read, so
+    the loader puts the file's line numbers back (`line_of`). Each scan adds to ``{rejects}``."""
+    delim = {",": ",", ";": ";", "\t": "\\t", "|": "|"}[source.delimiter]
+    return (f"read_csv($path, delim='{delim}', header=true, auto_detect=true, sample_size=-1, "
+            f"max_line_size={MAX_RECORD_BYTES}, ignore_errors=true, store_rejects=true, "
+            f"rejects_table='{rejects}', rejects_scan='{rejects}_scan')")
 
 
 def _paths(names) -> str:
@@ -78,15 +94,27 @@ def stage_lines(rejects: str) -> str:
             f"FROM {_LINES.replace('{rejects}', rejects)} WITH ORDINALITY")
 
 
-def documents(source: Source, rejects: str) -> str:
-    """(record, raw, doc_error, doc) with each record checked on its own (JSON Lines: after `stage_lines`)."""
+def documents(source: Source, rejects: str, lines: tuple[int, int] | None = None) -> str:
+    """(record, raw, doc_error, doc) with each record checked on its own (JSON Lines: after `stage_lines`;
+    ``lines`` limits the staged lines read, see `line_ranges`)."""
     return f"""
         SELECT record, raw,
                CASE WHEN NOT json_valid(raw) THEN 'malformed JSON'
                     WHEN json_type(raw) <> 'OBJECT'
                         THEN 'not a JSON object (got ' || {json_type_name('json_type(raw)')} || ')' END AS doc_error,
                CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT' THEN raw::JSON END AS doc
-        FROM ({_document_texts(source, rejects)})"""
+        FROM ({_document_texts(source, rejects, lines)})"""
+
+
+def line_ranges(rejects: str, batch_bytes: int = PARSE_BATCH_BYTES) -> str:
+    """(first, last) ordinals of runs of staged lines holding about ``batch_bytes`` of text each:
+    DuckDB keeps every JSON parse of a vector (2,048 lines) until the vector is done, each JSON
+    function its own, so parsing a file of 1 MiB lines in one statement needs gigabytes (the careful
+    events reader parses each line about five times: 4 MiB at a time keeps it within 600 MB)."""
+    return f"""SELECT min(ordinality), max(ordinality) FROM (
+                   SELECT ordinality, (sum(coalesce(strlen(raw), 0)) OVER (ORDER BY ordinality)) // {int(batch_bytes)}
+                          AS part
+                   FROM {rejects}_lines) GROUP BY part ORDER BY part"""
 
 
 def profile_items(source: Source, rejects: str, lines: tuple[int, int] | None = None) -> str:
@@ -119,9 +147,10 @@ def _document_texts(source: Source, rejects: str, lines: tuple[int, int] | None 
     fills a vector from one buffer, sized by ``maximum_object_size`` (a larger object still reads), so
     `DOCUMENT_BUFFER_BYTES` bounds what is parsed at once; a range of staged lines bounds it for JSON Lines."""
     if source.format == "jsonl":
-        within = f" AND ordinality BETWEEN {int(lines[0])} AND {int(lines[1])}" if lines else ""
-        return f"""SELECT {line_of('ordinality', rejects)} AS record, raw FROM {rejects}_lines
-                   WHERE raw IS NOT NULL AND trim(raw, {JSON_BLANKS}) <> ''{within}"""
+        within = f" WHERE ordinality BETWEEN {int(lines[0])} AND {int(lines[1])}" if lines else ""
+        return f"""SELECT {line_of('ordinality', rejects)} AS record, raw
+                   FROM (SELECT * FROM {rejects}_lines{within})   -- the range first: trim reads every line
+                   WHERE raw IS NOT NULL AND trim(raw, {JSON_BLANKS}) <> ''"""
     return f"""SELECT ordinality AS record, json::VARCHAR AS raw
                FROM read_json_objects($path, format='auto', maximum_object_size={DOCUMENT_BUFFER_BYTES})
                WITH ORDINALITY"""
@@ -130,13 +159,27 @@ def _document_texts(source: Source, rejects: str, lines: tuple[int, int] | None 
 def line_of(ordinal: str, rejects: str) -> str:
     """The physical line of the ``ordinal``-th line the CSV reader emitted, given the lines it rejected."""
     return (f"({ordinal} + (SELECT count(*) FROM (SELECT line - row_number() OVER (ORDER BY line) AS before "
-            f"FROM {rejects}) WHERE before < {ordinal}))")
+            f"FROM (SELECT DISTINCT line FROM {rejects})) WHERE before < {ordinal}))")
 
 
 def rejected_lines(rejects: str) -> str:
-    """(record, reason, raw) of lines the line reader could not decode."""
-    return f"""SELECT line AS record, 'unreadable line: ' || error_message AS reason, csv_line AS raw
-               FROM {rejects}"""
+    """(record, reason, raw) of lines the reader could not decode or split (one row per line: the CSV
+    reader reports a row short of two fields twice)."""
+    size = "try_cast(regexp_extract(error_message, 'Actual Size:\\s*(\\d+)', 1) AS BIGINT)"
+    fields = "regexp_extract(error_message, 'Expected Number of Columns: (\\d+) Found: (\\d+)', ['want', 'got'])"
+    return f"""SELECT line AS record,
+                      CASE WHEN error_type = 'LINE SIZE OVER MAXIMUM' THEN {record_too_large(size)}
+                           WHEN error_type IN ('MISSING COLUMNS', 'TOO MANY COLUMNS')
+                               THEN 'row has ' || {fields}.got || ' fields, the header has ' || {fields}.want
+                           ELSE 'unreadable line: ' || error_message END AS reason,
+                      left(ltrim(csv_line, chr(10) || chr(13)), {QUARANTINED_RAW_CHARS}) AS raw
+               FROM (SELECT DISTINCT ON (line) * FROM {rejects} ORDER BY line, column_idx)"""
+
+
+def record_too_large(size: str) -> str:
+    """SQL: the reason a record of ``size`` bytes is refused."""
+    return (f"'record too large: ' || coalesce(round({size} / 1048576, 1) || ' MiB', 'size unknown') "
+            f"|| ' (at most {MAX_RECORD_BYTES >> 20} MiB)'")
 
 
 def _flat_rows(rows: str, first_record: int) -> str:

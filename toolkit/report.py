@@ -18,8 +18,8 @@ def load_text(summary: LoadSummary, quarantine_command: str | None = None) -> st
             ("duplicates dropped", d["duplicates_dropped"]), ("rows quarantined", d["rows_quarantined"])]
     lines += [f"  {name:<20}{value:>12,}" for name, value in rows]
     for f in summary.files:
-        if f.status == "refused":
-            lines.append(f"  refused: {f.message}")
+        if f.status in ("refused", "waiting"):
+            lines.append(f"  {f.status}: {f.message}")
         elif f.status == "loaded" and f.quarantined:
             lines.append(f"  {f.path}: {f.quarantined:,} row(s) quarantined "
                          f"({quarantine_command} --file {shlex.quote(str(f.path))})")

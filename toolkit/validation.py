@@ -7,6 +7,8 @@ expressions read columns named by the loader (see ``toolkit.ingest``) and the bo
 
 from __future__ import annotations
 
+import re
+
 # distinct_id values Mixpanel refuses (compared case-insensitively, surrounding blanks ignored).
 REFUSED_DISTINCT_IDS = (
     "", "anon", "anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", "<nil>",
@@ -17,6 +19,7 @@ MAX_FUTURE_MS = 3_600_000              # one hour
 MS_THRESHOLD = 1e11                    # a `time` above this is milliseconds, below it seconds
 MAX_INSERT_ID_BYTES = 36
 QUARANTINED_RAW_CHARS = 4096           # how much of a bad record the quarantine keeps
+MAX_DEPTH = 500                        # profiles nested deeper are refused: Python reads them later
 
 _ID_TYPES = "('VARCHAR', 'BIGINT', 'UBIGINT')"
 _NUMBER_TYPES = "('BIGINT', 'UBIGINT', 'DOUBLE')"
@@ -61,10 +64,14 @@ def time_ms_expr(col: str) -> str:
             f"{col}_d * CASE WHEN abs({col}_d) > {MS_THRESHOLD} THEN 1 ELSE 1000 END END")
 
 
-def event_reason(ev: str, props: str, did: str, time_ms: str, tm: str, iid: str) -> str:
+def event_reason(ev: str, props: str, did: str, time_ms: str, tm: str, iid: str, max_bytes: int) -> str:
     """Why an event record is refused, in the order a person would fix it; NULL when valid.
-    Needs ``typed(ev, did, tm, iid, texts=(ev, did, iid), numbers=(tm,))`` beside the columns."""
+    Needs ``typed(ev, did, tm, iid, texts=(ev, did, iid), numbers=(tm,))`` beside the columns.
+    A record over ``max_bytes`` is refused for its size before anything else (its fields are not parsed)."""
+    size = f"(coalesce(strlen({ev}), 0) + coalesce(strlen({props}), 0))"
     return f"""CASE
+        WHEN {size} > {max_bytes} THEN 'record too large: ' || round({size} / 1048576, 1) || ' MiB (at most '
+            || {max_bytes >> 20} || ' MiB)'
         WHEN {ev}_t IS NULL OR {ev}_t = 'NULL' THEN 'missing "event"'
         WHEN {ev}_t <> 'VARCHAR' THEN '"event" must be a string, got ' || {json_type_name(ev + '_t')}
         WHEN trim({ev}_s) = '' THEN 'empty event name'
@@ -94,6 +101,23 @@ def profile_reason(did: str, props: str) -> str:
         WHEN {props}_t IS NULL OR {props}_t = 'NULL' THEN 'missing "$properties"'
         WHEN {props}_t <> 'OBJECT' THEN '"$properties" must be an object, got ' || {json_type_name(props + '_t')}
     END"""
+
+
+def openers(text: str) -> str:
+    """SQL: how many `[` and `{` a JSON text holds, a cheap bound on its depth (see `json_depth`)."""
+    return f"(strlen({text}) - strlen(replace(replace({text}, '[', ''), '{{', '')))"
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(text: str) -> int:
+    """How deeply a JSON text nests (0 for a scalar), counted without recursion."""
+    depth = deepest = 0
+    for bracket in re.findall(r"[\[\]{}]", _STRINGS.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def parameters(now_ms: int) -> dict:
