@@ -137,3 +137,19 @@ def _is_uuid(value):
     from toolkit.identity import is_uuid4
 
     return is_uuid4(value)
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    db = tmp_path / "s.duckdb"
+    data = tmp_path / "in"
+    data.mkdir()
+    write_lines(data / "e.jsonl", ["{bad"] * 3000)         # a long quarantine listing
+    assert toolkit("load", data, "--db", db).returncode == 0
+    # `toolkit quarantine | head -1`: the reader closes the pipe after one line
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "quarantine", "--db", str(db), "--limit", "3000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

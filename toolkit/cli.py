@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from datetime import date, datetime, time, timezone
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: {_INTERRUPTED.get(args.run.__name__, 'stopped before it finished')}", file=sys.stderr)
         return 130
+    except BrokenPipeError:     # `toolkit runs | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 _INTERRUPTED = {     # what Ctrl-C cut short, and what is left of it
