@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -33,7 +34,7 @@ except ImportError as exc:      # an optional dependency: say how to get it
 from toolkit import cohorts, export, matching, report, sync
 from toolkit import credentials as keys
 from toolkit import plan as planning
-from toolkit.onesignal import REDACTED, Credentials
+from toolkit.onesignal import DEFAULT_BASE_URL, REDACTED, Credentials
 
 __all__ = ["connect_panel", "cohort_explorer", "export_panel", "ConnectPanel", "CohortExplorer",
            "ExportPanel", "Diff", "preview_diff", "funnel", "filter_members"]
@@ -134,16 +135,43 @@ def _cohort_names(store) -> list[str]:
 
 
 def _set_options(dropdown: w.Dropdown, options: list) -> None:
-    """New options, keeping the selection when it is still there (ipywidgets resets it otherwise)."""
+    """New options, keeping the selection when it is still there, else selecting nothing (ipywidgets
+    would select the first option: an unrelated cohort)."""
     if tuple(options) != tuple(dropdown.options):
         keep = dropdown.value
         dropdown.options = options
-        if keep in options:
-            dropdown.value = keep
+        dropdown.value = keep if keep in options else None
 
 
 def _pre(text: str) -> str:
-    return f"<pre style='margin:0'>{html.escape(text)}</pre>"
+    """Preformatted text that wraps at the panel's edge instead of running off it."""
+    return f"<pre style='margin:0; white-space:pre-wrap; overflow-wrap:anywhere'>{html.escape(text)}</pre>"
+
+
+def _table(frame: pd.DataFrame) -> str:
+    """A DataFrame as an HTML table that scrolls sideways inside the panel when it is too wide."""
+    return ("<div style='overflow-x:auto; max-width:100%'>"
+            + frame.to_html(index=False, na_rep="", escape=True) + "</div>")
+
+
+WRAP = "toolkit-wrap"   # a Label with this class wraps long text (ipywidgets cuts Labels at one line)
+_STYLE = f"<style>.{WRAP}.widget-label {{white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.5;}}</style>"
+
+
+def _style() -> w.HTML:
+    """The panels' CSS, in the panel itself so it travels with the widget (no notebook-wide setup)."""
+    return w.HTML(_STYLE, layout={"display": "none"})
+
+
+def _wrapping_label(text: str = "") -> w.Label:
+    label = w.Label(text, layout={"width": "100%"})
+    label.add_class(WRAP)
+    return label
+
+
+def default_base_url() -> str:
+    """The OneSignal API address: $ONESIGNAL_BASE_URL (an emulator, a proxy), else the real API."""
+    return os.environ.get("ONESIGNAL_BASE_URL", "").strip() or DEFAULT_BASE_URL
 
 
 def _show(output: w.Output, data: dict) -> None:
@@ -176,34 +204,53 @@ class _Panel:
     widget: w.Widget
 
     def _ipython_display_(self) -> None:
+        """The live widget; its plain-text form (what a run without a browser keeps) is the panel's repr."""
         from IPython.display import display
 
-        display(self.widget)
+        bundle = self.widget._repr_mimebundle_()
+        bundle["text/plain"] = repr(self)
+        display(bundle, raw=True)
 
 
 # -- connect ----------------------------------------------------------------------------------------
 
 class ConnectPanel(_Panel):
-    """App ID, API key and Connect; ``credentials`` holds the key in memory once connected."""
+    """API address, App ID, API key and Connect; ``credentials`` holds the key in memory once connected."""
 
     def __init__(self, store, base_url: str | None = None):
-        self.store, self.base_url = store, base_url
+        self.store = store
         self.credentials: Credentials | None = None
+        self._known: Credentials | None = None      # the last key that worked, for a reconnect with a blank field
         self.result: dict | None = None
+        self.address = w.Text(description="API address", value=base_url or default_base_url(),
+                              placeholder=DEFAULT_BASE_URL, layout={"width": "480px"})
         self.app_id = w.Text(description="App ID", placeholder="OneSignal App ID")
         self.api_key = w.Password(description="API key", placeholder="App API key (never saved)")
         self.connect_button = w.Button(description="Connect", button_style="primary", icon="plug")
-        self.status = w.Label("Not connected")
+        self.status = _wrapping_label("Not connected")
         self.connect_button.on_click(self._on_connect)
-        self.widget = w.VBox([w.HBox([self.app_id, self.api_key, self.connect_button]), self.status])
+        self.address.observe(self._on_address, names="value")
+        self.widget = w.VBox([_style(), self.address,
+                              w.HBox([self.app_id, self.api_key, self.connect_button],
+                                     layout={"flex_flow": "row wrap"}),
+                              self.status])
+
+    @property
+    def base_url(self) -> str:
+        """The address in the field (blank: the real OneSignal API)."""
+        return self.address.value.strip() or DEFAULT_BASE_URL
+
+    @base_url.setter
+    def base_url(self, value: str | None) -> None:
+        self.address.value = value or default_base_url()
 
     @property
     def connected(self) -> bool:
         return self.credentials is not None
 
     def connect(self, credentials: Credentials) -> bool:
-        """Check ``credentials`` against OneSignal (also usable with keys found by
-        ``toolkit.credentials.find``); keep them only if they work."""
+        """Check ``credentials`` against OneSignal at the panel's address (also usable with keys found
+        by ``toolkit.credentials.find``); keep them only if they work."""
         self.app_id.value = credentials.app_id
         try:
             self.result = sync.connect(self.store, credentials, self.base_url)
@@ -211,13 +258,18 @@ class ConnectPanel(_Panel):
             self.result = {"connected": False, "detail": f"{type(exc).__name__}: {exc}"}
         ok = bool(self.result["connected"])
         self.credentials = credentials if ok else None
+        if ok:
+            self._known = credentials
         detail = str(self.result["detail"]).replace(credentials.api_key, REDACTED)
         self.status.value = "Connected" if ok else f"Not connected: {detail}"
         return ok
 
     def _on_connect(self, _button=None) -> None:
-        app_id, key = self.app_id.value, self.api_key.value
+        app_id, key = self.app_id.value.strip(), self.api_key.value
         self.api_key.value = ""         # first: a Password's value is saved with the notebook's widget state
+        if not key and self._known is not None and self._known.app_id == app_id:
+            self.connect(self._known)   # e.g. the address changed: check the key in use against it
+            return
         try:
             credentials = Credentials(app_id, key)
         except ValueError as exc:
@@ -226,12 +278,20 @@ class ConnectPanel(_Panel):
             return
         self.connect(credentials)
 
+    def _on_address(self, _change=None) -> None:
+        """A new address is not checked yet: exports must not go there on the old check's word."""
+        if self.credentials is not None:
+            self.credentials = None
+            self.status.value = f"Not connected: the API address changed to {self.base_url}; press Connect"
+
     def __repr__(self) -> str:
-        return f"ConnectPanel(app_id={self.app_id.value!r}, status={self.status.value!r})"
+        return (f"ConnectPanel(address={self.base_url!r}, app_id={self.app_id.value!r}, "
+                f"status={self.status.value!r})")
 
 
 def connect_panel(store, base_url: str | None = None) -> ConnectPanel:
-    """App ID, API key (Password) and Connect, with a "Connected" / "Not connected: why" status."""
+    """API address (``base_url``, else $ONESIGNAL_BASE_URL, else the real OneSignal API), App ID, API key
+    (Password) and Connect, with a "Connected" / "Not connected: why" status."""
     return ConnectPanel(store, base_url)
 
 
@@ -245,7 +305,7 @@ class CohortExplorer(_Panel):
         self.preview: matching.Preview | None = None
         self.shown: pd.DataFrame | None = None
         self.cohort = w.Dropdown(description="Cohort", options=_cohort_names(store), layout={"width": "480px"})
-        self.size = w.Label()
+        self.size = _wrapping_label()
         self.funnel = w.Output()
         self.reasons = w.HTML()
         self.search = w.Text(description="Search", placeholder="distinct_id or reason")
@@ -253,8 +313,10 @@ class CohortExplorer(_Panel):
         self.table = w.HTML()
         self.cohort.observe(lambda _: self.show(), names="value")
         self.search.observe(lambda _: self._filter(), names="value")
-        self.widget = w.VBox([self.cohort, self.size, w.HBox([self.funnel, self.reasons]),
-                              w.HBox([self.search, self.matches]), self.table])
+        self.widget = w.VBox([_style(), self.cohort, self.size,
+                              w.HBox([self.funnel, self.reasons], layout={"flex_flow": "row wrap"}),
+                              w.HBox([self.search, self.matches], layout={"flex_flow": "row wrap"}), self.table],
+                             layout={"width": "100%"})
         self.show()
 
     def refresh(self) -> None:
@@ -291,7 +353,7 @@ class CohortExplorer(_Panel):
     def _reasons_html(reasons: dict) -> str:
         rows = "".join(f"<tr><td>{r}</td><td>{n}</td><td>{html.escape(REASON_HELP.get(r, ''))}</td></tr>"
                        for r, n in reasons.items())
-        return f"<table><tr><th>why not exportable</th><th>members</th><th></th></tr>{rows}</table>"
+        return f"<table><tr><th>why not exportable</th><th>members</th><th>meaning</th></tr>{rows}</table>"
 
     def _filter(self) -> None:
         if self.preview is None:
@@ -300,7 +362,7 @@ class CohortExplorer(_Panel):
         total = len(self.preview.members)
         self.matches.value = f"{len(self.shown):,} of {total:,} members" + (
             f" (first {self.rows} shown)" if len(self.shown) > self.rows else "")
-        self.table.value = self.shown.head(self.rows).to_html(index=False, na_rep="", escape=True)
+        self.table.value = _table(self.shown.head(self.rows))
 
 
 def cohort_explorer(store, now: datetime | str | None = None) -> CohortExplorer:
@@ -323,19 +385,32 @@ class ExportPanel(_Panel):
         self.preview_button = w.Button(description="Preview", icon="eye")
         self.export_button = w.Button(description="Export", button_style="primary", icon="upload")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="Progress")
-        self.status = w.Label()
+        self.status = _wrapping_label()
         self.diff = w.HTML()
         self.result = w.HTML()
         self.syncs = w.HTML()
-        self.sync_choice = w.Dropdown(description="Dynamic", options=[])
+        self.sync_choice = w.Dropdown(description="Dynamic", options=[], value=None, layout={"width": "480px"})
         self.stop_button = w.Button(description="Stop sync", button_style="warning", icon="stop")
+        # Stopping asks first, naming the cohort: a sync stopped by mistake silently goes stale.
+        self.stopping: str | None = None
+        self.confirm_text = _wrapping_label()
+        self.confirm_button = w.Button(description="Yes, stop it", button_style="danger", icon="stop")
+        self.cancel_button = w.Button(description="Cancel")
+        self.confirm = w.VBox([self.confirm_text, w.HBox([self.confirm_button, self.cancel_button])],
+                              layout={"display": "none"})
         self.preview_button.on_click(self._on_preview)
         self.export_button.on_click(self._on_export)
         self.stop_button.on_click(self._on_stop)
+        self.confirm_button.on_click(self._on_confirm_stop)
+        self.cancel_button.on_click(lambda _: self._ask_stop(None))
+        self.sync_choice.observe(lambda _: self._ask_stop(None), names="value")
         self.widget = w.VBox([
-            self.cohort, self.mode, self.force, w.HBox([self.preview_button, self.export_button, self.progress]),
+            _style(), self.cohort, self.mode, self.force,
+            w.HBox([self.preview_button, self.export_button, self.progress], layout={"flex_flow": "row wrap"}),
             self.status, self.diff, self.result,
-            w.HTML("<b>Exports</b>"), self.syncs, w.HBox([self.sync_choice, self.stop_button])])
+            w.HTML("<b>Exports</b>"), self.syncs,
+            w.HBox([self.sync_choice, self.stop_button], layout={"flex_flow": "row wrap"}), self.confirm],
+            layout={"width": "100%"})
         self.refresh()
 
     def refresh(self) -> None:
@@ -345,8 +420,7 @@ class ExportPanel(_Panel):
         _set_options(self.sync_choice,
                      [e["cohort"] for e in found if e["mode"] == "dynamic" and e["stopped_at"] is None])
         columns = ["cohort", "mode", "in_segment", "next_due_at", "stopped_at"]
-        self.syncs.value = (pd.DataFrame(found, columns=columns).to_html(index=False, na_rep="", escape=True)
-                            if found else "no exports yet")
+        self.syncs.value = _table(pd.DataFrame(found, columns=columns)) if found else "no exports yet"
 
     def _time(self) -> datetime:
         return self.now or datetime.now(timezone.utc)
@@ -410,9 +484,24 @@ class ExportPanel(_Panel):
         self.progress.value = min(done, self.progress.max)
 
     def _on_stop(self, _button=None) -> None:
+        """Ask before stopping the chosen sync; nothing is stopped until the confirmation."""
         name = self.sync_choice.value
         if name is None:
-            self.status.value = "no dynamic sync to stop"
+            self.status.value = ("choose the dynamic sync to stop first" if self.sync_choice.options
+                                 else "no dynamic sync to stop")
+            return
+        self._ask_stop(name)
+
+    def _ask_stop(self, name: str | None) -> None:
+        self.stopping = name
+        self.confirm_text.value = (f"Stop the dynamic sync of {name}? It will no longer update every 15 minutes; "
+                                   "OneSignal keeps the last export." if name else "")
+        self.confirm.layout.display = None if name else "none"
+
+    def _on_confirm_stop(self, _button=None) -> None:
+        name = self.stopping
+        self._ask_stop(None)
+        if name is None:
             return
         try:
             export.stop(self.store, name, self._time())
