@@ -214,6 +214,13 @@ def test_explorer_tables_name_every_column_and_fit_the_panel(store):
         assert headers and all(h.strip() for h in headers), headers
     # The member table scrolls sideways inside its own box instead of running off the panel's edge.
     assert explorer.table.value.startswith("<div style='overflow-x:auto; max-width:100%'><table")
+    # A 260-character "id" is cut in the table (its length named); the search still sees all of it.
+    members = explorer.preview.members
+    (long_id, *_) = [i for i in members["onesignal_id"].dropna() if len(i) > widgets.LONGEST]
+    explorer.search.value = members.loc[members["onesignal_id"] == long_id, "distinct_id"].iloc[0]
+    assert long_id not in explorer.table.value and f"{long_id[:20]}" in explorer.table.value
+    assert f"({len(long_id):,} characters)" in explorer.table.value
+    assert long_id in set(explorer.shown["onesignal_id"])
 
 
 # -- export -------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ __all__ = ["connect_panel", "cohort_explorer", "export_panel", "ConnectPanel", "
 
 ROWS = 50          # member rows shown in the explorer's table
 SAMPLES = 5        # adds / removes named in an export preview
+LONGEST = 48       # characters of a value shown in the member table (the search still sees all of it)
 MODES = [("One-time", "once"), ("Dynamic", "dynamic")]
 REASON_HELP = {    # one line each, from toolkit/matching.py's rules
     "anonymous": "no profile properties: Mixpanel exports identified profiles only",
@@ -148,14 +149,29 @@ def _pre(text: str) -> str:
     return f"<pre style='margin:0; white-space:pre-wrap; overflow-wrap:anywhere'>{html.escape(text)}</pre>"
 
 
-def _table(frame: pd.DataFrame) -> str:
-    """A DataFrame as an HTML table that scrolls sideways inside the panel when it is too wide."""
+def _table(frame: pd.DataFrame, longest: int | None = None) -> str:
+    """A DataFrame as an HTML table that scrolls sideways inside the panel when it is too wide. Empty
+    cells are blank (None too); a value longer than ``longest`` characters (a 260-character "OneSignal
+    id") is cut with its length named, so one cell cannot stretch the table."""
+    def cell(value):
+        if value is None or (not isinstance(value, (list, dict)) and pd.isna(value)):
+            return ""
+        text = str(value)
+        return text if longest is None or len(text) <= longest else f"{text[:longest - 16]}… ({len(text):,} characters)"
+    shown = frame.astype(object).map(cell)
     return ("<div style='overflow-x:auto; max-width:100%'>"
-            + frame.to_html(index=False, na_rep="", escape=True) + "</div>")
+            + shown.to_html(index=False, escape=True) + "</div>")
 
 
-WRAP = "toolkit-wrap"   # a Label with this class wraps long text (ipywidgets cuts Labels at one line)
-_STYLE = f"<style>.{WRAP}.widget-label {{white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.5;}}</style>"
+WRAP = "toolkit-wrap"     # a Label with this class wraps long text (ipywidgets cuts Labels at one line)
+FIT = "toolkit-fit"       # an HTML widget with this class is no wider than the panel (its tables scroll)
+_STYLE = (f"<style>.jupyter-widgets.widget-label.{WRAP} {{white-space: pre-wrap; overflow-wrap: anywhere; "
+          "height: auto; min-height: var(--jp-widgets-inline-height); line-height: 1.5; padding: 4px 0;} "
+          f".jupyter-widgets.widget-html.{FIT} {{min-width: 0; max-width: 100%;}} "
+          f".jupyter-widgets.widget-html.{FIT} > .widget-html-content {{min-width: 0;}} "
+          f".{FIT} table {{border-collapse: collapse; line-height: 1.4;}} "
+          f".{FIT} th, .{FIT} td {{max-width: 28em; overflow-wrap: break-word; text-align: left; vertical-align: top; "
+          "padding: 2px 8px; border-bottom: 1px solid var(--jp-border-color2, #ddd);}</style>")
 
 
 def _style() -> w.HTML:
@@ -163,8 +179,14 @@ def _style() -> w.HTML:
     return w.HTML(_STYLE, layout={"display": "none"})
 
 
+def _fitting_html(value: str = "") -> w.HTML:
+    html_widget = w.HTML(value)
+    html_widget.add_class(FIT)
+    return html_widget
+
+
 def _wrapping_label(text: str = "") -> w.Label:
-    label = w.Label(text, layout={"width": "100%"})
+    label = w.Label(text)
     label.add_class(WRAP)
     return label
 
@@ -224,7 +246,7 @@ class ConnectPanel(_Panel):
         self.result: dict | None = None
         self.address = w.Text(description="API address", value=base_url or default_base_url(),
                               placeholder=DEFAULT_BASE_URL, layout={"width": "480px"})
-        self.app_id = w.Text(description="App ID", placeholder="OneSignal App ID")
+        self.app_id = w.Text(description="App ID", placeholder="OneSignal App ID", layout={"width": "420px"})
         self.api_key = w.Password(description="API key", placeholder="App API key (never saved)")
         self.connect_button = w.Button(description="Connect", button_style="primary", icon="plug")
         self.status = _wrapping_label("Not connected")
@@ -307,10 +329,10 @@ class CohortExplorer(_Panel):
         self.cohort = w.Dropdown(description="Cohort", options=_cohort_names(store), layout={"width": "480px"})
         self.size = _wrapping_label()
         self.funnel = w.Output()
-        self.reasons = w.HTML()
+        self.reasons = _fitting_html()
         self.search = w.Text(description="Search", placeholder="distinct_id or reason")
         self.matches = w.Label()
-        self.table = w.HTML()
+        self.table = _fitting_html()
         self.cohort.observe(lambda _: self.show(), names="value")
         self.search.observe(lambda _: self._filter(), names="value")
         self.widget = w.VBox([_style(), self.cohort, self.size,
@@ -362,7 +384,7 @@ class CohortExplorer(_Panel):
         total = len(self.preview.members)
         self.matches.value = f"{len(self.shown):,} of {total:,} members" + (
             f" (first {self.rows} shown)" if len(self.shown) > self.rows else "")
-        self.table.value = _table(self.shown.head(self.rows))
+        self.table.value = _table(self.shown.head(self.rows), longest=LONGEST)
 
 
 def cohort_explorer(store, now: datetime | str | None = None) -> CohortExplorer:
@@ -386,9 +408,9 @@ class ExportPanel(_Panel):
         self.export_button = w.Button(description="Export", button_style="primary", icon="upload")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="Progress")
         self.status = _wrapping_label()
-        self.diff = w.HTML()
-        self.result = w.HTML()
-        self.syncs = w.HTML()
+        self.diff = _fitting_html()
+        self.result = _fitting_html()
+        self.syncs = _fitting_html()
         self.sync_choice = w.Dropdown(description="Dynamic", options=[], value=None, layout={"width": "480px"})
         self.stop_button = w.Button(description="Stop sync", button_style="warning", icon="stop")
         # Stopping asks first, naming the cohort: a sync stopped by mistake silently goes stale.
@@ -461,6 +483,7 @@ class ExportPanel(_Panel):
         self.progress.value, self.progress.max, self.progress.bar_style = 0, 1, ""
         self.export_button.disabled = True       # two runs of one cohort never overlap anyway
         self.status.value = f"Exporting {name}..."
+        self.diff.value = ""                     # the preview described the state before this run
         try:
             record = sync.export_cohort(
                 self.store, name, mode=self.mode.value, credentials=credentials, force=self.force.value,
