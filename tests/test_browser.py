@@ -286,6 +286,7 @@ def test_export_a_cohort_with_the_widgets_alone(world, lab, page):
     assert address.input_value() == emulator.url
     label_with(page, r"^Connected$").wait_for()
     assert "Not connected" not in notebook(page).inner_text()
+    assert notebook(page).locator(".jp-RenderedText", has_text="Connected").count() == 0   # no printed status
     shot(page, "02-export-ran-connected")
 
     # Another address: the failure says why, wrapped inside the panel; back to the emulator, connected.
