@@ -1,9 +1,9 @@
 """ipywidgets panels for the notebooks: connect to OneSignal, explore a cohort's matchability, export it.
 
     from toolkit import widgets
-    connection = widgets.connect_panel(store)          # App ID, API key, Connect -> "Connected"
+    connection = widgets.connect_panel(store)          # API address, App ID, API key, Connect -> "Connected"
     widgets.cohort_explorer(store)                     # size, funnel, reasons, searchable members
-    widgets.export_panel(store, connection)            # preview the diff, export with progress, stop syncs
+    widgets.export_panel(store, connection)            # preview the diff, export with progress, stop syncs (asks first)
 
 The panels only wire controls to the toolkit (``sync``, ``export``, ``plan``, ``matching``,
 ``cohorts``); they hold no business rules of their own. Each panel is a small object whose controls
