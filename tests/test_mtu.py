@@ -231,3 +231,19 @@ def test_sample_matches_a_plain_python_recount(sample, rules):
     for r in mtu.report(sample, rules=rules):
         assert (r.users_counted, r.qualifying_events, r.exempt_events) == (len(users[r.month]), *events[r.month])
         assert r.exempt_only_users == len(seen[r.month] - users[r.month])
+
+
+def test_chart_legend_sits_outside_the_plot(sample):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    ax = mtu.chart(mtu.report_frame(sample))
+    fig = ax.figure
+    try:
+        fig.canvas.draw()
+        (legend,) = fig.legends or [ax.get_legend()]
+        assert [t.get_text() for t in legend.get_texts()] == [
+            "MTU (counted)", "exempt-only users (not counted)", "MTU without OneSignal events"]
+        # Outside the axes, it covers neither the bars nor the line.
+        assert not legend.get_window_extent().overlaps(ax.get_window_extent())
+        assert fig.bbox.contains(*legend.get_window_extent().min) and fig.bbox.contains(*legend.get_window_extent().max)
+    finally:
+        plt.close(fig)

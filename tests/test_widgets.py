@@ -123,6 +123,39 @@ def test_connect_with_a_bad_key_says_why_and_leaks_nothing(store, emulator, app)
     assert secret not in saved_state(panel)
 
 
+def test_connect_panel_shows_the_api_address_env_first(store, monkeypatch):
+    monkeypatch.delenv("ONESIGNAL_BASE_URL", raising=False)
+    assert widgets.connect_panel(store).address.value == "https://api.onesignal.com"
+    monkeypatch.setenv("ONESIGNAL_BASE_URL", "http://127.0.0.1:9/")
+    panel = widgets.connect_panel(store)
+    assert panel.address.value == "http://127.0.0.1:9/" and "127.0.0.1:9" in repr(panel)
+    assert widgets.connect_panel(store, base_url="http://given").base_url == "http://given"   # a parameter wins
+    assert panel.address in tree(panel.widget)
+
+
+def test_connect_panel_address_can_be_changed(store, emulator, app):
+    panel = widgets.connect_panel(store, base_url="http://127.0.0.1:9")     # nothing listens there
+    panel.app_id.value, panel.api_key.value = app.app_id, app.api_key
+    panel.connect_button.click()
+    assert panel.status.value.startswith("Not connected: ") and not panel.connected
+    assert widgets.WRAP in panel.status._dom_classes                         # a long reason wraps in the browser
+
+    panel.address.value = emulator.url                                       # typed into the field
+    panel.api_key.value = app.api_key
+    panel.connect_button.click()
+    assert panel.status.value == "Connected" and panel.base_url == emulator.url
+    assert store.con.execute("SELECT base_url, status FROM connections ORDER BY checked_at DESC LIMIT 1"
+                             ).fetchone() == (emulator.url, "connected")
+
+    # A new address is not trusted on the old one's word; Connect with a blank key checks the key in use.
+    panel.address.value = "http://127.0.0.1:9"
+    assert not panel.connected and "address changed" in panel.status.value
+    panel.address.value = emulator.url
+    panel.connect_button.click()
+    assert panel.status.value == "Connected" and panel.credentials.api_key == app.api_key
+    assert app.api_key not in saved_state(panel)
+
+
 def test_connect_without_a_key_says_what_is_missing(store, emulator):
     panel = widgets.connect_panel(store, base_url=emulator.url)
     panel.app_id.value = "some-app"
@@ -173,6 +206,23 @@ def test_explorer_search_narrows_the_table(store):
     assert explorer.table.value.count("<tr") == min(total, widgets.ROWS) + 1
 
 
+def test_explorer_tables_name_every_column_and_fit_the_panel(store):
+    explorer = widgets.cohort_explorer(store, now=NOW)
+    explorer.cohort.value = CHURN
+    for table in (explorer.table.value, explorer.reasons.value):
+        headers = re.findall(r"<th[^>]*>(.*?)</th>", table, re.S)
+        assert headers and all(h.strip() for h in headers), headers
+    # The member table scrolls sideways inside its own box instead of running off the panel's edge.
+    assert explorer.table.value.startswith("<div style='overflow-x:auto; max-width:100%'><table")
+    # A 260-character "id" is cut in the table (its length named); the search still sees all of it.
+    members = explorer.preview.members
+    (long_id, *_) = [i for i in members["onesignal_id"].dropna() if len(i) > widgets.LONGEST]
+    explorer.search.value = members.loc[members["onesignal_id"] == long_id, "distinct_id"].iloc[0]
+    assert long_id not in explorer.table.value and f"{long_id[:20]}" in explorer.table.value
+    assert f"({len(long_id):,} characters)" in explorer.table.value
+    assert long_id in set(explorer.shown["onesignal_id"])
+
+
 # -- export -------------------------------------------------------------------------------------
 
 def counts_shown(panel) -> tuple[int, int, int]:
@@ -221,11 +271,45 @@ def test_dynamic_export_then_stop(store, emulator, app, connection):
     panel.refresh()                                                    # a new cohort keeps the selection
     assert "Another cohort" in panel.cohort.options and panel.cohort.value == PRO
 
-    panel.sync_choice.value = PRO
+    assert panel.sync_choice.value is None                           # nothing chosen for the user
     panel.stop_button.click()
+    assert "choose the dynamic sync" in panel.status.value and export.due(store, later) == [PRO]
+
+    panel.sync_choice.value = PRO
+    panel.stop_button.click()                                          # asks first, naming the cohort
+    assert panel.confirm.layout.display is None and PRO in panel.confirm_text.value
+    assert export.due(store, later) == [PRO]
+    panel.cancel_button.click()
+    assert panel.confirm.layout.display == "none" and export.due(store, later) == [PRO]
+
+    panel.stop_button.click()
+    panel.confirm_button.click()
     assert panel.status.value.startswith(f"Stopped the dynamic sync of {PRO}")
+    assert panel.confirm.layout.display == "none"
     assert export.due(store, later) == [] and list(panel.sync_choice.options) == []
     assert tagged(emulator, app, PRO) == expected_tagged(store, PRO)  # OneSignal keeps the last export
+
+
+def test_stopping_one_sync_does_not_select_another(store, emulator, app, connection):
+    panel = widgets.export_panel(store, connection, now=NOW)
+    for name in (PRO, TECH):
+        panel.cohort.value, panel.mode.value = name, "dynamic"
+        panel.export_button.click()
+        assert panel.last_record.status == "ok"
+    assert list(panel.sync_choice.options) == [PRO, TECH] and panel.sync_choice.value is None
+
+    panel.sync_choice.value = PRO
+    panel.stop_button.click()
+    panel.sync_choice.value = TECH                                     # changing the choice cancels the question
+    assert panel.confirm.layout.display == "none"
+    panel.confirm_button.click()
+    assert export.due(store, NOW.replace(hour=1)) == [PRO, TECH]      # nothing stopped
+
+    panel.stop_button.click()
+    assert TECH in panel.confirm_text.value and PRO not in panel.confirm_text.value
+    panel.confirm_button.click()
+    assert export.due(store, NOW.replace(hour=1)) == [PRO]
+    assert list(panel.sync_choice.options) == [PRO] and panel.sync_choice.value is None
 
 
 def test_removal_guard_trips_and_force_passes(store, emulator, app, connection):
@@ -263,7 +347,14 @@ def test_export_without_a_connection_or_key_says_so(store, monkeypatch, tmp_path
     assert panel.status.value.startswith("Not connected") and export.list_exports(store) == []
 
 
-def test_panels_display_as_their_container(store):
+def test_panels_display_as_their_container(store, monkeypatch):
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda *objs, **kw: shown.append((objs, kw)))
     for panel in (widgets.connect_panel(store), widgets.cohort_explorer(store, now=NOW),
                   widgets.export_panel(store, now=NOW)):
-        assert isinstance(panel.widget, w.Box) and callable(panel._ipython_display_)
+        assert isinstance(panel.widget, w.Box)
+        panel._ipython_display_()
+        ((bundle,), kw) = shown.pop()
+        # The live widget, and as plain text (a run without a browser) the panel's state, not "VBox(...)".
+        assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.widget.model_id
+        assert bundle["text/plain"] == repr(panel) and kw == {"raw": True}

@@ -231,15 +231,19 @@ def chart(frame: pd.DataFrame):
     except ImportError:
         print(chart_text(frame))
         return None
-    ax = frame[["mtu", "exempt_only_users"]].rename(
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
+    frame[["mtu", "exempt_only_users"]].rename(
         columns={"mtu": "MTU (counted)", "exempt_only_users": "exempt-only users (not counted)"}
-    ).plot.bar(rot=0, title=f"MTU per month (rules: {frame['rules'].iloc[0] if len(frame) else '-'})")
+    ).plot.bar(ax=ax, rot=0, legend=False,
+               title=f"MTU per month (rules: {frame['rules'].iloc[0] if len(frame) else '-'})")
     ax.plot(range(len(frame)), frame["mtu_without_onesignal"], color="black", marker="o",
             label="MTU without OneSignal events")
     ax.set_xlabel("month (UTC)")
     ax.set_ylabel("users")
-    ax.legend()
-    plt.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    bars_first = sorted(range(len(handles)), key=lambda i: labels[i] == "MTU without OneSignal events")
+    fig.legend([handles[i] for i in bars_first], [labels[i] for i in bars_first],   # below the axes:
+               loc="outside lower center", ncols=3, frameon=False)                   # never over the line
     return ax
 
 

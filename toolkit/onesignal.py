@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 def default_base_url() -> str:
     """$ONESIGNAL_BASE_URL (an emulator, a proxy), else OneSignal's own API."""
-    return os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+    return os.environ.get(ENV_BASE_URL, "").strip() or DEFAULT_BASE_URL
 
 
 # -- credentials and redaction ------------------------------------------------------------------

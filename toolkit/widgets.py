@@ -1,9 +1,9 @@
 """ipywidgets panels for the notebooks: connect to OneSignal, explore a cohort's matchability, export it.
 
     from toolkit import widgets
-    connection = widgets.connect_panel(store_path)     # App ID, API key, Connect -> "Connected"
+    connection = widgets.connect_panel(store_path)     # API address, App ID, API key, Connect -> "Connected"
     widgets.cohort_explorer(store_path)                # size, funnel, reasons, searchable members
-    widgets.export_panel(store_path, connection)       # preview the diff, export with progress, stop syncs
+    widgets.export_panel(store_path, connection)       # preview the diff, export with progress, stop syncs (asks first)
 
 Panels take the store's path and open it for each action only (refresh, preview, export, stop), read-only
 where the action only reads, so an open notebook never keeps other notebooks, ``toolkit sync`` or an
@@ -34,13 +34,13 @@ import pandas as pd
 try:
     import ipywidgets as w
 except ImportError as exc:      # an optional dependency: say how to get it
-    raise ImportError("toolkit.widgets needs ipywidgets 8: pip install -e '.[notebooks]'") from exc
+    raise ImportError("toolkit.widgets needs ipywidgets 8, from the notebooks extra: pip install 'toolkit[notebooks]'") from exc
 
 from toolkit import cohorts, export, matching, report, sync
 from toolkit import credentials as keys
 from toolkit import plan as planning
 from toolkit.errors import ToolkitError
-from toolkit.onesignal import REDACTED, Credentials
+from toolkit.onesignal import DEFAULT_BASE_URL, REDACTED, Credentials, default_base_url
 from toolkit.store import using
 
 __all__ = ["connect_panel", "cohort_explorer", "export_panel", "ConnectPanel", "CohortExplorer",
@@ -48,6 +48,7 @@ __all__ = ["connect_panel", "cohort_explorer", "export_panel", "ConnectPanel", "
 
 ROWS = 50          # member rows shown in the explorer's table
 SAMPLES = 5        # adds / removes named in an export preview
+LONGEST = 48       # characters of a value shown in the member table (the search still sees all of it)
 MODES = [("One-time", "once"), ("Dynamic", "dynamic")]
 REASON_HELP = {    # one line each, from toolkit/matching.py's rules
     "anonymous": "no profile properties: Mixpanel exports identified profiles only",
@@ -153,16 +154,59 @@ def _set_cohorts(dropdown: w.Dropdown, names: list[str]) -> None:
 
 
 def _set_options(dropdown: w.Dropdown, options: list) -> None:
-    """New options, keeping the selection when it is still there (ipywidgets resets it otherwise)."""
+    """New options, keeping the selection when it is still there, else selecting nothing (ipywidgets
+    would select the first option: an unrelated cohort)."""
     if tuple(options) != tuple(dropdown.options):
         keep = dropdown.value
         dropdown.options = options
-        if keep in options:
-            dropdown.value = keep
+        dropdown.value = keep if keep in options else None
 
 
 def _pre(text: str) -> str:
-    return f"<pre style='margin:0'>{html.escape(text)}</pre>"
+    """Preformatted text that wraps at the panel's edge instead of running off it."""
+    return f"<pre style='margin:0; white-space:pre-wrap; overflow-wrap:anywhere'>{html.escape(text)}</pre>"
+
+
+def _table(frame: pd.DataFrame, longest: int | None = None) -> str:
+    """A DataFrame as an HTML table that scrolls sideways inside the panel when it is too wide. Empty
+    cells are blank (None too); a value longer than ``longest`` characters (a 260-character "OneSignal
+    id") is cut with its length named, so one cell cannot stretch the table."""
+    def cell(value):
+        if value is None or (not isinstance(value, (list, dict)) and pd.isna(value)):
+            return ""
+        text = str(value)
+        return text if longest is None or len(text) <= longest else f"{text[:longest - 16]}… ({len(text):,} characters)"
+    shown = frame.astype(object).map(cell)
+    return ("<div style='overflow-x:auto; max-width:100%'>"
+            + shown.to_html(index=False, escape=True) + "</div>")
+
+
+WRAP = "toolkit-wrap"     # a Label with this class wraps long text (ipywidgets cuts Labels at one line)
+FIT = "toolkit-fit"       # an HTML widget with this class is no wider than the panel (its tables scroll)
+_STYLE = (f"<style>.jupyter-widgets.widget-label.{WRAP} {{white-space: pre-wrap; overflow-wrap: anywhere; "
+          "height: auto; min-height: var(--jp-widgets-inline-height); line-height: 1.5; padding: 4px 0;} "
+          f".jupyter-widgets.widget-html.{FIT} {{min-width: 0; max-width: 100%;}} "
+          f".jupyter-widgets.widget-html.{FIT} > .widget-html-content {{min-width: 0;}} "
+          f".{FIT} table {{border-collapse: collapse; line-height: 1.4;}} "
+          f".{FIT} th, .{FIT} td {{max-width: 28em; overflow-wrap: break-word; text-align: left; vertical-align: top; "
+          "padding: 2px 8px; border-bottom: 1px solid var(--jp-border-color2, #ddd);}</style>")
+
+
+def _style() -> w.HTML:
+    """The panels' CSS, in the panel itself so it travels with the widget (no notebook-wide setup)."""
+    return w.HTML(_STYLE, layout={"display": "none"})
+
+
+def _fitting_html(value: str = "") -> w.HTML:
+    html_widget = w.HTML(value)
+    html_widget.add_class(FIT)
+    return html_widget
+
+
+def _wrapping_label(text: str = "") -> w.Label:
+    label = w.Label(text)
+    label.add_class(WRAP)
+    return label
 
 
 def _show(output: w.Output, data: dict) -> None:
@@ -203,35 +247,59 @@ class _Panel:
     def _waiting(self, message: str) -> None:
         self.busy.value = message
 
+    def select(self, name: str) -> None:
+        """Show the cohort a person named, in any case ("did you mean" when there is no such cohort)."""
+        with self._open(read_only=True) as store:
+            self.cohort.value = cohorts.resolve_name(store, name)
+
     def _ipython_display_(self) -> None:
+        """The live widget; its plain-text form (what a run without a browser keeps) is the panel's repr."""
         from IPython.display import display
 
-        display(self.widget)
+        bundle = self.widget._repr_mimebundle_()
+        bundle["text/plain"] = repr(self)
+        display(bundle, raw=True)
 
 
 # -- connect ----------------------------------------------------------------------------------------
 
 class ConnectPanel(_Panel):
-    """App ID, API key and Connect; ``credentials`` holds the key in memory once connected."""
+    """API address, App ID, API key and Connect; ``credentials`` holds the key in memory once connected."""
 
     def __init__(self, store, base_url: str | None = None):
-        self.store, self.base_url = store, base_url
+        self.store = store
         self.credentials: Credentials | None = None
+        self._known: Credentials | None = None      # the last key that worked, for a reconnect with a blank field
         self.result: dict | None = None
-        self.app_id = w.Text(description="App ID", placeholder="OneSignal App ID")
+        self.address = w.Text(description="API address", value=base_url or default_base_url(),
+                              placeholder=DEFAULT_BASE_URL, layout={"width": "480px"})
+        self.app_id = w.Text(description="App ID", placeholder="OneSignal App ID", layout={"width": "420px"})
         self.api_key = w.Password(description="API key", placeholder="App API key (never saved)")
         self.connect_button = w.Button(description="Connect", button_style="primary", icon="plug")
-        self.status = self.busy = w.Label("Not connected")
+        self.status = self.busy = _wrapping_label("Not connected")
         self.connect_button.on_click(self._on_connect)
-        self.widget = w.VBox([w.HBox([self.app_id, self.api_key, self.connect_button]), self.status])
+        self.address.observe(self._on_address, names="value")
+        self.widget = w.VBox([_style(), self.address,
+                              w.HBox([self.app_id, self.api_key, self.connect_button],
+                                     layout={"flex_flow": "row wrap"}),
+                              self.status])
+
+    @property
+    def base_url(self) -> str:
+        """The address in the field (blank: the real OneSignal API)."""
+        return self.address.value.strip() or DEFAULT_BASE_URL
+
+    @base_url.setter
+    def base_url(self, value: str | None) -> None:
+        self.address.value = value or default_base_url()
 
     @property
     def connected(self) -> bool:
         return self.credentials is not None
 
     def connect(self, credentials: Credentials) -> bool:
-        """Check ``credentials`` against OneSignal (also usable with keys found by
-        ``toolkit.credentials.find``); keep them only if they work."""
+        """Check ``credentials`` against OneSignal at the panel's address (also usable with keys found
+        by ``toolkit.credentials.find``); keep them only if they work."""
         self.app_id.value = credentials.app_id
         try:
             with self._open() as store:
@@ -241,13 +309,18 @@ class ConnectPanel(_Panel):
                            "detail": str(exc) if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"}
         ok = bool(self.result["connected"])
         self.credentials = credentials if ok else None
+        if ok:
+            self._known = credentials
         detail = str(self.result["detail"]).replace(credentials.api_key, REDACTED)
         self.status.value = "Connected" if ok else f"Not connected: {detail}"
         return ok
 
     def _on_connect(self, _button=None) -> None:
-        app_id, key = self.app_id.value, self.api_key.value
+        app_id, key = self.app_id.value.strip(), self.api_key.value
         self.api_key.value = ""         # first: a Password's value is saved with the notebook's widget state
+        if not key and self._known is not None and self._known.app_id == app_id:
+            self.connect(self._known)   # e.g. the address changed: check the key in use against it
+            return
         try:
             credentials = Credentials(app_id, key)
         except ValueError as exc:
@@ -256,12 +329,20 @@ class ConnectPanel(_Panel):
             return
         self.connect(credentials)
 
+    def _on_address(self, _change=None) -> None:
+        """A new address is not checked yet: exports must not go there on the old check's word."""
+        if self.credentials is not None:
+            self.credentials = None
+            self.status.value = f"Not connected: the API address changed to {self.base_url}; press Connect"
+
     def __repr__(self) -> str:
-        return f"ConnectPanel(app_id={self.app_id.value!r}, status={self.status.value!r})"
+        return (f"ConnectPanel(address={self.base_url!r}, app_id={self.app_id.value!r}, "
+                f"status={self.status.value!r})")
 
 
 def connect_panel(store, base_url: str | None = None) -> ConnectPanel:
-    """App ID, API key (Password) and Connect, with a "Connected" / "Not connected: why" status."""
+    """API address (``base_url``, else $ONESIGNAL_BASE_URL, else the real OneSignal API), App ID, API key
+    (Password) and Connect, with a "Connected" / "Not connected: why" status."""
     return ConnectPanel(store, base_url)
 
 
@@ -275,18 +356,20 @@ class CohortExplorer(_Panel):
         self.preview: matching.Preview | None = None
         self.shown: pd.DataFrame | None = None
         self.cohort = w.Dropdown(description="Cohort", options=[], layout={"width": "480px"})
-        self.size = self.busy = w.Label()
+        self.size = self.busy = _wrapping_label()
         self.funnel = w.Output()
-        self.reasons = w.HTML()
+        self.reasons = _fitting_html()
         self.search = w.Text(description="Search", placeholder="distinct_id or reason")
         self.matches = w.Label()
-        self.table = w.HTML()
+        self.table = _fitting_html()
         if self.refresh():      # before observing: the first cohort is shown once, below
             self.show()
         self.cohort.observe(lambda _: self.show(), names="value")
         self.search.observe(lambda _: self._filter(), names="value")
-        self.widget = w.VBox([self.cohort, self.size, w.HBox([self.funnel, self.reasons]),
-                              w.HBox([self.search, self.matches]), self.table])
+        self.widget = w.VBox([_style(), self.cohort, self.size,
+                              w.HBox([self.funnel, self.reasons], layout={"flex_flow": "row wrap"}),
+                              w.HBox([self.search, self.matches], layout={"flex_flow": "row wrap"}), self.table],
+                             layout={"width": "100%"})
 
     def refresh(self) -> bool:
         """Re-read the cohort list (after cohorts were saved elsewhere); False if the store could not be read."""
@@ -330,7 +413,7 @@ class CohortExplorer(_Panel):
     def _reasons_html(reasons: dict) -> str:
         rows = "".join(f"<tr><td>{r}</td><td>{n}</td><td>{html.escape(REASON_HELP.get(r, ''))}</td></tr>"
                        for r, n in reasons.items())
-        return f"<table><tr><th>why not exportable</th><th>members</th><th></th></tr>{rows}</table>"
+        return f"<table><tr><th>why not exportable</th><th>members</th><th>meaning</th></tr>{rows}</table>"
 
     def _filter(self) -> None:
         if self.preview is None:
@@ -339,7 +422,7 @@ class CohortExplorer(_Panel):
         total = len(self.preview.members)
         self.matches.value = f"{len(self.shown):,} of {total:,} members" + (
             f" (first {self.rows} shown)" if len(self.shown) > self.rows else "")
-        self.table.value = self.shown.head(self.rows).to_html(index=False, na_rep="", escape=True)
+        self.table.value = _table(self.shown.head(self.rows), longest=LONGEST)
 
 
 def cohort_explorer(store, now: datetime | str | None = None) -> CohortExplorer:
@@ -362,19 +445,32 @@ class ExportPanel(_Panel):
         self.preview_button = w.Button(description="Preview", icon="eye")
         self.export_button = w.Button(description="Export", button_style="primary", icon="upload")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="Progress")
-        self.status = self.busy = w.Label()
-        self.diff = w.HTML()
-        self.result = w.HTML()
-        self.syncs = w.HTML()
-        self.sync_choice = w.Dropdown(description="Dynamic", options=[])
+        self.status = self.busy = _wrapping_label()
+        self.diff = _fitting_html()
+        self.result = _fitting_html()
+        self.syncs = _fitting_html()
+        self.sync_choice = w.Dropdown(description="Dynamic", options=[], value=None, layout={"width": "480px"})
         self.stop_button = w.Button(description="Stop sync", button_style="warning", icon="stop")
+        # Stopping asks first, naming the cohort: a sync stopped by mistake silently goes stale.
+        self.stopping: str | None = None
+        self.confirm_text = _wrapping_label()
+        self.confirm_button = w.Button(description="Yes, stop it", button_style="danger", icon="stop")
+        self.cancel_button = w.Button(description="Cancel")
+        self.confirm = w.VBox([self.confirm_text, w.HBox([self.confirm_button, self.cancel_button])],
+                              layout={"display": "none"})
         self.preview_button.on_click(self._on_preview)
         self.export_button.on_click(self._on_export)
         self.stop_button.on_click(self._on_stop)
+        self.confirm_button.on_click(self._on_confirm_stop)
+        self.cancel_button.on_click(lambda _: self._ask_stop(None))
+        self.sync_choice.observe(lambda _: self._ask_stop(None), names="value")
         self.widget = w.VBox([
-            self.cohort, self.mode, self.force, w.HBox([self.preview_button, self.export_button, self.progress]),
+            _style(), self.cohort, self.mode, self.force,
+            w.HBox([self.preview_button, self.export_button, self.progress], layout={"flex_flow": "row wrap"}),
             self.status, self.diff, self.result,
-            w.HTML("<b>Exports</b>"), self.syncs, w.HBox([self.sync_choice, self.stop_button])])
+            w.HTML("<b>Exports</b>"), self.syncs,
+            w.HBox([self.sync_choice, self.stop_button], layout={"flex_flow": "row wrap"}), self.confirm],
+            layout={"width": "100%"})
         self.refresh()
 
     def refresh(self) -> None:
@@ -389,8 +485,7 @@ class ExportPanel(_Panel):
         _set_options(self.sync_choice,
                      [e["cohort"] for e in found if e["mode"] == "dynamic" and e["stopped_at"] is None])
         columns = ["cohort", "mode", "in_segment", "next_due_at", "stopped_at"]
-        self.syncs.value = (pd.DataFrame(found, columns=columns).to_html(index=False, na_rep="", escape=True)
-                            if found else "no exports yet")
+        self.syncs.value = _table(pd.DataFrame(found, columns=columns)) if found else "no exports yet"
 
     def _time(self) -> datetime:
         return self.now or datetime.now(timezone.utc)
@@ -432,6 +527,7 @@ class ExportPanel(_Panel):
         self.progress.value, self.progress.max, self.progress.bar_style = 0, 1, ""
         self.export_button.disabled = True       # two runs of one cohort never overlap anyway
         self.status.value = f"Exporting {name}..."
+        self.diff.value = ""                     # the preview described the state before this run
         try:
             with self._open() as store:     # the write connection lasts for the run only
                 record = sync.export_cohort(
@@ -456,9 +552,24 @@ class ExportPanel(_Panel):
         self.progress.value = min(done, self.progress.max)
 
     def _on_stop(self, _button=None) -> None:
+        """Ask before stopping the chosen sync; nothing is stopped until the confirmation."""
         name = self.sync_choice.value
         if name is None:
-            self.status.value = "no dynamic sync to stop"
+            self.status.value = ("choose the dynamic sync to stop first" if self.sync_choice.options
+                                 else "no dynamic sync to stop")
+            return
+        self._ask_stop(name)
+
+    def _ask_stop(self, name: str | None) -> None:
+        self.stopping = name
+        self.confirm_text.value = (f"Stop the dynamic sync of {name}? It will no longer update every 15 minutes; "
+                                   "OneSignal keeps the last export." if name else "")
+        self.confirm.layout.display = None if name else "none"
+
+    def _on_confirm_stop(self, _button=None) -> None:
+        name = self.stopping
+        self._ask_stop(None)
+        if name is None:
             return
         try:
             with self._open() as store:
