@@ -144,7 +144,7 @@ def summary_text(store: Store, names: list[str], loaded: ingest.LoadSummary, run
     last = _last_runs(store)
     lines = [report.load_text(loaded, quarantine_command=steps[0][0] if "quarantine" in steps[0][0] else None),
              "",
-             f"sync notebook {'ran' if run.ok else 'FAILED: ' + run.error}: {run.notebook}",
+             f"sync notebook ran: {run.notebook}" if run.ok else f"{run.error}\nexecuted notebook: {run.notebook}",
              f"cohorts evaluated as of {as_of} (the sample's last day)", "",
              f"{'cohort':<52}{'members':>8}{'exportable':>11}{'added':>7}{'removed':>8}{'not in OS':>10}  status"]
     for name in names:
