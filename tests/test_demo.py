@@ -227,8 +227,8 @@ def test_the_export_notebook_finds_store_app_key_address_and_day_in_the_lab_envi
         out = tmp_path / "export_cohort.ipynb"
         papermill.execute_notebook(str(ROOT / "notebooks" / "export_cohort.ipynb"), str(out), kernel_name="python3",
                                    parameters={"cohort": "Engaged with push"}, cwd=str(tmp_path), progress_bar=False)
-    text = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"]
-                   for o in c.get("outputs", []))
-    assert "Connected" in text
+    text = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                   for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", []))
+    assert "Connected" in text and "Not connected" not in text     # the connect panel's own state
     assert "42 exportable of 42 members" in text and "add 0, remove 0" in text     # in sync as of the demo's day
     assert app.api_key not in out.read_text()
