@@ -353,3 +353,26 @@ def test_an_export_from_the_cli_while_a_sync_runs_waits_then_sends_only_what_is_
     assert f"{COHORT}: dynamic export ok" in exported[0] and "unchanged 8" in exported[0]
     assert len(patches(world)) == len(USERS)
     assert_converged(world)
+
+
+def test_kill_9_of_a_sync_mid_export_then_the_next_sync_converges(world):
+    register_dynamic(world, COHORT)
+    runs = world["tmp"] / "runs"
+    world["emu"].faults.inject("hang", method="PATCH", path="/users/", skip=random.Random(11).randrange(len(USERS)))
+    killed = start_toolkit(world, "sync", "--db", world["db"], "--runs-dir", runs)
+    wait_for(lambda: faulted(world, "hung"), "the sync exporting", killed)
+    killed.kill()
+    killed.wait()
+    # Its notebook's kernel outlives it for a moment (it stops when it sees its parent gone); the next
+    # sync waits for the store meanwhile.
+    out = run_toolkit(world, "sync", "--db", world["db"], "--runs-dir", runs, "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["status"] == "ok"
+    assert_converged(world)
+    with Store(world["db"], read_only=True) as store:
+        statuses = [r["status"] for r in export.runs(store)]
+    assert statuses == ["ok", "interrupted"]
+    first, second = sorted(runs.glob("sync-*.ipynb"))      # the killed run has a verdict too
+    record = json.loads(first.with_suffix(".json").read_text())
+    assert record["status"] == "failed" and record["interrupted"] and "killed" in record["summary"]
+    assert json.loads(second.with_suffix(".json").read_text())["status"] == "ok"

@@ -120,6 +120,7 @@ def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
     papermill = notebook_runner()
 
     with sync_lock(runs_dir):
+        _record_a_killed_run(runs_dir)
         started = clock()
         output = runs_dir / f"sync-{started:%Y%m%dT%H%M%S%fZ}.ipynb"
         record = output.with_suffix(".json")
@@ -140,6 +141,20 @@ def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
         log.info("sync %s in %.1fs: %s; executed notebook %s", run.status if run.ok else run.status.upper(),
                  (run.ended - run.started).total_seconds(), run.error or "all cohorts ok", output)
         return run
+
+
+KILLED = ("this sync stopped before it could write its record (killed, or the machine stopped): its load was "
+          "rolled back, its exports keep what they sent, and the next sync ran them again")
+
+
+def _record_a_killed_run(runs_dir: Path) -> None:
+    """The latest executed notebook without a record beside it is a run that died (a failing notebook
+    gets its record from run_once): give it one, so no run is left without a verdict. Runs never
+    overlap, so only the latest can be such a run."""
+    latest = max(runs_dir.glob("sync-*.ipynb"), default=None)
+    if latest is not None and not latest.with_suffix(".json").exists():
+        write_record(latest.with_suffix(".json"), {"status": "failed", "interrupted": True, "summary": KILLED})
+        log.warning("the previous sync (%s) did not finish: %s", latest, KILLED)
 
 
 def _read_record(path: Path) -> dict | None:
