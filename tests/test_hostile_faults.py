@@ -59,8 +59,8 @@ def toolkit(*args, env=None):
     return [sys.executable, "-m", "toolkit", *map(str, args)], {**os.environ, **(env or {})}
 
 
-def run_toolkit(world, *args):
-    argv, env = toolkit(*args, env=world["env"])
+def run_toolkit(world, *args, **env):
+    argv, env = toolkit(*args, env={**world["env"], **env})
     return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 
@@ -328,6 +328,9 @@ def test_two_exports_of_one_cohort_from_two_processes_never_double_send(world):
     world["emu"].faults.inject("hold", method="PATCH", path="/users/")
     first = start_toolkit(world, "export", COHORT, "--once", "--db", world["db"])
     wait_for(lambda: world["emu"].held(), "the first export sending", first)
+    impatient = run_toolkit(world, "export", COHORT, "--once", "--db", world["db"], TOOLKIT_STORE_WAIT="0")
+    assert impatient.returncode == 1 and impatient.stderr.startswith("error: store ")
+    assert f"is in use by process {first.pid}" in impatient.stderr and "then try again" in impatient.stderr
     second = start_toolkit(world, "export", COHORT, "--once", "--db", world["db"])
     waiting = said(second, "is in use by")               # the second waits for the store, and says so
     assert f"is in use by process {first.pid}" in waiting and "waiting up to 120s" in waiting
