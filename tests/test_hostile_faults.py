@@ -250,7 +250,7 @@ def test_a_hung_request_is_reported_in_words_and_the_next_run_converges(world):
     world["emu"].faults.inject("hang", method="PATCH", path="/users/by/external_id/ext-u5", times=FAST["max_attempts"])
     record = export_now(world, timeout=0.3)
     assert record.status == "partial" and (record.added, record.failed) == (len(USERS) - 1, 1)
-    assert record.error.startswith(f"cohort {COHORT!r}: 1 user(s) not updated in OneSignal, the next run retries")
+    assert record.error.startswith("1 user(s) not updated in OneSignal, the next run retries them: ")
     assert "user 'u5' (OneSignal id 'ext-u5', tag): no answer from OneSignal" in record.error
     assert "no answer within 0.3s (ReadTimeout)" in record.error
     assert snapshot(world) == {u: f"ext-{u}" for u in USERS if u != "u5"}    # u5 is not claimed

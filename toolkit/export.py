@@ -486,8 +486,7 @@ def _failed_users(con, record: RunRecord, shown: int = 3) -> str | None:
     listed = "; ".join(f"user {d!r} (OneSignal id {o!r}, {'tag' if op == ADD else 'untag'}): {e}"
                        for d, o, op, e in rows)
     more = f"; and {record.failed - len(rows):,} more (see export_results)" if record.failed > len(rows) else ""
-    return (f"cohort {record.cohort!r}: {record.failed:,} user(s) not updated in OneSignal, the next run retries "
-            f"them: {listed}{more}")
+    return f"{record.failed:,} user(s) not updated in OneSignal, the next run retries them: {listed}{more}"
 
 
 def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord:
