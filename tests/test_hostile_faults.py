@@ -192,6 +192,41 @@ def test_kill_9_mid_export_loses_nothing_and_the_next_run_converges(world, point
     assert statuses[0] == "ok" and stored == ("interrupted",)
 
 
+ONE_AT_A_TIME = """
+from toolkit import export, sync
+from toolkit.store import Store
+export.FLUSH_EVERY = 1                      # each user's outcome is committed as it arrives
+with Store({db!r}) as store:
+    sync.export_cohort(store, {cohort!r}, mode="once", client_options={{"concurrency": 1}})
+"""
+
+
+@pytest.mark.parametrize("point, seed", [("mid-adds", 21), ("mid-adds", 22), ("mid-removes", 23)])
+def test_kill_9_between_committed_users_leaves_the_snapshot_exactly_what_onesignal_confirmed(world, point, seed):
+    """One request at a time, each outcome committed: the k-th request hangs, the process is killed. The
+    snapshot then holds exactly the users OneSignal confirmed: not one more, not one fewer."""
+    if point == "mid-removes":
+        tag_former_members_too(world)
+    k = random.Random(seed).randrange(len(FORMER) if point == "mid-removes" else len(USERS))
+    world["emu"].faults.inject("hang", method="PATCH", path="/users/", skip=k)
+    argv, env = toolkit(env=world["env"])
+    process = subprocess.Popen([sys.executable, "-c", ONE_AT_A_TIME.format(db=str(world["db"]), cohort=COHORT)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    wait_for(lambda: faulted(world, "hung"), f"the export reaching request {k + 1}", process)
+    process.kill()
+    process.wait()
+    confirmed = {r["path"].rsplit("/", 1)[1] for r in patches(world) if r["status"] == 202}
+    now_tagged, claimed = tagged(world), snapshot(world)
+    if point == "mid-adds":
+        assert len(confirmed) == k and now_tagged == confirmed
+        assert {f"ext-{u}" for u in claimed} == confirmed
+    else:
+        untagged = {f"ext-{u}" for u in FORMER} - now_tagged
+        assert len(untagged) == k and {f"ext-{u}" for u in FORMER if u not in claimed} == untagged
+    assert export_now(world).status == "ok"
+    assert_converged(world)
+
+
 def test_a_killed_run_is_marked_interrupted_by_the_next_export_of_any_cohort(world):
     """A one-time export killed and never run again must not read "running" for ever."""
     kill_export_at(world, "mid-adds", 7)
