@@ -415,3 +415,48 @@ def test_the_command_runs_seeds_saves_and_stops(tmp_path):
     assert proc.returncode == 0 and "cli-key-123" not in out
     saved = json.loads(state.read_text())["apps"][app_id]
     assert saved["plan"] == "free" and {u["external_id"]: u["tags"] for u in saved["users"]} == {"a": {"x": "1"}, "b": {}}
+
+
+def test_aimed_faults_hit_the_chosen_requests_only():
+    faults = Faults()
+    faults.inject("crash", method="PATCH", path="/users/", skip=1, times=2)
+    faults.inject("throttle", method="GET")
+    drawn = [faults.draw(m, p) for m, p in [("PATCH", "/a/users/x"), ("GET", "/a/segments"), ("PATCH", "/a/users/y"),
+                                             ("POST", "/a/users"), ("PATCH", "/a/users/z"), ("PATCH", "/a/users/w"),
+                                             ("GET", "/a/segments")]]
+    assert drawn == [None, "throttle", "crash", None, "crash", None, None]
+    with pytest.raises(ValueError, match="expected one of"):
+        faults.inject("explode")
+
+
+def test_a_reset_after_applying_changes_the_user_and_answers_with_a_tcp_reset():
+    with Emulator(user_rate_limit=0) as emulator:
+        app = emulator.add_app()
+        emulator.add_user(app.app_id, external_id="u1")
+        emulator.faults.inject("reset_after", method="PATCH")
+        emulator.faults.inject("throttle")
+        headers = {"Authorization": f"Key {app.api_key}", "Content-Type": "application/json"}
+        with pytest.raises(httpx.ReadError, match="reset"):
+            httpx.patch(f"{emulator.url}/apps/{app.app_id}/users/by/external_id/u1", headers=headers,
+                        json={"properties": {"tags": {"a": "1"}}})
+        assert emulator.user_tags(app.app_id) == {"u1": {"a": "1"}}
+        throttled = httpx.get(f"{emulator.url}/apps/{app.app_id}/segments", headers=headers)
+        assert throttled.status_code == 429 and "Retry-After" not in throttled.headers
+
+
+def test_a_held_request_waits_until_released_then_is_served():
+    import threading
+
+    with Emulator() as emulator:
+        app = emulator.add_app()
+        emulator.faults.inject("hold")
+        answers = []
+        thread = threading.Thread(target=lambda: answers.append(httpx.get(
+            f"{emulator.url}/apps/{app.app_id}/segments", headers={"Authorization": f"Key {app.api_key}"})))
+        thread.start()
+        while not emulator.held():
+            thread.join(0.02)
+        assert answers == []
+        emulator.release()
+        thread.join()
+        assert answers[0].status_code == 200 and emulator.counters["requests"] == 1

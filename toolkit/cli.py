@@ -2,7 +2,8 @@
 
 Every command takes --db PATH (else $TOOLKIT_DB, else ./toolkit.duckdb) and most take --json for
 machine-readable output. Exit status: 0 all good; 1 failed (nothing succeeded, a refused file, bad
-input); 2 usage error; 3 partial failure (sync, export, schedule: some cohorts or users failed).
+input); 2 usage error; 3 partial failure (sync, export, schedule: some cohorts or users failed); 4 (sync)
+another sync was running, so this one did nothing.
 """
 
 from __future__ import annotations
@@ -320,11 +321,17 @@ def _sync(args) -> int:
     from toolkit import schedule
 
     parameters = _sync_parameters(args)
-    try:        # wait here, where the terminal shows it, while another process holds the store
-        Store(parameters["store_path"]).close()
-    except StoreError:
-        pass    # the notebook meets the same error and its run record says so
-    run = schedule.run_once(args.runs_dir.resolve(), parameters)
+    runs_dir = args.runs_dir.resolve()
+    try:
+        with schedule.sync_lock(runs_dir):     # a sync already running: say so at once, not after a wait
+            try:        # wait here, where the terminal shows it, while another process holds the store
+                Store(parameters["store_path"]).close()
+            except StoreError:
+                pass    # the notebook meets the same error and its run record says so
+            run = schedule.run_once(runs_dir, parameters)
+    except schedule.SyncBusy as exc:
+        _emit(args, {"status": "busy", "ok": False, "error": str(exc)}, f"sync skipped: {exc}")
+        return schedule.EXIT_CODES["busy"]
     _emit(args, {"status": run.status, "ok": run.ok, "notebook": str(run.notebook),
                  "record": str(run.record) if run.record else None, "error": run.error},
           ("sync ok" if run.ok else run.error) + f"\nexecuted notebook: {run.notebook}"

@@ -169,7 +169,11 @@ def runs(store: Store, cohort: str | None = None, limit: int = 50) -> list[dict]
         "SELECT * FROM export_runs WHERE $cohort IS NULL OR cohort = $cohort ORDER BY run_id DESC LIMIT $limit",
         {"cohort": cohort, "limit": limit})
     names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    found = [dict(zip(names, row)) for row in cursor.fetchall()]
+    for row in found:                    # a killed run, before any run has marked it
+        if row["status"] == "running" and not _is_running(store, row["cohort"]):
+            row["status"], row["error"] = "interrupted", row["error"] or DEAD_RUN
+    return found
 
 
 # -- a run --------------------------------------------------------------------------------------
@@ -216,7 +220,7 @@ def _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_remo
     # only if something would be removed, which cannot happen then).
     verdict = planning.removal_guard(the_plan, len(current) or None, max_removal_share, force=force)
     with _run_lock(store, cohort):
-        record = _start(con, cohort, export["mode"], dry_run, now, the_plan, verdict,
+        record = _start(store, con, cohort, export["mode"], dry_run, now, the_plan, verdict,
                         members if members is not None else len(wanted), len(wanted))
         if dry_run:
             return _finish(con, record, "ok" if verdict.ok else "stopped", None if verdict.ok else verdict.reason)
@@ -236,7 +240,7 @@ def _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_remo
         if export["mode"] == "dynamic":
             con.execute("UPDATE exports SET next_due_at = ? WHERE cohort = ? AND stopped_at IS NULL",
                         [_naive(now) + DYNAMIC_INTERVAL, cohort])
-        return _finish(con, record, "partial" if record.failed else "ok", None)
+        return _finish(con, record, "partial" if record.failed else "ok", _failed_users(con, record))
 
 
 @contextmanager
@@ -251,9 +255,9 @@ def _run_lock(store: Store, cohort: str) -> Iterator[None]:
         if store.path == ":memory:":         # no other process can reach this store
             yield
             return
-        folder = Path(f"{store.path}.export-locks")
-        folder.mkdir(exist_ok=True)
-        fd = os.open(folder / f"{hashlib.sha1(cohort.encode()).hexdigest()[:16]}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        path = _lock_path(store, cohort)
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -266,6 +270,35 @@ def _run_lock(store: Store, cohort: str) -> Iterator[None]:
             yield
         finally:
             os.close(fd)                     # releases the flock
+    finally:
+        lock.release()
+
+
+def _lock_path(store: Store, cohort: str) -> Path:
+    return Path(f"{store.path}.export-locks") / f"{hashlib.sha1(cohort.encode()).hexdigest()[:16]}.lock"
+
+
+def _is_running(store: Store, cohort: str) -> bool:
+    """Whether a run of ``cohort`` is alive: a thread of this process or any process holds its lock.
+    Taking the thread lock first keeps this process from starting that run while the lock is tried;
+    another process cannot start one meanwhile, as it would need the store this process has open."""
+    lock = _running.setdefault((store.path, cohort), threading.Lock())
+    if not lock.acquire(blocking=False):
+        return True
+    try:
+        if store.path == ":memory:":     # no other process can reach this store
+            return False
+        try:
+            fd = os.open(_lock_path(store, cohort), os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
     finally:
         lock.release()
 
@@ -422,11 +455,18 @@ class _ResultWriter:
 
 # -- run records ----------------------------------------------------------------------------------
 
-def _start(con, cohort, mode, dry_run, now, the_plan, verdict, members, exportable) -> RunRecord:
-    """Called holding the cohort's run lock: any run still marked running was cut short."""
+DEAD_RUN = "its process ended before the run did (killed or crashed); the next run sends the rest"
+
+
+def _start(store, con, cohort, mode, dry_run, now, the_plan, verdict, members, exportable) -> RunRecord:
+    """Called holding the cohort's run lock: any run of this cohort still marked running was cut short,
+    and so was one of another cohort whose lock nobody holds (a killed run that no run of its own
+    cohort followed would otherwise read "running" for ever)."""
     with transaction(con):
-        con.execute("UPDATE export_runs SET status = 'interrupted', ended_at = ? WHERE cohort = ? "
-                    "AND status = 'running'", [_naive(now), cohort])
+        stale = [c for c, in con.execute("SELECT DISTINCT cohort FROM export_runs WHERE status = 'running'")
+                 .fetchall() if c == cohort or not _is_running(store, c)]
+        con.execute("UPDATE export_runs SET status = 'interrupted', ended_at = ?, error = coalesce(error, ?) "
+                    "WHERE status = 'running' AND cohort IN (SELECT unnest(?))", [_naive(now), DEAD_RUN, stale])
         run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
         con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid, members, "
                     "exportable, unchanged) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
@@ -435,6 +475,18 @@ def _start(con, cohort, mode, dry_run, now, the_plan, verdict, members, exportab
     return RunRecord(run_id, cohort, mode, dry_run, "running", _naive(now), members=members,
                      exportable=exportable, unchanged=the_plan.counts.get(planning.NOOP, 0),
                      guard=verdict.reason, plan=the_plan)
+
+
+def _failed_users(con, record: RunRecord, shown: int = 3) -> str | None:
+    """For a run where some users failed: who, and why (the first few), so the failure is not just a count."""
+    if not record.failed:
+        return None
+    rows = con.execute("SELECT distinct_id, onesignal_id, operation, error FROM export_results WHERE run_id = ? "
+                       "AND outcome = 'failed' ORDER BY distinct_id LIMIT ?", [record.run_id, shown]).fetchall()
+    listed = "; ".join(f"user {d!r} (OneSignal id {o!r}, {'tag' if op == ADD else 'untag'}): {e}"
+                       for d, o, op, e in rows)
+    more = f"; and {record.failed - len(rows):,} more (see export_results)" if record.failed > len(rows) else ""
+    return f"{record.failed:,} user(s) not updated in OneSignal, the next run retries them: {listed}{more}"
 
 
 def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord:

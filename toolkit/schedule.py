@@ -48,7 +48,8 @@ class SyncRun:
 
 
 # Exit codes of `toolkit sync`, `export` and `schedule`, for cron and Airflow (README "Exit codes").
-EXIT_CODES = {"ok": 0, "failed": 1, "usage": 2, "partial": 3}
+# busy: `toolkit sync` found another sync running and did nothing (not a failure, but nothing ran).
+EXIT_CODES = {"ok": 0, "failed": 1, "usage": 2, "partial": 3, "busy": 4}
 
 
 def exit_code(statuses: list[str]) -> int:
@@ -77,21 +78,37 @@ def next_due(due: datetime, finished: datetime, every: timedelta) -> datetime:
     return following if following > finished else finished
 
 
+_held = threading.local()      # the runs folders whose lock this thread holds
+
+
 @contextmanager
 def sync_lock(runs_dir: Path) -> Iterator[None]:
-    """Hold the runs folder's lock for one run, or raise SyncBusy at once."""
+    """Hold the runs folder's lock for one run, or raise SyncBusy at once, naming the process that holds
+    it. Re-entrant in a thread: ``toolkit sync`` takes it before waiting for the store, then run_once."""
     runs_dir.mkdir(parents=True, exist_ok=True)
-    with open(runs_dir / ".sync.lock", "w") as handle:
+    path = runs_dir / ".sync.lock"
+    held: set[str] = _held.__dict__.setdefault("dirs", set())
+    key = str(path.resolve())
+    if key in held:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)     # not truncated: it names the holder
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SyncBusy(f"another sync is running (lock {runs_dir / '.sync.lock'})") from None
-        handle.write(str(os.getpid()))
-        handle.flush()
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise SyncBusy("another sync is running" + (f" (process {holder})" if holder.isdigit() else "")
+                           + f": this one did nothing; the running sync exports what is due (lock {path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        held.add(key)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            held.discard(key)
+    finally:
+        os.close(fd)                                       # releases the flock
 
 
 def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
@@ -103,6 +120,7 @@ def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
     papermill = notebook_runner()
 
     with sync_lock(runs_dir):
+        _record_a_killed_run(runs_dir)
         started = clock()
         output = runs_dir / f"sync-{started:%Y%m%dT%H%M%S%fZ}.ipynb"
         record = output.with_suffix(".json")
@@ -123,6 +141,20 @@ def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
         log.info("sync %s in %.1fs: %s; executed notebook %s", run.status if run.ok else run.status.upper(),
                  (run.ended - run.started).total_seconds(), run.error or "all cohorts ok", output)
         return run
+
+
+KILLED = ("this sync stopped before it could write its record (killed, or the machine stopped): its load was "
+          "rolled back, its exports keep what they sent, and the next sync ran them again")
+
+
+def _record_a_killed_run(runs_dir: Path) -> None:
+    """The latest executed notebook without a record beside it is a run that died (a failing notebook
+    gets its record from run_once): give it one, so no run is left without a verdict. Runs never
+    overlap, so only the latest can be such a run."""
+    latest = max(runs_dir.glob("sync-*.ipynb"), default=None)
+    if latest is not None and not latest.with_suffix(".json").exists():
+        write_record(latest.with_suffix(".json"), {"status": "failed", "interrupted": True, "summary": KILLED})
+        log.warning("the previous sync (%s) did not finish: %s", latest, KILLED)
 
 
 def _read_record(path: Path) -> dict | None:

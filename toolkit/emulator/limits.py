@@ -3,7 +3,8 @@
 Rate limits follow OneSignal's: requests per second per app, and one update per second per user,
 answered with 429 and a ``Retry-After`` header. A request refused with 429 does not use up the
 app's budget. Faults are drawn from a seeded generator, so a run is repeatable for a given order of
-arrival.
+arrival; ``Faults.inject`` aims faults at chosen requests instead (the 3rd PATCH of a user...), for
+tests that must hit one exact point.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ import random
 from dataclasses import dataclass, field
 
 ERROR, DROP, HANG = "error", "drop", "hang"
+# Only by ``Faults.inject``: a 500, a 429 without Retry-After, a reset after the API applied the
+# request (the change is made, the client never hears of it), and a request held until the test
+# lets it go (``Emulator.release``), to catch a client in the middle of its work.
+CRASH, THROTTLE, RESET_AFTER, HOLD = "crash", "throttle", "reset_after", "hold"
+KINDS = (ERROR, DROP, HANG, CRASH, THROTTLE, RESET_AFTER, HOLD)
 
 
 class Bucket:
@@ -83,6 +89,7 @@ class Faults:
     latency: float = 0.0
     seed: int = 0
     _random: random.Random = field(init=False, repr=False)
+    _aimed: list[dict] = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self):
         for name in ("error_rate", "drop_rate", "hang_rate"):
@@ -92,8 +99,26 @@ class Faults:
             raise ValueError("error_rate + drop_rate + hang_rate must not exceed 1")
         self._random = random.Random(self.seed)
 
-    def draw(self) -> str | None:
+    def inject(self, kind: str, *, method: str | None = None, path: str | None = None, skip: int = 0,
+               times: int = 1) -> None:
+        """Give ``kind`` to the requests matching ``method`` and ``path`` (a part of the path): ``skip``
+        of them pass first, then ``times`` of them get the fault. Aimed faults go before drawn ones."""
+        if kind not in KINDS:
+            raise ValueError(f"fault {kind!r}: expected one of {', '.join(KINDS)}")
+        self._aimed.append({"kind": kind, "method": method, "path": path, "skip": skip, "times": times})
+
+    def draw(self, method: str | None = None, path: str | None = None) -> str | None:
         """The fault for the next request, if any (call under the server's lock)."""
+        for aim in self._aimed:
+            if (aim["method"] not in (None, method)) or (aim["path"] is not None and aim["path"] not in (path or "")):
+                continue
+            if aim["skip"]:
+                aim["skip"] -= 1
+                continue
+            aim["times"] -= 1
+            if not aim["times"]:
+                self._aimed.remove(aim)
+            return aim["kind"]
         if not (self.error_rate or self.drop_rate or self.hang_rate):
             return None
         r = self._random.random()

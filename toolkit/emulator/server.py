@@ -5,8 +5,11 @@
         emu.add_user(app.app_id, external_id="u1", subscription_ids=["s1"])
         client = OneSignalClient(Credentials(app.app_id, app.api_key), emu.url)
 
-Faults (503s, dropped connections, hung requests, latency) happen before the API sees a request, so
-a faulted request changes nothing. The request log keeps the method and path only, never headers.
+Faults (503s and 500s, 429s without Retry-After, dropped connections, hung requests, latency) happen
+before the API sees a request, so a faulted request changes nothing; except a reset after applying
+(``emu.faults.inject("reset_after", ...)``): the API makes the change, then the connection is reset
+without an answer. ``inject("hold", ...)`` keeps a request waiting until ``emu.release()``, then serves
+it: a test can act while a client is caught mid-export. The request log keeps the method and path only, never headers.
 
 The control endpoints (``GET /_emulator/state``, ``GET /_emulator/requests``, ``POST /_emulator/reset``)
 need the emulator's admin token in an ``X-Emulator-Token`` header (``emu.admin_headers``): the token
@@ -22,6 +25,7 @@ import logging
 import os
 import secrets
 import socket
+import struct
 import sys
 import threading
 import time
@@ -30,8 +34,8 @@ from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from toolkit.emulator.api import UNAVAILABLE, Api, Request, Response
-from toolkit.emulator.limits import DROP, ERROR, HANG, Faults, Limits
+from toolkit.emulator.api import RATE_LIMITED, UNAVAILABLE, Api, Request, Response
+from toolkit.emulator.limits import CRASH, DROP, ERROR, HANG, HOLD, RESET_AFTER, THROTTLE, Faults, Limits
 from toolkit.emulator.state import App, EmulatorError, World, new_counters, read_seed_users
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,8 @@ CONTROL = "/_emulator/"
 ADMIN_HEADER = "X-Emulator-Token"
 ENV_ADMIN_TOKEN = "TOOLKIT_EMULATOR_TOKEN"
 NO_ANSWER = None          # what _dispatch returns for a dropped or hung request
+RESET = "reset"           # ... and for one to reset (RST) after the API handled it
+INTERNAL_ERROR = {"errors": ["Internal server error"]}
 
 
 class Emulator:
@@ -61,6 +67,7 @@ class Emulator:
         self._lock = threading.Lock()
         self._log: deque[dict] = deque(maxlen=log_size)
         self._stopping = threading.Event()
+        self._released = threading.Event()      # lets held requests go
         self._connections: set[socket.socket] = set()
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
@@ -200,6 +207,14 @@ class Emulator:
         with self._lock:
             return list(self._log)
 
+    def release(self) -> None:
+        """Let every held request (``faults.inject("hold")``) go on, and the ones held from now on."""
+        self._released.set()
+
+    def held(self) -> list[dict]:
+        """The requests held so far (from the request log)."""
+        return [r for r in self.requests() if r["status"] == "held"]
+
     def reset(self) -> None:
         """Undo everything the API did: apps and users as set up (loaded, added, seeded), their tags as
         seeded, no segments or users created through the API, counters and request log at zero."""
@@ -233,9 +248,16 @@ class Emulator:
         if request.path.startswith(CONTROL):
             return self._control(request)
         with self._lock:
-            fault = self.faults.draw()
+            fault = self.faults.draw(request.method, request.path)
         if fault in (HANG, DROP):
             self._record(arrived, request, "hung" if fault == HANG else "dropped")   # counted as it happens
+        if fault == HOLD:
+            with self._lock:                       # logged (not counted) on arrival: tests wait for it
+                self._log.append({"t": arrived, "method": request.method, "path": request.path, "status": "held"})
+            while not (self._released.wait(0.05) or self._stopping.is_set()):
+                pass
+            if self._stopping.is_set():
+                return NO_ANSWER
         if self.faults.latency:
             self._stopping.wait(self.faults.latency)
         if fault == HANG:
@@ -244,9 +266,16 @@ class Emulator:
             return NO_ANSWER
         if fault == ERROR:
             response = Response(503, UNAVAILABLE)
+        elif fault == CRASH:
+            response = Response(500, INTERNAL_ERROR)
+        elif fault == THROTTLE:
+            response = Response(429, RATE_LIMITED)            # and no Retry-After
         else:
             with self._lock:
                 response = self._api.handle(request, time.monotonic())
+        if fault == RESET_AFTER:
+            self._record(arrived, request, f"reset after {response.status}")
+            return RESET
         self._record(arrived, request, response.status)
         return response
 
@@ -275,6 +304,18 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256        # the default 5 drops connects when a client opens 64 at once
     emulator: Emulator
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.to_reset: set[socket.socket] = set()
+
+    def shutdown_request(self, request) -> None:
+        if request in self.to_reset:            # no FIN first: linger 0 makes close() send a RST
+            self.to_reset.discard(request)
+            request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_request(request)
+            return
+        super().shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
         # A client hanging up (timeout, reset) is routine here; anything else is a bug worth a trace.
@@ -311,6 +352,10 @@ class _Handler(BaseHTTPRequestHandler):
         response = self.server.emulator._dispatch(Request(self.command, path, query, self.headers, body))
         if response is NO_ANSWER:
             self.close_connection = True            # close without a word: a dropped connection
+            return
+        if response is RESET:                       # close with a TCP reset: ECONNRESET for the client
+            self.server.to_reset.add(self.connection)
+            self.close_connection = True
             return
         payload = b"" if response.body is None else json.dumps(response.body, ensure_ascii=False).encode()
         self.send_response(response.status)
