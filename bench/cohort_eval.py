@@ -71,7 +71,7 @@ def rows(db_path) -> list[Row]:
         expected, pandas_s = _timed(lambda: _pandas_cohort(*frames, now), runs=PANDAS_RUNS)
         expected_filtered, pandas_filtered_s = _timed(lambda: _pandas_cohort(*frames, now, MIN_AMOUNT),
                                                       runs=PANDAS_RUNS)
-        del frames
+        frames = None    # frees them before the matchability rows
         if expected != members or expected_filtered != filtered_members:
             raise SystemExit(f"pandas and DuckDB disagree: {len(expected)} vs {len(members)} members, "
                              f"{len(expected_filtered)} vs {len(filtered_members)} with the filter")
@@ -90,7 +90,7 @@ def rows(db_path) -> list[Row]:
             f"pandas {_ms(pandas_filtered_s)}", f"{pandas_filtered_s / filtered_s:.1f}x faster, "
             f"{filtered_s / floor:.2f}x floor", "", None),
     ]
-    for m, targeted in zip(matched, (False, True)):    # the target is the issue's: a 1M-member cohort
+    for m, targeted in zip(matched, (False, True), strict=True):    # the target is the issue's: a 1M-member cohort
         table += [
             Row(f"matchability of {m['members']:,} members ({m['name']})", _ms(m["match"]),
                 f"evaluation {_ms(m['evaluate'])}", f"{m['match'] / m['evaluate']:.2f}x eval",

@@ -7,7 +7,7 @@ Its planning time stands beside the time to evaluate a cohort of the same size.
 
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -24,13 +24,13 @@ def rows(members: int = MEMBERS) -> list[Row]:
     from toolkit.plan import Target, plan
     from toolkit.store import Store
 
-    now = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 1, tzinfo=UTC)
     ids = [f"user-{i:07d}" for i in range(members)]
     wanted = {d: Target(f"ext-{d}", "external_id") for d in ids}
     with tempfile.TemporaryDirectory() as tmp, Emulator() as emu, Store(Path(tmp) / "s.duckdb") as store:
         app = emu.add_app()
         export.register(store, "Big", "dynamic", app.app_id, emu.url, now=now)
-        frame = pd.DataFrame({"distinct_id": ids, "onesignal_id": [t.onesignal_id for t in wanted.values()]})
+        frame = pd.DataFrame({"distinct_id": ids, "onesignal_id": [t.onesignal_id for t in wanted.values()]})  # noqa: F841  (DuckDB reads it by name)
         store.con.execute("INSERT INTO export_members SELECT 'Big', distinct_id, onesignal_id, 'external_id', "
                           "'tagged', ?::TIMESTAMP FROM frame", [now.replace(tzinfo=None)])
         started = time.perf_counter()

@@ -20,6 +20,6 @@ def print_table(rows: list[Row]) -> None:
     cells[0][-1] = "verdict"
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     for n, row in enumerate(cells):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))

@@ -23,7 +23,8 @@ def ceiling(file: Path, db: Path) -> dict:
 
 
 def load(file: Path, db: Path) -> dict:
-    from toolkit import Store, load as load_files
+    from toolkit import Store
+    from toolkit import load as load_files
 
     started = time.perf_counter()
     with Store(db) as store:

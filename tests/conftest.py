@@ -1,7 +1,7 @@
 import gzip
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,7 @@ from toolkit.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample"
-NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
 T0 = 1_790_000_000          # 2026-09-21, seconds
 # Tests write a file and load it at once: no waiting for it to settle (tests/test_hostile_load.py tests it).
 os.environ.setdefault("TOOLKIT_SETTLE_SECONDS", "0")

@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -13,7 +13,7 @@ from toolkit import cohorts, export, load
 from toolkit.cli import as_of
 from toolkit.store import Store
 
-END_OF_OCTOBER = datetime(2026, 10, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
+END_OF_OCTOBER = datetime(2026, 10, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 def toolkit(*args, cwd=None):
@@ -32,8 +32,8 @@ def sample_db(tmp_path_factory):
 
 def test_a_date_means_the_whole_day_utc_and_a_time_is_utc_unless_it_says():
     assert as_of("2026-10-31") == END_OF_OCTOBER
-    assert as_of("2026-10-31T12:30") == datetime(2026, 10, 31, 12, 30, tzinfo=timezone.utc)
-    assert as_of("2026-10-31T12:30+02:00") == datetime(2026, 10, 31, 10, 30, tzinfo=timezone.utc)
+    assert as_of("2026-10-31T12:30") == datetime(2026, 10, 31, 12, 30, tzinfo=UTC)
+    assert as_of("2026-10-31T12:30+02:00") == datetime(2026, 10, 31, 10, 30, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("command", [("cohorts", "preview", "New sign-ups"), ("export", "New sign-ups", "--dry-run"),

@@ -23,12 +23,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import NOW, ROOT, SAMPLE
 
+from conftest import NOW, ROOT, SAMPLE
 from toolkit import Store, cohorts, demo, load, matching, mtu, sync
 from toolkit.emulator import Emulator
 
@@ -76,12 +76,12 @@ def world(tmp_path_factory):
         load(store, [SAMPLE], now=NOW)
         cohorts.save_all(store, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))
         # The kernel evaluates as of its own clock; CHURN's rules use fixed dates, so this is its answer.
-        found = matching.preview(store, CHURN, now=datetime.now(timezone.utc))
+        found = matching.preview(store, CHURN, now=datetime.now(UTC))
         exportable = {(t.id_type, t.onesignal_id) for t in sync.targets(found).values()}
         users = demo.seed_users(store)
         mtu_by_month = mtu.report_frame(store)["mtu"].to_dict()
-    seeded = {("subscription_id", u["subscription_ids"][0]) if "subscription_ids" in u else ("external_id", u["external_id"])
-              for u in users}
+    seeded = {("subscription_id", u["subscription_ids"][0]) if "subscription_ids" in u
+              else ("external_id", u["external_id"]) for u in users}
     users += [{"subscription_ids": [i]} if kind == "subscription_id" else {"external_id": i}
               for kind, i in sorted(exportable - seeded)]
     assert found.summary["exportable"] == len(exportable) > 0 and found.summary["members"] > len(exportable)
@@ -210,7 +210,8 @@ def run_all(page) -> None:
     page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
     page.wait_for_function("""(panel) => {
         const cells = [...panel.querySelectorAll('.jp-CodeCell')];
-        const done = cells.length > 0 && cells.every(c => /\\[\\d+\\]/.test(c.querySelector('.jp-InputPrompt').textContent));
+        const done = cells.length > 0
+            && cells.every(c => /\\[\\d+\\]/.test(c.querySelector('.jp-InputPrompt').textContent));
         return done || panel.innerText.includes('Traceback');
     }""", arg=notebook(page).element_handle())
     kernel_idle(page)
@@ -268,7 +269,7 @@ def segment_members(world, cohort: str) -> set[tuple[str, str]]:
 # -- the tests -------------------------------------------------------------------------------------
 
 def test_export_a_cohort_with_the_widgets_alone(world, lab, page):
-    emulator, app = world["emulator"], world["app"]
+    emulator = world["emulator"]
     open_notebook(page, lab, "export_cohort.ipynb")
     shot(page, "01-export-opened")
     run_all(page)

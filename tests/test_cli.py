@@ -115,7 +115,8 @@ def test_connect_and_export_against_the_emulator(tmp_path):
         dynamic = json.loads(toolkit("export", "Engaged with push", "--dynamic", *common, "--json", env=env).stdout)
         assert dynamic["mode"] == "dynamic" and dynamic["status"] == "ok"
         again = json.loads(toolkit("export", "Tech fans worth a call", *common, "--json", env=env).stdout)
-        assert (again["added"], again["removed"], again["unchanged"]) == (0, 0, once["added"] + once["not_in_onesignal"])
+        assert (again["added"], again["removed"], again["unchanged"]) == (
+            0, 0, once["added"] + once["not_in_onesignal"])
 
         # The data changes: one exported member loses the OneSignal id; only that removal is sent.
         leaver = sorted(m for m in members)[0]

@@ -4,7 +4,7 @@ Every condition is checked against hand-computed answers on small fixtures that 
 export files and loaded with toolkit.load, so identity resolution and dedup apply as in production."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,8 +12,18 @@ from hypothesis import strategies as st
 
 from conftest import NOW, SAMPLE, event, write_lines
 from toolkit import Store, cohorts, load
-from toolkit.cohort_model import (Cohort, CohortCycleError, CohortError, CohortRule, DefinitionError,
-                                  EventRule, Group, PropertyRule, parse, to_dict)
+from toolkit.cohort_model import (
+    Cohort,
+    CohortCycleError,
+    CohortError,
+    CohortRule,
+    DefinitionError,
+    EventRule,
+    Group,
+    PropertyRule,
+    parse,
+    to_dict,
+)
 from toolkit.cohort_sql import compile_cohort, json_pointer
 
 DAY = 86_400
@@ -26,7 +36,7 @@ def ago(days: float) -> int:
 
 
 def at(text: str) -> int:
-    return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp())
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
 
 
 def build(store, tmp_path, events=(), profiles=None, updates=None):

@@ -157,7 +157,10 @@ def test_a_successful_connect_moves_the_apps_exports_to_that_address(file_store,
     export.register(file_store, "B", "once", other, "http://127.0.0.1:9")
     failed = sync.connect(file_store, Credentials(app.app_id, "wrong-key-123"), emulator.url)
     assert not failed["connected"]
-    urls = lambda: dict(file_store.con.execute("SELECT cohort, base_url FROM exports ORDER BY 1").fetchall())
+
+    def urls():
+        return dict(file_store.con.execute("SELECT cohort, base_url FROM exports ORDER BY 1").fetchall())
+
     assert urls() == {"A": "http://127.0.0.1:9", "B": "http://127.0.0.1:9"}
     assert sync.connect(file_store, Credentials(app.app_id, app.api_key), emulator.url)["connected"]
     assert urls() == {"A": emulator.url, "B": "http://127.0.0.1:9"}     # only that app's exports
@@ -165,9 +168,12 @@ def test_a_successful_connect_moves_the_apps_exports_to_that_address(file_store,
 
 def test_the_default_api_address_comes_from_the_environment():
     code = "from toolkit.onesignal import default_base_url; print(default_base_url())"
-    run = lambda env: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                     env={**{k: v for k, v in os.environ.items() if k != "ONESIGNAL_BASE_URL"},
-                                          "PYTHONPATH": str(ROOT), **env}).stdout.strip()
+
+    def run(env):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**{k: v for k, v in os.environ.items() if k != "ONESIGNAL_BASE_URL"},
+                                   "PYTHONPATH": str(ROOT), **env}).stdout.strip()
+
     assert run({}) == "https://api.onesignal.com"
     assert run({"ONESIGNAL_BASE_URL": "http://127.0.0.1:8787"}) == "http://127.0.0.1:8787"
 

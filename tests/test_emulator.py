@@ -368,7 +368,8 @@ def test_seed_users_from_json_and_json_lines(tmp_path):
     as_json.write_text(json.dumps({"users": [{"external_id": "a", "tags": {"t": "1"}},
                                              {"subscription_ids": ["p-1"]}]}))
     as_lines = tmp_path / "users.jsonl"
-    as_lines.write_text('{"external_id": "b"}\n\n{"external_id": "c", "subscriptions": [{"id": "s", "type": "Email"}]}\n')
+    as_lines.write_text('{"external_id": "b"}\n\n'
+                        '{"external_id": "c", "subscriptions": [{"id": "s", "type": "Email"}]}\n')
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"external_id": "d"}\n{oops\n')
     with Emulator() as emulator:
@@ -414,7 +415,8 @@ def test_the_command_runs_seeds_saves_and_stops(tmp_path):
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "cli-key-123" not in out
     saved = json.loads(state.read_text())["apps"][app_id]
-    assert saved["plan"] == "free" and {u["external_id"]: u["tags"] for u in saved["users"]} == {"a": {"x": "1"}, "b": {}}
+    assert saved["plan"] == "free"
+    assert {u["external_id"]: u["tags"] for u in saved["users"]} == {"a": {"x": "1"}, "b": {}}
 
 
 def test_aimed_faults_hit_the_chosen_requests_only():

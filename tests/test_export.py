@@ -2,6 +2,7 @@
 
 import logging
 import threading
+from datetime import UTC
 
 import pytest
 
@@ -210,9 +211,9 @@ def test_two_runs_of_one_cohort_never_overlap(tmp_path, monkeypatch):
 
 
 def test_dynamic_registration_due_and_stop(store, emulator, app):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    now = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 1, tzinfo=UTC)
     export.register(store, "Buyers", "dynamic", app.app_id, emulator.url, now=now)
     assert export.due(store, now) == ["Buyers"]
     export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST, now=now)

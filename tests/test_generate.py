@@ -8,7 +8,7 @@ import json
 import re
 import tracemalloc
 from collections import Counter, defaultdict
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,17 @@ import pytest
 from conftest import expected_reasons
 from toolkit import Store, load
 from toolkit import onesignal_events as osev
-from toolkit.generate import (EVENTS_FILE, EVENTS_FILE_GZ, ONESIGNAL_ID_KINDS, PROFILES_FILE, SAMPLE_FILES,
-                              UPDATE_OPS, UPDATES_FILE, generate, write_sample)
+from toolkit.generate import (
+    EVENTS_FILE,
+    EVENTS_FILE_GZ,
+    ONESIGNAL_ID_KINDS,
+    PROFILES_FILE,
+    SAMPLE_FILES,
+    UPDATE_OPS,
+    UPDATES_FILE,
+    generate,
+    write_sample,
+)
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -91,7 +100,7 @@ def test_time_in_ms_changes_only_the_time_unit(tmp_path):
     s = read_events(tmp_path / "s" / EVENTS_FILE)
     ms = read_events(tmp_path / "ms" / EVENTS_FILE)
     assert len(s) == len(ms)
-    for a, b in zip(s, ms):
+    for a, b in zip(s, ms, strict=True):
         assert b["properties"]["time"] > 1e11 > a["properties"]["time"]
         assert b["properties"]["time"] // 1000 == a["properties"]["time"]
         assert {**b["properties"], "time": 0} == {**a["properties"], "time": 0}
@@ -122,7 +131,7 @@ def test_every_event_line_is_a_valid_mixpanel_export_record(run):
 
 def test_events_span_two_calendar_months_utc(run):
     _, counts, events = run
-    months = Counter(datetime.fromtimestamp(e["properties"]["time"], timezone.utc).strftime("%Y-%m") for e in events)
+    months = Counter(datetime.fromtimestamp(e["properties"]["time"], UTC).strftime("%Y-%m") for e in events)
     assert set(months) == {"2026-09", "2026-10"}
     assert min(months.values()) > 1000
     assert (counts["start"], counts["end"]) == ("2026-09-01", "2026-11-01")
@@ -380,7 +389,7 @@ def test_duplicates_share_the_dedup_key_and_the_later_copy_differs(run):
 def test_events_without_insert_id_are_repeated_exactly(run):
     out, counts, events = run
     lines = read_lines(out / EVENTS_FILE)
-    no_iid = Counter(line for line, e in zip(lines, events) if "$insert_id" not in e["properties"])
+    no_iid = Counter(line for line, e in zip(lines, events, strict=True) if "$insert_id" not in e["properties"])
     assert no_iid and all(n == 2 for n in no_iid.values())
     assert len(no_iid) == counts["event_kinds"]["repeat_no_insert_id"]
 
@@ -439,7 +448,7 @@ def test_sample_size_and_span(regenerated):
     events = read_events(out / EVENTS_FILE)
     assert 3000 <= len(events) == counts["events"] <= 6000
     assert 200 <= counts["profiles"] <= 400
-    months = {datetime.fromtimestamp(e["properties"]["time"], timezone.utc).month for e in events}
+    months = {datetime.fromtimestamp(e["properties"]["time"], UTC).month for e in events}
     assert months == {9, 10}
     assert osev.NAMES <= {e["event"] for e in events}
 

@@ -23,8 +23,7 @@ import pytest
 from conftest import ROOT
 from toolkit import export, sync
 from toolkit.emulator import Emulator
-from toolkit.onesignal import (REDACTOR, AuthError, Credentials, OneSignalClient, PlanRefused, ServerError,
-                               error_for)
+from toolkit.onesignal import REDACTOR, AuthError, Credentials, OneSignalClient, PlanRefused, ServerError, error_for
 from toolkit.plan import Target
 from toolkit.store import Store
 
@@ -168,7 +167,7 @@ def test_a_hand_made_segment_of_that_name_is_left_alone_with_a_clear_error(store
 def test_cohorts_sharing_their_first_128_characters_get_a_segment_each(store, emulator, app):
     stem = "Users who " + "x" * 130
     names = [stem + " bought", stem + " browsed"]
-    for name, user in zip(names, ["u1", "u2"]):
+    for name, user in zip(names, ["u1", "u2"], strict=True):
         export.register(store, name, "once", app.app_id, emulator.url)
         record = export.run(store, name, ext(user), creds(app), client_options=FAST)
         assert record.status == "ok", record.error

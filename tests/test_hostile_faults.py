@@ -15,8 +15,8 @@ import sys
 import time
 
 import pytest
-from conftest import NOW, ROOT, event, write_lines
 
+from conftest import NOW, ROOT, event, write_lines
 from toolkit import Store, cohorts, export, load, sync
 from toolkit.emulator import Emulator
 from toolkit.onesignal import Credentials

@@ -158,7 +158,8 @@ def test_symlink_loop_and_broken_link_are_refused_by_name(file_store, tmp_path):
     files = by_name(load(file_store, [tmp_path], now=NOW))
     assert files["a.jsonl"].message == f"{tmp_path / 'a.jsonl'}: cannot read: symbolic link loop"
     assert files["b.jsonl"].status == "refused"
-    assert files["c.jsonl"].message == f"{tmp_path / 'c.jsonl'}: cannot read: broken symbolic link (its target does not exist)"
+    assert files["c.jsonl"].message == (f"{tmp_path / 'c.jsonl'}: cannot read: "
+                                        "broken symbolic link (its target does not exist)")
     assert files["good.jsonl"].rows_loaded == 3 and len(files) == 4
     assert_converges(file_store, tmp_path)
 
@@ -456,7 +457,8 @@ def store_state(store) -> tuple:
     return (rows(store, "SELECT event, distinct_id, time, insert_id, properties::VARCHAR FROM events ORDER BY ALL"),
             rows(store, "SELECT regexp_extract(path, '[^/]+$'), line, reason FROM quarantine ORDER BY ALL"),
             rows(store, "SELECT distinct_id, properties::VARCHAR FROM profiles ORDER BY ALL"),
-            rows(store, "SELECT regexp_extract(path, '[^/]+$'), kind, rows_loaded, quarantined FROM loads ORDER BY ALL"),
+            rows(store, "SELECT regexp_extract(path, '[^/]+$'), kind, rows_loaded, quarantined "
+                        "FROM loads ORDER BY ALL"),
             rows(store, "SELECT count(*) FROM event_rows"))
 
 

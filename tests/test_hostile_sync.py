@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import nbformat
 import pytest
-from conftest import NOW, ROOT, event, write_lines
 
+from conftest import NOW, ROOT, event, write_lines
 from toolkit import Store, cohorts, export, schedule, sync
 from toolkit.cohorts import CohortError
 from toolkit.emulator import Emulator
@@ -85,8 +85,9 @@ def test_a_reference_to_a_missing_cohort_is_refused_when_saved_and_nothing_is_sa
         assert 'did you mean "Buyers"' in message and "nothing was saved" in message
         assert cohorts.list_cohorts(store) == before                  # "Fine" was not saved either
         # a reference to a cohort saved in the same batch, or already stored, is fine
-        saved = cohorts.save_all(store, [{"name": "Ghost", "rules": [{"event": "Purchase"}]},
-                                         {"name": "Haunted", "rules": [{"in_cohort": "Ghost"}, {"in_cohort": "Buyers"}]}])
+        saved = cohorts.save_all(store, [
+            {"name": "Ghost", "rules": [{"event": "Purchase"}]},
+            {"name": "Haunted", "rules": [{"in_cohort": "Ghost"}, {"in_cohort": "Buyers"}]}])
         assert saved == {"Ghost": 1, "Haunted": 1}
 
 

@@ -528,7 +528,7 @@ def naive_resolve(links, cap):
         return cluster.setdefault(x, {"ids": {x}, "canon": x, "users": set()})
 
     refused = []
-    for link in sorted(links, key=lambda l: l.order):
+    for link in sorted(links, key=lambda lk: lk.order):
         kind, src, dst = link.kind, link.source, link.target
         if not src or not dst:
             refused.append(link)
@@ -597,7 +597,7 @@ def test_property_matches_naive_model_and_invariants(links, cap):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(link_st, max_size=60), st.randoms(use_true_random=False))
 def test_property_input_iteration_order_does_not_matter(links, rnd):
-    keyed = [Link(l.kind, l.source, l.target, (i,)) for i, l in enumerate(links)]
+    keyed = [Link(lk.kind, lk.source, lk.target, (i,)) for i, lk in enumerate(links)]
     shuffled = keyed[:]
     rnd.shuffle(shuffled)
     assert resolve(shuffled) == resolve(keyed)

@@ -2,10 +2,10 @@
 
 import uuid
 
-from conftest import NOW, T0, event, rows, write_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import NOW, T0, event, rows, write_lines
 from toolkit import identity, ingest
 from toolkit.store import Store
 

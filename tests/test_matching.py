@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from conftest import NOW, SAMPLE
 from toolkit import Store, cohorts, matching
 from toolkit.cohort_model import CohortError
-from toolkit.store import profile_facts
 from toolkit.matching import COLUMNS, REASONS, WINNER_RULE, ProfileRow, classify
+from toolkit.store import profile_facts
 
 GRACE = "$device:0d9b8a7c-6e5f-4a3b-b2c1-d0e9f8a7b6c5"
 ERIN_SUB = "5f0d7a2c-1e3b-4c6d-a8e9-0b1c2d3e4f50"
@@ -177,7 +177,7 @@ def test_each_value_problem():
     assert got["at128"] == (None, "external_id")                      # characters, not bytes
     assert got["uuid-upper"] == (None, "subscription_id")
     assert got["empty"] == got["nothing"] == got["no-profile"] == ("anonymous", None)
-    details = dict(zip(frame["distinct_id"], frame["detail"]))
+    details = dict(zip(frame["distinct_id"], frame["detail"], strict=True))
     assert details["null"] == f"{P} is null"
     assert details["bool"] == f"{P} is a boolean, not a string"
     assert details["list"] == f"{P} is a list, not a string"
@@ -194,7 +194,7 @@ def test_duplicate_winner_rules():
                               "c": ("duplicate", "external_id"), "d": (None, "external_id"),
                               "e": ("duplicate", "external_id"), "f": ("duplicate", "external_id"),
                               "g": (None, "external_id")}
-    detail = dict(zip(frame["distinct_id"], frame["detail"]))
+    detail = dict(zip(frame["distinct_id"], frame["detail"], strict=True))
     assert detail["a"].startswith("external_id also on b, c; b keeps it")
     # an id equal to a profile's own distinct_id belongs to that profile
     frame = classify(["h", "k"], [row("h", {P: "k"}, later), row("k", {P: "k"}, t)])

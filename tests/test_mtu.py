@@ -3,11 +3,11 @@
 import json
 import math
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-from conftest import NOW, SAMPLE, T0, event, write_lines
 
+from conftest import NOW, SAMPLE, T0, event, write_lines
 from toolkit import Store, load, mtu
 from toolkit import onesignal_events as osev
 
@@ -39,7 +39,7 @@ def load_events(store, tmp_path, records, now=NOW, name="events.jsonl"):
 
 
 def ms(*args) -> int:
-    return int(datetime(*args, tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)
 
 
 # -- the rules (pure) -----------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def test_month_boundaries_are_utc(store, tmp_path):
         event("Page View", "early", ms(2026, 10, 1, 0, 0, 0)),
         event("Page View", "new-year-eve", ms(2026, 12, 31, 23, 59, 59, 999)),
         event("Page View", "new-year", ms(2027, 1, 1)),
-    ], now=datetime(2027, 2, 1, tzinfo=timezone.utc))
+    ], now=datetime(2027, 2, 1, tzinfo=UTC))
     assert mtu.monthly(store) == {"2026-09": 1, "2026-10": 1, "2026-12": 1, "2027-01": 1}
     assert mtu.counted_users(store, "2026-09") == ["late"]
     assert mtu.counted_users(store, "2026-10") == ["early"]

@@ -2,8 +2,8 @@
 
 import nbformat
 import pytest
-from conftest import NOW, ROOT, SAMPLE
 
+from conftest import NOW, ROOT, SAMPLE
 from toolkit import Store, load
 
 NOTEBOOK = ROOT / "notebooks" / "mtu_report.ipynb"
@@ -39,5 +39,5 @@ def test_notebook_runs_against_the_sample(tmp_path, rules, numbers):
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     text = _text(nb)
     assert f"rules: {rules}" in text
-    for month, mtu in zip(("2026-09", "2026-10"), numbers):
+    for month, mtu in zip(("2026-09", "2026-10"), numbers, strict=True):
         assert any(line.split()[:2] == [month, mtu] for line in text.splitlines()), (month, mtu)

@@ -5,8 +5,8 @@ import ast
 
 import nbformat
 import pytest
-from conftest import NOW, ROOT, SAMPLE
 
+from conftest import NOW, ROOT, SAMPLE
 from toolkit import Store, cohorts, demo, export, load, matching
 from toolkit.emulator import Emulator
 

@@ -12,16 +12,34 @@ import socket
 import time
 import traceback
 import uuid
+from itertools import pairwise
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from toolkit.emulator import Emulator
 from toolkit.onesignal import (
-    FAILED, NOT_FOUND, OK, USAGE, USAGE_HEADER, AppNotFound, AuthError, BadRequest, Conflict,
-    Credentials, NetworkError, NotFound, OneSignalClient, OneSignalError, RateLimited, ServerError,
-    SyncOneSignalClient, error_messages, retry_after_seconds,
+    FAILED,
+    NOT_FOUND,
+    OK,
+    USAGE,
+    USAGE_HEADER,
+    AppNotFound,
+    AuthError,
+    BadRequest,
+    Conflict,
+    Credentials,
+    NetworkError,
+    NotFound,
+    OneSignalClient,
+    OneSignalError,
+    RateLimited,
+    ServerError,
+    SyncOneSignalClient,
+    error_messages,
+    retry_after_seconds,
 )
 
 
@@ -109,7 +127,7 @@ def test_the_key_never_shows_in_reprs_errors_tracebacks_or_logs(emulator, app, c
                                                                max_attempts=2, sleep=Sleeps())]
         calls = [lambda c: c.validate(), lambda c: c.get_user("external_id", "nobody"),
                  lambda c: c.update_tags("external_id", "full", {"b": "2"}), lambda c: c.validate()]
-        for client, call in zip(clients, calls):
+        for client, call in zip(clients, calls, strict=True):
             async with client:
                 assert app.api_key not in repr(client) and app2.api_key not in repr(client)
                 with pytest.raises(OneSignalError) as info:
@@ -410,7 +428,7 @@ def test_the_client_stays_under_max_rps_and_spaces_updates_to_one_user(emulator,
     assert (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) <= max_rps * 1.1
     # One user's updates reached the emulator at least a second apart, in the order given.
     same = [r["t"] for r in emulator.requests() if r["path"].endswith("/external_id/same")]
-    assert len(same) == 3 and all(b - a >= 1.0 for a, b in zip(same, same[1:]))
+    assert len(same) == 3 and all(b - a >= 1.0 for a, b in pairwise(same))
     assert emulator.counters["rate_limited"] == 0
     assert emulator.user_tags(app.app_id)["same"] == {"v": "2"}
 

@@ -1,6 +1,7 @@
 """Export planning and the removal guard: pure functions, hammered with hypothesis."""
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from toolkit.plan import ADD, NOOP, REMOVE, Target, plan, removal_guard
 

@@ -3,7 +3,8 @@
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import NOW, event, rows, write_lines
 from toolkit import ingest, profile_ops
@@ -154,7 +155,7 @@ def test_bad_updates_are_quarantined(store, tmp_path):
     reasons = rows(store, "SELECT line, reason FROM quarantine ORDER BY line")
     assert [line for line, _ in reasons] == [2, 3, 4, 5, 6, 7]
     for (_, got), want in zip(reasons, ["no operation", "more than one operation", "refused $distinct_id",
-                                       "missing $distinct_id", "not a number", "malformed JSON"]):
+                                       "missing $distinct_id", "not a number", "malformed JSON"], strict=True):
         assert want in got
     assert summary.files[0].rows_loaded == 1 and props(store, "u1") == {"a": 1}
 

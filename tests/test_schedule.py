@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import nbformat
 import pytest
@@ -15,7 +15,7 @@ from conftest import ROOT
 from toolkit import schedule
 from toolkit.errors import ToolkitError
 
-T = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+T = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 M = timedelta(minutes=15)
 
 

@@ -85,7 +85,8 @@ def test_migration_5_takes_out_what_later_steps_read_of_existing_rows(tmp_path, 
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", 4)
     with Store(path) as s:
         s.con.execute("""INSERT INTO event_rows (event, distinct_id, time, properties, file_id) VALUES
-            ('$identify', 'u1', '2026-10-01', '{"$anon_id": "a1", "$identified_id": "u1", "mp_processing_time_ms": 5}', 1),
+            ('$identify', 'u1', '2026-10-01',
+             '{"$anon_id": "a1", "$identified_id": "u1", "mp_processing_time_ms": 5}', 1),
             ('$create_alias', 'u1', '2026-10-01', '{"alias": "x1"}', 1),
             ('$merge', 'u1', '2026-10-01', '{"$distinct_ids": ["u1", "u2"], "mp_processing_time_ms": "7"}', 1),
             ('Login', 'u1', '2026-10-01', '{}', 1)""")

@@ -12,8 +12,8 @@ import textwrap
 
 import nbformat
 import pytest
-from conftest import NOW, ROOT, SAMPLE
 
+from conftest import NOW, ROOT, SAMPLE
 from toolkit import Store, cohorts, demo, export, load, matching, sync
 from toolkit.emulator import Emulator
 from toolkit.errors import StoreError
@@ -114,7 +114,8 @@ def test_the_holder_is_read_from_duckdbs_lock_error_and_its_command_line():
     assert "pytest" in holder.command                   # from /proc, not DuckDB's executable path
     assert lock_holder("IO Error: Cannot open file: No such file or directory") is None
     kernel = Holder(4242, "/usr/bin/python -m ipykernel_launcher -f /run/kernel-1.json")
-    assert str(kernel) == "process 4242 (a Jupyter notebook kernel, /usr/bin/python -m ipykernel_launcher -f /run/kernel-1.json)"
+    assert str(kernel) == ("process 4242 (a Jupyter notebook kernel, "
+                           "/usr/bin/python -m ipykernel_launcher -f /run/kernel-1.json)")
 
 
 # -- waiting, across processes -------------------------------------------------------------------------
@@ -143,7 +144,8 @@ def test_past_its_wait_a_command_fails_with_a_plain_message(db, env, holding):
         done = toolkit(*command, "--db", db, env={**env, "TOOLKIT_STORE_WAIT": "0.2"})
         assert done.returncode == 1
         waiting, error = done.stderr.splitlines()
-        assert waiting.startswith(f"store {db} is in use by process {held.proc.pid} (") and "waiting up to 0.2s" in waiting
+        assert waiting.startswith(f"store {db} is in use by process {held.proc.pid} (")
+        assert "waiting up to 0.2s" in waiting
         assert error.startswith(f"error: store {db} is in use by process {held.proc.pid} (")
         assert "hold_store.py" in error and "stayed busy for 0.2s" in error and "TOOLKIT_STORE_WAIT" in error
         assert not any(raw in done.stderr for raw in RAW)

@@ -6,13 +6,13 @@ import re
 import shutil
 
 import pytest
-from conftest import NOW, SAMPLE
 
+from conftest import NOW, SAMPLE
 from toolkit import Store, cohorts, demo, export, load, matching, sync
+from toolkit.emulator import Emulator
 
 w = pytest.importorskip("ipywidgets")
 from toolkit import widgets  # noqa: E402  (needs ipywidgets)
-from toolkit.emulator import Emulator
 
 CHURN = "Churn risk: active in September, silent in October"
 PRO = "Pro plan in the US"
@@ -78,8 +78,8 @@ def reasons_shown(explorer) -> dict[str, int]:
 
 def seeded(store) -> set[tuple[str, str]]:
     """(id type, id) of every user demo.seed_users puts in the emulator."""
-    return {("subscription_id", u["subscription_ids"][0]) if "subscription_ids" in u else ("external_id", u["external_id"])
-            for u in demo.seed_users(store)}
+    return {("subscription_id", u["subscription_ids"][0]) if "subscription_ids" in u
+            else ("external_id", u["external_id"]) for u in demo.seed_users(store)}
 
 
 def tagged(emulator, app, cohort) -> set[tuple[str, str]]:
@@ -110,7 +110,8 @@ def test_connect_with_a_good_key_keeps_it_only_in_memory(store, emulator, app):
     assert panel.credentials.app_id == app.app_id and panel.credentials.api_key == app.api_key
     assert panel.api_key.value == ""
     assert app.api_key not in saved_state(panel)
-    assert store.con.execute("SELECT status FROM connections WHERE app_id = ?", [app.app_id]).fetchone() == ("connected",)
+    status = store.con.execute("SELECT status FROM connections WHERE app_id = ?", [app.app_id]).fetchone()
+    assert status == ("connected",)
 
 
 def test_connect_with_a_bad_key_says_why_and_leaks_nothing(store, emulator, app):

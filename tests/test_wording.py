@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, event, write_lines
 
+from conftest import ROOT, event, write_lines
 from toolkit import Store, cohorts
 from toolkit.cli import _parser
 from toolkit.cohorts import CohortError, DefinitionError

@@ -13,13 +13,12 @@ import json
 import os
 import shlex
 import sys
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 from toolkit import ingest, report
 from toolkit.errors import StoreError, ToolkitError
 from toolkit.store import Store
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +53,12 @@ def as_of(text: str) -> datetime:
     """--as-of: a date (its last moment, UTC: the whole day counts) or an ISO time (UTC unless it says)."""
     try:
         if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), time.max, timezone.utc)
+            return datetime.combine(date.fromisoformat(text), time.max, UTC)
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a date: expected YYYY-MM-DD (that whole day, UTC) or YYYY-MM-DDTHH:MM") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _as_of_or_now(text: str) -> datetime | str:

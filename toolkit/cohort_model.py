@@ -40,7 +40,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from toolkit.errors import ToolkitError
 
@@ -121,7 +121,7 @@ class Group:
     match: str = "all"
 
 
-Rule = Union[EventRule, PropertyRule, CohortRule, Group]
+Rule = EventRule | PropertyRule | CohortRule | Group
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,8 @@ class _Parser:
             self.fail(_join(path, "property"), f"expected a property name, got {_show(name)}")
         operator = r.get("operator")
         if operator not in PROPERTY_OPERATORS:
-            self.fail(_join(path, "operator"), f"expected one of {', '.join(PROPERTY_OPERATORS)}, got {_show(operator)}")
+            self.fail(_join(path, "operator"),
+                      f"expected one of {', '.join(PROPERTY_OPERATORS)}, got {_show(operator)}")
         vpath, tpath = _join(path, "value"), _join(path, "type")
         if operator in ("is_set", "is_not_set"):
             if r.get("value") is not None:
@@ -363,7 +364,7 @@ def _datetime(v) -> dt.date | dt.datetime | None:
         except ValueError:
             return None
     if isinstance(v, dt.datetime):
-        return v.astimezone(dt.timezone.utc).replace(tzinfo=None) if v.tzinfo else v
+        return v.astimezone(dt.UTC).replace(tzinfo=None) if v.tzinfo else v
     if isinstance(v, dt.date):
         return v
     return None

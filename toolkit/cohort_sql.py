@@ -45,8 +45,16 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from toolkit.cohort_model import (COUNT_OPERATORS, Cohort, CohortCycleError, CohortError, CohortRule,
-                                  EventRule, Group, PropertyRule)
+from toolkit.cohort_model import (
+    COUNT_OPERATORS,
+    Cohort,
+    CohortCycleError,
+    CohortError,
+    CohortRule,
+    EventRule,
+    Group,
+    PropertyRule,
+)
 
 __all__ = ["Query", "compile_cohort", "json_pointer", "quote_ident", "to_utc_naive"]
 
@@ -79,7 +87,7 @@ def json_pointer(name: str) -> str:
 
 def to_utc_naive(moment: dt.datetime) -> dt.datetime:
     """Stored times are naive UTC; an aware ``now`` is converted, a naive one is taken as UTC."""
-    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+    return moment.astimezone(dt.UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def compile_cohort(cohort: Cohort, now: dt.datetime,

@@ -19,9 +19,21 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from toolkit.cohort_model import (Cohort, CohortCycleError, CohortError, CohortRule, DefinitionError,
-                                  EventRule, Group, PropertyRule, check_cycles, normalize, parse,
-                                  references, to_dict)
+from toolkit.cohort_model import (
+    Cohort,
+    CohortCycleError,
+    CohortError,
+    CohortRule,
+    DefinitionError,
+    EventRule,
+    Group,
+    PropertyRule,
+    check_cycles,
+    normalize,
+    parse,
+    references,
+    to_dict,
+)
 from toolkit.cohort_sql import Query, compile_cohort, to_utc_naive
 
 __all__ = ["Cohort", "EventRule", "PropertyRule", "CohortRule", "Group", "CohortError",
@@ -194,7 +206,7 @@ def save_all(store, definitions: Iterable[Cohort | Mapping], *,
     stored = {name: c for name, (c, _) in _latest(con).items()} if _has_table(con) else {}
     check_references(new, stored, where)
     check_cycles({**stored, **new}, where)
-    created = to_utc_naive(now or dt.datetime.now(dt.timezone.utc))
+    created = to_utc_naive(now or dt.datetime.now(dt.UTC))
     versions = {}
     with _transaction(store):
         for name, cohort in new.items():
@@ -301,7 +313,7 @@ def query(con, cohort: Cohort | str, *, now: dt.datetime | None = None,
     con = _con(con)
     defs = by_name(definitions)
     root = normalize(cohort) if not isinstance(cohort, str) else defs.get(cohort) or get(con, cohort)
-    return compile_cohort(root, now or dt.datetime.now(dt.timezone.utc), _closure(con, root, defs))
+    return compile_cohort(root, now or dt.datetime.now(dt.UTC), _closure(con, root, defs))
 
 
 def evaluate(con, cohort: Cohort | str, *, now: dt.datetime | None = None,
@@ -317,7 +329,7 @@ def _closure(con, root: Cohort, defs: Mapping[str, Cohort]) -> dict[str, Cohort]
     found: dict[str, Cohort] = {root.name: root}
     todo = [root]
     while todo:
-        for path, name in references(todo.pop()):
+        for _path, name in references(todo.pop()):
             if name in found:
                 continue
             cohort = defs.get(name)

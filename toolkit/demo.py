@@ -58,12 +58,12 @@ def seed_users(store: Store) -> list[dict]:
 
 def end_of_day(day: dt.date) -> dt.datetime:
     """The last moment of a UTC day: what "as of 2026-10-31" means (the whole day counts)."""
-    return dt.datetime.combine(day, dt.time.max, dt.timezone.utc)
+    return dt.datetime.combine(day, dt.time.max, dt.UTC)
 
 
 def last_event_day(store: Store) -> dt.date:
     last = store.con.execute("SELECT max(time) FROM events").fetchone()[0]
-    return (last or dt.datetime.now(dt.timezone.utc)).date()
+    return (last or dt.datetime.now(dt.UTC)).date()
 
 
 def run(workdir: Path = VAR) -> DemoResult:

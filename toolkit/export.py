@@ -22,13 +22,23 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from toolkit import plan as planning
 from toolkit.errors import ToolkitError
-from toolkit.onesignal import (FAILED, NOT_FOUND, OK, REDACTOR, Conflict, Credentials, NotFound, OneSignalClient,
-                               OneSignalError, PlanRefused)
+from toolkit.onesignal import (
+    FAILED,
+    NOT_FOUND,
+    OK,
+    REDACTOR,
+    Conflict,
+    Credentials,
+    NotFound,
+    OneSignalClient,
+    OneSignalError,
+    PlanRefused,
+)
 from toolkit.plan import ADD, REMOVE, Target
 from toolkit.store import Store, transaction
 
@@ -96,7 +106,8 @@ def segment_filters(key: str) -> list[dict]:
 def _same_filters(found, wanted: list[dict]) -> bool:
     if not isinstance(found, list) or len(found) != len(wanted):
         return False
-    return all(isinstance(f, dict) and all(f.get(k) == v for k, v in w.items()) for f, w in zip(found, wanted))
+    return all(isinstance(f, dict) and all(f.get(k) == v for k, v in w.items())
+               for f, w in zip(found, wanted, strict=True))
 
 
 # -- registration -------------------------------------------------------------------------------
@@ -161,7 +172,7 @@ def list_exports(store: Store) -> list[dict]:
                e.stopped_at, count(m.distinct_id) FILTER (WHERE m.status = 'tagged') AS in_segment
         FROM exports e LEFT JOIN export_members m USING (cohort) GROUP BY ALL ORDER BY e.cohort""")
     names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def runs(store: Store, cohort: str | None = None, limit: int = 50) -> list[dict]:
@@ -169,7 +180,7 @@ def runs(store: Store, cohort: str | None = None, limit: int = 50) -> list[dict]
         "SELECT * FROM export_runs WHERE $cohort IS NULL OR cohort = $cohort ORDER BY run_id DESC LIMIT $limit",
         {"cohort": cohort, "limit": limit})
     names = [d[0] for d in cursor.description]
-    found = [dict(zip(names, row)) for row in cursor.fetchall()]
+    found = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     for row in found:                    # a killed run, before any run has marked it
         if row["status"] == "running" and not _is_running(store, row["cohort"]):
             row["status"], row["error"] = "interrupted", row["error"] or DEAD_RUN
@@ -188,13 +199,14 @@ def snapshot(con, cohort: str, now: datetime) -> dict[str, Target]:
 
 def run(store: Store, cohort: str, wanted: Mapping[str, Target], credentials: Credentials | None, *,
         dry_run: bool = False, mode: str | None = None, force: bool = False,
-        max_removal_share: float = DEFAULT_MAX_REMOVAL_SHARE, members: int | None = None, now: datetime | None = None, client_options: Mapping | None = None,
+        max_removal_share: float = DEFAULT_MAX_REMOVAL_SHARE, members: int | None = None,
+        now: datetime | None = None, client_options: Mapping | None = None,
         on_progress: Callable[[int, int], None] | None = None, registration: dict | None = None) -> RunRecord:
     """One export run of a registered cohort towards ``wanted`` (distinct_id -> OneSignal target).
     With ``registration`` (from ``proposed``) the run follows it, and stores it only if the run
     succeeds (ok or partial). A dry run needs no registration (``mode`` names what it rehearses)
     and changes no export."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     con = store.con.cursor()     # a connection of its own: runs may happen in threads (widgets, scheduler)
     try:
         return _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_removal_share, members,
@@ -322,9 +334,12 @@ async def _apply(con, export: dict, record: RunRecord, the_plan: planning.Plan, 
                     else:
                         steps[alias] = step
                 value = TAG_VALUE if operation == ADD else ""
+
+                def on_result(r, steps=steps):    # this operation's steps, bound now
+                    writer.add(steps[(r.alias_label, r.alias_id)], r.outcome, r.error)
+
                 await client.update_many(((label, alias_id, {export["tag_key"]: value}) for label, alias_id in steps),
-                                         on_result=lambda r: writer.add(steps[(r.alias_label, r.alias_id)],
-                                                                        r.outcome, r.error))
+                                         on_result=on_result)
         finally:
             writer.flush()
 
@@ -519,7 +534,7 @@ def registration(con, cohort: str) -> dict | None:
     """The registered export of ``cohort`` (a row of ``exports``), or None."""
     cursor = con.execute("SELECT * FROM exports WHERE cohort = ?", [cohort])
     row = cursor.fetchone()
-    return dict(zip([d[0] for d in cursor.description], row)) if row else None
+    return dict(zip([d[0] for d in cursor.description], row, strict=True)) if row else None
 
 
 def _registered(con, cohort: str) -> dict:
@@ -545,5 +560,5 @@ def _run_async(coroutine):
 
 def _naive(moment: datetime | None) -> datetime:
     """UTC without tzinfo, as the store keeps timestamps."""
-    moment = moment or datetime.now(timezone.utc)
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+    moment = moment or datetime.now(UTC)
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment

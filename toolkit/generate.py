@@ -39,8 +39,8 @@ import queue
 import random
 import threading
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from toolkit import onesignal_events as osev
 
@@ -607,7 +607,7 @@ class _Gen:
         stamps = sorted(lo + int(rand() * (self.end_ms - lo)) for _ in ops)
         aliases = [a for a in (u.alias, u.alias_chain) if a]
         out = []
-        for (op, payload), ms in zip(ops, stamps):
+        for (op, payload), ms in zip(ops, stamps, strict=True):
             did = u.uid
             if aliases and op != "$delete" and rand() < 0.5:
                 did = _pick(rng, aliases)  # sent under an alias id: must land on the same profile

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import duckdb
 import pandas as pd
@@ -85,7 +85,7 @@ def load(store: Store, paths: Iterable[str | os.PathLike], *, strict: bool = Fal
          on_file: Callable[[FileResult], None] | None = None) -> LoadSummary:
     """Load files and folders (only files not loaded before are read). Never raises for one bad file
     unless ``strict``: a refused file is reported in the summary and the others still load."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     sources = []
     summary = LoadSummary()
     for path in discover(list(paths)):
@@ -126,8 +126,9 @@ def _settle(sources: list[Source], seconds: float) -> tuple[list[Source], list[F
             break
         time.sleep(seconds)
         again = [_restat(s) for s in waiting]
-        ready += [s for s, now in zip(waiting, again) if (s.size, s.mtime_ns) == (now.size, now.mtime_ns)]
-        waiting = [now for s, now in zip(waiting, again) if (s.size, s.mtime_ns) != (now.size, now.mtime_ns)]
+        pairs = list(zip(waiting, again, strict=True))
+        ready += [s for s, now in pairs if (s.size, s.mtime_ns) == (now.size, now.mtime_ns)]
+        waiting = [now for s, now in pairs if (s.size, s.mtime_ns) != (now.size, now.mtime_ns)]
     return ready, [FileResult(str(s.path), s.kind, "waiting", message=(
         f"{s.path}: still being written (it kept changing for {3 * seconds:g} s); it loads on a later run"))
         for s in waiting]
@@ -551,11 +552,11 @@ def _find_star_links(con, scope: str) -> None:
 def _write_resolution(con, resolution: identity.Resolution) -> None:
     """Add a resolution's mappings to the map (their ids' rows are gone) and mark its refused links."""
     if resolution.canonical:
-        frame = pd.DataFrame({"distinct_id": list(resolution.canonical),
+        frame = pd.DataFrame({"distinct_id": list(resolution.canonical),  # noqa: F841  (DuckDB reads it by name)
                               "canonical_id": list(resolution.canonical.values())})
         con.execute("INSERT INTO identity_map SELECT distinct_id, canonical_id FROM frame")
     if resolution.refused:
-        refused = pd.DataFrame({"rid": [r.link.order[-1] for r in resolution.refused],
+        refused = pd.DataFrame({"rid": [r.link.order[-1] for r in resolution.refused],  # noqa: F841  (DuckDB reads it by name)
                                 "reason": [r.reason for r in resolution.refused]})
         con.execute("UPDATE identity_links SET refused = r.reason FROM refused r "
                     "WHERE identity_links.rowid = r.rid")
@@ -636,7 +637,7 @@ def _refuse_deep_profiles(con) -> None:
                              {"d": validation.MAX_DEPTH}).fetchall()
     deep = [(line, item) for line, item, text in candidates if validation.json_depth(text) > validation.MAX_DEPTH]
     if deep:
-        frame = pd.DataFrame(deep, columns=["line", "item"])
+        frame = pd.DataFrame(deep, columns=["line", "item"])  # noqa: F841  (DuckDB reads it by name)
         con.execute(f"""UPDATE _profiles SET reason = 'nested more than {validation.MAX_DEPTH} levels deep',
                                              raw = left(props::VARCHAR, {validation.QUARANTINED_RAW_CHARS})
                         FROM frame f WHERE _profiles.line = f.line AND _profiles.item = f.item""")
@@ -700,7 +701,7 @@ def _load_profile_updates(con, source: Source, file_id: int, now: datetime, resu
     _quarantine_from(con, "_updates", source, file_id, extra=bad)
     _write_profile_states(con, states, file_id, now)
     if links:
-        frame = pd.DataFrame(links, columns=["source", "target", "time_ms", "line"])
+        frame = pd.DataFrame(links, columns=["source", "target", "time_ms", "line"])  # noqa: F841  (DuckDB reads it by name)
         con.execute("INSERT INTO identity_links (kind, source, target, time_ms, file_id, line) "
                     "SELECT 'onesignal', source, target, time_ms, ?, line FROM frame", [file_id])
         refresh_identity(con, file_id)
@@ -714,10 +715,10 @@ def _write_profile_states(con, states: dict[str, tuple[dict | None, int]], file_
     deleted = [target for target, (props, _) in states.items() if props is None]
     kept = {target: v for target, v in states.items() if v[0] is not None}
     if deleted:
-        gone = pd.DataFrame({"distinct_id": deleted})
+        gone = pd.DataFrame({"distinct_id": deleted})  # noqa: F841  (DuckDB reads it by name)
         con.execute("DELETE FROM profiles WHERE distinct_id IN (SELECT distinct_id FROM gone)")
     if kept:
-        frame = pd.DataFrame({
+        frame = pd.DataFrame({  # noqa: F841  (DuckDB reads it by name)
             "distinct_id": list(kept),
             "properties": [json.dumps(props, ensure_ascii=False) for props, _ in kept.values()],
             "line": [line for _, line in kept.values()],
@@ -736,7 +737,7 @@ def _quarantine_from(con, table: str, source: Source, file_id: int,
     if rejects:
         con.execute(f"INSERT INTO quarantine SELECT ?, ?, record, reason, raw FROM ({rejects})", [file_id, path])
     if extra:
-        frame = pd.DataFrame(list(extra), columns=["line", "reason", "raw"])
+        frame = pd.DataFrame(list(extra), columns=["line", "reason", "raw"])  # noqa: F841  (DuckDB reads it by name)
         con.execute("INSERT INTO quarantine SELECT ?, ?, line, reason, raw FROM frame", [file_id, path])
 
 

@@ -121,7 +121,7 @@ def classify(members: Iterable[str], profiles: Iterable[ProfileRow], *,
             exportable += 1
             if exportable > limit:
                 row[3:] = [False, "over_limit", _over_limit_detail(limit)]
-    return _frame(pa.Table.from_pylist([dict(zip(COLUMNS, row)) for row in rows], schema=SCHEMA))
+    return _frame(pa.Table.from_pylist([dict(zip(COLUMNS, row, strict=True)) for row in rows], schema=SCHEMA))
 
 
 def _frame(table: pa.Table) -> pd.DataFrame:
@@ -215,7 +215,8 @@ def facts_sql(user_id_property: str = DEFAULT_USER_ID_PROPERTY) -> Query:
     did = q("distinct_id")
     # The default property is kept beside each profile (store migration 5): no profile JSON is parsed.
     values = f"""SELECT {did}, {q("updated_at")} AS updated_at, {q("empty")} AS empty,
-                        {q("onesignal_user_id_type")} AS jt, {q("onesignal_user_id")} AS v FROM {q("resolved_profiles")}"""
+                        {q("onesignal_user_id_type")} AS jt, {q("onesignal_user_id")} AS v
+                 FROM {q("resolved_profiles")}"""
     if user_id_property != DEFAULT_USER_ID_PROPERTY:
         params["f_path"] = json_pointer(user_id_property)
         values = f"""SELECT {did}, updated_at, empty, json_type(x) AS jt, json_extract_string(x, '$') AS v
@@ -305,7 +306,8 @@ SELECT {did}, CASE WHEN jt = 'VARCHAR' THEN v END AS onesignal_id,
              ELSE $m_prop || ' is not a UUID; id_type subscription_id needs a Subscription (Player) ID' END
          ELSE CASE WHEN claimants > 1 THEN kind || ' also on '
                       || array_to_string(others[1:{_SHOWN}], ', ')
-                      || CASE WHEN len(others) > {_SHOWN} THEN ' and ' || (len(others) - {_SHOWN}) || ' more' ELSE '' END
+                      || CASE WHEN len(others) > {_SHOWN} THEN ' and ' || (len(others) - {_SHOWN}) || ' more'
+                              ELSE '' END
                       || '; ' || CASE WHEN reason = 'duplicate' THEN winner ELSE 'this profile' END
                       || ' keeps it (' || $m_rule || ')'
                    ELSE '' END
@@ -400,7 +402,7 @@ def summarize(members: pd.DataFrame | pa.Table, *, user_id_property: str = DEFAU
 
 def _value_counts(column) -> dict:
     counted = pc.value_counts(column)
-    return dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
+    return dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True))
 
 
 def match(con, members: Iterable[str] | Query, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
@@ -459,7 +461,8 @@ def _fetch_profiles(con, ids: list[str], prop: str) -> tuple[list[ProfileRow], d
         WITH m AS (SELECT DISTINCT unnest($ids) AS distinct_id),
         p AS (SELECT distinct_id, properties, updated_at, json_extract(properties, $path) AS x
               FROM resolved_profiles),
-        s AS MATERIALIZED (SELECT *, CASE WHEN json_type(x) = 'VARCHAR' THEN json_extract_string(x, '$') END AS v FROM p),
+        s AS MATERIALIZED (SELECT *, CASE WHEN json_type(x) = 'VARCHAR' THEN json_extract_string(x, '$') END AS v
+                           FROM p),
         mine AS (SELECT DISTINCT v FROM s JOIN m USING (distinct_id) WHERE v IS NOT NULL)
         SELECT distinct_id, properties, updated_at FROM s
         WHERE distinct_id IN (SELECT distinct_id FROM m) OR v IN (SELECT v FROM mine)""",
@@ -476,7 +479,7 @@ def preview(store, name: str | cohorts.Cohort, *, now: dt.datetime | None = None
             limit: int = COHORT_LIMIT, engine: str = "auto") -> Preview:
     """Evaluate a cohort as of ``now`` and say, for each member, whether it exports to OneSignal."""
     con = getattr(store, "con", store)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     started = time.perf_counter()
     if isinstance(name, str) and name not in cohorts.by_name(definitions):
         name = cohorts.resolve_name(con, name)      # "pro plan in the us" finds "Pro plan in the US"

@@ -202,7 +202,7 @@ def _text(months: list[MonthMTU], rules: str) -> str:
                  r.engagement_only_users, r.mtu_without_onesignal)
         lines.append("  " + "  ".join(
             f"{c:>{max(len(h), 7)}}" if isinstance(c, str) else f"{c:>{max(len(h), 7)},}"
-            for h, c in zip(header, cells)))
+            for h, c in zip(header, cells, strict=True)))
     for r in months:
         if r.guardrail_applied:
             lines.append(f"  guardrail applied in {r.month}: {r.users_counted:,} users averaged "

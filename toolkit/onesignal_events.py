@@ -23,9 +23,9 @@ Pure data, standard library only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 DELIVERY_KIND = "delivery"
 ENGAGEMENT_KIND = "engagement"

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from toolkit.errors import ToolkitError
@@ -112,7 +112,7 @@ def sync_lock(runs_dir: Path) -> Iterator[None]:
 
 
 def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
-             clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> SyncRun:
+             clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> SyncRun:
     """Execute the sync notebook once under the lock; a failing notebook is a failed run, not an error.
     The notebook writes its run record (per cohort, load, MTU) beside the executed copy; when it could
     not (it failed before its last cell), the record is written here, as a failed run. The kernel
@@ -187,7 +187,7 @@ def notebook_runner():
 def schedule(runs_dir: Path, parameters: dict, every: timedelta = DEFAULT_EVERY, *,
              notebook: Path = SYNC_NOTEBOOK, max_runs: int | None = None,
              stop: threading.Event | None = None,
-             clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> list[SyncRun]:
+             clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> list[SyncRun]:
     """Run the sync every ``every`` until stopped (SIGINT/SIGTERM, ``stop`` set, or ``max_runs``)."""
     stop = stop or threading.Event()
     restore = _stop_on_signals(stop)

@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -64,7 +64,7 @@ def export_cohort(store: Store, cohort: str, *, mode: str | None = None, app_id:
     overwrites the previous one; without, it runs the registered export again (at ``base_url`` if
     given). A new registration or address is kept only if the run succeeds: a failed or refused
     export leaves the registered one as it was."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     cohort = resolve_name(store, cohort)        # case-insensitive when unambiguous, else "did you mean"
     registered = _registered(store, cohort)
     pending = None
@@ -108,7 +108,7 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
     """Every dynamic sync that is due (or the named cohorts' exports), one after the other. Each cohort
     succeeds or fails on its own: whatever stops one (a cohort that cannot be evaluated, no key, a
     refused export) becomes its failed run record, with the reason, and the others still run."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     names = cohorts if cohorts is not None else export.due(store, now)
     return [_run_one(store, name, now, dry_run, client_options) for name in names]
 
@@ -243,14 +243,15 @@ def sync(store_path: str | Path, *, landing: str | Path | None = None, cohorts: 
     """The scheduled job: load new files from ``landing``, re-evaluate cohorts and run the syncs
     (``cohorts``: "due", "all" registered exports, or comma-separated names), then count MTU. The
     load, each cohort and the MTU count fail on their own; the result says what worked and what not."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     with Store(store_path) as store:
         loaded, load_error = None, None
         if landing:
             try:
                 if not Path(landing).exists():
                     raise ToolkitError(f"the landing folder {landing} does not exist")
-                loaded = ingest.load(store, [landing])   # event times are checked against the real clock; ``now`` only says when cohorts are evaluated
+                # event times are checked against the real clock; ``now`` only says when cohorts are evaluated
+                loaded = ingest.load(store, [landing])
             except Exception as exc:
                 load_error = failure_reason(exc)
                 log.warning("loading %s failed: %s", landing, load_error, exc_info=not isinstance(exc, ToolkitError))

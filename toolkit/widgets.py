@@ -27,14 +27,15 @@ import base64
 import html
 import io
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
 try:
     import ipywidgets as w
 except ImportError as exc:      # an optional dependency: say how to get it
-    raise ImportError("toolkit.widgets needs ipywidgets 8, from the notebooks extra: pip install 'toolkit[notebooks]'") from exc
+    raise ImportError("toolkit.widgets needs ipywidgets 8, from the notebooks extra: "
+                      "pip install 'toolkit[notebooks]'") from exc
 
 from toolkit import cohorts, export, matching, report, sync
 from toolkit import credentials as keys
@@ -121,7 +122,7 @@ def preview_diff(store, cohort: str, *, now: datetime | str | None = None, force
     A registered export goes through the real run (``sync.export_cohort(dry_run=True)``, recorded as a
     dry run, so it writes); an unregistered cohort is planned with the pure functions, reading only,
     because ``export_cohort(mode=...)`` would register it."""
-    now = _as_time(now) or datetime.now(timezone.utc)
+    now = _as_time(now) or datetime.now(UTC)
     with using(store, read_only=True, on_wait=on_wait) as opened:
         if export.registration(opened.con, cohort) is None:
             found = matching.preview(opened, cohort, now=now)
@@ -218,7 +219,7 @@ def _show(output: w.Output, data: dict) -> None:
 def _funnel_png(steps: list[tuple[str, int]], title: str) -> bytes | None:
     """The funnel as horizontal bars; None without matplotlib (the text view still shows the numbers)."""
     try:
-        from matplotlib.figure import Figure     # no pyplot: no global figures, no backend to pick
+        from matplotlib.figure import Figure  # no pyplot: no global figures, no backend to pick
     except ImportError:
         return None
     labels = [label for label, _ in steps][::-1]
@@ -389,7 +390,7 @@ class CohortExplorer(_Panel):
             return
         try:
             with self._open(read_only=True) as store:
-                self.preview = matching.preview(store, name, now=self.now or datetime.now(timezone.utc))
+                self.preview = matching.preview(store, name, now=self.now or datetime.now(UTC))
         except Exception as exc:
             self.preview = None
             self.size.value = f"cannot evaluate {name}: {exc}"
@@ -488,7 +489,7 @@ class ExportPanel(_Panel):
         self.syncs.value = _table(pd.DataFrame(found, columns=columns)) if found else "no exports yet"
 
     def _time(self) -> datetime:
-        return self.now or datetime.now(timezone.utc)
+        return self.now or datetime.now(UTC)
 
     def _credentials(self) -> Credentials | None:
         """The connected panel's key, else the environment or the 0600 file (as the CLI does)."""

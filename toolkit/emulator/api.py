@@ -84,9 +84,9 @@ def route(method: str, parts: list[str]) -> tuple[str | None, list[str], bool]:
     """(handler name, captured parts, whether the path exists under another method)."""
     path_exists = False
     for route_method, pattern, name in ROUTES:
-        if len(pattern) == len(parts) and all(p == "{}" or p == q for p, q in zip(pattern, parts)):
+        if len(pattern) == len(parts) and all(p == "{}" or p == q for p, q in zip(pattern, parts, strict=True)):
             if route_method == method:
-                return name, [q for p, q in zip(pattern, parts) if p == "{}"], True
+                return name, [q for p, q in zip(pattern, parts, strict=True) if p == "{}"], True
             path_exists = True
     return None, [], path_exists
 

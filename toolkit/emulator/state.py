@@ -10,7 +10,7 @@ import os
 import random
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from toolkit.emulator import filters as segment_filters
@@ -237,7 +237,7 @@ class World:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def read_seed_users(path: str | os.PathLike) -> list[dict]:
