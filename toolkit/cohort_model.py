@@ -40,7 +40,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from toolkit.errors import ToolkitError
 
@@ -181,7 +181,7 @@ class _Parser:
     def __init__(self, where: str):
         self.where = where
 
-    def fail(self, field: str, message: str):
+    def fail(self, field: str, message: str) -> NoReturn:
         raise DefinitionError(self.where, field, message)
 
     def keys(self, data: Mapping, allowed: set, path: str, what: str) -> None:

@@ -91,7 +91,7 @@ def to_utc_naive(moment: dt.datetime) -> dt.datetime:
 
 
 def compile_cohort(cohort: Cohort, now: dt.datetime,
-                   lookup: Mapping[str, Cohort] | Callable[[str], Cohort | None] = None, *,
+                   lookup: Mapping[str, Cohort] | Callable[[str], Cohort | None] | None = None, *,
                    restrict: bool = True) -> Query:
     """SQL returning the cohort's members (column ``distinct_id``, sorted) as of ``now``.
     ``lookup`` finds cohorts referenced by in_cohort / not_in_cohort (a mapping or a function).
@@ -219,7 +219,7 @@ ORDER BY {DID}"""
         """FROM-less select list of a static cohort's canonical ids (used after SELECT [DISTINCT])."""
         did = quote_ident("distinct_id")
         return (f"coalesce(m.{quote_ident('canonical_id')}, s.{quote_ident('id')}) AS {did} "
-                f"FROM (SELECT unnest({self.bind(list(cohort.static_ids))}) AS {quote_ident('id')}) s "
+                f"FROM (SELECT unnest({self.bind(list(cohort.static_ids or ()))}) AS {quote_ident('id')}) s "
                 f"LEFT JOIN {quote_ident(IDENTITY_MAP)} m ON m.{did} = s.{quote_ident('id')}")
 
     # -- rules ---------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ def _jtext(value: str) -> str:
     return f"json_extract_string({value}, '$')"
 
 
-def _typed(value: str, kind: str) -> str:
+def _typed(value: str, kind: str | None) -> str:
     """The property as a SQL value of ``kind``; NULL when absent or not convertible."""
     text = _jtext(value)
     if kind == "number":

@@ -346,7 +346,7 @@ def _closure(con, root: Cohort, defs: Mapping[str, Cohort]) -> dict[str, Cohort]
 def describe(cohort: Cohort) -> str:
     if cohort.is_static:
         source = f" from {cohort.static_csv}" if cohort.static_csv else ""
-        return f"static: {len(cohort.static_ids)} ids{source}"
+        return f"static: {len(cohort.static_ids or ())} ids{source}"
     return _describe_rules(cohort.rules, cohort.match)
 
 

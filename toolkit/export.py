@@ -19,7 +19,7 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -219,10 +219,11 @@ def _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_remo
          client_options, on_progress, pending) -> RunRecord:
     if pending is not None and not dry_run:
         export = dict(pending)
+    elif dry_run:
+        found = registration(con, cohort) or {}
+        export = {**found, "mode": mode or found.get("mode") or "once"}
     else:
-        export = registration(con, cohort) if dry_run else _registered(con, cohort)
-    if dry_run:
-        export = {**(export or {}), "mode": mode or (export or {}).get("mode") or "once"}
+        export = _registered(con, cohort)
     if len(wanted) > MAX_COHORT_MEMBERS:
         raise ExportError(f"cohort {cohort!r} has {len(wanted):,} exportable members; the limit is "
                           f"{MAX_COHORT_MEMBERS:,} (matchability reports the rest as over_limit)")
@@ -395,7 +396,7 @@ async def _adopt_segment(client: OneSignalClient, export: dict, name: str, filte
 
 
 async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
-                                 steps: list[planning.Step]) -> dict[Target, tuple[str, str] | None]:
+                                 steps: Sequence[planning.Step]) -> dict[Target, tuple[str, str] | None]:
     """Subscription (Player) IDs -> ("onesignal_id", id) of their user, from the cache or OneSignal."""
     wanted = sorted({s.target for s in steps if s.target.id_type == "subscription_id"})
     if not wanted:
@@ -507,7 +508,7 @@ def _failed_users(con, record: RunRecord, shown: int = 3) -> str | None:
 def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord:
     error = None if error is None else REDACTOR.redact(error)
     record.status, record.error, record.ended_at = status, error, _naive(None)
-    if record.dry_run:   # what the run would do
+    if record.dry_run and record.plan is not None:   # what the run would do
         record.added, record.removed = record.plan.counts.get(ADD, 0), record.plan.counts.get(REMOVE, 0)
     con.execute("""UPDATE export_runs SET status = ?, error = ?, ended_at = ?, added = ?, removed = ?,
                          not_in_onesignal = ?, failed = ? WHERE run_id = ?""",

@@ -83,7 +83,7 @@ def _show(value: str, limit: int = 80) -> str:
     return repr(value)
 
 
-def _as_link(link) -> Link:
+def _as_link(link: Link | tuple) -> Link:
     return link if isinstance(link, Link) else Link._make(link)
 
 
@@ -116,8 +116,8 @@ def resolve(links: Iterable[Link | tuple], max_cluster: int = MAX_CLUSTER, *, or
         if kind not in KINDS:
             raise ValueError(f"unknown link kind {kind!r}; expected one of {sorted(KINDS)}")
         if not src or not dst:
-            reason = f"{kind} link has an empty id ({src!r} -> {dst!r}); nothing to merge"
-            refused.append(Refusal(_as_link(link), reason))
+            refused.append(Refusal(_as_link(link),
+                                   f"{kind} link has an empty id ({src!r} -> {dst!r}); nothing to merge"))
             continue
         if src == dst:
             continue
@@ -132,7 +132,7 @@ def resolve(links: Iterable[Link | tuple], max_cluster: int = MAX_CLUSTER, *, or
             continue
         ns, nt = size[rs], size[rt]
 
-        reason = None
+        reason: str | None = None
         if kind == "identify":
             if _UUID4.fullmatch(src) is None:
                 reason = f"$anon_id {_show(src)} is not a UUIDv4, so $identify does not merge it into {_show(dst)}"

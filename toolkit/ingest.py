@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -207,10 +207,10 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
     with store.transaction() as con:
         _drop_scratch(con)
         params["file_id"] = con.execute("SELECT nextval('file_ids')").fetchone()[0]
-        if source.compressed and digest.exception():
+        if source.compressed and (failed := digest.exception()):
             # Inflated and measured before DuckDB reads it: a gzip bomb that inflates to blank lines gives
             # DuckDB no point at which to stop. Costs one inflation (in Python) of each gzip file.
-            raise digest.exception()
+            raise failed
         if source.kind == "events":
             _stage_events(con, source, careful, params)
     try:
@@ -729,7 +729,7 @@ def _write_profile_states(con, states: dict[str, tuple[dict | None, int]], file_
 
 
 def _quarantine_from(con, table: str, source: Source, file_id: int,
-                     extra: list[tuple[int, str, str]] = ()) -> None:
+                     extra: Sequence[tuple[int, str, str]] = ()) -> None:
     path = str(source.path)
     con.execute(f"INSERT INTO quarantine SELECT ?, ?, line, reason, raw FROM {table} WHERE reason IS NOT NULL",
                 [file_id, path])
@@ -752,7 +752,7 @@ def _strict_message(con, file_id: int, count: int) -> str:
     return f"refused under --strict: {count} bad row(s), nothing loaded from this file ({listed})"
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 

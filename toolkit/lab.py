@@ -20,6 +20,7 @@ import sys
 import threading
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from toolkit import demo, sync
 from toolkit.credentials import ENV_APP, ENV_KEY
@@ -57,7 +58,7 @@ def lab_command(notebooks: Path, port: int, browser: bool = True) -> list[str]:
 
 
 def run(workdir: Path, *, db: str | Path | None = None, notebooks: Path | None = None, port: int = 8888,
-        emulator_port: int = 0, browser: bool = True, as_of: datetime | str | None = None) -> int:
+        emulator_port: int = 0, browser: bool = True, as_of: datetime | Literal["now"] | None = None) -> int:
     """``as_of``: when the notebooks evaluate cohorts; None: as the demo did (the store's last event
     day); "now": the current time."""
     workdir = Path(workdir).resolve()
@@ -80,7 +81,7 @@ def run(workdir: Path, *, db: str | Path | None = None, notebooks: Path | None =
                 as_of = demo.end_of_day(demo.last_event_day(store))
         if not status["connected"]:
             raise ToolkitError(f"the emulator at {emulator.url} refused the demo app: {status['detail']}")
-        as_of = None if as_of == "now" else as_of
+        as_of = None if isinstance(as_of, str) else as_of     # "now": the current time
         print(f"OneSignal emulator at {emulator.url} (state: {state}); app {app.app_id}, its exports now "
               f"point here\nJupyterLab on {notebooks}, store {db}; the kernels have {ENV_DB}, {ENV_APP}, "
               f"{ENV_KEY}, {ENV_BASE_URL}" + (f" and {ENV_AS_OF}={as_of.isoformat()} (cohorts as of then; "

@@ -34,6 +34,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -88,13 +89,13 @@ def classify(members: Iterable[str], profiles: Iterable[ProfileRow], *,
     ``aliases`` is the identity map (id -> canonical id), used to pick a duplicate's winner."""
     _check_options(user_id_property, id_type, limit)
     aliases = aliases or {}
-    by_id: dict[str, tuple[ProfileRow, dict | None]] = {}
+    by_id: dict[str, tuple[ProfileRow, Mapping | None]] = {}
     for row in profiles:
         props = json.loads(row.properties) if isinstance(row.properties, str) else row.properties
         by_id[row.distinct_id] = (row, props)
     inspected = {did: _inspect(props, user_id_property, id_type) for did, (_, props) in by_id.items()}
 
-    claims: dict[tuple[str, str], list[str]] = defaultdict(list)
+    claims: dict[tuple, list[str]] = defaultdict(list)     # (id type, id) -> claimants
     for did, (problem, value, kind) in inspected.items():
         if problem is None:
             claims[(kind, value)].append(did)
@@ -116,12 +117,12 @@ def classify(members: Iterable[str], profiles: Iterable[ProfileRow], *,
         rows.append([did, value if isinstance(value, str) else None, kind if usable else None,
                      reason is None, reason, detail])
     exportable = 0
-    for row in rows:      # sorted by distinct_id: the first `limit` exportable members export
-        if row[3]:
+    for out in rows:      # sorted by distinct_id: the first `limit` exportable members export
+        if out[3]:
             exportable += 1
             if exportable > limit:
-                row[3:] = [False, "over_limit", _over_limit_detail(limit)]
-    return _frame(pa.Table.from_pylist([dict(zip(COLUMNS, row, strict=True)) for row in rows], schema=SCHEMA))
+                out[3:] = [False, "over_limit", _over_limit_detail(limit)]
+    return _frame(pa.Table.from_pylist([dict(zip(COLUMNS, out, strict=True)) for out in rows], schema=SCHEMA))
 
 
 def _frame(table: pa.Table) -> pd.DataFrame:
@@ -413,7 +414,7 @@ def match(con, members: Iterable[str] | Query, *, user_id_property: str = DEFAUL
     con = getattr(con, "con", con)
     if engine not in ("auto", "python", "sql"):
         raise MatchingError(f"engine: expected auto, python or sql, got {_shown(engine)}")
-    options = {"user_id_property": user_id_property, "id_type": id_type, "limit": limit}
+    options: dict[str, Any] = {"user_id_property": user_id_property, "id_type": id_type, "limit": limit}
     _check_options(user_id_property, id_type, limit)
     if engine == "auto":
         engine = "python" if not isinstance(members, Query) and len(members := list(members)) <= PYTHON_MAX_MEMBERS \
@@ -451,7 +452,7 @@ def _stored_facts(con, user_id_property: str) -> str | None:
     return FACTS_TABLE if current else None
 
 
-def _list_query(ids: list[str]) -> Query:
+def _list_query(ids: Iterable[str]) -> Query:
     return Query(f"SELECT unnest($ids) AS {quote_ident('distinct_id')}", {"ids": list(dict.fromkeys(ids))})
 
 
@@ -468,7 +469,7 @@ def _fetch_profiles(con, ids: list[str], prop: str) -> tuple[list[ProfileRow], d
         WHERE distinct_id IN (SELECT distinct_id FROM m) OR v IN (SELECT v FROM mine)""",
                        {"ids": ids, "path": json_pointer(prop)}).fetchall()
     profiles = [ProfileRow(*row) for row in rows]
-    values = sorted({v for p in profiles if isinstance(v := json.loads(p.properties).get(prop), str)})
+    values = sorted({v for _, text, _ in rows if isinstance(v := json.loads(text).get(prop), str)})
     aliases = dict(con.execute("SELECT distinct_id, canonical_id FROM identity_map "
                                "WHERE distinct_id IN (SELECT unnest($v))", {"v": values}).fetchall()) if values else {}
     return profiles, aliases

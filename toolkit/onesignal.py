@@ -260,7 +260,7 @@ def error_for(status: int, messages: list[str], *, method: str, path: str,
     """The typed error for an HTTP status and OneSignal's messages."""
     detail = "; ".join(messages) or "no details"
     text = f"OneSignal answered {status} to {method} {path}: {detail}"
-    common = dict(status=status, messages=messages, method=method, path=path)
+    common: dict[str, Any] = dict(status=status, messages=messages, method=method, path=path)
     if status == 402 or (status in (400, 403) and any(m.strip() in PLAN_REFUSALS for m in messages)):
         return PlanRefused(text, **common)
     if status in (401, 403):
@@ -423,7 +423,8 @@ def _segment(value: str) -> str:
 def _transport_cause(exc: BaseException) -> str:
     """The root cause of a transport error in words (httpx's own text can be "All connection attempts
     failed" while the socket error underneath says "connection refused")."""
-    chain, link = [], exc
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
     while link is not None and link not in chain:
         chain.append(link)
         link = link.__cause__ or link.__context__
@@ -542,7 +543,8 @@ class OneSignalClient:
         """A segment's details (id, name, filters...) and its ``subscriber_count``."""
         body = await self._request("GET", f"{self._app}/segments/{_segment(segment_id)}",
                                    params={"include-segment-detail": "true"}) or {}
-        details = body.get("payload") if isinstance(body.get("payload"), dict) else {}
+        payload = body.get("payload")
+        details = payload if isinstance(payload, dict) else {}
         return {**body, **details}
 
     async def list_segments(self) -> list[dict]:
@@ -579,8 +581,8 @@ class OneSignalClient:
         try:
             done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
-                if task.exception() is not None:
-                    raise task.exception()
+                if (failed := task.exception()) is not None:
+                    raise failed
         finally:
             for task in workers:
                 task.cancel()

@@ -136,7 +136,7 @@ def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
             data = {"status": "failed", "summary": notebook_error}
             write_record(record, data)
         status = data.get("status", "failed") if data else "ok"
-        error = "" if status == "ok" else data.get("summary") or notebook_error
+        error = "" if status == "ok" or not data else data.get("summary") or notebook_error
         run = SyncRun(output, started, clock(), status, error, record if data else None)
         log.info("sync %s in %.1fs: %s; executed notebook %s", run.status if run.ok else run.status.upper(),
                  (run.ended - run.started).total_seconds(), run.error or "all cohorts ok", output)

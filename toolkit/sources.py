@@ -104,8 +104,9 @@ def content_hash(path: Path) -> str:
     with open(path, "rb", buffering=0) as fh:
         while size := fh.readinto(buffer):
             digest.update(view[:size])
-            for start in range(0, size if inflate else 0, 1 << 16):   # small steps: a bomb trips early
-                inflate.feed(view[start:min(size, start + (1 << 16))])
+            if inflate:
+                for start in range(0, size, 1 << 16):   # small steps: a bomb trips early
+                    inflate.feed(view[start:min(size, start + (1 << 16))])
     if inflate:
         inflate.finish()
     return "xxh3-128:" + digest.hexdigest()
@@ -234,7 +235,7 @@ def _delimiter(head: str) -> str:
     """The CSV delimiter: whichever of , ; tab | the header line holds most of (outside quotes)."""
     header = re.sub(r'"[^"]*"', "", head.lstrip("\ufeff").split("\n", 1)[0])
     counts = {d: header.count(d) for d in (",", ";", "\t", "|")}
-    best = max(counts, key=counts.get)
+    best = max(counts, key=lambda d: counts[d])
     return best if counts[best] else ","
 
 

@@ -79,9 +79,9 @@ def export_cohort(store: Store, cohort: str, *, mode: str | None = None, app_id:
         registered = pending
     elif registered is None and not dry_run:
         raise export.ExportError(f'cohort "{cohort}" has no export yet: choose --once or --dynamic')
-    elif base_url and not dry_run and base_url != registered["base_url"]:
+    elif base_url and not dry_run and registered is not None and base_url != registered["base_url"]:
         pending = registered = {**registered, "base_url": base_url}
-    if credentials is None and not dry_run:
+    if credentials is None and not dry_run and registered is not None:
         credentials = keys.find(registered["app_id"])
     settings = registered or {}
     preview = matching.preview(store, cohort, now=now,

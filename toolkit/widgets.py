@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -42,7 +43,7 @@ from toolkit import credentials as keys
 from toolkit import plan as planning
 from toolkit.errors import ToolkitError
 from toolkit.onesignal import DEFAULT_BASE_URL, REDACTED, Credentials, default_base_url
-from toolkit.store import using
+from toolkit.store import Store, using
 
 __all__ = ["connect_panel", "cohort_explorer", "export_panel", "ConnectPanel", "CohortExplorer",
            "ExportPanel", "Diff", "preview_diff", "funnel", "filter_members"]
@@ -132,6 +133,7 @@ def preview_diff(store, cohort: str, *, now: datetime | str | None = None, force
             return Diff(cohort, the_plan, verdict, int(found.summary["members"]), len(wanted))
     with using(store, on_wait=on_wait) as opened:
         record = sync.export_cohort(opened, cohort, dry_run=True, force=force, now=now)
+    assert record.plan is not None     # a dry run always plans (export.run)
     return Diff(cohort, record.plan, planning.GuardVerdict(record.status == "ok", record.guard),
                 record.members, record.exportable)
 
@@ -238,8 +240,9 @@ def _funnel_png(steps: list[tuple[str, int]], title: str) -> bytes | None:
 
 class _Panel:
     widget: w.Widget
-    store: object           # a path (opened per action) or an open Store
+    store: Store | str | os.PathLike | None   # a path (opened per action) or an open Store
     busy: w.Label           # where "waiting for the store" shows
+    cohort: w.Dropdown      # the cohort the panel shows
 
     def _open(self, read_only: bool = False):
         """The store for one action, closed after it (unless the panel was given an open Store)."""

@@ -30,9 +30,11 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import cast
 
 from toolkit.emulator.api import RATE_LIMITED, UNAVAILABLE, Api, Request, Response
 from toolkit.emulator.limits import CRASH, DROP, ERROR, HANG, HOLD, RESET_AFTER, THROTTLE, Faults, Limits
@@ -243,7 +245,7 @@ class Emulator:
                 log.warning("cannot save emulator state to %s: %s", self.state_file, exc)
 
     # -- serving (called from the handler threads) ----------------------------------------------
-    def _dispatch(self, request: Request) -> Response | None:
+    def _dispatch(self, request: Request) -> Response | str | None:
         arrived = time.monotonic()
         if request.path.startswith(CONTROL):
             return self._control(request)
@@ -349,11 +351,12 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         path, _, query = self.path.partition("?")
-        response = self.server.emulator._dispatch(Request(self.command, path, query, self.headers, body))
+        headers = cast(Mapping[str, str], self.headers)     # an HTTPMessage: case-insensitive lookups
+        response = self.server.emulator._dispatch(Request(self.command, path, query, headers, body))
         if response is NO_ANSWER:
             self.close_connection = True            # close without a word: a dropped connection
             return
-        if response is RESET:                       # close with a TCP reset: ECONNRESET for the client
+        if isinstance(response, str):               # RESET: close with a TCP reset, ECONNRESET for the client
             self.server.to_reset.add(self.connection)
             self.close_connection = True
             return

@@ -110,9 +110,10 @@ class App:
 
     # -- JSON -----------------------------------------------------------------------------------
     def to_json(self, *, with_key: bool, with_members: bool) -> dict:
+        segments: list[dict] = []
         data = {"app_id": self.app_id, "name": self.name, "plan": self.plan, "tag_limit": self.tag_limit,
                 "segment_limit": self.segment_limit, "rate_limit": self.rate_limit,
-                "users": [asdict(u) for u in self.users.values()], "segments": []}
+                "users": [asdict(u) for u in self.users.values()], "segments": segments}
         if with_key:
             data["api_key"] = self.api_key
         for segment in self.segments.values():
@@ -121,7 +122,7 @@ class App:
                 members = self.members(segment)
                 entry["members"] = {"external_ids": sorted(u.external_id for u in members if u.external_id is not None),
                                     "onesignal_ids": sorted(u.onesignal_id for u in members)}
-            data["segments"].append(entry)
+            segments.append(entry)
         return data
 
     @classmethod
