@@ -1,12 +1,13 @@
 # Two commands for a fresh machine with Python 3.11+ and make:
 #   make demo   set up .venv, then run the main job on data/sample/
 #   make test   set up .venv with the test tools, then run the test suite
+# Then:  make lint   ruff and mypy as configured in pyproject.toml (CI runs it after the tests)
 # After the demo:  make lab   JupyterLab on notebooks/ with the demo's store and emulator (toolkit lab)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test lab bench clean
+.PHONY: demo test lint lab bench clean
 
 demo: $(VENV)/.installed
 	$(BIN)/toolkit demo
@@ -16,6 +17,10 @@ lab: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -51,10 +51,22 @@ def fake_ci(tmp_path, failing: str = ""):
     return out, calls
 
 
-def test_ci_runs_both_readme_commands_in_order(tmp_path):
+def test_ci_runs_both_readme_commands_in_order_then_lint(tmp_path):
     out, calls = fake_ci(tmp_path)
     assert out.returncode == 0, out.stderr
-    assert calls == ["demo", "test"]
+    assert calls == ["demo", "test", "lint"]
+
+
+def test_ci_fails_when_lint_fails(tmp_path):
+    out, calls = fake_ci(tmp_path, failing="lint")
+    assert out.returncode != 0 and calls == ["demo", "test", "lint"]
+
+
+def test_lint_tools_come_with_the_test_extra_and_make_lint_runs_them():
+    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    assert {re.split(r"[=<>~!]", d)[0] for d in test_extra} >= {"ruff", "mypy"}
+    lint = re.search(r"^lint: .*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
+    assert lint and "ruff check" in lint.group(1) and "mypy" in lint.group(1)
 
 
 def test_ci_fails_when_the_first_readme_command_fails(tmp_path):

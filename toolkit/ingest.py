@@ -55,6 +55,8 @@ class FileResult:
 
 @dataclass
 class LoadSummary:
+    """What a load did, one ``FileResult`` per file (loaded, skipped, refused or waiting); ``to_dict()``
+    gives the totals the CLI prints."""
     files: list[FileResult] = field(default_factory=list)
 
     def total(self, name: str) -> int:

@@ -405,6 +405,7 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
 
 
 def open_store(path: str | os.PathLike | None = None, **kwargs) -> Store:
+    """The store at ``path`` (None: $TOOLKIT_DB, else the default file), opened: ``Store(path, **kwargs)``."""
     return Store(path, **kwargs)
 
 
