@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import NOW, SAMPLE
-from toolkit import Store, cohorts, matching
+from toolkit import Store, cohorts, matching, user_id_facts
 from toolkit.cohort_model import CohortError
 from toolkit.matching import COLUMNS, REASONS, WINNER_RULE, ProfileRow, classify
 from toolkit.store import profile_facts
@@ -214,7 +214,7 @@ def test_a_subscription_id_and_an_external_id_with_the_same_text_do_not_clash():
 
 
 def test_each_load_stores_the_facts_and_they_agree_with_computing_them(tmp_path):
-    """The facts a load stores (matching.refresh_facts) give the table computing them would, for
+    """The facts a load stores (user_id_facts.refresh) give the table computing them would, for
     each id type; a load that changes ids refreshes them; another property or a stale stamp computes."""
     from toolkit import load
     from toolkit.cohort_sql import Query
@@ -231,16 +231,16 @@ def test_each_load_stores_the_facts_and_they_agree_with_computing_them(tmp_path)
 
     with Store(tmp_path / "s.duckdb") as store:
         load(store, [SAMPLE / "events.jsonl", SAMPLE / "profiles.json"], now=NOW)
-        assert matching._stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == matching.FACTS_TABLE
+        assert user_id_facts.stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == user_id_facts.FACTS_TABLE
         before = {id_type: both(store, id_type) for id_type in matching.ID_TYPES}
         assert set(before["auto"]["reason"].dropna()) >= {"anonymous", "missing_user_id", "unusable_value", "duplicate"}
         load(store, [SAMPLE / "profile_updates.jsonl"], now=NOW)
-        assert matching._stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == matching.FACTS_TABLE
+        assert user_id_facts.stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == user_id_facts.FACTS_TABLE
         after = both(store, "auto")
         assert not after.equals(before["auto"])       # the updates set and change user ids
-        assert matching._stored_facts(store.con, "$email") is None
-        store.con.execute(f"COMMENT ON TABLE {matching.FACTS_TABLE} IS 'generation 0'")
-        assert matching._stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) is None
+        assert user_id_facts.stored_facts(store.con, "$email") is None
+        store.con.execute(f"COMMENT ON TABLE {user_id_facts.FACTS_TABLE} IS 'generation 0'")
+        assert user_id_facts.stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) is None
         pd.testing.assert_frame_equal(matching.match(store, everyone, engine="sql").members, after)
 
 
@@ -248,8 +248,8 @@ def test_a_load_without_profiles_or_identity_links_only_moves_the_facts_stamp(tm
     from toolkit import load
 
     built = []
-    facts_sql = matching.facts_sql
-    monkeypatch.setattr(matching, "facts_sql", lambda *a: built.append(a) or facts_sql(*a))
+    facts_sql = user_id_facts.facts_sql
+    monkeypatch.setattr(user_id_facts, "facts_sql", lambda *a: built.append(a) or facts_sql(*a))
     plain = {"event": "Page View", "properties": {"distinct_id": "bob", "time": int(NOW.timestamp()) - 60}}
     merge = {"event": "$merge", "properties": {"distinct_id": "bob", "time": int(NOW.timestamp()) - 30,
                                                "$distinct_ids": ["bob", "bob-phone"]}}
@@ -261,7 +261,7 @@ def test_a_load_without_profiles_or_identity_links_only_moves_the_facts_stamp(tm
             built.clear()
             assert load(store, [tmp_path / name], now=NOW).files[0].status == "loaded"
             assert len(built) == rebuilt, name
-            assert matching._stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == matching.FACTS_TABLE
+            assert user_id_facts.stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == user_id_facts.FACTS_TABLE
 
 
 # -- the two paths agree on anything ------------------------------------------------------------------

@@ -25,3 +25,15 @@ def test_every_public_name_is_importable_and_documented():
         doc = inspect.getdoc(member) or ""
         # a dataclass without a docstring gets its signature as __doc__: that documents nothing
         assert doc.strip() and not doc.startswith(f"{name}("), f"toolkit.{name} has no docstring"
+
+
+def test_import_toolkit_stays_light():
+    """What a notebook or the CLI pays just to start: loading imports neither the cohort compiler, nor
+    matching, nor pandas or pyarrow (a fresh interpreter, so other tests' imports do not count)."""
+    import subprocess
+    import sys
+
+    heavy = ["toolkit.cohort_sql", "toolkit.cohorts", "toolkit.matching", "pandas", "pyarrow"]
+    code = f"import sys, toolkit; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from toolkit.cohort_model import (
     COUNT_OPERATORS,
@@ -55,6 +54,7 @@ from toolkit.cohort_model import (
     Group,
     PropertyRule,
 )
+from toolkit.sql import Query, json_pointer, quote_ident, to_utc_naive
 
 __all__ = ["Query", "compile_cohort", "json_pointer", "quote_ident", "to_utc_naive"]
 
@@ -63,31 +63,8 @@ PROFILES_VIEW = "resolved_profiles"
 IDENTITY_MAP = "identity_map"
 
 
-@dataclass(frozen=True)
-class Query:
-    sql: str
-    params: dict
-
-    def __iter__(self):      # sql, params = compile_cohort(...)
-        return iter((self.sql, self.params))
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 _q = quote_ident
 DID, TIME, PROPS = _q("distinct_id"), _q("time"), _q("properties")
-
-
-def json_pointer(name: str) -> str:
-    """The JSON Pointer addressing top-level key ``name`` (any characters allowed)."""
-    return "/" + name.replace("~", "~0").replace("/", "~1")
-
-
-def to_utc_naive(moment: dt.datetime) -> dt.datetime:
-    """Stored times are naive UTC; an aware ``now`` is converted, a naive one is taken as UTC."""
-    return moment.astimezone(dt.UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def compile_cohort(cohort: Cohort, now: dt.datetime,

@@ -25,10 +25,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import duckdb
-import pandas as pd
 from tqdm.auto import tqdm
 
-from toolkit import identity, matching, profile_ops, readers, validation
+from toolkit import identity, profile_ops, readers, user_id_facts, validation
 from toolkit.errors import LoadError
 from toolkit.sources import Source, content_hash, describe, discover, prefix_hash
 from toolkit.store import Store, profile_facts
@@ -230,7 +229,7 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
                 raise LoadError(str(source.path), _strict_message(con, params["file_id"], result.quarantined))
             linked = con.execute("SELECT count(*) FROM identity_links WHERE file_id = ?",
                                  [params["file_id"]]).fetchone()[0]
-            matching.refresh_facts(con, params["file_id"], changed=source.kind != "events" or linked > 0)
+            user_id_facts.refresh(con, params["file_id"], changed=source.kind != "events" or linked > 0)
             _check_unchanged(source)   # the hash and the rows are of the same bytes
             if source.kind_given:   # what the content read as another kind left in the quarantine
                 con.execute("DELETE FROM quarantine WHERE file_id IN (SELECT file_id FROM loads "
@@ -554,11 +553,11 @@ def _find_star_links(con, scope: str) -> None:
 def _write_resolution(con, resolution: identity.Resolution) -> None:
     """Add a resolution's mappings to the map (their ids' rows are gone) and mark its refused links."""
     if resolution.canonical:
-        frame = pd.DataFrame({"distinct_id": list(resolution.canonical),  # noqa: F841  (DuckDB reads it by name)
+        frame = _frame({"distinct_id": list(resolution.canonical),  # noqa: F841  (DuckDB reads it by name)
                               "canonical_id": list(resolution.canonical.values())})
         con.execute("INSERT INTO identity_map SELECT distinct_id, canonical_id FROM frame")
     if resolution.refused:
-        refused = pd.DataFrame({"rid": [r.link.order[-1] for r in resolution.refused],  # noqa: F841  (DuckDB reads it by name)
+        refused = _frame({"rid": [r.link.order[-1] for r in resolution.refused],  # noqa: F841  (DuckDB reads it by name)
                                 "reason": [r.reason for r in resolution.refused]})
         con.execute("UPDATE identity_links SET refused = r.reason FROM refused r "
                     "WHERE identity_links.rowid = r.rid")
@@ -639,7 +638,7 @@ def _refuse_deep_profiles(con) -> None:
                              {"d": validation.MAX_DEPTH}).fetchall()
     deep = [(line, item) for line, item, text in candidates if validation.json_depth(text) > validation.MAX_DEPTH]
     if deep:
-        frame = pd.DataFrame(deep, columns=["line", "item"])  # noqa: F841  (DuckDB reads it by name)
+        frame = _frame(deep, columns=["line", "item"])  # noqa: F841  (DuckDB reads it by name)
         con.execute(f"""UPDATE _profiles SET reason = 'nested more than {validation.MAX_DEPTH} levels deep',
                                              raw = left(props::VARCHAR, {validation.QUARANTINED_RAW_CHARS})
                         FROM frame f WHERE _profiles.line = f.line AND _profiles.item = f.item""")
@@ -703,7 +702,7 @@ def _load_profile_updates(con, source: Source, file_id: int, now: datetime, resu
     _quarantine_from(con, "_updates", source, file_id, extra=bad)
     _write_profile_states(con, states, file_id, now)
     if links:
-        frame = pd.DataFrame(links, columns=["source", "target", "time_ms", "line"])  # noqa: F841  (DuckDB reads it by name)
+        frame = _frame(links, columns=["source", "target", "time_ms", "line"])  # noqa: F841  (DuckDB reads it by name)
         con.execute("INSERT INTO identity_links (kind, source, target, time_ms, file_id, line) "
                     "SELECT 'onesignal', source, target, time_ms, ?, line FROM frame", [file_id])
         refresh_identity(con, file_id)
@@ -717,10 +716,10 @@ def _write_profile_states(con, states: dict[str, tuple[dict | None, int]], file_
     deleted = [target for target, (props, _) in states.items() if props is None]
     kept = {target: v for target, v in states.items() if v[0] is not None}
     if deleted:
-        gone = pd.DataFrame({"distinct_id": deleted})  # noqa: F841  (DuckDB reads it by name)
+        gone = _frame({"distinct_id": deleted})  # noqa: F841  (DuckDB reads it by name)
         con.execute("DELETE FROM profiles WHERE distinct_id IN (SELECT distinct_id FROM gone)")
     if kept:
-        frame = pd.DataFrame({  # noqa: F841  (DuckDB reads it by name)
+        frame = _frame({  # noqa: F841  (DuckDB reads it by name)
             "distinct_id": list(kept),
             "properties": [json.dumps(props, ensure_ascii=False) for props, _ in kept.values()],
             "line": [line for _, line in kept.values()],
@@ -739,7 +738,7 @@ def _quarantine_from(con, table: str, source: Source, file_id: int,
     if rejects:
         con.execute(f"INSERT INTO quarantine SELECT ?, ?, record, reason, raw FROM ({rejects})", [file_id, path])
     if extra:
-        frame = pd.DataFrame(list(extra), columns=["line", "reason", "raw"])  # noqa: F841  (DuckDB reads it by name)
+        frame = _frame(list(extra), columns=["line", "reason", "raw"])  # noqa: F841  (DuckDB reads it by name)
         con.execute("INSERT INTO quarantine SELECT ?, ?, line, reason, raw FROM frame", [file_id, path])
 
 
@@ -756,6 +755,14 @@ def _strict_message(con, file_id: int, count: int) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _frame(data, columns=None):
+    """A DataFrame for DuckDB to read by its variable's name. pandas loads only when a load needs one,
+    so ``import toolkit`` stays light."""
+    import pandas as pd
+
+    return pd.DataFrame(data, columns=columns)
 
 
 def _sql(con, sql: str, params: dict):

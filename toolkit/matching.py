@@ -42,8 +42,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from toolkit import cohorts
-from toolkit.cohort_sql import Query, json_pointer, quote_ident, to_utc_naive
 from toolkit.errors import ToolkitError
+from toolkit.sql import Query, json_pointer, quote_ident, to_utc_naive
+from toolkit.user_id_facts import BLANKS, DEFAULT_USER_ID_PROPERTY, MAX_ID_LENGTH, UUID, facts_sql, stored_facts
 
 __all__ = ["REASONS", "ID_TYPES", "DEFAULT_USER_ID_PROPERTY", "COHORT_LIMIT", "MAX_ID_LENGTH", "COLUMNS",
            "ProfileRow", "Matchability", "Preview", "classify", "classify_sql", "summarize", "match",
@@ -51,19 +52,14 @@ __all__ = ["REASONS", "ID_TYPES", "DEFAULT_USER_ID_PROPERTY", "COHORT_LIMIT", "M
 
 REASONS = ("anonymous", "missing_user_id", "unusable_value", "duplicate", "over_limit")
 ID_TYPES = ("auto", "external_id", "subscription_id")
-DEFAULT_USER_ID_PROPERTY = "$onesignal_user_id"
 COHORT_LIMIT = 10_000_000
-MAX_ID_LENGTH = 128
 PYTHON_MAX_MEMBERS = 1_000        # above this, `match` classifies inside DuckDB (one query, no row loop)
 COLUMNS = ["distinct_id", "onesignal_id", "id_type", "exportable", "reason", "detail"]
 SCHEMA = pa.schema([(name, pa.bool_() if name == "exportable" else pa.string()) for name in COLUMNS])
 
 # Patterns shared by both paths (Python re and DuckDB's RE2 agree on these ASCII classes).
-UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-BLANKS = "\t\n\x0b\f\r "
 _UUID, _BLANK = re.compile(UUID), re.compile(f"[{BLANKS}]*")
 WINNER_RULE = "the profile the id resolves to, else the most recently updated, else the first distinct_id"
-FACTS_TABLE = "user_id_facts"        # refresh_facts: the default property's facts, as of a load
 _MEMBERS = "temp._preview_members"   # a preview's evaluated cohort
 _SHOWN = 3                        # claimants named in a duplicate's detail before "and N more"
 
@@ -201,56 +197,6 @@ def _check_options(prop: str, id_type: str, limit: int) -> None:
 
 
 # -- the SQL path --------------------------------------------------------------------------------------
-
-def facts_sql(user_id_property: str = DEFAULT_USER_ID_PROPERTY) -> Query:
-    """What matching needs of every resolved profile, whatever the cohort and id type: distinct_id,
-    updated_at, empty, the value's JSON type (jt) and text (v), ``problem`` (missing, not_string,
-    blank, too_long or NULL), is_uuid, and for a value held by several profiles its claimants, their
-    sorted names and the winner (see _rank). Pure.
-
-    Claimants are counted by value alone: a value's id type follows from its text (auto), or is the
-    same for all, and subscription_id only refuses the non-UUIDs, whose claimants are all non-UUIDs.
-    Only values held by several profiles are ranked: a sorted list per value costs more than the rest."""
-    params = {"f_uuid": UUID, "f_blanks": BLANKS, "f_max": MAX_ID_LENGTH}
-    q = quote_ident
-    did = q("distinct_id")
-    # The default property is kept beside each profile (store migration 5): no profile JSON is parsed.
-    values = f"""SELECT {did}, {q("updated_at")} AS updated_at, {q("empty")} AS empty,
-                        {q("onesignal_user_id_type")} AS jt, {q("onesignal_user_id")} AS v
-                 FROM {q("resolved_profiles")}"""
-    if user_id_property != DEFAULT_USER_ID_PROPERTY:
-        params["f_path"] = json_pointer(user_id_property)
-        values = f"""SELECT {did}, updated_at, empty, json_type(x) AS jt, json_extract_string(x, '$') AS v
-            FROM (SELECT {did}, {q("updated_at")} AS updated_at, {q("empty")} AS empty,
-                         json_extract({q("properties")}, $f_path) AS x FROM {q("resolved_profiles")})"""
-    sql = f"""
-WITH {q("f_checked")} AS MATERIALIZED (
-    SELECT *,
-        CASE WHEN jt IS NULL OR jt = 'NULL' THEN 'missing'
-             WHEN jt <> 'VARCHAR' THEN 'not_string'
-             WHEN ltrim(v, $f_blanks) = '' THEN 'blank'
-             WHEN length(v) > $f_max THEN 'too_long'
-        END AS problem,
-        -- the regular expression only for values of a UUID's length: most ids are not
-        jt = 'VARCHAR' AND strlen(v) = 36 AND regexp_full_match(v, $f_uuid) AS is_uuid
-    FROM ({values})
-),
-{q("f_shared")} AS (
-    SELECT v, count(*) AS claimants FROM {q("f_checked")} WHERE problem IS NULL GROUP BY v HAVING count(*) > 1
-),
-{q("f_groups")} AS (
-    SELECT c.v, any_value(s.claimants) AS claimants, list(c.{did} ORDER BY c.{did}) AS names,
-           list(c.{did} ORDER BY (c.{did} = coalesce(a.{q("canonical_id")}, c.v)) DESC,
-                                 c.updated_at DESC NULLS LAST, c.{did})[1] AS winner
-    FROM {q("f_checked")} c JOIN {q("f_shared")} s ON s.v = c.v
-    LEFT JOIN {q("identity_map")} a ON a.{did} = c.v
-    WHERE c.problem IS NULL
-    GROUP BY c.v
-)
-SELECT c.{did}, c.updated_at, c.empty, c.jt, c.v, c.problem, c.is_uuid, g.claimants, g.names, g.winner
-FROM {q("f_checked")} c LEFT JOIN {q("f_groups")} g ON g.v = c.v AND c.problem IS NULL"""
-    return Query(sql, params)
-
 
 def classify_sql(members: Query, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
                  id_type: str = "auto", facts: str | None = None) -> Query:
@@ -422,34 +368,13 @@ def match(con, members: Iterable[str] | Query, *, user_id_property: str = DEFAUL
     if engine == "sql":
         source = members if isinstance(members, Query) else _list_query(members)
         sql, params = classify_sql(source, user_id_property=user_id_property, id_type=id_type,
-                                   facts=_stored_facts(con, user_id_property))
+                                   facts=stored_facts(con, user_id_property))
         table = apply_limit(con.sql(sql, params=params).to_arrow_table().select(COLUMNS).cast(SCHEMA), limit)
         return Matchability(summarize(table, **options), table)
     ids = [r[0] for r in con.execute(*members).fetchall()] if isinstance(members, Query) else list(members)
     profiles, aliases = _fetch_profiles(con, ids, user_id_property)
     frame = classify(ids, profiles, aliases=aliases, **options)
     return Matchability(summarize(frame, **options), frame.reset_index(drop=True))
-
-
-def refresh_facts(con, generation: int, *, changed: bool = True) -> None:
-    """Store `facts_sql` of the default user-id property as of load ``generation``, in the load's own
-    transaction before its manifest row, so a preview reads the facts instead of recomputing them from
-    every profile (1M profiles: 0.5 s instead of 1 s; the rebuild costs a load 2 s). A load that
-    changed no profile and no identity link (``changed``) only moves the stamp of current facts."""
-    if changed or _stored_facts(con, DEFAULT_USER_ID_PROPERTY) is None:
-        sql, params = facts_sql()
-        con.execute(f"CREATE OR REPLACE TABLE {FACTS_TABLE} AS {sql}", params)
-    con.execute(f"COMMENT ON TABLE {FACTS_TABLE} IS 'generation {int(generation)}'")
-
-
-def _stored_facts(con, user_id_property: str) -> str | None:
-    """The stored facts table if it holds this property as of the newest load, else None."""
-    if user_id_property != DEFAULT_USER_ID_PROPERTY:
-        return None
-    current = con.execute(f"""
-        SELECT (SELECT comment FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = '{FACTS_TABLE}')
-               = 'generation ' || coalesce((SELECT max(file_id) FROM loads), 0)""").fetchall()[0][0]
-    return FACTS_TABLE if current else None
 
 
 def _list_query(ids: Iterable[str]) -> Query:
