@@ -1,0 +1,75 @@
+"""The package's import layers, read from the source (every import, at module level or inside a
+function): no cycles, loading imports nothing above it, and the pure core imports no I/O."""
+
+import ast
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "toolkit"
+# What a load runs: it must not reach cohorts, matching, export or the notebooks' layer.
+LOADING = {"ingest", "readers", "sources", "validation", "profile_ops", "identity", "user_id_facts", "store",
+           "sql", "errors"}
+PURE = {"plan", "identity", "profile_ops", "cohort_model", "cohort_sql", "onesignal_events", "validation", "sql",
+        "user_id_facts"}
+STANDARD = set(sys.stdlib_module_names) - {"os", "io", "socket", "subprocess", "shutil", "tempfile", "sqlite3",
+                                           "threading", "asyncio", "urllib", "http", "pathlib", "glob", "time"}
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(the toolkit modules ``path`` imports, the top-level names of everything else it imports)."""
+    inside, outside = set(), set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "toolkit" or node.module.startswith("toolkit."):
+                base = node.module.removeprefix("toolkit").lstrip(".")
+                for alias in node.names:    # `from toolkit import x` names a module when x is one
+                    full = f"{base}.{alias.name}".lstrip(".")
+                    is_module = (PACKAGE / Path(*full.split("."))).with_suffix(".py").exists() or \
+                        (PACKAGE / Path(*full.split("."))).is_dir()
+                    inside.add(full if is_module else base)
+            elif node.module != "__future__":
+                outside.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "toolkit" or alias.name.startswith("toolkit."):
+                    inside.add(alias.name.removeprefix("toolkit").lstrip("."))
+                else:
+                    outside.add(alias.name.split(".")[0])
+    return inside, outside
+
+
+GRAPH = {_module(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+
+
+def _reach(start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in GRAPH[todo.pop()][0]:
+            if dep and dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_the_imports_have_no_cycle():
+    for name in GRAPH:
+        assert name not in _reach(name), f"toolkit.{name} imports itself through others"
+
+
+def test_loading_imports_nothing_above_it():
+    assert _reach("ingest") <= LOADING, sorted(_reach("ingest") - LOADING)
+    assert _reach("") - {"ingest"} <= LOADING, "import toolkit reaches " + ", ".join(sorted(_reach("") - LOADING))
+
+
+def test_the_pure_core_does_no_io():
+    for name in PURE:
+        inside, outside = GRAPH[name]
+        assert inside <= PURE | {"errors"}, (name, sorted(inside - PURE))
+        assert outside <= STANDARD, (name, sorted(outside - STANDARD))
