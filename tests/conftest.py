@@ -47,6 +47,19 @@ def sample():
         yield s
 
 
+@pytest.fixture(scope="module")
+def sample_db(tmp_path_factory):
+    """The sample loaded (as of NOW) with its cohorts, in a store file made once per module; tests that
+    write take a copy. Modules needing another shape define their own."""
+    from toolkit import cohorts, load
+
+    path = tmp_path_factory.mktemp("sample") / "s.duckdb"
+    with Store(path) as s:
+        load(s, [SAMPLE], now=NOW)
+        cohorts.save_all(s, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))
+    return path
+
+
 @pytest.fixture
 def file_store(tmp_path):
     with Store(tmp_path / "store.duckdb") as s:

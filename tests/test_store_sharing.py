@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from conftest import NOW, ROOT, SAMPLE
-from toolkit import Store, cohorts, demo, export, load, matching, sync
+from toolkit import Store, cohorts, demo, export, matching, sync
 from toolkit.emulator import Emulator
 from toolkit.errors import StoreError
 from toolkit.onesignal import Credentials
@@ -40,15 +40,6 @@ HOLD = textwrap.dedent("""\
     print("released", flush=True)
     sys.stdin.readline()
     """)
-
-
-@pytest.fixture(scope="module")
-def sample_db(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sample") / "s.duckdb"
-    with Store(path) as store:
-        load(store, [SAMPLE], now=NOW)
-        cohorts.save_all(store, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))
-    return path
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from conftest import NOW, SAMPLE
-from toolkit import Store, cohorts, demo, export, load, matching, sync
+from conftest import NOW
+from toolkit import Store, cohorts, demo, export, matching, sync
 from toolkit.emulator import Emulator
 
 w = pytest.importorskip("ipywidgets")
@@ -17,16 +17,6 @@ from toolkit import widgets  # noqa: E402  (needs ipywidgets)
 CHURN = "Churn risk: active in September, silent in October"
 PRO = "Pro plan in the US"
 TECH = "Tech fans worth a call"
-
-
-@pytest.fixture(scope="module")
-def sample_db(tmp_path_factory):
-    """The sample loaded once; each test gets its own copy of the file."""
-    path = tmp_path_factory.mktemp("sample") / "s.duckdb"
-    with Store(path) as store:
-        load(store, [SAMPLE], now=NOW)
-        cohorts.save_all(store, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))
-    return path
 
 
 @pytest.fixture
