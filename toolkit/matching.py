@@ -41,18 +41,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from toolkit import cohorts
+from toolkit import cohorts, onesignal_ids
 from toolkit.errors import ToolkitError
+from toolkit.onesignal_ids import BLANKS, COHORT_LIMIT, ID_TYPES, MAX_ID_LENGTH, UUID
+from toolkit.onesignal_ids import USER_ID_PROPERTY as DEFAULT_USER_ID_PROPERTY
 from toolkit.sql import Query, json_pointer, quote_ident, to_utc_naive
-from toolkit.user_id_facts import BLANKS, DEFAULT_USER_ID_PROPERTY, MAX_ID_LENGTH, UUID, facts_sql, stored_facts
+from toolkit.user_id_facts import facts_sql, stored_facts
 
 __all__ = ["REASONS", "ID_TYPES", "DEFAULT_USER_ID_PROPERTY", "COHORT_LIMIT", "MAX_ID_LENGTH", "COLUMNS",
            "ProfileRow", "Matchability", "Preview", "classify", "classify_sql", "summarize", "match",
            "preview", "preview_text"]
 
-REASONS = ("anonymous", "missing_user_id", "unusable_value", "duplicate", "over_limit")
-ID_TYPES = ("auto", "external_id", "subscription_id")
-COHORT_LIMIT = 10_000_000
+REASONS = tuple(onesignal_ids.REASONS)
 PYTHON_MAX_MEMBERS = 1_000        # above this, `match` classifies inside DuckDB (one query, no row loop)
 COLUMNS = ["distinct_id", "onesignal_id", "id_type", "exportable", "reason", "detail"]
 SCHEMA = pa.schema([(name, pa.bool_() if name == "exportable" else pa.string()) for name in COLUMNS])

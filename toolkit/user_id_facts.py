@@ -1,20 +1,14 @@
-"""The OneSignal id rules and the facts matching needs of every profile, at ground level: a load
-stores the facts (``refresh``, in its own transaction) and a preview reads them, so loading needs
-neither the cohort compiler nor matching's Arrow and pandas code.
-
-An id is usable when it is a string, not blank, at most ``MAX_ID_LENGTH`` characters; a UUID is a
-Subscription (Player) ID under ``id_type="auto"``. See toolkit/matching.py for the reasons built on them.
+"""The facts matching needs of every profile: a load stores them (``refresh``, in its own transaction)
+and a preview reads them, so loading needs neither the cohort compiler nor matching's Arrow and pandas
+code. The id rules they apply are in toolkit/onesignal_ids.py.
 """
 
 from __future__ import annotations
 
+from toolkit.onesignal_ids import BLANKS, MAX_ID_LENGTH, UUID
+from toolkit.onesignal_ids import USER_ID_PROPERTY as DEFAULT_USER_ID_PROPERTY
 from toolkit.sql import Query, json_pointer, quote_ident
 
-DEFAULT_USER_ID_PROPERTY = "$onesignal_user_id"
-MAX_ID_LENGTH = 128
-# Python's re and DuckDB's RE2 agree on these ASCII classes, so both matching paths share them.
-UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-BLANKS = "\t\n\x0b\f\r "
 FACTS_TABLE = "user_id_facts"        # refresh: the default property's facts, as of a load
 
 

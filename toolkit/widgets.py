@@ -43,6 +43,7 @@ from toolkit import credentials as keys
 from toolkit import plan as planning
 from toolkit.errors import ToolkitError
 from toolkit.onesignal import DEFAULT_BASE_URL, REDACTED, Credentials, default_base_url
+from toolkit.onesignal_ids import REASONS
 from toolkit.store import Store, using
 
 __all__ = ["connect_panel", "cohort_explorer", "export_panel", "ConnectPanel", "CohortExplorer",
@@ -52,13 +53,6 @@ ROWS = 50          # member rows shown in the explorer's table
 SAMPLES = 5        # adds / removes named in an export preview
 LONGEST = 48       # characters of a value shown in the member table (the search still sees all of it)
 MODES = [("One-time", "once"), ("Dynamic", "dynamic")]
-REASON_HELP = {    # one line each, from toolkit/matching.py's rules
-    "anonymous": "no profile properties: Mixpanel exports identified profiles only",
-    "missing_user_id": "the profile has no $onesignal_user_id (or it is null)",
-    "unusable_value": "the id is not a string, is blank, too long, or not a UUID where one is needed",
-    "duplicate": "another profile holds the same OneSignal id and keeps it",
-    "over_limit": "beyond the most users one OneSignal cohort export can hold",
-}
 
 
 # -- the pure bits the panels show --------------------------------------------------------------------
@@ -415,7 +409,7 @@ class CohortExplorer(_Panel):
 
     @staticmethod
     def _reasons_html(reasons: dict) -> str:
-        rows = "".join(f"<tr><td>{r}</td><td>{n}</td><td>{html.escape(REASON_HELP.get(r, ''))}</td></tr>"
+        rows = "".join(f"<tr><td>{r}</td><td>{n}</td><td>{html.escape(REASONS.get(r, ''))}</td></tr>"
                        for r, n in reasons.items())
         return f"<table><tr><th>why not exportable</th><th>members</th><th>meaning</th></tr>{rows}</table>"
 
