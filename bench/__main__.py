@@ -21,7 +21,7 @@ INCREMENT_EVENTS = 10_000
 
 
 def generated(events: int, **options) -> Path:
-    """The generated events file for this size (``options`` go to `toolkit.generate.generate`; the
+    """The generated events file for this size (``options`` go to `toolkit.synthetic.generate`; the
     profiles and updates sit beside it), made once and reused. One profile per 10 events: the cohort
     issue's shape, 10M events and 1M profiles."""
     profiles = events // EVENTS_PER_PROFILE
@@ -29,7 +29,7 @@ def generated(events: int, **options) -> Path:
     if options:
         folder = folder.with_name(folder.name + "-" + "-".join(f"{k}-{v}" for k, v in sorted(options.items())))
     if not (folder / "events.jsonl").exists():
-        from toolkit.generate import generate
+        from toolkit.synthetic import generate
 
         print(f"generating {events:,} events and {profiles:,} profiles into {folder} ...", file=sys.stderr)
         partial = folder.with_suffix(".partial")

@@ -1,4 +1,4 @@
-"""The synthetic data generator and the committed sample (toolkit/generate.py, data/sample/)."""
+"""The synthetic data generator and the committed sample (toolkit/synthetic/, data/sample/)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from conftest import expected_reasons
 from toolkit import Store, load
 from toolkit import onesignal_events as osev
-from toolkit.generate import (
+from toolkit.synthetic import (
     EVENTS_FILE,
     EVENTS_FILE_GZ,
     ONESIGNAL_ID_KINDS,
@@ -428,7 +428,7 @@ def test_committed_sample_is_exactly_what_write_sample_writes(regenerated):
     out, _ = regenerated
     for name in SAMPLE_FILES:
         assert (SAMPLE / name).read_bytes() == (out / name).read_bytes(), (
-            f"data/sample/{name} drifted: run `python -c 'from toolkit.generate import write_sample; "
+            f"data/sample/{name} drifted: run `python -c 'from toolkit.synthetic import write_sample; "
             f"write_sample(\"data/sample\")'`")
 
 
@@ -551,23 +551,26 @@ def test_broken_lines_are_broken_exactly_as_expected(regenerated):
 
 def test_identity_events_are_never_skipped_by_duplicates(monkeypatch):
     """A duplicate takes two slots; the identity story must still be written in full."""
-    import datetime as dt
     import random
 
-    from toolkit import generate as gen
+    from toolkit.synthetic import events
+    from toolkit.synthetic.people import Crowd
+    from toolkit.synthetic.period import Period
+    from toolkit.synthetic.tally import Tally
 
-    monkeypatch.setattr(gen, "DUPLICATE_RATE", 0.4)
-    monkeypatch.setattr(gen, "REPEAT_RATE", 0.1)
-    g = gen._Gen(random.Random(3), dt.date(2026, 9, 1), 2, False)
+    monkeypatch.setattr(events, "DUPLICATE_RATE", 0.4)
+    monkeypatch.setattr(events, "REPEAT_RATE", 0.1)
+    rng, period = random.Random(3), Period.of(date(2026, 9, 1), 2, False)
+    stream, crowd = events.EventStream(rng, period, Tally()), Crowd(rng, period)
     checked = 0
     for n in range(3000):
-        u = g.make_user(n, "profile")
+        u = crowd.user(n, "profile")
         k = 2 + n % 7
-        lines = g.user_events(u, k)
+        lines = stream.lines(u, k)
         assert len(lines) == k
-        if u.struct and len(u.struct) + 2 <= k:
+        if u.story and len(u.story) + 2 <= k:
             written = [json.loads(line)["event"] for line in lines]
-            for name, *_ in u.struct:
-                assert name in written, (u.persona, written)
+            for event in u.story:
+                assert event.name in written, (u.persona, written)
             checked += 1
     assert checked > 500

@@ -298,10 +298,10 @@ def _runs(args) -> int:
 
 
 def _generate(args) -> int:
-    from toolkit import generate
+    from toolkit import synthetic
 
-    counts = generate.generate(args.out, events=args.events, profiles=args.profiles, seed=args.seed,
-                               compress=args.gzip, time_in_ms=args.time_in_ms)
+    counts = synthetic.generate(args.out, events=args.events, profiles=args.profiles, seed=args.seed,
+                                compress=args.gzip, time_in_ms=args.time_in_ms)
     _emit(args, counts, f"wrote {args.out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()
                                                           if isinstance(v, int)))
     return 0
