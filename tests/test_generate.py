@@ -187,6 +187,24 @@ def test_profiles_come_in_engage_pages_of_a_thousand_and_load(tmp_path):
     assert sorted(d for (d,) in stored) == sorted(ids)
 
 
+def test_the_cli_command_writes_what_generate_writes(tmp_path, capsys):
+    from toolkit.cli import main
+
+    assert main(["generate", str(tmp_path / "cli"), "--events", "1500", "--seed", "4", "--gzip", "--time-in-ms"]) == 0
+    assert "events 1,500" in capsys.readouterr().out
+    generate(tmp_path / "api", events=1500, seed=4, compress=True, time_in_ms=True)
+    for name in (EVENTS_FILE_GZ, PROFILES_FILE, UPDATES_FILE):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "api" / name).read_bytes(), name
+
+
+def test_the_generator_ships_in_the_wheel():
+    """`toolkit generate` is a README command: its package is in the wheel's explicit package list."""
+    import tomllib
+
+    packages = tomllib.loads((SAMPLE.parent.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert "toolkit.synthetic" in packages
+
+
 def test_bad_arguments_are_refused(tmp_path):
     for kwargs in ({"events": -1}, {"events": 10, "profiles": -2}, {"events": 10, "months": 0}, {"events": 1.5}):
         with pytest.raises(ValueError):
