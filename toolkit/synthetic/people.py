@@ -17,7 +17,6 @@ from toolkit.synthetic.period import Period
 from toolkit.synthetic.values import ascii_name, encode, pick, uuid4
 
 NEW_USER_SHARE = 0.35  # identified users who sign up during the period (they start at a random time)
-ROLES = ("profile", "anonymous", "ghost")  # in profiles.json / never identified / in profile updates only
 
 
 class IdSet(NamedTuple):
@@ -56,8 +55,10 @@ NO_ONESIGNAL_ID = OneSignalId("none")
 
 @dataclass(eq=False, slots=True)
 class User:
-    n: int
-    role: str  # one of ROLES
+    """One person: filled in by ``Crowd``, read by the event stream and the profile maker."""
+
+    n: int  # the user's number in the data set: ids are made from it
+    role: str  # "profile" (in profiles.json), "anonymous" (never identified), "ghost" (profile updates only)
     uid: str  # the distinct_id once identified
     email: str
     first: str
@@ -103,6 +104,7 @@ class Crowd:
         self._last_anon: str | None = None
 
     def user(self, n: int, role: str) -> User:
+        """User number ``n``, in ``role`` (see User.role)."""
         rng = self.rng
         rand = rng.random
         first, last = pick(rng, catalog.FIRST_NAMES), pick(rng, catalog.LAST_NAMES)

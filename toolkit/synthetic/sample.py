@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from toolkit import onesignal_events as osev
 from toolkit.synthetic.catalog import CAMPAIGNS, IDENTITY_EVENTS
@@ -289,13 +290,13 @@ _PERSONAS = (_alice, _bob, _carol, _dave, _erin, _frank, _grace, _heidi, _ivan_a
 
 # Each broken line has exactly one defect; the rest of the line is valid. (line text, reason keyword or None)
 def broken_lines() -> list[tuple[str, str | None]]:
-    def good(n: int, event="Page View", **props) -> dict:
-        p = {"time": 1790000000 + 60 * n, "distinct_id": f"broken-user-{n}", "$insert_id": f"broken-{n:04d}",
-             "mp_lib": "web"}
+    def good(n: int, event: object = "Page View", **props: object) -> dict[str, Any]:
+        p: dict[str, object] = {"time": 1790000000 + 60 * n, "distinct_id": f"broken-user-{n}",
+                                "$insert_id": f"broken-{n:04d}", "mp_lib": "web"}
         p.update(props)
         return {"event": event, "properties": p}
 
-    def without(d: dict, key: str) -> dict:
+    def without(d: dict[str, Any], key: str) -> dict[str, Any]:
         d["properties"].pop(key)
         return d
 
