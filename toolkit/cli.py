@@ -210,7 +210,7 @@ def _load(args) -> int:
         summary = ingest.load(store, args.paths, strict=args.strict, kind=args.kind, progress=not args.json)
         hint = "toolkit quarantine" + (f" --db {shlex.quote(args.db)}" if args.db else "")
         _emit(args, summary.to_dict(), report.load_text(summary, quarantine_command=hint))
-    return 1 if summary.refused else 0
+    return EXIT_CODES["failed" if summary.refused else "ok"]
 
 
 def _status(args) -> int:
