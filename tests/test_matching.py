@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import NOW, SAMPLE
-from toolkit import Store, cohorts, matching, user_id_facts
+from toolkit import Store, cohorts, matching, report, user_id_facts
 from toolkit.cohort_model import CohortError
 from toolkit.matching import COLUMNS, REASONS, WINNER_RULE, ProfileRow, classify
 from toolkit.store import profile_facts
@@ -123,14 +123,14 @@ def test_python_and_sql_paths_agree_on_the_sample(sample):
 
 def test_preview_renders_text_and_json(sample):
     preview = matching.preview(sample, VIPS, now=NOW)
-    text = matching.preview_text(preview)
+    text = report.preview_text(preview)
     assert text.startswith(f"cohort {VIPS} (v1) as of 2026-11-01T00:00:00Z")
     assert "15 members, 8 exportable (53.3%)" in text and "duplicate: 1" in text
     assert f'"{SHARED}"' in text and "ivan keeps it" in text
     assert "over_limit" not in text                       # reasons with no members are left out
     json.dumps(preview.to_dict())                         # JSON-ready, for `cohorts preview --json`
-    assert matching.preview_text(preview, rows=5).endswith("... 10 more not shown")
-    hinted = matching.preview_text(preview, rows=5, more="--rows N shows more")
+    assert report.preview_text(preview, rows=5).endswith("... 10 more not shown")
+    hinted = report.preview_text(preview, rows=5, more="--rows N shows more")
     assert hinted.endswith("... 10 more not shown (--rows N shows more)") and "Preview." not in hinted
 
 

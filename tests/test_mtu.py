@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from conftest import NOW, SAMPLE, T0, event, write_lines
-from toolkit import Store, load, mtu
+from toolkit import Store, cli, load, mtu, report
 from toolkit import onesignal_events as osev
+from toolkit.errors import UsageError
 
 ANON = "6f1c2a4e-3b5d-4e8f-9a0b-1c2d3e4f5a6b"    # a UUIDv4, so $identify merges it
 
@@ -111,8 +112,8 @@ def test_guardrail_uses_qualifying_events(store, tmp_path):
     assert (sep.users_counted, sep.qualifying_events, sep.guardrail_applied) == (2, 3_001, True)
     assert sep.mtu == math.ceil(3_001 / 1_000) == 4 and sep.events_per_user == 1500.5
     assert (oct_.mtu, oct_.exempt_events, oct_.guardrail_applied) == (1, 5_000, False)
-    assert "guardrail applied in 2026-09" in mtu.report_text(store)
-    assert mtu.report_text(store).count("guardrail applied") == 1
+    assert "guardrail applied in 2026-09" in report.mtu_text(mtu.report(store))
+    assert report.mtu_text(mtu.report(store)).count("guardrail applied") == 1
 
 
 def test_guardrail_needs_strictly_more_than_1000_per_user(store, tmp_path):
@@ -151,21 +152,26 @@ def test_a_requested_month_without_events_is_zero_and_bad_months_are_refused(sto
 
 def test_an_empty_store(store):
     assert mtu.report(store) == [] and mtu.monthly(store) == {}
-    assert "no events" in mtu.report_text(store)
+    assert "no events" in report.mtu_text(mtu.report(store))
 
 
-def test_cli_entry_text_json_and_usage_errors(store, tmp_path):
-    load_events(store, tmp_path, [event("Page View", "u1", T0), event("Message Sent", "u2", T0)])
-    text, code = mtu.cli_main(store, None, "seed", False)
-    assert code == 0 and "2026-09" in text and "rules: seed" in text
-    out, code = mtu.cli_main(store, "2026-09", "strict", True)
-    data = json.loads(out)
-    assert code == 0 and data["rules"] == "strict" and "$app_open" in data["exempt"]
+def test_cli_entry_text_json_and_usage_errors(tmp_path, capsys):
+    db = str(tmp_path / "s.duckdb")
+    with Store(db) as store:
+        load_events(store, tmp_path, [event("Page View", "u1", T0), event("Message Sent", "u2", T0)])
+    assert cli.main(["mtu", "--db", db]) == 0
+    text = capsys.readouterr().out
+    assert "2026-09" in text and "rules: seed" in text
+    assert cli.main(["mtu", "--db", db, "--month", "2026-09", "--rules", "strict", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["rules"] == "strict" and "$app_open" in data["exempt"]
     [month] = data["months"]
     assert (month["month"], month["mtu"], month["exempt_only_users"]) == ("2026-09", 1, 1)
-    assert mtu.cli_main(store, "09/2026", "seed", False) == (
-        'error: month must be a calendar month as YYYY-MM, not "09/2026"', 2)
-    assert mtu.cli_main(store, None, "nope", False)[1] == 2
+    assert cli.main(["mtu", "--db", db, "--month", "09/2026"]) == 2
+    assert capsys.readouterr().err == 'error: month must be a calendar month as YYYY-MM, not "09/2026"\n'
+    with Store(db, read_only=True) as store, pytest.raises(UsageError) as bad_rules:
+        mtu.report(store, rules="nope")
+    assert cli.exit_status(bad_rules.value) == 2
 
 
 def test_frame_and_text_chart(store, tmp_path):

@@ -17,7 +17,8 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 from toolkit import ingest, report
-from toolkit.errors import StoreError, ToolkitError
+from toolkit.errors import SyncBusy, ToolkitError, UsageError
+from toolkit.schedule import EXIT_CODES
 from toolkit.store import Store
 
 
@@ -30,15 +31,25 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except ToolkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except ToolkitError as exc:     # the one place an error becomes words and an exit code
+        if isinstance(exc, SyncBusy):       # not a failure: the sync's answer, on stdout
+            _emit(args, report.error(exc), report.error_text(exc))
+        else:
+            print(report.error_text(exc), file=sys.stderr)
+        return exit_status(exc)
     except KeyboardInterrupt:
         print(f"interrupted: {_INTERRUPTED.get(args.run.__name__, 'stopped before it finished')}", file=sys.stderr)
         return 130
     except BrokenPipeError:     # `toolkit runs | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def exit_status(exc: ToolkitError) -> int:
+    """4 for a busy sync, 2 for a usage error (a bad --month, --every...), else 1 (failed)."""
+    if isinstance(exc, SyncBusy):
+        return EXIT_CODES["busy"]
+    return EXIT_CODES["usage"] if isinstance(exc, UsageError) else EXIT_CODES["failed"]
 
 
 _INTERRUPTED = {     # what Ctrl-C cut short, and what is left of it
@@ -191,7 +202,7 @@ def _store(args, read_only: bool = False) -> Store:
 
 
 def _emit(args, data: dict, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else text)
+    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
 
 
 def _load(args) -> int:
@@ -199,7 +210,7 @@ def _load(args) -> int:
         summary = ingest.load(store, args.paths, strict=args.strict, kind=args.kind, progress=not args.json)
         hint = "toolkit quarantine" + (f" --db {shlex.quote(args.db)}" if args.db else "")
         _emit(args, summary.to_dict(), report.load_text(summary, quarantine_command=hint))
-    return 1 if summary.refused else 0
+    return EXIT_CODES["failed" if summary.refused else "ok"]
 
 
 def _status(args) -> int:
@@ -220,9 +231,10 @@ def _mtu(args) -> int:
     from toolkit import mtu
 
     with _store(args, read_only=True) as store:
-        output, status = mtu.cli_main(store, args.month, args.rules, args.json)
-    print(output, file=sys.stderr if status else sys.stdout)
-    return status
+        months = mtu.report(store, args.month, args.rules)
+    _emit(args, {"rules": args.rules, "exempt": sorted(mtu.exempt_names(args.rules)),
+                 "months": [m.to_dict() for m in months]}, report.mtu_text(months, args.rules))
+    return 0
 
 
 def _cohorts_load(args) -> int:
@@ -230,7 +242,7 @@ def _cohorts_load(args) -> int:
 
     with _store(args) as store:
         versions = cohorts.save_all(store, cohorts.load_definitions(args.file), where=str(args.file))
-    _emit(args, {"saved": versions}, "\n".join(f"{name}: v{v}" for name, v in versions.items()))
+    _emit(args, {"saved": versions}, report.cohorts_saved_text(versions))
     return 0
 
 
@@ -239,8 +251,7 @@ def _cohorts_list(args) -> int:
 
     with _store(args, read_only=True) as store:
         found = cohorts.list_cohorts(store)
-    _emit(args, {"cohorts": found}, "\n".join(f"{c['name']} (v{c['version']})" for c in found)
-          or "no cohorts yet: toolkit cohorts load FILE")
+    _emit(args, {"cohorts": found}, report.cohorts_text(found))
     return 0
 
 
@@ -250,8 +261,8 @@ def _cohorts_preview(args) -> int:
     with _store(args, read_only=True) as store:
         preview = matching.preview(store, args.name, user_id_property=args.user_id_property,
                                    id_type=args.id_type, now=args.as_of)
-    _emit(args, preview.to_dict(), matching.preview_text(preview, args.rows,
-                                                         more="--rows N shows more, --json lists them all"))
+    _emit(args, preview.to_dict(), report.preview_text(preview, args.rows,
+                                                       more="--rows N shows more, --json lists them all"))
     return 0
 
 
@@ -263,25 +274,24 @@ def _connect(args) -> int:
         status = sync.connect(store, creds, args.base_url)
     if status["connected"] and args.save:
         status["saved_to"] = str(credentials.save(creds))
-    _emit(args, status, ("Connected" if status["connected"] else "Not connected: " + status["detail"])
-          + (f" (key saved to {status['saved_to']})" if status.get("saved_to") else ""))
-    return 0 if status["connected"] else 1
+    _emit(args, status, report.connect_text(status))
+    return EXIT_CODES["ok" if status["connected"] else "failed"]
 
 
 def _export(args) -> int:
-    from toolkit import cohorts, export, schedule, sync
+    from toolkit import cohorts, export, sync
 
     with _store(args) as store:
         if args.stop:
             args.cohort = cohorts.resolve_name(store, args.cohort)
             export.stop(store, args.cohort)
-            _emit(args, {"stopped": args.cohort}, f"stopped the dynamic sync of {args.cohort}")
-            return 0
+            _emit(args, {"stopped": args.cohort}, report.stopped_text(args.cohort))
+            return EXIT_CODES["ok"]
         record = sync.export_cohort(store, args.cohort, mode=args.mode, app_id=args.app_id, base_url=args.base_url,
                                     dry_run=args.dry_run, force=args.force, user_id_property=args.user_id_property,
                                     id_type=args.id_type, progress=not args.json, now=args.as_of)
     _emit(args, record.to_dict(), report.run_text(record))
-    return schedule.EXIT_CODES[sync.run_outcome(record)]
+    return EXIT_CODES[sync.run_outcome(record)]
 
 
 def _runs(args) -> int:
@@ -302,8 +312,7 @@ def _generate(args) -> int:
 
     counts = synthetic.generate(args.out, events=args.events, profiles=args.profiles, seed=args.seed,
                                 compress=args.gzip, time_in_ms=args.time_in_ms)
-    _emit(args, counts, f"wrote {args.out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()
-                                                          if isinstance(v, int)))
+    _emit(args, counts, report.generated_text(args.out, counts))
     return 0
 
 
@@ -321,21 +330,11 @@ def _sync(args) -> int:
 
     parameters = _sync_parameters(args)
     runs_dir = args.runs_dir.resolve()
-    try:
-        with schedule.sync_lock(runs_dir):     # a sync already running: say so at once, not after a wait
-            try:        # wait here, where the terminal shows it, while another process holds the store
-                Store(parameters["store_path"]).close()
-            except StoreError:
-                pass    # the notebook meets the same error and its run record says so
-            run = schedule.run_once(runs_dir, parameters)
-    except schedule.SyncBusy as exc:
-        _emit(args, {"status": "busy", "ok": False, "error": str(exc)}, f"sync skipped: {exc}")
-        return schedule.EXIT_CODES["busy"]
-    _emit(args, {"status": run.status, "ok": run.ok, "notebook": str(run.notebook),
-                 "record": str(run.record) if run.record else None, "error": run.error},
-          ("sync ok" if run.ok else run.error) + f"\nexecuted notebook: {run.notebook}"
-          + (f"\nrun record: {run.record}" if run.record else ""))
-    return schedule.EXIT_CODES[run.status]
+    with schedule.sync_lock(runs_dir):     # a sync already running: SyncBusy at once, not after a wait
+        schedule.wait_for_store(parameters["store_path"])
+        run = schedule.run_once(runs_dir, parameters)
+    _emit(args, report.sync_run(run), report.sync_run_text(run))
+    return EXIT_CODES[run.status]
 
 
 def _schedule(args) -> int:
@@ -346,9 +345,7 @@ def _schedule(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     runs = schedule.schedule(args.runs_dir.resolve(), _sync_parameters(args), schedule.parse_every(args.every),
                              max_runs=args.max_runs)
-    failed = [r for r in runs if not r.ok]
-    print(f"stopped after {len(runs)} run(s), {len(failed)} not ok"
-          + "".join(f"\n  {r.started:%Y-%m-%d %H:%M:%S} {r.status}: {r.error}" for r in failed))
+    print(report.schedule_text(runs))
     return schedule.exit_code([r.status for r in runs])
 
 

@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import CohortCycleError, CohortError, DefinitionError
 
 __all__ = ["COUNT_OPERATORS", "PROPERTY_OPERATORS", "VALUE_TYPES", "CohortError", "DefinitionError",
            "CohortCycleError", "PropertyRule", "EventRule", "CohortRule", "Group", "Cohort", "Rule",
@@ -61,28 +61,6 @@ _OPERATOR_TYPES = {
     "contains": ("string", "number", "boolean"), "not_contains": ("string", "number", "boolean"),
     "greater": ("number", "datetime"), "less": ("number", "datetime"), "between": ("number", "datetime"),
 }
-
-
-class CohortError(ToolkitError):
-    """A cohort cannot be defined, found, stored or evaluated; the message says which and why."""
-
-
-class DefinitionError(CohortError):
-    """An invalid definition; ``field`` is the path inside the cohort, e.g. ``rules[1].count``."""
-
-    def __init__(self, where: str, field: str, message: str):
-        self.where, self.field = where, field
-        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
-
-
-class CohortCycleError(CohortError):
-    """Cohorts that include or exclude each other in a loop; ``cycle`` is the loop, first name repeated."""
-
-    def __init__(self, cycle: list[str], where: str = ""):
-        self.cycle = cycle
-        loop = " -> ".join(f'"{name}"' for name in cycle)
-        super().__init__(f"{where + ': ' if where else ''}cohort cycle: {loop}; a cohort cannot include "
-                         "or exclude itself, directly or through other cohorts")
 
 
 # -- the model -------------------------------------------------------------------------------------

@@ -15,16 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import CredentialsError
 from toolkit.onesignal import Credentials
 
 ENV_KEY = "ONESIGNAL_API_KEY"
 ENV_APP = "ONESIGNAL_APP_ID"
 ENV_FILE = "TOOLKIT_CREDENTIALS"
-
-
-class CredentialsError(ToolkitError):
-    """No usable key, or an unsafe credentials file."""
 
 
 def credentials_file() -> Path:

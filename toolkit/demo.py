@@ -155,6 +155,6 @@ def summary_text(store: Store, names: list[str], loaded: ingest.LoadSummary, run
         lines.append(f"{name[:51]:<52}{r['members'] or 0:>8,}{r['exportable'] or 0:>11,}{r['added'] or 0:>7,}"
                      f"{r['removed'] or 0:>8,}{r['not_in_onesignal'] or 0:>10,}  {r['status']}"
                      + (f" ({r['error']})" if r["error"] else ""))
-    lines += ["", mtu.report_text(store), "", f"store: {store.path}", "", "next steps (paste as is):"]
+    lines += ["", report.mtu_text(mtu.report(store)), "", f"store: {store.path}", "", "next steps (paste as is):"]
     lines += [f"  {command}\n      {why}" for command, why in steps]
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from toolkit import plan as planning
-from toolkit.errors import ToolkitError
+from toolkit.errors import ExportError
 from toolkit.onesignal import (
     FAILED,
     NOT_FOUND,
@@ -52,10 +52,6 @@ FLUSH_EVERY = 500
 TAG_VALUE = "1"
 MAX_SEGMENT_NAME = 128          # OneSignal's limit, in characters
 _running: dict[tuple[str, str], threading.Lock] = {}
-
-
-class ExportError(ToolkitError):
-    """An export could not run: free plan, guard tripped, overlapping run, too many dynamic syncs..."""
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Literal
 from toolkit import demo, sync
 from toolkit.credentials import ENV_APP, ENV_KEY
 from toolkit.emulator import App, Emulator
-from toolkit.errors import ToolkitError
+from toolkit.errors import EmulatorError, SetupError
 from toolkit.onesignal import ENV_BASE_URL, Credentials
 from toolkit.resources import NOTEBOOKS
 from toolkit.store import Store
@@ -41,7 +41,7 @@ def pick_app(emulator: Emulator) -> App:
         return apps[demo.DEMO_APP_ID]
     if len(apps) == 1:
         return next(iter(apps.values()))
-    raise ToolkitError(f"the emulator state {emulator.state_file} holds {len(apps)} apps and not the demo's: "
+    raise EmulatorError(f"the emulator state {emulator.state_file} holds {len(apps)} apps and not the demo's: "
                        "run `toolkit demo` with a new --workdir")
 
 
@@ -67,11 +67,11 @@ def run(workdir: Path, *, db: str | Path | None = None, notebooks: Path | None =
     notebooks = Path(notebooks or NOTEBOOKS).resolve()
     for path, what in ((state, "the emulator's saved state"), (db, "the store")):
         if not path.exists():
-            raise ToolkitError(f"{what} {path} does not exist: run `toolkit demo --workdir {workdir}` first")
+            raise SetupError(f"{what} {path} does not exist: run `toolkit demo --workdir {workdir}` first")
     if not notebooks.is_dir():
-        raise ToolkitError(f"no notebooks folder at {notebooks}")
+        raise SetupError(f"no notebooks folder at {notebooks}")
     if importlib.util.find_spec("jupyterlab") is None:
-        raise ToolkitError("toolkit lab needs JupyterLab, from the notebooks extra: pip install 'toolkit[notebooks]'")
+        raise SetupError("toolkit lab needs JupyterLab, from the notebooks extra: pip install 'toolkit[notebooks]'")
 
     with Emulator(port=emulator_port, state_file=state) as emulator:
         app = pick_app(emulator)
@@ -80,7 +80,7 @@ def run(workdir: Path, *, db: str | Path | None = None, notebooks: Path | None =
             if as_of is None:
                 as_of = demo.end_of_day(demo.last_event_day(store))
         if not status["connected"]:
-            raise ToolkitError(f"the emulator at {emulator.url} refused the demo app: {status['detail']}")
+            raise EmulatorError(f"the emulator at {emulator.url} refused the demo app: {status['detail']}")
         as_of = None if isinstance(as_of, str) else as_of     # "now": the current time
         print(f"OneSignal emulator at {emulator.url} (state: {state}); app {app.app_id}, its exports now "
               f"point here\nJupyterLab on {notebooks}, store {db}; the kernels have {ENV_DB}, {ENV_APP}, "

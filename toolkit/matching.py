@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from toolkit import cohorts, onesignal_ids
-from toolkit.errors import ToolkitError
+from toolkit.errors import MatchingError
 from toolkit.onesignal_ids import BLANKS, COHORT_LIMIT, ID_TYPES, MAX_ID_LENGTH, UUID
 from toolkit.onesignal_ids import USER_ID_PROPERTY as DEFAULT_USER_ID_PROPERTY
 from toolkit.sql import Query, json_pointer, quote_ident, to_utc_naive
@@ -50,7 +50,7 @@ from toolkit.user_id_facts import facts_sql, stored_facts
 
 __all__ = ["REASONS", "ID_TYPES", "DEFAULT_USER_ID_PROPERTY", "COHORT_LIMIT", "MAX_ID_LENGTH", "COLUMNS",
            "ProfileRow", "Matchability", "Preview", "classify", "classify_sql", "summarize", "match",
-           "preview", "preview_text"]
+           "preview"]
 
 REASONS = tuple(onesignal_ids.REASONS)
 PYTHON_MAX_MEMBERS = 1_000        # above this, `match` classifies inside DuckDB (one query, no row loop)
@@ -62,10 +62,6 @@ _UUID, _BLANK = re.compile(UUID), re.compile(f"[{BLANKS}]*")
 WINNER_RULE = "the profile the id resolves to, else the most recently updated, else the first distinct_id"
 _MEMBERS = "temp._preview_members"   # a preview's evaluated cohort
 _SHOWN = 3                        # claimants named in a duplicate's detail before "and N more"
-
-
-class MatchingError(ToolkitError):
-    """Bad matching options (unknown id type, empty property name, negative limit)."""
 
 
 @dataclass(frozen=True)
@@ -428,36 +424,6 @@ def preview(store, name: str | cohorts.Cohort, *, now: dt.datetime | None = None
                    seconds={"evaluate": round(evaluated - started, 4), "match": round(matched - evaluated, 4)})
 
 
-def preview_text(preview: Preview, rows: int = 20, more: str = "") -> str:
-    """The summary and the first ``rows`` members as text; ``more`` says how to see the rest."""
-    s = preview.summary
-    version = f" (v{s['version']})" if s.get("version") else ""
-    lines = [f"cohort {s['cohort']}{version} as of {s['now']}",
-             f"  {s['members']:,} members, {s['exportable']:,} exportable ({s['match_rate']:.1%}) "
-             f"by {s['user_id_property']} as {s['id_type']}",
-             "  exportable: " + ", ".join(f"{v:,} {k}" for k, v in s["id_types"].items())]
-    lines += [f"  {reason}: {count:,}" for reason, count in s["reasons"].items() if count]
-    total = s["members"]
-    if total:
-        lines.append("")
-        shown = preview.head(rows)
-        width = min(max(len(str(d)) for d in shown["distinct_id"]), 40)
-        for r in shown.itertuples(index=False):
-            status = "exportable" if r.exportable else r.reason
-            oid, kind, detail = (None if pd.isna(v) else v for v in (r.onesignal_id, r.id_type, r.detail))
-            target = f"{kind} {_clip(json.dumps(oid, ensure_ascii=False))}" if kind else ""
-            line = f"  {_clip(r.distinct_id, 40):<{width}}  {status:<15} {target}".rstrip()
-            lines.append(line + (f"  — {detail}" if detail else ""))
-        if total > rows:
-            lines.append(f"  ... {total - rows:,} more not shown" + (f" ({more})" if more else ""))
-    return "\n".join(lines)
-
-
 def _shown(value) -> str:
     """A value as JSON, the way a person wrote it (never Python's repr)."""
     return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _clip(text, width: int = 48) -> str:
-    text = "" if text is None else str(text)
-    return text if len(text) <= width else text[: width - 1] + "…"

@@ -25,7 +25,6 @@ All counting is one SQL query over ``resolved_events`` (one scan, names bound as
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ import duckdb
 import pandas as pd
 
 from toolkit import onesignal_events as osev
+from toolkit.errors import UsageError
 
 RULE_SETS = ("seed", "strict")
 GUARDRAIL_EVENTS_PER_USER = 1_000
@@ -60,7 +60,7 @@ def exempt_names(rules: str = "seed") -> frozenset[str]:
         return MIXPANEL_EXEMPT | osev.DELIVERY
     if rules == "strict":
         return MIXPANEL_EXEMPT | osev.DELIVERY | _STRICT_ONESIGNAL
-    raise ValueError(f"unknown MTU rule set \"{rules}\"; choose one of {', '.join(RULE_SETS)}")
+    raise UsageError(f"unknown MTU rule set \"{rules}\"; choose one of {', '.join(RULE_SETS)}")
 
 
 def classify(event: str, rules: str = "seed") -> str:
@@ -128,7 +128,7 @@ def _month_bounds(month: str | None) -> tuple[datetime | None, datetime | None]:
             raise ValueError
         start = datetime.strptime(month, "%Y-%m")     # naive UTC, like the store's TIMESTAMP column
     except (TypeError, ValueError):
-        raise ValueError(f"month must be a calendar month as YYYY-MM, not \"{month}\"") from None
+        raise UsageError(f"month must be a calendar month as YYYY-MM, not \"{month}\"") from None
     end = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
     return start, end
 
@@ -180,47 +180,6 @@ def report_frame(con_or_store, month: str | None = None, rules: str = "seed") ->
     columns = list(MonthMTU.__dataclass_fields__)
     frame = pd.DataFrame([r.to_dict() for r in report(con_or_store, month, rules)], columns=columns)
     return frame.set_index("month")
-
-
-_RULES_TEXT = {"seed": "OneSignal delivery events exempt, engagement events count",
-               "strict": "the OneSignal page's list: delivery, opens and app opens from push all exempt"}
-
-
-def report_text(con_or_store, month: str | None = None, rules: str = "seed") -> str:
-    return _text(report(con_or_store, month, rules), rules)
-
-
-def _text(months: list[MonthMTU], rules: str) -> str:
-    lines = [f"MTU by month (rules: {rules} - {_RULES_TEXT[rules]})"]
-    if not months:
-        return lines[0] + "\n  no events in the store"
-    header = ("month", "MTU", "qualifying ev", "exempt ev", "exempt-only users", "engagement-only users",
-              "MTU w/o OneSignal")
-    lines.append("  " + "  ".join(f"{h:>{max(len(h), 7)}}" for h in header))
-    for r in months:
-        cells = (r.month, r.mtu, r.qualifying_events, r.exempt_events, r.exempt_only_users,
-                 r.engagement_only_users, r.mtu_without_onesignal)
-        lines.append("  " + "  ".join(
-            f"{c:>{max(len(h), 7)}}" if isinstance(c, str) else f"{c:>{max(len(h), 7)},}"
-            for h, c in zip(header, cells, strict=True)))
-    for r in months:
-        if r.guardrail_applied:
-            lines.append(f"  guardrail applied in {r.month}: {r.users_counted:,} users averaged "
-                         f"{r.events_per_user:,.0f} qualifying events, so MTU = events / 1,000")
-    return "\n".join(lines)
-
-
-def cli_main(store, month: str | None = None, rules: str = "seed", as_json: bool = False) -> tuple[str, int]:
-    """For ``toolkit mtu [--month YYYY-MM] [--rules seed|strict] [--json]``: (output, exit status).
-    Status 0: print the output to stdout. Status 2 (bad --month or --rules): print it to stderr."""
-    try:
-        months = report(store, month, rules)
-    except ValueError as exc:
-        return f"error: {exc}", 2
-    if as_json:
-        return json.dumps({"rules": rules, "exempt": sorted(exempt_names(rules)),
-                           "months": [r.to_dict() for r in months]}, indent=2), 0
-    return _text(months, rules), 0
 
 
 def chart(frame: pd.DataFrame):

@@ -9,7 +9,6 @@ redacted from reprs, error messages and log records.
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
 import json
 import logging
@@ -22,11 +21,24 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import httpx
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import (
+    AppNotFound,
+    AuthError,
+    BadRequest,
+    Conflict,
+    InvalidCredentials,
+    NetworkError,
+    NotFound,
+    OneSignalError,
+    PlanRefused,
+    RateLimited,
+    ServerError,
+)
+from toolkit.redaction import REDACTED, REDACTOR
 
 DEFAULT_BASE_URL = "https://api.onesignal.com"
 ENV_BASE_URL = "ONESIGNAL_BASE_URL"
@@ -38,8 +50,6 @@ PAGE_LIMIT = 300      # the most segments one list call may ask for
 POOL_SIZE = 4         # connections per httpx pool: httpcore scans a whole pool for every request, so one
                       # pool of 64 costs ~3x the CPU per request of sixteen pools of 4
 VALIDATE_ATTEMPTS = 3  # a "Connect" button should answer in seconds, not after ten backoffs
-REDACTED = "<redacted>"
-MIN_SECRET = 8        # shorter strings are not redacted (OneSignal keys are far longer)
 RETRY_NOTICE_EVERY = 5.0   # seconds between warnings about retries (each retry is also logged at INFO)
 # What OneSignal answers when an app's plan does not allow segments through the API: 402, or 400 with
 # exactly one of these messages (never a message that could carry a segment or cohort name).
@@ -58,11 +68,6 @@ def default_base_url() -> str:
 
 
 # -- credentials and redaction ------------------------------------------------------------------
-
-class InvalidCredentials(ToolkitError, ValueError):
-    """An App ID or API key that cannot be right (empty, a line break or a non-ASCII character inside).
-    The message never repeats the key, not even part of it."""
-
 
 @dataclass(frozen=True)
 class Credentials:
@@ -104,124 +109,12 @@ def _key_problem(key: str) -> str | None:
     return None
 
 
-def secret_forms(secret: str) -> set[str]:
-    """The ways a secret can be written into text: as is, escaped as in a str or bytes repr or JSON,
-    URL-encoded, and base64 (alone or as an ``Authorization`` value)."""
-    forms = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1], quote(secret, safe=""), quote_plus(secret)}
-    try:
-        raw = secret.encode("utf-8")
-    except UnicodeEncodeError:              # a lone surrogate: no bytes form
-        return forms
-    forms |= {repr(raw)[2:-1], base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode(),
-              base64.b64encode(raw).decode().rstrip("=")}
-    for scheme in ("Key ", "Basic ", "Bearer "):
-        forms.add(base64.b64encode(scheme.encode() + raw).decode())
-    return {form for form in forms if len(form) >= MIN_SECRET}
-
-
-class RedactingFilter(logging.Filter):
-    """Replaces every registered secret in a log record (message, args and traceback text).
-
-    Installed on this module's logger and on httpx's and httpcore's; add ``REDACTOR`` to your own
-    handlers to cover every logger."""
-
-    def __init__(self):
-        super().__init__()
-        self._secrets: set[str] = set()
-
-    def add(self, secret: str) -> None:
-        # A few characters are no real key, and replacing them would garble every record.
-        if len(secret) >= MIN_SECRET:
-            self._secrets |= secret_forms(secret)
-
-    def redact(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):     # longest first: no partial leftovers
-            text = text.replace(secret, REDACTED)
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
-        message = record.getMessage()
-        if self.redact(message) != message:
-            record.msg, record.args = self.redact(message), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.redact(record.stack_info)
-        return True
-
-
-REDACTOR = RedactingFilter()
 for _name in (__name__, "httpx", "httpcore", "httpcore.connection", "httpcore.http11", "httpcore.http2",
               "httpcore.proxy"):
     logging.getLogger(_name).addFilter(REDACTOR)
 
 
 # -- errors -------------------------------------------------------------------------------------
-
-class OneSignalError(ToolkitError):
-    """OneSignal refused or could not answer a request. ``messages`` are OneSignal's own words."""
-
-    retryable = False
-    hint = ""
-
-    def __init__(self, message: str, *, status: int | None = None, messages: Iterable[str] = (),
-                 method: str | None = None, path: str | None = None, retryable: bool | None = None):
-        self.status = status
-        self.messages = list(messages)
-        self.method, self.path = method, path
-        self.attempts = 1
-        if retryable is not None:
-            self.retryable = retryable
-        message = message.rstrip()
-        if self.hint:
-            message = f"{message}{'' if message.endswith('.') else '.'} {self.hint}."
-        super().__init__(REDACTOR.redact(message))
-
-
-class AuthError(OneSignalError):
-    hint = "Check the App API key (OneSignal > Settings > Keys & IDs) and that it belongs to this app"
-
-
-class BadRequest(OneSignalError):
-    pass
-
-
-class AppNotFound(BadRequest):
-    hint = "Check the App ID (OneSignal > Settings > Keys & IDs)"
-
-
-class NotFound(OneSignalError):
-    pass
-
-
-class PlanRefused(BadRequest):
-    """The app's OneSignal plan does not allow this (segments through the API on a free plan)."""
-
-
-class Conflict(OneSignalError):
-    pass
-
-
-class RateLimited(OneSignalError):
-    retryable = True
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs):
-        self.retry_after = retry_after
-        super().__init__(message, **kwargs)
-
-
-class ServerError(OneSignalError):
-    retryable = True
-
-
-class NetworkError(OneSignalError):
-    retryable = True
-    hint = "Check the network connection and the base URL"
-
 
 def error_messages(content: bytes) -> list[str]:
     """OneSignal's error text from any body shape it uses (or a non-JSON body)."""

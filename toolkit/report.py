@@ -1,11 +1,26 @@
-"""Plain summaries of loads and of the store, as dicts (for --json and notebooks) and as text."""
+"""All text a person reads from the command: loads, the store, cohorts, matchability previews, MTU,
+export runs, syncs and errors. Domain modules return data; the command renders it here (and prints the
+data itself as JSON for --json). Some summaries of the store are computed here too, as dicts.
+
+Light on purpose: the command imports it at start, so it imports neither pandas nor the cohort compiler
+(a preview brings pandas with it; its text only uses what the preview holds)."""
 
 from __future__ import annotations
 
+import json
 import shlex
+from typing import TYPE_CHECKING
 
+from toolkit.errors import SyncBusy, ToolkitError
 from toolkit.ingest import LoadSummary
 from toolkit.store import Store
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from toolkit.matching import Preview
+    from toolkit.mtu import MonthMTU
+    from toolkit.schedule import SyncRun
 
 
 def load_text(summary: LoadSummary, quarantine_command: str | None = None) -> str:
@@ -94,3 +109,120 @@ def runs_text(runs: list[dict]) -> str:
                      f"{' dry-run' if r['dry_run'] else ''} {r['status']}: +{r['added'] or 0} "
                      f"-{r['removed'] or 0} ={r['unchanged'] or 0} absent {r['not_in_onesignal'] or 0} "
                      f"failed {r['failed'] or 0}{'  ' + r['error'] if r['error'] else ''}" for r in runs)
+
+
+# -- cohorts and matchability ------------------------------------------------------------------------
+
+def cohorts_saved_text(versions: dict[str, int]) -> str:
+    return "\n".join(f"{name}: v{v}" for name, v in versions.items())
+
+
+def cohorts_text(found: list[dict]) -> str:
+    return "\n".join(f"{c['name']} (v{c['version']})" for c in found) or "no cohorts yet: toolkit cohorts load FILE"
+
+
+def preview_text(preview: Preview, rows: int = 20, more: str = "") -> str:
+    """A matchability preview's summary and its first ``rows`` members; ``more`` says how to see the rest."""
+    s = preview.summary
+    version = f" (v{s['version']})" if s.get("version") else ""
+    lines = [f"cohort {s['cohort']}{version} as of {s['now']}",
+             f"  {s['members']:,} members, {s['exportable']:,} exportable ({s['match_rate']:.1%}) "
+             f"by {s['user_id_property']} as {s['id_type']}",
+             "  exportable: " + ", ".join(f"{v:,} {k}" for k, v in s["id_types"].items())]
+    lines += [f"  {reason}: {count:,}" for reason, count in s["reasons"].items() if count]
+    total = s["members"]
+    if total:
+        lines.append("")
+        shown = preview.head(rows)
+        width = min(max(len(str(d)) for d in shown["distinct_id"]), 40)
+        for r in shown.itertuples(index=False):
+            status = "exportable" if r.exportable else r.reason
+            oid, kind, detail = (None if _missing(v) else v for v in (r.onesignal_id, r.id_type, r.detail))
+            target = f"{kind} {_clip(json.dumps(oid, ensure_ascii=False))}" if kind else ""
+            line = f"  {_clip(r.distinct_id, 40):<{width}}  {status:<15} {target}".rstrip()
+            lines.append(line + (f"  — {detail}" if detail else ""))
+        if total > rows:
+            lines.append(f"  ... {total - rows:,} more not shown" + (f" ({more})" if more else ""))
+    return "\n".join(lines)
+
+
+def _missing(value) -> bool:
+    """None, NaN or pandas' NA (a frame's empty cell), without importing pandas."""
+    try:
+        return value is None or bool(value != value)      # NaN and NaT differ from themselves
+    except TypeError:           # pd.NA: neither equal nor unequal to itself
+        return True
+
+
+def _clip(text, width: int = 48) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- MTU ---------------------------------------------------------------------------------------------
+
+_RULES_TEXT = {"seed": "OneSignal delivery events exempt, engagement events count",
+               "strict": "the OneSignal page's list: delivery, opens and app opens from push all exempt"}
+
+
+def mtu_text(months: list[MonthMTU], rules: str = "seed") -> str:
+    """``mtu.report``'s months as a table, and where the guardrail applied."""
+    lines = [f"MTU by month (rules: {rules} - {_RULES_TEXT[rules]})"]
+    if not months:
+        return lines[0] + "\n  no events in the store"
+    header = ("month", "MTU", "qualifying ev", "exempt ev", "exempt-only users", "engagement-only users",
+              "MTU w/o OneSignal")
+    lines.append("  " + "  ".join(f"{h:>{max(len(h), 7)}}" for h in header))
+    for r in months:
+        cells = (r.month, r.mtu, r.qualifying_events, r.exempt_events, r.exempt_only_users,
+                 r.engagement_only_users, r.mtu_without_onesignal)
+        lines.append("  " + "  ".join(
+            f"{c:>{max(len(h), 7)}}" if isinstance(c, str) else f"{c:>{max(len(h), 7)},}"
+            for h, c in zip(header, cells, strict=True)))
+    for r in months:
+        if r.guardrail_applied:
+            lines.append(f"  guardrail applied in {r.month}: {r.users_counted:,} users averaged "
+                         f"{r.events_per_user:,.0f} qualifying events, so MTU = events / 1,000")
+    return "\n".join(lines)
+
+
+# -- OneSignal, exports and syncs ----------------------------------------------------------------------
+
+def connect_text(status: dict) -> str:
+    return (("Connected" if status["connected"] else "Not connected: " + status["detail"])
+            + (f" (key saved to {status['saved_to']})" if status.get("saved_to") else ""))
+
+
+def stopped_text(cohort: str) -> str:
+    return f"stopped the dynamic sync of {cohort}"
+
+
+def sync_run(run: SyncRun) -> dict:
+    return {"status": run.status, "ok": run.ok, "notebook": str(run.notebook),
+            "record": str(run.record) if run.record else None, "error": run.error}
+
+
+def sync_run_text(run: SyncRun) -> str:
+    return (("sync ok" if run.ok else run.error) + f"\nexecuted notebook: {run.notebook}"
+            + (f"\nrun record: {run.record}" if run.record else ""))
+
+
+def schedule_text(runs: list[SyncRun]) -> str:
+    failed = [r for r in runs if not r.ok]
+    return (f"stopped after {len(runs)} run(s), {len(failed)} not ok"
+            + "".join(f"\n  {r.started:%Y-%m-%d %H:%M:%S} {r.status}: {r.error}" for r in failed))
+
+
+def generated_text(out: Path, counts: dict) -> str:
+    return f"wrote {out}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items() if isinstance(v, int))
+
+
+# -- errors --------------------------------------------------------------------------------------------
+
+def error(exc: ToolkitError) -> dict:
+    """An error as the command's JSON answer: only a busy sync answers so (it did nothing, by design)."""
+    return {"status": "busy" if isinstance(exc, SyncBusy) else "failed", "ok": False, "error": str(exc)}
+
+
+def error_text(exc: ToolkitError) -> str:
+    return f"sync skipped: {exc}" if isinstance(exc, SyncBusy) else f"error: {exc}"

@@ -22,15 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import SetupError, StoreError, SyncBusy, UsageError
 from toolkit.resources import SYNC_NOTEBOOK
 
 DEFAULT_EVERY = timedelta(minutes=15)
 log = logging.getLogger("toolkit.schedule")
-
-
-class SyncBusy(ToolkitError):
-    """Another sync holds the lock."""
 
 
 @dataclass(frozen=True)
@@ -59,15 +55,26 @@ def exit_code(statuses: list[str]) -> int:
     return EXIT_CODES["failed"] if all(s == "failed" for s in statuses) else EXIT_CODES["partial"]
 
 
+def wait_for_store(store_path: str | Path) -> None:
+    """Wait here, where a terminal shows it, while another process holds the store. A store that stays
+    busy or cannot be opened is left to the notebook: it meets the same error and its run record says so."""
+    from toolkit.store import Store
+
+    try:
+        Store(store_path).close()
+    except StoreError:
+        pass
+
+
 def parse_every(text: str) -> timedelta:
     """'15m', '90s', '1h' -> timedelta (at least one second)."""
     units = {"s": 1, "m": 60, "h": 3600}
     try:
         amount, unit = float(text[:-1]), units[text[-1]]
     except (ValueError, KeyError, IndexError):
-        raise ToolkitError(f'--every "{text}": expected a number followed by s, m or h, e.g. 15m') from None
+        raise UsageError(f'--every "{text}": expected a number followed by s, m or h, e.g. 15m') from None
     if amount * unit < 1:
-        raise ToolkitError(f'--every "{text}": must be at least 1s')
+        raise UsageError(f'--every "{text}": must be at least 1s')
     return timedelta(seconds=amount * unit)
 
 
@@ -179,7 +186,7 @@ def notebook_runner():
     try:
         import papermill
     except ImportError:
-        raise ToolkitError("running the sync notebook needs the notebooks extra: "
+        raise SetupError("running the sync notebook needs the notebooks extra: "
                            "pip install 'toolkit[notebooks]'") from None
     return papermill
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from toolkit import credentials as keys
 from toolkit import export, ingest, matching, mtu
 from toolkit.cohorts import resolve_name
-from toolkit.errors import ToolkitError
+from toolkit.errors import SyncFailed, ToolkitError, UsageError
 from toolkit.matching import DEFAULT_USER_ID_PROPERTY
 from toolkit.onesignal import Credentials, default_base_url
 from toolkit.plan import Target
@@ -143,10 +143,6 @@ def _end_open_transaction(store: Store) -> None:
         pass            # none was open
 
 
-class SyncFailed(ToolkitError):
-    """Some or all of a scheduled sync failed (raised by the sync notebook after it wrote its record)."""
-
-
 def run_outcome(record: export.RunRecord) -> str:
     """ok; partial: some users failed and others were handled; failed: nothing was (a failed, guarded or
     interrupted run, or one where every user failed)."""
@@ -249,7 +245,7 @@ def sync(store_path: str | Path, *, landing: str | Path | None = None, cohorts: 
         if landing:
             try:
                 if not Path(landing).exists():
-                    raise ToolkitError(f"the landing folder {landing} does not exist")
+                    raise UsageError(f"the landing folder {landing} does not exist")
                 # event times are checked against the real clock; ``now`` only says when cohorts are evaluated
                 loaded = ingest.load(store, [landing])
             except Exception as exc:

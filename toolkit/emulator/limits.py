@@ -13,6 +13,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from toolkit.errors import UsageError
+
 ERROR, DROP, HANG = "error", "drop", "hang"
 # Only by ``Faults.inject``: a 500, a 429 without Retry-After, a reset after the API applied the
 # request (the change is made, the client never hears of it), and a request held until the test
@@ -94,9 +96,9 @@ class Faults:
     def __post_init__(self):
         for name in ("error_rate", "drop_rate", "hang_rate"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be between 0 and 1")
+                raise UsageError(f"{name} must be between 0 and 1")
         if self.error_rate + self.drop_rate + self.hang_rate > 1:
-            raise ValueError("error_rate + drop_rate + hang_rate must not exceed 1")
+            raise UsageError("error_rate + drop_rate + hang_rate must not exceed 1")
         self._random = random.Random(self.seed)
 
     def inject(self, kind: str, *, method: str | None = None, path: str | None = None, skip: int = 0,
@@ -104,7 +106,7 @@ class Faults:
         """Give ``kind`` to the requests matching ``method`` and ``path`` (a part of the path): ``skip``
         of them pass first, then ``times`` of them get the fault. Aimed faults go before drawn ones."""
         if kind not in KINDS:
-            raise ValueError(f"fault {kind!r}: expected one of {', '.join(KINDS)}")
+            raise UsageError(f"fault {kind!r}: expected one of {', '.join(KINDS)}")
         self._aimed.append({"kind": kind, "method": method, "path": path, "skip": skip, "times": times})
 
     def draw(self, method: str | None = None, path: str | None = None) -> str | None:

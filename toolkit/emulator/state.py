@@ -14,14 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from toolkit.emulator import filters as segment_filters
-from toolkit.errors import ToolkitError
+from toolkit.errors import EmulatorError
 
 FORMAT_VERSION = 1
 PLANS = ("free", "paid")
-
-
-class EmulatorError(ToolkitError):
-    """The emulator cannot start or be seeded as asked (bad state file, seed file or option)."""
 
 
 @dataclass

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolkit.errors import UsageError
 from toolkit.synthetic.events import EventStream
 from toolkit.synthetic.people import Crowd
 from toolkit.synthetic.period import Period, iso
@@ -57,13 +58,13 @@ def write_dataset(out_dir: str | Path, *, events: int, profiles: int | None, see
                   named: NamedUsers | None = None) -> dict:
     """``generate``, with ``named`` users written first (their events count toward ``events``)."""
     if isinstance(events, bool) or not isinstance(events, int) or events < 0:
-        raise ValueError(f"events must be a non-negative integer, got {events!r}")
+        raise UsageError(f"events must be a non-negative integer, got {events!r}")
     if profiles is None:
         profiles = default_profiles(events)
     if isinstance(profiles, bool) or not isinstance(profiles, int) or profiles < 0:
-        raise ValueError(f"profiles must be a non-negative integer, got {profiles!r}")
+        raise UsageError(f"profiles must be a non-negative integer, got {profiles!r}")
     if not isinstance(months, int) or months < 1:
-        raise ValueError(f"months must be a positive integer, got {months!r}")
+        raise UsageError(f"months must be a positive integer, got {months!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     events_name = EVENTS_FILE_GZ if compress else EVENTS_FILE
