@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NOW, T0, event, rows, write_lines
-from toolkit import identity, ingest
+from toolkit.load import identity
+from toolkit.load import run as ingest
 from toolkit.store import Store
 
 ANON = "2f1b3c4d-1234-4abc-8def-0123456789ab"

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from conftest import NOW, T0, event, rows, write_lines
-from toolkit import ingest
 from toolkit.errors import LoadError
+from toolkit.load import run as ingest
 from toolkit.store import Store
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from toolkit.ingest import LoadSummary
+from toolkit.load import LoadSummary
 from toolkit.store import Store
 
 

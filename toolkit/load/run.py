@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 import duckdb
 from tqdm.auto import tqdm
 
-from toolkit import identity, profile_ops, readers, user_id_facts, validation
 from toolkit.errors import LoadError
-from toolkit.sources import Source, content_hash, describe, discover, prefix_hash
+from toolkit.load import derived, identity, profile_ops, readers, validation
+from toolkit.load.sources import Source, content_hash, describe, discover, prefix_hash
 from toolkit.store import Store, profile_facts
 
 _REJECTS = "_load_rejects"
@@ -229,7 +229,7 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
                 raise LoadError(str(source.path), _strict_message(con, params["file_id"], result.quarantined))
             linked = con.execute("SELECT count(*) FROM identity_links WHERE file_id = ?",
                                  [params["file_id"]]).fetchone()[0]
-            user_id_facts.refresh(con, params["file_id"], changed=source.kind != "events" or linked > 0)
+            derived.refresh(con, params["file_id"], changed=source.kind != "events" or linked > 0)
             _check_unchanged(source)   # the hash and the rows are of the same bytes
             if source.kind_given:   # what the content read as another kind left in the quarantine
                 con.execute("DELETE FROM quarantine WHERE file_id IN (SELECT file_id FROM loads "
