@@ -6,15 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NOW, T0, event, rows, write_lines
-from toolkit.load import identity
-from toolkit.load import run as ingest
+from toolkit.load import derived, identity, run
 from toolkit.store import Store
 
 ANON = "2f1b3c4d-1234-4abc-8def-0123456789ab"
 
 
 def load_events(store, tmp_path, records, name="e.jsonl"):
-    ingest.load(store, [str(write_lines(tmp_path / name, records))], now=NOW)
+    run.load(store, [str(write_lines(tmp_path / name, records))], now=NOW)
 
 
 def canonical(store):
@@ -87,9 +86,9 @@ def test_resolved_profiles_one_row_per_user_the_newest_profile_of_a_merge_wins(s
         {"$distinct_id": "u1", "$properties": {"plan": "old"}},
         {"$distinct_id": "dev-9", "$properties": {"plan": "device"}},
         {"$distinct_id": "alone", "$properties": {"plan": "solo"}}]))
-    ingest.load(store, [str(tmp_path / "p1.json")], now=NOW)
+    run.load(store, [str(tmp_path / "p1.json")], now=NOW)
     (tmp_path / "p2.json").write_text(json.dumps([{"$distinct_id": "u2", "$properties": {"plan": "new"}}]))
-    ingest.load(store, [str(tmp_path / "p2.json")], now=NOW + timedelta(minutes=1))
+    run.load(store, [str(tmp_path / "p2.json")], now=NOW + timedelta(minutes=1))
     load_events(store, tmp_path, [   # merge u1, dev-9 and u2 into one user (canonical: u2's cluster)
         event("$merge", "u1", T0, **{"$distinct_ids": ["u1", "dev-9"]}),
         event("$merge", "u2", T0 + 1, **{"$distinct_ids": ["u2", "u1"]})])
@@ -108,7 +107,7 @@ def test_resolved_profiles_tie_between_merged_profiles_of_one_page_is_settled_by
         with Store(":memory:") as s:
             (tmp_path / name).write_text(json.dumps({"results": [
                 {"$distinct_id": d, "$properties": {"who": d}} for d in order]}))
-            ingest.load(s, [str(tmp_path / name)], now=NOW)
+            run.load(s, [str(tmp_path / name)], now=NOW)
             load_events(s, tmp_path, [event("$merge", "a-user", T0, **{"$distinct_ids": ["a-user", "b-user"]})])
             got.update(rows(s, "SELECT properties->>'who' FROM resolved_profiles"))
     assert got == {("b-user",)}
@@ -134,7 +133,7 @@ def test_refresh_identity_equals_resolving_every_link_in_python(links, second_fi
                     time_ms += 10 if file_id == 2 and second_file_is_newer else 0
                     s.con.execute("INSERT INTO identity_links (kind, source, target, time_ms, file_id, line) "
                                   "VALUES (?, ?, ?, ?, ?, NULL)", [kind, source, target, time_ms, file_id])
-            ingest.refresh_identity(s.con, file_id)
+            derived.refresh_identity(s.con, file_id)
         stored = s.con.execute("SELECT rowid, kind, source, target, time_ms, file_id FROM identity_links").fetchall()
         expected = identity.resolve([(kind, source, target, (time_ms, file_id, 0, kind, source, target, rowid))
                                      for rowid, kind, source, target, time_ms, file_id in stored])

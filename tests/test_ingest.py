@@ -9,12 +9,12 @@ import pytest
 
 from conftest import NOW, T0, event, rows, write_lines
 from toolkit.errors import LoadError
-from toolkit.load import run as ingest
+from toolkit.load import derived, events, run
 from toolkit.store import Store
 
 
 def load(store, *paths, **kw):
-    return ingest.load(store, [str(p) for p in paths], now=NOW, **kw)
+    return run.load(store, [str(p) for p in paths], now=NOW, **kw)
 
 
 def quarantine(store):
@@ -275,20 +275,20 @@ def test_interrupt_mid_load_rolls_back_that_file_only(file_store, tmp_path, monk
     b = write_lines(tmp_path / "b.jsonl", [event("B"), event("$identify", "u9", **{
         "$identified_id": "u9", "$anon_id": "2f1b3c4d-1234-4abc-8def-0123456789ab"})])
     load(file_store, a)
-    real = ingest.refresh_identity
+    real = derived.refresh_identity
 
     def interrupted(con, file_id):
         real(con, file_id)
         raise KeyboardInterrupt   # after b's rows and links are written, before commit
 
-    monkeypatch.setattr(ingest, "refresh_identity", interrupted)
+    monkeypatch.setattr(derived, "refresh_identity", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load(file_store, b)
     assert rows(file_store, "SELECT event FROM events") == [("A",)]
     assert rows(file_store, "SELECT count(*) FROM event_rows") == [(1,)]    # b's staged rows are gone too
     assert rows(file_store, "SELECT count(*) FROM identity_links") == [(0,)]
     assert rows(file_store, "SELECT count(*) FROM loads") == [(1,)]
-    monkeypatch.setattr(ingest, "refresh_identity", real)
+    monkeypatch.setattr(derived, "refresh_identity", real)
     assert load(file_store, b).files[0].status == "loaded"     # and the next run converges
     assert rows(file_store, "SELECT count(*) FROM identity_map") == [(1,)]
 
@@ -364,8 +364,8 @@ def test_rows_staged_by_a_dead_load_never_become_visible(file_store, tmp_path, m
     def killed(*args):
         raise SystemExit("killed")
 
-    monkeypatch.setattr(ingest, "_settle_events", killed)
-    monkeypatch.setattr(ingest, "_discard_unpublished", lambda store: None)   # as if the process died
+    monkeypatch.setattr(events, "settle", killed)
+    monkeypatch.setattr(run, "_discard_unpublished", lambda store: None)   # as if the process died
     with pytest.raises(SystemExit):
         load(file_store, events_file)
     monkeypatch.undo()

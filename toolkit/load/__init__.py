@@ -4,6 +4,7 @@
 function (``from toolkit import load``); the modules are reached as ``from toolkit.load import run``.
 """
 
-from toolkit.load.run import LoadSummary, load
+from toolkit.load.run import load
+from toolkit.load.summary import LoadSummary
 
 __all__ = ["load", "LoadSummary"]
