@@ -414,3 +414,29 @@ def test_non_ascii_insert_id_is_quarantined_not_the_file(store, tmp_path):
     summary = load(store, path)
     assert summary.files[0].status == "loaded" and rows(store, "SELECT event FROM events") == [("C",)]
     assert [line for line, _ in quarantine(store)] == [1, 2]
+
+
+# -- the tables a load derives -------------------------------------------------------------------
+
+def test_the_user_id_facts_table_is_made_by_the_store_and_refilled_by_each_load(file_store, tmp_path):
+    """The facts table is a store migration's, there before any load and never replaced by one: a load
+    refills it (same table) and stamps it; its rows are what computing the facts gives."""
+    def table_oid():
+        return rows(file_store, "SELECT table_oid FROM duckdb_tables() WHERE table_name = 'user_id_facts'")
+
+    columns = rows(file_store, "SELECT column_name FROM duckdb_columns() WHERE table_name = 'user_id_facts'")
+    assert [c for c, in columns] == ["distinct_id", "updated_at", "empty", "jt", "v", "problem", "is_uuid",
+                                     "claimants", "names", "winner"]
+    assert derived.stored_facts(file_store.con, derived.DEFAULT_USER_ID_PROPERTY) is None   # no load yet
+    made = table_oid()
+    profiles = tmp_path / "p.json"
+    profiles.write_text(json.dumps([{"$distinct_id": "u1", "$properties": {"$onesignal_user_id": "os-1"}},
+                                    {"$distinct_id": "u2", "$properties": {"$onesignal_user_id": "os-1"}}]))
+    load(file_store, profiles)
+    assert table_oid() == made
+    assert derived.stored_facts(file_store.con, derived.DEFAULT_USER_ID_PROPERTY) == derived.FACTS_TABLE
+    sql, params = derived.facts_sql()
+    assert rows(file_store, "SELECT * FROM user_id_facts ORDER BY distinct_id") == \
+        file_store.con.execute(f"SELECT * FROM ({sql}) ORDER BY distinct_id", params).fetchall()
+    assert rows(file_store, "SELECT distinct_id, claimants, winner FROM user_id_facts ORDER BY 1") == [
+        ("u1", 2, "u1"), ("u2", 2, "u1")]

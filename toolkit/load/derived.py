@@ -168,7 +168,8 @@ def refresh_facts(con, generation: int, *, changed: bool = True) -> None:
     changed no profile and no identity link (``changed``) only moves the stamp of current facts."""
     if changed or stored_facts(con, DEFAULT_USER_ID_PROPERTY) is None:
         sql, params = facts_sql()
-        con.execute(f"CREATE OR REPLACE TABLE {FACTS_TABLE} AS {sql}", params)
+        con.execute(f"DELETE FROM {FACTS_TABLE}")   # the table is store migration 6's
+        con.execute(f"INSERT INTO {FACTS_TABLE} BY NAME SELECT * FROM ({sql})", params)
     con.execute(f"COMMENT ON TABLE {FACTS_TABLE} IS 'generation {int(generation)}'")
 
 
