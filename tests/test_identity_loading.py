@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NOW, T0, event, rows, write_lines
-from toolkit.load import derived, identity, run
+from toolkit.load import derived, identity, readers, run
 from toolkit.store import Store
 
 ANON = "2f1b3c4d-1234-4abc-8def-0123456789ab"
@@ -35,6 +35,30 @@ def test_identify_ignores_a_non_uuid_anon_id(store, tmp_path):
     assert canonical(store) == {}
     (refused,), = rows(store, "SELECT refused FROM identity_links")
     assert "not-a-uuid" in refused
+
+
+def test_identity_event_fields_are_read_by_name_not_by_place(tmp_path, monkeypatch):
+    """The reader pulls key and link fields out of `properties` in one list each; reordering those
+    fields must change nothing a load stores (they were once read by position in the list)."""
+    records = [event("Page View", "anon-dev", T0, **{"$device_id": "dev-1"}),
+               event("$identify", "alice", T0 + 1, **{"$identified_id": "alice", "$anon_id": ANON}),
+               event("$create_alias", "alice", T0 + 2, alias="alice@example.com"),
+               event("$merge", "alice", T0 + 3, **{"$distinct_ids": ["alice", "alice-phone"]}),
+               event("Open", "carol", T0 + 4, **{"$device_id": "dev-2", "$user_id": "carol", "$insert_id": "i-1"})]
+    path = write_lines(tmp_path / "e.jsonl", records)
+
+    def stored():
+        with Store(":memory:") as s:
+            run.load(s, [str(path)], now=NOW)
+            return (rows(s, "SELECT kind, source, target FROM identity_links ORDER BY ALL"),
+                    rows(s, "SELECT event, distinct_id, time, insert_id, device_id, user_id FROM events ORDER BY ALL"))
+
+    before = stored()
+    assert before[0] == [("alias", "alice@example.com", "alice"), ("identify", ANON, "alice"),
+                         ("merge", "alice-phone", "alice"), ("simplified", "$device:dev-2", "carol")]
+    monkeypatch.setattr(readers, "LINK_FIELDS", dict(reversed(readers.LINK_FIELDS.items())))
+    monkeypatch.setattr(readers, "KEY_FIELDS", dict(reversed(readers.KEY_FIELDS.items())))
+    assert stored() == before
 
 
 def test_alias_chain_and_merge(store, tmp_path):

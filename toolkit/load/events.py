@@ -39,12 +39,12 @@ def _stage_event_range(con, source: Source, careful: bool, params: dict, lines) 
                CASE WHEN reason IS NULL AND json_type(dev) IN ('VARCHAR', 'BIGINT', 'UBIGINT') THEN dev ->> '$' END,
                CASE WHEN reason IS NULL AND json_type(uid) IN ('VARCHAR', 'BIGINT', 'UBIGINT') THEN uid ->> '$' END,
                -- an identity event's ids, so that settling does not read `properties` (store migration 5)
-               CASE WHEN reason IS NULL THEN CASE ev_s WHEN '$identify' THEN links[1] ->> '$'
-                                                       WHEN '$create_alias' THEN links[3] ->> '$'
-                                                       WHEN '$merge' THEN links[4] ->> '$[1]' END END,
-               CASE WHEN reason IS NULL THEN CASE ev_s WHEN '$identify' THEN links[2] ->> '$'
+               CASE WHEN reason IS NULL THEN CASE ev_s WHEN '$identify' THEN links['anon_id'] ->> '$'
+                                                       WHEN '$create_alias' THEN links['alias'] ->> '$'
+                                                       WHEN '$merge' THEN links['distinct_ids'] ->> '$[1]' END END,
+               CASE WHEN reason IS NULL THEN CASE ev_s WHEN '$identify' THEN links['identified_id'] ->> '$'
                                                        WHEN '$create_alias' THEN did_s
-                                                       WHEN '$merge' THEN links[4] ->> '$[0]' END END
+                                                       WHEN '$merge' THEN links['distinct_ids'] ->> '$[0]' END END
         FROM ({_checked_events(source, careful, numbered=False, lines=lines)})""", params)
 
 
