@@ -3,12 +3,8 @@
 Every relation yields ``record`` (1-based line of a JSON Lines file, element of a JSON array, data
 row of a CSV), ``raw`` (the record's text where DuckDB gives it), ``doc_error`` (why the record is
 not a JSON object, else NULL) and the record's fields as JSON values. File paths are always bound
-as the parameter ``$path``.
-
-JSON events have two paths: the fast one hands the file to ``read_json`` and is tried first; the
-careful one reads lines as text and checks each one, and is used when ``read_json`` refuses the
-file (malformed JSON, a record that is not an object, bad UTF-8), so every bad line gets its own
-reason.
+as the parameter ``$path``. JSON events have a fast path (``read_json``) and a careful one (each line
+on its own, for a file ``read_json`` refuses): docs/architecture.md, "Loading a file".
 """
 
 from __future__ import annotations

@@ -60,10 +60,8 @@ def load(store: Store, paths: Iterable[str | os.PathLike], *, strict: bool = Fal
 
 
 def _settle(sources: list[Source], seconds: float) -> tuple[list[Source], list[FileResult]]:
-    """The sources whose files have settled, and a result for each that kept changing: a file changed
-    in the last ``seconds`` (or dated in the future) is read only once its size and mtime stayed the
-    same for ``seconds``, so a file still being written is read whole, never in part (the part and
-    then the whole would both load). Waits at most three times ``seconds``, for all the files at once."""
+    """The sources whose files have settled, and a result ("waiting") for each that kept changing: a
+    file still being written is read whole, never in part (the part and then the whole would both load)."""
     if seconds <= 0:
         return sources, []
     now_ns = time.time_ns()
@@ -143,13 +141,9 @@ def load_file(store: Store, source: Source, *, strict: bool = False, now: dateti
 
 def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, now: datetime,
                careful: bool) -> FileResult:
-    """Load one file: stage its events (own transaction), then settle and publish it (one transaction).
-
-    Events are staged apart because DuckDB rewrites a transaction's whole bulk insert at commit if the
-    transaction also deleted any of the rows it inserted (measured: +2.5 s per million events), and
-    settling deletes refused rows and older copies. Staged rows stay invisible (`events` shows
-    published files only); any failure discards them, and a crash leaves them to `_discard_unpublished`.
-    """
+    """Stage the file's events (own transaction), then settle and publish it (one transaction): DuckDB
+    rewrites a transaction's whole bulk insert at commit if the transaction also deleted any of the rows
+    it inserted (+2.5 s per million events), and settling deletes refused rows and older copies."""
     result = FileResult(str(source.path), source.kind, "loaded")
     params = {"path": str(source.path), **validation.parameters(epoch_ms(now))}
     with store.transaction() as con:
