@@ -108,7 +108,7 @@ def _write_resolution(con, resolution: identity.Resolution) -> None:
 
 # -- the user-id facts -----------------------------------------------------------------------------
 
-FACTS_TABLE = "user_id_facts"        # refresh: the default property's facts, as of a load
+FACTS_TABLE = "user_id_facts"   # store migration 6; refresh_facts: the default property's facts, as of a load
 
 
 def facts_sql(user_id_property: str = DEFAULT_USER_ID_PROPERTY) -> Query:
