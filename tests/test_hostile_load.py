@@ -16,7 +16,7 @@ import pytest
 
 from conftest import NOW, T0, event, rows, write_lines
 from toolkit import load
-from toolkit.readers import MAX_RECORD_BYTES
+from toolkit.load.readers import MAX_RECORD_BYTES
 from toolkit.store import Store
 
 
@@ -305,17 +305,17 @@ def test_kind_given_after_a_wrong_detection_loads_the_file_as_that_kind(file_sto
 
 
 def test_a_file_changed_while_it_is_read_is_not_kept_and_loads_whole_next_time(file_store, tmp_path, monkeypatch):
-    from toolkit import ingest
+    from toolkit.load import events
 
     path = good_file(tmp_path, n=3)
-    stage = ingest._stage_events
+    stage = events.stage
 
     def stage_then_append(con, source, careful, params):
         stage(con, source, careful, params)
         with open(path, "a") as fh:   # the writer adds a record after DuckDB read the file
             fh.write(json.dumps(event(distinct_id="late", insert_id="late")) + "\n")
 
-    monkeypatch.setattr(ingest, "_stage_events", stage_then_append)
+    monkeypatch.setattr(events, "stage", stage_then_append)
     result = load(file_store, [path], now=NOW).files[0]
     assert result.status == "refused"
     assert result.message == f"{path}: changed while it was being read; nothing of it was kept, it loads on a later run"
@@ -328,25 +328,26 @@ def test_a_file_changed_while_it_is_read_is_not_kept_and_loads_whole_next_time(f
 
 
 def test_a_file_that_keeps_changing_waits_for_a_later_run(file_store, tmp_path, monkeypatch):
-    from toolkit import ingest, report
+    from toolkit import report
+    from toolkit.load import run
 
     monkeypatch.setenv("TOOLKIT_SETTLE_SECONDS", "0.1")
     path = good_file(tmp_path)
-    sleep = ingest.time.sleep
+    sleep = run.time.sleep
 
     def writer_busy_meanwhile(seconds):   # the writer adds a record while the loader waits
         with open(path, "a") as fh:
             fh.write(json.dumps(event(distinct_id="more")) + "\n")
         sleep(seconds)
 
-    monkeypatch.setattr(ingest.time, "sleep", writer_busy_meanwhile)
+    monkeypatch.setattr(run.time, "sleep", writer_busy_meanwhile)
     summary = load(file_store, [path], now=NOW)
     result = summary.files[0]
     assert result.status == "waiting" and summary.to_dict()["files_waiting"] == 1
     assert result.message == f"{path}: still being written (it kept changing for 0.3 s); it loads on a later run"
     assert f"  waiting: {result.message}" in report.load_text(summary).splitlines()
     assert rows(file_store, "SELECT count(*) FROM loads") == [(0,)]
-    monkeypatch.setattr(ingest.time, "sleep", sleep)   # the writer is done
+    monkeypatch.setattr(run.time, "sleep", sleep)   # the writer is done
     assert load(file_store, [path], now=NOW).files[0].rows_loaded == 6
 
 

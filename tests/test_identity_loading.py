@@ -6,14 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NOW, T0, event, rows, write_lines
-from toolkit import identity, ingest
+from toolkit.load import derived, identity, readers, run
 from toolkit.store import Store
 
 ANON = "2f1b3c4d-1234-4abc-8def-0123456789ab"
 
 
 def load_events(store, tmp_path, records, name="e.jsonl"):
-    ingest.load(store, [str(write_lines(tmp_path / name, records))], now=NOW)
+    run.load(store, [str(write_lines(tmp_path / name, records))], now=NOW)
 
 
 def canonical(store):
@@ -35,6 +35,30 @@ def test_identify_ignores_a_non_uuid_anon_id(store, tmp_path):
     assert canonical(store) == {}
     (refused,), = rows(store, "SELECT refused FROM identity_links")
     assert "not-a-uuid" in refused
+
+
+def test_identity_event_fields_are_read_by_name_not_by_place(tmp_path, monkeypatch):
+    """The reader pulls key and link fields out of `properties` in one list each; reordering those
+    fields must change nothing a load stores (they were once read by position in the list)."""
+    records = [event("Page View", "anon-dev", T0, **{"$device_id": "dev-1"}),
+               event("$identify", "alice", T0 + 1, **{"$identified_id": "alice", "$anon_id": ANON}),
+               event("$create_alias", "alice", T0 + 2, alias="alice@example.com"),
+               event("$merge", "alice", T0 + 3, **{"$distinct_ids": ["alice", "alice-phone"]}),
+               event("Open", "carol", T0 + 4, **{"$device_id": "dev-2", "$user_id": "carol", "$insert_id": "i-1"})]
+    path = write_lines(tmp_path / "e.jsonl", records)
+
+    def stored():
+        with Store(":memory:") as s:
+            run.load(s, [str(path)], now=NOW)
+            return (rows(s, "SELECT kind, source, target FROM identity_links ORDER BY ALL"),
+                    rows(s, "SELECT event, distinct_id, time, insert_id, device_id, user_id FROM events ORDER BY ALL"))
+
+    before = stored()
+    assert before[0] == [("alias", "alice@example.com", "alice"), ("identify", ANON, "alice"),
+                         ("merge", "alice-phone", "alice"), ("simplified", "$device:dev-2", "carol")]
+    monkeypatch.setattr(readers, "LINK_FIELDS", dict(reversed(readers.LINK_FIELDS.items())))
+    monkeypatch.setattr(readers, "KEY_FIELDS", dict(reversed(readers.KEY_FIELDS.items())))
+    assert stored() == before
 
 
 def test_alias_chain_and_merge(store, tmp_path):
@@ -86,9 +110,9 @@ def test_resolved_profiles_one_row_per_user_the_newest_profile_of_a_merge_wins(s
         {"$distinct_id": "u1", "$properties": {"plan": "old"}},
         {"$distinct_id": "dev-9", "$properties": {"plan": "device"}},
         {"$distinct_id": "alone", "$properties": {"plan": "solo"}}]))
-    ingest.load(store, [str(tmp_path / "p1.json")], now=NOW)
+    run.load(store, [str(tmp_path / "p1.json")], now=NOW)
     (tmp_path / "p2.json").write_text(json.dumps([{"$distinct_id": "u2", "$properties": {"plan": "new"}}]))
-    ingest.load(store, [str(tmp_path / "p2.json")], now=NOW + timedelta(minutes=1))
+    run.load(store, [str(tmp_path / "p2.json")], now=NOW + timedelta(minutes=1))
     load_events(store, tmp_path, [   # merge u1, dev-9 and u2 into one user (canonical: u2's cluster)
         event("$merge", "u1", T0, **{"$distinct_ids": ["u1", "dev-9"]}),
         event("$merge", "u2", T0 + 1, **{"$distinct_ids": ["u2", "u1"]})])
@@ -107,7 +131,7 @@ def test_resolved_profiles_tie_between_merged_profiles_of_one_page_is_settled_by
         with Store(":memory:") as s:
             (tmp_path / name).write_text(json.dumps({"results": [
                 {"$distinct_id": d, "$properties": {"who": d}} for d in order]}))
-            ingest.load(s, [str(tmp_path / name)], now=NOW)
+            run.load(s, [str(tmp_path / name)], now=NOW)
             load_events(s, tmp_path, [event("$merge", "a-user", T0, **{"$distinct_ids": ["a-user", "b-user"]})])
             got.update(rows(s, "SELECT properties->>'who' FROM resolved_profiles"))
     assert got == {("b-user",)}
@@ -133,7 +157,7 @@ def test_refresh_identity_equals_resolving_every_link_in_python(links, second_fi
                     time_ms += 10 if file_id == 2 and second_file_is_newer else 0
                     s.con.execute("INSERT INTO identity_links (kind, source, target, time_ms, file_id, line) "
                                   "VALUES (?, ?, ?, ?, ?, NULL)", [kind, source, target, time_ms, file_id])
-            ingest.refresh_identity(s.con, file_id)
+            derived.refresh_identity(s.con, file_id)
         stored = s.con.execute("SELECT rowid, kind, source, target, time_ms, file_id FROM identity_links").fetchall()
         expected = identity.resolve([(kind, source, target, (time_ms, file_id, 0, kind, source, target, rowid))
                                      for rowid, kind, source, target, time_ms, file_id in stored])

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 
 from conftest import NOW, T0, event, rows, write_lines
-from toolkit import ingest
 from toolkit.errors import LoadError
+from toolkit.load import derived, events, run
 from toolkit.store import Store
 
 
 def load(store, *paths, **kw):
-    return ingest.load(store, [str(p) for p in paths], now=NOW, **kw)
+    return run.load(store, [str(p) for p in paths], now=NOW, **kw)
 
 
 def quarantine(store):
@@ -275,20 +275,20 @@ def test_interrupt_mid_load_rolls_back_that_file_only(file_store, tmp_path, monk
     b = write_lines(tmp_path / "b.jsonl", [event("B"), event("$identify", "u9", **{
         "$identified_id": "u9", "$anon_id": "2f1b3c4d-1234-4abc-8def-0123456789ab"})])
     load(file_store, a)
-    real = ingest.refresh_identity
+    real = derived.refresh_identity
 
     def interrupted(con, file_id):
         real(con, file_id)
         raise KeyboardInterrupt   # after b's rows and links are written, before commit
 
-    monkeypatch.setattr(ingest, "refresh_identity", interrupted)
+    monkeypatch.setattr(derived, "refresh_identity", interrupted)
     with pytest.raises(KeyboardInterrupt):
         load(file_store, b)
     assert rows(file_store, "SELECT event FROM events") == [("A",)]
     assert rows(file_store, "SELECT count(*) FROM event_rows") == [(1,)]    # b's staged rows are gone too
     assert rows(file_store, "SELECT count(*) FROM identity_links") == [(0,)]
     assert rows(file_store, "SELECT count(*) FROM loads") == [(1,)]
-    monkeypatch.setattr(ingest, "refresh_identity", real)
+    monkeypatch.setattr(derived, "refresh_identity", real)
     assert load(file_store, b).files[0].status == "loaded"     # and the next run converges
     assert rows(file_store, "SELECT count(*) FROM identity_map") == [(1,)]
 
@@ -364,8 +364,8 @@ def test_rows_staged_by_a_dead_load_never_become_visible(file_store, tmp_path, m
     def killed(*args):
         raise SystemExit("killed")
 
-    monkeypatch.setattr(ingest, "_settle_events", killed)
-    monkeypatch.setattr(ingest, "_discard_unpublished", lambda store: None)   # as if the process died
+    monkeypatch.setattr(events, "settle", killed)
+    monkeypatch.setattr(run, "_discard_unpublished", lambda store: None)   # as if the process died
     with pytest.raises(SystemExit):
         load(file_store, events_file)
     monkeypatch.undo()
@@ -414,3 +414,29 @@ def test_non_ascii_insert_id_is_quarantined_not_the_file(store, tmp_path):
     summary = load(store, path)
     assert summary.files[0].status == "loaded" and rows(store, "SELECT event FROM events") == [("C",)]
     assert [line for line, _ in quarantine(store)] == [1, 2]
+
+
+# -- the tables a load derives -------------------------------------------------------------------
+
+def test_the_user_id_facts_table_is_made_by_the_store_and_refilled_by_each_load(file_store, tmp_path):
+    """The facts table is a store migration's, there before any load and never replaced by one: a load
+    refills it (same table) and stamps it; its rows are what computing the facts gives."""
+    def table_oid():
+        return rows(file_store, "SELECT table_oid FROM duckdb_tables() WHERE table_name = 'user_id_facts'")
+
+    columns = rows(file_store, "SELECT column_name FROM duckdb_columns() WHERE table_name = 'user_id_facts'")
+    assert [c for c, in columns] == ["distinct_id", "updated_at", "empty", "jt", "v", "problem", "is_uuid",
+                                     "claimants", "names", "winner"]
+    assert derived.stored_facts(file_store.con, derived.DEFAULT_USER_ID_PROPERTY) is None   # no load yet
+    made = table_oid()
+    profiles = tmp_path / "p.json"
+    profiles.write_text(json.dumps([{"$distinct_id": "u1", "$properties": {"$onesignal_user_id": "os-1"}},
+                                    {"$distinct_id": "u2", "$properties": {"$onesignal_user_id": "os-1"}}]))
+    load(file_store, profiles)
+    assert table_oid() == made
+    assert derived.stored_facts(file_store.con, derived.DEFAULT_USER_ID_PROPERTY) == derived.FACTS_TABLE
+    sql, params = derived.facts_sql()
+    assert rows(file_store, "SELECT * FROM user_id_facts ORDER BY distinct_id") == \
+        file_store.con.execute(f"SELECT * FROM ({sql}) ORDER BY distinct_id", params).fetchall()
+    assert rows(file_store, "SELECT distinct_id, claimants, winner FROM user_id_facts ORDER BY 1") == [
+        ("u1", 2, "u1"), ("u2", 2, "u1")]

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import NOW, T0
-from toolkit import ingest
+from toolkit import load
+from toolkit.load.validation import REFUSED_DISTINCT_IDS
 from toolkit.store import Store
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
@@ -24,7 +25,7 @@ def valid_events(draw):
     props.update({
         "time": draw(st.integers(T0 - 10**7, T0 + 10**6)),   # NOW is T0 + ~3.5e6 s
         "distinct_id": draw(hostile_text.filter(lambda s: s.strip().lower() not in
-                                                 ingest.validation.REFUSED_DISTINCT_IDS)),
+                                                 REFUSED_DISTINCT_IDS)),
     })
     if draw(st.booleans()):
         props["$insert_id"] = draw(st.text(alphabet="abcdef0123456789-", min_size=1, max_size=36))
@@ -51,7 +52,7 @@ def _load_lines(lines):
     with tempfile.TemporaryDirectory() as tmp, Store(":memory:") as store:
         path = Path(tmp) / "events.jsonl"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        summary = ingest.load(store, [path], now=NOW)
+        summary = load(store, [path], now=NOW)
         events = store.con.execute("SELECT count(*) FROM events").fetchone()[0]
         bad = [line for line, in store.con.execute("SELECT line FROM quarantine ORDER BY line").fetchall()]
         return summary.files[0], events, bad

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import NOW, SAMPLE
-from toolkit import Store, cohorts, matching, report, user_id_facts
+from toolkit import Store, cohorts, matching, report
 from toolkit.cohort_model import CohortError
+from toolkit.load import derived as user_id_facts
 from toolkit.matching import COLUMNS, REASONS, WINNER_RULE, ProfileRow, classify
 from toolkit.store import profile_facts
 

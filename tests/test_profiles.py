@@ -7,11 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import NOW, event, rows, write_lines
-from toolkit import ingest, profile_ops
+from toolkit import load as load_files
+from toolkit.load import profile_ops
 
 
 def load(store, *paths, **kw):
-    return ingest.load(store, [str(p) for p in paths], now=NOW, **kw)
+    return load_files(store, [str(p) for p in paths], now=NOW, **kw)
 
 
 def props(store, distinct_id):

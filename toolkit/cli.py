@@ -16,8 +16,9 @@ import sys
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 
-from toolkit import ingest, report
+from toolkit import report
 from toolkit.errors import SyncBusy, ToolkitError, UsageError
+from toolkit.load import load
 from toolkit.schedule import EXIT_CODES
 from toolkit.store import Store
 
@@ -207,7 +208,7 @@ def _emit(args, data: dict, text: str) -> None:
 
 def _load(args) -> int:
     with _store(args) as store:
-        summary = ingest.load(store, args.paths, strict=args.strict, kind=args.kind, progress=not args.json)
+        summary = load(store, args.paths, strict=args.strict, kind=args.kind, progress=not args.json)
         hint = "toolkit quarantine" + (f" --db {shlex.quote(args.db)}" if args.db else "")
         _emit(args, summary.to_dict(), report.load_text(summary, quarantine_command=hint))
     return EXIT_CODES["failed" if summary.refused else "ok"]

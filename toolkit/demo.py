@@ -20,10 +20,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit import cohorts, export, ingest, mtu, schedule
+from toolkit import cohorts, export, mtu, schedule
 from toolkit.credentials import ENV_APP, ENV_KEY
 from toolkit.emulator import Emulator
-from toolkit.identity import is_uuid4
+from toolkit.load import LoadSummary, load
+from toolkit.load.identity import is_uuid4
 from toolkit.resources import SAMPLE
 from toolkit.store import Store
 
@@ -74,7 +75,7 @@ def run(workdir: Path = VAR) -> DemoResult:
     db, runs_dir = workdir / "demo.duckdb", workdir / "runs"
     with Emulator(state_file=workdir / "onesignal.json") as emulator:
         with Store(db) as store:
-            loaded = ingest.load(store, [SAMPLE], progress=True)
+            loaded = load(store, [SAMPLE], progress=True)
             as_of = last_event_day(store)
             now = end_of_day(as_of)
             cohorts.save_all(store, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))
@@ -137,7 +138,7 @@ def _last_runs(store: Store) -> dict[str, dict]:
     return {r["cohort"]: r for r in reversed(export.runs(store, limit=10_000))}
 
 
-def summary_text(store: Store, names: list[str], loaded: ingest.LoadSummary, run: schedule.SyncRun,
+def summary_text(store: Store, names: list[str], loaded: LoadSummary, run: schedule.SyncRun,
                  steps: list[tuple[str, str]], as_of: dt.date) -> str:
     from toolkit import report
 

@@ -274,6 +274,23 @@ MIGRATIONS: list[str] = [
         WHERE distinct_id IN (SELECT distinct_id FROM contested)
         GROUP BY distinct_id;
     """,
+    # 6: the user-id facts a load stores for previews (toolkit/load/derived.py: each load refills it and
+    # stamps its comment with the load's file_id). Loads used to create it themselves; that table is
+    # replaced, and previews compute the facts until the next load refills it.
+    """
+    CREATE OR REPLACE TABLE user_id_facts (
+        distinct_id  VARCHAR,      -- a resolved profile
+        updated_at   TIMESTAMP,
+        empty        BOOLEAN,      -- the profile has no properties
+        jt           VARCHAR,      -- the user-id value's json_type
+        v            VARCHAR,      -- and its text
+        problem      VARCHAR,      -- missing | not_string | blank | too_long | NULL
+        is_uuid      BOOLEAN,
+        claimants    BIGINT,       -- for a value several profiles hold: how many,
+        names        VARCHAR[],    -- who (sorted),
+        winner       VARCHAR       -- and who keeps it
+    );
+    """,
 ]
 
 

@@ -16,9 +16,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from toolkit import credentials as keys
-from toolkit import export, ingest, matching, mtu
+from toolkit import export, matching, mtu
 from toolkit.cohorts import resolve_name
 from toolkit.errors import SyncFailed, ToolkitError, UsageError
+from toolkit.load import LoadSummary, load
 from toolkit.matching import DEFAULT_USER_ID_PROPERTY
 from toolkit.onesignal import Credentials, default_base_url
 from toolkit.plan import Target
@@ -154,7 +155,7 @@ def run_outcome(record: export.RunRecord) -> str:
 
 @dataclass
 class SyncResult:
-    load: ingest.LoadSummary | None
+    load: LoadSummary | None
     runs: list[export.RunRecord] = field(default_factory=list)
     mtu: pd.DataFrame | None = None
     load_error: str | None = None       # the landing folder could not be loaded at all
@@ -247,7 +248,7 @@ def sync(store_path: str | Path, *, landing: str | Path | None = None, cohorts: 
                 if not Path(landing).exists():
                     raise UsageError(f"the landing folder {landing} does not exist")
                 # event times are checked against the real clock; ``now`` only says when cohorts are evaluated
-                loaded = ingest.load(store, [landing])
+                loaded = load(store, [landing])
             except Exception as exc:
                 load_error = failure_reason(exc)
                 log.warning("loading %s failed: %s", landing, load_error, exc_info=not isinstance(exc, ToolkitError))

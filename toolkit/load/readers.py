@@ -3,18 +3,14 @@
 Every relation yields ``record`` (1-based line of a JSON Lines file, element of a JSON array, data
 row of a CSV), ``raw`` (the record's text where DuckDB gives it), ``doc_error`` (why the record is
 not a JSON object, else NULL) and the record's fields as JSON values. File paths are always bound
-as the parameter ``$path``.
-
-JSON events have two paths: the fast one hands the file to ``read_json`` and is tried first; the
-careful one reads lines as text and checks each one, and is used when ``read_json`` refuses the
-file (malformed JSON, a record that is not an object, bad UTF-8), so every bad line gets its own
-reason.
+as the parameter ``$path``. JSON events have a fast path (``read_json``) and a careful one (each line
+on its own, for a file ``read_json`` refuses): docs/architecture.md, "Loading a file".
 """
 
 from __future__ import annotations
 
-from toolkit.sources import Source
-from toolkit.validation import QUARANTINED_RAW_CHARS, json_type_name
+from toolkit.load.sources import Source
+from toolkit.load.validation import QUARANTINED_RAW_CHARS, json_type_name
 
 # A larger record is quarantined with its line and size. DuckDB's JSON parse of a record takes about
 # eight times its text, and a reader thread parses a buffer of up to this size at once: 16 MiB keeps a
@@ -30,18 +26,21 @@ _LINES = ("read_csv($path, columns={'raw': 'VARCHAR'}, delim='\\0', quote='', es
           "ignore_errors=true, store_rejects=true, rejects_table='{rejects}', rejects_scan='{rejects}_scan')")
 
 
-KEY_FIELDS = ("distinct_id", "time", "$insert_id", "$device_id", "$user_id")
-_KEY_COLUMNS = ("did", "tm", "iid", "dev", "uid")
-# The ids an identity event links, pulled out of those events only (a few percent of rows).
+# column -> the property Mixpanel gives a meaning, all pulled out of `properties` in one parse.
+KEY_FIELDS = {"did": "distinct_id", "tm": "time", "iid": "$insert_id", "dev": "$device_id", "uid": "$user_id"}
+# The ids an identity event links, pulled out of those events only (a few percent of rows), as the
+# fields of the struct ``links`` (field -> property).
 IDENTITY_EVENTS = ("$identify", "$create_alias", "$merge")
-LINK_FIELDS = ("$anon_id", "$identified_id", "alias", "$distinct_ids")
+LINK_FIELDS = {"anon_id": "$anon_id", "identified_id": "$identified_id", "alias": "alias",
+               "distinct_ids": "$distinct_ids"}
 
 
 def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = True,
                  lines: tuple[int, int] | None = None) -> str:
     """(record, raw, doc_error, ev, props, did, tm, iid, dev, uid, links) for an events
     file: the record's fields as JSON values, with the properties Mixpanel gives a meaning
-    (`KEY_FIELDS`) pulled out, and for an identity event the `LINK_FIELDS` it links (a list).
+    (`KEY_FIELDS`) pulled out, and for an identity event the ids it links (``links``, a struct of
+    `LINK_FIELDS`: ``links['anon_id']``...).
 
     ``numbered=False`` leaves ``record`` NULL on the fast path: numbering rows keeps read_json on one
     thread, which doubles the time of a clean load that needs no line numbers. A record over
@@ -61,12 +60,15 @@ def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = T
         records = f"""SELECT record, raw, doc_error, doc -> '$.event' AS ev, doc -> '$.properties' AS props
                       FROM ({documents(source, rejects, lines)})"""
     # One parse of the properties for all key fields; identity events get a second for their ids.
-    keys = ", ".join(f"k[{i}] AS {col}" for i, col in enumerate(_KEY_COLUMNS, 1))
+    # Positions come from the dicts that `_paths` reads too, so readers of the fields use their names.
+    keys = ", ".join(f"k[{i}] AS {column}" for i, column in enumerate(KEY_FIELDS, 1))
+    links = ", ".join(f"{field} := l[{i}]" for i, field in enumerate(LINK_FIELDS, 1))
     fits = f"strlen(props) <= {MAX_RECORD_BYTES}"
     return f"""SELECT record, raw, doc_error, ev, props, {keys},
-                      CASE WHEN {fits} AND ev ->> '$' IN {IDENTITY_EVENTS}
-                           THEN json_extract(props, [{_paths(LINK_FIELDS)}]) END AS links
-               FROM (SELECT *, CASE WHEN {fits} THEN json_extract(props, [{_paths(KEY_FIELDS)}]) END AS k
+                      CASE WHEN l IS NOT NULL THEN struct_pack({links}) END AS links
+               FROM (SELECT *, CASE WHEN {fits} THEN json_extract(props, [{_paths(KEY_FIELDS)}]) END AS k,
+                               CASE WHEN {fits} AND ev ->> '$' IN {IDENTITY_EVENTS}
+                                    THEN json_extract(props, [{_paths(LINK_FIELDS)}]) END AS l
                      FROM ({records}))"""
 
 
@@ -80,8 +82,9 @@ def csv_rows(source: Source, rejects: str) -> str:
             f"rejects_table='{rejects}', rejects_scan='{rejects}_scan')")
 
 
-def _paths(names) -> str:
-    return ", ".join(f"'$.\"{name}\"'" for name in names)
+def _paths(fields: dict[str, str]) -> str:
+    """The JSON paths of the properties ``fields`` names, in its order."""
+    return ", ".join(f"'$.\"{name}\"'" for name in fields.values())
 
 
 def stage_lines(rejects: str) -> str:

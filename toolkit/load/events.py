@@ -1,0 +1,165 @@
+"""An events file: staged (its own transaction, rows invisible until the file is published), then
+settled: refused rows to the quarantine, older copies of duplicate events dropped, identity links
+recorded. The steps and their reasons: docs/architecture.md, "Loading a file"."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from toolkit.load import derived, quarantine, readers, validation
+from toolkit.load.execute import epoch_ms, execute
+from toolkit.load.quarantine import REJECTS
+from toolkit.load.sources import Source
+from toolkit.load.summary import FileResult
+
+
+def stage(con, source: Source, careful: bool, params: dict) -> None:
+    """Insert every record of the file; a refused one holds only its reason (``rejected``)."""
+    if careful and source.format == "jsonl":
+        execute(con, readers.stage_lines(REJECTS), params)
+    for lines in _ranges(con, source, careful):
+        _stage_event_range(con, source, careful, params, lines)
+
+
+def _ranges(con, source: Source, careful: bool) -> list:
+    """The careful reader parses staged JSON Lines a few megabytes at a time (`readers.line_ranges`)."""
+    return con.execute(readers.line_ranges(REJECTS)).fetchall() if careful and source.format == "jsonl" else [None]
+
+
+def _stage_event_range(con, source: Source, careful: bool, params: dict, lines) -> None:
+    execute(con, f"""
+        INSERT INTO event_rows (event, distinct_id, time, insert_id, properties, file_id, rejected,
+                                device_id, user_id, link_source, link_target)
+        SELECT CASE WHEN reason IS NULL THEN ev_s END,
+               CASE WHEN reason IS NULL THEN did_s END,
+               CASE WHEN reason IS NULL THEN make_timestamp(CAST(round(time_ms) AS BIGINT) * 1000) END,
+               CASE WHEN reason IS NULL THEN iid_s END,
+               CASE WHEN reason IS NULL THEN props END,
+               $file_id, reason,
+               CASE WHEN reason IS NULL AND json_type(dev) IN ('VARCHAR', 'BIGINT', 'UBIGINT') THEN dev ->> '$' END,
+               CASE WHEN reason IS NULL AND json_type(uid) IN ('VARCHAR', 'BIGINT', 'UBIGINT') THEN uid ->> '$' END,
+               -- an identity event's ids, so that settling does not read `properties` (store migration 5)
+               CASE WHEN reason IS NULL THEN CASE ev_s WHEN '$identify' THEN links['anon_id'] ->> '$'
+                                                       WHEN '$create_alias' THEN links['alias'] ->> '$'
+                                                       WHEN '$merge' THEN links['distinct_ids'] ->> '$[1]' END END,
+               CASE WHEN reason IS NULL THEN CASE ev_s WHEN '$identify' THEN links['identified_id'] ->> '$'
+                                                       WHEN '$create_alias' THEN did_s
+                                                       WHEN '$merge' THEN links['distinct_ids'] ->> '$[0]' END END
+        FROM ({_checked_events(source, careful, numbered=False, lines=lines)})""", params)
+
+
+def _checked_events(source: Source, careful: bool, numbered: bool, lines=None) -> str:
+    """The file's records with ``time_ms`` and ``reason`` (NULL for a valid event)."""
+    fields = readers.event_fields(source, careful, REJECTS, numbered, lines)
+    time_ms = validation.time_ms_expr("tm")
+    reason = validation.event_reason("ev", "props", "did", "time_ms", "tm", "iid", readers.MAX_RECORD_BYTES)
+    return f"""
+        WITH src AS (SELECT *, {validation.typed("ev", "did", "tm", "iid", texts=("ev", "did", "iid"),
+                                                 numbers=("tm",))} FROM ({fields})),
+        timed AS (SELECT *, {time_ms} AS time_ms FROM src)
+        SELECT *, coalesce(doc_error, {reason}) AS reason FROM timed"""
+
+
+def settle(con, source: Source, file_id: int, now: datetime, result: FileResult,
+                   careful: bool) -> None:
+    params = {"path": str(source.path), "file_id": file_id, **validation.parameters(epoch_ms(now))}
+    if con.execute("SELECT count(*) FROM event_rows WHERE file_id = ? AND rejected IS NOT NULL",
+                   [file_id]).fetchone()[0]:
+        _quarantine_events(con, source, careful, params)
+    rejects = quarantine.rejected_line_rows(con)
+    if rejects:
+        con.execute(f"INSERT INTO quarantine SELECT ?, ?, record, reason, raw FROM ({rejects})",
+                    [file_id, str(source.path)])
+    result.quarantined = quarantine.count(con, file_id)
+    kept, = con.execute("SELECT count(*) FROM event_rows WHERE file_id = ? AND rejected IS NULL",
+                        [file_id]).fetchone()
+    result.rows_read = kept + result.quarantined
+    result.duplicates = _drop_duplicates(con, file_id)
+    result.rows_loaded = kept - result.duplicates
+    _record_event_links(con, file_id)
+    derived.refresh_identity(con, file_id)
+
+
+def _quarantine_events(con, source: Source, careful: bool, params: dict) -> None:
+    """Quarantine the file's refused records with their line numbers, read again (only files with a
+    refused record pay for numbering), and delete their staged rows."""
+    reconstructed = ("'{\"event\":' || coalesce(ev::VARCHAR, 'null') || ',\"properties\":' "
+                     "|| coalesce(props::VARCHAR, 'null') || '}'")
+    if source.format == "csv":   # this read records the short rows again
+        quarantine.drop_scratch(con)
+    for lines in _ranges(con, source, careful):
+        execute(con, f"""
+            INSERT INTO quarantine
+            SELECT $file_id, $path, record, reason,
+                   left(coalesce(raw, {reconstructed}), {validation.QUARANTINED_RAW_CHARS})
+            FROM ({_checked_events(source, careful, numbered=True, lines=lines)}) WHERE reason IS NOT NULL""", params)
+    if not careful and source.format == "jsonl":
+        _renumber_blank_lines(con, source, params["file_id"])
+    if source.format == "csv":
+        _renumber_csv_rows(con, params["file_id"])
+    con.execute("DELETE FROM event_rows WHERE file_id = ? AND rejected IS NOT NULL", [params["file_id"]])
+
+
+def _renumber_blank_lines(con, source: Source, file_id: int) -> None:
+    """read_json numbers records, skipping blank lines; the quarantine needs the file's line numbers.
+    Lines too long for the line reader are records too (the size check quarantined them already)."""
+    con.execute(readers.stage_lines(REJECTS), {"path": str(source.path)})
+    con.execute(f"""
+        UPDATE quarantine SET line = m.line
+        FROM (SELECT line, row_number() OVER (ORDER BY line) AS record FROM (
+                  SELECT {readers.line_of('ordinality', REJECTS)} AS line
+                  FROM {REJECTS}_lines WHERE raw IS NOT NULL AND trim(raw, {readers.JSON_BLANKS}) <> ''
+                  UNION ALL SELECT line FROM {REJECTS})) m
+        WHERE quarantine.file_id = ? AND quarantine.line = m.record""", [file_id])
+    con.execute(f"DROP TABLE IF EXISTS {REJECTS}")
+
+
+def _renumber_csv_rows(con, file_id: int) -> None:
+    """CSV records are numbered as read (the header is line 1); rows refused for their number of
+    fields were not read, so the lines after them move down."""
+    con.execute(f"""UPDATE quarantine SET line = {readers.line_of('line', REJECTS)}
+                    WHERE file_id = ? AND line IS NOT NULL""", [file_id])
+
+
+def _drop_duplicates(con, file_id: int) -> int:
+    """Delete every copy but the most recent of events sharing the dedup key: the copy from the latest
+    file, within a file the one Mixpanel processed last (`mp_processing_time_ms`); copies alike in
+    both are told apart by their properties, so the outcome never depends on the reader's row order.
+
+    Taking the processing time and a content hash out at staging spared this step its read of
+    `properties` (3.5 s at 10M events) but cost staging more (measured: +10 s at 10M)."""
+    key = "hash(event, distinct_id, time, insert_id)"   # collisions only widen the candidates
+    deleted = con.execute(f"""
+        DELETE FROM event_rows WHERE rowid IN (
+            WITH new AS (SELECT {key} AS k FROM event_rows WHERE file_id = $file_id AND insert_id IS NOT NULL),
+            shared AS (   -- keys this file holds twice, or that an earlier file holds too
+                SELECT k FROM new GROUP BY k HAVING count(*) > 1
+                UNION
+                SELECT {key} FROM event_rows
+                WHERE file_id < $file_id AND insert_id IS NOT NULL AND {key} IN (SELECT k FROM new)),
+            copies AS MATERIALIZED (   -- found without reading properties, which only they need
+                SELECT rowid AS r FROM event_rows WHERE insert_id IS NOT NULL AND {key} IN (SELECT k FROM shared))
+            SELECT rowid FROM event_rows WHERE rowid IN (SELECT r FROM copies)
+            QUALIFY row_number() OVER (
+                PARTITION BY event, distinct_id, time, insert_id
+                ORDER BY file_id DESC, try_cast(properties ->> 'mp_processing_time_ms' AS DOUBLE) DESC NULLS LAST,
+                         properties::VARCHAR DESC) > 1)""",
+                          {"file_id": file_id}).fetchone()[0]
+    return deleted
+
+
+def _record_event_links(con, file_id: int) -> None:
+    """Links from $identify, $create_alias and $merge (their ids were taken out at staging), and
+    Simplified ID Merge: the first event carrying both $device_id and $user_id links them."""
+    con.execute(f"""
+        INSERT INTO identity_links (kind, source, target, time_ms, file_id)
+        SELECT kind, source, target, time_ms, $f FROM (
+            SELECT CASE event WHEN '$identify' THEN 'identify' WHEN '$create_alias' THEN 'alias'
+                              ELSE 'merge' END AS kind,
+                   link_source AS source, link_target AS target, epoch_ms(time) AS time_ms
+            FROM event_rows WHERE file_id = $f AND event IN {readers.IDENTITY_EVENTS}
+            UNION ALL
+            SELECT 'simplified', '$device:' || device_id, user_id, min(epoch_ms(time))
+            FROM event_rows WHERE file_id = $f AND device_id IS NOT NULL AND user_id IS NOT NULL
+            GROUP BY device_id, user_id)
+        WHERE source IS NOT NULL AND target IS NOT NULL AND source <> target""", {"f": file_id})
