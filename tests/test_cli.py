@@ -135,7 +135,7 @@ def test_connect_and_export_against_the_emulator(tmp_path):
 
 
 def _is_uuid(value):
-    from toolkit.load.identity import is_uuid4
+    from toolkit.loading.identity import is_uuid4
 
     return is_uuid4(value)
 

@@ -1,7 +1,7 @@
 """Cohort definitions, compilation and evaluation (toolkit/cohorts.py, cohort_model.py, cohort_sql.py).
 
 Every condition is checked against hand-computed answers on small fixtures that are written as real
-export files and loaded with toolkit.load, so identity resolution and dedup apply as in production."""
+export files and loaded with toolkit.loading, so identity resolution and dedup apply as in production."""
 
 import json
 from datetime import UTC, datetime, timedelta

@@ -197,14 +197,6 @@ def test_the_cli_command_writes_what_generate_writes(tmp_path, capsys):
         assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "api" / name).read_bytes(), name
 
 
-def test_the_generator_ships_in_the_wheel():
-    """`toolkit generate` is a README command: its package is in the wheel's explicit package list."""
-    import tomllib
-
-    packages = tomllib.loads((SAMPLE.parent.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    assert "toolkit.synthetic" in packages
-
-
 def test_bad_arguments_are_refused(tmp_path):
     for kwargs in ({"events": -1}, {"events": 10, "profiles": -2}, {"events": 10, "months": 0}, {"events": 1.5}):
         with pytest.raises(ValueError):

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import NOW, T0, event, rows, write_lines
 from toolkit import load
-from toolkit.load.readers import MAX_RECORD_BYTES
+from toolkit.loading.readers import MAX_RECORD_BYTES
 from toolkit.store import Store
 
 
@@ -305,7 +305,7 @@ def test_kind_given_after_a_wrong_detection_loads_the_file_as_that_kind(file_sto
 
 
 def test_a_file_changed_while_it_is_read_is_not_kept_and_loads_whole_next_time(file_store, tmp_path, monkeypatch):
-    from toolkit.load import events
+    from toolkit.loading import events
 
     path = good_file(tmp_path, n=3)
     stage = events.stage
@@ -329,7 +329,7 @@ def test_a_file_changed_while_it_is_read_is_not_kept_and_loads_whole_next_time(f
 
 def test_a_file_that_keeps_changing_waits_for_a_later_run(file_store, tmp_path, monkeypatch):
     from toolkit import report
-    from toolkit.load import run
+    from toolkit.loading import run
 
     monkeypatch.setenv("TOOLKIT_SETTLE_SECONDS", "0.1")
     path = good_file(tmp_path)

@@ -1,4 +1,4 @@
-"""Tests for toolkit.load.identity: Mixpanel ID-merge rules folded by a union-find."""
+"""Tests for toolkit.loading.identity: Mixpanel ID-merge rules folded by a union-find."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolkit.load.identity import KINDS, MAX_CLUSTER, Link, Refusal, Resolution, is_uuid4, resolve
+from toolkit.loading.identity import KINDS, MAX_CLUSTER, Link, Refusal, Resolution, is_uuid4, resolve
 
 
 def uid(n: int) -> str:

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import NOW, T0, event, rows, write_lines
-from toolkit.load import derived, identity, readers, run
+from toolkit.loading import derived, identity, readers, run
 from toolkit.store import Store
 
 ANON = "2f1b3c4d-1234-4abc-8def-0123456789ab"

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import NOW, T0, event, rows, write_lines
 from toolkit.errors import LoadError
-from toolkit.load import derived, events, run
+from toolkit.loading import derived, events, run
 from toolkit.store import Store
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from conftest import NOW, T0
 from toolkit import load
-from toolkit.load.validation import REFUSED_DISTINCT_IDS
+from toolkit.loading.validation import REFUSED_DISTINCT_IDS
 from toolkit.store import Store
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from conftest import NOW, SAMPLE
 from toolkit import Store, cohorts, matching, report
 from toolkit.cohort_model import CohortError
-from toolkit.load import derived as user_id_facts
+from toolkit.loading import derived as user_id_facts
 from toolkit.matching import COLUMNS, REASONS, WINNER_RULE, ProfileRow, classify
 from toolkit.store import profile_facts
 

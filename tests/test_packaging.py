@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -145,3 +146,14 @@ def test_the_wheel_works_in_a_fresh_venv_with_base_then_notebook_dependencies(wh
 def test_console_script_points_at_main():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["toolkit"] == "toolkit.cli:main"
+
+
+def test_every_package_is_in_the_wheels_package_list():
+    """The wheel lists its packages explicitly (package data needs it): a new subpackage left out of the list
+    installs without its code (`toolkit generate` and `toolkit load` each broke that way once)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(root).parts) for init in (root / "toolkit").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

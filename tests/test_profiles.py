@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from conftest import NOW, event, rows, write_lines
 from toolkit import load as load_files
-from toolkit.load import profile_ops
+from toolkit.loading import profile_ops
 
 
 def load(store, *paths, **kw):

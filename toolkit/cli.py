@@ -18,7 +18,7 @@ from pathlib import Path
 
 from toolkit import report
 from toolkit.errors import SyncBusy, ToolkitError, UsageError
-from toolkit.load import load
+from toolkit.loading import load
 from toolkit.schedule import EXIT_CODES
 from toolkit.store import Store
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from toolkit import cohorts, export, mtu, schedule
 from toolkit.credentials import ENV_APP, ENV_KEY
 from toolkit.emulator import Emulator
-from toolkit.load import LoadSummary, load
-from toolkit.load.identity import is_uuid4
+from toolkit.loading import LoadSummary, load
+from toolkit.loading.identity import is_uuid4
 from toolkit.resources import SAMPLE
 from toolkit.store import Store
 

@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 
 from toolkit import cohorts, onesignal_ids
 from toolkit.errors import MatchingError
-from toolkit.load.derived import facts_sql, stored_facts
+from toolkit.loading.derived import facts_sql, stored_facts
 from toolkit.onesignal_ids import BLANKS, COHORT_LIMIT, ID_TYPES, MAX_ID_LENGTH, UUID
 from toolkit.onesignal_ids import USER_ID_PROPERTY as DEFAULT_USER_ID_PROPERTY
 from toolkit.sql import Query, json_pointer, quote_ident, to_utc_naive

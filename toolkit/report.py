@@ -12,7 +12,7 @@ import shlex
 from typing import TYPE_CHECKING
 
 from toolkit.errors import SyncBusy, ToolkitError
-from toolkit.load import LoadSummary
+from toolkit.loading import LoadSummary
 from toolkit.store import Store
 
 if TYPE_CHECKING:

@@ -274,7 +274,7 @@ MIGRATIONS: list[str] = [
         WHERE distinct_id IN (SELECT distinct_id FROM contested)
         GROUP BY distinct_id;
     """,
-    # 6: the user-id facts a load stores for previews (toolkit/load/derived.py: each load refills it and
+    # 6: the user-id facts a load stores for previews (toolkit/loading/derived.py: each load refills it and
     # stamps its comment with the load's file_id). Loads used to create it themselves; that table is
     # replaced, and previews compute the facts until the next load refills it.
     """

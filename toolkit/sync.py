@@ -19,7 +19,7 @@ from toolkit import credentials as keys
 from toolkit import export, matching, mtu
 from toolkit.cohorts import resolve_name
 from toolkit.errors import SyncFailed, ToolkitError, UsageError
-from toolkit.load import LoadSummary, load
+from toolkit.loading import LoadSummary, load
 from toolkit.matching import DEFAULT_USER_ID_PROPERTY
 from toolkit.onesignal import Credentials, default_base_url
 from toolkit.plan import Target

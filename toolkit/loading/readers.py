@@ -9,8 +9,8 @@ on its own, for a file ``read_json`` refuses): docs/architecture.md, "Loading a 
 
 from __future__ import annotations
 
-from toolkit.load.sources import Source
-from toolkit.load.validation import QUARANTINED_RAW_CHARS, json_type_name
+from toolkit.loading.sources import Source
+from toolkit.loading.validation import QUARANTINED_RAW_CHARS, json_type_name
 
 # A larger record is quarantined with its line and size. DuckDB's JSON parse of a record takes about
 # eight times its text, and a reader thread parses a buffer of up to this size at once: 16 MiB keeps a

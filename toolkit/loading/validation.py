@@ -1,7 +1,7 @@
 """Mixpanel's rules for a valid row, as SQL expressions over JSON values (one place, one wording).
 
 Each ``*_reason`` expression yields NULL for a valid row, else the reason it is quarantined. The
-expressions read columns named by the loader (see ``toolkit.load``) and the bound parameter
+expressions read columns named by the loader (see ``toolkit.loading``) and the bound parameter
 ``$now_ms``; values are always parameters, never spliced into SQL text.
 """
 

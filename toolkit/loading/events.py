@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from toolkit.load import derived, quarantine, readers, validation
-from toolkit.load.execute import epoch_ms, execute
-from toolkit.load.quarantine import REJECTS
-from toolkit.load.sources import Source
-from toolkit.load.summary import FileResult
+from toolkit.loading import derived, quarantine, readers, validation
+from toolkit.loading.execute import epoch_ms, execute
+from toolkit.loading.quarantine import REJECTS
+from toolkit.loading.sources import Source
+from toolkit.loading.summary import FileResult
 
 
 def stage(con, source: Source, careful: bool, params: dict) -> None:

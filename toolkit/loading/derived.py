@@ -6,8 +6,8 @@ and pandas code). The OneSignal id rules the facts apply are in toolkit/onesigna
 
 from __future__ import annotations
 
-from toolkit.load import identity
-from toolkit.load.execute import registered
+from toolkit.loading import identity
+from toolkit.loading.execute import registered
 from toolkit.onesignal_ids import BLANKS, MAX_ID_LENGTH, UUID
 from toolkit.onesignal_ids import USER_ID_PROPERTY as DEFAULT_USER_ID_PROPERTY
 from toolkit.sql import Query, json_pointer, quote_ident

@@ -8,11 +8,11 @@ import json
 from datetime import datetime
 
 from toolkit.errors import LoadError
-from toolkit.load import derived, profile_ops, quarantine, readers, validation
-from toolkit.load.execute import epoch_ms, execute, registered
-from toolkit.load.quarantine import REJECTS
-from toolkit.load.sources import Source
-from toolkit.load.summary import FileResult
+from toolkit.loading import derived, profile_ops, quarantine, readers, validation
+from toolkit.loading.execute import epoch_ms, execute, registered
+from toolkit.loading.quarantine import REJECTS
+from toolkit.loading.sources import Source
+from toolkit.loading.summary import FileResult
 from toolkit.store import profile_facts
 
 PROFILE_BATCH_BYTES = 16 << 20   # JSON Lines text parsed per statement (see _stage_profile_records)

@@ -17,10 +17,10 @@ import duckdb
 from tqdm.auto import tqdm
 
 from toolkit.errors import LoadError
-from toolkit.load import derived, events, profiles, quarantine, validation
-from toolkit.load.execute import epoch_ms
-from toolkit.load.sources import Source, content_hash, describe, discover, prefix_hash
-from toolkit.load.summary import FileResult, LoadSummary
+from toolkit.loading import derived, events, profiles, quarantine, validation
+from toolkit.loading.execute import epoch_ms
+from toolkit.loading.sources import Source, content_hash, describe, discover, prefix_hash
+from toolkit.loading.summary import FileResult, LoadSummary
 from toolkit.store import Store
 
 LOAD_MEMORY = "1GB"     # DuckDB's share while loading ($TOOLKIT_LOAD_MEMORY overrides)

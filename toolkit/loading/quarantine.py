@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from toolkit.load import readers
-from toolkit.load.execute import registered
-from toolkit.load.sources import Source
+from toolkit.loading import readers
+from toolkit.loading.execute import registered
+from toolkit.loading.sources import Source
 
 REJECTS = "_load_rejects"   # temp tables {REJECTS}, {REJECTS}_scan (the CSV reader's), {REJECTS}_lines
 
