@@ -16,7 +16,7 @@ def facts_sql(user_id_property: str = DEFAULT_USER_ID_PROPERTY) -> Query:
     """What matching needs of every resolved profile, whatever the cohort and id type: distinct_id,
     updated_at, empty, the value's JSON type (jt) and text (v), ``problem`` (missing, not_string,
     blank, too_long or NULL), is_uuid, and for a value held by several profiles its claimants, their
-    sorted names and the winner (matching._rank is the same rule in Python). Pure.
+    sorted names and the winner (tests/matching_oracle.py's _rank: the same rule in Python). Pure.
 
     Claimants are counted by value alone: a value's id type follows from its text (auto), or is the
     same for all, and subscription_id only refuses the non-UUIDs, whose claimants are all non-UUIDs.
