@@ -133,6 +133,8 @@ def test_preview_renders_text_and_json(sample):
     assert matching.preview_text(preview, rows=5).endswith("... 10 more not shown")
     hinted = matching.preview_text(preview, rows=5, more="--rows N shows more")
     assert hinted.endswith("... 10 more not shown (--rows N shows more)") and "Preview." not in hinted
+    for rows in (0, -1):          # the summary alone (before: max() of no rows failed)
+        assert matching.preview_text(preview, rows=rows).endswith("duplicate: 1\n\n  ... 15 more not shown")
 
 
 def test_the_reasons_are_those_of_onesignal_ids_in_its_order(sample):

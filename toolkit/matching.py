@@ -234,6 +234,7 @@ def _frame(table: pa.Table) -> pd.DataFrame:
 
 def _first(table: pa.Table, rows: int) -> pa.Table:
     """The first ``rows`` members by distinct_id, without sorting them all."""
+    rows = max(rows, 0)
     if rows >= table.num_rows:
         return table.sort_by("distinct_id")
     return table.take(pc.select_k_unstable(table, rows, [("distinct_id", "ascending")])).sort_by("distinct_id")
@@ -309,7 +310,7 @@ def preview(store: Store, name: str | cohorts.Cohort, *, now: dt.datetime | None
 
 def preview_text(preview: Preview, rows: int = 20, more: str = "") -> str:
     """The summary and the first ``rows`` members as text; ``more`` says how to see the rest."""
-    s = preview.summary
+    s, rows = preview.summary, max(rows, 0)
     version = f" (v{s['version']})" if s.get("version") else ""
     lines = [f"cohort {s['cohort']}{version} as of {s['now']}",
              f"  {s['members']:,} members, {s['exportable']:,} exportable ({s['match_rate']:.1%}) "
