@@ -62,8 +62,8 @@ def rows(db_path) -> list[Row]:
         now = con.execute("SELECT max(time) FROM events").fetchone()[0] + timedelta(seconds=1)
         cohort, filtered = cohorts.parse(COHORT), cohorts.parse(FILTERED)
 
-        members, ours = _timed(lambda: cohorts.evaluate(con, cohort, now=now))
-        filtered_members, filtered_s = _timed(lambda: cohorts.evaluate(con, filtered, now=now))
+        members, ours = _timed(lambda: cohorts.evaluate(store, cohort, now=now))
+        filtered_members, filtered_s = _timed(lambda: cohorts.evaluate(store, filtered, now=now))
         _, floor = _timed(lambda: con.execute(
             "SELECT distinct_id, count(*) FROM resolved_events GROUP BY distinct_id").fetchall())
         _, fetch_s = _timed(lambda: _frames(con, event_properties=False), runs=1)   # what the plain cohort needs
@@ -75,7 +75,7 @@ def rows(db_path) -> list[Row]:
         if expected != members or expected_filtered != filtered_members:
             raise SystemExit(f"pandas and DuckDB disagree: {len(expected)} vs {len(members)} members, "
                              f"{len(expected_filtered)} vs {len(filtered_members)} with the filter")
-        matched = [_matchability(con, c, now) for c in (cohort, cohorts.parse(EVERYONE))]
+        matched = [_matchability(store, c, now) for c in (cohort, cohorts.parse(EVERYONE))]
 
     size = f"{events / 1e6:.3g}M events"
     speedup, of_floor = pandas_s / ours, ours / floor
@@ -105,16 +105,17 @@ def rows(db_path) -> list[Row]:
     return table
 
 
-def _matchability(con, cohort, now) -> dict:
+def _matchability(store, cohort, now) -> dict:
     """A preview's two steps, timed apart: members into a temp table, then their classification."""
     from toolkit import cohorts, matching
     from toolkit.cohort_sql import Query
 
-    sql, params = cohorts.query(con, cohort, now=now)
+    con = store.con
+    sql, params = cohorts.query(store, cohort, now=now)
     _, evaluate = _timed(lambda: con.execute(f"CREATE OR REPLACE TEMP TABLE bench_members AS {sql}", params))
     members = Query("SELECT distinct_id FROM bench_members", {})
-    result, match = _timed(lambda: matching.match(con, members, engine="sql"))
-    _, frame = _timed(lambda: len(matching.match(con, members, engine="sql").members), runs=3)
+    result, match = _timed(lambda: matching.match(store, members))
+    _, frame = _timed(lambda: len(matching.match(store, members).members), runs=3)
     inline_sql, inline_params = matching.classify_sql(members)
     _, inline = _timed(lambda: con.sql(inline_sql, params=inline_params).to_arrow_table(), runs=3)
     con.execute("DROP TABLE bench_members")

@@ -272,6 +272,28 @@ def test_cycles_are_refused_with_the_cycle_named(buyers, tmp_path):
         cohorts.load_definitions(path)
 
 
+def test_save_all_is_all_or_nothing_and_takes_the_store_not_its_connection(buyers, monkeypatch):
+    defs = [Cohort("one", rules=(EventRule("Purchase"),)), Cohort("two", rules=(EventRule("Login"),))]
+    canonical, calls = cohorts._canonical, []
+
+    def fail_on_the_second(data):     # after the first cohort's row is written, in the same transaction
+        calls.append(data)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return canonical(data)
+
+    monkeypatch.setattr(cohorts, "_canonical", fail_on_the_second)
+    with pytest.raises(OSError, match="disk full"):
+        cohorts.save_all(buyers, defs)
+    monkeypatch.undo()
+    assert cohorts.list_cohorts(buyers) == []               # the first one's row was rolled back
+    # a bare connection has no transaction of the Store's: refused, rather than saved piecemeal
+    with pytest.raises(TypeError, match="expected a toolkit Store, got DuckDBPyConnection"):
+        cohorts.save_all(buyers.con, defs)
+    assert cohorts.list_cohorts(buyers) == []
+    assert cohorts.save_all(buyers, defs) == {"one": 1, "two": 1}
+
+
 # -- identity ----------------------------------------------------------------------------------------
 
 ANON = "3f2b8c1e-9d4a-4e6b-a1c2-7f8e9d0a1b2c"

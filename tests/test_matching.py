@@ -1,21 +1,22 @@
 """Matchability (toolkit/matching.py): exportable, or exactly one reason why not, in a fixed order.
 
-The sample's personas produce every reason; the pure path (`classify`) and the SQL path
-(`classify_sql`) must agree row for row."""
+The sample's personas produce every reason; the SQL (matching's only engine) must agree row for row
+with the oracle, the same rules in plain Python (tests/matching_oracle.py)."""
 
 import json
 from datetime import datetime
 
+import matching_oracle as oracle
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import NOW, SAMPLE
-from toolkit import Store, cohorts, matching, report
+from toolkit import Store, cohorts, matching, onesignal_ids, report
 from toolkit.cohort_model import CohortError
 from toolkit.loading import derived as user_id_facts
-from toolkit.matching import COLUMNS, REASONS, WINNER_RULE, ProfileRow, classify
+from toolkit.matching import COLUMNS, REASONS, WINNER_RULE
 from toolkit.store import profile_facts
 
 GRACE = "$device:0d9b8a7c-6e5f-4a3b-b2c1-d0e9f8a7b6c5"
@@ -111,15 +112,15 @@ def test_the_user_id_property_is_configurable(sample):
     assert rows[GRACE]["reason"] == "anonymous"
 
 
-def test_python_and_sql_paths_agree_on_the_sample(sample):
+def test_the_oracle_and_the_sql_agree_on_the_sample(sample):
     for name in [c["name"] for c in cohorts.list_cohorts(sample)]:
         members = cohorts.evaluate(sample, name, now=NOW)
         for id_type in matching.ID_TYPES:
             for limit in (matching.COHORT_LIMIT, 5):
-                a = matching.match(sample, members, id_type=id_type, limit=limit, engine="python")
-                b = matching.match(sample, members, id_type=id_type, limit=limit, engine="sql")
-                pd.testing.assert_frame_equal(a.members, b.members)
-                assert a.summary == b.summary
+                expected, summary = oracle.match(sample, members, id_type=id_type, limit=limit)
+                b = matching.match(sample, members, id_type=id_type, limit=limit)
+                pd.testing.assert_frame_equal(expected, b.members)
+                assert summary == b.summary
 
 
 def test_preview_renders_text_and_json(sample):
@@ -133,6 +134,52 @@ def test_preview_renders_text_and_json(sample):
     assert report.preview_text(preview, rows=5).endswith("... 10 more not shown")
     hinted = report.preview_text(preview, rows=5, more="--rows N shows more")
     assert hinted.endswith("... 10 more not shown (--rows N shows more)") and "Preview." not in hinted
+    for rows in (0, -1):          # the summary alone (before: max() of no rows failed)
+        assert report.preview_text(preview, rows=rows).endswith("duplicate: 1\n\n  ... 15 more not shown")
+
+
+def test_the_reasons_are_those_of_onesignal_ids_in_its_order(sample):
+    """One table of reasons: the SQL checks a condition per code of onesignal_ids.REASONS, in its order
+    (over_limit after the query), and a summary counts exactly those codes."""
+    assert [*matching.REASON_SQL, matching.OVER_LIMIT] == list(onesignal_ids.REASONS)
+    sql = matching.classify_sql(matching._list_query(["bob"])).sql
+    whens = [sql.index(f"THEN '{code}'") for code in matching.REASON_SQL]
+    assert whens == sorted(whens)
+    assert list(matching.preview(sample, VIPS, now=NOW).summary["reasons"]) == list(onesignal_ids.REASONS)
+
+
+def test_the_export_gets_the_exportable_members_in_arrow(sample):
+    preview = matching.preview(sample, VIPS, now=NOW, limit=6)
+    table = preview.exportable_table
+    assert table.column_names == ["distinct_id", "onesignal_id", "id_type"]
+    assert table.to_pylist() == preview.exportable.to_dict(orient="records")
+    assert table.num_rows == preview.summary["exportable"] == 6
+
+
+def test_matching_needs_no_pandas_until_a_dataframe_is_asked_for(sample_db):
+    """A preview, its summary, its text, its JSON and what the export sends come from Arrow: a fresh
+    interpreter does all of it without importing pandas."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from datetime import datetime, UTC
+from toolkit import Store, matching, report
+with Store({str(sample_db)!r}, read_only=True) as store:
+    p = matching.preview(store, {VIPS!r}, now=datetime(2026, 11, 1, tzinfo=UTC))
+    m = matching.match(store, ["bob", "ivan", "judy", "nobody"])
+    print(p.summary["exportable"], p.exportable_table.num_rows, len(p.to_dict()["members"]),
+          len(report.preview_text(p).splitlines()), m.summary["members"], "pandas" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["8", "8", "15", "23", "4", "False"]
+
+
+def test_no_members_match_to_an_empty_table(sample):
+    result = matching.match(sample, [])
+    assert result.summary["members"] == 0 and result.summary["match_rate"] == 0.0
+    assert list(result.members.columns) == COLUMNS and result.members.empty
 
 
 def test_preview_of_an_unknown_cohort_names_the_known_ones(sample):
@@ -147,10 +194,32 @@ def test_bad_options_are_refused(sample):
         matching.match(sample, ["bob"], limit=-1)
 
 
-# -- the pure rules, case by case ---------------------------------------------------------------------
+# -- the rules, case by case: the oracle's answer, which the SQL must give too -----------------------------
 
 def row(did, props, updated=None):
-    return ProfileRow(did, props, updated)
+    return oracle.ProfileRow(did, props, updated)
+
+
+def fill(store, profiles, aliases=None):
+    """Replace the store's profiles and identity map with ``profiles`` (a profile without properties is
+    no profile) and ``aliases`` (id -> canonical id)."""
+    store.con.execute("DELETE FROM profiles")
+    store.con.execute("DELETE FROM identity_map")
+    for line, p in enumerate(profiles):
+        if p.properties is not None:
+            store.con.execute(f"INSERT INTO profiles SELECT ?, ?::JSON, ?, 1, ?, {profile_facts('$2::JSON')}",
+                              [p.distinct_id, json.dumps(p.properties), p.updated_at or datetime.min, line])
+    for value, owner in (aliases or {}).items():
+        store.con.execute("INSERT INTO identity_map VALUES (?, ?)", [value, owner])
+
+
+def classify_both(members, profiles, *, aliases=None, **options):
+    """The oracle's table for these rows, after checking that the SQL gives the same from a store of them."""
+    expected = oracle.classify(members, profiles, aliases=aliases, **options)
+    with Store(":memory:") as store:
+        fill(store, profiles, aliases)
+        pd.testing.assert_frame_equal(matching.match(store, members, **options).members, expected)
+    return expected
 
 
 def na(value):
@@ -170,7 +239,7 @@ def test_each_value_problem():
         row("tab", {P: "\t\n "}), row("padded", {P: " a "}), row("at128", {P: "é" * 128}), row("at129", {P: "x" * 129}),
         row("empty", {}), row("nothing", None), row("uuid-upper", {P: ERIN_SUB.upper()}),
     ]
-    frame = classify([p.distinct_id for p in profiles] + ["no-profile"], profiles)
+    frame = classify_both([p.distinct_id for p in profiles] + ["no-profile"], profiles)
     got = reasons(frame)
     assert got["null"] == ("missing_user_id", None)
     assert got["bool"] == got["list"] == got["obj"] == got["tab"] == got["at129"] == ("unusable_value", None)
@@ -190,7 +259,7 @@ def test_duplicate_winner_rules():
     profiles = [row("a", {P: "X"}, t), row("b", {P: "X"}, later), row("c", {P: "X"}, t),     # newest: b
                 row("d", {P: "Y"}, t), row("e", {P: "Y"}, t),                               # tie: first name
                 row("f", {P: "Z"}, later), row("g", {P: "Z"}, t)]                           # g owns Z
-    frame = classify("abcdefg", profiles, aliases={"Z": "g"})
+    frame = classify_both("abcdefg", profiles, aliases={"Z": "g"})
     assert reasons(frame) == {"a": ("duplicate", "external_id"), "b": (None, "external_id"),
                               "c": ("duplicate", "external_id"), "d": (None, "external_id"),
                               "e": ("duplicate", "external_id"), "f": ("duplicate", "external_id"),
@@ -198,19 +267,19 @@ def test_duplicate_winner_rules():
     detail = dict(zip(frame["distinct_id"], frame["detail"], strict=True))
     assert detail["a"].startswith("external_id also on b, c; b keeps it")
     # an id equal to a profile's own distinct_id belongs to that profile
-    frame = classify(["h", "k"], [row("h", {P: "k"}, later), row("k", {P: "k"}, t)])
+    frame = classify_both(["h", "k"], [row("h", {P: "k"}, later), row("k", {P: "k"}, t)])
     assert reasons(frame) == {"h": ("duplicate", "external_id"), "k": (None, "external_id")}
 
 
 def test_duplicates_are_decided_over_all_profiles_not_only_members():
     profiles = [row(f"u{i}", {P: "same"}) for i in range(6)]
-    frame = classify(["u3"], profiles)
+    frame = classify_both(["u3"], profiles)
     assert reasons(frame) == {"u3": ("duplicate", "external_id")}
     assert frame["detail"][0].startswith("external_id also on u0, u1, u2 and 2 more; u0 keeps it")
 
 
 def test_a_subscription_id_and_an_external_id_with_the_same_text_do_not_clash():
-    frame = classify(["a", "b"], [row("a", {P: ERIN_SUB}), row("b", {P: ERIN_SUB})], id_type="auto")
+    frame = classify_both(["a", "b"], [row("a", {P: ERIN_SUB}), row("b", {P: ERIN_SUB})], id_type="auto")
     assert reasons(frame)["b"] == ("duplicate", "subscription_id")
 
 
@@ -223,7 +292,7 @@ def test_each_load_stores_the_facts_and_they_agree_with_computing_them(tmp_path)
     everyone = Query("SELECT distinct_id FROM resolved_profiles UNION SELECT 'nobody'", {})
 
     def both(store, id_type):
-        stored = matching.match(store, everyone, id_type=id_type, engine="sql").members
+        stored = matching.match(store, everyone, id_type=id_type).members
         sql, params = matching.classify_sql(everyone, id_type=id_type)          # facts computed inline
         computed = matching._frame(store.con.sql(sql, params=params).to_arrow_table()
                                    .select(COLUMNS).sort_by("distinct_id"))
@@ -242,7 +311,7 @@ def test_each_load_stores_the_facts_and_they_agree_with_computing_them(tmp_path)
         assert user_id_facts.stored_facts(store.con, "$email") is None
         store.con.execute(f"COMMENT ON TABLE {user_id_facts.FACTS_TABLE} IS 'generation 0'")
         assert user_id_facts.stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) is None
-        pd.testing.assert_frame_equal(matching.match(store, everyone, engine="sql").members, after)
+        pd.testing.assert_frame_equal(matching.match(store, everyone).members, after)
 
 
 def test_a_load_without_profiles_or_identity_links_only_moves_the_facts_stamp(tmp_path, monkeypatch):
@@ -265,7 +334,7 @@ def test_a_load_without_profiles_or_identity_links_only_moves_the_facts_stamp(tm
             assert user_id_facts.stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == user_id_facts.FACTS_TABLE
 
 
-# -- the two paths agree on anything ------------------------------------------------------------------
+# -- the oracle and the SQL agree on anything ---------------------------------------------------------
 
 VALUES = st.one_of(
     st.sampled_from(["ext_1", "ext_2", ERIN_SUB, SHARED, "", "   ", "x" * 129, "é" * 128, " a", "a'b\"c"]),
@@ -286,31 +355,21 @@ def scratch():
        updated=st.lists(st.integers(0, 2), min_size=8, max_size=8),
        picked=st.lists(st.booleans(), min_size=9, max_size=9),
        owner=st.integers(0, 8), id_type=st.sampled_from(matching.ID_TYPES), limit=st.integers(0, 4))
-def test_python_and_sql_classify_the_same(scratch, profiles, updated, picked, owner, id_type, limit):
+def test_the_oracle_and_the_sql_classify_the_same(scratch, profiles, updated, picked, owner, id_type, limit):
     store = scratch                 # one store, emptied per example: creating one per example is slow
-    store.con.execute("DELETE FROM profiles")
-    store.con.execute("DELETE FROM identity_map")
-    rows_ = []
-    for i, props in enumerate(profiles):
-        if props is None:
-            continue
-        stamp = datetime(2026, 10, 1 + updated[i])
-        store.con.execute(f"INSERT INTO profiles SELECT ?, ?::JSON, ?, 1, ?, {profile_facts('$2::JSON')}",
-                          [f"u{i}", json.dumps(props), stamp, i])
-        rows_.append(ProfileRow(f"u{i}", props, stamp))
+    rows_ = [oracle.ProfileRow(f"u{i}", props, datetime(2026, 10, 1 + updated[i]))
+             for i, props in enumerate(profiles) if props is not None]
     # the first profile's id, if a string, is aliased to another user: the identity owner rule
     first = next((p.get(P) for p in profiles if p), None)
-    aliases = {}
-    if isinstance(first, str) and first:
-        aliases[first] = f"u{owner}"
-        store.con.execute("INSERT INTO identity_map VALUES (?, ?)", [first, f"u{owner}"])
+    aliases = {first: f"u{owner}"} if isinstance(first, str) and first else {}
+    fill(store, rows_, aliases)
     members = [f"u{i}" for i in range(9) if picked[i]]
     options = {"id_type": id_type, "limit": limit}
-    expected = classify(members, rows_, aliases=aliases, **options)
-    python = matching.match(store, members, engine="python", **options)
-    sql = matching.match(store, members, engine="sql", **options)
-    pd.testing.assert_frame_equal(python.members, expected)
+    expected = oracle.classify(members, rows_, aliases=aliases, **options)
+    fetched, summary = oracle.match(store, members, **options)        # the oracle over the store's rows
+    sql = matching.match(store, members, **options)
+    pd.testing.assert_frame_equal(fetched, expected)
     pd.testing.assert_frame_equal(sql.members, expected)
-    assert sql.summary == python.summary
+    assert sql.summary == summary
     assert sum(sql.summary["reasons"].values()) + sql.summary["exportable"] == len(members)
     assert set(sql.members["reason"].dropna()) <= set(REASONS)

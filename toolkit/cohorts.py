@@ -6,7 +6,7 @@ definitions and static cohorts' CSVs), reads and writes the ``cohorts`` table, a
 
     defs = cohorts.load_definitions("data/sample/cohorts.yaml")
     cohorts.save_all(store, defs)                       # version 1, or unchanged
-    cohorts.evaluate(store.con, "Pro plan in the US", now=datetime(2026, 11, 1, tzinfo=timezone.utc))
+    cohorts.evaluate(store, "Pro plan in the US", now=datetime(2026, 11, 1, tzinfo=timezone.utc))
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from toolkit.cohort_model import (
     to_dict,
 )
 from toolkit.cohort_sql import Query, compile_cohort, to_utc_naive
+from toolkit.store import Store, connection
 
 __all__ = ["Cohort", "EventRule", "PropertyRule", "CohortRule", "Group", "CohortError",
            "DefinitionError", "CohortCycleError", "load_definitions", "read_ids_csv", "save", "save_all",
@@ -188,27 +189,27 @@ def _count_yaml_nodes(path: Path, root) -> int:
 
 # -- the store ---------------------------------------------------------------------------------------
 
-def save(store, cohort: Cohort | Mapping, *, now: dt.datetime | None = None, where: str = "") -> int:
+def save(store: Store, cohort: Cohort | Mapping, *, now: dt.datetime | None = None, where: str = "") -> int:
     """Store a definition; returns its version. An unchanged definition keeps its version; a changed one
     gets the next. Refuses a definition that names a cohort the store does not hold, or that would close
     a reference cycle with the stored ones."""
     return save_all(store, [cohort], now=now, where=where)[_name(cohort)]
 
 
-def save_all(store, definitions: Iterable[Cohort | Mapping], *,
+def save_all(store: Store, definitions: Iterable[Cohort | Mapping], *,
              now: dt.datetime | None = None, where: str = "") -> dict[str, int]:
     """Save several definitions at once (all or nothing); returns name -> version. Every cohort an
     in_cohort / not_in_cohort rule names must be among ``definitions`` or already stored, so a broken
     reference is refused here rather than failing the scheduled sync later. ``where`` (e.g. the file the
     definitions came from) prefixes errors."""
-    con = _con(store)
+    con = connection(store)
     new = {c.name: c for c in (normalize(d) for d in definitions)}
     stored = {name: c for name, (c, _) in _latest(con).items()} if _has_table(con) else {}
     check_references(new, stored, where)
     check_cycles({**stored, **new}, where)
     created = to_utc_naive(now or dt.datetime.now(dt.UTC))
     versions = {}
-    with _transaction(store):
+    with store.transaction():
         for name, cohort in new.items():
             text = _canonical(to_dict(cohort))
             row = con.execute("SELECT version, definition FROM cohorts WHERE name = ? "
@@ -237,10 +238,10 @@ def check_references(new: Mapping[str, Cohort], stored: Mapping[str, Cohort], wh
         raise CohortError(prefix + ("\n" + prefix).join(problems) + "\nnothing was saved")
 
 
-def list_cohorts(store) -> list[dict]:
+def list_cohorts(store: Store) -> list[dict]:
     """The latest version of every stored cohort, by name: name, version, versions, created_at, kind,
     description and a one-line summary of the rules."""
-    con = _con(store)
+    con = connection(store)
     if not _has_table(con):
         return []
     rows = con.execute("""
@@ -256,23 +257,23 @@ def list_cohorts(store) -> list[dict]:
     return out
 
 
-def get(store, name: str, version: int | None = None) -> Cohort:
+def get(store: Store, name: str, version: int | None = None) -> Cohort:
     """A stored definition (the latest version unless ``version`` is given). ``name`` is matched
     exactly, else ignoring case when that picks one cohort (see ``resolve_name``)."""
-    con = _con(store)
-    name = resolve_name(con, name)
+    con = connection(store)
+    name = resolve_name(store, name)
     sql = "SELECT definition FROM cohorts WHERE name = ?" + (" AND version = ?" if version else "")
     row = con.execute(sql + " ORDER BY version DESC LIMIT 1", [name] + ([version] if version else [])).fetchone()
     if row is None:
         raise CohortError(f'no version {version} of cohort "{name}" in the store; it has versions 1 to '
-                          f"{version_of(con, name)}")
+                          f"{version_of(store, name)}")
     return parse(json.loads(row[0]), "store")
 
 
-def resolve_name(store, name: str) -> str:
+def resolve_name(store: Store, name: str) -> str:
     """The stored cohort ``name`` means: itself, else the one cohort whose name differs only in case.
     Otherwise a CohortError that lists the close matches ("did you mean") or the known names."""
-    con = _con(store)
+    con = connection(store)
     names = [n for n, in con.execute("SELECT DISTINCT name FROM cohorts ORDER BY name").fetchall()] \
         if _has_table(con) else []
     if name in names:
@@ -297,8 +298,8 @@ def _did_you_mean(name: str, names: list[str]) -> str:
     return "; did you mean " + " or ".join(f'"{n}"' for n in close) + "?" if close else ""
 
 
-def version_of(store, name: str) -> int | None:
-    con = _con(store)
+def version_of(store: Store, name: str) -> int | None:
+    con = connection(store)
     if not _has_table(con):
         return None
     return con.execute("SELECT max(version) FROM cohorts WHERE name = ?", [name]).fetchone()[0]
@@ -306,25 +307,24 @@ def version_of(store, name: str) -> int | None:
 
 # -- evaluation --------------------------------------------------------------------------------------
 
-def query(con, cohort: Cohort | str, *, now: dt.datetime | None = None,
+def query(store: Store, cohort: Cohort | str, *, now: dt.datetime | None = None,
           definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None) -> Query:
     """The compiled query for a cohort (by name or definition). Referenced cohorts come from
     ``definitions`` first, then the store. Their definitions are fetched here, so compiling stays pure."""
-    con = _con(con)
     defs = by_name(definitions)
-    root = normalize(cohort) if not isinstance(cohort, str) else defs.get(cohort) or get(con, cohort)
-    return compile_cohort(root, now or dt.datetime.now(dt.UTC), _closure(con, root, defs))
+    root = normalize(cohort) if not isinstance(cohort, str) else defs.get(cohort) or get(store, cohort)
+    return compile_cohort(root, now or dt.datetime.now(dt.UTC), _closure(store, root, defs))
 
 
-def evaluate(con, cohort: Cohort | str, *, now: dt.datetime | None = None,
+def evaluate(store: Store, cohort: Cohort | str, *, now: dt.datetime | None = None,
              definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None) -> list[str]:
     """The cohort's members as of ``now`` (default: the current time): canonical distinct_ids, sorted."""
-    con = _con(con)
-    sql, params = query(con, cohort, now=now, definitions=definitions)
+    con = connection(store)
+    sql, params = query(store, cohort, now=now, definitions=definitions)
     return [row[0] for row in con.execute(sql, params).fetchall()]
 
 
-def _closure(con, root: Cohort, defs: Mapping[str, Cohort]) -> dict[str, Cohort]:
+def _closure(store: Store, root: Cohort, defs: Mapping[str, Cohort]) -> dict[str, Cohort]:
     """Every cohort reachable through in_cohort / not_in_cohort from ``root``."""
     found: dict[str, Cohort] = {root.name: root}
     todo = [root]
@@ -333,8 +333,8 @@ def _closure(con, root: Cohort, defs: Mapping[str, Cohort]) -> dict[str, Cohort]
             if name in found:
                 continue
             cohort = defs.get(name)
-            if cohort is None and version_of(con, name) is not None:
-                cohort = get(con, name)
+            if cohort is None and version_of(store, name) is not None:
+                cohort = get(store, name)
             if cohort is not None:      # unknown names are reported by the compiler, with their path
                 found[name] = cohort
                 todo.append(cohort)
@@ -390,17 +390,6 @@ def _literal(v) -> str:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-def _con(store):
-    return getattr(store, "con", store)
-
-
-def _transaction(store):
-    if hasattr(store, "transaction"):
-        return store.transaction()
-    from contextlib import nullcontext
-    return nullcontext()
-
 
 def _has_table(con) -> bool:
     return con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'cohorts'"

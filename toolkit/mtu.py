@@ -30,11 +30,11 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-import duckdb
 import pandas as pd
 
 from toolkit import onesignal_events as osev
 from toolkit.errors import UsageError
+from toolkit.store import Store, connection
 
 RULE_SETS = ("seed", "strict")
 GUARDRAIL_EVENTS_PER_USER = 1_000
@@ -133,17 +133,13 @@ def _month_bounds(month: str | None) -> tuple[datetime | None, datetime | None]:
     return start, end
 
 
-def _con(con_or_store) -> duckdb.DuckDBPyConnection:
-    return con_or_store.con if hasattr(con_or_store, "con") else con_or_store
-
-
-def report(con_or_store, month: str | None = None, rules: str = "seed") -> list[MonthMTU]:
+def report(store: Store, month: str | None = None, rules: str = "seed") -> list[MonthMTU]:
     """MTU and its breakdown for every month of the store (or only ``month``, "YYYY-MM"), oldest first.
     A requested month without events yields one row of zeros."""
     exempt = exempt_names(rules)
     names = sorted(exempt | osev.NAMES)
     start, end = _month_bounds(month)
-    rows = _con(con_or_store).execute(_QUERY, {
+    rows = connection(store).execute(_QUERY, {
         "names": names, "exempt": [n in exempt for n in names], "start": start, "end": end,
     }).fetchall()
     result = []
@@ -160,25 +156,25 @@ def report(con_or_store, month: str | None = None, rules: str = "seed") -> list[
     return result
 
 
-def monthly(con_or_store, month: str | None = None, rules: str = "seed") -> dict[str, int]:
+def monthly(store: Store, month: str | None = None, rules: str = "seed") -> dict[str, int]:
     """Just the billed MTU per month: {"YYYY-MM": mtu}."""
-    return {r.month: r.mtu for r in report(con_or_store, month, rules)}
+    return {r.month: r.mtu for r in report(store, month, rules)}
 
 
-def counted_users(con_or_store, month: str, rules: str = "seed") -> list[str]:
+def counted_users(store: Store, month: str, rules: str = "seed") -> list[str]:
     """The canonical ids counted in one month, sorted: to audit a count user by user."""
     start, end = _month_bounds(month)
-    rows = _con(con_or_store).execute("""
+    rows = connection(store).execute("""
         SELECT DISTINCT distinct_id FROM resolved_events
         WHERE time >= $start AND time < $end AND NOT list_contains($exempt, event)
         ORDER BY 1""", {"exempt": sorted(exempt_names(rules)), "start": start, "end": end}).fetchall()
     return [r[0] for r in rows]
 
 
-def report_frame(con_or_store, month: str | None = None, rules: str = "seed") -> pd.DataFrame:
+def report_frame(store: Store, month: str | None = None, rules: str = "seed") -> pd.DataFrame:
     """The report as a DataFrame indexed by month (for notebooks)."""
     columns = list(MonthMTU.__dataclass_fields__)
-    frame = pd.DataFrame([r.to_dict() for r in report(con_or_store, month, rules)], columns=columns)
+    frame = pd.DataFrame([r.to_dict() for r in report(store, month, rules)], columns=columns)
     return frame.set_index("month")
 
 

@@ -123,7 +123,7 @@ def cohorts_text(found: list[dict]) -> str:
 
 def preview_text(preview: Preview, rows: int = 20, more: str = "") -> str:
     """A matchability preview's summary and its first ``rows`` members; ``more`` says how to see the rest."""
-    s = preview.summary
+    s, rows = preview.summary, max(rows, 0)
     version = f" (v{s['version']})" if s.get("version") else ""
     lines = [f"cohort {s['cohort']}{version} as of {s['now']}",
              f"  {s['members']:,} members, {s['exportable']:,} exportable ({s['match_rate']:.1%}) "
@@ -133,25 +133,17 @@ def preview_text(preview: Preview, rows: int = 20, more: str = "") -> str:
     total = s["members"]
     if total:
         lines.append("")
-        shown = preview.head(rows)
-        width = min(max(len(str(d)) for d in shown["distinct_id"]), 40)
-        for r in shown.itertuples(index=False):
-            status = "exportable" if r.exportable else r.reason
-            oid, kind, detail = (None if _missing(v) else v for v in (r.onesignal_id, r.id_type, r.detail))
-            target = f"{kind} {_clip(json.dumps(oid, ensure_ascii=False))}" if kind else ""
-            line = f"  {_clip(r.distinct_id, 40):<{width}}  {status:<15} {target}".rstrip()
+        shown = preview.first_rows(rows)
+        width = min(max((len(str(r["distinct_id"])) for r in shown), default=0), 40)
+        for r in shown:
+            status = "exportable" if r["exportable"] else r["reason"]
+            kind, detail = r["id_type"], r["detail"]
+            target = f"{kind} {_clip(json.dumps(r['onesignal_id'], ensure_ascii=False))}" if kind else ""
+            line = f"  {_clip(r['distinct_id'], 40):<{width}}  {status:<15} {target}".rstrip()
             lines.append(line + (f"  — {detail}" if detail else ""))
         if total > rows:
             lines.append(f"  ... {total - rows:,} more not shown" + (f" ({more})" if more else ""))
     return "\n".join(lines)
-
-
-def _missing(value) -> bool:
-    """None, NaN or pandas' NA (a frame's empty cell), without importing pandas."""
-    try:
-        return value is None or bool(value != value)      # NaN and NaT differ from themselves
-    except TypeError:           # pd.NA: neither equal nor unequal to itself
-        return True
 
 
 def _clip(text, width: int = 48) -> str:

@@ -25,6 +25,8 @@ from pathlib import Path
 import duckdb
 
 from toolkit.errors import StoreError
+from toolkit.onesignal_ids import USER_ID_PROPERTY
+from toolkit.sql import json_pointer
 
 DEFAULT_DB = "toolkit.duckdb"
 ENV_WAIT = "TOOLKIT_STORE_WAIT"
@@ -297,7 +299,7 @@ MIGRATIONS: list[str] = [
 def profile_facts(properties: str) -> str:
     """Select items for the profile columns derived from a JSON ``properties`` expression (migration 5),
     for every statement that writes profiles. Only a tiny document can be empty, so only those are parsed."""
-    value = f"""({properties}) -> '$."$onesignal_user_id"'"""
+    value = f"({properties}) -> '{json_pointer(USER_ID_PROPERTY)}'"
     return (f"json_type({value}) AS onesignal_user_id_type, json_extract_string({value}, '$') AS onesignal_user_id, "
             f"CASE WHEN strlen(({properties})::VARCHAR) < 16 THEN len(json_keys({properties})) = 0 "
             "ELSE false END AS empty")
@@ -408,6 +410,16 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.path!r}, schema v{self.version()})"
+
+
+def connection(store: Store) -> duckdb.DuckDBPyConnection:
+    """The connection of ``store``, which must be a Store: public functions take one, never a bare
+    DuckDB connection (with one, a save that should be all or nothing could not open the Store's
+    transaction)."""
+    if not isinstance(store, Store):
+        raise TypeError(f"expected a toolkit Store, got {type(store).__name__}: pass the Store itself "
+                        "(e.g. the one `toolkit.open_store(path)` or `store.using(path)` gives), not its connection")
+    return store.con
 
 
 @contextmanager

@@ -49,10 +49,11 @@ def connect(store: Store, credentials: Credentials, base_url: str | None = None)
 
 
 def targets(preview: matching.Preview) -> dict[str, Target]:
-    """The exportable members of a preview, as the OneSignal users the export addresses."""
-    rows = preview.members[preview.members["exportable"]]
-    return {r.distinct_id: Target(r.onesignal_id, r.id_type)
-            for r in rows[["distinct_id", "onesignal_id", "id_type"]].itertuples(index=False)}
+    """The exportable members of a preview, as the OneSignal users the export addresses (from Arrow:
+    a million members never become a DataFrame)."""
+    rows = preview.exportable_table.to_pydict()
+    return {did: Target(oid, kind)
+            for did, oid, kind in zip(rows["distinct_id"], rows["onesignal_id"], rows["id_type"], strict=True)}
 
 
 def export_cohort(store: Store, cohort: str, *, mode: str | None = None, app_id: str | None = None,
