@@ -11,7 +11,7 @@ PACKAGE = ROOT / "toolkit"
 # What a load runs: it must not reach cohorts, matching, export or the notebooks' layer.
 LOADING = {"ingest", "readers", "sources", "validation", "profile_ops", "identity", "user_id_facts", "store",
            "sql", "errors", "onesignal_ids"}
-PURE = {"plan", "identity", "profile_ops", "cohort_model", "cohort_sql", "onesignal_events", "validation", "sql",
+PURE = {"planning", "identity", "profile_ops", "cohort_model", "cohort_sql", "onesignal_events", "validation", "sql",
         "user_id_facts", "onesignal_ids"}
 STANDARD = set(sys.stdlib_module_names) - {"os", "io", "socket", "subprocess", "shutil", "tempfile", "sqlite3",
                                            "threading", "asyncio", "urllib", "http", "pathlib", "glob", "time"}

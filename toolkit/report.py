@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import shlex
+from typing import TYPE_CHECKING
 
 from toolkit.ingest import LoadSummary
 from toolkit.store import Store
+
+if TYPE_CHECKING:      # export pulls in matching and pandas: not for every command's start
+    from toolkit.export import ExportPreview
 
 
 def load_text(summary: LoadSummary, quarantine_command: str | None = None) -> str:
@@ -94,3 +98,28 @@ def runs_text(runs: list[dict]) -> str:
                      f"{' dry-run' if r['dry_run'] else ''} {r['status']}: +{r['added'] or 0} "
                      f"-{r['removed'] or 0} ={r['unchanged'] or 0} absent {r['not_in_onesignal'] or 0} "
                      f"failed {r['failed'] or 0}{'  ' + r['error'] if r['error'] else ''}" for r in runs)
+
+
+def preview_text(preview: ExportPreview) -> str:
+    """What an export would do now (``export.preview_export``), as the export panel and notebook show it."""
+    lines = [f"{preview.cohort}: {preview.exportable:,} exportable of {preview.members:,} members",
+             f"  add {preview.added:,}, remove {preview.removed:,}, no-op {preview.unchanged:,}",
+             *_sample_lines(preview),
+             f"  removal guard: {'passes' if preview.verdict.ok else 'STOPS the export'}: {preview.verdict.reason}"]
+    return "\n".join(lines)
+
+
+def dry_run_text(preview: ExportPreview) -> str:
+    """``toolkit export --dry-run``: the shape of a run's report (``run_text``), then who would change."""
+    return "\n".join([run_text(preview.to_dict()), *_sample_lines(preview)])
+
+
+def _sample_lines(preview: ExportPreview) -> list[str]:
+    lines = []
+    for operation, count in (("add", preview.added), ("remove", preview.removed)):
+        steps = preview.samples[operation]
+        if steps:
+            more = count - len(steps)
+            lines.append(f"  {operation}: " + ", ".join(f"{s.distinct_id} ({s.target.id_type} {s.target.onesignal_id})"
+                                                        for s in steps) + (f" and {more:,} more" if more else ""))
+    return lines
