@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import httpx
@@ -331,6 +332,26 @@ def test_base_url_without_a_mode_is_honoured_and_kept_after_success(sample, emul
         assert record.status == "ok", record.error
         assert export.registration(s.con, COHORT)["base_url"] == emulator.url
     assert len(segments(emulator, app)) == 1
+
+
+def test_a_run_reads_its_registration_once(sample, emulator, monkeypatch):
+    """The registration is read where the run's settings are made, and nowhere else in the run."""
+    db, app = sample
+    reads, read = [], export.registration
+    monkeypatch.setattr(export, "registration", lambda con, cohort: reads.append(cohort) or read(con, cohort))
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    with Store(db) as s:
+        export.register(s, COHORT, "dynamic", app.app_id, emulator.url)
+        reads.clear()
+        assert sync.export_cohort(s, fast(s, COHORT), creds(app)).status == "ok" and reads == [COHORT]
+        reads.clear()                                                 # a new registration
+        settings = fast(s, COHORT, mode="once", app_id=app.app_id, base_url=emulator.url)
+        assert sync.export_cohort(s, settings, creds(app)).status == "ok" and reads == [COHORT]
+        export.register(s, COHORT, "dynamic", app.app_id, emulator.url)
+        reads.clear()                                                 # the scheduled sync's way
+        monkeypatch.setenv("ONESIGNAL_API_KEY", app.api_key)
+        (record,) = sync.run_due(s, now=later, client_options=FAST)
+        assert record.status == "ok" and reads == [COHORT]
 
 
 def test_ctrl_c_during_an_export_says_the_export_stopped(sample, tmp_path):
