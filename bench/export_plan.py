@@ -21,7 +21,7 @@ def rows(members: int = MEMBERS) -> list[Row]:
     from toolkit import export
     from toolkit.emulator import Emulator
     from toolkit.onesignal import Credentials
-    from toolkit.plan import Target, plan
+    from toolkit.planning import Target, plan
     from toolkit.store import Store
 
     now = datetime(2026, 11, 1, tzinfo=UTC)
@@ -37,7 +37,8 @@ def rows(members: int = MEMBERS) -> list[Row]:
         plan(wanted, export.snapshot(store.con, "Big", now))
         planning = time.perf_counter() - started
         started = time.perf_counter()
-        record = export.run(store, "Big", wanted, Credentials(app.app_id, app.api_key), now=now)
+        record = export.run(store, export.settings(store, "Big", now=now), wanted,
+                            Credentials(app.app_id, app.api_key))
         run_seconds = time.perf_counter() - started
         updates = sum(1 for r in emu.requests() if r["method"] == "PATCH")
         # What evaluating a cohort of this size costs: the members' ids out of DuckDB.

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import NOW, ROOT, SAMPLE
-from toolkit import Store, cohorts, demo, load, matching, mtu, sync
+from toolkit import Store, cohorts, demo, export, load, matching, mtu
 from toolkit.emulator import Emulator
 
 pytestmark = pytest.mark.timeout(900)
@@ -77,7 +77,7 @@ def world(tmp_path_factory):
         cohorts.save_all(store, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))
         # The kernel evaluates as of its own clock; CHURN's rules use fixed dates, so this is its answer.
         found = matching.preview(store, CHURN, now=datetime.now(UTC))
-        exportable = {(t.id_type, t.onesignal_id) for t in sync.targets(found).values()}
+        exportable = {(t.id_type, t.onesignal_id) for t in export.targets(found).values()}
         users = demo.seed_users(store)
         mtu_by_month = mtu.report_frame(store)["mtu"].to_dict()
     seeded = {("subscription_id", u["subscription_ids"][0]) if "subscription_ids" in u

@@ -9,7 +9,7 @@ import pytest
 from toolkit import export
 from toolkit.emulator import Emulator
 from toolkit.onesignal import Credentials
-from toolkit.plan import Target
+from toolkit.planning import Target
 from toolkit.store import Store
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 2.0, "max_attempts": 30}
@@ -46,7 +46,12 @@ def ext(*ids):
 
 def sync(store, emulator, app, wanted, cohort="Buyers", mode="dynamic", **kw):
     export.register(store, cohort, mode, app.app_id, emulator.url)
-    return export.run(store, cohort, wanted, creds(app), client_options=FAST, **kw)
+    return export.run(store, fast(store, cohort, **kw), wanted, creds(app))
+
+
+def fast(store, cohort="Buyers", **kw):
+    """The registered export's settings, with the client's retries made quick."""
+    return export.settings(store, cohort, client_options=FAST, **kw)
 
 
 def tagged(emulator, app, cohort="Buyers"):
@@ -96,7 +101,7 @@ def test_bad_key_fails_without_leaking_it(store, emulator, app, caplog):
     caplog.set_level(logging.DEBUG)
     wrong = Credentials(app.app_id, "not-the-key-" + "s3cr3t")
     export.register(store, "Buyers", "once", app.app_id, emulator.url)
-    record = export.run(store, "Buyers", ext("u1"), wrong, client_options=FAST)
+    record = export.run(store, fast(store), ext("u1"), wrong)
     assert record.status == "failed" and "s3cr3t" not in (record.error or "")
     assert "s3cr3t" not in caplog.text
     assert patches(emulator) == 0                     # it failed at the segment, before any user
@@ -178,8 +183,7 @@ def test_interrupted_run_loses_nothing_and_the_next_converges(store, emulator, a
 
     export.register(store, "Buyers", "dynamic", app.app_id, emulator.url)
     with pytest.raises(KeyboardInterrupt):
-        export.run(store, "Buyers", ext("u1", "u2", "u3", "u4"), creds(app), client_options=FAST,
-                   on_progress=stop_midway)
+        export.run(store, fast(store), ext("u1", "u2", "u3", "u4"), creds(app), on_progress=stop_midway)
     assert export.runs(store)[0]["status"] == "interrupted"
     recorded = {d for d, in store.con.execute("SELECT distinct_id FROM export_members").fetchall()}
     assert recorded and recorded <= {f"d-u{i}" for i in range(1, 5)}
@@ -198,14 +202,15 @@ def test_two_runs_of_one_cohort_never_overlap(tmp_path, monkeypatch):
         result = {}
 
         def first():
-            result["first"] = export.run(store, "Buyers", ext(*[f"u{i}" for i in range(5)]), creds(app),
-                                         client_options={**FAST, "concurrency": 1},
+            result["first"] = export.run(store, export.settings(store, "Buyers",
+                                                                client_options={**FAST, "concurrency": 1}),
+                                         ext(*[f"u{i}" for i in range(5)]), creds(app),
                                          on_progress=lambda d, t: started.set())
         thread = threading.Thread(target=first)
         thread.start()
         started.wait(10)
         with pytest.raises(export.ExportError, match="already running"):
-            export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST)
+            export.run(store, fast(store), ext("u1"), creds(app))
         thread.join()
         assert result["first"].status == "ok"
 
@@ -216,7 +221,7 @@ def test_dynamic_registration_due_and_stop(store, emulator, app):
     now = datetime(2026, 11, 1, tzinfo=UTC)
     export.register(store, "Buyers", "dynamic", app.app_id, emulator.url, now=now)
     assert export.due(store, now) == ["Buyers"]
-    export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST, now=now)
+    export.run(store, fast(store, now=now), ext("u1"), creds(app))
     assert export.due(store, now + timedelta(minutes=14)) == []
     assert export.due(store, now + timedelta(minutes=15)) == ["Buyers"]
     export.stop(store, "Buyers")
@@ -274,13 +279,13 @@ def test_sigkilled_run_then_rerun_converges(tmp_path):
 import json, sys
 from toolkit import export
 from toolkit.onesignal import Credentials
-from toolkit.plan import Target
+from toolkit.planning import Target
 from toolkit.store import Store
 export.FLUSH_EVERY = 10
 with Store({str(db)!r}) as store:
     wanted = {{f"d-{{i}}": Target(i, "external_id") for i in json.loads(sys.argv[1])}}
-    export.run(store, "Buyers", wanted, Credentials({app.app_id!r}, sys.stdin.readline().strip()),
-               client_options={{"concurrency": 4}})
+    export.run(store, export.settings(store, "Buyers", client_options={{"concurrency": 4}}), wanted,
+               Credentials({app.app_id!r}, sys.stdin.readline().strip()))
 """
         proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(ids)], stdin=subprocess.PIPE, text=True)
         proc.stdin.write(app.api_key + "\n")
@@ -293,12 +298,12 @@ with Store({str(db)!r}) as store:
         proc.wait()
         assert 0 < len(tagged(emu, app)) < len(ids)
         with Store(db) as store:
-            record = export.run(store, "Buyers", ext(*ids), creds(app), client_options=FAST)
+            record = export.run(store, fast(store), ext(*ids), creds(app))
             assert record.status == "ok" and tagged(emu, app) == set(ids)
             assert export.runs(store)[-1]["status"] == "interrupted"      # the killed run, marked as such
 
 
 def test_dry_run_of_an_unregistered_cohort_registers_nothing(store, emulator, app):
-    record = export.run(store, "Later", ext("u1", "u2"), None, dry_run=True, mode="dynamic")
+    record = export.run(store, export.ExportSettings("Later", mode="dynamic", dry_run=True), ext("u1", "u2"), None)
     assert (record.status, record.mode, record.added) == ("ok", "dynamic", 2)
     assert export.list_exports(store) == [] and export.due(store) == [] and patches(emulator) == 0

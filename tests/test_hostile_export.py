@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import httpx
@@ -24,11 +25,16 @@ from conftest import ROOT
 from toolkit import export, sync
 from toolkit.emulator import Emulator
 from toolkit.onesignal import REDACTOR, AuthError, Credentials, OneSignalClient, PlanRefused, ServerError, error_for
-from toolkit.plan import Target
+from toolkit.planning import Target
 from toolkit.store import Store
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 30}
 COHORT = "Tech fans worth a call"         # a sample cohort with exportable members
+
+
+def fast(store, cohort, **kw):
+    """The export's settings, with the client's retries made quick."""
+    return export.settings(store, cohort, client_options=FAST, **kw)
 
 
 @pytest.fixture
@@ -118,11 +124,11 @@ def fragments(secret: str, size: int = 4) -> set[str]:
 def test_a_rebuilt_store_adopts_the_segment_its_earlier_export_made(tmp_path, emulator, app):
     with Store(tmp_path / "first.duckdb") as first:
         export.register(first, "Buyers", "once", app.app_id, emulator.url)
-        assert export.run(first, "Buyers", ext("u1"), creds(app), client_options=FAST).status == "ok"
+        assert export.run(first, fast(first, "Buyers"), ext("u1"), creds(app)).status == "ok"
     (made,) = segments(emulator, app)
     with Store(tmp_path / "rebuilt.duckdb") as rebuilt:          # same cohort, no segment id known
         export.register(rebuilt, "Buyers", "once", app.app_id, emulator.url)
-        record = export.run(rebuilt, "Buyers", ext("u1", "u2"), creds(app), client_options=FAST)
+        record = export.run(rebuilt, fast(rebuilt, "Buyers"), ext("u1", "u2"), creds(app))
         assert record.status == "ok", record.error
         assert export.registration(rebuilt.con, "Buyers")["segment_id"] == made["id"]
     (segment,) = segments(emulator, app)                              # adopted, not a second one
@@ -139,11 +145,11 @@ def test_a_kill_between_creating_the_segment_and_saving_its_id_is_recovered(stor
     export.register(store, "Buyers", "dynamic", app.app_id, emulator.url)
     monkeypatch.setattr(OneSignalClient, "create_segment", create_then_die)
     with pytest.raises(KeyboardInterrupt):
-        export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST)
+        export.run(store, fast(store, "Buyers"), ext("u1"), creds(app))
     assert export.registration(store.con, "Buyers")["segment_id"] is None and len(segments(emulator, app)) == 1
     monkeypatch.setattr(OneSignalClient, "create_segment", created)
     for _ in range(2):                                                # and it stays unwedged
-        record = export.run(store, "Buyers", ext("u1", "u2"), creds(app), client_options=FAST)
+        record = export.run(store, fast(store, "Buyers"), ext("u1", "u2"), creds(app))
         assert record.status == "ok", record.error
     (segment,) = segments(emulator, app)
     assert export.registration(store.con, "Buyers")["segment_id"] == segment["id"]
@@ -156,7 +162,7 @@ def test_a_hand_made_segment_of_that_name_is_left_alone_with_a_clear_error(store
                       headers={"Authorization": f"Key {app.api_key}"}) as http:
         hand_made = http.post("/segments", json={"name": "Buyers", "filters": other}).json()["id"]
     export.register(store, "Buyers", "once", app.app_id, emulator.url)
-    record = export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST)
+    record = export.run(store, fast(store, "Buyers"), ext("u1"), creds(app))
     assert record.status == "failed"
     assert "'Buyers'" in record.error and hand_made in record.error and "Rename or delete" in record.error
     assert patches(emulator) == 0                                     # no user touched
@@ -169,7 +175,7 @@ def test_cohorts_sharing_their_first_128_characters_get_a_segment_each(store, em
     names = [stem + " bought", stem + " browsed"]
     for name, user in zip(names, ["u1", "u2"], strict=True):
         export.register(store, name, "once", app.app_id, emulator.url)
-        record = export.run(store, name, ext(user), creds(app), client_options=FAST)
+        record = export.run(store, fast(store, name), ext(user), creds(app))
         assert record.status == "ok", record.error
     made = segments(emulator, app)
     assert len(made) == 2 and len({s["name"] for s in made}) == 2
@@ -185,7 +191,7 @@ def test_a_registration_with_a_cut_name_from_before_is_renamed_and_unwedged(stor
         export.register(store, name, "once", app.app_id, emulator.url)
         # as registered before: the name cut at 128 characters, the same for both cohorts
         store.con.execute("UPDATE exports SET segment_name = ? WHERE cohort = ?", [name[:128], name])
-        record = export.run(store, name, ext(user), creds(app), client_options=FAST)
+        record = export.run(store, fast(store, name), ext(user), creds(app))
         assert record.status == "ok", record.error
     assert sorted(s["name"] for s in segments(emulator, app)) == sorted(map(export.segment_name, (first, second)))
 
@@ -198,7 +204,7 @@ def test_plan_in_a_cohort_name_is_not_a_free_plan_refusal(store, emulator, app):
         http.post("/segments", json={"name": "Paid plan upgrades", "filters": [
             {"field": "tag", "key": "other", "relation": "exists"}]})
     export.register(store, "Paid plan upgrades", "once", app.app_id, emulator.url)
-    record = export.run(store, "Paid plan upgrades", ext("u1"), creds(app), client_options=FAST)
+    record = export.run(store, fast(store, "Paid plan upgrades"), ext("u1"), creds(app))
     assert record.status == "failed" and record.error != export.FREE_PLAN_MESSAGE
     assert "already has a segment named 'Paid plan upgrades'" in record.error
 
@@ -259,7 +265,7 @@ def test_a_stored_run_error_never_holds_the_key(store, emulator, app, monkeypatc
     monkeypatch.setattr(OneSignalClient, "create_segment", leaky)
     export.register(store, "Buyers", "once", app.app_id, emulator.url)
     with pytest.raises(RuntimeError):
-        export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST)
+        export.run(store, fast(store, "Buyers"), ext("u1"), creds(app))
     (error,) = store.con.execute("SELECT error FROM export_runs").fetchone()
     assert app.api_key not in error and "boom" in error
 
@@ -271,7 +277,7 @@ def test_a_stale_running_record_whose_pid_now_belongs_to_a_live_process_does_not
     store.con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid) "
                       "VALUES (nextval('run_ids'), 'Buyers', 'once', false, now()::TIMESTAMP, 'running', ?)",
                       [os.getppid()])                                 # a live process, not an export
-    record = export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST)
+    record = export.run(store, fast(store, "Buyers"), ext("u1"), creds(app))
     assert record.status == "ok", record.error
     assert [r["status"] for r in export.runs(store)] == ["ok", "interrupted"]
 
@@ -288,11 +294,11 @@ with export._run_lock(types.SimpleNamespace(path={str(store.path)!r}), "Buyers")
     try:
         assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(export.ExportError, match=rf"already running \(process {holder.pid}\)"):
-            export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST)
+            export.run(store, fast(store, "Buyers"), ext("u1"), creds(app))
     finally:
         holder.kill()
         holder.wait()
-    assert export.run(store, "Buyers", ext("u1"), creds(app), client_options=FAST).status == "ok"
+    assert export.run(store, fast(store, "Buyers"), ext("u1"), creds(app)).status == "ok"
 
 
 # -- 13.11: the emulator's secrets; --base-url; Ctrl-C ----------------------------------------------
@@ -322,10 +328,30 @@ def test_base_url_without_a_mode_is_honoured_and_kept_after_success(sample, emul
     dead = f"http://127.0.0.1:{closed_port()}"
     with Store(db) as s:
         export.register(s, COHORT, "dynamic", app.app_id, dead)
-        record = sync.export_cohort(s, COHORT, base_url=emulator.url, credentials=creds(app), client_options=FAST)
+        record = sync.export_cohort(s, fast(s, COHORT, base_url=emulator.url), creds(app))
         assert record.status == "ok", record.error
         assert export.registration(s.con, COHORT)["base_url"] == emulator.url
     assert len(segments(emulator, app)) == 1
+
+
+def test_a_run_reads_its_registration_once(sample, emulator, monkeypatch):
+    """The registration is read where the run's settings are made, and nowhere else in the run."""
+    db, app = sample
+    reads, read = [], export.registration
+    monkeypatch.setattr(export, "registration", lambda con, cohort: reads.append(cohort) or read(con, cohort))
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    with Store(db) as s:
+        export.register(s, COHORT, "dynamic", app.app_id, emulator.url)
+        reads.clear()
+        assert sync.export_cohort(s, fast(s, COHORT), creds(app)).status == "ok" and reads == [COHORT]
+        reads.clear()                                                 # a new registration
+        settings = fast(s, COHORT, mode="once", app_id=app.app_id, base_url=emulator.url)
+        assert sync.export_cohort(s, settings, creds(app)).status == "ok" and reads == [COHORT]
+        export.register(s, COHORT, "dynamic", app.app_id, emulator.url)
+        reads.clear()                                                 # the scheduled sync's way
+        monkeypatch.setenv("ONESIGNAL_API_KEY", app.api_key)
+        (record,) = sync.run_due(s, now=later, client_options=FAST)
+        assert record.status == "ok" and reads == [COHORT]
 
 
 def test_ctrl_c_during_an_export_says_the_export_stopped(sample, tmp_path):
@@ -361,7 +387,7 @@ def test_a_failed_once_export_leaves_a_dynamic_sync_running(sample, emulator, no
     with Store(db) as s:
         export.register(s, COHORT, "dynamic", app.app_id, emulator.url)
         before = export.registration(s.con, COHORT)
-        record = sync.export_cohort(s, COHORT, mode="once", app_id=app.app_id)          # no key anywhere
+        record = sync.export_cohort(s, export.settings(s, COHORT, mode="once", app_id=app.app_id))  # no key anywhere
         assert record.status == "failed" and "no OneSignal credentials" in record.error
         assert export.registration(s.con, COHORT) == before
         assert export.due(s) == [COHORT]
@@ -371,12 +397,11 @@ def test_a_failed_first_export_registers_nothing(sample, emulator):
     db, app = sample
     dead = f"http://127.0.0.1:{closed_port()}"
     with Store(db) as s:
-        record = sync.export_cohort(s, COHORT, mode="dynamic", app_id=app.app_id, base_url=dead,
-                                    credentials=creds(app), client_options=FAST)
+        record = sync.export_cohort(s, fast(s, COHORT, mode="dynamic", app_id=app.app_id, base_url=dead), creds(app))
         assert record.status == "failed"
         assert export.list_exports(s) == [] and export.due(s) == []
-        record = sync.export_cohort(s, COHORT, mode="dynamic", app_id=app.app_id, base_url=emulator.url,
-                                    credentials=creds(app), client_options=FAST)
+        record = sync.export_cohort(s, fast(s, COHORT, mode="dynamic", app_id=app.app_id, base_url=emulator.url),
+                                    creds(app))
         assert record.status == "ok" and export.registration(s.con, COHORT)["mode"] == "dynamic"
         assert export.registration(s.con, COHORT)["segment_id"] == segments(emulator, app)[0]["id"]
 
@@ -389,7 +414,7 @@ def test_an_unreachable_address_fails_at_once_naming_it(store, app, caplog, addr
     address = address.format(port=closed_port())
     caplog.set_level(logging.INFO, logger="toolkit.onesignal")
     export.register(store, "Buyers", "once", app.app_id, address)
-    record = export.run(store, "Buyers", ext("u1"), creds(app))      # the default 10 attempts
+    record = export.run(store, export.settings(store, "Buyers"), ext("u1"), creds(app))      # the default 10 attempts
     assert record.status == "failed" and address in record.error and cause in record.error
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
 

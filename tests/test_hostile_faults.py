@@ -20,7 +20,7 @@ from conftest import NOW, ROOT, event, write_lines
 from toolkit import Store, cohorts, export, load, sync
 from toolkit.emulator import Emulator
 from toolkit.onesignal import Credentials
-from toolkit.plan import Target
+from toolkit.planning import Target
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 4, "concurrency": 4}
 COHORT = "Buyers"
@@ -126,8 +126,9 @@ def assert_converged(world, cohort=COHORT):
 
 def export_now(world, cohort=COHORT, **options):
     with Store(world["db"]) as store:
-        return sync.export_cohort(store, cohort, mode="once", app_id=world["app"].app_id, base_url=world["emu"].url,
-                                  credentials=creds(world), client_options={**FAST, **options})
+        return sync.export_cohort(store, export.settings(store, cohort, mode="once", app_id=world["app"].app_id,
+                                                         base_url=world["emu"].url, client_options={**FAST, **options}),
+                                  creds(world))
 
 
 def tag_former_members_too(world):
@@ -135,7 +136,8 @@ def tag_former_members_too(world):
     with Store(world["db"]) as store:
         export.register(store, COHORT, "once", world["app"].app_id, world["emu"].url)
         wanted = {u: Target(f"ext-{u}", "external_id") for u in USERS + FORMER}
-        assert export.run(store, COHORT, wanted, creds(world), client_options=FAST).status == "ok"
+        settings = export.settings(store, COHORT, client_options=FAST)
+        assert export.run(store, settings, wanted, creds(world)).status == "ok"
     assert tagged(world) == {f"ext-{u}" for u in USERS + FORMER}
 
 
@@ -197,7 +199,7 @@ from toolkit import export, sync
 from toolkit.store import Store
 export.FLUSH_EVERY = 1                      # each user's outcome is committed as it arrives
 with Store({db!r}) as store:
-    sync.export_cohort(store, {cohort!r}, mode="once", client_options={{"concurrency": 1}})
+    sync.export_cohort(store, export.settings(store, {cohort!r}, mode="once", client_options={{"concurrency": 1}}))
 """
 
 

@@ -70,7 +70,7 @@ def test_a_poison_file_in_the_landing_folder_does_not_stop_the_scheduled_sync(tm
     (landing / "1-binary.jsonl").write_bytes(b"\x00\xff" * 1000)
     good_file(landing)
     for _ in range(2):   # every cycle, not just the first
-        result = sync.sync(tmp_path / "store.duckdb", landing=landing, now=NOW)
+        result = sync.run_scheduled(tmp_path / "store.duckdb", landing=landing, now=NOW)
         assert {Path(f.path).name: f.status for f in result.load.files}["1-binary.jsonl"] == "refused"
         assert result.mtu is not None
     with Store(tmp_path / "store.duckdb") as store:

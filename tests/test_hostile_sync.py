@@ -109,7 +109,7 @@ def test_a_broken_cohort_fails_alone_and_the_others_and_mtu_still_run(world, mon
         monkeypatch.setenv(k, v)
     break_cohort(world["db"])
     register(world, "Broken", *GOOD)
-    result = sync.sync(world["db"], now=NOW + timedelta(minutes=1), client_options=FAST)
+    result = sync.run_scheduled(world["db"], now=NOW + timedelta(minutes=1), client_options=FAST)
     by_cohort = {r.cohort: r for r in result.runs}
     assert by_cohort["Broken"].status == "failed" and 'no cohort named "Ghost"' in by_cohort["Broken"].error
     assert [by_cohort[c].status for c in GOOD] == ["ok", "ok"]
@@ -201,14 +201,14 @@ def test_a_refused_landing_file_and_a_missing_landing_folder_are_reported(world,
     landing.mkdir()
     write_lines(landing / "more.jsonl", [event("Purchase", "u6", insert_id="p6")])
     (landing / "noise.parquet").write_bytes(b"not a parquet file")
-    result = sync.sync(world["db"], landing=landing, now=NOW + timedelta(minutes=1), client_options=FAST)
+    result = sync.run_scheduled(world["db"], landing=landing, now=NOW + timedelta(minutes=1), client_options=FAST)
     record = result.to_record()
     assert result.status == "partial" and "noise.parquet" in result.summary
     assert record["load"]["files_loaded"] == 1 and record["load"]["files_refused"] == 1
     assert record["load"]["refused"][0]["path"].endswith("noise.parquet") and record["load"]["ok"] is False
     assert [c["status"] for c in record["cohorts"]] == ["ok", "ok"] and record["mtu"]["ok"]
-    missing = sync.sync(world["db"], landing=world["tmp"] / "nowhere", cohorts="all",
-                        now=NOW + timedelta(minutes=2), client_options=FAST)
+    missing = sync.run_scheduled(world["db"], landing=world["tmp"] / "nowhere", cohorts="all",
+                                 now=NOW + timedelta(minutes=2), client_options=FAST)
     assert missing.status == "partial" and "nowhere does not exist" in missing.summary
     assert missing.to_record()["load"]["ok"] is False
 
@@ -251,8 +251,8 @@ def test_named_cohorts_are_found_in_any_case_and_an_unknown_one_fails_alone(worl
     for k, v in world["env"].items():
         monkeypatch.setenv(k, v)
     register(world, *GOOD)
-    result = sync.sync(world["db"], cohorts="BUYERS, Buyres, also buyers", now=NOW + timedelta(minutes=1),
-                       client_options=FAST)
+    result = sync.run_scheduled(world["db"], cohorts="BUYERS, Buyres, also buyers",
+                                now=NOW + timedelta(minutes=1), client_options=FAST)
     assert [(r.cohort, r.status) for r in result.runs] == [("Buyers", "ok"), ("Buyres", "failed"),
                                                            ("Also buyers", "ok")]
     assert 'no cohort "Buyres" in the store; did you mean "Buyers"' in result.runs[1].error

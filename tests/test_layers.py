@@ -13,7 +13,7 @@ LOADING = {"loading", *(f"loading.{m}" for m in ("run", "summary", "events", "pr
                                                    "execute", "readers", "sources", "validation", "profile_ops",
                                                    "identity")),
            "store", "sql", "errors", "redaction", "onesignal_ids"}
-PURE = {"plan", "loading.identity", "loading.profile_ops", "cohort_model", "cohort_sql", "onesignal_events",
+PURE = {"planning", "loading.identity", "loading.profile_ops", "cohort_model", "cohort_sql", "onesignal_events",
         "loading.validation", "sql", "onesignal_ids"}
 STANDARD = set(sys.stdlib_module_names) - {"os", "io", "socket", "subprocess", "shutil", "tempfile", "sqlite3",
                                            "threading", "asyncio", "urllib", "http", "pathlib", "glob", "time"}

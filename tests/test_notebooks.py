@@ -105,3 +105,55 @@ def test_export_notebook_connects_from_the_environment_and_dry_runs(sample_db, e
         assert export.list_exports(store) == [] and export.runs(store) == []    # a dry run registers nothing
         assert store.con.execute("SELECT status FROM connections").fetchall() == [("connected",)]
     assert not any(tags for tags in emulator.user_tags(app.app_id).values())   # nothing was sent
+
+
+def test_the_cli_dry_run_the_panel_and_the_notebook_show_what_preview_export_says(sample_db, emulator, app,
+                                                                                   tmp_path, capsys):
+    """One store, one cohort with members to add, to remove and unchanged since its last export: the
+    CLI's dry run (text and JSON), the export panel's Preview and the export notebook's dry run all show
+    export.preview_export's numbers, samples and guard verdict, and none of them writes."""
+    import html
+    import json
+    from datetime import timedelta
+
+    from toolkit import cli, report, sync
+    from toolkit.onesignal import Credentials
+
+    cohort = "New sign-ups"                   # the last 30 days: twenty days on, some left and some joined
+    with Store(sample_db) as store:
+        earlier = export.settings(store, cohort, mode="once", app_id=app.app_id, base_url=emulator.url,
+                                  now=NOW - timedelta(days=20))
+        assert sync.export_cohort(store, earlier, Credentials(app.app_id, app.api_key)).status == "ok"
+        runs_before = export.runs(store)
+    with Store(sample_db, read_only=True) as store:
+        expected = export.preview_export(store, cohort, now=NOW)
+    counts = (expected.added, expected.removed, expected.unchanged)
+    assert all(counts) and expected.exportable == expected.added + expected.unchanged
+    line = f"add {counts[0]:,}, remove {counts[1]:,}, no-op {counts[2]:,}"
+
+    exit_code = 0 if expected.verdict.ok else 1
+    cli_args = ["export", cohort, "--dry-run", "--db", str(sample_db), "--as-of", NOW.isoformat()]
+    assert cli.main([*cli_args, "--json"]) == exit_code
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["added"], shown["removed"], shown["unchanged"]) == counts
+    assert (shown["members"], shown["exportable"], shown["guard"]) == (expected.members, expected.exportable,
+                                                                        expected.verdict.reason)
+    assert [s["distinct_id"] for s in shown["samples"]["remove"]] == [s.distinct_id for s in expected.samples["remove"]]
+    assert cli.main(cli_args) == exit_code
+    text = capsys.readouterr().out
+    assert text.strip() == report.dry_run_text(expected)
+    assert f"added {counts[0]:,}, removed {counts[1]:,}, unchanged {counts[2]:,}" in text
+
+    panel = widgets.export_panel(sample_db, now=NOW)
+    panel.cohort.value = cohort
+    panel.preview_button.click()
+    assert panel.last_preview == expected
+    assert f"Preview: {line};" in panel.status.value
+    assert html.escape(report.export_preview_text(expected)) in panel.diff.value and line in panel.diff.value
+
+    nb = execute("export_cohort", tmp_path / "export.ipynb", {"store_path": str(sample_db), "base_url": emulator.url,
+                                                              "cohort": cohort, "now": NOW.isoformat()}, tmp_path)
+    assert report.export_preview_text(expected) in text_of(nb) and line in text_of(nb)
+
+    with Store(sample_db, read_only=True) as store:
+        assert export.runs(store) == runs_before                  # previews record nothing

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from toolkit.plan import ADD, NOOP, REMOVE, Target, plan, removal_guard
+from toolkit.planning import ADD, NOOP, REMOVE, Target, plan, removal_guard
 
 ids = st.text(min_size=1, max_size=6)
 targets = st.builds(Target, st.text(min_size=1, max_size=6), st.sampled_from(["external_id", "subscription_id"]))

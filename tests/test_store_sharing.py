@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from conftest import NOW, ROOT, SAMPLE
-from toolkit import Store, cohorts, demo, export, matching, sync
+from toolkit import Store, cohorts, demo, export, matching
 from toolkit.emulator import Emulator
 from toolkit.errors import StoreError
 from toolkit.onesignal import Credentials
@@ -148,7 +148,7 @@ def test_readers_share_the_store_without_waiting(db, env, holding):
     holding("read")                         # another reader (a notebook reading)
     quick = {**env, "TOOLKIT_STORE_WAIT": "0"}
     for command in (["status"], ["cohorts", "list"], ["cohorts", "preview", CHURN], ["runs"], ["quarantine"],
-                    ["mtu"]):
+                    ["mtu"], ["export", CHURN, "--dry-run"]):
         done = toolkit(*command, "--db", db, env=quick)
         assert done.returncode == 0, (command, done.stderr)
     assert "members" in toolkit("cohorts", "preview", CHURN, "--db", db, env=quick).stdout
@@ -213,7 +213,7 @@ def tagged(emulator, app, cohort) -> int:
 def expected_tagged(db, cohort) -> int:
     """Exportable members of the cohort that the emulator knows."""
     with Store(db, read_only=True) as store:
-        wanted = sync.targets(matching.preview(store, cohort))
+        wanted = export.targets(matching.preview(store, cohort))
         seeded = {u.get("external_id") or u["subscription_ids"][0] for u in demo.seed_users(store)}
     return sum(t.onesignal_id in seeded for t in wanted.values())
 

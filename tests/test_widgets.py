@@ -85,7 +85,7 @@ def tagged(emulator, app, cohort) -> set[tuple[str, str]]:
 
 def expected_tagged(store, cohort) -> set[tuple[str, str]]:
     """Exportable members of the cohort who exist in the emulator."""
-    wanted = sync.targets(matching.preview(store, cohort, now=NOW))
+    wanted = export.targets(matching.preview(store, cohort, now=NOW))
     return {(t.id_type, t.onesignal_id) for t in wanted.values()} & seeded(store)
 
 
@@ -228,8 +228,8 @@ def test_preview_export_and_preview_again(store, emulator, app, connection):
     shown = counts_shown(panel)
     assert not export.runs(store)                                      # previewing registered nothing
     # The same diff as the real dry run.
-    record = sync.export_cohort(store, CHURN, mode="once", app_id=app.app_id, base_url=emulator.url,
-                                dry_run=True, now=NOW)
+    record = sync.export_cohort(store, export.settings(store, CHURN, mode="once", app_id=app.app_id,
+                                                       base_url=emulator.url, dry_run=True, now=NOW))
     assert shown == (record.added, record.removed, record.unchanged) and shown[0] == record.exportable > 0
     assert "guard passes" in panel.status.value and f"add {shown[0]}" in panel.diff.value
 
@@ -314,7 +314,7 @@ def test_removal_guard_trips_and_force_passes(store, emulator, app, connection):
     cohorts.save(store, {"name": TECH, "rules": [{"property": "plan", "operator": "equals", "value": "pro"},
                                                  {"property": "$country_code", "operator": "equals", "value": "US"}]})
     panel.preview_button.click()
-    assert not panel.last_diff.verdict.ok and "STOPS" in panel.status.value
+    assert not panel.last_preview.verdict.ok and "STOPS" in panel.status.value
     assert "would remove" in panel.diff.value
     panel.export_button.click()
     assert panel.last_record.status == "stopped" and "rerun with force" in panel.status.value
@@ -322,7 +322,7 @@ def test_removal_guard_trips_and_force_passes(store, emulator, app, connection):
 
     panel.force.value = True
     panel.preview_button.click()
-    assert panel.last_diff.verdict.ok and "forced" in panel.diff.value
+    assert panel.last_preview.verdict.ok and "forced" in panel.diff.value
     panel.export_button.click()
     assert panel.last_record.status == "ok" and panel.last_record.removed > 0
     assert tagged(emulator, app, TECH) == expected_tagged(store, TECH) != before

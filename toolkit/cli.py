@@ -282,15 +282,21 @@ def _connect(args) -> int:
 def _export(args) -> int:
     from toolkit import cohorts, export, sync
 
-    with _store(args) as store:
+    dry_run = args.dry_run and not args.stop
+    with _store(args, read_only=dry_run) as store:      # a dry run only reads
         if args.stop:
             args.cohort = cohorts.resolve_name(store, args.cohort)
             export.stop(store, args.cohort)
             _emit(args, {"stopped": args.cohort}, report.stopped_text(args.cohort))
             return EXIT_CODES["ok"]
-        record = sync.export_cohort(store, args.cohort, mode=args.mode, app_id=args.app_id, base_url=args.base_url,
-                                    dry_run=args.dry_run, force=args.force, user_id_property=args.user_id_property,
-                                    id_type=args.id_type, progress=not args.json, now=args.as_of)
+        settings = export.settings(store, args.cohort, mode=args.mode, app_id=args.app_id, base_url=args.base_url,
+                                   user_id_property=args.user_id_property, id_type=args.id_type, dry_run=dry_run,
+                                   force=args.force, now=args.as_of)
+        if dry_run:
+            preview = export.preview_export(store, settings)
+            _emit(args, preview.to_dict(), report.dry_run_text(preview))
+            return EXIT_CODES["ok" if preview.status == "ok" else "failed"]
+        record = sync.export_cohort(store, settings, progress=not args.json)
     _emit(args, record.to_dict(), report.run_text(record))
     return EXIT_CODES[sync.run_outcome(record)]
 

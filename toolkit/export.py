@@ -1,13 +1,15 @@
 """Exporting a cohort to OneSignal, once or as a dynamic sync: a tag per cohort, a segment on that tag.
 
-A run: evaluate who is exportable now, plan the difference against the snapshot of the last
-successful export (``toolkit.plan``), check the removal guard, make sure the segment exists (a free
-plan fails here, before any user is touched), then set the tag on added users and clear it on
-removed ones. Each user's outcome is written as it arrives, in small transactions, and the snapshot
-advances only for what succeeded: a killed run loses nothing, and the next run converges. Users
-not in OneSignal are reported and never created. Two runs of one cohort never overlap: a run holds
-a lock file beside the store (flock, released by the kernel when its process dies), so a stale
-"running" record never blocks, whatever process now has its pid.
+A run follows one ``ExportSettings``, built once by ``settings`` from the cohort's registration and
+the caller's overrides. It evaluates who is exportable now, plans the difference against the snapshot
+of the last successful export (``toolkit.planning``), checks the removal guard (``preview_export`` is
+this much, and no more: it sends and writes nothing), makes sure the segment exists (a free plan
+fails here, before any user is touched), then sets the tag on added users and clears it on removed
+ones. Each user's outcome is written as it arrives, in small transactions, and the snapshot advances
+only for what succeeded: a killed run loses nothing, and the next run converges. Users not in
+OneSignal are reported and never created. Two runs of one cohort never overlap: a run holds a lock
+file beside the store (flock, released by the kernel when its process dies), so a stale "running"
+record never blocks, whatever process now has its pid.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from toolkit import plan as planning
+from toolkit import cohorts, credentials, matching, planning
 from toolkit.errors import ExportError
 from toolkit.onesignal import (
     FAILED,
@@ -38,11 +41,14 @@ from toolkit.onesignal import (
     OneSignalClient,
     OneSignalError,
     PlanRefused,
+    default_base_url,
 )
-from toolkit.plan import ADD, REMOVE, Target
+from toolkit.onesignal_ids import USER_ID_PROPERTY
+from toolkit.planning import ADD, NOOP, REMOVE, GuardVerdict, Step, Target
 from toolkit.store import Store, transaction
 
 FREE_PLAN_MESSAGE = "App may not submit cohort updates from Mixpanel"   # Mixpanel's words, kept exactly
+MODES = ("once", "dynamic")
 DYNAMIC_INTERVAL = timedelta(minutes=15)
 MAX_DYNAMIC_SYNCS = 60
 MAX_COHORT_MEMBERS = 10_000_000
@@ -51,6 +57,7 @@ DEFAULT_MAX_REMOVAL_SHARE = 0.5
 FLUSH_EVERY = 500
 TAG_VALUE = "1"
 MAX_SEGMENT_NAME = 128          # OneSignal's limit, in characters
+SAMPLES = 5                     # adds and removes a preview names
 _running: dict[tuple[str, str], threading.Lock] = {}
 
 
@@ -106,44 +113,117 @@ def _same_filters(found, wanted: list[dict]) -> bool:
                for f, w in zip(found, wanted, strict=True))
 
 
-# -- registration -------------------------------------------------------------------------------
+# -- settings: what one run follows ------------------------------------------------------------------
 
-def register(store: Store, cohort: str, mode: str, app_id: str, base_url: str, *,
-             user_id_property: str = "$onesignal_user_id", id_type: str = "auto",
-             now: datetime | None = None) -> None:
-    """Record the export of ``cohort`` (``once`` or ``dynamic``); a new export overwrites the previous
-    one (its snapshot stays, so switching mode sends only the difference)."""
-    _save_registration(store.con, proposed(store.con, cohort, mode, app_id, base_url,
-                                           user_id_property=user_id_property, id_type=id_type, now=now))
+# What a successful run stores of its settings: a new registration, or a registered export's new address.
+SAVE_REGISTRATION, SAVE_ADDRESS = "registration", "address"
 
 
-def proposed(con, cohort: str, mode: str, app_id: str, base_url: str, *,
-             user_id_property: str = "$onesignal_user_id", id_type: str = "auto",
-             now: datetime | None = None) -> dict:
-    """The registration ``register`` would write, checked but not stored: give it to ``run`` as
-    ``registration`` and it is stored only if that run succeeds (a failed export changes nothing)."""
-    if mode not in ("once", "dynamic"):
+@dataclass(frozen=True)
+class ExportSettings:
+    """Everything one export run follows, decided before it starts (``settings`` builds it from the
+    cohort's registration, read once, and the caller's overrides) and passed down unchanged."""
+    cohort: str
+    mode: str = "once"                        # once | dynamic
+    app_id: str | None = None                 # None only in a dry run of an unregistered cohort
+    base_url: str | None = None
+    user_id_property: str = USER_ID_PROPERTY
+    id_type: str = "auto"                     # auto | external_id | subscription_id
+    tag_key: str = ""                         # the registered key; default tag_key(cohort)
+    segment_id: str | None = None             # the registered segment of this app, if known
+    saves: str | None = None                  # SAVE_REGISTRATION / SAVE_ADDRESS when the run ends ok or partial
+    dry_run: bool = False
+    force: bool = False                       # pass the removal guard
+    max_removal_share: float = DEFAULT_MAX_REMOVAL_SHARE
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))    # as of when cohorts are evaluated
+    # OneSignalClient's options: timeouts, retries, concurrency, rate limits
+    client_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ExportError(f"mode {self.mode!r}: expected once or dynamic")
+        if not self.tag_key:
+            object.__setattr__(self, "tag_key", tag_key(self.cohort))
+
+
+def settings(store: Store, cohort: str, *, mode: str | None = None, app_id: str | None = None,
+             base_url: str | None = None, user_id_property: str | None = None, id_type: str | None = None,
+             dry_run: bool = False, force: bool = False, now: datetime | None = None,
+             client_options: Mapping[str, Any] | None = None) -> ExportSettings:
+    """The settings of one export run of ``cohort``: its registration, read here once, with the
+    caller's overrides. With ``mode`` (once/dynamic) the run (re)registers the export, overwriting the
+    previous one; without, it runs the registered export again (at ``base_url`` if given). A new
+    registration or address is stored only if the run ends ok or partial, so a failed or refused export
+    leaves the registered one as it was. A dry run rehearses and registers nothing; an unregistered
+    cohort is rehearsed as a one-time export. A registered export is found by its exact name, any other
+    name as ``cohorts.resolve_name`` finds it (any case, else "did you mean")."""
+    con = store.reader()
+    found = registration(con, cohort)
+    if found is None:
+        resolved = cohorts.resolve_name(store, cohort)
+        if resolved != cohort:
+            cohort, found = resolved, registration(con, resolved)
+    per_run: dict[str, Any] = {"dry_run": dry_run, "force": force, "now": now or datetime.now(UTC),
+                               "client_options": dict(client_options or {})}
+    if mode is not None and not dry_run:
+        return _registering(con, cohort, mode, app_id or (found or {}).get("app_id")
+                            or os.environ.get(credentials.ENV_APP), base_url or (found or {}).get("base_url"),
+                            user_id_property, id_type, found, **per_run)
+    if found is None:
+        if not dry_run:
+            raise ExportError(f'cohort "{cohort}" has no export yet: choose --once or --dynamic')
+        return ExportSettings(cohort, mode or "once", app_id, base_url, user_id_property or USER_ID_PROPERTY,
+                              id_type or "auto", **per_run)
+    moved = bool(base_url) and base_url != found["base_url"] and not dry_run
+    return ExportSettings(cohort, mode or found["mode"], found["app_id"], base_url or found["base_url"],
+                          user_id_property or found["user_id_property"] or USER_ID_PROPERTY,
+                          id_type or found["id_type"] or "auto", found["tag_key"], found["segment_id"],
+                          SAVE_ADDRESS if moved else None, **per_run)
+
+
+def _registering(con, cohort: str, mode: str, app_id: str | None, base_url: str | None,
+                 user_id_property: str | None, id_type: str | None, found: dict | None, **run) -> ExportSettings:
+    """Settings that register the export of ``cohort``: checked here (mode, app, the dynamic-sync limit),
+    stored by the run that follows them, if it succeeds."""
+    if mode not in MODES:
         raise ExportError(f"mode {mode!r}: expected once or dynamic")
-    now = _naive(now)
+    if not app_id:
+        raise ExportError("say which OneSignal app: --app-id or $ONESIGNAL_APP_ID")
     if mode == "dynamic":
         dynamic = con.execute("SELECT count(*) FROM exports WHERE mode = 'dynamic' AND stopped_at IS NULL "
                               "AND cohort <> ?", [cohort]).fetchone()[0]
         if dynamic >= MAX_DYNAMIC_SYNCS:
             raise ExportError(f"{dynamic} dynamic syncs are active; Mixpanel allows {MAX_DYNAMIC_SYNCS} per "
                               "project. Stop one (toolkit export NAME --stop) or use a one-time export.")
-    old = con.execute("SELECT segment_id, app_id FROM exports WHERE cohort = ?", [cohort]).fetchone()
-    segment_id = old[0] if old and old[1] == app_id else None
-    return {"cohort": cohort, "mode": mode, "app_id": app_id, "base_url": base_url, "tag_key": tag_key(cohort),
-            "segment_name": segment_name(cohort), "segment_id": segment_id, "user_id_property": user_id_property,
-            "id_type": id_type, "created_at": now, "next_due_at": now if mode == "dynamic" else None,
-            "stopped_at": None}
+    segment_id = found["segment_id"] if found and found["app_id"] == app_id else None
+    return ExportSettings(cohort, mode, app_id, base_url or default_base_url(), user_id_property or USER_ID_PROPERTY,
+                          id_type or "auto", segment_id=segment_id, saves=SAVE_REGISTRATION, **run)
 
 
-def _save_registration(con, row: dict) -> None:
+# -- registration -------------------------------------------------------------------------------
+
+def register(store: Store, cohort: str, mode: str, app_id: str, base_url: str, *,
+             user_id_property: str = USER_ID_PROPERTY, id_type: str = "auto",
+             now: datetime | None = None) -> None:
+    """Record the export of ``cohort`` (``once`` or ``dynamic``) without running it; a new export
+    overwrites the previous one (its snapshot stays, so switching mode sends only the difference)."""
+    con = store.con
+    found = registration(con, cohort)
+    _save_registration(con, _registering(con, cohort, mode, app_id, base_url, user_id_property, id_type, found,
+                                         now=now or datetime.now(UTC)))
+
+
+def _save_registration(con, settings: ExportSettings, segment_id: str | None = None) -> None:
+    """Store ``settings`` as the cohort's registration: a new one (created now; a dynamic sync is due
+    at once), or a registered export's new address (its schedule kept)."""
+    if settings.saves == SAVE_ADDRESS:
+        con.execute("UPDATE exports SET base_url = ? WHERE cohort = ?", [settings.base_url, settings.cohort])
+        return
+    now = _naive(settings.now)
     con.execute("""INSERT OR REPLACE INTO exports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""", [
-        row["cohort"], row["mode"], row["app_id"], row["base_url"], row["tag_key"], row["segment_name"],
-        row["segment_id"], row["user_id_property"], row["id_type"], row["created_at"], row["next_due_at"],
-        row["stopped_at"]])
+        settings.cohort, settings.mode, settings.app_id, settings.base_url, settings.tag_key,
+        segment_name(settings.cohort), segment_id or settings.segment_id, settings.user_id_property,
+        settings.id_type, now, now if settings.mode == "dynamic" else None, None])
 
 
 def stop(store: Store, cohort: str, now: datetime | None = None) -> None:
@@ -153,6 +233,13 @@ def stop(store: Store, cohort: str, now: datetime | None = None) -> None:
                               [_naive(now), cohort]).fetchall()
     if not found:
         raise ExportError(f"no active dynamic sync for cohort {cohort!r}")
+
+
+def follow_app(store: Store, app_id: str, base_url: str) -> None:
+    """The app's registered exports go to ``base_url`` from now on (it answered there, e.g. a new
+    emulator port)."""
+    store.con.execute("UPDATE exports SET base_url = ? WHERE app_id = ? AND base_url <> ?",
+                      [base_url, app_id, base_url])
 
 
 def due(store: Store, now: datetime | None = None) -> list[str]:
@@ -183,7 +270,32 @@ def runs(store: Store, cohort: str | None = None, limit: int = 50) -> list[dict]
     return found
 
 
-# -- a run --------------------------------------------------------------------------------------
+# -- who, and what would change ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Exportable:
+    """A cohort evaluated for export: its size, the OneSignal user of each exportable member, and how
+    many of the others each reason left out."""
+    members: int
+    wanted: Mapping[str, Target]
+    left_out: Mapping[str, int]
+
+
+def targets(preview: matching.Preview) -> dict[str, Target]:
+    """The exportable members of a preview, as the OneSignal users the export addresses (from Arrow:
+    a million members never become a DataFrame)."""
+    rows = preview.exportable_table.to_pydict()
+    return {did: Target(oid, kind)
+            for did, oid, kind in zip(rows["distinct_id"], rows["onesignal_id"], rows["id_type"], strict=True)}
+
+
+def exportable(store: Store, settings: ExportSettings) -> Exportable:
+    """Evaluate the cohort as of ``settings.now`` and match its members by the settings' user-id property."""
+    found = matching.preview(store, settings.cohort, now=settings.now, user_id_property=settings.user_id_property,
+                             id_type=settings.id_type)
+    return Exportable(int(found.summary["members"]), targets(found),
+                      {reason: int(n) for reason, n in found.summary["reasons"].items() if n})
+
 
 def snapshot(con, cohort: str, now: datetime) -> dict[str, Target]:
     """Who the last successful export covered; absent users count until it is time to look again."""
@@ -193,62 +305,126 @@ def snapshot(con, cohort: str, now: datetime) -> dict[str, Target]:
     return {d: Target(o, t) for d, o, t in rows}
 
 
-def run(store: Store, cohort: str, wanted: Mapping[str, Target], credentials: Credentials | None, *,
-        dry_run: bool = False, mode: str | None = None, force: bool = False,
-        max_removal_share: float = DEFAULT_MAX_REMOVAL_SHARE, members: int | None = None,
-        now: datetime | None = None, client_options: Mapping | None = None,
-        on_progress: Callable[[int, int], None] | None = None, registration: dict | None = None) -> RunRecord:
-    """One export run of a registered cohort towards ``wanted`` (distinct_id -> OneSignal target).
-    With ``registration`` (from ``proposed``) the run follows it, and stores it only if the run
-    succeeds (ok or partial). A dry run needs no registration (``mode`` names what it rehearses)
+def _plan(con, settings: ExportSettings, wanted: Mapping[str, Target]) -> tuple[planning.Plan, GuardVerdict]:
+    """The plan against the last export's snapshot, and the removal guard's verdict on it: what a run
+    does and what a preview shows, computed here only."""
+    if len(wanted) > MAX_COHORT_MEMBERS:
+        raise ExportError(f"cohort {settings.cohort!r} has {len(wanted):,} exportable members; the limit is "
+                          f"{MAX_COHORT_MEMBERS:,} (matchability reports the rest as over_limit)")
+    current = snapshot(con, settings.cohort, settings.now)
+    the_plan = planning.plan(wanted, current)
+    # The share is of what the plan diffs against; with nothing exported yet, size is unknown (trips
+    # only if something would be removed, which cannot happen then).
+    verdict = planning.removal_guard(the_plan, len(current) or None, settings.max_removal_share,
+                                     force=settings.force)
+    return the_plan, verdict
+
+
+@dataclass(frozen=True)
+class ExportPreview:
+    """What exporting a cohort now would do, from what the store holds: nothing is sent or written."""
+    cohort: str
+    mode: str
+    as_of: datetime
+    members: int
+    exportable: int
+    counts: Mapping[str, int]                  # add, remove, no-op
+    samples: Mapping[str, tuple[Step, ...]]    # the first adds and removes, by distinct_id
+    verdict: GuardVerdict                      # the removal guard: passes or stops the export, and why
+    left_out: Mapping[str, int]                # members that cannot be exported, by reason
+
+    @property
+    def added(self) -> int:
+        return self.counts[ADD]
+
+    @property
+    def removed(self) -> int:
+        return self.counts[REMOVE]
+
+    @property
+    def unchanged(self) -> int:
+        return self.counts[NOOP]
+
+    @property
+    def status(self) -> str:
+        """What a dry run records: ok, or stopped (by the removal guard)."""
+        return "ok" if self.verdict.ok else "stopped"
+
+    @property
+    def refused(self) -> str | None:
+        """Why an export now would be refused (the removal guard's reason), or None: it would run."""
+        return None if self.verdict.ok else self.verdict.reason
+
+    def to_dict(self) -> dict:
+        """A dry run's record: the keys of ``RunRecord.to_dict`` (a dry run sends nothing, so none
+        failed or was found missing), the samples and the members left out."""
+        def steps(operation: str) -> list[dict]:
+            return [{"distinct_id": s.distinct_id, "onesignal_id": s.target.onesignal_id,
+                     "id_type": s.target.id_type} for s in self.samples[operation]]
+        return {"cohort": self.cohort, "mode": self.mode, "dry_run": True, "status": self.status,
+                "as_of": self.as_of, "members": self.members, "exportable": self.exportable,
+                "added": self.added, "removed": self.removed, "unchanged": self.unchanged,
+                "not_in_onesignal": 0, "failed": 0, "error": self.refused, "guard": self.verdict.reason,
+                "samples": {ADD: steps(ADD), REMOVE: steps(REMOVE)}, "left_out": dict(self.left_out)}
+
+
+def preview_export(store: Store, settings_or_cohort: ExportSettings | str, *, now: datetime | None = None,
+                   force: bool = False, samples: int = SAMPLES) -> ExportPreview:
+    """What an export of the cohort would do now: the plan's adds, removes and unchanged members, the
+    first few of each change, and the removal guard's verdict, from the store alone (no HTTP, no
+    writes: a read-only store does). Given a cohort's name, its registered export (or a one-time export)
+    is rehearsed as of ``now``, ``force`` passing the guard; given settings, they say all that."""
+    given = settings_or_cohort
+    chosen = given if isinstance(given, ExportSettings) else settings(store, given, dry_run=True, now=now,
+                                                                        force=force)
+    found = exportable(store, chosen)
+    the_plan, verdict = _plan(store.reader(), chosen, found.wanted)
+    return ExportPreview(chosen.cohort, chosen.mode, chosen.now, found.members, len(found.wanted),
+                         {op: the_plan.counts.get(op, 0) for op in (ADD, REMOVE, NOOP)},
+                         {op: tuple(the_plan.of(op)[:samples]) for op in (ADD, REMOVE)}, verdict, found.left_out)
+
+
+# -- a run --------------------------------------------------------------------------------------
+
+def run(store: Store, settings: ExportSettings, wanted: Mapping[str, Target], credentials: Credentials | None,
+        *, members: int | None = None, on_progress: Callable[[int, int], None] | None = None) -> RunRecord:
+    """One export run of ``settings.cohort`` towards ``wanted`` (distinct_id -> OneSignal target;
+    ``members``: the cohort's size, default ``len(wanted)``). Settings that register the export
+    (``saves``) store it only if the run succeeds (ok or partial). A dry run needs no registration
     and changes no export."""
-    now = now or datetime.now(UTC)
     con = store.con.cursor()     # a connection of its own: runs may happen in threads (widgets, scheduler)
     try:
-        return _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_removal_share, members,
-                    now, client_options, on_progress, registration)
+        return _run(store, con, settings, wanted, credentials, members, on_progress)
     finally:
         con.close()
 
 
-def _run(store, con, cohort, wanted, credentials, dry_run, mode, force, max_removal_share, members, now,
-         client_options, on_progress, pending) -> RunRecord:
-    if pending is not None and not dry_run:
-        export = dict(pending)
-    elif dry_run:
-        found = registration(con, cohort) or {}
-        export = {**found, "mode": mode or found.get("mode") or "once"}
-    else:
-        export = _registered(con, cohort)
-    if len(wanted) > MAX_COHORT_MEMBERS:
-        raise ExportError(f"cohort {cohort!r} has {len(wanted):,} exportable members; the limit is "
-                          f"{MAX_COHORT_MEMBERS:,} (matchability reports the rest as over_limit)")
-    current = snapshot(con, cohort, now)
-    the_plan = planning.plan(wanted, current)
-    # The share is of what the plan diffs against; with nothing exported yet, size is unknown (trips
-    # only if something would be removed, which cannot happen then).
-    verdict = planning.removal_guard(the_plan, len(current) or None, max_removal_share, force=force)
-    with _run_lock(store, cohort):
-        record = _start(store, con, cohort, export["mode"], dry_run, now, the_plan, verdict,
-                        members if members is not None else len(wanted), len(wanted))
-        if dry_run:
+def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Target],
+         credentials: Credentials | None, members: int | None, on_progress) -> RunRecord:
+    if not settings.dry_run and not (settings.app_id and settings.base_url):
+        raise ExportError(f"cohort {settings.cohort!r} has no export; register it first (toolkit export NAME --once)")
+    the_plan, verdict = _plan(con, settings, wanted)
+    with _run_lock(store, settings.cohort):
+        record = _start(store, con, settings, the_plan, verdict, members if members is not None else len(wanted),
+                        len(wanted))
+        if settings.dry_run:
             return _finish(con, record, "ok" if verdict.ok else "stopped", None if verdict.ok else verdict.reason)
         if not verdict.ok:
             return _finish(con, record, "stopped", verdict.reason)
         if credentials is None:
             return _finish(con, record, "failed", "no OneSignal credentials: preview only (see toolkit connect)")
         try:
-            _run_async(_apply(con, export, record, the_plan, credentials, client_options or {}, on_progress))
+            segment_id = _run_async(_apply(con, settings, record, the_plan, credentials, on_progress))
         except (OneSignalError, ExportError) as exc:
             return _finish(con, record, "failed", str(exc))
         except BaseException as exc:
             _finish(con, record, "interrupted", f"{type(exc).__name__}: {exc}")
             raise
-        if pending is not None:              # the run succeeded: now the export is registered as asked
-            _save_registration(con, export)
-        if export["mode"] == "dynamic":
+        if settings.saves:                   # the run succeeded: now the export is registered as asked
+            _save_registration(con, settings, segment_id)
+        if settings.mode == "dynamic":
             con.execute("UPDATE exports SET next_due_at = ? WHERE cohort = ? AND stopped_at IS NULL",
-                        [_naive(now) + DYNAMIC_INTERVAL, cohort])
+                        [_naive(settings.now) + DYNAMIC_INTERVAL, settings.cohort])
         return _finish(con, record, "partial" if record.failed else "ok", _failed_users(con, record))
 
 
@@ -312,17 +488,19 @@ def _is_running(store: Store, cohort: str) -> bool:
         lock.release()
 
 
-async def _apply(con, export: dict, record: RunRecord, the_plan: planning.Plan, credentials: Credentials,
-                 client_options: Mapping, on_progress) -> None:
-    async with OneSignalClient(credentials, export["base_url"], **client_options) as client:
-        export["segment_id"] = await _ensure_segment(con, client, export)
+async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: planning.Plan,
+                 credentials: Credentials, on_progress) -> str:
+    """Make sure of the segment, then send the plan's changes; returns the segment's id."""
+    assert settings.app_id and settings.base_url      # checked by _run
+    async with OneSignalClient(credentials, settings.base_url, **settings.client_options) as client:
+        segment_id = await _ensure_segment(con, client, settings)
         changes = the_plan.changes
-        resolved = await _resolve_subscriptions(con, client, export["app_id"], changes)
+        resolved = await _resolve_subscriptions(con, client, settings.app_id, changes)
         writer = _ResultWriter(con, record, len(changes), on_progress)
         try:
             # Removals first: a OneSignal id that moved between members is cleared, then set again.
             for operation in (REMOVE, ADD):
-                steps: dict[tuple[str, str], planning.Step] = {}
+                steps: dict[tuple[str, str], Step] = {}
                 for step in (s for s in changes if s.operation == operation):
                     alias = (resolved.get(step.target) if step.target.id_type == "subscription_id"
                              else ("external_id", step.target.onesignal_id))
@@ -335,33 +513,33 @@ async def _apply(con, export: dict, record: RunRecord, the_plan: planning.Plan, 
                 def on_result(r, steps=steps):    # this operation's steps, bound now
                     writer.add(steps[(r.alias_label, r.alias_id)], r.outcome, r.error)
 
-                await client.update_many(((label, alias_id, {export["tag_key"]: value}) for label, alias_id in steps),
+                await client.update_many(((label, alias_id, {settings.tag_key: value}) for label, alias_id in steps),
                                          on_result=on_result)
         finally:
             writer.flush()
+    return segment_id
 
 
-async def _ensure_segment(con, client: OneSignalClient, export: dict) -> str:
+async def _ensure_segment(con, client: OneSignalClient, settings: ExportSettings) -> str:
     """The segment must exist before any user is tagged; a free plan is refused here. Returns its id.
 
     Without a known id, a segment of that name is looked for first and adopted if it filters on this
     cohort's tag: a run killed between creating it and saving its id, or a rebuilt store, left it."""
     # From the cohort, not the stored name: a registration made before names were kept unique heals.
-    name, filters = segment_name(export["cohort"]), segment_filters(export["tag_key"])
-    export["segment_name"] = name
+    name, filters = segment_name(settings.cohort), segment_filters(settings.tag_key)
     try:
-        if export["segment_id"]:
+        if settings.segment_id:
             try:
-                await client.update_segment(export["segment_id"], name, filters)
-                return export["segment_id"]
+                await client.update_segment(settings.segment_id, name, filters)
+                return settings.segment_id
             except NotFound:
                 pass                          # deleted in OneSignal: find or create it again
-        segment_id = await _adopt_segment(client, export, name, filters)
+        segment_id = await _adopt_segment(client, settings, name, filters)
         if segment_id is None:
             try:
                 segment_id = await client.create_segment(name, filters)
             except Conflict:                  # made meanwhile (another run, a person): look again
-                segment_id = await _adopt_segment(client, export, name, filters)
+                segment_id = await _adopt_segment(client, settings, name, filters)
                 if segment_id is None:
                     raise
     except PlanRefused:                       # decided from OneSignal's status and words, never the name
@@ -369,11 +547,12 @@ async def _ensure_segment(con, client: OneSignalClient, export: dict) -> str:
     # Saved at once where this export is already registered for this app (a new registration is
     # saved with the id when the run succeeds); a kill before this line is recovered by name.
     con.execute("UPDATE exports SET segment_id = ?, segment_name = ? WHERE cohort = ? AND app_id = ?",
-                [segment_id, name, export["cohort"], export["app_id"]])
+                [segment_id, name, settings.cohort, settings.app_id])
     return segment_id
 
 
-async def _adopt_segment(client: OneSignalClient, export: dict, name: str, filters: list[dict]) -> str | None:
+async def _adopt_segment(client: OneSignalClient, settings: ExportSettings, name: str,
+                         filters: list[dict]) -> str | None:
     """The id of the app's segment called ``name`` if it is this cohort's (it filters on the cohort's
     tag); None if there is none; an error naming it if one of that name filters on something else."""
     for found in [s for s in await client.list_segments() if s.get("name") == name]:
@@ -384,15 +563,15 @@ async def _adopt_segment(client: OneSignalClient, export: dict, name: str, filte
         if _same_filters(details.get("filters"), filters):
             return found["id"]
         raise ExportError(
-            f"cohort {export['cohort']!r}: OneSignal app {export['app_id']} already has a segment named {name!r} "
-            f"(id {found['id']}) that does not filter on this cohort's tag {export['tag_key']!r}, so it was "
+            f"cohort {settings.cohort!r}: OneSignal app {settings.app_id} already has a segment named {name!r} "
+            f"(id {found['id']}) that does not filter on this cohort's tag {settings.tag_key!r}, so it was "
             "not made by this export and is left alone. Rename or delete that segment in OneSignal, or "
             "rename the cohort.")
     return None
 
 
 async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
-                                 steps: Sequence[planning.Step]) -> dict[Target, tuple[str, str] | None]:
+                                 steps: Sequence[Step]) -> dict[Target, tuple[str, str] | None]:
     """Subscription (Player) IDs -> ("onesignal_id", id) of their user, from the cache or OneSignal."""
     wanted = sorted({s.target for s in steps if s.target.id_type == "subscription_id"})
     if not wanted:
@@ -420,10 +599,10 @@ class _ResultWriter:
 
     def __init__(self, con, record: RunRecord, total: int, on_progress):
         self.con, self.record, self.total, self.on_progress = con, record, total, on_progress
-        self.pending: list[tuple[planning.Step, str, str | None]] = []
+        self.pending: list[tuple[Step, str, str | None]] = []
         self.done = 0
 
-    def add(self, step: planning.Step, outcome: str, error: Exception | None) -> None:
+    def add(self, step: Step, outcome: str, error: Exception | None) -> None:
         self.pending.append((step, outcome, REDACTOR.redact(str(error)) if error is not None and outcome == FAILED
                              else None))
         if len(self.pending) >= FLUSH_EVERY:
@@ -453,7 +632,7 @@ class _ResultWriter:
         if self.on_progress:
             self.on_progress(self.done, self.total)
 
-    def _count(self, step: planning.Step, outcome: str) -> None:
+    def _count(self, step: Step, outcome: str) -> None:
         r = self.record
         if outcome == FAILED:
             r.failed += 1
@@ -470,22 +649,24 @@ class _ResultWriter:
 DEAD_RUN = "its process ended before the run did (killed or crashed); the next run sends the rest"
 
 
-def _start(store, con, cohort, mode, dry_run, now, the_plan, verdict, members, exportable) -> RunRecord:
+def _start(store: Store, con, settings: ExportSettings, the_plan: planning.Plan, verdict: GuardVerdict,
+           members: int, exportable: int) -> RunRecord:
     """Called holding the cohort's run lock: any run of this cohort still marked running was cut short,
     and so was one of another cohort whose lock nobody holds (a killed run that no run of its own
     cohort followed would otherwise read "running" for ever)."""
+    cohort, mode, dry_run, now = settings.cohort, settings.mode, settings.dry_run, _naive(settings.now)
     with transaction(con):
         stale = [c for c, in con.execute("SELECT DISTINCT cohort FROM export_runs WHERE status = 'running'")
                  .fetchall() if c == cohort or not _is_running(store, c)]
         con.execute("UPDATE export_runs SET status = 'interrupted', ended_at = ?, error = coalesce(error, ?) "
-                    "WHERE status = 'running' AND cohort IN (SELECT unnest(?))", [_naive(now), DEAD_RUN, stale])
+                    "WHERE status = 'running' AND cohort IN (SELECT unnest(?))", [now, DEAD_RUN, stale])
         run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
         con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid, members, "
                     "exportable, unchanged) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-                    [run_id, cohort, mode, dry_run, _naive(now), os.getpid(), members, exportable,
-                     the_plan.counts.get(planning.NOOP, 0)])
-    return RunRecord(run_id, cohort, mode, dry_run, "running", _naive(now), members=members,
-                     exportable=exportable, unchanged=the_plan.counts.get(planning.NOOP, 0),
+                    [run_id, cohort, mode, dry_run, now, os.getpid(), members, exportable,
+                     the_plan.counts.get(NOOP, 0)])
+    return RunRecord(run_id, cohort, mode, dry_run, "running", now, members=members,
+                     exportable=exportable, unchanged=the_plan.counts.get(NOOP, 0),
                      guard=verdict.reason, plan=the_plan)
 
 
@@ -513,11 +694,17 @@ def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord
     return record
 
 
-def record_failure(store: Store, cohort: str, mode: str, error: str, *, dry_run: bool = False,
+def record_failure(store: Store, cohort: str, error: str, *, mode: str | None = None, dry_run: bool = False,
                    now: datetime | None = None) -> RunRecord:
     """A failed run record for an export that could not even start (its cohort cannot be evaluated,
-    no key...), so the failure shows in ``toolkit runs`` like any other."""
+    no key...), so the failure shows in ``toolkit runs`` like any other. Without ``mode`` (its settings
+    could not be made), the registered export's mode, else once."""
     con = store.con
+    if mode is None:
+        try:
+            mode = (registration(con, cohort) or {}).get("mode") or "once"
+        except Exception:       # whatever stopped the export may stop this read too: the failure still counts
+            mode = "once"
     started = _naive(now)
     run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
     record = RunRecord(run_id, cohort, mode, dry_run, "failed", started, ended_at=_naive(None), error=error)
@@ -532,13 +719,6 @@ def registration(con, cohort: str) -> dict | None:
     cursor = con.execute("SELECT * FROM exports WHERE cohort = ?", [cohort])
     row = cursor.fetchone()
     return dict(zip([d[0] for d in cursor.description], row, strict=True)) if row else None
-
-
-def _registered(con, cohort: str) -> dict:
-    found = registration(con, cohort)
-    if found is None:
-        raise ExportError(f"cohort {cohort!r} has no export; register it first (toolkit export NAME --once)")
-    return found
 
 
 def _run_async(coroutine):

@@ -18,6 +18,7 @@ from toolkit.store import Store
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from toolkit.export import ExportPreview
     from toolkit.matching import Preview
     from toolkit.mtu import MonthMTU
     from toolkit.schedule import SyncRun
@@ -218,3 +219,28 @@ def error(exc: ToolkitError) -> dict:
 
 def error_text(exc: ToolkitError) -> str:
     return f"sync skipped: {exc}" if isinstance(exc, SyncBusy) else f"error: {exc}"
+
+
+def export_preview_text(preview: ExportPreview) -> str:
+    """What an export would do now (``export.preview_export``), as the export panel and notebook show it."""
+    lines = [f"{preview.cohort}: {preview.exportable:,} exportable of {preview.members:,} members",
+             f"  add {preview.added:,}, remove {preview.removed:,}, no-op {preview.unchanged:,}",
+             *_sample_lines(preview),
+             f"  removal guard: {'passes' if preview.verdict.ok else 'STOPS the export'}: {preview.verdict.reason}"]
+    return "\n".join(lines)
+
+
+def dry_run_text(preview: ExportPreview) -> str:
+    """``toolkit export --dry-run``: the shape of a run's report (``run_text``), then who would change."""
+    return "\n".join([run_text(preview.to_dict()), *_sample_lines(preview)])
+
+
+def _sample_lines(preview: ExportPreview) -> list[str]:
+    lines = []
+    for operation, count in (("add", preview.added), ("remove", preview.removed)):
+        steps = preview.samples[operation]
+        if steps:
+            more = count - len(steps)
+            lines.append(f"  {operation}: " + ", ".join(f"{s.distinct_id} ({s.target.id_type} {s.target.onesignal_id})"
+                                                        for s in steps) + (f" and {more:,} more" if more else ""))
+    return lines

@@ -201,7 +201,7 @@ MIGRATIONS: list[str] = [
         FROM profiles p LEFT JOIN identity_map m ON m.distinct_id = p.distinct_id
         GROUP BY ALL;
     """,
-    # 4: an events file loads in two transactions (see toolkit/ingest.py): its rows are staged, then
+    # 4: an events file loads in two transactions (see toolkit/loading/run.py): its rows are staged, then
     # settled and published by the file's row in `loads`. `events` shows published files only, so no
     # reader ever sees a staged file. Rows no longer carry their line: the fast reader cannot number
     # them without running on one thread, and only refused rows need one (the quarantine keeps it).
@@ -247,7 +247,7 @@ MIGRATIONS: list[str] = [
                                                    WHEN '$merge' THEN properties ->> '$."$distinct_ids"[0]' END
     WHERE rejected IS NULL AND event IN ('$identify', '$create_alias', '$merge');
     -- Rebuilt whole by every load, and a primary key made that 13 s at 500k ids instead of 0.3 s;
-    -- ids are unique by construction (ingest.refresh_identity writes a dict).
+    -- ids are unique by construction (loading.derived.refresh_identity writes a dict).
     CREATE TABLE identity_map_unkeyed AS SELECT * FROM identity_map;
     DROP TABLE identity_map;
     ALTER TABLE identity_map_unkeyed RENAME TO identity_map;

@@ -5,7 +5,6 @@ and the widgets all call these, so there is one behaviour to test."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,14 +14,11 @@ import duckdb
 import pandas as pd
 from tqdm.auto import tqdm
 
-from toolkit import credentials as keys
-from toolkit import export, matching, mtu
-from toolkit.cohorts import resolve_name
+from toolkit import export, mtu
+from toolkit.credentials import find as find_credentials
 from toolkit.errors import SyncFailed, ToolkitError, UsageError
 from toolkit.loading import LoadSummary, load
-from toolkit.matching import DEFAULT_USER_ID_PROPERTY
 from toolkit.onesignal import Credentials, default_base_url
-from toolkit.plan import Target
 from toolkit.store import Store
 
 log = logging.getLogger("toolkit.sync")
@@ -42,54 +38,22 @@ def connect(store: Store, credentials: Credentials, base_url: str | None = None)
         connected, detail = False, str(exc)
     store.con.execute("INSERT OR REPLACE INTO connections VALUES (?, ?, ?, ?, now()::TIMESTAMP)",
                       [credentials.app_id, base_url, "connected" if connected else "failed", detail])
-    if connected:       # the app's exports follow it to the address that answered (e.g. a new emulator port)
-        store.con.execute("UPDATE exports SET base_url = ? WHERE app_id = ? AND base_url <> ?",
-                          [base_url, credentials.app_id, base_url])
+    if connected:
+        export.follow_app(store, credentials.app_id, base_url)
     return {"app_id": credentials.app_id, "base_url": base_url, "connected": connected, "detail": detail}
 
 
-def targets(preview: matching.Preview) -> dict[str, Target]:
-    """The exportable members of a preview, as the OneSignal users the export addresses (from Arrow:
-    a million members never become a DataFrame)."""
-    rows = preview.exportable_table.to_pydict()
-    return {did: Target(oid, kind)
-            for did, oid, kind in zip(rows["distinct_id"], rows["onesignal_id"], rows["id_type"], strict=True)}
-
-
-def export_cohort(store: Store, cohort: str, *, mode: str | None = None, app_id: str | None = None,
-                  base_url: str | None = None, credentials: Credentials | None = None,
-                  dry_run: bool = False, force: bool = False, now: datetime | None = None,
-                  user_id_property: str | None = None, id_type: str | None = None,
-                  client_options: dict | None = None, progress: bool = False,
-                  on_progress: Callable[[int, int], None] | None = None) -> export.RunRecord:
-    """Export ``cohort`` now. With ``mode`` (once/dynamic) it (re)registers the export, which
-    overwrites the previous one; without, it runs the registered export again (at ``base_url`` if
-    given). A new registration or address is kept only if the run succeeds: a failed or refused
-    export leaves the registered one as it was."""
-    now = now or datetime.now(UTC)
-    cohort = resolve_name(store, cohort)        # case-insensitive when unambiguous, else "did you mean"
-    registered = _registered(store, cohort)
-    pending = None
-    if mode is not None and not dry_run:     # a dry run rehearses; it changes no registration
-        app_id = (app_id or (credentials.app_id if credentials else None) or (registered or {}).get("app_id")
-                  or os.environ.get(keys.ENV_APP))
-        if not app_id:
-            raise export.ExportError("say which OneSignal app: --app-id or $ONESIGNAL_APP_ID")
-        pending = export.proposed(store.con, cohort, mode, app_id, base_url or (registered or {}).get("base_url")
-                                  or default_base_url(), user_id_property=user_id_property or DEFAULT_USER_ID_PROPERTY,
-                                  id_type=id_type or "auto", now=now)
-        registered = pending
-    elif registered is None and not dry_run:
-        raise export.ExportError(f'cohort "{cohort}" has no export yet: choose --once or --dynamic')
-    elif base_url and not dry_run and registered is not None and base_url != registered["base_url"]:
-        pending = registered = {**registered, "base_url": base_url}
-    if credentials is None and not dry_run and registered is not None:
-        credentials = keys.find(registered["app_id"])
-    settings = registered or {}
-    preview = matching.preview(store, cohort, now=now,
-                               user_id_property=user_id_property or settings.get("user_id_property")
-                               or DEFAULT_USER_ID_PROPERTY, id_type=id_type or settings.get("id_type") or "auto")
-    bar = tqdm(desc=f"export {cohort}", unit="user", disable=not progress or None)
+def export_cohort(store: Store, settings: export.ExportSettings | str, credentials: Credentials | None = None, *,
+                  progress: bool = False, on_progress: Callable[[int, int], None] | None = None) -> export.RunRecord:
+    """Export a cohort now, as ``settings`` say (``export.settings``; a cohort's name alone runs its
+    registered export again): evaluate who is exportable, then run. Without ``credentials``, the key
+    of the settings' app comes from the environment or the 0600 credentials file."""
+    if isinstance(settings, str):
+        settings = export.settings(store, settings)
+    if credentials is None and not settings.dry_run and settings.app_id:
+        credentials = find_credentials(settings.app_id)
+    found = export.exportable(store, settings)
+    bar = tqdm(desc=f"export {settings.cohort}", unit="user", disable=not progress or None)
 
     def report(done: int, total: int) -> None:
         bar.total = total
@@ -98,9 +62,7 @@ def export_cohort(store: Store, cohort: str, *, mode: str | None = None, app_id:
             on_progress(done, total)
 
     try:
-        return export.run(store, cohort, targets(preview), credentials, dry_run=dry_run, mode=mode, force=force,
-                          members=int(preview.summary["members"]), now=now, client_options=client_options,
-                          on_progress=report, registration=pending)
+        return export.run(store, settings, found.wanted, credentials, members=found.members, on_progress=report)
     finally:
         bar.close()
 
@@ -117,17 +79,16 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
 
 def _run_one(store: Store, name: str, now: datetime, dry_run: bool, client_options: dict | None
              ) -> export.RunRecord:
+    chosen = None
     try:
-        return export_cohort(store, name, now=now, dry_run=dry_run, client_options=client_options)
+        chosen = export.settings(store, name, now=now, dry_run=dry_run, client_options=client_options)
+        return export_cohort(store, chosen)
     except Exception as exc:     # one cohort never stops the sync; the failure is its run record
         reason = failure_reason(exc)
         log.warning('cohort "%s" failed: %s', name, reason, exc_info=not isinstance(exc, ToolkitError))
         _end_open_transaction(store)
-        try:
-            mode = (_registered(store, name) or {}).get("mode") or "once"
-        except Exception:
-            mode = "once"
-        return export.record_failure(store, name, mode, reason, dry_run=dry_run, now=now)
+        return export.record_failure(store, chosen.cohort if chosen else name, reason,
+                                     mode=chosen.mode if chosen else None, dry_run=dry_run, now=now)
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -236,7 +197,7 @@ class SyncResult:
             raise SyncFailed(self.summary)
 
 
-def sync(store_path: str | Path, *, landing: str | Path | None = None, cohorts: str = "due",
+def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, cohorts: str = "due",
          dry_run: bool = False, now: datetime | None = None, client_options: dict | None = None) -> SyncResult:
     """The scheduled job: load new files from ``landing``, re-evaluate cohorts and run the syncs
     (``cohorts``: "due", "all" registered exports, or comma-separated names), then count MTU. The
@@ -268,6 +229,3 @@ def sync(store_path: str | Path, *, landing: str | Path | None = None, cohorts: 
             log.warning("counting MTU failed: %s", mtu_error, exc_info=not isinstance(exc, ToolkitError))
         return SyncResult(loaded, runs, frame, load_error, mtu_error, str(landing) if landing else None, now, dry_run)
 
-
-def _registered(store: Store, cohort: str) -> dict | None:
-    return export.registration(store.reader(), cohort)

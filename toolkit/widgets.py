@@ -11,7 +11,7 @@ export out of the store (DuckDB lets one process write a file, or many read it, 
 While another process holds the store, the panel's status line says who and that it is waiting. An
 open ``Store`` is accepted too (tests): it is used as is, and stays open.
 
-The panels only wire controls to the toolkit (``sync``, ``export``, ``plan``, ``matching``,
+The panels only wire controls to the toolkit (``sync``, ``export``, ``matching``, ``report``,
 ``cohorts``); they hold no business rules of their own. Each panel is a small object whose controls
 are attributes, so tests drive it headlessly: set ``.value``, call ``.click()``, read labels and
 outputs. Display it with ``display(panel)`` or as a cell's last expression (``panel.widget`` is the
@@ -27,7 +27,6 @@ import base64
 import html
 import io
 import os
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -38,19 +37,16 @@ except ImportError as exc:      # an optional dependency: say how to get it
     raise ImportError("toolkit.widgets needs ipywidgets 8, from the notebooks extra: "
                       "pip install 'toolkit[notebooks]'") from exc
 
-from toolkit import cohorts, export, matching, report, sync
-from toolkit import credentials as keys
-from toolkit import plan as planning
+from toolkit import cohorts, credentials, export, matching, report, sync
 from toolkit.errors import ToolkitError
 from toolkit.onesignal import DEFAULT_BASE_URL, REDACTED, Credentials, default_base_url
 from toolkit.onesignal_ids import REASONS
 from toolkit.store import Store, using
 
 __all__ = ["connect_panel", "cohort_explorer", "export_panel", "ConnectPanel", "CohortExplorer",
-           "ExportPanel", "Diff", "preview_diff", "funnel", "filter_members"]
+           "ExportPanel", "funnel", "filter_members"]
 
 ROWS = 50          # member rows shown in the explorer's table
-SAMPLES = 5        # adds / removes named in an export preview
 LONGEST = 48       # characters of a value shown in the member table (the search still sees all of it)
 MODES = [("One-time", "once"), ("Dynamic", "dynamic")]
 
@@ -78,58 +74,6 @@ def filter_members(frame: pd.DataFrame, text: str) -> pd.DataFrame:
     hit = (shown["distinct_id"].astype(str).str.contains(text, case=False, regex=False)
            | shown["status"].str.contains(text, case=False, regex=False))
     return shown[hit]
-
-
-@dataclass
-class Diff:
-    """What exporting a cohort now would do: the plan against the last export's snapshot and the
-    removal guard's verdict. Nothing is sent."""
-    cohort: str
-    plan: planning.Plan
-    verdict: planning.GuardVerdict
-    members: int
-    exportable: int
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return {op: self.plan.counts.get(op, 0) for op in (planning.ADD, planning.REMOVE, planning.NOOP)}
-
-    def samples(self, operation: str, n: int = SAMPLES) -> list[planning.Step]:
-        return self.plan.of(operation)[:n]
-
-    def text(self) -> str:
-        c = self.counts
-        lines = [f"{self.cohort}: {self.exportable:,} exportable of {self.members:,} members",
-                 f"  add {c[planning.ADD]:,}, remove {c[planning.REMOVE]:,}, no-op {c[planning.NOOP]:,}"]
-        for op in (planning.ADD, planning.REMOVE):
-            steps = self.samples(op)
-            if steps:
-                more = c[op] - len(steps)
-                lines.append(f"  {op}: " + ", ".join(f"{s.distinct_id} ({s.target.id_type} {s.target.onesignal_id})"
-                                                     for s in steps) + (f" and {more:,} more" if more else ""))
-        lines.append(f"  removal guard: {'passes' if self.verdict.ok else 'STOPS the export'}: {self.verdict.reason}")
-        return "\n".join(lines)
-
-
-def preview_diff(store, cohort: str, *, now: datetime | str | None = None, force: bool = False,
-                 on_wait=None) -> Diff:
-    """The dry run of an export of ``cohort`` (``store``: a path, opened for this only, or a Store).
-    A registered export goes through the real run (``sync.export_cohort(dry_run=True)``, recorded as a
-    dry run, so it writes); an unregistered cohort is planned with the pure functions, reading only,
-    because ``export_cohort(mode=...)`` would register it."""
-    now = _as_time(now) or datetime.now(UTC)
-    with using(store, read_only=True, on_wait=on_wait) as opened:
-        if export.registration(opened.con, cohort) is None:
-            found = matching.preview(opened, cohort, now=now)
-            wanted = sync.targets(found)
-            the_plan = planning.plan(wanted, export.snapshot(opened.con, cohort, now))
-            verdict = planning.removal_guard(the_plan, None, export.DEFAULT_MAX_REMOVAL_SHARE, force=force)
-            return Diff(cohort, the_plan, verdict, int(found.summary["members"]), len(wanted))
-    with using(store, on_wait=on_wait) as opened:
-        record = sync.export_cohort(opened, cohort, dry_run=True, force=force, now=now)
-    assert record.plan is not None     # a dry run always plans (export.run)
-    return Diff(cohort, record.plan, planning.GuardVerdict(record.status == "ok", record.guard),
-                record.members, record.exportable)
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -435,7 +379,7 @@ class ExportPanel(_Panel):
 
     def __init__(self, store, connection: ConnectPanel | None = None, now: datetime | str | None = None):
         self.store, self.connection, self.now = store, connection, _as_time(now)
-        self.last_diff: Diff | None = None
+        self.last_preview: export.ExportPreview | None = None
         self.last_record: export.RunRecord | None = None
         self.cohort = w.Dropdown(description="Cohort", options=[], layout={"width": "480px"})
         self.mode = w.ToggleButtons(options=MODES, value="once", description="Sync type")
@@ -493,23 +437,29 @@ class ExportPanel(_Panel):
         if self.connection is not None and self.connection.credentials is not None:
             return self.connection.credentials
         app_id = self.connection.app_id.value if self.connection is not None else None
-        return keys.find(app_id or None)
+        return credentials.find(app_id or None)
 
-    def _on_preview(self, _button=None) -> None:
+    def preview(self) -> export.ExportPreview | None:
+        """What exporting the chosen cohort now would do (``export.preview_export``, read-only: nothing is
+        sent or recorded), shown in the panel; None when there is nothing to preview or it failed."""
         if self.cohort.value is None:
             self.status.value = "no cohorts in the store: save definitions first"
-            return
+            return None
         try:
-            self.last_diff = preview_diff(self.store, self.cohort.value, now=self._time(), force=self.force.value,
-                                          on_wait=self._waiting)
+            with self._open(read_only=True) as store:
+                shown = export.preview_export(store, self.cohort.value, now=self._time(), force=self.force.value)
         except Exception as exc:
             self.status.value = f"Preview failed: {exc}"
-            return
-        c = self.last_diff.counts
-        verdict = "guard passes" if self.last_diff.verdict.ok else "guard STOPS it (tick Force to override)"
-        self.status.value = (f"Preview: add {c[planning.ADD]:,}, remove {c[planning.REMOVE]:,}, "
-                             f"no-op {c[planning.NOOP]:,}; {verdict}")
-        self.diff.value = _pre(self.last_diff.text())
+            return None
+        self.last_preview = shown
+        verdict = "guard passes" if shown.verdict.ok else "guard STOPS it (tick Force to override)"
+        self.status.value = (f"Preview: add {shown.added:,}, remove {shown.removed:,}, "
+                             f"no-op {shown.unchanged:,}; {verdict}")
+        self.diff.value = _pre(report.export_preview_text(shown))
+        return shown
+
+    def _on_preview(self, _button=None) -> None:
+        self.preview()
 
     def _on_export(self, _button=None) -> None:
         name = self.cohort.value
@@ -528,10 +478,10 @@ class ExportPanel(_Panel):
         self.diff.value = ""                     # the preview described the state before this run
         try:
             with self._open() as store:     # the write connection lasts for the run only
-                record = sync.export_cohort(
-                    store, name, mode=self.mode.value, credentials=credentials, force=self.force.value,
-                    base_url=self.connection.base_url if self.connection is not None else None,
-                    now=self._time(), on_progress=self._on_progress)
+                chosen = export.settings(store, name, mode=self.mode.value, app_id=credentials.app_id,
+                                         base_url=self.connection.base_url if self.connection is not None else None,
+                                         force=self.force.value, now=self._time())
+                record = sync.export_cohort(store, chosen, credentials, on_progress=self._on_progress)
         except Exception as exc:
             self.status.value = f"Export failed: {exc}"
             return
