@@ -1,5 +1,5 @@
 """The package's import layers, read from the source (every import, at module level or inside a
-function): no cycles, loading imports nothing above it, and the pure core imports no I/O."""
+function): no cycles, no import up a layer, loading imports nothing above it, the pure core no I/O."""
 
 import ast
 import sys
@@ -75,3 +75,27 @@ def test_the_pure_core_does_no_io():
         inside, outside = GRAPH[name]
         assert inside <= PURE | {"errors"}, (name, sorted(inside - PURE))
         assert outside <= STANDARD, (name, sorted(outside - STANDARD))
+
+
+# Bottom up, as docs/architecture.md draws them; a module may import its own layer or those below.
+LAYERS = [
+    ("ground", {"errors", "redaction", "onesignal_ids", "sql", "store", "resources"}),
+    ("loading", {"loading"}),
+    ("core", {"cohort_model", "cohort_sql", "cohorts", "matching", "planning", "onesignal_events", "mtu"}),
+    ("services", {"onesignal", "emulator", "credentials", "export"}),
+    ("workflows", {"sync", "schedule"}),
+    ("surfaces", {"", "__main__", "cli", "report", "widgets", "demo", "lab", "synthetic"}),
+]
+
+
+def _layer(module: str) -> int:
+    for level, (_, members) in enumerate(LAYERS):
+        if module in members or module.split(".")[0] in members - {""}:
+            return level
+    raise AssertionError(f"toolkit.{module} is in no layer: place it in tests/test_layers.py and the architecture page")
+
+
+def test_no_import_points_up_a_layer():
+    upward = [f"toolkit.{name} ({LAYERS[_layer(name)][0]}) imports toolkit.{dep} ({LAYERS[_layer(dep)][0]})"
+              for name, (inside, _) in GRAPH.items() for dep in inside if dep and _layer(dep) > _layer(name)]
+    assert not upward, "\n".join(upward)
