@@ -508,7 +508,8 @@ def test_sample_named_personas(regenerated):
 
 
 def _reference_check(line: str) -> str | None:
-    """A minimal validator following mixpanel-semantics.md, to prove each broken line is broken as labelled."""
+    """A minimal validator following Mixpanel's ingestion rules (as toolkit/loading/validation.py states
+    them), to prove each broken line is broken as labelled."""
     try:
         rec = json.loads(line)
     except ValueError:

@@ -19,6 +19,7 @@ from pathlib import Path
 from toolkit import report
 from toolkit.errors import SyncBusy, ToolkitError, UsageError
 from toolkit.loading import load
+from toolkit.onesignal_ids import USER_ID_PROPERTY
 from toolkit.schedule import EXIT_CODES
 from toolkit.store import Store
 
@@ -130,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     p = csub.add_parser("preview", parents=[common, evaluated],
                         help="members, match rate and why the rest cannot export")
     p.add_argument("name")
-    p.add_argument("--user-id-property", default="$onesignal_user_id")
+    p.add_argument("--user-id-property", default=USER_ID_PROPERTY)
     p.add_argument("--id-type", default="auto", choices=("auto", "external_id", "subscription_id"))
     p.add_argument("--rows", type=int, default=20, help="members to show (text output)")
     p.set_defaults(run=_cohorts_preview)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from toolkit.errors import CohortCycleError, CohortError, DefinitionError
+from toolkit.sql import to_utc_naive
 
 __all__ = ["COUNT_OPERATORS", "PROPERTY_OPERATORS", "VALUE_TYPES", "CohortError", "DefinitionError",
            "CohortCycleError", "PropertyRule", "EventRule", "CohortRule", "Group", "Cohort", "Rule",
@@ -342,7 +343,7 @@ def _datetime(v) -> dt.date | dt.datetime | None:
         except ValueError:
             return None
     if isinstance(v, dt.datetime):
-        return v.astimezone(dt.UTC).replace(tzinfo=None) if v.tzinfo else v
+        return to_utc_naive(v)
     if isinstance(v, dt.date):
         return v
     return None

@@ -46,9 +46,8 @@ def seed_users(store: Store) -> list[dict]:
     """OneSignal users for three in four of the sample's OneSignal ids (a stable pick by hash), so the
     export has users it finds and users it reports as not in OneSignal."""
     values = store.con.execute("""
-        SELECT DISTINCT properties ->> '$."$onesignal_user_id"' FROM resolved_profiles
-        WHERE json_type(properties -> '$."$onesignal_user_id"') = 'VARCHAR'
-          AND trim(properties ->> '$."$onesignal_user_id"') <> '' ORDER BY 1""").fetchall()
+        SELECT DISTINCT onesignal_user_id FROM resolved_profiles    -- kept beside each profile (migration 5)
+        WHERE onesignal_user_id_type = 'VARCHAR' AND trim(onesignal_user_id) <> '' ORDER BY 1""").fetchall()
     users = []
     for (value,) in values:
         if hashlib.sha1(value.encode()).digest()[0] % 4 == 0:

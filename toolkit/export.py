@@ -45,6 +45,7 @@ from toolkit.onesignal import (
 )
 from toolkit.onesignal_ids import USER_ID_PROPERTY
 from toolkit.planning import ADD, NOOP, REMOVE, GuardVerdict, Step, Target
+from toolkit.sql import to_utc_naive
 from toolkit.store import Store, transaction
 
 FREE_PLAN_MESSAGE = "App may not submit cohort updates from Mixpanel"   # Mixpanel's words, kept exactly
@@ -737,5 +738,4 @@ def _run_async(coroutine):
 
 def _naive(moment: datetime | None) -> datetime:
     """UTC without tzinfo, as the store keeps timestamps."""
-    moment = moment or datetime.now(UTC)
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    return to_utc_naive(moment or datetime.now(UTC))

@@ -4,7 +4,7 @@ Pure module (stdlib only, no I/O). Callers turn events into `Link`s; `resolve` a
 `order` (stable for ties) with a union-find and returns, for every id in a cluster of more than
 one id, the canonical id that queries and exports should show.
 
-Rules (see shared/reference/mixpanel-semantics.md, "Identity"):
+Rules (Mixpanel's ID management docs, docs.mixpanel.com/docs/tracking-methods/id-management):
 
 - A link whose ids are equal or already in one cluster is a no-op, never a refusal.
 - The canonical id of a union is always the canonical id of the *target's* cluster. Mixpanel picks
