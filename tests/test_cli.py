@@ -23,8 +23,8 @@ def test_the_command_as_a_process_gives_the_shell_its_exit_status(tmp_path):
     assert "Traceback" not in refused.stderr
     status = command("status", "--db", db, "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["events"] == 0
-    usage = command("mtu", "--db", db, "--month", "2026-13")
-    assert usage.returncode == 2 and "YYYY-MM" in usage.stderr
+    usage = command("export", "Buyers", "--once", "--dynamic", "--db", db)
+    assert usage.returncode == 2 and "not allowed with argument --once" in usage.stderr
 
 
 def test_load_status_quarantine_json(tmp_path):
