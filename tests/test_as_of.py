@@ -1,24 +1,17 @@
 """--as-of DATE on every command that evaluates cohorts: preview, export, sync, schedule."""
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 
 import pytest
+from cli_runner import toolkit
 
-from conftest import ROOT, SAMPLE
+from conftest import SAMPLE
 from toolkit import cohorts, export, load
 from toolkit.cli import as_of
 from toolkit.store import Store
 
 END_OF_OCTOBER = datetime(2026, 10, 31, 23, 59, 59, 999999, tzinfo=UTC)
-
-
-def toolkit(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=cwd or ROOT, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,30 @@
-"""The `toolkit` command, run as a real subprocess against real store files."""
+"""The `toolkit` command against real store files: in this process through `cli.main`, and as a real
+process where the process is what is tested (the exit status a shell sees, a reader closing the pipe)."""
 
 import json
-import os
 import subprocess
 import sys
+
+from cli_runner import toolkit
 
 from conftest import ROOT, event, write_lines
 
 
-def toolkit(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd or ROOT, timeout=300)
+def test_the_command_as_a_process_gives_the_shell_its_exit_status(tmp_path):
+    """`python -m toolkit`: 0 all good, 1 failed (the message on stderr, no traceback), 2 usage."""
+    def command(*args):
+        return subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], capture_output=True, text=True,
+                              cwd=ROOT, timeout=300)
+
+    write_lines(tmp_path / "e.jsonl", [event("A"), event("B", "undefined")])
+    db = tmp_path / "s.duckdb"
+    refused = command("load", tmp_path / "e.jsonl", "--strict", "--db", db)
+    assert refused.returncode == 1 and "line 2: refused distinct_id" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    status = command("status", "--db", db, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["events"] == 0
+    usage = command("export", "Buyers", "--once", "--dynamic", "--db", db)
+    assert usage.returncode == 2 and "not allowed with argument --once" in usage.stderr
 
 
 def test_load_status_quarantine_json(tmp_path):

@@ -14,6 +14,7 @@ import time
 import httpx
 import psutil
 import pytest
+from cli_runner import toolkit
 
 from conftest import ROOT, SAMPLE
 from toolkit import cohorts, export
@@ -208,8 +209,7 @@ def test_lab_runs_jupyterlab_on_loopback_only():
 
 
 def test_lab_without_a_demo_says_to_run_it(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "toolkit", "lab", "--workdir", str(tmp_path / "nothing")],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = toolkit("lab", "--workdir", tmp_path / "nothing")
     assert out.returncode == 1 and "toolkit demo --workdir" in out.stderr and "Traceback" not in out.stderr
 
 

@@ -1,8 +1,12 @@
 """The OneSignal emulator: each endpoint's answers and error bodies, limits, faults, state and CLI.
 
-Spoken to with plain httpx over real HTTP, so these tests pin the wire format the client relies on.
+Spoken to with plain httpx, so these tests pin the wire format the client relies on: through
+``transport(emu)`` (its handler, no socket) for the endpoints, and over real HTTP on 127.0.0.1 for what
+only a socket shows (drops, hangs, resets, latency, held requests, the control endpoints, saving on
+stop, the command). test_the_transport_answers_as_the_server_does checks that both answer alike.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -19,16 +23,42 @@ from toolkit.emulator import Emulator, EmulatorError
 from toolkit.emulator.api import ACCESS_DENIED, APP_NOT_FOUND, AUTH_MISSING, RATE_LIMITED
 from toolkit.emulator.filters import matches, problem
 from toolkit.emulator.limits import Bucket, Faults
+from toolkit.emulator.transport import transport
 
 TAG_A = [{"field": "tag", "key": "a", "relation": "exists"}]
+BASE_URL = "http://emulator.test"        # never resolved: transport(emu) answers
 
 
 @pytest.fixture
 def http(emulator, app):
-    """An httpx client speaking as ``app``; paths are relative to the app (``/users/...``)."""
+    """An httpx client speaking as ``app`` over real HTTP; paths are relative to the app (``/users/...``)."""
     with httpx.Client(base_url=f"{emulator.url}/apps/{app.app_id}",
                       headers={"Authorization": f"Key {app.api_key}", "Content-Type": "application/json"}) as c:
         yield c
+
+
+@pytest.fixture
+def emu():
+    """The emulator not serving HTTP: requests reach its handler through ``transport(emu)``."""
+    return Emulator()
+
+
+@pytest.fixture
+def direct(emu):
+    """A plain httpx client to ``emu`` through its transport, no socket; paths from the root (``/apps/...``)."""
+    with httpx.Client(base_url=BASE_URL, transport=transport(emu)) as client:
+        yield client
+
+
+@pytest.fixture
+def as_app(emu):
+    """``as_app(app)``: like ``http`` (speaking as ``app``, paths relative to it) through ``transport(emu)``."""
+    with contextlib.ExitStack() as clients:
+        def speak_as(app):
+            return clients.enter_context(httpx.Client(
+                base_url=f"{BASE_URL}/apps/{app.app_id}", transport=transport(emu),
+                headers={"Authorization": f"Key {app.api_key}", "Content-Type": "application/json"}))
+        yield speak_as
 
 
 def tags(value):
@@ -37,42 +67,49 @@ def tags(value):
 
 # -- auth ------------------------------------------------------------------------------------------
 
-def test_a_missing_authorization_header_gets_auth_1(emulator, app):
-    r = httpx.get(f"{emulator.url}/apps/{app.app_id}/segments")
+def test_a_missing_authorization_header_gets_auth_1(emu, direct):
+    app = emu.add_app()
+    r = direct.get(f"/apps/{app.app_id}/segments")
     assert r.status_code == 401 and r.json() == AUTH_MISSING
 
 
-def test_a_wrong_key_is_denied(emulator, app):
-    r = httpx.get(f"{emulator.url}/apps/{app.app_id}/segments", headers={"Authorization": "Key nope"})
+def test_a_wrong_key_is_denied(emu, direct):
+    app = emu.add_app()
+    r = direct.get(f"/apps/{app.app_id}/segments", headers={"Authorization": "Key nope"})
     assert r.status_code == 403 and r.json() == ACCESS_DENIED
 
 
-def test_an_unknown_app_or_a_body_without_json_content_type_is_app_id_not_found(emulator, app):
-    r = httpx.get(f"{emulator.url}/apps/00000000-0000-4000-8000-000000000000/segments",
-                  headers={"Authorization": f"Key {app.api_key}"})
+def test_an_unknown_app_or_a_body_without_json_content_type_is_app_id_not_found(emu, direct):
+    app = emu.add_app()
+    r = direct.get("/apps/00000000-0000-4000-8000-000000000000/segments",
+                   headers={"Authorization": f"Key {app.api_key}"})
     assert r.status_code == 400 and r.json() == APP_NOT_FOUND
-    r = httpx.post(f"{emulator.url}/apps/{app.app_id}/segments", content=b'{"name": "x"}',
-                   headers={"Authorization": f"Key {app.api_key}", "Content-Type": "text/plain"})
+    r = direct.post(f"/apps/{app.app_id}/segments", content=b'{"name": "x"}',
+                    headers={"Authorization": f"Key {app.api_key}", "Content-Type": "text/plain"})
     assert r.status_code == 400 and r.json() == APP_NOT_FOUND
 
 
-def test_apps_are_isolated_by_key(emulator, app):
-    other = emulator.add_app()
-    r = httpx.get(f"{emulator.url}/apps/{other.app_id}/segments", headers={"Authorization": f"Key {app.api_key}"})
+def test_apps_are_isolated_by_key(emu, direct):
+    app = emu.add_app()
+    other = emu.add_app()
+    r = direct.get(f"/apps/{other.app_id}/segments", headers={"Authorization": f"Key {app.api_key}"})
     assert r.status_code == 403
-    assert httpx.get(f"{emulator.url}/apps/{other.app_id}/segments",
-                     headers={"Authorization": f"Basic {other.api_key}"}).status_code == 200   # legacy scheme
+    assert direct.get(f"/apps/{other.app_id}/segments",
+                      headers={"Authorization": f"Basic {other.api_key}"}).status_code == 200   # legacy scheme
 
 
-def test_unknown_paths_and_methods(http):
+def test_unknown_paths_and_methods(emu, as_app):
+    http = as_app(emu.add_app())
     assert http.get("/nothing/here").status_code == 404
     assert http.put("/segments").status_code == 405
 
 
 # -- users -----------------------------------------------------------------------------------------
 
-def test_update_and_read_a_user(emulator, app, http):
-    onesignal_id = emulator.add_user(app.app_id, external_id="a/b c", subscription_ids=["sub-1"], tags={"old": "1"})
+def test_update_and_read_a_user(emu, as_app):
+    app = emu.add_app()
+    http = as_app(app)
+    onesignal_id = emu.add_user(app.app_id, external_id="a/b c", subscription_ids=["sub-1"], tags={"old": "1"})
     r = http.patch("/users/by/external_id/a%2Fb%20c", json=tags({"cohort": "1", "old": ""}))
     assert r.status_code == 202 and r.json() == tags({"cohort": "1", "old": ""})
     r = http.get(f"/users/by/onesignal_id/{onesignal_id}")
@@ -82,20 +119,23 @@ def test_update_and_read_a_user(emulator, app, http):
                         "subscriptions": [{"id": "sub-1", "type": "AndroidPush"}]}
 
 
-def test_a_missing_user_is_404_and_is_not_created(emulator, app, http):
+def test_a_missing_user_is_404_and_is_not_created(emu, as_app):
+    app = emu.add_app()
+    http = as_app(app)
     r = http.patch("/users/by/external_id/ghost", json=tags({"a": "1"}))
     assert r.status_code == 404
     assert r.json()["errors"][0]["title"] == "User not found"
     assert http.get("/users/by/external_id/ghost").status_code == 404
-    assert emulator.user_tags(app.app_id) == {}
+    assert emu.user_tags(app.app_id) == {}
 
 
 def test_tag_limits():
-    with Emulator(user_rate_limit=0) as emulator, httpx.Client() as http:   # no 1/s per user: quick updates
+    emulator = Emulator(user_rate_limit=0)                   # no 1/s per user: quick updates
+    with httpx.Client(transport=transport(emulator)) as http:
         app = emulator.add_app(tag_limit=2)
         emulator.add_user(app.app_id, external_id="u", tags={"a": "1"})
         headers = {"Authorization": f"Key {app.api_key}"}
-        url = f"{emulator.url}/apps/{app.app_id}/users/by/external_id/u"
+        url = f"{BASE_URL}/apps/{app.app_id}/users/by/external_id/u"
         assert http.patch(url, json=tags({"b": "2"}), headers=headers).status_code == 202
         r = http.patch(url, json=tags({"c": "3"}), headers=headers)
         assert r.status_code == 400
@@ -109,13 +149,15 @@ def test_tag_limits():
         assert emulator.user_tags(app.app_id) == {"u": {"b": "2", "c": "3"}}
 
 
-def test_one_update_per_user_per_second(emulator, app, http):
-    emulator.add_user(app.app_id, external_id="u")
+def test_one_update_per_user_per_second(emu, as_app):
+    app = emu.add_app()
+    http = as_app(app)
+    emu.add_user(app.app_id, external_id="u")
     assert http.patch("/users/by/external_id/u", json=tags({"a": "1"})).status_code == 202
     r = http.patch("/users/by/external_id/u", json=tags({"a": "2"}))
     assert r.status_code == 429 and r.json() == RATE_LIMITED and r.headers["Retry-After"] == "1"
     assert http.get("/users/by/external_id/u").status_code == 200          # reads are not updates
-    assert emulator.user_tags(app.app_id) == {"u": {"a": "1"}}
+    assert emu.user_tags(app.app_id) == {"u": {"a": "1"}}
 
 
 def test_the_app_rate_limit_is_a_bucket_of_one_second():
@@ -138,32 +180,40 @@ def test_the_app_rate_limit_over_http(emulator):
     assert emulator.counters["by_status"] == {"200": statuses.count(200), "429": statuses.count(429)}
 
 
-def test_creating_a_user_works_but_is_counted(emulator, app, http):
+def test_creating_a_user_works_but_is_counted(emu, as_app):
+    app = emu.add_app()
+    http = as_app(app)
     r = http.post("/users", json={"identity": {"external_id": "new"}, "properties": {"tags": {"a": "1"}}})
     assert r.status_code == 201 and r.json()["identity"]["external_id"] == "new"
     assert http.post("/users", json={"identity": {"external_id": "new"}}).status_code == 200     # upsert
-    assert emulator.counters["user_creates"] == 2
-    assert emulator.user_tags(app.app_id) == {"new": {"a": "1"}}
+    assert emu.counters["user_creates"] == 2
+    assert emu.user_tags(app.app_id) == {"new": {"a": "1"}}
 
 
-def test_the_identity_behind_a_subscription(emulator, app, http):
-    onesignal_id = emulator.add_user(app.app_id, external_id="e", subscription_ids=["player-1"])
+def test_the_identity_behind_a_subscription(emu, as_app):
+    app = emu.add_app()
+    http = as_app(app)
+    onesignal_id = emu.add_user(app.app_id, external_id="e", subscription_ids=["player-1"])
     r = http.get("/subscriptions/player-1/user/identity")
     assert r.status_code == 200 and r.json() == {"identity": {"onesignal_id": onesignal_id, "external_id": "e"}}
     assert http.get("/subscriptions/nope/user/identity").status_code == 404
 
 
-def test_custom_aliases_reach_the_user(emulator, app, http):
-    emulator.add_user(app.app_id, external_id="e", aliases={"crm_id": "c-1"})
+def test_custom_aliases_reach_the_user(emu, as_app):
+    app = emu.add_app()
+    http = as_app(app)
+    emu.add_user(app.app_id, external_id="e", aliases={"crm_id": "c-1"})
     assert http.patch("/users/by/crm_id/c-1", json=tags({"a": "1"})).status_code == 202
-    assert emulator.user_tags(app.app_id) == {"e": {"a": "1"}}
+    assert emu.user_tags(app.app_id) == {"e": {"a": "1"}}
     with pytest.raises(EmulatorError):
-        emulator.add_user(app.app_id, external_id="e")                    # aliases are unique
+        emu.add_user(app.app_id, external_id="e")                    # aliases are unique
 
 
 # -- segments --------------------------------------------------------------------------------------
 
-def test_segment_lifecycle(emulator, app, http):
+def test_segment_lifecycle(emu, as_app):
+    app = emu.add_app()
+    http = as_app(app)
     r = http.post("/segments", json={"name": "Cohort A", "filters": TAG_A})
     assert r.status_code == 201 and r.json()["success"] is True
     segment_id = r.json()["id"]
@@ -197,34 +247,36 @@ def test_segment_lifecycle(emulator, app, http):
     ({"name": "dangling", "filters": [*TAG_A, {"operator": "OR"}]}, 400),
     ({"name": "or", "filters": [*TAG_A, {"operator": "OR"}, *TAG_A]}, 201),
 ])
-def test_segment_validation(http, body, status):
+def test_segment_validation(emu, as_app, body, status):
+    http = as_app(emu.add_app())
     r = http.post("/segments", json=body)
     assert r.status_code == status
     if status == 400:
         assert r.json()["success"] is False and r.json()["errors"]
 
 
-def test_segment_names_are_unique_and_the_count_is_limited(emulator):
-    app = emulator.add_app(segment_limit=2)
+def test_segment_names_are_unique_and_the_count_is_limited(emu, direct):
+    app = emu.add_app(segment_limit=2)
     headers = {"Authorization": f"Key {app.api_key}"}
-    url = f"{emulator.url}/apps/{app.app_id}/segments"
-    assert httpx.post(url, json={"name": "A", "filters": TAG_A}, headers=headers).status_code == 201
-    r = httpx.post(url, json={"name": "A", "filters": TAG_A}, headers=headers)
+    url = f"/apps/{app.app_id}/segments"
+    assert direct.post(url, json={"name": "A", "filters": TAG_A}, headers=headers).status_code == 201
+    r = direct.post(url, json={"name": "A", "filters": TAG_A}, headers=headers)
     assert r.status_code == 409 and r.json()["success"] is False
-    assert httpx.post(url, json={"name": "B", "filters": TAG_A}, headers=headers).status_code == 201
-    r = httpx.post(url, json={"name": "C", "filters": TAG_A}, headers=headers)
+    assert direct.post(url, json={"name": "B", "filters": TAG_A}, headers=headers).status_code == 201
+    r = direct.post(url, json={"name": "C", "filters": TAG_A}, headers=headers)
     assert r.status_code == 400 and "limit of 2 segments" in r.json()["errors"][0]
 
 
-def test_a_free_plan_cannot_create_segments(emulator):
-    app = emulator.add_app(plan="free")
-    r = httpx.post(f"{emulator.url}/apps/{app.app_id}/segments", json={"name": "A", "filters": TAG_A},
-                   headers={"Authorization": f"Key {app.api_key}"})
+def test_a_free_plan_cannot_create_segments(emu, direct):
+    app = emu.add_app(plan="free")
+    r = direct.post(f"/apps/{app.app_id}/segments", json={"name": "A", "filters": TAG_A},
+                    headers={"Authorization": f"Key {app.api_key}"})
     assert r.status_code == 400 and "paid" in r.json()["errors"][0]
-    assert emulator.state["apps"][app.app_id]["segments"] == []
+    assert emu.state["apps"][app.app_id]["segments"] == []
 
 
-def test_segment_paging(emulator, http):
+def test_segment_paging(emu, as_app):
+    http = as_app(emu.add_app())
     for n in range(7):
         assert http.post("/segments", json={"name": f"S{n}", "filters": TAG_A}).status_code == 201
     page = http.get("/segments", params={"offset": 5, "limit": 3}).json()
@@ -233,15 +285,17 @@ def test_segment_paging(emulator, http):
     assert http.get("/segments", params={"offset": "x"}).status_code == 400
 
 
-def test_segment_membership_follows_tags(emulator, app, http):
+def test_segment_membership_follows_tags(emu, as_app):
+    app = emu.add_app()
+    http = as_app(app)
     for name in ("a", "b", "c"):
-        emulator.add_user(app.app_id, external_id=name)
-    anonymous = emulator.add_user(app.app_id, tags={"cohort": "1"})
+        emu.add_user(app.app_id, external_id=name)
+    anonymous = emu.add_user(app.app_id, tags={"cohort": "1"})
     http.post("/segments", json={"name": "In cohort", "filters": [{"field": "tag", "key": "cohort",
                                                                     "relation": "exists"}]})
 
     def members():
-        (segment,) = emulator.state["apps"][app.app_id]["segments"]
+        (segment,) = emu.state["apps"][app.app_id]["segments"]
         return segment["members"]
 
     assert members() == {"external_ids": [], "onesignal_ids": [anonymous]}
@@ -282,11 +336,12 @@ def test_faults_are_deterministic_with_a_seed():
 
 
 def test_injected_503():
-    with Emulator(error_rate=1.0) as emulator:
-        app = emulator.add_app()
-        r = httpx.get(f"{emulator.url}/apps/{app.app_id}/segments", headers={"Authorization": f"Key {app.api_key}"})
-        assert r.status_code == 503 and r.json() == {"errors": ["Service temporarily unavailable"]}
-        assert emulator.counters["server_errors"] == 1
+    emulator = Emulator(error_rate=1.0)
+    app = emulator.add_app()
+    with httpx.Client(transport=transport(emulator)) as direct:
+        r = direct.get(f"{BASE_URL}/apps/{app.app_id}/segments", headers={"Authorization": f"Key {app.api_key}"})
+    assert r.status_code == 503 and r.json() == {"errors": ["Service temporarily unavailable"]}
+    assert emulator.counters["server_errors"] == 1
 
 
 def test_dropped_connections_and_hung_requests():
@@ -372,16 +427,16 @@ def test_seed_users_from_json_and_json_lines(tmp_path):
                         '{"external_id": "c", "subscriptions": [{"id": "s", "type": "Email"}]}\n')
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"external_id": "d"}\n{oops\n')
-    with Emulator() as emulator:
-        app = emulator.add_app()
-        assert emulator.seed_users(as_json) == 2 and emulator.seed_users(as_lines) == 2
-        ids = emulator.user_tags(app.app_id)
-        assert {"a", "b", "c"} <= set(ids) and ids["a"] == {"t": "1"} and len(ids) == 4
-        with pytest.raises(EmulatorError, match="broken.jsonl:2"):
-            emulator.seed_users(broken)
-        emulator.add_app()
-        with pytest.raises(EmulatorError, match="which app"):
-            emulator.seed_users(as_lines)
+    emulator = Emulator()                     # seeding needs no server
+    app = emulator.add_app()
+    assert emulator.seed_users(as_json) == 2 and emulator.seed_users(as_lines) == 2
+    ids = emulator.user_tags(app.app_id)
+    assert {"a", "b", "c"} <= set(ids) and ids["a"] == {"t": "1"} and len(ids) == 4
+    with pytest.raises(EmulatorError, match="broken.jsonl:2"):
+        emulator.seed_users(broken)
+    emulator.add_app()
+    with pytest.raises(EmulatorError, match="which app"):
+        emulator.seed_users(as_lines)
 
 
 def test_the_request_log_never_holds_the_key(emulator, app, http, caplog):
@@ -462,3 +517,75 @@ def test_a_held_request_waits_until_released_then_is_served():
         emulator.release()
         thread.join()
         assert answers[0].status_code == 200 and emulator.counters["requests"] == 1
+
+
+# -- the transport -------------------------------------------------------------------------------
+
+def _timeless(value):
+    """``value`` without the created_at / updated_at stamps (they differ between two runs)."""
+    if isinstance(value, dict):
+        return {k: _timeless(v) for k, v in value.items() if k not in ("created_at", "updated_at")}
+    if isinstance(value, list):
+        return [_timeless(v) for v in value]
+    return value
+
+
+def _script(emulator: Emulator, client: httpx.Client):
+    """The same requests, whatever carries them: each answer (status, the headers that matter, body) or
+    the error httpx raised, then the state, the counters and the request log they left."""
+    app = emulator.add_app(tag_limit=2)                      # the same ids in every emulator of seed 0
+    emulator.add_user(app.app_id, external_id="a/b c", subscription_ids=["s1"])
+    emulator.add_user(app.app_id, external_id="e2")
+    for kind, method, path in [("crash", "GET", "/segments"), ("throttle", "GET", "/segments"),
+                               ("error", "GET", "/segments"), ("drop", "DELETE", None),
+                               ("hang", "GET", "/identity"), ("reset_after", "PATCH", "/e2")]:
+        emulator.faults.inject(kind, method=method, path=path)
+    key = {"Authorization": f"Key {app.api_key}"}
+    user = f"/apps/{app.app_id}/users/by/external_id/a%2Fb%20c"
+    calls = [
+        ("GET", f"/apps/{app.app_id}/segments", key, None),                 # 500, then 429 bare, then 503
+        ("GET", f"/apps/{app.app_id}/segments", key, None),
+        ("GET", f"/apps/{app.app_id}/segments", key, None),
+        ("GET", f"/apps/{app.app_id}/segments", {}, None),                  # 401
+        ("GET", f"/apps/{app.app_id}/segments", {"Authorization": "Key nope"}, None),
+        ("GET", "/apps/00000000-0000-4000-8000-000000000000/segments", key, None),
+        ("GET", "/nothing/here", key, None),
+        ("PUT", f"/apps/{app.app_id}/segments", key, None),
+        ("PATCH", user, key, tags({"cohort": "1", "ünï": "日本"})),
+        ("PATCH", user, key, tags({"cohort": "2"})),                         # 429, Retry-After: 1
+        ("PATCH", user, key, tags({"a": "1", "b": "2", "c": "3"})),         # the per-user limit still holds
+        ("GET", user, key, None),
+        ("POST", f"/apps/{app.app_id}/segments", key, {"name": "A", "filters": TAG_A}),
+        ("POST", f"/apps/{app.app_id}/segments", key, {"name": "", "filters": TAG_A}),
+        ("GET", f"/apps/{app.app_id}/segments?limit=1", key, None),
+        ("DELETE", f"/apps/{app.app_id}/segments/x", key, None),            # dropped
+        ("GET", f"/apps/{app.app_id}/subscriptions/s1/user/identity", key, None),   # hung
+        ("GET", f"/apps/{app.app_id}/subscriptions/s1/user/identity", key, None),
+        ("PATCH", f"/apps/{app.app_id}/users/by/external_id/e2", key, tags({"x": "1"})),  # reset after applying
+    ]
+    answers = []
+    for method, path, headers, body in calls:
+        try:
+            r = client.request(method, path, headers=headers, json=body, timeout=0.5)
+        except httpx.TransportError as exc:
+            answers.append(type(exc).__name__)
+        else:
+            answers.append((r.status_code, r.headers["Content-Type"], r.headers["Content-Length"],
+                            r.headers.get("Retry-After"), _timeless(r.json())))
+    log = [(r["method"], r["path"], r["status"]) for r in emulator.requests()]
+    return answers, _timeless(emulator.state), log
+
+
+def test_the_transport_answers_as_the_server_does():
+    with Emulator() as served, httpx.Client(base_url=served.url) as over_http:
+        expected = _script(served, over_http)
+    in_process = Emulator()
+    with httpx.Client(base_url=BASE_URL, transport=transport(in_process)) as through_transport:
+        answers, state, log = _script(in_process, through_transport)
+    assert answers == expected[0]
+    assert (state, log) == expected[1:]
+    assert [a if isinstance(a, str) else a[0] for a in answers] == [
+        500, 429, 503, 401, 403, 400, 404, 405, 202, 429, 429, 200, 201, 400, 200,
+        "RemoteProtocolError", "ReadTimeout", 200, "ReadError"]
+    assert answers[1][3] is None and answers[9][3] == "1"          # a throttle has no Retry-After
+    assert state["apps"][next(iter(state["apps"]))]["users"][1]["tags"] == {"x": "1"}    # applied, then reset

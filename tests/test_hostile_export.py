@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from cli_runner import toolkit
 
 from conftest import ROOT
 from toolkit import export, sync
@@ -108,11 +109,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def toolkit(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=ROOT, timeout=300, **kwargs)
 
 
 def fragments(secret: str, size: int = 4) -> set[str]:

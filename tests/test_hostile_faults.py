@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import cli_runner
 import pytest
 
 from conftest import NOW, ROOT, event, write_lines
@@ -60,8 +61,8 @@ def toolkit(*args, env=None):
 
 
 def run_toolkit(world, *args, **env):
-    argv, env = toolkit(*args, env={**world["env"], **env})
-    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    """The command in this process (cli.main); the runs to kill or to race against are processes (below)."""
+    return cli_runner.toolkit(*args, env={**world["env"], **env})
 
 
 def start_toolkit(world, *args):

@@ -1,15 +1,13 @@
 """Hostile tests of the scheduled sync: a broken cohort, a refused file, a missing key or a store that
 cannot be opened never stops the rest of the run, and never fails quietly. Real store files, the real
-emulator over HTTP, the sync notebook executed by papermill and the `toolkit` command as a subprocess."""
+emulator over HTTP, the sync notebook executed by papermill and the `toolkit` command (in this process)."""
 
 import json
-import os
-import subprocess
-import sys
 from datetime import timedelta
 
 import nbformat
 import pytest
+from cli_runner import toolkit
 
 from conftest import NOW, ROOT, event, write_lines
 from toolkit import Store, cohorts, export, schedule, sync
@@ -19,11 +17,6 @@ from toolkit.emulator import Emulator
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3}
 USERS = ["u1", "u2", "u3", "u4"]
 GOOD = ["Buyers", "Also buyers"]
-
-
-def toolkit(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=ROOT, timeout=600)
 
 
 def break_cohort(db, name="Broken", missing="Ghost"):

@@ -1,7 +1,10 @@
-"""The OneSignal client against the emulator over real HTTP on 127.0.0.1.
+"""The OneSignal client against the emulator: through the emulator's handler without a socket
+(``transport(emu)``, an httpx.MockTransport, answering as its HTTP server does), and over real HTTP on
+127.0.0.1 where the network is what is tested: a refused connection, dropped and hung requests with
+the client's timeout, and the blocking client end to end.
 
 Backoff waits go through an injected sleep that records them and returns at once; the rate limiter's
-pacing is real time. Error-body parsing alone uses httpx.MockTransport (no end-to-end path does).
+pacing is real time. Error-body parsing alone uses a hand-written httpx.MockTransport.
 """
 
 import asyncio
@@ -20,6 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from toolkit.emulator import Emulator
+from toolkit.emulator.transport import transport
 from toolkit.onesignal import (
     FAILED,
     NOT_FOUND,
@@ -54,9 +58,20 @@ class Sleeps:
         await asyncio.sleep(0)
 
 
-def client_for(emulator, app, key=None, **options) -> OneSignalClient:
+BASE_URL = "https://onesignal.test"      # never resolved: the transport answers
+
+
+@pytest.fixture
+def emu():
+    """The emulator not serving HTTP: clients reach its handler through ``transport(emu)``."""
+    return Emulator()
+
+
+def client_for(emu, app, key=None, **options) -> OneSignalClient:
+    """A client speaking to ``emu`` through its transport (no socket)."""
     options.setdefault("sleep", Sleeps())
-    return OneSignalClient(Credentials(app.app_id, key or app.api_key), emulator.url, **options)
+    options.setdefault("transport", transport(emu))
+    return OneSignalClient(Credentials(app.app_id, key or app.api_key), BASE_URL, **options)
 
 
 def run(client: OneSignalClient, scenario):
@@ -76,10 +91,10 @@ def closed_port() -> int:
 # -- headers and secrecy ---------------------------------------------------------------------------
 
 class Recording(httpx.AsyncBaseTransport):
-    """Real HTTP, remembering each request sent."""
+    """Remembers each request sent, then hands it to ``inner`` (real HTTP unless given)."""
 
-    def __init__(self):
-        self.inner = httpx.AsyncHTTPTransport()
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None):
+        self.inner = inner or httpx.AsyncHTTPTransport()
         self.requests: list[httpx.Request] = []
 
     async def handle_async_request(self, request):
@@ -90,17 +105,18 @@ class Recording(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def test_sends_the_key_the_usage_header_and_json(emulator, app):
-    emulator.add_user(app.app_id, external_id="u1")
-    recording = Recording()
-    run(client_for(emulator, app, transport=recording),
+def test_sends_the_key_the_usage_header_and_json(emu):
+    app = emu.add_app()
+    emu.add_user(app.app_id, external_id="u1")
+    recording = Recording(transport(emu))
+    run(client_for(emu, app, transport=recording),
         lambda c: c.update_tags("external_id", "u1", {"cohort": "1"}))
     (request,) = recording.requests
     assert request.headers["Authorization"] == f"Key {app.api_key}"
     assert request.headers[USAGE_HEADER] == USAGE == "Mixpanel Cohorts Toolkit | Partner Integration"
     assert request.headers["Content-Type"] == "application/json"
     assert json.loads(request.content) == {"properties": {"tags": {"cohort": "1"}}}
-    assert emulator.user_tags(app.app_id) == {"u1": {"cohort": "1"}}
+    assert emu.user_tags(app.app_id) == {"u1": {"cohort": "1"}}
 
 
 def _all_text(error: BaseException) -> str:
@@ -111,19 +127,20 @@ def _all_text(error: BaseException) -> str:
     return "\n".join(parts)
 
 
-def test_the_key_never_shows_in_reprs_errors_tracebacks_or_logs(emulator, app, caplog):
+def test_the_key_never_shows_in_reprs_errors_tracebacks_or_logs(emu, caplog):
+    app = emu.add_app()
     caplog.set_level(logging.DEBUG)
     wrong_key = "wrong-key-" + uuid.uuid4().hex
-    app2 = emulator.add_app(tag_limit=1)
-    emulator.add_user(app2.app_id, external_id="full", tags={"a": "1"})
+    app2 = emu.add_app(tag_limit=1)
+    emu.add_user(app2.app_id, external_id="full", tags={"a": "1"})
     credentials = Credentials(app.app_id, app.api_key)
     assert app.api_key not in repr(credentials) + str(credentials)
     assert "api_key=<redacted>" in repr(credentials)
 
     async def failures():
         errors = []
-        clients = [client_for(emulator, app, key=wrong_key), client_for(emulator, app),
-                   client_for(emulator, app2), OneSignalClient(credentials, f"http://127.0.0.1:{closed_port()}",
+        clients = [client_for(emu, app, key=wrong_key), client_for(emu, app),
+                   client_for(emu, app2), OneSignalClient(credentials, f"http://127.0.0.1:{closed_port()}",
                                                                max_attempts=2, sleep=Sleeps())]
         calls = [lambda c: c.validate(), lambda c: c.get_user("external_id", "nobody"),
                  lambda c: c.update_tags("external_id", "full", {"b": "2"}), lambda c: c.validate()]
@@ -245,9 +262,10 @@ AWKWARD_IDS = ["a/b", "a b", "it's \"quoted\"", "100%", "%2F", "ünïcødé-日�
                ".", "..", "back\\slash", "semi;colon", "tab\tid", "trailing/", "/leading", "a%20b"]
 
 
-def test_awkward_external_ids_round_trip(emulator, app):
+def test_awkward_external_ids_round_trip(emu):
+    app = emu.add_app()
     for external_id in AWKWARD_IDS:
-        emulator.add_user(app.app_id, external_id=external_id)
+        emu.add_user(app.app_id, external_id=external_id)
 
     async def scenario(client):
         users = []
@@ -256,17 +274,18 @@ def test_awkward_external_ids_round_trip(emulator, app):
             users.append(await client.get_user("external_id", external_id))
         return users
 
-    users = run(client_for(emulator, app), scenario)
+    users = run(client_for(emu, app), scenario)
     assert [u["identity"]["external_id"] for u in users] == AWKWARD_IDS
-    assert emulator.user_tags(app.app_id) == {external_id: {"n": str(n)} for n, external_id in enumerate(AWKWARD_IDS)}
+    assert emu.user_tags(app.app_id) == {external_id: {"n": str(n)} for n, external_id in enumerate(AWKWARD_IDS)}
 
 
 @pytest.fixture(scope="module")
 def shared():
-    with Emulator() as emu:
-        app = emu.add_app()
-        with SyncOneSignalClient(Credentials(app.app_id, app.api_key), emu.url, sleep=Sleeps()) as client:
-            yield emu, app, client
+    emu = Emulator()
+    app = emu.add_app()
+    with SyncOneSignalClient(Credentials(app.app_id, app.api_key), BASE_URL, sleep=Sleeps(),
+                             transport=transport(emu)) as client:
+        yield emu, app, client
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -282,8 +301,9 @@ def test_any_external_id_round_trips(shared, external_id, value):
     assert user["properties"]["tags"] == ({"k": value} if value else {})
 
 
-def test_a_player_id_reaches_its_user_through_the_identity_lookup(emulator, app):
-    onesignal_id = emulator.add_user(app.app_id, subscription_ids=["player-1", "player-2"])   # anonymous
+def test_a_player_id_reaches_its_user_through_the_identity_lookup(emu):
+    app = emu.add_app()
+    onesignal_id = emu.add_user(app.app_id, subscription_ids=["player-1", "player-2"])   # anonymous
 
     async def scenario(client):
         identity = await client.identity_of_subscription("player-2")
@@ -292,21 +312,21 @@ def test_a_player_id_reaches_its_user_through_the_identity_lookup(emulator, app)
             await client.identity_of_subscription("no-such-player")
         return identity
 
-    assert run(client_for(emulator, app), scenario) == {"onesignal_id": onesignal_id}
-    assert emulator.user_tags(app.app_id) == {onesignal_id: {"cohort": "1"}}
+    assert run(client_for(emu, app), scenario) == {"onesignal_id": onesignal_id}
+    assert emu.user_tags(app.app_id) == {onesignal_id: {"cohort": "1"}}
 
 
 # -- retries ---------------------------------------------------------------------------------------
 
-def test_a_429_storm_ends_with_every_update_applied(emulator):
-    app = emulator.add_app(rate_limit=20)
-    emulator.add_users(app.app_id, [{"external_id": f"u{n}"} for n in range(60)])
+def test_a_429_storm_ends_with_every_update_applied(emu):
+    app = emu.add_app(rate_limit=20)
+    emu.add_users(app.app_id, [{"external_id": f"u{n}"} for n in range(60)])
     sleeps = Sleeps()
-    summary = run(client_for(emulator, app, sleep=sleeps),
+    summary = run(client_for(emu, app, sleep=sleeps),
                   lambda c: c.update_many(("external_id", f"u{n}", {"storm": str(n)}) for n in range(60)))
     assert (summary.ok, summary.failed) == (60, 0)
-    assert emulator.user_tags(app.app_id) == {f"u{n}": {"storm": str(n)} for n in range(60)}
-    limited = emulator.counters["rate_limited"]
+    assert emu.user_tags(app.app_id) == {f"u{n}": {"storm": str(n)} for n in range(60)}
+    limited = emu.counters["rate_limited"]
     assert limited > 0
     assert len(sleeps.waits) == limited                    # one wait per 429 answer
     assert min(sleeps.waits) >= 1.0                        # the emulator says Retry-After: 1
@@ -321,8 +341,8 @@ def test_faults_do_not_lose_or_add_a_single_tag():
         updates = [("external_id", f"u{n}", {"cohort_a": "1", "n": str(n), **({"stale": ""} if n % 3 == 0 else {})})
                    for n in range(500)]
         sleeps, results = Sleeps(), []
-        summary = run(client_for(emulator, app, timeout=0.5, sleep=sleeps),
-                      lambda c: c.update_many(updates, on_result=results.append))
+        client = OneSignalClient(Credentials(app.app_id, app.api_key), emulator.url, timeout=0.5, sleep=sleeps)
+        summary = run(client, lambda c: c.update_many(updates, on_result=results.append))
         counters = emulator.counters
 
     assert (summary.ok, summary.not_found, summary.failed) == (500, 0, 0)
@@ -337,13 +357,13 @@ def test_faults_do_not_lose_or_add_a_single_tag():
 
 
 def test_retries_stop_after_max_attempts_with_growing_capped_backoff():
-    with Emulator(error_rate=1.0) as emulator:
-        app = emulator.add_app()
-        sleeps = Sleeps()
-        with pytest.raises(ServerError) as info:
-            run(client_for(emulator, app, max_attempts=6, backoff_base=2.0, backoff_max=10.0, sleep=sleeps),
-                lambda c: c.list_segments())
-        assert emulator.counters["requests"] == 6
+    emulator = Emulator(error_rate=1.0)
+    app = emulator.add_app()
+    sleeps = Sleeps()
+    with pytest.raises(ServerError) as info:
+        run(client_for(emulator, app, max_attempts=6, backoff_base=2.0, backoff_max=10.0, sleep=sleeps),
+            lambda c: c.list_segments())
+    assert emulator.counters["requests"] == 6
     assert info.value.attempts == 6 and info.value.messages == ["Service temporarily unavailable"]
     assert len(sleeps.waits) == 5
     for attempt, wait in enumerate(sleeps.waits, 1):
@@ -379,7 +399,7 @@ def _refusal(case, emulator):
 
 
 class WithoutAuthorization(Recording):
-    """Real HTTP with the Authorization header taken off, to meet the 401 the client itself never causes."""
+    """The Authorization header taken off, to meet the 401 the client itself never causes."""
 
     async def handle_async_request(self, request):
         del request.headers["Authorization"]
@@ -389,14 +409,16 @@ class WithoutAuthorization(Recording):
 @pytest.mark.parametrize("case", ["tag limit", "too many tags", "wrong key", "no Authorization header",
                                   "unknown app", "unknown user", "duplicate segment"])
 def test_refusals_are_never_retried(case):
-    with Emulator() as emulator:
-        app, key, call, expected = _refusal(case, emulator)
-        sleeps = Sleeps()
-        transport = WithoutAuthorization() if case == "no Authorization header" else None
-        with pytest.raises(expected) as info:
-            run(OneSignalClient(Credentials(app.app_id, key or app.api_key), emulator.url, sleep=sleeps,
-                                transport=transport), call)
-        requests = emulator.counters["requests"]
+    emulator = Emulator()
+    app, key, call, expected = _refusal(case, emulator)
+    sleeps = Sleeps()
+    answering = transport(emulator)
+    if case == "no Authorization header":
+        answering = WithoutAuthorization(answering)
+    with pytest.raises(expected) as info:
+        run(OneSignalClient(Credentials(app.app_id, key or app.api_key), BASE_URL, sleep=sleeps,
+                            transport=answering), call)
+    requests = emulator.counters["requests"]
     assert info.value.status in (400, 401, 403, 404, 409)
     assert requests == (2 if case == "duplicate segment" else 1)
     assert sleeps.waits == []
@@ -404,9 +426,10 @@ def test_refusals_are_never_retried(case):
 
 # -- rate limiting ---------------------------------------------------------------------------------
 
-def test_the_client_stays_under_max_rps_and_spaces_updates_to_one_user(emulator, app):
+def test_the_client_stays_under_max_rps_and_spaces_updates_to_one_user(emu):
+    app = emu.add_app()
     max_rps, others = 40, 100
-    emulator.add_users(app.app_id, [{"external_id": "same"}] + [{"external_id": f"u{n}"} for n in range(others)])
+    emu.add_users(app.app_id, [{"external_id": "same"}] + [{"external_id": f"u{n}"} for n in range(others)])
     updates = [("external_id", "same", {"v": str(v)}) for v in range(3)]
     updates += [("external_id", f"u{n}", {"k": "1"}) for n in range(others)]
     sent = []
@@ -416,38 +439,43 @@ def test_the_client_stays_under_max_rps_and_spaces_updates_to_one_user(emulator,
             sent.append(time.monotonic())
             return await super().handle_async_request(request)
 
-    summary = run(client_for(emulator, app, max_rps=max_rps, transport=Timed()), lambda c: c.update_many(updates))
+    summary = run(client_for(emu, app, max_rps=max_rps, transport=Timed(transport(emu))),
+                  lambda c: c.update_many(updates))
     assert summary.ok == len(updates)
 
     # In any one second the client sent at most max_rps (slack for event-loop jitter only; without a
     # limiter all 103 would leave within a fraction of a second)...
     assert max(bisect.bisect_left(sent, t + 1.0) - i for i, t in enumerate(sent)) <= max_rps * 1.25
     # ...and over the whole run the emulator saw no more (a slow machine only makes the run longer).
-    arrivals = sorted(r["t"] for r in emulator.requests())
+    arrivals = sorted(r["t"] for r in emu.requests())
     assert len(arrivals) == len(updates)
     assert (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) <= max_rps * 1.1
     # One user's updates reached the emulator at least a second apart, in the order given.
-    same = [r["t"] for r in emulator.requests() if r["path"].endswith("/external_id/same")]
+    same = [r["t"] for r in emu.requests() if r["path"].endswith("/external_id/same")]
     assert len(same) == 3 and all(b - a >= 1.0 for a, b in pairwise(same))
-    assert emulator.counters["rate_limited"] == 0
-    assert emulator.user_tags(app.app_id)["same"] == {"v": "2"}
+    assert emu.counters["rate_limited"] == 0
+    assert emu.user_tags(app.app_id)["same"] == {"v": "2"}
 
 
 # -- validate --------------------------------------------------------------------------------------
 
-def test_validate_says_connected(emulator, app):
-    result = run(client_for(emulator, app), lambda c: c.validate())
+def test_validate_says_connected(emu):
+    app = emu.add_app()
+    result = run(client_for(emu, app), lambda c: c.validate())
     assert str(result) == "Connected" and result.app_id == app.app_id and result.segment_count == 0
 
 
-def test_validate_names_a_bad_key(emulator, app):
+def test_validate_names_a_bad_key(emu):
+    app = emu.add_app()
     with pytest.raises(AuthError) as info:
-        run(client_for(emulator, app, key="not-the-key"), lambda c: c.validate())
+        run(client_for(emu, app, key="not-the-key"), lambda c: c.validate())
     assert info.value.status == 403 and "API key" in str(info.value)
 
 
-def test_validate_names_an_unknown_app(emulator, app):
-    client = OneSignalClient(Credentials(str(uuid.uuid4()), app.api_key), emulator.url, sleep=Sleeps())
+def test_validate_names_an_unknown_app(emu):
+    app = emu.add_app()
+    client = OneSignalClient(Credentials(str(uuid.uuid4()), app.api_key), BASE_URL, sleep=Sleeps(),
+                             transport=transport(emu))
     with pytest.raises(AppNotFound) as info:
         run(client, lambda c: c.validate())
     assert "App ID" in str(info.value)
@@ -465,8 +493,8 @@ def test_validate_without_a_network_gives_up_at_once():
 
 # -- segments and batches --------------------------------------------------------------------------
 
-def test_segments_lifecycle_and_paging(emulator):
-    app = emulator.add_app(segment_limit=1000)
+def test_segments_lifecycle_and_paging(emu):
+    app = emu.add_app(segment_limit=1000)
     tag = [{"field": "tag", "key": "cohort", "relation": "exists"}]
 
     async def scenario(client):
@@ -479,63 +507,66 @@ def test_segments_lifecycle_and_paging(emulator):
             await client.delete_segment(ids[1])
         return ids, listed, one
 
-    ids, listed, one = run(client_for(emulator, app), scenario)
+    ids, listed, one = run(client_for(emu, app), scenario)
     assert sorted(s["id"] for s in listed) == sorted(ids)
-    pages = [r for r in emulator.requests() if r["method"] == "GET" and r["path"].endswith("/segments")]
+    pages = [r for r in emu.requests() if r["method"] == "GET" and r["path"].endswith("/segments")]
     assert len(pages) == 3                                            # 300 + 300 + 50
     assert one["name"] == "renamed" and one["filters"][0]["key"] == "x"
-    assert len(emulator.state["apps"][app.app_id]["segments"]) == 649
+    assert len(emu.state["apps"][app.app_id]["segments"]) == 649
 
 
-def test_a_free_plan_cannot_create_segments(emulator):
-    app = emulator.add_app(plan="free")
+def test_a_free_plan_cannot_create_segments(emu):
+    app = emu.add_app(plan="free")
     with pytest.raises(BadRequest) as info:
-        run(client_for(emulator, app), lambda c: c.create_segment("S", [{"field": "tag", "key": "a",
-                                                                        "relation": "exists"}]))
+        run(client_for(emu, app), lambda c: c.create_segment("S", [{"field": "tag", "key": "a",
+                                                                   "relation": "exists"}]))
     assert "paid" in str(info.value)
 
 
-def test_update_many_reports_each_user_and_never_creates_one(emulator):
-    app = emulator.add_app(tag_limit=1)
-    emulator.add_users(app.app_id, [{"external_id": "a"}, {"external_id": "b", "tags": {"x": "1"}}])
+def test_update_many_reports_each_user_and_never_creates_one(emu):
+    app = emu.add_app(tag_limit=1)
+    emu.add_users(app.app_id, [{"external_id": "a"}, {"external_id": "b", "tags": {"x": "1"}}])
     results = []
     updates = [("external_id", "a", {"c": "1"}), ("external_id", "b", {"c": "1"}), ("external_id", "ghost", {"c": "1"})]
-    summary = run(client_for(emulator, app), lambda c: c.update_many(updates, on_result=results.append))
+    summary = run(client_for(emu, app), lambda c: c.update_many(updates, on_result=results.append))
     assert (summary.ok, summary.not_found, summary.failed, summary.total) == (1, 1, 1, 3)
     outcomes = {r.alias_id: r for r in results}
     assert outcomes["a"].outcome == OK and outcomes["a"].error is None
     assert outcomes["ghost"].outcome == NOT_FOUND and isinstance(outcomes["ghost"].error, NotFound)
     assert outcomes["b"].outcome == FAILED and "maximum of 1 tags" in str(outcomes["b"].error)
-    assert emulator.counters["user_creates"] == 0
-    assert "ghost" not in emulator.user_tags(app.app_id)
+    assert emu.counters["user_creates"] == 0
+    assert "ghost" not in emu.user_tags(app.app_id)
 
 
-def test_update_many_stops_on_a_bad_key(emulator, app):
-    emulator.add_users(app.app_id, [{"external_id": f"u{n}"} for n in range(300)])
+def test_update_many_stops_on_a_bad_key(emu):
+    app = emu.add_app()
+    emu.add_users(app.app_id, [{"external_id": f"u{n}"} for n in range(300)])
     with pytest.raises(AuthError):
-        run(client_for(emulator, app, key="not-the-key", concurrency=8),
+        run(client_for(emu, app, key="not-the-key", concurrency=8),
             lambda c: c.update_many(("external_id", f"u{n}", {"c": "1"}) for n in range(300)))
-    assert emulator.counters["requests"] <= 8 + 8          # the workers stop at the first refusal
+    assert emu.counters["requests"] <= 8 + 8          # the workers stop at the first refusal
 
 
-def test_raising_from_on_result_stops_the_batch(emulator, app):
-    emulator.add_users(app.app_id, [{"external_id": f"u{n}"} for n in range(100)])
+def test_raising_from_on_result_stops_the_batch(emu):
+    app = emu.add_app()
+    emu.add_users(app.app_id, [{"external_id": f"u{n}"} for n in range(100)])
 
     def stop(result):
         raise KeyboardInterrupt("enough")
 
     with pytest.raises(KeyboardInterrupt):
-        run(client_for(emulator, app, concurrency=4),
+        run(client_for(emu, app, concurrency=4),
             lambda c: c.update_many((("external_id", f"u{n}", {"c": "1"}) for n in range(100)), on_result=stop))
-    assert emulator.counters["requests"] < 100
+    assert emu.counters["requests"] < 100
 
 
-def test_tags_must_be_strings(emulator, app):
+def test_tags_must_be_strings(emu):
+    app = emu.add_app()
     with pytest.raises(TypeError):
-        run(client_for(emulator, app), lambda c: c.update_tags("external_id", "u", {"n": 1}))
+        run(client_for(emu, app), lambda c: c.update_tags("external_id", "u", {"n": 1}))
 
 
-# -- the blocking facade ---------------------------------------------------------------------------
+# -- the blocking facade, end to end over real HTTP ------------------------------------------------
 
 def test_the_sync_client_works_even_inside_a_running_loop(emulator, app):
     emulator.add_user(app.app_id, external_id="u1")

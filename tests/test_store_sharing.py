@@ -12,6 +12,7 @@ import textwrap
 
 import nbformat
 import pytest
+from cli_runner import toolkit
 
 from conftest import NOW, ROOT, SAMPLE
 from toolkit import Store, cohorts, demo, export, matching
@@ -88,11 +89,6 @@ def holding(db, env, tmp_path):
     yield hold
     for h in made:
         h.end()
-
-
-def toolkit(*args, env, **kwargs):
-    return subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], env=env, text=True,
-                          capture_output=True, **kwargs)
 
 
 # -- the lock error, read --------------------------------------------------------------------------

@@ -3,25 +3,18 @@ whatever their case, and a "did you mean" when they are not found."""
 
 import argparse
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
+from cli_runner import toolkit
 
-from conftest import ROOT, event, write_lines
+from conftest import event, write_lines
 from toolkit import Store, cohorts
 from toolkit.cli import _parser
 from toolkit.cohorts import CohortError, DefinitionError
 
 LEAKS = re.compile(r"``|ubigint|varchar|bigint|Preview\.|cohorts\.save|DataFrame|Traceback|\bNone\b|"
                    r"[A-Z][a-z]+Error\b")
-
-
-def toolkit(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=ROOT, timeout=300)
 
 
 @pytest.fixture

@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         from toolkit.emulator import main as emulator_main
 
         return emulator_main(argv[1:])
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:     # --help, or a usage error argparse has printed: a status, not an exit
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.run(args)
     except ToolkitError as exc:     # the one place an error becomes words and an exit code
@@ -350,9 +353,19 @@ def _schedule(args) -> int:
 
     from toolkit import schedule
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    runs = schedule.schedule(args.runs_dir.resolve(), _sync_parameters(args), schedule.parse_every(args.every),
-                             max_runs=args.max_runs)
+    # Each run's outcome on this command's stderr; the handler goes when the command ends, so calling
+    # main() again in one process (tests, a notebook) neither piles handlers up nor writes to a closed stream.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        runs = schedule.schedule(args.runs_dir.resolve(), _sync_parameters(args), schedule.parse_every(args.every),
+                                 max_runs=args.max_runs)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
     print(report.schedule_text(runs))
     return schedule.exit_code([r.status for r in runs])
 

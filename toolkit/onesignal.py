@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import logging
 import os
 import random
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -330,6 +332,12 @@ def _transport_cause(exc: BaseException) -> str:
     return str(os_errors[0] if os_errors else exc) or type(exc).__name__
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext | bool:
+    """One TLS context for every client of the process: loading the CA bundle takes ~70 ms a time."""
+    return httpx.create_ssl_context() if hasattr(httpx, "create_ssl_context") else True
+
+
 def _check_tags(tags: Mapping[str, str]) -> None:
     bad = [k for k, v in tags.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
@@ -364,7 +372,7 @@ class OneSignalClient:
         REDACTOR.add(credentials.api_key)
         headers = {"Authorization": f"Key {credentials.api_key}", "Content-Type": "application/json",
                    "Accept": "application/json", USAGE_HEADER: USAGE}
-        tls = httpx.create_ssl_context() if hasattr(httpx, "create_ssl_context") else True   # built once, shared
+        tls = _tls_context() if transport is None else True       # a given transport does its own
         sizes = [min(POOL_SIZE, concurrency - start) for start in range(0, concurrency, POOL_SIZE)]
         self._pools = [httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout),
                                          limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),

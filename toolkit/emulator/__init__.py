@@ -1,6 +1,7 @@
 """A OneSignal-compatible server on loopback, for the demo, rehearsals and tests.
 
-In-process: ``with Emulator() as emu: ...`` (see server.py). As a command:
+In-process: ``with Emulator() as emu: ...`` (see server.py). Without a socket, for httpx clients in
+tests: ``transport(Emulator())`` from transport.py. As a command:
 ``python -m toolkit.emulator --port 8787 --state var/onesignal.json``.
 """
 

@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 CONTROL = "/_emulator/"
 ADMIN_HEADER = "X-Emulator-Token"
 ENV_ADMIN_TOKEN = "TOOLKIT_EMULATOR_TOKEN"
-NO_ANSWER = None          # what _dispatch returns for a dropped or hung request
+NO_ANSWER = None          # what dispatch returns for a dropped or hung request
 RESET = "reset"           # ... and for one to reset (RST) after the API handled it
+HUNG = "hung"             # ... and for a hung one when told not to wait it out (the in-process transport)
 INTERNAL_ERROR = {"errors": ["Internal server error"]}
 
 
@@ -244,8 +245,9 @@ class Emulator:
             except OSError as exc:
                 log.warning("cannot save emulator state to %s: %s", self.state_file, exc)
 
-    # -- serving (called from the handler threads) ----------------------------------------------
-    def _dispatch(self, request: Request) -> Response | str | None:
+    # -- serving (called from the handler threads, or in-process by transport.py) ----------------
+    def dispatch(self, request: Request, *, wait_out_hangs: bool = True) -> Response | str | None:
+        """One request through the faults and the API: a Response, or NO_ANSWER, RESET or HUNG."""
         arrived = time.monotonic()
         if request.path.startswith(CONTROL):
             return self._control(request)
@@ -263,6 +265,8 @@ class Emulator:
         if self.faults.latency:
             self._stopping.wait(self.faults.latency)
         if fault == HANG:
+            if not wait_out_hangs:
+                return HUNG
             self._stopping.wait(self.faults.hang_seconds)
         if fault in (HANG, DROP):
             return NO_ANSWER
@@ -300,6 +304,13 @@ class Emulator:
             self.reset()
             return Response(200, {"success": True})
         return Response(404, {"errors": ["Not Found"]})
+
+
+def wire(response: Response) -> tuple[bytes, dict[str, str]]:
+    """A response's body and headers as they go on the wire (the server and the transport alike)."""
+    payload = b"" if response.body is None else json.dumps(response.body, ensure_ascii=False).encode()
+    return payload, {"Content-Type": "application/json; charset=utf-8", "Content-Length": str(len(payload)),
+                     **response.headers}
 
 
 class _Server(ThreadingHTTPServer):
@@ -352,7 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         path, _, query = self.path.partition("?")
         headers = cast(Mapping[str, str], self.headers)     # an HTTPMessage: case-insensitive lookups
-        response = self.server.emulator._dispatch(Request(self.command, path, query, headers, body))
+        response = self.server.emulator.dispatch(Request(self.command, path, query, headers, body))
         if response is NO_ANSWER:
             self.close_connection = True            # close without a word: a dropped connection
             return
@@ -360,11 +371,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.to_reset.add(self.connection)
             self.close_connection = True
             return
-        payload = b"" if response.body is None else json.dumps(response.body, ensure_ascii=False).encode()
+        payload, wire_headers = wire(response)
         self.send_response(response.status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in response.headers.items():
+        for name, value in wire_headers.items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
@@ -372,4 +381,4 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 
     def log_message(self, format: str, *args) -> None:
-        pass                                         # _dispatch logs method and path, nothing else
+        pass                                         # dispatch logs method and path, nothing else
