@@ -133,8 +133,10 @@ class Emulator:
 
     # -- setting up -----------------------------------------------------------------------------
     def add_app(self, app_id: str | None = None, api_key: str | None = None, *, plan: str = "paid",
-                tag_limit: int = 10, segment_limit: int = 100, rate_limit: int | None = None,
+                tag_limit: int | None = None, segment_limit: int | None = None, rate_limit: int | None = None,
                 name: str = "Emulated app") -> App:
+        """An app on ``plan`` (free: 2 tags per user and 6 segments; paid: 20 tags; see
+        ``state.PLAN_LIMITS``), or with the caps given."""
         with self._lock:
             app = App(app_id or self.world.new_id(), api_key or self.world.new_key(), name, plan, tag_limit,
                       segment_limit, rate_limit or self.rate_limit)
@@ -144,6 +146,19 @@ class Emulator:
             self.world.changed()
             self._baseline["apps"][app.app_id] = app.to_json(with_key=True, with_members=False)
             return app
+
+    def set_limits(self, app_id: str, *, tag_limit: int | None = None, segment_limit: int | None = None) -> None:
+        """Change an app's caps (a plan change in OneSignal): they hold from the next request on, and
+        after ``reset``."""
+        with self._lock:
+            app = self.app(app_id)
+            changes = {k: v for k, v in (("tag_limit", tag_limit), ("segment_limit", segment_limit)) if v is not None}
+            for name, value in changes.items():
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise EmulatorError(f"{name} must be a whole number of 0 or more, not {value!r}")
+                setattr(app, name, value)
+            self._baseline["apps"][app_id].update(changes)
+            self.world.changed()
 
     def app(self, app_id: str) -> App:
         try:
