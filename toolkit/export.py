@@ -527,7 +527,13 @@ def preview_export(store: Store, settings_or_cohort: ExportSettings | str, *, no
     given = settings_or_cohort
     chosen = given if isinstance(given, ExportSettings) else settings(store, given, dry_run=True, now=now,
                                                                         force=force)
-    found = exportable(store, chosen)
+    return preview_targets(store, chosen, exportable(store, chosen), samples=samples)
+
+
+def preview_targets(store: Store, chosen: ExportSettings, found: Exportable, *, samples: int = SAMPLES
+                    ) -> ExportPreview:
+    """``preview_export`` of members already evaluated (``found``): the plan, the guard and the app's
+    data-tag cap, from the store alone."""
     reader = store.reader()
     the_plan, verdict, caps = _capped_plan(reader, chosen, found.wanted)
     limit = app_tag_limit(reader, chosen.app_id)

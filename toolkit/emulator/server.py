@@ -5,7 +5,7 @@
         emu.add_user(app.app_id, external_id="u1", subscription_ids=["s1"])
         client = OneSignalClient(Credentials(app.app_id, app.api_key), emu.url)
 
-Faults (503s and 500s, 429s without Retry-After, dropped connections, hung requests, latency) happen
+Faults (503s and 500s, 429s without Retry-After, 400s, dropped connections, hung requests, latency) happen
 before the API sees a request, so a faulted request changes nothing; except a reset after applying
 (``emu.faults.inject("reset_after", ...)``): the API makes the change, then the connection is reset
 without an answer. ``inject("hold", ...)`` keeps a request waiting until ``emu.release()``, then serves
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import cast
 
 from toolkit.emulator.api import RATE_LIMITED, UNAVAILABLE, Api, Request, Response
-from toolkit.emulator.limits import CRASH, DROP, ERROR, HANG, HOLD, RESET_AFTER, THROTTLE, Faults, Limits
+from toolkit.emulator.limits import CRASH, DROP, ERROR, HANG, HOLD, REFUSE, RESET_AFTER, THROTTLE, Faults, Limits
 from toolkit.emulator.state import App, EmulatorError, World, new_counters, read_seed_users
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ ENV_ADMIN_TOKEN = "TOOLKIT_EMULATOR_TOKEN"
 NO_ANSWER = None          # what _dispatch returns for a dropped or hung request
 RESET = "reset"           # ... and for one to reset (RST) after the API handled it
 INTERNAL_ERROR = {"errors": ["Internal server error"]}
+REFUSED = {"errors": ["Request refused (a fault injected into the emulator)"], "success": False}
 
 
 class Emulator:
@@ -287,6 +288,8 @@ class Emulator:
             response = Response(500, INTERNAL_ERROR)
         elif fault == THROTTLE:
             response = Response(429, RATE_LIMITED)            # and no Retry-After
+        elif fault == REFUSE:
+            response = Response(400, REFUSED)
         else:
             with self._lock:
                 response = self._api.handle(request, time.monotonic())
@@ -375,7 +378,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.to_reset.add(self.connection)
             self.close_connection = True
             return
-        payload = b"" if response.body is None else json.dumps(response.body, ensure_ascii=False).encode()
+        # Compact, as OneSignal writes it: {"errors":["..."],"success":false}
+        payload = b"" if response.body is None else json.dumps(response.body, ensure_ascii=False,
+                                                                separators=(",", ":")).encode()
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(payload)))
