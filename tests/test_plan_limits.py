@@ -368,4 +368,5 @@ def test_a_run_record_and_its_json_carry_the_tag_cap_count(store, emulator, capp
     record = run(store, emulator, capped, "Buyers", ext("u1", "u3"))
     assert record.to_dict()["tag_cap"] == 1
     assert export.runs(store, "Buyers")[0]["tag_cap"] == 1
+    assert "failed 0 over tag cap 1" in report.runs_text(export.runs(store, "Buyers"))
     json.dumps(record.to_dict(), default=str)

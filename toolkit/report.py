@@ -111,7 +111,11 @@ def runs_text(runs: list[dict]) -> str:
     return "\n".join(f"#{r['run_id']} {r['started_at']:%Y-%m-%d %H:%M:%S} {r['cohort']} {r['mode']}"
                      f"{' dry-run' if r['dry_run'] else ''} {r['status']}: +{r['added'] or 0} "
                      f"-{r['removed'] or 0} ={r['unchanged'] or 0} absent {r['not_in_onesignal'] or 0} "
-                     f"failed {r['failed'] or 0}{'  ' + r['error'] if r['error'] else ''}" for r in runs)
+                     f"failed {r['failed'] or 0}{_over_cap(r)}{'  ' + r['error'] if r['error'] else ''}" for r in runs)
+
+
+def _over_cap(r: dict) -> str:
+    return f" over tag cap {r['tag_cap']}" if r.get("tag_cap") else ""
 
 
 # -- cohorts and matchability ------------------------------------------------------------------------
