@@ -256,7 +256,9 @@ def fits(locator) -> bool:
 def segment_members(world, cohort: str) -> set[tuple[str, str]]:
     """(id type, id) of every emulated OneSignal user in the cohort's segment."""
     state = world["emulator"].state["apps"][world["app"].app_id]
-    (segment,) = [s for s in state["segments"] if s["name"] == cohort[:128]]
+    from toolkit.export import segment_name
+
+    (segment,) = [s for s in state["segments"] if s["name"] == segment_name(cohort)]
     members = set(segment["members"]["onesignal_ids"])
     found = set()
     for user in state["users"]:

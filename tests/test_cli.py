@@ -120,7 +120,7 @@ def test_connect_and_export_against_the_emulator(tmp_path):
         assert bad.returncode == 1 and "Not connected" in bad.stdout
 
         once = json.loads(toolkit("export", "Tech fans worth a call", "--once", *common, "--json", env=env).stdout)
-        segment = {s["name"]: s for s in emu.state["apps"][app.app_id]["segments"]}["Tech fans worth a call"]
+        segment = {s["name"]: s for s in emu.state["apps"][app.app_id]["segments"]}["(Mixpanel) Tech fans worth a call"]
         in_onesignal = {u.get("external_id") or u["subscription_ids"][0] for u in users}
         members = set(segment["members"]["external_ids"])
         assert members == {x for x in exportable & in_onesignal if not _is_uuid(x)}

@@ -139,11 +139,12 @@ def test_tag_limits():
         assert http.patch(url, json=tags({"b": "2"}), headers=headers).status_code == 202
         r = http.patch(url, json=tags({"c": "3"}), headers=headers)
         assert r.status_code == 400
-        assert r.json() == {"errors": ["App is limited to a maximum of 2 tags on a given player"]}
+        assert r.json() == {"errors": ["App is limited to a maximum of 2 tags on a given player"], "success": False}
         assert http.patch(url, json=tags({"a": "", "c": "3"}), headers=headers).status_code == 202   # a swap fits
         assert emulator.user_tags(app.app_id) == {"u": {"b": "2", "c": "3"}}
         r = http.patch(url, json=tags({f"t{n}": "1" for n in range(101)}), headers=headers)
-        assert r.status_code == 400 and r.json() == {"errors": ["Please limit your tag updates to 100 per request"]}
+        assert r.status_code == 400 and r.json() == {"errors": ["Please limit your tag updates to 100 per request"],
+                                                     "success": False}
         assert http.patch(url, json=tags({"x": {"nested": 1}}), headers=headers).status_code == 400
         assert http.patch(url, json={"properties": []}, headers=headers).status_code == 400
         assert emulator.user_tags(app.app_id) == {"u": {"b": "2", "c": "3"}}

@@ -76,7 +76,7 @@ def test_overwrite_semantics_join_leave_rejoin(store, emulator, app):
 def test_segment_exists_and_its_membership_is_the_cohort(store, emulator, app):
     sync(store, emulator, app, ext("u1", "u2"))
     (segment,) = emulator.state["apps"][app.app_id]["segments"]
-    assert segment["name"] == "Buyers" and set(segment["members"]["external_ids"]) == {"u1", "u2"}
+    assert segment["name"] == "(Mixpanel) Buyers" and set(segment["members"]["external_ids"]) == {"u1", "u2"}
     sync(store, emulator, app, ext("u2", "zoë ✓"))
     (segment,) = emulator.state["apps"][app.app_id]["segments"]     # updated, not created again
     assert set(segment["members"]["external_ids"]) == {"u2", "zoë ✓"}

@@ -156,11 +156,11 @@ def test_a_hand_made_segment_of_that_name_is_left_alone_with_a_clear_error(store
     other = [{"field": "tag", "key": "vip", "relation": "exists"}]
     with httpx.Client(base_url=f"{emulator.url}/apps/{app.app_id}",
                       headers={"Authorization": f"Key {app.api_key}"}) as http:
-        hand_made = http.post("/segments", json={"name": "Buyers", "filters": other}).json()["id"]
+        hand_made = http.post("/segments", json={"name": "(Mixpanel) Buyers", "filters": other}).json()["id"]
     export.register(store, "Buyers", "once", app.app_id, emulator.url)
     record = export.run(store, fast(store, "Buyers"), ext("u1"), creds(app))
     assert record.status == "failed"
-    assert "'Buyers'" in record.error and hand_made in record.error and "Rename or delete" in record.error
+    assert "'(Mixpanel) Buyers'" in record.error and hand_made in record.error and "Rename or delete" in record.error
     assert patches(emulator) == 0                                     # no user touched
     (segment,) = segments(emulator, app)
     assert segment["id"] == hand_made and segment["filters"] == other
@@ -175,9 +175,9 @@ def test_cohorts_sharing_their_first_128_characters_get_a_segment_each(store, em
         assert record.status == "ok", record.error
     made = segments(emulator, app)
     assert len(made) == 2 and len({s["name"] for s in made}) == 2
-    assert all(len(s["name"]) <= 128 and s["name"].startswith("Users who xxx") for s in made)
+    assert all(len(s["name"]) <= 128 and s["name"].startswith("(Mixpanel) Users who xxx") for s in made)
     assert {tuple(s["members"]["external_ids"]) for s in made} == {("u1",), ("u2",)}
-    assert export.segment_name("Short") == "Short"
+    assert export.segment_name("Short") == "(Mixpanel) Short"
 
 
 def test_a_registration_with_a_cut_name_from_before_is_renamed_and_unwedged(store, emulator, app):
@@ -197,12 +197,12 @@ def test_a_registration_with_a_cut_name_from_before_is_renamed_and_unwedged(stor
 def test_plan_in_a_cohort_name_is_not_a_free_plan_refusal(store, emulator, app):
     with httpx.Client(base_url=f"{emulator.url}/apps/{app.app_id}",
                       headers={"Authorization": f"Key {app.api_key}"}) as http:
-        http.post("/segments", json={"name": "Paid plan upgrades", "filters": [
+        http.post("/segments", json={"name": "(Mixpanel) Paid plan upgrades", "filters": [
             {"field": "tag", "key": "other", "relation": "exists"}]})
     export.register(store, "Paid plan upgrades", "once", app.app_id, emulator.url)
     record = export.run(store, fast(store, "Paid plan upgrades"), ext("u1"), creds(app))
     assert record.status == "failed" and record.error != export.FREE_PLAN_MESSAGE
-    assert "already has a segment named 'Paid plan upgrades'" in record.error
+    assert "already has a segment named '(Mixpanel) Paid plan upgrades'" in record.error
 
 
 def test_the_free_plan_is_known_by_status_and_exact_words():

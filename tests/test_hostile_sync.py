@@ -41,8 +41,9 @@ def world(tmp_path):
         app = emu.add_app()
         for u in USERS:
             emu.add_user(app.app_id, f"ext-{u}")
-        # u5 (no purchase) already holds the app's 10 tags: any tag update for it is refused.
-        emu.add_user(app.app_id, "ext-u5", tags={f"t{i}": "1" for i in range(10)})
+        # u5 (no purchase): OneSignal refuses any update of it with a 400 no retry mends.
+        emu.add_user(app.app_id, "ext-u5")
+        emu.faults.inject("refuse", method="PATCH", path="/ext-u5", times=1_000_000)
         with Store(db) as store:
             from toolkit import load
             load(store, [data], now=NOW)

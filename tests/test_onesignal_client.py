@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from toolkit.emulator import Emulator
 from toolkit.emulator.transport import transport
 from toolkit.onesignal import (
-    FAILED,
     NOT_FOUND,
     OK,
+    TAG_CAP,
     USAGE,
     USAGE_HEADER,
     AppNotFound,
@@ -42,6 +42,7 @@ from toolkit.onesignal import (
     RateLimited,
     ServerError,
     SyncOneSignalClient,
+    TagLimitExceeded,
     error_messages,
     retry_after_seconds,
 )
@@ -153,7 +154,7 @@ def test_the_key_never_shows_in_reprs_errors_tracebacks_or_logs(emu, caplog):
         return errors
 
     errors = asyncio.run(failures())
-    assert [type(e) for e in errors] == [AuthError, NotFound, BadRequest, NetworkError]
+    assert [type(e) for e in errors] == [AuthError, NotFound, TagLimitExceeded, NetworkError]
     for error in errors:
         text = _all_text(error) + "".join(traceback.format_exception(error))
         for key in (app.api_key, app2.api_key, wrong_key):
@@ -180,7 +181,7 @@ AUTH_1 = {"errors": [{"code": "auth-1", "title": "This operation requires 'Autho
 
 
 @pytest.mark.parametrize("status, body, kind, messages", [
-    (400, {"errors": ["App is limited to a maximum of 2 tags on a given player"]}, BadRequest,
+    (400, {"errors": ["App is limited to a maximum of 2 tags on a given player"]}, TagLimitExceeded,
      ["App is limited to a maximum of 2 tags on a given player"]),
     (400, {"errors": ["app_id not found. You may be missing a Content-Type: application/json header."]},
      AppNotFound, ["app_id not found. You may be missing a Content-Type: application/json header."]),
@@ -375,7 +376,7 @@ def _refusal(case, emulator):
     if case == "tag limit":
         app = emulator.add_app(tag_limit=2)
         emulator.add_user(app.app_id, external_id="u", tags={"a": "1", "b": "2"})
-        return app, None, lambda c: c.update_tags("external_id", "u", {"c": "3"}), BadRequest
+        return app, None, lambda c: c.update_tags("external_id", "u", {"c": "3"}), TagLimitExceeded
     app = emulator.add_app()
     emulator.add_user(app.app_id, external_id="u")
     if case == "too many tags":
@@ -529,11 +530,11 @@ def test_update_many_reports_each_user_and_never_creates_one(emu):
     results = []
     updates = [("external_id", "a", {"c": "1"}), ("external_id", "b", {"c": "1"}), ("external_id", "ghost", {"c": "1"})]
     summary = run(client_for(emu, app), lambda c: c.update_many(updates, on_result=results.append))
-    assert (summary.ok, summary.not_found, summary.failed, summary.total) == (1, 1, 1, 3)
+    assert (summary.ok, summary.not_found, summary.tag_cap, summary.total) == (1, 1, 1, 3)
     outcomes = {r.alias_id: r for r in results}
     assert outcomes["a"].outcome == OK and outcomes["a"].error is None
     assert outcomes["ghost"].outcome == NOT_FOUND and isinstance(outcomes["ghost"].error, NotFound)
-    assert outcomes["b"].outcome == FAILED and "maximum of 1 tags" in str(outcomes["b"].error)
+    assert outcomes["b"].outcome == TAG_CAP and outcomes["b"].error.limit == 1
     assert emu.counters["user_creates"] == 0
     assert "ghost" not in emu.user_tags(app.app_id)
 

@@ -143,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--app-id", help="OneSignal App ID (default: $ONESIGNAL_APP_ID)")
     p.add_argument("--base-url", default=None, help="OneSignal API (default: the real one; the emulator's URL)")
     p.add_argument("--save", action="store_true", help="keep the key in the 0600 credentials file")
+    p.add_argument("--tag-limit", type=int, metavar="N",
+                   help="data tags per user the app's OneSignal plan allows (Free 2, paid 20; default 20)")
     p.set_defaults(run=_connect)
 
     p = sub.add_parser("export", parents=[common, evaluated],
@@ -277,6 +279,11 @@ def _connect(args) -> int:
     creds = credentials.require(args.app_id, prompt=True)
     with _store(args) as store:
         status = sync.connect(store, creds, args.base_url)
+        if args.tag_limit is not None:
+            from toolkit import export
+
+            export.set_tag_limit(store, creds.app_id, args.tag_limit)
+            status["tag_limit"] = args.tag_limit
     if status["connected"] and args.save:
         status["saved_to"] = str(credentials.save(creds))
     _emit(args, status, report.connect_text(status))

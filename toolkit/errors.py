@@ -182,3 +182,26 @@ class NetworkError(OneSignalError):
 class EmulatorError(ToolkitError):
     """The emulator cannot start or be seeded as asked (bad state file, seed file or option): fix the
     file or option named."""
+
+
+# -- OneSignal's plan limits (issue 15) ------------------------------------------------------------
+
+class TagLimitExceeded(BadRequest):
+    """400 "App is limited to a maximum of N tags on a given player": the user would carry more data tags
+    than the app's OneSignal plan allows (Free 2, paid 20). ``limit`` is N. Not retried: the user needs
+    fewer tags, or the app a plan with more."""
+
+    def __init__(self, message: str, *, limit: int, **kwargs):
+        self.limit = limit
+        super().__init__(message, **kwargs)
+
+
+class SegmentLimitReached(BadRequest):
+    """400: the app already holds as many segments as its OneSignal plan allows (Free 6). ``limit`` is
+    that number when OneSignal said it."""
+
+    hint = "Delete a segment the app no longer uses in OneSignal, or move the app to a plan with more segments"
+
+    def __init__(self, message: str, *, limit: int | None = None, **kwargs):
+        self.limit = limit
+        super().__init__(message, **kwargs)

@@ -18,12 +18,13 @@ import asyncio
 import concurrent.futures
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,15 @@ from toolkit.onesignal import (
     NOT_FOUND,
     OK,
     REDACTOR,
+    TAG_CAP,
     Conflict,
     Credentials,
     NotFound,
     OneSignalClient,
     OneSignalError,
     PlanRefused,
+    SegmentLimitReached,
+    TagLimitExceeded,
     default_base_url,
 )
 from toolkit.onesignal_ids import USER_ID_PROPERTY
@@ -58,8 +62,16 @@ DEFAULT_MAX_REMOVAL_SHARE = 0.5
 FLUSH_EVERY = 500
 TAG_VALUE = "1"
 MAX_SEGMENT_NAME = 128          # OneSignal's limit, in characters
+SEGMENT_PREFIX = "(Mixpanel) "  # as Mixpanel's own integration shows a cohort in OneSignal
+DEFAULT_TAG_LIMIT = 20          # data tags per user on OneSignal's paid plans (the integration needs one); Free: 2
+LEARN_TAGS_PER_RUN = 100        # users refused for the cap whose tags a run reads back (one view call each)
+# OneSignal uses these for message personalization: "should not be used as tag keys".
+RESERVED_TAG_KEYS = frozenset({"message", "notification", "subscription", "user", "template", "app", "org",
+                               "dynamic_content", "data_feed", "journey", "custom_data"})
+SAFE_TAG_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 SAMPLES = 5                     # adds and removes a preview names
 _running: dict[tuple[str, str], threading.Lock] = {}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,6 +90,7 @@ class RunRecord:
     unchanged: int = 0
     not_in_onesignal: int = 0
     failed: int = 0
+    tag_cap: int = 0                # members the app's data-tag cap kept out (refused, or not sent)
     error: str | None = None
     guard: str = ""
     plan: planning.Plan | None = field(default=None, repr=False)
@@ -89,18 +102,44 @@ class RunRecord:
 
 
 def tag_key(cohort: str) -> str:
-    """A short, stable tag key per cohort: readable slug plus a hash so two names never collide."""
+    """A short, stable tag key per cohort: readable slug plus a hash so two names never collide.
+
+    Safe whatever the name: at most 50 characters of ``[a-z0-9_]`` after ``mp_``, so never one of
+    OneSignal's reserved keys (``app``, ``user``...), nothing a Liquid template or a filter must escape
+    (quotes, slashes, spaces, non-ASCII letters become ``_`` or drop). Stable: the hash is of the exact
+    name, so the same cohort always gets the same key and names differing only in case get two."""
     slug = re.sub(r"[^a-z0-9]+", "_", cohort.lower()).strip("_")[:40] or "cohort"
     return f"mp_{slug}_{hashlib.sha1(cohort.encode()).hexdigest()[:6]}"
 
 
+def tag_key_problem(key: str) -> str | None:
+    """Why ``key`` is no tag key for an export to use (reserved by OneSignal, odd characters, too long)."""
+    if key.lower() in RESERVED_TAG_KEYS:
+        return f"{key!r} is reserved by OneSignal for message personalization"
+    if not SAFE_TAG_KEY.fullmatch(key):
+        return (f"{key!r} is not 1 to 64 lowercase letters, digits and underscores starting with a letter, "
+                "which any OneSignal filter and template takes as is")
+    return None
+
+
 def segment_name(cohort: str) -> str:
-    """The cohort's name, or for a longer name than OneSignal allows, its start and a short hash: two
-    names sharing their first 128 characters still get two segments."""
-    if len(cohort) <= MAX_SEGMENT_NAME:
-        return cohort
+    """``(Mixpanel) <cohort>``, as Mixpanel's own integration names the segment; for a name longer than
+    OneSignal's 128 characters, its start and a short hash of the whole name: two cohorts sharing their
+    first 128 characters still get two segments (a cohort's name is unique in the store)."""
+    return _within_limit(SEGMENT_PREFIX + cohort, cohort)
+
+
+def legacy_segment_names(cohort: str) -> list[str]:
+    """What earlier versions named the cohort's segment (the bare cohort name, cut the same way): such a
+    segment that filters on the cohort's tag is adopted and renamed, never duplicated."""
+    return [_within_limit(cohort, cohort)]
+
+
+def _within_limit(name: str, cohort: str) -> str:
+    if len(name) <= MAX_SEGMENT_NAME:
+        return name
     digest = hashlib.sha1(cohort.encode()).hexdigest()[:8]
-    return f"{cohort[:MAX_SEGMENT_NAME - len(digest) - 2].rstrip()} ~{digest}"
+    return f"{name[:MAX_SEGMENT_NAME - len(digest) - 2].rstrip()} ~{digest}"
 
 
 def segment_filters(key: str) -> list[dict]:
@@ -135,6 +174,7 @@ class ExportSettings:
     saves: str | None = None                  # SAVE_REGISTRATION / SAVE_ADDRESS when the run ends ok or partial
     dry_run: bool = False
     force: bool = False                       # pass the removal guard
+    tag_limit: int = DEFAULT_TAG_LIMIT        # data tags a user may carry in the app (app_limits)
     max_removal_share: float = DEFAULT_MAX_REMOVAL_SHARE
     now: datetime = field(default_factory=lambda: datetime.now(UTC))    # as of when cohorts are evaluated
     # OneSignalClient's options: timeouts, retries, concurrency, rate limits
@@ -145,12 +185,25 @@ class ExportSettings:
             raise ExportError(f"mode {self.mode!r}: expected once or dynamic")
         if not self.tag_key:
             object.__setattr__(self, "tag_key", tag_key(self.cohort))
+        problem = tag_key_problem(self.tag_key)
+        if problem:
+            raise ExportError(f"cohort {self.cohort!r}: its tag key {problem}")
 
 
 def settings(store: Store, cohort: str, *, mode: str | None = None, app_id: str | None = None,
              base_url: str | None = None, user_id_property: str | None = None, id_type: str | None = None,
              dry_run: bool = False, force: bool = False, now: datetime | None = None,
-             client_options: Mapping[str, Any] | None = None) -> ExportSettings:
+             client_options: Mapping[str, Any] | None = None, tag_limit: int | None = None) -> ExportSettings:
+    """As ``_settings`` says, with the app's data-tag cap (``tag_limit`` overrides it for this run)."""
+    chosen = _settings(store, cohort, mode=mode, app_id=app_id, base_url=base_url, user_id_property=user_id_property,
+                       id_type=id_type, dry_run=dry_run, force=force, now=now, client_options=client_options)
+    return replace(chosen, tag_limit=tag_limit if tag_limit is not None
+                   else app_tag_limit(store.reader(), chosen.app_id)["tag_limit"])
+
+
+def _settings(store: Store, cohort: str, *, mode: str | None, app_id: str | None, base_url: str | None,
+              user_id_property: str | None, id_type: str | None, dry_run: bool, force: bool,
+              now: datetime | None, client_options: Mapping[str, Any] | None) -> ExportSettings:
     """The settings of one export run of ``cohort``: its registration, read here once, with the
     caller's overrides. With ``mode`` (once/dynamic) the run (re)registers the export, overwriting the
     previous one; without, it runs the registered export again (at ``base_url`` if given). A new
@@ -197,8 +250,10 @@ def _registering(con, cohort: str, mode: str, app_id: str | None, base_url: str 
             raise ExportError(f"{dynamic} dynamic syncs are active; Mixpanel allows {MAX_DYNAMIC_SYNCS} per "
                               "project. Stop one (toolkit export NAME --stop) or use a one-time export.")
     segment_id = found["segment_id"] if found and found["app_id"] == app_id else None
+    # A registered key is kept: the members its snapshot lists carry that key.
     return ExportSettings(cohort, mode, app_id, base_url or default_base_url(), user_id_property or USER_ID_PROPERTY,
-                          id_type or "auto", segment_id=segment_id, saves=SAVE_REGISTRATION, **run)
+                          id_type or "auto", (found or {}).get("tag_key") or "", segment_id=segment_id,
+                          saves=SAVE_REGISTRATION, **run)
 
 
 # -- registration -------------------------------------------------------------------------------
@@ -241,6 +296,23 @@ def follow_app(store: Store, app_id: str, base_url: str) -> None:
     emulator port)."""
     store.con.execute("UPDATE exports SET base_url = ? WHERE app_id = ? AND base_url <> ?",
                       [base_url, app_id, base_url])
+
+
+def set_tag_limit(store: Store, app_id: str, tag_limit: int, now: datetime | None = None) -> None:
+    """The app's data-tag cap per user, as its OneSignal plan says (Free 2, paid 20, or the plan's
+    number): exports plan with it, and members it refused are tried again once it is raised."""
+    if isinstance(tag_limit, bool) or not isinstance(tag_limit, int) or tag_limit < 1:
+        raise ExportError(f"tag limit {tag_limit!r} for app {app_id}: expected a whole number of 1 or more "
+                          "(OneSignal's Free plan allows 2 data tags per user, its paid plans 20)")
+    store.con.execute("INSERT OR REPLACE INTO app_limits VALUES (?, ?, 'set', ?)", [app_id, tag_limit, _naive(now)])
+
+
+def app_tag_limit(con, app_id: str | None) -> dict:
+    """The app's data-tag cap and where it comes from: ``set`` (by a person), ``onesignal`` (its
+    refusal named the number) or ``default`` (a paid plan's)."""
+    row = con.execute("SELECT tag_limit, source FROM app_limits WHERE app_id = ?", [app_id]).fetchone() \
+        if app_id else None
+    return {"tag_limit": row[0], "source": row[1]} if row else {"tag_limit": DEFAULT_TAG_LIMIT, "source": "default"}
 
 
 def due(store: Store, now: datetime | None = None) -> list[str]:
@@ -321,6 +393,99 @@ def _plan(con, settings: ExportSettings, wanted: Mapping[str, Target]) -> tuple[
     return the_plan, verdict
 
 
+# -- the app's data-tag cap ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TagCaps:
+    """Who the app's data-tag cap keeps out of this run. ``held``: members OneSignal refused before under
+    this cap (or one higher) whose known tags have not dropped since: not sent again until the cap is
+    raised, their other tags go, or a day has passed. ``over``: adds that would carry more tags than the
+    cap, counting the tags the toolkit knows they have (``other``, by OneSignal id): recorded
+    ``tag_cap`` without a request."""
+    limit: int
+    held: Mapping[str, Target] = field(default_factory=dict)
+    over: frozenset[str] = frozenset()
+    other: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.held) + len(self.over)
+
+    def sendable(self, wanted: Mapping[str, Target]) -> Mapping[str, Target]:
+        """``wanted`` without the held members (the plan then neither adds nor removes them)."""
+        return {d: t for d, t in wanted.items() if d not in self.held} if self.held else wanted
+
+
+def other_tags(con, settings: ExportSettings, ids: Sequence[str]) -> dict[str, int]:
+    """How many data tags each of these users (OneSignal ids as exports address them) carries besides
+    this cohort's, as far as the toolkit knows: the tags of the app's other exports (their snapshots),
+    and the rest of what OneSignal showed of the user when the cap refused it (``known_user_tags``).
+    Users with none are left out."""
+    if not ids or not knows_other_tags(con, settings):
+        return {}
+    import pyarrow as pa  # the ids reach DuckDB as an Arrow table: a list parameter of 1M took 6 s
+
+    con.register("cap_ids", pa.table({"onesignal_id": pa.array(ids, pa.string())}))
+    try:
+        rows = con.execute("""
+            WITH ids AS (SELECT DISTINCT onesignal_id FROM cap_ids),
+            managed AS (SELECT tag_key FROM exports WHERE app_id = $app UNION SELECT $key),
+            toolkit AS (SELECT m.onesignal_id, e.tag_key FROM export_members m JOIN exports e USING (cohort)
+                        WHERE e.app_id = $app AND m.status = 'tagged' AND e.tag_key <> $key
+                          AND m.onesignal_id IN (SELECT onesignal_id FROM ids)),
+            viewed AS (SELECT onesignal_id, unnest(tag_keys) AS tag_key FROM known_user_tags
+                       WHERE app_id = $app AND onesignal_id IN (SELECT onesignal_id FROM ids))
+            SELECT onesignal_id, count(DISTINCT tag_key)::INTEGER FROM (
+                SELECT * FROM toolkit
+                UNION ALL SELECT * FROM viewed WHERE tag_key NOT IN (SELECT tag_key FROM managed))
+            GROUP BY onesignal_id""", {"app": settings.app_id, "key": settings.tag_key}).fetchall()
+    finally:
+        con.unregister("cap_ids")
+    return dict(rows)
+
+
+def knows_other_tags(con, settings: ExportSettings) -> bool:
+    """Whether the toolkit knows of any tag beside this cohort's on any user of the app (mostly not: then
+    a million adds need no look-up)."""
+    return bool(settings.app_id) and con.execute(
+        """SELECT EXISTS (SELECT 1 FROM known_user_tags WHERE app_id = $app)
+               OR EXISTS (SELECT 1 FROM export_members m JOIN exports e USING (cohort)
+                          WHERE e.app_id = $app AND e.tag_key <> $key AND m.status = 'tagged')""",
+        {"app": settings.app_id, "key": settings.tag_key}).fetchall()[0][0]
+
+
+def _held(con, settings: ExportSettings, wanted: Mapping[str, Target]) -> TagCaps:
+    """The members the cap refused before and that are still out of reach (see ``TagCaps``)."""
+    rows = con.execute("SELECT distinct_id, onesignal_id, id_type, tag_limit, other_tags, checked_at "
+                       "FROM export_tag_caps WHERE cohort = ?", [settings.cohort]).fetchall()
+    if not rows:
+        return TagCaps(settings.tag_limit)
+    known = other_tags(con, settings, [r[1] for r in rows])
+    recheck_after = _naive(settings.now) - RECHECK_ABSENT
+    held = {d: Target(o, t) for d, o, t, limit, other, checked in rows
+            if wanted.get(d) == Target(o, t) and settings.tag_limit <= limit and known.get(o, 0) >= other
+            and checked > recheck_after}
+    return TagCaps(settings.tag_limit, held)
+
+
+def _over(con, settings: ExportSettings, caps: TagCaps, the_plan: planning.Plan) -> TagCaps:
+    """``caps`` with the plan's adds that the tags the toolkit knows of would take over the cap."""
+    if not the_plan.counts.get(ADD) or not knows_other_tags(con, settings):
+        return caps
+    adds = the_plan.of(ADD)
+    known = other_tags(con, settings, [s.target.onesignal_id for s in adds])
+    over = frozenset(s.distinct_id for s in adds if known.get(s.target.onesignal_id, 0) + 1 > caps.limit)
+    return replace(caps, over=over, other=known)
+
+
+def _capped_plan(con, settings: ExportSettings, wanted: Mapping[str, Target]
+                 ) -> tuple[planning.Plan, GuardVerdict, TagCaps]:
+    """The plan and guard of ``_plan`` for the members the cap does not hold back, and the cap's verdict."""
+    caps = _held(con, settings, wanted)
+    the_plan, verdict = _plan(con, settings, caps.sendable(wanted))
+    return the_plan, verdict, _over(con, settings, caps, the_plan)
+
+
 @dataclass(frozen=True)
 class ExportPreview:
     """What exporting a cohort now would do, from what the store holds: nothing is sent or written."""
@@ -333,6 +498,9 @@ class ExportPreview:
     samples: Mapping[str, tuple[Step, ...]]    # the first adds and removes, by distinct_id
     verdict: GuardVerdict                      # the removal guard: passes or stops the export, and why
     left_out: Mapping[str, int]                # members that cannot be exported, by reason
+    tag_limit: Mapping[str, Any] = field(default_factory=lambda: {"tag_limit": DEFAULT_TAG_LIMIT,
+                                                                  "source": "default"})
+    over_tag_limit: int = 0                    # members the app's data-tag cap keeps out (not sent)
 
     @property
     def added(self) -> int:
@@ -365,8 +533,9 @@ class ExportPreview:
         return {"cohort": self.cohort, "mode": self.mode, "dry_run": True, "status": self.status,
                 "as_of": self.as_of, "members": self.members, "exportable": self.exportable,
                 "added": self.added, "removed": self.removed, "unchanged": self.unchanged,
-                "not_in_onesignal": 0, "failed": 0, "error": self.refused, "guard": self.verdict.reason,
-                "samples": {ADD: steps(ADD), REMOVE: steps(REMOVE)}, "left_out": dict(self.left_out)}
+                "not_in_onesignal": 0, "failed": 0, "tag_cap": self.over_tag_limit, "error": self.refused,
+                "guard": self.verdict.reason, "samples": {ADD: steps(ADD), REMOVE: steps(REMOVE)},
+                "left_out": dict(self.left_out), "tag_limit": dict(self.tag_limit)}
 
 
 def preview_export(store: Store, settings_or_cohort: ExportSettings | str, *, now: datetime | None = None,
@@ -378,11 +547,22 @@ def preview_export(store: Store, settings_or_cohort: ExportSettings | str, *, no
     given = settings_or_cohort
     chosen = given if isinstance(given, ExportSettings) else settings(store, given, dry_run=True, now=now,
                                                                         force=force)
-    found = exportable(store, chosen)
-    the_plan, verdict = _plan(store.reader(), chosen, found.wanted)
+    return preview_targets(store, chosen, exportable(store, chosen), samples=samples)
+
+
+def preview_targets(store: Store, chosen: ExportSettings, found: Exportable, *, samples: int = SAMPLES
+                    ) -> ExportPreview:
+    """``preview_export`` of members already evaluated (``found``): the plan, the guard and the app's
+    data-tag cap, from the store alone."""
+    reader = store.reader()
+    the_plan, verdict, caps = _capped_plan(reader, chosen, found.wanted)
+    limit = app_tag_limit(reader, chosen.app_id)
+    if limit["tag_limit"] != chosen.tag_limit:
+        limit = {"tag_limit": chosen.tag_limit, "source": "this run"}
     return ExportPreview(chosen.cohort, chosen.mode, chosen.now, found.members, len(found.wanted),
                          {op: the_plan.counts.get(op, 0) for op in (ADD, REMOVE, NOOP)},
-                         {op: tuple(the_plan.of(op)[:samples]) for op in (ADD, REMOVE)}, verdict, found.left_out)
+                         {op: tuple(the_plan.of(op)[:samples]) for op in (ADD, REMOVE)}, verdict, found.left_out,
+                         limit, caps.count)
 
 
 # -- a run --------------------------------------------------------------------------------------
@@ -404,10 +584,11 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
          credentials: Credentials | None, members: int | None, on_progress) -> RunRecord:
     if not settings.dry_run and not (settings.app_id and settings.base_url):
         raise ExportError(f"cohort {settings.cohort!r} has no export; register it first (toolkit export NAME --once)")
-    the_plan, verdict = _plan(con, settings, wanted)
+    the_plan, verdict, caps = _capped_plan(con, settings, wanted)
     with _run_lock(store, settings.cohort):
         record = _start(store, con, settings, the_plan, verdict, members if members is not None else len(wanted),
                         len(wanted))
+        record.tag_cap = len(caps.held) + (len(caps.over) if settings.dry_run else 0)
         if settings.dry_run:
             return _finish(con, record, "ok" if verdict.ok else "stopped", None if verdict.ok else verdict.reason)
         if not verdict.ok:
@@ -415,7 +596,7 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
         if credentials is None:
             return _finish(con, record, "failed", "no OneSignal credentials: preview only (see toolkit connect)")
         try:
-            segment_id = _run_async(_apply(con, settings, record, the_plan, credentials, on_progress))
+            segment_id = _run_async(_apply(con, settings, record, the_plan, caps, credentials, on_progress))
         except (OneSignalError, ExportError) as exc:
             return _finish(con, record, "failed", str(exc))
         except BaseException as exc:
@@ -489,15 +670,19 @@ def _is_running(store: Store, cohort: str) -> bool:
         lock.release()
 
 
-async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: planning.Plan,
+async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: planning.Plan, caps: TagCaps,
                  credentials: Credentials, on_progress) -> str:
     """Make sure of the segment, then send the plan's changes; returns the segment's id."""
     assert settings.app_id and settings.base_url      # checked by _run
     async with OneSignalClient(credentials, settings.base_url, **settings.client_options) as client:
         segment_id = await _ensure_segment(con, client, settings)
+        # Refusals not held any more are tried again now; their rows go (a refusal writes a new one).
+        con.execute("DELETE FROM export_tag_caps WHERE cohort = ? AND distinct_id NOT IN (SELECT unnest(?::VARCHAR[]))",
+                    [settings.cohort, list(caps.held)])
         changes = the_plan.changes
         resolved = await _resolve_subscriptions(con, client, settings.app_id, changes)
-        writer = _ResultWriter(con, record, len(changes), on_progress)
+        writer = _ResultWriter(con, record, settings, caps, len(changes), on_progress)
+        refused: dict[tuple[str, str], Step] = {}
         try:
             # Removals first: a OneSignal id that moved between members is cleared, then set again.
             for operation in (REMOVE, ADD):
@@ -507,18 +692,52 @@ async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: pla
                              else ("external_id", step.target.onesignal_id))
                     if alias is None:             # a Player ID OneSignal does not know
                         writer.add(step, NOT_FOUND, None)
+                    elif operation == ADD and step.distinct_id in caps.over:
+                        writer.add(step, TAG_CAP, None)     # OneSignal would refuse it: no request
                     else:
                         steps[alias] = step
                 value = TAG_VALUE if operation == ADD else ""
 
                 def on_result(r, steps=steps):    # this operation's steps, bound now
-                    writer.add(steps[(r.alias_label, r.alias_id)], r.outcome, r.error)
+                    step = steps[(r.alias_label, r.alias_id)]
+                    writer.add(step, r.outcome, r.error)
+                    if r.outcome == TAG_CAP and step.operation == ADD and len(refused) < LEARN_TAGS_PER_RUN:
+                        refused[(r.alias_label, r.alias_id)] = step
 
                 await client.update_many(((label, alias_id, {settings.tag_key: value}) for label, alias_id in steps),
                                          on_result=on_result)
         finally:
             writer.flush()
+        if refused:
+            await _learn_tags(con, client, settings, refused)
     return segment_id
+
+
+async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
+                      refused: Mapping[tuple[str, str], Step]) -> None:
+    """Read what tags the users the cap refused carry (OneSignal's view of each), so that previews count
+    them and a refused member is tried again only once its known tags drop. At most a few per run: view
+    calls are slow, and a refusal already says enough to hold the member back."""
+    learned: dict[str, list[str]] = {}
+    for (label, alias_id), step in refused.items():
+        try:
+            view = await client.get_user(label, alias_id)
+        except OneSignalError as exc:
+            log.info("could not read the tags of user %r: %s", step.distinct_id, exc)
+            continue
+        tags = ((view or {}).get("properties") or {}).get("tags") or {}
+        learned[step.target.onesignal_id] = sorted(str(k) for k in tags)
+    if not learned:
+        return
+    now = _naive(settings.now)
+    with transaction(con):
+        for onesignal_id, keys in learned.items():
+            con.execute("INSERT OR REPLACE INTO known_user_tags VALUES (?, ?, ?, ?)",
+                        [settings.app_id, onesignal_id, keys, now])
+        known = other_tags(con, settings, list(learned))
+        for onesignal_id in learned:
+            con.execute("UPDATE export_tag_caps SET other_tags = ? WHERE cohort = ? AND onesignal_id = ?",
+                        [known.get(onesignal_id, 0), settings.cohort, onesignal_id])
 
 
 async def _ensure_segment(con, client: OneSignalClient, settings: ExportSettings) -> str:
@@ -537,6 +756,8 @@ async def _ensure_segment(con, client: OneSignalClient, settings: ExportSettings
                 pass                          # deleted in OneSignal: find or create it again
         segment_id = await _adopt_segment(client, settings, name, filters)
         if segment_id is None:
+            segment_id = await _adopt_legacy_segment(client, settings, name, filters)
+        if segment_id is None:
             try:
                 segment_id = await client.create_segment(name, filters)
             except Conflict:                  # made meanwhile (another run, a person): look again
@@ -545,6 +766,14 @@ async def _ensure_segment(con, client: OneSignalClient, settings: ExportSettings
                     raise
     except PlanRefused:                       # decided from OneSignal's status and words, never the name
         raise ExportError(FREE_PLAN_MESSAGE) from None
+    except SegmentLimitReached as exc:
+        held = (f"{exc.limit} segments, as many as its plan allows" if exc.limit
+                else "as many segments as its plan allows")
+        raise ExportError(
+            f"cohort {settings.cohort!r}: OneSignal app {settings.app_id} already has {held} (Free: 6), so the "
+            f"segment {name!r} cannot be created and no user was updated. Delete a segment the app no longer "
+            "uses in OneSignal (Audience > Segments), or move the app to a plan with more segments; then run the "
+            "export again.") from None
     # Saved at once where this export is already registered for this app (a new registration is
     # saved with the id when the run succeeds); a kill before this line is recovered by name.
     con.execute("UPDATE exports SET segment_id = ?, segment_name = ? WHERE cohort = ? AND app_id = ?",
@@ -568,6 +797,27 @@ async def _adopt_segment(client: OneSignalClient, settings: ExportSettings, name
             f"(id {found['id']}) that does not filter on this cohort's tag {settings.tag_key!r}, so it was "
             "not made by this export and is left alone. Rename or delete that segment in OneSignal, or "
             "rename the cohort.")
+    return None
+
+
+async def _adopt_legacy_segment(client: OneSignalClient, settings: ExportSettings, name: str,
+                                filters: list[dict]) -> str | None:
+    """A segment an earlier version made for this cohort under its old name (the bare cohort name): it
+    is adopted and renamed in place (its id, and so the messages and journeys using it, stay), so an
+    existing export never gets a second segment. A segment of an old name that filters on anything else
+    is a person's own and is left alone."""
+    old_names = set(legacy_segment_names(settings.cohort)) - {name}
+    for found in [s for s in await client.list_segments() if s.get("name") in old_names]:
+        try:
+            details = await client.get_segment(found["id"])
+        except NotFound:
+            continue
+        if _same_filters(details.get("filters"), filters):
+            await client.update_segment(found["id"], name, filters)
+            log.warning("cohort %r: its OneSignal segment %r is renamed %r, as Mixpanel's integration names "
+                        "it (same segment id; messages sent through the API by segment name need the new name)",
+                        settings.cohort, found.get("name"), name)
+            return found["id"]
     return None
 
 
@@ -598,14 +848,25 @@ async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
 class _ResultWriter:
     """Writes per-user outcomes and advances the snapshot in small transactions as results arrive."""
 
-    def __init__(self, con, record: RunRecord, total: int, on_progress):
+    def __init__(self, con, record: RunRecord, settings: ExportSettings, caps: TagCaps, total: int, on_progress):
         self.con, self.record, self.total, self.on_progress = con, record, total, on_progress
+        self.settings, self.caps = settings, caps
         self.pending: list[tuple[Step, str, str | None]] = []
         self.done = 0
+        self.learned_limit: int | None = None      # the cap OneSignal named, when it differs from ours
 
     def add(self, step: Step, outcome: str, error: Exception | None) -> None:
-        self.pending.append((step, outcome, REDACTOR.redact(str(error)) if error is not None and outcome == FAILED
-                             else None))
+        text = None
+        if outcome == TAG_CAP:
+            limit = error.limit if isinstance(error, TagLimitExceeded) else self.caps.limit
+            if limit != self.settings.tag_limit:
+                self.learned_limit = limit
+            known = self.caps.other.get(step.target.onesignal_id, 0)
+            text = (f"OneSignal refused: the app allows {limit} data tags per user" if error is not None else
+                    f"not sent: the app allows {limit} data tags per user and this user carries {known} other(s)")
+        elif error is not None and outcome == FAILED:
+            text = REDACTOR.redact(str(error))
+        self.pending.append((step, outcome, text))
         if len(self.pending) >= FLUSH_EVERY:
             self.flush()
 
@@ -628,15 +889,25 @@ class _ResultWriter:
                 elif step.operation == REMOVE and outcome in (OK, NOT_FOUND):
                     con.execute("DELETE FROM export_members WHERE cohort = ? AND distinct_id = ? "
                                 "AND onesignal_id = ?", [*key, step.target.onesignal_id])
+                if step.operation == ADD and outcome == TAG_CAP:
+                    con.execute("INSERT OR REPLACE INTO export_tag_caps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                [*key, step.target.onesignal_id, step.target.id_type,
+                                 self.learned_limit or self.settings.tag_limit,
+                                 self.caps.other.get(step.target.onesignal_id, 0), now])
                 self._count(step, outcome)
+            if self.learned_limit is not None:      # OneSignal's own number beats a default or a stale setting
+                con.execute("INSERT OR REPLACE INTO app_limits VALUES (?, ?, 'onesignal', ?)",
+                            [self.settings.app_id, self.learned_limit, now])
         self.done += len(batch)
         if self.on_progress:
             self.on_progress(self.done, self.total)
 
     def _count(self, step: Step, outcome: str) -> None:
         r = self.record
-        if outcome == FAILED:
+        if outcome == FAILED or (outcome == TAG_CAP and step.operation == REMOVE):   # a removal is retried
             r.failed += 1
+        elif outcome == TAG_CAP:
+            r.tag_cap += 1
         elif outcome == NOT_FOUND and step.operation == ADD:
             r.not_in_onesignal += 1
         elif step.operation == ADD:
@@ -676,7 +947,8 @@ def _failed_users(con, record: RunRecord, shown: int = 3) -> str | None:
     if not record.failed:
         return None
     rows = con.execute("SELECT distinct_id, onesignal_id, operation, error FROM export_results WHERE run_id = ? "
-                       "AND outcome = 'failed' ORDER BY distinct_id LIMIT ?", [record.run_id, shown]).fetchall()
+                       "AND (outcome = 'failed' OR (outcome = 'tag_cap' AND operation = 'remove')) "
+                       "ORDER BY distinct_id LIMIT ?", [record.run_id, shown]).fetchall()
     listed = "; ".join(f"user {d!r} (OneSignal id {o!r}, {'tag' if op == ADD else 'untag'}): {e}"
                        for d, o, op, e in rows)
     more = f"; and {record.failed - len(rows):,} more (see export_results)" if record.failed > len(rows) else ""
@@ -689,9 +961,9 @@ def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord
     if record.dry_run and record.plan is not None:   # what the run would do
         record.added, record.removed = record.plan.counts.get(ADD, 0), record.plan.counts.get(REMOVE, 0)
     con.execute("""UPDATE export_runs SET status = ?, error = ?, ended_at = ?, added = ?, removed = ?,
-                         not_in_onesignal = ?, failed = ? WHERE run_id = ?""",
+                         not_in_onesignal = ?, failed = ?, tag_cap = ? WHERE run_id = ?""",
                       [status, error, record.ended_at, record.added, record.removed, record.not_in_onesignal,
-                       record.failed, record.run_id])
+                       record.failed, record.tag_cap, record.run_id])
     return record
 
 

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import ssl
 import threading
@@ -38,7 +39,9 @@ from toolkit.errors import (
     OneSignalError,
     PlanRefused,
     RateLimited,
+    SegmentLimitReached,
     ServerError,
+    TagLimitExceeded,
 )
 from toolkit.redaction import REDACTED, REDACTOR
 
@@ -59,7 +62,11 @@ PLAN_REFUSALS = frozenset({
     "App may not create or update segments through the API on a free plan; upgrade to a paid OneSignal plan",
 })
 
-OK, NOT_FOUND, FAILED = "ok", "not_found", "failed"
+# OneSignal's plan limits, read from its words as a whole message (never a part that could be a name).
+TAG_CAP_MESSAGE = re.compile(r"App is limited to a maximum of (\d+) tags on a given player")
+SEGMENT_LIMIT_MESSAGE = re.compile(r"App has reached its limit of (\d+) segments")
+
+OK, NOT_FOUND, FAILED, TAG_CAP = "ok", "not_found", "failed", "tag_cap"
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +169,11 @@ def error_for(status: int, messages: list[str], *, method: str, path: str,
         return AuthError(text, **common)
     if status == 400 and any("app_id not found" in m.lower() for m in messages):
         return AppNotFound(text, **common)
+    for message in messages if status == 400 else ():
+        if found := TAG_CAP_MESSAGE.fullmatch(message.strip()):
+            return TagLimitExceeded(text, limit=int(found[1]), **common)
+        if found := SEGMENT_LIMIT_MESSAGE.fullmatch(message.strip()):
+            return SegmentLimitReached(text, limit=int(found[1]), **common)
     if status == 400:
         return BadRequest(text, **common)
     if status == 404:
@@ -287,7 +299,7 @@ class UpdateResult:
     alias_label: str
     alias_id: str
     tags: Mapping[str, str]
-    outcome: str                          # OK | NOT_FOUND | FAILED
+    outcome: str                          # OK | NOT_FOUND | FAILED | TAG_CAP
     error: OneSignalError | None = None
 
 
@@ -296,10 +308,11 @@ class BatchSummary:
     ok: int = 0
     not_found: int = 0
     failed: int = 0
+    tag_cap: int = 0            # refused: over the app's data-tag cap
 
     @property
     def total(self) -> int:
-        return self.ok + self.not_found + self.failed
+        return self.ok + self.not_found + self.failed + self.tag_cap
 
 
 Update = tuple[str, str, Mapping[str, str]]
@@ -497,6 +510,8 @@ class OneSignalClient:
             raise
         except NotFound as exc:
             return UpdateResult(alias_label, alias_id, tags, NOT_FOUND, exc)
+        except TagLimitExceeded as exc:
+            return UpdateResult(alias_label, alias_id, tags, TAG_CAP, exc)
         except OneSignalError as exc:
             return UpdateResult(alias_label, alias_id, tags, FAILED, exc)
         return UpdateResult(alias_label, alias_id, tags, OK)

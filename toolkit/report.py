@@ -96,6 +96,8 @@ def run_text(run) -> str:
               f"removed {r['removed']:,}, unchanged {r['unchanged']:,}, not in OneSignal "
               f"{r['not_in_onesignal']:,}, failed {r['failed']:,}")
     lines = [head, counts]
+    if r.get("tag_cap"):
+        lines.append(tag_cap_text(r["tag_cap"], (r.get("tag_limit") or {}).get("tag_limit"), r["dry_run"]))
     if r.get("guard"):
         lines.append(f"  removal guard: {r['guard']}")
     if r.get("error"):
@@ -109,7 +111,11 @@ def runs_text(runs: list[dict]) -> str:
     return "\n".join(f"#{r['run_id']} {r['started_at']:%Y-%m-%d %H:%M:%S} {r['cohort']} {r['mode']}"
                      f"{' dry-run' if r['dry_run'] else ''} {r['status']}: +{r['added'] or 0} "
                      f"-{r['removed'] or 0} ={r['unchanged'] or 0} absent {r['not_in_onesignal'] or 0} "
-                     f"failed {r['failed'] or 0}{'  ' + r['error'] if r['error'] else ''}" for r in runs)
+                     f"failed {r['failed'] or 0}{_over_cap(r)}{'  ' + r['error'] if r['error'] else ''}" for r in runs)
+
+
+def _over_cap(r: dict) -> str:
+    return f" over tag cap {r['tag_cap']}" if r.get("tag_cap") else ""
 
 
 # -- cohorts and matchability ------------------------------------------------------------------------
@@ -183,7 +189,9 @@ def mtu_text(months: list[MonthMTU], rules: str = "seed") -> str:
 
 def connect_text(status: dict) -> str:
     return (("Connected" if status["connected"] else "Not connected: " + status["detail"])
-            + (f" (key saved to {status['saved_to']})" if status.get("saved_to") else ""))
+            + (f" (key saved to {status['saved_to']})" if status.get("saved_to") else "")
+            + (f"; exports allow {status['tag_limit']:,} data tags per user in this app"
+               if status.get("tag_limit") is not None else ""))
 
 
 def stopped_text(cohort: str) -> str:
@@ -226,6 +234,10 @@ def export_preview_text(preview: ExportPreview) -> str:
     lines = [f"{preview.cohort}: {preview.exportable:,} exportable of {preview.members:,} members",
              f"  add {preview.added:,}, remove {preview.removed:,}, no-op {preview.unchanged:,}",
              *_sample_lines(preview),
+             f"  data tags per user: at most {preview.tag_limit['tag_limit']:,} in this app "
+             f"({TAG_LIMIT_SOURCES.get(preview.tag_limit['source'], preview.tag_limit['source'])})",
+             *([tag_cap_text(preview.over_tag_limit, preview.tag_limit["tag_limit"], True)]
+               if preview.over_tag_limit else []),
              f"  removal guard: {'passes' if preview.verdict.ok else 'STOPS the export'}: {preview.verdict.reason}"]
     return "\n".join(lines)
 
@@ -244,3 +256,18 @@ def _sample_lines(preview: ExportPreview) -> list[str]:
             lines.append(f"  {operation}: " + ", ".join(f"{s.distinct_id} ({s.target.id_type} {s.target.onesignal_id})"
                                                         for s in steps) + (f" and {more:,} more" if more else ""))
     return lines
+
+
+# -- OneSignal's plan limits ---------------------------------------------------------------------------
+
+TAG_LIMIT_SOURCES = {"default": "a paid plan's; set the app's own with toolkit connect --tag-limit N",
+                     "set": "as set with toolkit connect --tag-limit", "onesignal": "as OneSignal said",
+                     "this run": "for this run"}
+
+
+def tag_cap_text(count: int, limit: int | None, would: bool) -> str:
+    """Members the app's data-tag cap keeps out of the segment, and what to do about it."""
+    cap = f"the app's limit of {limit:,} data tags per user" if limit else "the app's limit of data tags per user"
+    return (f"  {count:,} member(s) {'would go' if would else 'went'} over {cap}: not in the segment and "
+            "not sent again until the cap is raised (toolkit connect --tag-limit N, once the OneSignal plan "
+            "allows more) or they carry fewer tags")

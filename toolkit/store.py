@@ -293,6 +293,37 @@ MIGRATIONS: list[str] = [
         winner       VARCHAR       -- and who keeps it
     );
     """,
+    # 7: OneSignal's plan limits the export respects (issue 15). The data-tag cap per app (a person's
+    # setting, or what OneSignal's 400 said); the tags the toolkit knows a user carries beyond its own
+    # (OneSignal's view of the user, read when the cap refused it); members the cap refused, kept apart
+    # from the snapshot (they carry no tag) so that they are not sent again until the cap or their
+    # tags change; and each run's count of them.
+    """
+    CREATE TABLE app_limits (
+        app_id       VARCHAR PRIMARY KEY,
+        tag_limit    INTEGER NOT NULL,      -- data tags a user may carry in this app
+        source       VARCHAR NOT NULL,      -- set (by a person) | onesignal (from its answer)
+        updated_at   TIMESTAMP NOT NULL
+    );
+    CREATE TABLE known_user_tags (
+        app_id       VARCHAR NOT NULL,
+        onesignal_id VARCHAR NOT NULL,      -- the id exports address the user by
+        tag_keys     VARCHAR[] NOT NULL,
+        checked_at   TIMESTAMP NOT NULL,
+        PRIMARY KEY (app_id, onesignal_id)
+    );
+    CREATE TABLE export_tag_caps (
+        cohort       VARCHAR NOT NULL,
+        distinct_id  VARCHAR NOT NULL,
+        onesignal_id VARCHAR NOT NULL,
+        id_type      VARCHAR NOT NULL,
+        tag_limit    INTEGER NOT NULL,      -- the cap it was refused under
+        other_tags   INTEGER NOT NULL,      -- the other tags the toolkit knew it to carry then
+        checked_at   TIMESTAMP NOT NULL,
+        PRIMARY KEY (cohort, distinct_id)
+    );
+    ALTER TABLE export_runs ADD COLUMN tag_cap BIGINT;
+    """,
 ]
 
 

@@ -23,9 +23,20 @@ ACCESS_DENIED = {"errors": ["Access denied.  Please include an 'Authorization: .
 APP_NOT_FOUND = {"errors": ["app_id not found. You may be missing a Content-Type: application/json header."]}
 RATE_LIMITED = {"errors": ["API rate limit exceeded."]}
 UNAVAILABLE = {"errors": ["Service temporarily unavailable"]}
+# OneSignal's words, verbatim: the tag cap (the body is exactly errors + success false) and the
+# 100-keys rule. The other refusals below are this emulator's wording: OneSignal documents the rule
+# (reserved keys, 128-character names, a plan's segment count) but not its message.
 TOO_MANY_TAGS_IN_REQUEST = "Please limit your tag updates to 100 per request"
+TAG_CAP = "App is limited to a maximum of {limit} tags on a given player"
 MAX_TAGS_PER_REQUEST = 100
 MAX_SEGMENT_NAME = 128
+SEGMENT_NAME_TOO_LONG = f"name must be at most {MAX_SEGMENT_NAME} characters"
+SEGMENT_LIMIT = "App has reached its limit of {limit} segments"
+# Used by OneSignal for message personalization: "should not be used as tag keys".
+RESERVED_TAG_KEYS = frozenset({"message", "notification", "subscription", "user", "template", "app", "org",
+                               "dynamic_content", "data_feed", "journey", "custom_data"})
+RESERVED_TAG_KEY = ("Tag key {key!r} is reserved by OneSignal for message personalization (reserved: "
+                    + ", ".join(sorted(RESERVED_TAG_KEYS)) + ")")
 MAX_PAGE = 300
 
 
@@ -53,7 +64,7 @@ class Request:
 def errors(status: int, *messages: str, success_flag: bool = False) -> Response:
     body: dict = {"errors": list(messages)}
     if success_flag:
-        body = {"success": False, **body}
+        body["success"] = False            # after errors, as OneSignal writes it
     return Response(status, body)
 
 
@@ -126,9 +137,12 @@ class Api:
         if not isinstance(tags, dict):
             return errors(400, "Expected {\"properties\": {\"tags\": {...}}}")
         if len(tags) > MAX_TAGS_PER_REQUEST:
-            return errors(400, TOO_MANY_TAGS_IN_REQUEST)
+            return errors(400, TOO_MANY_TAGS_IN_REQUEST, success_flag=True)
         if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in tags.values()):
-            return errors(400, "Tag values must be strings")
+            return errors(400, "Tag values must be strings", success_flag=True)
+        reserved = sorted(k for k, v in tags.items() if k in RESERVED_TAG_KEYS and v != "")   # deleting one is fine
+        if reserved:
+            return errors(400, RESERVED_TAG_KEY.format(key=reserved[0]), success_flag=True)
         user = app.find_user(label, alias_id)
         if user is None:
             return user_not_found(label, alias_id)
@@ -137,8 +151,11 @@ class Api:
             return Response(429, RATE_LIMITED, {"Retry-After": retry_after_header(wait)})
         merged = {**user.tags, **{k: str(v) for k, v in tags.items()}}
         merged = {k: v for k, v in merged.items() if v != ""}           # "" deletes a tag
-        if len(merged) > app.tag_limit:
-            return errors(400, f"App is limited to a maximum of {app.tag_limit} tags on a given player")
+        # The cap is on the tags a user would end with, so a user already over it (a plan lowered
+        # from 10 or 40 tags to 2 or 20) is refused even an update of a key it has, or a delete that
+        # leaves it still over: OneSignal has answered both so.
+        if len(merged) > app.max_tags:
+            return errors(400, TAG_CAP.format(limit=app.max_tags), success_flag=True)
         if merged != user.tags:
             user.tags = merged
             self.world.changed()
@@ -184,8 +201,8 @@ class Api:
         refused = _paid_only(app) or _segment_problem(body, name_required=True)
         if refused:
             return refused
-        if len(app.segments) >= app.segment_limit:
-            return errors(400, f"App has reached its limit of {app.segment_limit} segments", success_flag=True)
+        if len(app.segments) >= app.max_segments:
+            return errors(400, SEGMENT_LIMIT.format(limit=app.max_segments), success_flag=True)
         if app.segment_named(body["name"]) is not None:
             return errors(409, f"A segment named {body['name']!r} already exists", success_flag=True)
         stamp = now_iso()
@@ -266,7 +283,7 @@ def _segment_problem(body, *, name_required: bool, filters_required: bool = True
     if name_required and (not isinstance(name, str) or not name.strip()):
         return errors(400, "name is required", success_flag=True)
     if isinstance(name, str) and len(name) > MAX_SEGMENT_NAME:
-        return errors(400, f"name must be at most {MAX_SEGMENT_NAME} characters", success_flag=True)
+        return errors(400, SEGMENT_NAME_TOO_LONG, success_flag=True)
     if filters_required or "filters" in body:
         problem = segment_filters.problem(body.get("filters"))
         if problem:

@@ -36,8 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--app-id", help="the app's id (default: a generated UUID)")
     p.add_argument("--api-key", help="the app's API key (default: generated, printed once at start)")
     p.add_argument("--plan", choices=PLANS, default="paid", help="free plans cannot create segments")
-    p.add_argument("--tag-limit", type=int, default=10, help="tags per user (default 10)")
-    p.add_argument("--segment-limit", type=int, default=100, help="segments per app (default 100)")
+    p.add_argument("--tag-limit", type=int, help="data tags per user (default: the plan's, free 2, paid 20)")
+    p.add_argument("--segment-limit", type=int, help="segments per app (default: the plan's, free 6, paid 100)")
     p.add_argument("--rate-limit", type=int, default=1000, help="requests/s per app (default 1000)")
     p.add_argument("--user-rate-limit", type=float, default=1.0,
                    help="updates/s per user (default 1; 0 turns it off)")

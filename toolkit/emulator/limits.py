@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from toolkit.errors import UsageError
 
 ERROR, DROP, HANG = "error", "drop", "hang"
-# Only by ``Faults.inject``: a 500, a 429 without Retry-After, a reset after the API applied the
+# Only by ``Faults.inject``: a 500, a 429 without Retry-After, a 400 (``REFUSE``), a reset after the API applied the
 # request (the change is made, the client never hears of it), and a request held until the test
 # lets it go (``Emulator.release``), to catch a client in the middle of its work.
 CRASH, THROTTLE, RESET_AFTER, HOLD = "crash", "throttle", "reset_after", "hold"
-KINDS = (ERROR, DROP, HANG, CRASH, THROTTLE, RESET_AFTER, HOLD)
+# A 400 that no retry mends (OneSignal refusing one user's update for a reason of its own), applying nothing.
+REFUSE = "refuse"
+KINDS = (ERROR, DROP, HANG, CRASH, THROTTLE, RESET_AFTER, HOLD, REFUSE)
 
 
 class Bucket:

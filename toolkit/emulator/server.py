@@ -5,7 +5,7 @@
         emu.add_user(app.app_id, external_id="u1", subscription_ids=["s1"])
         client = OneSignalClient(Credentials(app.app_id, app.api_key), emu.url)
 
-Faults (503s and 500s, 429s without Retry-After, dropped connections, hung requests, latency) happen
+Faults (503s and 500s, 429s without Retry-After, 400s, dropped connections, hung requests, latency) happen
 before the API sees a request, so a faulted request changes nothing; except a reset after applying
 (``emu.faults.inject("reset_after", ...)``): the API makes the change, then the connection is reset
 without an answer. ``inject("hold", ...)`` keeps a request waiting until ``emu.release()``, then serves
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import cast
 
 from toolkit.emulator.api import RATE_LIMITED, UNAVAILABLE, Api, Request, Response
-from toolkit.emulator.limits import CRASH, DROP, ERROR, HANG, HOLD, RESET_AFTER, THROTTLE, Faults, Limits
+from toolkit.emulator.limits import CRASH, DROP, ERROR, HANG, HOLD, REFUSE, RESET_AFTER, THROTTLE, Faults, Limits
 from toolkit.emulator.state import App, EmulatorError, World, new_counters, read_seed_users
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ NO_ANSWER = None          # what dispatch returns for a dropped or hung request
 RESET = "reset"           # ... and for one to reset (RST) after the API handled it
 HUNG = "hung"             # ... and for a hung one when told not to wait it out (the in-process transport)
 INTERNAL_ERROR = {"errors": ["Internal server error"]}
+REFUSED = {"errors": ["Request refused (a fault injected into the emulator)"], "success": False}
 
 
 class Emulator:
@@ -134,8 +135,10 @@ class Emulator:
 
     # -- setting up -----------------------------------------------------------------------------
     def add_app(self, app_id: str | None = None, api_key: str | None = None, *, plan: str = "paid",
-                tag_limit: int = 10, segment_limit: int = 100, rate_limit: int | None = None,
+                tag_limit: int | None = None, segment_limit: int | None = None, rate_limit: int | None = None,
                 name: str = "Emulated app") -> App:
+        """An app on ``plan`` (free: 2 tags per user and 6 segments; paid: 20 tags; see
+        ``state.PLAN_LIMITS``), or with the caps given."""
         with self._lock:
             app = App(app_id or self.world.new_id(), api_key or self.world.new_key(), name, plan, tag_limit,
                       segment_limit, rate_limit or self.rate_limit)
@@ -145,6 +148,19 @@ class Emulator:
             self.world.changed()
             self._baseline["apps"][app.app_id] = app.to_json(with_key=True, with_members=False)
             return app
+
+    def set_limits(self, app_id: str, *, tag_limit: int | None = None, segment_limit: int | None = None) -> None:
+        """Change an app's caps (a plan change in OneSignal): they hold from the next request on, and
+        after ``reset``."""
+        with self._lock:
+            app = self.app(app_id)
+            changes = {k: v for k, v in (("tag_limit", tag_limit), ("segment_limit", segment_limit)) if v is not None}
+            for name, value in changes.items():
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise EmulatorError(f"{name} must be a whole number of 0 or more, not {value!r}")
+                setattr(app, name, value)
+            self._baseline["apps"][app_id].update(changes)
+            self.world.changed()
 
     def app(self, app_id: str) -> App:
         try:
@@ -276,6 +292,8 @@ class Emulator:
             response = Response(500, INTERNAL_ERROR)
         elif fault == THROTTLE:
             response = Response(429, RATE_LIMITED)            # and no Retry-After
+        elif fault == REFUSE:
+            response = Response(400, REFUSED)
         else:
             with self._lock:
                 response = self._api.handle(request, time.monotonic())
@@ -307,8 +325,10 @@ class Emulator:
 
 
 def wire(response: Response) -> tuple[bytes, dict[str, str]]:
-    """A response's body and headers as they go on the wire (the server and the transport alike)."""
-    payload = b"" if response.body is None else json.dumps(response.body, ensure_ascii=False).encode()
+    """A response's body and headers as they go on the wire (the server and the transport alike): compact
+    JSON, as OneSignal writes it: {"errors":["..."],"success":false}."""
+    payload = b"" if response.body is None else json.dumps(response.body, ensure_ascii=False,
+                                                            separators=(",", ":")).encode()
     return payload, {"Content-Type": "application/json; charset=utf-8", "Content-Length": str(len(payload)),
                      **response.headers}
 

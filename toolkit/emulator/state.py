@@ -18,6 +18,9 @@ from toolkit.errors import EmulatorError
 
 FORMAT_VERSION = 1
 PLANS = ("free", "paid")
+# Each plan's caps when an app is added without its own: data tags per user, and segments per app.
+# Free: 2 tags (10 before 2023) and 6 segments; paid (Growth): 20 tags, segments "see your plan".
+PLAN_LIMITS = {"free": {"tag_limit": 2, "segment_limit": 6}, "paid": {"tag_limit": 20, "segment_limit": 100}}
 
 
 @dataclass
@@ -55,8 +58,8 @@ class App:
     api_key: str
     name: str = "Emulated app"
     plan: str = "paid"
-    tag_limit: int = 10
-    segment_limit: int = 100
+    tag_limit: int | None = None        # data tags per user; None: the plan's (PLAN_LIMITS)
+    segment_limit: int | None = None    # segments per app; None: the plan's
     rate_limit: int = 1000          # requests/s for the whole app
     users: dict[str, User] = field(default_factory=dict)          # by onesignal_id
     segments: dict[str, Segment] = field(default_factory=dict)    # by id, in creation order
@@ -64,10 +67,25 @@ class App:
     def __post_init__(self):
         if self.plan not in PLANS:
             raise EmulatorError(f"plan must be one of {PLANS}, not {self.plan!r}")
+        for name in ("tag_limit", "segment_limit"):
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, PLAN_LIMITS[self.plan][name])
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise EmulatorError(f"{name} must be a whole number of 0 or more, not {value!r}")
         self._aliases: dict[tuple[str, str], str] = {}
         self._subscriptions: dict[str, str] = {}
         for user in self.users.values():
             self._index(user)
+
+    @property
+    def max_tags(self) -> int:
+        """Data tags a user may carry (set from the plan when not given)."""
+        return int(self.tag_limit or 0)
+
+    @property
+    def max_segments(self) -> int:
+        return int(self.segment_limit or 0)
 
     def __repr__(self) -> str:            # the key stays out of reprs and logs
         return f"App(app_id={self.app_id!r}, plan={self.plan!r}, users={len(self.users)})"
