@@ -136,6 +136,17 @@ def test_an_unchanged_plan_reads_no_member_rows(store, monkeypatch):
     assert the_plan.counts == {ADD: 0, REMOVE: 0, NOOP: 50} and verdict.ok
 
 
+def test_members_deleted_by_hand_are_noticed_and_sent_again(store):
+    members = {f"u{i}": (Target(f"ext-{i}", "external_id"), "tagged", 0) for i in range(5)}
+    put(store, "H", members)
+    snapshots.keep(store.con, "H")
+    store.con.execute("DELETE FROM export_members WHERE cohort = 'H' AND distinct_id IN ('u1', 'u3')")
+    wanted = effective(members)
+    the_plan, _ = export._plan(store.con, export.ExportSettings("H", dry_run=True, now=NOW), wanted)
+    assert the_plan == oracle(wanted, export.snapshot(store.con, "H", NOW))
+    assert [s.distinct_id for s in the_plan.of(ADD)] == ["u1", "u3"]
+
+
 # -- runs against the emulator --------------------------------------------------------------------
 
 def ext(*names):
@@ -249,6 +260,27 @@ def test_a_changed_id_type_or_user_id_is_sent_and_then_nothing_is(tmp_path):
         again = run(moved)
         assert (again.added, again.removed, again.unchanged) == (0, 0, 3)
         assert snapshots.kept(store.con, "Buyers", SINCE) == fresh(store)
+
+
+def test_a_fingerprint_that_never_matches_is_replaced_by_the_next_run(tmp_path):
+    """As if another DuckDB hashed differently: one run diffs (and finds nothing to send), then keeps
+    the right one, so the next is recognised again."""
+    with Emulator(user_rate_limit=0) as emu, Store(tmp_path / "s.duckdb") as store:
+        app = emu.add_app()
+        for user in ("u1", "u2"):
+            emu.add_user(app.app_id, external_id=user)
+        creds = Credentials(app.app_id, app.api_key)
+        export.register(store, "Buyers", "dynamic", app.app_id, emu.url)
+
+        def run():
+            return export.run(store, export.settings(store, "Buyers", client_options=FAST), ext("u1", "u2"), creds)
+
+        run()
+        store.con.execute("UPDATE export_snapshots SET fingerprint = fingerprint + 1")
+        again = run()
+        assert not again.plan.recognised and (again.added, again.removed, again.unchanged) == (0, 0, 2)
+        assert snapshots.kept(store.con, "Buyers", SINCE) == fresh(store)
+        assert run().plan.recognised
 
 
 def test_an_unchanged_million_member_cohort_sends_nothing(tmp_path, monkeypatch):

@@ -441,18 +441,25 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
         try:
             segment_id = _run_async(_apply(con, settings, record, the_plan, credentials, on_progress))
         except (OneSignalError, ExportError) as exc:
-            snapshots.keep(con, settings.cohort)
+            _keep_fingerprint(con, settings.cohort, the_plan)
             return _finish(con, record, "failed", str(exc))
         except BaseException as exc:
             _finish(con, record, "interrupted", f"{type(exc).__name__}: {exc}")
             raise
-        snapshots.keep(con, settings.cohort)     # the snapshot this run reached, for the next plan
+        _keep_fingerprint(con, settings.cohort, the_plan)
         if settings.saves:                   # the run succeeded: now the export is registered as asked
             _save_registration(con, settings, segment_id)
         if settings.mode == "dynamic":
             con.execute("UPDATE exports SET next_due_at = ? WHERE cohort = ? AND stopped_at IS NULL",
                         [_naive(settings.now) + DYNAMIC_INTERVAL, settings.cohort])
         return _finish(con, record, "partial" if record.failed else "ok", _failed_users(con, record))
+
+
+def _keep_fingerprint(con, cohort: str, the_plan: planning.Plan) -> None:
+    """The fingerprint of the snapshot this run reached, for the next plan: unless the plan was
+    recognised unchanged by it (then nothing was written and it still holds)."""
+    if not the_plan.recognised:
+        snapshots.keep(con, cohort)
 
 
 @contextmanager

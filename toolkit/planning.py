@@ -44,6 +44,7 @@ class Fingerprint(NamedTuple):
 class Plan:
     changes: tuple[Step, ...]              # adds and removes, sorted by distinct_id, a removal first
     counts: Mapping[str, int] = field(default_factory=dict)    # add, remove, no-op
+    recognised: bool = field(default=False, compare=False)     # from equal fingerprints: no member read
 
     def of(self, operation: str) -> list[Step]:
         """The adds or the removes, sorted by distinct_id."""
@@ -55,7 +56,7 @@ def unchanged(wanted: Fingerprint, snapshot: Fingerprint | None) -> Plan | None:
     no-op. None when they differ or the snapshot's is not known: then the rows that differ decide."""
     if snapshot is None or wanted != snapshot:
         return None
-    return Plan((), {ADD: 0, REMOVE: 0, NOOP: wanted.members})
+    return Plan((), {ADD: 0, REMOVE: 0, NOOP: wanted.members}, recognised=True)
 
 
 def plan(adds: Iterable[tuple[str, Target]], removes: Iterable[tuple[str, Target]], noops: int) -> Plan:

@@ -11,9 +11,11 @@ The fingerprint (``planning.Fingerprint``) is the count and the sum of DuckDB's 
 (distinct_id, onesignal_id, id_type), so the order of rows does not matter. ``export_snapshots``
 keeps it per cohort, with the oldest absent row's check: once that is older than the recheck
 interval, the expired rows' share is taken off. Whatever writes ``export_members`` forgets the kept
-fingerprint in the same transaction (``forget``), and a run that ends recomputes it from the table
-(``keep``), so a killed run leaves none rather than one for a snapshot it did not reach; the next
-run then diffs and keeps it again.
+fingerprint in the same transaction (``forget``), and a run that read the members recomputes it from
+the table as it ends (``keep``), so a killed run leaves none rather than one for a snapshot it did not
+reach; the next run then diffs and keeps it again. A kept fingerprint whose count is not the table's
+(rows added or deleted by hand) is ignored; after editing ids in place, delete the cohort's row of
+``export_snapshots``. One that never matches (another DuckDB's ``hash``) costs a diff once.
 """
 
 from __future__ import annotations
@@ -48,12 +50,15 @@ def fingerprint(con, wanted: pa.Table) -> Fingerprint:
 
 def kept(con, cohort: str, since: datetime) -> Fingerprint | None:
     """The fingerprint of the snapshot as of a moment (absent members checked at or before ``since``
-    have left it), from the one kept; None if none is kept."""
-    found = con.execute("SELECT members, fingerprint, absent_since FROM export_snapshots WHERE cohort = ?",
-                        [cohort]).fetchall()
-    if not found:
+    have left it), from the one kept; None if none is kept, or if the table holds another number of
+    rows than it describes (a hand edit that added or deleted members: counting them is cheap)."""
+    found = con.execute("""
+        SELECT s.members, s.fingerprint, s.absent_since,
+               (SELECT count(*) FROM export_members WHERE cohort = $cohort) AS rows
+        FROM export_snapshots s WHERE cohort = $cohort""", {"cohort": cohort}).fetchall()
+    if not found or found[0][0] != found[0][3]:
         return None
-    ((members, digest, absent_since),) = found
+    ((members, digest, absent_since, _),) = found
     if absent_since is not None and absent_since <= since:
         ((expired, expired_digest),) = con.execute(
             f"SELECT {_FINGERPRINT} FROM export_members WHERE cohort = ? AND status <> 'tagged' "
@@ -92,10 +97,9 @@ def forget(con, cohort: str) -> None:
 
 
 def keep(con, cohort: str) -> None:
-    """Keep the fingerprint of the cohort's snapshot as the table holds it now, unless one is kept
-    (it is then right: every write forgets it). One statement, so it reads what it describes."""
-    if con.execute("SELECT 1 FROM export_snapshots WHERE cohort = ?", [cohort]).fetchall():
-        return
+    """Keep the fingerprint of the cohort's snapshot as the table holds it now (a run that read the
+    members calls it as it ends: the kept one was missing, stale, or forgotten by its writes). One
+    statement, so it reads what it describes."""
     con.execute(f"""
         INSERT OR REPLACE INTO export_snapshots
         SELECT $cohort, {_FINGERPRINT}, min(checked_at) FILTER (WHERE status <> 'tagged')
