@@ -331,12 +331,12 @@ def _plan(con, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table
                           f"{MAX_COHORT_MEMBERS:,} (matchability reports the rest as over_limit)")
     since = _recheck_since(settings.now)
     kept = snapshots.kept(con, settings.cohort, since)
-    the_plan = planning.unchanged(snapshots.fingerprint(con, table), kept)
-    if the_plan is not None:
-        size = kept.members if kept else 0
-    else:
+    the_plan = None if kept is None else planning.unchanged(snapshots.fingerprint(con, table), kept)
+    if the_plan is None:
         adds, removes, size = snapshots.diff(con, settings.cohort, since, table)
         the_plan = planning.plan(adds, removes, table.num_rows - len(adds))
+    else:
+        size = the_plan.counts[NOOP]                 # the snapshot is the wanted set
     # The share is of what the plan diffs against; with nothing exported yet, size is unknown (trips
     # only if something would be removed, which cannot happen then).
     verdict = planning.removal_guard(the_plan, size or None, settings.max_removal_share, force=settings.force)
@@ -413,9 +413,9 @@ def run(store: Store, settings: ExportSettings, wanted: Mapping[str, Target] | p
         credentials: Credentials | None, *, members: int | None = None,
         on_progress: Callable[[int, int], None] | None = None) -> RunRecord:
     """One export run of ``settings.cohort`` towards ``wanted`` (distinct_id -> OneSignal target, or
-    ``Exportable.table``; ``members``: the cohort's size, default the number wanted). Settings that register the export
-    (``saves``) store it only if the run succeeds (ok or partial). A dry run needs no registration
-    and changes no export."""
+    ``Exportable.table``; ``members``: the cohort's size, default the number wanted). Settings that
+    register the export (``saves``) store it only if the run succeeds (ok or partial). A dry run needs
+    no registration and changes no export."""
     con = store.con.cursor()     # a connection of its own: runs may happen in threads (widgets, scheduler)
     try:
         return _run(store, con, settings, wanted, credentials, members, on_progress)
