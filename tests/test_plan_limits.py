@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from toolkit import export, report
+from toolkit import export, report, snapshots
 from toolkit.emulator import Emulator
 from toolkit.emulator.api import RESERVED_TAG_KEYS
 from toolkit.onesignal import Credentials
@@ -51,7 +51,8 @@ def run(store, emulator, app, cohort, wanted, mode="dynamic", **kw):
 
 def preview(store, cohort, wanted):
     """The export preview of ``wanted`` (these tests' cohorts are not stored: no evaluation)."""
-    return export.preview_targets(store, export.settings(store, cohort), export.Exportable(len(wanted), wanted, {}))
+    found = export.Exportable(len(wanted), snapshots.table_of(wanted), {})
+    return export.preview_targets(store, export.settings(store, cohort), found)
 
 
 def patches_for(emulator, *users) -> int:
@@ -187,7 +188,7 @@ def test_members_over_the_cap_get_their_reason_are_not_retried_and_go_through_on
     assert "2 member(s) would go over the app's limit of 2 data tags per user" in text
 
     before = patches_for(emulator, "u3", "u4")
-    second = run(store, emulator, capped, "Buyers", wanted)
+    second = run(store, emulator, capped, "Buyers", snapshots.table_of(wanted))   # as a sync passes them
     assert patches_for(emulator, "u3", "u4") == before                      # not retried: 0 requests
     assert second.status == "ok" and (second.added, second.tag_cap, second.unchanged) == (0, 2, 2)
     assert "2 member(s) went over" in report.run_text(second)

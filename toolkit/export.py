@@ -26,10 +26,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from toolkit import cohorts, credentials, matching, planning
+import pyarrow as pa
+
+from toolkit import cohorts, credentials, matching, planning, snapshots
 from toolkit.errors import ExportError
 from toolkit.onesignal import (
     FAILED,
@@ -347,17 +350,27 @@ def runs(store: Store, cohort: str | None = None, limit: int = 50) -> list[dict]
 
 @dataclass(frozen=True)
 class Exportable:
-    """A cohort evaluated for export: its size, the OneSignal user of each exportable member, and how
-    many of the others each reason left out."""
+    """A cohort evaluated for export: its size, the OneSignal user of each exportable member (``table``:
+    distinct_id, onesignal_id, id_type, what a run plans from), and how many of the others each reason
+    left out."""
     members: int
-    wanted: Mapping[str, Target]
+    table: pa.Table
     left_out: Mapping[str, int]
+
+    @cached_property
+    def wanted(self) -> dict[str, Target]:
+        """The exportable members as a mapping (a run never needs it: small cohorts, reports)."""
+        return _targets(self.table)
 
 
 def targets(preview: matching.Preview) -> dict[str, Target]:
     """The exportable members of a preview, as the OneSignal users the export addresses (from Arrow:
     a million members never become a DataFrame)."""
-    rows = preview.exportable_table.to_pydict()
+    return _targets(preview.exportable_table)
+
+
+def _targets(table: pa.Table) -> dict[str, Target]:
+    rows = table.to_pydict()
     return {did: Target(oid, kind)
             for did, oid, kind in zip(rows["distinct_id"], rows["onesignal_id"], rows["id_type"], strict=True)}
 
@@ -366,30 +379,40 @@ def exportable(store: Store, settings: ExportSettings) -> Exportable:
     """Evaluate the cohort as of ``settings.now`` and match its members by the settings' user-id property."""
     found = matching.preview(store, settings.cohort, now=settings.now, user_id_property=settings.user_id_property,
                              id_type=settings.id_type)
-    return Exportable(int(found.summary["members"]), targets(found),
+    return Exportable(int(found.summary["members"]), found.exportable_table,
                       {reason: int(n) for reason, n in found.summary["reasons"].items() if n})
 
 
 def snapshot(con, cohort: str, now: datetime) -> dict[str, Target]:
     """Who the last successful export covered; absent users count until it is time to look again."""
-    rows = con.execute(
-        "SELECT distinct_id, onesignal_id, id_type FROM export_members WHERE cohort = ? "
-        "AND (status = 'tagged' OR checked_at > ?)", [cohort, _naive(now) - RECHECK_ABSENT]).fetchall()
-    return {d: Target(o, t) for d, o, t in rows}
+    return snapshots.current(con, cohort, _recheck_since(now))
 
 
-def _plan(con, settings: ExportSettings, wanted: Mapping[str, Target]) -> tuple[planning.Plan, GuardVerdict]:
+def _recheck_since(now: datetime) -> datetime:
+    """Absent users checked at or before this are looked for again (they leave the snapshot)."""
+    return _naive(now) - RECHECK_ABSENT
+
+
+def _plan(con, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table
+          ) -> tuple[planning.Plan, GuardVerdict]:
     """The plan against the last export's snapshot, and the removal guard's verdict on it: what a run
-    does and what a preview shows, computed here only."""
-    if len(wanted) > MAX_COHORT_MEMBERS:
-        raise ExportError(f"cohort {settings.cohort!r} has {len(wanted):,} exportable members; the limit is "
+    does and what a preview shows, computed here only. Equal fingerprints plan nothing at once;
+    otherwise only the rows that differ come out of the store."""
+    table = wanted if isinstance(wanted, pa.Table) else snapshots.table_of(wanted)
+    if table.num_rows > MAX_COHORT_MEMBERS:
+        raise ExportError(f"cohort {settings.cohort!r} has {table.num_rows:,} exportable members; the limit is "
                           f"{MAX_COHORT_MEMBERS:,} (matchability reports the rest as over_limit)")
-    current = snapshot(con, settings.cohort, settings.now)
-    the_plan = planning.plan(wanted, current)
+    since = _recheck_since(settings.now)
+    kept = snapshots.kept(con, settings.cohort, since)
+    the_plan = None if kept is None else planning.unchanged(snapshots.fingerprint(con, table), kept)
+    if the_plan is None:
+        adds, removes, size = snapshots.diff(con, settings.cohort, since, table)
+        the_plan = planning.plan(adds, removes, table.num_rows - len(adds))
+    else:
+        size = the_plan.counts[NOOP]                 # the snapshot is the wanted set
     # The share is of what the plan diffs against; with nothing exported yet, size is unknown (trips
     # only if something would be removed, which cannot happen then).
-    verdict = planning.removal_guard(the_plan, len(current) or None, settings.max_removal_share,
-                                     force=settings.force)
+    verdict = planning.removal_guard(the_plan, size or None, settings.max_removal_share, force=settings.force)
     return the_plan, verdict
 
 
@@ -411,9 +434,15 @@ class TagCaps:
     def count(self) -> int:
         return len(self.held) + len(self.over)
 
-    def sendable(self, wanted: Mapping[str, Target]) -> Mapping[str, Target]:
+    def sendable(self, wanted: Mapping[str, Target] | pa.Table) -> Mapping[str, Target] | pa.Table:
         """``wanted`` without the held members (the plan then neither adds nor removes them)."""
-        return {d: t for d, t in wanted.items() if d not in self.held} if self.held else wanted
+        if not self.held:
+            return wanted
+        if isinstance(wanted, pa.Table):
+            import pyarrow.compute as pc
+
+            return wanted.filter(pc.invert(pc.is_in(wanted["distinct_id"], pa.array(list(self.held), pa.string()))))
+        return {d: t for d, t in wanted.items() if d not in self.held}
 
 
 def other_tags(con, settings: ExportSettings, ids: Sequence[str]) -> dict[str, int]:
@@ -454,12 +483,17 @@ def knows_other_tags(con, settings: ExportSettings) -> bool:
         {"app": settings.app_id, "key": settings.tag_key}).fetchall()[0][0]
 
 
-def _held(con, settings: ExportSettings, wanted: Mapping[str, Target]) -> TagCaps:
+def _held(con, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table) -> TagCaps:
     """The members the cap refused before and that are still out of reach (see ``TagCaps``)."""
     rows = con.execute("SELECT distinct_id, onesignal_id, id_type, tag_limit, other_tags, checked_at "
                        "FROM export_tag_caps WHERE cohort = ?", [settings.cohort]).fetchall()
     if not rows:
         return TagCaps(settings.tag_limit)
+    if isinstance(wanted, pa.Table):      # only the few refused members are looked up, not a million
+        import pyarrow.compute as pc
+
+        wanted = _targets(wanted.filter(pc.is_in(wanted["distinct_id"],
+                                                    pa.array([r[0] for r in rows], pa.string()))))
     known = other_tags(con, settings, [r[1] for r in rows])
     recheck_after = _naive(settings.now) - RECHECK_ABSENT
     held = {d: Target(o, t) for d, o, t, limit, other, checked in rows
@@ -478,7 +512,7 @@ def _over(con, settings: ExportSettings, caps: TagCaps, the_plan: planning.Plan)
     return replace(caps, over=over, other=known)
 
 
-def _capped_plan(con, settings: ExportSettings, wanted: Mapping[str, Target]
+def _capped_plan(con, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table
                  ) -> tuple[planning.Plan, GuardVerdict, TagCaps]:
     """The plan and guard of ``_plan`` for the members the cap does not hold back, and the cap's verdict."""
     caps = _held(con, settings, wanted)
@@ -555,11 +589,11 @@ def preview_targets(store: Store, chosen: ExportSettings, found: Exportable, *, 
     """``preview_export`` of members already evaluated (``found``): the plan, the guard and the app's
     data-tag cap, from the store alone."""
     reader = store.reader()
-    the_plan, verdict, caps = _capped_plan(reader, chosen, found.wanted)
+    the_plan, verdict, caps = _capped_plan(reader, chosen, found.table)
     limit = app_tag_limit(reader, chosen.app_id)
     if limit["tag_limit"] != chosen.tag_limit:
         limit = {"tag_limit": chosen.tag_limit, "source": "this run"}
-    return ExportPreview(chosen.cohort, chosen.mode, chosen.now, found.members, len(found.wanted),
+    return ExportPreview(chosen.cohort, chosen.mode, chosen.now, found.members, found.table.num_rows,
                          {op: the_plan.counts.get(op, 0) for op in (ADD, REMOVE, NOOP)},
                          {op: tuple(the_plan.of(op)[:samples]) for op in (ADD, REMOVE)}, verdict, found.left_out,
                          limit, caps.count)
@@ -567,12 +601,13 @@ def preview_targets(store: Store, chosen: ExportSettings, found: Exportable, *, 
 
 # -- a run --------------------------------------------------------------------------------------
 
-def run(store: Store, settings: ExportSettings, wanted: Mapping[str, Target], credentials: Credentials | None,
-        *, members: int | None = None, on_progress: Callable[[int, int], None] | None = None) -> RunRecord:
-    """One export run of ``settings.cohort`` towards ``wanted`` (distinct_id -> OneSignal target;
-    ``members``: the cohort's size, default ``len(wanted)``). Settings that register the export
-    (``saves``) store it only if the run succeeds (ok or partial). A dry run needs no registration
-    and changes no export."""
+def run(store: Store, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table,
+        credentials: Credentials | None, *, members: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None) -> RunRecord:
+    """One export run of ``settings.cohort`` towards ``wanted`` (distinct_id -> OneSignal target, or
+    ``Exportable.table``; ``members``: the cohort's size, default the number wanted). Settings that
+    register the export (``saves``) store it only if the run succeeds (ok or partial). A dry run needs
+    no registration and changes no export."""
     con = store.con.cursor()     # a connection of its own: runs may happen in threads (widgets, scheduler)
     try:
         return _run(store, con, settings, wanted, credentials, members, on_progress)
@@ -580,14 +615,15 @@ def run(store: Store, settings: ExportSettings, wanted: Mapping[str, Target], cr
         con.close()
 
 
-def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Target],
+def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table,
          credentials: Credentials | None, members: int | None, on_progress) -> RunRecord:
     if not settings.dry_run and not (settings.app_id and settings.base_url):
         raise ExportError(f"cohort {settings.cohort!r} has no export; register it first (toolkit export NAME --once)")
     the_plan, verdict, caps = _capped_plan(con, settings, wanted)
+    wanted_count = wanted.num_rows if isinstance(wanted, pa.Table) else len(wanted)
     with _run_lock(store, settings.cohort):
-        record = _start(store, con, settings, the_plan, verdict, members if members is not None else len(wanted),
-                        len(wanted))
+        record = _start(store, con, settings, the_plan, verdict, members if members is not None else wanted_count,
+                        wanted_count)
         record.tag_cap = len(caps.held) + (len(caps.over) if settings.dry_run else 0)
         if settings.dry_run:
             return _finish(con, record, "ok" if verdict.ok else "stopped", None if verdict.ok else verdict.reason)
@@ -598,16 +634,25 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
         try:
             segment_id = _run_async(_apply(con, settings, record, the_plan, caps, credentials, on_progress))
         except (OneSignalError, ExportError) as exc:
+            _keep_fingerprint(con, settings.cohort, the_plan)
             return _finish(con, record, "failed", str(exc))
         except BaseException as exc:
             _finish(con, record, "interrupted", f"{type(exc).__name__}: {exc}")
             raise
+        _keep_fingerprint(con, settings.cohort, the_plan)
         if settings.saves:                   # the run succeeded: now the export is registered as asked
             _save_registration(con, settings, segment_id)
         if settings.mode == "dynamic":
             con.execute("UPDATE exports SET next_due_at = ? WHERE cohort = ? AND stopped_at IS NULL",
                         [_naive(settings.now) + DYNAMIC_INTERVAL, settings.cohort])
         return _finish(con, record, "partial" if record.failed else "ok", _failed_users(con, record))
+
+
+def _keep_fingerprint(con, cohort: str, the_plan: planning.Plan) -> None:
+    """The fingerprint of the snapshot this run reached, for the next plan: unless the plan was
+    recognised unchanged by it (then nothing was written and it still holds)."""
+    if not the_plan.recognised:
+        snapshots.keep(con, cohort)
 
 
 @contextmanager
@@ -877,6 +922,7 @@ class _ResultWriter:
         # The run's clock, not the wall's: snapshot() compares checked_at with the run's `now`.
         cohort, run_id, now = self.record.cohort, self.record.run_id, self.record.started_at
         with transaction(self.con) as con:
+            snapshots.forget(con, cohort)        # with the writes: a kill never leaves a stale fingerprint
             for step, outcome, error in batch:
                 key = [cohort, step.distinct_id]
                 reported = "not_in_onesignal" if outcome == NOT_FOUND else outcome

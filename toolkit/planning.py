@@ -4,18 +4,22 @@
 Mixpanel's own cohort sync, a run sends only the difference, and a failed update is simply still
 different on the next run. Plans are deterministic (sorted by distinct_id) and do no I/O; the
 removal guard trips when it cannot be evaluated instead of passing.
+
+The members themselves never reach this module: a dynamic sync plans a million of them every fifteen
+minutes. The store compares the two sets' fingerprints (equal: nothing to send) and otherwise hands
+over only the rows that differ (``toolkit.snapshots``); this module orders them into steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 ADD, REMOVE, NOOP = "add", "remove", "no-op"
 
 
-# Tuples, not dataclasses: a dynamic sync compares a million of them every fifteen minutes.
+# Tuples, not dataclasses: a first export sends a step per member.
 class Target(NamedTuple):
     """One OneSignal user, as the export addresses it."""
     onesignal_id: str
@@ -24,44 +28,46 @@ class Target(NamedTuple):
 
 class Step(NamedTuple):
     distinct_id: str
-    operation: str          # add | remove | no-op
+    operation: str          # add | remove
     target: Target
+
+
+class Fingerprint(NamedTuple):
+    """A set of (distinct_id, onesignal_id, id_type) rows, summarised independently of their order:
+    how many, and the sum of a 64-bit hash of each. Two sets with equal fingerprints are taken to be
+    equal (a change that keeps the sum is a 1 in 2**64 chance)."""
+    members: int
+    digest: int
 
 
 @dataclass(frozen=True)
 class Plan:
-    changes: tuple[Step, ...]              # adds and removes, sorted by distinct_id
-    unchanged: Mapping[str, Target]        # the no-ops, kept as a mapping: usually nearly everyone
-    counts: Mapping[str, int] = field(default_factory=dict)
+    changes: tuple[Step, ...]              # adds and removes, sorted by distinct_id, a removal first
+    counts: Mapping[str, int] = field(default_factory=dict)    # add, remove, no-op
+    recognised: bool = field(default=False, compare=False)     # from equal fingerprints: no member read
 
     def of(self, operation: str) -> list[Step]:
-        if operation == NOOP:
-            return [Step(d, NOOP, self.unchanged[d]) for d in sorted(self.unchanged)]
+        """The adds or the removes, sorted by distinct_id."""
         return [s for s in self.changes if s.operation == operation]
 
-    @property
-    def steps(self) -> list[Step]:
-        """Every member's step (the exported-users report), sorted by distinct_id."""
-        return sorted((*self.changes, *self.of(NOOP)), key=lambda s: (s.distinct_id, s.operation != REMOVE))
+
+def unchanged(wanted: Fingerprint, snapshot: Fingerprint | None) -> Plan | None:
+    """The plan when the wanted set's fingerprint is the snapshot's: nothing to send, every member a
+    no-op. None when they differ or the snapshot's is not known: then the rows that differ decide."""
+    if snapshot is None or wanted != snapshot:
+        return None
+    return Plan((), {ADD: 0, REMOVE: 0, NOOP: wanted.members}, recognised=True)
 
 
-def plan(wanted: Mapping[str, Target], snapshot: Mapping[str, Target]) -> Plan:
-    """Add who is wanted and not in the snapshot; remove who is in it and not wanted. A member whose
-    OneSignal id changed is removed under the old id and added under the new one."""
-    # Set operations on the item views run in C: a dynamic sync of an unchanged million members
-    # must not walk a million Python objects one by one.
-    changed = {d for d, _ in wanted.items() ^ snapshot.items()}
-    changes: list[Step] = []
-    for distinct_id in sorted(changed):
-        have, want = snapshot.get(distinct_id), wanted.get(distinct_id)
-        if have is not None:
-            changes.append(Step(distinct_id, REMOVE, have))
-        if want is not None:
-            changes.append(Step(distinct_id, ADD, want))
-    unchanged = {d: wanted[d] for d in wanted.keys() - changed}
-    counts = {ADD: sum(s.operation == ADD for s in changes), REMOVE: sum(s.operation == REMOVE for s in changes),
-              NOOP: len(unchanged)}
-    return Plan(tuple(changes), unchanged, counts)
+def plan(adds: Iterable[tuple[str, Target]], removes: Iterable[tuple[str, Target]], noops: int) -> Plan:
+    """The plan from the rows that differ: ``adds`` are wanted and not in the snapshot as they are,
+    ``removes`` in the snapshot and not wanted as they are; ``noops`` members are in both. A member
+    whose OneSignal id changed is in both lists: removed under the old id, then added under the new."""
+    steps = [Step(d, REMOVE, t) for d, t in removes] + [Step(d, ADD, t) for d, t in adds]
+    steps.sort(key=lambda s: (s.distinct_id, s.operation != REMOVE))
+    counts = {ADD: sum(s.operation == ADD for s in steps), REMOVE: sum(s.operation == REMOVE for s in steps),
+              NOOP: noops}
+    return Plan(tuple(steps), counts)
 
 
 @dataclass(frozen=True)

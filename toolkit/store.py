@@ -324,6 +324,17 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE export_runs ADD COLUMN tag_cap BIGINT;
     """,
+    # 8: the fingerprint of each cohort's snapshot (toolkit/snapshots.py), so that planning an unchanged
+    # cohort compares two numbers instead of every member. Forgotten by every write to export_members,
+    # in its transaction; kept again when a run ends. A store without one diffs once, then keeps it.
+    """
+    CREATE TABLE export_snapshots (
+        cohort       VARCHAR PRIMARY KEY,
+        members      BIGINT NOT NULL,      -- rows of export_members
+        fingerprint  HUGEINT NOT NULL,     -- the sum of hash(distinct_id, onesignal_id, id_type) over them
+        absent_since TIMESTAMP             -- the oldest absent row's checked_at (NULL: none absent)
+    );
+    """,
 ]
 
 

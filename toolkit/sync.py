@@ -62,7 +62,7 @@ def export_cohort(store: Store, settings: export.ExportSettings | str, credentia
             on_progress(done, total)
 
     try:
-        return export.run(store, settings, found.wanted, credentials, members=found.members, on_progress=report)
+        return export.run(store, settings, found.table, credentials, members=found.members, on_progress=report)
     finally:
         bar.close()
 

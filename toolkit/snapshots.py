@@ -1,0 +1,115 @@
+"""The snapshot an export plans against, in SQL: its fingerprint, and the rows that differ from it.
+
+The snapshot is ``export_members``: who carries a cohort's tag, or was looked for and is not in
+OneSignal (``absent``: counted until it is time to look again). A dynamic sync of an unchanged
+million members used to read both sets into Python and compare them member by member (2.5 s, 8x a
+scan of the members); now the wanted set's fingerprint is compared with the one kept for the
+snapshot, and only a different fingerprint costs the diff, an outer join in DuckDB that returns the
+changed rows alone.
+
+The fingerprint (``planning.Fingerprint``) is the count and the sum of DuckDB's ``hash`` of each
+(distinct_id, onesignal_id, id_type), so the order of rows does not matter. ``export_snapshots``
+keeps it per cohort, with the oldest absent row's check: once that is older than the recheck
+interval, the expired rows' share is taken off. Whatever writes ``export_members`` forgets the kept
+fingerprint in the same transaction (``forget``), and a run that read the members recomputes it from
+the table as it ends (``keep``), so a killed run leaves none rather than one for a snapshot it did not
+reach; the next run then diffs and keeps it again. A kept fingerprint whose count is not the table's
+(rows added or deleted by hand) is ignored; after editing ids in place, delete the cohort's row of
+``export_snapshots``. One that never matches (another DuckDB's ``hash``) costs a diff once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+import pyarrow as pa
+
+from toolkit.planning import Fingerprint, Target
+
+WANTED = "export_wanted"        # the name the wanted table is registered under, for one statement
+COLUMNS = ("distinct_id", "onesignal_id", "id_type")
+_HASH = "hash(distinct_id, onesignal_id, id_type)"
+_FINGERPRINT = f"count(*), coalesce(sum({_HASH}), 0)::HUGEINT"
+# Who the snapshot holds as of a moment: every tagged member, and absent ones checked since $since.
+_CURRENT = ("SELECT distinct_id, onesignal_id, id_type FROM export_members "
+            "WHERE cohort = $cohort AND (status = 'tagged' OR checked_at > $since)")
+SCHEMA = pa.schema([(c, pa.string()) for c in COLUMNS])
+
+
+def table_of(wanted: Mapping[str, Target]) -> pa.Table:
+    """distinct_id -> Target as the table a plan reads."""
+    return pa.table({"distinct_id": list(wanted), "onesignal_id": [t.onesignal_id for t in wanted.values()],
+                     "id_type": [t.id_type for t in wanted.values()]}, schema=SCHEMA)
+
+
+def fingerprint(con, wanted: pa.Table) -> Fingerprint:
+    """The fingerprint of ``wanted`` (one row per member: distinct_id, onesignal_id, id_type)."""
+    return Fingerprint(*_with(con, wanted, f"SELECT {_FINGERPRINT} FROM {WANTED}")[0])
+
+
+def kept(con, cohort: str, since: datetime) -> Fingerprint | None:
+    """The fingerprint of the snapshot as of a moment (absent members checked at or before ``since``
+    have left it), from the one kept; None if none is kept, or if the table holds another number of
+    rows than it describes (a hand edit that added or deleted members: counting them is cheap)."""
+    found = con.execute("""
+        SELECT s.members, s.fingerprint, s.absent_since,
+               (SELECT count(*) FROM export_members WHERE cohort = $cohort) AS rows
+        FROM export_snapshots s WHERE cohort = $cohort""", {"cohort": cohort}).fetchall()
+    if not found or found[0][0] != found[0][3]:
+        return None
+    ((members, digest, absent_since, _),) = found
+    if absent_since is not None and absent_since <= since:
+        ((expired, expired_digest),) = con.execute(
+            f"SELECT {_FINGERPRINT} FROM export_members WHERE cohort = ? AND status <> 'tagged' "
+            "AND checked_at <= ?", [cohort, since]).fetchall()
+        members, digest = members - expired, digest - expired_digest
+    return Fingerprint(members, digest)
+
+
+def diff(con, cohort: str, since: datetime, wanted: pa.Table
+         ) -> tuple[list[tuple[str, Target]], list[tuple[str, Target]], int]:
+    """(adds, removes, the snapshot's size): the rows of ``wanted`` not in the snapshot as they are,
+    and the snapshot's rows not wanted as they are. One outer join; only changed rows leave DuckDB
+    (at 1M members, 0.48 s where two anti-joins took 1.4 s and a window for the size 0.72 s)."""
+    params = {"cohort": cohort, "since": since}
+    rows = _with(con, wanted, f"""
+        WITH current AS ({_CURRENT})
+        SELECT w.distinct_id, w.onesignal_id, w.id_type, c.distinct_id, c.onesignal_id, c.id_type
+        FROM {WANTED} w FULL JOIN current c
+          ON c.distinct_id = w.distinct_id AND c.onesignal_id = w.onesignal_id AND c.id_type = w.id_type
+        WHERE w.distinct_id IS NULL OR c.distinct_id IS NULL""", params)
+    adds = [(d, Target(o, t)) for d, o, t, *_ in rows if d is not None]
+    removes = [(d, Target(o, t)) for *_, d, o, t in rows if d is not None]
+    size = con.execute(f"SELECT count(*) FROM ({_CURRENT})", params).fetchall()[0][0]
+    return adds, removes, size
+
+
+def current(con, cohort: str, since: datetime) -> dict[str, Target]:
+    """The snapshot as a mapping (small snapshots: tests, reports)."""
+    rows = con.execute(_CURRENT, {"cohort": cohort, "since": since}).fetchall()
+    return {d: Target(o, t) for d, o, t in rows}
+
+
+def forget(con, cohort: str) -> None:
+    """Drop the kept fingerprint: called in every transaction that writes the cohort's snapshot."""
+    con.execute("DELETE FROM export_snapshots WHERE cohort = ?", [cohort])
+
+
+def keep(con, cohort: str) -> None:
+    """Keep the fingerprint of the cohort's snapshot as the table holds it now (a run that read the
+    members calls it as it ends: the kept one was missing, stale, or forgotten by its writes). One
+    statement, so it reads what it describes."""
+    con.execute(f"""
+        INSERT OR REPLACE INTO export_snapshots
+        SELECT $cohort, {_FINGERPRINT}, min(checked_at) FILTER (WHERE status <> 'tagged')
+        FROM export_members WHERE cohort = $cohort""", {"cohort": cohort})
+
+
+def _with(con, wanted: pa.Table, sql: str, params: Mapping | None = None) -> list[tuple]:
+    """Run ``sql`` with ``wanted`` registered as WANTED, all rows fetched."""
+    con.register(WANTED, wanted.select(list(COLUMNS)))
+    try:
+        return con.execute(sql, params or {}).fetchall()
+    finally:
+        con.unregister(WANTED)
