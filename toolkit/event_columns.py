@@ -62,7 +62,7 @@ def ensure(store: Store, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, st
         try:
             with store.transaction():
                 _register(con, missing)
-        except duckdb.TransactionException:   # called inside the caller's transaction: stay on JSON
+        except duckdb.Error:   # in the caller's transaction, or failed: nothing added, filters stay on JSON
             return known
         known = available(con)
     return known
