@@ -9,8 +9,10 @@ Shape (one query):
 - ``ev``: the events the rules name (up to ``now``, identity resolved) grouped by user, with one
   ``count(*) FILTER (...)`` column per event rule: any number of behavioural rules costs one pass,
   and never over the JSON ``properties`` column.
-- ``fe``/``fa``: the same for rules with event property filters, over the rows of their events only;
-  each property is extracted once per row (reading ``properties`` means decompressing and parsing JSON).
+- ``fe``/``fa``: the same for rules with event property filters on JSON, over the rows of their events
+  only; each property is extracted once per row (reading ``properties`` means decompressing and parsing
+  JSON). A filter on a property kept in typed columns (``columns``, toolkit/event_columns.py) reads them
+  instead, and its rule is counted in ``ev`` with the others: one pass over the events.
 - ``known``: one row per candidate user, with the profile properties the rules read (each extracted
   once) and the aggregates. Candidates are all known users (anyone with an event up to now, or a
   profile), which "did not" and profile rules draw from; when a top-level AND condition needs a
