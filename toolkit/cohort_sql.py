@@ -9,8 +9,10 @@ Shape (one query):
 - ``ev``: the events the rules name (up to ``now``, identity resolved) grouped by user, with one
   ``count(*) FILTER (...)`` column per event rule: any number of behavioural rules costs one pass,
   and never over the JSON ``properties`` column.
-- ``fe``/``fa``: the same for rules with event property filters, over the rows of their events only;
-  each property is extracted once per row (reading ``properties`` means decompressing and parsing JSON).
+- ``fe``/``fa``: the same for rules with event property filters on JSON, over the rows of their events
+  only; each property is extracted once per row (reading ``properties`` means decompressing and parsing
+  JSON). A filter on a property kept in typed columns (``columns``, toolkit/event_columns.py) reads them
+  instead, and its rule is counted in ``ev`` with the others: one pass over the events.
 - ``known``: one row per candidate user, with the profile properties the rules read (each extracted
   once) and the aggregates. Candidates are all known users (anyone with an event up to now, or a
   profile), which "did not" and profile rules draw from; when a top-level AND condition needs a
@@ -42,7 +44,7 @@ Semantics chosen where Mixpanel's docs leave room (also in docs, see toolkit/coh
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from toolkit.cohort_model import (
     COUNT_OPERATORS,
@@ -56,7 +58,7 @@ from toolkit.cohort_model import (
 )
 from toolkit.sql import Query, json_pointer, quote_ident, to_utc_naive
 
-__all__ = ["Query", "compile_cohort", "json_pointer", "quote_ident", "to_utc_naive"]
+__all__ = ["Query", "compile_cohort", "filtered_properties", "json_pointer", "quote_ident", "to_utc_naive"]
 
 EVENTS_VIEW = "resolved_events"
 PROFILES_VIEW = "resolved_profiles"
@@ -69,19 +71,39 @@ DID, TIME, PROPS = _q("distinct_id"), _q("time"), _q("properties")
 
 def compile_cohort(cohort: Cohort, now: dt.datetime,
                    lookup: Mapping[str, Cohort] | Callable[[str], Cohort | None] | None = None, *,
-                   restrict: bool = True) -> Query:
+                   restrict: bool = True, columns: Mapping[tuple[str, str], str] | None = None) -> Query:
     """SQL returning the cohort's members (column ``distinct_id``, sorted) as of ``now``.
     ``lookup`` finds cohorts referenced by in_cohort / not_in_cohort (a mapping or a function).
-    ``restrict=False`` always draws candidates from every known user (the plan tests compare against)."""
+    ``restrict=False`` always draws candidates from every known user (the plan tests compare against).
+    ``columns``: (event, property) -> prefix of the typed columns holding that property for that event's
+    rows (toolkit/event_columns.py); a filter on any other pair reads the JSON."""
     if lookup is None:
         lookup = {}
     find = lookup.get if isinstance(lookup, Mapping) else lookup
-    return _Compiler(to_utc_naive(now), find, restrict).cohort(cohort)
+    return _Compiler(to_utc_naive(now), find, restrict, columns or {}).cohort(cohort)
+
+
+def filtered_properties(cohorts: Iterable[Cohort]) -> set[tuple[str, str]]:
+    """The (event, property) pairs the event property filters of ``cohorts`` read."""
+    found: set[tuple[str, str]] = set()
+
+    def walk(rules):
+        for r in rules:
+            if isinstance(r, Group):
+                walk(r.rules)
+            elif isinstance(r, EventRule):
+                found.update((r.event, f.property) for f in r.where)
+
+    for cohort in cohorts:
+        walk(cohort.rules)
+    return found
 
 
 class _Compiler:
-    def __init__(self, now: dt.datetime, find, restrict: bool = True):
+    def __init__(self, now: dt.datetime, find, restrict: bool = True,
+                 columns: Mapping[tuple[str, str], str] | None = None):
         self.now, self.find, self.restrict = now, find, restrict
+        self.columns = columns or {}
         self.params: dict = {}
         self.plain: list[str] = []            # aggregates in `ev` (no properties read)
         self.filtered: list[str] = []         # aggregates in `fa` (over `filtered_events` only)
@@ -178,7 +200,7 @@ ORDER BY {DID}"""
             if isinstance(r, PropertyRule) and r.operator in _NEEDS_A_VALUE:
                 found.add("p")
             elif isinstance(r, EventRule) and _needs_an_event(r):
-                found.add("f" if r.where else "e")
+                found.add("f" if self.on_json(r) else "e")
         return next((k for k in ("p", "e", "f") if k in found), "u")
 
     def members_of(self, cohort: Cohort) -> str:
@@ -208,7 +230,7 @@ ORDER BY {DID}"""
         if isinstance(r, Group):
             return self.group(r.rules, r.match, f"{path}.rules")
         if isinstance(r, PropertyRule):
-            return _boolean(self.condition(r, self.prop(r.property, on_event=False)))
+            return _boolean(self.condition(r, _Json(self.prop(r.property, on_event=False))))
         if isinstance(r, EventRule):
             return self.event(r)
         if isinstance(r, CohortRule):
@@ -222,13 +244,19 @@ ORDER BY {DID}"""
             return inner if r.include else f"(NOT {inner})"
         raise CohortError(f"{path}: not a rule: {r!r}")
 
+    def on_json(self, r: EventRule) -> bool:
+        """Whether the rule's filters read the JSON (in ``fe``), not typed columns (in ``ev``)."""
+        return any((r.event, f.property) not in self.columns for f in r.where)
+
     def event(self, r: EventRule) -> str:
         time = quote_ident("time")
-        filtered = bool(r.where)
+        filtered = self.on_json(r)
         event = self.bind(r.event)
         (self.filtered_events if filtered else self.plain_events).append(event)
         matches = [f"{quote_ident('event')} = {event}"]
-        matches += [_boolean(self.condition(f, self.prop(f.property, on_event=True))) for f in r.where]
+        matches += [_boolean(self.condition(f, _Json(self.prop(f.property, on_event=True)) if filtered
+                                            else _Columns(self.columns[(r.event, f.property)])))
+                    for f in r.where]
         window = []
         start = None
         if r.last_days is not None:
@@ -249,15 +277,15 @@ ORDER BY {DID}"""
         expr = _boolean(expr)
         return expr if r.did else f"(NOT {expr})"
 
-    def condition(self, r: PropertyRule, value: str) -> str:
-        """SQL for one property condition on ``value``, the property's extracted JSON (NULL when
-        absent); the result may be NULL (callers wrap it in _boolean)."""
-        jtype = f"json_type({value})"
+    def condition(self, r: PropertyRule, value: _Value) -> str:
+        """SQL for one property condition on ``value``, the property (extracted JSON or typed columns;
+        NULL when absent); the result may be NULL (callers wrap it in _boolean)."""
+        jtype = value.type()
         if r.operator in ("is_set", "is_not_set"):
             is_set = f"coalesce({jtype} <> 'NULL', false)"
             return is_set if r.operator == "is_set" else f"NOT {is_set}"
         values = list(r.value) if isinstance(r.value, tuple) else [r.value]
-        scalar = _typed(value, r.type)
+        scalar = value.typed(r.type)
         if r.operator in ("equals", "not_equals"):
             expr = self.equals(value, jtype, scalar, r.type, values)
         elif r.operator in ("contains", "not_contains"):
@@ -278,14 +306,14 @@ ORDER BY {DID}"""
                 ors.append(f"({scalar} >= {low} AND {scalar} {high})")
             return "(" + " OR ".join(ors) + ")"
         bound = [self.bind(_param(v)) for v in values]
-        in_list = f"list_has_any({_jlist(value, kind)}, [{', '.join(bound)}])"
+        in_list = f"list_has_any({value.list(kind)}, [{', '.join(bound)}])"
         on_scalar = " OR ".join(f"{scalar} = {b}" for b in bound)
         return f"CASE WHEN {jtype} = 'ARRAY' THEN {in_list} ELSE ({on_scalar}) END"
 
     def contains(self, value, jtype, kind, needle) -> str:
         bound = self.bind(_param(needle))
-        in_list = f"list_contains({_jlist(value, kind)}, {bound})"
-        substring = f"strpos({_jtext(value)}, {bound}) > 0" if kind == "string" else "false"
+        in_list = f"list_contains({value.list(kind)}, {bound})"
+        substring = f"strpos({value.text()}, {bound}) > 0" if kind == "string" else "false"
         return (f"CASE WHEN {jtype} = 'ARRAY' THEN {in_list} "
                 f"WHEN {jtype} = 'VARCHAR' THEN {substring} ELSE false END")
 
@@ -309,29 +337,74 @@ ORDER BY {DID}"""
 
 
 # -- the engine-specific part: JSON access -----------------------------------------------------------
-# ``value`` is a property already extracted with json_extract (small JSON, NULL when absent), so
-# these never re-parse the whole document.
+# A property's value as the conditions read it: its JSON type, its text, the text as a typed scalar,
+# and a JSON array as a typed list. `_Json` computes these from the property extracted with
+# json_extract (small JSON, NULL when absent), so they never re-parse the whole document; `_Columns`
+# reads the same expressions computed once at load (toolkit/event_columns.py fills them with these).
 
-def _jtext(value: str) -> str:
-    return f"json_extract_string({value}, '$')"
+class _Value:
+    def type(self) -> str:
+        raise NotImplementedError
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def list(self, kind: str) -> str:
+        raise NotImplementedError
+
+    def number(self) -> str:
+        return f"TRY_CAST({self.text()} AS DOUBLE)"
+
+    def typed(self, kind: str | None) -> str:
+        """The property as a SQL value of ``kind``; NULL when absent or not convertible."""
+        text = self.text()
+        if kind == "number":
+            return self.number()
+        if kind == "boolean":
+            return f"CASE lower({text}) WHEN 'true' THEN true WHEN 'false' THEN false END"
+        if kind == "datetime":
+            return f"TRY_CAST({text} AS TIMESTAMP)"
+        return f"CASE WHEN {self.type()} NOT IN ('ARRAY', 'OBJECT') THEN {text} END"
 
 
-def _typed(value: str, kind: str | None) -> str:
-    """The property as a SQL value of ``kind``; NULL when absent or not convertible."""
-    text = _jtext(value)
-    if kind == "number":
-        return f"TRY_CAST({text} AS DOUBLE)"
-    if kind == "boolean":
-        return f"CASE lower({text}) WHEN 'true' THEN true WHEN 'false' THEN false END"
-    if kind == "datetime":
-        return f"TRY_CAST({text} AS TIMESTAMP)"
-    return f"CASE WHEN json_type({value}) NOT IN ('ARRAY', 'OBJECT') THEN {text} END"
+class _Json(_Value):
+    def __init__(self, value: str):
+        self.value = value
+
+    def type(self) -> str:
+        return f"json_type({self.value})"
+
+    def text(self) -> str:
+        return f"json_extract_string({self.value}, '$')"
+
+    def list(self, kind: str) -> str:
+        """A JSON array as a typed SQL list (elements that do not convert become NULL)."""
+        return f"TRY_CAST({self.value} AS {_LIST_TYPES.get(kind, 'VARCHAR')}[])"
 
 
-def _jlist(value: str, kind: str) -> str:
-    """A JSON array as a typed SQL list (elements that do not convert become NULL)."""
-    sql_type = {"number": "DOUBLE", "boolean": "BOOLEAN"}.get(kind, "VARCHAR")
-    return f"TRY_CAST({value} AS {sql_type}[])"
+class _Columns(_Value):
+    """The typed columns ``<prefix>_type``, ``_text``, ``_number`` and ``_list`` (the value when an array)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def column(self, suffix: str) -> str:
+        return quote_ident(f"{self.prefix}_{suffix}")
+
+    def type(self) -> str:
+        return self.column("type")
+
+    def text(self) -> str:
+        return self.column("text")
+
+    def number(self) -> str:
+        return self.column("number")
+
+    def list(self, kind: str) -> str:
+        return f"TRY_CAST({self.column('list')} AS {_LIST_TYPES.get(kind, 'VARCHAR')}[])"
+
+
+_LIST_TYPES = {"number": "DOUBLE", "boolean": "BOOLEAN"}
 
 
 # -- helpers -----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from toolkit import event_columns
 from toolkit.cohort_model import (
     Cohort,
     CohortCycleError,
@@ -34,7 +35,7 @@ from toolkit.cohort_model import (
     references,
     to_dict,
 )
-from toolkit.cohort_sql import Query, compile_cohort, to_utc_naive
+from toolkit.cohort_sql import Query, compile_cohort, filtered_properties, to_utc_naive
 from toolkit.store import Store, connection
 
 __all__ = ["Cohort", "EventRule", "PropertyRule", "CohortRule", "Group", "CohortError",
@@ -310,10 +311,14 @@ def version_of(store: Store, name: str) -> int | None:
 def query(store: Store, cohort: Cohort | str, *, now: dt.datetime | None = None,
           definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None) -> Query:
     """The compiled query for a cohort (by name or definition). Referenced cohorts come from
-    ``definitions`` first, then the store. Their definitions are fetched here, so compiling stays pure."""
+    ``definitions`` first, then the store. Their definitions are fetched here, so compiling stays pure.
+    The event properties its filters read are kept as typed columns first (once per property and
+    event: ``event_columns.ensure``), so the query reads those instead of the JSON."""
     defs = by_name(definitions)
     root = normalize(cohort) if not isinstance(cohort, str) else defs.get(cohort) or get(store, cohort)
-    return compile_cohort(root, now or dt.datetime.now(dt.UTC), _closure(store, root, defs))
+    closure = _closure(store, root, defs)
+    columns = event_columns.ensure(store, filtered_properties(closure.values()))
+    return compile_cohort(root, now or dt.datetime.now(dt.UTC), closure, columns=columns)
 
 
 def evaluate(store: Store, cohort: Cohort | str, *, now: dt.datetime | None = None,

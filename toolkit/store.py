@@ -335,6 +335,26 @@ MIGRATIONS: list[str] = [
         absent_since TIMESTAMP             -- the oldest absent row's checked_at (NULL: none absent)
     );
     """,
+    # 9: event properties that cohorts filter on, kept typed beside the JSON (toolkit/event_columns.py):
+    # the registry of (property, event) pairs, and the event views passing every column of event_rows
+    # through (with `*`, bound at each query), so the typed columns event_columns adds reach the compiler.
+    """
+    CREATE TABLE event_columns (
+        property     VARCHAR NOT NULL,      -- the event property's name (a top-level JSON key)
+        event        VARCHAR NOT NULL,      -- rows of this event hold it in the columns
+        id           INTEGER NOT NULL,      -- event_rows columns ep<id>_type, _text, _number, _list
+        PRIMARY KEY (property, event)
+    );
+    CREATE OR REPLACE VIEW events AS
+        SELECT * EXCLUDE (rejected, link_source, link_target)
+        FROM event_rows
+        WHERE file_id <= (SELECT coalesce(max(file_id), 0) FROM loads);
+    CREATE OR REPLACE VIEW resolved_events AS
+        SELECT e.event, coalesce(m.canonical_id, e.distinct_id) AS distinct_id,
+               e.distinct_id AS sent_distinct_id, e.time, e.insert_id, e.properties,
+               e.* EXCLUDE (event, distinct_id, time, insert_id, properties, device_id, user_id, file_id)
+        FROM events e LEFT JOIN identity_map m ON m.distinct_id = e.distinct_id;
+    """,
 ]
 
 

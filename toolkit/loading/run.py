@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import duckdb
 from tqdm.auto import tqdm
 
+from toolkit import event_columns
 from toolkit.errors import LoadError
 from toolkit.loading import derived, events, profiles, quarantine, validation
 from toolkit.loading.execute import epoch_ms
@@ -166,6 +167,7 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
             settle = {"events": events.settle, "profiles": profiles.apply_snapshots,
                       "profile_updates": profiles.apply_updates}[source.kind]
             settle(con, source, params["file_id"], now, result, careful)
+            event_columns.fill(con, params["file_id"])   # the typed columns cohorts filter on
             if strict and result.quarantined:
                 raise LoadError(str(source.path), quarantine.strict_message(con, params["file_id"], result.quarantined))
             linked = con.execute("SELECT count(*) FROM identity_links WHERE file_id = ?",
