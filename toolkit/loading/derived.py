@@ -165,21 +165,32 @@ FROM {q("f_checked")} c LEFT JOIN {q("f_groups")} g ON g.v = c.v AND c.problem I
     return Query(sql, params)
 
 
+def _profile_rows_under(ids: str) -> str:
+    """SQL: the rows of `profiles` (with ``canonical``, their canonical id) whose canonical id is one of
+    ``ids`` (SQL selecting one column). Found through the ids and their map entries, and only those
+    entries are joined: joining every profile to the map is a store-wide pass."""
+    q, did = quote_ident, quote_ident("distinct_id")
+    return f"""(
+        WITH {q("u_ids")} AS (SELECT * FROM ({ids})),
+        {q("u_names")} AS (SELECT * FROM {q("u_ids")} UNION SELECT {did} FROM {q("identity_map")}
+                         WHERE canonical_id IN (SELECT * FROM {q("u_ids")})),
+        {q("u_map")} AS (SELECT * FROM {q("identity_map")} WHERE {did} IN (SELECT * FROM {q("u_names")}))
+        SELECT p.*, coalesce(m.canonical_id, p.{did}) AS canonical
+        FROM {q("profiles")} p LEFT JOIN {q("u_map")} m ON m.{did} = p.{did}
+        WHERE p.{did} IN (SELECT * FROM {q("u_names")})
+          AND coalesce(m.canonical_id, p.{did}) IN (SELECT * FROM {q("u_ids")}))"""
+
+
 def _scoped_profiles(scope: str) -> str:
-    """`resolved_profiles` (store migration 5) for the canonical ids in table ``scope`` only: their
-    profile rows are found through the ids and the identity map instead of placing every profile. A
+    """`resolved_profiles` (store migration 5) for the canonical ids in table ``scope`` only. A
     canonical id with one profile row gets it whole; arg_max over one row is that row."""
     q, did = quote_ident, quote_ident("distinct_id")
     key = "(p.updated_at, p.file_id, p.line, p.distinct_id)"
     return f"""(
-        SELECT coalesce(m.canonical_id, p.{did}) AS {did}, max(p.updated_at) AS updated_at,
+        SELECT p.canonical AS {did}, max(p.updated_at) AS updated_at,
                arg_max(p.empty, {key}) AS empty, arg_max(p.onesignal_user_id_type, {key}) AS onesignal_user_id_type,
                arg_max(p.onesignal_user_id, {key}) AS onesignal_user_id
-        FROM {q("profiles")} p LEFT JOIN {q("identity_map")} m ON m.{did} = p.{did}
-        WHERE (p.{did} IN (SELECT {did} FROM {q(scope)})
-               OR p.{did} IN (SELECT {did} FROM {q("identity_map")}
-                              WHERE canonical_id IN (SELECT {did} FROM {q(scope)})))
-          AND coalesce(m.canonical_id, p.{did}) IN (SELECT {did} FROM {q(scope)})
+        FROM {_profile_rows_under(f"SELECT {did} FROM {q(scope)}")} p
         GROUP BY 1)"""
 
 
@@ -248,23 +259,24 @@ def _refresh_touched_facts(con) -> None:
         SELECT DISTINCT v FROM (
             SELECT v FROM {FACTS_TABLE} WHERE distinct_id IN (SELECT id FROM {TOUCHED}) AND v IS NOT NULL
             UNION ALL SELECT id FROM {TOUCHED}
-            UNION ALL SELECT p.onesignal_user_id FROM profiles p
-            LEFT JOIN identity_map m ON m.distinct_id = p.distinct_id
-            WHERE coalesce(m.canonical_id, p.distinct_id) IN (SELECT id FROM {TOUCHED})
-              AND p.onesignal_user_id IS NOT NULL)""")
+            UNION ALL SELECT onesignal_user_id FROM {_profile_rows_under(f"SELECT id FROM {TOUCHED}")}
+            WHERE onesignal_user_id IS NOT NULL)""")
     # Every resolved profile to compute again: the touched ones, and every holder of a touched value
-    # (a profile's resolved value is one of its profile rows' values).
+    # (a profile's resolved value is one of its profile rows' values). Every stored row holding a
+    # touched value is among them: its profile was touched, or it still holds that value.
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _holders AS
+        SELECT distinct_id FROM profiles WHERE onesignal_user_id IN (SELECT v FROM _touched_values)""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _refreshed AS
-        SELECT DISTINCT coalesce(m.canonical_id, p.distinct_id) AS distinct_id
-        FROM profiles p LEFT JOIN identity_map m ON m.distinct_id = p.distinct_id
-        WHERE p.onesignal_user_id IN (SELECT v FROM _touched_values)
+        SELECT coalesce(m.canonical_id, h.distinct_id) AS distinct_id
+        FROM _holders h LEFT JOIN (SELECT * FROM identity_map WHERE distinct_id IN (SELECT distinct_id FROM _holders)) m
+             ON m.distinct_id = h.distinct_id
         UNION SELECT id FROM {TOUCHED}""")
     sql, params = facts_sql(DEFAULT_USER_ID_PROPERTY, "_refreshed")
-    con.execute(f"""DELETE FROM {FACTS_TABLE} WHERE distinct_id IN (SELECT distinct_id FROM _refreshed)
-                                                 OR v IN (SELECT v FROM _touched_values)""")
+    con.execute(f"DELETE FROM {FACTS_TABLE} WHERE distinct_id IN (SELECT distinct_id FROM _refreshed)")
     con.execute(f"INSERT INTO {FACTS_TABLE} BY NAME SELECT * FROM ({sql})", params)
-    for table in ("_touched_values", "_refreshed"):
+    for table in ("_touched_values", "_holders", "_refreshed"):
         con.execute(f"DROP TABLE {q(table)}")
 
 
