@@ -2,7 +2,7 @@
 instead of parsing every event's ``properties`` (at 1M events, a filter on JSON cost 4x the cohort
 without it: reading any row of ``properties`` decompresses and parses the column).
 
-The registry is the table ``event_columns`` (store migration 9): one row per (property, event) pair a
+The registry is the table ``event_columns`` (store migration 10): one row per (property, event) pair a
 cohort filtered on; each property has an id and four columns of ``event_rows``, filled for the rows of
 its registered events only (other rows hold NULL there):
 

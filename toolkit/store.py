@@ -335,7 +335,15 @@ MIGRATIONS: list[str] = [
         absent_since TIMESTAMP             -- the oldest absent row's checked_at (NULL: none absent)
     );
     """,
-    # 9: event properties that cohorts filter on, kept typed beside the JSON (toolkit/event_columns.py):
+    # 9: each event's dedup key (`event`, `distinct_id`, `time`, `$insert_id`) as one 64-bit number, so a
+    # load finds the earlier copies of its keys by scanning one number column, not four of text
+    # (toolkit/loading/events.py: DEDUP_KEY; MD5, so the numbers never change with DuckDB's version).
+    """
+    ALTER TABLE event_rows ADD COLUMN dedup_key UBIGINT;
+    UPDATE event_rows SET dedup_key = md5_number_lower(concat_ws(chr(0), event, distinct_id, epoch_us(time), insert_id))
+    WHERE insert_id IS NOT NULL AND rejected IS NULL;
+    """,
+    # 10: event properties that cohorts filter on, kept typed beside the JSON (toolkit/event_columns.py):
     # the registry of (property, event) pairs, and the event views passing every column of event_rows
     # through (with `*`, bound at each query), so the typed columns event_columns adds reach the compiler.
     """
@@ -346,7 +354,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (property, event)
     );
     CREATE OR REPLACE VIEW events AS
-        SELECT * EXCLUDE (rejected, link_source, link_target)
+        SELECT * EXCLUDE (rejected, link_source, link_target, dedup_key)
         FROM event_rows
         WHERE file_id <= (SELECT coalesce(max(file_id), 0) FROM loads);
     CREATE OR REPLACE VIEW resolved_events AS

@@ -175,6 +175,7 @@ def _write_profile_states(con, states: dict[str, tuple[dict | None, int]], file_
     if deleted:
         with registered(con, "_deleted", distinct_id=deleted):
             con.execute("DELETE FROM profiles WHERE distinct_id IN (SELECT distinct_id FROM _deleted)")
+            derived.touch(con, "SELECT distinct_id FROM _deleted")   # their facts go (derived.refresh_facts)
     if kept:
         with registered(con, "_kept", distinct_id=list(kept),
                         properties=[json.dumps(props, ensure_ascii=False) for props, _ in kept.values()],

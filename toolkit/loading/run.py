@@ -164,15 +164,14 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
             result.status, result.message = "skipped", f"already loaded (same content as {copy_of[0]})"
             return result
         with store.transaction() as con:
+            derived.track_changes(con)   # what settling touches, so only those facts are refreshed
             settle = {"events": events.settle, "profiles": profiles.apply_snapshots,
                       "profile_updates": profiles.apply_updates}[source.kind]
             settle(con, source, params["file_id"], now, result, careful)
             event_columns.fill(con, params["file_id"])   # the typed columns cohorts filter on
             if strict and result.quarantined:
                 raise LoadError(str(source.path), quarantine.strict_message(con, params["file_id"], result.quarantined))
-            linked = con.execute("SELECT count(*) FROM identity_links WHERE file_id = ?",
-                                 [params["file_id"]]).fetchone()[0]
-            derived.refresh_facts(con, params["file_id"], changed=source.kind != "events" or linked > 0)
+            derived.refresh_facts(con, params["file_id"])
             _check_unchanged(source)   # the hash and the rows are of the same bytes
             if source.kind_given:   # what the content read as another kind left in the quarantine
                 con.execute("DELETE FROM quarantine WHERE file_id IN (SELECT file_id FROM loads "
