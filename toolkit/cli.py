@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         from toolkit.emulator import main as emulator_main
 
         return emulator_main(argv[1:])
+    if argv[:1] == ["mixpanel-emulator"]:
+        from toolkit.mixpanel.emulator import main as mixpanel_emulator_main
+
+        return mixpanel_emulator_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
@@ -163,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_runs)
 
     sub.add_parser("emulator", help="run the OneSignal emulator on 127.0.0.1 (toolkit emulator --help)")
+    sub.add_parser("mixpanel-emulator",
+                   help="run the Mixpanel API emulator on 127.0.0.1 (toolkit mixpanel-emulator --help)")
 
     for name, text in (("sync", "run notebooks/sync.ipynb once with papermill"),
                        ("schedule", "run the sync every --every (default 15m), one run at a time")):
