@@ -244,3 +244,29 @@ def _sample_lines(preview: ExportPreview) -> list[str]:
             lines.append(f"  {operation}: " + ", ".join(f"{s.distinct_id} ({s.target.id_type} {s.target.onesignal_id})"
                                                         for s in steps) + (f" and {more:,} more" if more else ""))
     return lines
+
+
+# -- toolkit pull (Mixpanel) -------------------------------------------------------------------------
+
+def pull_text(result: dict) -> str:
+    """What a pull fetched (``PullResult.to_dict()``), one line per day range."""
+    lines = [f"Mixpanel project {result['project_id']}: {result['events']:,} events in {len(result['chunks'])} "
+             f"export(s) into {result['folder']}" + (" (a killed pull resumed)" if result["resumed"] else "")]
+    if result["skipped"]:
+        lines.append(f"  {result['skipped']} range(s) already pulled by the interrupted run")
+    for chunk in result["chunks"]:
+        days = chunk["from"] if chunk["from"] == chunk["to"] else f"{chunk['from']}..{chunk['to']}"
+        lines.append(f"  {days:<24}{chunk['events']:>10,} events {chunk['bytes'] / 1e6:>9.1f} MB")
+    if result["pulled_through"]:
+        lines.append(f"  pulled through {result['pulled_through']} (the next pull asks again for the last days)")
+    if result["profiles"] is not None:
+        lines.append(f"  profiles: {result['profiles']:,} into {result['profiles_file']}")
+    return "\n".join(lines)
+
+
+def mixpanel_cohorts_text(cohorts: list[dict]) -> str:
+    if not cohorts:
+        return "no cohorts saved in this Mixpanel project"
+    lines = [f"{'id':>10}  {'members':>9}  name"]
+    lines += [f"{c.get('id', ''):>10}  {c.get('count', 0):>9,}  {c.get('name', '')}" for c in cohorts]
+    return "\n".join(lines)

@@ -8,7 +8,9 @@ It checks HTTP Basic auth (the service account) and ``project_id`` (a project an
 in ``elsewhere``, gets the wrong-region refusal), keeps Mixpanel's rate limits per API (60/hour, 3/second,
 100 or 5 at once: configurable) answering 429 beyond them, streams exports with chunked encoding (gzip when
 asked), and injects faults aimed at chosen requests (``inject``) or drawn at a rate (``error_rate``):
-503, 500, 429, a hang, a dropped connection, an export cut after some bytes, a malformed line.
+503, 500, 429, a hang, a dropped connection, an export cut after some bytes, an export stalled after some
+bytes (``stalled`` is set, so a test can kill the client mid-stream; cut when ``release`` is called), a
+malformed line.
 Error bodies are ``{"error": <text>, "status": "error"}`` as Mixpanel's APIs answer; the wording of the
 region refusal is the emulator's own (Mixpanel's is not documented).
 """
@@ -42,8 +44,9 @@ from toolkit.mixpanel.client import COHORTS_PATH, ENGAGE_PATH, EXPORT_PATH
 from toolkit.mixpanel.emulator_data import Data
 
 log = logging.getLogger(__name__)
-ERROR, CRASH, THROTTLE, HANG, DROP, CUT, MALFORMED = "error", "crash", "throttle", "hang", "drop", "cut", "malformed"
-KINDS = (ERROR, CRASH, THROTTLE, HANG, DROP, CUT, MALFORMED)
+ERROR, CRASH, THROTTLE, HANG, DROP = "error", "crash", "throttle", "hang", "drop"
+CUT, STALL, MALFORMED = "cut", "stall", "malformed"       # export bodies only
+KINDS = (ERROR, CRASH, THROTTLE, HANG, DROP, CUT, STALL, MALFORMED)
 MALFORMED_LINE = b'{"event": "Broken", "properties": {"time": 17\n'
 UNAUTHENTICATED = "Unable to authenticate request"
 API_OF = {EXPORT_PATH: "export", ENGAGE_PATH: "query", "/api/2.0/engage": "query", COHORTS_PATH: "query",
@@ -99,6 +102,8 @@ class MixpanelEmulator:
         self.log: list[dict] = []
         self.lock = threading.Lock()
         self._stopping = threading.Event()
+        self._released = threading.Event()
+        self.stalled = threading.Event()          # an export reached its stall point
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -147,11 +152,16 @@ class MixpanelEmulator:
     def inject(self, kind: str, *, api: str | None = None, skip: int = 0, times: int = 1,
                at_byte: int = 1000) -> None:
         """Give ``kind`` to requests of ``api`` ("export" or "query", None: any): ``skip`` pass first, then
-        ``times`` get it. ``cut`` sends ``at_byte`` bytes of an export's body, then closes the connection."""
+        ``times`` get it. ``cut`` sends ``at_byte`` bytes of an export's body, then closes the connection;
+        ``stall`` sends them, sets ``stalled`` and waits for ``release`` (or the stop) before it cuts."""
         if kind not in KINDS:
             raise EmulatorError(f"fault {kind!r}: expected one of {', '.join(KINDS)}")
         with self.lock:
             self._aimed.append({"kind": kind, "api": api, "skip": skip, "times": times, "at_byte": at_byte})
+
+    def release(self) -> None:
+        """Let stalled exports end (cut)."""
+        self._released.set()
 
     def _draw(self, api: str) -> dict | None:
         for aim in self._aimed:
@@ -181,7 +191,7 @@ class MixpanelEmulator:
             fault = self._draw(api) if api else None
             refusal = self._refusal(handler, path, api, params)
             admitted = refusal is None
-            if fault and fault["kind"] not in (CUT, MALFORMED):
+            if fault and fault["kind"] not in (CUT, STALL, MALFORMED):
                 refusal = None
             entry = {"t": time.monotonic(), "method": handler.command, "path": path, "api": api,
                      "fault": fault["kind"] if fault else None}
@@ -272,7 +282,7 @@ class MixpanelEmulator:
         gzipped = "gzip" in (handler.headers.get("Accept-Encoding") or "")
         handler.start_stream(gzipped)
         compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzipped else None
-        cut_at = fault["at_byte"] if fault and fault["kind"] == CUT else None
+        cut_at = fault["at_byte"] if fault and fault["kind"] in (CUT, STALL) else None
         sent = served = 0
         malformed = fault is not None and fault["kind"] == MALFORMED
 
@@ -281,6 +291,11 @@ class MixpanelEmulator:
             out = (compressor.compress(raw) + (compressor.flush() if final else b"")) if compressor else raw
             if cut_at is not None and sent + len(out) >= cut_at:
                 handler.write_chunk(out[:max(0, cut_at - sent)])
+                if fault and fault["kind"] == STALL:
+                    handler.wfile.flush()
+                    self.stalled.set()
+                    while not (self._released.wait(0.05) or self._stopping.is_set()):
+                        pass
                 handler.cut()
                 self.counters["cut"] += 1
                 return False
