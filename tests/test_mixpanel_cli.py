@@ -4,8 +4,8 @@ cohorts, and a wrong secret exits 1 with words that name what to check and never
 import json
 
 import pytest
-
 from mixpanel_fixtures import write_folder
+
 from toolkit import cli
 from toolkit.mixpanel.emulator import MixpanelEmulator
 from toolkit.store import Store

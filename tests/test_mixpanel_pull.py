@@ -165,6 +165,10 @@ def test_the_first_pull_needs_a_start_and_a_wrong_secret_writes_nothing(emu, tmp
         pull(landing, ServiceAccount(emu.username, "not-the-secret-at-all", "4242"), from_date=FIRST_DAY,
              to_date=FIRST_DAY, base_url=emu.url, **FAST)
     assert discover([landing]) == [] and not list(landing.rglob("*.part"))
+    # Corrected, with other dates: the failed plan (nothing of it pulled) gives way to the new one.
+    again = pull(landing, ServiceAccount(emu.username, SECRET, "4242"), from_date=date(2026, 10, 2),
+                 to_date=date(2026, 10, 3), base_url=emu.url, **FAST)
+    assert not again.resumed and [c.key for c in again.chunks] == ["2026-10-02_2026-10-02", "2026-10-03_2026-10-03"]
 
 
 def test_the_secret_never_reaches_the_landing_folder_state_or_store(emu, account, tmp_path, caplog):

@@ -106,7 +106,8 @@ def pull(landing: str | Path, account: ServiceAccount, *, from_date: date | None
          **client_options: Any) -> PullResult:
     """Pull the project's new events (and with ``profiles``, its profiles) into ``landing``. The first pull
     needs ``from_date``; later ones start ``lookback_days`` before the last day pulled. ``to_date``
-    defaults to today (UTC). A run a kill interrupted is finished first, as it was planned."""
+    defaults to today (UTC). A run a kill interrupted is finished first, as it was planned (unless none of
+    it was pulled and dates are given)."""
     if lookback_days < 0 or (chunk_days is not None and chunk_days < 1):
         raise PullError("--lookback must be 0 or more days and --chunk-days at least 1")
     landing = Path(landing)
@@ -138,6 +139,8 @@ def _pull_events(landing: Path, folder: Path, states: dict, state: dict, client:
                  from_date: date | None, to_date: date | None, lookback_days: int, chunk_days: int | None,
                  today: date, progress: bool, on_chunk: Callable[[Chunk], None] | None) -> PullResult:
     run = state.get("run")
+    if run is not None and not run["done"] and (from_date or to_date):
+        run = None               # nothing of it was pulled (a refused secret...): plan as now asked
     resumed = run is not None
     if run is None:
         through = date.fromisoformat(state["pulled_through"]) if state.get("pulled_through") else None
