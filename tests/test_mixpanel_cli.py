@@ -55,3 +55,16 @@ def test_a_wrong_secret_exits_1_without_the_secret(emu, tmp_path, capsys, monkey
 def test_a_first_pull_without_from_is_a_clear_error(emu, tmp_path, capsys):
     assert cli.main(["pull", str(tmp_path / "landing"), "--no-load"]) == 1
     assert "--from" in capsys.readouterr().err
+
+
+def test_pull_keeps_a_mixpanel_cohort_and_refreshes_it_on_the_next_pull(emu, tmp_path, capsys):
+    db, landing = str(tmp_path / "s.duckdb"), str(tmp_path / "landing")
+    assert cli.main(["pull", landing, "--from", "2026-10-01", "--to", "2026-10-01", "--cohort", "11",
+                     "--db", db, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(c["name"], c["members"], c["status"]) for c in out["mixpanel_cohorts"]] == [("Power users", 3, "saved")]
+    emu.data.add_cohort({"id": 11, "name": "Power users", "members": ["u1", "u9"]})
+    assert cli.main(["pull", landing, "--to", "2026-10-01", "--db", db]) == 0
+    assert 'Mixpanel cohort 11 as "Power users": 2 members (saved, version 2)' in capsys.readouterr().out
+    assert cli.main(["cohorts", "list", "--db", db, "--json"]) == 0
+    assert "mixpanel:4242/cohort/11" in capsys.readouterr().out          # the summary names its source

@@ -179,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
                    "days, wider for a long first pull)")
     p.add_argument("--profiles", action="store_true", help="pull every profile through Engage too")
     p.add_argument("--cohorts", action="store_true", help="only list the project's Mixpanel cohorts")
+    p.add_argument("--cohort", type=int, action="append", default=[], metavar="ID",
+                   help="keep this Mixpanel cohort as a toolkit cohort (its members refreshed on every pull)")
+    p.add_argument("--cohort-name", help="the toolkit name of the one --cohort (default: its Mixpanel name)")
     p.add_argument("--project-id", help="Mixpanel project id (default: $MIXPANEL_PROJECT_ID)")
     p.add_argument("--region", choices=("us", "eu", "in"), help="data residency (default: $MIXPANEL_REGION or us)")
     p.add_argument("--base-url", help="one URL for both APIs (the Mixpanel emulator; default $MIXPANEL_BASE_URL)")
@@ -411,11 +414,28 @@ def _pull(args) -> int:
     if not args.no_load:
         with _store(args) as store:
             summary = load(store, [project_folder(args.landing, account.project_id)], progress=not args.json)
-        pulled["load"] = summary.to_dict()
-        text += "\n" + report.load_text(summary)
-        status = "failed" if summary.refused else "ok"
+            pulled["load"] = summary.to_dict()
+            text += "\n" + report.load_text(summary)
+            status = "failed" if summary.refused else "ok"
+            refreshed = _mixpanel_cohorts(store, account, args)
+        pulled["mixpanel_cohorts"] = [r.to_dict() for r in refreshed]
+        text += "".join("\n" + report.mixpanel_cohort_refreshed_text(r.to_dict()) for r in refreshed)
     _emit(args, pulled, text)
     return EXIT_CODES[status]
+
+
+def _mixpanel_cohorts(store, account, args) -> list:
+    """Adopt the --cohort ids, then fetch the members of every Mixpanel cohort kept before again."""
+    from toolkit.mixpanel import cohorts as mixpanel_cohorts
+    from toolkit.mixpanel.client import MixpanelClient
+
+    if args.cohort_name and len(args.cohort) != 1:
+        raise UsageError("--cohort-name names one --cohort")
+    with MixpanelClient(account, args.base_url) as client:
+        adopted = [mixpanel_cohorts.adopt(store, client, cohort_id, args.cohort_name) for cohort_id in args.cohort]
+        again = [r for r in mixpanel_cohorts.refresh(store, client)
+                 if r.cohort_id not in args.cohort] if mixpanel_cohorts.linked(store, account.project_id) else []
+    return adopted + again
 
 
 def _lab(args) -> int:

@@ -270,3 +270,9 @@ def mixpanel_cohorts_text(cohorts: list[dict]) -> str:
     lines = [f"{'id':>10}  {'members':>9}  name"]
     lines += [f"{c.get('id', ''):>10}  {c.get('count', 0):>9,}  {c.get('name', '')}" for c in cohorts]
     return "\n".join(lines)
+
+
+def mixpanel_cohort_refreshed_text(refreshed: dict) -> str:
+    version = f", version {refreshed['version']}" if refreshed["version"] else ""
+    return (f"Mixpanel cohort {refreshed['cohort_id']} as \"{refreshed['name']}\": {refreshed['members']:,} members "
+            f"({refreshed['status']}{version})")
