@@ -29,7 +29,7 @@ def test_pull_then_load_into_the_store(emu, tmp_path, capsys):
     code = cli.main(["pull", str(tmp_path / "landing"), "--from", "2026-10-01", "--to", "2026-10-04", "--profiles",
                      "--db", str(db), "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert code == 0 and out["events"] == 200 and out["profiles"] == 20 and out["load"]["events"] == 200
+    assert code == 0 and len(out["chunks"]) == 4 and out["profiles"] == 20 and out["load"]["events"] == 200
     with Store(db, read_only=True) as store:
         assert store.con.execute("SELECT count(*) FROM events").fetchone()[0] == 200
         assert store.con.execute("SELECT count(*) FROM profiles").fetchone()[0] == 20

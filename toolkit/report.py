@@ -250,13 +250,13 @@ def _sample_lines(preview: ExportPreview) -> list[str]:
 
 def pull_text(result: dict) -> str:
     """What a pull fetched (``PullResult.to_dict()``), one line per day range."""
-    lines = [f"Mixpanel project {result['project_id']}: {result['events']:,} events in {len(result['chunks'])} "
+    lines = [f"Mixpanel project {result['project_id']}: {result['bytes'] / 1e6:,.1f} MB in {len(result['chunks'])} "
              f"export(s) into {result['folder']}" + (" (a killed pull resumed)" if result["resumed"] else "")]
     if result["skipped"]:
         lines.append(f"  {result['skipped']} range(s) already pulled by the interrupted run")
     for chunk in result["chunks"]:
         days = chunk["from"] if chunk["from"] == chunk["to"] else f"{chunk['from']}..{chunk['to']}"
-        lines.append(f"  {days:<24}{chunk['events']:>10,} events {chunk['bytes'] / 1e6:>9.1f} MB")
+        lines.append(f"  {days:<24}{chunk['bytes'] / 1e6:>9.1f} MB")
     if result["pulled_through"]:
         lines.append(f"  pulled through {result['pulled_through']} (the next pull asks again for the last days)")
     if result["profiles"] is not None:

@@ -122,17 +122,23 @@ class Data:
 
 
 def _read_records(path: Path) -> list[dict]:
+    """Records from JSON: one list, one Engage page, or a sequence of them (Engage pages one after
+    another, JSON Lines of records)."""
     with _open_text(path) as handle:
         text = handle.read()
-    try:
-        body = json.loads(text)
-    except ValueError:
+    decoder, records, position = json.JSONDecoder(), [], 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position >= len(text):
+            break
         try:
-            body = [json.loads(line) for line in text.splitlines() if line.strip()]
+            value, position = decoder.raw_decode(text, position)
         except ValueError as exc:
-            raise EmulatorError(f"{path}: neither JSON nor JSON Lines ({exc})") from None
-    if isinstance(body, dict) and isinstance(body.get("results"), list):
-        body = body["results"]
-    if not isinstance(body, list) or not all(isinstance(r, dict) for r in body):
-        raise EmulatorError(f"{path}: expected a list of objects")
-    return body
+            raise EmulatorError(f"{path}: not JSON ({exc})") from None
+        if isinstance(value, dict) and isinstance(value.get("results"), list):
+            value = value["results"]
+        records.extend(value if isinstance(value, list) else [value])
+    if not all(isinstance(r, dict) for r in records):
+        raise EmulatorError(f"{path}: expected objects (profiles or cohorts)")
+    return records

@@ -15,7 +15,6 @@ of ``{$distinct_id, $properties}``, a snapshot that replaces the previous one.
 from __future__ import annotations
 
 import fcntl
-import gzip
 import json
 import math
 import os
@@ -42,7 +41,6 @@ class Chunk:
     first: date
     last: date
     file: str | None = None
-    events: int = 0
     bytes: int = 0
 
     @property
@@ -63,14 +61,14 @@ class PullResult:
     profiles_file: str | None = None
 
     @property
-    def events(self) -> int:
-        return sum(c.events for c in self.chunks)
+    def bytes(self) -> int:
+        return sum(c.bytes for c in self.chunks)
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["events"] = self.events
+        data["bytes"] = self.bytes
         data["chunks"] = [{"from": c.first.isoformat(), "to": c.last.isoformat(), "file": c.file,
-                           "events": c.events, "bytes": c.bytes} for c in self.chunks]
+                           "bytes": c.bytes} for c in self.chunks]
         return data
 
 
@@ -192,12 +190,11 @@ def _pull_chunk(events_dir: Path, run_id: str, chunk: Chunk, client: MixpanelCli
     if renamed:       # whole (a rename), but a kill came before the state said so: keep it
         name = renamed[0].name
         chunk.file, chunk.bytes = str(renamed[0]), renamed[0].stat().st_size
-        chunk.events = _count_lines(renamed[0])
     else:
         def attempt() -> ExportResult:
             with part.open("wb") as sink:            # each attempt starts the file afresh
-                exported = client.export_to(sink, chunk.first, chunk.last, on_bytes=lambda size, events: bar and
-                                            bar.set_postfix(events=events, MB=f"{size / 1e6:.1f}", refresh=False))
+                exported = client.export_to(sink, chunk.first, chunk.last, on_bytes=lambda size: bar and
+                                            bar.set_postfix(MB=f"{size / 1e6:.1f}", refresh=False))
                 sink.flush()
                 os.fsync(sink.fileno())
             return exported
@@ -209,7 +206,7 @@ def _pull_chunk(events_dir: Path, run_id: str, chunk: Chunk, client: MixpanelCli
             raise
         name = f"{chunk.key}.{run_id}.jsonl" + (".gz" if exported.gzip else "")
         os.replace(part, events_dir / name)
-        chunk.file, chunk.events, chunk.bytes = str(events_dir / name), exported.events, exported.bytes
+        chunk.file, chunk.bytes = str(events_dir / name), exported.bytes
     for key, old in list(files.items()):        # older files of ranges inside this one: superseded
         first, last = (date.fromisoformat(d) for d in key.split("_"))
         if chunk.first <= first and last <= chunk.last and old != name:
@@ -218,12 +215,6 @@ def _pull_chunk(events_dir: Path, run_id: str, chunk: Chunk, client: MixpanelCli
     files[chunk.key] = name
     if bar is not None:
         bar.update(1)
-
-
-def _count_lines(path: Path) -> int:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
 
 
 def _pull_profiles(folder: Path, run_id: str, client: MixpanelClient) -> tuple[int, str]:
