@@ -420,6 +420,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "MixpanelEmulator/1"
+    disable_nagle_algorithm = True     # an export is many small writes: no waiting for each one's ACK
     server: _Server
 
     def _serve(self) -> None:
