@@ -193,3 +193,23 @@ def test_a_service_account_never_shows_its_secret():
     with pytest.raises(ValueError, match="character 3") as caught:
         ServiceAccount("sa.user", "ab\ncdef-secret", "1")
     assert "cdef" not in str(caught.value)
+
+
+def test_the_budget_holds_no_more_requests_at_once_than_allowed():
+    budget = Budget("Query", Limits(per_hour=60, per_second=60, concurrent=2))
+    with budget.slot(), budget.slot():
+        assert not budget._slots.acquire(blocking=False)        # a third waits
+    assert budget._slots.acquire(blocking=False)
+    budget._slots.release()
+
+
+def test_region_hosts_unless_a_base_url_is_given(monkeypatch):
+    monkeypatch.delenv("MIXPANEL_BASE_URL", raising=False)
+    for region, query, data in (("us", "https://mixpanel.com", "https://data.mixpanel.com"),
+                                ("eu", "https://eu.mixpanel.com", "https://data-eu.mixpanel.com"),
+                                ("in", "https://in.mixpanel.com", "https://data-in.mixpanel.com")):
+        with MixpanelClient(ServiceAccount("sa", SECRET, "1", region)) as client:
+            assert (client.query_url, client.export_url) == (query, data)
+    monkeypatch.setenv("MIXPANEL_BASE_URL", "http://127.0.0.1:9/")
+    with MixpanelClient(ServiceAccount("sa", SECRET, "1", "eu")) as client:
+        assert (client.query_url, client.export_url) == ("http://127.0.0.1:9", "http://127.0.0.1:9")

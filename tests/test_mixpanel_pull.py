@@ -186,3 +186,17 @@ def test_the_secret_never_reaches_the_landing_folder_state_or_store(emu, account
             assert SECRET.encode() not in (gzip.decompress(data) if path.suffix == ".gz" else data), path
             assert SECRET.encode() not in data, path
     assert SECRET not in caplog.text
+
+
+def test_a_second_pull_into_the_same_landing_folder_waits_for_none(emu, account, tmp_path):
+    import fcntl
+
+    from toolkit.mixpanel.pull import LOCK_FILE
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    with (landing / LOCK_FILE).open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(PullError, match="another pull"):
+            pull(landing, account, from_date=FIRST_DAY, to_date=FIRST_DAY, base_url=emu.url)
+    assert discover([landing]) == [] and emu.counters["requests"] == 0
