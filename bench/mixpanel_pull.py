@@ -1,6 +1,6 @@
 """Pull of N events from the Mixpanel emulator (in its own process, as Mixpanel would be) against the
 emulator serving the same bytes to curl: one export of the whole range, gzip, written to a file. Ours asks
-for the range in day chunks (about 32 exports for the 2 months of the generated data) inside the export
+for the range in day chunks (11 exports for the 2 months of the generated data) inside the export
 budget (3/second), streams each into a part file and renames it; peak memory of the pull's process, which
 must stay flat in the size of the pull. Runs alternate (curl, ours), the fastest of each counts.
 
