@@ -14,6 +14,7 @@ from mixpanel_fixtures import FIRST_DAY, events, write_folder
 
 from toolkit.errors import (
     MixpanelAuthError,
+    MixpanelBadRequest,
     MixpanelNetworkError,
     MixpanelProjectError,
     MixpanelRegionError,
@@ -213,3 +214,18 @@ def test_region_hosts_unless_a_base_url_is_given(monkeypatch):
     monkeypatch.setenv("MIXPANEL_BASE_URL", "http://127.0.0.1:9/")
     with MixpanelClient(ServiceAccount("sa", SECRET, "1", "eu")) as client:
         assert (client.query_url, client.export_url) == ("http://127.0.0.1:9", "http://127.0.0.1:9")
+
+
+def test_the_emulators_export_filters_by_event_where_and_limit(emu):
+    with client_for(emu) as client:
+        def ids(**query):
+            sink = io.BytesIO()
+            client.export_to(sink, FIRST_DAY, FIRST_DAY, **query)
+            return [json.loads(line) for line in gzip.decompress(sink.getvalue()).splitlines()]
+
+        purchases = ids(event=["Purchase"])
+        pro = ids(where='properties["plan"] == "pro"')
+        with pytest.raises(MixpanelBadRequest, match="where"):
+            ids(where="properties.plan in ['pro']")
+    assert len(purchases) == 17 and {e["event"] for e in purchases} == {"Purchase"}
+    assert len(pro) == 25 and {e["properties"]["plan"] for e in pro} == {"pro"}
