@@ -200,3 +200,12 @@ def test_a_second_pull_into_the_same_landing_folder_waits_for_none(emu, account,
         with pytest.raises(PullError, match="another pull"):
             pull(landing, account, from_date=FIRST_DAY, to_date=FIRST_DAY, base_url=emu.url)
     assert discover([landing]) == [] and emu.counters["requests"] == 0
+
+
+def test_part_files_of_runs_given_up_are_removed(emu, account, tmp_path):
+    events_dir = project_folder(tmp_path / "landing", "4242") / "events"
+    events_dir.mkdir(parents=True)
+    stale = events_dir / ".2026-10-01_2026-10-01.20260101T000000000000Z.part"
+    stale.write_bytes(b"half of an old export")
+    pull(tmp_path / "landing", account, from_date=FIRST_DAY, to_date=FIRST_DAY, base_url=emu.url, **FAST)
+    assert not stale.exists() and not list(events_dir.glob(".*"))

@@ -159,6 +159,9 @@ def _pull_events(landing: Path, folder: Path, states: dict, state: dict, client:
         run = state["run"] = {"id": datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ"), "last": last.isoformat(),
                               "chunks": [[c.first.isoformat(), c.last.isoformat()] for c in chunks], "done": []}
         _write_state(landing, states)
+    for stale in (folder / "events").glob(".*.part"):       # left by killed runs given up since
+        if run["id"] not in stale.name:
+            stale.unlink(missing_ok=True)
     result = PullResult(client.account.project_id, str(folder), run["id"], resumed=resumed)
     chunks = [Chunk(date.fromisoformat(a), date.fromisoformat(b)) for a, b in run["chunks"]]
     todo = [c for c in chunks if c.key not in run["done"]]
