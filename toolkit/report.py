@@ -250,18 +250,22 @@ def _sample_lines(preview: ExportPreview) -> list[str]:
 
 def pull_text(result: dict) -> str:
     """What a pull fetched (``PullResult.to_dict()``), one line per day range."""
-    lines = [f"Mixpanel project {result['project_id']}: {result['bytes'] / 1e6:,.1f} MB in {len(result['chunks'])} "
+    lines = [f"Mixpanel project {result['project_id']}: {_size(result['bytes'])} in {len(result['chunks'])} "
              f"export(s) into {result['folder']}" + (" (a killed pull resumed)" if result["resumed"] else "")]
     if result["skipped"]:
         lines.append(f"  {result['skipped']} range(s) already pulled by the interrupted run")
     for chunk in result["chunks"]:
         days = chunk["from"] if chunk["from"] == chunk["to"] else f"{chunk['from']}..{chunk['to']}"
-        lines.append(f"  {days:<24}{chunk['bytes'] / 1e6:>9.1f} MB")
+        lines.append(f"  {days:<24}{_size(chunk['bytes']):>10}")
     if result["pulled_through"]:
         lines.append(f"  pulled through {result['pulled_through']} (the next pull asks again for the last days)")
     if result["profiles"] is not None:
         lines.append(f"  profiles: {result['profiles']:,} into {result['profiles_file']}")
     return "\n".join(lines)
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB" if count >= 100_000 else f"{count / 1e3:,.1f} kB"
 
 
 def mixpanel_cohorts_text(cohorts: list[dict]) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import PullError
-from toolkit.mixpanel.budget import EXPORT, QUERY, Budget
+from toolkit.mixpanel.budget import EXPORT, QUERY, Budget, format_wait
 from toolkit.mixpanel.client import ExportResult, MixpanelClient, ServiceAccount
 
 STATE_FILE = ".mixpanel-pull.json"
@@ -169,7 +169,8 @@ def _pull_events(landing: Path, folder: Path, states: dict, state: dict, client:
     bar = _bar(progress, len(chunks), result.skipped)
     if bar is not None:
         for budget in client.budgets.values():
-            budget.on_wait = lambda seconds, text: bar.set_postfix_str(text[-60:], refresh=True)
+            budget.on_wait = lambda seconds, text: bar.set_postfix_str(
+                f"waiting {format_wait(seconds)} ({text.split(': ', 1)[-1].split(' (')[0]})", refresh=True)
     try:
         for chunk in todo:
             _pull_chunk(folder / "events", run["id"], chunk, client, state, bar)
