@@ -99,6 +99,7 @@ def main() -> None:
         if events in stages:
             rows += later_rows(store)
     rows += export_rows()
+    rows += mixpanel_rows()
     print_table(rows)
 
 
@@ -141,6 +142,12 @@ def export_rows() -> list[Row]:
     from bench import export_plan, export_throughput
 
     return [*export_throughput.rows(), *export_plan.rows()]
+
+
+def mixpanel_rows() -> list[Row]:
+    from bench import mixpanel_pull
+
+    return mixpanel_pull.rows(1_000_000)
 
 
 if __name__ == "__main__":

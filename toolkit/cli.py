@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         from toolkit.emulator import main as emulator_main
 
         return emulator_main(argv[1:])
+    if argv[:1] == ["mixpanel-emulator"]:
+        from toolkit.mixpanel.emulator import main as mixpanel_emulator_main
+
+        return mixpanel_emulator_main(argv[1:])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:     # --help, or a usage error argparse has printed: a status, not an exit
@@ -59,6 +63,7 @@ def exit_status(exc: ToolkitError) -> int:
 
 _INTERRUPTED = {     # what Ctrl-C cut short, and what is left of it
     "_load": "the file being loaded was rolled back",
+    "_pull": "the day range being pulled was left as a hidden part file; the next pull resumes the run",
     "_export": "the export stopped; users already updated are recorded, and the next run sends the rest",
     "_sync": "the sync stopped; a file being loaded was rolled back, exports keep what they sent and the next "
              "run converges",
@@ -168,7 +173,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(run=_runs)
 
+    p = sub.add_parser("pull", parents=[common],
+                       help="pull events (and profiles) from Mixpanel into a landing folder, then load them")
+    p.add_argument("landing", type=Path, help="the landing folder (files go to LANDING/mixpanel-<project id>/)")
+    p.add_argument("--from", dest="from_date", type=_day, metavar="YYYY-MM-DD",
+                   help="first day (needed on the first pull; later pulls go on from the last day pulled)")
+    p.add_argument("--to", dest="to_date", type=_day, metavar="YYYY-MM-DD", help="last day (default: today, UTC)")
+    p.add_argument("--lookback", type=int, default=3, metavar="DAYS",
+                   help="days pulled again for late events (default 3)")
+    p.add_argument("--chunk-days", type=int, metavar="DAYS", help="days per export request (default: 1 for recent "
+                   "days, wider for a long first pull)")
+    p.add_argument("--profiles", action="store_true", help="pull every profile through Engage too")
+    p.add_argument("--cohorts", action="store_true", help="only list the project's Mixpanel cohorts")
+    p.add_argument("--cohort", type=int, action="append", default=[], metavar="ID",
+                   help="keep this Mixpanel cohort as a toolkit cohort (its members refreshed on every pull)")
+    p.add_argument("--cohort-name", help="the toolkit name of the one --cohort (default: its Mixpanel name)")
+    p.add_argument("--project-id", help="Mixpanel project id (default: $MIXPANEL_PROJECT_ID)")
+    p.add_argument("--region", choices=("us", "eu", "in"), help="data residency (default: $MIXPANEL_REGION or us)")
+    p.add_argument("--base-url", help="one URL for both APIs (the Mixpanel emulator; default $MIXPANEL_BASE_URL)")
+    p.add_argument("--no-load", action="store_true", help="pull only; load later")
+    p.add_argument("--save-credentials", action="store_true",
+                   help="keep the service account in the 0600 Mixpanel credentials file")
+    p.set_defaults(run=_pull)
+
     sub.add_parser("emulator", help="run the OneSignal emulator on 127.0.0.1 (toolkit emulator --help)")
+    sub.add_parser("mixpanel-emulator",
+                   help="run the Mixpanel API emulator on 127.0.0.1 (toolkit mixpanel-emulator --help)")
 
     for name, text in (("sync", "run notebooks/sync.ipynb once with papermill"),
                        ("schedule", "run the sync every --every (default 15m), one run at a time")):
@@ -375,6 +405,58 @@ def _schedule(args) -> int:
         root.setLevel(level)
     print(report.schedule_text(runs))
     return schedule.exit_code([r.status for r in runs])
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: expected YYYY-MM-DD") from None
+
+
+def _pull(args) -> int:
+    from toolkit import credentials
+    from toolkit.mixpanel.client import MixpanelClient
+    from toolkit.mixpanel.pull import project_folder, pull
+
+    account = credentials.require_mixpanel(args.project_id, region=args.region, prompt=True)
+    if args.cohorts:
+        with MixpanelClient(account, args.base_url) as client:
+            found = client.cohorts()
+        _emit(args, {"cohorts": found}, report.mixpanel_cohorts_text(found))
+        return EXIT_CODES["ok"]
+    result = pull(args.landing, account, from_date=args.from_date, to_date=args.to_date, lookback_days=args.lookback,
+                  chunk_days=args.chunk_days, profiles=args.profiles, base_url=args.base_url, progress=not args.json)
+    if args.save_credentials:
+        credentials.save_mixpanel(account)
+    pulled = result.to_dict()
+    text = report.pull_text(pulled)
+    status = "ok"
+    if not args.no_load:
+        with _store(args) as store:
+            summary = load(store, [project_folder(args.landing, account.project_id)], progress=not args.json)
+            pulled["load"] = summary.to_dict()
+            text += "\n" + report.load_text(summary)
+            status = "failed" if summary.refused else "ok"
+            refreshed = _mixpanel_cohorts(store, account, args)
+        pulled["mixpanel_cohorts"] = [r.to_dict() for r in refreshed]
+        text += "".join("\n" + report.mixpanel_cohort_refreshed_text(r.to_dict()) for r in refreshed)
+    _emit(args, pulled, text)
+    return EXIT_CODES[status]
+
+
+def _mixpanel_cohorts(store, account, args) -> list:
+    """Adopt the --cohort ids, then fetch the members of every Mixpanel cohort kept before again."""
+    from toolkit.mixpanel import cohorts as mixpanel_cohorts
+    from toolkit.mixpanel.client import MixpanelClient
+
+    if args.cohort_name and len(args.cohort) != 1:
+        raise UsageError("--cohort-name names one --cohort")
+    with MixpanelClient(account, args.base_url) as client:
+        adopted = [mixpanel_cohorts.adopt(store, client, cohort_id, args.cohort_name) for cohort_id in args.cohort]
+        again = [r for r in mixpanel_cohorts.refresh(store, client)
+                 if r.cohort_id not in args.cohort] if mixpanel_cohorts.linked(store, account.project_id) else []
+    return adopted + again
 
 
 def _lab(args) -> int:

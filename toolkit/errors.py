@@ -205,3 +205,82 @@ class SegmentLimitReached(BadRequest):
     def __init__(self, message: str, *, limit: int | None = None, **kwargs):
         self.limit = limit
         super().__init__(message, **kwargs)
+
+
+# -- Mixpanel's answers ----------------------------------------------------------------------------
+
+class MixpanelError(ToolkitError):
+    """Mixpanel refused or could not answer a request. ``messages`` are Mixpanel's own words, ``status``
+    its HTTP status, ``api`` which API (export, engage, cohorts); the class's ``hint`` says what to check.
+    The service account's secret is redacted from the message."""
+
+    retryable = False
+    hint = ""
+
+    def __init__(self, message: str, *, status: int | None = None, messages: Iterable[str] = (),
+                 api: str | None = None, retryable: bool | None = None):
+        self.status, self.api = status, api
+        self.messages = list(messages)
+        self.attempts = 1
+        if retryable is not None:
+            self.retryable = retryable
+        message = message.rstrip()
+        if self.hint:
+            message = f"{message}{'' if message.endswith('.') else '.'} {self.hint}."
+        super().__init__(REDACTOR.redact(message))
+
+
+class MixpanelAuthError(MixpanelError):
+    """401: Mixpanel does not know this service account's username and secret (a typo, a deleted or
+    expired service account)."""
+
+    hint = ("Check MIXPANEL_USERNAME and MIXPANEL_SECRET (Mixpanel > Organization settings > Service "
+            "accounts); a service account can expire")
+
+
+class MixpanelProjectError(MixpanelError):
+    """403 (or 400 naming the project): the service account has no access to this project, or there is no
+    such project: check MIXPANEL_PROJECT_ID and the account's projects."""
+
+    hint = "Check MIXPANEL_PROJECT_ID and that the service account is a member of that project"
+
+
+class MixpanelRegionError(MixpanelError):
+    """The project lives in another data residency region (US, EU, India) than the hosts asked: set
+    MIXPANEL_REGION to the project's region."""
+
+    hint = "Set MIXPANEL_REGION to the project's data residency region (us, eu or in)"
+
+
+class MixpanelBadRequest(MixpanelError):
+    """400: Mixpanel refused the request's parameters (a date range, a where expression); its message
+    says which."""
+
+
+class MixpanelRateLimited(MixpanelError):
+    """429: over one of Mixpanel's rate limits; retried after ``retry_after`` seconds (or a backoff)."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs):
+        self.retry_after = retry_after
+        super().__init__(message, **kwargs)
+
+
+class MixpanelServerError(MixpanelError):
+    """5xx: Mixpanel failed; retried with backoff, and a pull resumes where it stopped."""
+
+    retryable = True
+
+
+class MixpanelNetworkError(MixpanelError):
+    """No (complete) answer: a refused connection, an unknown host, a timeout, a connection cut in the
+    middle of an export; retried, except a host that never answered."""
+
+    retryable = True
+    hint = "Check the network connection, MIXPANEL_REGION and $MIXPANEL_BASE_URL"
+
+
+class PullError(ToolkitError):
+    """A pull cannot run as asked (no start date on a first pull, a range ending before it starts, an
+    unreadable pull state file): fix the option or file named."""

@@ -271,3 +271,39 @@ def tag_cap_text(count: int, limit: int | None, would: bool) -> str:
     return (f"  {count:,} member(s) {'would go' if would else 'went'} over {cap}: not in the segment and "
             "not sent again until the cap is raised (toolkit connect --tag-limit N, once the OneSignal plan "
             "allows more) or they carry fewer tags")
+
+
+# -- toolkit pull (Mixpanel) -------------------------------------------------------------------------
+
+def pull_text(result: dict) -> str:
+    """What a pull fetched (``PullResult.to_dict()``), one line per day range."""
+    lines = [f"Mixpanel project {result['project_id']}: {_size(result['bytes'])} in {len(result['chunks'])} "
+             f"export(s) into {result['folder']}" + (" (a killed pull resumed)" if result["resumed"] else "")]
+    if result["skipped"]:
+        lines.append(f"  {result['skipped']} range(s) already pulled by the interrupted run")
+    for chunk in result["chunks"]:
+        days = chunk["from"] if chunk["from"] == chunk["to"] else f"{chunk['from']}..{chunk['to']}"
+        lines.append(f"  {days:<24}{_size(chunk['bytes']):>10}")
+    if result["pulled_through"]:
+        lines.append(f"  pulled through {result['pulled_through']} (the next pull asks again for the last days)")
+    if result["profiles"] is not None:
+        lines.append(f"  profiles: {result['profiles']:,} into {result['profiles_file']}")
+    return "\n".join(lines)
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB" if count >= 100_000 else f"{count / 1e3:,.1f} kB"
+
+
+def mixpanel_cohorts_text(cohorts: list[dict]) -> str:
+    if not cohorts:
+        return "no cohorts saved in this Mixpanel project"
+    lines = [f"{'id':>10}  {'members':>9}  name"]
+    lines += [f"{c.get('id', ''):>10}  {c.get('count', 0):>9,}  {c.get('name', '')}" for c in cohorts]
+    return "\n".join(lines)
+
+
+def mixpanel_cohort_refreshed_text(refreshed: dict) -> str:
+    version = f", version {refreshed['version']}" if refreshed["version"] else ""
+    return (f"Mixpanel cohort {refreshed['cohort_id']} as \"{refreshed['name']}\": {refreshed['members']:,} members "
+            f"({refreshed['status']}{version})")
