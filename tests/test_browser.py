@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NOW, ROOT, SAMPLE
+from helpers import NOW, ROOT, SAMPLE
 from toolkit import Store, cohorts, demo, load, matching, mtu, sync
 from toolkit.emulator import Emulator
 

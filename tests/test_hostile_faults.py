@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import NOW, ROOT, event, write_lines
+from helpers import NOW, ROOT, event, write_lines
 from toolkit import Store, cohorts, export, load, sync
 from toolkit.emulator import Emulator
 from toolkit.onesignal import Credentials

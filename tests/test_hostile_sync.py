@@ -11,7 +11,7 @@ from datetime import timedelta
 import nbformat
 import pytest
 
-from conftest import NOW, ROOT, event, write_lines
+from helpers import NOW, ROOT, event, write_lines
 from toolkit import Store, cohorts, export, schedule, sync
 from toolkit.cohorts import CohortError
 from toolkit.emulator import Emulator

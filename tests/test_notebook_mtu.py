@@ -3,7 +3,7 @@
 import nbformat
 import pytest
 
-from conftest import NOW, ROOT, SAMPLE
+from helpers import NOW, ROOT, SAMPLE
 from toolkit import Store, load
 
 NOTEBOOK = ROOT / "notebooks" / "mtu_report.ipynb"

@@ -12,7 +12,7 @@ import zipfile
 import pytest
 import yaml
 
-from conftest import ROOT, SAMPLE
+from helpers import ROOT, SAMPLE
 
 
 def test_environment_yml_matches_pyproject():

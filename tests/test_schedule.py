@@ -1,6 +1,7 @@
 """The scheduler: papermill runs, the lock, the overdue rule, failures and signals."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import nbformat
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from toolkit import schedule
 from toolkit.errors import ToolkitError
 
@@ -92,18 +93,21 @@ def test_stop_event_ends_the_schedule_between_runs(tmp_path):
 def test_sigterm_stops_cleanly(tmp_path):
     nb = notebook(tmp_path / "nb.ipynb", "pass")
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import logging, sys
         from datetime import timedelta
         from pathlib import Path
         from toolkit.schedule import schedule
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="log: %(message)s", force=True)
         runs = schedule(Path({str(tmp_path / 'runs')!r}), {{}}, timedelta(hours=1), notebook=Path({str(nb)!r}))
         print("runs", len(runs), flush=True)
     """)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    runs_dir = tmp_path / "runs"
-    for _ in range(600):                      # wait for the first run to finish, then signal
-        if list(runs_dir.glob("sync-*.ipynb")) and not proc.poll():
+    said = []
+    for line in proc.stdout:                  # the first run ends (the scheduler logs it), then signal
+        said.append(line)
+        if re.match(r"log: sync \w+ in ", line):
             break
-        threading.Event().wait(0.1)
-    threading.Event().wait(2.0)
+    else:
+        raise AssertionError(f"the schedule ended before its first run did: {''.join(said)}")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "runs 1" in out
+    assert proc.returncode == 0 and "runs 1" in out, "".join(said) + out
