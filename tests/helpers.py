@@ -33,6 +33,16 @@ def rows(store, sql, params=None):
     return store.con.execute(sql, params or []).fetchall()
 
 
+def emptied(store):
+    """``store`` with the rows of every table deleted, its schema kept: as a new store reads, without the
+    ~0.1 s of opening and migrating one (a property test resets one store per example)."""
+    tables = store.con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+                               "AND table_type = 'BASE TABLE' AND table_name <> 'schema_version'").fetchall()
+    for (table,) in tables:
+        store.con.execute(f'DELETE FROM "{table}"')
+    return store
+
+
 def expected_reasons(path: Path) -> dict[int, str]:
     """data/sample/broken/expected.tsv: line -> a phrase the quarantine reason must contain."""
     lines = path.read_text(encoding="utf-8").splitlines()[1:]

@@ -57,6 +57,7 @@ def test_export_dry_run_as_of(sample_store_file):
     assert record["members"] > 0 and record["exportable"] > 0
 
 
+@pytest.mark.slow
 def test_sync_passes_as_of_to_the_notebook(sample_store_file, tmp_path):
     sample_db = shutil.copy(sample_store_file, tmp_path / "sample.duckdb")
     with Store(sample_db) as store:

@@ -268,6 +268,7 @@ def segment_members(world, cohort: str) -> set[tuple[str, str]]:
 
 # -- the tests -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_a_cohort_with_the_widgets_alone(world, lab, page):
     emulator = world["emulator"]
     open_notebook(page, lab, "export_cohort.ipynb")
@@ -326,6 +327,7 @@ def test_export_a_cohort_with_the_widgets_alone(world, lab, page):
     assert_rendered_cleanly(page)
 
 
+@pytest.mark.slow
 def test_explorer_and_mtu_render_side_by_side(world, lab, page):
     open_notebook(page, lab, "explore_cohorts.ipynb")
     run_all(page)

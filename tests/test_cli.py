@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, event, write_lines
 
 
@@ -50,6 +52,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_demo_is_the_main_job_and_a_rerun_sends_nothing(demo_copy):
     """The demo run once for the session (conftest's demo_run, exit status 0), then again in a copy."""
     workdir, stdout = demo_copy.workdir, demo_copy.output

@@ -596,6 +596,7 @@ RULES = st.recursive(st.one_of(EVENT_RULES, PROFILE_RULES),
                      max_leaves=5)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(rules=st.lists(RULES, min_size=1, max_size=4), match=st.sampled_from(["all", "any"]))
 def test_restricted_candidates_never_change_membership(crowd, rules, match):

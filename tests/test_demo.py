@@ -30,6 +30,7 @@ def paste(cwd, command: str):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+@pytest.mark.slow
 def test_every_sample_cohort_has_members_as_of_the_samples_last_day(demo_run):
     cwd, output = demo_run.cwd, demo_run.output
     assert "cohorts evaluated as of 2026-10-31" in output
@@ -44,6 +45,7 @@ def test_every_sample_cohort_has_members_as_of_the_samples_last_day(demo_run):
         assert last[name]["members"] > 0
 
 
+@pytest.mark.slow
 def test_every_printed_next_step_works_as_pasted(demo_copy):
     cwd, output = demo_copy.cwd, demo_copy.output
     steps = next_steps(output)
@@ -92,6 +94,7 @@ def kernel_processes(proc) -> list[psutil.Process]:
             if any("ipykernel" in part for part in p.cmdline())]
 
 
+@pytest.mark.slow
 def test_lab_starts_the_emulator_and_gives_the_kernels_store_app_key_and_address(demo_copy):
     cwd, output = demo_copy.cwd, demo_copy.output
     db = cwd / "var" / "demo.duckdb"
@@ -205,6 +208,7 @@ def test_lab_without_a_demo_says_to_run_it(tmp_path):
     assert out.returncode == 1 and "toolkit demo --workdir" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_the_export_notebook_finds_store_app_key_address_and_day_in_the_lab_environment(demo_copy, tmp_path,
                                                                                          monkeypatch):
     """export_cohort.ipynb as Lab's kernels run it: no parameters, run away from notebooks/ (so the

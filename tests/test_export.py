@@ -148,6 +148,7 @@ def test_dry_run_sends_nothing(store, emulator, app):
     assert tagged(emulator, app) == set()
 
 
+@pytest.mark.slow
 def test_faults_end_with_tags_equal_to_the_cohort(store, tmp_path):
     with Emulator(error_rate=0.1, drop_rate=0.05, hang_rate=0.02, hang_seconds=3, seed=3,
                   user_rate_limit=0) as emu:

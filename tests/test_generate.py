@@ -404,6 +404,7 @@ def test_unicode_and_escaping_survive(run):
 
 # ---- memory --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_memory_stays_flat(tmp_path):
     """Buffers are bounded and users are written one at a time: ~8 MiB traced at 20k or 200k events."""
     tracemalloc.start()

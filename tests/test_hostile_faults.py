@@ -164,6 +164,7 @@ def kill_export_at(world, point, seed):
     return process
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point, seed", KILL_POINTS)
 def test_kill_9_mid_export_loses_nothing_and_the_next_run_converges(world, point, seed):
     before = tagged(world)
@@ -201,6 +202,7 @@ with Store({db!r}) as store:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point, seed", [("mid-adds", 21), ("mid-adds", 22), ("mid-removes", 23)])
 def test_kill_9_between_committed_users_leaves_the_snapshot_exactly_what_onesignal_confirmed(world, point, seed):
     """One request at a time, each outcome committed: the k-th request hangs, the process is killed. The
@@ -227,6 +229,7 @@ def test_kill_9_between_committed_users_leaves_the_snapshot_exactly_what_onesign
     assert_converged(world)
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_marked_interrupted_by_the_next_export_of_any_cohort(world):
     """A one-time export killed and never run again must not read "running" for ever."""
     kill_export_at(world, "mid-adds", 7)
@@ -317,6 +320,7 @@ def test_500s_on_the_segment_fail_the_run_before_any_user_and_the_next_converges
     assert_converged(world)
 
 
+@pytest.mark.slow
 def test_the_cli_exits_3_on_a_partial_export_and_names_the_user(world):
     full = world["emu"].app(world["app"].app_id).find_user("external_id", "ext-u2")
     full.tags = {f"t{i}": "1" for i in range(10)}          # at the app's tag limit: OneSignal refuses more
@@ -338,6 +342,7 @@ def register_dynamic(world, *names):
             export.register(store, name, "dynamic", world["app"].app_id, world["emu"].url, now=NOW)
 
 
+@pytest.mark.slow
 def test_two_syncs_at_once_one_runs_the_other_says_busy_with_its_own_exit_code(world):
     register_dynamic(world, COHORT)
     runs = world["tmp"] / "runs"
@@ -359,6 +364,7 @@ def test_two_syncs_at_once_one_runs_the_other_says_busy_with_its_own_exit_code(w
     assert_converged(world)
 
 
+@pytest.mark.slow
 def test_two_exports_of_one_cohort_from_two_processes_never_double_send(world):
     world["emu"].faults.inject("hold", method="PATCH", path="/users/")
     first = start_toolkit(world, "export", COHORT, "--once", "--db", world["db"])
@@ -377,6 +383,7 @@ def test_two_exports_of_one_cohort_from_two_processes_never_double_send(world):
     assert_converged(world)
 
 
+@pytest.mark.slow
 def test_an_export_from_the_cli_while_a_sync_runs_waits_then_sends_only_what_is_left(world):
     register_dynamic(world, COHORT)
     world["emu"].faults.inject("hold", method="PATCH", path="/users/")
@@ -393,6 +400,7 @@ def test_an_export_from_the_cli_while_a_sync_runs_waits_then_sends_only_what_is_
     assert_converged(world)
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_sync_mid_export_then_the_next_sync_converges(world):
     register_dynamic(world, COHORT)
     runs = world["tmp"] / "runs"

@@ -228,6 +228,7 @@ def test_records_just_under_the_limit_load_within_the_default_memory(file_store,
     assert summary.files[0].rows_loaded == 3, summary.files[0].message
 
 
+@pytest.mark.slow
 def test_a_malformed_line_among_large_records_costs_only_that_line(file_store, tmp_path, monkeypatch):
     """The careful reader (used when read_json refuses the file) parses a few megabytes at a time:
     parsing all lines at once ran out of memory on files of 1 MiB records."""
@@ -462,6 +463,7 @@ def store_state(store) -> tuple:
             rows(store, "SELECT count(*) FROM event_rows"))
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_of_a_hostile_load_then_the_next_load_converges(tmp_path):
     """kill -9 at points drawn from those the load announces (each transaction written, then committed;
     tests/load_until.py), then the next load converges to what one uninterrupted load leaves."""

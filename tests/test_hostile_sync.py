@@ -128,6 +128,7 @@ def test_a_broken_cohort_fails_alone_and_the_others_and_mtu_still_run(world, mon
         result.finish()
 
 
+@pytest.mark.slow
 def test_the_sync_notebook_records_each_cohort_and_exits_3_on_partial_failure(world):
     break_cohort(world["db"])
     register(world, "Broken", *GOOD)
@@ -147,6 +148,7 @@ def test_the_sync_notebook_records_each_cohort_and_exits_3_on_partial_failure(wo
     assert world["app"].api_key not in record_path.read_text() + json.dumps(executed)
 
 
+@pytest.mark.slow
 def test_a_clean_sync_exits_0_and_a_sync_where_every_export_fails_exits_1(world):
     register(world, *GOOD)
     runs = world["tmp"] / "runs"
@@ -163,6 +165,7 @@ def test_a_clean_sync_exits_0_and_a_sync_where_every_export_fails_exits_1(world)
     assert [c["status"] for c in record["cohorts"]] == ["failed", "failed"] and record["mtu"]["ok"]
 
 
+@pytest.mark.slow
 def test_a_notebook_that_fails_before_its_record_is_a_failed_run_with_a_record(tmp_path):
     not_a_store = tmp_path / "store.duckdb"
     not_a_store.write_text("this is not a store")
@@ -173,6 +176,7 @@ def test_a_notebook_that_fails_before_its_record_is_a_failed_run_with_a_record(t
     assert json.loads(open(data["record"]).read())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_fail_on_error_false_lets_the_notebook_finish_but_the_record_still_says_partial(world, monkeypatch):
     for k, v in world["env"].items():
         monkeypatch.setenv(k, v)
@@ -235,6 +239,7 @@ def test_export_exit_codes_ok_partial_failed(world):
     assert toolkit("export", "Buyers", "--once", "--dynamic", *common).returncode == 2        # usage
 
 
+@pytest.mark.slow
 def test_schedule_exits_non_zero_when_its_runs_failed_and_logs_each_outcome(world):
     break_cohort(world["db"])
     register(world, "Broken", *GOOD)

@@ -293,6 +293,7 @@ def test_interrupt_mid_load_rolls_back_that_file_only(file_store, tmp_path, monk
     assert rows(file_store, "SELECT count(*) FROM identity_map") == [(1,)]
 
 
+@pytest.mark.slow
 def test_concurrent_reader_never_sees_half_a_load(file_store, tmp_path):
     n = 200_000
     path = write_lines(tmp_path / "big.jsonl", (event("A", f"u{i % 1000}", T0 + i, f"k{i}") for i in range(n)))
@@ -376,6 +377,7 @@ def test_rows_staged_by_a_dead_load_never_become_visible(file_store, tmp_path, m
     assert rows(file_store, "SELECT count(*) FROM events") == [(0,)]
 
 
+@pytest.mark.slow
 def test_killed_load_leaves_whole_files_only(tmp_path):
     """SIGKILL at every point of a load where a transaction is written or committed (the load announces
     them): after recovery each file is either fully in or fully out."""

@@ -26,6 +26,7 @@ def _text(nb) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rules,numbers", [("seed", ("221", "168")), ("strict", ("219", "167"))])
 def test_notebook_runs_against_the_sample(tmp_path, rules, numbers):
     papermill = pytest.importorskip("papermill")

@@ -67,6 +67,7 @@ def test_lock_is_exclusive_across_processes(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_run_once_executes_with_parameters_and_keeps_the_notebook(tmp_path):
     nb = notebook(tmp_path / "nb.ipynb", "print('marker is', marker)\nassert not fail")
     run = schedule.run_once(tmp_path / "runs", {"marker": "hello"}, nb)
@@ -75,6 +76,7 @@ def test_run_once_executes_with_parameters_and_keeps_the_notebook(tmp_path):
     assert "marker is hello" in outputs
 
 
+@pytest.mark.slow
 def test_failed_runs_are_recorded_and_the_schedule_goes_on(tmp_path):
     nb = notebook(tmp_path / "nb.ipynb", "assert not fail, 'boom'")
     runs = schedule.schedule(tmp_path / "runs", {"fail": True}, timedelta(seconds=0.1), notebook=nb, max_runs=2)
@@ -82,6 +84,7 @@ def test_failed_runs_are_recorded_and_the_schedule_goes_on(tmp_path):
     assert "boom" in runs[0].error and len(list((tmp_path / "runs").glob("sync-*.ipynb"))) == 2
 
 
+@pytest.mark.slow
 def test_stop_event_ends_the_schedule_between_runs(tmp_path):
     nb = notebook(tmp_path / "nb.ipynb", "pass")
     stop = threading.Event()
@@ -90,6 +93,7 @@ def test_stop_event_ends_the_schedule_between_runs(tmp_path):
     assert len(runs) == 1 and runs[0].ok
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly(tmp_path):
     nb = notebook(tmp_path / "nb.ipynb", "pass")
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
