@@ -75,6 +75,7 @@ def text_of(nb) -> str:
                      for c in nb.cells for o in c.get("outputs", []))
 
 
+@pytest.mark.slow
 def test_explore_notebook_prints_the_cohorts_matchability(sample_db, app, tmp_path):
     with Store(sample_db, read_only=True) as store:
         summary = matching.preview(store, CHURN, now=NOW).summary
@@ -89,6 +90,7 @@ def test_explore_notebook_prints_the_cohorts_matchability(sample_db, app, tmp_pa
     assert app.api_key not in out.read_text()
 
 
+@pytest.mark.slow
 def test_export_notebook_connects_from_the_environment_and_dry_runs(sample_db, emulator, app, tmp_path):
     with Store(sample_db, read_only=True) as store:
         exportable = matching.preview(store, CHURN, now=NOW).summary["exportable"]
