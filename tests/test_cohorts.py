@@ -484,6 +484,7 @@ def test_hostile_property_names_are_just_names(tmp_path, name):
     assert store.con.execute("SELECT count(*) FROM events").fetchone()[0] == 2
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
        value=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12))

@@ -68,6 +68,7 @@ def _load_lines(store, lines):
         return summary.files[0], events, bad
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(hostile_lines(), max_size=12))
 def test_every_line_is_loaded_or_quarantined(scratch, lines):
@@ -83,6 +84,7 @@ def test_every_line_is_loaded_or_quarantined(scratch, lines):
     assert result.rows_loaded + result.quarantined <= len(nonblank)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(valid_events(), min_size=1, max_size=10))
 def test_valid_events_all_load(scratch, records):
