@@ -44,9 +44,9 @@ HOLD = textwrap.dedent("""\
 
 
 @pytest.fixture
-def db(sample_db, tmp_path):
+def db(sample_store_file, tmp_path):
     path = tmp_path / "shared.duckdb"
-    path.write_bytes(sample_db.read_bytes())
+    path.write_bytes(sample_store_file.read_bytes())
     return path
 
 
