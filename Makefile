@@ -1,13 +1,14 @@
 # Two commands for a fresh machine with Python 3.11+ and make:
 #   make demo   set up .venv, then run the main job on data/sample/
 #   make test   set up .venv with the test tools, then run the test suite
+# While working:  make test-fast   the suite without the end-to-end runs marked slow (under a minute)
 # Then:  make lint   ruff and mypy as configured in pyproject.toml (CI runs it after the tests)
 # After the demo:  make lab   JupyterLab on notebooks/ with the demo's store and emulator (toolkit lab)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test lint lab bench clean
+.PHONY: demo test test-fast lint lab bench clean
 
 demo: $(VENV)/.installed
 	$(BIN)/toolkit demo
@@ -15,8 +16,12 @@ demo: $(VENV)/.installed
 lab: $(VENV)/.installed
 	$(BIN)/toolkit lab
 
+# One pytest-xdist worker per core: most tests wait on subprocesses, kernels and the emulator.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -n auto -m "not slow" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check .

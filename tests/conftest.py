@@ -1,29 +1,41 @@
-import gzip
-import json
+"""Fixtures shared by the test modules (helpers that are not fixtures live in helpers.py).
+
+Stores: `empty_store` (in memory) and `empty_file_store` (a file) are new and migrated; `sample_store` is
+the sample loaded with its cohorts (module scope, read only) and `sample_store_file` the same in a file
+that tests which write copy. Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it.
+`demo_run` is `toolkit demo` run once per session; `demo_copy` a copy of its folder to write in."""
+
+import fcntl
 import os
-from datetime import UTC, datetime
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from helpers import NOW, ROOT, SAMPLE
 from toolkit.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "sample"
-NOW = datetime(2026, 11, 1, tzinfo=UTC)
-T0 = 1_790_000_000          # 2026-09-21, seconds
 # Tests write a file and load it at once: no waiting for it to settle (tests/test_hostile_load.py tests it).
 os.environ.setdefault("TOOLKIT_SETTLE_SECONDS", "0")
 
 
 @pytest.fixture
-def store():
+def empty_store():
     with Store(":memory:") as s:
         yield s
 
 
 @pytest.fixture
-def emulator():
+def empty_file_store(tmp_path):
+    with Store(tmp_path / "store.duckdb") as s:
+        yield s
+
+
+@pytest.fixture
+def running_emulator():
     """A OneSignal emulator on 127.0.0.1 with its default limits (1 update/s per user)."""
     from toolkit.emulator import Emulator
 
@@ -32,12 +44,12 @@ def emulator():
 
 
 @pytest.fixture
-def app(emulator):
-    return emulator.add_app()
+def emulator_app(running_emulator):
+    return running_emulator.add_app()
 
 
 @pytest.fixture(scope="module")
-def sample():
+def sample_store():
     """The sample loaded (as of NOW) with its cohorts stored; shared by a module's tests, read only."""
     from toolkit import cohorts, load
 
@@ -48,7 +60,7 @@ def sample():
 
 
 @pytest.fixture(scope="module")
-def sample_db(tmp_path_factory):
+def sample_store_file(tmp_path_factory):
     """The sample loaded (as of NOW) with its cohorts, in a store file made once per module; tests that
     write take a copy. Modules needing another shape define their own."""
     from toolkit import cohorts, load
@@ -60,34 +72,76 @@ def sample_db(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def file_store(tmp_path):
-    with Store(tmp_path / "store.duckdb") as s:
-        yield s
+# -- the demo, run once ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DemoRun:
+    cwd: Path          # the folder the person ran `toolkit demo` from
+    output: str        # what it printed
+
+    @property
+    def workdir(self) -> Path:       # everything the demo wrote: demo.duckdb, onesignal.json, runs/
+        return self.cwd / "var"
 
 
-def event(name="Page View", distinct_id="u1", time=T0, insert_id=None, **props):
-    properties = {"time": time, "distinct_id": distinct_id, **props}
-    if insert_id is not None:
-        properties["$insert_id"] = insert_id
-    return {"event": name, "properties": properties}
-
-
-def write_lines(path: Path, records, *, compress=False) -> Path:
-    text = "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records)
-    if compress:
-        with gzip.open(path, "wt", encoding="utf-8") as fh:
-            fh.write(text)
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> DemoRun:
+    """`toolkit demo` as a person runs it, from a folder of their own, once per test session (the whole
+    main job, the slowest fixture there is). Under pytest-xdist the workers share that one run: the first
+    to ask runs it, the others wait for it (a lock in the session's own temporary folder). Read only: a
+    test that writes, or runs a command that may, uses demo_copy."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent       # this session's, above the workers' own
     else:
-        path.write_text(text, encoding="utf-8")
-    return path
+        shared = tmp_path_factory.getbasetemp()
+    cwd, printed = shared / "first-hour", shared / "first-hour.out"
+    with open(shared / "first-hour.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not printed.exists():
+            shutil.rmtree(cwd, ignore_errors=True)      # what a failed attempt left
+            cwd.mkdir()
+            out = subprocess.run([sys.executable, "-m", "toolkit", "demo"], capture_output=True, text=True,
+                                 cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+            assert out.returncode == 0, out.stdout + out.stderr
+            printed.write_text(out.stdout)
+    return DemoRun(cwd, printed.read_text())
 
 
-def rows(store, sql, params=None):
-    return store.con.execute(sql, params or []).fetchall()
+@pytest.fixture
+def demo_copy(demo_run, tmp_path) -> DemoRun:
+    """The demo's folder copied for one test, with the demo's output."""
+    cwd = tmp_path / "first-hour"
+    shutil.copytree(demo_run.cwd, cwd)
+    return DemoRun(cwd, demo_run.output)
 
 
-def expected_reasons(path: Path) -> dict[int, str]:
-    """data/sample/broken/expected.tsv: line -> a phrase the quarantine reason must contain."""
-    lines = path.read_text(encoding="utf-8").splitlines()[1:]
-    return {int(n): reason for n, reason in (line.split("\t", 1) for line in lines)}
+# -- old names, kept while other modules still use them (rename there, then delete these) ----------
+
+@pytest.fixture
+def store(empty_store):
+    return empty_store
+
+
+@pytest.fixture
+def file_store(empty_file_store):
+    return empty_file_store
+
+
+@pytest.fixture
+def emulator(running_emulator):
+    return running_emulator
+
+
+@pytest.fixture
+def app(emulator):
+    return emulator.add_app()
+
+
+@pytest.fixture(scope="module")
+def sample(sample_store):
+    return sample_store
+
+
+@pytest.fixture(scope="module")
+def sample_db(sample_store_file):
+    return sample_store_file

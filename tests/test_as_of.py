@@ -1,26 +1,19 @@
 """--as-of DATE on every command that evaluates cohorts: preview, export, sync, schedule."""
 
 import json
+import shutil
 from datetime import UTC, datetime
 
 import pytest
 from cli_runner import toolkit
 
-from conftest import SAMPLE
-from toolkit import cohorts, export, load
+from toolkit import export
 from toolkit.cli import as_of
 from toolkit.store import Store
 
 END_OF_OCTOBER = datetime(2026, 10, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def sample_db(tmp_path_factory):
-    db = tmp_path_factory.mktemp("as-of") / "sample.duckdb"
-    with Store(db) as store:
-        load(store, [SAMPLE])
-        cohorts.save_all(store, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))
-    return db
 
 
 def test_a_date_means_the_whole_day_utc_and_a_time_is_utc_unless_it_says():
@@ -39,7 +32,8 @@ def test_a_bad_date_is_refused_with_the_value_and_the_expected_form(command, bad
     assert "Traceback" not in out.stderr and not (tmp_path / "s.duckdb").exists()
 
 
-def test_preview_as_of_the_samples_last_day_finds_new_sign_ups(sample_db):
+def test_preview_as_of_the_samples_last_day_finds_new_sign_ups(sample_store_file):
+    sample_db = sample_store_file
     out = toolkit("cohorts", "preview", "New sign-ups", "--db", sample_db, "--as-of", "2026-10-31", "--json")
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)["summary"]
@@ -49,15 +43,17 @@ def test_preview_as_of_the_samples_last_day_finds_new_sign_ups(sample_db):
     assert later["members"] == 0          # nobody signed up in the 30 days before June 2027
 
 
-def test_export_dry_run_as_of(sample_db):
-    out = toolkit("export", "Purchasers last 30 days", "--dry-run", "--db", sample_db, "--as-of", "2026-10-31",
-                  "--json")
+def test_export_dry_run_as_of(sample_store_file):
+    out = toolkit("export", "Purchasers last 30 days", "--dry-run", "--db", sample_store_file,
+                  "--as-of", "2026-10-31", "--json")
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     assert record["members"] > 0 and record["exportable"] > 0
 
 
-def test_sync_passes_as_of_to_the_notebook(sample_db, tmp_path):
+@pytest.mark.slow
+def test_sync_passes_as_of_to_the_notebook(sample_store_file, tmp_path):
+    sample_db = shutil.copy(sample_store_file, tmp_path / "sample.duckdb")
     with Store(sample_db) as store:
         export.register(store, "Pro plan in the US", "once", "0c7d1f4e-5b2a-4c3d-9e8f-7a6b5c4d3e21",
                         "http://127.0.0.1:9")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NOW, ROOT, SAMPLE
+from helpers import NOW, ROOT, SAMPLE
 from toolkit import Store, cohorts, demo, export, load, matching, mtu
 from toolkit.emulator import Emulator
 
@@ -270,6 +270,7 @@ def segment_members(world, cohort: str) -> set[tuple[str, str]]:
 
 # -- the tests -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_a_cohort_with_the_widgets_alone(world, lab, page):
     emulator = world["emulator"]
     open_notebook(page, lab, "export_cohort.ipynb")
@@ -328,6 +329,7 @@ def test_export_a_cohort_with_the_widgets_alone(world, lab, page):
     assert_rendered_cleanly(page)
 
 
+@pytest.mark.slow
 def test_explorer_and_mtu_render_side_by_side(world, lab, page):
     open_notebook(page, lab, "explore_cohorts.ipynb")
     run_all(page)

@@ -5,9 +5,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from cli_runner import toolkit
 
-from conftest import ROOT, event, write_lines
+from helpers import ROOT, event, write_lines
 
 
 def test_the_command_as_a_process_gives_the_shell_its_exit_status(tmp_path):
@@ -64,19 +65,20 @@ def test_missing_file_is_a_clear_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_demo_is_the_main_job_and_a_rerun_sends_nothing(tmp_path):
-    out = toolkit("demo", "--workdir", tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "4,433" in out.stdout and "rows quarantined              23" in out.stdout
-    assert "sync notebook ran" in out.stdout and "Churn risk" in out.stdout and "2026-10" in out.stdout
-    executed = sorted((tmp_path / "runs").glob("sync-*.ipynb"))
+@pytest.mark.slow
+def test_demo_is_the_main_job_and_a_rerun_sends_nothing(demo_copy):
+    """The demo run once for the session (conftest's demo_run, exit status 0), then again in a copy."""
+    workdir, stdout = demo_copy.workdir, demo_copy.output
+    assert "4,433" in stdout and "rows quarantined              23" in stdout
+    assert "sync notebook ran" in stdout and "Churn risk" in stdout and "2026-10" in stdout
+    executed = sorted((workdir / "runs").glob("sync-*.ipynb"))
     assert len(executed) == 1
-    state = json.loads((tmp_path / "onesignal.json").read_text())
+    state = json.loads((workdir / "onesignal.json").read_text())
     (app,) = state["apps"].values()
     assert app["api_key"] not in executed[0].read_text()
     assert len(app["segments"]) == 11
     assert sum(any(k.startswith("mp_") for k in u["tags"]) for u in app["users"]) > 100
-    again = toolkit("demo", "--workdir", tmp_path)
+    again = toolkit("demo", "--workdir", workdir)
     assert again.returncode == 0, again.stderr
     rows = [line.split() for line in again.stdout.splitlines() if line.rstrip().endswith(" ok")]
     assert rows and all(r[-4:-1] == ["0", "0", "0"] for r in rows)     # added, removed, not in OS

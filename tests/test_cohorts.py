@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import NOW, SAMPLE, event, write_lines
+from helpers import NOW, SAMPLE, event, write_lines
 from toolkit import Store, cohorts, load
 from toolkit.cohort_model import (
     Cohort,
@@ -506,6 +506,7 @@ def test_hostile_property_names_are_just_names(tmp_path, name):
     assert store.con.execute("SELECT count(*) FROM events").fetchone()[0] == 2
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
        value=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12))
@@ -618,6 +619,7 @@ RULES = st.recursive(st.one_of(EVENT_RULES, PROFILE_RULES),
                      max_leaves=5)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(rules=st.lists(RULES, min_size=1, max_size=4), match=st.sampled_from(["all", "any"]))
 def test_restricted_candidates_never_change_membership(crowd, rules, match):

@@ -7,10 +7,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import NOW, T0, event, rows, write_lines
+from helpers import NOW, T0, event, rows, write_lines
 from toolkit.loading import derived, events, identity, run
 from toolkit.store import Store
 
@@ -98,6 +99,7 @@ def assert_as_from_scratch(store: Store) -> None:
         rows(store, f"SELECT {columns} FROM ({sql})", params), key=repr)
 
 
+@pytest.mark.slow   # 40 sequences of loads
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(FILES)
 def test_loading_files_one_by_one_stores_what_computing_from_scratch_gives(monkeypatch, files):

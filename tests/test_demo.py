@@ -16,19 +16,9 @@ import psutil
 import pytest
 from cli_runner import toolkit
 
-from conftest import ROOT, SAMPLE
+from helpers import ROOT, SAMPLE
 from toolkit import cohorts, export
 from toolkit.store import Store
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo run as a person runs it, from a folder of their own: (cwd, output)."""
-    cwd = tmp_path_factory.mktemp("first-hour")
-    out = subprocess.run([sys.executable, "-m", "toolkit", "demo"], capture_output=True, text=True, cwd=cwd,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return cwd, out.stdout
 
 
 def next_steps(output: str) -> list[str]:
@@ -41,8 +31,9 @@ def paste(cwd, command: str):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_every_sample_cohort_has_members_as_of_the_samples_last_day(demo):
-    cwd, output = demo
+@pytest.mark.slow
+def test_every_sample_cohort_has_members_as_of_the_samples_last_day(demo_run):
+    cwd, output = demo_run.cwd, demo_run.output
     assert "cohorts evaluated as of 2026-10-31" in output
     with Store(cwd / "var" / "demo.duckdb", read_only=True) as store:
         names = {c["name"] for c in cohorts.list_cohorts(store)}
@@ -55,8 +46,9 @@ def test_every_sample_cohort_has_members_as_of_the_samples_last_day(demo):
         assert last[name]["members"] > 0
 
 
-def test_every_printed_next_step_works_as_pasted(demo):
-    cwd, output = demo
+@pytest.mark.slow
+def test_every_printed_next_step_works_as_pasted(demo_copy):
+    cwd, output = demo_copy.cwd, demo_copy.output
     steps = next_steps(output)
     assert [s for s in steps if " lab " in s] == ["{} lab --workdir var".format(steps[0].split(" quarantine")[0])]
     expected = {   # what each command must show, from the demo's store
@@ -103,8 +95,9 @@ def kernel_processes(proc) -> list[psutil.Process]:
             if any("ipykernel" in part for part in p.cmdline())]
 
 
-def test_lab_starts_the_emulator_and_gives_the_kernels_store_app_key_and_address(demo):
-    cwd, output = demo
+@pytest.mark.slow
+def test_lab_starts_the_emulator_and_gives_the_kernels_store_app_key_and_address(demo_copy):
+    cwd, output = demo_copy.cwd, demo_copy.output
     db = cwd / "var" / "demo.duckdb"
     state = json.loads((cwd / "var" / "onesignal.json").read_text())
     (app_id, app), = state["apps"].items()
@@ -149,22 +142,24 @@ def test_lab_starts_the_emulator_and_gives_the_kernels_store_app_key_and_address
 
 # -- the pieces lab relies on ------------------------------------------------------------------------
 
-def test_a_successful_connect_moves_the_apps_exports_to_that_address(file_store, emulator, app):
+def test_a_successful_connect_moves_the_apps_exports_to_that_address(empty_file_store, running_emulator,
+                                                                     emulator_app):
     from toolkit import sync
     from toolkit.onesignal import Credentials
 
+    store, app, url = empty_file_store, emulator_app, running_emulator.url
     other = "99999999-9999-4999-8999-999999999999"
-    export.register(file_store, "A", "dynamic", app.app_id, "http://127.0.0.1:9")      # a dead emulator
-    export.register(file_store, "B", "once", other, "http://127.0.0.1:9")
-    failed = sync.connect(file_store, Credentials(app.app_id, "wrong-key-123"), emulator.url)
+    export.register(store, "A", "dynamic", app.app_id, "http://127.0.0.1:9")      # a dead emulator
+    export.register(store, "B", "once", other, "http://127.0.0.1:9")
+    failed = sync.connect(store, Credentials(app.app_id, "wrong-key-123"), url)
     assert not failed["connected"]
 
     def urls():
-        return dict(file_store.con.execute("SELECT cohort, base_url FROM exports ORDER BY 1").fetchall())
+        return dict(store.con.execute("SELECT cohort, base_url FROM exports ORDER BY 1").fetchall())
 
     assert urls() == {"A": "http://127.0.0.1:9", "B": "http://127.0.0.1:9"}
-    assert sync.connect(file_store, Credentials(app.app_id, app.api_key), emulator.url)["connected"]
-    assert urls() == {"A": emulator.url, "B": "http://127.0.0.1:9"}     # only that app's exports
+    assert sync.connect(store, Credentials(app.app_id, app.api_key), url)["connected"]
+    assert urls() == {"A": url, "B": "http://127.0.0.1:9"}     # only that app's exports
 
 
 def test_the_default_api_address_comes_from_the_environment():
@@ -213,7 +208,8 @@ def test_lab_without_a_demo_says_to_run_it(tmp_path):
     assert out.returncode == 1 and "toolkit demo --workdir" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_the_export_notebook_finds_store_app_key_address_and_day_in_the_lab_environment(demo, tmp_path,
+@pytest.mark.slow
+def test_the_export_notebook_finds_store_app_key_address_and_day_in_the_lab_environment(demo_copy, tmp_path,
                                                                                          monkeypatch):
     """export_cohort.ipynb as Lab's kernels run it: no parameters, run away from notebooks/ (so the
     store comes from TOOLKIT_DB), connected to the emulator through the environment alone."""
@@ -222,7 +218,7 @@ def test_the_export_notebook_finds_store_app_key_address_and_day_in_the_lab_envi
     from toolkit import lab
     from toolkit.emulator import Emulator
 
-    cwd, _ = demo
+    cwd = demo_copy.cwd
     db = cwd / "var" / "demo.duckdb"
     with Emulator(state_file=cwd / "var" / "onesignal.json") as emulator:
         app = lab.pick_app(emulator)

@@ -18,7 +18,7 @@ import time
 import httpx
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from toolkit.emulator import Emulator, EmulatorError
 from toolkit.emulator.api import ACCESS_DENIED, APP_NOT_FOUND, AUTH_MISSING, RATE_LIMITED
 from toolkit.emulator.filters import matches, problem

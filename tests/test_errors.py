@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from toolkit import Store, cli, errors, mtu, report, schedule
 from toolkit.emulator.limits import Faults
 from toolkit.errors import (

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import NOW, event, rows, write_lines
+from helpers import NOW, event, rows, write_lines
 from toolkit import Store, cohorts, event_columns, load
 from toolkit.cohort_model import parse
 from toolkit.cohort_sql import compile_cohort
@@ -126,6 +126,7 @@ def rich(tmp_path_factory):
         yield store
 
 
+@pytest.mark.slow   # 200 definitions
 @settings(max_examples=200, deadline=None)
 @given(definition=DEFINITIONS)
 def test_typed_columns_answer_as_the_json_does(rich, definition):
@@ -134,6 +135,7 @@ def test_typed_columns_answer_as_the_json_does(rich, definition):
     assert '"fe"' not in sql and '"ep' in sql        # every filter read columns, none the JSON
 
 
+@pytest.mark.slow   # a store and two loads per example
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(first=st.lists(st.tuples(st.sampled_from(EVENTS), st.sampled_from(["a", "b", "c"]), st.floats(0, 30),
                                 st.dictionaries(st.sampled_from(KEYS[:4]), VALUES, max_size=3)), max_size=8),

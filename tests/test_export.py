@@ -153,6 +153,7 @@ def test_dry_run_sends_nothing(store, emulator, app):
     assert tagged(emulator, app) == set()
 
 
+@pytest.mark.slow
 def test_faults_end_with_tags_equal_to_the_cohort(store, tmp_path):
     with Emulator(error_rate=0.1, drop_rate=0.05, hang_rate=0.02, hang_seconds=3, seed=3,
                   user_rate_limit=0) as emu:
@@ -191,6 +192,7 @@ def test_interrupted_run_loses_nothing_and_the_next_converges(store, emulator, a
     assert record.status == "ok" and tagged(emulator, app) == {"u1", "u2", "u3", "u4"}
 
 
+@pytest.mark.slow   # waits out real retries and backoff
 def test_two_runs_of_one_cohort_never_overlap(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "FLUSH_EVERY", 1)
     with Emulator(latency=0.3, user_rate_limit=0) as emu, Store(tmp_path / "s.duckdb") as store:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import expected_reasons
+from helpers import expected_reasons
 from toolkit import Store, load
 from toolkit import onesignal_events as osev
 from toolkit.synthetic import (
@@ -414,6 +414,7 @@ def test_unicode_and_escaping_survive(run):
 
 # ---- memory --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_memory_stays_flat(tmp_path):
     """Buffers are bounded and users are written one at a time: ~8 MiB traced at 20k or 200k events."""
     tracemalloc.start()

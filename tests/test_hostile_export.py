@@ -22,7 +22,7 @@ import httpx
 import pytest
 from cli_runner import toolkit
 
-from conftest import ROOT
+from helpers import ROOT
 from toolkit import export, sync
 from toolkit.emulator import Emulator
 from toolkit.onesignal import REDACTOR, AuthError, Credentials, OneSignalClient, PlanRefused, ServerError, error_for
@@ -352,27 +352,30 @@ def test_a_run_reads_its_registration_once(sample, emulator, monkeypatch):
 
 def test_ctrl_c_during_an_export_says_the_export_stopped(sample, tmp_path):
     db, app = sample
-    with Emulator(user_rate_limit=0, latency=0.2) as slow:
+    with Emulator(user_rate_limit=0) as slow:
         slow_app = slow.add_app(app.app_id, app.api_key)
         slow.add_users(slow_app.app_id, [{"external_id": f"x{n}"} for n in range(3)])
         from toolkit.demo import seed_users
         with Store(db) as s:
             slow.add_users(slow_app.app_id, seed_users(s))
+        slow.faults.inject("hold", method="PATCH", path="/users/")   # the export, caught mid-way: no timing
         proc = subprocess.Popen([sys.executable, "-m", "toolkit", "export", COHORT, "--once", "--db", str(db),
                                  "--app-id", app.app_id, "--base-url", slow.url],
                                 env={**os.environ, "ONESIGNAL_API_KEY": app.api_key,
                                      "TOOLKIT_CREDENTIALS": str(tmp_path / "none.json")},
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            for _ in range(600):                                      # until the segment request arrived
-                if any("/segments" in r["path"] for r in slow.requests()) or proc.poll() is not None:
+            for _ in range(1200):                                     # until a user's update is held
+                if slow.held() or proc.poll() is not None:
                     break
                 time.sleep(0.05)
+            assert slow.held(), proc.communicate(timeout=60)           # the export was caught mid-way
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)
         finally:
             proc.kill()
-    assert proc.returncode == 130
+            slow.release()
+    assert proc.returncode == 130, err
     assert "the export stopped" in err and "file being loaded" not in err
 
 

@@ -17,7 +17,7 @@ import time
 import cli_runner
 import pytest
 
-from conftest import NOW, ROOT, event, write_lines
+from helpers import NOW, ROOT, event, write_lines
 from toolkit import Store, cohorts, export, load, sync
 from toolkit.emulator import Emulator
 from toolkit.onesignal import Credentials
@@ -167,6 +167,7 @@ def kill_export_at(world, point, seed):
     return process
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point, seed", KILL_POINTS)
 def test_kill_9_mid_export_loses_nothing_and_the_next_run_converges(world, point, seed):
     before = tagged(world)
@@ -204,6 +205,7 @@ with Store({db!r}) as store:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point, seed", [("mid-adds", 21), ("mid-adds", 22), ("mid-removes", 23)])
 def test_kill_9_between_committed_users_leaves_the_snapshot_exactly_what_onesignal_confirmed(world, point, seed):
     """One request at a time, each outcome committed: the k-th request hangs, the process is killed. The
@@ -230,6 +232,7 @@ def test_kill_9_between_committed_users_leaves_the_snapshot_exactly_what_onesign
     assert_converged(world)
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_marked_interrupted_by_the_next_export_of_any_cohort(world):
     """A one-time export killed and never run again must not read "running" for ever."""
     kill_export_at(world, "mid-adds", 7)
@@ -243,6 +246,7 @@ def test_a_killed_run_is_marked_interrupted_by_the_next_export_of_any_cohort(wor
 
 # -- 2. what the server does wrong -----------------------------------------------------------------
 
+@pytest.mark.slow   # waits out real retries and backoff
 def test_429_without_retry_after_backs_off_and_loses_no_user(world, caplog):
     caplog.set_level(logging.INFO, logger="toolkit.onesignal")
     waits = []
@@ -260,6 +264,7 @@ def test_429_without_retry_after_backs_off_and_loses_no_user(world, caplog):
     assert_converged(world)
 
 
+@pytest.mark.slow   # waits out real retries and backoff
 def test_a_reset_after_the_server_applied_a_change_is_retried_idempotently(world):
     tag_former_members_too(world)
     emu = world["emu"]
@@ -284,6 +289,7 @@ def test_a_reset_after_the_segment_was_created_adopts_it(world):
     assert_converged(world)                              # one segment, not two
 
 
+@pytest.mark.slow   # waits out real retries and backoff
 def test_a_hung_request_is_reported_in_words_and_the_next_run_converges(world):
     world["emu"].faults.inject("hang", method="PATCH", path="/users/by/external_id/ext-u5", times=FAST["max_attempts"])
     record = export_now(world, timeout=0.3)
@@ -297,6 +303,7 @@ def test_a_hung_request_is_reported_in_words_and_the_next_run_converges(world):
     assert_converged(world)
 
 
+@pytest.mark.slow   # waits out real retries and backoff
 def test_500s_are_retried_and_one_that_persists_fails_that_user_alone(world):
     emu = world["emu"]
     emu.faults.inject("crash", method="PATCH", path="/users/by/external_id/ext-u1", times=FAST["max_attempts"] - 1)
@@ -320,6 +327,7 @@ def test_500s_on_the_segment_fail_the_run_before_any_user_and_the_next_converges
     assert_converged(world)
 
 
+@pytest.mark.slow
 def test_the_cli_exits_3_on_a_partial_export_and_names_the_user(world):
     # OneSignal refuses u2's update (a 400 no retry mends; the tag cap has its own outcome, tag_cap)
     world["emu"].faults.inject("refuse", method="PATCH", path="/ext-u2")
@@ -340,6 +348,7 @@ def register_dynamic(world, *names):
             export.register(store, name, "dynamic", world["app"].app_id, world["emu"].url, now=NOW)
 
 
+@pytest.mark.slow
 def test_two_syncs_at_once_one_runs_the_other_says_busy_with_its_own_exit_code(world):
     register_dynamic(world, COHORT)
     runs = world["tmp"] / "runs"
@@ -361,6 +370,7 @@ def test_two_syncs_at_once_one_runs_the_other_says_busy_with_its_own_exit_code(w
     assert_converged(world)
 
 
+@pytest.mark.slow
 def test_two_exports_of_one_cohort_from_two_processes_never_double_send(world):
     world["emu"].faults.inject("hold", method="PATCH", path="/users/")
     first = start_toolkit(world, "export", COHORT, "--once", "--db", world["db"])
@@ -379,6 +389,7 @@ def test_two_exports_of_one_cohort_from_two_processes_never_double_send(world):
     assert_converged(world)
 
 
+@pytest.mark.slow
 def test_an_export_from_the_cli_while_a_sync_runs_waits_then_sends_only_what_is_left(world):
     register_dynamic(world, COHORT)
     world["emu"].faults.inject("hold", method="PATCH", path="/users/")
@@ -395,6 +406,7 @@ def test_an_export_from_the_cli_while_a_sync_runs_waits_then_sends_only_what_is_
     assert_converged(world)
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_sync_mid_export_then_the_next_sync_converges(world):
     register_dynamic(world, COHORT)
     runs = world["tmp"] / "runs"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NOW, T0, event, rows, write_lines
+from helpers import NOW, T0, event, rows, write_lines
 from toolkit import load
 from toolkit.loading.readers import MAX_RECORD_BYTES
 from toolkit.store import Store
@@ -228,6 +228,7 @@ def test_records_just_under_the_limit_load_within_the_default_memory(file_store,
     assert summary.files[0].rows_loaded == 3, summary.files[0].message
 
 
+@pytest.mark.slow
 def test_a_malformed_line_among_large_records_costs_only_that_line(file_store, tmp_path, monkeypatch):
     """The careful reader (used when read_json refuses the file) parses a few megabytes at a time:
     parsing all lines at once ran out of memory on files of 1 MiB records."""
@@ -463,12 +464,13 @@ def store_state(store) -> tuple:
             rows(store, "SELECT count(*) FROM event_rows"))
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_of_a_hostile_load_then_the_next_load_converges(tmp_path):
+    """kill -9 at points drawn from those the load announces (each transaction written, then committed;
+    tests/load_until.py), then the next load converges to what one uninterrupted load leaves."""
     import random
-    import signal
-    import subprocess
-    import sys
-    import time
+
+    from helpers import kill_load_at, load_points
 
     data = tmp_path / "landing"
     data.mkdir()
@@ -480,20 +482,15 @@ def test_kill_9_at_random_points_of_a_hostile_load_then_the_next_load_converges(
     (data / "people.jsonl").write_text("".join(json.dumps({"$distinct_id": f"u{i}", "$properties": {"n": i}}) + "\n"
                                                for i in range(5000)))
     (data / "poison.jsonl").write_text("[" * 10_000 + "]" * 10_000 + "\n")
+    points = load_points(tmp_path / "reference.duckdb", [data], NOW)     # one uninterrupted load
     with Store(tmp_path / "reference.duckdb") as reference:
-        load(reference, [data], now=NOW)
         expected = store_state(reference)
-    script = ("import sys, datetime; from toolkit import Store, load; "
-              "load(Store(sys.argv[1]), [sys.argv[2]], now=datetime.datetime.fromisoformat(sys.argv[3]))")
-    for n, delay in enumerate(random.Random(13).uniform(0.5, 4.0) for _ in range(3)):
+    for n, point in enumerate(random.Random(13).sample(points, 3)):
         db = tmp_path / f"killed-{n}.duckdb"
-        proc = subprocess.Popen([sys.executable, "-c", script, str(db), str(data), NOW.isoformat()])
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_load_at(db, [data], point, NOW)
         with Store(db) as store:
             published = {p for p, in rows(store, "SELECT regexp_extract(path, '[^/]+$') FROM loads")}
             # what is visible is whole files only
             assert {p for p, *_ in store_state(store)[1]} <= published
             load(store, [data], now=NOW)
-            assert store_state(store) == expected, f"after a kill at {delay:.2f} s"
+            assert store_state(store) == expected, f"after a kill at {point}"

@@ -5,11 +5,10 @@ emulator over HTTP, the sync notebook executed by papermill and the `toolkit` co
 import json
 from datetime import timedelta
 
-import nbformat
 import pytest
 from cli_runner import toolkit
 
-from conftest import NOW, ROOT, event, write_lines
+from helpers import NOW, ROOT, event, write_lines
 from toolkit import Store, cohorts, export, schedule, sync
 from toolkit.cohorts import CohortError
 from toolkit.emulator import Emulator
@@ -122,6 +121,7 @@ def test_a_broken_cohort_fails_alone_and_the_others_and_mtu_still_run(world, mon
         result.finish()
 
 
+@pytest.mark.slow
 def test_the_sync_notebook_records_each_cohort_and_exits_3_on_partial_failure(world):
     break_cohort(world["db"])
     register(world, "Broken", *GOOD)
@@ -135,12 +135,15 @@ def test_the_sync_notebook_records_each_cohort_and_exits_3_on_partial_failure(wo
                                                                      "Also buyers": "ok"}
     assert {c["cohort"]: c["added"] for c in record["cohorts"]}["Buyers"] == 4
     # The executed notebook fails in its last cell, after showing the tables, with the summary.
+    import nbformat  # here, not at collection: its import builds a URI grammar (about 1 s)
+
     executed = nbformat.read(record_path.with_suffix(".ipynb"), 4)
     outputs = json.dumps([c.get("outputs", []) for c in executed.cells])
     assert "SyncFailed" in outputs and "Also buyers" in outputs and "mtu" in outputs.lower()
     assert world["app"].api_key not in record_path.read_text() + json.dumps(executed)
 
 
+@pytest.mark.slow
 def test_a_clean_sync_exits_0_and_a_sync_where_every_export_fails_exits_1(world):
     register(world, *GOOD)
     runs = world["tmp"] / "runs"
@@ -157,6 +160,7 @@ def test_a_clean_sync_exits_0_and_a_sync_where_every_export_fails_exits_1(world)
     assert [c["status"] for c in record["cohorts"]] == ["failed", "failed"] and record["mtu"]["ok"]
 
 
+@pytest.mark.slow
 def test_a_notebook_that_fails_before_its_record_is_a_failed_run_with_a_record(tmp_path):
     not_a_store = tmp_path / "store.duckdb"
     not_a_store.write_text("this is not a store")
@@ -167,6 +171,7 @@ def test_a_notebook_that_fails_before_its_record_is_a_failed_run_with_a_record(t
     assert json.loads(open(data["record"]).read())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_fail_on_error_false_lets_the_notebook_finish_but_the_record_still_says_partial(world, monkeypatch):
     for k, v in world["env"].items():
         monkeypatch.setenv(k, v)
@@ -183,6 +188,8 @@ def test_fail_on_error_false_lets_the_notebook_finish_but_the_record_still_says_
     run = schedule.run_once(world["tmp"] / "runs", {"store_path": str(world["db"]), "fail_on_error": False,
                                                     "cohorts": "all"})
     assert run.status == "partial" and '"Broken" failed' in run.error
+    import nbformat
+
     executed = json.dumps(nbformat.read(run.notebook, 4).cells[-1].get("outputs", []))
     assert "SyncFailed" not in executed                          # the notebook itself succeeded
 
@@ -229,6 +236,7 @@ def test_export_exit_codes_ok_partial_failed(world):
     assert toolkit("export", "Buyers", "--once", "--dynamic", *common).returncode == 2        # usage
 
 
+@pytest.mark.slow
 def test_schedule_exits_non_zero_when_its_runs_failed_and_logs_each_outcome(world):
     break_cohort(world["db"])
     register(world, "Broken", *GOOD)

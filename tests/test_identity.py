@@ -615,6 +615,7 @@ def test_property_cap_never_exceeded_under_merge_storm(seed, cap):
 
 # --- scale (speed is measured by bench/, never asserted here) -------------------------------------
 
+@pytest.mark.slow
 def test_many_links_of_every_kind():
     # 200k links of every kind with shuffled order keys: the cap and canonical rules hold at scale.
     rng = random.Random(7)

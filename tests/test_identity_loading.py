@@ -2,10 +2,11 @@
 
 import uuid
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import NOW, T0, event, rows, write_lines
+from helpers import NOW, T0, emptied, event, rows, write_lines
 from toolkit.loading import derived, identity, readers, run
 from toolkit.store import Store
 
@@ -144,24 +145,31 @@ stored_link = st.tuples(st.sampled_from(sorted(identity.KINDS)), st.sampled_from
                         st.sampled_from(ID_POOL), st.integers(0, 4), st.sampled_from([1, 2]))
 
 
+@pytest.fixture(scope="module")
+def scratch():
+    with Store(":memory:") as store:
+        yield store
+
+
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None)
 @given(st.lists(stored_link, max_size=40), st.booleans())
-def test_refresh_identity_equals_resolving_every_link_in_python(links, second_file_is_newer):
+def test_refresh_identity_equals_resolving_every_link_in_python(scratch, links, second_file_is_newer):
     """Two files of links. refresh_identity maps star links in SQL and folds the rest in Python; for
     the second file, only the components its links reach (its links may come before or after the
     first file's). The map and refusals must be what resolving every link in one Python pass gives."""
-    with Store(":memory:") as s:
-        for file_id in (1, 2):
-            for kind, source, target, time_ms, in_file in links:
-                if in_file == file_id:
-                    time_ms += 10 if file_id == 2 and second_file_is_newer else 0
-                    s.con.execute("INSERT INTO identity_links (kind, source, target, time_ms, file_id, line) "
-                                  "VALUES (?, ?, ?, ?, ?, NULL)", [kind, source, target, time_ms, file_id])
-            derived.refresh_identity(s.con, file_id)
-        stored = s.con.execute("SELECT rowid, kind, source, target, time_ms, file_id FROM identity_links").fetchall()
-        expected = identity.resolve([(kind, source, target, (time_ms, file_id, 0, kind, source, target, rowid))
-                                     for rowid, kind, source, target, time_ms, file_id in stored])
-        mapped = rows(s, "SELECT distinct_id, canonical_id FROM identity_map")
-        assert len(mapped) == len(dict(mapped)) and dict(mapped) == expected.canonical
-        assert dict(rows(s, "SELECT rowid, refused FROM identity_links WHERE refused IS NOT NULL")) == {
-            r.link.order[-1]: r.reason for r in expected.refused}
+    s = emptied(scratch)        # one store, emptied per example: opening one per example is slow
+    for file_id in (1, 2):
+        for kind, source, target, time_ms, in_file in links:
+            if in_file == file_id:
+                time_ms += 10 if file_id == 2 and second_file_is_newer else 0
+                s.con.execute("INSERT INTO identity_links (kind, source, target, time_ms, file_id, line) "
+                              "VALUES (?, ?, ?, ?, ?, NULL)", [kind, source, target, time_ms, file_id])
+        derived.refresh_identity(s.con, file_id)
+    stored = s.con.execute("SELECT rowid, kind, source, target, time_ms, file_id FROM identity_links").fetchall()
+    expected = identity.resolve([(kind, source, target, (time_ms, file_id, 0, kind, source, target, rowid))
+                                 for rowid, kind, source, target, time_ms, file_id in stored])
+    mapped = rows(s, "SELECT distinct_id, canonical_id FROM identity_map")
+    assert len(mapped) == len(dict(mapped)) and dict(mapped) == expected.canonical
+    assert dict(rows(s, "SELECT rowid, refused FROM identity_links WHERE refused IS NOT NULL")) == {
+        r.link.order[-1]: r.reason for r in expected.refused}

@@ -7,7 +7,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from conftest import NOW, T0, event, rows, write_lines
+from helpers import NOW, T0, event, rows, write_lines
 from toolkit.errors import LoadError
 from toolkit.loading import derived, events, run
 from toolkit.store import Store
@@ -293,6 +293,7 @@ def test_interrupt_mid_load_rolls_back_that_file_only(file_store, tmp_path, monk
     assert rows(file_store, "SELECT count(*) FROM identity_map") == [(1,)]
 
 
+@pytest.mark.slow
 def test_concurrent_reader_never_sees_half_a_load(file_store, tmp_path):
     n = 200_000
     path = write_lines(tmp_path / "big.jsonl", (event("A", f"u{i % 1000}", T0 + i, f"k{i}") for i in range(n)))
@@ -334,7 +335,7 @@ def test_summary_counts(store, tmp_path):
 # -- the sample ----------------------------------------------------------------------------------
 
 def test_sample_broken_rows_are_quarantined_row_by_row(store):
-    from conftest import SAMPLE, expected_reasons
+    from helpers import SAMPLE, expected_reasons
 
     summary = load(store, SAMPLE / "broken")
     expected = expected_reasons(SAMPLE / "broken" / "expected.tsv")
@@ -346,7 +347,7 @@ def test_sample_broken_rows_are_quarantined_row_by_row(store):
 
 
 def test_sample_loads_with_every_kind(store):
-    from conftest import SAMPLE
+    from helpers import SAMPLE
 
     d = load(store, SAMPLE).to_dict()
     assert d["files_refused"] == 0
@@ -376,36 +377,38 @@ def test_rows_staged_by_a_dead_load_never_become_visible(file_store, tmp_path, m
     assert rows(file_store, "SELECT count(*) FROM events") == [(0,)]
 
 
+@pytest.mark.slow
 def test_killed_load_leaves_whole_files_only(tmp_path):
-    """SIGKILL at several moments of a load: after recovery each file is either fully in or fully out."""
-    import signal
-    import subprocess
-    import sys
-    import time
+    """SIGKILL at every point of a load where a transaction is written or committed (the load announces
+    them): after recovery each file is either fully in or fully out."""
+    from helpers import kill_load_at, load_points
 
     first = write_lines(tmp_path / "1.jsonl", [event("A", f"u{i}", T0 + i, f"a{i}") for i in range(1000)])
-    second = write_lines(tmp_path / "2.jsonl", (event("B", f"u{i}", T0 + i, f"b{i}") for i in range(300_000)))
-    script = ("import sys; from toolkit import Store, load; "
-              "load(Store(sys.argv[1]), sys.argv[2:])")
-    outcomes = set()
-    for delay in (0.3, 0.8, 1.5, 3.0):
-        db = tmp_path / f"kill-{delay}.duckdb"
+    second = write_lines(tmp_path / "2.jsonl", (event("B", f"u{i}", T0 + i, f"b{i}") for i in range(3_000)))
+
+    def store_with_first(name):
+        db = tmp_path / f"{name}.duckdb"
         with Store(db) as store:
             load(store, first)
-        proc = subprocess.Popen([sys.executable, "-c", script, str(db), str(second)])
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        return db
+
+    points = load_points(store_with_first("points"), [second])
+    assert len(points) >= 4, points            # staged, then settled and published: each written, committed
+    outcomes = set()
+    for n, point in enumerate(points):
+        db = store_with_first(f"kill-{n}")
+        kill_load_at(db, [second], point)
         with Store(db) as store:
             counts = dict(rows(store, "SELECT event, count(*) FROM events GROUP BY 1"))
             loaded = rows(store, "SELECT count(*) FROM loads")[0][0]
             assert counts.get("A") == 1000
-            assert counts.get("B", 0) in (0, 300_000) and loaded == 1 + (counts.get("B", 0) > 0)
+            assert counts.get("B", 0) in (0, 3_000) and loaded == 1 + (counts.get("B", 0) > 0), point
             outcomes.add(counts.get("B", 0))
             load(store, second)                       # the next run converges
-            assert rows(store, "SELECT count(*) FROM events WHERE event = 'B'") == [(300_000,)]
-            assert rows(store, "SELECT count(*) FROM event_rows") == [(301_000,)]   # no orphaned staged rows
+            assert rows(store, "SELECT count(*) FROM events WHERE event = 'B'") == [(3_000,)]
+            assert rows(store, "SELECT count(*) FROM event_rows") == [(4_000,)]   # no orphaned staged rows
     assert 0 in outcomes                               # at least one kill landed mid-load
+    assert 3_000 in outcomes                           # and one after the file published
 
 
 def test_non_ascii_insert_id_is_quarantined_not_the_file(store, tmp_path):

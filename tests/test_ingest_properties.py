@@ -4,10 +4,11 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import NOW, T0
+from helpers import NOW, T0, emptied
 from toolkit import load
 from toolkit.loading.validation import REFUSED_DISTINCT_IDS
 from toolkit.store import Store
@@ -48,8 +49,17 @@ def hostile_lines(draw):
     return json.dumps(record)
 
 
-def _load_lines(lines):
-    with tempfile.TemporaryDirectory() as tmp, Store(":memory:") as store:
+@pytest.fixture(scope="module")
+def scratch():
+    """One store for the module's examples, emptied before each (opening one per example costs more than
+    the load it checks)."""
+    with Store(":memory:") as store:
+        yield store
+
+
+def _load_lines(store, lines):
+    emptied(store)
+    with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "events.jsonl"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         summary = load(store, [path], now=NOW)
@@ -58,10 +68,11 @@ def _load_lines(lines):
         return summary.files[0], events, bad
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(hostile_lines(), max_size=12))
-def test_every_line_is_loaded_or_quarantined(lines):
-    result, events, bad = _load_lines(lines)
+def test_every_line_is_loaded_or_quarantined(scratch, lines):
+    result, events, bad = _load_lines(scratch, lines)
     if "\x00" in "".join(lines):       # a zero byte near the start: binary, refused whole (as git decides)
         assert result.status == "refused" and "binary content" in result.message
         assert events == 0 and bad == []
@@ -73,11 +84,12 @@ def test_every_line_is_loaded_or_quarantined(lines):
     assert result.rows_loaded + result.quarantined <= len(nonblank)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(valid_events(), min_size=1, max_size=10))
-def test_valid_events_all_load(records):
+def test_valid_events_all_load(scratch, records):
     lines = [json.dumps(r) for r in records]
-    result, events, bad = _load_lines(lines)
+    result, events, bad = _load_lines(scratch, lines)
     keys = {(r["event"], r["properties"]["distinct_id"], r["properties"]["time"], r["properties"]["$insert_id"])
             for r in records if "$insert_id" in r["properties"]}
     without = sum("$insert_id" not in r["properties"] for r in records)

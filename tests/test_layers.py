@@ -5,7 +5,7 @@ import ast
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
 PACKAGE = ROOT / "toolkit"
 # What a load runs: it must not reach cohorts, matching, export or the notebooks' layer.

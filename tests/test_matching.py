@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import NOW, SAMPLE
+from helpers import NOW, SAMPLE
 from toolkit import Store, cohorts, matching, onesignal_ids, report
 from toolkit.cohort_model import CohortError
 from toolkit.loading import derived as user_id_facts

@@ -63,6 +63,7 @@ def test_an_unknown_cohort_or_a_taken_name_is_refused(client, store):
     assert mixpanel_cohorts.adopt(store, client, 12, "Mixpanel lapsed").members == 2
 
 
+@pytest.mark.slow   # waits out real retries and backoff
 def test_a_mixpanel_cohort_exports_exactly_its_exportable_members(mp, client, store, tmp_path, emulator, app):
     landing = tmp_path / "landing"
     pull(landing, client.account, from_date=FIRST_DAY, to_date=FIRST_DAY, profiles=True, client=client)

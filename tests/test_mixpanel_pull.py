@@ -14,7 +14,7 @@ from datetime import date
 import pytest
 from mixpanel_fixtures import FIRST_DAY, day_start, events, profiles, write_folder
 
-from conftest import ROOT
+from helpers import ROOT
 from toolkit import load
 from toolkit.errors import MixpanelAuthError, PullError
 from toolkit.loading.sources import discover
@@ -64,6 +64,7 @@ def test_plan_single_days_for_the_recent_ones_wider_before():
     assert all((b.first - a.last).days == 1 for a, b in zip(chunks, chunks[1:], strict=False))
 
 
+@pytest.mark.slow   # waits out real retries and backoff
 def test_a_multi_day_pull_equals_the_emulators_data_then_incremental_catches_late_events(emu, account, tmp_path):
     landing, db = tmp_path / "landing", tmp_path / "s.duckdb"
     first = pull(landing, account, from_date=FIRST_DAY, to_date=LAST_DAY, base_url=emu.url, **FAST)
@@ -124,6 +125,7 @@ def test_a_pull_killed_mid_stream_and_rerun_loses_and_duplicates_nothing(emu, ac
         gzip.decompress(path.read_bytes())                 # every visible file is whole
 
 
+@pytest.mark.slow   # waits out real retries and backoff
 def test_faults_during_a_pull_are_survived(emu, account, tmp_path):
     emu.inject("error", api="export", times=2)
     emu.inject("throttle", api="export", skip=1, times=3)
@@ -171,6 +173,7 @@ def test_the_first_pull_needs_a_start_and_a_wrong_secret_writes_nothing(emu, tmp
     assert not again.resumed and [c.key for c in again.chunks] == ["2026-10-02_2026-10-02", "2026-10-03_2026-10-03"]
 
 
+@pytest.mark.slow   # waits out real retries and backoff
 def test_the_secret_never_reaches_the_landing_folder_state_or_store(emu, account, tmp_path, caplog):
     caplog.set_level("DEBUG")
     landing, db = tmp_path / "landing", tmp_path / "s.duckdb"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from conftest import NOW, SAMPLE, T0, event, write_lines
+from helpers import NOW, SAMPLE, T0, event, write_lines
 from toolkit import Store, cli, load, mtu, report
 from toolkit import onesignal_events as osev
 from toolkit.errors import UsageError
@@ -60,34 +60,34 @@ def test_the_table_covers_the_onesignal_catalogue_and_the_rule_sets_exactly():
         mtu.exempt_names("lenient")
 
 
-def test_sql_agrees_with_the_classifier_for_every_event(store, tmp_path):
+def test_sql_agrees_with_the_classifier_for_every_event(empty_store, tmp_path):
     # One user per event name, each doing only that event: counted exactly when it qualifies.
-    load_events(store, tmp_path, [event(n, f"user {n}", T0) for n, _, _ in CASES])
+    load_events(empty_store, tmp_path, [event(n, f"user {n}", T0) for n, _, _ in CASES])
     for column, rules in ((1, "seed"), (2, "strict")):
         expected = sorted(f"user {case[0]}" for case in CASES if case[column] == "qualifying")
-        assert mtu.counted_users(store, "2026-09", rules) == expected
-        [month] = mtu.report(store, rules=rules)
+        assert mtu.counted_users(empty_store, "2026-09", rules) == expected
+        [month] = mtu.report(empty_store, rules=rules)
         assert (month.mtu, month.exempt_only_users) == (len(expected), len(CASES) - len(expected))
 
 
 # -- counting ---------------------------------------------------------------------------------------
 
-def test_month_boundaries_are_utc(store, tmp_path):
-    load_events(store, tmp_path, [
+def test_month_boundaries_are_utc(empty_store, tmp_path):
+    load_events(empty_store, tmp_path, [
         event("Page View", "late", ms(2026, 9, 30, 23, 59, 59, 999)),
         event("Page View", "early", ms(2026, 10, 1, 0, 0, 0)),
         event("Page View", "new-year-eve", ms(2026, 12, 31, 23, 59, 59, 999)),
         event("Page View", "new-year", ms(2027, 1, 1)),
     ], now=datetime(2027, 2, 1, tzinfo=UTC))
-    assert mtu.monthly(store) == {"2026-09": 1, "2026-10": 1, "2026-12": 1, "2027-01": 1}
-    assert mtu.counted_users(store, "2026-09") == ["late"]
-    assert mtu.counted_users(store, "2026-10") == ["early"]
-    assert mtu.counted_users(store, "2026-12") == ["new-year-eve"]
-    assert mtu.monthly(store, month="2027-01") == {"2027-01": 1}
+    assert mtu.monthly(empty_store) == {"2026-09": 1, "2026-10": 1, "2026-12": 1, "2027-01": 1}
+    assert mtu.counted_users(empty_store, "2026-09") == ["late"]
+    assert mtu.counted_users(empty_store, "2026-10") == ["early"]
+    assert mtu.counted_users(empty_store, "2026-12") == ["new-year-eve"]
+    assert mtu.monthly(empty_store, month="2027-01") == {"2027-01": 1}
 
 
-def test_merged_identities_count_once_and_anonymous_users_count(store, tmp_path):
-    load_events(store, tmp_path, [
+def test_merged_identities_count_once_and_anonymous_users_count(empty_store, tmp_path):
+    load_events(empty_store, tmp_path, [
         event("Page View", ANON, T0),                       # anonymous, later identified
         event("$identify", "alice", T0 + 1, **{"$identified_id": "alice", "$anon_id": ANON}),
         event("Purchase", "alice", T0 + 2),
@@ -95,64 +95,64 @@ def test_merged_identities_count_once_and_anonymous_users_count(store, tmp_path)
         event("Page View", "$device:d1", T0 + 4, **{"$device_id": "d1"}),
         event("Sign Up", "dave", T0 + 5, **{"$device_id": "d1", "$user_id": "dave"}),
     ])
-    assert mtu.counted_users(store, "2026-09") == ["$device:d9", "alice", "dave"]
-    [month] = mtu.report(store)
+    assert mtu.counted_users(empty_store, "2026-09") == ["$device:d9", "alice", "dave"]
+    [month] = mtu.report(empty_store)
     assert (month.mtu, month.qualifying_events, month.exempt_events) == (3, 5, 1)
 
 
-def test_guardrail_uses_qualifying_events(store, tmp_path):
+def test_guardrail_uses_qualifying_events(empty_store, tmp_path):
     records = [event("Page View", "heavy", T0 + i) for i in range(2_001)]
     records += [event("Page View", "light", T0 + i) for i in range(1_000)]
     # October: one user with one qualifying event drowned in exempt ones - no guardrail.
     october = ms(2026, 10, 5) // 1000
     records += [event("Page View", "quiet", october)]
     records += [event("Message Sent", "quiet", october + i) for i in range(5_000)]
-    load_events(store, tmp_path, records)
-    sep, oct_ = mtu.report(store)
+    load_events(empty_store, tmp_path, records)
+    sep, oct_ = mtu.report(empty_store)
     assert (sep.users_counted, sep.qualifying_events, sep.guardrail_applied) == (2, 3_001, True)
     assert sep.mtu == math.ceil(3_001 / 1_000) == 4 and sep.events_per_user == 1500.5
     assert (oct_.mtu, oct_.exempt_events, oct_.guardrail_applied) == (1, 5_000, False)
-    assert "guardrail applied in 2026-09" in report.mtu_text(mtu.report(store))
-    assert report.mtu_text(mtu.report(store)).count("guardrail applied") == 1
+    assert "guardrail applied in 2026-09" in report.mtu_text(mtu.report(empty_store))
+    assert report.mtu_text(mtu.report(empty_store)).count("guardrail applied") == 1
 
 
-def test_guardrail_needs_strictly_more_than_1000_per_user(store, tmp_path):
-    load_events(store, tmp_path, [event("Page View", u, T0 + i) for u in ("a", "b") for i in range(1_000)])
-    [month] = mtu.report(store)
+def test_guardrail_needs_strictly_more_than_1000_per_user(empty_store, tmp_path):
+    load_events(empty_store, tmp_path, [event("Page View", u, T0 + i) for u in ("a", "b") for i in range(1_000)])
+    [month] = mtu.report(empty_store)
     assert (month.mtu, month.guardrail_applied) == (2, False)
 
 
-def test_breakdown_under_both_rule_sets(store, tmp_path):
-    load_events(store, tmp_path, [
+def test_breakdown_under_both_rule_sets(empty_store, tmp_path):
+    load_events(empty_store, tmp_path, [
         event("Page View", "product", T0), event("Message Sent", "product", T0 + 1),
         event("App Opened from Push", "engaged", T0), event("$campaign_delivery", "engaged", T0 + 1),
         event("Message Received", "delivered", T0), event("Push Failed", "delivered", T0 + 1),
         event("$mp_session_record", "recorded", T0),
     ])
-    [seed] = mtu.report(store, rules="seed")
+    [seed] = mtu.report(empty_store, rules="seed")
     assert seed == mtu.MonthMTU(month="2026-09", rules="seed", mtu=2, users_counted=2, qualifying_events=2,
                                 exempt_events=5, exempt_only_users=2, engagement_only_users=1,
                                 guardrail_applied=False, events_per_user=1.0, mtu_without_onesignal=1)
-    [strict] = mtu.report(store, rules="strict")
+    [strict] = mtu.report(empty_store, rules="strict")
     assert strict == mtu.MonthMTU(month="2026-09", rules="strict", mtu=1, users_counted=1, qualifying_events=1,
                                   exempt_events=6, exempt_only_users=3, engagement_only_users=0,
                                   guardrail_applied=False, events_per_user=1.0, mtu_without_onesignal=1)
-    assert mtu.counted_users(store, "2026-09") == ["engaged", "product"]
-    assert mtu.counted_users(store, "2026-09", "strict") == ["product"]
+    assert mtu.counted_users(empty_store, "2026-09") == ["engaged", "product"]
+    assert mtu.counted_users(empty_store, "2026-09", "strict") == ["product"]
 
 
-def test_a_requested_month_without_events_is_zero_and_bad_months_are_refused(store, tmp_path):
-    load_events(store, tmp_path, [event("Page View", "u1", T0)])
-    [empty] = mtu.report(store, month="2026-12")
+def test_a_requested_month_without_events_is_zero_and_bad_months_are_refused(empty_store, tmp_path):
+    load_events(empty_store, tmp_path, [event("Page View", "u1", T0)])
+    [empty] = mtu.report(empty_store, month="2026-12")
     assert (empty.month, empty.mtu, empty.users_counted) == ("2026-12", 0, 0)
     for bad in ("2026-13", "2026-9", "2026-09-01", "Sept"):
         with pytest.raises(ValueError, match="YYYY-MM"):
-            mtu.report(store, month=bad)
+            mtu.report(empty_store, month=bad)
 
 
-def test_an_empty_store(store):
-    assert mtu.report(store) == [] and mtu.monthly(store) == {}
-    assert "no events" in report.mtu_text(mtu.report(store))
+def test_an_empty_store(empty_store):
+    assert mtu.report(empty_store) == [] and mtu.monthly(empty_store) == {}
+    assert "no events" in report.mtu_text(mtu.report(empty_store))
 
 
 def test_cli_entry_text_json_and_usage_errors(tmp_path, capsys):
@@ -174,9 +174,9 @@ def test_cli_entry_text_json_and_usage_errors(tmp_path, capsys):
     assert cli.exit_status(bad_rules.value) == 2
 
 
-def test_frame_and_text_chart(store, tmp_path):
-    load_events(store, tmp_path, [event("Page View", "u1", T0), event("Message Sent", "u2", T0)])
-    frame = mtu.report_frame(store)
+def test_frame_and_text_chart(empty_store, tmp_path):
+    load_events(empty_store, tmp_path, [event("Page View", "u1", T0), event("Message Sent", "u2", T0)])
+    frame = mtu.report_frame(empty_store)
     assert list(frame.index) == ["2026-09"] and frame.loc["2026-09", "mtu"] == 1
     assert frame.loc["2026-09", "exempt_only_users"] == 1
     assert "2026-09" in mtu.chart_text(frame) and "exempt-only users" in mtu.chart_text(frame)
@@ -199,49 +199,50 @@ SAMPLE_FILES = [SAMPLE / "events.jsonl", SAMPLE / "profiles.json", SAMPLE / "pro
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory):
+def clean_sample(tmp_path_factory):
     with Store(tmp_path_factory.mktemp("sample") / "sample.duckdb") as s:
         assert not load(s, SAMPLE_FILES, now=NOW).refused
         yield s
 
 
 @pytest.mark.parametrize("month,column", [("2026-09", 0), ("2026-10", 1)])
-def test_sample_personas_match_the_readme(sample, month, column):
-    counted = set(mtu.counted_users(sample, month))
+def test_sample_personas_match_the_readme(clean_sample, month, column):
+    counted = set(mtu.counted_users(clean_sample, month))
     assert {p for p in PERSONAS if p in counted} == {p for p, yes in PERSONAS.items() if yes[column]}
 
 
-def test_sample_totals(sample):
-    seed = {r.month: r for r in mtu.report(sample)}
-    strict = {r.month: r for r in mtu.report(sample, rules="strict")}
+def test_sample_totals(clean_sample):
+    seed = {r.month: r for r in mtu.report(clean_sample)}
+    strict = {r.month: r for r in mtu.report(clean_sample, rules="strict")}
     assert {m: r.mtu for m, r in seed.items()} == {"2026-09": 221, "2026-10": 168}
     assert {m: r.mtu for m, r in strict.items()} == {"2026-09": 219, "2026-10": 167}
     # October: carol and erin get only delivery events; ivan counts through in-app events alone.
     october = seed["2026-10"]
     assert (october.exempt_only_users, october.engagement_only_users, october.mtu_without_onesignal) == (2, 1, 167)
-    assert set(mtu.counted_users(sample, "2026-10")) - set(mtu.counted_users(sample, "2026-10", "strict")) == {"ivan"}
+    strict_october = set(mtu.counted_users(clean_sample, "2026-10", "strict"))
+    assert set(mtu.counted_users(clean_sample, "2026-10")) - strict_october == {"ivan"}
     assert not any(r.guardrail_applied for r in seed.values())
 
 
 @pytest.mark.parametrize("rules", mtu.RULE_SETS)
-def test_sample_matches_a_plain_python_recount(sample, rules):
+def test_sample_matches_a_plain_python_recount(clean_sample, rules):
     # The same definition, counted row by row in Python from the resolved events.
     users, seen, events = defaultdict(set), defaultdict(set), defaultdict(lambda: [0, 0])
-    for name, user, time in sample.con.execute("SELECT event, distinct_id, time FROM resolved_events").fetchall():
+    for name, user, time in clean_sample.con.execute("SELECT event, distinct_id, time FROM resolved_events").fetchall():
         month = time.strftime("%Y-%m")
         seen[month].add(user)
         qualifies = mtu.classify(name, rules) == "qualifying"
         events[month][0 if qualifies else 1] += 1
         if qualifies:
             users[month].add(user)
-    for r in mtu.report(sample, rules=rules):
+    for r in mtu.report(clean_sample, rules=rules):
         assert (r.users_counted, r.qualifying_events, r.exempt_events) == (len(users[r.month]), *events[r.month])
         assert r.exempt_only_users == len(seen[r.month] - users[r.month])
 
 
-def test_chart_legend_sits_outside_the_plot(sample):
+def test_chart_legend_sits_outside_the_plot(clean_sample):
     plt = pytest.importorskip("matplotlib.pyplot")
-    ax = mtu.chart(mtu.report_frame(sample))
+    ax = mtu.chart(mtu.report_frame(clean_sample))
     fig = ax.figure
     try:
         fig.canvas.draw()

@@ -1,9 +1,8 @@
 """notebooks/mtu_report.ipynb: committed clean, and it runs under papermill against a real store."""
 
-import nbformat
 import pytest
 
-from conftest import NOW, ROOT, SAMPLE
+from helpers import NOW, ROOT, SAMPLE, nbformat
 from toolkit import Store, load
 
 NOTEBOOK = ROOT / "notebooks" / "mtu_report.ipynb"
@@ -26,9 +25,10 @@ def _text(nb) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rules,numbers", [("seed", ("221", "168")), ("strict", ("219", "167"))])
 def test_notebook_runs_against_the_sample(tmp_path, rules, numbers):
-    papermill = pytest.importorskip("papermill")
+    import papermill
     db = tmp_path / "sample.duckdb"
     with Store(db) as store:
         load(store, SAMPLE_FILES, now=NOW)    # the sample without its broken/ loader fixture

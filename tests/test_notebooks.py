@@ -3,10 +3,9 @@ and the OneSignal emulator, with the key only in the kernel's environment and ne
 
 import ast
 
-import nbformat
 import pytest
 
-from conftest import NOW, ROOT, SAMPLE
+from helpers import NOW, ROOT, SAMPLE, nbformat
 from toolkit import Store, cohorts, demo, export, load, matching
 from toolkit.emulator import Emulator
 
@@ -62,7 +61,7 @@ def app(emulator, sample_db, monkeypatch, tmp_path):
 
 
 def execute(name: str, out, parameters: dict, cwd):
-    papermill = pytest.importorskip("papermill")
+    import papermill
     papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters=parameters,
                                kernel_name="python3", cwd=str(cwd), progress_bar=False)
     nb = nbformat.read(out, as_version=4)
@@ -75,6 +74,7 @@ def text_of(nb) -> str:
                      for c in nb.cells for o in c.get("outputs", []))
 
 
+@pytest.mark.slow
 def test_explore_notebook_prints_the_cohorts_matchability(sample_db, app, tmp_path):
     with Store(sample_db, read_only=True) as store:
         summary = matching.preview(store, CHURN, now=NOW).summary
@@ -89,6 +89,7 @@ def test_explore_notebook_prints_the_cohorts_matchability(sample_db, app, tmp_pa
     assert app.api_key not in out.read_text()
 
 
+@pytest.mark.slow
 def test_export_notebook_connects_from_the_environment_and_dry_runs(sample_db, emulator, app, tmp_path):
     with Store(sample_db, read_only=True) as store:
         exportable = matching.preview(store, CHURN, now=NOW).summary["exportable"]

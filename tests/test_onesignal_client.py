@@ -319,6 +319,7 @@ def test_a_player_id_reaches_its_user_through_the_identity_lookup(emu):
 
 # -- retries ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow   # waits out real retries and backoff
 def test_a_429_storm_ends_with_every_update_applied(emu):
     app = emu.add_app(rate_limit=20)
     emu.add_users(app.app_id, [{"external_id": f"u{n}"} for n in range(60)])
@@ -333,6 +334,7 @@ def test_a_429_storm_ends_with_every_update_applied(emu):
     assert min(sleeps.waits) >= 1.0                        # the emulator says Retry-After: 1
 
 
+@pytest.mark.slow   # waits out real retries and backoff
 def test_faults_do_not_lose_or_add_a_single_tag():
     # 10% of requests answered 503 or dropped, 2% hung past the client's timeout.
     with Emulator(error_rate=0.05, drop_rate=0.05, hang_rate=0.02, hang_seconds=5, seed=7) as emulator:
@@ -427,6 +429,7 @@ def test_refusals_are_never_retried(case):
 
 # -- rate limiting ---------------------------------------------------------------------------------
 
+@pytest.mark.slow   # waits out real retries and backoff
 def test_the_client_stays_under_max_rps_and_spaces_updates_to_one_user(emu):
     app = emu.add_app()
     max_rps, others = 40, 100

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, SAMPLE
+from helpers import ROOT, SAMPLE
 
 
 def test_environment_yml_matches_pyproject():
@@ -75,6 +75,7 @@ def test_ci_fails_when_the_first_readme_command_fails(tmp_path):
     assert out.returncode != 0 and calls == ["demo"]
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_notebooks_and_the_sample(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     notebooks = {f"toolkit/notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")}
@@ -106,6 +107,7 @@ def outside(tmp_path) -> dict:
     return {**env, "HOME": os.environ.get("HOME", str(tmp_path))}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_the_wheel_works_in_a_fresh_venv_with_base_then_notebook_dependencies(wheel, tmp_path):
     venv, work = tmp_path / "venv", tmp_path / "work"

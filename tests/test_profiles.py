@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import NOW, event, rows, write_lines
+from helpers import NOW, event, rows, write_lines
 from toolkit import load as load_files
 from toolkit.loading import profile_ops
 

@@ -1,6 +1,7 @@
 """The scheduler: papermill runs, the lock, the overdue rule, failures and signals."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -8,10 +9,9 @@ import textwrap
 import threading
 from datetime import UTC, datetime, timedelta
 
-import nbformat
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT, nbformat
 from toolkit import schedule
 from toolkit.errors import ToolkitError
 
@@ -66,6 +66,7 @@ def test_lock_is_exclusive_across_processes(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_run_once_executes_with_parameters_and_keeps_the_notebook(tmp_path):
     nb = notebook(tmp_path / "nb.ipynb", "print('marker is', marker)\nassert not fail")
     run = schedule.run_once(tmp_path / "runs", {"marker": "hello"}, nb)
@@ -74,6 +75,7 @@ def test_run_once_executes_with_parameters_and_keeps_the_notebook(tmp_path):
     assert "marker is hello" in outputs
 
 
+@pytest.mark.slow
 def test_failed_runs_are_recorded_and_the_schedule_goes_on(tmp_path):
     nb = notebook(tmp_path / "nb.ipynb", "assert not fail, 'boom'")
     runs = schedule.schedule(tmp_path / "runs", {"fail": True}, timedelta(seconds=0.1), notebook=nb, max_runs=2)
@@ -81,6 +83,7 @@ def test_failed_runs_are_recorded_and_the_schedule_goes_on(tmp_path):
     assert "boom" in runs[0].error and len(list((tmp_path / "runs").glob("sync-*.ipynb"))) == 2
 
 
+@pytest.mark.slow
 def test_stop_event_ends_the_schedule_between_runs(tmp_path):
     nb = notebook(tmp_path / "nb.ipynb", "pass")
     stop = threading.Event()
@@ -89,21 +92,25 @@ def test_stop_event_ends_the_schedule_between_runs(tmp_path):
     assert len(runs) == 1 and runs[0].ok
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly(tmp_path):
     nb = notebook(tmp_path / "nb.ipynb", "pass")
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import logging, sys
         from datetime import timedelta
         from pathlib import Path
         from toolkit.schedule import schedule
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="log: %(message)s", force=True)
         runs = schedule(Path({str(tmp_path / 'runs')!r}), {{}}, timedelta(hours=1), notebook=Path({str(nb)!r}))
         print("runs", len(runs), flush=True)
     """)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    runs_dir = tmp_path / "runs"
-    for _ in range(600):                      # wait for the first run to finish, then signal
-        if list(runs_dir.glob("sync-*.ipynb")) and not proc.poll():
+    said = []
+    for line in proc.stdout:                  # the first run ends (the scheduler logs it), then signal
+        said.append(line)
+        if re.match(r"log: sync \w+ in ", line):
             break
-        threading.Event().wait(0.1)
-    threading.Event().wait(2.0)
+    else:
+        raise AssertionError(f"the schedule ended before its first run did: {''.join(said)}")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and "runs 1" in out
+    assert proc.returncode == 0 and "runs 1" in out, "".join(said) + out

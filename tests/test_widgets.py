@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import NOW
+from helpers import NOW
 from toolkit import Store, cohorts, demo, export, matching, sync
 from toolkit.emulator import Emulator
 

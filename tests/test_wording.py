@@ -8,7 +8,7 @@ import re
 import pytest
 from cli_runner import toolkit
 
-from conftest import event, write_lines
+from helpers import event, write_lines
 from toolkit import Store, cohorts
 from toolkit.cli import _parser
 from toolkit.cohorts import CohortError, DefinitionError

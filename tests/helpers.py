@@ -1,0 +1,102 @@
+"""What the tests share besides fixtures (those live in conftest.py): the checkout's paths, the moments
+the tests evaluate at, and small builders of input files. Import them as `from helpers import ...`."""
+
+import gzip
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample"
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+T0 = 1_790_000_000          # 2026-09-21, seconds
+
+
+def event(name="Page View", distinct_id="u1", time=T0, insert_id=None, **props):
+    properties = {"time": time, "distinct_id": distinct_id, **props}
+    if insert_id is not None:
+        properties["$insert_id"] = insert_id
+    return {"event": name, "properties": properties}
+
+
+def write_lines(path: Path, records, *, compress=False) -> Path:
+    text = "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records)
+    if compress:
+        with gzip.open(path, "wt", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def rows(store, sql, params=None):
+    return store.con.execute(sql, params or []).fetchall()
+
+
+def emptied(store):
+    """``store`` with the rows of every table deleted, its schema kept: as a new store reads, without the
+    ~0.1 s of opening and migrating one (a property test resets one store per example)."""
+    tables = store.con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+                               "AND table_type = 'BASE TABLE' AND table_name <> 'schema_version'").fetchall()
+    for (table,) in tables:
+        store.con.execute(f'DELETE FROM "{table}"')
+    return store
+
+
+def expected_reasons(path: Path) -> dict[int, str]:
+    """data/sample/broken/expected.tsv: line -> a phrase the quarantine reason must contain."""
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    return {int(n): reason for n, reason in (line.split("\t", 1) for line in lines)}
+
+
+# -- kill -9 at a named point of a load ---------------------------------------------------------------
+
+def _load_until(db: Path, paths, point: str, now: datetime):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "load_until.py"), str(db), now.isoformat(), point,
+                             *map(str, paths)], stdout=subprocess.PIPE, text=True)
+
+
+def load_points(db: Path, paths, now: datetime = NOW) -> list[str]:
+    """Load ``paths`` into ``db`` in a process of its own and return the points it announced, in order
+    (see tests/load_until.py): the points a kill can be aimed at."""
+    process = _load_until(db, paths, "", now)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0 and out.endswith("loaded\n"), out
+    return [line.removeprefix("point: ") for line in out.splitlines() if line.startswith("point: ")]
+
+
+def kill_load_at(db: Path, paths, point: str, now: datetime = NOW) -> None:
+    """Start loading ``paths`` into ``db`` in a process of its own and kill -9 it at ``point``, once it
+    says it stopped there."""
+    import signal
+
+    process = _load_until(db, paths, point, now)
+    try:
+        said = []
+        for line in process.stdout:
+            said.append(line)
+            if line == f"stopped at {point}\n":
+                break
+        else:
+            raise AssertionError(f"the load ended before {point!r}: {''.join(said)}")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+class _Nbformat:
+    """nbformat, imported on first use: its import builds a URI grammar (jsonschema's rfc3987 check, about
+    1 s) that collecting the tests need not pay in every worker."""
+
+    def __getattr__(self, name):
+        if name.startswith(("_", "pytest")):      # pytest looks at every module-level name as it collects
+            raise AttributeError(name)
+        import nbformat
+
+        return getattr(nbformat, name)
+
+
+nbformat = _Nbformat()
