@@ -304,8 +304,8 @@ with Store({str(db)!r}) as store:
 
 
 def test_dry_run_of_an_unregistered_cohort_registers_nothing(empty_file_store, unlimited_emulator, app_with_users):
-    record = export.run(empty_file_store, export.ExportSettings("Later", mode="dynamic", dry_run=True), ext("u1", "u2"),
-                        None)
+    record = export.run(empty_file_store, export.ExportSettings("Later", mode="dynamic", dry_run=True),
+                        ext("u1", "u2"), None)
     assert (record.status, record.mode, record.added) == ("ok", "dynamic", 2)
     assert export.list_exports(empty_file_store) == [] and export.due(empty_file_store) == []
     assert patches(unlimited_emulator) == 0

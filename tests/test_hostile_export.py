@@ -137,9 +137,8 @@ def test_a_kill_between_creating_the_segment_and_saving_its_id_is_recovered(empt
     monkeypatch.setattr(OneSignalClient, "create_segment", create_then_die)
     with pytest.raises(KeyboardInterrupt):
         export.run(empty_file_store, fast(empty_file_store, "Buyers"), ext("u1"), creds(app_with_users))
-    assert export.registration(empty_file_store.con,
-                               "Buyers")["segment_id"] is None and len(segments(unlimited_emulator,
-                                                                                app_with_users)) == 1
+    assert export.registration(empty_file_store.con, "Buyers")["segment_id"] is None
+    assert len(segments(unlimited_emulator, app_with_users)) == 1
     monkeypatch.setattr(OneSignalClient, "create_segment", created)
     for _ in range(2):                                                # and it stays unwedged
         record = export.run(empty_file_store, fast(empty_file_store, "Buyers"), ext("u1", "u2"), creds(app_with_users))
@@ -189,8 +188,8 @@ def test_a_registration_with_a_cut_name_from_before_is_renamed_and_unwedged(empt
         empty_file_store.con.execute("UPDATE exports SET segment_name = ? WHERE cohort = ?", [name[:128], name])
         record = export.run(empty_file_store, fast(empty_file_store, name), ext(user), creds(app_with_users))
         assert record.status == "ok", record.error
-    assert sorted(s["name"] for s in segments(unlimited_emulator, app_with_users)) == sorted(map(export.segment_name,
-                                                                                                 (first, second)))
+    assert (sorted(s["name"] for s in segments(unlimited_emulator, app_with_users))
+            == sorted(map(export.segment_name, (first, second))))
 
 
 # -- 13.2: a free-plan refusal is OneSignal's answer, not a word in a name -------------------------

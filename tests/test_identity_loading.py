@@ -32,8 +32,8 @@ def test_identify_merges_the_anonymous_history(empty_store, tmp_path):
 
 
 def test_identify_ignores_a_non_uuid_anon_id(empty_store, tmp_path):
-    load_events(empty_store, tmp_path, [event("$identify", "bob", **{"$identified_id": "bob",
-                                                                     "$anon_id": "not-a-uuid"})])
+    load_events(empty_store, tmp_path,
+                [event("$identify", "bob", **{"$identified_id": "bob", "$anon_id": "not-a-uuid"})])
     assert canonical(empty_store) == {}
     (refused,), = rows(empty_store, "SELECT refused FROM identity_links")
     assert "not-a-uuid" in refused
@@ -81,8 +81,8 @@ def test_simplified_merge_is_retroactive_and_one_user_per_cluster(empty_store, t
         event("Sign Up", "eve", T0 + 2, **{"$device_id": "d1", "$user_id": "eve"})])
     assert canonical(empty_store) == {"$device:d1": "dave"}
     assert rows(empty_store, "SELECT count(*) FROM identity_links WHERE refused IS NOT NULL") == [(1,)]
-    assert rows(empty_store, "SELECT distinct_id FROM resolved_events ORDER BY time") == [("dave",), ("dave",), ("eve",
-                                                                                                                 )]
+    assert (rows(empty_store, "SELECT distinct_id FROM resolved_events ORDER BY time")
+            == [("dave",), ("dave",), ("eve",)])
 
 
 def test_links_from_a_later_file_resolve_earlier_events(empty_store, tmp_path):

@@ -54,8 +54,8 @@ def test_parquet_with_struct_properties(empty_store, tmp_path):
                    {{'time': {T0}, 'distinct_id': 'u1', 'plan': 'pro'}} AS properties)
                    TO '{path}' (FORMAT parquet)""")
     load(empty_store, path)
-    assert rows(empty_store, "SELECT event, distinct_id, properties->>'$.plan' FROM events") == [("Sign Up", "u1",
-                                                                                                  "pro")]
+    assert (rows(empty_store, "SELECT event, distinct_id, properties->>'$.plan' FROM events")
+            == [("Sign Up", "u1", "pro")])
 
 
 def test_time_in_seconds_or_milliseconds(empty_store, tmp_path):

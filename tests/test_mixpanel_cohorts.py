@@ -43,8 +43,8 @@ def test_adopted_then_refreshed_only_when_members_change(mp, client, empty_file_
     assert cohorts.get(empty_file_store, "Power users").static_ids == ("u2", "u3", "u5", "u6")
 
     mp.data.add_cohort({"id": 11, "name": "Power users", "members": []})
-    assert [r.status for r in mixpanel_cohorts.refresh(empty_file_store,
-                                                       client)] == ["empty (kept the previous members)"]
+    assert ([r.status for r in mixpanel_cohorts.refresh(empty_file_store, client)]
+            == ["empty (kept the previous members)"])
     assert cohorts.version_of(empty_file_store, "Power users") == 2
 
 
@@ -70,8 +70,8 @@ def test_a_mixpanel_cohort_exports_exactly_its_exportable_members(mp, client, em
     exportable = set(preview.exportable["onesignal_id"])
     assert exportable == {"ext-1", "ext-2", "ext-3"}
     settings = export.settings(empty_file_store, "Power users", mode="dynamic", app_id=emulator_app.app_id,
-                               base_url=running_emulator.url,
-                               id_type="external_id", client_options={"backoff_base": 0.01, "backoff_max": 0.05})
+                               base_url=running_emulator.url, id_type="external_id",
+                               client_options={"backoff_base": 0.01, "backoff_max": 0.05})
     record = sync.export_cohort(empty_file_store, settings, Credentials(emulator_app.app_id, emulator_app.api_key))
     key = export.tag_key("Power users")
     tagged = {user for user, tags in running_emulator.user_tags(emulator_app.app_id).items() if tags.get(key)}

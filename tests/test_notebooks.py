@@ -125,8 +125,7 @@ def test_the_cli_dry_run_the_panel_and_the_notebook_show_what_preview_export_say
     cohort = "New sign-ups"                   # the last 30 days: twenty days on, some left and some joined
     with Store(fresh_sample_file) as store:
         earlier = export.settings(store, cohort, mode="once", app_id=sample_app_in_env.app_id,
-                                  base_url=unlimited_emulator.url,
-                                  now=NOW - timedelta(days=20))
+                                  base_url=unlimited_emulator.url, now=NOW - timedelta(days=20))
         assert sync.export_cohort(store, earlier, Credentials(sample_app_in_env.app_id,
                                                               sample_app_in_env.api_key)).status == "ok"
         runs_before = export.runs(store)

@@ -121,8 +121,8 @@ def test_the_kept_fingerprint_is_the_snapshots_and_expired_absences_leave_it(sha
     snapshots.keep(shared_file_store.con, "K")
     current = effective(members)                        # a and b: c's recheck is due
     assert set(current) == {"a", "b"}
-    assert snapshots.kept(shared_file_store.con, "K", SINCE) == snapshots.fingerprint(shared_file_store.con,
-                                                                                      snapshots.table_of(current))
+    assert (snapshots.kept(shared_file_store.con, "K", SINCE)
+            == snapshots.fingerprint(shared_file_store.con, snapshots.table_of(current)))
     the_plan, _ = export._plan(shared_file_store.con, export.ExportSettings("K", dry_run=True, now=NOW), current)
     assert the_plan.changes == () and the_plan.counts[NOOP] == 2
 

@@ -232,7 +232,8 @@ def test_preview_export_and_preview_again(sample_store_copy, unlimited_emulator,
     # The same diff as the real dry run.
     record = sync.export_cohort(sample_store_copy, export.settings(sample_store_copy, CHURN, mode="once",
                                                                    app_id=sample_app.app_id,
-                                                       base_url=unlimited_emulator.url, dry_run=True, now=NOW))
+                                                                   base_url=unlimited_emulator.url, dry_run=True,
+                                                                   now=NOW))
     assert shown == (record.added, record.removed, record.unchanged) and shown[0] == record.exportable > 0
     assert "guard passes" in panel.status.value and f"add {shown[0]}" in panel.diff.value
 
