@@ -113,35 +113,3 @@ def demo_copy(demo_run, tmp_path) -> DemoRun:
     cwd = tmp_path / "first-hour"
     shutil.copytree(demo_run.cwd, cwd)
     return DemoRun(cwd, demo_run.output)
-
-
-# -- old names, kept while other modules still use them (rename there, then delete these) ----------
-
-@pytest.fixture
-def store(empty_store):
-    return empty_store
-
-
-@pytest.fixture
-def file_store(empty_file_store):
-    return empty_file_store
-
-
-@pytest.fixture
-def emulator(running_emulator):
-    return running_emulator
-
-
-@pytest.fixture
-def app(emulator):
-    return emulator.add_app()
-
-
-@pytest.fixture(scope="module")
-def sample(sample_store):
-    return sample_store
-
-
-@pytest.fixture(scope="module")
-def sample_db(sample_store_file):
-    return sample_store_file

@@ -61,9 +61,9 @@ def members(store, rules, match="all", definitions=None, now=NOW):
 # -- behaviour: counts ----------------------------------------------------------------------------
 
 @pytest.fixture
-def buyers(store, tmp_path):
+def buyers(empty_store, tmp_path):
     # a: 3 purchases, b: 1, c: none (but known through a Login), d: a profile only.
-    return build(store, tmp_path, [
+    return build(empty_store, tmp_path, [
         event("Purchase", "a", ago(1), "a1"), event("Purchase", "a", ago(2), "a2"),
         event("Purchase", "a", ago(3), "a3"), event("Purchase", "b", ago(4), "b1"),
         event("Login", "c", ago(1), "c1"),
@@ -93,8 +93,8 @@ def test_default_rule_is_did_at_least_once(buyers):
 # -- behaviour: windows ---------------------------------------------------------------------------
 
 @pytest.fixture
-def timeline(store, tmp_path):
-    return build(store, tmp_path, [
+def timeline(empty_store, tmp_path):
+    return build(empty_store, tmp_path, [
         event("Visit", "edge", NOW_S - 7 * DAY, "e1"),            # exactly 7 days before now: inside
         event("Visit", "old", NOW_S - 7 * DAY - 1, "o1"),         # one second earlier: outside
         event("Visit", "future", NOW_S + 60, "f1"),               # after now: ignored everywhere
@@ -137,26 +137,26 @@ def test_a_past_now_reproduces_a_past_answer(timeline):
 
 # -- behaviour: event property filters -------------------------------------------------------------
 
-def test_event_property_filters(store, tmp_path):
-    build(store, tmp_path, [
+def test_event_property_filters(empty_store, tmp_path):
+    build(empty_store, tmp_path, [
         event("Purchase", "a", ago(1), "a1", amount=30, currency="EUR", tags=["gift"]),
         event("Purchase", "a", ago(2), "a2", amount=5, currency="EUR"),
         event("Purchase", "b", ago(1), "b1", amount="25.5", currency="USD"),     # a numeric string counts
         event("Purchase", "c", ago(1), "c1", amount=100),                         # no currency
     ])
     big = {"event": "Purchase", "where": [{"property": "amount", "operator": "greater", "value": 20}]}
-    assert members(store, [big]) == ["a", "b", "c"]
-    assert members(store, [{**big, "count": 2}]) == []
+    assert members(empty_store, [big]) == ["a", "b", "c"]
+    assert members(empty_store, [{**big, "count": 2}]) == []
     euro = {"event": "Purchase", "operator": "at_least", "count": 2,
             "where": [{"property": "currency", "operator": "equals", "value": "EUR"}]}
-    assert members(store, [euro]) == ["a"]
+    assert members(empty_store, [euro]) == ["a"]
     not_usd = {"event": "Purchase", "where": [{"property": "currency", "operator": "not_equals", "value": "USD"}]}
-    assert members(store, [not_usd]) == ["a", "c"]          # not_equals includes a missing property
+    assert members(empty_store, [not_usd]) == ["a", "c"]          # not_equals includes a missing property
     gift = {"event": "Purchase", "where": [{"property": "tags", "operator": "contains", "value": "gift"}]}
-    assert members(store, [gift]) == ["a"]
+    assert members(empty_store, [gift]) == ["a"]
     both = {"event": "Purchase", "where": [{"property": "amount", "operator": "greater", "value": 20},
                                            {"property": "currency", "operator": "is_set"}]}
-    assert members(store, [both]) == ["a", "b"]
+    assert members(empty_store, [both]) == ["a", "b"]
 
 
 # -- profile properties ----------------------------------------------------------------------------
@@ -171,8 +171,8 @@ PROFILES = {
 
 
 @pytest.fixture
-def people(store, tmp_path):
-    return build(store, tmp_path, [event("Visit", "visitor", ago(1), "x1")], profiles=PROFILES)
+def people(empty_store, tmp_path):
+    return build(empty_store, tmp_path, [event("Visit", "visitor", ago(1), "x1")], profiles=PROFILES)
 
 
 @pytest.mark.parametrize("prop, operator, value, expected", [
@@ -299,8 +299,8 @@ def test_save_all_is_all_or_nothing_and_takes_the_store_not_its_connection(buyer
 ANON = "3f2b8c1e-9d4a-4e6b-a1c2-7f8e9d0a1b2c"
 
 
-def test_identity_merges_change_membership_like_mixpanel(store, tmp_path):
-    build(store, tmp_path, [
+def test_identity_merges_change_membership_like_mixpanel(empty_store, tmp_path):
+    build(empty_store, tmp_path, [
         # before $identify, an anonymous browser views two pages and buys
         event("Page View", ANON, ago(10), "v1"), event("Page View", ANON, ago(9), "v2"),
         event("Purchase", ANON, ago(9), "p1"),
@@ -314,23 +314,23 @@ def test_identity_merges_change_membership_like_mixpanel(store, tmp_path):
         event("Page View", "not-a-uuid", ago(10), "v4"),
         event("$identify", "sam", ago(8), "i2", **{"$identified_id": "sam", "$anon_id": "not-a-uuid"}),
     ])
-    assert members(store, [{"event": "Purchase"}]) == ["kim", "u@example.com"]
-    assert members(store, [{"event": "Page View", "count": 3}]) == ["u@example.com"]
-    everyone = members(store, [{"event": "Purchase", "did": False}])
+    assert members(empty_store, [{"event": "Purchase"}]) == ["kim", "u@example.com"]
+    assert members(empty_store, [{"event": "Page View", "count": 3}]) == ["u@example.com"]
+    everyone = members(empty_store, [{"event": "Purchase", "did": False}])
     assert ANON not in everyone and "kim-old" not in everyone
     assert "not-a-uuid" in everyone and "sam" in everyone
 
 
-def test_profile_conditions_read_the_canonical_profile(store, tmp_path):
-    build(store, tmp_path, [event("$create_alias", "kim", ago(5), "al", alias="kim-old")],
+def test_profile_conditions_read_the_canonical_profile(empty_store, tmp_path):
+    build(empty_store, tmp_path, [event("$create_alias", "kim", ago(5), "al", alias="kim-old")],
           updates=[{"$token": "t", "$distinct_id": "kim-old", "$set": {"plan": "pro"}}])
-    assert members(store, [{"property": "plan", "operator": "equals", "value": "pro"}]) == ["kim"]
+    assert members(empty_store, [{"property": "plan", "operator": "equals", "value": "pro"}]) == ["kim"]
 
 
 # -- static cohorts ----------------------------------------------------------------------------------
 
-def test_static_cohort_from_csv_resolves_ids(store, tmp_path):
-    build(store, tmp_path, [
+def test_static_cohort_from_csv_resolves_ids(empty_store, tmp_path):
+    build(empty_store, tmp_path, [
         event("Page View", ANON, ago(10), "v1"),
         event("$identify", "u@example.com", ago(8), "i1", **{"$identified_id": "u@example.com", "$anon_id": ANON}),
         event("$create_alias", "kim", ago(5), "al", alias="kim-old"),
@@ -343,10 +343,10 @@ def test_static_cohort_from_csv_resolves_ids(store, tmp_path):
     ]}))
     defs = cohorts.load_definitions(tmp_path / "defs.json")
     assert defs[0].static_ids == (ANON, "kim", "kim-old", "stranger")
-    cohorts.save_all(store, defs)
+    cohorts.save_all(empty_store, defs)
     # canonical ids, de-duplicated; an id the store never saw is still a member of the static cohort
-    assert cohorts.evaluate(store, "panel", now=NOW) == ["kim", "stranger", "u@example.com"]
-    assert cohorts.evaluate(store, "panel who visited", now=NOW) == ["u@example.com"]
+    assert cohorts.evaluate(empty_store, "panel", now=NOW) == ["kim", "stranger", "u@example.com"]
+    assert cohorts.evaluate(empty_store, "panel who visited", now=NOW) == ["u@example.com"]
 
 
 def test_static_csv_without_header_and_its_errors(tmp_path):
@@ -365,32 +365,32 @@ def test_static_csv_without_header_and_its_errors(tmp_path):
 
 # -- storage and versions ----------------------------------------------------------------------------
 
-def test_saving_versions_only_on_change(store):
+def test_saving_versions_only_on_change(empty_store):
     first = Cohort("buyers", rules=[EventRule("Purchase", last_days=30)], description="d")
-    assert cohorts.save(store, first, now=NOW) == 1
-    assert cohorts.save(store, first, now=NOW) == 1
+    assert cohorts.save(empty_store, first, now=NOW) == 1
+    assert cohorts.save(empty_store, first, now=NOW) == 1
     same = {"name": "buyers", "description": "d", "match": "all",
             "rules": [{"event": "Purchase", "did": True, "operator": "at_least", "count": 1, "last_days": 30}]}
-    assert cohorts.save(store, same) == 1                       # explicit defaults mean the same
-    assert cohorts.save(store, Cohort("buyers", rules=[EventRule("Purchase", last_days=7)], description="d")) == 2
-    assert cohorts.save(store, first) == 3                      # back to the old meaning: a new version
-    listed = cohorts.list_cohorts(store)
+    assert cohorts.save(empty_store, same) == 1                       # explicit defaults mean the same
+    assert cohorts.save(empty_store, Cohort("buyers", rules=[EventRule("Purchase", last_days=7)], description="d")) == 2
+    assert cohorts.save(empty_store, first) == 3                      # back to the old meaning: a new version
+    listed = cohorts.list_cohorts(empty_store)
     assert [(c["name"], c["version"], c["versions"], c["kind"]) for c in listed] == [("buyers", 3, 3, "dynamic")]
     assert "in the last 30 days" in listed[0]["summary"]
-    assert cohorts.get(store, "buyers", version=2).rules[0].last_days == 7
+    assert cohorts.get(empty_store, "buyers", version=2).rules[0].last_days == 7
     with pytest.raises(CohortError, match='no cohort "nope" in the store; known: buyers'):
-        cohorts.get(store, "nope")
+        cohorts.get(empty_store, "nope")
 
 
-def test_static_versions_follow_the_set_of_ids(store):
-    assert cohorts.save(store, {"name": "s", "static_ids": ["b", "a"]}) == 1
-    assert cohorts.save(store, {"name": "s", "static_ids": ["a", "b", "a"]}) == 1   # same set
-    assert cohorts.save(store, {"name": "s", "static_ids": ["a", "b", "c"]}) == 2
+def test_static_versions_follow_the_set_of_ids(empty_store):
+    assert cohorts.save(empty_store, {"name": "s", "static_ids": ["b", "a"]}) == 1
+    assert cohorts.save(empty_store, {"name": "s", "static_ids": ["a", "b", "a"]}) == 1   # same set
+    assert cohorts.save(empty_store, {"name": "s", "static_ids": ["a", "b", "c"]}) == 2
 
 
-def test_the_stored_definition_is_the_canonical_json(store):
-    cohorts.save(store, {"name": "x", "rules": [{"property": "age", "operator": "greater", "value": 20.0}]})
-    stored = json.loads(store.con.execute("SELECT definition FROM cohorts").fetchone()[0])
+def test_the_stored_definition_is_the_canonical_json(empty_store):
+    cohorts.save(empty_store, {"name": "x", "rules": [{"property": "age", "operator": "greater", "value": 20.0}]})
+    stored = json.loads(empty_store.con.execute("SELECT definition FROM cohorts").fetchone()[0])
     assert stored == {"name": "x", "rules": [{"property": "age", "operator": "greater", "value": 20,
                                               "type": "number"}]}
 
@@ -471,11 +471,11 @@ def test_invalid_definition_in_a_file(tmp_path):
         cohorts.load_definitions(path)
 
 
-def test_python_api_is_checked_like_files(store):
+def test_python_api_is_checked_like_files(empty_store):
     with pytest.raises(DefinitionError, match=r'cohort "py": rules\[0\]\.count'):
-        cohorts.save(store, Cohort("py", rules=[EventRule("A", count=-2)]))
+        cohorts.save(empty_store, Cohort("py", rules=[EventRule("A", count=-2)]))
     with pytest.raises(DefinitionError, match=r"rules\[0\]\.rules\[0\]\.value"):
-        cohorts.evaluate(store, Cohort("py", rules=[Group([PropertyRule("age", "greater", "x")])]), now=NOW)
+        cohorts.evaluate(empty_store, Cohort("py", rules=[Group([PropertyRule("age", "greater", "x")])]), now=NOW)
 
 
 # -- hostile names and values ---------------------------------------------------------------------------
@@ -559,25 +559,25 @@ PERSONAS = {"alice@example.com", "bob", "carol", "dave", "erin", "frank", "heidi
     ("VIP support list", PERSONAS),
     ("VIPs engaged with push", {"bob", "dave", "erin"}),
 ])
-def test_sample_cohorts_pick_the_expected_personas(sample, name, expected):
-    got = cohorts.evaluate(sample, name, now=NOW)
+def test_sample_cohorts_pick_the_expected_personas(sample_store, name, expected):
+    got = cohorts.evaluate(sample_store, name, now=NOW)
     assert set(got) & PERSONAS == expected
     assert got == sorted(got) and len(got) == len(set(got))
 
 
-def test_sample_beta_testers_exclude_purchasers(sample):
-    beta = set(cohorts.evaluate(sample, {"name": "b", "rules": [{"property": "is_beta", "operator": "equals",
+def test_sample_beta_testers_exclude_purchasers(sample_store):
+    beta = set(cohorts.evaluate(sample_store, {"name": "b", "rules": [{"property": "is_beta", "operator": "equals",
                                                                  "value": True}]}, now=NOW))
-    buyers = set(cohorts.evaluate(sample, "Purchasers last 30 days", now=NOW))
-    assert set(cohorts.evaluate(sample, "Beta testers excluding purchasers", now=NOW)) == beta - buyers
+    buyers = set(cohorts.evaluate(sample_store, "Purchasers last 30 days", now=NOW))
+    assert set(cohorts.evaluate(sample_store, "Beta testers excluding purchasers", now=NOW)) == beta - buyers
     assert beta & buyers                                       # the exclusion does remove someone
 
 
-def test_sample_is_listed_with_versions(sample):
-    listed = {c["name"]: c for c in cohorts.list_cohorts(sample)}
+def test_sample_is_listed_with_versions(sample_store):
+    listed = {c["name"]: c for c in cohorts.list_cohorts(sample_store)}
     assert listed["VIP support list"]["kind"] == "static" and listed["VIP support list"]["version"] == 1
     assert "15 ids" in listed["VIP support list"]["summary"]
-    assert cohorts.save_all(sample, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))["Pro plan in the US"] == 1
+    assert cohorts.save_all(sample_store, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))["Pro plan in the US"] == 1
 
 
 # -- the planner: a restricted candidate set never changes the answer ----------------------------------

@@ -30,10 +30,11 @@ BASE_URL = "http://emulator.test"        # never resolved: transport(emu) answer
 
 
 @pytest.fixture
-def http(emulator, app):
+def http(running_emulator, emulator_app):
     """An httpx client speaking as ``app`` over real HTTP; paths are relative to the app (``/users/...``)."""
-    with httpx.Client(base_url=f"{emulator.url}/apps/{app.app_id}",
-                      headers={"Authorization": f"Key {app.api_key}", "Content-Type": "application/json"}) as c:
+    with httpx.Client(base_url=f"{running_emulator.url}/apps/{emulator_app.app_id}",
+                      headers={"Authorization": f"Key {emulator_app.api_key}",
+                               "Content-Type": "application/json"}) as c:
         yield c
 
 
@@ -169,16 +170,16 @@ def test_the_app_rate_limit_is_a_bucket_of_one_second():
     assert [bucket.admit(20.0) for _ in range(4)].count(None) == 3       # never more than a second's worth
 
 
-def test_the_app_rate_limit_over_http(emulator):
-    app = emulator.add_app(rate_limit=3)
+def test_the_app_rate_limit_over_http(running_emulator):
+    app = running_emulator.add_app(rate_limit=3)
     with httpx.Client(headers={"Authorization": f"Key {app.api_key}"}) as http:
-        answers = [http.get(f"{emulator.url}/apps/{app.app_id}/segments") for _ in range(8)]
+        answers = [http.get(f"{running_emulator.url}/apps/{app.app_id}/segments") for _ in range(8)]
     statuses = [a.status_code for a in answers]
     assert statuses[:3] == [200, 200, 200] and 429 in statuses
     refused = next(a for a in answers if a.status_code == 429)
     assert refused.json() == RATE_LIMITED and refused.headers["Retry-After"] == "1"
-    assert emulator.counters["rate_limited"] == statuses.count(429)
-    assert emulator.counters["by_status"] == {"200": statuses.count(200), "429": statuses.count(429)}
+    assert running_emulator.counters["rate_limited"] == statuses.count(429)
+    assert running_emulator.counters["by_status"] == {"200": statuses.count(200), "429": statuses.count(429)}
 
 
 def test_creating_a_user_works_but_is_counted(emu, as_app):
@@ -370,26 +371,28 @@ def test_added_latency():
 
 # -- state -----------------------------------------------------------------------------------------
 
-def test_state_snapshot_and_the_control_endpoints(emulator, app, http):
-    emulator.add_user(app.app_id, external_id="u", tags={"seeded": "1"})
+def test_state_snapshot_and_the_control_endpoints(running_emulator, emulator_app, http):
+    running_emulator.add_user(emulator_app.app_id, external_id="u", tags={"seeded": "1"})
     http.patch("/users/by/external_id/u", json=tags({"a": "1", "seeded": ""}))
     http.post("/segments", json={"name": "A", "filters": TAG_A})
-    state = httpx.get(f"{emulator.url}/_emulator/state", headers=emulator.admin_headers).json()
-    assert state == emulator.state
-    (user,) = state["apps"][app.app_id]["users"]
+    state = httpx.get(f"{running_emulator.url}/_emulator/state", headers=running_emulator.admin_headers).json()
+    assert state == running_emulator.state
+    (user,) = state["apps"][emulator_app.app_id]["users"]
     assert user["external_id"] == "u" and user["tags"] == {"a": "1"}
-    assert state["apps"][app.app_id]["segments"][0]["members"]["external_ids"] == ["u"]
-    assert app.api_key not in json.dumps(state)
+    assert state["apps"][emulator_app.app_id]["segments"][0]["members"]["external_ids"] == ["u"]
+    assert emulator_app.api_key not in json.dumps(state)
     assert state["counters"]["requests"] == 2
-    log = httpx.get(f"{emulator.url}/_emulator/requests", headers=emulator.admin_headers).json()["requests"]
+    log = httpx.get(f"{running_emulator.url}/_emulator/requests",
+                    headers=running_emulator.admin_headers).json()["requests"]
     assert [(r["method"], r["status"]) for r in log] == [("PATCH", 202), ("POST", 201)]
     http.post("/users", json={"identity": {"external_id": "created"}})
 
-    assert httpx.post(f"{emulator.url}/_emulator/reset", headers=emulator.admin_headers).json() == {"success": True}
-    state = emulator.state
-    (user,) = state["apps"][app.app_id]["users"]                    # back to the users as seeded...
+    assert httpx.post(f"{running_emulator.url}/_emulator/reset",
+                      headers=running_emulator.admin_headers).json() == {"success": True}
+    state = running_emulator.state
+    (user,) = state["apps"][emulator_app.app_id]["users"]                    # back to the users as seeded...
     assert user["external_id"] == "u" and user["tags"] == {"seeded": "1"}
-    assert state["apps"][app.app_id]["segments"] == [] and state["counters"]["requests"] == 0
+    assert state["apps"][emulator_app.app_id]["segments"] == [] and state["counters"]["requests"] == 0
     assert http.get("/segments").status_code == 200                # ...keeping the app and its key
 
 
@@ -440,14 +443,16 @@ def test_seed_users_from_json_and_json_lines(tmp_path):
         emulator.seed_users(as_lines)
 
 
-def test_the_request_log_never_holds_the_key(emulator, app, http, caplog):
+def test_the_request_log_never_holds_the_key(running_emulator, emulator_app, http, caplog):
     caplog.set_level(logging.DEBUG)
-    emulator.add_user(app.app_id, external_id="u")
+    running_emulator.add_user(emulator_app.app_id, external_id="u")
     http.patch("/users/by/external_id/u", json=tags({"a": "1"}))
-    httpx.get(f"{emulator.url}/apps/{app.app_id}/segments", headers={"Authorization": "Key wrong-key-123"})
+    httpx.get(f"{running_emulator.url}/apps/{emulator_app.app_id}/segments",
+              headers={"Authorization": "Key wrong-key-123"})
     assert "PATCH /apps/" in caplog.text
-    assert app.api_key not in caplog.text and "wrong-key-123" not in caplog.text
-    assert app.api_key not in json.dumps(emulator.requests()) and app.api_key not in repr(app)
+    assert emulator_app.api_key not in caplog.text and "wrong-key-123" not in caplog.text
+    assert emulator_app.api_key not in json.dumps(running_emulator.requests())
+    assert emulator_app.api_key not in repr(emulator_app)
 
 
 # -- the command -----------------------------------------------------------------------------------

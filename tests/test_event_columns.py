@@ -167,13 +167,13 @@ SHOP = [("Purchase", "a", 1, {"amount": 30}), ("Purchase", "b", 2, {"amount": "2
         ("Page View", "d", 1, {"amount": 99})]
 
 
-def test_a_new_pair_is_backfilled_once_and_remembered(file_store, tmp_path):
-    _load(file_store, tmp_path / "in", "shop.jsonl", SHOP)
-    assert _registered(file_store) == set() and _ep_columns(file_store) == []
-    assert _check(file_store, _amount_over(20)) == ["a", "b"]
-    assert _registered(file_store) == {("Purchase", "amount", 0)}
-    assert _ep_columns(file_store) == ["ep0_list", "ep0_number", "ep0_text", "ep0_type"]
-    filled = rows(file_store, "SELECT event, distinct_id, ep0_type, ep0_text, ep0_number, ep0_list::VARCHAR "
+def test_a_new_pair_is_backfilled_once_and_remembered(empty_file_store, tmp_path):
+    _load(empty_file_store, tmp_path / "in", "shop.jsonl", SHOP)
+    assert _registered(empty_file_store) == set() and _ep_columns(empty_file_store) == []
+    assert _check(empty_file_store, _amount_over(20)) == ["a", "b"]
+    assert _registered(empty_file_store) == {("Purchase", "amount", 0)}
+    assert _ep_columns(empty_file_store) == ["ep0_list", "ep0_number", "ep0_text", "ep0_type"]
+    filled = rows(empty_file_store, "SELECT event, distinct_id, ep0_type, ep0_text, ep0_number, ep0_list::VARCHAR "
                               "FROM events ORDER BY ALL")
     assert filled == [("Page View", "d", None, None, None, None),        # rows of other events stay empty
                       ("Purchase", "a", "UBIGINT", "30", 30.0, None),
@@ -181,33 +181,33 @@ def test_a_new_pair_is_backfilled_once_and_remembered(file_store, tmp_path):
                       ("Purchase", "c", "ARRAY", "[40]", None, "[40]"),
                       ("Refund", "a", None, None, None, None)]
     # The same property on another event shares the columns; another property gets its own.
-    assert _check(file_store, _amount_over(20, ev="Refund")) == ["a"]
-    assert _check(file_store, {"name": "x", "rules": [{"event": "Page View", "where": [
+    assert _check(empty_file_store, _amount_over(20, ev="Refund")) == ["a"]
+    assert _check(empty_file_store, {"name": "x", "rules": [{"event": "Page View", "where": [
         {"property": "currency", "operator": "is_not_set"}]}]}) == ["d"]
-    assert _registered(file_store) == {("Purchase", "amount", 0), ("Refund", "amount", 0),
+    assert _registered(empty_file_store) == {("Purchase", "amount", 0), ("Refund", "amount", 0),
                                        ("Page View", "currency", 1)}
-    assert rows(file_store, "SELECT ep0_number FROM events WHERE event = 'Refund'") == [(50.0,)]
-    registry = _registered(file_store)
-    _check(file_store, _amount_over(20))                                  # already there: nothing added
-    assert _registered(file_store) == registry and len(_ep_columns(file_store)) == 8
+    assert rows(empty_file_store, "SELECT ep0_number FROM events WHERE event = 'Refund'") == [(50.0,)]
+    registry = _registered(empty_file_store)
+    _check(empty_file_store, _amount_over(20))                                  # already there: nothing added
+    assert _registered(empty_file_store) == registry and len(_ep_columns(empty_file_store)) == 8
 
 
-def test_a_load_after_extraction_fills_the_new_rows(file_store, tmp_path):
-    _load(file_store, tmp_path / "in", "shop.jsonl", SHOP)
-    assert _check(file_store, _amount_over(20)) == ["a", "b"]
-    _load(file_store, tmp_path / "in", "more.jsonl", [("Purchase", "e", 1, {"amount": 21}),
+def test_a_load_after_extraction_fills_the_new_rows(empty_file_store, tmp_path):
+    _load(empty_file_store, tmp_path / "in", "shop.jsonl", SHOP)
+    assert _check(empty_file_store, _amount_over(20)) == ["a", "b"]
+    _load(empty_file_store, tmp_path / "in", "more.jsonl", [("Purchase", "e", 1, {"amount": 21}),
                                                       ("Purchase", "f", 1, {"amount": "x"}),
                                                       ("Refund", "g", 1, {"amount": 70})], first_id=100)
-    assert rows(file_store, "SELECT distinct_id, ep0_type, ep0_number FROM events "
+    assert rows(empty_file_store, "SELECT distinct_id, ep0_type, ep0_number FROM events "
                             "WHERE distinct_id IN ('e', 'f', 'g') ORDER BY 1") == [
         ("e", "UBIGINT", 21.0), ("f", "VARCHAR", None), ("g", None, None)]
-    assert _check(file_store, _amount_over(20)) == ["a", "b", "e"]
+    assert _check(empty_file_store, _amount_over(20)) == ["a", "b", "e"]
 
 
-def test_a_failed_load_leaves_nothing_half_written(file_store, tmp_path, monkeypatch):
-    _load(file_store, tmp_path / "in", "shop.jsonl", SHOP)
-    _check(file_store, _amount_over(20))
-    before = rows(file_store, "SELECT * EXCLUDE (properties) FROM event_rows ORDER BY ALL")
+def test_a_failed_load_leaves_nothing_half_written(empty_file_store, tmp_path, monkeypatch):
+    _load(empty_file_store, tmp_path / "in", "shop.jsonl", SHOP)
+    _check(empty_file_store, _amount_over(20))
+    before = rows(empty_file_store, "SELECT * EXCLUDE (properties) FROM event_rows ORDER BY ALL")
 
     def fail(*args, **kwargs):      # after the columns were filled, in the same transaction
         raise duckdb.IOException("disk full")
@@ -215,16 +215,16 @@ def test_a_failed_load_leaves_nothing_half_written(file_store, tmp_path, monkeyp
     monkeypatch.setattr(derived, "refresh_facts", fail)
     folder = tmp_path / "in"
     write_lines(folder / "more.jsonl", _events([("Purchase", "e", 1, {"amount": 21})], 100))
-    summary = load(file_store, [folder / "more.jsonl"], now=NOW)
+    summary = load(empty_file_store, [folder / "more.jsonl"], now=NOW)
     assert summary.files[0].status == "refused" and "disk full" in summary.files[0].message
-    assert rows(file_store, "SELECT * EXCLUDE (properties) FROM event_rows ORDER BY ALL") == before
+    assert rows(empty_file_store, "SELECT * EXCLUDE (properties) FROM event_rows ORDER BY ALL") == before
     monkeypatch.undo()
-    _load(file_store, folder, "more.jsonl", [("Purchase", "e", 1, {"amount": 21})], first_id=100)
-    assert _check(file_store, _amount_over(20)) == ["a", "b", "e"]
+    _load(empty_file_store, folder, "more.jsonl", [("Purchase", "e", 1, {"amount": 21})], first_id=100)
+    assert _check(empty_file_store, _amount_over(20)) == ["a", "b", "e"]
 
 
-def test_a_failed_backfill_adds_no_column_registers_nothing_and_answers(file_store, tmp_path, monkeypatch):
-    _load(file_store, tmp_path / "in", "shop.jsonl", SHOP)
+def test_a_failed_backfill_adds_no_column_registers_nothing_and_answers(empty_file_store, tmp_path, monkeypatch):
+    _load(empty_file_store, tmp_path / "in", "shop.jsonl", SHOP)
     calls = []
 
     def fail_on_the_second(*args):
@@ -238,10 +238,10 @@ def test_a_failed_backfill_adds_no_column_registers_nothing_and_answers(file_sto
     two = {"name": "two", "rules": [{"event": "Purchase", "where": [
         {"property": "amount", "operator": "greater", "value": 20},
         {"property": "currency", "operator": "is_not_set"}]}]}
-    assert _check(file_store, two) == ["a", "b"]             # on the JSON: a backfill is only a speed-up
-    assert len(calls) == 2 and _registered(file_store) == set() and _ep_columns(file_store) == []
+    assert _check(empty_file_store, two) == ["a", "b"]             # on the JSON: a backfill is only a speed-up
+    assert len(calls) == 2 and _registered(empty_file_store) == set() and _ep_columns(empty_file_store) == []
     monkeypatch.undo()
-    assert _check(file_store, two) == ["a", "b"]
+    assert _check(empty_file_store, two) == ["a", "b"]
 
 
 def test_a_read_only_store_reads_the_json(tmp_path):
@@ -256,22 +256,22 @@ def test_a_read_only_store_reads_the_json(tmp_path):
         assert _registered(store) == {("Purchase", "amount", 0)}
 
 
-def test_past_the_limit_filters_stay_on_json(file_store, tmp_path, monkeypatch):
+def test_past_the_limit_filters_stay_on_json(empty_file_store, tmp_path, monkeypatch):
     monkeypatch.setattr(event_columns, "MAX_PROPERTIES", 1)
-    _load(file_store, tmp_path / "in", "shop.jsonl",
+    _load(empty_file_store, tmp_path / "in", "shop.jsonl",
           SHOP + [("Purchase", "a", 1, {"amount": 30, "currency": "EUR"})], first_id=0)
     both = {"name": "both", "rules": [{"event": "Purchase", "where": [
         {"property": "amount", "operator": "greater", "value": 20},
         {"property": "currency", "operator": "equals", "value": "EUR"}]}]}
-    assert _check(file_store, both) == ["a"]
-    assert _registered(file_store) == {("Purchase", "amount", 0)}
-    assert '"fe"' in cohorts.query(file_store, both, now=NOW).sql     # a rule with one JSON filter reads JSON
-    assert _check(file_store, _amount_over(20)) == ["a", "b"]
+    assert _check(empty_file_store, both) == ["a"]
+    assert _registered(empty_file_store) == {("Purchase", "amount", 0)}
+    assert '"fe"' in cohorts.query(empty_file_store, both, now=NOW).sql     # a rule with one JSON filter reads JSON
+    assert _check(empty_file_store, _amount_over(20)) == ["a", "b"]
 
 
-def test_the_window_still_applies_on_columns(file_store, tmp_path):
-    _load(file_store, tmp_path / "in", "shop.jsonl", SHOP + [("Purchase", "old", 40, {"amount": 99})], first_id=0)
+def test_the_window_still_applies_on_columns(empty_file_store, tmp_path):
+    _load(empty_file_store, tmp_path / "in", "shop.jsonl", SHOP + [("Purchase", "old", 40, {"amount": 99})], first_id=0)
     recent = {"name": "r", "rules": [{"event": "Purchase", "last_days": 30, "where": [
         {"property": "amount", "operator": "greater", "value": 20}]}]}
-    assert _check(file_store, recent) == ["a", "b"]
-    assert _check(file_store, {**recent, "rules": [{**recent["rules"][0], "last_days": 60}]}) == ["a", "b", "old"]
+    assert _check(empty_file_store, recent) == ["a", "b"]
+    assert _check(empty_file_store, {**recent, "rules": [{**recent["rules"][0], "last_days": 60}]}) == ["a", "b", "old"]

@@ -17,23 +17,17 @@ WEIRD = ["a/b", "with space", "zoë ✓", "quote\"'", "100%", "."]
 
 
 @pytest.fixture
-def emulator():
+def unlimited_emulator():
     with Emulator(user_rate_limit=0) as emu:
         yield emu
 
 
 @pytest.fixture
-def app(emulator):
-    app = emulator.add_app()
+def app_with_users(unlimited_emulator):
+    app = unlimited_emulator.add_app()
     for ext in ["u1", "u2", "u3", "u4", *WEIRD]:
-        emulator.add_user(app.app_id, external_id=ext)
+        unlimited_emulator.add_user(app.app_id, external_id=ext)
     return app
-
-
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "s.duckdb") as s:
-        yield s
 
 
 def creds(app):
@@ -63,98 +57,99 @@ def patches(emulator):
     return sum(1 for r in emulator.requests() if r["method"] == "PATCH" and "/users/" in r["path"])
 
 
-def test_overwrite_semantics_join_leave_rejoin(store, emulator, app):
+def test_overwrite_semantics_join_leave_rejoin(empty_file_store, unlimited_emulator, app_with_users):
     for wanted in (["u1", "u2"], ["u2", "u3"], ["u1", "u3"], []):
-        before = patches(emulator)
-        record = sync(store, emulator, app, ext(*wanted), force=True)
-        assert record.status == "ok" and tagged(emulator, app) == set(wanted)
-        assert patches(emulator) - before == record.added + record.removed
-    assert [r["added"] for r in reversed(export.runs(store))] == [2, 1, 1, 0]
-    assert [r["removed"] for r in reversed(export.runs(store))] == [0, 1, 1, 2]
+        before = patches(unlimited_emulator)
+        record = sync(empty_file_store, unlimited_emulator, app_with_users, ext(*wanted), force=True)
+        assert record.status == "ok" and tagged(unlimited_emulator, app_with_users) == set(wanted)
+        assert patches(unlimited_emulator) - before == record.added + record.removed
+    assert [r["added"] for r in reversed(export.runs(empty_file_store))] == [2, 1, 1, 0]
+    assert [r["removed"] for r in reversed(export.runs(empty_file_store))] == [0, 1, 1, 2]
 
 
-def test_segment_exists_and_its_membership_is_the_cohort(store, emulator, app):
-    sync(store, emulator, app, ext("u1", "u2"))
-    (segment,) = emulator.state["apps"][app.app_id]["segments"]
+def test_segment_exists_and_its_membership_is_the_cohort(empty_file_store, unlimited_emulator, app_with_users):
+    sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1", "u2"))
+    (segment,) = unlimited_emulator.state["apps"][app_with_users.app_id]["segments"]
     assert segment["name"] == "(Mixpanel) Buyers" and set(segment["members"]["external_ids"]) == {"u1", "u2"}
-    sync(store, emulator, app, ext("u2", "zoë ✓"))
-    (segment,) = emulator.state["apps"][app.app_id]["segments"]     # updated, not created again
+    sync(empty_file_store, unlimited_emulator, app_with_users, ext("u2", "zoë ✓"))
+    (segment,) = unlimited_emulator.state["apps"][app_with_users.app_id]["segments"]     # updated, not created again
     assert set(segment["members"]["external_ids"]) == {"u2", "zoë ✓"}
 
 
-def test_unchanged_cohort_sends_no_updates(store, emulator, app):
-    sync(store, emulator, app, ext("u1", "u2", "u3"))
-    before = patches(emulator)
-    record = sync(store, emulator, app, ext("u1", "u2", "u3"))
-    assert patches(emulator) == before and record.unchanged == 3 and record.added == record.removed == 0
+def test_unchanged_cohort_sends_no_updates(empty_file_store, unlimited_emulator, app_with_users):
+    sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1", "u2", "u3"))
+    before = patches(unlimited_emulator)
+    record = sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1", "u2", "u3"))
+    assert patches(unlimited_emulator) == before and record.unchanged == 3 and record.added == record.removed == 0
 
 
-def test_free_plan_fails_before_touching_any_user(store, emulator):
-    free = emulator.add_app(plan="free")
-    emulator.add_user(free.app_id, external_id="u1")
-    record = sync(store, emulator, free, ext("u1"))
+def test_free_plan_fails_before_touching_any_user(empty_file_store, unlimited_emulator):
+    free = unlimited_emulator.add_app(plan="free")
+    unlimited_emulator.add_user(free.app_id, external_id="u1")
+    record = sync(empty_file_store, unlimited_emulator, free, ext("u1"))
     assert record.status == "failed" and record.error == "App may not submit cohort updates from Mixpanel"
-    assert patches(emulator) == 0
+    assert patches(unlimited_emulator) == 0
 
 
-def test_bad_key_fails_without_leaking_it(store, emulator, app, caplog):
+def test_bad_key_fails_without_leaking_it(empty_file_store, unlimited_emulator, app_with_users, caplog):
     caplog.set_level(logging.DEBUG)
-    wrong = Credentials(app.app_id, "not-the-key-" + "s3cr3t")
-    export.register(store, "Buyers", "once", app.app_id, emulator.url)
-    record = export.run(store, fast(store), ext("u1"), wrong)
+    wrong = Credentials(app_with_users.app_id, "not-the-key-" + "s3cr3t")
+    export.register(empty_file_store, "Buyers", "once", app_with_users.app_id, unlimited_emulator.url)
+    record = export.run(empty_file_store, fast(empty_file_store), ext("u1"), wrong)
     assert record.status == "failed" and "s3cr3t" not in (record.error or "")
     assert "s3cr3t" not in caplog.text
-    assert patches(emulator) == 0                     # it failed at the segment, before any user
-    assert len(emulator.requests()) == 1              # and 403 is not retried
+    assert patches(unlimited_emulator) == 0                     # it failed at the segment, before any user
+    assert len(unlimited_emulator.requests()) == 1              # and 403 is not retried
 
 
-def test_weird_external_ids_round_trip(store, emulator, app):
-    sync(store, emulator, app, ext(*WEIRD))
-    assert tagged(emulator, app) == set(WEIRD)
-    sync(store, emulator, app, ext(), force=True)
-    assert tagged(emulator, app) == set()
+def test_weird_external_ids_round_trip(empty_file_store, unlimited_emulator, app_with_users):
+    sync(empty_file_store, unlimited_emulator, app_with_users, ext(*WEIRD))
+    assert tagged(unlimited_emulator, app_with_users) == set(WEIRD)
+    sync(empty_file_store, unlimited_emulator, app_with_users, ext(), force=True)
+    assert tagged(unlimited_emulator, app_with_users) == set()
 
 
-def test_player_ids_are_resolved_and_cached(store, emulator, app):
+def test_player_ids_are_resolved_and_cached(empty_file_store, unlimited_emulator, app_with_users):
     sub = "5f0d7a2c-1e3b-4c6d-a8e9-0b1c2d3e4f50"
-    emulator.add_user(app.app_id, external_id="erin", subscription_ids=[sub])
+    unlimited_emulator.add_user(app_with_users.app_id, external_id="erin", subscription_ids=[sub])
     wanted = {"erin": Target(sub, "subscription_id"),
               "ghost": Target("11111111-2222-4333-8444-555555555555", "subscription_id")}
-    record = sync(store, emulator, app, wanted)
+    record = sync(empty_file_store, unlimited_emulator, app_with_users, wanted)
     assert (record.added, record.not_in_onesignal) == (1, 1)
-    assert tagged(emulator, app) == {"erin"}
-    cached = store.con.execute("SELECT count(*) FROM subscription_users").fetchone()[0]
+    assert tagged(unlimited_emulator, app_with_users) == {"erin"}
+    cached = empty_file_store.con.execute("SELECT count(*) FROM subscription_users").fetchone()[0]
     assert cached == 2
 
 
-def test_users_not_in_onesignal_are_reported_never_created_and_not_resent(store, emulator, app):
-    record = sync(store, emulator, app, ext("u1", "nobody"))
+def test_users_not_in_onesignal_are_reported_never_created_and_not_resent(empty_file_store, unlimited_emulator,
+                                                                          app_with_users):
+    record = sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1", "nobody"))
     assert (record.added, record.not_in_onesignal) == (1, 1)
-    assert emulator.counters.get("user_creates", 0) == 0
-    outcomes = store.con.execute("SELECT distinct_id, outcome FROM export_results ORDER BY 1").fetchall()
+    assert unlimited_emulator.counters.get("user_creates", 0) == 0
+    outcomes = empty_file_store.con.execute("SELECT distinct_id, outcome FROM export_results ORDER BY 1").fetchall()
     assert outcomes == [("d-nobody", "not_in_onesignal"), ("d-u1", "ok")]
-    before = patches(emulator)
-    sync(store, emulator, app, ext("u1", "nobody"))
-    assert patches(emulator) == before
+    before = patches(unlimited_emulator)
+    sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1", "nobody"))
+    assert patches(unlimited_emulator) == before
 
 
-def test_guard_stops_mass_removal_unless_forced(store, emulator, app):
-    sync(store, emulator, app, ext("u1", "u2", "u3", "u4"))
-    record = sync(store, emulator, app, ext("u1"))
+def test_guard_stops_mass_removal_unless_forced(empty_file_store, unlimited_emulator, app_with_users):
+    sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1", "u2", "u3", "u4"))
+    record = sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1"))
     assert record.status == "stopped" and "75%" in record.error
-    assert tagged(emulator, app) == {"u1", "u2", "u3", "u4"}
-    assert sync(store, emulator, app, ext("u1"), force=True).status == "ok"
-    assert tagged(emulator, app) == {"u1"}
+    assert tagged(unlimited_emulator, app_with_users) == {"u1", "u2", "u3", "u4"}
+    assert sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1"), force=True).status == "ok"
+    assert tagged(unlimited_emulator, app_with_users) == {"u1"}
 
 
-def test_dry_run_sends_nothing(store, emulator, app):
-    record = sync(store, emulator, app, ext("u1", "u2"), dry_run=True)
-    assert record.status == "ok" and record.added == 2 and patches(emulator) == 0
-    assert tagged(emulator, app) == set()
+def test_dry_run_sends_nothing(empty_file_store, unlimited_emulator, app_with_users):
+    record = sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1", "u2"), dry_run=True)
+    assert record.status == "ok" and record.added == 2 and patches(unlimited_emulator) == 0
+    assert tagged(unlimited_emulator, app_with_users) == set()
 
 
 @pytest.mark.slow
-def test_faults_end_with_tags_equal_to_the_cohort(store, tmp_path):
+def test_faults_end_with_tags_equal_to_the_cohort(empty_file_store, tmp_path):
     with Emulator(error_rate=0.1, drop_rate=0.05, hang_rate=0.02, hang_seconds=3, seed=3,
                   user_rate_limit=0) as emu:
         app = emu.add_app(rate_limit=60)                 # and a 429 storm: 64 requests in flight
@@ -165,7 +160,7 @@ def test_faults_end_with_tags_equal_to_the_cohort(store, tmp_path):
         for wanted in (first, second):
             record = None
             for _ in range(3):                            # per-user failures retry on the next run
-                record = sync(store, emu, app, ext(*wanted), force=True)
+                record = sync(empty_file_store, emu, app, ext(*wanted), force=True)
                 if record.status == "ok":
                     break
             assert record.status == "ok"
@@ -173,7 +168,8 @@ def test_faults_end_with_tags_equal_to_the_cohort(store, tmp_path):
         assert emu.counters.get("rate_limited", 0) > 0 and emu.counters.get("server_errors", 0) > 0
 
 
-def test_interrupted_run_loses_nothing_and_the_next_converges(store, emulator, app, monkeypatch):
+def test_interrupted_run_loses_nothing_and_the_next_converges(empty_file_store, unlimited_emulator, app_with_users,
+                                                              monkeypatch):
     monkeypatch.setattr(export, "FLUSH_EVERY", 2)
     calls = []
 
@@ -182,14 +178,15 @@ def test_interrupted_run_loses_nothing_and_the_next_converges(store, emulator, a
         if done >= 2:
             raise KeyboardInterrupt
 
-    export.register(store, "Buyers", "dynamic", app.app_id, emulator.url)
+    export.register(empty_file_store, "Buyers", "dynamic", app_with_users.app_id, unlimited_emulator.url)
     with pytest.raises(KeyboardInterrupt):
-        export.run(store, fast(store), ext("u1", "u2", "u3", "u4"), creds(app), on_progress=stop_midway)
-    assert export.runs(store)[0]["status"] == "interrupted"
-    recorded = {d for d, in store.con.execute("SELECT distinct_id FROM export_members").fetchall()}
+        export.run(empty_file_store, fast(empty_file_store), ext("u1", "u2", "u3", "u4"), creds(app_with_users),
+                   on_progress=stop_midway)
+    assert export.runs(empty_file_store)[0]["status"] == "interrupted"
+    recorded = {d for d, in empty_file_store.con.execute("SELECT distinct_id FROM export_members").fetchall()}
     assert recorded and recorded <= {f"d-u{i}" for i in range(1, 5)}
-    record = sync(store, emulator, app, ext("u1", "u2", "u3", "u4"))
-    assert record.status == "ok" and tagged(emulator, app) == {"u1", "u2", "u3", "u4"}
+    record = sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1", "u2", "u3", "u4"))
+    assert record.status == "ok" and tagged(unlimited_emulator, app_with_users) == {"u1", "u2", "u3", "u4"}
 
 
 @pytest.mark.slow   # waits out real retries and backoff
@@ -217,48 +214,49 @@ def test_two_runs_of_one_cohort_never_overlap(tmp_path, monkeypatch):
         assert result["first"].status == "ok"
 
 
-def test_dynamic_registration_due_and_stop(store, emulator, app):
+def test_dynamic_registration_due_and_stop(empty_file_store, unlimited_emulator, app_with_users):
     from datetime import datetime, timedelta
 
     now = datetime(2026, 11, 1, tzinfo=UTC)
-    export.register(store, "Buyers", "dynamic", app.app_id, emulator.url, now=now)
-    assert export.due(store, now) == ["Buyers"]
-    export.run(store, fast(store, now=now), ext("u1"), creds(app))
-    assert export.due(store, now + timedelta(minutes=14)) == []
-    assert export.due(store, now + timedelta(minutes=15)) == ["Buyers"]
-    export.stop(store, "Buyers")
-    assert export.due(store, now + timedelta(hours=1)) == []
+    export.register(empty_file_store, "Buyers", "dynamic", app_with_users.app_id, unlimited_emulator.url, now=now)
+    assert export.due(empty_file_store, now) == ["Buyers"]
+    export.run(empty_file_store, fast(empty_file_store, now=now), ext("u1"), creds(app_with_users))
+    assert export.due(empty_file_store, now + timedelta(minutes=14)) == []
+    assert export.due(empty_file_store, now + timedelta(minutes=15)) == ["Buyers"]
+    export.stop(empty_file_store, "Buyers")
+    assert export.due(empty_file_store, now + timedelta(hours=1)) == []
     with pytest.raises(export.ExportError, match="no active dynamic sync"):
-        export.stop(store, "Buyers")
+        export.stop(empty_file_store, "Buyers")
 
 
-def test_dynamic_sync_limit(store, emulator, app, monkeypatch):
+def test_dynamic_sync_limit(empty_file_store, unlimited_emulator, app_with_users, monkeypatch):
     monkeypatch.setattr(export, "MAX_DYNAMIC_SYNCS", 2)
-    export.register(store, "a", "dynamic", app.app_id, emulator.url)
-    export.register(store, "b", "dynamic", app.app_id, emulator.url)
-    export.register(store, "a", "dynamic", app.app_id, emulator.url)        # re-registering is fine
+    export.register(empty_file_store, "a", "dynamic", app_with_users.app_id, unlimited_emulator.url)
+    export.register(empty_file_store, "b", "dynamic", app_with_users.app_id, unlimited_emulator.url)
+    # re-registering is fine
+    export.register(empty_file_store, "a", "dynamic", app_with_users.app_id, unlimited_emulator.url)
     with pytest.raises(export.ExportError, match="2 dynamic syncs are active"):
-        export.register(store, "c", "dynamic", app.app_id, emulator.url)
-    export.register(store, "c", "once", app.app_id, emulator.url)
+        export.register(empty_file_store, "c", "dynamic", app_with_users.app_id, unlimited_emulator.url)
+    export.register(empty_file_store, "c", "once", app_with_users.app_id, unlimited_emulator.url)
 
 
-def test_key_never_reaches_the_store(store, emulator, app):
-    sync(store, emulator, app, ext("u1"))
-    for table, in store.con.execute("SELECT table_name FROM information_schema.tables "
+def test_key_never_reaches_the_store(empty_file_store, unlimited_emulator, app_with_users):
+    sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1"))
+    for table, in empty_file_store.con.execute("SELECT table_name FROM information_schema.tables "
                                     "WHERE table_type = 'BASE TABLE'").fetchall():
-        dump = str(store.con.execute(f'SELECT * FROM "{table}"').fetchall())
-        assert app.api_key not in dump, table
+        dump = str(empty_file_store.con.execute(f'SELECT * FROM "{table}"').fetchall())
+        assert app_with_users.api_key not in dump, table
 
 
-def test_runs_from_inside_a_running_event_loop(store, emulator, app):
+def test_runs_from_inside_a_running_event_loop(empty_file_store, unlimited_emulator, app_with_users):
     """Notebook kernels (and papermill) run an event loop in the main thread."""
     import asyncio
 
     async def from_a_notebook_cell():
-        return sync(store, emulator, app, ext("u1"))
+        return sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1"))
 
     assert asyncio.run(from_a_notebook_cell()).status == "ok"
-    assert tagged(emulator, app) == {"u1"}
+    assert tagged(unlimited_emulator, app_with_users) == {"u1"}
 
 
 def test_sigkilled_run_then_rerun_converges(tmp_path):
@@ -305,7 +303,9 @@ with Store({str(db)!r}) as store:
             assert export.runs(store)[-1]["status"] == "interrupted"      # the killed run, marked as such
 
 
-def test_dry_run_of_an_unregistered_cohort_registers_nothing(store, emulator, app):
-    record = export.run(store, export.ExportSettings("Later", mode="dynamic", dry_run=True), ext("u1", "u2"), None)
+def test_dry_run_of_an_unregistered_cohort_registers_nothing(empty_file_store, unlimited_emulator, app_with_users):
+    record = export.run(empty_file_store, export.ExportSettings("Later", mode="dynamic", dry_run=True),
+                        ext("u1", "u2"), None)
     assert (record.status, record.mode, record.added) == ("ok", "dynamic", 2)
-    assert export.list_exports(store) == [] and export.due(store) == [] and patches(emulator) == 0
+    assert export.list_exports(empty_file_store) == [] and export.due(empty_file_store) == []
+    assert patches(unlimited_emulator) == 0

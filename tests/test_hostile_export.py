@@ -39,27 +39,21 @@ def fast(store, cohort, **kw):
 
 
 @pytest.fixture
-def emulator():
+def unlimited_emulator():
     with Emulator(user_rate_limit=0) as emu:
         yield emu
 
 
 @pytest.fixture
-def app(emulator):
-    app = emulator.add_app()
+def app_with_users(unlimited_emulator):
+    app = unlimited_emulator.add_app()
     for ext in ["u1", "u2", "u3"]:
-        emulator.add_user(app.app_id, external_id=ext)
+        unlimited_emulator.add_user(app.app_id, external_id=ext)
     return app
 
 
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "s.duckdb") as s:
-        yield s
-
-
 @pytest.fixture(scope="module")
-def sample_db(tmp_path_factory):
+def sample_file_and_users(tmp_path_factory):
     """The sample loaded with its cohorts, in a file; tests take a copy."""
     from toolkit import cohorts, load
     from toolkit.demo import seed_users
@@ -73,13 +67,13 @@ def sample_db(tmp_path_factory):
 
 
 @pytest.fixture
-def sample(sample_db, tmp_path, emulator):
+def sample_copy_and_app(sample_file_and_users, tmp_path, unlimited_emulator):
     """(store path, app) with the sample's OneSignal users in the emulator."""
-    path, users = sample_db
+    path, users = sample_file_and_users
     db = tmp_path / "sample.duckdb"
     shutil.copy(path, db)
-    app = emulator.add_app()
-    emulator.add_users(app.app_id, users)
+    app = unlimited_emulator.add_app()
+    unlimited_emulator.add_users(app.app_id, users)
     return db, app
 
 
@@ -117,90 +111,97 @@ def fragments(secret: str, size: int = 4) -> set[str]:
 
 # -- 13.1: a segment that already exists ----------------------------------------------------------
 
-def test_a_rebuilt_store_adopts_the_segment_its_earlier_export_made(tmp_path, emulator, app):
+def test_a_rebuilt_store_adopts_the_segment_its_earlier_export_made(tmp_path, unlimited_emulator, app_with_users):
     with Store(tmp_path / "first.duckdb") as first:
-        export.register(first, "Buyers", "once", app.app_id, emulator.url)
-        assert export.run(first, fast(first, "Buyers"), ext("u1"), creds(app)).status == "ok"
-    (made,) = segments(emulator, app)
+        export.register(first, "Buyers", "once", app_with_users.app_id, unlimited_emulator.url)
+        assert export.run(first, fast(first, "Buyers"), ext("u1"), creds(app_with_users)).status == "ok"
+    (made,) = segments(unlimited_emulator, app_with_users)
     with Store(tmp_path / "rebuilt.duckdb") as rebuilt:          # same cohort, no segment id known
-        export.register(rebuilt, "Buyers", "once", app.app_id, emulator.url)
-        record = export.run(rebuilt, fast(rebuilt, "Buyers"), ext("u1", "u2"), creds(app))
+        export.register(rebuilt, "Buyers", "once", app_with_users.app_id, unlimited_emulator.url)
+        record = export.run(rebuilt, fast(rebuilt, "Buyers"), ext("u1", "u2"), creds(app_with_users))
         assert record.status == "ok", record.error
         assert export.registration(rebuilt.con, "Buyers")["segment_id"] == made["id"]
-    (segment,) = segments(emulator, app)                              # adopted, not a second one
+    (segment,) = segments(unlimited_emulator, app_with_users)                              # adopted, not a second one
     assert segment["id"] == made["id"] and set(segment["members"]["external_ids"]) == {"u1", "u2"}
 
 
-def test_a_kill_between_creating_the_segment_and_saving_its_id_is_recovered(store, emulator, app, monkeypatch):
+def test_a_kill_between_creating_the_segment_and_saving_its_id_is_recovered(empty_file_store, unlimited_emulator,
+                                                                            app_with_users, monkeypatch):
     created = OneSignalClient.create_segment
 
     async def create_then_die(self, name, filters):
         await created(self, name, filters)
         raise KeyboardInterrupt                                       # the process dies before saving the id
 
-    export.register(store, "Buyers", "dynamic", app.app_id, emulator.url)
+    export.register(empty_file_store, "Buyers", "dynamic", app_with_users.app_id, unlimited_emulator.url)
     monkeypatch.setattr(OneSignalClient, "create_segment", create_then_die)
     with pytest.raises(KeyboardInterrupt):
-        export.run(store, fast(store, "Buyers"), ext("u1"), creds(app))
-    assert export.registration(store.con, "Buyers")["segment_id"] is None and len(segments(emulator, app)) == 1
+        export.run(empty_file_store, fast(empty_file_store, "Buyers"), ext("u1"), creds(app_with_users))
+    assert export.registration(empty_file_store.con, "Buyers")["segment_id"] is None
+    assert len(segments(unlimited_emulator, app_with_users)) == 1
     monkeypatch.setattr(OneSignalClient, "create_segment", created)
     for _ in range(2):                                                # and it stays unwedged
-        record = export.run(store, fast(store, "Buyers"), ext("u1", "u2"), creds(app))
+        record = export.run(empty_file_store, fast(empty_file_store, "Buyers"), ext("u1", "u2"), creds(app_with_users))
         assert record.status == "ok", record.error
-    (segment,) = segments(emulator, app)
-    assert export.registration(store.con, "Buyers")["segment_id"] == segment["id"]
+    (segment,) = segments(unlimited_emulator, app_with_users)
+    assert export.registration(empty_file_store.con, "Buyers")["segment_id"] == segment["id"]
     assert set(segment["members"]["external_ids"]) == {"u1", "u2"}
 
 
-def test_a_hand_made_segment_of_that_name_is_left_alone_with_a_clear_error(store, emulator, app):
+def test_a_hand_made_segment_of_that_name_is_left_alone_with_a_clear_error(empty_file_store, unlimited_emulator,
+                                                                           app_with_users):
     other = [{"field": "tag", "key": "vip", "relation": "exists"}]
-    with httpx.Client(base_url=f"{emulator.url}/apps/{app.app_id}",
-                      headers={"Authorization": f"Key {app.api_key}"}) as http:
+    with httpx.Client(base_url=f"{unlimited_emulator.url}/apps/{app_with_users.app_id}",
+                      headers={"Authorization": f"Key {app_with_users.api_key}"}) as http:
         hand_made = http.post("/segments", json={"name": "(Mixpanel) Buyers", "filters": other}).json()["id"]
-    export.register(store, "Buyers", "once", app.app_id, emulator.url)
-    record = export.run(store, fast(store, "Buyers"), ext("u1"), creds(app))
+    export.register(empty_file_store, "Buyers", "once", app_with_users.app_id, unlimited_emulator.url)
+    record = export.run(empty_file_store, fast(empty_file_store, "Buyers"), ext("u1"), creds(app_with_users))
     assert record.status == "failed"
     assert "'(Mixpanel) Buyers'" in record.error and hand_made in record.error and "Rename or delete" in record.error
-    assert patches(emulator) == 0                                     # no user touched
-    (segment,) = segments(emulator, app)
+    assert patches(unlimited_emulator) == 0                                     # no user touched
+    (segment,) = segments(unlimited_emulator, app_with_users)
     assert segment["id"] == hand_made and segment["filters"] == other
 
 
-def test_cohorts_sharing_their_first_128_characters_get_a_segment_each(store, emulator, app):
+def test_cohorts_sharing_their_first_128_characters_get_a_segment_each(empty_file_store, unlimited_emulator,
+                                                                       app_with_users):
     stem = "Users who " + "x" * 130
     names = [stem + " bought", stem + " browsed"]
     for name, user in zip(names, ["u1", "u2"], strict=True):
-        export.register(store, name, "once", app.app_id, emulator.url)
-        record = export.run(store, fast(store, name), ext(user), creds(app))
+        export.register(empty_file_store, name, "once", app_with_users.app_id, unlimited_emulator.url)
+        record = export.run(empty_file_store, fast(empty_file_store, name), ext(user), creds(app_with_users))
         assert record.status == "ok", record.error
-    made = segments(emulator, app)
+    made = segments(unlimited_emulator, app_with_users)
     assert len(made) == 2 and len({s["name"] for s in made}) == 2
     assert all(len(s["name"]) <= 128 and s["name"].startswith("(Mixpanel) Users who xxx") for s in made)
     assert {tuple(s["members"]["external_ids"]) for s in made} == {("u1",), ("u2",)}
     assert export.segment_name("Short") == "(Mixpanel) Short"
 
 
-def test_a_registration_with_a_cut_name_from_before_is_renamed_and_unwedged(store, emulator, app):
+def test_a_registration_with_a_cut_name_from_before_is_renamed_and_unwedged(empty_file_store, unlimited_emulator,
+                                                                            app_with_users):
     stem = "Users who " + "y" * 130
     first, second = stem + " bought", stem + " browsed"
     for name, user in ((first, "u1"), (second, "u2")):
-        export.register(store, name, "once", app.app_id, emulator.url)
+        export.register(empty_file_store, name, "once", app_with_users.app_id, unlimited_emulator.url)
         # as registered before: the name cut at 128 characters, the same for both cohorts
-        store.con.execute("UPDATE exports SET segment_name = ? WHERE cohort = ?", [name[:128], name])
-        record = export.run(store, fast(store, name), ext(user), creds(app))
+        empty_file_store.con.execute("UPDATE exports SET segment_name = ? WHERE cohort = ?", [name[:128], name])
+        record = export.run(empty_file_store, fast(empty_file_store, name), ext(user), creds(app_with_users))
         assert record.status == "ok", record.error
-    assert sorted(s["name"] for s in segments(emulator, app)) == sorted(map(export.segment_name, (first, second)))
+    assert (sorted(s["name"] for s in segments(unlimited_emulator, app_with_users))
+            == sorted(map(export.segment_name, (first, second))))
 
 
 # -- 13.2: a free-plan refusal is OneSignal's answer, not a word in a name -------------------------
 
-def test_plan_in_a_cohort_name_is_not_a_free_plan_refusal(store, emulator, app):
-    with httpx.Client(base_url=f"{emulator.url}/apps/{app.app_id}",
-                      headers={"Authorization": f"Key {app.api_key}"}) as http:
+def test_plan_in_a_cohort_name_is_not_a_free_plan_refusal(empty_file_store, unlimited_emulator, app_with_users):
+    with httpx.Client(base_url=f"{unlimited_emulator.url}/apps/{app_with_users.app_id}",
+                      headers={"Authorization": f"Key {app_with_users.api_key}"}) as http:
         http.post("/segments", json={"name": "(Mixpanel) Paid plan upgrades", "filters": [
             {"field": "tag", "key": "other", "relation": "exists"}]})
-    export.register(store, "Paid plan upgrades", "once", app.app_id, emulator.url)
-    record = export.run(store, fast(store, "Paid plan upgrades"), ext("u1"), creds(app))
+    export.register(empty_file_store, "Paid plan upgrades", "once", app_with_users.app_id, unlimited_emulator.url)
+    record = export.run(empty_file_store, fast(empty_file_store, "Paid plan upgrades"), ext("u1"),
+                        creds(app_with_users))
     assert record.status == "failed" and record.error != export.FREE_PLAN_MESSAGE
     assert "already has a segment named '(Mixpanel) Paid plan upgrades'" in record.error
 
@@ -229,19 +230,20 @@ def test_a_bad_key_is_refused_up_front_and_never_echoed(key):
     assert not isinstance(info.value, UnicodeError)
 
 
-def test_connect_with_a_pasted_two_line_key_stores_and_prints_nothing_of_it(tmp_path, emulator, app):
-    key = app.api_key[:20] + "\n" + app.api_key[20:]
+def test_connect_with_a_pasted_two_line_key_stores_and_prints_nothing_of_it(tmp_path, unlimited_emulator,
+                                                                            app_with_users):
+    key = app_with_users.api_key[:20] + "\n" + app_with_users.api_key[20:]
     db = tmp_path / "s.duckdb"
-    result = toolkit("connect", "--db", db, "--app-id", app.app_id, "--base-url", emulator.url,
+    result = toolkit("connect", "--db", db, "--app-id", app_with_users.app_id, "--base-url", unlimited_emulator.url,
                      env={"ONESIGNAL_API_KEY": key, "TOOLKIT_CREDENTIALS": str(tmp_path / "none.json")})
     assert result.returncode == 1 and "line break" in result.stderr
     assert "Traceback" not in result.stderr
     output = result.stdout + result.stderr
-    assert [f for f in fragments(app.api_key, 6) if f in output] == []
+    assert [f for f in fragments(app_with_users.api_key, 6) if f in output] == []
     with Store(db) as s:
         dump = str(s.con.execute("SELECT * FROM connections").fetchall())
         dump += str(s.con.execute("SELECT * FROM export_runs").fetchall())
-    assert [f for f in fragments(app.api_key, 6) if f in dump] == []
+    assert [f for f in fragments(app_with_users.api_key, 6) if f in dump] == []
 
 
 def test_every_written_form_of_a_key_is_redacted():
@@ -254,47 +256,51 @@ def test_every_written_form_of_a_key_is_redacted():
         assert "some/secret" not in text and "some%2Fsecret" not in text and form not in text, form
 
 
-def test_a_stored_run_error_never_holds_the_key(store, emulator, app, monkeypatch):
+def test_a_stored_run_error_never_holds_the_key(empty_file_store, unlimited_emulator, app_with_users, monkeypatch):
     async def leaky(self, *args, **kwargs):
         raise RuntimeError(f"boom with {self.credentials.api_key!r} and {self.credentials.api_key.encode()!r}")
 
     monkeypatch.setattr(OneSignalClient, "create_segment", leaky)
-    export.register(store, "Buyers", "once", app.app_id, emulator.url)
+    export.register(empty_file_store, "Buyers", "once", app_with_users.app_id, unlimited_emulator.url)
     with pytest.raises(RuntimeError):
-        export.run(store, fast(store, "Buyers"), ext("u1"), creds(app))
-    (error,) = store.con.execute("SELECT error FROM export_runs").fetchone()
-    assert app.api_key not in error and "boom" in error
+        export.run(empty_file_store, fast(empty_file_store, "Buyers"), ext("u1"), creds(app_with_users))
+    (error,) = empty_file_store.con.execute("SELECT error FROM export_runs").fetchone()
+    assert app_with_users.api_key not in error and "boom" in error
 
 
 # -- 13.6: liveness of a run is not a process id ---------------------------------------------------
 
-def test_a_stale_running_record_whose_pid_now_belongs_to_a_live_process_does_not_block(store, emulator, app):
-    export.register(store, "Buyers", "once", app.app_id, emulator.url)
-    store.con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid) "
+def test_a_stale_running_record_whose_pid_now_belongs_to_a_live_process_does_not_block(empty_file_store,
+                                                                                       unlimited_emulator,
+                                                                                       app_with_users):
+    export.register(empty_file_store, "Buyers", "once", app_with_users.app_id, unlimited_emulator.url)
+    empty_file_store.con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid) "
                       "VALUES (nextval('run_ids'), 'Buyers', 'once', false, now()::TIMESTAMP, 'running', ?)",
                       [os.getppid()])                                 # a live process, not an export
-    record = export.run(store, fast(store, "Buyers"), ext("u1"), creds(app))
+    record = export.run(empty_file_store, fast(empty_file_store, "Buyers"), ext("u1"), creds(app_with_users))
     assert record.status == "ok", record.error
-    assert [r["status"] for r in export.runs(store)] == ["ok", "interrupted"]
+    assert [r["status"] for r in export.runs(empty_file_store)] == ["ok", "interrupted"]
 
 
-def test_a_run_in_another_process_blocks_until_that_process_is_gone(store, emulator, app):
-    export.register(store, "Buyers", "once", app.app_id, emulator.url)
+def test_a_run_in_another_process_blocks_until_that_process_is_gone(empty_file_store, unlimited_emulator,
+                                                                    app_with_users):
+    export.register(empty_file_store, "Buyers", "once", app_with_users.app_id, unlimited_emulator.url)
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, types
 from toolkit import export
-with export._run_lock(types.SimpleNamespace(path={str(store.path)!r}), "Buyers"):
+with export._run_lock(types.SimpleNamespace(path={str(empty_file_store.path)!r}), "Buyers"):
     print("holding", flush=True)
     sys.stdin.readline()
 """], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(export.ExportError, match=rf"already running \(process {holder.pid}\)"):
-            export.run(store, fast(store, "Buyers"), ext("u1"), creds(app))
+            export.run(empty_file_store, fast(empty_file_store, "Buyers"), ext("u1"), creds(app_with_users))
     finally:
         holder.kill()
         holder.wait()
-    assert export.run(store, fast(store, "Buyers"), ext("u1"), creds(app)).status == "ok"
+    assert export.run(empty_file_store, fast(empty_file_store, "Buyers"), ext("u1"),
+                      creds(app_with_users)).status == "ok"
 
 
 # -- 13.11: the emulator's secrets; --base-url; Ctrl-C ----------------------------------------------
@@ -310,48 +316,49 @@ def test_the_emulator_state_file_is_private(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_the_control_endpoints_need_the_admin_token(emulator, app):
+def test_the_control_endpoints_need_the_admin_token(unlimited_emulator, app_with_users):
     for method, path in [("GET", "state"), ("GET", "requests"), ("POST", "reset")]:
-        for headers in ({}, {"X-Emulator-Token": "guess"}, {"Authorization": f"Key {app.api_key}"}):
-            answer = httpx.request(method, f"{emulator.url}/_emulator/{path}", headers=headers)
+        for headers in ({}, {"X-Emulator-Token": "guess"}, {"Authorization": f"Key {app_with_users.api_key}"}):
+            answer = httpx.request(method, f"{unlimited_emulator.url}/_emulator/{path}", headers=headers)
             assert answer.status_code == 401 and "admin token" in answer.text
-        answer = httpx.request(method, f"{emulator.url}/_emulator/{path}", headers=emulator.admin_headers)
+        answer = httpx.request(method, f"{unlimited_emulator.url}/_emulator/{path}",
+                               headers=unlimited_emulator.admin_headers)
         assert answer.status_code == 200
 
 
-def test_base_url_without_a_mode_is_honoured_and_kept_after_success(sample, emulator):
-    db, app = sample
+def test_base_url_without_a_mode_is_honoured_and_kept_after_success(sample_copy_and_app, unlimited_emulator):
+    db, app = sample_copy_and_app
     dead = f"http://127.0.0.1:{closed_port()}"
     with Store(db) as s:
         export.register(s, COHORT, "dynamic", app.app_id, dead)
-        record = sync.export_cohort(s, fast(s, COHORT, base_url=emulator.url), creds(app))
+        record = sync.export_cohort(s, fast(s, COHORT, base_url=unlimited_emulator.url), creds(app))
         assert record.status == "ok", record.error
-        assert export.registration(s.con, COHORT)["base_url"] == emulator.url
-    assert len(segments(emulator, app)) == 1
+        assert export.registration(s.con, COHORT)["base_url"] == unlimited_emulator.url
+    assert len(segments(unlimited_emulator, app)) == 1
 
 
-def test_a_run_reads_its_registration_once(sample, emulator, monkeypatch):
+def test_a_run_reads_its_registration_once(sample_copy_and_app, unlimited_emulator, monkeypatch):
     """The registration is read where the run's settings are made, and nowhere else in the run."""
-    db, app = sample
+    db, app = sample_copy_and_app
     reads, read = [], export.registration
     monkeypatch.setattr(export, "registration", lambda con, cohort: reads.append(cohort) or read(con, cohort))
     later = datetime.now(UTC) + timedelta(minutes=1)
     with Store(db) as s:
-        export.register(s, COHORT, "dynamic", app.app_id, emulator.url)
+        export.register(s, COHORT, "dynamic", app.app_id, unlimited_emulator.url)
         reads.clear()
         assert sync.export_cohort(s, fast(s, COHORT), creds(app)).status == "ok" and reads == [COHORT]
         reads.clear()                                                 # a new registration
-        settings = fast(s, COHORT, mode="once", app_id=app.app_id, base_url=emulator.url)
+        settings = fast(s, COHORT, mode="once", app_id=app.app_id, base_url=unlimited_emulator.url)
         assert sync.export_cohort(s, settings, creds(app)).status == "ok" and reads == [COHORT]
-        export.register(s, COHORT, "dynamic", app.app_id, emulator.url)
+        export.register(s, COHORT, "dynamic", app.app_id, unlimited_emulator.url)
         reads.clear()                                                 # the scheduled sync's way
         monkeypatch.setenv("ONESIGNAL_API_KEY", app.api_key)
         (record,) = sync.run_due(s, now=later, client_options=FAST)
         assert record.status == "ok" and reads == [COHORT]
 
 
-def test_ctrl_c_during_an_export_says_the_export_stopped(sample, tmp_path):
-    db, app = sample
+def test_ctrl_c_during_an_export_says_the_export_stopped(sample_copy_and_app, tmp_path):
+    db, app = sample_copy_and_app
     with Emulator(user_rate_limit=0) as slow:
         slow_app = slow.add_app(app.app_id, app.api_key)
         slow.add_users(slow_app.app_id, [{"external_id": f"x{n}"} for n in range(3)])
@@ -381,10 +388,10 @@ def test_ctrl_c_during_an_export_says_the_export_stopped(sample, tmp_path):
 
 # -- 12.5: a failed or refused export changes nothing; unreachable addresses fail at once ------------
 
-def test_a_failed_once_export_leaves_a_dynamic_sync_running(sample, emulator, no_key):
-    db, app = sample
+def test_a_failed_once_export_leaves_a_dynamic_sync_running(sample_copy_and_app, unlimited_emulator, no_key):
+    db, app = sample_copy_and_app
     with Store(db) as s:
-        export.register(s, COHORT, "dynamic", app.app_id, emulator.url)
+        export.register(s, COHORT, "dynamic", app.app_id, unlimited_emulator.url)
         before = export.registration(s.con, COHORT)
         record = sync.export_cohort(s, export.settings(s, COHORT, mode="once", app_id=app.app_id))  # no key anywhere
         assert record.status == "failed" and "no OneSignal credentials" in record.error
@@ -392,28 +399,30 @@ def test_a_failed_once_export_leaves_a_dynamic_sync_running(sample, emulator, no
         assert export.due(s) == [COHORT]
 
 
-def test_a_failed_first_export_registers_nothing(sample, emulator):
-    db, app = sample
+def test_a_failed_first_export_registers_nothing(sample_copy_and_app, unlimited_emulator):
+    db, app = sample_copy_and_app
     dead = f"http://127.0.0.1:{closed_port()}"
     with Store(db) as s:
         record = sync.export_cohort(s, fast(s, COHORT, mode="dynamic", app_id=app.app_id, base_url=dead), creds(app))
         assert record.status == "failed"
         assert export.list_exports(s) == [] and export.due(s) == []
-        record = sync.export_cohort(s, fast(s, COHORT, mode="dynamic", app_id=app.app_id, base_url=emulator.url),
+        record = sync.export_cohort(s, fast(s, COHORT, mode="dynamic", app_id=app.app_id,
+                                            base_url=unlimited_emulator.url),
                                     creds(app))
         assert record.status == "ok" and export.registration(s.con, COHORT)["mode"] == "dynamic"
-        assert export.registration(s.con, COHORT)["segment_id"] == segments(emulator, app)[0]["id"]
+        assert export.registration(s.con, COHORT)["segment_id"] == segments(unlimited_emulator, app)[0]["id"]
 
 
 @pytest.mark.parametrize("address, cause", [
     ("http://127.0.0.1:{port}", "connection refused"),
     ("http://no-such-host.invalid", "cannot be resolved"),
 ])
-def test_an_unreachable_address_fails_at_once_naming_it(store, app, caplog, address, cause):
+def test_an_unreachable_address_fails_at_once_naming_it(empty_file_store, app_with_users, caplog, address, cause):
     address = address.format(port=closed_port())
     caplog.set_level(logging.INFO, logger="toolkit.onesignal")
-    export.register(store, "Buyers", "once", app.app_id, address)
-    record = export.run(store, export.settings(store, "Buyers"), ext("u1"), creds(app))      # the default 10 attempts
+    export.register(empty_file_store, "Buyers", "once", app_with_users.app_id, address)
+    # the default 10 attempts
+    record = export.run(empty_file_store, export.settings(empty_file_store, "Buyers"), ext("u1"), creds(app_with_users))
     assert record.status == "failed" and address in record.error and cause in record.error
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
 
@@ -443,9 +452,10 @@ def test_retries_are_shown_with_the_reason_and_the_wait_without_flooding(caplog)
     assert "retrying GET" in warnings[0] and "attempt 2 of 5" in warnings[0]
 
 
-def test_the_bad_key_message_reads_cleanly(emulator, app):
+def test_the_bad_key_message_reads_cleanly(unlimited_emulator, app_with_users):
     async def call():
-        async with OneSignalClient(Credentials(app.app_id, "not-the-key-at-all"), emulator.url) as client:
+        async with OneSignalClient(Credentials(app_with_users.app_id, "not-the-key-at-all"),
+                                   unlimited_emulator.url) as client:
             await client.validate()
 
     with pytest.raises(AuthError) as info:

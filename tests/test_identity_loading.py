@@ -21,20 +21,21 @@ def canonical(store):
     return dict(rows(store, "SELECT distinct_id, canonical_id FROM identity_map"))
 
 
-def test_identify_merges_the_anonymous_history(store, tmp_path):
+def test_identify_merges_the_anonymous_history(empty_store, tmp_path):
     # Mixpanel's Original ID Merge example: anonymous events, then $identify, then identified events.
-    load_events(store, tmp_path, [
+    load_events(empty_store, tmp_path, [
         event("Page View", ANON, T0),
         event("$identify", "alice", T0 + 1, **{"$identified_id": "alice", "$anon_id": ANON}),
         event("Purchase", "alice", T0 + 2)])
-    assert canonical(store) == {ANON: "alice"}
-    assert rows(store, "SELECT DISTINCT distinct_id FROM resolved_events") == [("alice",)]
+    assert canonical(empty_store) == {ANON: "alice"}
+    assert rows(empty_store, "SELECT DISTINCT distinct_id FROM resolved_events") == [("alice",)]
 
 
-def test_identify_ignores_a_non_uuid_anon_id(store, tmp_path):
-    load_events(store, tmp_path, [event("$identify", "bob", **{"$identified_id": "bob", "$anon_id": "not-a-uuid"})])
-    assert canonical(store) == {}
-    (refused,), = rows(store, "SELECT refused FROM identity_links")
+def test_identify_ignores_a_non_uuid_anon_id(empty_store, tmp_path):
+    load_events(empty_store, tmp_path,
+                [event("$identify", "bob", **{"$identified_id": "bob", "$anon_id": "not-a-uuid"})])
+    assert canonical(empty_store) == {}
+    (refused,), = rows(empty_store, "SELECT refused FROM identity_links")
     assert "not-a-uuid" in refused
 
 
@@ -62,48 +63,49 @@ def test_identity_event_fields_are_read_by_name_not_by_place(tmp_path, monkeypat
     assert stored() == before
 
 
-def test_alias_chain_and_merge(store, tmp_path):
-    load_events(store, tmp_path, [
+def test_alias_chain_and_merge(empty_store, tmp_path):
+    load_events(empty_store, tmp_path, [
         event("$create_alias", "bob", T0, alias="bob-alias"),
         event("$create_alias", "bob-alias", T0 + 1, alias="bob-alias-2"),
         event("$merge", "carol", T0 + 2, **{"$distinct_ids": ["carol", "carol-old"]}),
         event("Page View", "bob-alias-2", T0 + 3), event("Page View", "carol-old", T0 + 4)])
-    assert canonical(store) == {"bob-alias": "bob", "bob-alias-2": "bob", "carol-old": "carol"}
-    assert sorted(rows(store, "SELECT distinct_id FROM resolved_events WHERE event = 'Page View'")) == [
+    assert canonical(empty_store) == {"bob-alias": "bob", "bob-alias-2": "bob", "carol-old": "carol"}
+    assert sorted(rows(empty_store, "SELECT distinct_id FROM resolved_events WHERE event = 'Page View'")) == [
         ("bob",), ("carol",)]
 
 
-def test_simplified_merge_is_retroactive_and_one_user_per_cluster(store, tmp_path):
-    load_events(store, tmp_path, [
+def test_simplified_merge_is_retroactive_and_one_user_per_cluster(empty_store, tmp_path):
+    load_events(empty_store, tmp_path, [
         event("Page View", "$device:d1", T0, **{"$device_id": "d1"}),
         event("Sign Up", "dave", T0 + 1, **{"$device_id": "d1", "$user_id": "dave"}),
         event("Sign Up", "eve", T0 + 2, **{"$device_id": "d1", "$user_id": "eve"})])
-    assert canonical(store) == {"$device:d1": "dave"}
-    assert rows(store, "SELECT count(*) FROM identity_links WHERE refused IS NOT NULL") == [(1,)]
-    assert rows(store, "SELECT distinct_id FROM resolved_events ORDER BY time") == [("dave",), ("dave",), ("eve",)]
+    assert canonical(empty_store) == {"$device:d1": "dave"}
+    assert rows(empty_store, "SELECT count(*) FROM identity_links WHERE refused IS NOT NULL") == [(1,)]
+    assert (rows(empty_store, "SELECT distinct_id FROM resolved_events ORDER BY time")
+            == [("dave",), ("dave",), ("eve",)])
 
 
-def test_links_from_a_later_file_resolve_earlier_events(store, tmp_path):
-    load_events(store, tmp_path, [event("Page View", ANON, T0)], "1.jsonl")
-    load_events(store, tmp_path, [event("$identify", "frank", T0 + 5,
+def test_links_from_a_later_file_resolve_earlier_events(empty_store, tmp_path):
+    load_events(empty_store, tmp_path, [event("Page View", ANON, T0)], "1.jsonl")
+    load_events(empty_store, tmp_path, [event("$identify", "frank", T0 + 5,
                                         **{"$identified_id": "frank", "$anon_id": ANON})], "2.jsonl")
-    assert rows(store, "SELECT DISTINCT distinct_id FROM resolved_events") == [("frank",)]
+    assert rows(empty_store, "SELECT DISTINCT distinct_id FROM resolved_events") == [("frank",)]
 
 
-def test_cluster_cap_is_enforced_through_loading(store, tmp_path):
+def test_cluster_cap_is_enforced_through_loading(empty_store, tmp_path):
     aliases = [event("$create_alias", "big", T0 + i, alias=f"a{i}") for i in range(505)]
-    load_events(store, tmp_path, aliases)
-    assert len(canonical(store)) == 499
-    assert rows(store, "SELECT count(*) FROM identity_links WHERE refused LIKE '%500%'") == [(6,)]
+    load_events(empty_store, tmp_path, aliases)
+    assert len(canonical(empty_store)) == 499
+    assert rows(empty_store, "SELECT count(*) FROM identity_links WHERE refused LIKE '%500%'") == [(6,)]
 
 
-def test_ids_with_quotes_slashes_and_unicode(store, tmp_path):
+def test_ids_with_quotes_slashes_and_unicode(empty_store, tmp_path):
     weird = "o'brien/\"zoë\" 🚀"
-    load_events(store, tmp_path, [event("$create_alias", weird, alias="x/y'z"), event("Page View", "x/y'z")])
-    assert rows(store, "SELECT distinct_id FROM resolved_events WHERE event = 'Page View'") == [(weird,)]
+    load_events(empty_store, tmp_path, [event("$create_alias", weird, alias="x/y'z"), event("Page View", "x/y'z")])
+    assert rows(empty_store, "SELECT distinct_id FROM resolved_events WHERE event = 'Page View'") == [(weird,)]
 
 
-def test_resolved_profiles_one_row_per_user_the_newest_profile_of_a_merge_wins(store, tmp_path):
+def test_resolved_profiles_one_row_per_user_the_newest_profile_of_a_merge_wins(empty_store, tmp_path):
     import json
     from datetime import timedelta
 
@@ -111,18 +113,18 @@ def test_resolved_profiles_one_row_per_user_the_newest_profile_of_a_merge_wins(s
         {"$distinct_id": "u1", "$properties": {"plan": "old"}},
         {"$distinct_id": "dev-9", "$properties": {"plan": "device"}},
         {"$distinct_id": "alone", "$properties": {"plan": "solo"}}]))
-    run.load(store, [str(tmp_path / "p1.json")], now=NOW)
+    run.load(empty_store, [str(tmp_path / "p1.json")], now=NOW)
     (tmp_path / "p2.json").write_text(json.dumps([{"$distinct_id": "u2", "$properties": {"plan": "new"}}]))
-    run.load(store, [str(tmp_path / "p2.json")], now=NOW + timedelta(minutes=1))
-    load_events(store, tmp_path, [   # merge u1, dev-9 and u2 into one user (canonical: u2's cluster)
+    run.load(empty_store, [str(tmp_path / "p2.json")], now=NOW + timedelta(minutes=1))
+    load_events(empty_store, tmp_path, [   # merge u1, dev-9 and u2 into one user (canonical: u2's cluster)
         event("$merge", "u1", T0, **{"$distinct_ids": ["u1", "dev-9"]}),
         event("$merge", "u2", T0 + 1, **{"$distinct_ids": ["u2", "u1"]})])
-    got = rows(store, "SELECT distinct_id, properties->>'plan' FROM resolved_profiles ORDER BY 1")
-    merged = canonical(store)["u1"]
+    got = rows(empty_store, "SELECT distinct_id, properties->>'plan' FROM resolved_profiles ORDER BY 1")
+    merged = canonical(empty_store)["u1"]
     assert got == sorted([("alone", "solo"), (merged, "new")])
 
 
-def test_resolved_profiles_tie_between_merged_profiles_of_one_page_is_settled_by_profile_id(store, tmp_path):
+def test_resolved_profiles_tie_between_merged_profiles_of_one_page_is_settled_by_profile_id(empty_store, tmp_path):
     """Both profiles sit on the same Engage page (same file, line and time): the greater distinct_id wins,
     whichever comes first on the page."""
     import json

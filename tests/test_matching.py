@@ -34,8 +34,8 @@ def by_member(preview) -> dict:
 
 # -- every reason, from the sample ---------------------------------------------------------------------
 
-def test_every_reason_comes_from_the_sample_personas(sample):
-    preview = matching.preview(sample, VIPS, now=NOW)
+def test_every_reason_comes_from_the_sample_personas(sample_store):
+    preview = matching.preview(sample_store, VIPS, now=NOW)
     rows = by_member(preview)
     assert len(rows) == 15
 
@@ -80,8 +80,8 @@ def test_every_reason_comes_from_the_sample_personas(sample):
                                                        "heidi", "ivan", "oscar"]
 
 
-def test_over_limit_keeps_the_first_exportable_members_by_distinct_id(sample):
-    rows = by_member(matching.preview(sample, VIPS, now=NOW, limit=3))
+def test_over_limit_keeps_the_first_exportable_members_by_distinct_id(sample_store):
+    rows = by_member(matching.preview(sample_store, VIPS, now=NOW, limit=3))
     exported = sorted(d for d, r in rows.items() if r["exportable"])
     assert exported == ["alice@example.com", "bob", "carol"]
     over = sorted(d for d, r in rows.items() if r["reason"] == "over_limit")
@@ -90,8 +90,8 @@ def test_over_limit_keeps_the_first_exportable_members_by_distinct_id(sample):
     assert "at most 3 users" in rows["dave"]["detail"]
 
 
-def test_subscription_ids_must_be_uuids(sample):
-    rows = by_member(matching.preview(sample, VIPS, now=NOW, id_type="subscription_id"))
+def test_subscription_ids_must_be_uuids(sample_store):
+    rows = by_member(matching.preview(sample_store, VIPS, now=NOW, id_type="subscription_id"))
     assert rows["erin"]["exportable"] and rows["erin"]["id_type"] == "subscription_id"
     assert rows["ivan"]["exportable"] and rows["judy"]["reason"] == "duplicate"
     for who in ("alice@example.com", "bob", "heidi", "oscar"):
@@ -99,32 +99,32 @@ def test_subscription_ids_must_be_uuids(sample):
         assert "not a UUID" in rows[who]["detail"]
 
 
-def test_external_ids_take_uuids_as_they_are(sample):
-    rows = by_member(matching.preview(sample, VIPS, now=NOW, id_type="external_id"))
+def test_external_ids_take_uuids_as_they_are(sample_store):
+    rows = by_member(matching.preview(sample_store, VIPS, now=NOW, id_type="external_id"))
     assert (rows["erin"]["exportable"], rows["erin"]["id_type"]) == (True, "external_id")
     assert rows["judy"]["detail"].startswith("external_id also on ivan; ivan keeps it")
 
 
-def test_the_user_id_property_is_configurable(sample):
-    rows = by_member(matching.preview(sample, VIPS, now=NOW, user_id_property="$email"))
+def test_the_user_id_property_is_configurable(sample_store):
+    rows = by_member(matching.preview(sample_store, VIPS, now=NOW, user_id_property="$email"))
     assert rows["frank"]["exportable"] and rows["frank"]["onesignal_id"] == "frank@example.com"
     assert rows["ken"]["exportable"]
     assert rows[GRACE]["reason"] == "anonymous"
 
 
-def test_the_oracle_and_the_sql_agree_on_the_sample(sample):
-    for name in [c["name"] for c in cohorts.list_cohorts(sample)]:
-        members = cohorts.evaluate(sample, name, now=NOW)
+def test_the_oracle_and_the_sql_agree_on_the_sample(sample_store):
+    for name in [c["name"] for c in cohorts.list_cohorts(sample_store)]:
+        members = cohorts.evaluate(sample_store, name, now=NOW)
         for id_type in matching.ID_TYPES:
             for limit in (matching.COHORT_LIMIT, 5):
-                expected, summary = oracle.match(sample, members, id_type=id_type, limit=limit)
-                b = matching.match(sample, members, id_type=id_type, limit=limit)
+                expected, summary = oracle.match(sample_store, members, id_type=id_type, limit=limit)
+                b = matching.match(sample_store, members, id_type=id_type, limit=limit)
                 pd.testing.assert_frame_equal(expected, b.members)
                 assert summary == b.summary
 
 
-def test_preview_renders_text_and_json(sample):
-    preview = matching.preview(sample, VIPS, now=NOW)
+def test_preview_renders_text_and_json(sample_store):
+    preview = matching.preview(sample_store, VIPS, now=NOW)
     text = report.preview_text(preview)
     assert text.startswith(f"cohort {VIPS} (v1) as of 2026-11-01T00:00:00Z")
     assert "15 members, 8 exportable (53.3%)" in text and "duplicate: 1" in text
@@ -138,25 +138,25 @@ def test_preview_renders_text_and_json(sample):
         assert report.preview_text(preview, rows=rows).endswith("duplicate: 1\n\n  ... 15 more not shown")
 
 
-def test_the_reasons_are_those_of_onesignal_ids_in_its_order(sample):
+def test_the_reasons_are_those_of_onesignal_ids_in_its_order(sample_store):
     """One table of reasons: the SQL checks a condition per code of onesignal_ids.REASONS, in its order
     (over_limit after the query), and a summary counts exactly those codes."""
     assert [*matching.REASON_SQL, matching.OVER_LIMIT] == list(onesignal_ids.REASONS)
     sql = matching.classify_sql(matching._list_query(["bob"])).sql
     whens = [sql.index(f"THEN '{code}'") for code in matching.REASON_SQL]
     assert whens == sorted(whens)
-    assert list(matching.preview(sample, VIPS, now=NOW).summary["reasons"]) == list(onesignal_ids.REASONS)
+    assert list(matching.preview(sample_store, VIPS, now=NOW).summary["reasons"]) == list(onesignal_ids.REASONS)
 
 
-def test_the_export_gets_the_exportable_members_in_arrow(sample):
-    preview = matching.preview(sample, VIPS, now=NOW, limit=6)
+def test_the_export_gets_the_exportable_members_in_arrow(sample_store):
+    preview = matching.preview(sample_store, VIPS, now=NOW, limit=6)
     table = preview.exportable_table
     assert table.column_names == ["distinct_id", "onesignal_id", "id_type"]
     assert table.to_pylist() == preview.exportable.to_dict(orient="records")
     assert table.num_rows == preview.summary["exportable"] == 6
 
 
-def test_matching_needs_no_pandas_until_a_dataframe_is_asked_for(sample_db):
+def test_matching_needs_no_pandas_until_a_dataframe_is_asked_for(sample_store_file):
     """A preview, its summary, its text, its JSON and what the export sends come from Arrow: a fresh
     interpreter does all of it without importing pandas."""
     import subprocess
@@ -166,7 +166,7 @@ def test_matching_needs_no_pandas_until_a_dataframe_is_asked_for(sample_db):
 import sys
 from datetime import datetime, UTC
 from toolkit import Store, matching, report
-with Store({str(sample_db)!r}, read_only=True) as store:
+with Store({str(sample_store_file)!r}, read_only=True) as store:
     p = matching.preview(store, {VIPS!r}, now=datetime(2026, 11, 1, tzinfo=UTC))
     m = matching.match(store, ["bob", "ivan", "judy", "nobody"])
     print(p.summary["exportable"], p.exportable_table.num_rows, len(p.to_dict()["members"]),
@@ -176,22 +176,22 @@ with Store({str(sample_db)!r}, read_only=True) as store:
     assert out.stdout.split() == ["8", "8", "15", "23", "4", "False"]
 
 
-def test_no_members_match_to_an_empty_table(sample):
-    result = matching.match(sample, [])
+def test_no_members_match_to_an_empty_table(sample_store):
+    result = matching.match(sample_store, [])
     assert result.summary["members"] == 0 and result.summary["match_rate"] == 0.0
     assert list(result.members.columns) == COLUMNS and result.members.empty
 
 
-def test_preview_of_an_unknown_cohort_names_the_known_ones(sample):
+def test_preview_of_an_unknown_cohort_names_the_known_ones(sample_store):
     with pytest.raises(CohortError, match=r'no cohort "Nope" in the store; known: .*Pro plan in the US'):
-        matching.preview(sample, "Nope", now=NOW)
+        matching.preview(sample_store, "Nope", now=NOW)
 
 
-def test_bad_options_are_refused(sample):
+def test_bad_options_are_refused(sample_store):
     with pytest.raises(matching.MatchingError, match="id_type: expected one of auto, external_id"):
-        matching.preview(sample, VIPS, now=NOW, id_type="player")
+        matching.preview(sample_store, VIPS, now=NOW, id_type="player")
     with pytest.raises(matching.MatchingError, match="limit"):
-        matching.match(sample, ["bob"], limit=-1)
+        matching.match(sample_store, ["bob"], limit=-1)
 
 
 # -- the rules, case by case: the oracle's answer, which the SQL must give too -----------------------------

@@ -33,7 +33,7 @@ def test_widget_notebooks_take_papermill_parameters_but_no_key(name):
 
 
 @pytest.fixture
-def sample_db(tmp_path):
+def fresh_sample_file(tmp_path):
     path = tmp_path / "s.duckdb"
     with Store(path) as store:
         load(store, [SAMPLE], now=NOW)
@@ -42,17 +42,17 @@ def sample_db(tmp_path):
 
 
 @pytest.fixture
-def emulator():
+def unlimited_emulator():
     with Emulator(user_rate_limit=0) as emu:
         yield emu
 
 
 @pytest.fixture
-def app(emulator, sample_db, monkeypatch, tmp_path):
-    with Store(sample_db) as store:
+def sample_app_in_env(unlimited_emulator, fresh_sample_file, monkeypatch, tmp_path):
+    with Store(fresh_sample_file) as store:
         users = demo.seed_users(store)
-    app = emulator.add_app()
-    emulator.add_users(app.app_id, users)
+    app = unlimited_emulator.add_app()
+    unlimited_emulator.add_users(app.app_id, users)
     # The kernel inherits this process's environment: the only way the key reaches the notebook.
     monkeypatch.setenv("ONESIGNAL_APP_ID", app.app_id)
     monkeypatch.setenv("ONESIGNAL_API_KEY", app.api_key)
@@ -75,40 +75,42 @@ def text_of(nb) -> str:
 
 
 @pytest.mark.slow
-def test_explore_notebook_prints_the_cohorts_matchability(sample_db, app, tmp_path):
-    with Store(sample_db, read_only=True) as store:
+def test_explore_notebook_prints_the_cohorts_matchability(fresh_sample_file, sample_app_in_env, tmp_path):
+    with Store(fresh_sample_file, read_only=True) as store:
         summary = matching.preview(store, CHURN, now=NOW).summary
     out = tmp_path / "explore.ipynb"
-    nb = execute("explore_cohorts", out, {"store_path": str(sample_db), "cohort": CHURN.swapcase(),   # any case
+    nb = execute("explore_cohorts", out, {"store_path": str(fresh_sample_file), "cohort": CHURN.swapcase(),   # any case
                                           "now": NOW.isoformat()}, tmp_path)
     text = text_of(nb)
     assert f"{summary['members']:,} members, {summary['exportable']:,} exportable" in text
     for reason, count in summary["reasons"].items():
         assert (f"  {reason}: {count:,}" in text) == (count > 0)
     assert "funnel: " + " -> ".join(f"{s} {n:,}" for s, n in widgets.funnel(summary)) in text
-    assert app.api_key not in out.read_text()
+    assert sample_app_in_env.api_key not in out.read_text()
 
 
 @pytest.mark.slow
-def test_export_notebook_connects_from_the_environment_and_dry_runs(sample_db, emulator, app, tmp_path):
-    with Store(sample_db, read_only=True) as store:
+def test_export_notebook_connects_from_the_environment_and_dry_runs(fresh_sample_file, unlimited_emulator,
+                                                                    sample_app_in_env, tmp_path):
+    with Store(fresh_sample_file, read_only=True) as store:
         exportable = matching.preview(store, CHURN, now=NOW).summary["exportable"]
     out = tmp_path / "export.ipynb"
-    nb = execute("export_cohort", out, {"store_path": str(sample_db), "base_url": emulator.url,
+    nb = execute("export_cohort", out, {"store_path": str(fresh_sample_file), "base_url": unlimited_emulator.url,
                                         "cohort": CHURN, "now": NOW.isoformat()}, tmp_path)
     text = text_of(nb)
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.output_type == "stream")
     assert "status='Connected'" in text and "Connected" not in printed   # one live status: a print goes stale
     assert f"{CHURN}: {exportable:,} exportable" in text
     assert f"add {exportable:,}, remove 0, no-op 0" in text and "removal guard: passes" in text
-    assert app.api_key not in out.read_text()
-    with Store(sample_db, read_only=True) as store:
+    assert sample_app_in_env.api_key not in out.read_text()
+    with Store(fresh_sample_file, read_only=True) as store:
         assert export.list_exports(store) == [] and export.runs(store) == []    # a dry run registers nothing
         assert store.con.execute("SELECT status FROM connections").fetchall() == [("connected",)]
-    assert not any(tags for tags in emulator.user_tags(app.app_id).values())   # nothing was sent
+    assert not any(tags for tags in unlimited_emulator.user_tags(sample_app_in_env.app_id).values())  # nothing was sent
 
 
-def test_the_cli_dry_run_the_panel_and_the_notebook_show_what_preview_export_says(sample_db, emulator, app,
+def test_the_cli_dry_run_the_panel_and_the_notebook_show_what_preview_export_says(fresh_sample_file, unlimited_emulator,
+                                                                                  sample_app_in_env,
                                                                                    tmp_path, capsys):
     """One store, one cohort with members to add, to remove and unchanged since its last export: the
     CLI's dry run (text and JSON), the export panel's Preview and the export notebook's dry run all show
@@ -121,19 +123,20 @@ def test_the_cli_dry_run_the_panel_and_the_notebook_show_what_preview_export_say
     from toolkit.onesignal import Credentials
 
     cohort = "New sign-ups"                   # the last 30 days: twenty days on, some left and some joined
-    with Store(sample_db) as store:
-        earlier = export.settings(store, cohort, mode="once", app_id=app.app_id, base_url=emulator.url,
-                                  now=NOW - timedelta(days=20))
-        assert sync.export_cohort(store, earlier, Credentials(app.app_id, app.api_key)).status == "ok"
+    with Store(fresh_sample_file) as store:
+        earlier = export.settings(store, cohort, mode="once", app_id=sample_app_in_env.app_id,
+                                  base_url=unlimited_emulator.url, now=NOW - timedelta(days=20))
+        assert sync.export_cohort(store, earlier, Credentials(sample_app_in_env.app_id,
+                                                              sample_app_in_env.api_key)).status == "ok"
         runs_before = export.runs(store)
-    with Store(sample_db, read_only=True) as store:
+    with Store(fresh_sample_file, read_only=True) as store:
         expected = export.preview_export(store, cohort, now=NOW)
     counts = (expected.added, expected.removed, expected.unchanged)
     assert all(counts) and expected.exportable == expected.added + expected.unchanged
     line = f"add {counts[0]:,}, remove {counts[1]:,}, no-op {counts[2]:,}"
 
     exit_code = 0 if expected.verdict.ok else 1
-    cli_args = ["export", cohort, "--dry-run", "--db", str(sample_db), "--as-of", NOW.isoformat()]
+    cli_args = ["export", cohort, "--dry-run", "--db", str(fresh_sample_file), "--as-of", NOW.isoformat()]
     assert cli.main([*cli_args, "--json"]) == exit_code
     shown = json.loads(capsys.readouterr().out)
     assert (shown["added"], shown["removed"], shown["unchanged"]) == counts
@@ -145,16 +148,17 @@ def test_the_cli_dry_run_the_panel_and_the_notebook_show_what_preview_export_say
     assert text.strip() == report.dry_run_text(expected)
     assert f"added {counts[0]:,}, removed {counts[1]:,}, unchanged {counts[2]:,}" in text
 
-    panel = widgets.export_panel(sample_db, now=NOW)
+    panel = widgets.export_panel(fresh_sample_file, now=NOW)
     panel.cohort.value = cohort
     panel.preview_button.click()
     assert panel.last_preview == expected
     assert f"Preview: {line};" in panel.status.value
     assert html.escape(report.export_preview_text(expected)) in panel.diff.value and line in panel.diff.value
 
-    nb = execute("export_cohort", tmp_path / "export.ipynb", {"store_path": str(sample_db), "base_url": emulator.url,
+    nb = execute("export_cohort", tmp_path / "export.ipynb", {"store_path": str(fresh_sample_file),
+                                                              "base_url": unlimited_emulator.url,
                                                               "cohort": cohort, "now": NOW.isoformat()}, tmp_path)
     assert report.export_preview_text(expected) in text_of(nb) and line in text_of(nb)
 
-    with Store(sample_db, read_only=True) as store:
+    with Store(fresh_sample_file, read_only=True) as store:
         assert export.runs(store) == runs_before                  # previews record nothing

@@ -572,9 +572,9 @@ def test_tags_must_be_strings(emu):
 
 # -- the blocking facade, end to end over real HTTP ------------------------------------------------
 
-def test_the_sync_client_works_even_inside_a_running_loop(emulator, app):
-    emulator.add_user(app.app_id, external_id="u1")
-    with SyncOneSignalClient(Credentials(app.app_id, app.api_key), emulator.url) as client:
+def test_the_sync_client_works_even_inside_a_running_loop(running_emulator, emulator_app):
+    running_emulator.add_user(emulator_app.app_id, external_id="u1")
+    with SyncOneSignalClient(Credentials(emulator_app.app_id, emulator_app.api_key), running_emulator.url) as client:
         assert str(client.validate()) == "Connected"
 
         async def notebook_cell():            # Jupyter runs cells inside an event loop
@@ -584,4 +584,4 @@ def test_the_sync_client_works_even_inside_a_running_loop(emulator, app):
         assert client.get_user("external_id", "u1")["properties"]["tags"] == {"a": "1"}
         summary = client.update_many([("external_id", "u1", {"a": ""})])
         assert summary.ok == 1
-    assert emulator.user_tags(app.app_id) == {"u1": {}}
+    assert running_emulator.user_tags(emulator_app.app_id) == {"u1": {}}

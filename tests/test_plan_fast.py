@@ -35,7 +35,7 @@ stored = st.dictionaries(ids, rows, max_size=12)
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def shared_file_store(tmp_path_factory):
     with Store(tmp_path_factory.mktemp("plan") / "s.duckdb") as s:
         yield s
 
@@ -85,24 +85,24 @@ def edited(draw, base):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(members=stored, keep=st.booleans(), data=st.data())
-def test_the_plan_from_the_store_is_the_member_by_member_plan(store, members, keep, data):
-    put(store, "C", members)
+def test_the_plan_from_the_store_is_the_member_by_member_plan(shared_file_store, members, keep, data):
+    put(shared_file_store, "C", members)
     if keep:                 # a run ended on this snapshot and kept its fingerprint
-        snapshots.keep(store.con, "C")
+        snapshots.keep(shared_file_store.con, "C")
     current = effective(members)
     wanted = current if data.draw(st.booleans(), label="unchanged") else edited(data.draw, current)
     chosen = export.ExportSettings("C", dry_run=True, now=NOW)
-    the_plan, verdict = export._plan(store.con, chosen, wanted)
+    the_plan, verdict = export._plan(shared_file_store.con, chosen, wanted)
     expected = oracle(wanted, current)
     assert the_plan == expected
     assert verdict == removal_guard(expected, len(current) or None, chosen.max_removal_share)
-    assert export.snapshot(store.con, "C", NOW) == current
+    assert export.snapshot(shared_file_store.con, "C", NOW) == current
 
 
 @given(members=st.dictionaries(ids, targets, min_size=1, max_size=12), data=st.data())
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_the_fingerprint_sees_every_id_and_id_type_and_ignores_order(store, members, data):
-    con = store.con
+def test_the_fingerprint_sees_every_id_and_id_type_and_ignores_order(shared_file_store, members, data):
+    con = shared_file_store.con
     table = snapshots.table_of(members)
     shuffled = table.take(data.draw(st.permutations(range(table.num_rows))))
     assert snapshots.fingerprint(con, shuffled) == snapshots.fingerprint(con, table)
@@ -114,36 +114,37 @@ def test_the_fingerprint_sees_every_id_and_id_type_and_ignores_order(store, memb
         assert snapshots.fingerprint(con, other) != snapshots.fingerprint(con, table)
 
 
-def test_the_kept_fingerprint_is_the_snapshots_and_expired_absences_leave_it(store):
+def test_the_kept_fingerprint_is_the_snapshots_and_expired_absences_leave_it(shared_file_store):
     members = {"a": (Target("1", "external_id"), "tagged", 72), "b": (Target("2", "external_id"), "absent", 1),
                "c": (Target("3", "subscription_id"), "absent", 30)}
-    put(store, "K", members)
-    snapshots.keep(store.con, "K")
+    put(shared_file_store, "K", members)
+    snapshots.keep(shared_file_store.con, "K")
     current = effective(members)                        # a and b: c's recheck is due
     assert set(current) == {"a", "b"}
-    assert snapshots.kept(store.con, "K", SINCE) == snapshots.fingerprint(store.con, snapshots.table_of(current))
-    the_plan, _ = export._plan(store.con, export.ExportSettings("K", dry_run=True, now=NOW), current)
+    assert (snapshots.kept(shared_file_store.con, "K", SINCE)
+            == snapshots.fingerprint(shared_file_store.con, snapshots.table_of(current)))
+    the_plan, _ = export._plan(shared_file_store.con, export.ExportSettings("K", dry_run=True, now=NOW), current)
     assert the_plan.changes == () and the_plan.counts[NOOP] == 2
 
 
-def test_an_unchanged_plan_reads_no_member_rows(store, monkeypatch):
+def test_an_unchanged_plan_reads_no_member_rows(shared_file_store, monkeypatch):
     members = {f"u{i}": (Target(f"ext-{i}", "external_id"), "tagged", 0) for i in range(50)}
-    put(store, "U", members)
-    snapshots.keep(store.con, "U")
+    put(shared_file_store, "U", members)
+    snapshots.keep(shared_file_store.con, "U")
     monkeypatch.setattr(snapshots, "diff", lambda *a: pytest.fail("an unchanged cohort was diffed"))
-    the_plan, verdict = export._plan(store.con, export.ExportSettings("U", dry_run=True, now=NOW),
+    the_plan, verdict = export._plan(shared_file_store.con, export.ExportSettings("U", dry_run=True, now=NOW),
                                      effective(members))
     assert the_plan.counts == {ADD: 0, REMOVE: 0, NOOP: 50} and verdict.ok
 
 
-def test_members_deleted_by_hand_are_noticed_and_sent_again(store):
+def test_members_deleted_by_hand_are_noticed_and_sent_again(shared_file_store):
     members = {f"u{i}": (Target(f"ext-{i}", "external_id"), "tagged", 0) for i in range(5)}
-    put(store, "H", members)
-    snapshots.keep(store.con, "H")
-    store.con.execute("DELETE FROM export_members WHERE cohort = 'H' AND distinct_id IN ('u1', 'u3')")
+    put(shared_file_store, "H", members)
+    snapshots.keep(shared_file_store.con, "H")
+    shared_file_store.con.execute("DELETE FROM export_members WHERE cohort = 'H' AND distinct_id IN ('u1', 'u3')")
     wanted = effective(members)
-    the_plan, _ = export._plan(store.con, export.ExportSettings("H", dry_run=True, now=NOW), wanted)
-    assert the_plan == oracle(wanted, export.snapshot(store.con, "H", NOW))
+    the_plan, _ = export._plan(shared_file_store.con, export.ExportSettings("H", dry_run=True, now=NOW), wanted)
+    assert the_plan == oracle(wanted, export.snapshot(shared_file_store.con, "H", NOW))
     assert [s.distinct_id for s in the_plan.of(ADD)] == ["u1", "u3"]
 
 

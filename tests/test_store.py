@@ -106,13 +106,13 @@ def test_migration_5_takes_out_what_later_steps_read_of_existing_rows(tmp_path, 
                    ("d", "UBIGINT", "7", False)]
 
 
-def test_public_functions_take_the_store_not_its_connection(store):
+def test_public_functions_take_the_store_not_its_connection(empty_store):
     """One store type: what takes a store refuses a bare DuckDB connection by name, rather than working
     with it in part (a cohort save through one was not all or nothing)."""
     from toolkit import cohorts, matching, mtu
     from toolkit.store import connection
 
-    assert connection(store) is store.con
+    assert connection(empty_store) is empty_store.con
     calls = {"cohorts.list_cohorts": lambda s: cohorts.list_cohorts(s),
              "cohorts.evaluate": lambda s: cohorts.evaluate(s, "anyone"),
              "matching.match": lambda s: matching.match(s, ["bob"]),
@@ -120,5 +120,5 @@ def test_public_functions_take_the_store_not_its_connection(store):
              "mtu.report": lambda s: mtu.report(s)}
     for name, call in calls.items():
         with pytest.raises(TypeError, match="expected a toolkit Store, got DuckDBPyConnection"):
-            call(store.con)
+            call(empty_store.con)
             pytest.fail(name)

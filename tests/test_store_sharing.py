@@ -191,18 +191,18 @@ def test_a_reader_of_a_missing_store_gets_an_empty_one(tmp_path):
 # -- the notebooks and the CLI on one store at once ------------------------------------------------------
 
 @pytest.fixture
-def emulator():
+def unlimited_emulator():
     with Emulator(user_rate_limit=0) as emu:
         yield emu
 
 
 @pytest.fixture
-def app(emulator, db, env):
-    app = emulator.add_app()
+def app_with_due_syncs(unlimited_emulator, db, env):
+    app = unlimited_emulator.add_app()
     with Store(db) as store:
-        emulator.add_users(app.app_id, demo.seed_users(store))
+        unlimited_emulator.add_users(app.app_id, demo.seed_users(store))
         for name in (PRO, TECH):                        # due dynamic syncs for `toolkit sync`
-            export.register(store, name, "dynamic", app.app_id, emulator.url)
+            export.register(store, name, "dynamic", app.app_id, unlimited_emulator.url)
     env.update(ONESIGNAL_APP_ID=app.app_id, ONESIGNAL_API_KEY=app.api_key)
     return app
 
@@ -237,7 +237,7 @@ def outputs(path) -> str:
 
 
 @pytest.mark.slow
-def test_notebooks_read_while_sync_and_export_write(db, env, emulator, app, tmp_path):
+def test_notebooks_read_while_sync_and_export_write(db, env, unlimited_emulator, app_with_due_syncs, tmp_path):
     with Store(db, read_only=True) as store:
         churn = matching.preview(store, CHURN).summary
     started = {
@@ -245,8 +245,8 @@ def test_notebooks_read_while_sync_and_export_write(db, env, emulator, app, tmp_
                                   "--runs-dir", str(tmp_path / "runs")], env=env, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE),
         "export": subprocess.Popen([sys.executable, "-m", "toolkit", "export", CHURN, "--once", "--db", str(db),
-                                    "--base-url", emulator.url, "--app-id", app.app_id], env=env, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+                                    "--base-url", unlimited_emulator.url, "--app-id", app_with_due_syncs.app_id],
+                                   env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
         "explore": papermill("explore_cohorts", tmp_path / "explore.ipynb", {"store_path": db, "cohort": CHURN}, env),
         "mtu": papermill("mtu_report", tmp_path / "mtu.ipynb", {"store_path": db}, env),
     }
@@ -257,7 +257,7 @@ def test_notebooks_read_while_sync_and_export_write(db, env, emulator, app, tmp_
     assert f"{churn['members']:,} members, {churn['exportable']:,} exportable" in outputs(tmp_path / "explore.ipynb")
     assert "rules: seed" in outputs(tmp_path / "mtu.ipynb")
     for name in (CHURN, PRO, TECH):
-        assert tagged(emulator, app, name) == expected_tagged(db, name) > 0, name
+        assert tagged(unlimited_emulator, app_with_due_syncs, name) == expected_tagged(db, name) > 0, name
     with Store(db, read_only=True) as store:
         assert {(r["cohort"], r["status"]) for r in export.runs(store)} == {(CHURN, "ok"), (PRO, "ok"), (TECH, "ok")}
 
@@ -296,16 +296,17 @@ class Kernel:
 
 
 @pytest.mark.slow
-def test_with_the_panels_displayed_in_a_kernel_sync_and_export_work(db, env, emulator, app, tmp_path):
+def test_with_the_panels_displayed_in_a_kernel_sync_and_export_work(db, env, unlimited_emulator, app_with_due_syncs,
+                                                                    tmp_path):
     kernel = Kernel(env, tmp_path)
     try:
-        kernel.run(notebook_code("export_cohort", {"store_path": str(db), "base_url": emulator.url}))
+        kernel.run(notebook_code("export_cohort", {"store_path": str(db), "base_url": unlimited_emulator.url}))
         kernel.run(notebook_code("explore_cohorts", {"store_path": str(db), "cohort": CHURN}))
         assert kernel.run("print(connection.status.value, exporter.cohort.value is not None)") == "Connected True\n"
 
         sync_run = toolkit("sync", "--db", db, "--runs-dir", tmp_path / "runs", env={**env, "TOOLKIT_STORE_WAIT": "0"})
         assert sync_run.returncode == 0, sync_run.stdout + sync_run.stderr
-        exported = toolkit("export", CHURN, "--once", "--db", db, "--base-url", emulator.url,
+        exported = toolkit("export", CHURN, "--once", "--db", db, "--base-url", unlimited_emulator.url,
                            env={**env, "TOOLKIT_STORE_WAIT": "0"})
         assert exported.returncode == 0, exported.stderr
 
@@ -316,7 +317,7 @@ def test_with_the_panels_displayed_in_a_kernel_sync_and_export_work(db, env, emu
         assert status.startswith("Preview: add 0, remove 0, no-op ") and dynamic == repr(sorted([PRO, TECH]))
         kernel.run(f"exporter.cohort.value = {PRO!r}; exporter.mode.value = 'once'; exporter.export_button.click()\n"
                    "assert exporter.status.value == 'Export ok', exporter.status.value")
-        assert tagged(emulator, app, PRO) == expected_tagged(db, PRO)
+        assert tagged(unlimited_emulator, app_with_due_syncs, PRO) == expected_tagged(db, PRO)
         assert toolkit("status", "--db", db, env={**env, "TOOLKIT_STORE_WAIT": "0"}).returncode == 0
     finally:
         kernel.stop()

@@ -20,29 +20,29 @@ TECH = "Tech fans worth a call"
 
 
 @pytest.fixture
-def store(sample_db, tmp_path):
-    shutil.copy(sample_db, tmp_path / "s.duckdb")
+def sample_store_copy(sample_store_file, tmp_path):
+    shutil.copy(sample_store_file, tmp_path / "s.duckdb")
     with Store(tmp_path / "s.duckdb") as s:
         yield s
 
 
 @pytest.fixture
-def emulator():
+def unlimited_emulator():
     with Emulator(user_rate_limit=0) as emu:
         yield emu
 
 
 @pytest.fixture
-def app(emulator, store):
-    app = emulator.add_app()
-    emulator.add_users(app.app_id, demo.seed_users(store))
+def sample_app(unlimited_emulator, sample_store_copy):
+    app = unlimited_emulator.add_app()
+    unlimited_emulator.add_users(app.app_id, demo.seed_users(sample_store_copy))
     return app
 
 
 @pytest.fixture
-def connection(store, emulator, app):
-    panel = widgets.connect_panel(store, base_url=emulator.url)
-    panel.app_id.value, panel.api_key.value = app.app_id, app.api_key
+def connection(sample_store_copy, unlimited_emulator, sample_app):
+    panel = widgets.connect_panel(sample_store_copy, base_url=unlimited_emulator.url)
+    panel.app_id.value, panel.api_key.value = sample_app.app_id, sample_app.api_key
     panel.connect_button.click()
     assert panel.status.value == "Connected"
     return panel
@@ -91,64 +91,66 @@ def expected_tagged(store, cohort) -> set[tuple[str, str]]:
 
 # -- connect ------------------------------------------------------------------------------------
 
-def test_connect_with_a_good_key_keeps_it_only_in_memory(store, emulator, app):
-    panel = widgets.connect_panel(store, base_url=emulator.url)
+def test_connect_with_a_good_key_keeps_it_only_in_memory(sample_store_copy, unlimited_emulator, sample_app):
+    panel = widgets.connect_panel(sample_store_copy, base_url=unlimited_emulator.url)
     assert panel.status.value == "Not connected" and panel.credentials is None
-    panel.app_id.value, panel.api_key.value = app.app_id, app.api_key
+    panel.app_id.value, panel.api_key.value = sample_app.app_id, sample_app.api_key
     panel.connect_button.click()
     assert panel.status.value == "Connected" and panel.connected
-    assert panel.credentials.app_id == app.app_id and panel.credentials.api_key == app.api_key
+    assert panel.credentials.app_id == sample_app.app_id and panel.credentials.api_key == sample_app.api_key
     assert panel.api_key.value == ""
-    assert app.api_key not in saved_state(panel)
-    status = store.con.execute("SELECT status FROM connections WHERE app_id = ?", [app.app_id]).fetchone()
+    assert sample_app.api_key not in saved_state(panel)
+    status = sample_store_copy.con.execute("SELECT status FROM connections WHERE app_id = ?",
+                                           [sample_app.app_id]).fetchone()
     assert status == ("connected",)
 
 
-def test_connect_with_a_bad_key_says_why_and_leaks_nothing(store, emulator, app):
+def test_connect_with_a_bad_key_says_why_and_leaks_nothing(sample_store_copy, unlimited_emulator, sample_app):
     secret = "wrong-key-s3cr3t-0123456789abcdef"
-    panel = widgets.connect_panel(store, base_url=emulator.url)
-    panel.app_id.value, panel.api_key.value = app.app_id, secret
+    panel = widgets.connect_panel(sample_store_copy, base_url=unlimited_emulator.url)
+    panel.app_id.value, panel.api_key.value = sample_app.app_id, secret
     panel.connect_button.click()
     assert panel.status.value.startswith("Not connected: ") and len(panel.status.value) > len("Not connected: ")
     assert panel.credentials is None and panel.api_key.value == ""
     assert secret not in saved_state(panel)
 
 
-def test_connect_panel_shows_the_api_address_env_first(store, monkeypatch):
+def test_connect_panel_shows_the_api_address_env_first(sample_store_copy, monkeypatch):
     monkeypatch.delenv("ONESIGNAL_BASE_URL", raising=False)
-    assert widgets.connect_panel(store).address.value == "https://api.onesignal.com"
+    assert widgets.connect_panel(sample_store_copy).address.value == "https://api.onesignal.com"
     monkeypatch.setenv("ONESIGNAL_BASE_URL", "http://127.0.0.1:9/")
-    panel = widgets.connect_panel(store)
+    panel = widgets.connect_panel(sample_store_copy)
     assert panel.address.value == "http://127.0.0.1:9/" and "127.0.0.1:9" in repr(panel)
-    assert widgets.connect_panel(store, base_url="http://given").base_url == "http://given"   # a parameter wins
+    # a parameter wins
+    assert widgets.connect_panel(sample_store_copy, base_url="http://given").base_url == "http://given"
     assert panel.address in tree(panel.widget)
 
 
-def test_connect_panel_address_can_be_changed(store, emulator, app):
-    panel = widgets.connect_panel(store, base_url="http://127.0.0.1:9")     # nothing listens there
-    panel.app_id.value, panel.api_key.value = app.app_id, app.api_key
+def test_connect_panel_address_can_be_changed(sample_store_copy, unlimited_emulator, sample_app):
+    panel = widgets.connect_panel(sample_store_copy, base_url="http://127.0.0.1:9")     # nothing listens there
+    panel.app_id.value, panel.api_key.value = sample_app.app_id, sample_app.api_key
     panel.connect_button.click()
     assert panel.status.value.startswith("Not connected: ") and not panel.connected
     assert widgets.WRAP in panel.status._dom_classes                         # a long reason wraps in the browser
 
-    panel.address.value = emulator.url                                       # typed into the field
-    panel.api_key.value = app.api_key
+    panel.address.value = unlimited_emulator.url                                       # typed into the field
+    panel.api_key.value = sample_app.api_key
     panel.connect_button.click()
-    assert panel.status.value == "Connected" and panel.base_url == emulator.url
-    assert store.con.execute("SELECT base_url, status FROM connections ORDER BY checked_at DESC LIMIT 1"
-                             ).fetchone() == (emulator.url, "connected")
+    assert panel.status.value == "Connected" and panel.base_url == unlimited_emulator.url
+    assert sample_store_copy.con.execute("SELECT base_url, status FROM connections ORDER BY checked_at DESC LIMIT 1"
+                             ).fetchone() == (unlimited_emulator.url, "connected")
 
     # A new address is not trusted on the old one's word; Connect with a blank key checks the key in use.
     panel.address.value = "http://127.0.0.1:9"
     assert not panel.connected and "address changed" in panel.status.value
-    panel.address.value = emulator.url
+    panel.address.value = unlimited_emulator.url
     panel.connect_button.click()
-    assert panel.status.value == "Connected" and panel.credentials.api_key == app.api_key
-    assert app.api_key not in saved_state(panel)
+    assert panel.status.value == "Connected" and panel.credentials.api_key == sample_app.api_key
+    assert sample_app.api_key not in saved_state(panel)
 
 
-def test_connect_without_a_key_says_what_is_missing(store, emulator):
-    panel = widgets.connect_panel(store, base_url=emulator.url)
+def test_connect_without_a_key_says_what_is_missing(sample_store_copy, unlimited_emulator):
+    panel = widgets.connect_panel(sample_store_copy, base_url=unlimited_emulator.url)
     panel.app_id.value = "some-app"
     panel.connect_button.click()
     assert panel.status.value.startswith("Not connected: ") and "API key" in panel.status.value
@@ -156,13 +158,13 @@ def test_connect_without_a_key_says_what_is_missing(store, emulator):
 
 # -- explore ------------------------------------------------------------------------------------
 
-def test_explorer_shows_each_cohort_as_matching_does(store):
-    explorer = widgets.cohort_explorer(store, now=NOW)
+def test_explorer_shows_each_cohort_as_matching_does(sample_store_copy):
+    explorer = widgets.cohort_explorer(sample_store_copy, now=NOW)
     names = list(explorer.cohort.options)
-    assert names == [c["name"] for c in cohorts.list_cohorts(store)] and len(names) >= 10
+    assert names == [c["name"] for c in cohorts.list_cohorts(sample_store_copy)] and len(names) >= 10
     for name in names:
         explorer.cohort.value = name
-        summary = matching.preview(store, name, now=NOW).summary
+        summary = matching.preview(sample_store_copy, name, now=NOW).summary
         assert explorer.size.value.startswith(f"{summary['members']:,} members, {summary['exportable']:,} exportable")
         assert reasons_shown(explorer) == summary["reasons"]
         (chart,) = explorer.funnel.outputs
@@ -174,10 +176,10 @@ def test_explorer_shows_each_cohort_as_matching_does(store):
         assert explorer.matches.value.startswith(f"{summary['members']:,} of {summary['members']:,} members")
 
 
-def test_explorer_search_narrows_the_table(store):
-    explorer = widgets.cohort_explorer(store, now=NOW)
+def test_explorer_search_narrows_the_table(sample_store_copy):
+    explorer = widgets.cohort_explorer(sample_store_copy, now=NOW)
     explorer.cohort.value = CHURN
-    preview = matching.preview(store, CHURN, now=NOW)
+    preview = matching.preview(sample_store_copy, CHURN, now=NOW)
     total = len(preview.members)
 
     explorer.search.value = "missing_user_id"
@@ -197,8 +199,8 @@ def test_explorer_search_narrows_the_table(store):
     assert explorer.table.value.count("<tr") == min(total, widgets.ROWS) + 1
 
 
-def test_explorer_tables_name_every_column_and_fit_the_panel(store):
-    explorer = widgets.cohort_explorer(store, now=NOW)
+def test_explorer_tables_name_every_column_and_fit_the_panel(sample_store_copy):
+    explorer = widgets.cohort_explorer(sample_store_copy, now=NOW)
     explorer.cohort.value = CHURN
     for table in (explorer.table.value, explorer.reasons.value):
         headers = re.findall(r"<th[^>]*>(.*?)</th>", table, re.S)
@@ -221,15 +223,17 @@ def counts_shown(panel) -> tuple[int, int, int]:
     return tuple(int(x.replace(",", "")) for x in m.groups())
 
 
-def test_preview_export_and_preview_again(store, emulator, app, connection):
-    panel = widgets.export_panel(store, connection, now=NOW)
+def test_preview_export_and_preview_again(sample_store_copy, unlimited_emulator, sample_app, connection):
+    panel = widgets.export_panel(sample_store_copy, connection, now=NOW)
     panel.cohort.value = CHURN
     panel.preview_button.click()
     shown = counts_shown(panel)
-    assert not export.runs(store)                                      # previewing registered nothing
+    assert not export.runs(sample_store_copy)                                      # previewing registered nothing
     # The same diff as the real dry run.
-    record = sync.export_cohort(store, export.settings(store, CHURN, mode="once", app_id=app.app_id,
-                                                       base_url=emulator.url, dry_run=True, now=NOW))
+    record = sync.export_cohort(sample_store_copy, export.settings(sample_store_copy, CHURN, mode="once",
+                                                                   app_id=sample_app.app_id,
+                                                                   base_url=unlimited_emulator.url, dry_run=True,
+                                                                   now=NOW))
     assert shown == (record.added, record.removed, record.unchanged) and shown[0] == record.exportable > 0
     assert "guard passes" in panel.status.value and f"add {shown[0]}" in panel.diff.value
 
@@ -237,9 +241,9 @@ def test_preview_export_and_preview_again(store, emulator, app, connection):
     run = panel.last_record
     assert panel.status.value == "Export ok" and run.status == "ok" and not run.dry_run
     assert f"{CHURN}: once export ok" in panel.result.value
-    expected = expected_tagged(store, CHURN)
+    expected = expected_tagged(sample_store_copy, CHURN)
     assert 0 < len(expected) < run.exportable                          # some members are not in OneSignal
-    assert tagged(emulator, app, CHURN) == expected
+    assert tagged(unlimited_emulator, sample_app, CHURN) == expected
     assert (run.added, run.not_in_onesignal) == (len(expected), run.exportable - len(expected))
     assert panel.progress.value == panel.progress.max == run.exportable
     assert CHURN in panel.syncs.value
@@ -248,41 +252,42 @@ def test_preview_export_and_preview_again(store, emulator, app, connection):
     assert counts_shown(panel) == (0, 0, run.exportable)
 
 
-def test_dynamic_export_then_stop(store, emulator, app, connection):
-    panel = widgets.export_panel(store, connection, now=NOW)
+def test_dynamic_export_then_stop(sample_store_copy, unlimited_emulator, sample_app, connection):
+    panel = widgets.export_panel(sample_store_copy, connection, now=NOW)
     panel.cohort.value, panel.mode.value = PRO, "dynamic"
     panel.export_button.click()
     assert panel.last_record.status == "ok" and panel.last_record.mode == "dynamic"
-    assert tagged(emulator, app, PRO) == expected_tagged(store, PRO)
+    assert tagged(unlimited_emulator, sample_app, PRO) == expected_tagged(sample_store_copy, PRO)
     later = NOW.replace(hour=1)
-    assert export.due(store, later) == [PRO]
+    assert export.due(sample_store_copy, later) == [PRO]
     assert list(panel.sync_choice.options) == [PRO]
 
-    cohorts.save(store, {"name": "Another cohort", "rules": [{"event": "Purchase", "last_days": 7}]})
+    cohorts.save(sample_store_copy, {"name": "Another cohort", "rules": [{"event": "Purchase", "last_days": 7}]})
     panel.refresh()                                                    # a new cohort keeps the selection
     assert "Another cohort" in panel.cohort.options and panel.cohort.value == PRO
 
     assert panel.sync_choice.value is None                           # nothing chosen for the user
     panel.stop_button.click()
-    assert "choose the dynamic sync" in panel.status.value and export.due(store, later) == [PRO]
+    assert "choose the dynamic sync" in panel.status.value and export.due(sample_store_copy, later) == [PRO]
 
     panel.sync_choice.value = PRO
     panel.stop_button.click()                                          # asks first, naming the cohort
     assert panel.confirm.layout.display is None and PRO in panel.confirm_text.value
-    assert export.due(store, later) == [PRO]
+    assert export.due(sample_store_copy, later) == [PRO]
     panel.cancel_button.click()
-    assert panel.confirm.layout.display == "none" and export.due(store, later) == [PRO]
+    assert panel.confirm.layout.display == "none" and export.due(sample_store_copy, later) == [PRO]
 
     panel.stop_button.click()
     panel.confirm_button.click()
     assert panel.status.value.startswith(f"Stopped the dynamic sync of {PRO}")
     assert panel.confirm.layout.display == "none"
-    assert export.due(store, later) == [] and list(panel.sync_choice.options) == []
-    assert tagged(emulator, app, PRO) == expected_tagged(store, PRO)  # OneSignal keeps the last export
+    assert export.due(sample_store_copy, later) == [] and list(panel.sync_choice.options) == []
+    # OneSignal keeps the last export
+    assert tagged(unlimited_emulator, sample_app, PRO) == expected_tagged(sample_store_copy, PRO)
 
 
-def test_stopping_one_sync_does_not_select_another(store, emulator, app, connection):
-    panel = widgets.export_panel(store, connection, now=NOW)
+def test_stopping_one_sync_does_not_select_another(sample_store_copy, unlimited_emulator, sample_app, connection):
+    panel = widgets.export_panel(sample_store_copy, connection, now=NOW)
     for name in (PRO, TECH):
         panel.cohort.value, panel.mode.value = name, "dynamic"
         panel.export_button.click()
@@ -294,55 +299,55 @@ def test_stopping_one_sync_does_not_select_another(store, emulator, app, connect
     panel.sync_choice.value = TECH                                     # changing the choice cancels the question
     assert panel.confirm.layout.display == "none"
     panel.confirm_button.click()
-    assert export.due(store, NOW.replace(hour=1)) == [PRO, TECH]      # nothing stopped
+    assert export.due(sample_store_copy, NOW.replace(hour=1)) == [PRO, TECH]      # nothing stopped
 
     panel.stop_button.click()
     assert TECH in panel.confirm_text.value and PRO not in panel.confirm_text.value
     panel.confirm_button.click()
-    assert export.due(store, NOW.replace(hour=1)) == [PRO]
+    assert export.due(sample_store_copy, NOW.replace(hour=1)) == [PRO]
     assert list(panel.sync_choice.options) == [PRO] and panel.sync_choice.value is None
 
 
-def test_removal_guard_trips_and_force_passes(store, emulator, app, connection):
-    panel = widgets.export_panel(store, connection, now=NOW)
+def test_removal_guard_trips_and_force_passes(sample_store_copy, unlimited_emulator, sample_app, connection):
+    panel = widgets.export_panel(sample_store_copy, connection, now=NOW)
     panel.cohort.value = TECH
     panel.export_button.click()
-    before = tagged(emulator, app, TECH)
+    before = tagged(unlimited_emulator, sample_app, TECH)
     assert panel.last_record.status == "ok" and len(before) >= 4
 
     # Someone narrows the cohort's definition: most of the exported members would leave the segment.
-    cohorts.save(store, {"name": TECH, "rules": [{"property": "plan", "operator": "equals", "value": "pro"},
+    cohorts.save(sample_store_copy, {"name": TECH, "rules": [{"property": "plan", "operator": "equals", "value": "pro"},
                                                  {"property": "$country_code", "operator": "equals", "value": "US"}]})
     panel.preview_button.click()
     assert not panel.last_preview.verdict.ok and "STOPS" in panel.status.value
     assert "would remove" in panel.diff.value
     panel.export_button.click()
     assert panel.last_record.status == "stopped" and "rerun with force" in panel.status.value
-    assert tagged(emulator, app, TECH) == before                       # nothing was touched
+    assert tagged(unlimited_emulator, sample_app, TECH) == before                       # nothing was touched
 
     panel.force.value = True
     panel.preview_button.click()
     assert panel.last_preview.verdict.ok and "forced" in panel.diff.value
     panel.export_button.click()
     assert panel.last_record.status == "ok" and panel.last_record.removed > 0
-    assert tagged(emulator, app, TECH) == expected_tagged(store, TECH) != before
+    assert tagged(unlimited_emulator, sample_app, TECH) == expected_tagged(sample_store_copy, TECH) != before
 
 
-def test_export_without_a_connection_or_key_says_so(store, monkeypatch, tmp_path):
+def test_export_without_a_connection_or_key_says_so(sample_store_copy, monkeypatch, tmp_path):
     monkeypatch.delenv("ONESIGNAL_API_KEY", raising=False)
     monkeypatch.delenv("ONESIGNAL_APP_ID", raising=False)
     monkeypatch.setenv("TOOLKIT_CREDENTIALS", str(tmp_path / "none.json"))
-    panel = widgets.export_panel(store, now=NOW)
+    panel = widgets.export_panel(sample_store_copy, now=NOW)
     panel.cohort.value = PRO
     panel.export_button.click()
-    assert panel.status.value.startswith("Not connected") and export.list_exports(store) == []
+    assert panel.status.value.startswith("Not connected") and export.list_exports(sample_store_copy) == []
 
 
-def test_panels_display_as_their_container(store, monkeypatch):
+def test_panels_display_as_their_container(sample_store_copy, monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda *objs, **kw: shown.append((objs, kw)))
-    for panel in (widgets.connect_panel(store), widgets.cohort_explorer(store, now=NOW),
-                  widgets.export_panel(store, now=NOW)):
+    for panel in (widgets.connect_panel(sample_store_copy), widgets.cohort_explorer(sample_store_copy, now=NOW),
+                  widgets.export_panel(sample_store_copy, now=NOW)):
         assert isinstance(panel.widget, w.Box)
         panel._ipython_display_()
         ((bundle,), kw) = shown.pop()
