@@ -259,6 +259,7 @@ def test_runs_from_inside_a_running_event_loop(empty_file_store, unlimited_emula
     assert tagged(unlimited_emulator, app_with_users) == {"u1"}
 
 
+@pytest.mark.slow   # a toolkit process killed
 def test_sigkilled_run_then_rerun_converges(tmp_path):
     """A process killed mid-export: the store recovers, and the next run ends with tags == cohort."""
     import json

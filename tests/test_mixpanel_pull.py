@@ -95,6 +95,7 @@ def _pull_in_a_subprocess(landing, emu):
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow   # a pull process killed
 def test_a_pull_killed_mid_stream_and_rerun_loses_and_duplicates_nothing(emu, account, tmp_path):
     landing, db = tmp_path / "landing", tmp_path / "s.duckdb"
     emu.inject("stall", api="export", skip=1, at_byte=300)      # the second day stops half-way

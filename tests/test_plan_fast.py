@@ -166,6 +166,7 @@ def fresh(store, cohort="Buyers"):
         params={"cohort": cohort}).to_arrow_table())
 
 
+@pytest.mark.slow   # a toolkit process killed
 def test_a_sigkilled_run_leaves_no_fingerprint_for_a_snapshot_it_did_not_reach(tmp_path):
     """Tagged A; a run towards B killed midway; the next run towards A plans what the snapshot holds.
     Had the kill left A's fingerprint beside a snapshot half way to B, it would see "unchanged"."""
@@ -284,6 +285,7 @@ def test_a_fingerprint_that_never_matches_is_replaced_by_the_next_run(tmp_path):
         assert run().plan.recognised
 
 
+@pytest.mark.slow   # a million members
 def test_an_unchanged_million_member_cohort_sends_nothing(tmp_path, monkeypatch):
     members = 1_000_000
     names = [f"user-{i:07d}" for i in range(members)]
