@@ -59,10 +59,10 @@ def sample_store():
         yield s
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sample_store_file(tmp_path_factory):
-    """The sample loaded (as of NOW) with its cohorts, in a store file made once per module; tests that
-    write take a copy. Modules needing another shape define their own."""
+    """The sample loaded (as of NOW) with its cohorts, in a store file made once per session (per worker);
+    tests only read it or take a copy to write. Modules needing another shape define their own."""
     from toolkit import cohorts, load
 
     path = tmp_path_factory.mktemp("sample") / "s.duckdb"
