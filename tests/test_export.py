@@ -170,7 +170,7 @@ def test_faults_end_with_tags_equal_to_the_cohort(empty_file_store, tmp_path):
 
 def test_interrupted_run_loses_nothing_and_the_next_converges(empty_file_store, unlimited_emulator, app_with_users,
                                                               monkeypatch):
-    monkeypatch.setattr(export, "FLUSH_EVERY", 2)
+    monkeypatch.setattr(export.results, "FLUSH_EVERY", 2)
     calls = []
 
     def stop_midway(done, total):
@@ -191,7 +191,7 @@ def test_interrupted_run_loses_nothing_and_the_next_converges(empty_file_store, 
 
 @pytest.mark.slow   # waits out real retries and backoff
 def test_two_runs_of_one_cohort_never_overlap(tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "FLUSH_EVERY", 1)
+    monkeypatch.setattr(export.results, "FLUSH_EVERY", 1)
     with Emulator(latency=0.3, user_rate_limit=0) as emu, Store(tmp_path / "s.duckdb") as store:
         app = emu.add_app()
         for i in range(5):
@@ -230,7 +230,7 @@ def test_dynamic_registration_due_and_stop(empty_file_store, unlimited_emulator,
 
 
 def test_dynamic_sync_limit(empty_file_store, unlimited_emulator, app_with_users, monkeypatch):
-    monkeypatch.setattr(export, "MAX_DYNAMIC_SYNCS", 2)
+    monkeypatch.setattr(export.run_settings, "MAX_DYNAMIC_SYNCS", 2)
     export.register(empty_file_store, "a", "dynamic", app_with_users.app_id, unlimited_emulator.url)
     export.register(empty_file_store, "b", "dynamic", app_with_users.app_id, unlimited_emulator.url)
     # re-registering is fine
@@ -282,7 +282,7 @@ from toolkit import export
 from toolkit.onesignal import Credentials
 from toolkit.planning import Target
 from toolkit.store import Store
-export.FLUSH_EVERY = 10
+export.results.FLUSH_EVERY = 10
 with Store({str(db)!r}) as store:
     wanted = {{f"d-{{i}}": Target(i, "external_id") for i in json.loads(sys.argv[1])}}
     export.run(store, export.settings(store, "Buyers", client_options={{"concurrency": 4}}), wanted,

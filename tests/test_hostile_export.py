@@ -341,7 +341,8 @@ def test_a_run_reads_its_registration_once(sample_copy_and_app, unlimited_emulat
     """The registration is read where the run's settings are made, and nowhere else in the run."""
     db, app = sample_copy_and_app
     reads, read = [], export.registration
-    monkeypatch.setattr(export, "registration", lambda con, cohort: reads.append(cohort) or read(con, cohort))
+    monkeypatch.setattr(export.run_settings, "registration",
+                        lambda con, cohort: reads.append(cohort) or read(con, cohort))
     later = datetime.now(UTC) + timedelta(minutes=1)
     with Store(db) as s:
         export.register(s, COHORT, "dynamic", app.app_id, unlimited_emulator.url)

@@ -199,7 +199,7 @@ def test_kill_9_mid_export_loses_nothing_and_the_next_run_converges(world, point
 ONE_AT_A_TIME = """
 from toolkit import export, sync
 from toolkit.store import Store
-export.FLUSH_EVERY = 1                      # each user's outcome is committed as it arrives
+export.results.FLUSH_EVERY = 1              # each user's outcome is committed as it arrives
 with Store({db!r}) as store:
     sync.export_cohort(store, export.settings(store, {cohort!r}, mode="once", client_options={{"concurrency": 1}}))
 """

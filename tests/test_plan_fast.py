@@ -189,7 +189,7 @@ from toolkit import export
 from toolkit.onesignal import Credentials
 from toolkit.planning import Target
 from toolkit.store import Store
-export.FLUSH_EVERY = 3
+export.results.FLUSH_EVERY = 3
 with Store({str(db)!r}) as store:
     wanted = {{f"d-{{i}}": Target(i, "external_id") for i in json.loads(sys.argv[1])}}
     export.run(store, export.settings(store, "Buyers", client_options={{"concurrency": 2}}), wanted,
@@ -219,7 +219,7 @@ with Store({str(db)!r}) as store:
 def test_a_run_interrupted_between_sends_is_followed_by_one_that_converges(tmp_path, monkeypatch):
     """The same in one process, interrupted right after a flush: then OneSignal holds exactly what the
     snapshot says, and the run towards A again must leave A tagged."""
-    monkeypatch.setattr(export, "FLUSH_EVERY", 2)
+    monkeypatch.setattr(export.results, "FLUSH_EVERY", 2)
     users = [f"k{i}" for i in range(12)]
     first, second = users[:8], users[4:]
     with Emulator(user_rate_limit=0) as emu, Store(tmp_path / "s.duckdb") as store:

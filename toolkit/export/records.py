@@ -1,0 +1,125 @@
+"""Run records (``export_runs``): a run's start, finish and failure, and the runs listed, a killed run
+shown as interrupted."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from toolkit import planning
+from toolkit.export.helpers import _naive
+from toolkit.export.lock import _is_running
+from toolkit.export.registry import registration
+from toolkit.export.run_settings import ExportSettings
+from toolkit.onesignal import REDACTOR
+from toolkit.planning import ADD, NOOP, REMOVE, GuardVerdict
+from toolkit.store import Store, transaction
+
+
+@dataclass
+class RunRecord:
+    run_id: int
+    cohort: str
+    mode: str
+    dry_run: bool
+    status: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    members: int = 0
+    exportable: int = 0
+    added: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    not_in_onesignal: int = 0
+    failed: int = 0
+    tag_cap: int = 0                # members the app's data-tag cap kept out (refused, or not sent)
+    error: str | None = None
+    guard: str = ""
+    plan: planning.Plan | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("plan")
+        return data
+
+
+def runs(store: Store, cohort: str | None = None, limit: int = 50) -> list[dict]:
+    cursor = store.reader().execute(
+        "SELECT * FROM export_runs WHERE $cohort IS NULL OR cohort = $cohort ORDER BY run_id DESC LIMIT $limit",
+        {"cohort": cohort, "limit": limit})
+    names = [d[0] for d in cursor.description]
+    found = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    for row in found:                    # a killed run, before any run has marked it
+        if row["status"] == "running" and not _is_running(store, row["cohort"]):
+            row["status"], row["error"] = "interrupted", row["error"] or DEAD_RUN
+    return found
+
+
+DEAD_RUN = "its process ended before the run did (killed or crashed); the next run sends the rest"
+
+
+def _start(store: Store, con, settings: ExportSettings, the_plan: planning.Plan, verdict: GuardVerdict,
+           members: int, exportable: int) -> RunRecord:
+    """Called holding the cohort's run lock: any run of this cohort still marked running was cut short,
+    and so was one of another cohort whose lock nobody holds (a killed run that no run of its own
+    cohort followed would otherwise read "running" for ever)."""
+    cohort, mode, dry_run, now = settings.cohort, settings.mode, settings.dry_run, _naive(settings.now)
+    with transaction(con):
+        stale = [c for c, in con.execute("SELECT DISTINCT cohort FROM export_runs WHERE status = 'running'")
+                 .fetchall() if c == cohort or not _is_running(store, c)]
+        con.execute("UPDATE export_runs SET status = 'interrupted', ended_at = ?, error = coalesce(error, ?) "
+                    "WHERE status = 'running' AND cohort IN (SELECT unnest(?))", [now, DEAD_RUN, stale])
+        run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
+        con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid, members, "
+                    "exportable, unchanged) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                    [run_id, cohort, mode, dry_run, now, os.getpid(), members, exportable,
+                     the_plan.counts.get(NOOP, 0)])
+    return RunRecord(run_id, cohort, mode, dry_run, "running", now, members=members,
+                     exportable=exportable, unchanged=the_plan.counts.get(NOOP, 0),
+                     guard=verdict.reason, plan=the_plan)
+
+
+def _failed_users(con, record: RunRecord, shown: int = 3) -> str | None:
+    """For a run where some users failed: who, and why (the first few), so the failure is not just a count."""
+    if not record.failed:
+        return None
+    rows = con.execute("SELECT distinct_id, onesignal_id, operation, error FROM export_results WHERE run_id = ? "
+                       "AND (outcome = 'failed' OR (outcome = 'tag_cap' AND operation = 'remove')) "
+                       "ORDER BY distinct_id LIMIT ?", [record.run_id, shown]).fetchall()
+    listed = "; ".join(f"user {d!r} (OneSignal id {o!r}, {'tag' if op == ADD else 'untag'}): {e}"
+                       for d, o, op, e in rows)
+    more = f"; and {record.failed - len(rows):,} more (see export_results)" if record.failed > len(rows) else ""
+    return f"{record.failed:,} user(s) not updated in OneSignal, the next run retries them: {listed}{more}"
+
+
+def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord:
+    error = None if error is None else REDACTOR.redact(error)
+    record.status, record.error, record.ended_at = status, error, _naive(None)
+    if record.dry_run and record.plan is not None:   # what the run would do
+        record.added, record.removed = record.plan.counts.get(ADD, 0), record.plan.counts.get(REMOVE, 0)
+    con.execute("""UPDATE export_runs SET status = ?, error = ?, ended_at = ?, added = ?, removed = ?,
+                         not_in_onesignal = ?, failed = ?, tag_cap = ? WHERE run_id = ?""",
+                      [status, error, record.ended_at, record.added, record.removed, record.not_in_onesignal,
+                       record.failed, record.tag_cap, record.run_id])
+    return record
+
+
+def record_failure(store: Store, cohort: str, error: str, *, mode: str | None = None, dry_run: bool = False,
+                   now: datetime | None = None) -> RunRecord:
+    """A failed run record for an export that could not even start (its cohort cannot be evaluated,
+    no key...), so the failure shows in ``toolkit runs`` like any other. Without ``mode`` (its settings
+    could not be made), the registered export's mode, else once."""
+    con = store.con
+    if mode is None:
+        try:
+            mode = (registration(con, cohort) or {}).get("mode") or "once"
+        except Exception:       # whatever stopped the export may stop this read too: the failure still counts
+            mode = "once"
+    started = _naive(now)
+    run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
+    record = RunRecord(run_id, cohort, mode, dry_run, "failed", started, ended_at=_naive(None), error=error)
+    con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, ended_at, status, pid, "
+                "error) VALUES (?, ?, ?, ?, ?, ?, 'failed', ?, ?)",
+                [run_id, cohort, mode, dry_run, started, record.ended_at, os.getpid(), error])
+    return record

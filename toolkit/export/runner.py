@@ -1,0 +1,180 @@
+"""One export run: plan, guard, segment, then tag the added users and clear the removed ones (``run``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+
+import pyarrow as pa
+
+from toolkit import planning, snapshots
+from toolkit.errors import ExportError
+from toolkit.export.helpers import _naive, _run_async
+from toolkit.export.lock import _run_lock
+from toolkit.export.records import RunRecord, _failed_users, _finish, _start
+from toolkit.export.results import _ResultWriter
+from toolkit.export.run_settings import ExportSettings, _save_registration
+from toolkit.export.segments import _ensure_segment
+from toolkit.export.tag_caps import TagCaps, _capped_plan, other_tags
+from toolkit.onesignal import NOT_FOUND, TAG_CAP, Credentials, NotFound, OneSignalClient, OneSignalError
+from toolkit.planning import ADD, REMOVE, Step, Target
+from toolkit.store import Store, transaction
+
+log = logging.getLogger("toolkit.export")
+
+DYNAMIC_INTERVAL = timedelta(minutes=15)
+
+
+TAG_VALUE = "1"
+
+
+LEARN_TAGS_PER_RUN = 100        # users refused for the cap whose tags a run reads back (one view call each)
+
+
+def run(store: Store, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table,
+        credentials: Credentials | None, *, members: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None) -> RunRecord:
+    """One export run of ``settings.cohort`` towards ``wanted`` (distinct_id -> OneSignal target, or
+    ``Exportable.table``; ``members``: the cohort's size, default the number wanted). Settings that
+    register the export (``saves``) store it only if the run succeeds (ok or partial). A dry run needs
+    no registration and changes no export."""
+    con = store.con.cursor()     # a connection of its own: runs may happen in threads (widgets, scheduler)
+    try:
+        return _run(store, con, settings, wanted, credentials, members, on_progress)
+    finally:
+        con.close()
+
+
+def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table,
+         credentials: Credentials | None, members: int | None, on_progress) -> RunRecord:
+    if not settings.dry_run and not (settings.app_id and settings.base_url):
+        raise ExportError(f"cohort {settings.cohort!r} has no export; register it first (toolkit export NAME --once)")
+    the_plan, verdict, caps = _capped_plan(con, settings, wanted)
+    wanted_count = wanted.num_rows if isinstance(wanted, pa.Table) else len(wanted)
+    with _run_lock(store, settings.cohort):
+        record = _start(store, con, settings, the_plan, verdict, members if members is not None else wanted_count,
+                        wanted_count)
+        record.tag_cap = len(caps.held) + (len(caps.over) if settings.dry_run else 0)
+        if settings.dry_run:
+            return _finish(con, record, "ok" if verdict.ok else "stopped", None if verdict.ok else verdict.reason)
+        if not verdict.ok:
+            return _finish(con, record, "stopped", verdict.reason)
+        if credentials is None:
+            return _finish(con, record, "failed", "no OneSignal credentials: preview only (see toolkit connect)")
+        try:
+            segment_id = _run_async(_apply(con, settings, record, the_plan, caps, credentials, on_progress))
+        except (OneSignalError, ExportError) as exc:
+            _keep_fingerprint(con, settings.cohort, the_plan)
+            return _finish(con, record, "failed", str(exc))
+        except BaseException as exc:
+            _finish(con, record, "interrupted", f"{type(exc).__name__}: {exc}")
+            raise
+        _keep_fingerprint(con, settings.cohort, the_plan)
+        if settings.saves:                   # the run succeeded: now the export is registered as asked
+            _save_registration(con, settings, segment_id)
+        if settings.mode == "dynamic":
+            con.execute("UPDATE exports SET next_due_at = ? WHERE cohort = ? AND stopped_at IS NULL",
+                        [_naive(settings.now) + DYNAMIC_INTERVAL, settings.cohort])
+        return _finish(con, record, "partial" if record.failed else "ok", _failed_users(con, record))
+
+
+def _keep_fingerprint(con, cohort: str, the_plan: planning.Plan) -> None:
+    """The fingerprint of the snapshot this run reached, for the next plan: unless the plan was
+    recognised unchanged by it (then nothing was written and it still holds)."""
+    if not the_plan.recognised:
+        snapshots.keep(con, cohort)
+
+
+async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: planning.Plan, caps: TagCaps,
+                 credentials: Credentials, on_progress) -> str:
+    """Make sure of the segment, then send the plan's changes; returns the segment's id."""
+    assert settings.app_id and settings.base_url      # checked by _run
+    async with OneSignalClient(credentials, settings.base_url, **settings.client_options) as client:
+        segment_id = await _ensure_segment(con, client, settings)
+        # Refusals not held any more are tried again now; their rows go (a refusal writes a new one).
+        con.execute("DELETE FROM export_tag_caps WHERE cohort = ? AND distinct_id NOT IN (SELECT unnest(?::VARCHAR[]))",
+                    [settings.cohort, list(caps.held)])
+        changes = the_plan.changes
+        resolved = await _resolve_subscriptions(con, client, settings.app_id, changes)
+        writer = _ResultWriter(con, record, settings, caps, len(changes), on_progress)
+        refused: dict[tuple[str, str], Step] = {}
+        try:
+            # Removals first: a OneSignal id that moved between members is cleared, then set again.
+            for operation in (REMOVE, ADD):
+                steps: dict[tuple[str, str], Step] = {}
+                for step in (s for s in changes if s.operation == operation):
+                    alias = (resolved.get(step.target) if step.target.id_type == "subscription_id"
+                             else ("external_id", step.target.onesignal_id))
+                    if alias is None:             # a Player ID OneSignal does not know
+                        writer.add(step, NOT_FOUND, None)
+                    elif operation == ADD and step.distinct_id in caps.over:
+                        writer.add(step, TAG_CAP, None)     # OneSignal would refuse it: no request
+                    else:
+                        steps[alias] = step
+                value = TAG_VALUE if operation == ADD else ""
+
+                def on_result(r, steps=steps):    # this operation's steps, bound now
+                    step = steps[(r.alias_label, r.alias_id)]
+                    writer.add(step, r.outcome, r.error)
+                    if r.outcome == TAG_CAP and step.operation == ADD and len(refused) < LEARN_TAGS_PER_RUN:
+                        refused[(r.alias_label, r.alias_id)] = step
+
+                await client.update_many(((label, alias_id, {settings.tag_key: value}) for label, alias_id in steps),
+                                         on_result=on_result)
+        finally:
+            writer.flush()
+        if refused:
+            await _learn_tags(con, client, settings, refused)
+    return segment_id
+
+
+async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
+                      refused: Mapping[tuple[str, str], Step]) -> None:
+    """Read what tags the users the cap refused carry (OneSignal's view of each), so that previews count
+    them and a refused member is tried again only once its known tags drop. At most a few per run: view
+    calls are slow, and a refusal already says enough to hold the member back."""
+    learned: dict[str, list[str]] = {}
+    for (label, alias_id), step in refused.items():
+        try:
+            view = await client.get_user(label, alias_id)
+        except OneSignalError as exc:
+            log.info("could not read the tags of user %r: %s", step.distinct_id, exc)
+            continue
+        tags = ((view or {}).get("properties") or {}).get("tags") or {}
+        learned[step.target.onesignal_id] = sorted(str(k) for k in tags)
+    if not learned:
+        return
+    now = _naive(settings.now)
+    with transaction(con):
+        for onesignal_id, keys in learned.items():
+            con.execute("INSERT OR REPLACE INTO known_user_tags VALUES (?, ?, ?, ?)",
+                        [settings.app_id, onesignal_id, keys, now])
+        known = other_tags(con, settings, list(learned))
+        for onesignal_id in learned:
+            con.execute("UPDATE export_tag_caps SET other_tags = ? WHERE cohort = ? AND onesignal_id = ?",
+                        [known.get(onesignal_id, 0), settings.cohort, onesignal_id])
+
+
+async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
+                                 steps: Sequence[Step]) -> dict[Target, tuple[str, str] | None]:
+    """Subscription (Player) IDs -> ("onesignal_id", id) of their user, from the cache or OneSignal."""
+    wanted = sorted({s.target for s in steps if s.target.id_type == "subscription_id"})
+    if not wanted:
+        return {}
+    ids = [t.onesignal_id for t in wanted]
+    known = dict(con.execute("SELECT subscription_id, onesignal_id FROM subscription_users "
+                                   "WHERE app_id = ? AND subscription_id IN (SELECT unnest(?))",
+                                   [app_id, ids]).fetchall())
+    resolved: dict[Target, tuple[str, str] | None] = {}
+    for target in wanted:
+        sub = target.onesignal_id
+        if sub not in known or known[sub] is None:
+            try:
+                known[sub] = (await client.identity_of_subscription(sub)).get("onesignal_id")
+            except NotFound:
+                known[sub] = None
+            con.execute("INSERT OR REPLACE INTO subscription_users VALUES (?, ?, ?, now()::TIMESTAMP)",
+                        [app_id, sub, known[sub]])
+        resolved[target] = ("onesignal_id", known[sub]) if known[sub] else None
+    return resolved
