@@ -12,7 +12,7 @@ file beside the store (flock, released by the kernel when its process dies), so 
 record never blocks, whatever process now has its pid.
 
 A package of one concern per module: ``naming`` (tag keys, segment names), ``registry`` (the stored
-registrations and app limits), ``run_settings`` (``ExportSettings``), ``plan`` (who is exportable, the plan
+registrations and app limits), ``run_settings`` (``ExportSettings``), ``wanted`` (who is exportable, the plan
 and guard), ``tag_caps`` (the app's data-tag cap), ``preview``, ``lock`` (one run per cohort), ``records``
 (run records), ``segments``, ``results`` (the result writer) and ``runner`` (a run). This module re-exports
 what callers use.
@@ -21,7 +21,6 @@ what callers use.
 from toolkit.errors import ExportError
 from toolkit.export.lock import _run_lock
 from toolkit.export.naming import segment_name, tag_key, tag_key_problem
-from toolkit.export.plan import RECHECK_ABSENT, Exportable, _plan, exportable, snapshot, targets
 from toolkit.export.preview import ExportPreview, preview_export, preview_targets
 from toolkit.export.records import RunRecord, record_failure, runs
 from toolkit.export.registry import app_tag_limit, due, follow_app, list_exports, registration, set_tag_limit, stop
@@ -29,6 +28,7 @@ from toolkit.export.results import FLUSH_EVERY
 from toolkit.export.run_settings import ExportSettings, register, settings
 from toolkit.export.runner import run
 from toolkit.export.segments import FREE_PLAN_MESSAGE
+from toolkit.export.wanted import RECHECK_ABSENT, Exportable, _plan, exportable, snapshot, targets
 
 __all__ = [
     "ExportError",

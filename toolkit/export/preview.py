@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from toolkit.export.plan import Exportable, exportable
 from toolkit.export.registry import DEFAULT_TAG_LIMIT, app_tag_limit
 from toolkit.export.run_settings import ExportSettings, settings
 from toolkit.export.tag_caps import _capped_plan
+from toolkit.export.wanted import Exportable, exportable
 from toolkit.planning import ADD, NOOP, REMOVE, GuardVerdict, Step
 from toolkit.store import Store
 

@@ -10,8 +10,8 @@ import pyarrow as pa
 
 from toolkit import planning
 from toolkit.export.helpers import _naive
-from toolkit.export.plan import RECHECK_ABSENT, _plan, _targets
 from toolkit.export.run_settings import ExportSettings
+from toolkit.export.wanted import RECHECK_ABSENT, _plan, _targets
 from toolkit.planning import ADD, GuardVerdict, Target
 
 
