@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import NOW, ROOT, SAMPLE, nbformat
+from helpers import NOW, ROOT, SAMPLE, nbformat, read_notebook
 from toolkit import Store, load
 
 NOTEBOOK = ROOT / "notebooks" / "mtu_report.ipynb"
@@ -10,7 +10,7 @@ SAMPLE_FILES = [SAMPLE / "events.jsonl", SAMPLE / "profiles.json", SAMPLE / "pro
 
 
 def test_committed_notebook_has_no_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = read_notebook(NOTEBOOK)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(c.outputs == [] and c.execution_count is None for c in code)
     assert any("parameters" in c.metadata.get("tags", []) for c in code)

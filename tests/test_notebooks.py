@@ -5,7 +5,7 @@ import ast
 
 import pytest
 
-from helpers import NOW, ROOT, SAMPLE, nbformat
+from helpers import NOW, ROOT, SAMPLE, nbformat, read_notebook
 from toolkit import Store, cohorts, demo, export, load, matching
 from toolkit.emulator import Emulator
 
@@ -18,7 +18,7 @@ CHURN = "Churn risk: active in September, silent in October"
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
 def test_committed_notebooks_have_no_outputs(path):
-    nb = nbformat.read(path, as_version=4)
+    nb = read_notebook(path)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(c.outputs == [] and c.execution_count is None for c in code)
     assert "widgets" not in nb.metadata                  # no saved widget state either
@@ -26,7 +26,7 @@ def test_committed_notebooks_have_no_outputs(path):
 
 @pytest.mark.parametrize("name", ["explore_cohorts", "export_cohort"])
 def test_widget_notebooks_take_papermill_parameters_but_no_key(name):
-    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    nb = read_notebook(NOTEBOOKS / f"{name}.ipynb")
     (parameters,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     names = {t.id for node in ast.parse(parameters.source).body if isinstance(node, ast.Assign) for t in node.targets}
     assert {"store_path", "cohort", "now"} <= names and not any("key" in n.lower() for n in names)

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from cli_runner import toolkit
 
-from helpers import NOW, ROOT, SAMPLE, nbformat
+from helpers import NOW, ROOT, SAMPLE, nbformat, read_notebook
 from toolkit import Store, cohorts, demo, export, matching
 from toolkit.emulator import Emulator
 from toolkit.errors import StoreError
@@ -266,7 +266,7 @@ def test_notebooks_read_while_sync_and_export_write(db, env, unlimited_emulator,
 
 def notebook_code(name: str, parameters: dict) -> str:
     """A notebook's code as papermill would run it: its parameters, then ours, then the other cells."""
-    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    nb = read_notebook(NOTEBOOKS / f"{name}.ipynb")
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     return "\n".join([code[0], *(f"{k} = {v!r}" for k, v in parameters.items()), *code[1:]])
 
