@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from toolkit.errors import UsageError
@@ -113,15 +114,9 @@ class Faults:
 
     def draw(self, method: str | None = None, path: str | None = None) -> str | None:
         """The fault for the next request, if any (call under the server's lock)."""
-        for aim in self._aimed:
-            if (aim["method"] not in (None, method)) or (aim["path"] is not None and aim["path"] not in (path or "")):
-                continue
-            if aim["skip"]:
-                aim["skip"] -= 1
-                continue
-            aim["times"] -= 1
-            if not aim["times"]:
-                self._aimed.remove(aim)
+        aim = take_aimed(self._aimed, lambda a: a["method"] in (None, method)
+                         and (a["path"] is None or a["path"] in (path or "")))
+        if aim:
             return aim["kind"]
         if not (self.error_rate or self.drop_rate or self.hang_rate):
             return None
@@ -133,3 +128,19 @@ class Faults:
         if r < self.error_rate + self.drop_rate + self.hang_rate:
             return HANG
         return None
+
+
+def take_aimed(aimed: list[dict], matches: Callable[[dict], bool]) -> dict | None:
+    """The first aimed fault ``matches`` accepts, counted down: its ``skip`` requests pass first, then it
+    answers ``times`` of them and is gone. None if no aimed fault applies. (Both emulators aim faults so.)"""
+    for aim in aimed:
+        if not matches(aim):
+            continue
+        if aim["skip"]:
+            aim["skip"] -= 1
+            continue
+        aim["times"] -= 1
+        if not aim["times"]:
+            aimed.remove(aim)
+        return aim
+    return None

@@ -38,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from toolkit.emulator.limits import take_aimed
 from toolkit.errors import EmulatorError
 from toolkit.mixpanel.budget import EXPORT, QUERY, Limits
 from toolkit.mixpanel.client import COHORTS_PATH, ENGAGE_PATH, EXPORT_PATH
@@ -164,15 +165,8 @@ class MixpanelEmulator:
         self._released.set()
 
     def _draw(self, api: str) -> dict | None:
-        for aim in self._aimed:
-            if aim["api"] not in (None, api):
-                continue
-            if aim["skip"]:
-                aim["skip"] -= 1
-                continue
-            aim["times"] -= 1
-            if not aim["times"]:
-                self._aimed.remove(aim)
+        aim = take_aimed(self._aimed, lambda a: a["api"] in (None, api))
+        if aim:
             return aim
         if self.error_rate and self._random.random() < self.error_rate:
             return {"kind": ERROR}
