@@ -173,6 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(run=_runs)
 
+    _alerts_parser(sub, common)
+
     p = sub.add_parser("pull", parents=[common],
                        help="pull events (and profiles) from Mixpanel into a landing folder, then load them")
     p.add_argument("landing", type=Path, help="the landing folder (files go to LANDING/mixpanel-<project id>/)")
@@ -353,6 +355,85 @@ def _runs(args) -> int:
         found = export.runs(store, args.cohort, args.limit)
     _emit(args, {"runs": found}, report.runs_text(found))
     return 0
+
+
+def _alerts_parser(sub, common) -> None:
+    alerts = sub.add_parser("alerts", help="alerts for unattended syncs: a webhook and/or email, one per incident")
+    asub = alerts.add_subparsers(required=True, metavar="ACTION")
+    p = asub.add_parser("configure", parents=[common], help="where alerts go (the options given change, "
+                        "the others stay); secrets go to a 0600 file, never the store")
+    p.add_argument("--webhook", metavar="URL", help="a Slack-compatible incoming webhook; - reads it from stdin "
+                   "(keeps it out of the shell history); '' removes it")
+    p.add_argument("--smtp", metavar="HOST:PORT", help="send email through this SMTP server; '' removes email")
+    p.add_argument("--smtp-user", metavar="NAME", help="log in to the SMTP server as NAME")
+    p.add_argument("--smtp-password", action="store_true",
+                   help="keep the SMTP password ($TOOLKIT_SMTP_PASSWORD, else a hidden prompt) in the 0600 file")
+    p.add_argument("--starttls", action=argparse.BooleanOptionalAction, default=None, help="STARTTLS before login")
+    p.add_argument("--from", dest="mail_from", metavar="ADDRESS")
+    p.add_argument("--to", dest="mail_to", action="append", metavar="ADDRESS", help="repeat for several")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="per attempt and channel (default 5)")
+    p.add_argument("--shrink-share", type=float, metavar="SHARE",
+                   help="alert when members or exportable users drop by more than this between runs (default 0.5)")
+    p.set_defaults(run=_alerts_configure)
+    p = asub.add_parser("test", parents=[common], help="send a test message to every configured channel")
+    p.set_defaults(run=_alerts_test)
+    p = asub.add_parser("list", parents=[common], help="incidents, newest first, and their alerts' deliveries")
+    p.add_argument("--open", action="store_true", help="only open incidents")
+    p.add_argument("--cohort")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(run=_alerts_list)
+    p = asub.add_parser("check", parents=[common], help="open and resolve incidents now and send their alerts "
+                        "(the scheduled sync does this after each run; run it from cron to hear of a stopped schedule)")
+    p.set_defaults(run=_alerts_check)
+
+
+def _alerts_configure(args) -> int:
+    import getpass
+
+    from toolkit import alerts
+
+    given = {name: value for name, value in (
+        ("smtp", args.smtp), ("smtp_user", args.smtp_user), ("starttls", args.starttls),
+        ("mail_from", args.mail_from), ("mail_to", args.mail_to), ("timeout", args.timeout),
+        ("shrink_share", args.shrink_share)) if value is not None}
+    if args.webhook is not None:
+        given["webhook"] = sys.stdin.readline().strip() if args.webhook == "-" else args.webhook
+    if args.smtp_password:
+        given["smtp_password"] = (os.environ.get(alerts.config.ENV_SMTP_PASSWORD)
+                                  or (getpass.getpass("SMTP password: ") if sys.stdin.isatty() else ""))
+        if not given["smtp_password"]:
+            raise UsageError("--smtp-password: set $TOOLKIT_SMTP_PASSWORD or run it in a terminal to be asked")
+    with _store(args) as store:
+        settings = alerts.configure(store, **given) if given else alerts.current(store)
+    _emit(args, settings.shown(), report.alert_settings_text(settings.shown()))
+    return EXIT_CODES["ok"]
+
+
+def _alerts_test(args) -> int:
+    from toolkit import alerts
+
+    with _store(args, read_only=True) as store:
+        sent = alerts.send_test(store)
+    _emit(args, {"deliveries": [d.__dict__ for d in sent]}, report.alert_test_text(sent))
+    return EXIT_CODES["ok" if all(d.ok for d in sent) else "failed"]
+
+
+def _alerts_list(args) -> int:
+    from toolkit import alerts
+
+    with _store(args, read_only=True) as store:
+        found = alerts.incident_list(store, open_only=args.open, cohort=args.cohort, limit=args.limit)
+    _emit(args, {"incidents": found}, report.incidents_text(found))
+    return EXIT_CODES["ok"]
+
+
+def _alerts_check(args) -> int:
+    from toolkit import alerts
+
+    with _store(args) as store:
+        outcome = alerts.check(store)
+    _emit(args, outcome, report.alert_check_text(outcome))
+    return EXIT_CODES["ok"]
 
 
 def _generate(args) -> int:

@@ -102,6 +102,11 @@ class SyncFailed(ToolkitError):
     the run record says which cohorts, the load or the MTU count, and why."""
 
 
+class AlertError(ToolkitError):
+    """Alerts cannot be configured or sent as asked (a bad --smtp address, no channel, a secrets file
+    others can read, a test message refused): the message names the setting or channel and what to do."""
+
+
 # -- OneSignal's answers ---------------------------------------------------------------------------
 
 class OneSignalError(ToolkitError):

@@ -200,18 +200,70 @@ def stopped_text(cohort: str) -> str:
 
 def sync_run(run: SyncRun) -> dict:
     return {"status": run.status, "ok": run.ok, "notebook": str(run.notebook),
-            "record": str(run.record) if run.record else None, "error": run.error}
+            "record": str(run.record) if run.record else None, "error": run.error,
+            "alerts_not_delivered": list(run.alerts_not_delivered)}
 
 
 def sync_run_text(run: SyncRun) -> str:
     return (("sync ok" if run.ok else run.error) + f"\nexecuted notebook: {run.notebook}"
-            + (f"\nrun record: {run.record}" if run.record else ""))
+            + (f"\nrun record: {run.record}" if run.record else "")
+            + "".join(f"\nalert not delivered: {p}" for p in run.alerts_not_delivered if run.ok))
 
 
 def schedule_text(runs: list[SyncRun]) -> str:
     failed = [r for r in runs if not r.ok]
+    undelivered = sum(len(r.alerts_not_delivered) for r in runs)
     return (f"stopped after {len(runs)} run(s), {len(failed)} not ok"
-            + "".join(f"\n  {r.started:%Y-%m-%d %H:%M:%S} {r.status}: {r.error}" for r in failed))
+            + "".join(f"\n  {r.started:%Y-%m-%d %H:%M:%S} {r.status}: {r.error}" for r in failed)
+            + (f"\n  {undelivered} alert(s) not delivered (see the log above and `toolkit alerts list`)"
+               if undelivered else ""))
+
+
+# -- alerts ------------------------------------------------------------------------------------------
+
+def alert_settings_text(shown: dict) -> str:
+    lines = [f"webhook: {shown['webhook'] or 'none'}" + (" (its URL is kept in the secrets file)" if shown["webhook"]
+                                                          else "")]
+    if shown["smtp"]:
+        login = f", as {shown['smtp_user']}" + ("" if shown["smtp_password_set"] else " (no password set)") \
+            if shown["smtp_user"] else ""
+        lines.append(f"email: {shown['smtp']}{' with STARTTLS' if shown['starttls'] else ''}{login}, "
+                     f"from {shown['from']} to {', '.join(shown['to'])}")
+    else:
+        lines.append("email: none")
+    lines.append(f"timeout {shown['timeout_seconds']:g} s per attempt; shrinking alerts above a "
+                 f"{shown['shrink_share']:.0%} drop; secrets file {shown['secrets_file']}")
+    return "\n".join(lines)
+
+
+def alert_test_text(sent) -> str:
+    return "\n".join(f"{d.channel}: " + ("delivered" if d.ok else f"NOT delivered: {d.error}") for d in sent)
+
+
+def incidents_text(found: list[dict]) -> str:
+    if not found:
+        return "no incidents"
+    lines = []
+    for i in found:
+        state = f"resolved {i['resolved_at']:%Y-%m-%d %H:%M} ({i['resolution']})" if i["resolved_at"] else "OPEN"
+        lines.append(f"#{i['incident_id']} {i['opened_at']:%Y-%m-%d %H:%M} {i['cohort']} {i['kind']}: {state}")
+        lines.append(f"  {i['cause']}")
+        last: dict = {}
+        for d in i["deliveries"] or []:
+            last[(d["message"], d["channel"])] = d
+        for (message, channel), d in sorted(last.items()):
+            outcome = "delivered" if d["ok"] else f"not delivered: {d['error']}"
+            lines.append(f"  {message} alert by {channel}: {outcome}")
+    return "\n".join(lines)
+
+
+def alert_check_text(outcome: dict) -> str:
+    lines = [f"{len(outcome['opened'])} incident(s) opened, {len(outcome['resolved'])} resolved, "
+             f"{outcome['open']} open; {outcome['sent']} message(s) sent"]
+    lines += [f"  opened: {o['cohort']} {o['kind']}: {o['cause']}" for o in outcome["opened"]]
+    lines += [f"  resolved: {r['cohort']} {r['kind']}" for r in outcome["resolved"]]
+    lines += [f"  not delivered: {p}" for p in outcome["not_delivered"]]
+    return "\n".join(lines)
 
 
 def generated_text(out: Path, counts: dict) -> str:

@@ -37,6 +37,7 @@ class SyncRun:
     status: str             # ok | partial | failed (see EXIT_CODES)
     error: str = ""         # why not ok: the record's summary, or the notebook's error
     record: Path | None = None      # the run record (JSON) beside the executed notebook
+    alerts_not_delivered: tuple[str, ...] = ()     # alerts this run raised that no channel took, and why
 
     @property
     def ok(self) -> bool:
@@ -144,7 +145,10 @@ def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
             write_record(record, data)
         status = data.get("status", "failed") if data else "ok"
         error = "" if status == "ok" or not data else data.get("summary") or notebook_error
-        run = SyncRun(output, started, clock(), status, error, record if data else None)
+        undelivered = tuple(((data or {}).get("alerts") or {}).get("not_delivered") or ())
+        run = SyncRun(output, started, clock(), status, error, record if data else None, undelivered)
+        for problem in undelivered:
+            log.warning("alert not delivered: %s", problem)
         log.info("sync %s in %.1fs: %s; executed notebook %s", run.status if run.ok else run.status.upper(),
                  (run.ended - run.started).total_seconds(), run.error or "all cohorts ok", output)
         return run

@@ -363,6 +363,44 @@ MIGRATIONS: list[str] = [
                e.* EXCLUDE (event, distinct_id, time, insert_id, properties, device_id, user_id, file_id)
         FROM events e LEFT JOIN identity_map m ON m.distinct_id = e.distinct_id;
     """,
+    # 11: alerts for unattended syncs (toolkit/alerts/). Where alerts go, once per store (the webhook URL
+    # and the SMTP password are secrets: they live in a 0600 file, never here); one row per incident, a
+    # (cohort, kind) condition from its opening to its resolution; and each message's delivery per channel.
+    """
+    CREATE TABLE alert_settings (
+        id              INTEGER PRIMARY KEY,   -- always 1
+        webhook_host    VARCHAR,               -- scheme://host of the webhook, shown; NULL: no webhook
+        smtp_host       VARCHAR,               -- NULL: no email
+        smtp_port       INTEGER,
+        smtp_user       VARCHAR,
+        starttls        BOOLEAN NOT NULL,
+        mail_from       VARCHAR,
+        mail_to         VARCHAR[],
+        timeout_seconds DOUBLE NOT NULL,       -- per attempt, per channel
+        shrink_share    DOUBLE NOT NULL,       -- a drop of members or exportable users above this alerts
+        updated_at      TIMESTAMP NOT NULL
+    );
+    CREATE SEQUENCE incident_ids START 1;
+    CREATE TABLE alert_incidents (
+        incident_id  INTEGER PRIMARY KEY,
+        cohort       VARCHAR NOT NULL,
+        kind         VARCHAR NOT NULL,         -- failed | partial | paused | guard | tag_cap | stale | shrinking
+        cause        VARCHAR NOT NULL,
+        advice       VARCHAR NOT NULL,
+        run_id       INTEGER,                  -- the run that showed it (stale: none)
+        opened_at    TIMESTAMP NOT NULL,
+        resolved_at  TIMESTAMP,
+        resolution   VARCHAR
+    );
+    CREATE TABLE alert_deliveries (
+        incident_id  INTEGER NOT NULL,
+        message      VARCHAR NOT NULL,         -- opened | resolved
+        channel      VARCHAR NOT NULL,         -- webhook | email
+        attempted_at TIMESTAMP NOT NULL,
+        ok           BOOLEAN NOT NULL,
+        error        VARCHAR
+    );
+    """,
 ]
 
 

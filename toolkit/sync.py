@@ -125,6 +125,7 @@ class SyncResult:
     landing: str | None = None
     now: datetime | None = None
     dry_run: bool = False
+    alerts: dict | None = None          # incidents opened/resolved and deliveries (toolkit.alerts.check)
 
     @property
     def table(self) -> pd.DataFrame:
@@ -167,6 +168,8 @@ class SyncResult:
             parts.append(f"{len(self.load.refused)} file(s) refused: "
                          + "; ".join(f.message or f.path for f in self.load.refused))
         parts.append(f"MTU not counted: {self.mtu_error}" if self.mtu_error else "MTU counted")
+        if self.alerts and self.alerts.get("not_delivered"):
+            parts.append("alerts not delivered: " + "; ".join(self.alerts["not_delivered"]))
         return "; ".join(parts)
 
     def to_record(self) -> dict:
@@ -183,7 +186,7 @@ class SyncResult:
                    for r in self.runs]
         return {"status": self.status, "summary": self.summary, "dry_run": self.dry_run,
                 "as_of": self.now.isoformat() if self.now else None, "load": load, "cohorts": cohorts,
-                "mtu": {"ok": self.mtu_error is None, "error": self.mtu_error}}
+                "mtu": {"ok": self.mtu_error is None, "error": self.mtu_error}, "alerts": self.alerts}
 
     def finish(self, record: str | Path | None = None, fail_on_error: bool = True) -> None:
         """The sync notebook's last step: write the run record (JSON, atomically) when a path is given,
@@ -227,5 +230,23 @@ def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, 
         except Exception as exc:
             mtu_error = failure_reason(exc)
             log.warning("counting MTU failed: %s", mtu_error, exc_info=not isinstance(exc, ToolkitError))
-        return SyncResult(loaded, runs, frame, load_error, mtu_error, str(landing) if landing else None, now, dry_run)
+        alerted = None if dry_run else check_alerts(store, now)
+        return SyncResult(loaded, runs, frame, load_error, mtu_error, str(landing) if landing else None, now, dry_run,
+                          alerted)
+
+
+def check_alerts(store: Store, now: datetime) -> dict:
+    """Incidents and their alerts after a cycle (toolkit.alerts); whatever goes wrong there is reported in
+    the result, never raised: an alert must not fail the sync it is about."""
+    from toolkit import alerts
+
+    try:
+        outcome = alerts.check(store, now)
+    except Exception as exc:
+        log.warning("checking alerts failed", exc_info=not isinstance(exc, ToolkitError))
+        _end_open_transaction(store)
+        outcome = {"opened": [], "resolved": [], "not_delivered": [f"alerts not checked: {failure_reason(exc)}"]}
+    for problem in outcome["not_delivered"]:
+        log.warning("alert not delivered: %s", problem)
+    return outcome
 
