@@ -4,7 +4,7 @@ time, and which open or resolve against those already open."""
 from datetime import datetime, timedelta
 
 from toolkit import incidents
-from toolkit.incidents import RunFacts, Rules, SyncFacts
+from toolkit.incidents import Rules, RunFacts, SyncFacts
 
 T = datetime(2026, 3, 1, 12, 0)
 
@@ -17,8 +17,8 @@ def sync(*runs, cohort="Buyers", mode="dynamic", stopped_at=None):
     return SyncFacts(cohort, mode, T - timedelta(minutes=5), stopped_at, tuple(sorted(runs, key=lambda r: -r.run_id)))
 
 
-def kinds(*syncs, now=T + timedelta(minutes=1), rules=Rules()):
-    return sorted(c.kind for c in incidents.conditions(syncs, now, rules))
+def kinds(*syncs, now=T + timedelta(minutes=1), rules=None):
+    return sorted(c.kind for c in incidents.conditions(syncs, now, rules or Rules()))
 
 
 def test_a_healthy_sync_has_no_incident():
@@ -80,7 +80,8 @@ def test_changes_open_only_what_is_new_and_resolve_what_no_longer_holds():
 
 def test_the_resolution_says_why():
     healthy = {"Buyers": sync(run(1, "failed"), run(2, "ok", minutes=15, members=120))}
-    assert incidents.resolution("Buyers", "failed", healthy) == "the run of 2026-03-01 12:15 UTC ended ok, 120 member(s)"
+    said = incidents.resolution("Buyers", "failed", healthy)
+    assert said == "the run of 2026-03-01 12:15 UTC ended ok, 120 member(s)"
     assert incidents.resolution("Gone", "failed", healthy) == "the export was removed"
     stopped = {"Buyers": sync(run(1), stopped_at=T)}
     assert incidents.resolution("Buyers", "stale", stopped) == "the dynamic sync was stopped"

@@ -13,8 +13,8 @@ LOADING = {"loading", *(f"loading.{m}" for m in ("run", "summary", "events", "pr
                                                    "execute", "readers", "sources", "validation", "profile_ops",
                                                    "identity")),
            "store", "sql", "errors", "redaction", "onesignal_ids", "event_columns"}
-PURE = {"planning", "incidents", "loading.identity", "loading.profile_ops", "cohort_model", "cohort_sql", "onesignal_events",
-        "loading.validation", "sql", "onesignal_ids"}
+PURE = {"planning", "loading.identity", "loading.profile_ops", "cohort_model", "cohort_sql", "onesignal_events",
+        "loading.validation", "sql", "onesignal_ids", "incidents"}
 STANDARD = set(sys.stdlib_module_names) - {"os", "io", "socket", "subprocess", "shutil", "tempfile", "sqlite3",
                                            "threading", "asyncio", "urllib", "http", "pathlib", "glob", "time"}
 

@@ -185,12 +185,12 @@ TITLES = {FAILED: "failed", PARTIAL: "partially failed", PAUSED: "paused", GUARD
 
 def opened_text(c: Condition) -> str:
     """The alert: the cohort, the cause and what to do."""
-    return f'Sync of cohort "{c.cohort}" {TITLES[c.kind]}: {c.cause}.\nWhat to do: {c.advice}'
+    return f'Sync of cohort "{c.cohort}" {TITLES[c.kind]}: {c.cause.rstrip(".")}.\nWhat to do: {c.advice}'
 
 
 def resolved_text(cohort: str, kind: str, opened_at: datetime, why: str) -> str:
     return (f'Resolved: sync of cohort "{cohort}" no longer {_NO_LONGER[kind]} '
-            f"(since {opened_at:%Y-%m-%d %H:%M} UTC): {why}.")
+            f"(since {opened_at:%Y-%m-%d %H:%M} UTC): {why.rstrip('.')}.")
 
 
 _NO_LONGER = {FAILED: "failing", PARTIAL: "partially failing", PAUSED: "paused", GUARD: "stopped by the removal guard",
