@@ -133,6 +133,42 @@ def test_a_sharply_shrinking_cohort_raises_one_alert(world):
         'Resolved: sync of cohort "Panel" no longer shrinking')
 
 
+def test_a_run_the_removal_guard_stops_raises_one_alert_until_a_forced_run(world):
+    with Store(world["db"]) as store:
+        export.register(store, "Panel", "dynamic", world["app"].app_id, world["emu"].url, now=NOW)
+    cycle(world, 1)
+    with Store(world["db"]) as store:                 # three of four would go: more than half
+        cohorts.save_all(store, [{"name": "Panel", "static_ids": USERS[:1]}])
+    for minutes in (16, 31):                          # a stopped run stays due: stopped again
+        runs = {r.cohort: (r.status, r.removed) for r in cycle(world, minutes).runs}
+        assert runs == {"Buyers": ("ok", 0), "Panel": ("stopped", 0)}
+    (alert,) = world["hook"].texts
+    assert alert.startswith('Sync of cohort "Panel" stopped by the removal guard: the removal guard stopped the '
+                            "latest run: would remove 3 of 4 users (75%)")
+    assert 'toolkit export "Panel" --force' in alert and "shrinking" not in alert
+    with Store(world["db"]) as store:
+        forced = sync.export_cohort(store, export.settings(store, "Panel", force=True,
+                                                           now=NOW + timedelta(minutes=40)))
+    assert forced.status == "ok" and forced.removed == 3
+    cycle(world, 46)
+    assert len(world["hook"].texts) == 2 and world["hook"].texts[1].startswith(
+        'Resolved: sync of cohort "Panel" no longer stopped by the removal guard')
+
+
+def test_users_onesignal_refuses_make_one_partial_alert_resolved_once_they_pass(world):
+    world["emu"].faults.inject("refuse", method="PATCH", path="/ext-u4", times=2)     # two runs refused
+    for minutes in (1, 16):
+        (run,) = cycle(world, minutes).runs
+        assert (run.status, run.failed) == ("partial", 1)
+    (alert,) = world["hook"].texts
+    assert alert.startswith('Sync of cohort "Buyers" partially failed: the latest run left 1 user(s) not updated: '
+                            "1 user(s) not updated in OneSignal, the next run retries them: user 'u4'")
+    (run,) = cycle(world, 31).runs
+    assert run.status == "ok" and run.added == 1
+    assert len(world["hook"].texts) == 2 and world["hook"].texts[1].startswith(
+        'Resolved: sync of cohort "Buyers" no longer partially failing')
+
+
 def test_a_sync_that_stops_running_is_stale_after_two_cycles(world):
     with Store(world["db"]) as store:
         export.register(store, "Panel", "dynamic", world["app"].app_id, world["emu"].url, now=NOW)
