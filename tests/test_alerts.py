@@ -295,3 +295,14 @@ def test_toolkit_sync_says_an_alert_was_not_delivered_and_its_notebook_holds_no_
     executed = record_path.with_suffix(".ipynb").read_text() + record_path.read_text()
     for secret in ("T0SECRET", SMTP_SECRET, world["app"].api_key):
         assert secret not in executed
+
+
+def test_a_check_that_breaks_is_reported_in_the_record_and_the_sync_still_runs(world, monkeypatch):
+    def broken(store, now):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(alerts, "check", broken)
+    result = cycle(world, 1)
+    assert result.status == "ok" and [r.status for r in result.runs] == ["ok"]
+    assert result.to_record()["alerts"]["not_delivered"] == [
+        "alerts not checked: unexpected error: boom (details in the log)"]
