@@ -7,8 +7,8 @@ import shutil
 
 import httpx
 import pytest
-
 from cli_runner import toolkit
+
 from toolkit import export, matching, sync
 from toolkit.demo import seed_users
 from toolkit.emulator import Emulator
@@ -64,7 +64,8 @@ def behind_the_back(emu, app, db):
     headers = {"Authorization": f"Key {app.api_key}", "Content-Type": "application/json"}
     users = f"{emu.url}/apps/{app.app_id}/users/by/external_id"
     key = export.tag_key(COHORT)
-    assert httpx.patch(f"{users}/{lost[1]}", json={"properties": {"tags": {key: ""}}}, headers=headers).status_code == 202
+    assert httpx.patch(f"{users}/{lost[1]}", json={"properties": {"tags": {key: ""}}},
+                       headers=headers).status_code == 202
     assert httpx.patch(f"{users}/{outsider}", json={"properties": {"tags": {key: "1"}}},
                        headers=headers).status_code == 202
     assert httpx.delete(f"{users}/{gone[1]}", headers=headers).status_code == 200
