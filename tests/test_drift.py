@@ -49,3 +49,9 @@ def test_no_drift_when_both_sides_agree():
     found = classify([Member("d1", "u1", "external_id"), Member("d2", "s2", "subscription_id")],
                      [SeenUser("u1", ("s1",), True), SeenUser("u9", ("s2",), True)], tag_key=KEY)
     assert not found.drifted and found.in_sync == 2
+
+
+def test_untagged_rows_naming_no_member_are_not_kept():
+    rows = [row("s1", "u1"), row("s2", "u2", {KEY: "1"}), row("s3"), row("s4", "u4"), row("s5")]
+    users = users_from_rows(rows, KEY, relevant={"u4", "s5"})
+    assert users == [SeenUser("u2", ("s2",), True), SeenUser("u4", ("s4",), False), SeenUser(None, ("s5",), False)]

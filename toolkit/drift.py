@@ -15,7 +15,7 @@ Three kinds of drift, each a list of users:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from toolkit.errors import ExportError
@@ -58,15 +58,20 @@ class Drift:
         return bool(self.tagged_outside or self.lost_tag or self.deleted)
 
 
-def users_from_rows(rows: Iterable[Mapping[str, str]], tag_key: str) -> list[SeenUser]:
+def users_from_rows(rows: Iterable[Mapping[str, str]], tag_key: str,
+                    relevant: Container[str] | None = None) -> list[SeenUser]:
     """The users of the CSV export's rows (``id``, ``tags`` as a JSON object, ``external_user_id``):
-    rows sharing an External ID are one user; an anonymous row is a user of its own."""
+    rows sharing an External ID are one user; an anonymous row is a user of its own. With ``relevant``
+    (the snapshot's ids), an untagged row naming none of them is skipped: an app of ten million users
+    then costs the memory of the cohort, not of the app."""
     by_external: dict[str, tuple[list[str], bool]] = {}
     anonymous: list[SeenUser] = []
     for line, row in enumerate(rows, 2):                  # line 1 is the header
         subscription = (row.get("id") or "").strip()
         tagged = _has_tag(row.get("tags"), tag_key, line, subscription)
         external = (row.get("external_user_id") or "") or None
+        if not tagged and relevant is not None and subscription not in relevant and external not in relevant:
+            continue
         if external is None:
             if subscription:
                 anonymous.append(SeenUser(None, (subscription,), tagged))

@@ -19,9 +19,10 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import IO, cast
 
 from toolkit import drift, snapshots
 from toolkit.drift import EXTERNAL_ID, Drift, Member
@@ -87,7 +88,7 @@ async def _read(settings: ExportSettings, credentials: Credentials, members: lis
     async with OneSignalClient(credentials, settings.base_url, **settings.client_options) as client:
         url = await client.export_csv(("external_user_id",))
         content = await client.download_export(url, on_wait=lambda waited: progress("export", int(waited), None))
-        seen = drift.users_from_rows(_rows(content), settings.tag_key)
+        seen = drift.users_from_rows(_rows(content), settings.tag_key, {m.onesignal_id for m in members})
         found = drift.classify(members, seen, tag_key=settings.tag_key)
         if not found.unseen:
             return found, 0
@@ -103,13 +104,15 @@ async def _read(settings: ExportSettings, credentials: Credentials, members: lis
         return drift.classify(members, seen, views, tag_key=settings.tag_key), len(unseen)
 
 
-def _rows(content: bytes):
-    """The export's rows as dicts (a gzip CSV; a plain one is read as it is)."""
+def _rows(content: bytes) -> Iterator[dict[str, str]]:
+    """The export's rows as dicts, inflated as they are read (a gzip CSV; a plain one as it is)."""
+    raw: IO[bytes] = io.BytesIO(content)
+    if content[:2] == b"\x1f\x8b":
+        raw = cast(IO[bytes], gzip.GzipFile(fileobj=raw))
     try:
-        text = gzip.decompress(content).decode("utf-8")
-    except (OSError, EOFError):
-        text = content.decode("utf-8", "replace")
-    return csv.DictReader(io.StringIO(text))
+        yield from csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""))
+    except (OSError, EOFError) as exc:
+        raise ExportError(f"OneSignal's CSV export could not be read: {exc}") from None
 
 
 def correct_snapshot(store: Store, found: Reconciliation) -> None:
