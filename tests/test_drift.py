@@ -24,7 +24,7 @@ def test_rows_of_one_external_id_are_one_user_and_anonymous_rows_users_of_their_
 
 def test_tags_that_are_not_a_json_object_are_refused_with_line_and_subscription():
     with pytest.raises(ExportError, match=r"line 3 \(subscription 's2'\).*not a JSON object"):
-        users_from_rows([row("s1", "u1"), {"id": "s2", "external_user_id": "u2", "tags": "[1"}], KEY)
+        users_from_rows([row("s1", "u1"), {"id": "s2", "external_user_id": "u2", "tags": f'["{KEY}"'}], KEY)
 
 
 def test_each_kind_of_drift():

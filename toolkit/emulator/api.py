@@ -246,28 +246,25 @@ class Api:
             if segment is None:
                 return errors(400, "Segment not found", success_flag=True)
             users = app.members(segment)
-        text = io.StringIO()
-        writer = csv.writer(text)
-        writer.writerow([*CSV_COLUMNS, *extra])
-        rows = 0
-        for user in users:
-            for sub in user.subscriptions:
-                row = {"id": sub["id"], "device_type": DEVICE_TYPES.get(sub.get("type", ""), 1),
-                       "tags": json.dumps(user.tags, ensure_ascii=False), "session_count": 1,
-                       "external_user_id": user.external_id or ""}
-                writer.writerow([row.get(c, "") for c in (*CSV_COLUMNS, *extra)])
-                rows += 1
+        # The users as they are now (tags copied); the file itself is written when first fetched, so
+        # this answer comes at once, as OneSignal's does.
+        held = [(user.external_id, [s["id"] for s in user.subscriptions],
+                 [s.get("type", "") for s in user.subscriptions], dict(user.tags)) for user in users]
+        rows = sum(len(h[1]) for h in held)
         token = self.world.new_id()
         name = f"{token}/users_{hashlib.md5(app.app_id.encode()).hexdigest()}_{now_iso()[:10]}.csv.gz"
-        self.world.csv_exports[name] = (now + rows / self.limits.csv_records_per_second,
-                                        gzip.compress(text.getvalue().encode()))
+        self.world.csv_exports[name] = (now + rows / self.limits.csv_records_per_second, (extra, held))
         return Response(200, {"csv_file_url": f"http://{host}/{CSV_FOLDER}/{name}"})
 
     def csv_file(self, name: str, now: float) -> Response:
         found = self.world.csv_exports.get(name)
         if found is None or now < found[0]:
             return Response(404, NO_SUCH_KEY, {"Content-Type": "application/xml"})
-        return Response(200, found[1], {"Content-Type": "application/gzip"})
+        content = found[1]
+        if not isinstance(content, bytes):
+            content = _csv_gzip(*content)
+            self.world.csv_exports[name] = (found[0], content)
+        return Response(200, content, {"Content-Type": "application/gzip"})
 
     # -- segments -------------------------------------------------------------------------------
     def create_segment(self, app: App, body, **_) -> Response:
@@ -332,6 +329,21 @@ class Api:
             return Response(404, {"success": False})
         self.world.changed()
         return Response(200, {"success": True})
+
+
+def _csv_gzip(extra: list[str], held: list[tuple]) -> bytes:
+    """The CSV export's file: a row per subscription, OneSignal's columns then the extra fields."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    columns = (*CSV_COLUMNS, *extra)
+    writer.writerow(columns)
+    for external_id, subscriptions, types, tags in held:
+        tags_text = json.dumps(tags, ensure_ascii=False)
+        for subscription, kind in zip(subscriptions, types, strict=True):
+            row = {"id": subscription, "device_type": DEVICE_TYPES.get(kind, 1), "tags": tags_text,
+                   "session_count": 1, "external_user_id": external_id or ""}
+            writer.writerow([row.get(c, "") for c in columns])
+    return gzip.compress(text.getvalue().encode(), compresslevel=1)
 
 
 def _key(authorization: str) -> str:

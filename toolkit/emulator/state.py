@@ -12,6 +12,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from toolkit.emulator import filters as segment_filters
 from toolkit.errors import EmulatorError
@@ -170,8 +171,9 @@ class World:
         self.counters = new_counters()
         self._random = random.Random(seed)
         self.version = 0          # bumped on every change, so the saver knows when to write
-        # CSV exports made: file name -> (ready at, gzip bytes). Not saved: OneSignal keeps them 3 days.
-        self.csv_exports: dict[str, tuple[float, bytes]] = {}
+        # CSV exports made: file name -> (ready at, the users as they were, or the gzip bytes once
+        # written). Not saved: OneSignal keeps them 3 days.
+        self.csv_exports: dict[str, tuple[float, Any]] = {}
 
     def new_id(self) -> str:
         return str(uuid.UUID(int=self._random.getrandbits(128), version=4))
