@@ -136,3 +136,19 @@ def test_view_users_reports_each_user_and_none_for_a_deleted_one():
 
     asyncio.run(scenario())
     assert got == [("u1", {"tags": {"k": "1"}}), ("gone", None)]
+
+
+def test_a_file_host_that_keeps_failing_is_given_up_after_the_client_s_attempts():
+    emu = Emulator()
+    app = emu.add_app()
+    emu.add_user(app.app_id, external_id="u1", subscription_ids=["s1"])
+    emu.faults.inject("crash", method="GET", path="/csv_exports/", times=50)
+
+    async def scenario():
+        async with OneSignalClient(Credentials(app.app_id, app.api_key), "https://onesignal.test",
+                                   transport=transport(emu), **FAST) as client:
+            await client.download_export(await client.export_csv())
+
+    with pytest.raises(OneSignalError, match="5 tries in a row failed"):
+        asyncio.run(scenario())
+    assert sum(1 for r in emu.requests() if r["path"].startswith("/csv_exports/")) == 5

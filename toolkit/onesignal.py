@@ -473,7 +473,7 @@ class OneSignalClient:
         """The CSV export's file (gzip bytes), polled until written (at most ``export_wait`` seconds;
         ``on_wait`` hears the seconds waited so far). The file is on another host: no key is sent there."""
         started = time.monotonic()
-        polls = 0
+        polls = failures = 0           # failures: answers other than "not written yet", in a row
         async with httpx.AsyncClient(timeout=httpx.Timeout(max(self.timeout, 60.0)), transport=self._transport,
                                      verify=_tls_context() if self._transport is None else True,
                                      headers={USAGE_HEADER: USAGE}) as fetcher:
@@ -490,6 +490,11 @@ class OneSignalClient:
                 if status not in (0, 429, *NOT_READY) and status < 500:
                     raise OneSignalError(f"OneSignal's CSV export answered {status} when downloaded",
                                          status=status, method="GET", path="(the CSV export's file)")
+                failures = 0 if status in NOT_READY else failures + 1
+                if failures >= self.max_attempts:
+                    raise OneSignalError(f"OneSignal's CSV export could not be downloaded: {failures} tries in a "
+                                         f"row failed (last: {status or 'no answer'})", status=status or None,
+                                         method="GET", path="(the CSV export's file)")
                 if waited >= self.export_wait:
                     raise OneSignalError(f"OneSignal's CSV export was not ready after {waited:.0f}s "
                                          "(it writes about 2,000 records a second); try again later",
