@@ -152,3 +152,28 @@ def test_a_file_host_that_keeps_failing_is_given_up_after_the_client_s_attempts(
     with pytest.raises(OneSignalError, match="5 tries in a row failed"):
         asyncio.run(scenario())
     assert sum(1 for r in emu.requests() if r["path"].startswith("/csv_exports/")) == 5
+
+
+@pytest.mark.slow
+def test_views_keep_to_onesignal_s_view_user_limit():
+    """Twelve views against OneSignal's limit (1/s, a burst of 10): at the client's default pace none is
+    refused; at 50/s the same views are (so the limit is there to keep to)."""
+    emu = Emulator(view_rate_limit=1)
+    app = emu.add_app()
+    aliases = [("external_id", f"u{n}") for n in range(12)]
+    for _, external_id in aliases:
+        emu.add_user(app.app_id, external_id=external_id)
+
+    def views(**options):
+        async def scenario():
+            async with OneSignalClient(Credentials(app.app_id, app.api_key), "https://onesignal.test",
+                                       transport=transport(emu), **options) as client:
+                await client.view_users(aliases, lambda *_: None)
+
+        before = emu.counters["rate_limited"]
+        asyncio.run(scenario())
+        return emu.counters["rate_limited"] - before
+
+    assert views() == 0
+    emu.limits.reset()
+    assert views(view_rps=50, backoff_base=0.01, backoff_max=0.05) > 0
