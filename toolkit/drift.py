@@ -66,9 +66,10 @@ def users_from_rows(rows: Iterable[Mapping[str, str]], tag_key: str,
     then costs the memory of the cohort, not of the app."""
     by_external: dict[str, tuple[list[str], bool]] = {}
     anonymous: list[SeenUser] = []
+    needle = json.dumps(tag_key)
     for line, row in enumerate(rows, 2):                  # line 1 is the header
         subscription = (row.get("id") or "").strip()
-        tagged = _has_tag(row.get("tags"), tag_key, line, subscription)
+        tagged = _has_tag(row.get("tags"), tag_key, needle, line, subscription)
         external = (row.get("external_user_id") or "") or None
         if not tagged and relevant is not None and subscription not in relevant and external not in relevant:
             continue
@@ -83,10 +84,10 @@ def users_from_rows(rows: Iterable[Mapping[str, str]], tag_key: str,
     return [SeenUser(e, tuple(subs), tagged) for e, (subs, tagged) in by_external.items()] + anonymous
 
 
-def _has_tag(text: str | None, tag_key: str, line: int, subscription: str) -> bool:
+def _has_tag(text: str | None, tag_key: str, needle: str, line: int, subscription: str) -> bool:
     # Most rows of an app's export lack the key: not parsing them halves the read of a big export. (A
     # key JSON writes escaped would be missed, but tag keys are lowercase letters, digits and "_".)
-    if not text or json.dumps(tag_key) not in text:
+    if not text or needle not in text:
         return False
     try:
         tags = json.loads(text)

