@@ -151,3 +151,31 @@ def test_an_unexported_cohort_is_refused_by_name(world):
     db, emu, app, env = world
     out = toolkit("reconcile", "Engaged with push", "--db", db, env=env)
     assert out.returncode == 1 and "Engaged with push" in out.stderr and "no export" in out.stderr
+
+
+def test_a_repair_the_removal_guard_stops_changes_nothing_until_forced(world):
+    db, emu, app, env = world
+    key = export.tag_key(COHORT)
+    headers = {"Authorization": f"Key {app.api_key}", "Content-Type": "application/json"}
+    outsiders = [u["external_id"] for u in emu.state["apps"][app.app_id]["users"]
+                 if u["external_id"] and u["subscriptions"] and not u["tags"]][:30]
+    for external_id in outsiders:          # more than the segment holds: clearing them all trips the guard
+        assert httpx.patch(f"{emu.url}/apps/{app.app_id}/users/by/external_id/{external_id}",
+                           json={"properties": {"tags": {key: "1"}}}, headers=headers).status_code == 202
+
+    def members():
+        with Store(db, read_only=True) as store:
+            return store.con.execute("SELECT * FROM export_members ORDER BY ALL").fetchall()
+
+    snapshot, tagged = members(), tagged_in_onesignal(emu, app)
+
+    stopped = toolkit("reconcile", COHORT, "--repair", "--db", db, env=env)
+    assert stopped.returncode == 1 and "stopped" in stopped.stdout and "--force" in stopped.stdout
+    assert members() == snapshot and tagged_in_onesignal(emu, app) == tagged
+    still = json.loads(toolkit("reconcile", COHORT, "--db", db, "--json", env=env).stdout)
+    assert len(still["tagged_outside"]) == len(outsiders)
+
+    forced = toolkit("reconcile", COHORT, "--repair", "--force", "--db", db, "--json", env=env)
+    assert forced.returncode == 0 and json.loads(forced.stdout)["repair"]["removed"] == len(outsiders)
+    assert json.loads(toolkit("reconcile", COHORT, "--db", db, "--json", env=env).stdout)["drifted"] is False
+    assert not set(outsiders) & tagged_in_onesignal(emu, app)

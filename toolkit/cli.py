@@ -360,7 +360,8 @@ users tagged outside the toolkit, members who lost the tag, members deleted from
 who lost it are tagged again, users tagged outside the toolkit have it cleared (so a tag added by
 hand does not last: put such users in the cohort instead), deleted users are recorded as not in
 OneSignal (looked for again after a day), and the cohort's own changes since the last run go too.
-It is one export run (rate-limited, removal guard, listed by toolkit runs).
+It is one export run (rate-limited, listed by toolkit runs); if the removal guard stops it (it would
+clear more than half of the segment), nothing is sent or changed: --force passes it.
 
 Exit status: 0 no drift (or repaired), 1 drift found or the repair failed, 3 repair partly failed."""
 

@@ -62,8 +62,10 @@ class Reconciliation:
 
 
 def tagged_members(con, cohort: str) -> list[Member]:
-    rows = con.execute("SELECT distinct_id, onesignal_id, id_type FROM export_members "
-                       "WHERE cohort = ? AND status = 'tagged'", [cohort]).fetchall()
+    """The snapshot's tagged members; a placeholder left by a repair that did not finish is no member (its
+    user shows as tagged outside the toolkit until a run clears the tag)."""
+    rows = con.execute("SELECT distinct_id, onesignal_id, id_type FROM export_members WHERE cohort = ? "
+                       "AND status = 'tagged' AND NOT starts_with(distinct_id, ?)", [cohort, OUTSIDE]).fetchall()
     return [Member(*row) for row in rows]
 
 
@@ -119,10 +121,13 @@ def _rows(content: bytes) -> Iterator[dict[str, str]]:
         raise ExportError(f"OneSignal's CSV export could not be read: {exc}") from None
 
 
-def correct_snapshot(store: Store, found: Reconciliation) -> None:
-    """Make the snapshot say what OneSignal holds (one transaction): see the module's docstring."""
+def correct_snapshot(store: Store, found: Reconciliation) -> list[tuple]:
+    """Make the snapshot say what OneSignal holds (one transaction): see the module's docstring. Returns
+    the rows it changed as they were, for ``restore_snapshot``."""
     cohort, now = found.cohort, found.checked_at
     with transaction(store.con) as con:
+        before = con.execute("SELECT * FROM export_members WHERE cohort = ? AND distinct_id IN (SELECT unnest(?))",
+                             [cohort, _touched(found)]).fetchall()
         snapshots.forget(con, cohort)
         for m in found.lost_tag:
             con.execute("DELETE FROM export_members WHERE cohort = ? AND distinct_id = ? AND onesignal_id = ?",
@@ -133,3 +138,20 @@ def correct_snapshot(store: Store, found: Reconciliation) -> None:
         for user in found.tagged_outside:
             con.execute("INSERT OR REPLACE INTO export_members VALUES (?, ?, ?, ?, 'tagged', ?)",
                         [cohort, OUTSIDE + user["alias_id"], user["alias_id"], user["alias_label"], now])
+    return before
+
+
+def restore_snapshot(store: Store, found: Reconciliation, before: list[tuple]) -> None:
+    """Undo ``correct_snapshot`` (a repair the removal guard stopped sent nothing: it changes nothing)."""
+    with transaction(store.con) as con:
+        snapshots.forget(con, found.cohort)
+        con.execute("DELETE FROM export_members WHERE cohort = ? AND distinct_id IN (SELECT unnest(?))",
+                    [found.cohort, _touched(found)])
+        for row in before:
+            con.execute("INSERT INTO export_members VALUES (?, ?, ?, ?, ?, ?)", list(row))
+
+
+def _touched(found: Reconciliation) -> list[str]:
+    """The members ``correct_snapshot`` writes (placeholders included)."""
+    return ([m["distinct_id"] for m in (*found.lost_tag, *found.deleted)]
+            + [OUTSIDE + u["alias_id"] for u in found.tagged_outside])

@@ -130,6 +130,9 @@ def reconcile_text(found, shown: int = 10) -> str:
             lines.append(f"  {title}: {len(users):,}: {', '.join(users[:shown])}{more}")
     if r["repair"] is not None:
         lines.append("repair: " + run_text(r["repair"]))
+        if r["repair"]["status"] == "stopped":
+            lines.append(f"  nothing was sent or changed; toolkit reconcile {shlex.quote(r['cohort'])} --repair "
+                         "--force passes the removal guard")
     elif r["drifted"]:
         lines.append(f"  toolkit reconcile {shlex.quote(r['cohort'])} --repair sends the difference")
     return "\n".join(lines)

@@ -261,6 +261,8 @@ def reconcile_cohort(store: Store, name: str, credentials: Credentials | None = 
     finally:
         bar.close()
     if repair:
-        reconcile.correct_snapshot(store, found)
+        before = reconcile.correct_snapshot(store, found)
         found.repair = export_cohort(store, settings, credentials, progress=progress)
+        if found.repair.status == "stopped":          # the removal guard: nothing sent, nothing changed
+            reconcile.restore_snapshot(store, found, before)
     return found
