@@ -177,3 +177,16 @@ def test_views_keep_to_onesignal_s_view_user_limit():
     assert views() == 0
     emu.limits.reset()
     assert views(view_rps=50, backoff_base=0.01, backoff_max=0.05) > 0
+
+
+def test_a_segment_s_export_holds_its_members_subscriptions_only():
+    from toolkit.emulator.state import Segment
+
+    world, limits, api = world_with_users()
+    world.apps["app"].segments["seg"] = Segment("seg", "(Mixpanel) K", [{"field": "tag", "key": "k",
+                                                                          "relation": "exists"}], "t", "t")
+    asked = call(api, "POST", "/players/csv_export", 1.0, {"segment_name": "(Mixpanel) K"}, query="app_id=app")
+    file = api.handle(Request("GET", asked.body["csv_file_url"].removeprefix("http://emu.test"), "", {}, b""), 9.0)
+    assert [r["id"] for r in csv.DictReader(io.StringIO(gzip.decompress(file.body).decode()))] == ["s1", "s2"]
+    unknown = call(api, "POST", "/players/csv_export", 1.0, {"segment_name": "nope"}, query="app_id=app")
+    assert unknown.status == 400
