@@ -476,7 +476,7 @@ class OneSignalClient:
         polls = failures = 0           # failures: answers other than "not written yet", in a row
         async with httpx.AsyncClient(timeout=httpx.Timeout(max(self.timeout, 60.0)), transport=self._transport,
                                      verify=_tls_context() if self._transport is None else True,
-                                     headers={USAGE_HEADER: USAGE}) as fetcher:
+                                     headers={USAGE_HEADER: USAGE}, follow_redirects=True) as fetcher:
             while True:
                 try:
                     response = await fetcher.get(url)
