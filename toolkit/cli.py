@@ -65,6 +65,8 @@ _INTERRUPTED = {     # what Ctrl-C cut short, and what is left of it
     "_load": "the file being loaded was rolled back",
     "_pull": "the day range being pulled was left as a hidden part file; the next pull resumes the run",
     "_export": "the export stopped; users already updated are recorded, and the next run sends the rest",
+    "_reconcile": "nothing was changed, unless --repair had begun its export run: that run keeps what it sent, "
+                  "and the next run converges",
     "_sync": "the sync stopped; a file being loaded was rolled back, exports keep what they sent and the next "
              "run converges",
 }

@@ -14,7 +14,7 @@ import duckdb
 import pandas as pd
 from tqdm.auto import tqdm
 
-from toolkit import export, mtu
+from toolkit import export, mtu, reconcile
 from toolkit.credentials import find as find_credentials
 from toolkit.errors import CredentialsError, SyncFailed, ToolkitError, UsageError
 from toolkit.loading import LoadSummary, load
@@ -230,16 +230,14 @@ def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, 
         return SyncResult(loaded, runs, frame, load_error, mtu_error, str(landing) if landing else None, now, dry_run)
 
 
-
 def reconcile_cohort(store: Store, name: str, credentials: Credentials | None = None, *, repair: bool = False,
-                     force: bool = False, progress: bool = False, client_options: dict | None = None):
+                     force: bool = False, progress: bool = False,
+                     client_options: dict | None = None) -> reconcile.Reconciliation:
     """Read the cohort's tag back from OneSignal and report drift against the snapshot
     (``toolkit.reconcile``). With ``repair``: correct the snapshot to what OneSignal holds, then run the
     registered export, which sends the difference to the cohort's current exportable set (re-tags those
     who lost the tag, clears it from users tagged outside the toolkit) under the usual rate limits,
     removal guard (``force`` passes it) and run record."""
-    from toolkit import reconcile
-
     settings = export.settings(store, name, force=force, client_options=client_options)
     if credentials is None and settings.app_id:
         credentials = find_credentials(settings.app_id)
