@@ -190,3 +190,15 @@ def test_a_segment_s_export_holds_its_members_subscriptions_only():
     assert [r["id"] for r in csv.DictReader(io.StringIO(gzip.decompress(file.body).decode()))] == ["s1", "s2"]
     unknown = call(api, "POST", "/players/csv_export", 1.0, {"segment_name": "nope"}, query="app_id=app")
     assert unknown.status == 400
+
+
+def test_reset_forgets_the_csv_exports():
+    emu = Emulator()
+    app = emu.add_app()
+    emu.add_user(app.app_id, external_id="u1", subscription_ids=["s1"])
+    headers = {"Authorization": f"Key {app.api_key}", "Content-Type": "application/json", "Host": "emu.test"}
+    asked = emu.dispatch(Request("POST", "/players/csv_export", f"app_id={app.app_id}", headers, b"{}"))
+    path = asked.body["csv_file_url"].removeprefix("http://emu.test")
+    assert emu.dispatch(Request("GET", path, "", {}, b"")).status == 200
+    emu.reset()
+    assert emu.dispatch(Request("GET", path, "", {}, b"")).status == 404

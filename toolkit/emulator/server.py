@@ -240,6 +240,7 @@ class Emulator:
         seeded, no segments or users created through the API, counters and request log at zero."""
         with self._lock:
             self.world.apps = World.from_json(self._baseline).apps
+            self.world.csv_exports.clear()
             self.world.counters.clear()
             self.world.counters.update(new_counters())
             self.world.changed()
