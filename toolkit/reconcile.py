@@ -20,7 +20,7 @@ import csv
 import gzip
 import io
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import IO, cast
 
@@ -55,7 +55,8 @@ class Reconciliation:
         return bool(self.tagged_outside or self.lost_tag or self.deleted)
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        # Not asdict(self): it would deep-copy the repair run's plan, every step of it.
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "repair"}
         data["repair"] = None if self.repair is None else self.repair.to_dict()
         data["drifted"] = self.drifted
         return data
