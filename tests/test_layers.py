@@ -14,7 +14,7 @@ LOADING = {"loading", *(f"loading.{m}" for m in ("run", "summary", "events", "pr
                                                    "identity")),
            "store", "sql", "errors", "redaction", "onesignal_ids", "event_columns"}
 PURE = {"planning", "loading.identity", "loading.profile_ops", "cohort_model", "cohort_sql", "onesignal_events",
-        "loading.validation", "sql", "onesignal_ids", "incidents"}
+        "loading.validation", "sql", "onesignal_ids", "incidents", "drift"}
 STANDARD = set(sys.stdlib_module_names) - {"os", "io", "socket", "subprocess", "shutil", "tempfile", "sqlite3",
                                            "threading", "asyncio", "urllib", "http", "pathlib", "glob", "time"}
 
@@ -81,9 +81,10 @@ def test_the_pure_core_does_no_io():
 LAYERS = [
     ("ground", {"errors", "redaction", "onesignal_ids", "sql", "store", "resources"}),
     ("loading", {"loading", "event_columns"}),
-    ("core", {"cohort_model", "cohort_sql", "cohorts", "matching", "planning", "incidents", "onesignal_events",
-              "mtu"}),
-    ("services", {"onesignal", "emulator", "credentials", "snapshots", "export", "mixpanel", "alerts"}),
+    ("core", {"cohort_model", "cohort_sql", "cohorts", "matching", "planning", "incidents", "drift",
+              "onesignal_events", "mtu"}),
+    ("services", {"onesignal", "emulator", "credentials", "snapshots", "export", "mixpanel", "alerts",
+                  "reconcile"}),
     ("workflows", {"sync", "schedule"}),
     ("surfaces", {"", "__main__", "cli", "report", "widgets", "demo", "lab", "synthetic"}),
 ]

@@ -65,6 +65,8 @@ _INTERRUPTED = {     # what Ctrl-C cut short, and what is left of it
     "_load": "the file being loaded was rolled back",
     "_pull": "the day range being pulled was left as a hidden part file; the next pull resumes the run",
     "_export": "the export stopped; users already updated are recorded, and the next run sends the rest",
+    "_reconcile": "nothing was changed, unless --repair had begun its export run: that run keeps what it sent, "
+                  "and the next run converges",
     "_sync": "the sync stopped; a file being loaded was rolled back, exports keep what they sent and the next "
              "run converges",
 }
@@ -167,6 +169,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--user-id-property")
     p.add_argument("--id-type", choices=("auto", "external_id", "subscription_id"))
     p.set_defaults(run=_export)
+
+    p = sub.add_parser("reconcile", parents=[common], help="compare what OneSignal holds of a cohort's export "
+                       "with the toolkit's record; --repair sends the difference",
+                       description=RECONCILE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cohort")
+    p.add_argument("--repair", action="store_true",
+                   help="make OneSignal's tag equal the cohort's current exportable members (one export run)")
+    p.add_argument("--force", action="store_true", help="with --repair: pass the removal guard")
+    p.set_defaults(run=_reconcile)
 
     p = sub.add_parser("runs", parents=[common], help="export run records")
     p.add_argument("--cohort")
@@ -342,6 +353,33 @@ def _export(args) -> int:
         record = sync.export_cohort(store, settings, progress=not args.json)
     _emit(args, record.to_dict(), report.run_text(record))
     return EXIT_CODES[sync.run_outcome(record)]
+
+
+RECONCILE_HELP = """\
+Read the cohort's tag back from OneSignal (one CSV export of the app, then the View user API, 1/s,
+for members the export does not show) and report drift against the toolkit's record of the export:
+users tagged outside the toolkit, members who lost the tag, members deleted from OneSignal.
+
+--repair makes OneSignal hold the tag on exactly the cohort's current exportable members: members
+who lost it are tagged again, users tagged outside the toolkit have it cleared (so a tag added by
+hand does not last: put such users in the cohort instead), deleted users are recorded as not in
+OneSignal (looked for again after a day), and the cohort's own changes since the last run go too.
+It is one export run (rate-limited, listed by toolkit runs); if the removal guard stops it (it would
+clear more than half of the segment), nothing is sent or changed: --force passes it.
+
+Exit status: 0 no drift (or repaired), 1 drift found or the repair failed, 3 repair partly failed."""
+
+
+def _reconcile(args) -> int:
+    from toolkit import sync
+
+    with _store(args, read_only=not args.repair) as store:
+        found = sync.reconcile_cohort(store, args.cohort, repair=args.repair, force=args.force,
+                                      progress=not args.json)
+    _emit(args, found.to_dict(), report.reconcile_text(found))
+    if found.repair is not None:
+        return EXIT_CODES[sync.run_outcome(found.repair)]
+    return EXIT_CODES["failed" if found.drifted else "ok"]
 
 
 def _runs(args) -> int:

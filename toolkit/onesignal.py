@@ -52,6 +52,9 @@ USAGE_HEADER = "OneSignal-Usage"
 USAGE = f"{PARTNER_NAME} | Partner Integration"      # OneSignal asks partners to identify themselves
 USER_SPACING = 1.25   # OneSignal allows 1 request/s per user; the margin absorbs send-to-arrival jitter
 PAGE_LIMIT = 300      # the most segments one list call may ask for
+VIEW_RPS = 1.0        # OneSignal's View user limit: 1 request/s per app (10/s look-back)
+EXPORT_WAIT = 3 * 3600.0   # how long a CSV export may take to be written (OneSignal: ~2,000 records/s)
+NOT_READY = (403, 404)     # a CSV export's URL before the file is there (404 now, 403 in older docs)
 POOL_SIZE = 4         # connections per httpx pool: httpcore scans a whole pool for every request, so one
                       # pool of 64 costs ~3x the CPU per request of sixteen pools of 4
 VALIDATE_ATTEMPTS = 3  # a "Connect" button should answer in seconds, not after ten backoffs
@@ -367,7 +370,8 @@ class OneSignalClient:
     def __init__(self, credentials: Credentials, base_url: str | None = None, *, max_rps: float = 900,
                  timeout: float = 10.0, max_attempts: int = 10, backoff_base: float = 2.0,
                  backoff_max: float = 60.0, concurrency: int = 64, sleep=asyncio.sleep,
-                 transport: httpx.AsyncBaseTransport | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None, view_rps: float = VIEW_RPS,
+                 export_wait: float = EXPORT_WAIT):
         if max_attempts < 1 or concurrency < 1:
             raise ValueError("max_attempts and concurrency must be at least 1")
         self.credentials = credentials
@@ -377,6 +381,9 @@ class OneSignalClient:
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
         self.concurrency = concurrency
         self.limiter = RateLimiter(max_rps)
+        self.view_limiter = RateLimiter(view_rps)      # View user calls, on top of the app's limit
+        self.export_wait = export_wait
+        self._transport = transport
         self._sleep = sleep
         self._random = random.Random()
         self._reached = False           # has the server answered once? Until then, a refused connect is final
@@ -438,6 +445,64 @@ class OneSignalClient:
 
     async def get_user(self, alias_label: str, alias_id: str) -> dict:
         return await self._request("GET", self._user_path(alias_label, alias_id))
+
+    async def view_users(self, aliases: Iterable[tuple[str, str]],
+                         on_result: Callable[[str, str, dict | None], None]) -> None:
+        """View each user (alias label, alias id) at OneSignal's View user rate (``view_rps``), reporting
+        its view, or None for a user OneSignal does not have, to ``on_result`` in order. Any other error
+        (after retries) stops the reads: a user could not be told present or deleted."""
+        for alias_label, alias_id in aliases:
+            try:
+                view = await self._request("GET", self._user_path(alias_label, alias_id), view=True)
+            except NotFound:
+                view = None
+            on_result(alias_label, alias_id, view)
+
+    async def export_csv(self, extra_fields: Iterable[str] = ("external_user_id",)) -> str:
+        """Ask OneSignal for a CSV export of the app's subscriptions (one row each, with the user's tags);
+        returns the file's URL, which answers 404 until the file is written."""
+        body = await self._request("POST", "/players/csv_export", params={"app_id": self.credentials.app_id},
+                                   body={"extra_fields": list(extra_fields)})
+        url = (body or {}).get("csv_file_url")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise OneSignalError(f"OneSignal answered the CSV export without a file URL: {str(body)[:200]}",
+                                 method="POST", path="/players/csv_export")
+        return url
+
+    async def download_export(self, url: str, on_wait: Callable[[float], None] | None = None) -> bytes:
+        """The CSV export's file (gzip bytes), polled until written (at most ``export_wait`` seconds;
+        ``on_wait`` hears the seconds waited so far). The file is on another host: no key is sent there."""
+        started = time.monotonic()
+        polls = failures = 0           # failures: answers other than "not written yet", in a row
+        async with httpx.AsyncClient(timeout=httpx.Timeout(max(self.timeout, 60.0)), transport=self._transport,
+                                     verify=_tls_context() if self._transport is None else True,
+                                     headers={USAGE_HEADER: USAGE}, follow_redirects=True) as fetcher:
+            while True:
+                try:
+                    response = await fetcher.get(url)
+                    status = response.status_code
+                except httpx.TransportError as exc:
+                    status, response = 0, None
+                    log.info("retrying the CSV export's download after: %s", _transport_cause(exc))
+                if response is not None and status == 200:
+                    return response.content
+                waited = time.monotonic() - started
+                if status not in (0, 429, *NOT_READY) and status < 500:
+                    raise OneSignalError(f"OneSignal's CSV export answered {status} when downloaded",
+                                         status=status, method="GET", path="(the CSV export's file)")
+                failures = 0 if status in NOT_READY else failures + 1
+                if failures >= self.max_attempts:
+                    raise OneSignalError(f"OneSignal's CSV export could not be downloaded: {failures} tries in a "
+                                         f"row failed (last: {status or 'no answer'})", status=status or None,
+                                         method="GET", path="(the CSV export's file)")
+                if waited >= self.export_wait:
+                    raise OneSignalError(f"OneSignal's CSV export was not ready after {waited:.0f}s "
+                                         "(it writes about 2,000 records a second); try again later",
+                                         status=status or None, method="GET", path="(the CSV export's file)")
+                if on_wait is not None:
+                    on_wait(waited)
+                polls += 1
+                await self._sleep(min(self.backoff_max, self.backoff_base * 2 ** min(polls - 1, 16)))
 
     async def identity_of_subscription(self, subscription_id: str) -> dict:
         """The identity (onesignal_id, external_id, ...) of the user owning a subscription (a Player ID)."""
@@ -518,9 +583,11 @@ class OneSignalClient:
 
     # -- one request, with retries --------------------------------------------------------------
     async def _request(self, method: str, path: str, *, body: Any = None, params: dict | None = None,
-                       user: Hashable | None = None, attempts: int | None = None) -> Any:
+                       user: Hashable | None = None, attempts: int | None = None, view: bool = False) -> Any:
         attempts = attempts or self.max_attempts
         for attempt in range(1, attempts + 1):
+            if view:
+                await self.view_limiter.acquire()
             error = await self._attempt(method, path, body, params, user)
             if not isinstance(error, OneSignalError):
                 return error                                  # the decoded body
@@ -533,7 +600,7 @@ class OneSignalClient:
             delay = self._backoff(attempt)
             if isinstance(error, RateLimited):
                 wait = 1.0 if error.retry_after is None else error.retry_after
-                self.limiter.pause(wait)
+                (self.view_limiter if view else self.limiter).pause(wait)
                 delay = max(wait, delay)
             self._report_retry(method, path, error, delay, attempt, attempts)
             await self._sleep(delay)

@@ -114,6 +114,30 @@ def runs_text(runs: list[dict]) -> str:
                      f"failed {r['failed'] or 0}{_over_cap(r)}{'  ' + r['error'] if r['error'] else ''}" for r in runs)
 
 
+def reconcile_text(found, shown: int = 10) -> str:
+    """A reconciliation: the three kinds of drift with the first users of each, then the repair run."""
+    r = found.to_dict() if hasattr(found, "to_dict") else found
+    lines = [f"{r['cohort']}: OneSignal {'differs from' if r['drifted'] else 'matches'} the toolkit's record "
+             f"(tag {r['tag_key']!r}, {r['snapshot']:,} member(s) recorded as tagged, {r['in_sync']:,} tagged "
+             f"in OneSignal; {r['views']:,} user(s) viewed one by one)"]
+    kinds = [("tagged outside the toolkit", [f"{u['alias_label']} {u['alias_id']!r}" for u in r["tagged_outside"]]),
+             ("lost the tag", [f"{m['distinct_id']!r} ({m['id_type']} {m['onesignal_id']!r})" for m in r["lost_tag"]]),
+             ("deleted from OneSignal", [f"{m['distinct_id']!r} ({m['id_type']} {m['onesignal_id']!r})"
+                                         for m in r["deleted"]])]
+    for title, users in kinds:
+        if users:
+            more = f", and {len(users) - shown:,} more (--json lists them all)" if len(users) > shown else ""
+            lines.append(f"  {title}: {len(users):,}: {', '.join(users[:shown])}{more}")
+    if r["repair"] is not None:
+        lines.append("repair: " + run_text(r["repair"]))
+        if r["repair"]["status"] == "stopped":
+            lines.append(f"  nothing was sent or changed; toolkit reconcile {shlex.quote(r['cohort'])} --repair "
+                         "--force passes the removal guard")
+    elif r["drifted"]:
+        lines.append(f"  toolkit reconcile {shlex.quote(r['cohort'])} --repair sends the difference")
+    return "\n".join(lines)
+
+
 def _over_cap(r: dict) -> str:
     return f" over tag cap {r['tag_cap']}" if r.get("tag_cap") else ""
 

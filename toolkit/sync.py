@@ -14,9 +14,9 @@ import duckdb
 import pandas as pd
 from tqdm.auto import tqdm
 
-from toolkit import export, mtu
+from toolkit import export, mtu, reconcile
 from toolkit.credentials import find as find_credentials
-from toolkit.errors import SyncFailed, ToolkitError, UsageError
+from toolkit.errors import CredentialsError, SyncFailed, ToolkitError, UsageError
 from toolkit.loading import LoadSummary, load
 from toolkit.onesignal import Credentials, default_base_url
 from toolkit.store import Store
@@ -250,3 +250,38 @@ def check_alerts(store: Store, now: datetime) -> dict:
         log.warning("alert not delivered: %s", problem)
     return outcome
 
+
+def reconcile_cohort(store: Store, name: str, credentials: Credentials | None = None, *, repair: bool = False,
+                     force: bool = False, progress: bool = False,
+                     client_options: dict | None = None) -> reconcile.Reconciliation:
+    """Read the cohort's tag back from OneSignal and report drift against the snapshot
+    (``toolkit.reconcile``). With ``repair``: correct the snapshot to what OneSignal holds, then run the
+    registered export, which sends the difference to the cohort's current exportable set (re-tags those
+    who lost the tag, clears it from users tagged outside the toolkit) under the usual rate limits,
+    removal guard (``force`` passes it) and run record."""
+    settings = export.settings(store, name, force=force, client_options=client_options)
+    if credentials is None and settings.app_id:
+        credentials = find_credentials(settings.app_id)
+    if credentials is None:
+        raise CredentialsError(f'no OneSignal key for app {settings.app_id} of cohort "{settings.cohort}": set '
+                               "$ONESIGNAL_API_KEY or run toolkit connect --save")
+    bar = tqdm(desc=f"reconcile {settings.cohort}", unit="user", disable=not progress or None)
+
+    def report(stage: str, done: int, total: int | None) -> None:
+        if stage == "export":
+            bar.set_description(f"reconcile {settings.cohort}: OneSignal writing its CSV export, {done}s")
+        else:
+            bar.set_description(f"reconcile {settings.cohort}: viewing users not in the export")
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        found = reconcile.read_back(store, settings, credentials, on_progress=report)
+    finally:
+        bar.close()
+    if repair:
+        before = reconcile.correct_snapshot(store, found)
+        found.repair = export_cohort(store, settings, credentials, progress=progress)
+        if found.repair.status == "stopped":          # the removal guard: nothing sent, nothing changed
+            reconcile.restore_snapshot(store, found, before)
+    return found

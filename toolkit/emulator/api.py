@@ -5,7 +5,11 @@ No sockets here (server.py does HTTP); the caller holds the world's lock around 
 
 from __future__ import annotations
 
+import csv
+import gzip
+import hashlib
 import hmac
+import io
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +42,20 @@ RESERVED_TAG_KEYS = frozenset({"message", "notification", "subscription", "user"
 RESERVED_TAG_KEY = ("Tag key {key!r} is reserved by OneSignal for message personalization (reserved: "
                     + ", ".join(sorted(RESERVED_TAG_KEYS)) + ")")
 MAX_PAGE = 300
+# The CSV export (POST /players/csv_export?app_id=...): one row per subscription, OneSignal's default
+# columns, then the extra fields asked for (those it documents); ``tags`` is the user's tags as a JSON
+# object. The file is served (no key needed: an unguessable URL) once generated, at OneSignal's stated
+# ~2,000 records/s; until then its URL answers 404 with S3's NoSuchKey, as OneSignal's does.
+CSV_COLUMNS = ("id", "identifier", "session_count", "language", "timezone", "game_version", "device_os",
+               "device_type", "device_model", "ad_id", "tags", "last_active", "playtime", "amount_spent",
+               "created_at", "invalid_identifier", "badge_count")
+CSV_EXTRA_FIELDS = ("location", "country", "rooted", "notification_types", "ip", "external_user_id", "web_auth",
+                    "web_p256", "timezone_id")
+CSV_FOLDER = "csv_exports"
+NO_SUCH_KEY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code>'
+               b"<Message>The specified key does not exist.</Message></Error>")
+DEVICE_TYPES = {"iOSPush": 0, "AndroidPush": 1, "FireOSPush": 2, "ChromePush": 5, "SafariPush": 7, "Email": 11,
+                "SMS": 14}
 
 
 @dataclass
@@ -81,6 +99,7 @@ def segment_not_found() -> Response:
 ROUTES: list[tuple[str, tuple[str, ...], str]] = [
     ("PATCH", ("apps", "{}", "users", "by", "{}", "{}"), "update_user"),
     ("GET", ("apps", "{}", "users", "by", "{}", "{}"), "get_user"),
+    ("DELETE", ("apps", "{}", "users", "by", "{}", "{}"), "delete_user"),
     ("POST", ("apps", "{}", "users"), "create_user"),
     ("GET", ("apps", "{}", "subscriptions", "{}", "user", "identity"), "subscription_identity"),
     ("POST", ("apps", "{}", "segments"), "create_segment"),
@@ -88,7 +107,9 @@ ROUTES: list[tuple[str, tuple[str, ...], str]] = [
     ("GET", ("apps", "{}", "segments", "{}"), "get_segment"),
     ("PATCH", ("apps", "{}", "segments", "{}"), "update_segment"),
     ("DELETE", ("apps", "{}", "segments", "{}"), "delete_segment"),
+    ("POST", ("players", "csv_export"), "csv_export"),       # the app is in the query: ?app_id=
 ]
+VIEWS = frozenset({"get_user"})     # OneSignal's "View user": its own, much lower, rate limit
 
 
 def route(method: str, parts: list[str]) -> tuple[str | None, list[str], bool]:
@@ -107,12 +128,17 @@ class Api:
         self.world, self.limits = world, limits
 
     def handle(self, request: Request, now: float) -> Response:
+        if request.method == "GET" and request.parts[:1] == [CSV_FOLDER]:
+            return self.csv_file("/".join(request.parts[1:]), now)
         name, captured, path_exists = route(request.method, request.parts)
         if name is None:
             return errors(405 if path_exists else 404, "Method Not Allowed" if path_exists else "Not Found")
         authorization = request.headers.get("Authorization")
         if not authorization:
             return Response(401, AUTH_MISSING)
+        query = parse_qs(request.query)
+        if not captured:                                   # /players/csv_export?app_id=...
+            captured = [query.get("app_id", [""])[0]]
         app = self.world.apps.get(captured[0])
         # OneSignal reads no body without the JSON content type, so it then cannot find the app.
         json_body = "application/json" in (request.headers.get("Content-Type") or "")
@@ -121,6 +147,8 @@ class Api:
         if not hmac.compare_digest(_key(authorization).encode(), app.api_key.encode()):
             return Response(403, ACCESS_DENIED)
         wait = self.limits.admit_app(app.app_id, app.rate_limit, now)
+        if wait is None and name in VIEWS:
+            wait = self.limits.admit_view(app.app_id, now)
         if wait is not None:
             return Response(429, RATE_LIMITED, {"Retry-After": retry_after_header(wait)})
         try:
@@ -128,7 +156,7 @@ class Api:
         except ValueError:
             return errors(400, "The request body is not valid JSON")
         handler: Callable[..., Response] = getattr(self, name)
-        return handler(app, body, *captured[1:], query=parse_qs(request.query), now=now)
+        return handler(app, body, *captured[1:], query=query, now=now, host=request.headers.get("Host") or "")
 
     # -- users ----------------------------------------------------------------------------------
     def update_user(self, app: App, body, label: str, alias_id: str, *, now: float, **_) -> Response:
@@ -168,6 +196,16 @@ class Api:
         return Response(200, {"properties": {"tags": dict(user.tags)}, "identity": user.identity(),
                               "subscriptions": [dict(s) for s in user.subscriptions]})
 
+    def delete_user(self, app: App, body, label: str, alias_id: str, **_) -> Response:
+        """OneSignal's Delete user: the user, its aliases and subscriptions go (a person's cleanup,
+        which reconciliation must notice)."""
+        user = app.find_user(label, alias_id)
+        if user is None:
+            return user_not_found(label, alias_id)
+        app.remove_user(user)
+        self.world.changed()
+        return Response(200, {})
+
     def create_user(self, app: App, body, **_) -> Response:
         """Implemented so that a stray call is visible: the export must never create users."""
         self.world.counters["user_creates"] += 1
@@ -195,6 +233,38 @@ class Api:
             return Response(404, {"errors": [{"code": "subscription-0", "title": "Subscription not found",
                                               "meta": {"subscription_id": subscription_id}}]})
         return Response(200, {"identity": user.identity()})
+
+    # -- the CSV export ---------------------------------------------------------------------------
+    def csv_export(self, app: App, body, *, now: float, host: str, **_) -> Response:
+        """The app's subscriptions (or a segment's) as they are now, in a gzip CSV ready after the time
+        OneSignal would take to write it; answers its URL."""
+        body = body if isinstance(body, dict) else {}
+        extra = [f for f in body.get("extra_fields") or [] if f in CSV_EXTRA_FIELDS]
+        users = list(app.users.values())
+        if body.get("segment_name") is not None:
+            segment = app.segment_named(str(body["segment_name"]))
+            if segment is None:
+                return errors(400, "Segment not found", success_flag=True)
+            users = app.members(segment)
+        # The users as they are now (tags copied); the file itself is written when first fetched, so
+        # this answer comes at once, as OneSignal's does.
+        held = [(user.external_id, [s["id"] for s in user.subscriptions],
+                 [s.get("type", "") for s in user.subscriptions], dict(user.tags)) for user in users]
+        rows = sum(len(h[1]) for h in held)
+        token = self.world.new_id()
+        name = f"{token}/users_{hashlib.md5(app.app_id.encode()).hexdigest()}_{now_iso()[:10]}.csv.gz"
+        self.world.csv_exports[name] = (now + rows / self.limits.csv_records_per_second, (extra, held))
+        return Response(200, {"csv_file_url": f"http://{host}/{CSV_FOLDER}/{name}"})
+
+    def csv_file(self, name: str, now: float) -> Response:
+        found = self.world.csv_exports.get(name)
+        if found is None or now < found[0]:
+            return Response(404, NO_SUCH_KEY, {"Content-Type": "application/xml"})
+        content = found[1]
+        if not isinstance(content, bytes):
+            content = _csv_gzip(*content)
+            self.world.csv_exports[name] = (found[0], content)
+        return Response(200, content, {"Content-Type": "application/gzip"})
 
     # -- segments -------------------------------------------------------------------------------
     def create_segment(self, app: App, body, **_) -> Response:
@@ -259,6 +329,21 @@ class Api:
             return Response(404, {"success": False})
         self.world.changed()
         return Response(200, {"success": True})
+
+
+def _csv_gzip(extra: list[str], held: list[tuple]) -> bytes:
+    """The CSV export's file: a row per subscription, OneSignal's columns then the extra fields."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    columns = (*CSV_COLUMNS, *extra)
+    writer.writerow(columns)
+    for external_id, subscriptions, types, tags in held:
+        tags_text = json.dumps(tags, ensure_ascii=False)
+        for subscription, kind in zip(subscriptions, types, strict=True):
+            row = {"id": subscription, "device_type": DEVICE_TYPES.get(kind, 1), "tags": tags_text,
+                   "session_count": 1, "external_user_id": external_id or ""}
+            writer.writerow([row.get(c, "") for c in columns])
+    return gzip.compress(text.getvalue().encode(), compresslevel=1)
 
 
 def _key(authorization: str) -> str:

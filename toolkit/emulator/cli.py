@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-limit", type=int, default=1000, help="requests/s per app (default 1000)")
     p.add_argument("--user-rate-limit", type=float, default=1.0,
                    help="updates/s per user (default 1; 0 turns it off)")
+    p.add_argument("--view-rate-limit", type=float, default=None,
+                   help="View user requests/s per app, burst 10 (OneSignal's: 1; default: no limit)")
     p.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 503")
     p.add_argument("--drop-rate", type=float, default=0.0, help="share of connections closed without answer")
     p.add_argument("--hang-rate", type=float, default=0.0, help="share of requests left hanging")
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         emulator = Emulator(host=args.host, port=args.port, state_file=args.state, seed=args.seed,
                             rate_limit=args.rate_limit, user_rate_limit=args.user_rate_limit,
-                            error_rate=args.error_rate, drop_rate=args.drop_rate, hang_rate=args.hang_rate,
+                            view_rate_limit=args.view_rate_limit, error_rate=args.error_rate,
+                            drop_rate=args.drop_rate, hang_rate=args.hang_rate,
                             hang_seconds=args.hang_seconds, latency=args.latency)
         fresh = not emulator.world.apps
         generated_key = fresh and not args.api_key

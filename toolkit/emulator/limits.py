@@ -32,15 +32,16 @@ class Bucket:
     So a client keeping under the rate is never refused, whatever jitter its requests pick up on
     the way, and one going faster is refused for the excess."""
 
-    def __init__(self, rate: float):
+    def __init__(self, rate: float, burst: float | None = None):
         self.rate = rate
-        self.tokens = float(max(1.0, rate))
+        self.depth = float(burst if burst is not None else max(1.0, rate))
+        self.tokens = self.depth
         self._updated: float | None = None
 
     def admit(self, now: float) -> float | None:
         """None if admitted (a token taken), else how long until a token is there."""
         if self._updated is not None:
-            self.tokens = min(max(1.0, self.rate), self.tokens + (now - self._updated) * self.rate)
+            self.tokens = min(self.depth, self.tokens + (now - self._updated) * self.rate)
         self._updated = now
         if self.tokens >= 1:
             self.tokens -= 1
@@ -48,18 +49,36 @@ class Bucket:
         return (1 - self.tokens) / self.rate
 
 
-class Limits:
-    """Per-app buckets and per-user spacing. Not thread-safe: the server calls it under its lock."""
+VIEW_RATE, VIEW_BURST = 1.0, 10       # OneSignal's View user: 1 request/s per app, "10 requests/s look-back"
+CSV_RECORDS_PER_SECOND = 2000.0         # how fast OneSignal says it writes a CSV export
 
-    def __init__(self, user_rate: float = 1.0):
+
+class Limits:
+    """Per-app buckets and per-user spacing. Not thread-safe: the server calls it under its lock.
+
+    The View user limit (``view_rate``) is off unless given: OneSignal's is ``VIEW_RATE`` a second with a
+    burst of ``VIEW_BURST``, and tests that are not about it would wait it out."""
+
+    def __init__(self, user_rate: float = 1.0, view_rate: float | None = None):
         self.user_rate = user_rate           # updates/s per user; 0 turns the per-user limit off
+        self.view_rate = view_rate           # View user requests/s per app; None: no limit
+        self.csv_records_per_second = CSV_RECORDS_PER_SECOND
         self._apps: dict[str, Bucket] = {}
+        self._views: dict[str, Bucket] = {}
         self._users: dict[tuple[str, str], float] = {}
 
     def admit_app(self, app_id: str, limit: int, now: float) -> float | None:
         bucket = self._apps.get(app_id)
         if bucket is None or bucket.rate != limit:
             bucket = self._apps[app_id] = Bucket(limit)
+        return bucket.admit(now)
+
+    def admit_view(self, app_id: str, now: float) -> float | None:
+        if not self.view_rate:
+            return None
+        bucket = self._views.get(app_id)
+        if bucket is None:
+            bucket = self._views[app_id] = Bucket(self.view_rate, burst=VIEW_BURST)
         return bucket.admit(now)
 
     def admit_user(self, app_id: str, onesignal_id: str, now: float) -> float | None:
@@ -74,6 +93,7 @@ class Limits:
 
     def reset(self) -> None:
         self._apps.clear()
+        self._views.clear()
         self._users.clear()
 
 

@@ -55,7 +55,8 @@ class Emulator:
     """A OneSignal-compatible server. Options: see ``python -m toolkit.emulator --help``."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, state_file: str | Path | None = None,
-                 seed: int = 0, rate_limit: int = 1000, user_rate_limit: float = 1.0, error_rate: float = 0.0,
+                 seed: int = 0, rate_limit: int = 1000, user_rate_limit: float = 1.0,
+                 view_rate_limit: float | None = None, error_rate: float = 0.0,
                  drop_rate: float = 0.0, hang_rate: float = 0.0, hang_seconds: float = 30.0,
                  latency: float = 0.0, save_interval: float = 1.0, log_size: int = 200_000,
                  admin_token: str | None = None):
@@ -65,7 +66,7 @@ class Emulator:
         self.rate_limit = rate_limit                  # default for apps added from now on
         self.save_interval = save_interval
         self.faults = Faults(error_rate, drop_rate, hang_rate, hang_seconds, latency, seed)
-        self.limits = Limits(user_rate_limit)
+        self.limits = Limits(user_rate_limit, view_rate_limit)
         self.world = World.load(self.state_file, seed) if self.state_file and self.state_file.exists() else World(seed)
         self._api = Api(self.world, self.limits)
         self._lock = threading.Lock()
@@ -239,6 +240,7 @@ class Emulator:
         seeded, no segments or users created through the API, counters and request log at zero."""
         with self._lock:
             self.world.apps = World.from_json(self._baseline).apps
+            self.world.csv_exports.clear()
             self.world.counters.clear()
             self.world.counters.update(new_counters())
             self.world.changed()
@@ -327,6 +329,8 @@ class Emulator:
 def wire(response: Response) -> tuple[bytes, dict[str, str]]:
     """A response's body and headers as they go on the wire (the server and the transport alike): compact
     JSON, as OneSignal writes it: {"errors":["..."],"success":false}."""
+    if isinstance(response.body, bytes):        # a file (the CSV export), or S3's XML for one not ready
+        return response.body, {"Content-Length": str(len(response.body)), **response.headers}
     payload = b"" if response.body is None else json.dumps(response.body, ensure_ascii=False,
                                                             separators=(",", ":")).encode()
     return payload, {"Content-Type": "application/json; charset=utf-8", "Content-Length": str(len(payload)),

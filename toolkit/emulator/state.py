@@ -12,6 +12,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from toolkit.emulator import filters as segment_filters
 from toolkit.errors import EmulatorError
@@ -108,6 +109,11 @@ class App:
         self.users[user.onesignal_id] = user
         return user
 
+    def remove_user(self, user: User) -> None:
+        del self.users[user.onesignal_id]
+        self._aliases = {k: v for k, v in self._aliases.items() if v != user.onesignal_id}
+        self._subscriptions = {k: v for k, v in self._subscriptions.items() if v != user.onesignal_id}
+
     def find_user(self, alias_label: str, alias_id: str) -> User | None:
         onesignal_id = self._aliases.get((alias_label, alias_id))
         return None if onesignal_id is None else self.users[onesignal_id]
@@ -165,6 +171,9 @@ class World:
         self.counters = new_counters()
         self._random = random.Random(seed)
         self.version = 0          # bumped on every change, so the saver knows when to write
+        # CSV exports made: file name -> (ready at, the users as they were, or the gzip bytes once
+        # written). Not saved: OneSignal keeps them 3 days.
+        self.csv_exports: dict[str, tuple[float, Any]] = {}
 
     def new_id(self) -> str:
         return str(uuid.UUID(int=self._random.getrandbits(128), version=4))
