@@ -9,6 +9,7 @@ on its own, for a file ``read_json`` refuses): docs/architecture.md, "Loading a 
 
 from __future__ import annotations
 
+from toolkit.loading import pipelines
 from toolkit.loading.sources import Source
 from toolkit.loading.validation import QUARANTINED_RAW_CHARS, json_type_name
 
@@ -45,7 +46,9 @@ def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = T
     ``numbered=False`` leaves ``record`` NULL on the fast path: numbering rows keeps read_json on one
     thread, which doubles the time of a clean load that needs no line numbers. A record over
     `MAX_RECORD_BYTES` is not parsed (validation refuses it for its size); ``lines`` as in `documents`."""
-    if source.format == "csv":
+    if source.layout == "pipelines":
+        records = _pipelines_events(source, careful, rejects, numbered, lines)
+    elif source.format == "csv":
         records = _flat_rows(csv_rows(source, rejects), first_record=2)
     elif source.format == "parquet":
         records = _parquet_rows()
@@ -70,6 +73,47 @@ def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = T
                                CASE WHEN {fits} AND ev ->> '$' IN {IDENTITY_EVENTS}
                                     THEN json_extract(props, [{_paths(LINK_FIELDS)}]) END AS l
                      FROM ({records}))"""
+
+
+def _pipelines_events(source: Source, careful: bool, rejects: str, numbered: bool,
+                      lines: tuple[int, int] | None) -> str:
+    """A Data Pipelines events file as Export records (`pipelines.to_export_event` in SQL): ``event_name``
+    is the event, and the top-level fields go back into the properties under Mixpanel's names (a present
+    one wins), so everything after reads it as it reads a pull. One JSON merge per record."""
+    names = (pipelines.EVENT_NAME, *pipelines.EVENT_FIELDS, "properties")
+    if careful:
+        fields = ", ".join(f"doc -> '$.\"{name}\"' AS \"{name}\"" for name in names)
+        rows = f"SELECT record, raw, doc_error, {fields} FROM ({documents(source, rejects, lines)})"
+    else:
+        fmt = "newline_delimited" if source.format == "jsonl" else "array"
+        record, ordinality = ("ordinality", " WITH ORDINALITY") if numbered else ("NULL::BIGINT", "")
+        columns = ", ".join(f"'{name}': 'JSON'" for name in names)
+        rows = f"""SELECT {record} AS record, NULL::VARCHAR AS raw, NULL::VARCHAR AS doc_error, *
+                   FROM read_json($path, columns={{{columns}}}, format='{fmt}',
+                                  maximum_object_size={MAX_RECORD_BYTES}){ordinality}"""
+    present = "CASE WHEN {c} IS NOT NULL AND {c}::VARCHAR <> 'null' THEN '\"{name}\":' || {v} END"
+    patch = []
+    for column, name in pipelines.EVENT_FIELDS.items():
+        value = f"{column}::VARCHAR"
+        if column == "time":   # a timestamp text: epoch seconds (whole ones as an integer, as Mixpanel sends)
+            value = """coalesce(CASE WHEN e = floor(e) THEN CAST(e AS BIGINT)::VARCHAR ELSE e::VARCHAR END,
+                                 "time"::VARCHAR)"""
+        patch.append(present.format(c=f'"{column}"', name=name, v=value))
+    props = json_object_text("properties")
+    return f"""SELECT record, raw, doc_error, {pipelines.EVENT_NAME} AS ev,
+                      CASE WHEN {props} IS NULL OR NOT starts_with({props}::VARCHAR, '{{') THEN {props}
+                           ELSE json_merge_patch({props}, '{{' || concat_ws(',', {', '.join(patch)}) || '}}')
+                      END AS props
+               FROM (SELECT *, CASE WHEN starts_with("time"::VARCHAR, '"')
+                                       THEN epoch(try_cast("time" ->> '$' AS TIMESTAMPTZ)) END AS e
+                     FROM ({rows}))"""
+
+
+def json_object_text(col: str) -> str:
+    """SQL: ``col`` (JSON), or the JSON its string holds when it is text holding an object (a warehouse's
+    JSON column exported as text)."""
+    return (f"CASE WHEN starts_with({col}::VARCHAR, '\"') AND json_valid({col} ->> '$') "
+            f"AND starts_with(ltrim({col} ->> '$'), '{{') THEN ({col} ->> '$')::JSON ELSE {col} END")
 
 
 def csv_rows(source: Source, rejects: str) -> str:
