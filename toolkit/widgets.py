@@ -42,7 +42,7 @@ except ImportError as exc:      # an optional dependency: say how to get it
                       "pip install 'toolkit[notebooks]'") from exc
 
 from toolkit import cohorts, credentials, export, matching, report, sync
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, UsageError
 from toolkit.onesignal import DEFAULT_BASE_URL, REDACTED, Credentials, default_base_url
 from toolkit.onesignal_ids import REASONS
 from toolkit.store import Store, using
@@ -132,7 +132,7 @@ class _MixpanelCohorts:
 
         found = Project.of(project)
         if found is None:
-            raise ToolkitError("mixpanel: give the Mixpanel project id")
+            raise UsageError("mixpanel: give the Mixpanel project id")
         self.project = found
         self.error = ""         # why the list could not be read (the local cohorts still show)
 
