@@ -196,12 +196,17 @@ def test_pipelines_fields_are_checked_and_named(tmp_path):
         {"event_name": "Buy", "time": "2026-10-01T10:00:00Z", "distinct_id": "u1", "insert_id": "ok-1",
          "properties": json.dumps({"amount": 2})},                      # timestamp text and JSON text: read
         {"event_name": "Buy", "time": 1790848800, "distinct_id": None, "insert_id": "no-id", "properties": {}},
+        {"event_name": "Buy", "time": 1790848801, "distinct_id": "u3", "insert_id": "top-wins",   # top-level wins
+         "properties": {"distinct_id": "old", "time": 1790848801, "$insert_id": "top-wins", "n": 1}},
     ])
     (day / "part-1.json").write_text('{"event_name": "Buy", "time": 1790848800, "distinct_id": "u2", '
                                      '"properties": {}}\n{not json\n')
     with Store(tmp_path / "s.duckdb") as store:
         summary = load(store, [tmp_path / "bucket"], now=NOW)
-        assert summary.to_dict()["events"] == 2
+        assert summary.to_dict()["events"] == 3
+        row = store.con.execute("SELECT distinct_id, properties FROM events WHERE insert_id = 'top-wins'").fetchone()
+        assert row[0] == "u3" and json.loads(row[1]) == {"distinct_id": "u3", "time": 1790848801,
+                                                         "$insert_id": "top-wins", "n": 1}
         row = store.con.execute("SELECT time, properties ->> '$.amount' FROM events "
                                 "WHERE insert_id = 'ok-1'").fetchone()
         assert row == (datetime(2026, 10, 1, 10, 0), "2")
