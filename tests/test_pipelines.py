@@ -5,6 +5,7 @@ mappings win over our own resolution."""
 
 import gzip
 import json
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -226,3 +227,12 @@ def test_the_layout_module_reads_paths_and_maps_fields_both_ways():
     assert pipelines.to_export_event({"event_name": "Buy", "time": "2026-10-01 10:00:00.5 UTC", "distinct_id": "u1",
                                       "properties": {"distinct_id": "old"}})["properties"] == {
         "time": 1790848800.5, "distinct_id": "u1"}
+
+
+def test_the_load_report_counts_identity_mappings(tmp_path):
+    from cli_runner import toolkit
+
+    folder = write_pipelines(tmp_path / "bucket", [], profiles(2), [{"distinct_id": "a", "resolved_distinct_id": "u1"}])
+    out = toolkit("load", "--db", tmp_path / "s.duckdb", folder, env={"TOOLKIT_SETTLE_SECONDS": "0"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"identity mappings\s+1\n", out.stdout) and re.search(r"profiles\s+2\n", out.stdout)
