@@ -9,6 +9,8 @@ must stay flat in the size of the pull. Runs alternate (curl, ours), the fastest
 Measured (one run each, 2 shared cores under load average 11-24 from other sessions' tests): 1M events
 11.7 s against curl's 5.8 s (0.50: 11 exports, each paying the 3/second budget, against curl's one), peak
 RSS 49 MiB; 5M events 200 s against curl's 212 s (1.06: the emulator serving was the bottleneck), 50 MiB.
+Three exports in flight instead of one, 1M events alternating old/new, one run each: old 22.9 s and 20.1 s,
+new 22.9 s and 12.5 s (curl 8.9-36 s in the same minutes: too noisy to call), peak RSS 52 MiB.
 """
 
 from __future__ import annotations
