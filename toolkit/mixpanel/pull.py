@@ -1,8 +1,8 @@
 """``toolkit pull``: a project's events (Raw Event Export) and profiles (Engage) into the landing folder, for
 the ordinary loader.
 
-Events come in day ranges, one export each (up to three in flight), streamed to disk as they arrive (gzip bytes as sent: never the
-whole answer in memory) into a hidden ``.part`` file, renamed to ``<from>_<to>.<run>.jsonl.gz`` once whole:
+Events come in day ranges, one export each (up to three in flight), streamed to disk as they arrive (gzip
+bytes as sent: never the whole answer in memory) into a hidden ``.part`` file, renamed to ``<from>_<to>.<run>.jsonl.gz`` once whole:
 the loader skips hidden files, so a kill leaves nothing half-written for it. What was pulled is remembered
 per project in ``<landing>/.mixpanel-pull.json`` (no secret in it): the days pulled through, the run in
 progress (its chunks and which are done: a killed pull resumes it) and the start times of recent requests
