@@ -2,14 +2,14 @@
 the ordinary loader.
 
 Events come in day ranges, one export each (up to three in flight), streamed to disk as they arrive (gzip
-bytes as sent: never the whole answer in memory) into a hidden ``.part`` file, renamed to ``<from>_<to>.<run>.jsonl.gz`` once whole:
-the loader skips hidden files, so a kill leaves nothing half-written for it. What was pulled is remembered
-per project in ``<landing>/.mixpanel-pull.json`` (no secret in it): the days pulled through, the run in
-progress (its chunks and which are done: a killed pull resumes it) and the start times of recent requests
-(each API's hourly budget holds across processes). Each pull asks again for the last ``lookback_days``
-days (late events); a new file for a range supersedes the older files inside it, which are deleted (the
-store keeps what it loaded from them; dedup absorbs the repeats). Profiles are every Engage page as JSON Lines
-of ``{$distinct_id, $properties}``, a snapshot that replaces the previous one.
+bytes as sent: never the whole answer in memory) into a hidden ``.part`` file, renamed to
+``<from>_<to>.<run>.jsonl.gz`` once whole: the loader skips hidden files, so a kill leaves nothing
+half-written for it. What was pulled is remembered per project in ``<landing>/.mixpanel-pull.json`` (no secret
+in it): the days pulled through, the run in progress (its chunks and which are done: a killed pull resumes it)
+and the start times of recent requests (each API's hourly budget holds across processes). Each pull asks again
+for the last ``lookback_days`` days (late events); a new file for a range supersedes the older files inside
+it, which are deleted (the store keeps what it loaded from them; dedup absorbs the repeats). Profiles are
+every Engage page as JSON Lines of ``{$distinct_id, $properties}``, a snapshot that replaces the previous one.
 """
 
 from __future__ import annotations
