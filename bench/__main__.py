@@ -147,7 +147,7 @@ def export_rows() -> list[Row]:
 def mixpanel_rows() -> list[Row]:
     from bench import mixpanel_pull
 
-    return mixpanel_pull.rows(1_000_000)
+    return [row for events in mixpanel_pull.SIZES for row in mixpanel_pull.rows(events)]
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ PACKAGE = ROOT / "toolkit"
 # What a load runs: it must not reach cohorts, matching, export or the notebooks' layer.
 LOADING = {"loading", *(f"loading.{m}" for m in ("run", "summary", "events", "profiles", "quarantine", "derived",
                                                    "execute", "readers", "sources", "validation", "profile_ops",
-                                                   "identity")),
+                                                   "identity", "pipelines", "mappings")),
            "store", "sql", "errors", "redaction", "onesignal_ids", "event_columns"}
-PURE = {"planning", "loading.identity", "loading.profile_ops", "cohort_model", "cohort_sql", "onesignal_events",
-        "loading.validation", "sql", "onesignal_ids", "incidents", "drift"}
+PURE = {"planning", "loading.identity", "loading.profile_ops", "loading.pipelines", "cohort_model", "cohort_sql",
+        "onesignal_events", "loading.validation", "sql", "onesignal_ids", "incidents", "drift"}
 STANDARD = set(sys.stdlib_module_names) - {"os", "io", "socket", "subprocess", "shutil", "tempfile", "sqlite3",
                                            "threading", "asyncio", "urllib", "http", "pathlib", "glob", "time"}
 

@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import logging
+import re
 from datetime import date
 
 import pytest
@@ -229,3 +230,17 @@ def test_the_emulators_export_filters_by_event_where_and_limit(emu):
             ids(where="properties.plan in ['pro']")
     assert len(purchases) == 17 and {e["event"] for e in purchases} == {"Purchase"}
     assert len(pro) == 25 and {e["properties"]["plan"] for e in pro} == {"pro"}
+
+
+def test_a_429_for_the_per_second_limit_waits_a_second_not_the_hourly_minute(emu, caplog):
+    """Another client's requests this second (a panel beside the scheduled sync): this one's budget cannot
+    know them, Mixpanel answers 429 naming the per-second limit, and a second's wait clears it."""
+    import time
+
+    emu.windows["query"].starts.extend([time.monotonic() + 2] * 3)    # three starts "now" for 3 s
+    with caplog.at_level(logging.WARNING), MixpanelClient(ServiceAccount(emu.username, emu.secret, "4242"), emu.url,
+                                                          backoff_base=0.01, backoff_max=0.05,
+                                                          rate_limited_wait=60.0) as client:
+        assert [c["id"] for c in client.cohorts()] == [11, 12]
+    delays = [float(d) for d in re.findall(r"retrying in ([\d.]+)s", caplog.text)]
+    assert delays and all(d == 1.0 for d in delays), caplog.text

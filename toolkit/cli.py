@@ -220,6 +220,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--cohorts", default="due", help="due (default), all, or comma-separated names")
         p.add_argument("--dry-run", action="store_true")
         p.add_argument("--runs-dir", type=Path, default=Path("var/runs"), help="where executed notebooks go")
+        p.add_argument("--mixpanel-project", metavar="ID", help="pull this Mixpanel project into --landing before "
+                       "loading, and refresh its cohorts (service account: $MIXPANEL_USERNAME/$MIXPANEL_SECRET or "
+                       "the 0600 file)")
+        p.add_argument("--mixpanel-from", type=_day, metavar="YYYY-MM-DD", help="the first pull's first day")
         if name == "schedule":
             p.add_argument("--every", default="15m", help="e.g. 15m, 90s, 1h")
             p.add_argument("--max-runs", type=int, metavar="N", help="stop after N runs (default: until stopped)")
@@ -486,10 +490,16 @@ def _generate(args) -> int:
 def _sync_parameters(args) -> dict:
     from toolkit.store import default_path
 
-    return {"store_path": str(Path(args.db or default_path()).resolve()),
-            "landing": str(Path(args.landing).resolve()) if args.landing else None,
-            "cohorts": args.cohorts, "dry_run": args.dry_run,
-            "now": args.as_of.isoformat() if args.as_of else None}
+    parameters = {"store_path": str(Path(args.db or default_path()).resolve()),
+                  "landing": str(Path(args.landing).resolve()) if args.landing else None,
+                  "cohorts": args.cohorts, "dry_run": args.dry_run,
+                  "now": args.as_of.isoformat() if args.as_of else None}
+    if args.mixpanel_project:   # settings only: the kernel finds the service account itself
+        parameters["mixpanel"] = {"project_id": args.mixpanel_project,
+                                  "from": args.mixpanel_from.isoformat() if args.mixpanel_from else None}
+    elif args.mixpanel_from:
+        raise UsageError("--mixpanel-from needs --mixpanel-project")
+    return parameters
 
 
 def _sync(args) -> int:

@@ -32,6 +32,8 @@ def load_text(summary: LoadSummary, quarantine_command: str | None = None) -> st
              f"{d['files_refused']} refused"]
     rows = [("events", d["events"]), ("profiles", d["profiles"]), ("profile updates", d["profile_updates"]),
             ("duplicates dropped", d["duplicates_dropped"]), ("rows quarantined", d["rows_quarantined"])]
+    if d["identity_mappings"]:     # a Data Pipelines folder's mp_identity_mappings_data
+        rows.insert(3, ("identity mappings", d["identity_mappings"]))
     lines += [f"  {name:<20}{value:>12,}" for name, value in rows]
     for f in summary.files:
         if f.status in ("refused", "waiting"):

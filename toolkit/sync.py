@@ -126,6 +126,8 @@ class SyncResult:
     now: datetime | None = None
     dry_run: bool = False
     alerts: dict | None = None          # incidents opened/resolved and deliveries (toolkit.alerts.check)
+    mixpanel: dict | None = None        # a configured project: what its pull and cohort refresh did
+    pull_error: str | None = None       # its pull failed (the load, local cohorts and MTU still ran)
 
     @property
     def table(self) -> pd.DataFrame:
@@ -149,6 +151,7 @@ class SyncResult:
         count both failed); partial: anything else that failed beside something that worked."""
         runs = [run_outcome(r) for r in self.runs]
         outcomes = [o for o in (self._load_outcome(),) if o] + runs + ["failed" if self.mtu_error else "ok"]
+        outcomes += ["failed"] if self.pull_error else []
         if all(o == "ok" for o in outcomes):
             return "ok"
         if (runs and all(o == "failed" for o in runs)) or all(o == "failed" for o in outcomes):
@@ -162,6 +165,8 @@ class SyncResult:
         parts = [f"sync {self.status}: {ok} of {len(self.runs)} cohort export(s) ok"]
         parts += [f'"{r.cohort}" {r.status}' + (f" ({r.error})" if r.error else f" ({r.failed:,} user(s) failed)")
                   for r in self.runs if r.status != "ok"]
+        if self.pull_error:
+            parts.append(f"pulling from Mixpanel failed: {self.pull_error}")
         if self.load_error:
             parts.append(f"loading {self.landing} failed: {self.load_error}")
         elif self.load and self.load.refused:
@@ -186,7 +191,9 @@ class SyncResult:
                    for r in self.runs]
         return {"status": self.status, "summary": self.summary, "dry_run": self.dry_run,
                 "as_of": self.now.isoformat() if self.now else None, "load": load, "cohorts": cohorts,
-                "mtu": {"ok": self.mtu_error is None, "error": self.mtu_error}, "alerts": self.alerts}
+                "mtu": {"ok": self.mtu_error is None, "error": self.mtu_error}, "alerts": self.alerts,
+                **({"mixpanel": {"ok": self.pull_error is None, "error": self.pull_error, **self.mixpanel}}
+                   if self.mixpanel is not None else {})}
 
     def finish(self, record: str | Path | None = None, fail_on_error: bool = True) -> None:
         """The sync notebook's last step: write the run record (JSON, atomically) when a path is given,
@@ -201,11 +208,25 @@ class SyncResult:
 
 
 def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, cohorts: str = "due",
-         dry_run: bool = False, now: datetime | None = None, client_options: dict | None = None) -> SyncResult:
-    """The scheduled job: load new files from ``landing``, re-evaluate cohorts and run the syncs
-    (``cohorts``: "due", "all" registered exports, or comma-separated names), then count MTU. The
-    load, each cohort and the MTU count fail on their own; the result says what worked and what not."""
+         dry_run: bool = False, now: datetime | None = None, client_options: dict | None = None,
+         mixpanel: dict | str | None = None) -> SyncResult:
+    """The scheduled job: with a Mixpanel project (``mixpanel``, see `mixpanel.scheduled.Project`), pull its
+    new data into ``landing`` first; load new files from ``landing``; fetch the Mixpanel cohorts' members
+    again; re-evaluate cohorts and run the syncs (``cohorts``: "due", "all" registered exports, or
+    comma-separated names), then count MTU. The pull, the load, each cohort and the MTU count fail on their
+    own; the result says what worked and what not."""
+    from toolkit.mixpanel import scheduled
+
     now = now or datetime.now(UTC)
+    project = scheduled.Project.of(mixpanel)
+    pulled, pull_error = None, None
+    if project:
+        try:
+            pulled = scheduled.pull_new(landing, project)
+        except Exception as exc:
+            pull_error = failure_reason(exc)
+            log.warning("pulling Mixpanel project %s failed: %s", project.project_id, pull_error,
+                        exc_info=not isinstance(exc, ToolkitError))
     with Store(store_path) as store:
         loaded, load_error = None, None
         if landing:
@@ -218,12 +239,19 @@ def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, 
                 load_error = failure_reason(exc)
                 log.warning("loading %s failed: %s", landing, load_error, exc_info=not isinstance(exc, ToolkitError))
                 _end_open_transaction(store)
+        refreshed, unfetched = scheduled.refresh_cohorts(store, project, pull_error) if project else ([], {})
         names = None
         if cohorts == "all":
             names = [e["cohort"] for e in export.list_exports(store)]
         elif cohorts != "due":
             names = [name.strip() for name in cohorts.split(",") if name.strip()]
+        if unfetched:   # a Mixpanel cohort whose members could not be fetched does not export old ones
+            names = names if names is not None else export.due(store, now)
+            stale = [n for n in names if n in unfetched]
+            names = [n for n in names if n not in unfetched]
         runs = run_due(store, now=now, dry_run=dry_run, cohorts=names, client_options=client_options)
+        if unfetched:
+            runs += [export.record_failure(store, n, unfetched[n], dry_run=dry_run, now=now) for n in stale]
         frame, mtu_error = None, None
         try:
             frame = mtu.report_frame(store)
@@ -232,7 +260,8 @@ def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, 
             log.warning("counting MTU failed: %s", mtu_error, exc_info=not isinstance(exc, ToolkitError))
         alerted = None if dry_run else check_alerts(store, now)
         return SyncResult(loaded, runs, frame, load_error, mtu_error, str(landing) if landing else None, now, dry_run,
-                          alerted)
+                          alerts=alerted, mixpanel=scheduled.summary(pulled, refreshed) if project else None,
+                          pull_error=pull_error)
 
 
 def check_alerts(store: Store, now: datetime) -> dict:

@@ -5,6 +5,10 @@
     widgets.cohort_explorer(store_path)                # size, funnel, reasons, searchable members
     widgets.export_panel(store_path, connection)       # preview the diff, export with progress, stop syncs (asks first)
 
+With ``mixpanel="<project id>"`` (or the sync notebook's ``{"project_id", ...}``), the cohort lists hold the
+project's Mixpanel cohorts beside the local ones; picking one not kept yet keeps it as a toolkit cohort (its
+members from Engage), which the panel then previews and exports like any other.
+
 Panels take the store's path and open it for each action only (refresh, preview, export, stop), read-only
 where the action only reads, so an open notebook never keeps other notebooks, ``toolkit sync`` or an
 export out of the store (DuckDB lets one process write a file, or many read it, never both at once).
@@ -38,7 +42,7 @@ except ImportError as exc:      # an optional dependency: say how to get it
                       "pip install 'toolkit[notebooks]'") from exc
 
 from toolkit import cohorts, credentials, export, matching, report, sync
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, UsageError
 from toolkit.onesignal import DEFAULT_BASE_URL, REDACTED, Credentials, default_base_url
 from toolkit.onesignal_ids import REASONS
 from toolkit.store import Store, using
@@ -87,11 +91,25 @@ def _cohort_names(store) -> list[str]:
     return [c["name"] for c in cohorts.list_cohorts(store)]
 
 
-def _set_cohorts(dropdown: w.Dropdown, names: list[str]) -> None:
-    """The cohort list, the first one selected when none was (as a Dropdown made with them would)."""
-    _set_options(dropdown, names)
+def _set_cohorts(dropdown: w.Dropdown, names: list, mixpanel: list[dict] | None = None) -> None:
+    """The cohort list, the first one selected when none was (as a Dropdown made with them would). With
+    ``mixpanel`` (`mixpanel.cohorts.choices`), kept Mixpanel cohorts say so and the others follow, valued
+    ``mixpanel:<id>`` (never selected unasked: picking one keeps it)."""
+    options = _cohort_options(names, mixpanel) if mixpanel is not None else names
+    _set_options(dropdown, options)
     if dropdown.value is None and names:
         dropdown.value = names[0]
+
+
+MIXPANEL_PICK = "mixpanel:"     # a dropdown value: a Mixpanel cohort not kept as a toolkit cohort yet
+
+
+def _cohort_options(names: list[str], mixpanel: list[dict]) -> list[tuple[str, str]]:
+    kept = {c["kept_as"]: c for c in mixpanel if c["kept_as"]}
+    options = [(f"{name} (Mixpanel cohort {kept[name]['id']})" if name in kept else name, name) for name in names]
+    return options + [(f"{c['name']} (Mixpanel cohort {c['id']}, {c['count'] if c['count'] is not None else '?'}"
+                       " members: pick to use it here)", f"{MIXPANEL_PICK}{c['id']}")
+                      for c in mixpanel if not c["kept_as"]]
 
 
 def _set_options(dropdown: w.Dropdown, options: list) -> None:
@@ -100,7 +118,48 @@ def _set_options(dropdown: w.Dropdown, options: list) -> None:
     if tuple(options) != tuple(dropdown.options):
         keep = dropdown.value
         dropdown.options = options
-        dropdown.value = keep if keep in options else None
+        values = [o[1] if isinstance(o, tuple) else o for o in options]
+        dropdown.value = keep if keep in values else None
+
+
+class _MixpanelCohorts:
+    """A panel's Mixpanel project: its cohorts listed (one query per refresh: the Query API allows 60 an hour)
+    and, when one not kept yet is picked, kept as a toolkit cohort. The service account comes from the
+    environment or the 0600 file."""
+
+    def __init__(self, project):
+        from toolkit.mixpanel.scheduled import Project
+
+        found = Project.of(project)
+        if found is None:
+            raise UsageError("mixpanel: give the Mixpanel project id")
+        self.project = found
+        self.error = ""         # why the list could not be read (the local cohorts still show)
+
+    def _client(self):
+        from toolkit.mixpanel.client import MixpanelClient
+
+        account = credentials.require_mixpanel(self.project.project_id, region=self.project.region)
+        return MixpanelClient(account, self.project.base_url)
+
+    def choices(self, store) -> list[dict]:
+        from toolkit.mixpanel import cohorts as mixpanel_cohorts
+
+        try:
+            with self._client() as client:
+                found = mixpanel_cohorts.choices(store, client)
+        except ToolkitError as exc:
+            self.error = f"Mixpanel cohorts not listed: {exc}"
+            return []
+        self.error = ""
+        return found
+
+    def keep(self, store, value: str) -> str:
+        """Keep the picked Mixpanel cohort (``mixpanel:<id>``); its toolkit name."""
+        from toolkit.mixpanel import cohorts as mixpanel_cohorts
+
+        with self._client() as client:
+            return mixpanel_cohorts.adopt(store, client, int(value.removeprefix(MIXPANEL_PICK))).name
 
 
 def _pre(text: str) -> str:
@@ -193,6 +252,32 @@ class _Panel:
         """Show the cohort a person named, in any case ("did you mean" when there is no such cohort)."""
         with self._open(read_only=True) as store:
             self.cohort.value = cohorts.resolve_name(store, name)
+
+    mixpanel: _MixpanelCohorts | None = None
+
+    def _cohort_choices(self, store) -> tuple[list[str], list[dict] | None]:
+        """The local cohort names and, with a Mixpanel project, its cohorts (`mixpanel.cohorts.choices`)."""
+        return _cohort_names(store), self.mixpanel.choices(store) if self.mixpanel else None
+
+    def _picked(self, say) -> bool:
+        """A Mixpanel cohort not kept yet was picked: keep it (members from Engage) and select it; ``say``
+        shows what happened. False when the pick was an ordinary cohort."""
+        value = self.cohort.value
+        if self.mixpanel is None or not isinstance(value, str) or not value.startswith(MIXPANEL_PICK):
+            return False
+        try:
+            with self._open() as store:
+                name = self.mixpanel.keep(store, value)
+                names, listed = self._cohort_choices(store)
+        except Exception as exc:
+            self.cohort.value = None
+            say(f"cannot use Mixpanel cohort {value.removeprefix(MIXPANEL_PICK)}: {exc}")
+            return True
+        _set_options(self.cohort, _cohort_options(names, listed or []))
+        say(f'Mixpanel cohort {value.removeprefix(MIXPANEL_PICK)} is kept as "{name}" (its members are fetched '
+            "again on every scheduled sync)")
+        self.cohort.value = name
+        return True
 
     def _ipython_display_(self) -> None:
         """The live widget; its plain-text form (what a run without a browser keeps) is the panel's repr."""
@@ -293,8 +378,9 @@ def connect_panel(store, base_url: str | None = None) -> ConnectPanel:
 class CohortExplorer(_Panel):
     """Pick a cohort: its size, matchability funnel, reasons, and a searchable table of members."""
 
-    def __init__(self, store, now: datetime | str | None = None, rows: int = ROWS):
+    def __init__(self, store, now: datetime | str | None = None, rows: int = ROWS, mixpanel=None):
         self.store, self.now, self.rows = store, _as_time(now), rows
+        self.mixpanel = _MixpanelCohorts(mixpanel) if mixpanel is not None else None
         self.preview: matching.Preview | None = None
         self.shown: pd.DataFrame | None = None
         self.cohort = w.Dropdown(description="Cohort", options=[], layout={"width": "480px"})
@@ -317,14 +403,16 @@ class CohortExplorer(_Panel):
         """Re-read the cohort list (after cohorts were saved elsewhere); False if the store could not be read."""
         try:
             with self._open(read_only=True) as store:
-                names = _cohort_names(store)
+                names, listed = self._cohort_choices(store)
         except ToolkitError as exc:
             self.size.value = str(exc)
             return False
-        _set_cohorts(self.cohort, names)
+        _set_cohorts(self.cohort, names, listed)
         return True
 
     def show(self) -> None:
+        if self._picked(lambda text: setattr(self.size, "value", text)):
+            return          # selecting the kept cohort showed it
         name = self.cohort.value
         if name is None:
             self.size.value = "no cohorts in the store: save definitions first (toolkit cohorts load FILE)"
@@ -339,6 +427,8 @@ class CohortExplorer(_Panel):
             return
         s = self.preview.summary
         self.size.value = f"{s['members']:,} members, {s['exportable']:,} exportable ({s['match_rate']:.1%})"
+        if self.mixpanel and self.mixpanel.error:
+            self.size.value += f"; {self.mixpanel.error}"
         self._draw_funnel(name, s)
         self.reasons.value = self._reasons_html(s["reasons"])
         self._filter()
@@ -367,9 +457,10 @@ class CohortExplorer(_Panel):
         self.table.value = _table(self.shown.head(self.rows), longest=LONGEST)
 
 
-def cohort_explorer(store, now: datetime | str | None = None) -> CohortExplorer:
-    """A cohort Dropdown with size, matchability funnel, per-reason counts and a searchable member table."""
-    return CohortExplorer(store, now)
+def cohort_explorer(store, now: datetime | str | None = None, mixpanel=None) -> CohortExplorer:
+    """A cohort Dropdown with size, matchability funnel, per-reason counts and a searchable member table;
+    with ``mixpanel`` (a project id), the project's Mixpanel cohorts too."""
+    return CohortExplorer(store, now, mixpanel=mixpanel)
 
 
 # -- export -----------------------------------------------------------------------------------------
@@ -377,8 +468,10 @@ def cohort_explorer(store, now: datetime | str | None = None) -> CohortExplorer:
 class ExportPanel(_Panel):
     """Preview and run an export of a cohort (one-time or dynamic), and stop dynamic syncs."""
 
-    def __init__(self, store, connection: ConnectPanel | None = None, now: datetime | str | None = None):
+    def __init__(self, store, connection: ConnectPanel | None = None, now: datetime | str | None = None,
+                 mixpanel=None):
         self.store, self.connection, self.now = store, connection, _as_time(now)
+        self.mixpanel = _MixpanelCohorts(mixpanel) if mixpanel is not None else None
         self.last_preview: export.ExportPreview | None = None
         self.last_record: export.RunRecord | None = None
         self.cohort = w.Dropdown(description="Cohort", options=[], layout={"width": "480px"})
@@ -406,6 +499,7 @@ class ExportPanel(_Panel):
         self.confirm_button.on_click(self._on_confirm_stop)
         self.cancel_button.on_click(lambda _: self._ask_stop(None))
         self.sync_choice.observe(lambda _: self._ask_stop(None), names="value")
+        self.cohort.observe(lambda _: self._picked(lambda text: setattr(self.status, "value", text)), names="value")
         self.widget = w.VBox([
             _style(), self.cohort, self.mode, self.force,
             w.HBox([self.preview_button, self.export_button, self.progress], layout={"flex_flow": "row wrap"}),
@@ -419,11 +513,13 @@ class ExportPanel(_Panel):
         """Re-read cohorts and exports from the store."""
         try:
             with self._open(read_only=True) as store:
-                names, found = _cohort_names(store), export.list_exports(store)
+                (names, listed), found = self._cohort_choices(store), export.list_exports(store)
         except ToolkitError as exc:
             self.status.value = str(exc)
             return
-        _set_cohorts(self.cohort, names)
+        _set_cohorts(self.cohort, names, listed)
+        if self.mixpanel and self.mixpanel.error:
+            self.status.value = self.mixpanel.error
         _set_options(self.sync_choice,
                      [e["cohort"] for e in found if e["mode"] == "dynamic" and e["stopped_at"] is None])
         columns = ["cohort", "mode", "in_segment", "next_due_at", "stopped_at"]
@@ -532,8 +628,10 @@ class ExportPanel(_Panel):
         return f"ExportPanel(cohort={self.cohort.value!r}, mode={self.mode.value!r}, status={self.status.value!r})"
 
 
-def export_panel(store, connection: ConnectPanel | None = None, now: datetime | str | None = None) -> ExportPanel:
+def export_panel(store, connection: ConnectPanel | None = None, now: datetime | str | None = None,
+                 mixpanel=None) -> ExportPanel:
     """Cohort, sync type, Preview (diff and removal guard), Export with progress, Force, and Stop
-    for dynamic syncs. Uses ``connection``'s key, else $ONESIGNAL_API_KEY / the credentials file."""
-    return ExportPanel(store, connection, now)
+    for dynamic syncs. Uses ``connection``'s key, else $ONESIGNAL_API_KEY / the credentials file; with
+    ``mixpanel`` (a project id), the project's Mixpanel cohorts can be picked too."""
+    return ExportPanel(store, connection, now, mixpanel=mixpanel)
 

@@ -14,7 +14,13 @@ from toolkit.sql import Query, json_pointer, quote_ident
 
 # -- the identity map ------------------------------------------------------------------------------
 
-def refresh_identity(con, file_id: int) -> None:
+def resolve_everything(con) -> None:
+    """Resolve the whole identity map again from every link (after links were taken away: a superseded
+    export of Mixpanel's identity mappings)."""
+    refresh_identity(con, None)
+
+
+def refresh_identity(con, file_id: int | None) -> None:
     """Bring the identity map up to date with the links file ``file_id`` added.
 
     A link's fate depends on the earlier links of its connected component (every link, refused or
@@ -41,12 +47,15 @@ def refresh_identity(con, file_id: int) -> None:
     _write_resolution(con, resolution)
 
 
-def _take_reached_components(con, file_id: int) -> str | None:
+def _take_reached_components(con, file_id: int | None) -> str | None:
     """Take the components file ``file_id``'s links reach out of the map and their links' refusals
     (temp table ``_reached`` holds their ids); return the SQL condition on `identity_links` that
     selects their links, or None when the file added no link. The first links take everything."""
-    new, earlier = con.execute("SELECT count(*) FILTER (WHERE file_id = ?), count(*) FILTER (WHERE file_id < ?) "
-                               "FROM identity_links", [file_id, file_id]).fetchone()
+    if file_id is None:   # every component (`resolve_everything`)
+        new, earlier = 1, 0
+    else:
+        new, earlier = con.execute("SELECT count(*) FILTER (WHERE file_id = ?), count(*) FILTER (WHERE file_id < ?) "
+                                   "FROM identity_links", [file_id, file_id]).fetchone()
     if not new:
         return None
     con.execute("CREATE OR REPLACE TEMP TABLE _reached (id VARCHAR)")

@@ -25,8 +25,14 @@ Rules (Mixpanel's ID management docs, docs.mixpanel.com/docs/tracking-methods/id
   user id. A cluster holds one `$user_id`: refused when the device's cluster already holds a
   different id that arrived as a simplified target, so this rule never joins two user ids. A target
   counts as a `$user_id` even when its link is refused or a no-op: the event did carry it as one.
-- Every kind: refused when the union would exceed `max_cluster` ids (Mixpanel caps at 500), and
-  refused when either id is empty (an identity event without both ids joins nothing).
+- ``mapping``: a row of Mixpanel's own identity mappings (Data Pipelines): ``distinct_id`` resolved to
+  ``resolved_distinct_id``. Mixpanel's answer wins over ours: its clusters keep their resolved id as
+  canonical whatever joins them later, and a link of ours that would join two ids Mixpanel resolves
+  to different users is refused. Callers order mappings before every other link (time 0): they say
+  how Mixpanel had resolved the ids when it exported them, including merges from events we never saw.
+- Every kind but ``mapping`` (Mixpanel's clusters are its own): refused when the union would exceed
+  `max_cluster` ids (Mixpanel caps at 500). Every kind: refused when either id is empty (an identity
+  event without both ids joins nothing).
 - An unknown `kind` raises ValueError: it is a caller bug, not a data problem.
 """
 
@@ -41,7 +47,7 @@ from typing import NamedTuple
 __all__ = ["KINDS", "MAX_CLUSTER", "UUID4_PATTERN", "Link", "Refusal", "Resolution", "is_uuid4", "resolve"]
 
 MAX_CLUSTER = 500
-KINDS = frozenset({"identify", "alias", "merge", "simplified", "onesignal"})
+KINDS = frozenset({"identify", "alias", "merge", "simplified", "onesignal", "mapping"})
 
 # Explicit ASCII classes: re.IGNORECASE would also let Unicode case-folds through.
 # Plain enough for DuckDB's regexp_full_match (RE2) to read the same way.
@@ -96,6 +102,7 @@ def resolve(links: Iterable[Link | tuple], max_cluster: int = MAX_CLUSTER, *, or
     size: list[int] = []  # root slot -> member count
     canon: list[str] = []  # root slot -> canonical id; kept apart from the root so union-by-size can't move it
     users: dict[int, set[str]] = {}  # root slot -> ids that arrived as a simplified $user_id
+    pinned: set[int] = set()  # root slots whose canonical id is a Mixpanel identity mapping's resolved id
     refused: list[Refusal] = []
 
     def root(value: str) -> int:
@@ -133,7 +140,12 @@ def resolve(links: Iterable[Link | tuple], max_cluster: int = MAX_CLUSTER, *, or
         ns, nt = size[rs], size[rt]
 
         reason: str | None = None
-        if kind == "identify":
+        if rs in pinned and rt in pinned:
+            reason = (f"Mixpanel's identity mappings resolve {_show(src)} to {_show(canon[rs])} and {_show(dst)} to "
+                      f"{_show(canon[rt])}, different users, so the {kind} link does not merge them")
+        elif kind == "mapping":
+            pass
+        elif kind == "identify":
             if _UUID4.fullmatch(src) is None:
                 reason = f"$anon_id {_show(src)} is not a UUIDv4, so $identify does not merge it into {_show(dst)}"
             elif ns > 1:
@@ -149,18 +161,25 @@ def resolve(links: Iterable[Link | tuple], max_cluster: int = MAX_CLUSTER, *, or
         elif kind == "simplified" and rs in users:  # dst sits in the other cluster, so this user id differs
             reason = (f"{_show(src)} is already merged with $user_id {_show(min(users[rs]))}; "
                       f"a cluster holds one $user_id, so it is not merged with {_show(dst)}")
-        if reason is None and ns + nt > max_cluster:
+        if reason is None and kind != "mapping" and ns + nt > max_cluster:
             reason = f"cluster of {_show(canon[rt])} would hold {ns + nt} ids; Mixpanel caps a cluster at {max_cluster}"
         if reason is not None:
             refused.append(Refusal(_as_link(link), reason))
             continue
 
-        survivor = canon[rt]  # the target's canonical survives whichever root ends on top
+        # The target's canonical survives whichever root ends on top, unless only the source's cluster
+        # holds Mixpanel's resolved id: that one wins.
+        survivor = canon[rs] if rs in pinned and rt not in pinned else canon[rt]
+        pin = kind == "mapping" or rs in pinned or rt in pinned
+        pinned.discard(rs)
+        pinned.discard(rt)
         if ns > nt:  # union by size keeps trees shallow
             rs, rt = rt, rs
         parent[rs] = rt
         size[rt] = ns + nt
         canon[rt] = survivor
+        if pin:
+            pinned.add(rt)
         if rs in users:  # small: a cluster holds at most max_cluster ids
             moved = users.pop(rs)
             if rt in users:

@@ -15,10 +15,10 @@ from toolkit.loading.sources import Source
 from toolkit.loading.summary import FileResult
 from toolkit.store import profile_facts
 
-PROFILE_BATCH_BYTES = 16 << 20   # JSON Lines text parsed per statement (see _stage_profile_records)
+PROFILE_BATCH_BYTES = 16 << 20   # JSON Lines text parsed per statement (see stage_records)
 
 
-def _stage_profile_records(con, source: Source) -> None:
+def stage_records(con, source: Source) -> None:
     """Fill the temp table ``_records`` (line, raw, doc_error, paged, item, doc) of a profile or update
     file, one row per profile or update: Engage pages are unnested. A few megabytes of JSON are parsed
     at a time (see `readers.line_ranges`): 2,048 Engage pages of 450 KB at once would need gigabytes."""
@@ -38,13 +38,17 @@ def _stage_profile_records(con, source: Source) -> None:
 def apply_snapshots(con, source: Source, file_id: int, now: datetime, result: FileResult,
                     careful: bool = True) -> None:
     """Snapshots replace each profile's properties (under its canonical id at load time)."""
-    _stage_profile_records(con, source)
+    stage_records(con, source)
     params = {"path": str(source.path), "file_id": file_id, **validation.parameters(epoch_ms(now))}
-    reason = validation.profile_reason("did", "props")
+    # Engage's {$distinct_id, $properties}, or a Data Pipelines people row {distinct_id, properties}
+    did_key, props_key = ("distinct_id", "properties") if source.layout == "pipelines" else ("$distinct_id",
+                                                                                             "$properties")
+    reason = validation.profile_reason("did", "props", did_key, props_key)
     execute(con, f"""
         CREATE OR REPLACE TEMP TABLE _profiles AS
-        WITH r00 AS (SELECT *, json_extract(doc, ['$."$distinct_id"', '$."$properties"']) AS k FROM _records),
-        r0 AS (SELECT line, item, paged, raw, doc_error, k[1] AS did, k[2] AS props, doc FROM r00),
+        WITH r00 AS (SELECT *, json_extract(doc, ['$."{did_key}"', '$."{props_key}"']) AS k FROM _records),
+        r0 AS (SELECT line, item, paged, raw, doc_error, k[1] AS did, {readers.json_object_text("k[2]")} AS props,
+                      doc FROM r00),
         r AS (SELECT *, {validation.typed("did", "props", texts=("did",))} FROM r0),
         v AS (SELECT *, coalesce(doc_error, {reason}) AS reason FROM r)
         SELECT line, item, reason || CASE WHEN paged THEN ' (results[' || (item - 1) || '])' ELSE '' END AS reason,
@@ -102,7 +106,7 @@ def apply_updates(con, source: Source, file_id: int, now: datetime, result: File
                   careful: bool = True) -> None:
     """Updates fold in file order per profile (`profile_ops`); one that sets a new
     $onesignal_user_id links it to the profile."""
-    _stage_profile_records(con, source)
+    stage_records(con, source)
     params = {"path": str(source.path), "file_id": file_id, "ops": list(profile_ops.OPS),
               **validation.parameters(epoch_ms(now))}
     id_reason = validation.distinct_id_reason("did", "$distinct_id")

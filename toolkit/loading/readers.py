@@ -9,6 +9,7 @@ on its own, for a file ``read_json`` refuses): docs/architecture.md, "Loading a 
 
 from __future__ import annotations
 
+from toolkit.loading import pipelines
 from toolkit.loading.sources import Source
 from toolkit.loading.validation import QUARANTINED_RAW_CHARS, json_type_name
 
@@ -45,7 +46,9 @@ def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = T
     ``numbered=False`` leaves ``record`` NULL on the fast path: numbering rows keeps read_json on one
     thread, which doubles the time of a clean load that needs no line numbers. A record over
     `MAX_RECORD_BYTES` is not parsed (validation refuses it for its size); ``lines`` as in `documents`."""
-    if source.format == "csv":
+    if source.layout == "pipelines":
+        records = _pipelines_events(source, careful, rejects, numbered, lines)
+    elif source.format == "csv":
         records = _flat_rows(csv_rows(source, rejects), first_record=2)
     elif source.format == "parquet":
         records = _parquet_rows()
@@ -64,12 +67,68 @@ def event_fields(source: Source, careful: bool, rejects: str, numbered: bool = T
     keys = ", ".join(f"k[{i}] AS {column}" for i, column in enumerate(KEY_FIELDS, 1))
     links = ", ".join(f"{field} := l[{i}]" for i, field in enumerate(LINK_FIELDS, 1))
     fits = f"strlen(props) <= {MAX_RECORD_BYTES}"
+    # A Pipelines reader made `k` with the properties' one parse.
+    k = "" if source.layout == "pipelines" else \
+        f", CASE WHEN {fits} THEN json_extract(props, [{_paths(KEY_FIELDS)}]) END AS k"
     return f"""SELECT record, raw, doc_error, ev, props, {keys},
                       CASE WHEN l IS NOT NULL THEN struct_pack({links}) END AS links
-               FROM (SELECT *, CASE WHEN {fits} THEN json_extract(props, [{_paths(KEY_FIELDS)}]) END AS k,
+               FROM (SELECT *{k},
                                CASE WHEN {fits} AND ev ->> '$' IN {IDENTITY_EVENTS}
                                     THEN json_extract(props, [{_paths(LINK_FIELDS)}]) END AS l
                      FROM ({records}))"""
+
+
+def _pipelines_events(source: Source, careful: bool, rejects: str, numbered: bool,
+                      lines: tuple[int, int] | None) -> str:
+    """A Data Pipelines events file as Export records (`pipelines.to_export_event` in SQL), with ``k`` (the
+    `KEY_FIELDS` values) already made: ``event_name`` is the event; a present top-level field is the key's
+    value, else the properties' own. The properties are parsed once; they are rewritten (one JSON merge,
+    the top-level fields put back under Mixpanel's names) only for a record whose properties lack one of
+    those values or hold another: a merge on every record cost half as much again as a load."""
+    names = (pipelines.EVENT_NAME, *pipelines.EVENT_FIELDS, "properties")
+    if careful:
+        fields = ", ".join(f"doc -> '$.\"{name}\"' AS \"{name}\"" for name in names)
+        rows = f"SELECT record, raw, doc_error, {fields} FROM ({documents(source, rejects, lines)})"
+    else:
+        fmt = "newline_delimited" if source.format == "jsonl" else "array"
+        record, ordinality = ("ordinality", " WITH ORDINALITY") if numbered else ("NULL::BIGINT", "")
+        columns = ", ".join(f"'{name}': 'JSON'" for name in names)
+        rows = f"""SELECT {record} AS record, NULL::VARCHAR AS raw, NULL::VARCHAR AS doc_error, *
+                   FROM read_json($path, columns={{{columns}}}, format='{fmt}',
+                                  maximum_object_size={MAX_RECORD_BYTES}){ordinality}"""
+    column_of = {name: column for column, name in pipelines.EVENT_FIELDS.items()}
+    top = {}   # key column -> the top-level value as JSON, NULL when absent or null
+    for key, name in KEY_FIELDS.items():
+        column = f'"{column_of[name]}"'
+        value = column
+        if name == "time":   # a timestamp text: epoch seconds (whole ones as an integer, as Mixpanel sends)
+            value = f"""CASE WHEN e IS NULL THEN {column}
+                             WHEN e = floor(e) THEN CAST(e AS BIGINT)::VARCHAR::JSON ELSE e::VARCHAR::JSON END"""
+        top[key] = f"CASE WHEN {column} IS NOT NULL AND {column}::VARCHAR <> 'null' THEN {value} END"
+    differs = " OR ".join(f"(t_{key} IS NOT NULL AND (k0[{i}] IS NULL OR t_{key}::VARCHAR <> k0[{i}]::VARCHAR))"
+                          for i, key in enumerate(KEY_FIELDS, 1))
+    patch = ", ".join(f"""CASE WHEN t_{key} IS NOT NULL THEN '"{name}":' || t_{key}::VARCHAR END"""
+                      for key, name in KEY_FIELDS.items())
+    keys = ", ".join(f"coalesce(t_{key}, k0[{i}])" for i, key in enumerate(KEY_FIELDS, 1))
+    tops = ", ".join(f"{sql} AS t_{key}" for key, sql in top.items())
+    return f"""
+        SELECT record, raw, doc_error, ev,
+               CASE WHEN starts_with(p::VARCHAR, '{{') AND ({differs})
+                    THEN json_merge_patch(p, '{{' || concat_ws(',', {patch}) || '}}') ELSE p END AS props,
+               [{keys}] AS k
+        FROM (SELECT *, CASE WHEN strlen(p) <= {MAX_RECORD_BYTES} THEN json_extract(p, [{_paths(KEY_FIELDS)}]) END AS k0
+              FROM (SELECT record, raw, doc_error, "{pipelines.EVENT_NAME}" AS ev,
+                           {json_object_text("properties")} AS p, {tops}
+                    FROM (SELECT *, CASE WHEN starts_with("time"::VARCHAR, '"')
+                                         THEN epoch(try_cast("time" ->> '$' AS TIMESTAMPTZ)) END AS e
+                          FROM ({rows}))))"""
+
+
+def json_object_text(col: str) -> str:
+    """SQL: ``col`` (JSON), or the JSON its string holds when it is text holding an object (a warehouse's
+    JSON column exported as text)."""
+    return (f"CASE WHEN starts_with({col}::VARCHAR, '\"') AND json_valid({col} ->> '$') "
+            f"AND starts_with(ltrim({col} ->> '$'), '{{') THEN ({col} ->> '$')::JSON ELSE {col} END")
 
 
 def csv_rows(source: Source, rejects: str) -> str:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from toolkit import event_columns
 from toolkit.errors import LoadError
-from toolkit.loading import derived, events, profiles, quarantine, validation
+from toolkit.loading import derived, events, mappings, pipelines, profiles, quarantine, validation
 from toolkit.loading.execute import epoch_ms
 from toolkit.loading.sources import Source, content_hash, describe, discover, prefix_hash
 from toolkit.loading.summary import FileResult, LoadSummary
@@ -26,7 +26,8 @@ from toolkit.store import Store
 
 LOAD_MEMORY = "1GB"     # DuckDB's share while loading ($TOOLKIT_LOAD_MEMORY overrides)
 SETTLE_SECONDS = 2.0    # a file changed more recently is waited for ($TOOLKIT_SETTLE_SECONDS overrides)
-_KIND_ORDER = {"events": 0, "profiles": 1, "profile_updates": 2}   # identity first, then who it names
+# identity first, then who it names
+_KIND_ORDER = {"events": 0, "identity_mappings": 1, "profiles": 2, "profile_updates": 3}
 
 
 def load(store: Store, paths: Iterable[str | os.PathLike], *, strict: bool = False,
@@ -54,7 +55,9 @@ def load(store: Store, paths: Iterable[str | os.PathLike], *, strict: bool = Fal
     store.con.execute("SET memory_limit = ?", [os.environ.get("TOOLKIT_LOAD_MEMORY", LOAD_MEMORY)])
     try:
         _discard_unpublished(store)
-        return _load_sources(store, sources, summary, strict, now, progress, on_file)
+        _load_sources(store, sources, summary, strict, now, progress, on_file)
+        _supersede_replaced_exports(store, sources, summary)
+        return summary
     finally:
         store.con.execute("RESET preserve_insertion_order")
         store.restore_memory_limit()
@@ -166,7 +169,7 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
         with store.transaction() as con:
             derived.track_changes(con)   # what settling touches, so only those facts are refreshed
             settle = {"events": events.settle, "profiles": profiles.apply_snapshots,
-                      "profile_updates": profiles.apply_updates}[source.kind]
+                      "profile_updates": profiles.apply_updates, "identity_mappings": mappings.apply}[source.kind]
             settle(con, source, params["file_id"], now, result, careful)
             event_columns.fill(con, params["file_id"])   # the typed columns cohorts filter on
             if strict and result.quarantined:
@@ -186,6 +189,56 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
                 _discard_unpublished(store)
         raise
     return result
+
+
+def _supersede_replaced_exports(store: Store, sources: list[Source], summary: LoadSummary) -> None:
+    """A Data Pipelines table replaced on every export (people, identity mappings): the files in its folder
+    now are the latest export, so what earlier files of that folder loaded goes (profiles they wrote and no
+    current file wrote again, their identity links), once every current file has loaded. One transaction."""
+    status = {f.path: f.status for f in summary.files}
+    folders: dict[str, list[Source]] = {}
+    for source in sources:
+        if source.layout == "pipelines" and pipelines.table_of(source.path) in pipelines.REPLACED:
+            folders.setdefault(str(pipelines.table_folder(source.path)), []).append(source)
+    for folder, current in folders.items():
+        if any(str(pipelines.table_folder(path)) == folder and state not in ("loaded", "skipped")
+               for path, state in status.items()):
+            continue   # the export is not all in (a file refused or still being written): keep the previous one
+        stale = _superseded_file_ids(store, folder, current)
+        if not stale:
+            continue
+        with store.transaction() as con:
+            derived.track_changes(con)
+            con.execute("CREATE OR REPLACE TEMP TABLE _stale AS SELECT unnest(?::INTEGER[]) AS file_id", [stale])
+            derived.touch(con, "SELECT distinct_id FROM profiles WHERE file_id IN (SELECT file_id FROM _stale)")
+            con.execute("DELETE FROM profiles WHERE file_id IN (SELECT file_id FROM _stale)")
+            # their mappings, and the $onesignal_user_id aliases of profiles Mixpanel no longer has
+            links = con.execute("DELETE FROM identity_links "
+                                "WHERE file_id IN (SELECT file_id FROM _stale)").fetchone()[0]
+            if links:
+                derived.resolve_everything(con)
+            con.execute("DROP TABLE _stale")
+            derived.refresh_facts(con, con.execute("SELECT max(file_id) FROM loads").fetchone()[0])
+
+
+def _superseded_file_ids(store: Store, folder: str, current: list[Source]) -> list[int]:
+    """Loads of files in ``folder`` that are not among its ``current`` files (by path, size and mtime, or by
+    content: a current file skipped as a copy of an earlier one keeps that one's rows) and whose rows remain."""
+    rows = store.con.execute("""SELECT file_id, path, size, mtime_ns, content_hash FROM loads
+                                WHERE starts_with(path, ?) AND kind IN ('profiles', 'identity_mappings')""",
+                             [folder.rstrip("/") + "/"]).fetchall()
+    now = {(str(s.path), s.size, s.mtime_ns) for s in current}
+    kept_hashes = {sha for _, path, size, mtime, sha in rows if (path, size, mtime) in now}
+    loaded = {(path, size, mtime) for _, path, size, mtime, _ in rows}
+    kept_hashes |= {content_hash(s.path) for s in current if (str(s.path), s.size, s.mtime_ns) not in loaded}
+    stale = [file_id for file_id, path, size, mtime, sha in rows
+             if (path, size, mtime) not in now and sha not in kept_hashes]
+    if not stale:
+        return []
+    left = store.con.execute("""SELECT DISTINCT file_id FROM (
+                                    SELECT file_id FROM profiles UNION ALL SELECT file_id FROM identity_links)
+                                WHERE file_id IN (SELECT unnest(?::INTEGER[]))""", [stale]).fetchall()
+    return [file_id for file_id, in left]
 
 
 def _check_unchanged(source: Source) -> None:

@@ -1,8 +1,9 @@
 """Finding input files and telling what they hold, before anything is loaded.
 
 A file is described by its format (jsonl, json, csv, parquet) and its kind (events, profiles,
-profile_updates), detected from its name and first record so that a landing folder can hold all
-three. Only the first few KiB are read here; DuckDB reads the rest.
+profile_updates, identity_mappings), detected from its name and first record so that a landing folder can
+hold all of them. A file in a Mixpanel Data Pipelines folder (`pipelines`) has that layout's kind and field
+names (``layout="pipelines"``). Only the first few KiB are read here; DuckDB reads the rest.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 import xxhash
 
 from toolkit.errors import LoadError
+from toolkit.loading import pipelines
 
-KINDS = ("events", "profiles", "profile_updates")
+KINDS = ("events", "profiles", "profile_updates", "identity_mappings")
 PROFILE_OPS = ("$set", "$set_once", "$add", "$union", "$append", "$remove", "$unset", "$delete")
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _PEEK_BYTES = 1 << 16
@@ -38,6 +40,7 @@ class Source:
     mtime_ns: int
     delimiter: str = ","   # CSV: told from the header line (DuckDB's sniffer gives up on a short row)
     kind_given: bool = False   # the kind was asked for (--kind), not detected
+    layout: str = "export"     # export (Mixpanel's Export/Engage shapes) | pipelines (Data Pipelines' fields)
 
     @property
     def compressed(self) -> bool:
@@ -86,9 +89,19 @@ def describe(path: Path, kind: str | None = None) -> Source:
         if fmt == "csv":
             delimiter = _delimiter(text)
     given = kind is not None
+    layout = "export"
+    table = pipelines.table_of(path)
+    if table is not None or (fmt in ("json", "jsonl") and _pipelines_event(text)):
+        layout = "pipelines"
+        kind = kind or pipelines.KIND_OF_TABLE.get(table or pipelines.EVENTS)
+        if fmt == "json" and not text.lstrip("\ufeff \t\r\n").startswith("["):
+            fmt = "jsonl"   # Pipelines write newline-delimited JSON under a .json name
+    elif kind == "identity_mappings":
+        raise LoadError(str(path), "identity mappings are read from a Data Pipelines folder "
+                                   f"(<project id>/{pipelines.IDENTITY}/)")
     if fmt != "parquet" and kind is None:
         kind = _detect_kind(fmt, text)
-    return Source(path, fmt, kind or "events", stat.st_size, stat.st_mtime_ns, delimiter, given)
+    return Source(path, fmt, kind or "events", stat.st_size, stat.st_mtime_ns, delimiter, given, layout)
 
 
 def content_hash(path: Path) -> str:
@@ -229,6 +242,14 @@ def _detect_kind(fmt: str, head: str) -> str:
     if keys & set(PROFILE_OPS):
         return "profile_updates"
     return "events"   # including empty files and malformed records, which validation reports
+
+
+def _pipelines_event(head: str) -> bool:
+    """The first JSON object record has Pipelines' event fields (``event_name`` and ``properties``)."""
+    for record in _first_records(head.lstrip("\ufeff \t\r\n")):
+        if isinstance(record, dict) and record:
+            return {pipelines.EVENT_NAME, "properties"} <= set(record) and "event" not in record
+    return False
 
 
 def _delimiter(head: str) -> str:

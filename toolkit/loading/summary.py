@@ -41,6 +41,7 @@ class LoadSummary:
             "events": sum(f.rows_loaded for f in loaded if f.kind == "events"),
             "profiles": sum(f.rows_loaded for f in loaded if f.kind == "profiles"),
             "profile_updates": sum(f.rows_loaded for f in loaded if f.kind == "profile_updates"),
+            "identity_mappings": sum(f.rows_loaded for f in loaded if f.kind == "identity_mappings"),
             "duplicates_dropped": self.total("duplicates"),
             "rows_quarantined": self.total("quarantined"),
             "files": [asdict(f) for f in self.files],

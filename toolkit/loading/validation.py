@@ -94,12 +94,12 @@ def event_reason(ev: str, props: str, did: str, time_ms: str, tm: str, iid: str,
     END"""
 
 
-def profile_reason(did: str, props: str) -> str:
-    """Needs ``typed(did, props, texts=(did,))`` beside the columns."""
+def profile_reason(did: str, props: str, did_label: str = "$distinct_id", props_label: str = "$properties") -> str:
+    """Needs ``typed(did, props, texts=(did,))`` beside the columns; the labels are the file's field names."""
     return f"""CASE
-        {distinct_id_reason(did, '$distinct_id')}
-        WHEN {props}_t IS NULL OR {props}_t = 'NULL' THEN 'missing "$properties"'
-        WHEN {props}_t <> 'OBJECT' THEN '"$properties" must be an object, got ' || {json_type_name(props + '_t')}
+        {distinct_id_reason(did, did_label)}
+        WHEN {props}_t IS NULL OR {props}_t = 'NULL' THEN 'missing "{props_label}"'
+        WHEN {props}_t <> 'OBJECT' THEN '"{props_label}" must be an object, got ' || {json_type_name(props + '_t')}
     END"""
 
 

@@ -47,6 +47,9 @@ REGIONS = {
     "in": ("https://in.mixpanel.com", "https://data-in.mixpanel.com"),
 }
 ENV_BASE_URL = "MIXPANEL_BASE_URL"
+# A 429 for the per-second limit (another client's requests in the same second: a panel, the scheduled
+# sync) clears within a second; waiting the hourly limit's minute for it stalled a panel for a minute.
+PER_SECOND_WAIT = 1.0
 EXPORT_PATH = "/api/2.0/export"
 ENGAGE_PATH = "/api/query/engage"
 COHORTS_PATH = "/api/query/cohorts/list"
@@ -252,7 +255,8 @@ class MixpanelClient:
                     raise
                 delay = self._random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (number - 1)))
                 if isinstance(error, MixpanelRateLimited):
-                    wait = error.retry_after if error.retry_after is not None else self.rate_limited_wait
+                    wait = error.retry_after if error.retry_after is not None else (
+                        PER_SECOND_WAIT if "per second" in str(error).lower() else self.rate_limited_wait)
                     delay = max(delay, wait)
                     self.budgets["export" if error.api == "export" else "query"].pause(wait)
                 log.warning("%s; retrying in %.1fs (attempt %d of %d)", error, delay, number + 1, self.max_attempts)

@@ -51,6 +51,14 @@ def linked(store: Store, project_id: str) -> dict[str, int]:
     return out
 
 
+def choices(store: Store, client: MixpanelClient) -> list[dict]:
+    """The project's Mixpanel cohorts (one cohorts-list query), each with ``kept_as``: the toolkit cohort it
+    is kept as, else None (`adopt` keeps it)."""
+    kept = {cohort_id: name for name, cohort_id in linked(store, client.account.project_id).items()}
+    return [{"id": int(c["id"]), "name": str(c.get("name") or f"Mixpanel cohort {c['id']}"), "count": c.get("count"),
+             "kept_as": kept.get(int(c["id"]))} for c in client.cohorts()]
+
+
 def members(client: MixpanelClient, cohort_id: int) -> list[str]:
     """The cohort's distinct_ids, page by page through Engage (no properties asked for)."""
     return [str(r["$distinct_id"]) for page in client.engage(cohort_id=cohort_id, output_properties=[])
@@ -74,8 +82,14 @@ def adopt(store: Store, client: MixpanelClient, cohort_id: int, name: str | None
 
 def refresh(store: Store, client: MixpanelClient, *, now: dt.datetime | None = None) -> list[Refreshed]:
     """Fetch the members of every stored cohort that comes from this project's Mixpanel cohorts again."""
-    return [_save(store, client, name, cohort_id, cohorts.get(store, name).description, now)
+    return [refresh_one(store, client, name, cohort_id, now=now)
             for name, cohort_id in sorted(linked(store, client.account.project_id).items())]
+
+
+def refresh_one(store: Store, client: MixpanelClient, name: str, cohort_id: int, *,
+                now: dt.datetime | None = None) -> Refreshed:
+    """Fetch the members of one kept Mixpanel cohort again (``linked`` gives its name and id)."""
+    return _save(store, client, name, cohort_id, cohorts.get(store, name).description, now)
 
 
 def _save(store: Store, client: MixpanelClient, name: str, cohort_id: int, description: str,
