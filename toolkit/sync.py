@@ -74,7 +74,10 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
     refused export) becomes its failed run record, with the reason, and the others still run."""
     now = now or datetime.now(UTC)
     names = cohorts if cohorts is not None else export.due(store, now)
-    return [_run_one(store, name, now, dry_run, client_options) for name in names]
+    waiting = {p["cohort"]: p["paused_reason"] for p in export.paused(store.con)}   # due() leaves them out
+    for name, reason in waiting.items():    # a paused sync waits for a person (export.states)
+        log.info('cohort "%s" is paused (%s): skipped until a person resumes it', name, reason)
+    return [_run_one(store, name, now, dry_run, client_options) for name in names if name not in waiting]
 
 
 def _run_one(store: Store, name: str, now: datetime, dry_run: bool, client_options: dict | None
@@ -125,6 +128,7 @@ class SyncResult:
     landing: str | None = None
     now: datetime | None = None
     dry_run: bool = False
+    paused: list[dict] = field(default_factory=list)    # syncs skipped until a person resumes them
 
     @property
     def table(self) -> pd.DataFrame:
@@ -167,6 +171,7 @@ class SyncResult:
             parts.append(f"{len(self.load.refused)} file(s) refused: "
                          + "; ".join(f.message or f.path for f in self.load.refused))
         parts.append(f"MTU not counted: {self.mtu_error}" if self.mtu_error else "MTU counted")
+        parts += [f'"{p["cohort"]}" paused, skipped until resumed ({p["paused_reason"]})' for p in self.paused]
         return "; ".join(parts)
 
     def to_record(self) -> dict:
@@ -183,7 +188,8 @@ class SyncResult:
                    for r in self.runs]
         return {"status": self.status, "summary": self.summary, "dry_run": self.dry_run,
                 "as_of": self.now.isoformat() if self.now else None, "load": load, "cohorts": cohorts,
-                "mtu": {"ok": self.mtu_error is None, "error": self.mtu_error}}
+                "mtu": {"ok": self.mtu_error is None, "error": self.mtu_error},
+                "paused": [{**p, "paused_at": p["paused_at"].isoformat()} for p in self.paused]}
 
     def finish(self, record: str | Path | None = None, fail_on_error: bool = True) -> None:
         """The sync notebook's last step: write the run record (JSON, atomically) when a path is given,
@@ -227,5 +233,6 @@ def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, 
         except Exception as exc:
             mtu_error = failure_reason(exc)
             log.warning("counting MTU failed: %s", mtu_error, exc_info=not isinstance(exc, ToolkitError))
-        return SyncResult(loaded, runs, frame, load_error, mtu_error, str(landing) if landing else None, now, dry_run)
+        return SyncResult(loaded, runs, frame, load_error, mtu_error, str(landing) if landing else None, now, dry_run,
+                          export.paused(store.con))
 

@@ -92,13 +92,13 @@ def latest_run(con, cohort: str) -> int | None:
 def member_fates(con, run_id: int) -> MemberFates:
     """Every member's fate in run ``run_id``: its rows, and its no-ops replayed (see the module's doc)."""
     cursor = con.execute("SELECT * FROM export_runs WHERE run_id = ?", [run_id])
-    found = cursor.fetchone()
-    if found is None:
+    found = cursor.fetchall()
+    if not found:
         raise ExportError(f"no export run #{run_id} (toolkit runs lists them)")
-    run = dict(zip([d[0] for d in cursor.description], found, strict=True))
+    run = dict(zip([d[0] for d in cursor.description], found[0], strict=True))
     params = {"run": run_id, "cohort": run["cohort"], "since": run["started_at"] - RECHECK_ABSENT,
               "absent": NOT_IN_ONESIGNAL}
-    table = con.execute(f"""
+    table = con.sql(f"""
         WITH effective AS (      -- the results that wrote the snapshot, in the cohort's earlier runs
             SELECT r.run_id, r.distinct_id, r.onesignal_id, r.id_type, r.operation, r.outcome, x.started_at
             FROM export_results r JOIN export_runs x USING (run_id)
@@ -119,7 +119,7 @@ def member_fates(con, run_id: int) -> MemberFates:
                CASE WHEN s.outcome = 'ok' THEN NULL ELSE $absent END
         FROM snapshot s WHERE s.distinct_id NOT IN (SELECT distinct_id FROM own)
         ORDER BY distinct_id, CASE operation WHEN 'remove' THEN 0 WHEN 'add' THEN 1 ELSE 2 END""",
-                        params).fetch_arrow_table()
+                    params=params).to_arrow_table()
     return MemberFates(run, table, _note(run, table))
 
 

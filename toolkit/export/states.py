@@ -68,8 +68,9 @@ def resume(store: Store, cohort: str, now: datetime | None = None) -> dict:
     row = _dynamic(store, cohort)
     if row["paused_at"] is None:
         raise ExportError(f"the dynamic sync of {cohort!r} is not paused")
-    store.con.execute("UPDATE exports SET paused_at = NULL, paused_reason = NULL, next_due_at = ? WHERE cohort = ?",
-                      [_naive(now), cohort])
+    store.con.execute("UPDATE exports SET paused_at = NULL, paused_reason = NULL, "
+                      "next_due_at = least(coalesce(next_due_at, $now), $now) WHERE cohort = $cohort",
+                      {"now": _naive(now), "cohort": cohort})
     return {"cohort": cohort, "paused_at": row["paused_at"], "paused_reason": row["paused_reason"]}
 
 

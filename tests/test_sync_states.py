@@ -1,0 +1,145 @@
+"""Sync states (toolkit/export/states.py): OneSignal refusing a whole request with 400/401/403/404 pauses a
+dynamic sync, the scheduler skips it until a person resumes it, and a transient 429/5xx does not pause.
+Real store files, the emulator over HTTP, the `toolkit` command in this process."""
+
+from datetime import timedelta
+
+import pytest
+from cli_runner import toolkit
+
+from helpers import NOW, event, write_lines
+from toolkit import Store, cohorts, export, load, sync
+from toolkit.emulator import Emulator
+from toolkit.errors import ExportError
+
+FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3}
+LATER = [NOW + timedelta(minutes=15 * i) for i in range(8)]
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """Four buyers, three of them with a OneSignal id the app knows; Buyers registered as a dynamic sync."""
+    data = tmp_path / "data"
+    data.mkdir()
+    users = ["u1", "u2", "u3", "u4"]
+    write_lines(data / "events.jsonl", [event("Purchase", u, insert_id=f"p{u}") for u in users])
+    write_lines(data / "profiles.jsonl", [{"$distinct_id": u, "$properties": {"$onesignal_user_id": f"ext-{u}"}}
+                                          for u in users[:3]])
+    db = tmp_path / "store.duckdb"
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        for u in users[:3]:
+            emu.add_user(app.app_id, f"ext-{u}")
+        monkeypatch.setenv("ONESIGNAL_APP_ID", app.app_id)
+        monkeypatch.setenv("ONESIGNAL_API_KEY", app.api_key)
+        monkeypatch.setenv("TOOLKIT_CREDENTIALS", str(tmp_path / "no-credentials.json"))
+        with Store(db) as store:
+            load(store, [data], now=NOW)
+            cohorts.save_all(store, [{"name": "Buyers", "rules": [{"event": "Purchase"}]}])
+            export.register(store, "Buyers", "dynamic", app.app_id, emu.url, now=NOW)
+        yield {"db": db, "emu": emu, "app": app}
+
+
+def due_runs(world, when):
+    with Store(world["db"]) as store:
+        return sync.run_due(store, now=when, client_options=FAST)
+
+
+def state(world):
+    with Store(world["db"], read_only=True) as store:
+        (found,) = export.overview(store)
+    return found
+
+
+def requests(world):
+    return len(world["emu"].requests())
+
+
+def test_a_revoked_key_pauses_the_sync_until_a_person_resumes_it(world):
+    (first,) = due_runs(world, LATER[0])
+    assert first.status == "ok" and state(world)["state"] == "active"
+    key = world["app"].api_key
+    world["app"].api_key = "revoked-" + key[8:]                   # revoked in OneSignal: 403 from now on
+    (paused,) = due_runs(world, LATER[1])
+    assert paused.status == "paused" and "403" in paused.error and key not in paused.error
+    found = state(world)
+    assert found["state"] == "paused" and found["paused_reason"] == paused.error
+    assert found["last_status"] == "paused" and found["last_success_at"] == first.started_at
+    # the next scheduled runs skip it, sending nothing, and the sync's record says why
+    before = requests(world)
+    assert due_runs(world, LATER[2]) == [] and requests(world) == before
+    result = sync.run_scheduled(world["db"], now=LATER[3], client_options=FAST)
+    assert result.runs == [] and requests(world) == before
+    assert '"Buyers" paused, skipped until resumed' in result.summary and "403" in result.summary
+    assert result.to_record()["paused"][0]["cohort"] == "Buyers"
+    # a person's own run is refused too, naming the way out
+    with Store(world["db"]) as store, pytest.raises(ExportError, match="toolkit resume 'Buyers'"):
+        sync.export_cohort(store, export.settings(store, "Buyers", now=LATER[3], client_options=FAST))
+    # the key is fixed and the sync resumed: the next scheduled run runs it again
+    world["app"].api_key = key
+    resumed = toolkit("resume", "Buyers", "--db", world["db"])
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout and "403" in resumed.stdout
+    (again,) = due_runs(world, LATER[4])
+    assert again.status == "ok" and state(world)["state"] == "active"
+
+
+@pytest.mark.parametrize("breakage", ["app gone (400 app_id not found)", "wrong address (404)", "free plan (402)"])
+def test_a_refused_app_pauses_the_sync(world, breakage):
+    emu, app = world["emu"], world["app"]
+    if breakage.startswith("app gone"):
+        del emu.world.apps[app.app_id]
+        expected = "app_id not found"
+    elif breakage.startswith("wrong address"):
+        with Store(world["db"]) as store:
+            store.con.execute("UPDATE exports SET base_url = ?", [emu.url + "/nowhere"])
+        expected = "404"
+    else:
+        app.plan = "free"
+        expected = export.FREE_PLAN_MESSAGE
+    (record,) = due_runs(world, LATER[0])
+    assert record.status == "paused" and expected in record.error
+    assert state(world)["state"] == "paused" and due_runs(world, LATER[1]) == []
+
+
+@pytest.mark.parametrize("fault, status", [("crash", "500"), ("throttle", "429")])
+def test_a_transient_error_fails_the_run_but_does_not_pause(world, fault, status):
+    world["emu"].faults.inject(fault, path="/segments", times=FAST["max_attempts"])
+    (record,) = due_runs(world, LATER[0])
+    assert record.status == "failed" and status in record.error
+    assert state(world)["state"] == "active"
+    (again,) = due_runs(world, LATER[1])          # still due: the next run tries again, and it works
+    assert again.status == "ok"
+
+
+def test_one_users_refusal_does_not_pause(world):
+    world["emu"].faults.inject("refuse", method="PATCH", path="/ext-u2", times=1_000)
+    (record,) = due_runs(world, LATER[0])
+    assert record.status == "partial" and state(world)["state"] == "active"
+
+
+def test_pause_and_resume_by_a_person(world):
+    paused = toolkit("pause", "buyers", "--db", world["db"])       # any case, as other commands
+    assert paused.returncode == 0 and "paused the dynamic sync of Buyers" in paused.stdout
+    assert state(world)["state"] == "paused" and state(world)["paused_reason"] == "paused by a person"
+    assert due_runs(world, LATER[0]) == []
+    again = toolkit("pause", "Buyers", "--db", world["db"])
+    assert again.returncode == 1 and "already paused" in again.stderr
+    assert toolkit("resume", "Buyers", "--db", world["db"]).returncode == 0
+    (record,) = due_runs(world, LATER[1])
+    assert record.status == "ok"
+    assert toolkit("resume", "Buyers", "--db", world["db"]).returncode == 1     # not paused
+    assert toolkit("export", "Buyers", "--stop", "--db", world["db"]).returncode == 0
+    assert state(world)["state"] == "stopped"
+    stopped = toolkit("pause", "Buyers", "--db", world["db"])
+    assert stopped.returncode == 1 and "stopped" in stopped.stderr
+
+
+def test_registering_the_sync_again_clears_a_pause(world):
+    world["app"].api_key, key = "revoked", world["app"].api_key
+    assert due_runs(world, LATER[0])[0].status == "paused"
+    world["app"].api_key = key
+    with Store(world["db"]) as store:
+        chosen = export.settings(store, "Buyers", mode="dynamic", app_id=world["app"].app_id,
+                                 base_url=world["emu"].url, now=LATER[1], client_options=FAST)
+        assert sync.export_cohort(store, chosen).status == "ok"
+    assert state(world)["state"] == "active"
