@@ -143,3 +143,80 @@ def test_registering_the_sync_again_clears_a_pause(world):
                                  base_url=world["emu"].url, now=LATER[1], client_options=FAST)
         assert sync.export_cohort(store, chosen).status == "ok"
     assert state(world)["state"] == "active"
+
+
+def test_toolkit_runs_shows_each_syncs_state_and_match_rate_and_writes_the_members_csv(world, tmp_path):
+    import csv
+    import json
+
+    (first,) = due_runs(world, LATER[0])                     # 4 members, 3 with a OneSignal id
+    world["emu"].add_user(world["app"].app_id, "ext-u4")
+    more = tmp_path / "more"
+    more.mkdir()
+    write_lines(more / "profiles.jsonl", [{"$distinct_id": "u4", "$properties": {"$onesignal_user_id": "ext-u4"}}])
+    with Store(world["db"]) as store:
+        load(store, [more], now=NOW)
+    (second,) = due_runs(world, LATER[1])                    # now all 4 match
+    data = json.loads(toolkit("runs", "--json", "--db", world["db"]).stdout)
+    (found,) = data["syncs"]
+    assert [p["match_rate"] for p in found["series"]] == [0.75, 1.0]
+    assert [(p["members"], p["exportable"]) for p in found["series"]] == [(4, 3), (4, 4)]
+    assert (found["state"], found["members"], found["exportable"], found["in_segment"]) == ("active", 4, 4, 4)
+    text = toolkit("runs", "buyers", "--db", world["db"]).stdout
+    (row,) = [line for line in text.splitlines() if line.startswith("Buyers ")]
+    assert "active" in row and f"#{second.run_id} ok" in row and row.endswith("100.0% ▇█")
+    # every member's fate in the last run, then in the first
+    out = tmp_path / "members.csv"
+    written = toolkit("runs", "Buyers", "--members", out, "--db", world["db"])
+    assert written.returncode == 0 and f"run #{second.run_id} of Buyers" in written.stdout
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert {(r["distinct_id"], r["onesignal_id"], r["operation"], r["outcome"]) for r in rows} == {
+        ("u1", "ext-u1", "no-op", "ok"), ("u2", "ext-u2", "no-op", "ok"), ("u3", "ext-u3", "no-op", "ok"),
+        ("u4", "ext-u4", "add", "ok")}
+    to_stdout = toolkit("runs", "--run", first.run_id, "--members", "-", "--db", world["db"])
+    rows = list(csv.DictReader(to_stdout.stdout.splitlines()))
+    assert [(r["distinct_id"], r["operation"]) for r in rows] == [("u1", "add"), ("u2", "add"), ("u3", "add")]
+    assert "3 member(s) written to stdout" in to_stdout.stderr
+    assert toolkit("runs", "--members", "-", "--db", world["db"]).returncode == 2     # which run?
+
+
+def test_the_export_panel_shows_states_charts_the_match_rate_writes_the_csv_and_resumes(world, tmp_path):
+    import base64
+    import csv
+    import re
+
+    pytest.importorskip("ipywidgets")
+    from toolkit import widgets
+
+    panel = widgets.export_panel(world["db"], now=LATER[0], csv_dir=tmp_path / "csv")
+    panel.cohort.value, panel.mode.value = "Buyers", "dynamic"
+    panel.export_button.click()                               # the key from the environment
+    assert panel.last_record.status == "ok"
+    assert "<td>active</td>" in panel.syncs.value and "<td>75.0%</td>" in panel.syncs.value
+    (shown,) = panel.chart.outputs
+    assert "image/png" in shown["data"] and shown["data"]["text/plain"].startswith("match rate ▇ (75.0%")
+    # the members of the last run as CSV: a file, and a link holding the same bytes
+    panel.members_button.click()
+    path = tmp_path / "csv" / f"Buyers-run-{panel.last_record.run_id}-members.csv"
+    assert panel.last_csv == path
+    rows = list(csv.DictReader(path.open(encoding="utf-8")))
+    assert [(r["distinct_id"], r["onesignal_id"], r["operation"], r["outcome"]) for r in rows] == [
+        ("u1", "ext-u1", "add", "ok"), ("u2", "ext-u2", "add", "ok"), ("u3", "ext-u3", "add", "ok")]
+    (link,) = re.findall(r"href='data:text/csv;charset=utf-8;base64,([^']+)'", panel.download.value)
+    assert base64.b64decode(link) == path.read_bytes() and "3 member(s) written" in panel.status.value
+    # OneSignal refuses the key: the panel shows the sync paused and why, and Resume brings it back
+    world["app"].api_key, key = "revoked", world["app"].api_key
+    assert due_runs(world, LATER[1])[0].status == "paused"
+    panel.refresh()
+    assert "paused (OneSignal answered 403" in panel.syncs.value and list(panel.sync_choice.options) == ["Buyers"]
+    world["app"].api_key = key
+    panel.resume_button.click()
+    assert panel.status.value == "choose the dynamic sync first" and state(world)["state"] == "paused"
+    panel.sync_choice.value = "Buyers"
+    panel.resume_button.click()
+    assert panel.status.value.startswith("resumed the dynamic sync of Buyers") and state(world)["state"] == "active"
+    assert "<td>active</td>" in panel.syncs.value
+    assert due_runs(world, LATER[2])[0].status == "ok"
+    panel.sync_choice.value = "Buyers"
+    panel.pause_button.click()
+    assert state(world)["state"] == "paused" and "paused by a person" in panel.syncs.value

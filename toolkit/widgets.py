@@ -3,7 +3,8 @@
     from toolkit import widgets
     connection = widgets.connect_panel(store_path)     # API address, App ID, API key, Connect -> "Connected"
     widgets.cohort_explorer(store_path)                # size, funnel, reasons, searchable members
-    widgets.export_panel(store_path, connection)       # preview the diff, export with progress, stop syncs (asks first)
+    widgets.export_panel(store_path, connection)       # preview the diff, export with progress, each sync's
+                                                       # state and match rate, members CSV, stop / pause / resume
 
 Panels take the store's path and open it for each action only (refresh, preview, export, stop), read-only
 where the action only reads, so an open notebook never keeps other notebooks, ``toolkit sync`` or an
@@ -28,6 +29,7 @@ import html
 import io
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 
@@ -375,10 +377,17 @@ def cohort_explorer(store, now: datetime | str | None = None) -> CohortExplorer:
 # -- export -----------------------------------------------------------------------------------------
 
 class ExportPanel(_Panel):
-    """Preview and run an export of a cohort (one-time or dynamic), and stop dynamic syncs."""
+    """Preview and run an export of a cohort (one-time or dynamic); each export's state, last run and match
+    rate; the chosen cohort's match rate over time and its last run's members as CSV (written to
+    ``csv_dir``, default the working directory: a notebook's folder, so the link opens it); pause,
+    resume and stop dynamic syncs."""
 
-    def __init__(self, store, connection: ConnectPanel | None = None, now: datetime | str | None = None):
+    def __init__(self, store, connection: ConnectPanel | None = None, now: datetime | str | None = None,
+                 csv_dir: str | os.PathLike | None = None):
         self.store, self.connection, self.now = store, connection, _as_time(now)
+        self.csv_dir = Path(csv_dir) if csv_dir is not None else None
+        self.last_csv: Path | None = None
+        self.overview: dict[str, dict] = {}        # export.overview by cohort, as last read
         self.last_preview: export.ExportPreview | None = None
         self.last_record: export.RunRecord | None = None
         self.cohort = w.Dropdown(description="Cohort", options=[], layout={"width": "480px"})
@@ -391,8 +400,14 @@ class ExportPanel(_Panel):
         self.diff = _fitting_html()
         self.result = _fitting_html()
         self.syncs = _fitting_html()
+        self.chart = w.Output()                 # the chosen cohort's match rate, run by run
+        self.members_button = w.Button(description="Members CSV", icon="download",
+                                       tooltip="every member's fate in the cohort's last run, as CSV")
+        self.download = _fitting_html()
         self.sync_choice = w.Dropdown(description="Dynamic", options=[], value=None, layout={"width": "480px"})
         self.stop_button = w.Button(description="Stop sync", button_style="warning", icon="stop")
+        self.pause_button = w.Button(description="Pause", icon="pause")
+        self.resume_button = w.Button(description="Resume", button_style="success", icon="play")
         # Stopping asks first, naming the cohort: a sync stopped by mistake silently goes stale.
         self.stopping: str | None = None
         self.confirm_text = _wrapping_label()
@@ -403,6 +418,9 @@ class ExportPanel(_Panel):
         self.preview_button.on_click(self._on_preview)
         self.export_button.on_click(self._on_export)
         self.stop_button.on_click(self._on_stop)
+        self.pause_button.on_click(lambda _: self._pause_or_resume(export.pause, report.paused_text))
+        self.resume_button.on_click(lambda _: self._pause_or_resume(export.resume, report.resumed_text))
+        self.members_button.on_click(self._on_members)
         self.confirm_button.on_click(self._on_confirm_stop)
         self.cancel_button.on_click(lambda _: self._ask_stop(None))
         self.sync_choice.observe(lambda _: self._ask_stop(None), names="value")
@@ -411,23 +429,82 @@ class ExportPanel(_Panel):
             w.HBox([self.preview_button, self.export_button, self.progress], layout={"flex_flow": "row wrap"}),
             self.status, self.diff, self.result,
             w.HTML("<b>Exports</b>"), self.syncs,
-            w.HBox([self.sync_choice, self.stop_button], layout={"flex_flow": "row wrap"}), self.confirm],
+            w.HBox([self.chart, w.VBox([self.members_button, self.download])], layout={"flex_flow": "row wrap"}),
+            w.HBox([self.sync_choice, self.pause_button, self.resume_button, self.stop_button],
+                   layout={"flex_flow": "row wrap"}), self.confirm],
             layout={"width": "100%"})
         self.refresh()
+        self.cohort.observe(lambda _: self._draw_chart(), names="value")
 
     def refresh(self) -> None:
         """Re-read cohorts and exports from the store."""
         try:
             with self._open(read_only=True) as store:
-                names, found = _cohort_names(store), export.list_exports(store)
+                names, found = _cohort_names(store), export.overview(store)
         except ToolkitError as exc:
             self.status.value = str(exc)
             return
+        self.overview = {s["cohort"]: s for s in found}
         _set_cohorts(self.cohort, names)
-        _set_options(self.sync_choice,
-                     [e["cohort"] for e in found if e["mode"] == "dynamic" and e["stopped_at"] is None])
-        columns = ["cohort", "mode", "in_segment", "next_due_at", "stopped_at"]
-        self.syncs.value = _table(pd.DataFrame(found, columns=columns)) if found else "no exports yet"
+        _set_options(self.sync_choice, [s["cohort"] for s in found if s["state"] in ("active", "paused")])
+        self.syncs.value = _table(sync_table(found)) if found else "no exports yet"
+        self._draw_chart()
+
+    def _draw_chart(self) -> None:
+        """The chosen cohort's match rate at each of its recent runs: a line (matplotlib), else a sparkline."""
+        found = self.overview.get(self.cohort.value)
+        series = found["series"] if found else []
+        if not series:
+            self.chart.outputs = ()
+            return
+        rates = [point["match_rate"] for point in series]
+        data = {"text/plain": f"match rate {report.sparkline(rates)} "
+                              f"({'-' if rates[-1] is None else f'{rates[-1]:.1%}'} at the last run)"}
+        png = _match_rate_png(series, self.cohort.value)
+        if png:
+            data["image/png"] = base64.b64encode(png).decode()
+        _show(self.chart, data)
+
+    def members_csv(self) -> Path | None:
+        """Write every member's fate in the chosen cohort's last run as CSV (``export.member_fates``), show a
+        link to it; returns its path (None when the cohort has no run, or the write failed)."""
+        name = self.cohort.value
+        try:
+            with self._open(read_only=True) as store:
+                run_id = export.latest_run(store.reader(), name) if name else None
+                if run_id is None:
+                    self.status.value = f"no export runs of {name} yet" if name else "no cohorts in the store"
+                    return None
+                fates = export.member_fates(store.reader(), run_id)
+            path = (self.csv_dir or Path.cwd()) / csv_name(name, run_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", encoding="utf-8", newline="") as out:
+                fates.write_csv(out)
+        except Exception as exc:
+            self.status.value = f"Members CSV failed: {exc}"
+            return None
+        self.last_csv = path
+        self.status.value = report.member_fates_text(fates, str(path))
+        self.download.value = _download_link(path)
+        return path
+
+    def _on_members(self, _button=None) -> None:
+        self.members_csv()
+
+    def _pause_or_resume(self, action, text) -> None:
+        """Pause or resume the chosen dynamic sync (``export.pause`` / ``export.resume``)."""
+        name = self.sync_choice.value
+        if name is None:
+            self.status.value = "choose the dynamic sync first" if self.sync_choice.options else "no dynamic sync"
+            return
+        try:
+            with self._open() as store:
+                done = action(store, name, now=self._time())
+        except Exception as exc:
+            self.status.value = f"{action.__name__.capitalize()} failed: {exc}"
+            return
+        self.status.value = text(done if isinstance(done, dict) else name)
+        self.refresh()
 
     def _time(self) -> datetime:
         return self.now or datetime.now(UTC)
@@ -532,8 +609,63 @@ class ExportPanel(_Panel):
         return f"ExportPanel(cohort={self.cohort.value!r}, mode={self.mode.value!r}, status={self.status.value!r})"
 
 
-def export_panel(store, connection: ConnectPanel | None = None, now: datetime | str | None = None) -> ExportPanel:
-    """Cohort, sync type, Preview (diff and removal guard), Export with progress, Force, and Stop
-    for dynamic syncs. Uses ``connection``'s key, else $ONESIGNAL_API_KEY / the credentials file."""
-    return ExportPanel(store, connection, now)
+def export_panel(store, connection: ConnectPanel | None = None, now: datetime | str | None = None,
+                 csv_dir: str | os.PathLike | None = None) -> ExportPanel:
+    """Cohort, sync type, Preview (diff and removal guard), Export with progress, Force; each export's
+    state and match rate, the cohort's members CSV; Pause, Resume and Stop for dynamic syncs. Uses
+    ``connection``'s key, else $ONESIGNAL_API_KEY / the credentials file."""
+    return ExportPanel(store, connection, now, csv_dir)
+
+
+def sync_table(overview: list[dict]) -> pd.DataFrame:
+    """``export.overview`` as the panel's table: a row per export."""
+    return pd.DataFrame([{
+        "cohort": s["cohort"], "state": s["state"] + (f" ({s['paused_reason']})" if s["state"] == "paused" else ""),
+        "last run": f"#{s['last_run_id']} {s['last_status']} {s['last_run_at']:%Y-%m-%d %H:%M}" if s["last_run_id"]
+        else None,
+        "last success": s["last_success_at"], "members": s["members"], "exportable": s["exportable"],
+        "in segment": s["in_segment"],
+        "match rate": None if s["match_rate"] is None else f"{s['match_rate']:.1%}"} for s in overview])
+
+
+INLINE_BYTES = 2_000_000     # a CSV up to this size is in the link itself; a larger one is linked by its path
+
+
+def _download_link(path: Path) -> str:
+    """A link that downloads ``path``: its bytes inside the link (a data URL works wherever the panel shows)
+    when small, else its path from the working directory (the notebook's folder, which Jupyter serves)."""
+    if path.stat().st_size <= INLINE_BYTES:
+        href = "data:text/csv;charset=utf-8;base64," + base64.b64encode(path.read_bytes()).decode()
+    else:
+        href = os.path.relpath(path, Path.cwd()) if path.is_relative_to(Path.cwd()) else path.as_uri()
+    return (f"<a href='{html.escape(href, quote=True)}' download='{html.escape(path.name, quote=True)}' "
+            f"target='_blank'>{html.escape(path.name)}</a> ({path})")
+
+
+def csv_name(cohort: str, run_id: int) -> str:
+    """A file name for a run's members: the cohort's letters and digits, the run's id."""
+    slug = "".join(c if c.isalnum() else "-" for c in cohort).strip("-")[:60] or "cohort"
+    return f"{slug}-run-{run_id}-members.csv"
+
+
+def _match_rate_png(series: list[dict], title: str) -> bytes | None:
+    """The match rate (%) at each run as a line over time; None without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    points = [(p["started_at"], p["match_rate"] * 100) for p in series if p["match_rate"] is not None]
+    if not points:
+        return None
+    fig = Figure(figsize=(6, 2.4), dpi=80, layout="constrained")
+    ax = fig.subplots()
+    ax.plot([t for t, _ in points], [r for _, r in points], marker="o", color="#2a9d8f")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("match rate (%)")
+    ax.set_title(f"{title[:50]}: exportable / members", fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.autofmt_xdate()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
