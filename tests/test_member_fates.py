@@ -135,3 +135,36 @@ def test_the_csv_has_a_header_and_a_member_a_line(empty_file_store, emulator, ap
     assert [r["distinct_id"] for r in rows] == ["d-a", "d-zoë, \"x\""]
     assert list(rows[0]) == list(fates.COLUMNS) and rows[1]["onesignal_id"] == "b"
     assert rows[1]["operation"] == "add" and rows[1]["outcome"] == "ok" and rows[1]["id_type"] == "external_id"
+
+
+def test_members_the_tag_cap_holds_back_are_listed_each_run_with_the_reason(empty_file_store, emulator):
+    store = empty_file_store
+    capped = emulator.add_app(tag_limit=2)
+    emulator.add_user(capped.app_id, external_id="a")
+    emulator.add_user(capped.app_id, external_id="c", tags={"vip": "1", "plan": "gold"})   # no room for a third
+    export.register(store, "Buyers", "dynamic", capped.app_id, emulator.url, now=NOW)
+    wanted = ext(**{"d-a": "a", "d-c": "c"})
+    for i in range(2):
+        record, before = run(store, emulator, capped, wanted, NOW + timedelta(minutes=15 * i))
+        found, rows = listed(store, record.run_id)
+        assert found.note is None and record.tag_cap == 1
+        assert rows[("d-c", ADD)]["outcome"] == "tag_cap" and rows[("d-c", ADD)]["reason"] == (
+            "OneSignal refused: the app allows 2 data tags per user" if i == 0 else fates.HELD)   # then not sent
+        assert rows[("d-a", ADD if i == 0 else NOOP)]["outcome"] == "ok" and len(rows) == 2
+
+
+def test_a_run_that_pauses_its_sync_lists_what_it_did_not_send_and_why(empty_file_store, emulator, app):
+    store = empty_file_store
+    export.register(store, "Buyers", "dynamic", app.app_id, emulator.url, now=NOW)
+    run(store, emulator, app, ext(**{"d-a": "a", "d-b": "b"}), NOW)
+    app.api_key, key = "revoked", app.api_key
+    wanted = ext(**{"d-a": "a", "d-c": "c"})
+    settings = export.settings(store, "Buyers", client_options=FAST, now=NOW + timedelta(minutes=15))
+    before = export.snapshot(store.con, "Buyers", settings.now)
+    record = export.run(store, settings, wanted, Credentials(app.app_id, key))
+    assert record.status == "paused"
+    _, rows = listed(store, record.run_id)
+    assert set(rows) == set(expected(record, before, wanted)) == {("d-a", NOOP), ("d-b", REMOVE), ("d-c", ADD)}
+    for key_ in [("d-b", REMOVE), ("d-c", ADD)]:
+        assert rows[key_]["outcome"] == fates.NOT_SENT and rows[key_]["reason"].startswith(
+            "not sent: the run paused: OneSignal answered 403")
