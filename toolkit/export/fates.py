@@ -16,12 +16,13 @@ runs, make the listing say it is not exact instead of guessing.
 
 from __future__ import annotations
 
-import csv
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO
 
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from toolkit.errors import ExportError
 from toolkit.export.wanted import RECHECK_ABSENT
@@ -74,12 +75,16 @@ class MemberFates:
             found[(op, outcome)] = found.get((op, outcome), 0) + 1
         return found
 
-    def write_csv(self, out: IO[str]) -> int:
-        """The table as CSV (a header line, then a member a line); returns the rows written."""
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        columns = [self.table[c].to_pylist() for c in COLUMNS]
-        writer.writerows(zip(*columns, strict=True))
+    def write_csv(self, out: IO[str] | IO[bytes]) -> int:
+        """The table as CSV, UTF-8 (a header line, then a member a line; text quoted, a blank for none);
+        returns the rows written. Arrow writes it: a million members in well under a second."""
+        buffer = io.BytesIO()
+        pa_csv.write_csv(self.table.select(list(COLUMNS)), buffer, pa_csv.WriteOptions(quoting_style="needed"))
+        data = buffer.getvalue()
+        if isinstance(out, io.TextIOBase):
+            out.write(data.decode("utf-8"))
+        else:
+            out.write(data)      # type: ignore[arg-type]
         return self.table.num_rows
 
 
@@ -103,13 +108,14 @@ def member_fates(con, run_id: int) -> MemberFates:
             SELECT r.run_id, r.distinct_id, r.onesignal_id, r.id_type, r.operation, r.outcome, x.started_at
             FROM export_results r JOIN export_runs x USING (run_id)
             WHERE x.cohort = $cohort AND r.run_id < $run AND r.outcome IN ('ok', 'not_in_onesignal')),
-        latest AS (              -- each member's last write: within a run a removal went before an addition
-            SELECT distinct_id, arg_max(struct_pack(operation, onesignal_id, id_type, outcome, started_at),
-                                        run_id * 2 + (operation = '{ADD}')::INTEGER) AS w
-            FROM effective GROUP BY distinct_id),
-        snapshot AS (            -- as the plan read it: the tagged, and the absent looked for within a day
-            SELECT distinct_id, w.onesignal_id, w.id_type, w.outcome, w.started_at FROM latest
-            WHERE w.operation = '{ADD}' AND (w.outcome = 'ok' OR w.started_at > $since)),
+        ordered AS (SELECT *, run_id * 2 + (operation = '{ADD}')::INTEGER AS k FROM effective),
+        latest AS (              -- each member's last write (within a run a removal went before an addition)
+            SELECT distinct_id, max(k) AS k, arg_max(onesignal_id, k) AS onesignal_id, arg_max(id_type, k) AS id_type,
+                   arg_max(outcome, k) AS outcome, arg_max(started_at, k) AS started_at
+            FROM ordered GROUP BY distinct_id),
+        snapshot AS (            -- as the plan read it (an odd k: an addition): the tagged, and the absent
+            SELECT * FROM latest  -- looked for within a day
+            WHERE k % 2 = 1 AND (outcome = 'ok' OR started_at > $since)),
         own AS (SELECT * FROM export_results WHERE run_id = $run)
         SELECT $run AS run_id, $cohort AS cohort, distinct_id, onesignal_id, id_type, operation, outcome,
                CASE WHEN outcome = 'not_in_onesignal' THEN coalesce(error, $absent) ELSE error END AS reason
@@ -117,7 +123,7 @@ def member_fates(con, run_id: int) -> MemberFates:
         UNION ALL
         SELECT $run, $cohort, s.distinct_id, s.onesignal_id, s.id_type, '{NOOP}', s.outcome,
                CASE WHEN s.outcome = 'ok' THEN NULL ELSE $absent END
-        FROM snapshot s WHERE s.distinct_id NOT IN (SELECT distinct_id FROM own)
+        FROM snapshot s ANTI JOIN own USING (distinct_id)
         ORDER BY distinct_id, CASE operation WHEN 'remove' THEN 0 WHEN 'add' THEN 1 ELSE 2 END""",
                     params=params).to_arrow_table()
     return MemberFates(run, table, _note(run, table))
