@@ -220,3 +220,26 @@ def test_the_export_panel_shows_states_charts_the_match_rate_writes_the_csv_and_
     panel.sync_choice.value = "Buyers"
     panel.pause_button.click()
     assert state(world)["state"] == "paused" and "paused by a person" in panel.syncs.value
+
+
+@pytest.mark.parametrize("status, messages, pauses", [
+    (400, ["app_id not found. You may be missing a Content-Type: application/json header."], True),
+    (400, ["Segment name too long"], True),
+    (401, ["Access denied.  Please include an 'Authorization: ...' header with a valid API key"], True),
+    (403, ["Access denied"], True),
+    (404, ["Not Found"], True),
+    (402, ["Payment required"], True),
+    (429, ["API rate limit exceeded"], False),
+    (500, ["Internal server error"], False),
+    (503, ["Service unavailable"], False),
+    (409, ["conflict"], False),
+])
+def test_which_answers_pause_a_sync(status, messages, pauses):
+    from toolkit.export import states
+    from toolkit.onesignal import error_for
+
+    error = error_for(status, messages, method="PATCH", path="/apps/x/segments/y")
+    assert (states.pause_cause(error) is error) is pauses
+    wrapped = ExportError("worded for a person")
+    wrapped.__context__ = error                       # as the segment step raises a plan's refusal
+    assert (states.pause_cause(wrapped) is error) is pauses
