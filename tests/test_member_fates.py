@@ -125,16 +125,21 @@ def test_members_written_outside_the_runs_make_the_listing_say_it_is_not_exact(e
     assert record.unchanged == 2 and found.note and "not exact" in found.note and "2 unchanged" in found.note
 
 
-def test_the_csv_has_a_header_and_a_member_a_line(empty_file_store, emulator, app):
+def test_the_csv_has_a_header_and_a_member_a_line_with_its_onesignal_ids(empty_file_store, emulator, app):
     store = empty_file_store
+    player = emulator.add_user(app.app_id, subscription_ids=["sub-1"])      # known by its Player ID only
     export.register(store, "Buyers", "dynamic", app.app_id, emulator.url, now=NOW)
-    record, _ = run(store, emulator, app, ext(**{"d-a": "a", "d-zoë, \"x\"": "b"}), NOW)
+    wanted = {**ext(**{"d-a": "a", "d-zoë, \"x\"": "b"}), "d-p": Target("sub-1", "subscription_id")}
+    record, _ = run(store, emulator, app, wanted, NOW)
     out = io.StringIO()
-    assert export.member_fates(store.con, record.run_id).write_csv(out) == 2
+    assert export.member_fates(store.con, record.run_id).write_csv(out) == 3
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
-    assert [r["distinct_id"] for r in rows] == ["d-a", "d-zoë, \"x\""]
-    assert list(rows[0]) == list(fates.COLUMNS) and rows[1]["onesignal_id"] == "b"
-    assert rows[1]["operation"] == "add" and rows[1]["outcome"] == "ok" and rows[1]["id_type"] == "external_id"
+    assert [r["distinct_id"] for r in rows] == ["d-a", "d-p", "d-zoë, \"x\""]
+    assert list(rows[0]) == list(fates.COLUMNS) and rows[2]["onesignal_id"] == "b"
+    assert rows[2]["operation"] == "add" and rows[2]["outcome"] == "ok" and rows[2]["id_type"] == "external_id"
+    assert (rows[1]["onesignal_id"], rows[1]["id_type"], rows[1]["onesignal_user_id"]) == (
+        "sub-1", "subscription_id", player)
+    assert rows[0]["onesignal_user_id"] == "" and rows[0]["reason"] == ""
 
 
 def test_members_the_tag_cap_holds_back_are_listed_each_run_with_the_reason(empty_file_store, emulator):

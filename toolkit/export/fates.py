@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import IO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from toolkit.errors import ExportError
@@ -29,7 +30,10 @@ from toolkit.export.wanted import RECHECK_ABSENT
 from toolkit.planning import ADD, NOOP, Target
 
 NOT_SENT, DRY_RUN = "not_sent", "dry_run"
-COLUMNS = ("run_id", "cohort", "distinct_id", "onesignal_id", "id_type", "operation", "outcome", "reason")
+# onesignal_id: the id the export addresses the user by (its id_type: external_id or subscription_id);
+# onesignal_user_id: for a subscription (Player) ID, the OneSignal user it belongs to, when resolved.
+COLUMNS = ("run_id", "cohort", "distinct_id", "onesignal_id", "id_type", "onesignal_user_id", "operation", "outcome",
+           "reason")
 NOT_IN_ONESIGNAL = "not in OneSignal (the export never creates users); looked for again after a day"
 HELD = ("held back: OneSignal refused this user for the app's data-tag cap; tried again once the cap is raised, "
         "its other tags drop, or a day has passed")
@@ -116,15 +120,21 @@ def member_fates(con, run_id: int) -> MemberFates:
         snapshot AS (            -- as the plan read it (an odd k: an addition): the tagged, and the absent
             SELECT * FROM latest  -- looked for within a day
             WHERE k % 2 = 1 AND (outcome = 'ok' OR started_at > $since)),
-        own AS (SELECT * FROM export_results WHERE run_id = $run)
-        SELECT $run AS run_id, $cohort AS cohort, distinct_id, onesignal_id, id_type, operation, outcome,
-               CASE WHEN outcome = 'not_in_onesignal' THEN coalesce(error, $absent) ELSE error END AS reason
-        FROM own
-        UNION ALL
-        SELECT $run, $cohort, s.distinct_id, s.onesignal_id, s.id_type, '{NOOP}', s.outcome,
-               CASE WHEN s.outcome = 'ok' THEN NULL ELSE $absent END
-        FROM snapshot s ANTI JOIN own USING (distinct_id)
-        ORDER BY distinct_id, CASE operation WHEN 'remove' THEN 0 WHEN 'add' THEN 1 ELSE 2 END""",
+        own AS (SELECT * FROM export_results WHERE run_id = $run),
+        listed AS (
+            SELECT distinct_id, onesignal_id, id_type, operation, outcome,
+                   CASE WHEN outcome = 'not_in_onesignal' THEN coalesce(error, $absent) ELSE error END AS reason
+            FROM own
+            UNION ALL
+            SELECT s.distinct_id, s.onesignal_id, s.id_type, '{NOOP}', s.outcome,
+                   CASE WHEN s.outcome = 'ok' THEN NULL ELSE $absent END
+            FROM snapshot s ANTI JOIN own USING (distinct_id))
+        SELECT $run AS run_id, $cohort AS cohort, l.distinct_id, l.onesignal_id, l.id_type,
+               u.onesignal_id AS onesignal_user_id, l.operation, l.outcome, l.reason
+        FROM listed l LEFT JOIN subscription_users u    -- a Player ID's OneSignal user, as the run resolved it
+          ON l.id_type = 'subscription_id' AND u.subscription_id = l.onesignal_id
+         AND u.app_id = (SELECT app_id FROM exports WHERE cohort = $cohort)
+        ORDER BY l.distinct_id, CASE l.operation WHEN 'remove' THEN 0 WHEN 'add' THEN 1 ELSE 2 END""",
                     params=params).to_arrow_table()
     return MemberFates(run, table, _note(run, table))
 
@@ -135,7 +145,7 @@ def _note(run: dict, table: pa.Table) -> str | None:
         return f"the run {run['status']} before it planned anything: {run['error']}"
     if run["status"] in ("running", "interrupted"):
         return "the run was cut short: members it had not reached yet are not listed"
-    noops = sum(op == NOOP for op in table["operation"].to_pylist())
+    noops = pc.sum(pc.equal(table["operation"], NOOP)).as_py() or 0
     if noops != run["unchanged"]:
         return (f"not exact: the run counted {run['unchanged']:,} unchanged member(s), the snapshot replayed "
                 f"from earlier runs gives {noops:,} (members written outside export runs, or results deleted)")
