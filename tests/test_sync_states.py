@@ -243,3 +243,12 @@ def test_which_answers_pause_a_sync(status, messages, pauses):
     wrapped = ExportError("worded for a person")
     wrapped.__context__ = error                       # as the segment step raises a plan's refusal
     assert (states.pause_cause(wrapped) is error) is pauses
+
+
+def test_the_scheduled_sync_names_a_sync_it_paused_once_and_fails_for_it(world):
+    world["app"].api_key = "revoked"
+    result = sync.run_scheduled(world["db"], now=LATER[0], client_options=FAST)
+    assert [r.status for r in result.runs] == ["paused"] and result.status == "failed"
+    assert result.summary.count('"Buyers"') == 1 and '"Buyers" paused (OneSignal answered 403' in result.summary
+    record = result.to_record()
+    assert record["cohorts"][0]["status"] == "paused" and record["paused"][0]["cohort"] == "Buyers"

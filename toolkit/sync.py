@@ -171,7 +171,9 @@ class SyncResult:
             parts.append(f"{len(self.load.refused)} file(s) refused: "
                          + "; ".join(f.message or f.path for f in self.load.refused))
         parts.append(f"MTU not counted: {self.mtu_error}" if self.mtu_error else "MTU counted")
-        parts += [f'"{p["cohort"]}" paused, skipped until resumed ({p["paused_reason"]})' for p in self.paused]
+        ran = {r.cohort for r in self.runs}      # one paused by this run is named with its run above
+        parts += [f'"{p["cohort"]}" paused, skipped until resumed ({p["paused_reason"]})' for p in self.paused
+                  if p["cohort"] not in ran]
         return "; ".join(parts)
 
     def to_record(self) -> dict:
