@@ -252,3 +252,12 @@ def test_the_scheduled_sync_names_a_sync_it_paused_once_and_fails_for_it(world):
     assert result.summary.count('"Buyers"') == 1 and '"Buyers" paused (OneSignal answered 403' in result.summary
     record = result.to_record()
     assert record["cohorts"][0]["status"] == "paused" and record["paused"][0]["cohort"] == "Buyers"
+
+
+def test_toolkit_export_of_a_sync_that_gets_paused_says_what_to_do(world):
+    world["app"].api_key = "revoked"
+    ran = toolkit("export", "Buyers", "--db", world["db"])
+    assert ran.returncode == 1 and "Buyers: dynamic export paused" in ran.stdout
+    assert "403" in ran.stdout and "toolkit resume Buyers" in ran.stdout
+    again = toolkit("export", "Buyers", "--db", world["db"])             # refused, naming the pause
+    assert again.returncode == 1 and "is paused since" in again.stderr and "toolkit resume" in again.stderr

@@ -102,6 +102,9 @@ def run_text(run) -> str:
         lines.append(f"  removal guard: {r['guard']}")
     if r.get("error"):
         lines.append(f"  {r['error']}")
+    if r["status"] == "paused":
+        lines.append(f"  the dynamic sync is paused: the scheduler skips it until you fix the cause and resume it "
+                     f"(toolkit resume {shlex.quote(r['cohort'])})")
     return "\n".join(lines)
 
 
