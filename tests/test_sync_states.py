@@ -193,8 +193,7 @@ def test_the_export_panel_shows_states_charts_the_match_rate_writes_the_csv_and_
     panel.export_button.click()                               # the key from the environment
     assert panel.last_record.status == "ok"
     assert "<td>active</td>" in panel.syncs.value and "<td>75.0%</td>" in panel.syncs.value
-    (shown,) = panel.chart.outputs
-    assert "image/png" in shown["data"] and shown["data"]["text/plain"].startswith("match rate ▇ (75.0%")
+    assert "<svg" in panel.chart.value and "75.0% at the last: ▇" in panel.chart.value
     # the members of the last run as CSV: a file, and a link holding the same bytes
     panel.members_button.click()
     path = tmp_path / "csv" / f"Buyers-run-{panel.last_record.run_id}-members.csv"
@@ -220,6 +219,22 @@ def test_the_export_panel_shows_states_charts_the_match_rate_writes_the_csv_and_
     panel.sync_choice.value = "Buyers"
     panel.pause_button.click()
     assert state(world)["state"] == "paused" and "paused by a person" in panel.syncs.value
+    # three runs at 75%: evenly spaced, three quarters of the way up
+    assert "points='30.0,37.5 240.0,37.5 450.0,37.5'" in panel.chart.value
+
+
+def test_the_chart_draws_each_runs_match_rate():
+    from datetime import datetime
+
+    pytest.importorskip("ipywidgets")
+    from toolkit import widgets
+
+    series = [{"started_at": datetime(2026, 11, 1, 0, 15 * i), "match_rate": rate}
+              for i, rate in enumerate([0.5, None, 1.0])]
+    assert widgets.chart_points(series) == [(30.0, 65.0), (450.0, 10.0)]     # an empty cohort's run has no point
+    svg = widgets.match_rate_svg(series, "Buyers & co")
+    assert "points='30.0,65.0 450.0,10.0'" in svg and "Buyers &amp; co" in svg
+    assert "100.0% at the last: ▅·█" in svg and "2026-11-01 00:00" in svg and "2026-11-01 00:30" in svg
 
 
 @pytest.mark.parametrize("status, messages, pauses", [

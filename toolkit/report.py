@@ -133,6 +133,13 @@ def sparkline(rates: list[float | None]) -> str:
     return "".join("·" if r is None else SPARKS[min(int(r * len(SPARKS)), len(SPARKS) - 1)] for r in rates)
 
 
+def match_rate_text(cohort: str, rates: list[float | None]) -> str:
+    """The match rate over a cohort's recent runs, in words and as a sparkline (the panel's chart caption)."""
+    last = next((r for r in reversed(rates) if r is not None), None)
+    return (f"{cohort}: match rate (exportable / members) over its last {len(rates)} run(s), "
+            f"{'-' if last is None else f'{last:.1%}'} at the last: {sparkline(rates)}")
+
+
 def _when(moment) -> str:
     return f"{moment:%Y-%m-%d %H:%M}" if moment is not None else "never"
 

@@ -400,7 +400,7 @@ class ExportPanel(_Panel):
         self.diff = _fitting_html()
         self.result = _fitting_html()
         self.syncs = _fitting_html()
-        self.chart = w.Output()                 # the chosen cohort's match rate, run by run
+        self.chart = _fitting_html()            # the chosen cohort's match rate, run by run (SVG)
         self.members_button = w.Button(description="Members CSV", icon="download",
                                        tooltip="every member's fate in the cohort's last run, as CSV")
         self.download = _fitting_html()
@@ -451,19 +451,12 @@ class ExportPanel(_Panel):
         self._draw_chart()
 
     def _draw_chart(self) -> None:
-        """The chosen cohort's match rate at each of its recent runs: a line (matplotlib), else a sparkline."""
+        """The chosen cohort's match rate at each of its recent runs, as a small SVG line: drawn in
+        microseconds (a matplotlib figure took seconds in a busy kernel, long enough for a quick click on
+        the panel to overtake a control's change), and it shows wherever HTML does."""
         found = self.overview.get(self.cohort.value)
         series = found["series"] if found else []
-        if not series:
-            self.chart.outputs = ()
-            return
-        rates = [point["match_rate"] for point in series]
-        data = {"text/plain": f"match rate {report.sparkline(rates)} "
-                              f"({'-' if rates[-1] is None else f'{rates[-1]:.1%}'} at the last run)"}
-        png = _match_rate_png(series, self.cohort.value)
-        if png:
-            data["image/png"] = base64.b64encode(png).decode()
-        _show(self.chart, data)
+        self.chart.value = match_rate_svg(series, self.cohort.value or "") if series else ""
 
     def members_csv(self) -> Path | None:
         """Write every member's fate in the chosen cohort's last run as CSV (``export.member_fates``), show a
@@ -648,24 +641,36 @@ def csv_name(cohort: str, run_id: int) -> str:
     return f"{slug}-run-{run_id}-members.csv"
 
 
-def _match_rate_png(series: list[dict], title: str) -> bytes | None:
-    """The match rate (%) at each run as a line over time; None without matplotlib."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    points = [(p["started_at"], p["match_rate"] * 100) for p in series if p["match_rate"] is not None]
-    if not points:
-        return None
-    fig = Figure(figsize=(6, 2.4), dpi=80, layout="constrained")
-    ax = fig.subplots()
-    ax.plot([t for t, _ in points], [r for _, r in points], marker="o", color="#2a9d8f")
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("match rate (%)")
-    ax.set_title(f"{title[:50]}: exportable / members", fontsize=10)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.autofmt_xdate()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 480, 150, 30
 
+
+def chart_points(series: list[dict]) -> list[tuple[float, float]]:
+    """(x, y) in the chart's pixels for each run with members: runs evenly spaced left to right, the rate
+    from 0 % (bottom) to 100 % (top)."""
+    rates = [p["match_rate"] for p in series]
+    step = (CHART_WIDTH - 2 * CHART_PAD) / max(len(rates) - 1, 1)
+    top, bottom = 10, CHART_HEIGHT - CHART_PAD
+    return [(round(CHART_PAD + i * step, 1), round(bottom - r * (bottom - top), 1))
+            for i, r in enumerate(rates) if r is not None]
+
+
+def match_rate_svg(series: list[dict], title: str) -> str:
+    """The match rate (exportable / members) run by run as an SVG line chart with its axis, the first and
+    last runs' times, and the latest rate; the text sparkline beneath for readers without images."""
+    points = chart_points(series)
+    rates = [p["match_rate"] for p in series]
+    bottom, left, right = CHART_HEIGHT - CHART_PAD, CHART_PAD, CHART_WIDTH - CHART_PAD
+    grid = "".join(f"<line x1='{left}' x2='{right}' y1='{y}' y2='{y}' stroke='#ddd'/>"
+                   f"<text x='{left - 4}' y='{y + 4}' font-size='10' text-anchor='end'>{label}</text>"
+                   for y, label in ((bottom, "0%"), ((bottom + 10) / 2, "50%"), (10, "100%")))
+    line = " ".join(f"{x},{y}" for x, y in points)
+    dots = "".join(f"<circle cx='{x}' cy='{y}' r='2.5' fill='#2a9d8f'/>" for x, y in points)
+    first, final = series[0]["started_at"], series[-1]["started_at"]
+    below = CHART_HEIGHT - 10
+    times = (f"<text x='{left}' y='{below}' font-size='10'>{first:%Y-%m-%d %H:%M}</text>"
+             f"<text x='{right}' y='{below}' font-size='10' text-anchor='end'>{final:%Y-%m-%d %H:%M}</text>")
+    caption = html.escape(report.match_rate_text(title, rates))
+    return (f"<svg class='match-rate' width='{CHART_WIDTH}' height='{CHART_HEIGHT}' "
+            f"viewBox='0 0 {CHART_WIDTH} {CHART_HEIGHT}' role='img' aria-label='{html.escape(caption, quote=True)}'>"
+            f"{grid}<polyline points='{line}' fill='none' stroke='#2a9d8f' stroke-width='2'/>{dots}{times}</svg>"
+            f"<div style='font-size:smaller'>{caption}</div>")
