@@ -173,3 +173,30 @@ def test_a_run_that_pauses_its_sync_lists_what_it_did_not_send_and_why(empty_fil
     for key_ in [("d-b", REMOVE), ("d-c", ADD)]:
         assert rows[key_]["outcome"] == fates.NOT_SENT and rows[key_]["reason"].startswith(
             "not sent: the run paused: OneSignal answered 403")
+
+
+def test_an_interrupted_run_lists_what_it_did_not_reach_and_a_dead_ones_listing_says_so(
+        empty_file_store, emulator, app, monkeypatch):
+    from toolkit.export import results
+
+    store = empty_file_store
+    export.register(store, "Buyers", "dynamic", app.app_id, emulator.url, now=NOW)
+    monkeypatch.setattr(results, "FLUSH_EVERY", 1)
+
+    def stop(done, total):
+        raise KeyboardInterrupt                       # Ctrl-C once the first user's outcome is written
+
+    settings = export.settings(store, "Buyers", client_options={**FAST, "concurrency": 1}, now=NOW)
+    with pytest.raises(KeyboardInterrupt):
+        export.run(store, settings, ext(**{"d-a": "a", "d-b": "b", "d-c": "c"}), Credentials(app.app_id, app.api_key),
+                   on_progress=stop)
+    (record,) = export.runs(store)
+    found, rows = listed(store, record["run_id"])
+    assert record["status"] == "interrupted" and found.note is None and set(rows) == {
+        ("d-a", ADD), ("d-b", ADD), ("d-c", ADD)}
+    outcomes = sorted(r["outcome"] for r in rows.values())
+    assert outcomes == ["not_sent", "not_sent", "ok"]
+    assert all(r["reason"].startswith("not sent: the run interrupted") for r in rows.values() if r["outcome"] != "ok")
+    # a run whose process died never wrote the rest: the listing says so
+    store.con.execute("UPDATE export_runs SET status = 'running', ended_at = NULL")
+    assert "process died" in export.member_fates(store.con, record["run_id"]).note

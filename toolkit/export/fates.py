@@ -143,8 +143,10 @@ def _note(run: dict, table: pa.Table) -> str | None:
     """What the listing cannot show of this run, if anything."""
     if run["unchanged"] is None:        # a run that failed before it could plan
         return f"the run {run['status']} before it planned anything: {run['error']}"
-    if run["status"] in ("running", "interrupted"):
-        return "the run was cut short: members it had not reached yet are not listed"
+    from toolkit.export.records import DEAD_RUN  # records writes through this module
+
+    if run["status"] == "running" or (run["status"] == "interrupted" and run["error"] == DEAD_RUN):
+        return "the run's process died before it ended: members it had not reached yet are not listed"
     noops = pc.sum(pc.equal(table["operation"], NOOP)).as_py() or 0
     if noops != run["unchanged"]:
         return (f"not exact: the run counted {run['unchanged']:,} unchanged member(s), the snapshot replayed "
