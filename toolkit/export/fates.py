@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from toolkit.errors import ExportError
+from toolkit.export.lock import DEAD_RUN
 from toolkit.export.wanted import RECHECK_ABSENT
 from toolkit.planning import ADD, NOOP, Target
 
@@ -143,8 +144,6 @@ def _note(run: dict, table: pa.Table) -> str | None:
     """What the listing cannot show of this run, if anything."""
     if run["unchanged"] is None:        # a run that failed before it could plan
         return f"the run {run['status']} before it planned anything: {run['error']}"
-    from toolkit.export.records import DEAD_RUN  # records writes through this module
-
     if run["status"] == "running" or (run["status"] == "interrupted" and run["error"] == DEAD_RUN):
         return "the run's process died before it ended: members it had not reached yet are not listed"
     noops = pc.sum(pc.equal(table["operation"], NOOP)).as_py() or 0

@@ -11,7 +11,7 @@ from datetime import datetime
 from toolkit import planning
 from toolkit.export import fates
 from toolkit.export.helpers import _naive
-from toolkit.export.lock import _is_running
+from toolkit.export.lock import DEAD_RUN, _is_running
 from toolkit.export.registry import registration
 from toolkit.export.run_settings import ExportSettings
 from toolkit.onesignal import REDACTOR
@@ -59,8 +59,6 @@ def runs(store: Store, cohort: str | None = None, limit: int = 50) -> list[dict]
             row["status"], row["error"] = "interrupted", row["error"] or DEAD_RUN
     return found
 
-
-DEAD_RUN = "its process ended before the run did (killed or crashed); the next run sends the rest"
 
 
 def _start(store: Store, con, settings: ExportSettings, the_plan: planning.Plan, verdict: GuardVerdict,
