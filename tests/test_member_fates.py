@@ -200,3 +200,16 @@ def test_an_interrupted_run_lists_what_it_did_not_reach_and_a_dead_ones_listing_
     # a run whose process died never wrote the rest: the listing says so
     store.con.execute("UPDATE export_runs SET status = 'running', ended_at = NULL")
     assert "process died" in export.member_fates(store.con, record["run_id"]).note
+
+
+def test_an_unchanged_run_writes_no_row_and_lists_every_member_as_a_no_op(empty_file_store, emulator, app):
+    store = empty_file_store
+    export.register(store, "Buyers", "dynamic", app.app_id, emulator.url, now=NOW)
+    wanted = ext(**{"d-a": "a", "d-b": "b", "d-c": "c"})
+    run(store, emulator, app, wanted, NOW)
+    record, before = run(store, emulator, app, wanted, NOW + timedelta(minutes=15))
+    assert record.plan.recognised and record.unchanged == 3          # the fingerprint said: nothing changed
+    assert store.con.execute("SELECT count(*) FROM export_results WHERE run_id = ?", [record.run_id]).fetchone()[0] == 0
+    found, rows = listed(store, record.run_id)
+    assert found.note is None and set(rows) == set(expected(record, before, wanted)) == {
+        ("d-a", NOOP), ("d-b", NOOP), ("d-c", NOOP)}
