@@ -86,7 +86,7 @@ def test_unchanged_cohort_sends_no_updates(empty_file_store, unlimited_emulator,
 def test_free_plan_fails_before_touching_any_user(empty_file_store, unlimited_emulator):
     free = unlimited_emulator.add_app(plan="free")
     unlimited_emulator.add_user(free.app_id, external_id="u1")
-    record = sync(empty_file_store, unlimited_emulator, free, ext("u1"))
+    record = sync(empty_file_store, unlimited_emulator, free, ext("u1"), mode="once")
     assert record.status == "failed" and record.error == "App may not submit cohort updates from Mixpanel"
     assert patches(unlimited_emulator) == 0
 

@@ -179,10 +179,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="with --repair: pass the removal guard")
     p.set_defaults(run=_reconcile)
 
-    p = sub.add_parser("runs", parents=[common], help="export run records")
-    p.add_argument("--cohort")
-    p.add_argument("--limit", type=int, default=20)
+    p = sub.add_parser("runs", parents=[common],
+                       help="each sync's state and match rate, the export runs, and what a run did to each member")
+    p.add_argument("name", nargs="?", metavar="COHORT", help="only this cohort's export")
+    p.add_argument("--cohort", help=argparse.SUPPRESS)          # the older spelling of COHORT
+    p.add_argument("--limit", type=int, default=20, help="runs listed (default 20)")
+    p.add_argument("--members", metavar="CSV", help="write every member's fate in the cohort's last run (or --run) "
+                   "to CSV (- for stdout): add / remove / no-op, outcome, reason, OneSignal id")
+    p.add_argument("--run", dest="run_id", type=int, metavar="ID",
+                   help="the run --members lists (default: the cohort's last)")
     p.set_defaults(run=_runs)
+
+    for name, text in (("pause", "pause a dynamic sync: the scheduler skips it until it is resumed"),
+                       ("resume", "resume a paused dynamic sync (paused by you, or by OneSignal refusing it)")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("cohort")
+        if name == "pause":
+            p.add_argument("--reason", help="why (shown with the sync's state)")
+        p.set_defaults(run=_pause if name == "pause" else _resume)
 
     _alerts_parser(sub, common)
 
@@ -389,13 +403,54 @@ def _reconcile(args) -> int:
 def _runs(args) -> int:
     from toolkit import export
 
+    cohort = args.name or args.cohort
     with _store(args, read_only=True) as store:
-        if args.cohort and not export.runs(store, args.cohort, 1):
+        if cohort and not export.runs(store, cohort, 1) and not export.registration(store.reader(), cohort):
             from toolkit import cohorts
 
-            args.cohort = cohorts.resolve_name(store, args.cohort)     # any case; else "did you mean"
-        found = export.runs(store, args.cohort, args.limit)
-    _emit(args, {"runs": found}, report.runs_text(found))
+            cohort = cohorts.resolve_name(store, cohort)     # any case; else "did you mean"
+        if args.members:
+            return _run_members(args, store, cohort)
+        found, syncs = export.runs(store, cohort, args.limit), export.overview(store, cohort)
+    text = report.runs_text(found)
+    _emit(args, {"syncs": syncs, "runs": found}, f"{report.syncs_text(syncs)}\n\n{text}" if syncs else text)
+    return 0
+
+
+def _run_members(args, store, cohort: str | None) -> int:
+    """``toolkit runs NAME --members CSV``: the run's members as CSV, what was written said on stderr."""
+    from toolkit import export
+
+    run_id = args.run_id if args.run_id is not None else export.latest_run(store.reader(), cohort) if cohort else None
+    if run_id is None:
+        raise UsageError("--members needs a cohort with runs, or --run ID (toolkit runs lists them)")
+    fates = export.member_fates(store.reader(), run_id)
+    if args.members == "-":
+        fates.write_csv(sys.stdout)
+    else:
+        with open(args.members, "w", encoding="utf-8", newline="") as out:
+            fates.write_csv(out)
+    print(report.member_fates_text(fates, args.members), file=sys.stderr if args.members == "-" else sys.stdout)
+    return 0
+
+
+def _pause(args) -> int:
+    from toolkit import cohorts, export
+
+    with _store(args) as store:
+        cohort = cohorts.resolve_name(store, args.cohort)
+        export.pause(store, cohort, args.reason)
+    _emit(args, {"paused": cohort}, report.paused_text(cohort))
+    return 0
+
+
+def _resume(args) -> int:
+    from toolkit import cohorts, export
+
+    with _store(args) as store:
+        cohort = cohorts.resolve_name(store, args.cohort)
+        ended = export.resume(store, cohort)
+    _emit(args, ended, report.resumed_text(ended))
     return 0
 
 

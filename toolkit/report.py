@@ -104,6 +104,9 @@ def run_text(run) -> str:
         lines.append(f"  removal guard: {r['guard']}")
     if r.get("error"):
         lines.append(f"  {r['error']}")
+    if r["status"] == "paused":
+        lines.append(f"  the dynamic sync is paused: the scheduler skips it until you fix the cause and resume it "
+                     f"(toolkit resume {shlex.quote(r['cohort'])})")
     return "\n".join(lines)
 
 
@@ -142,6 +145,78 @@ def reconcile_text(found, shown: int = 10) -> str:
 
 def _over_cap(r: dict) -> str:
     return f" over tag cap {r['tag_cap']}" if r.get("tag_cap") else ""
+
+
+# -- sync states and what each run did ---------------------------------------------------------------
+
+SPARKS = "▁▂▃▄▅▆▇█"
+SPARK_RUNS = 24          # runs the text sparkline shows (six hours of fifteen-minute runs)
+
+
+def sparkline(rates: list[float | None]) -> str:
+    """Match rates (0..1) as one character each, on a fixed scale (a flat line is a steady rate, not noise
+    blown up); a run with no members is a dot."""
+    return "".join("·" if r is None else SPARKS[min(int(r * len(SPARKS)), len(SPARKS) - 1)] for r in rates)
+
+
+def match_rate_text(cohort: str, rates: list[float | None]) -> str:
+    """The match rate over a cohort's recent runs, in words and as a sparkline (the panel's chart caption)."""
+    last = next((r for r in reversed(rates) if r is not None), None)
+    return (f"{cohort}: match rate (exportable / members) over its last {len(rates)} run(s), "
+            f"{'-' if last is None else f'{last:.1%}'} at the last: {sparkline(rates)}")
+
+
+def _when(moment) -> str:
+    return f"{moment:%Y-%m-%d %H:%M}" if moment is not None else "never"
+
+
+def _count(value) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def syncs_text(syncs: list[dict]) -> str:
+    """``export.overview`` as a table: per export its state, last run and success, members, exportable, in
+    segment, and the match rate now with its recent runs as a sparkline; then why each paused one is."""
+    if not syncs:
+        return "no exports yet"
+    width = min(max(len(s["cohort"]) for s in syncs), 32)
+    lines = [f"{'cohort':<{width}}  {'state':<8}  {'last run':<31}  {'last success':<16}  {'members':>9}  "
+             f"{'exportable':>10}  {'in segment':>10}  match rate"]
+    for s in syncs:
+        last = (f"#{s['last_run_id']} {s['last_status']} {_when(s['last_run_at'])}" if s["last_run_id"] else "never")
+        rates = [point["match_rate"] for point in s["series"]][-SPARK_RUNS:]
+        rate = f"{s['match_rate']:.1%}" if s["match_rate"] is not None else "-"
+        lines.append(f"{_clip(s['cohort'], width):<{width}}  {s['state']:<8}  {last:<31}  "
+                     f"{_when(s['last_success_at']):<16}  {_count(s['members']):>9}  {_count(s['exportable']):>10}  "
+                     f"{_count(s['in_segment']):>10}  {rate:>6} {sparkline(rates)}".rstrip())
+    for s in syncs:
+        if s["state"] == "paused":
+            lines.append(f"{s['cohort']} is paused since {_when(s['paused_at'])}: {s['paused_reason']}; fix the "
+                         f"cause, then resume it: toolkit resume {shlex.quote(s['cohort'])}")
+    return "\n".join(lines)
+
+
+def member_fates_text(fates, written_to: str) -> str:
+    """What ``toolkit runs --members`` wrote: the run, counts per operation and outcome, and what it cannot show."""
+    run = fates.run
+    counts = ", ".join(f"{op} {outcome} {n:,}" for (op, outcome), n in sorted(fates.counts().items()))
+    where = "stdout" if written_to == "-" else written_to
+    lines = [f"run #{run['run_id']} of {run['cohort']} ({'dry run, ' if run['dry_run'] else ''}{run['mode']}, "
+             f"{run['status']}) at {_when(run['started_at'])}: {fates.table.num_rows:,} member(s) written to {where}"
+             + (f": {counts}" if counts else "")]
+    if fates.note:
+        lines.append(f"  note: {fates.note}")
+    return "\n".join(lines)
+
+
+def paused_text(cohort: str) -> str:
+    return (f"paused the dynamic sync of {cohort}: the scheduler skips it until you resume it "
+            f"(toolkit resume {shlex.quote(cohort)})")
+
+
+def resumed_text(ended: dict) -> str:
+    return (f"resumed the dynamic sync of {ended['cohort']} (paused since {_when(ended['paused_at'])}: "
+            f"{ended['paused_reason']}); the next scheduled run runs it")
 
 
 # -- cohorts and matchability ------------------------------------------------------------------------

@@ -401,6 +401,18 @@ MIGRATIONS: list[str] = [
         error        VARCHAR
     );
     """,
+    # 12: sync states and what each run did to each member (toolkit/export/states.py, fates.py). A dynamic
+    # sync OneSignal refused (400/401/403/404 on a whole request) is paused on its row until a person
+    # resumes it. Each result keeps its id type, so the snapshot a run started from can be replayed from
+    # the results (a run's no-ops are never written); older rows get it from the snapshot where it knows.
+    """
+    ALTER TABLE exports ADD COLUMN paused_at TIMESTAMP;
+    ALTER TABLE exports ADD COLUMN paused_reason VARCHAR;
+    ALTER TABLE export_results ADD COLUMN id_type VARCHAR;
+    UPDATE export_results r SET id_type = m.id_type FROM export_runs x, export_members m
+    WHERE x.run_id = r.run_id AND m.cohort = x.cohort AND m.distinct_id = r.distinct_id
+      AND m.onesignal_id = r.onesignal_id;
+    """,
 ]
 
 

@@ -74,7 +74,10 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
     refused export) becomes its failed run record, with the reason, and the others still run."""
     now = now or datetime.now(UTC)
     names = cohorts if cohorts is not None else export.due(store, now)
-    return [_run_one(store, name, now, dry_run, client_options) for name in names]
+    waiting = {p["cohort"]: p["paused_reason"] for p in export.paused(store.con)}   # due() leaves them out
+    for name, reason in waiting.items():    # a paused sync waits for a person (export.states)
+        log.info('cohort "%s" is paused (%s): skipped until a person resumes it', name, reason)
+    return [_run_one(store, name, now, dry_run, client_options) for name in names if name not in waiting]
 
 
 def _run_one(store: Store, name: str, now: datetime, dry_run: bool, client_options: dict | None
@@ -128,6 +131,7 @@ class SyncResult:
     alerts: dict | None = None          # incidents opened/resolved and deliveries (toolkit.alerts.check)
     mixpanel: dict | None = None        # a configured project: what its pull and cohort refresh did
     pull_error: str | None = None       # its pull failed (the load, local cohorts and MTU still ran)
+    paused: list[dict] = field(default_factory=list)    # syncs skipped until a person resumes them
 
     @property
     def table(self) -> pd.DataFrame:
@@ -175,6 +179,9 @@ class SyncResult:
         parts.append(f"MTU not counted: {self.mtu_error}" if self.mtu_error else "MTU counted")
         if self.alerts and self.alerts.get("not_delivered"):
             parts.append("alerts not delivered: " + "; ".join(self.alerts["not_delivered"]))
+        ran = {r.cohort for r in self.runs}      # one paused by this run is named with its run above
+        parts += [f'"{p["cohort"]}" paused, skipped until resumed ({p["paused_reason"]})' for p in self.paused
+                  if p["cohort"] not in ran]
         return "; ".join(parts)
 
     def to_record(self) -> dict:
@@ -192,6 +199,7 @@ class SyncResult:
         return {"status": self.status, "summary": self.summary, "dry_run": self.dry_run,
                 "as_of": self.now.isoformat() if self.now else None, "load": load, "cohorts": cohorts,
                 "mtu": {"ok": self.mtu_error is None, "error": self.mtu_error}, "alerts": self.alerts,
+                "paused": [{**p, "paused_at": p["paused_at"].isoformat()} for p in self.paused],
                 **({"mixpanel": {"ok": self.pull_error is None, "error": self.pull_error, **self.mixpanel}}
                    if self.mixpanel is not None else {})}
 
@@ -261,7 +269,7 @@ def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, 
         alerted = None if dry_run else check_alerts(store, now)
         return SyncResult(loaded, runs, frame, load_error, mtu_error, str(landing) if landing else None, now, dry_run,
                           alerts=alerted, mixpanel=scheduled.summary(pulled, refreshed) if project else None,
-                          pull_error=pull_error)
+                          pull_error=pull_error, paused=export.paused(store.con))
 
 
 def check_alerts(store: Store, now: datetime) -> dict:

@@ -3,7 +3,8 @@
     from toolkit import widgets
     connection = widgets.connect_panel(store_path)     # API address, App ID, API key, Connect -> "Connected"
     widgets.cohort_explorer(store_path)                # size, funnel, reasons, searchable members
-    widgets.export_panel(store_path, connection)       # preview the diff, export with progress, stop syncs (asks first)
+    widgets.export_panel(store_path, connection)       # preview the diff, export with progress, each sync's
+                                                       # state and match rate, members CSV, stop / pause / resume
 
 With ``mixpanel="<project id>"`` (or the sync notebook's ``{"project_id", ...}``), the cohort lists hold the
 project's Mixpanel cohorts beside the local ones; picking one not kept yet keeps it as a toolkit cohort (its
@@ -32,6 +33,7 @@ import html
 import io
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 
@@ -466,12 +468,18 @@ def cohort_explorer(store, now: datetime | str | None = None, mixpanel=None) -> 
 # -- export -----------------------------------------------------------------------------------------
 
 class ExportPanel(_Panel):
-    """Preview and run an export of a cohort (one-time or dynamic), and stop dynamic syncs."""
+    """Preview and run an export of a cohort (one-time or dynamic); each export's state, last run and match
+    rate; the chosen cohort's match rate over time and its last run's members as CSV (written to
+    ``csv_dir``, default the working directory: a notebook's folder, so the link opens it); pause,
+    resume and stop dynamic syncs."""
 
     def __init__(self, store, connection: ConnectPanel | None = None, now: datetime | str | None = None,
-                 mixpanel=None):
+                 mixpanel=None, csv_dir: str | os.PathLike | None = None):
         self.store, self.connection, self.now = store, connection, _as_time(now)
         self.mixpanel = _MixpanelCohorts(mixpanel) if mixpanel is not None else None
+        self.csv_dir = Path(csv_dir) if csv_dir is not None else None
+        self.last_csv: Path | None = None
+        self.overview: dict[str, dict] = {}        # export.overview by cohort, as last read
         self.last_preview: export.ExportPreview | None = None
         self.last_record: export.RunRecord | None = None
         self.cohort = w.Dropdown(description="Cohort", options=[], layout={"width": "480px"})
@@ -484,8 +492,14 @@ class ExportPanel(_Panel):
         self.diff = _fitting_html()
         self.result = _fitting_html()
         self.syncs = _fitting_html()
+        self.chart = _fitting_html()            # the chosen cohort's match rate, run by run (SVG)
+        self.members_button = w.Button(description="Members CSV", icon="download",
+                                       tooltip="every member's fate in the cohort's last run, as CSV")
+        self.download = _fitting_html()
         self.sync_choice = w.Dropdown(description="Dynamic", options=[], value=None, layout={"width": "480px"})
         self.stop_button = w.Button(description="Stop sync", button_style="warning", icon="stop")
+        self.pause_button = w.Button(description="Pause", icon="pause")
+        self.resume_button = w.Button(description="Resume", button_style="success", icon="play")
         # Stopping asks first, naming the cohort: a sync stopped by mistake silently goes stale.
         self.stopping: str | None = None
         self.confirm_text = _wrapping_label()
@@ -496,6 +510,9 @@ class ExportPanel(_Panel):
         self.preview_button.on_click(self._on_preview)
         self.export_button.on_click(self._on_export)
         self.stop_button.on_click(self._on_stop)
+        self.pause_button.on_click(lambda _: self._pause_or_resume(export.pause, report.paused_text))
+        self.resume_button.on_click(lambda _: self._pause_or_resume(export.resume, report.resumed_text))
+        self.members_button.on_click(self._on_members)
         self.confirm_button.on_click(self._on_confirm_stop)
         self.cancel_button.on_click(lambda _: self._ask_stop(None))
         self.sync_choice.observe(lambda _: self._ask_stop(None), names="value")
@@ -505,25 +522,77 @@ class ExportPanel(_Panel):
             w.HBox([self.preview_button, self.export_button, self.progress], layout={"flex_flow": "row wrap"}),
             self.status, self.diff, self.result,
             w.HTML("<b>Exports</b>"), self.syncs,
-            w.HBox([self.sync_choice, self.stop_button], layout={"flex_flow": "row wrap"}), self.confirm],
+            w.HBox([self.chart, w.VBox([self.members_button, self.download])], layout={"flex_flow": "row wrap"}),
+            w.HBox([self.sync_choice, self.pause_button, self.resume_button, self.stop_button],
+                   layout={"flex_flow": "row wrap"}), self.confirm],
             layout={"width": "100%"})
         self.refresh()
+        self.cohort.observe(lambda _: self._draw_chart(), names="value")
 
     def refresh(self) -> None:
         """Re-read cohorts and exports from the store."""
         try:
             with self._open(read_only=True) as store:
-                (names, listed), found = self._cohort_choices(store), export.list_exports(store)
+                (names, listed), found = self._cohort_choices(store), export.overview(store)
         except ToolkitError as exc:
             self.status.value = str(exc)
             return
+        self.overview = {s["cohort"]: s for s in found}
         _set_cohorts(self.cohort, names, listed)
         if self.mixpanel and self.mixpanel.error:
             self.status.value = self.mixpanel.error
-        _set_options(self.sync_choice,
-                     [e["cohort"] for e in found if e["mode"] == "dynamic" and e["stopped_at"] is None])
-        columns = ["cohort", "mode", "in_segment", "next_due_at", "stopped_at"]
-        self.syncs.value = _table(pd.DataFrame(found, columns=columns)) if found else "no exports yet"
+        _set_options(self.sync_choice, [s["cohort"] for s in found if s["state"] in ("active", "paused")])
+        self.syncs.value = _table(sync_table(found)) if found else "no exports yet"
+        self._draw_chart()
+
+    def _draw_chart(self) -> None:
+        """The chosen cohort's match rate at each of its recent runs, as a small SVG line: drawn in
+        microseconds (a matplotlib figure took seconds in a busy kernel, long enough for a quick click on
+        the panel to overtake a control's change), and it shows wherever HTML does."""
+        found = self.overview.get(self.cohort.value)
+        series = found["series"] if found else []
+        self.chart.value = match_rate_svg(series, self.cohort.value or "") if series else ""
+
+    def members_csv(self) -> Path | None:
+        """Write every member's fate in the chosen cohort's last run as CSV (``export.member_fates``), show a
+        link to it; returns its path (None when the cohort has no run, or the write failed)."""
+        name = self.cohort.value
+        try:
+            with self._open(read_only=True) as store:
+                run_id = export.latest_run(store.reader(), name) if name else None
+                if run_id is None:
+                    self.status.value = f"no export runs of {name} yet" if name else "no cohorts in the store"
+                    return None
+                fates = export.member_fates(store.reader(), run_id)
+            path = (self.csv_dir or Path.cwd()) / csv_name(name, run_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", encoding="utf-8", newline="") as out:
+                fates.write_csv(out)
+        except Exception as exc:
+            self.status.value = f"Members CSV failed: {exc}"
+            return None
+        self.last_csv = path
+        self.status.value = report.member_fates_text(fates, str(path))
+        self.download.value = _download_link(path)
+        return path
+
+    def _on_members(self, _button=None) -> None:
+        self.members_csv()
+
+    def _pause_or_resume(self, action, text) -> None:
+        """Pause or resume the chosen dynamic sync (``export.pause`` / ``export.resume``)."""
+        name = self.sync_choice.value
+        if name is None:
+            self.status.value = "choose the dynamic sync first" if self.sync_choice.options else "no dynamic sync"
+            return
+        try:
+            with self._open() as store:
+                done = action(store, name, now=self._time())
+        except Exception as exc:
+            self.status.value = f"{action.__name__.capitalize()} failed: {exc}"
+            return
+        self.status.value = text(done if isinstance(done, dict) else name)
+        self.refresh()
 
     def _time(self) -> datetime:
         return self.now or datetime.now(UTC)
@@ -629,9 +698,75 @@ class ExportPanel(_Panel):
 
 
 def export_panel(store, connection: ConnectPanel | None = None, now: datetime | str | None = None,
-                 mixpanel=None) -> ExportPanel:
-    """Cohort, sync type, Preview (diff and removal guard), Export with progress, Force, and Stop
-    for dynamic syncs. Uses ``connection``'s key, else $ONESIGNAL_API_KEY / the credentials file; with
-    ``mixpanel`` (a project id), the project's Mixpanel cohorts can be picked too."""
-    return ExportPanel(store, connection, now, mixpanel=mixpanel)
+                 mixpanel=None, csv_dir: str | os.PathLike | None = None) -> ExportPanel:
+    """Cohort, sync type, Preview (diff and removal guard), Export with progress, Force; each export's
+    state and match rate, the cohort's members CSV; Pause, Resume and Stop for dynamic syncs. Uses
+    ``connection``'s key, else $ONESIGNAL_API_KEY / the credentials file; with ``mixpanel`` (a project id),
+    the project's Mixpanel cohorts can be picked too."""
+    return ExportPanel(store, connection, now, mixpanel=mixpanel, csv_dir=csv_dir)
 
+
+def sync_table(overview: list[dict]) -> pd.DataFrame:
+    """``export.overview`` as the panel's table: a row per export."""
+    return pd.DataFrame([{
+        "cohort": s["cohort"], "state": s["state"] + (f" ({s['paused_reason']})" if s["state"] == "paused" else ""),
+        "last run": f"#{s['last_run_id']} {s['last_status']} {s['last_run_at']:%Y-%m-%d %H:%M}" if s["last_run_id"]
+        else None,
+        "last success": s["last_success_at"], "members": s["members"], "exportable": s["exportable"],
+        "in segment": s["in_segment"],
+        "match rate": None if s["match_rate"] is None else f"{s['match_rate']:.1%}"} for s in overview])
+
+
+INLINE_BYTES = 2_000_000     # a CSV up to this size is in the link itself; a larger one is linked by its path
+
+
+def _download_link(path: Path) -> str:
+    """A link that downloads ``path``: its bytes inside the link (a data URL works wherever the panel shows)
+    when small, else its path from the working directory (the notebook's folder, which Jupyter serves)."""
+    if path.stat().st_size <= INLINE_BYTES:
+        href = "data:text/csv;charset=utf-8;base64," + base64.b64encode(path.read_bytes()).decode()
+    else:
+        href = os.path.relpath(path, Path.cwd()) if path.is_relative_to(Path.cwd()) else path.as_uri()
+    return (f"<a href='{html.escape(href, quote=True)}' download='{html.escape(path.name, quote=True)}' "
+            f"target='_blank'>{html.escape(path.name)}</a> ({path})")
+
+
+def csv_name(cohort: str, run_id: int) -> str:
+    """A file name for a run's members: the cohort's letters and digits, the run's id."""
+    slug = "".join(c if c.isalnum() else "-" for c in cohort).strip("-")[:60] or "cohort"
+    return f"{slug}-run-{run_id}-members.csv"
+
+
+CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 480, 150, 30
+
+
+def chart_points(series: list[dict]) -> list[tuple[float, float]]:
+    """(x, y) in the chart's pixels for each run with members: runs evenly spaced left to right, the rate
+    from 0 % (bottom) to 100 % (top)."""
+    rates = [p["match_rate"] for p in series]
+    step = (CHART_WIDTH - 2 * CHART_PAD) / max(len(rates) - 1, 1)
+    top, bottom = 10, CHART_HEIGHT - CHART_PAD
+    return [(round(CHART_PAD + i * step, 1), round(bottom - r * (bottom - top), 1))
+            for i, r in enumerate(rates) if r is not None]
+
+
+def match_rate_svg(series: list[dict], title: str) -> str:
+    """The match rate (exportable / members) run by run as an SVG line chart with its axis, the first and
+    last runs' times, and the latest rate; the text sparkline beneath for readers without images."""
+    points = chart_points(series)
+    rates = [p["match_rate"] for p in series]
+    bottom, left, right = CHART_HEIGHT - CHART_PAD, CHART_PAD, CHART_WIDTH - CHART_PAD
+    grid = "".join(f"<line x1='{left}' x2='{right}' y1='{y}' y2='{y}' stroke='#ddd'/>"
+                   f"<text x='{left - 4}' y='{y + 4}' font-size='10' text-anchor='end'>{label}</text>"
+                   for y, label in ((bottom, "0%"), ((bottom + 10) / 2, "50%"), (10, "100%")))
+    line = " ".join(f"{x},{y}" for x, y in points)
+    dots = "".join(f"<circle cx='{x}' cy='{y}' r='2.5' fill='#2a9d8f'/>" for x, y in points)
+    first, final = series[0]["started_at"], series[-1]["started_at"]
+    below = CHART_HEIGHT - 10
+    times = (f"<text x='{left}' y='{below}' font-size='10'>{first:%Y-%m-%d %H:%M}</text>"
+             f"<text x='{right}' y='{below}' font-size='10' text-anchor='end'>{final:%Y-%m-%d %H:%M}</text>")
+    caption = html.escape(report.match_rate_text(title, rates))
+    return (f"<svg class='match-rate' width='{CHART_WIDTH}' height='{CHART_HEIGHT}' "
+            f"viewBox='0 0 {CHART_WIDTH} {CHART_HEIGHT}' role='img' aria-label='{html.escape(caption, quote=True)}'>"
+            f"{grid}<polyline points='{line}' fill='none' stroke='#2a9d8f' stroke-width='2'/>{dots}{times}</svg>"
+            f"<div style='font-size:smaller'>{caption}</div>")

@@ -14,11 +14,13 @@ record never blocks, whatever process now has its pid.
 A package of one concern per module: ``naming`` (tag keys, segment names), ``registry`` (the stored
 registrations and app limits), ``run_settings`` (``ExportSettings``), ``wanted`` (who is exportable, the plan
 and guard), ``tag_caps`` (the app's data-tag cap), ``preview``, ``lock`` (one run per cohort), ``records``
-(run records), ``segments``, ``results`` (the result writer) and ``runner`` (a run). This module re-exports
+(run records), ``segments``, ``results`` (the result writer), ``runner`` (a run), ``fates`` (what a run did to
+each member) and ``states`` (active, paused, stopped; the per-sync overview). This module re-exports
 what callers use.
 """
 
 from toolkit.errors import ExportError
+from toolkit.export.fates import MemberFates, latest_run, member_fates
 from toolkit.export.lock import _run_lock
 from toolkit.export.naming import segment_name, tag_key, tag_key_problem
 from toolkit.export.preview import ExportPreview, preview_export, preview_targets
@@ -28,6 +30,7 @@ from toolkit.export.results import FLUSH_EVERY
 from toolkit.export.run_settings import ExportSettings, register, settings
 from toolkit.export.runner import run
 from toolkit.export.segments import FREE_PLAN_MESSAGE
+from toolkit.export.states import overview, pause, paused, resume, state_of
 from toolkit.export.wanted import RECHECK_ABSENT, Exportable, _plan, exportable, snapshot, targets
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "Exportable",
     "FLUSH_EVERY",
     "FREE_PLAN_MESSAGE",
+    "MemberFates",
     "RECHECK_ABSENT",
     "RunRecord",
     "_plan",
@@ -45,18 +49,25 @@ __all__ = [
     "due",
     "exportable",
     "follow_app",
+    "latest_run",
     "list_exports",
+    "member_fates",
+    "overview",
+    "pause",
+    "paused",
     "preview_export",
     "preview_targets",
     "record_failure",
     "register",
     "registration",
+    "resume",
     "run",
     "runs",
     "segment_name",
     "set_tag_limit",
     "settings",
     "snapshot",
+    "state_of",
     "stop",
     "tag_key",
     "tag_key_problem",

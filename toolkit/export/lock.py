@@ -15,6 +15,8 @@ from toolkit.errors import ExportError
 from toolkit.store import Store
 
 _running: dict[tuple[str, str], threading.Lock] = {}
+# The error of a run whose process died while it held the lock (what its record reads once marked).
+DEAD_RUN = "its process ended before the run did (killed or crashed); the next run sends the rest"
 
 
 @contextmanager

@@ -4,16 +4,18 @@ shown as interrupted."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from toolkit import planning
+from toolkit.export import fates
 from toolkit.export.helpers import _naive
-from toolkit.export.lock import _is_running
+from toolkit.export.lock import DEAD_RUN, _is_running
 from toolkit.export.registry import registration
 from toolkit.export.run_settings import ExportSettings
 from toolkit.onesignal import REDACTOR
-from toolkit.planning import ADD, NOOP, REMOVE, GuardVerdict
+from toolkit.planning import ADD, NOOP, REMOVE, GuardVerdict, Target
 from toolkit.store import Store, transaction
 
 
@@ -37,10 +39,12 @@ class RunRecord:
     error: str | None = None
     guard: str = ""
     plan: planning.Plan | None = field(default=None, repr=False)
+    held: Mapping[str, Target] = field(default_factory=dict, repr=False)   # members the tag cap held back
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data.pop("plan")
+        data.pop("held")
         return data
 
 
@@ -55,8 +59,6 @@ def runs(store: Store, cohort: str | None = None, limit: int = 50) -> list[dict]
             row["status"], row["error"] = "interrupted", row["error"] or DEAD_RUN
     return found
 
-
-DEAD_RUN = "its process ended before the run did (killed or crashed); the next run sends the rest"
 
 
 def _start(store: Store, con, settings: ExportSettings, the_plan: planning.Plan, verdict: GuardVerdict,
@@ -96,6 +98,10 @@ def _failed_users(con, record: RunRecord, shown: int = 3) -> str | None:
 def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord:
     error = None if error is None else REDACTOR.redact(error)
     record.status, record.error, record.ended_at = status, error, _naive(None)
+    # Every member's fate is on record (fates.py): what the run did not send, and who the cap held back.
+    unsent = fates.DRY_RUN if record.dry_run else None if status in ("ok", "partial") else fates.NOT_SENT
+    fates.record_unsent(con, record.run_id, record.plan.changes if record.plan else (), record.held, unsent,
+                        "dry run: not sent" if record.dry_run else f"not sent: the run {status}: {error}")
     if record.dry_run and record.plan is not None:   # what the run would do
         record.added, record.removed = record.plan.counts.get(ADD, 0), record.plan.counts.get(REMOVE, 0)
     con.execute("""UPDATE export_runs SET status = ?, error = ?, ended_at = ?, added = ?, removed = ?,

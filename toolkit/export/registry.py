@@ -46,16 +46,18 @@ def app_tag_limit(con, app_id: str | None) -> dict:
 
 
 def due(store: Store, now: datetime | None = None) -> list[str]:
-    """Cohorts whose dynamic sync is due."""
+    """Cohorts whose dynamic sync is due (a paused one never is: ``states``)."""
     return [c for c, in store.con.execute(
-        "SELECT cohort FROM exports WHERE mode = 'dynamic' AND stopped_at IS NULL AND next_due_at <= ? "
+        "SELECT cohort FROM exports WHERE mode = 'dynamic' AND stopped_at IS NULL AND paused_at IS NULL "
+        "AND next_due_at <= ? "
         "ORDER BY next_due_at, cohort", [_naive(now)]).fetchall()]
 
 
 def list_exports(store: Store) -> list[dict]:
     cursor = store.reader().execute("""
         SELECT e.cohort, e.mode, e.app_id, e.segment_name, e.segment_id, e.tag_key, e.next_due_at,
-               e.stopped_at, count(m.distinct_id) FILTER (WHERE m.status = 'tagged') AS in_segment
+               e.stopped_at, e.paused_at, e.paused_reason,
+               count(m.distinct_id) FILTER (WHERE m.status = 'tagged') AS in_segment
         FROM exports e LEFT JOIN export_members m USING (cohort) GROUP BY ALL ORDER BY e.cohort""")
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

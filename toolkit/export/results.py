@@ -50,8 +50,9 @@ class _ResultWriter:
             for step, outcome, error in batch:
                 key = [cohort, step.distinct_id]
                 reported = "not_in_onesignal" if outcome == NOT_FOUND else outcome
-                con.execute("INSERT INTO export_results VALUES (?, ?, ?, ?, ?, ?)",
-                            [run_id, step.distinct_id, step.target.onesignal_id, step.operation, reported, error])
+                con.execute("INSERT INTO export_results (run_id, distinct_id, onesignal_id, id_type, operation, "
+                            "outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [run_id, step.distinct_id, *step.target, step.operation, reported, error])
                 if step.operation == ADD and outcome in (OK, NOT_FOUND):
                     con.execute("INSERT OR REPLACE INTO export_members VALUES (?, ?, ?, ?, ?, ?)",
                                 [*key, step.target.onesignal_id, step.target.id_type,

@@ -146,7 +146,10 @@ def _save_registration(con, settings: ExportSettings, segment_id: str | None = N
         con.execute("UPDATE exports SET base_url = ? WHERE cohort = ?", [settings.base_url, settings.cohort])
         return
     now = _naive(settings.now)
-    con.execute("""INSERT OR REPLACE INTO exports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""", [
+    # A new registration is a person's act: it replaces a paused one, pause and all.
+    con.execute("""INSERT OR REPLACE INTO exports (cohort, mode, app_id, base_url, tag_key, segment_name, segment_id,
+                       user_id_property, id_type, created_at, next_due_at, stopped_at, paused_at, paused_reason)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)""", [
         settings.cohort, settings.mode, settings.app_id, settings.base_url, settings.tag_key,
         segment_name(settings.cohort), segment_id or settings.segment_id, settings.user_id_property,
-        settings.id_type, now, now if settings.mode == "dynamic" else None, None])
+        settings.id_type, now, now if settings.mode == "dynamic" else None])

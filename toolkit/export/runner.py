@@ -10,11 +10,12 @@ import pyarrow as pa
 
 from toolkit import planning, snapshots
 from toolkit.errors import ExportError
+from toolkit.export import states
 from toolkit.export.helpers import _naive, _run_async
 from toolkit.export.lock import _run_lock
 from toolkit.export.records import RunRecord, _failed_users, _finish, _start
 from toolkit.export.results import _ResultWriter
-from toolkit.export.run_settings import ExportSettings, _save_registration
+from toolkit.export.run_settings import SAVE_REGISTRATION, ExportSettings, _save_registration
 from toolkit.export.segments import _ensure_segment
 from toolkit.export.tag_caps import TagCaps, _capped_plan, other_tags
 from toolkit.onesignal import NOT_FOUND, TAG_CAP, Credentials, NotFound, OneSignalClient, OneSignalError
@@ -50,12 +51,15 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
          credentials: Credentials | None, members: int | None, on_progress) -> RunRecord:
     if not settings.dry_run and not (settings.app_id and settings.base_url):
         raise ExportError(f"cohort {settings.cohort!r} has no export; register it first (toolkit export NAME --once)")
+    if not settings.dry_run and settings.saves != SAVE_REGISTRATION:
+        states.refuse_if_paused(con, settings.cohort)
     the_plan, verdict, caps = _capped_plan(con, settings, wanted)
     wanted_count = wanted.num_rows if isinstance(wanted, pa.Table) else len(wanted)
     with _run_lock(store, settings.cohort):
         record = _start(store, con, settings, the_plan, verdict, members if members is not None else wanted_count,
                         wanted_count)
         record.tag_cap = len(caps.held) + (len(caps.over) if settings.dry_run else 0)
+        record.held = caps.held
         if settings.dry_run:
             return _finish(con, record, "ok" if verdict.ok else "stopped", None if verdict.ok else verdict.reason)
         if not verdict.ok:
@@ -66,7 +70,8 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
             segment_id = _run_async(_apply(con, settings, record, the_plan, caps, credentials, on_progress))
         except (OneSignalError, ExportError) as exc:
             _keep_fingerprint(con, settings.cohort, the_plan)
-            return _finish(con, record, "failed", str(exc))
+            status = states.after_failure(con, settings.cohort, settings.mode, settings.app_id, exc, settings.now)
+            return _finish(con, record, status, str(exc))
         except BaseException as exc:
             _finish(con, record, "interrupted", f"{type(exc).__name__}: {exc}")
             raise

@@ -1,0 +1,157 @@
+"""Sync states: each registered export is active, paused (and why) or stopped, or a one-time export.
+
+Like Mixpanel, a dynamic sync whose destination refuses a whole request with 400, 401, 403 or 404 (a
+revoked key, an app that is gone, a plan that refuses segments) is paused: running it every fifteen
+minutes would only fail again. The run that met the refusal ends ``paused`` with OneSignal's answer
+as its error, and the pause is kept on the export's row (``paused_at``, ``paused_reason``): the scheduler
+skips it (``registry.due``; ``sync.run_due`` says so) until a person resumes it (``toolkit resume NAME``,
+the export panel's Resume). A refusal of one user (the tag cap, a 400 on one update) is that user's
+failure, and a 429 or 5xx is retried and then fails the run: neither pauses. A person can pause a sync
+too (``toolkit pause NAME``).
+
+``overview`` is what ``toolkit runs`` and the export panel show per export: its state, last run, last
+success, members, exportable, in segment, and the match rate (exportable / members) run by run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from toolkit.errors import ExportError, OneSignalError
+from toolkit.export.helpers import _naive
+from toolkit.export.lock import _is_running
+from toolkit.store import Store
+
+ACTIVE, PAUSED, STOPPED, ONCE = "active", "paused", "stopped", "one-time"
+# OneSignal's answers to a whole request that no retry mends (402: the plan refuses segments).
+PAUSING = frozenset({400, 401, 402, 403, 404})
+PAUSED_BY_A_PERSON = "paused by a person"
+HISTORY = 96          # runs of the match-rate series (a day of fifteen-minute runs)
+# A run that did its work: ok, or partial with some users handled (sync.run_outcome's rule).
+_SUCCEEDED = ("status = 'ok' OR (status = 'partial' AND coalesce(added, 0) + coalesce(removed, 0) "
+              "+ coalesce(unchanged, 0) + coalesce(not_in_onesignal, 0) > 0)")
+
+
+def pause_cause(exc: BaseException) -> OneSignalError | None:
+    """OneSignal's refusal of a whole request behind ``exc``, if it should pause the sync. The segment
+    step words a plan's refusals as an ExportError raised ``from None``: the refusal is its context."""
+    for found in (exc, exc.__context__):
+        if isinstance(found, OneSignalError) and found.status in PAUSING:
+            return found
+    return None
+
+
+def after_failure(con, cohort: str, mode: str, app_id: str | None, exc: BaseException,
+                  now: datetime | None) -> str:
+    """The status of a run that ``exc`` ended: ``paused`` (and the export paused) when OneSignal refused a
+    whole request of the registered dynamic sync of this app; else ``failed``."""
+    if mode != "dynamic" or pause_cause(exc) is None:
+        return "failed"
+    found = con.execute("UPDATE exports SET paused_at = ?, paused_reason = ? WHERE cohort = ? AND app_id = ? "
+                        "AND mode = 'dynamic' AND stopped_at IS NULL RETURNING cohort",
+                        [_naive(now), str(exc), cohort, app_id]).fetchall()
+    return "paused" if found else "failed"
+
+
+def pause(store: Store, cohort: str, reason: str | None = None, now: datetime | None = None) -> None:
+    """A person pauses an active dynamic sync: the scheduler skips it until it is resumed."""
+    row = _dynamic(store, cohort)
+    if row["paused_at"] is not None:
+        raise ExportError(f"the dynamic sync of {cohort!r} is already paused: {row['paused_reason']}")
+    store.con.execute("UPDATE exports SET paused_at = ?, paused_reason = ? WHERE cohort = ?",
+                      [_naive(now), reason or PAUSED_BY_A_PERSON, cohort])
+
+
+def resume(store: Store, cohort: str, now: datetime | None = None) -> dict:
+    """A person resumes a paused dynamic sync (having fixed the cause): due at once. Returns the pause
+    it ended (paused_at, paused_reason)."""
+    row = _dynamic(store, cohort)
+    if row["paused_at"] is None:
+        raise ExportError(f"the dynamic sync of {cohort!r} is not paused")
+    store.con.execute("UPDATE exports SET paused_at = NULL, paused_reason = NULL, "
+                      "next_due_at = least(coalesce(next_due_at, $now), $now) WHERE cohort = $cohort",
+                      {"now": _naive(now), "cohort": cohort})
+    return {"cohort": cohort, "paused_at": row["paused_at"], "paused_reason": row["paused_reason"]}
+
+
+def _dynamic(store: Store, cohort: str) -> dict:
+    cursor = store.con.execute("SELECT mode, stopped_at, paused_at, paused_reason FROM exports WHERE cohort = ?",
+                               [cohort])
+    row = cursor.fetchone()
+    if row is None or row[0] != "dynamic":
+        raise ExportError(f"cohort {cohort!r} has no dynamic sync" + ("" if row is None else " (a one-time export)"))
+    if row[1] is not None:
+        raise ExportError(f"the dynamic sync of {cohort!r} was stopped; register it again (toolkit export NAME "
+                          "--dynamic)")
+    return dict(zip([d[0] for d in cursor.description], row, strict=True))
+
+
+def refuse_if_paused(con, cohort: str) -> None:
+    """A registered run of a paused sync is refused, naming the pause and the way out; registering the
+    export again (a person's act) is not."""
+    row = con.execute("SELECT paused_at, paused_reason FROM exports WHERE cohort = ? AND paused_at IS NOT NULL",
+                      [cohort]).fetchone()
+    if row:
+        raise ExportError(f"the dynamic sync of {cohort!r} is paused since {row[0]:%Y-%m-%d %H:%M} UTC: {row[1]}. "
+                          f"Fix the cause, then resume it (toolkit resume {cohort!r}, or the export panel's Resume)")
+
+
+def paused(con) -> list[dict]:
+    """The paused dynamic syncs: cohort, paused_at, paused_reason."""
+    cursor = con.execute("SELECT cohort, paused_at, paused_reason FROM exports WHERE mode = 'dynamic' "
+                         "AND stopped_at IS NULL AND paused_at IS NOT NULL ORDER BY cohort")
+    return [dict(zip(("cohort", "paused_at", "paused_reason"), row, strict=True)) for row in cursor.fetchall()]
+
+
+def state_of(export: dict) -> str:
+    """active / paused / stopped for a dynamic sync, one-time for a one-time export (a row of ``exports``)."""
+    if export["mode"] != "dynamic":
+        return ONCE
+    if export.get("stopped_at") is not None:
+        return STOPPED
+    return PAUSED if export.get("paused_at") is not None else ACTIVE
+
+
+def overview(store: Store, cohort: str | None = None, history: int = HISTORY) -> list[dict]:
+    """Per registered export (or ``cohort``'s): state, why paused, last run (id, time, status), last
+    success, members and exportable (as its last run counted them), in segment (tagged now), match rate,
+    and ``series``: (started_at, members, exportable, match_rate) of its last ``history`` runs, oldest
+    first. Dry runs and runs that could not count members are left out of the numbers."""
+    con = store.reader()
+    cursor = con.execute("""
+        SELECT e.cohort, e.mode, e.app_id, e.segment_name, e.next_due_at, e.stopped_at, e.paused_at,
+               e.paused_reason,
+               (SELECT count(*) FROM export_members m WHERE m.cohort = e.cohort AND m.status = 'tagged') AS in_segment
+        FROM exports e WHERE $cohort IS NULL OR e.cohort = $cohort ORDER BY e.cohort""", {"cohort": cohort})
+    names = [d[0] for d in cursor.description]
+    found = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    for row in found:
+        row["state"] = state_of(row)
+        last = con.execute("SELECT run_id, started_at, status, error FROM export_runs WHERE cohort = ? "
+                           "AND NOT dry_run ORDER BY run_id DESC LIMIT 1", [row["cohort"]]).fetchone()
+        status = last[2] if last else None
+        if status == "running" and not _is_running(store, row["cohort"]):
+            status = "interrupted"
+        row.update(last_run_id=last[0] if last else None, last_run_at=last[1] if last else None,
+                   last_status=status, last_error=last[3] if last else None)
+        row["last_success_at"] = con.execute(
+            f"SELECT max(started_at) FROM export_runs WHERE cohort = ? AND NOT dry_run AND ({_SUCCEEDED})",
+            [row["cohort"]]).fetchone()[0]
+        series = match_rates(con, row["cohort"], history)
+        row["series"] = series
+        latest = series[-1] if series else None
+        row["members"] = latest["members"] if latest else None
+        row["exportable"] = latest["exportable"] if latest else None
+        row["match_rate"] = latest["match_rate"] if latest else None
+    return found
+
+
+def match_rates(con, cohort: str, history: int = HISTORY) -> list[dict]:
+    """The cohort's match rate (exportable / members) at each of its last ``history`` runs that counted
+    members, oldest first: run_id, started_at, members, exportable, match_rate (None for an empty cohort)."""
+    rows = con.execute("""
+        SELECT run_id, started_at, members, exportable FROM export_runs
+        WHERE cohort = ? AND NOT dry_run AND members IS NOT NULL ORDER BY run_id DESC LIMIT ?""",
+                       [cohort, history]).fetchall()
+    return [{"run_id": r, "started_at": t, "members": m, "exportable": x,
+             "match_rate": (x or 0) / m if m else None} for r, t, m, x in reversed(rows)]
