@@ -69,12 +69,13 @@ def mails(world) -> list[str]:
 def test_a_revoked_key_raises_one_alert_by_webhook_and_email_and_one_resolved_after_recovery(world, monkeypatch):
     assert cycle(world, 1).status == "ok" and world["hook"].received == []
     monkeypatch.setenv("ONESIGNAL_API_KEY", "revoked-key-0123456789")     # OneSignal answers 403 from now on
-    for minutes in (16, 31, 46):                     # a failed sync stays due: it fails every cycle
+    assert [r.status for r in cycle(world, 16).runs] == ["paused"]          # OneSignal refused the key: paused
+    for minutes in (31, 46):                         # a paused sync is skipped until a person resumes it
         result = cycle(world, minutes)
-        assert [r.status for r in result.runs] == ["failed"]
+        assert result.runs == [] and [p["cohort"] for p in result.paused] == ["Buyers"]
     (alert,) = world["hook"].texts
-    assert alert.startswith('Sync of cohort "Buyers" failed: the latest run failed: ')
-    assert "What to do:" in alert and "toolkit connect" in alert
+    assert alert.startswith('Sync of cohort "Buyers" paused: ')
+    assert "What to do:" in alert and "toolkit connect" in alert and "resume" in alert
     assert world["hook"].received[0]["body"]["blocks"][0]["text"]["text"] == alert      # Slack's shape
     assert mails(world) == [alert]
     assert world["smtp"].messages[0]["to"] == ["growth@example.com"]
@@ -82,18 +83,20 @@ def test_a_revoked_key_raises_one_alert_by_webhook_and_email_and_one_resolved_af
     assert result.alerts == {"opened": [], "resolved": [], "open": 1, "sent": 0, "not_delivered": []}
 
     monkeypatch.setenv("ONESIGNAL_API_KEY", world["app"].api_key)
+    with Store(world["db"]) as store:
+        export.resume(store, "Buyers", now=NOW + timedelta(minutes=60))
     result = cycle(world, 61)
     assert [r.status for r in result.runs] == ["ok"]
-    assert result.alerts["resolved"] == [{"cohort": "Buyers", "kind": "failed"}] and result.alerts["sent"] == 2
+    assert result.alerts["resolved"] == [{"cohort": "Buyers", "kind": "paused"}] and result.alerts["sent"] == 2
     assert len(world["hook"].texts) == 2 and mails(world) == world["hook"].texts
-    assert world["hook"].texts[1] == ('Resolved: sync of cohort "Buyers" no longer failing (since '
+    assert world["hook"].texts[1] == ('Resolved: sync of cohort "Buyers" no longer paused (since '
                                       f'{NOW + timedelta(minutes=16):%Y-%m-%d %H:%M} UTC): the run of '
                                       f'{NOW + timedelta(minutes=61):%Y-%m-%d %H:%M} UTC ended ok, 4 member(s).')
     cycle(world, 76)
     assert len(world["hook"].texts) == 2                                  # healthy: nothing more
     with Store(world["db"]) as store:
         (incident,) = alerts.incident_list(store)
-    assert incident["kind"] == "failed" and incident["resolved_at"] is not None
+    assert incident["kind"] == "paused" and incident["resolved_at"] is not None
     assert sorted((d["message"], d["channel"], d["ok"]) for d in incident["deliveries"]) == [
         ("opened", "email", True), ("opened", "webhook", True), ("resolved", "email", True),
         ("resolved", "webhook", True)]
@@ -195,7 +198,7 @@ def test_a_failing_webhook_never_stops_the_sync_is_recorded_and_gets_the_alert_o
     world["hook"].mode = mode
     monkeypatch.setenv("ONESIGNAL_API_KEY", "revoked-key-0123456789")
     result = cycle(world, 16)
-    assert [r.status for r in result.runs] == ["failed"] and result.mtu_error is None
+    assert [r.status for r in result.runs] == ["paused"] and result.mtu_error is None
     record = result.to_record()
     said = "answered HTTP 500 (tried 2 time(s))" if mode == "500" else "no answer within 0.5 s (tried 2 time(s))"
     assert record["alerts"]["not_delivered"] == [f"webhook http://127.0.0.1:{world['hook'].server.server_address[1]}: "
@@ -206,7 +209,7 @@ def test_a_failing_webhook_never_stops_the_sync_is_recorded_and_gets_the_alert_o
     result = cycle(world, 31)
     assert result.alerts["not_delivered"] == [] and result.alerts["sent"] == 1
     (alert,) = world["hook"].texts                                  # the pending alert, once
-    assert alert.startswith('Sync of cohort "Buyers" failed')
+    assert alert.startswith('Sync of cohort "Buyers" paused')
     cycle(world, 46)
     assert len(world["hook"].texts) == 1 and len(mails(world)) == 1
     with Store(world["db"]) as store:
