@@ -51,14 +51,7 @@ def _take_reached_components(con, file_id: int) -> str | None:
         return None
     con.execute("CREATE OR REPLACE TEMP TABLE _reached (id VARCHAR)")
     if earlier:
-        con.execute("""
-            INSERT INTO _reached
-            WITH RECURSIVE edges AS (SELECT source AS a, target AS b FROM identity_links
-                                     UNION ALL SELECT target, source FROM identity_links),
-            reached(id) AS (SELECT source FROM identity_links WHERE file_id = $f
-                            UNION SELECT target FROM identity_links WHERE file_id = $f
-                            UNION SELECT e.b FROM edges e JOIN reached r ON e.a = r.id)
-            SELECT id FROM reached""", {"f": file_id})
+        _reach(con, file_id)
         scope = "source IN (SELECT id FROM _reached)"   # then its target is reached too
         con.execute("DELETE FROM identity_map WHERE distinct_id IN (SELECT id FROM _reached)")
     else:
@@ -68,6 +61,28 @@ def _take_reached_components(con, file_id: int) -> str | None:
     con.execute(f"UPDATE identity_links SET refused = NULL WHERE rowid IN "
                 f"(SELECT rowid FROM identity_links WHERE refused IS NOT NULL AND {scope})")
     return scope
+
+
+def _reach(con, file_id: int) -> None:
+    """Fill ``_reached`` with every id connected to file ``file_id``'s links, one step at a time: each
+    step reads the links naming an id the step before added. A new user's links reach no earlier link,
+    so a delta mostly takes one step. (A recursive query joined every link in both directions at every
+    step: at 900k links, 0.39 s of CPU.)"""
+    con.execute("""CREATE OR REPLACE TEMP TABLE _frontier AS
+                   SELECT DISTINCT id FROM (SELECT source AS id FROM identity_links WHERE file_id = $f
+                                            UNION ALL SELECT target FROM identity_links WHERE file_id = $f)""",
+                {"f": file_id})
+    con.execute("INSERT INTO _reached SELECT id FROM _frontier")
+    while True:
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE _frontier AS
+            SELECT DISTINCT unnest([source, target]) AS id FROM identity_links
+            WHERE source IN (SELECT id FROM _frontier) OR target IN (SELECT id FROM _frontier)
+            EXCEPT SELECT id FROM _reached""")
+        if not con.execute("SELECT count(*) FROM _frontier").fetchone()[0]:
+            break
+        con.execute("INSERT INTO _reached SELECT id FROM _frontier")
+    con.execute("DROP TABLE _frontier")
 
 
 def _find_star_links(con, scope: str) -> None:
