@@ -146,6 +146,24 @@ def test_a_late_merge_moves_a_profile_and_its_value(tmp_path):
         assert_as_from_scratch(store)
 
 
+def test_a_delta_linking_two_long_components_resolves_both_whole(tmp_path):
+    """The components a delta reaches are found a step at a time: a link joining the ends of two chains
+    (and one next to a refused link) must bring every id of both, however far, into the resolution."""
+    merge = lambda a, b, t: event("$merge", b, T0 + t, None, **{"$distinct_ids": [b, a]})   # noqa: E731
+    chain_a = [merge(f"a{i}", f"a{i + 1}", i) for i in range(1, 6)]        # a1 - a2 - ... - a6
+    chain_b = [merge(f"b{i}", f"b{i + 1}", i) for i in range(1, 4)]        # b1 - ... - b4
+    refused = [event("$identify", "a1", T0 + 9, None, **{"$anon_id": "not-a-uuid", "$identified_id": "a1"})]
+    with Store(":memory:") as store:
+        run.load(store, [write_lines(tmp_path / "1.jsonl", chain_a + chain_b + refused)], now=NOW)
+        assert_as_from_scratch(store)
+        run.load(store, [write_lines(tmp_path / "2.jsonl", [merge("a1", "b1", 20)])], now=NOW)
+        assert_as_from_scratch(store)
+        canonical = dict(rows(store, "SELECT distinct_id, canonical_id FROM identity_map"))
+        assert {canonical.get(i, i) for i in [f"a{n}" for n in range(1, 7)] + [f"b{n}" for n in range(1, 5)]} == {
+            canonical.get("b1", "b1")}
+        assert rows(store, "SELECT count(*) FROM identity_links WHERE refused IS NOT NULL") == [(1,)]
+
+
 def test_dedup_keeps_the_new_files_copy_and_ranks_only_its_own(tmp_path):
     with Store(":memory:") as store:
         old = event("Purchase", "u1", T0, "i1", mp_processing_time_ms=9, x=0)
