@@ -160,6 +160,7 @@ def test_cohorts_sql_for_a_warehouse_reads_the_json_not_the_stores_columns(sampl
     assert "`ep" not in out["sql"] and "$p" not in out["sql"]
     ran = toolkit("cohorts", "sql", "Engaged with push", "--db", sample_store_file, "--dialect", "bigquery")
     assert ran.returncode == 0 and "bigquery SQL" in ran.stdout and "`" in ran.stdout
+    assert "-- bigquery: translated but never run by the toolkit's tests" in ran.stdout
 
 
 def test_cohorts_sql_refuses_an_unknown_dialect_or_cohort(sample_store_file):

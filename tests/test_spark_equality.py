@@ -57,6 +57,8 @@ def spark_rows(session, query: Query) -> list[tuple]:
 def same_members(store, session, query: Query) -> list[str]:
     duck = [r[0] for r in duck_rows(store, query)]
     assert [r[0] for r in spark_rows(session, query)] == duck      # the same members, in the same order
+    inlined = [r[0] for r in connection(store).execute(dialects.render(query, "duckdb")).fetchall()]
+    assert inlined == duck                                          # and back to DuckDB, values written in
     return duck
 
 
@@ -217,3 +219,14 @@ def test_arrow_tables_arrive_with_their_types(spark):
     spark_session.register(session, "t", table)
     assert [tuple(r) for r in session.sql("SELECT s, t FROM t").collect()] == list(zip(*table.to_pydict().values(),
                                                                                          strict=True))
+
+
+def test_every_kind_of_bound_value_reads_back_the_same_on_spark(spark):
+    """Spark's string literals escape with backslashes (DuckDB's do not): quotes, backslashes, newlines,
+    unicode, numbers, times and lists written in by dialects.literal come back as the values bound."""
+    from test_dialects import VALUES
+
+    names = [f"v{i}" for i in range(len(VALUES))]
+    query = Query("SELECT " + ", ".join(f"${n} AS {n}" for n in names), dict(zip(names, VALUES, strict=True)))
+    (row,) = spark.sql(dialects.for_spark(query)).collect()
+    assert list(row) == VALUES
