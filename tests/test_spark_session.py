@@ -49,3 +49,11 @@ def test_one_local_session_in_utc_on_the_loopback(spark):
     assert int(spark.conf.get("spark.sql.shuffle.partitions")) <= 8
     row = spark.sql("SELECT CAST(TIMESTAMP '2026-10-01 12:00:00' AS STRING) AS t").first()
     assert row.t == "2026-10-01 12:00:00"
+
+
+def test_spark_connect_without_its_client_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(spark_session, "_current", None)
+    monkeypatch.setattr(spark_session, "_installed", lambda module: module != "grpc")
+    with pytest.raises(SetupError, match=r"Spark Connect \(sc://127.0.0.1:1\) needs its client: "
+                                         r"pip install 'pyspark\[connect\]'"):
+        spark_session.start(remote="sc://127.0.0.1:1")

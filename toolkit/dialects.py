@@ -10,9 +10,17 @@ JSON on Spark: JSON values travel as JSON text (a STRING column: ``properties``,
 of toolkit/event_columns.py) and are parsed where read. An extracted property is a VARIANT (Spark 4),
 which keeps the value's JSON type as DuckDB's JSON does: ``json_type`` maps its schema to DuckDB's type
 names ('VARCHAR', 'DOUBLE', 'ARRAY', 'NULL'...), ``json_extract_string(v, '$')`` casts it to a string,
-and a JSON array cast to a typed list casts element by element, a non-convertible element becoming
-NULL (as DuckDB's TRY_CAST does). Spark sessions run in UTC (toolkit/spark_session.py): the store's
+and TRY_CAST of a variant to a typed list casts element by element, a non-convertible element becoming
+NULL (as DuckDB's TRY_CAST of JSON does). Spark sessions run in UTC (toolkit/spark_session.py): the store's
 times are naive UTC.
+
+What the Spark tables must hold (temp views or tables of these names; `spark_session.register` makes them
+from Arrow): ``resolved_events`` (event, distinct_id: canonical, time: TIMESTAMP in UTC, properties: JSON
+text, and the typed ``ep<id>_*`` columns only if the query was compiled with them: cohorts.query's
+``typed_columns``), ``resolved_profiles`` (distinct_id, properties: JSON text, updated_at, and for
+matching's facts on the default user-id property onesignal_user_id_type, onesignal_user_id, empty: store
+migration 5) and ``identity_map`` (distinct_id, canonical_id). Queries: ``for_spark(cohorts.query(...))``,
+``for_spark(matching.classify_sql(members))``, ``mtu.from_rows(rows of for_spark(mtu.query(...)))``.
 
 BigQuery and Snowflake get sqlglot's translation with the same inlining and the JSON pointer turned
 into a JSON path; they are printed for analysts (``toolkit cohorts sql``) and not run by the tests.
@@ -144,12 +152,10 @@ def spark_json(node: exp.Expr) -> exp.Expr:
         if node.expression.sql("duckdb") not in ("'$'", "$"):
             raise ValueError(f"only json_extract_string(x, '$') is translated, got {node.sql('duckdb')}")
         return exp.cast(node.this, exp.DataType.Type.TEXT)
-    if isinstance(node, exp.TryCast) and node.to.is_type(exp.DataType.Type.ARRAY):
-        # A JSON array as a typed list, element by element (DuckDB's TRY_CAST of JSON): a variant's
-        # try_variant_get does the same; sqlglot's FROM_JSON refuses the string "2" as a number.
-        return exp.Anonymous(this="try_variant_get", expressions=[
-            node.this, exp.Literal.string("$"), exp.Literal.string(node.to.sql("spark").lower())])
     if isinstance(node, exp.Cast) and node.to.is_type(exp.DataType.Type.JSON):
+        # JSON text (the typed list column) as a variant. sqlglot folds TRY_CAST(CAST(c AS JSON) AS T[]) into
+        # FROM_JSON(c, 'ARRAY<T>'), which refuses the element "2" as a number where DuckDB's TRY_CAST takes
+        # it; Spark's TRY_CAST of a variant to ARRAY<T> casts element by element as DuckDB does.
         return _variant(node.this)
     return node
 

@@ -15,6 +15,8 @@ pyspark is imported only when a session is asked for: ``import toolkit`` never p
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -76,7 +78,11 @@ def _build(master: str | None, remote: str | None) -> SparkSession:
         from pyspark.sql import SparkSession
     except ImportError:
         raise SetupError(f"Spark is not installed: {INSTALL_HINT}") from None
+    logging.getLogger("SQLQueryContextLogger").setLevel(logging.CRITICAL)   # a failed query: the error says it
     if remote:
+        # checked before pyspark's connect modules are imported: without grpc, importing them ends the process
+        if not all(_installed(m) for m in ("grpc", "grpc_status", "google.protobuf")):
+            raise SetupError(f"Spark Connect ({remote}) needs its client: pip install 'pyspark[connect]'")
         return SparkSession.builder.remote(remote).config("spark.sql.session.timeZone", "UTC").getOrCreate()
     if not os.environ.get("JAVA_HOME"):       # a Java of the user's own wins over the one from pip
         os.environ["JAVA_HOME"] = str(_java_home())
@@ -99,6 +105,13 @@ def _build(master: str | None, remote: str | None) -> SparkSession:
         session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:       # its parent package is missing
+        return False
 
 
 def _java_home() -> Path:
