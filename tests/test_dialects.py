@@ -170,3 +170,18 @@ def test_cohorts_sql_refuses_an_unknown_dialect_or_cohort(sample_store_file):
     assert ran.returncode == 2 and "invalid choice: 'mysql'" in ran.stderr
     ran = toolkit("cohorts", "sql", "Engaged with pusj", "--db", sample_store_file)
     assert ran.returncode == 1 and "Engaged with push" in ran.stderr
+
+
+def test_a_text_is_cast_to_a_time_on_spark_only_when_shaped_as_duckdb_reads_one():
+    sql = "SELECT TRY_CAST(t AS TIMESTAMP) FROM x"
+    assert _plain(sql, "spark") == "SELECT TRY_CAST(t AS TIMESTAMP_NTZ) FROM x"   # Spark reads '2026' as a date
+    spark = dialects.render(Query(sql, {}), "spark", pretty=False)
+    assert spark.startswith("SELECT CASE WHEN t RLIKE '^ *[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}")
+    assert spark.endswith("THEN TRY_CAST(t AS TIMESTAMP_NTZ) END FROM x")
+    import re
+    shape = re.compile(dialects._DATE_SHAPE)
+    duck = duckdb.connect()
+    for text in ["2026", "2026-10", "1000", "2026-10-5", " 2026-10-05", "2026-10-05 ", "2026-10-05Z",
+                 "2026-10-05T12:00", "2026-10-05 12:00:00+02:00", "20261005"]:
+        read = duck.execute("SELECT TRY_CAST($t AS TIMESTAMP)", {"t": text}).fetchone()[0]
+        assert (read is not None) == bool(shape.search(text)), text

@@ -230,3 +230,44 @@ def test_every_kind_of_bound_value_reads_back_the_same_on_spark(spark):
     query = Query("SELECT " + ", ".join(f"${n} AS {n}" for n in names), dict(zip(names, VALUES, strict=True)))
     (row,) = spark.sql(dialects.for_spark(query)).collect()
     assert list(row) == VALUES
+
+
+# -- the JSON semantics, value by value ------------------------------------------------------------------------
+
+NUMBER_TEXTS = ["1.50", "0.1", "-0", "100", "2.5", "-7.25", "-9223372036854775809", "18446744073709551616"]
+DATE_TEXTS = ["2026", "2026-10", "2026-10-5", " 2026-10-05", "2026-10-05 ", "2026-10-05Z", "2026-10-05T12:00",
+              "2026-10-05T25:00:00", "10/05/2026", "20261005", "2026-10-05T12:00:00.123456"]
+
+
+def test_each_json_value_reads_the_same_on_spark(spark):
+    """What a condition reads of a property (cohort_sql's _Json and _Columns expressions: its JSON type,
+    text, typed scalars and typed lists) for every kind of value the generated data holds, on both engines.
+    The cohort tests compare memberships; this compares the values themselves, so a difference cannot hide
+    behind a filter that happens to give the same members."""
+    from toolkit.cohort_sql import _Columns, _Json
+
+    values = dict.fromkeys(json.dumps(v, ensure_ascii=False) for v in [*RICH_VALUES, *PROFILE_VALUES, *ID_VALUES]
+                           if v is not MISSING)
+    docs = [f'{{"k": {v}}}' for v in values] + [f'{{"k": {t}}}' for t in NUMBER_TEXTS] + ['{"other": 1}']
+    docs += [json.dumps({"k": t}) for t in DATE_TEXTS]
+    table = pa.table({"id": list(range(len(docs))), "doc": docs, "k_list": [
+        (json.dumps(json.loads(d)["k"]) if isinstance(json.loads(d).get("k"), list) else None) for d in docs]})
+    json_value, column = _Json('"v"'), _Columns("k")
+    reads = [json_value.type(), json_value.text(), column.list("number"), column.list("boolean"), column.list("string")]
+    reads += [json_value.typed(kind) for kind in ("number", "boolean", "datetime", "string", None)]
+    reads += [json_value.list(kind) for kind in ("number", "boolean", "string")]
+    sql = f"SELECT id, {', '.join(reads)} FROM (SELECT id, json_extract(doc, '/k') AS v, k_list FROM docs) ORDER BY id"
+    query = Query(sql, {})
+    con = __import__("duckdb").connect()
+    con.register("docs", table)
+    duck = con.execute(query.sql).fetchall()
+    session = spark.newSession()
+    spark_session.register(session, "docs", table)
+    got = spark_rows(session, query)
+    differ = [(docs[d[0]], d, s) for d, s in zip(duck, got, strict=True) if d != s]
+    # Known, left alone: Spark's VARIANT keeps no fractional zero, so a JSON 1000.0 reads as the whole number
+    # 1000 (type and text); its value as a number, list or date is the same. Only a string filter on a
+    # number property could tell.
+    known = [(doc, d, s) for doc, d, s in differ if doc == '{"k": 1000.0}'
+             and {i for i, (a, b) in enumerate(zip(d, s, strict=True)) if a != b} <= {1, 2, 9, 10}]
+    assert len(known) == 1 and differ == known, "\n".join(map(repr, differ))

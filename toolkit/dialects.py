@@ -163,13 +163,32 @@ def spark_json(node: exp.Expr) -> exp.Expr:
 def _spark_json_type(value: exp.Expr) -> exp.Expr:
     """DuckDB's json_type names from a variant's schema (Spark says STRING, DECIMAL(2,1), VOID...)."""
     schema = exp.Anonymous(this="schema_of_variant", expressions=[value])
+    # DuckDB names a whole number by its range (UBIGINT from 0, BIGINT below, DOUBLE past 64 bits); Spark
+    # keeps integers as BIGINT or DECIMAL(p,0). (A JSON 1.0 is DECIMAL(1,0) to Spark: DuckDB says DOUBLE.)
     sql = ("CASE WHEN s IS NULL THEN NULL WHEN s = 'VOID' THEN 'NULL' WHEN s = 'STRING' THEN 'VARCHAR' "
            "WHEN s = 'BOOLEAN' THEN 'BOOLEAN' WHEN s LIKE 'ARRAY%' THEN 'ARRAY' WHEN s LIKE 'OBJECT%' THEN 'OBJECT' "
-           "WHEN s IN ('BIGINT', 'INT', 'SMALLINT', 'TINYINT') THEN 'BIGINT' ELSE 'DOUBLE' END")
+           "WHEN s IN ('BIGINT', 'INT', 'SMALLINT', 'TINYINT') OR s LIKE 'DECIMAL(%,0)' THEN "
+           "CASE WHEN TRY_CAST(x AS DECIMAL(38, 0)) BETWEEN 0 AND 18446744073709551615 THEN 'UBIGINT' "
+           "WHEN TRY_CAST(x AS DECIMAL(38, 0)) BETWEEN -9223372036854775808 AND -1 THEN 'BIGINT' ELSE 'DOUBLE' END "
+           "ELSE 'DOUBLE' END")
     case = sqlglot.parse_one(sql, read="spark")
     for column in list(case.find_all(exp.Column)):
-        column.replace(schema.copy())
+        column.replace(schema.copy() if column.name == "s" else value.copy())
     return case
+
+
+# What DuckDB's TRY_CAST(text AS TIMESTAMP) accepts starts with a date and has no trailing blank; Spark's
+# also takes a bare year ('2026', '1000': the text of a number), a year and month, or a trailing 'Z'.
+_DATE_SHAPE = r"^ *[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}($|[T ][0-9](.*[^ ])?$)"
+
+
+def spark_timestamps(node: exp.Expr) -> exp.Expr:
+    """TRY_CAST(text AS TIMESTAMP) only for texts shaped as DuckDB reads them (sqlglot casts anything)."""
+    if isinstance(node, exp.TryCast) and node.to.this in (exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPNTZ) \
+            and not isinstance(node.this, exp.Literal):
+        shaped = exp.RegexpLike(this=node.this.copy(), expression=exp.Literal.string(_DATE_SHAPE))
+        return exp.Case(ifs=[exp.If(this=shaped, true=node.copy())])
+    return node
 
 
 def spark_arrays(node: exp.Expr) -> exp.Expr:
@@ -258,7 +277,7 @@ def zip_literal_unnests(node: exp.Expr) -> exp.Expr:
 
 RULES: dict[str, tuple[Rule, ...]] = {
     "duckdb": (),
-    "spark": (spark_json, spark_arrays, spark_ordered_lists, spark_functions, zip_literal_unnests),
+    "spark": (spark_json, spark_timestamps, spark_arrays, spark_ordered_lists, spark_functions, zip_literal_unnests),
     "bigquery": (pointer_to_path,),
     "snowflake": (pointer_to_path,),
 }
