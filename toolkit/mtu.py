@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -34,6 +35,7 @@ import pandas as pd
 
 from toolkit import onesignal_events as osev
 from toolkit.errors import UsageError
+from toolkit.sql import Query
 from toolkit.store import Store, connection
 
 RULE_SETS = ("seed", "strict")
@@ -133,15 +135,17 @@ def _month_bounds(month: str | None) -> tuple[datetime | None, datetime | None]:
     return start, end
 
 
-def report(store: Store, month: str | None = None, rules: str = "seed") -> list[MonthMTU]:
-    """MTU and its breakdown for every month of the store (or only ``month``, "YYYY-MM"), oldest first.
-    A requested month without events yields one row of zeros."""
+def query(month: str | None = None, rules: str = "seed") -> Query:
+    """The counting query (DuckDB SQL, values bound): what `report` runs, and toolkit/dialects.py
+    translates for another engine; its rows go to `from_rows`."""
     exempt = exempt_names(rules)
     names = sorted(exempt | osev.NAMES)
     start, end = _month_bounds(month)
-    rows = connection(store).execute(_QUERY, {
-        "names": names, "exempt": [n in exempt for n in names], "start": start, "end": end,
-    }).fetchall()
+    return Query(_QUERY, {"names": names, "exempt": [n in exempt for n in names], "start": start, "end": end})
+
+
+def from_rows(rows: Iterable[Sequence], month: str | None = None, rules: str = "seed") -> list[MonthMTU]:
+    """The report from the rows of `query` (whichever engine ran it)."""
     result = []
     for m, users, qualifying, exempt_events, exempt_only, engagement_only, users_wo, events_wo in rows:
         mtu, applied = _guardrail(users, int(qualifying))
@@ -154,6 +158,13 @@ def report(store: Store, month: str | None = None, rules: str = "seed") -> list[
     if month is not None and not result:
         result.append(MonthMTU(month, rules, 0, 0, 0, 0, 0, 0, False, 0.0, 0))
     return result
+
+
+def report(store: Store, month: str | None = None, rules: str = "seed") -> list[MonthMTU]:
+    """MTU and its breakdown for every month of the store (or only ``month``, "YYYY-MM"), oldest first.
+    A requested month without events yields one row of zeros."""
+    sql, params = query(month, rules)
+    return from_rows(connection(store).execute(sql, params).fetchall(), month, rules)
 
 
 def monthly(store: Store, month: str | None = None, rules: str = "seed") -> dict[str, int]:
