@@ -62,7 +62,7 @@ def _take_reached_components(con, file_id: int | None) -> str | None:
     if not new:
         return None
     con.execute("CREATE OR REPLACE TEMP TABLE _reached (id VARCHAR)")
-    if earlier:
+    if earlier and file_id is not None:
         _reach(con, file_id)
         links = "_reached_links"
         con.execute("DELETE FROM identity_map WHERE distinct_id IN (SELECT id FROM _reached)")
