@@ -110,6 +110,12 @@ def test_reconcile_reports_each_kind_of_drift_and_repair_makes_both_sides_true(w
     assert tagged == exportable & in_onesignal                  # OneSignal holds the cohort's exportable set
     runs = json.loads(toolkit("runs", "--db", db, "--json").stdout)["runs"]
     assert runs[0]["run_id"] == run["run_id"]                   # the repair is a recorded run
+    correction = runs[1]                                        # and so is the snapshot's correction before it
+    assert (correction["status"], correction["added"], correction["removed"], correction["not_in_onesignal"]) == (
+        "reconciled", 1, 1, 1)
+    with Store(db, read_only=True) as store:                    # so every member's fate in the repair is exact
+        fates = export.member_fates(store.reader(), run["run_id"])
+    assert fates.note is None and fates.counts()[("add", "ok")] == 1 and fates.counts()[("remove", "ok")] == 1
 
 
 def test_read_back_survives_429_and_500(world):
@@ -172,6 +178,8 @@ def test_a_repair_the_removal_guard_stops_changes_nothing_until_forced(world):
     stopped = toolkit("reconcile", COHORT, "--repair", "--db", db, env=env)
     assert stopped.returncode == 1 and "stopped" in stopped.stdout and "--force" in stopped.stdout
     assert members() == snapshot and tagged_in_onesignal(emu, app) == tagged
+    with Store(db, read_only=True) as store:                    # and no record of a correction that was undone
+        assert store.con.execute("SELECT count(*) FROM export_runs WHERE status = 'reconciled'").fetchone() == (0,)
     still = json.loads(toolkit("reconcile", COHORT, "--db", db, "--json", env=env).stdout)
     assert len(still["tagged_outside"]) == len(outsiders)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -122,9 +123,17 @@ def _rows(content: bytes) -> Iterator[dict[str, str]]:
         raise ExportError(f"OneSignal's CSV export could not be read: {exc}") from None
 
 
+RECONCILED = "reconciled"        # the status of the run record a correction writes
+
+
 def correct_snapshot(store: Store, found: Reconciliation) -> list[tuple]:
     """Make the snapshot say what OneSignal holds (one transaction): see the module's docstring. Returns
-    the rows it changed as they were, for ``restore_snapshot``."""
+    the rows it changed as they were, for ``restore_snapshot``.
+
+    The correction is recorded as a run of its own (status ``reconciled``) whose results are exactly its
+    writes (lost tag: a removal; deleted: an addition not in OneSignal; tagged outside: an addition), so
+    that the snapshot stays what the runs' results replay to (``export.fates``: every member's fate in
+    the repair run and the runs after it stays exact)."""
     cohort, now = found.cohort, found.checked_at
     with transaction(store.con) as con:
         before = con.execute("SELECT * FROM export_members WHERE cohort = ? AND distinct_id IN (SELECT unnest(?))",
@@ -139,17 +148,38 @@ def correct_snapshot(store: Store, found: Reconciliation) -> list[tuple]:
         for user in found.tagged_outside:
             con.execute("INSERT OR REPLACE INTO export_members VALUES (?, ?, ?, ?, 'tagged', ?)",
                         [cohort, OUTSIDE + user["alias_id"], user["alias_id"], user["alias_label"], now])
+        _record_correction(con, found)
     return before
 
 
+def _record_correction(con, found: Reconciliation) -> None:
+    mode = con.execute("SELECT mode FROM exports WHERE cohort = ?", [found.cohort]).fetchone()
+    run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
+    con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, ended_at, status, pid, added, "
+                "removed, not_in_onesignal) VALUES (?, ?, ?, false, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, found.cohort, mode[0] if mode else "once", found.checked_at, found.checked_at, RECONCILED,
+                 os.getpid(), len(found.tagged_outside), len(found.lost_tag), len(found.deleted)])
+    rows = ([(m["distinct_id"], m["onesignal_id"], m["id_type"], "remove", "ok") for m in found.lost_tag]
+            + [(m["distinct_id"], m["onesignal_id"], m["id_type"], "add", "not_in_onesignal") for m in found.deleted]
+            + [(OUTSIDE + u["alias_id"], u["alias_id"], u["alias_label"], "add", "ok") for u in found.tagged_outside])
+    con.executemany("INSERT INTO export_results (run_id, distinct_id, onesignal_id, id_type, operation, outcome, "
+                    "error) VALUES (?, ?, ?, ?, ?, ?, 'found by toolkit reconcile')",
+                    [(run_id, *row) for row in rows])
+
+
 def restore_snapshot(store: Store, found: Reconciliation, before: list[tuple]) -> None:
-    """Undo ``correct_snapshot`` (a repair the removal guard stopped sent nothing: it changes nothing)."""
+    """Undo ``correct_snapshot`` and its run record (a repair the removal guard stopped sent nothing: it
+    changes nothing)."""
     with transaction(store.con) as con:
         snapshots.forget(con, found.cohort)
         con.execute("DELETE FROM export_members WHERE cohort = ? AND distinct_id IN (SELECT unnest(?))",
                     [found.cohort, _touched(found)])
         for row in before:
             con.execute("INSERT INTO export_members VALUES (?, ?, ?, ?, ?, ?)", list(row))
+        correction = con.execute("SELECT max(run_id) FROM export_runs WHERE cohort = ? AND status = ?",
+                                 [found.cohort, RECONCILED]).fetchone()[0]
+        con.execute("DELETE FROM export_results WHERE run_id = ?", [correction])
+        con.execute("DELETE FROM export_runs WHERE run_id = ?", [correction])
 
 
 def _touched(found: Reconciliation) -> list[str]:
