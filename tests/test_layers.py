@@ -81,8 +81,9 @@ def test_the_pure_core_does_no_io():
 LAYERS = [
     ("ground", {"errors", "redaction", "onesignal_ids", "sql", "store", "resources"}),
     ("loading", {"loading", "event_columns"}),
-    ("core", {"cohort_model", "cohort_sql", "cohorts", "matching", "planning", "onesignal_events", "mtu"}),
-    ("services", {"onesignal", "emulator", "credentials", "snapshots", "export", "mixpanel"}),
+    ("core", {"cohort_model", "cohort_sql", "cohorts", "cohort_batch", "matching", "planning", "onesignal_events",
+              "mtu"}),
+    ("services", {"onesignal", "rate_budget", "emulator", "credentials", "snapshots", "export", "mixpanel"}),
     ("workflows", {"sync", "schedule"}),
     ("surfaces", {"", "__main__", "cli", "report", "widgets", "demo", "lab", "synthetic"}),
 ]
