@@ -89,34 +89,50 @@ def members_of(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime
             for name in found.names}
 
 
-def match(store: Store, members: Members, *, user_id_property: str = matching.DEFAULT_USER_ID_PROPERTY,
-          id_type: str = "auto", limit: int = matching.COHORT_LIMIT) -> dict[str, matching.Matchability]:
-    """Each evaluated cohort's matchability, as ``matching.match`` gives it: the users of the shared
-    pass classified in one query, then each dynamic cohort's rows taken by its flag."""
+class Matched:
+    """The users of a shared pass classified once (``classify``); ``of(name)`` is one cohort's matchability."""
+
+    def __init__(self, store: Store, members: Members, table: str, options: dict):
+        self.store, self.members, self.table, self.options = store, members, table, options
+
+    def of(self, name: str) -> matching.Matchability:
+        """The cohort's ``Matchability``, equal to ``matching.match`` of its members alone."""
+        if name in self.members.static:
+            return matching.match(self.store, self.members.static[name], **self.options)
+        listed = ", ".join(quote_ident(c) for c in matching.COLUMNS)
+        flag = quote_ident(self.members.flags[name])
+        table = connection(self.store).sql(f"SELECT {listed} FROM {self.table} WHERE {flag}").to_arrow_table()
+        table = matching.apply_limit(table.cast(matching.SCHEMA), self.options["limit"])
+        return matching.Matchability(matching.summarize(table, **self.options), table)
+
+
+def classify(store: Store, members: Members, *, user_id_property: str = matching.DEFAULT_USER_ID_PROPERTY,
+             id_type: str = "auto", limit: int = matching.COHORT_LIMIT, table: str = MATCHED_TABLE) -> Matched:
+    """Classify the users of the shared pass in one query, into the temp ``table`` with their flags."""
     con = connection(store)
-    found: dict[str, matching.Matchability] = {}
     if members.flags:
         sql, params = matching.classify_sql(Query(f"SELECT {_DID} FROM {MEMBERS_TABLE}", {}),
                                             user_id_property=user_id_property, id_type=id_type,
                                             facts=stored_facts(con, user_id_property))
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {MATCHED_TABLE.split('.')[1]} AS "
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table.split('.')[1]} AS "
                     f"SELECT c.*, w.* EXCLUDE ({_DID}) FROM ({sql}) c JOIN {MEMBERS_TABLE} w USING ({_DID})",
                     params)
-        listed = ", ".join(quote_ident(c) for c in matching.COLUMNS)
-        for name, flag in members.flags.items():
-            table = con.sql(f"SELECT {listed} FROM {MATCHED_TABLE} WHERE {quote_ident(flag)}").to_arrow_table()
-            table = matching.apply_limit(table.cast(matching.SCHEMA), limit)
-            found[name] = matching.Matchability(
-                matching.summarize(table, user_id_property=user_id_property, id_type=id_type, limit=limit), table)
-    for name, static in members.static.items():
-        found[name] = matching.match(store, static, user_id_property=user_id_property, id_type=id_type, limit=limit)
-    return found
+    return Matched(store, members, table,
+                   {"user_id_property": user_id_property, "id_type": id_type, "limit": limit})
 
 
-def drop(store: Store) -> None:
-    """Free the temp tables of the last pass."""
+def match(store: Store, members: Members, *, user_id_property: str = matching.DEFAULT_USER_ID_PROPERTY,
+          id_type: str = "auto", limit: int = matching.COHORT_LIMIT) -> dict[str, matching.Matchability]:
+    """Each evaluated cohort's matchability, as ``matching.match`` gives it (all at once: for a few
+    cohorts; a cycle takes them one by one from ``classify``)."""
+    found = classify(store, members, user_id_property=user_id_property, id_type=id_type, limit=limit)
+    return {name: found.of(name) for name in members.names}
+
+
+def drop(store: Store, *tables: str) -> None:
+    """Free the temp tables of the last pass (and the classified ``tables`` besides the default one)."""
     con = connection(store)
-    for table in (MATCHED_TABLE, MEMBERS_TABLE):
+    for table in (*tables, MATCHED_TABLE, MEMBERS_TABLE):
         con.execute(f"DROP TABLE IF EXISTS {table}")
 
 

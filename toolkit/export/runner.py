@@ -12,6 +12,7 @@ from toolkit import planning, snapshots
 from toolkit.errors import ExportError
 from toolkit.export.helpers import _naive, _run_async
 from toolkit.export.lock import _run_lock
+from toolkit.export.naming import segment_name
 from toolkit.export.records import RunRecord, _failed_users, _finish, _start
 from toolkit.export.results import _ResultWriter
 from toolkit.export.run_settings import ExportSettings, _save_registration
@@ -63,7 +64,8 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
         if credentials is None:
             return _finish(con, record, "failed", "no OneSignal credentials: preview only (see toolkit connect)")
         try:
-            segment_id = _run_async(_apply(con, settings, record, the_plan, caps, credentials, on_progress))
+            segment_id = (_nothing_to_send(con, settings, the_plan, caps)
+                          or _run_async(_apply(con, settings, record, the_plan, caps, credentials, on_progress)))
         except (OneSignalError, ExportError) as exc:
             _keep_fingerprint(con, settings.cohort, the_plan)
             return _finish(con, record, "failed", str(exc))
@@ -77,6 +79,20 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
             con.execute("UPDATE exports SET next_due_at = ? WHERE cohort = ? AND stopped_at IS NULL",
                         [_naive(settings.now) + DYNAMIC_INTERVAL, settings.cohort])
         return _finish(con, record, "partial" if record.failed else "ok", _failed_users(con, record))
+
+
+def _nothing_to_send(con, settings: ExportSettings, the_plan: planning.Plan, caps: TagCaps) -> str | None:
+    """The segment's id when a run has nothing to tell OneSignal: no user changes, the segment known by
+    its id and name, nothing to register, no cap refusal to forget. Then no request is made at all (not
+    even the segment's), so sixty unchanged syncs cost the app's rate budget nothing."""
+    if the_plan.changes or not settings.segment_id or settings.saves:
+        return None
+    found = con.execute("SELECT segment_name = ? AND segment_id = ? FROM exports WHERE cohort = ?",
+                        [segment_name(settings.cohort), settings.segment_id, settings.cohort]).fetchone()
+    stale_caps = con.execute("SELECT count(*) FROM export_tag_caps WHERE cohort = ? "
+                             "AND distinct_id NOT IN (SELECT unnest(?::VARCHAR[]))",
+                             [settings.cohort, list(caps.held)]).fetchone()[0]
+    return settings.segment_id if found and found[0] and not stale_caps else None
 
 
 def _keep_fingerprint(con, cohort: str, the_plan: planning.Plan) -> None:

@@ -1,0 +1,99 @@
+"""The fifteen-minute cycle of many dynamic syncs (sync.run_due): cohorts evaluated together, unchanged ones
+sending nothing, and the runs sharing the app's rate budget (rate_budget.AppBudget). Real store files and the
+real emulator over HTTP; the emulator's request log is the witness."""
+
+from datetime import timedelta
+
+import pytest
+
+from helpers import NOW, event, write_lines
+from toolkit import Store, cohorts, export, load, sync
+from toolkit.emulator import Emulator
+
+FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3}
+
+
+def build(tmp_path, emu, app, groups: dict[str, list[str]], shared: list[str] = ()):
+    """A store whose cohort G holds the users of ``groups[G]`` (each did event G) and ``shared`` (who did
+    every event), each with a OneSignal external id the emulator knows; a dynamic sync per cohort."""
+    data = tmp_path / "data"
+    data.mkdir()
+    users = [u for members in groups.values() for u in members] + list(shared)
+    write_lines(data / "events.jsonl",
+                [event(g, u, insert_id=f"{g}-{u}") for g, members in groups.items() for u in [*members, *shared]])
+    write_lines(data / "profiles.jsonl", [{"$distinct_id": u, "$properties": {"$onesignal_user_id": f"ext-{u}"}}
+                                          for u in users])
+    for u in users:
+        emu.add_user(app.app_id, f"ext-{u}")
+    db = tmp_path / "store.duckdb"
+    with Store(db) as store:
+        load(store, [data], now=NOW)
+        cohorts.save_all(store, [{"name": g, "rules": [{"event": g}]} for g in groups])
+        for g in groups:
+            export.register(store, g, "dynamic", app.app_id, emu.url, now=NOW)
+    return db
+
+
+def credentials(monkeypatch, tmp_path, app):
+    monkeypatch.setenv("ONESIGNAL_APP_ID", app.app_id)
+    monkeypatch.setenv("ONESIGNAL_API_KEY", app.api_key)
+    monkeypatch.setenv("TOOLKIT_CREDENTIALS", str(tmp_path / "no-credentials.json"))
+
+
+def test_unchanged_cohorts_send_no_request_at_all(tmp_path, monkeypatch):
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app, {"A": ["a1", "a2"], "B": ["b1"], "C": ["c1", "c2"]}, shared=["s1"])
+        with Store(db) as store:
+            first = sync.run_due(store, now=NOW, client_options=FAST)
+            assert [(r.cohort, r.status, r.added) for r in first] == [("A", "ok", 3), ("B", "ok", 2), ("C", "ok", 3)]
+            sent = len(emu.requests())
+            again = sync.run_due(store, now=NOW + timedelta(minutes=15), client_options=FAST)
+            assert [(r.status, r.added, r.removed, r.unchanged) for r in again] == [("ok", 0, 0, 3), ("ok", 0, 0, 2),
+                                                                                    ("ok", 0, 0, 3)]
+            assert emu.requests()[sent:] == []                  # not even the segments were touched
+            assert export.due(store, NOW + timedelta(minutes=29)) == []     # the runs still count as runs
+
+
+def test_the_cycle_evaluates_its_cohorts_together(tmp_path, monkeypatch):
+    """The runs get their members from the shared pass: evaluating a cohort on its own is never called."""
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app, {"A": ["a1"], "B": ["b1", "b2"]}, shared=["s1"])
+
+        def alone(*args, **kwargs):
+            raise AssertionError("a cohort of the cycle was evaluated on its own")
+
+        monkeypatch.setattr(export, "exportable", alone)
+        with Store(db) as store:
+            runs = sync.run_due(store, now=NOW, client_options=FAST)
+        assert [(r.cohort, r.status, r.members, r.added) for r in runs] == [("A", "ok", 2, 2), ("B", "ok", 3, 3)]
+        assert {u for u, tags in emu.user_tags(app.app_id).items() if tags.get(export.tag_key("B"))} == \
+            {"ext-b1", "ext-b2", "ext-s1"}
+
+
+@pytest.mark.slow
+def test_cohorts_changing_at_once_share_the_app_budget_fairly_and_never_exceed_it(tmp_path, monkeypatch):
+    """Three cohorts of 40 users, and one user in all three, sent at once to an app allowing 30 requests/s
+    and one update per user per second: no request is answered 429, and each cohort progresses from the
+    start (in the order the requests arrived, none waits for another to finish)."""
+    rate, size = 30, 40
+    groups = {g: [f"{g.lower()}{n}" for n in range(size)] for g in ("A", "B", "C")}
+    with Emulator(rate_limit=rate) as emu:
+        app = emu.add_app()
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app, groups, shared=["s1"])
+        with Store(db) as store:
+            runs = sync.run_due(store, now=NOW, client_options={**FAST, "max_rps": rate, "concurrency": 8})
+        assert [(r.status, r.added) for r in runs] == [("ok", size + 1)] * 3
+        log = emu.requests()
+        assert [r for r in log if r["status"] == 429] == []
+        patches = [r["path"].rsplit("/", 1)[1] for r in log if r["method"] == "PATCH" and "/users/" in r["path"]]
+        assert len(patches) == 3 * (size + 1)
+        owner = {f"ext-{u}": g for g, members in groups.items() for u in members}
+        order = [owner[p] for p in patches if p in owner]
+        third = len(order) // 3
+        assert set(order[:third]) == {"A", "B", "C"}            # all started together...
+        assert set(order[-third:]) == {"A", "B", "C"}           # ...and none was done before the others
