@@ -97,3 +97,21 @@ def test_cohorts_changing_at_once_share_the_app_budget_fairly_and_never_exceed_i
         third = len(order) // 3
         assert set(order[:third]) == {"A", "B", "C"}            # all started together...
         assert set(order[-third:]) == {"A", "B", "C"}           # ...and none was done before the others
+
+
+def test_runs_at_once_that_write_one_row_start_again_and_all_end_ok(tmp_path, monkeypatch):
+    """A dead run's record is marked interrupted by every run's start: sixteen runs at once write that one
+    row, DuckDB refuses all but one, and the others start again (nothing of them was kept)."""
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app, {g: [f"{g.lower()}1"] for g in "ABCDEFGHIJKLMNOP"})
+        with Store(db) as store:
+            store.con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid) "
+                              "VALUES (nextval('run_ids'), 'Gone', 'dynamic', false, ?, 'running', 0)",
+                              [NOW.replace(tzinfo=None)])
+            runs = sync.run_due(store, now=NOW, client_options=FAST)
+            assert [(r.status, r.added) for r in runs] == [("ok", 1)] * 16, [r.error for r in runs]
+            assert store.con.execute("SELECT status FROM export_runs WHERE cohort = 'Gone'").fetchall() == \
+                [("interrupted",)]
+            assert store.con.execute("SELECT count(*) FROM export_runs WHERE cohort <> 'Gone'").fetchone()[0] == 16

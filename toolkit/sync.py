@@ -138,11 +138,24 @@ def _run_in_thread(store: Store, settings: export.ExportSettings, found: export.
         slots.release()
 
 
+CONFLICT_TRIES = 5     # a run whose write met another run's (DuckDB: "Conflict on update") starts again
+
+
 def _run_one(store: Store, chosen: export.ExportSettings, found: export.Exportable | None) -> export.RunRecord:
-    try:
-        return export_cohort(store, chosen, found=found)
-    except Exception as exc:     # one cohort never stops the sync; the failure is its run record
-        return _failed(store, chosen.cohort, chosen, exc, chosen.now, chosen.dry_run)
+    for attempt in range(1, CONFLICT_TRIES + 1):
+        try:
+            return export_cohort(store, chosen, found=found)
+        except duckdb.TransactionException as exc:
+            # Runs at once share the store: two that write one row (a dead run's record, marked interrupted
+            # by each run's start) conflict, and DuckDB refuses the second. Nothing of it was kept: a run
+            # records its users' outcomes as they arrive, so the next attempt plans only what is left.
+            if attempt == CONFLICT_TRIES:
+                return _failed(store, chosen.cohort, chosen, exc, chosen.now, chosen.dry_run)
+            log.info('cohort "%s": its run met another run\'s write (%s); starting it again', chosen.cohort, exc)
+            _end_open_transaction(store)
+        except Exception as exc:     # one cohort never stops the sync; the failure is its run record
+            return _failed(store, chosen.cohort, chosen, exc, chosen.now, chosen.dry_run)
+    raise AssertionError("unreachable")
 
 
 def _failed(store: Store, name: str, chosen: export.ExportSettings | None, exc: Exception, now: datetime,
