@@ -190,6 +190,7 @@ def rows(source: Path, rate: int = 200) -> list[Row]:
                 before = len(_admin(url, "requests")["requests"])
                 quiet = sync.run_due(store, now=now0, cohorts=names, client_options=options)
                 unchanged_requests = len(_admin(url, "requests")["requests"]) - before
+                _note(f"nothing changed: {unchanged_requests} requests")
                 assert all(r.status == "ok" for r in quiet), [(r.cohort, r.error) for r in quiet if r.status != "ok"]
 
                 one_s = _best(lambda: cohorts.evaluate(store, one, now=now0))
@@ -198,6 +199,7 @@ def rows(source: Path, rate: int = 200) -> list[Row]:
                     cohorts.evaluate(store, name, now=now0)
                 one_by_one = time.perf_counter() - started
                 shared = _best(lambda: cohort_batch.evaluate(store, names, now=now0), runs=2)
+                _note(f"one cohort {one_s:.3f} s, 60 one by one {one_by_one:.2f} s, in one pass {shared:.2f} s")
 
                 now1 = now0 + CYCLE
                 started = time.perf_counter()
@@ -208,15 +210,17 @@ def rows(source: Path, rate: int = 200) -> list[Row]:
                 assert all(r.status == "ok" for r in planned), [(r.cohort, r.error) for r in planned
                                                                 if r.status != "ok"]
                 changed = sum(1 for r in planned if r.plan and r.plan.changes)
+                _note(f"cycle without sends {cycle_s:.2f} s (load {load_s:.2f} s), {changed} cohorts changed, "
+                      f"{sum(len(r.plan.changes) for r in planned if r.plan):,} changes")
 
                 before = len(_admin(url, "requests")["requests"])
                 started = time.perf_counter()
                 sent = sync.run_due(store, now=now1, cohorts=names, client_options=options)
                 send_s = time.perf_counter() - started
                 log = _admin(url, "requests")["requests"][before:]
-    failed = [(r.cohort, r.error) for r in sent if r.status not in ("ok", "partial")]
-    if failed:
-        raise SystemExit(f"cycle runs failed: {failed[:3]}")
+    failed = [(r.cohort, r.error) for r in sent if r.status != "ok"]
+    for cohort, error in failed:
+        print(f"cycle run of {cohort!r} not ok: {error}", file=sys.stderr)
     limited = sum(1 for r in log if r["status"] == 429)
     span = log[-1]["t"] - log[0]["t"] if len(log) > 1 else float("inf")
     share = (len(log) - 1) / span / rate if len(log) > 1 else 0.0
@@ -232,10 +236,15 @@ def rows(source: Path, rate: int = 200) -> list[Row]:
             f"{one_by_one / shared:.1f}x faster", "", None),
         Row("cycle: requests when nothing changed (60 syncs)", f"{unchanged_requests} requests", "", "",
             "0", unchanged_requests == 0),
-        Row(f"cycle: send rate, {changed} cohorts changing at once", f"{share * rate:,.0f} req/s",
+        Row(f"cycle: send rate, {changed} cohorts changing at once ({len(failed)} runs not ok)",
+            f"{share * rate:,.0f} req/s",
             f"limit {rate} req/s, {len(log):,} requests in {send_s:.1f} s", f"{share:.2f} of limit, {limited} x 429",
-            f">= {TARGET_SHARE:.2f}, 0 x 429", share >= TARGET_SHARE and limited == 0),
+            f">= {TARGET_SHARE:.2f}, 0 x 429", share >= TARGET_SHARE and limited == 0 and not failed),
     ]
+
+
+def _note(text: str) -> None:
+    print(f"bench.cycle: {text}", file=sys.stderr, flush=True)
 
 
 def con_events(source: Path) -> int:

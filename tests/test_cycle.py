@@ -13,18 +13,26 @@ from toolkit.emulator import Emulator
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3}
 
 
-def build(tmp_path, emu, app, groups: dict[str, list[str]], shared: list[str] = ()):
+SUBSCRIPTION = "8f0c8b1e-6a51-4c39-9d2e-3f6f3f1b2a77"      # a Player ID, resolved to its user by each run
+
+
+def build(tmp_path, emu, app, groups: dict[str, list[str]], shared: list[str] = (), subscriber: bool = False):
     """A store whose cohort G holds the users of ``groups[G]`` (each did event G) and ``shared`` (who did
-    every event), each with a OneSignal external id the emulator knows; a dynamic sync per cohort."""
+    every event), each with a OneSignal external id the emulator knows; a dynamic sync per cohort. With
+    ``subscriber``, one more user in every cohort is known to OneSignal by its subscription id only."""
+    if subscriber:
+        shared = [*shared, "sub"]
+        emu.add_user(app.app_id, None, [SUBSCRIPTION])
     data = tmp_path / "data"
     data.mkdir()
     users = [u for members in groups.values() for u in members] + list(shared)
     write_lines(data / "events.jsonl",
                 [event(g, u, insert_id=f"{g}-{u}") for g, members in groups.items() for u in [*members, *shared]])
-    write_lines(data / "profiles.jsonl", [{"$distinct_id": u, "$properties": {"$onesignal_user_id": f"ext-{u}"}}
-                                          for u in users])
+    write_lines(data / "profiles.jsonl", [{"$distinct_id": u, "$properties": {
+        "$onesignal_user_id": SUBSCRIPTION if u == "sub" else f"ext-{u}"}} for u in users])
     for u in users:
-        emu.add_user(app.app_id, f"ext-{u}")
+        if u != "sub":
+            emu.add_user(app.app_id, f"ext-{u}")
     db = tmp_path / "store.duckdb"
     with Store(db) as store:
         load(store, [data], now=NOW)
@@ -101,17 +109,20 @@ def test_cohorts_changing_at_once_share_the_app_budget_fairly_and_never_exceed_i
 
 def test_runs_at_once_that_write_one_row_start_again_and_all_end_ok(tmp_path, monkeypatch):
     """A dead run's record is marked interrupted by every run's start: sixteen runs at once write that one
-    row, DuckDB refuses all but one, and the others start again (nothing of them was kept)."""
+    row, DuckDB refuses all but one, and the others start again (nothing of them was kept). And each run
+    resolves the same subscription id and caches it: one row, written by one run at a time."""
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
         credentials(monkeypatch, tmp_path, app)
-        db = build(tmp_path, emu, app, {g: [f"{g.lower()}1"] for g in "ABCDEFGHIJKLMNOP"})
+        db = build(tmp_path, emu, app, {g: [f"{g.lower()}1"] for g in "ABCDEFGHIJKLMNOP"}, subscriber=True)
         with Store(db) as store:
             store.con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid) "
                               "VALUES (nextval('run_ids'), 'Gone', 'dynamic', false, ?, 'running', 0)",
                               [NOW.replace(tzinfo=None)])
             runs = sync.run_due(store, now=NOW, client_options=FAST)
-            assert [(r.status, r.added) for r in runs] == [("ok", 1)] * 16, [r.error for r in runs]
+            assert [(r.status, r.added) for r in runs] == [("ok", 2)] * 16, [r.error for r in runs]
             assert store.con.execute("SELECT status FROM export_runs WHERE cohort = 'Gone'").fetchall() == \
                 [("interrupted",)]
             assert store.con.execute("SELECT count(*) FROM export_runs WHERE cohort <> 'Gone'").fetchone()[0] == 16
+        assert sum(tags.get(export.tag_key(g)) == "1" for tags in emu.user_tags(app.app_id).values()
+                   for g in "ABCDEFGHIJKLMNOP") == 32

@@ -238,6 +238,9 @@ class RateLimiter:
         """Hold every request back for a while (OneSignal said 429: the whole app is over its limit)."""
         self._next = max(self._next, self._clock() + seconds)
 
+    def answered(self, user: Hashable | None) -> None:
+        """The request let through for ``user`` is over (a shared budget spaces users from here)."""
+
     async def acquire(self, user: Hashable | None = None) -> None:
         if user is None:
             await self._slot()
@@ -563,8 +566,10 @@ class OneSignalClient:
     async def _attempt(self, method, path, body, params, user) -> Any:
         """One try: the decoded body on success, else the error (returned, so the caller decides)."""
         pool = await self._free.get()
+        acquired = False
         try:
             await self.limiter.acquire(user)
+            acquired = True
             response = await self._pools[pool].request(method, path, params=params,
                                                         content=None if body is None else json.dumps(body))
         except httpx.TransportError as exc:
@@ -587,6 +592,8 @@ class OneSignalClient:
             return error
         finally:
             self._free.put_nowait(pool)
+            if acquired:
+                self.limiter.answered(user)
         self._reached = True
         messages = [REDACTOR.redact(m) for m in error_messages(response.content)] if response.content else []
         if response.status_code >= 300:

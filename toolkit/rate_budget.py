@@ -7,7 +7,8 @@ updates in the same second: OneSignal allows one per second per user). ``AppBudg
 for all of them, safe across threads: slots are handed out in the order they are asked for, whichever
 run asks, so runs sending at once share the rate in proportion to the requests each has in flight (the
 cycle gives each the same concurrency): every cohort progresses, none waits for another to finish.
-It has the interface the client uses of ``onesignal.RateLimiter``: ``acquire(user)`` and ``pause``.
+It has the interface the client uses of ``onesignal.RateLimiter``: ``acquire(user)``, ``answered(user)``
+and ``pause``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _POLL = 0.02                  # how often a request for a busy user looks again 
 
 class AppBudget:
     """At most ``rate`` requests/s over every client given it (``OneSignalClient(limiter=...)``), and
-    one request per user every ``user_spacing`` seconds, counted from the release of the previous one."""
+    one request per user every ``user_spacing`` seconds, counted from the answer to the previous one."""
 
     def __init__(self, rate: float, user_spacing: float = USER_SPACING, clock: Callable[[], float] = time.monotonic):
         if rate <= 0:
@@ -40,7 +41,7 @@ class AppBudget:
         window = max(1, int(rate))
         self._window_seconds = window / rate
         self._released: deque[float] = deque(maxlen=window)
-        self._users: dict[Hashable, float] = {}     # user -> release time of its last request, or _BUSY
+        self._users: dict[Hashable, float] = {}     # user -> when its last request was answered, or _BUSY
         self._prune_at = 1024
         self.granted = 0                            # requests let through, for the cycle's report
 
@@ -50,15 +51,22 @@ class AppBudget:
             self._next = max(self._next, self._clock() + seconds)
 
     async def acquire(self, user: Hashable | None = None) -> None:
+        """Wait for this user's turn, then for a slot. The client calls ``answered(user)`` when the
+        request is over: the user's next request waits ``user_spacing`` from then, so however late a busy
+        machine sends a request, two for one user never reach OneSignal closer than that."""
         if user is not None:
             await self._user_turn(user)
         try:
             await self._slot()
-        finally:
-            if user is not None:
-                with self._lock:
-                    self._users[user] = self._clock()
-                    self._forget_idle_users()
+        except BaseException:
+            self.answered(user)
+            raise
+
+    def answered(self, user: Hashable | None) -> None:
+        if user is not None:
+            with self._lock:
+                self._users[user] = self._clock()
+                self._forget_idle_users()
 
     async def _user_turn(self, user: Hashable) -> None:
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 
@@ -29,6 +30,9 @@ DYNAMIC_INTERVAL = timedelta(minutes=15)
 
 TAG_VALUE = "1"
 
+
+# Runs of a cycle go at once (threads): two writing one subscription's cache row together would conflict.
+_CACHE_WRITES = threading.Lock()
 
 LEARN_TAGS_PER_RUN = 100        # users refused for the cap whose tags a run reads back (one view call each)
 
@@ -190,7 +194,8 @@ async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
                 known[sub] = (await client.identity_of_subscription(sub)).get("onesignal_id")
             except NotFound:
                 known[sub] = None
-            con.execute("INSERT OR REPLACE INTO subscription_users VALUES (?, ?, ?, now()::TIMESTAMP)",
-                        [app_id, sub, known[sub]])
+            with _CACHE_WRITES:
+                con.execute("INSERT OR REPLACE INTO subscription_users VALUES (?, ?, ?, now()::TIMESTAMP)",
+                            [app_id, sub, known[sub]])
         resolved[target] = ("onesignal_id", known[sub]) if known[sub] else None
     return resolved
