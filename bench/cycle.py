@@ -222,6 +222,16 @@ def rows(source: Path, rate: int = 200, one_by_one: bool = True) -> list[Row]:
     for cohort, error in failed:
         print(f"cycle run of {cohort!r} not ok: {error}", file=sys.stderr)
     limited = sum(1 for r in log if r["status"] == 429)
+    if log:
+        start = log[0]["t"]
+        per10 = [0] * (int((log[-1]["t"] - start) // 10) + 1)
+        for r in log:
+            per10[int((r["t"] - start) // 10)] += 1
+        kinds: dict = {}
+        for r in log:
+            kind = (r["method"], r["status"])
+            kinds[kind] = kinds.get(kind, 0) + 1
+        _note(f"requests per 10 s: {per10}; by method and status: {kinds}")
     span = log[-1]["t"] - log[0]["t"] if len(log) > 1 else float("inf")
     share = (len(log) - 1) / span / rate if len(log) > 1 else 0.0
     events = con_events(source)

@@ -105,7 +105,7 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
                 for i, settings in chosen.items():
                     slots.acquire()     # a cohort's members leave the shared pass only when it can run
                     found = shared.exportable(settings)
-                    futures[i] = pool.submit(_run_in_thread, store, _sharing(settings, budgets, parallel), found,
+                    futures[i] = pool.submit(_run_in_thread, store, _sharing(settings, budgets), found,
                                              slots)
                 for i, future in futures.items():
                     records[i] = future.result()
@@ -114,7 +114,7 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
     return [records[i] for i in range(len(names))]
 
 
-def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget], parallel: int
+def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget]
              ) -> export.ExportSettings:
     """The settings with their app's shared budget, and a share of the concurrency, in the client options."""
     options = dict(settings.client_options)
@@ -122,7 +122,9 @@ def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget], p
     if key not in budgets:
         budgets[key] = AppBudget(float(options.get("max_rps", DEFAULT_MAX_RPS)))
     options["limiter"] = budgets[key]
-    options["concurrency"] = max(4, int(options.get("concurrency", 64)) // parallel)
+    # Enough requests in flight that the runs still sending fill the budget (a run of four went at 28/s when
+    # few were left on a loaded machine); the budget, not this, bounds the rate.
+    options["concurrency"] = max(8, int(options.get("concurrency", 64)) // 4)
     return replace(settings, client_options=options)
 
 
@@ -145,10 +147,10 @@ def _run_one(store: Store, chosen: export.ExportSettings, found: export.Exportab
     for attempt in range(1, CONFLICT_TRIES + 1):
         try:
             return export_cohort(store, chosen, found=found)
-        except duckdb.TransactionException as exc:
+        except (duckdb.TransactionException, duckdb.ConstraintException) as exc:
             # Runs at once share the store: two that write one row (a dead run's record, marked interrupted
-            # by each run's start) conflict, and DuckDB refuses the second. Nothing of it was kept: a run
-            # records its users' outcomes as they arrive, so the next attempt plans only what is left.
+            # by each run's start) conflict, and DuckDB refuses the second (a conflict, or a duplicate key).
+            # A run records its users' outcomes as they arrive, so the next attempt plans only what is left.
             if attempt == CONFLICT_TRIES:
                 return _failed(store, chosen.cohort, chosen, exc, chosen.now, chosen.dry_run)
             log.info('cohort "%s": its run met another run\'s write (%s); starting it again', chosen.cohort, exc)

@@ -32,7 +32,8 @@ DYNAMIC_INTERVAL = timedelta(minutes=15)
 TAG_VALUE = "1"
 
 
-# Runs of a cycle go at once (threads): two writing one subscription's cache row together would conflict.
+# Runs of a cycle go at once (threads): two writing one row of a cache all runs share (a subscription's
+# user, a user's known tags) would conflict.
 _CACHE_WRITES = threading.Lock()
 
 LEARN_TAGS_PER_RUN = 100        # users refused for the cap whose tags a run reads back (one view call each)
@@ -175,7 +176,7 @@ async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
     if not learned:
         return
     now = _naive(settings.now)
-    with transaction(con):
+    with _CACHE_WRITES, transaction(con):      # runs at once may learn one user's tags together
         for onesignal_id, keys in learned.items():
             con.execute("INSERT OR REPLACE INTO known_user_tags VALUES (?, ?, ?, ?)",
                         [settings.app_id, onesignal_id, keys, now])
