@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
@@ -196,16 +197,30 @@ async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
     known = dict(con.execute("SELECT subscription_id, onesignal_id FROM subscription_users "
                                    "WHERE app_id = ? AND subscription_id IN (SELECT unnest(?))",
                                    [app_id, ids]).fetchall())
-    resolved: dict[Target, tuple[str, str] | None] = {}
-    for target in wanted:
-        sub = target.onesignal_id
-        if sub not in known or known[sub] is None:
+    # Looked up concurrently (each a request within the rate limit), each kept in the cache as it comes.
+    gate = asyncio.Semaphore(client.concurrency)
+
+    async def look_up(sub: str) -> None:
+        async with gate:
             try:
                 known[sub] = (await client.identity_of_subscription(sub)).get("onesignal_id")
             except NotFound:
                 known[sub] = None
-            with _CACHE_WRITES:
-                con.execute("INSERT OR REPLACE INTO subscription_users VALUES (?, ?, ?, now()::TIMESTAMP)",
-                            [app_id, sub, known[sub]])
+        with _CACHE_WRITES:
+            con.execute("INSERT OR REPLACE INTO subscription_users VALUES (?, ?, ?, now()::TIMESTAMP)",
+                        [app_id, sub, known[sub]])
+
+    missing = [t.onesignal_id for t in wanted if known.get(t.onesignal_id) is None]
+    tasks = [asyncio.ensure_future(look_up(sub)) for sub in missing]
+    try:
+        if tasks:
+            await asyncio.gather(*tasks)
+    finally:                     # one failure (a revoked key) stops the others
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    resolved: dict[Target, tuple[str, str] | None] = {}
+    for target in wanted:
+        sub = target.onesignal_id
         resolved[target] = ("onesignal_id", known[sub]) if known[sub] else None
     return resolved
