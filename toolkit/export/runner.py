@@ -166,14 +166,19 @@ async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
     them and a refused member is tried again only once its known tags drop. At most a few per run: view
     calls are slow, and a refusal already says enough to hold the member back."""
     learned: dict[str, list[str]] = {}
-    for (label, alias_id), step in refused.items():
-        try:
-            view = await client.get_user(label, alias_id)
-        except OneSignalError as exc:
-            log.info("could not read the tags of user %r: %s", step.distinct_id, exc)
-            continue
+    gate = asyncio.Semaphore(client.concurrency)
+
+    async def read(label: str, alias_id: str, step: Step) -> None:     # at once, within the rate limit
+        async with gate:
+            try:
+                view = await client.get_user(label, alias_id)
+            except OneSignalError as exc:
+                log.info("could not read the tags of user %r: %s", step.distinct_id, exc)
+                return
         tags = ((view or {}).get("properties") or {}).get("tags") or {}
         learned[step.target.onesignal_id] = sorted(str(k) for k in tags)
+
+    await asyncio.gather(*(read(label, alias_id, step) for (label, alias_id), step in refused.items()))
     if not learned:
         return
     now = _naive(settings.now)
