@@ -106,13 +106,13 @@ def main() -> None:
 def later_rows(store: Path) -> list[Row]:
     """Rows of the stages after loading, on the same generated data: the profiles are loaded into the
     events' store first (timed, untargeted), then cohorts and MTU are measured on it."""
-    from bench import cohort_eval, mtu_bench
+    from bench import cohort_eval, cycle, mtu_bench
 
     loaded = measure("load", store.parent / "profiles.json", store, fresh=False)
     profiles = Row(f"load {loaded['profiles'] / 1e6:g}M profiles (Engage pages) after the events",
                    f"{loaded['profiles'] / loaded['seconds']:,.0f} profiles/s", f"{loaded['seconds']:.1f} s",
                    f"peak RSS {loaded['peak_rss'] / GIB:.2f} GiB", "", None)
-    return [profiles, *cohort_eval.rows(store), *mtu_bench.rows(store), *increment_rows(store)]
+    return [profiles, *cohort_eval.rows(store), *mtu_bench.rows(store), *increment_rows(store), *cycle.rows(store)]
 
 
 def increment_rows(store: Path) -> list[Row]:

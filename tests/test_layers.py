@@ -83,9 +83,9 @@ def test_the_pure_core_does_no_io():
 LAYERS = [
     ("ground", {"errors", "redaction", "onesignal_ids", "sql", "store", "resources"}),
     ("loading", {"loading", "event_columns"}),
-    ("core", {"cohort_model", "cohort_sql", "cohorts", "matching", "planning", "incidents", "drift",
+    ("core", {"cohort_model", "cohort_sql", "cohorts", "cohort_batch", "matching", "planning", "incidents", "drift",
               "onesignal_events", "mtu", "dialects"}),
-    ("services", {"onesignal", "emulator", "credentials", "snapshots", "export", "mixpanel", "alerts",
+    ("services", {"onesignal", "rate_budget", "emulator", "credentials", "snapshots", "export", "mixpanel", "alerts",
                   "reconcile", "spark_session"}),
     ("workflows", {"sync", "schedule"}),
     ("surfaces", {"", "__main__", "cli", "report", "widgets", "demo", "lab", "synthetic"}),

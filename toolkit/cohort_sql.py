@@ -44,7 +44,7 @@ Semantics chosen where Mixpanel's docs leave room (also in docs, see toolkit/coh
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from toolkit.cohort_model import (
     COUNT_OPERATORS,
@@ -58,7 +58,8 @@ from toolkit.cohort_model import (
 )
 from toolkit.sql import Query, json_pointer, quote_ident, to_utc_naive
 
-__all__ = ["Query", "compile_cohort", "filtered_properties", "json_pointer", "quote_ident", "to_utc_naive"]
+__all__ = ["Query", "compile_cohort", "compile_cohorts", "filtered_properties", "json_pointer", "quote_ident",
+           "to_utc_naive"]
 
 EVENTS_VIEW = "resolved_events"
 PROFILES_VIEW = "resolved_profiles"
@@ -83,6 +84,21 @@ def compile_cohort(cohort: Cohort, now: dt.datetime,
     return _Compiler(to_utc_naive(now), find, restrict, columns or {}).cohort(cohort)
 
 
+def compile_cohorts(cohorts: Sequence[Cohort], now: dt.datetime,
+                    lookup: Mapping[str, Cohort] | Callable[[str], Cohort | None] | None = None, *,
+                    restrict: bool = True, columns: Mapping[tuple[str, str], str] | None = None) -> Query:
+    """SQL evaluating several dynamic cohorts in one pass over the events: one row per user who is a
+    member of any of them, with ``distinct_id`` and one boolean column per cohort, ``m0``, ``m1``... in
+    the order given. Every event rule of every cohort is one aggregate of the same ``ev`` (a rule that
+    several cohorts share is counted once), so sixty cohorts cost one scan, not sixty. Each column holds
+    exactly what ``compile_cohort`` would return for that cohort. Static cohorts are refused: their
+    members need not be known users, so they are evaluated on their own (no events are read)."""
+    if lookup is None:
+        lookup = {}
+    find = lookup.get if isinstance(lookup, Mapping) else lookup
+    return _Compiler(to_utc_naive(now), find, restrict, columns or {}).many(list(cohorts))
+
+
 def filtered_properties(cohorts: Iterable[Cohort]) -> set[tuple[str, str]]:
     """The (event, property) pairs the event property filters of ``cohorts`` read."""
     found: set[tuple[str, str]] = set()
@@ -105,6 +121,8 @@ class _Compiler:
         self.now, self.find, self.restrict = now, find, restrict
         self.columns = columns or {}
         self.params: dict = {}
+        self.bound: dict = {}                 # (type, value) -> its parameter: a value bound once
+        self.aggregates: dict = {}            # (filtered, expression) -> its column: counted once
         self.plain: list[str] = []            # aggregates in `ev` (no properties read)
         self.filtered: list[str] = []         # aggregates in `fa` (over `filtered_events` only)
         self.plain_events: list[str] = []     # bound event names of rules without property filters
@@ -114,14 +132,24 @@ class _Compiler:
         self.stack: list[str] = []            # cohorts being inlined, for cycle detection
 
     def bind(self, value) -> str:
-        name = f"p{len(self.params)}"
-        self.params[name] = value
-        return "$" + name
+        key = _value_key(value)
+        if key is not None and key in self.bound:
+            return self.bound[key]
+        name = "$" + f"p{len(self.params)}"
+        self.params[name[1:]] = value
+        if key is not None:
+            self.bound[key] = name
+        return name
 
     def aggregate(self, expr: str, filtered: bool) -> str:
+        """The column of ``expr`` in ``ev`` (or ``fa``); the same expression twice is one column (values
+        are bound once each, so two cohorts' identical rules compile to the same text)."""
+        if (filtered, expr) in self.aggregates:
+            return self.aggregates[(filtered, expr)]
         target = self.filtered if filtered else self.plain
         name = quote_ident(f"{'f' if filtered else 'a'}{len(target)}")
         target.append(f"{expr} AS {name}")
+        self.aggregates[(filtered, expr)] = name
         return name
 
     def prop(self, name: str, on_event: bool) -> str:
@@ -136,14 +164,49 @@ class _Compiler:
         if cohort.is_static:
             return Query(f"SELECT DISTINCT {self.static(cohort)} ORDER BY 1", self.params)
         predicate = self.members_of(cohort)
-        base = self.universe(cohort) if self.restrict else "u"
+        ctes = self.known(self.universe(cohort) if self.restrict else "u")
+        sql = f"""WITH {", ".join(ctes)}
+SELECT {DID} FROM {_q("known")}
+WHERE {predicate}
+ORDER BY {DID}"""
+        return Query(sql, self.params)
+
+    def many(self, cohorts: list[Cohort]) -> Query:
+        """Several cohorts over one ``known``: one boolean column each (see ``compile_cohorts``)."""
+        static = [c.name for c in cohorts if c.is_static]
+        if static:
+            raise CohortError(f'cohort "{static[0]}" is static: evaluate it on its own')
+        if not cohorts:
+            raise CohortError("no cohorts to evaluate")
+        predicates = [self.members_of(c) for c in cohorts]
+        bases = {self.universe(c) if self.restrict else "u" for c in cohorts}
+        # Candidates must cover every cohort's: one shared restriction, else everyone known.
+        ctes = self.known(bases.pop() if len(bases) == 1 else "u", every_event=True)
+        flags = [_q(f"m{i}") for i in range(len(cohorts))]
+        selected = "".join(f",\n       {p} AS {f}" for p, f in zip(predicates, flags, strict=True))
+        sql = f"""WITH {", ".join(ctes)}
+SELECT * FROM (
+SELECT {DID}{selected}
+FROM {_q("known")}
+) {_q("flags")}
+WHERE {" OR ".join(flags)}"""
+        return Query(sql, self.params)
+
+    def known(self, base: str, every_event: bool = False) -> list[str]:
+        """The CTEs up to ``known``: one row per candidate (drawn from ``base``: "u" everyone known, or
+        the restricting "p", "e", "f"), with the profile properties and aggregates the rules read.
+        ``every_event``: when candidates are everyone known, ``ev`` groups every event up to now (its
+        aggregates filter by name anyway), so the same scan also lists the users with an event."""
+        shared = every_event and base == "u"
         now = self.bind(self.now) if (self.plain or self.filtered or base == "u") else None
-        ctes, sources = self.event_ctes(now)          # sources: alias -> relation joined into `known`
+        ctes, sources = self.event_ctes(now, every_event=shared)     # sources: alias -> relation joined into `known`
         if self.profile_props:
             sources["p"] = _q(PROFILES_VIEW)
         if base == "u":                 # everyone known: anyone with an event up to now, or a profile
+            events = (f"SELECT {DID} FROM {_q('ev')}" if shared
+                      else f"SELECT {DID} FROM {_q(EVENTS_VIEW)} WHERE {TIME} <= {now}")
             ctes.append(f"""{_q("users")} AS (
-    SELECT {DID} FROM {_q(EVENTS_VIEW)} WHERE {TIME} <= {now}
+    {events}
     UNION SELECT {DID} FROM {_q(PROFILES_VIEW)}
 )""")
             sources = {"u": _q("users"), **sources}
@@ -158,19 +221,16 @@ class _Compiler:
     SELECT {lead}.{DID}{columns}
     FROM {relation} {lead}{joins}
 )""")
-        sql = f"""WITH {", ".join(ctes)}
-SELECT {DID} FROM {_q("known")}
-WHERE {predicate}
-ORDER BY {DID}"""
-        return Query(sql, self.params)
+        return ctes
 
-    def event_ctes(self, now: str | None) -> tuple[list[str], dict[str, str]]:
+    def event_ctes(self, now: str | None, every_event: bool = False) -> tuple[list[str], dict[str, str]]:
         ctes, sources = [], {}
-        if self.plain:
+        if self.plain or every_event:
+            named = "" if every_event else f" AND {_q('event')} IN ({', '.join(self.plain_events)})"
             ctes.append(f"""{_q("ev")} AS (
     SELECT {DID}{_listed(self.plain)}
     FROM {_q(EVENTS_VIEW)}
-    WHERE {TIME} <= {now} AND {_q("event")} IN ({", ".join(self.plain_events)})
+    WHERE {TIME} <= {now}{named}
     GROUP BY {DID}
 )""")
             sources["e"] = _q("ev")
@@ -252,7 +312,9 @@ ORDER BY {DID}"""
         time = quote_ident("time")
         filtered = self.on_json(r)
         event = self.bind(r.event)
-        (self.filtered_events if filtered else self.plain_events).append(event)
+        names = self.filtered_events if filtered else self.plain_events
+        if event not in names:
+            names.append(event)
         matches = [f"{quote_ident('event')} = {event}"]
         matches += [_boolean(self.condition(f, _Json(self.prop(f.property, on_event=True)) if filtered
                                             else _Columns(self.columns[(r.event, f.property)])))
@@ -423,6 +485,16 @@ def _needs_an_event(r: EventRule) -> bool:
     zero = {"at_least": 0 >= r.count, "at_most": True, "more_than": False, "less_than": 0 < r.count,
             "exactly": r.count == 0}
     return not zero[r.operator]
+
+
+def _value_key(value):
+    """What makes two bound values the same parameter: equal and of one type (1, 1.0 and True differ
+    for SQL); None for values that cannot be keyed (lists)."""
+    try:
+        hash(value)
+    except TypeError:
+        return None
+    return (type(value), value)
 
 
 def _names(columns: list[str]) -> list[str]:

@@ -4,9 +4,12 @@ and the widgets all call these, so there is one behaviour to test."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,11 +17,12 @@ import duckdb
 import pandas as pd
 from tqdm.auto import tqdm
 
-from toolkit import export, mtu, reconcile
+from toolkit import cohort_batch, export, mtu, reconcile
 from toolkit.credentials import find as find_credentials
 from toolkit.errors import CredentialsError, SyncFailed, ToolkitError, UsageError
 from toolkit.loading import LoadSummary, load
-from toolkit.onesignal import Credentials, default_base_url
+from toolkit.onesignal import DEFAULT_MAX_RPS, Credentials, default_base_url
+from toolkit.rate_budget import AppBudget
 from toolkit.store import Store
 
 log = logging.getLogger("toolkit.sync")
@@ -44,15 +48,17 @@ def connect(store: Store, credentials: Credentials, base_url: str | None = None)
 
 
 def export_cohort(store: Store, settings: export.ExportSettings | str, credentials: Credentials | None = None, *,
-                  progress: bool = False, on_progress: Callable[[int, int], None] | None = None) -> export.RunRecord:
+                  progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
+                  found: export.Exportable | None = None) -> export.RunRecord:
     """Export a cohort now, as ``settings`` say (``export.settings``; a cohort's name alone runs its
-    registered export again): evaluate who is exportable, then run. Without ``credentials``, the key
-    of the settings' app comes from the environment or the 0600 credentials file."""
+    registered export again): evaluate who is exportable (unless ``found`` says: a cycle evaluates its
+    cohorts together), then run. Without ``credentials``, the key of the settings' app comes from the
+    environment or the 0600 credentials file."""
     if isinstance(settings, str):
         settings = export.settings(store, settings)
     if credentials is None and not settings.dry_run and settings.app_id:
         credentials = find_credentials(settings.app_id)
-    found = export.exportable(store, settings)
+    found = found or export.exportable(store, settings)
     bar = tqdm(desc=f"export {settings.cohort}", unit="user", disable=not progress or None)
 
     def report(done: int, total: int) -> None:
@@ -67,9 +73,16 @@ def export_cohort(store: Store, settings: export.ExportSettings | str, credentia
         bar.close()
 
 
+PARALLEL_RUNS = 16     # a cycle's export runs at once: each a thread with its own client, all on the app's budget
+
+
 def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
-            cohorts: list[str] | None = None, client_options: dict | None = None) -> list[export.RunRecord]:
-    """Every dynamic sync that is due (or the named cohorts' exports), one after the other. Each cohort
+            cohorts: list[str] | None = None, client_options: dict | None = None,
+            parallel: int = PARALLEL_RUNS) -> list[export.RunRecord]:
+    """Every dynamic sync that is due (or the named cohorts' exports), as one cycle: the cohorts are
+    evaluated in one pass over the events and matched in one query (``cohort_batch``), then run,
+    ``parallel`` at a time, every run to one app drawing on one rate budget (``rate_budget.AppBudget``
+    at the clients' ``max_rps``): together they never exceed it, and each progresses. Each cohort
     succeeds or fails on its own: whatever stops one (a cohort that cannot be evaluated, no key, a
     refused export) becomes its failed run record, with the reason, and the others still run."""
     now = now or datetime.now(UTC)
@@ -77,21 +90,128 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
     waiting = {p["cohort"]: p["paused_reason"] for p in export.paused(store.con)}   # due() leaves them out
     for name, reason in waiting.items():    # a paused sync waits for a person (export.states)
         log.info('cohort "%s" is paused (%s): skipped until a person resumes it', name, reason)
-    return [_run_one(store, name, now, dry_run, client_options) for name in names if name not in waiting]
+    names = [name for name in names if name not in waiting]
+    records: dict[int, export.RunRecord] = {}
+    chosen: dict[int, export.ExportSettings] = {}
+    for i, name in enumerate(names):
+        try:
+            chosen[i] = export.settings(store, name, now=now, dry_run=dry_run, client_options=client_options)
+        except Exception as exc:
+            records[i] = _failed(store, name, None, exc, now, dry_run)
+    if chosen:
+        shared = _SharedPass(store, list(chosen.values()), now)
+        budgets: dict[tuple, AppBudget] = {}
+        parallel = max(1, min(parallel, len(chosen)))
+        slots = threading.BoundedSemaphore(parallel)
+        try:
+            with ThreadPoolExecutor(parallel, thread_name_prefix="sync-run") as pool:
+                futures = {}
+                for i, settings in chosen.items():
+                    slots.acquire()     # a cohort's members leave the shared pass only when it can run
+                    found = shared.exportable(settings)
+                    futures[i] = pool.submit(_run_in_thread, store, _sharing(settings, budgets), found,
+                                             slots)
+                for i, future in futures.items():
+                    records[i] = future.result()
+        finally:
+            shared.close()
+    return [records[i] for i in range(len(names))]
 
 
-def _run_one(store: Store, name: str, now: datetime, dry_run: bool, client_options: dict | None
-             ) -> export.RunRecord:
-    chosen = None
+def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget]
+             ) -> export.ExportSettings:
+    """The settings with their app's shared budget, and a share of the concurrency, in the client options."""
+    options = dict(settings.client_options)
+    key = (settings.app_id, settings.base_url)
+    if key not in budgets:
+        budgets[key] = AppBudget(float(options.get("max_rps", DEFAULT_MAX_RPS)))
+    options["limiter"] = budgets[key]
+    # Enough requests in flight that the runs still sending fill the budget (a run of four went at 28/s when
+    # few were left on a loaded machine); the budget, not this, bounds the rate.
+    options["concurrency"] = max(8, int(options.get("concurrency", 64)) // 4)
+    return replace(settings, client_options=options)
+
+
+def _run_in_thread(store: Store, settings: export.ExportSettings, found: export.Exportable | None,
+                   slots: threading.BoundedSemaphore) -> export.RunRecord:
+    """One cohort's run, on a connection of its own (a DuckDB connection is not used by two threads)."""
+    view = copy.copy(store)
+    view.con = store.con.cursor()
     try:
-        chosen = export.settings(store, name, now=now, dry_run=dry_run, client_options=client_options)
-        return export_cohort(store, chosen)
-    except Exception as exc:     # one cohort never stops the sync; the failure is its run record
-        reason = failure_reason(exc)
-        log.warning('cohort "%s" failed: %s', name, reason, exc_info=not isinstance(exc, ToolkitError))
-        _end_open_transaction(store)
-        return export.record_failure(store, chosen.cohort if chosen else name, reason,
-                                     mode=chosen.mode if chosen else None, dry_run=dry_run, now=now)
+        return _run_one(view, settings, found)
+    finally:
+        view.con.close()
+        slots.release()
+
+
+CONFLICT_TRIES = 5     # a run whose write met another run's (DuckDB: "Conflict on update") starts again
+
+
+def _run_one(store: Store, chosen: export.ExportSettings, found: export.Exportable | None) -> export.RunRecord:
+    for attempt in range(1, CONFLICT_TRIES + 1):
+        try:
+            return export_cohort(store, chosen, found=found)
+        except (duckdb.TransactionException, duckdb.ConstraintException) as exc:
+            # Runs at once share the store: two that write one row (a dead run's record, marked interrupted
+            # by each run's start) conflict, and DuckDB refuses the second (a conflict, or a duplicate key).
+            # A run records its users' outcomes as they arrive, so the next attempt plans only what is left.
+            if attempt == CONFLICT_TRIES:
+                return _failed(store, chosen.cohort, chosen, exc, chosen.now, chosen.dry_run)
+            log.info('cohort "%s": its run met another run\'s write (%s); starting it again', chosen.cohort, exc)
+            _end_open_transaction(store)
+        except Exception as exc:     # one cohort never stops the sync; the failure is its run record
+            return _failed(store, chosen.cohort, chosen, exc, chosen.now, chosen.dry_run)
+    raise AssertionError("unreachable")
+
+
+def _failed(store: Store, name: str, chosen: export.ExportSettings | None, exc: Exception, now: datetime,
+            dry_run: bool) -> export.RunRecord:
+    reason = failure_reason(exc)
+    log.warning('cohort "%s" failed: %s', name, reason, exc_info=not isinstance(exc, ToolkitError))
+    _end_open_transaction(store)
+    return export.record_failure(store, name, reason, mode=chosen.mode if chosen else None, dry_run=dry_run,
+                                 now=now)
+
+
+class _SharedPass:
+    """A cycle's cohorts evaluated in one pass, and matched in one query per (user-id property, id type).
+    A pass that fails (a cohort that cannot be compiled) is given up: each cohort is then evaluated on
+    its own by its run, so the failure is that cohort's alone."""
+
+    def __init__(self, store: Store, chosen: list[export.ExportSettings], now: datetime):
+        self.store = store
+        self.matched: dict[tuple[str, str], cohort_batch.Matched] = {}
+        self.members: cohort_batch.Members | None = None
+        if len({s.cohort for s in chosen}) < 2:
+            return                      # one cohort: its run evaluates it, as an export does
+        try:
+            self.members = cohort_batch.evaluate(store, sorted({s.cohort for s in chosen}), now=now)
+        except Exception as exc:
+            log.info("the cycle's cohorts are evaluated one by one: %s", failure_reason(exc))
+            _end_open_transaction(store)
+
+    def exportable(self, settings: export.ExportSettings) -> export.Exportable | None:
+        """The cohort's exportable members from the shared pass (None: its run evaluates it, and any
+        failure is its own)."""
+        if self.members is None or settings.cohort not in self.members.names:
+            return None
+        key = (settings.user_id_property, settings.id_type)
+        try:
+            if key not in self.matched:
+                self.matched[key] = cohort_batch.classify(
+                    self.store, self.members, user_id_property=key[0], id_type=key[1],
+                    table=f"{cohort_batch.MATCHED_TABLE}_{len(self.matched)}")
+            found = self.matched[key].of(settings.cohort)
+        except Exception as exc:
+            log.info('cohort "%s" is matched on its own: %s', settings.cohort, failure_reason(exc))
+            _end_open_transaction(self.store)
+            return None
+        return export.Exportable(int(found.summary["members"]), found.exportable_table,
+                                 {reason: int(n) for reason, n in found.summary["reasons"].items() if n})
+
+    def close(self) -> None:
+        if self.members is not None:
+            cohort_batch.drop(self.store, *(m.table for m in self.matched.values()))
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 
@@ -13,6 +16,7 @@ from toolkit.errors import ExportError
 from toolkit.export import states
 from toolkit.export.helpers import _naive, _run_async
 from toolkit.export.lock import _run_lock
+from toolkit.export.naming import segment_name
 from toolkit.export.records import RunRecord, _failed_users, _finish, _start
 from toolkit.export.results import _ResultWriter
 from toolkit.export.run_settings import SAVE_REGISTRATION, ExportSettings, _save_registration
@@ -29,6 +33,10 @@ DYNAMIC_INTERVAL = timedelta(minutes=15)
 
 TAG_VALUE = "1"
 
+
+# Runs of a cycle go at once (threads): two writing one row of a cache all runs share (a subscription's
+# user, a user's known tags) would conflict.
+_CACHE_WRITES = threading.Lock()
 
 LEARN_TAGS_PER_RUN = 100        # users refused for the cap whose tags a run reads back (one view call each)
 
@@ -67,7 +75,8 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
         if credentials is None:
             return _finish(con, record, "failed", "no OneSignal credentials: preview only (see toolkit connect)")
         try:
-            segment_id = _run_async(_apply(con, settings, record, the_plan, caps, credentials, on_progress))
+            segment_id = (_nothing_to_send(con, settings, the_plan, caps)
+                          or _run_async(_apply(con, settings, record, the_plan, caps, credentials, on_progress)))
         except (OneSignalError, ExportError) as exc:
             _keep_fingerprint(con, settings.cohort, the_plan)
             status = states.after_failure(con, settings.cohort, settings.mode, settings.app_id, exc, settings.now)
@@ -82,6 +91,27 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
             con.execute("UPDATE exports SET next_due_at = ? WHERE cohort = ? AND stopped_at IS NULL",
                         [_naive(settings.now) + DYNAMIC_INTERVAL, settings.cohort])
         return _finish(con, record, "partial" if record.failed else "ok", _failed_users(con, record))
+
+
+def _spread(aliases, salt: str) -> list:
+    """The users in an order of this cohort's own: runs of a cycle going at once then address different
+    users at any moment (OneSignal takes one update per user per second, so runs walking the same users
+    in the same order would queue behind each other on every user they share)."""
+    return sorted(aliases, key=lambda alias: hashlib.blake2b(f"{salt}\0{alias[1]}".encode(), digest_size=8).digest())
+
+
+def _nothing_to_send(con, settings: ExportSettings, the_plan: planning.Plan, caps: TagCaps) -> str | None:
+    """The segment's id when a run has nothing to tell OneSignal: no user changes, the segment known by
+    its id and name, nothing to register, no cap refusal to forget. Then no request is made at all (not
+    even the segment's), so sixty unchanged syncs cost the app's rate budget nothing."""
+    if the_plan.changes or not settings.segment_id or settings.saves:
+        return None
+    found = con.execute("SELECT segment_name = ? AND segment_id = ? FROM exports WHERE cohort = ?",
+                        [segment_name(settings.cohort), settings.segment_id, settings.cohort]).fetchone()
+    stale_caps = con.execute("SELECT count(*) FROM export_tag_caps WHERE cohort = ? "
+                             "AND distinct_id NOT IN (SELECT unnest(?::VARCHAR[]))",
+                             [settings.cohort, list(caps.held)]).fetchone()[0]
+    return settings.segment_id if found and found[0] and not stale_caps else None
 
 
 def _keep_fingerprint(con, cohort: str, the_plan: planning.Plan) -> None:
@@ -125,7 +155,8 @@ async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: pla
                     if r.outcome == TAG_CAP and step.operation == ADD and len(refused) < LEARN_TAGS_PER_RUN:
                         refused[(r.alias_label, r.alias_id)] = step
 
-                await client.update_many(((label, alias_id, {settings.tag_key: value}) for label, alias_id in steps),
+                await client.update_many(((label, alias_id, {settings.tag_key: value})
+                                          for label, alias_id in _spread(steps, settings.tag_key)),
                                          on_result=on_result)
         finally:
             writer.flush()
@@ -140,18 +171,23 @@ async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
     them and a refused member is tried again only once its known tags drop. At most a few per run: view
     calls are slow, and a refusal already says enough to hold the member back."""
     learned: dict[str, list[str]] = {}
-    for (label, alias_id), step in refused.items():
-        try:
-            view = await client.get_user(label, alias_id)
-        except OneSignalError as exc:
-            log.info("could not read the tags of user %r: %s", step.distinct_id, exc)
-            continue
+    gate = asyncio.Semaphore(client.concurrency)
+
+    async def read(label: str, alias_id: str, step: Step) -> None:     # at once, within the rate limit
+        async with gate:
+            try:
+                view = await client.get_user(label, alias_id)
+            except OneSignalError as exc:
+                log.info("could not read the tags of user %r: %s", step.distinct_id, exc)
+                return
         tags = ((view or {}).get("properties") or {}).get("tags") or {}
         learned[step.target.onesignal_id] = sorted(str(k) for k in tags)
+
+    await asyncio.gather(*(read(label, alias_id, step) for (label, alias_id), step in refused.items()))
     if not learned:
         return
     now = _naive(settings.now)
-    with transaction(con):
+    with _CACHE_WRITES, transaction(con):      # runs at once may learn one user's tags together
         for onesignal_id, keys in learned.items():
             con.execute("INSERT OR REPLACE INTO known_user_tags VALUES (?, ?, ?, ?)",
                         [settings.app_id, onesignal_id, keys, now])
@@ -171,15 +207,30 @@ async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
     known = dict(con.execute("SELECT subscription_id, onesignal_id FROM subscription_users "
                                    "WHERE app_id = ? AND subscription_id IN (SELECT unnest(?))",
                                    [app_id, ids]).fetchall())
-    resolved: dict[Target, tuple[str, str] | None] = {}
-    for target in wanted:
-        sub = target.onesignal_id
-        if sub not in known or known[sub] is None:
+    # Looked up concurrently (each a request within the rate limit), each kept in the cache as it comes.
+    gate = asyncio.Semaphore(client.concurrency)
+
+    async def look_up(sub: str) -> None:
+        async with gate:
             try:
                 known[sub] = (await client.identity_of_subscription(sub)).get("onesignal_id")
             except NotFound:
                 known[sub] = None
+        with _CACHE_WRITES:
             con.execute("INSERT OR REPLACE INTO subscription_users VALUES (?, ?, ?, now()::TIMESTAMP)",
                         [app_id, sub, known[sub]])
+
+    missing = [t.onesignal_id for t in wanted if known.get(t.onesignal_id) is None]
+    tasks = [asyncio.ensure_future(look_up(sub)) for sub in missing]
+    try:
+        if tasks:
+            await asyncio.gather(*tasks)
+    finally:                     # one failure (a revoked key) stops the others
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    resolved: dict[Target, tuple[str, str] | None] = {}
+    for target in wanted:
+        sub = target.onesignal_id
         resolved[target] = ("onesignal_id", known[sub]) if known[sub] else None
     return resolved

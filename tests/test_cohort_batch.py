@@ -1,0 +1,80 @@
+"""Many cohorts in one pass (toolkit/cohort_batch.py, cohort_sql.compile_cohorts): every cohort's members and
+matchability are exactly what evaluating it on its own gives, for the sample's cohorts and generated ones."""
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_cohorts import RULES, crowd  # noqa: F401  (crowd: the generated rules' fixture)
+
+from helpers import NOW
+from toolkit import cohort_batch, cohorts, matching
+from toolkit.cohort_model import CohortError, parse
+from toolkit.cohort_sql import compile_cohort, compile_cohorts
+
+
+def _sorted(table: pa.Table) -> list[dict]:
+    return table.sort_by("distinct_id").to_pylist()
+
+
+def test_sample_cohorts_in_one_pass_equal_each_alone(sample_store):
+    names = [c["name"] for c in cohorts.list_cohorts(sample_store)]
+    together = cohort_batch.members_of(sample_store, names, now=NOW)
+    assert set(together) == set(names)
+    for name in names:
+        assert together[name] == cohorts.evaluate(sample_store, name, now=NOW), name
+    assert sum(map(len, together.values())) > len(names)          # not a pass of empty cohorts
+
+
+def test_sample_matchability_in_one_query_equals_each_alone(sample_store):
+    names = [c["name"] for c in cohorts.list_cohorts(sample_store)]
+    for id_type in ("auto", "external_id"):
+        found = cohort_batch.match(sample_store, cohort_batch.evaluate(sample_store, names, now=NOW), id_type=id_type)
+        for name in names:
+            alone = matching.preview(sample_store, name, now=NOW, id_type=id_type)
+            assert found[name].summary == {k: v for k, v in alone.summary.items()
+                                           if k not in ("cohort", "version", "now")}, name
+            assert _sorted(found[name].table) == _sorted(alone.table), name
+            assert found[name].exportable_table.equals(alone.exportable_table), name
+
+
+def test_the_cohort_limit_applies_to_each_cohort(sample_store):
+    names = ["Pro plan in the US", "Purchasers last 30 days"]
+    found = cohort_batch.match(sample_store, cohort_batch.evaluate(sample_store, names, now=NOW), limit=1)
+    for name in names:
+        alone = matching.preview(sample_store, name, now=NOW, limit=1)
+        assert found[name].summary["reasons"]["over_limit"] == alone.summary["reasons"]["over_limit"] > 0
+        assert _sorted(found[name].table) == _sorted(alone.table)
+
+
+def test_a_shared_rule_is_counted_once():
+    both = [parse({"name": n, "rules": [{"event": "Purchase", "last_days": 30}, extra]})
+            for n, extra in (("a", {"property": "plan", "operator": "equals", "value": "pro"}),
+                             ("b", {"event": "Login", "did": False}))]
+    sql = compile_cohorts(both, NOW).sql
+    assert sql.count("count(*) FILTER") == 2         # Purchase in 30 days once, Login once
+    assert sql.count("resolved_events") == 1         # one scan of the events
+
+
+def test_static_cohorts_are_refused_by_the_compiler_and_evaluated_alone(sample_store):
+    static = cohorts.get(sample_store, "VIP support list")
+    with pytest.raises(CohortError, match="VIP support list.*static"):
+        compile_cohorts([static], NOW)
+    together = cohort_batch.members_of(sample_store, [static, "Pro plan in the US"], now=NOW)
+    assert together["VIP support list"] == cohorts.evaluate(sample_store, static, now=NOW)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(definitions=st.lists(st.tuples(st.lists(RULES, min_size=1, max_size=3), st.sampled_from(["all", "any"])),
+                            min_size=1, max_size=5))
+def test_generated_cohorts_in_one_pass_equal_each_alone(crowd, definitions):  # noqa: F811
+    chosen = [parse({"name": f"c{i}", "match": match, "rules": rules}) for i, (rules, match) in enumerate(definitions)]
+    con = crowd.con
+    rows = con.execute(*compile_cohorts(chosen, NOW)).fetchall()
+    for i, cohort in enumerate(chosen):
+        alone = [r[0] for r in con.execute(*compile_cohort(cohort, NOW)).fetchall()]
+        assert sorted(r[0] for r in rows if r[i + 1]) == alone, cohort
+    # and through the store, with the filtered properties kept as typed columns
+    together = cohort_batch.members_of(crowd, chosen, now=NOW)
+    assert together == {c.name: cohorts.evaluate(crowd, c, now=NOW) for c in chosen}

@@ -1,0 +1,142 @@
+"""Many cohorts evaluated in one pass, then matched in one query: what a sync cycle of sixty cohorts needs.
+
+Evaluating cohorts one by one scans the events once per cohort. ``cohort_sql.compile_cohorts`` puts the
+event rules of every dynamic cohort in one aggregation (a rule several cohorts share is counted once):
+``evaluate`` runs it into a temp table, one row per user who is a member of any of them, one boolean
+column per cohort. ``match`` classifies those users once (matchability does not depend on the cohort,
+only on the user-id property and id type) and then gives each cohort its own ``Matchability``, the
+same as ``matching.match`` of that cohort alone. Static cohorts read no events: each is evaluated on
+its own, its members need not be known users. Tests hold every answer equal to the cohort's own.
+
+    members = cohort_batch.evaluate(store, ["Pro plan in the US", "Purchasers last 30 days"], now=now)
+    found = cohort_batch.match(store, members)          # cohort -> Matchability
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from toolkit import cohorts, event_columns, matching
+from toolkit.cohort_model import Cohort, normalize
+from toolkit.cohort_sql import compile_cohorts, filtered_properties
+from toolkit.loading.derived import stored_facts
+from toolkit.sql import Query, quote_ident
+from toolkit.store import Store, connection
+
+MEMBERS_TABLE = "temp._batch_members"       # the shared pass: distinct_id and one flag per dynamic cohort
+MATCHED_TABLE = "temp._batch_matched"       # its users classified, with the same flags
+
+_DID = quote_ident("distinct_id")
+
+
+@dataclass
+class Members:
+    """Where each cohort's members are, after ``evaluate``: a query per cohort yielding its distinct_ids."""
+    flags: dict[str, str] = field(default_factory=dict)      # dynamic cohort -> its column in MEMBERS_TABLE
+    static: dict[str, Query] = field(default_factory=dict)   # static cohort -> its own query
+
+    def query(self, name: str) -> Query:
+        if name in self.static:
+            return self.static[name]
+        return Query(f"SELECT {_DID} FROM {MEMBERS_TABLE} WHERE {quote_ident(self.flags[name])}", {})
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.flags, *self.static]
+
+
+def query(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
+          definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None) -> tuple[Query, list[Cohort]]:
+    """The one query of the dynamic cohorts among ``chosen`` (by name or definition; referenced cohorts
+    from ``definitions``, then the store), and those cohorts in its column order (m0, m1...). Their event
+    property filters get typed columns first, as ``cohorts.query`` does for one."""
+    defs = cohorts.by_name(definitions)
+    roots = [_definition(store, c, defs) for c in chosen]
+    closure: dict[str, Cohort] = {}
+    for root in roots:
+        closure.update(cohorts._closure(store, root, {**defs, **closure}))
+    dynamic = [c for c in roots if not c.is_static]
+    columns = event_columns.ensure(store, filtered_properties(closure.values()))
+    return compile_cohorts(dynamic, now, closure, columns=columns), dynamic
+
+
+def evaluate(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
+             definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None) -> Members:
+    """Evaluate ``chosen`` as of ``now``: the dynamic ones in one pass into MEMBERS_TABLE (replacing the
+    last), the static ones compiled on their own."""
+    con = connection(store)
+    defs = cohorts.by_name(definitions)
+    roots = [_definition(store, c, defs) for c in chosen]
+    members = Members(static={c.name: cohorts.query(store, c, now=now, definitions=definitions)
+                              for c in roots if c.is_static})
+    dynamic = [c for c in roots if not c.is_static]
+    if dynamic:
+        sql, params = query(store, dynamic, now=now, definitions=definitions)[0]
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {MEMBERS_TABLE.split('.')[1]} AS {sql}", params)
+        members.flags = {c.name: f"m{i}" for i, c in enumerate(dynamic)}
+    return members
+
+
+def members_of(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
+               definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None) -> dict[str, list[str]]:
+    """Each cohort's members, sorted, as ``cohorts.evaluate`` gives them one by one."""
+    con = connection(store)
+    found = evaluate(store, chosen, now=now, definitions=definitions)
+    return {name: [r[0] for r in con.execute(f"SELECT * FROM ({found.query(name).sql}) ORDER BY 1",
+                                             found.query(name).params).fetchall()]
+            for name in found.names}
+
+
+class Matched:
+    """The users of a shared pass classified once (``classify``); ``of(name)`` is one cohort's matchability."""
+
+    def __init__(self, store: Store, members: Members, table: str, options: dict):
+        self.store, self.members, self.table, self.options = store, members, table, options
+
+    def of(self, name: str) -> matching.Matchability:
+        """The cohort's ``Matchability``, equal to ``matching.match`` of its members alone."""
+        if name in self.members.static:
+            return matching.match(self.store, self.members.static[name], **self.options)
+        listed = ", ".join(quote_ident(c) for c in matching.COLUMNS)
+        flag = quote_ident(self.members.flags[name])
+        table = connection(self.store).sql(f"SELECT {listed} FROM {self.table} WHERE {flag}").to_arrow_table()
+        table = matching.apply_limit(table.cast(matching.SCHEMA), self.options["limit"])
+        return matching.Matchability(matching.summarize(table, **self.options), table)
+
+
+def classify(store: Store, members: Members, *, user_id_property: str = matching.DEFAULT_USER_ID_PROPERTY,
+             id_type: str = "auto", limit: int = matching.COHORT_LIMIT, table: str = MATCHED_TABLE) -> Matched:
+    """Classify the users of the shared pass in one query, into the temp ``table`` with their flags."""
+    con = connection(store)
+    if members.flags:
+        sql, params = matching.classify_sql(Query(f"SELECT {_DID} FROM {MEMBERS_TABLE}", {}),
+                                            user_id_property=user_id_property, id_type=id_type,
+                                            facts=stored_facts(con, user_id_property))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table.split('.')[1]} AS "
+                    f"SELECT c.*, w.* EXCLUDE ({_DID}) FROM ({sql}) c JOIN {MEMBERS_TABLE} w USING ({_DID})",
+                    params)
+    return Matched(store, members, table,
+                   {"user_id_property": user_id_property, "id_type": id_type, "limit": limit})
+
+
+def match(store: Store, members: Members, *, user_id_property: str = matching.DEFAULT_USER_ID_PROPERTY,
+          id_type: str = "auto", limit: int = matching.COHORT_LIMIT) -> dict[str, matching.Matchability]:
+    """Each evaluated cohort's matchability, as ``matching.match`` gives it (all at once: for a few
+    cohorts; a cycle takes them one by one from ``classify``)."""
+    found = classify(store, members, user_id_property=user_id_property, id_type=id_type, limit=limit)
+    return {name: found.of(name) for name in members.names}
+
+
+def drop(store: Store, *tables: str) -> None:
+    """Free the temp tables of the last pass (and the classified ``tables`` besides the default one)."""
+    con = connection(store)
+    for table in (*tables, MATCHED_TABLE, MEMBERS_TABLE):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def _definition(store: Store, cohort: Cohort | str, defs: Mapping[str, Cohort]) -> Cohort:
+    if not isinstance(cohort, str):
+        return normalize(cohort)
+    return defs.get(cohort) or cohorts.get(store, cohort)
