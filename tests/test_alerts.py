@@ -61,6 +61,18 @@ def cycle(world, minutes, cohorts="due"):
                               client_options=FAST)
 
 
+def a_new_buyer(world, user, minutes):
+    """The cohort changes (a run that sends nothing cannot hear OneSignal refuse it): ``user`` buys, with a
+    OneSignal id the app knows."""
+    data = world["tmp"] / f"new-{user}"
+    data.mkdir()
+    write_lines(data / "events.jsonl", [event("Purchase", user, insert_id=f"p{user}")])
+    write_lines(data / "profiles.jsonl", [{"$distinct_id": user, "$properties": {"$onesignal_user_id": f"ext-{user}"}}])
+    world["emu"].add_user(world["app"].app_id, f"ext-{user}")
+    with Store(world["db"]) as store:
+        load(store, [data], now=NOW + timedelta(minutes=minutes))
+
+
 def mails(world) -> list[str]:
     return [email.message_from_string(m["data"], policy=policy.default).get_content().replace("\r\n", "\n").strip()
             for m in world["smtp"].messages]
@@ -69,6 +81,7 @@ def mails(world) -> list[str]:
 def test_a_revoked_key_raises_one_alert_by_webhook_and_email_and_one_resolved_after_recovery(world, monkeypatch):
     assert cycle(world, 1).status == "ok" and world["hook"].received == []
     monkeypatch.setenv("ONESIGNAL_API_KEY", "revoked-key-0123456789")     # OneSignal answers 403 from now on
+    a_new_buyer(world, "u5", 16)
     assert [r.status for r in cycle(world, 16).runs] == ["paused"]          # OneSignal refused the key: paused
     for minutes in (31, 46):                         # a paused sync is skipped until a person resumes it
         result = cycle(world, minutes)
@@ -91,7 +104,7 @@ def test_a_revoked_key_raises_one_alert_by_webhook_and_email_and_one_resolved_af
     assert len(world["hook"].texts) == 2 and mails(world) == world["hook"].texts
     assert world["hook"].texts[1] == ('Resolved: sync of cohort "Buyers" no longer paused (since '
                                       f'{NOW + timedelta(minutes=16):%Y-%m-%d %H:%M} UTC): the run of '
-                                      f'{NOW + timedelta(minutes=61):%Y-%m-%d %H:%M} UTC ended ok, 4 member(s).')
+                                      f'{NOW + timedelta(minutes=61):%Y-%m-%d %H:%M} UTC ended ok, 5 member(s).')
     cycle(world, 76)
     assert len(world["hook"].texts) == 2                                  # healthy: nothing more
     with Store(world["db"]) as store:
@@ -197,6 +210,7 @@ def test_a_failing_webhook_never_stops_the_sync_is_recorded_and_gets_the_alert_o
     cycle(world, 1)
     world["hook"].mode = mode
     monkeypatch.setenv("ONESIGNAL_API_KEY", "revoked-key-0123456789")
+    a_new_buyer(world, "u5", 16)
     result = cycle(world, 16)
     assert [r.status for r in result.runs] == ["paused"] and result.mtu_error is None
     record = result.to_record()

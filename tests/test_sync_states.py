@@ -51,6 +51,18 @@ def state(world):
     return found
 
 
+def a_new_buyer(world, user, when):
+    """The cohort changes (a run that sends nothing cannot hear OneSignal refuse it): ``user`` buys, with a
+    OneSignal id the app knows."""
+    data = world["db"].parent / f"new-{user}"
+    data.mkdir()
+    write_lines(data / "events.jsonl", [event("Purchase", user, insert_id=f"p{user}")])
+    write_lines(data / "profiles.jsonl", [{"$distinct_id": user, "$properties": {"$onesignal_user_id": f"ext-{user}"}}])
+    world["emu"].add_user(world["app"].app_id, f"ext-{user}")
+    with Store(world["db"]) as store:
+        load(store, [data], now=when)
+
+
 def requests(world):
     return len(world["emu"].requests())
 
@@ -60,6 +72,7 @@ def test_a_revoked_key_pauses_the_sync_until_a_person_resumes_it(world):
     assert first.status == "ok" and state(world)["state"] == "active"
     key = world["app"].api_key
     world["app"].api_key = "revoked-" + key[8:]                   # revoked in OneSignal: 403 from now on
+    a_new_buyer(world, "u5", LATER[1])
     (paused,) = due_runs(world, LATER[1])
     assert paused.status == "paused" and "403" in paused.error and key not in paused.error
     found = state(world)
@@ -205,6 +218,7 @@ def test_the_export_panel_shows_states_charts_the_match_rate_writes_the_csv_and_
     assert base64.b64decode(link) == path.read_bytes() and "3 member(s) written" in panel.status.value
     # OneSignal refuses the key: the panel shows the sync paused and why, and Resume brings it back
     world["app"].api_key, key = "revoked", world["app"].api_key
+    a_new_buyer(world, "u5", LATER[1])
     assert due_runs(world, LATER[1])[0].status == "paused"
     panel.refresh()
     assert "paused (OneSignal answered 403" in panel.syncs.value and list(panel.sync_choice.options) == ["Buyers"]
@@ -219,8 +233,8 @@ def test_the_export_panel_shows_states_charts_the_match_rate_writes_the_csv_and_
     panel.sync_choice.value = "Buyers"
     panel.pause_button.click()
     assert state(world)["state"] == "paused" and "paused by a person" in panel.syncs.value
-    # three runs at 75%: evenly spaced, three quarters of the way up
-    assert "points='30.0,37.5 240.0,37.5 450.0,37.5'" in panel.chart.value
+    # three runs evenly spaced: 3 of 4 members exportable (75%), then 4 of 5 (80%: the fifth buyer has an id)
+    assert "points='30.0,37.5 240.0,32.0 450.0,32.0'" in panel.chart.value
 
 
 def test_the_chart_draws_each_runs_match_rate():
