@@ -82,7 +82,7 @@ LAYERS = [
     ("ground", {"errors", "redaction", "onesignal_ids", "sql", "store", "resources"}),
     ("loading", {"loading", "event_columns"}),
     ("core", {"cohort_model", "cohort_sql", "cohorts", "matching", "planning", "onesignal_events", "mtu"}),
-    ("services", {"onesignal", "emulator", "credentials", "snapshots", "export", "mixpanel"}),
+    ("services", {"onesignal", "emulator", "credentials", "snapshots", "export", "mixpanel", "lake", "engine"}),
     ("workflows", {"sync", "schedule"}),
     ("surfaces", {"", "__main__", "cli", "report", "widgets", "demo", "lab", "synthetic"}),
 ]

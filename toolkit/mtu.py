@@ -34,6 +34,7 @@ import pandas as pd
 
 from toolkit import onesignal_events as osev
 from toolkit.errors import UsageError
+from toolkit.sql import Query
 from toolkit.store import Store, connection
 
 RULE_SETS = ("seed", "strict")
@@ -94,7 +95,7 @@ class MonthMTU:
 # `count(exempt)` counts listed events, and events - listed are those left if OneSignal were ignored.
 # (A join plus these plain counts measured ~1.2x a bare count(DISTINCT); list_contains() ~2x.)
 _QUERY = """
-WITH names AS (SELECT unnest($names) AS name, unnest($exempt) AS exempt),
+WITH names AS (SELECT name, list_contains($exempt, name) AS exempt FROM (SELECT unnest($names) AS name) listed),
 users AS (
     SELECT date_trunc('month', time) AS month, distinct_id,
            count(*) AS n_events, count(*) FILTER (exempt) AS n_exempt, count(exempt) AS n_listed
@@ -133,15 +134,24 @@ def _month_bounds(month: str | None) -> tuple[datetime | None, datetime | None]:
     return start, end
 
 
+def query(month: str | None = None, rules: str = "seed") -> Query:
+    """The one query counting MTU over ``resolved_events`` (any engine that has that relation runs it;
+    `months` turns its rows into the report)."""
+    exempt = exempt_names(rules)
+    start, end = _month_bounds(month)
+    return Query(_QUERY, {"names": sorted(exempt | osev.NAMES), "exempt": sorted(exempt), "start": start, "end": end})
+
+
 def report(store: Store, month: str | None = None, rules: str = "seed") -> list[MonthMTU]:
     """MTU and its breakdown for every month of the store (or only ``month``, "YYYY-MM"), oldest first.
     A requested month without events yields one row of zeros."""
-    exempt = exempt_names(rules)
-    names = sorted(exempt | osev.NAMES)
-    start, end = _month_bounds(month)
-    rows = connection(store).execute(_QUERY, {
-        "names": names, "exempt": [n in exempt for n in names], "start": start, "end": end,
-    }).fetchall()
+    sql, params = query(month, rules)
+    return months(connection(store).execute(sql, params).fetchall(), month, rules)
+
+
+def months(rows, month: str | None = None, rules: str = "seed") -> list[MonthMTU]:
+    """The report from the rows of `query` (month, users, qualifying, exempt, exempt-only, engagement-only,
+    users and events without OneSignal), whichever engine ran it."""
     result = []
     for m, users, qualifying, exempt_events, exempt_only, engagement_only, users_wo, events_wo in rows:
         mtu, applied = _guardrail(users, int(qualifying))
@@ -173,9 +183,13 @@ def counted_users(store: Store, month: str, rules: str = "seed") -> list[str]:
 
 def report_frame(store: Store, month: str | None = None, rules: str = "seed") -> pd.DataFrame:
     """The report as a DataFrame indexed by month (for notebooks)."""
+    return frame(report(store, month, rules))
+
+
+def frame(months: list[MonthMTU]) -> pd.DataFrame:
+    """Report rows (from any engine) as the DataFrame indexed by month."""
     columns = list(MonthMTU.__dataclass_fields__)
-    frame = pd.DataFrame([r.to_dict() for r in report(store, month, rules)], columns=columns)
-    return frame.set_index("month")
+    return pd.DataFrame([r.to_dict() for r in months], columns=columns).set_index("month")
 
 
 def chart(frame: pd.DataFrame):

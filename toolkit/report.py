@@ -164,6 +164,12 @@ _RULES_TEXT = {"seed": "OneSignal delivery events exempt, engagement events coun
                "strict": "the OneSignal page's list: delivery, opens and app opens from push all exempt"}
 
 
+def lake_text(written) -> str:
+    """What `toolkit lake export` wrote."""
+    return (f"wrote the lake {written.path}: {written.events:,} events over {written.days:,} days, "
+            f"{written.profiles:,} profiles, {written.identity_mappings:,} identity mappings")
+
+
 def mtu_text(months: list[MonthMTU], rules: str = "seed") -> str:
     """``mtu.report``'s months as a table, and where the guardrail applied."""
     lines = [f"MTU by month (rules: {rules} - {_RULES_TEXT[rules]})"]

@@ -363,6 +363,30 @@ MIGRATIONS: list[str] = [
                e.* EXCLUDE (event, distinct_id, time, insert_id, properties, device_id, user_id, file_id)
         FROM events e LEFT JOIN identity_map m ON m.distinct_id = e.distinct_id;
     """,
+    # 11: a cohort evaluated on another engine (Spark or DuckDB over a lake: toolkit/lake/home.py) comes
+    # home: its members and their matchability, as the last evaluation of that cohort there.
+    """
+    CREATE TABLE lake_evaluations (
+        cohort           VARCHAR PRIMARY KEY,
+        version          INTEGER,
+        as_of            TIMESTAMP NOT NULL,
+        engine           VARCHAR NOT NULL,      -- duckdb | spark
+        lake             VARCHAR NOT NULL,      -- the lake folder
+        user_id_property VARCHAR NOT NULL,
+        id_type          VARCHAR NOT NULL,
+        members          BIGINT NOT NULL,
+        evaluated_at     TIMESTAMP NOT NULL
+    );
+    CREATE TABLE lake_members (
+        cohort       VARCHAR NOT NULL,
+        distinct_id  VARCHAR NOT NULL,
+        onesignal_id VARCHAR,
+        id_type      VARCHAR,
+        exportable   BOOLEAN NOT NULL,
+        reason       VARCHAR,
+        detail       VARCHAR
+    );
+    """,
 ]
 
 

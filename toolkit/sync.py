@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from toolkit import export, mtu
 from toolkit.credentials import find as find_credentials
+from toolkit.engine import EngineChoice, Evaluator
 from toolkit.errors import SyncFailed, ToolkitError, UsageError
 from toolkit.loading import LoadSummary, load
 from toolkit.onesignal import Credentials, default_base_url
@@ -44,15 +45,17 @@ def connect(store: Store, credentials: Credentials, base_url: str | None = None)
 
 
 def export_cohort(store: Store, settings: export.ExportSettings | str, credentials: Credentials | None = None, *,
-                  progress: bool = False, on_progress: Callable[[int, int], None] | None = None) -> export.RunRecord:
+                  progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
+                  evaluator: Evaluator | None = None) -> export.RunRecord:
     """Export a cohort now, as ``settings`` say (``export.settings``; a cohort's name alone runs its
-    registered export again): evaluate who is exportable, then run. Without ``credentials``, the key
-    of the settings' app comes from the environment or the 0600 credentials file."""
+    registered export again): evaluate who is exportable (on ``evaluator``'s engine: default the store),
+    then run. Without ``credentials``, the key of the settings' app comes from the environment or the
+    0600 credentials file."""
     if isinstance(settings, str):
         settings = export.settings(store, settings)
     if credentials is None and not settings.dry_run and settings.app_id:
         credentials = find_credentials(settings.app_id)
-    found = export.exportable(store, settings)
+    found = export.exportable(store, settings, evaluator.preview if evaluator else None)
     bar = tqdm(desc=f"export {settings.cohort}", unit="user", disable=not progress or None)
 
     def report(done: int, total: int) -> None:
@@ -68,21 +71,22 @@ def export_cohort(store: Store, settings: export.ExportSettings | str, credentia
 
 
 def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
-            cohorts: list[str] | None = None, client_options: dict | None = None) -> list[export.RunRecord]:
+            cohorts: list[str] | None = None, client_options: dict | None = None,
+            evaluator: Evaluator | None = None) -> list[export.RunRecord]:
     """Every dynamic sync that is due (or the named cohorts' exports), one after the other. Each cohort
     succeeds or fails on its own: whatever stops one (a cohort that cannot be evaluated, no key, a
     refused export) becomes its failed run record, with the reason, and the others still run."""
     now = now or datetime.now(UTC)
     names = cohorts if cohorts is not None else export.due(store, now)
-    return [_run_one(store, name, now, dry_run, client_options) for name in names]
+    return [_run_one(store, name, now, dry_run, client_options, evaluator) for name in names]
 
 
-def _run_one(store: Store, name: str, now: datetime, dry_run: bool, client_options: dict | None
-             ) -> export.RunRecord:
+def _run_one(store: Store, name: str, now: datetime, dry_run: bool, client_options: dict | None,
+             evaluator: Evaluator | None = None) -> export.RunRecord:
     chosen = None
     try:
         chosen = export.settings(store, name, now=now, dry_run=dry_run, client_options=client_options)
-        return export_cohort(store, chosen)
+        return export_cohort(store, chosen, evaluator=evaluator)
     except Exception as exc:     # one cohort never stops the sync; the failure is its run record
         reason = failure_reason(exc)
         log.warning('cohort "%s" failed: %s', name, reason, exc_info=not isinstance(exc, ToolkitError))
@@ -198,12 +202,14 @@ class SyncResult:
 
 
 def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, cohorts: str = "due",
-         dry_run: bool = False, now: datetime | None = None, client_options: dict | None = None) -> SyncResult:
+         dry_run: bool = False, now: datetime | None = None, client_options: dict | None = None,
+         engine: EngineChoice | None = None) -> SyncResult:
     """The scheduled job: load new files from ``landing``, re-evaluate cohorts and run the syncs
     (``cohorts``: "due", "all" registered exports, or comma-separated names), then count MTU. The
-    load, each cohort and the MTU count fail on their own; the result says what worked and what not."""
+    load, each cohort and the MTU count fail on their own; the result says what worked and what not.
+    ``engine``: where cohorts and MTU are evaluated (`toolkit.engine.choose`; default the store)."""
     now = now or datetime.now(UTC)
-    with Store(store_path) as store:
+    with Store(store_path) as store, Evaluator(engine) as evaluator:
         loaded, load_error = None, None
         if landing:
             try:
@@ -220,10 +226,11 @@ def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, 
             names = [e["cohort"] for e in export.list_exports(store)]
         elif cohorts != "due":
             names = [name.strip() for name in cohorts.split(",") if name.strip()]
-        runs = run_due(store, now=now, dry_run=dry_run, cohorts=names, client_options=client_options)
+        runs = run_due(store, now=now, dry_run=dry_run, cohorts=names, client_options=client_options,
+                       evaluator=evaluator)
         frame, mtu_error = None, None
         try:
-            frame = mtu.report_frame(store)
+            frame = mtu.frame(evaluator.mtu(store))
         except Exception as exc:
             mtu_error = failure_reason(exc)
             log.warning("counting MTU failed: %s", mtu_error, exc_info=not isinstance(exc, ToolkitError))
