@@ -113,3 +113,13 @@ def demo_copy(demo_run, tmp_path) -> DemoRun:
     cwd = tmp_path / "first-hour"
     shutil.copytree(demo_run.cwd, cwd)
     return DemoRun(cwd, demo_run.output)
+
+
+# -- Spark ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def spark():
+    """The process's one Spark session (local[2]; starting the JVM costs about 11 s, so once per worker)."""
+    from toolkit import spark_session
+
+    return spark_session.start()

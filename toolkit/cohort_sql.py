@@ -401,7 +401,8 @@ class _Columns(_Value):
         return self.column("number")
 
     def list(self, kind: str) -> str:
-        return f"TRY_CAST({self.column('list')} AS {_LIST_TYPES.get(kind, 'VARCHAR')}[])"
+        # The cast to JSON (a no-op here) says the column holds JSON: on Spark it is JSON text (toolkit/dialects.py)
+        return f"TRY_CAST(CAST({self.column('list')} AS JSON) AS {_LIST_TYPES.get(kind, 'VARCHAR')}[])"
 
 
 _LIST_TYPES = {"number": "DOUBLE", "boolean": "BOOLEAN"}
