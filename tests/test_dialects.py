@@ -96,3 +96,36 @@ def test_json_type_text_and_typed_lists_read_a_variant_on_spark():
     assert "CAST(v AS STRING)" in spark and "GET_JSON_OBJECT" not in spark
     assert "TRY_VARIANT_GET(v, '$', 'array<double>')" in spark
     assert "TRY_VARIANT_GET(PARSE_JSON(c), '$', 'array<string>')" in spark
+
+
+def test_an_ordered_list_keeps_its_order_and_nulls_on_spark():
+    sql = "SELECT list(d ORDER BY (d = 'x') DESC, u DESC NULLS LAST, d)[1] FROM t GROUP BY g"
+    assert "COLLECT_LIST(d)" in _plain(sql, "spark")           # sqlglot: the order is gone
+    spark = dialects.render(Query(sql, {}), "spark", pretty=False)
+    assert "COLLECT_LIST(d)" not in spark
+    assert "ARRAY_SORT(COLLECT_LIST(STRUCT((d = 'x') AS k0, u AS k1, d AS k2, d AS v))" in spark
+    assert spark.count("NULLIF(CASE") == 3                     # one comparison per key, not nested copies
+    assert spark.startswith("SELECT TRY_ELEMENT_AT(TRANSFORM(") and spark.endswith(", 1) FROM t GROUP BY g")
+
+
+def test_functions_spark_lacks_are_rewritten():
+    sql = ("WITH f AS MATERIALIZED (SELECT v FROM t) "
+           "SELECT strlen(v), regexp_full_match(v, $re), names[2] FROM f")
+    plain = _plain(sql.replace("$re", "'[0-9]+'"), "spark")
+    assert "MATERIALIZED" in plain and "STRLEN(v)" in plain and "REGEXP_FULL_MATCH" in plain and "names[1]" in plain
+    spark = dialects.render(Query(sql, {"re": "[0-9]+"}), "spark", pretty=False)
+    assert "MATERIALIZED" not in spark
+    assert "OCTET_LENGTH(v)" in spark                          # DuckDB's strlen counts bytes
+    assert "v RLIKE '^(?:[0-9]+)$'" in spark                   # a full match, as RLIKE only finds
+    assert "TRY_ELEMENT_AT(names, 2)" in spark                 # NULL past the end, as on DuckDB
+
+
+def test_lists_unnested_side_by_side_become_rows_of_values_on_spark():
+    sql = "WITH n AS (SELECT unnest($names) AS name, unnest($flags) AS flag) SELECT * FROM n"
+    params = {"names": ["a", "it's"], "flags": [True, False]}
+    assert _plain(sql.replace("$names", "['a']").replace("$flags", "[true]"), "spark").count("EXPLODE") == 2
+    spark = dialects.render(Query(sql, params), "spark", pretty=False)
+    assert "EXPLODE" not in spark
+    assert "FROM VALUES ('a', TRUE), ('it\\'s', FALSE) AS zipped(name, flag)" in spark
+    duck = duckdb.connect()
+    assert duck.execute(sql, params).fetchall() == [("a", True), ("it's", False)]

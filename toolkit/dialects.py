@@ -181,9 +181,78 @@ def spark_arrays(node: exp.Expr) -> exp.Expr:
     return node
 
 
+def spark_functions(node: exp.Expr) -> exp.Expr:
+    """Functions and clauses sqlglot passes to Spark unchanged though Spark lacks them."""
+    if isinstance(node, exp.Anonymous) and str(node.this).lower() == "strlen":     # DuckDB: bytes
+        return exp.Anonymous(this="octet_length", expressions=node.expressions)
+    if isinstance(node, exp.RegexpFullMatch) and isinstance(node.expression, exp.Literal):
+        anchored = exp.Literal.string(f"^(?:{node.expression.this})$")
+        return exp.RegexpLike(this=node.this, expression=anchored)
+    if isinstance(node, exp.CTE) and node.args.get("materialized"):
+        node.set("materialized", None)        # a planner hint DuckDB honours; Spark's parser refuses it
+        return node
+    if isinstance(node, exp.Bracket) and len(node.expressions) == 1 and isinstance(node.expressions[0], exp.Literal) \
+            and not node.expressions[0].is_string:
+        # list[i]: DuckDB gives NULL past the end; Spark's list[i] is an error there (ANSI mode)
+        index = exp.Literal.number(int(node.expressions[0].this) + 1)     # sqlglot holds it 0-based
+        return exp.Anonymous(this="try_element_at", expressions=[node.this, index])
+    return node
+
+
+def spark_ordered_lists(node: exp.Expr) -> exp.Expr:
+    """``list(x ORDER BY k1 DESC, k2...)``: sqlglot writes COLLECT_LIST(x), dropping the order (and
+    COLLECT_LIST drops NULLs, which DuckDB's list keeps). Spark has no ordered collect: collect structs
+    of the keys and the value, sort them with a comparator following DuckDB's order (NULLS LAST unless
+    said otherwise), keep the values."""
+    if not (isinstance(node, exp.ArrayAgg) and isinstance(node.this, exp.Order)):
+        return node
+    order = node.this
+    keys = [o if isinstance(o, exp.Ordered) else exp.Ordered(this=o) for o in order.expressions]
+    fields = [exp.PropertyEQ(this=exp.to_identifier(f"k{i}"), expression=k.this) for i, k in enumerate(keys)]
+    fields.append(exp.PropertyEQ(this=exp.to_identifier("v"), expression=order.this))
+    collected = exp.Anonymous(this="collect_list", expressions=[exp.Struct(expressions=fields)])
+    steps = []        # each key's comparison (-1, 0, 1); the first that is not 0 decides
+    for i, key in enumerate(keys):
+        first, before = (-1 if key.args.get("nulls_first") else 1), (1 if key.args.get("desc") else -1)
+        left, right = f"l.k{i}", f"r.k{i}"
+        steps.append(f"nullif(CASE WHEN {left} IS NULL AND {right} IS NULL THEN 0 WHEN {left} IS NULL THEN {first} "
+                     f"WHEN {right} IS NULL THEN {-first} WHEN {left} < {right} THEN {before} "
+                     f"WHEN {left} > {right} THEN {-before} ELSE 0 END, 0)")
+    compare = f"coalesce({', '.join(steps)}, 0)"
+    tree = sqlglot.parse_one(f"transform(array_sort(collected, (l, r) -> {compare}), e -> e.v)", read="spark")
+    for column in tree.find_all(exp.Column):
+        if column.name == "collected" and not column.table:
+            column.replace(collected)
+            break
+    return tree
+
+
+def zip_literal_unnests(node: exp.Expr) -> exp.Expr:
+    """``SELECT unnest([...]) AS a, unnest([...]) AS b`` (no FROM: lists zipped into rows, as DuckDB
+    does). sqlglot writes two EXPLODEs in one SELECT, which Spark refuses: write the rows as VALUES."""
+    if not isinstance(node, exp.Select) or node.args.get("from_") or len(node.expressions) < 2:
+        return node
+    columns = []
+    for item in node.expressions:
+        inner = item.this if isinstance(item, exp.Alias) else None
+        if not isinstance(inner, (exp.Explode, exp.Unnest)):
+            return node
+        array = inner.this if isinstance(inner, exp.Explode) else (inner.expressions or [None])[0]
+        if not isinstance(array, exp.Array):
+            return node
+        columns.append((item.alias, array.expressions))
+    lengths = {len(values) for _, values in columns}
+    if len(lengths) != 1:
+        return node
+    rows = [exp.Tuple(expressions=[values[i] for _, values in columns]) for i in range(lengths.pop())]
+    values = exp.Values(expressions=rows, alias=exp.TableAlias(
+        this=exp.to_identifier("zipped"), columns=[exp.to_identifier(name) for name, _ in columns]))
+    return exp.select(*[exp.column(name) for name, _ in columns]).from_(values)
+
+
 RULES: dict[str, tuple[Rule, ...]] = {
     "duckdb": (),
-    "spark": (spark_json, spark_arrays),
+    "spark": (spark_json, spark_arrays, spark_ordered_lists, spark_functions, zip_literal_unnests),
     "bigquery": (pointer_to_path,),
     "snowflake": (pointer_to_path,),
 }

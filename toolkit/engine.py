@@ -151,7 +151,7 @@ class Evaluator:
         table = self.lake.arrow(mtu.query(month, rules))
         columns = [table.column(0).to_pylist()] + [table.column(i).cast(pa.int64()).to_pylist()   # sums: no
                                                    for i in range(1, table.num_columns)]          # decimals
-        return mtu.months(zip(*columns, strict=True), month, rules)
+        return mtu.from_rows(zip(*columns, strict=True), month, rules)
 
     def close(self) -> None:
         if self._lake is not None:

@@ -119,6 +119,7 @@ def classify_sql(members: Query, *, user_id_property: str = DEFAULT_USER_ID_PROP
     did = q("distinct_id")
     code = {reason: _sql_text(reason) for reason in REASON_SQL}
     # tests/matching_oracle.py states the same rules in Python; the tests keep the two equal.
+    # (array_length, not len: len is a string's length elsewhere; toolkit/dialects.py moves this to Spark)
     sql = f"""
 WITH {q("m_members")} AS (SELECT {did} FROM ({members.sql}) {q("m_src")}),
 {q("m_inspected")} AS (   -- the id type decides the rest: a UUID is required, and what kind of id it is
@@ -152,7 +153,8 @@ SELECT {did}, CASE WHEN jt = 'VARCHAR' THEN v END AS onesignal_id,
              ELSE $m_prop || ' is not a UUID; id_type subscription_id needs a Subscription (Player) ID' END
          ELSE CASE WHEN claimants > 1 THEN kind || ' also on '
                       || array_to_string(others[1:{_SHOWN}], ', ')
-                      || CASE WHEN len(others) > {_SHOWN} THEN ' and ' || (len(others) - {_SHOWN}) || ' more'
+                      || CASE WHEN array_length(others) > {_SHOWN}
+                              THEN ' and ' || (array_length(others) - {_SHOWN}) || ' more'
                               ELSE '' END
                       || '; ' || CASE WHEN reason = {code["duplicate"]} THEN winner ELSE 'this profile' END
                       || ' keeps it (' || $m_rule || ')'

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -95,7 +96,7 @@ class MonthMTU:
 # `count(exempt)` counts listed events, and events - listed are those left if OneSignal were ignored.
 # (A join plus these plain counts measured ~1.2x a bare count(DISTINCT); list_contains() ~2x.)
 _QUERY = """
-WITH names AS (SELECT name, list_contains($exempt, name) AS exempt FROM (SELECT unnest($names) AS name) listed),
+WITH names AS (SELECT unnest($names) AS name, unnest($exempt) AS exempt),
 users AS (
     SELECT date_trunc('month', time) AS month, distinct_id,
            count(*) AS n_events, count(*) FILTER (exempt) AS n_exempt, count(exempt) AS n_listed
@@ -135,23 +136,16 @@ def _month_bounds(month: str | None) -> tuple[datetime | None, datetime | None]:
 
 
 def query(month: str | None = None, rules: str = "seed") -> Query:
-    """The one query counting MTU over ``resolved_events`` (any engine that has that relation runs it;
-    `months` turns its rows into the report)."""
+    """The counting query (DuckDB SQL, values bound): what `report` runs, and toolkit/dialects.py
+    translates for another engine; its rows go to `from_rows`."""
     exempt = exempt_names(rules)
+    names = sorted(exempt | osev.NAMES)
     start, end = _month_bounds(month)
-    return Query(_QUERY, {"names": sorted(exempt | osev.NAMES), "exempt": sorted(exempt), "start": start, "end": end})
+    return Query(_QUERY, {"names": names, "exempt": [n in exempt for n in names], "start": start, "end": end})
 
 
-def report(store: Store, month: str | None = None, rules: str = "seed") -> list[MonthMTU]:
-    """MTU and its breakdown for every month of the store (or only ``month``, "YYYY-MM"), oldest first.
-    A requested month without events yields one row of zeros."""
-    sql, params = query(month, rules)
-    return months(connection(store).execute(sql, params).fetchall(), month, rules)
-
-
-def months(rows, month: str | None = None, rules: str = "seed") -> list[MonthMTU]:
-    """The report from the rows of `query` (month, users, qualifying, exempt, exempt-only, engagement-only,
-    users and events without OneSignal), whichever engine ran it."""
+def from_rows(rows: Iterable[Sequence], month: str | None = None, rules: str = "seed") -> list[MonthMTU]:
+    """The report from the rows of `query` (whichever engine ran it)."""
     result = []
     for m, users, qualifying, exempt_events, exempt_only, engagement_only, users_wo, events_wo in rows:
         mtu, applied = _guardrail(users, int(qualifying))
@@ -164,6 +158,13 @@ def months(rows, month: str | None = None, rules: str = "seed") -> list[MonthMTU
     if month is not None and not result:
         result.append(MonthMTU(month, rules, 0, 0, 0, 0, 0, 0, False, 0.0, 0))
     return result
+
+
+def report(store: Store, month: str | None = None, rules: str = "seed") -> list[MonthMTU]:
+    """MTU and its breakdown for every month of the store (or only ``month``, "YYYY-MM"), oldest first.
+    A requested month without events yields one row of zeros."""
+    sql, params = query(month, rules)
+    return from_rows(connection(store).execute(sql, params).fetchall(), month, rules)
 
 
 def monthly(store: Store, month: str | None = None, rules: str = "seed") -> dict[str, int]:
