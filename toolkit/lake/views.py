@@ -89,10 +89,10 @@ def links() -> Query:
     SELECT CASE event WHEN '$identify' THEN 'identify' WHEN '$create_alias' THEN 'alias' ELSE 'merge' END AS kind,
            CASE event WHEN '$identify' THEN {_text('properties', '$p_anon')}
                       WHEN '$create_alias' THEN {_text('properties', '$p_alias')}
-                      ELSE {_text('properties', '$p_merge1')} END AS source,
+                      ELSE TRY_CAST(json_extract(properties, $p_merge) AS VARCHAR[])[2] END AS source,
            CASE event WHEN '$identify' THEN {_text('properties', '$p_ident')}
                       WHEN '$create_alias' THEN distinct_id
-                      ELSE {_text('properties', '$p_merge0')} END AS target,
+                      ELSE TRY_CAST(json_extract(properties, $p_merge) AS VARCHAR[])[1] END AS target,
            time, 0 AS late
     FROM lake_events WHERE event IN ('$identify', '$create_alias', '$merge')
     UNION ALL
@@ -107,7 +107,7 @@ def links() -> Query:
 ) found
 WHERE source IS NOT NULL AND target IS NOT NULL AND source <> target"""
     return Query(sql, {"p_anon": json_pointer("$anon_id"), "p_alias": json_pointer("alias"),
-                       "p_merge1": "/$distinct_ids/1", "p_merge0": "/$distinct_ids/0",
+                       "p_merge": json_pointer("$distinct_ids"),
                        "p_ident": json_pointer("$identified_id"), "p_os": json_pointer(USER_ID_PROPERTY)})
 
 
