@@ -129,3 +129,44 @@ def test_lists_unnested_side_by_side_become_rows_of_values_on_spark():
     assert "FROM VALUES ('a', TRUE), ('it\\'s', FALSE) AS zipped(name, flag)" in spark
     duck = duckdb.connect()
     assert duck.execute(sql, params).fetchall() == [("a", True), ("it's", False)]
+
+
+# -- toolkit cohorts sql -----------------------------------------------------------------------------------
+
+def test_cohorts_sql_prints_the_query_duckdb_runs(sample_store_file):
+    from cli_runner import toolkit
+
+    from toolkit.store import Store
+
+    ran = toolkit("cohorts", "sql", "pro plan in the us", "--db", sample_store_file, "--as-of", "2026-10-20")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith('-- cohort "Pro plan in the US" as of 2026-10-20T23:59:59.999999+00:00, duckdb SQL')
+    assert "$p" not in ran.stdout
+    with Store(sample_store_file, read_only=True) as store:
+        expected = cohorts.evaluate(store, "Pro plan in the US", now=dt.datetime(2026, 10, 20, 23, 59, 59, 999999,
+                                                                                  dt.UTC))
+        printed = [r[0] for r in connection(store).execute(ran.stdout).fetchall()]
+    assert printed == expected and expected
+
+
+def test_cohorts_sql_for_a_warehouse_reads_the_json_not_the_stores_columns(sample_store_file):
+    from cli_runner import toolkit
+
+    ran = toolkit("cohorts", "sql", "Engaged with push", "--db", sample_store_file, "--dialect", "spark", "--json")
+    assert ran.returncode == 0, ran.stderr
+    out = __import__("json").loads(ran.stdout)
+    assert out["cohort"] == "Engaged with push" and out["dialect"] == "spark"
+    assert "`resolved_events`" in out["sql"] and "FROM_JSON(" in out["sql"]
+    assert "`ep" not in out["sql"] and "$p" not in out["sql"]
+    ran = toolkit("cohorts", "sql", "Engaged with push", "--db", sample_store_file, "--dialect", "bigquery")
+    assert ran.returncode == 0 and "bigquery SQL" in ran.stdout and "`" in ran.stdout
+    assert "-- bigquery: translated but never run by the toolkit's tests" in ran.stdout
+
+
+def test_cohorts_sql_refuses_an_unknown_dialect_or_cohort(sample_store_file):
+    from cli_runner import toolkit
+
+    ran = toolkit("cohorts", "sql", "Engaged with push", "--db", sample_store_file, "--dialect", "mysql")
+    assert ran.returncode == 2 and "invalid choice: 'mysql'" in ran.stderr
+    ran = toolkit("cohorts", "sql", "Engaged with pusj", "--db", sample_store_file)
+    assert ran.returncode == 1 and "Engaged with push" in ran.stderr

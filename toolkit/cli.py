@@ -151,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--id-type", default="auto", choices=("auto", "external_id", "subscription_id"))
     p.add_argument("--rows", type=int, default=20, help="members to show (text output)")
     p.set_defaults(run=_cohorts_preview)
+    p = csub.add_parser("sql", parents=[common, evaluated], help="a cohort's query, for DuckDB or a warehouse")
+    p.add_argument("name")
+    p.add_argument("--dialect", default="duckdb", choices=("duckdb", "spark", "bigquery", "snowflake"),
+                   help="duckdb (default: the query the toolkit runs) or spark, bigquery, snowflake")
+    p.set_defaults(run=_cohorts_sql)
 
     p = sub.add_parser("connect", parents=[common], help="check an App ID and API key against OneSignal")
     p.add_argument("--app-id", help="OneSignal App ID (default: $ONESIGNAL_APP_ID)")
@@ -323,6 +328,21 @@ def _cohorts_preview(args) -> int:
                                     id_type=args.id_type, now=args.as_of)
     _emit(args, preview.to_dict(), report.preview_text(preview, args.rows,
                                                        more="--rows N shows more, --json lists them all"))
+    return 0
+
+
+def _cohorts_sql(args) -> int:
+    from toolkit import cohorts, dialects
+
+    now = args.as_of or datetime.now(UTC)
+    with _store(args, read_only=True) as store:
+        name = cohorts.resolve_name(store, args.name)
+        # another engine has the raw events, not the store's typed property columns: read the JSON there
+        query = cohorts.query(store, name, now=now, typed_columns=args.dialect == "duckdb")
+    sql = dialects.render(query, args.dialect)
+    shown = now.astimezone(UTC).isoformat()
+    _emit(args, {"cohort": name, "dialect": args.dialect, "now": shown, "sql": sql},
+          report.cohort_sql_text(name, args.dialect, shown, sql))
     return 0
 
 

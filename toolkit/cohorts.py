@@ -309,15 +309,16 @@ def version_of(store: Store, name: str) -> int | None:
 # -- evaluation --------------------------------------------------------------------------------------
 
 def query(store: Store, cohort: Cohort | str, *, now: dt.datetime | None = None,
-          definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None) -> Query:
+          definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None, typed_columns: bool = True) -> Query:
     """The compiled query for a cohort (by name or definition). Referenced cohorts come from
     ``definitions`` first, then the store. Their definitions are fetched here, so compiling stays pure.
     The event properties its filters read are kept as typed columns first (once per property and
-    event: ``event_columns.ensure``), so the query reads those instead of the JSON."""
+    event: ``event_columns.ensure``), so the query reads those instead of the JSON. ``typed_columns=False``
+    reads the JSON only: the query for an engine holding the raw events (a lake, a warehouse)."""
     defs = by_name(definitions)
     root = normalize(cohort) if not isinstance(cohort, str) else defs.get(cohort) or get(store, cohort)
     closure = _closure(store, root, defs)
-    columns = event_columns.ensure(store, filtered_properties(closure.values()))
+    columns = event_columns.ensure(store, filtered_properties(closure.values())) if typed_columns else {}
     return compile_cohort(root, now or dt.datetime.now(dt.UTC), closure, columns=columns)
 
 

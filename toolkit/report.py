@@ -170,6 +170,20 @@ def lake_text(written) -> str:
             f"{written.profiles:,} profiles, {written.identity_mappings:,} identity mappings")
 
 
+def cohort_sql_text(cohort: str, dialect: str, now: str, sql: str) -> str:
+    """A cohort's query for another engine, with a header (SQL comments) saying what it reads."""
+    header = [f"-- cohort \"{cohort}\" as of {now}, {dialect} SQL; its members, one distinct_id per row",
+              "-- reads resolved_events (event, distinct_id, time in UTC, properties as JSON text),",
+              "--       resolved_profiles (distinct_id, properties as JSON text) and identity_map",
+              "--       (distinct_id, canonical_id): each with identity resolved to the canonical id"]
+    if dialect == "duckdb":
+        header[1:] = ["-- as the toolkit runs it on its store"]
+    elif dialect != "spark":      # Spark's text is held equal to DuckDB's answers by the tests; these are not run
+        header.append(f"-- {dialect}: translated but never run by the toolkit's tests; check the JSON type tests "
+                      "and list casts on your data first")
+    return "\n".join(header) + "\n" + sql.rstrip() + ";"
+
+
 def mtu_text(months: list[MonthMTU], rules: str = "seed") -> str:
     """``mtu.report``'s months as a table, and where the guardrail applied."""
     lines = [f"MTU by month (rules: {rules} - {_RULES_TEXT[rules]})"]
