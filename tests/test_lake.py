@@ -53,6 +53,7 @@ def test_export_writes_events_by_day_profiles_and_mappings(lake, sample_store_fi
     assert (found.kind, found.deduplicated, len(found.mappings)) == ("parquet", True, 1)
 
 
+@pytest.mark.slow
 def test_duckdb_over_the_lake_gives_the_stores_members_and_mtu(lake, store_copy):
     with Store(store_copy) as store, engine.Evaluator(engine.choose(lake=str(lake))) as ev:
         names = _names(store)
@@ -70,6 +71,7 @@ def test_duckdb_over_the_lake_gives_the_stores_members_and_mtu(lake, store_copy)
         assert store.con.execute("SELECT count(DISTINCT cohort) FROM lake_members").fetchall()[0][0] == len(names)
 
 
+@pytest.mark.slow
 def test_identity_from_links_when_the_lake_has_no_mappings(tmp_path):
     """Without Mixpanel's identity mappings the links are extracted from the lake and resolved by the
     loader's resolver: the same map as a load of the same events and profiles."""
@@ -120,6 +122,7 @@ def _as_pipelines(lake, root):
     return project
 
 
+@pytest.mark.slow
 def test_a_data_pipelines_folder_is_read_in_place_and_deduplicated(lake, store_copy, tmp_path):
     _as_pipelines(lake, tmp_path / "bucket")
     found = find(tmp_path / "bucket")
