@@ -228,3 +228,24 @@ def test_the_commands_over_a_lake(store_copy, tmp_path):
     assert bad.returncode == 2 and "--lake PATH" in bad.stderr
     missing = toolkit("mtu", "--db", store_copy, "--lake", tmp_path / "nowhere")
     assert missing.returncode == 1 and f"lake {tmp_path / 'nowhere'} does not exist" in missing.stderr
+
+
+@pytest.mark.slow
+def test_the_scheduled_sync_evaluates_over_the_lake(lake, store_copy):
+    """run_scheduled (the sync notebook's body) with an engine: the same dry-run records and MTU."""
+    from toolkit import sync
+
+    names = "VIP support list, Engaged with push"
+    on_store = sync.run_scheduled(store_copy, cohorts=names, dry_run=True, now=NOW)
+    on_lake = sync.run_scheduled(store_copy, cohorts=names, dry_run=True, now=NOW,
+                                 engine=engine.choose(lake=str(lake)))
+    assert on_lake.status == on_store.status
+    columns = ["cohort", "status", "members", "exportable", "added", "removed", "unchanged"]
+    assert on_lake.table[columns].equals(on_store.table[columns])
+    assert on_lake.mtu.equals(on_store.mtu)
+    with Store(store_copy, read_only=True) as store:
+        assert {c for c, in store.con.execute("SELECT cohort FROM lake_evaluations").fetchall()} == \
+            {"VIP support list", "Engaged with push"}
+    broken = sync.run_scheduled(store_copy, cohorts=names, dry_run=True, now=NOW,
+                                engine=engine.choose(lake=str(lake) + "-missing"))
+    assert broken.status == "failed" and f"lake {lake}-missing does not exist" in broken.summary
