@@ -70,7 +70,9 @@ class LakeEngine:
         else:
             self.table("identity_map", self.resolve(self.arrow(views.links())))
         self.view("resolved_events", views.resolved_events())
-        self.view("resolved_profiles", views.resolved_profiles())
+        # Kept (cached on Spark, a temp table on DuckDB): every query reads the profiles, and placing
+        # them (identity, newest wins, the user-id value's type) took most of a cohort's time on Spark.
+        self.materialize("resolved_profiles", views.resolved_profiles())
         return self
 
     def resolve(self, links: pa.Table) -> pa.Table:
