@@ -133,3 +133,15 @@ def test_the_commands_run_on_spark(spark, lake, store_copy):
     assert json.loads(preview.stdout)["members"] == json.loads(on_store.stdout)["members"]
     months = toolkit("mtu", "--db", store_copy, "--engine", "spark", "--lake", lake, "--json")
     assert json.loads(months.stdout) == json.loads(toolkit("mtu", "--db", store_copy, "--json").stdout)
+
+
+def test_a_malformed_parquet_file_is_named_on_spark(spark, lake, store_copy, tmp_path):
+    from toolkit.errors import LakeError
+
+    copy = tmp_path / "lake"
+    shutil.copytree(lake, copy)
+    bad = sorted((copy / "events").iterdir())[3] / "broken.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with Store(store_copy) as store, engine.Evaluator(engine.choose("spark", lake=str(copy))) as ev, \
+            pytest.raises(LakeError, match=f"lake {copy}: cannot read .*{bad}"):
+        ev.mtu(store)          # reads every event file

@@ -4,6 +4,7 @@ only here, and only when a Spark engine is asked for."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -95,7 +96,10 @@ class SparkLake(LakeEngine):
 
     def materialize(self, name: str, query: Query) -> None:
         frame = self.sql(query).cache()
-        frame.count()
+        try:
+            frame.count()
+        except Exception as exc:
+            raise _failure(self.lake, exc) from None
         frame.createOrReplaceTempView(name)
         self._cached.append(frame)
 
@@ -104,13 +108,25 @@ class SparkLake(LakeEngine):
         try:
             return frame.toArrow()
         except Exception as exc:
-            raise EngineError(f"Spark failed a query over the lake {self.lake}: {_first_line(exc)}") from None
+            raise _failure(self.lake, exc) from None
 
     def close(self) -> None:
         """Unpersist what this engine cached; the session stays (one per process, toolkit/spark_session.py)."""
         for frame in self._cached:
             frame.unpersist()
         self._cached.clear()
+
+
+def _failure(lake: Lake, exc: Exception) -> Exception:
+    """A file Spark could not read (it reads the lake lazily: a broken file fails the first query that
+    reaches it) is the lake's fault, named; anything else is the engine's."""
+    full = str(exc)
+    found = re.search(r"reading file (?:file:)?(\S+?)\.?(?:\s|$)", full)
+    if found:
+        return LakeError(f"lake {lake}: cannot read {found.group(1)} (not a readable Parquet or JSON file)")
+    if "FAILED_READ_FILE" in full:
+        return LakeError(f"lake {lake}: cannot read one of its files: {_first_line(exc)}")
+    return EngineError(f"Spark failed a query over the lake {lake}: {_first_line(exc)}")
 
 
 def _first_line(exc: Exception) -> str:
