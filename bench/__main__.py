@@ -89,6 +89,9 @@ def main() -> None:
     parser.add_argument("--stages", default="10000000",
                         help="sizes at which profile, cohort and MTU rows are measured too (default: 10M, "
                              "with 1M profiles)")
+    parser.add_argument("--spark", default="",
+                        help="sizes at which Spark local[2] over a lake is measured next to DuckDB "
+                             "(e.g. 1000000,5000000,10000000; default: none, Spark takes minutes)")
     args = parser.parse_args()
     DATA.mkdir(exist_ok=True)
     rows: list[Row] = []
@@ -100,6 +103,10 @@ def main() -> None:
             rows += later_rows(store)
     rows += export_rows()
     rows += mixpanel_rows()
+    if args.spark:
+        from bench import spark_lake
+
+        rows += spark_lake.rows([int(n) for n in args.spark.split(",") if n])
     print_table(rows)
 
 

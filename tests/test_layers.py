@@ -86,7 +86,8 @@ LAYERS = [
     ("core", {"cohort_model", "cohort_sql", "cohorts", "cohort_batch", "matching", "planning", "incidents", "drift",
               "onesignal_events", "mtu", "dialects"}),
     ("services", {"onesignal", "rate_budget", "emulator", "credentials", "snapshots", "export", "mixpanel", "alerts",
-                  "reconcile", "spark_session"}),
+                  "reconcile", "spark_session",
+                  "lake", "engine"}),
     ("workflows", {"sync", "schedule"}),
     ("surfaces", {"", "__main__", "cli", "report", "widgets", "demo", "lab", "synthetic"}),
 ]

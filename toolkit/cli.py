@@ -97,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
                            help="evaluate cohorts as of DATE (YYYY-MM-DD: the end of that day, UTC) "
                                 "or an ISO time (default: now)")
 
+    engined = argparse.ArgumentParser(add_help=False)
+    engined.add_argument("--engine", choices=("duckdb", "spark"),
+                         help="where cohorts and MTU are evaluated (default duckdb: the store; with --lake, the lake)")
+    engined.add_argument("--lake", metavar="PATH", help="evaluate over this lake folder instead of the store "
+                         "(toolkit lake export writes one; or a Mixpanel Data Pipelines folder)")
+    engined.add_argument("--master", metavar="URL", help="Spark master (default local[2])")
+    engined.add_argument("--remote", metavar="URL", help="Spark Connect server, sc://host:port")
+
     parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -116,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(run=_quarantine)
 
-    p = sub.add_parser("mtu", parents=[common], help="monthly tracked users, OneSignal delivery events exempt")
+    p = sub.add_parser("mtu", parents=[common, engined], help="monthly tracked users, OneSignal delivery events exempt")
     p.add_argument("--month", metavar="YYYY-MM")
     p.add_argument("--rules", default="seed", choices=("seed", "strict"),
                    help="seed: delivery exempt, engagement counts (default); strict: OneSignal's documented list")
@@ -138,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cohorts_load)
     p = csub.add_parser("list", parents=[common], help="stored cohorts")
     p.set_defaults(run=_cohorts_list)
-    p = csub.add_parser("preview", parents=[common, evaluated],
+    p = csub.add_parser("preview", parents=[common, evaluated, engined],
                         help="members, match rate and why the rest cannot export")
     p.add_argument("name")
     p.add_argument("--user-id-property", default=USER_ID_PROPERTY)
@@ -159,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="data tags per user the app's OneSignal plan allows (Free 2, paid 20; default 20)")
     p.set_defaults(run=_connect)
 
-    p = sub.add_parser("export", parents=[common, evaluated],
+    p = sub.add_parser("export", parents=[common, evaluated, engined],
                        help="export a cohort to OneSignal once, or keep it in sync")
     p.add_argument("cohort")
     how = p.add_mutually_exclusive_group()
@@ -234,7 +242,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (("sync", "run notebooks/sync.ipynb once with papermill"),
                        ("schedule", "run the sync every --every (default 15m), one run at a time")):
-        p = sub.add_parser(name, parents=[common, evaluated], help=text)
+        p = sub.add_parser(name, parents=[common, evaluated, engined], help=text)
         p.add_argument("--landing", help="folder of new Mixpanel export files to load first")
         p.add_argument("--cohorts", default="due", help="due (default), all, or comma-separated names")
         p.add_argument("--dry-run", action="store_true")
@@ -247,6 +255,15 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--every", default="15m", help="e.g. 15m, 90s, 1h")
             p.add_argument("--max-runs", type=int, metavar="N", help="stop after N runs (default: until stopped)")
         p.set_defaults(run=_sync if name == "sync" else _schedule)
+
+    lake = sub.add_parser("lake", help="the store's data as a lake that DuckDB and Spark read in place")
+    lsub = lake.add_subparsers(required=True, metavar="ACTION")
+    p = lsub.add_parser("export", parents=[common], help="write the store's events (Parquet by day), profiles "
+                        "and identity mappings to PATH")
+    p.add_argument("path", type=Path, metavar="PATH")
+    p.add_argument("--store", dest="db", metavar="PATH", help="the store to export (same as --db)")
+    p.add_argument("--replace", action="store_true", help="write over a non-empty PATH")
+    p.set_defaults(run=_lake_export)
 
     p = sub.add_parser("lab", help="JupyterLab on the notebooks, with the demo's store and its emulator running")
     p.add_argument("--workdir", type=Path, default=Path("var"),
@@ -300,11 +317,18 @@ def _quarantine(args) -> int:
     return 0
 
 
+def _engine(args):
+    """The evaluator the --engine/--lake/--master/--remote options choose (default: the store)."""
+    from toolkit import engine
+
+    return engine.Evaluator(engine.choose(args.engine, args.lake, args.master, args.remote))
+
+
 def _mtu(args) -> int:
     from toolkit import mtu
 
-    with _store(args, read_only=True) as store:
-        months = mtu.report(store, args.month, args.rules)
+    with _store(args, read_only=True) as store, _engine(args) as evaluator:
+        months = evaluator.mtu(store, args.month, args.rules)
     _emit(args, {"rules": args.rules, "exempt": sorted(mtu.exempt_names(args.rules)),
                  "months": [m.to_dict() for m in months]}, report.mtu_text(months, args.rules))
     return 0
@@ -329,11 +353,10 @@ def _cohorts_list(args) -> int:
 
 
 def _cohorts_preview(args) -> int:
-    from toolkit import matching
-
-    with _store(args, read_only=True) as store:
-        preview = matching.preview(store, args.name, user_id_property=args.user_id_property,
-                                   id_type=args.id_type, now=args.as_of)
+    evaluator = _engine(args)        # over a lake, the members come home: the store is written
+    with _store(args, read_only=evaluator.choice.on_store) as store, evaluator:
+        preview = evaluator.preview(store, args.name, user_id_property=args.user_id_property,
+                                    id_type=args.id_type, now=args.as_of)
     _emit(args, preview.to_dict(), report.preview_text(preview, args.rows,
                                                        more="--rows N shows more, --json lists them all"))
     return 0
@@ -375,7 +398,7 @@ def _export(args) -> int:
     from toolkit import cohorts, export, sync
 
     dry_run = args.dry_run and not args.stop
-    with _store(args, read_only=dry_run) as store:      # a dry run only reads
+    with _store(args, read_only=dry_run) as store, _engine(args) as evaluator:      # a dry run only reads
         if args.stop:
             args.cohort = cohorts.resolve_name(store, args.cohort)
             export.stop(store, args.cohort)
@@ -385,10 +408,10 @@ def _export(args) -> int:
                                    user_id_property=args.user_id_property, id_type=args.id_type, dry_run=dry_run,
                                    force=args.force, now=args.as_of)
         if dry_run:
-            preview = export.preview_export(store, settings)
+            preview = export.preview_export(store, settings, evaluate=evaluator.preview)
             _emit(args, preview.to_dict(), report.dry_run_text(preview))
             return EXIT_CODES["ok" if preview.status == "ok" else "failed"]
-        record = sync.export_cohort(store, settings, progress=not args.json)
+        record = sync.export_cohort(store, settings, progress=not args.json, evaluator=evaluator)
     _emit(args, record.to_dict(), report.run_text(record))
     return EXIT_CODES[sync.run_outcome(record)]
 
@@ -418,6 +441,22 @@ def _reconcile(args) -> int:
     if found.repair is not None:
         return EXIT_CODES[sync.run_outcome(found.repair)]
     return EXIT_CODES["failed" if found.drifted else "ok"]
+
+
+def _lake_export(args) -> int:
+    from tqdm.auto import tqdm
+
+    from toolkit.lake import writer
+
+    with _store(args, read_only=True) as store, \
+            tqdm(desc="lake export", unit="event", disable=args.json or None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        written = writer.export_store(store, args.path, replace=args.replace, on_progress=progress)
+    _emit(args, written.to_dict(), report.lake_text(written))
+    return 0
 
 
 def _runs(args) -> int:
@@ -568,7 +607,9 @@ def _sync_parameters(args) -> dict:
     parameters = {"store_path": str(Path(args.db or default_path()).resolve()),
                   "landing": str(Path(args.landing).resolve()) if args.landing else None,
                   "cohorts": args.cohorts, "dry_run": args.dry_run,
-                  "now": args.as_of.isoformat() if args.as_of else None}
+                  "now": args.as_of.isoformat() if args.as_of else None,
+                  **_engine(args).choice.to_dict(),     # engine, lake, master, remote: checked here, before any run
+                  "lake": str(Path(args.lake).resolve()) if args.lake else None}
     if args.mixpanel_project:   # settings only: the kernel finds the service account itself
         parameters["mixpanel"] = {"project_id": args.mixpanel_project,
                                   "from": args.mixpanel_from.isoformat() if args.mixpanel_from else None}

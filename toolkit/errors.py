@@ -43,6 +43,16 @@ class LoadError(ToolkitError):
         super().__init__(f"{path}: {message}")
 
 
+class LakeError(ToolkitError):
+    """A lake folder cannot be read or written (missing, no events, a file that is not Parquet or JSON, a
+    non-empty target): the message names the folder or file; fix it, or point at another folder."""
+
+
+class EngineError(ToolkitError):
+    """The chosen engine cannot run (Spark not installed, a master that does not answer, a query the
+    engine refused): the message says which engine and what to do."""
+
+
 # -- cohorts and matching --------------------------------------------------------------------------
 
 class CohortError(ToolkitError):

@@ -184,9 +184,13 @@ def counted_users(store: Store, month: str, rules: str = "seed") -> list[str]:
 
 def report_frame(store: Store, month: str | None = None, rules: str = "seed") -> pd.DataFrame:
     """The report as a DataFrame indexed by month (for notebooks)."""
+    return frame(report(store, month, rules))
+
+
+def frame(months: list[MonthMTU]) -> pd.DataFrame:
+    """Report rows (from any engine) as the DataFrame indexed by month."""
     columns = list(MonthMTU.__dataclass_fields__)
-    frame = pd.DataFrame([r.to_dict() for r in report(store, month, rules)], columns=columns)
-    return frame.set_index("month")
+    return pd.DataFrame([r.to_dict() for r in months], columns=columns).set_index("month")
 
 
 def chart(frame: pd.DataFrame):

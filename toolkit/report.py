@@ -265,6 +265,12 @@ _RULES_TEXT = {"seed": "OneSignal delivery events exempt, engagement events coun
                "strict": "the OneSignal page's list: delivery, opens and app opens from push all exempt"}
 
 
+def lake_text(written) -> str:
+    """What `toolkit lake export` wrote."""
+    return (f"wrote the lake {written.path}: {written.events:,} events over {written.days:,} days, "
+            f"{written.profiles:,} profiles, {written.identity_mappings:,} identity mappings")
+
+
 def cohort_sql_text(cohort: str, dialect: str, now: str, sql: str) -> str:
     """A cohort's query for another engine, with a header (SQL comments) saying what it reads."""
     header = [f"-- cohort \"{cohort}\" as of {now}, {dialect} SQL; its members, one distinct_id per row",

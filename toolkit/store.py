@@ -413,6 +413,30 @@ MIGRATIONS: list[str] = [
     WHERE x.run_id = r.run_id AND m.cohort = x.cohort AND m.distinct_id = r.distinct_id
       AND m.onesignal_id = r.onesignal_id;
     """,
+    # 13: a cohort evaluated on another engine (Spark or DuckDB over a lake: toolkit/lake/home.py) comes
+    # home: its members and their matchability, as the last evaluation of that cohort there.
+    """
+    CREATE TABLE lake_evaluations (
+        cohort           VARCHAR PRIMARY KEY,
+        version          INTEGER,
+        as_of            TIMESTAMP NOT NULL,
+        engine           VARCHAR NOT NULL,      -- duckdb | spark
+        lake             VARCHAR NOT NULL,      -- the lake folder
+        user_id_property VARCHAR NOT NULL,
+        id_type          VARCHAR NOT NULL,
+        members          BIGINT NOT NULL,
+        evaluated_at     TIMESTAMP NOT NULL
+    );
+    CREATE TABLE lake_members (
+        cohort       VARCHAR NOT NULL,
+        distinct_id  VARCHAR NOT NULL,
+        onesignal_id VARCHAR,
+        id_type      VARCHAR,
+        exportable   BOOLEAN NOT NULL,
+        reason       VARCHAR,
+        detail       VARCHAR
+    );
+    """,
 ]
 
 

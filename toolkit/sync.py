@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from toolkit import cohort_batch, export, mtu, reconcile
 from toolkit.credentials import find as find_credentials
+from toolkit.engine import EngineChoice, Evaluator
 from toolkit.errors import CredentialsError, SyncFailed, ToolkitError, UsageError
 from toolkit.loading import LoadSummary, load
 from toolkit.onesignal import DEFAULT_MAX_RPS, Credentials, default_base_url
@@ -49,16 +50,16 @@ def connect(store: Store, credentials: Credentials, base_url: str | None = None)
 
 def export_cohort(store: Store, settings: export.ExportSettings | str, credentials: Credentials | None = None, *,
                   progress: bool = False, on_progress: Callable[[int, int], None] | None = None,
-                  found: export.Exportable | None = None) -> export.RunRecord:
+                  found: export.Exportable | None = None, evaluator: Evaluator | None = None) -> export.RunRecord:
     """Export a cohort now, as ``settings`` say (``export.settings``; a cohort's name alone runs its
     registered export again): evaluate who is exportable (unless ``found`` says: a cycle evaluates its
-    cohorts together), then run. Without ``credentials``, the key of the settings' app comes from the
-    environment or the 0600 credentials file."""
+    cohorts together; on ``evaluator``'s engine, default the store), then run. Without ``credentials``,
+    the key of the settings' app comes from the environment or the 0600 credentials file."""
     if isinstance(settings, str):
         settings = export.settings(store, settings)
     if credentials is None and not settings.dry_run and settings.app_id:
         credentials = find_credentials(settings.app_id)
-    found = found or export.exportable(store, settings)
+    found = found or export.exportable(store, settings, evaluator.preview if evaluator else None)
     bar = tqdm(desc=f"export {settings.cohort}", unit="user", disable=not progress or None)
 
     def report(done: int, total: int) -> None:
@@ -78,7 +79,7 @@ PARALLEL_RUNS = 16     # a cycle's export runs at once: each a thread with its o
 
 def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
             cohorts: list[str] | None = None, client_options: dict | None = None,
-            parallel: int = PARALLEL_RUNS) -> list[export.RunRecord]:
+            parallel: int = PARALLEL_RUNS, evaluator: Evaluator | None = None) -> list[export.RunRecord]:
     """Every dynamic sync that is due (or the named cohorts' exports), as one cycle: the cohorts are
     evaluated in one pass over the events and matched in one query (``cohort_batch``), then run,
     ``parallel`` at a time, every run to one app drawing on one rate budget (``rate_budget.AppBudget``
@@ -99,9 +100,10 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
         except Exception as exc:
             records[i] = _failed(store, name, None, exc, now, dry_run)
     if chosen:
-        shared = _SharedPass(store, list(chosen.values()), now)
+        on_lake = evaluator is not None and not evaluator.choice.on_store    # each cohort there, one at a time
+        shared = _SharedPass(store, [] if on_lake else list(chosen.values()), now)
         budgets: dict[tuple, AppBudget] = {}
-        parallel = max(1, min(parallel, len(chosen)))
+        parallel = 1 if on_lake else max(1, min(parallel, len(chosen)))
         slots = threading.BoundedSemaphore(parallel)
         try:
             with ThreadPoolExecutor(parallel, thread_name_prefix="sync-run") as pool:
@@ -110,7 +112,7 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
                     slots.acquire()     # a cohort's members leave the shared pass only when it can run
                     found = shared.exportable(settings)
                     futures[i] = pool.submit(_run_in_thread, store, _sharing(settings, budgets), found,
-                                             slots)
+                                             slots, evaluator)
                 for i, future in futures.items():
                     records[i] = future.result()
         finally:
@@ -133,12 +135,12 @@ def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget]
 
 
 def _run_in_thread(store: Store, settings: export.ExportSettings, found: export.Exportable | None,
-                   slots: threading.BoundedSemaphore) -> export.RunRecord:
+                   slots: threading.BoundedSemaphore, evaluator: Evaluator | None) -> export.RunRecord:
     """One cohort's run, on a connection of its own (a DuckDB connection is not used by two threads)."""
     view = copy.copy(store)
     view.con = store.con.cursor()
     try:
-        return _run_one(view, settings, found)
+        return _run_one(view, settings, found, evaluator)
     finally:
         view.con.close()
         slots.release()
@@ -147,10 +149,11 @@ def _run_in_thread(store: Store, settings: export.ExportSettings, found: export.
 CONFLICT_TRIES = 5     # a run whose write met another run's (DuckDB: "Conflict on update") starts again
 
 
-def _run_one(store: Store, chosen: export.ExportSettings, found: export.Exportable | None) -> export.RunRecord:
+def _run_one(store: Store, chosen: export.ExportSettings, found: export.Exportable | None,
+             evaluator: Evaluator | None = None) -> export.RunRecord:
     for attempt in range(1, CONFLICT_TRIES + 1):
         try:
-            return export_cohort(store, chosen, found=found)
+            return export_cohort(store, chosen, found=found, evaluator=evaluator)
         except (duckdb.TransactionException, duckdb.ConstraintException) as exc:
             # Runs at once share the store: two that write one row (a dead run's record, marked interrupted
             # by each run's start) conflict, and DuckDB refuses the second (a conflict, or a duplicate key).
@@ -337,11 +340,12 @@ class SyncResult:
 
 def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, cohorts: str = "due",
          dry_run: bool = False, now: datetime | None = None, client_options: dict | None = None,
-         mixpanel: dict | str | None = None) -> SyncResult:
+         mixpanel: dict | str | None = None, engine: EngineChoice | None = None) -> SyncResult:
     """The scheduled job: with a Mixpanel project (``mixpanel``, see `mixpanel.scheduled.Project`), pull its
     new data into ``landing`` first; load new files from ``landing``; fetch the Mixpanel cohorts' members
     again; re-evaluate cohorts and run the syncs (``cohorts``: "due", "all" registered exports, or
-    comma-separated names), then count MTU. The pull, the load, each cohort and the MTU count fail on their
+    comma-separated names), then count MTU (``engine``: where cohorts and MTU are evaluated,
+    `toolkit.engine.choose`; default the store). The pull, the load, each cohort and the MTU count fail on their
     own; the result says what worked and what not."""
     from toolkit.mixpanel import scheduled
 
@@ -355,7 +359,7 @@ def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, 
             pull_error = failure_reason(exc)
             log.warning("pulling Mixpanel project %s failed: %s", project.project_id, pull_error,
                         exc_info=not isinstance(exc, ToolkitError))
-    with Store(store_path) as store:
+    with Store(store_path) as store, Evaluator(engine) as evaluator:
         loaded, load_error = None, None
         if landing:
             try:
@@ -377,12 +381,13 @@ def run_scheduled(store_path: str | Path, *, landing: str | Path | None = None, 
             names = names if names is not None else export.due(store, now)
             stale = [n for n in names if n in unfetched]
             names = [n for n in names if n not in unfetched]
-        runs = run_due(store, now=now, dry_run=dry_run, cohorts=names, client_options=client_options)
+        runs = run_due(store, now=now, dry_run=dry_run, cohorts=names, client_options=client_options,
+                       evaluator=evaluator)
         if unfetched:
             runs += [export.record_failure(store, n, unfetched[n], dry_run=dry_run, now=now) for n in stale]
         frame, mtu_error = None, None
         try:
-            frame = mtu.report_frame(store)
+            frame = mtu.frame(evaluator.mtu(store))
         except Exception as exc:
             mtu_error = failure_reason(exc)
             log.warning("counting MTU failed: %s", mtu_error, exc_info=not isinstance(exc, ToolkitError))

@@ -71,15 +71,16 @@ class ExportPreview:
 
 
 def preview_export(store: Store, settings_or_cohort: ExportSettings | str, *, now: datetime | None = None,
-                   force: bool = False, samples: int = SAMPLES) -> ExportPreview:
+                   force: bool = False, samples: int = SAMPLES, evaluate=None) -> ExportPreview:
     """What an export of the cohort would do now: the plan's adds, removes and unchanged members, the
     first few of each change, and the removal guard's verdict, from the store alone (no HTTP, no
     writes: a read-only store does). Given a cohort's name, its registered export (or a one-time export)
-    is rehearsed as of ``now``, ``force`` passing the guard; given settings, they say all that."""
+    is rehearsed as of ``now``, ``force`` passing the guard; given settings, they say all that.
+    ``evaluate``: who evaluates the cohort (`exportable`)."""
     given = settings_or_cohort
     chosen = given if isinstance(given, ExportSettings) else settings(store, given, dry_run=True, now=now,
                                                                         force=force)
-    return preview_targets(store, chosen, exportable(store, chosen), samples=samples)
+    return preview_targets(store, chosen, exportable(store, chosen, evaluate), samples=samples)
 
 
 def preview_targets(store: Store, chosen: ExportSettings, found: Exportable, *, samples: int = SAMPLES

@@ -50,10 +50,11 @@ def _targets(table: pa.Table) -> dict[str, Target]:
             for did, oid, kind in zip(rows["distinct_id"], rows["onesignal_id"], rows["id_type"], strict=True)}
 
 
-def exportable(store: Store, settings: ExportSettings) -> Exportable:
-    """Evaluate the cohort as of ``settings.now`` and match its members by the settings' user-id property."""
-    found = matching.preview(store, settings.cohort, now=settings.now, user_id_property=settings.user_id_property,
-                             id_type=settings.id_type)
+def exportable(store: Store, settings: ExportSettings, evaluate=None) -> Exportable:
+    """Evaluate the cohort as of ``settings.now`` and match its members by the settings' user-id property.
+    ``evaluate``: `matching.preview` (the default) or an engine's (`toolkit.engine.Evaluator.preview`)."""
+    found = (evaluate or matching.preview)(store, settings.cohort, now=settings.now,
+                                           user_id_property=settings.user_id_property, id_type=settings.id_type)
     return Exportable(int(found.summary["members"]), found.exportable_table,
                       {reason: int(n) for reason, n in found.summary["reasons"].items() if n})
 

@@ -1,0 +1,251 @@
+"""The lake (toolkit/lake/): `toolkit lake export` writes a store's data as Parquet by day, and DuckDB over
+that lake (or over a Mixpanel Data Pipelines JSON folder holding the same data) gives the same members,
+matchability and MTU as the store, member for member. Spark over the lake: tests/test_spark_lake.py."""
+
+import json
+import shutil
+
+import duckdb
+import pytest
+from cli_runner import toolkit
+
+from helpers import NOW, SAMPLE
+from toolkit import cohorts, engine, load, matching, mtu
+from toolkit.errors import LakeError, UsageError
+from toolkit.lake import find, home, writer
+from toolkit.lake.duck import DuckLake
+from toolkit.store import Store
+
+
+@pytest.fixture(scope="module")
+def lake(sample_store_file, tmp_path_factory):
+    path = tmp_path_factory.mktemp("lake") / "lake"
+    with Store(sample_store_file, read_only=True) as store:
+        writer.export_store(store, path)
+    return path
+
+
+@pytest.fixture
+def store_copy(sample_store_file, tmp_path):
+    path = tmp_path / "store.duckdb"
+    shutil.copy(sample_store_file, path)
+    return path
+
+
+def _names(store):
+    return [c["name"] for c in cohorts.list_cohorts(store)]
+
+
+def test_export_writes_events_by_day_profiles_and_mappings(lake, sample_store_file):
+    days = sorted(p.name for p in (lake / "events").iterdir())
+    with Store(sample_store_file, read_only=True) as store:
+        want_days = [f"date={d}" for d, in store.con.execute(
+            "SELECT DISTINCT strftime(time, '%Y-%m-%d') FROM events ORDER BY 1").fetchall()]
+        counts = store.con.execute("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM profiles), "
+                                   "(SELECT count(*) FROM identity_map)").fetchall()[0]
+    assert days == want_days
+    con = duckdb.connect()
+    assert con.execute(f"SELECT count(*) FROM read_parquet('{lake}/events/*/*.parquet')").fetchall()[0][0] == counts[0]
+    assert con.execute(f"SELECT count(*) FROM read_parquet('{lake}/profiles/*.parquet')").fetchall()[0][0] == counts[1]
+    mapped = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{lake}/identity_mappings/*.parquet')").fetchall()
+    assert [c[0] for c in mapped] == ["distinct_id", "resolved_distinct_id"]
+    found = find(lake)
+    assert (found.kind, found.deduplicated, len(found.mappings)) == ("parquet", True, 1)
+
+
+@pytest.mark.slow
+def test_duckdb_over_the_lake_gives_the_stores_members_and_mtu(lake, store_copy):
+    with Store(store_copy) as store, engine.Evaluator(engine.choose(lake=str(lake))) as ev:
+        names = _names(store)
+        assert len(names) >= 10
+        for name in names:
+            want = matching.preview(store, name, now=NOW)
+            got = ev.preview(store, name, now=NOW)
+            assert got.members.equals(want.members), name
+            assert got.summary["reasons"] == want.summary["reasons"]
+            back = home.read(store, name)          # the members came home, as they were
+            assert back.members.equals(want.members), name
+        for rules in mtu.RULE_SETS:
+            assert ev.mtu(store, rules=rules) == mtu.report(store, rules=rules)
+        assert ev.mtu(store, "2026-10") == mtu.report(store, "2026-10")
+        assert store.con.execute("SELECT count(DISTINCT cohort) FROM lake_members").fetchall()[0][0] == len(names)
+
+
+@pytest.mark.slow
+def test_identity_from_links_when_the_lake_has_no_mappings(tmp_path):
+    """Without Mixpanel's identity mappings the links are extracted from the lake and resolved by the
+    loader's resolver: the same map as a load of the same events and profiles."""
+    with Store(tmp_path / "s.duckdb") as store:
+        load(store, [SAMPLE / "events.jsonl", SAMPLE / "profiles.json"], now=NOW)
+        cohorts.save_all(store, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))
+        writer.export_store(store, tmp_path / "lake")
+        shutil.rmtree(tmp_path / "lake" / "identity_mappings")
+        want = set(store.con.execute("SELECT distinct_id, canonical_id FROM identity_map").fetchall())
+        assert len(want) > 100
+        with engine.Evaluator(engine.choose(lake=str(tmp_path / "lake"))) as ev:
+            assert ev.lake.identity == "links"
+            assert set(ev.lake.con.execute("SELECT distinct_id, canonical_id FROM identity_map").fetchall()) == want
+            for name in _names(store):
+                assert ev.preview(store, name, now=NOW).members.equals(
+                    matching.preview(store, name, now=NOW).members), name
+
+
+def _as_pipelines(lake, root):
+    """The lake's data as a Mixpanel Data Pipelines JSON folder: events by day with Mixpanel's field
+    names and epoch-second times, every event with an $insert_id written twice (a copy without
+    mp_processing_time_ms, in an earlier file: it loses), people (one per resolved user, as Mixpanel
+    exports them), identity mappings."""
+    project = root / "3141592"
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    events = f"read_parquet('{lake}/events/*/*.parquet')"
+    days = [d for d, in con.execute(f"SELECT DISTINCT strftime(time, '%Y/%m/%d') FROM {events}").fetchall()]
+    for day in days:
+        folder = project / "mp_master_event" / day
+        folder.mkdir(parents=True)
+        select = f"""SELECT event AS event_name, epoch(time) AS time, distinct_id, insert_id, device_id, user_id,
+                            json(properties) AS properties FROM {events} WHERE strftime(time, '%Y/%m/%d') = '{day}'"""
+        con.execute(f"COPY ({select}) TO '{folder}/part-1.json' (FORMAT json)")
+        patch = '{"mp_processing_time_ms": null, "stale": true}'
+        stale = f"""SELECT event_name, time, distinct_id, insert_id, device_id, user_id,
+                           json_merge_patch(properties, '{patch}') AS properties
+                    FROM ({select}) WHERE insert_id IS NOT NULL"""
+        con.execute(f"COPY ({stale}) TO '{folder}/part-0.json' (FORMAT json, COMPRESSION gzip)")
+        (folder / "part-0.json").rename(folder / "part-0.json.gz")
+    (project / "mp_people_data").mkdir()     # Mixpanel's people: one profile per resolved user
+    with DuckLake(find(lake)).prepare() as resolved:
+        resolved.con.execute(f"""COPY (SELECT distinct_id, json(properties) AS properties FROM resolved_profiles)
+                                 TO '{project}/mp_people_data/people.json' (FORMAT json)""")
+    (project / "mp_identity_mappings_data").mkdir()
+    con.execute(f"""COPY (SELECT * FROM read_parquet('{lake}/identity_mappings/*.parquet'))
+                    TO '{project}/mp_identity_mappings_data/mappings.json' (FORMAT json)""")
+    return project
+
+
+@pytest.mark.slow
+def test_a_data_pipelines_folder_is_read_in_place_and_deduplicated(lake, store_copy, tmp_path):
+    _as_pipelines(lake, tmp_path / "bucket")
+    found = find(tmp_path / "bucket")
+    assert (found.kind, found.deduplicated) == ("pipelines", False)
+    with Store(store_copy) as store, engine.Evaluator(engine.choose(lake=str(tmp_path / "bucket"))) as ev:
+        count = ev.lake.con.execute("SELECT count(*), count(*) FILTER (WHERE properties LIKE '%\"stale\"%') "
+                                    "FROM resolved_events").fetchall()[0]
+        assert count == (store.con.execute("SELECT count(*) FROM events").fetchall()[0][0], 0)
+        for name in _names(store):
+            assert ev.preview(store, name, now=NOW).members.equals(
+                matching.preview(store, name, now=NOW).members), name
+        assert ev.mtu(store) == mtu.report(store)
+
+
+def test_export_refuses_a_non_empty_target_and_replaces_only_when_asked(sample_store_file, tmp_path):
+    target = tmp_path / "lake"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with Store(sample_store_file, read_only=True) as store:
+        with pytest.raises(LakeError, match=f"{target} is not empty.*--replace"):
+            writer.export_store(store, target)
+        assert [p.name for p in target.iterdir()] == ["notes.txt"]
+        writer.export_store(store, target, replace=True)
+    assert sorted(p.name for p in target.iterdir()) == ["_toolkit_lake.json", "events", "identity_mappings", "profiles"]
+    assert [p.name for p in tmp_path.iterdir()] == ["lake"]       # nothing beside it: no partial, no old copy
+
+
+def test_an_interrupted_export_leaves_nothing(sample_store_file, tmp_path):
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    with Store(sample_store_file, read_only=True) as store, pytest.raises(KeyboardInterrupt):
+        writer.export_store(store, tmp_path / "lake", on_progress=interrupt)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lake_file_added_after_the_export_is_deduplicated_again(lake, tmp_path):
+    copy = tmp_path / "lake"
+    shutil.copytree(lake, copy)
+    day = sorted((copy / "events").iterdir())[0]
+    shutil.copy(next(day.glob("*.parquet")), day / "again.parquet")      # every event of that day twice
+    assert not find(copy).deduplicated
+    with engine.Evaluator(engine.choose(lake=str(copy))) as ev:
+        count = "SELECT count(*) FROM {} WHERE insert_id IS NOT NULL"
+        twice = ev.lake.con.execute(count.format(f"'{day}/again.parquet'")).fetchall()[0][0]
+        assert twice > 0
+        assert ev.lake.con.execute(count.format("lake_events")).fetchall()[0][0] == \
+            ev.lake.con.execute(count.format("lake_events_src")).fetchall()[0][0] - twice
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+def test_a_missing_lake_is_named(tmp_path):
+    with pytest.raises(LakeError, match=f"lake {tmp_path / 'nowhere'} does not exist"):
+        find(tmp_path / "nowhere")
+
+
+def test_a_folder_without_events_is_named(tmp_path):
+    (tmp_path / "events").mkdir()
+    with pytest.raises(LakeError, match=f"lake {tmp_path} holds no events: {tmp_path / 'events'} has no .parquet"):
+        find(tmp_path)
+    (tmp_path / "events").rmdir()
+    with pytest.raises(LakeError, match="holds no events: expected events/date=YYYY-MM-DD"):
+        find(tmp_path)
+
+
+def test_a_malformed_parquet_file_is_named(lake, tmp_path, sample_store_file):
+    copy = tmp_path / "lake"
+    shutil.copytree(lake, copy)
+    bad = sorted((copy / "events").iterdir())[3] / "broken.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with Store(sample_store_file, read_only=True) as store, \
+            pytest.raises(LakeError, match=f"cannot read its events: {bad} is not readable"):
+        engine.Evaluator(engine.choose(lake=str(copy))).preview(store, "VIP support list", now=NOW)
+
+
+def test_engine_options_are_checked():
+    with pytest.raises(UsageError, match="--lake PATH"):
+        engine.choose("spark")
+    with pytest.raises(UsageError, match="add --engine spark"):
+        engine.choose(lake="x", master="local[2]")
+    with pytest.raises(UsageError, match="not both"):
+        engine.choose("spark", lake="x", master="local[2]", remote="sc://h:15002")
+
+
+# -- the command -------------------------------------------------------------------------------------
+
+def test_the_commands_over_a_lake(store_copy, tmp_path):
+    out = toolkit("lake", "export", "--store", store_copy, tmp_path / "lake", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["events"] > 4000
+    again = toolkit("lake", "export", "--store", store_copy, tmp_path / "lake")
+    assert again.returncode == 1 and "is not empty" in again.stderr
+    preview = toolkit("cohorts", "preview", "VIP support list", "--db", store_copy, "--lake", tmp_path / "lake",
+                      "--as-of", "2026-10-31", "--json")
+    on_store = toolkit("cohorts", "preview", "VIP support list", "--db", store_copy, "--as-of", "2026-10-31", "--json")
+    assert preview.returncode == 0, preview.stderr
+    assert json.loads(preview.stdout)["members"] == json.loads(on_store.stdout)["members"]
+    assert json.loads(preview.stdout)["summary"]["engine"] == "duckdb"
+    months = toolkit("mtu", "--db", store_copy, "--lake", tmp_path / "lake", "--json")
+    assert json.loads(months.stdout) == json.loads(toolkit("mtu", "--db", store_copy, "--json").stdout)
+    bad = toolkit("mtu", "--db", store_copy, "--engine", "spark")
+    assert bad.returncode == 2 and "--lake PATH" in bad.stderr
+    missing = toolkit("mtu", "--db", store_copy, "--lake", tmp_path / "nowhere")
+    assert missing.returncode == 1 and f"lake {tmp_path / 'nowhere'} does not exist" in missing.stderr
+
+
+@pytest.mark.slow
+def test_the_scheduled_sync_evaluates_over_the_lake(lake, store_copy):
+    """run_scheduled (the sync notebook's body) with an engine: the same dry-run records and MTU."""
+    from toolkit import sync
+
+    names = "VIP support list, Engaged with push"
+    on_store = sync.run_scheduled(store_copy, cohorts=names, dry_run=True, now=NOW)
+    on_lake = sync.run_scheduled(store_copy, cohorts=names, dry_run=True, now=NOW,
+                                 engine=engine.choose(lake=str(lake)))
+    assert on_lake.status == on_store.status
+    columns = ["cohort", "status", "members", "exportable", "added", "removed", "unchanged"]
+    assert on_lake.table[columns].equals(on_store.table[columns])
+    assert on_lake.mtu.equals(on_store.mtu)
+    with Store(store_copy, read_only=True) as store:
+        assert {c for c, in store.con.execute("SELECT cohort FROM lake_evaluations").fetchall()} == \
+            {"VIP support list", "Engaged with push"}
+    broken = sync.run_scheduled(store_copy, cohorts=names, dry_run=True, now=NOW,
+                                engine=engine.choose(lake=str(lake) + "-missing"))
+    assert broken.status == "failed" and f"lake {lake}-missing does not exist" in broken.summary
