@@ -29,6 +29,20 @@ def write_lines(path: Path, records, *, compress=False) -> Path:
     return path
 
 
+def a_new_buyer(db: Path, emulator, app_id: str, user: str, when: datetime) -> None:
+    """A cohort of buyers changes (a run with nothing to change sends nothing, so cannot hear OneSignal
+    refuse it): ``user`` makes a Purchase, with a OneSignal id (``ext-<user>``) the emulator's app knows."""
+    from toolkit import Store, load
+
+    data = db.parent / f"new-{user}"
+    data.mkdir()
+    write_lines(data / "events.jsonl", [event("Purchase", user, insert_id=f"p{user}")])
+    write_lines(data / "profiles.jsonl", [{"$distinct_id": user, "$properties": {"$onesignal_user_id": f"ext-{user}"}}])
+    emulator.add_user(app_id, f"ext-{user}")
+    with Store(db) as store:
+        load(store, [data], now=when)
+
+
 def rows(store, sql, params=None):
     return store.con.execute(sql, params or []).fetchall()
 

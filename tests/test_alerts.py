@@ -16,7 +16,7 @@ import pytest
 from alert_receivers import SmtpServer, WebhookReceiver
 from cli_runner import toolkit
 
-from helpers import NOW, event, write_lines
+from helpers import NOW, a_new_buyer, event, write_lines
 from toolkit import Store, alerts, cohorts, export, load, sync
 from toolkit.emulator import Emulator
 
@@ -61,18 +61,6 @@ def cycle(world, minutes, cohorts="due"):
                               client_options=FAST)
 
 
-def a_new_buyer(world, user, minutes):
-    """The cohort changes (a run that sends nothing cannot hear OneSignal refuse it): ``user`` buys, with a
-    OneSignal id the app knows."""
-    data = world["tmp"] / f"new-{user}"
-    data.mkdir()
-    write_lines(data / "events.jsonl", [event("Purchase", user, insert_id=f"p{user}")])
-    write_lines(data / "profiles.jsonl", [{"$distinct_id": user, "$properties": {"$onesignal_user_id": f"ext-{user}"}}])
-    world["emu"].add_user(world["app"].app_id, f"ext-{user}")
-    with Store(world["db"]) as store:
-        load(store, [data], now=NOW + timedelta(minutes=minutes))
-
-
 def mails(world) -> list[str]:
     return [email.message_from_string(m["data"], policy=policy.default).get_content().replace("\r\n", "\n").strip()
             for m in world["smtp"].messages]
@@ -81,7 +69,7 @@ def mails(world) -> list[str]:
 def test_a_revoked_key_raises_one_alert_by_webhook_and_email_and_one_resolved_after_recovery(world, monkeypatch):
     assert cycle(world, 1).status == "ok" and world["hook"].received == []
     monkeypatch.setenv("ONESIGNAL_API_KEY", "revoked-key-0123456789")     # OneSignal answers 403 from now on
-    a_new_buyer(world, "u5", 16)
+    a_new_buyer(world["db"], world["emu"], world["app"].app_id, "u5", NOW + timedelta(minutes=16))
     assert [r.status for r in cycle(world, 16).runs] == ["paused"]          # OneSignal refused the key: paused
     for minutes in (31, 46):                         # a paused sync is skipped until a person resumes it
         result = cycle(world, minutes)
@@ -210,7 +198,7 @@ def test_a_failing_webhook_never_stops_the_sync_is_recorded_and_gets_the_alert_o
     cycle(world, 1)
     world["hook"].mode = mode
     monkeypatch.setenv("ONESIGNAL_API_KEY", "revoked-key-0123456789")
-    a_new_buyer(world, "u5", 16)
+    a_new_buyer(world["db"], world["emu"], world["app"].app_id, "u5", NOW + timedelta(minutes=16))
     result = cycle(world, 16)
     assert [r.status for r in result.runs] == ["paused"] and result.mtu_error is None
     record = result.to_record()

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from cli_runner import toolkit
 
-from helpers import NOW, event, write_lines
+from helpers import NOW, a_new_buyer, event, write_lines
 from toolkit import Store, cohorts, export, load, sync
 from toolkit.emulator import Emulator
 from toolkit.errors import ExportError
@@ -51,18 +51,6 @@ def state(world):
     return found
 
 
-def a_new_buyer(world, user, when):
-    """The cohort changes (a run that sends nothing cannot hear OneSignal refuse it): ``user`` buys, with a
-    OneSignal id the app knows."""
-    data = world["db"].parent / f"new-{user}"
-    data.mkdir()
-    write_lines(data / "events.jsonl", [event("Purchase", user, insert_id=f"p{user}")])
-    write_lines(data / "profiles.jsonl", [{"$distinct_id": user, "$properties": {"$onesignal_user_id": f"ext-{user}"}}])
-    world["emu"].add_user(world["app"].app_id, f"ext-{user}")
-    with Store(world["db"]) as store:
-        load(store, [data], now=when)
-
-
 def requests(world):
     return len(world["emu"].requests())
 
@@ -72,7 +60,7 @@ def test_a_revoked_key_pauses_the_sync_until_a_person_resumes_it(world):
     assert first.status == "ok" and state(world)["state"] == "active"
     key = world["app"].api_key
     world["app"].api_key = "revoked-" + key[8:]                   # revoked in OneSignal: 403 from now on
-    a_new_buyer(world, "u5", LATER[1])
+    a_new_buyer(world["db"], world["emu"], world["app"].app_id, "u5", LATER[1])
     (paused,) = due_runs(world, LATER[1])
     assert paused.status == "paused" and "403" in paused.error and key not in paused.error
     found = state(world)
@@ -218,7 +206,7 @@ def test_the_export_panel_shows_states_charts_the_match_rate_writes_the_csv_and_
     assert base64.b64decode(link) == path.read_bytes() and "3 member(s) written" in panel.status.value
     # OneSignal refuses the key: the panel shows the sync paused and why, and Resume brings it back
     world["app"].api_key, key = "revoked", world["app"].api_key
-    a_new_buyer(world, "u5", LATER[1])
+    a_new_buyer(world["db"], world["emu"], world["app"].app_id, "u5", LATER[1])
     assert due_runs(world, LATER[1])[0].status == "paused"
     panel.refresh()
     assert "paused (OneSignal answered 403" in panel.syncs.value and list(panel.sync_choice.options) == ["Buyers"]
