@@ -107,6 +107,7 @@ def test_cohorts_changing_at_once_share_the_app_budget_fairly_and_never_exceed_i
         assert set(order[-third:]) == {"A", "B", "C"}           # C would start past half) and none was done first
 
 
+@pytest.mark.slow
 def test_runs_at_once_that_write_one_row_start_again_and_all_end_ok(tmp_path, monkeypatch):
     """A dead run's record is marked interrupted by every run's start: sixteen runs at once write that one
     row, DuckDB refuses all but one, and the others start again (nothing of them was kept). And each run
@@ -128,6 +129,7 @@ def test_runs_at_once_that_write_one_row_start_again_and_all_end_ok(tmp_path, mo
                    for g in "ABCDEFGHIJKLMNOP") == 32
 
 
+@pytest.mark.slow
 def test_runs_refused_by_the_tag_cap_at_once_each_learn_the_users_tags(tmp_path, monkeypatch):
     """Six cohorts share a user on an app whose plan allows 2 tags: OneSignal refuses the user to four of
     them, each of those runs reads its tags back and keeps them (one row per user, written by one run at a

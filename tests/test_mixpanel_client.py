@@ -232,6 +232,7 @@ def test_the_emulators_export_filters_by_event_where_and_limit(emu):
     assert len(pro) == 25 and {e["properties"]["plan"] for e in pro} == {"pro"}
 
 
+@pytest.mark.slow
 def test_a_429_for_the_per_second_limit_waits_a_second_not_the_hourly_minute(emu, caplog):
     """Another client's requests this second (a panel beside the scheduled sync): this one's budget cannot
     know them, Mixpanel answers 429 naming the per-second limit, and a second's wait clears it."""

@@ -19,6 +19,8 @@ SECRET = "widget-test-secret-0b7d"
 PROJECT = "4242"
 
 
+pytestmark = pytest.mark.slow     # each test starts both emulators and loads a store: 5-8 s
+
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     with MixpanelEmulator(write_folder(tmp_path / "mp"), project_id=PROJECT, secret=SECRET, page_size=2) as mp, \

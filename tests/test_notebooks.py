@@ -109,6 +109,7 @@ def test_export_notebook_connects_from_the_environment_and_dry_runs(fresh_sample
     assert not any(tags for tags in unlimited_emulator.user_tags(sample_app_in_env.app_id).values())  # nothing was sent
 
 
+@pytest.mark.slow
 def test_the_cli_dry_run_the_panel_and_the_notebook_show_what_preview_export_says(fresh_sample_file, unlimited_emulator,
                                                                                   sample_app_in_env,
                                                                                    tmp_path, capsys):
