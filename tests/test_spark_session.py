@@ -47,6 +47,8 @@ def test_one_local_session_in_utc_on_the_loopback(spark):
     assert conf.get("spark.driver.host") == "127.0.0.1"
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
     assert int(spark.conf.get("spark.sql.shuffle.partitions")) <= 8
+    assert conf.get("spark.default.parallelism") == str(spark_session.LOCAL_SHUFFLE_PARTITIONS)   # local: set
+    assert conf.get("spark.driver.memory") == spark_session.LOCAL_DRIVER_MEMORY     # 1g ran out at 5M events
     row = spark.sql("SELECT CAST(TIMESTAMP '2026-10-01 12:00:00' AS STRING) AS t").first()
     assert row.t == "2026-10-01 12:00:00"
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 DEFAULT_MASTER = "local[2]"
+LOCAL_DRIVER_MEMORY = "4g"        # $TOOLKIT_SPARK_DRIVER_MEMORY overrides
 LOCAL_SHUFFLE_PARTITIONS = 4     # Spark's default 200 is made for clusters: 200 tiny tasks per join locally
 INSTALL_HINT = "pip install 'toolkit[spark]'"
 _DROPPED_FLAG = "--add-modules=jdk.incubator.vector"
@@ -97,9 +98,11 @@ def _build(master: str | None, remote: str | None) -> SparkSession:
                .config("spark.driver.extraJavaOptions", quiet)
                .config("spark.executor.extraJavaOptions", quiet)
                .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
-    if master and master.startswith("local"):
+    if (master or DEFAULT_MASTER).startswith("local"):
+        # In local mode the driver is all of Spark: its default 1 GiB heap ran out at 5M events.
         builder = (builder.config("spark.sql.shuffle.partitions", str(LOCAL_SHUFFLE_PARTITIONS))
-                   .config("spark.default.parallelism", str(LOCAL_SHUFFLE_PARTITIONS)))
+                   .config("spark.default.parallelism", str(LOCAL_SHUFFLE_PARTITIONS))
+                   .config("spark.driver.memory", os.environ.get("TOOLKIT_SPARK_DRIVER_MEMORY", LOCAL_DRIVER_MEMORY)))
     with warnings.catch_warnings():   # PySpark warns that it does not fully support pandas 3: Arrow is used
         warnings.filterwarnings("ignore", message=".*pandas", category=FutureWarning)
         session = builder.getOrCreate()
