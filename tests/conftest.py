@@ -101,6 +101,23 @@ class DemoRun:
         return self.cwd / "var"
 
 
+@pytest.fixture
+def sample_store_copy(sample_store_file, tmp_path) -> Path:
+    """A copy of `sample_store_file` of the test's own, to write in."""
+    return copy_of(sample_store_file, tmp_path / "store.duckdb")
+
+
+@pytest.fixture(scope="session")
+def sample_lake(sample_store_file, tmp_path_factory) -> Path:
+    """The sample store written as a lake (`toolkit lake export`), once per session."""
+    from toolkit.lake import writer
+
+    path = tmp_path_factory.mktemp("lake") / "lake"
+    with Store(sample_store_file, read_only=True) as store:
+        writer.export_store(store, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> DemoRun:
     """`toolkit demo` as a person runs it, from a folder of their own, once per test session (the whole

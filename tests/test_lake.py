@@ -17,27 +17,12 @@ from toolkit.lake.duck import DuckLake
 from toolkit.store import Store
 
 
-@pytest.fixture(scope="module")
-def lake(sample_store_file, tmp_path_factory):
-    path = tmp_path_factory.mktemp("lake") / "lake"
-    with Store(sample_store_file, read_only=True) as store:
-        writer.export_store(store, path)
-    return path
-
-
-@pytest.fixture
-def store_copy(sample_store_file, tmp_path):
-    path = tmp_path / "store.duckdb"
-    shutil.copy(sample_store_file, path)
-    return path
-
-
 def _names(store):
     return [c["name"] for c in cohorts.list_cohorts(store)]
 
 
-def test_export_writes_events_by_day_profiles_and_mappings(lake, sample_store_file):
-    days = sorted(p.name for p in (lake / "events").iterdir())
+def test_export_writes_events_by_day_profiles_and_mappings(sample_lake, sample_store_file):
+    days = sorted(p.name for p in (sample_lake / "events").iterdir())
     with Store(sample_store_file, read_only=True) as store:
         want_days = [f"date={d}" for d, in store.con.execute(
             "SELECT DISTINCT strftime(time, '%Y-%m-%d') FROM events ORDER BY 1").fetchall()]
@@ -45,17 +30,17 @@ def test_export_writes_events_by_day_profiles_and_mappings(lake, sample_store_fi
                                    "(SELECT count(*) FROM identity_map)").fetchall()[0]
     assert days == want_days
     con = duckdb.connect()
-    assert con.execute(f"SELECT count(*) FROM read_parquet('{lake}/events/*/*.parquet')").fetchall()[0][0] == counts[0]
-    assert con.execute(f"SELECT count(*) FROM read_parquet('{lake}/profiles/*.parquet')").fetchall()[0][0] == counts[1]
-    mapped = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{lake}/identity_mappings/*.parquet')").fetchall()
+    for files, want in (("events/*/*.parquet", counts[0]), ("profiles/*.parquet", counts[1])):
+        assert con.execute(f"SELECT count(*) FROM read_parquet('{sample_lake}/{files}')").fetchall()[0][0] == want
+    mapped = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{sample_lake}/identity_mappings/*.parquet')").fetchall()
     assert [c[0] for c in mapped] == ["distinct_id", "resolved_distinct_id"]
-    found = find(lake)
+    found = find(sample_lake)
     assert (found.kind, found.deduplicated, len(found.mappings)) == ("parquet", True, 1)
 
 
 @pytest.mark.slow
-def test_duckdb_over_the_lake_gives_the_stores_members_and_mtu(lake, store_copy):
-    with Store(store_copy) as store, engine.Evaluator(engine.choose(lake=str(lake))) as ev:
+def test_duckdb_over_the_lake_gives_the_stores_members_and_mtu(sample_lake, sample_store_copy):
+    with Store(sample_store_copy) as store, engine.Evaluator(engine.choose(lake=str(sample_lake))) as ev:
         names = _names(store)
         assert len(names) >= 10
         for name in names:
@@ -90,7 +75,7 @@ def test_identity_from_links_when_the_lake_has_no_mappings(tmp_path):
                     matching.preview(store, name, now=NOW).members), name
 
 
-def _as_pipelines(lake, root):
+def _as_pipelines(sample_lake, root):
     """The lake's data as a Mixpanel Data Pipelines JSON folder: events by day with Mixpanel's field
     names and epoch-second times, every event with an $insert_id written twice (a copy without
     mp_processing_time_ms, in an earlier file: it loses), people (one per resolved user, as Mixpanel
@@ -98,7 +83,7 @@ def _as_pipelines(lake, root):
     project = root / "3141592"
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    events = f"read_parquet('{lake}/events/*/*.parquet')"
+    events = f"read_parquet('{sample_lake}/events/*/*.parquet')"
     days = [d for d, in con.execute(f"SELECT DISTINCT strftime(time, '%Y/%m/%d') FROM {events}").fetchall()]
     for day in days:
         folder = project / "mp_master_event" / day
@@ -113,21 +98,21 @@ def _as_pipelines(lake, root):
         con.execute(f"COPY ({stale}) TO '{folder}/part-0.json' (FORMAT json, COMPRESSION gzip)")
         (folder / "part-0.json").rename(folder / "part-0.json.gz")
     (project / "mp_people_data").mkdir()     # Mixpanel's people: one profile per resolved user
-    with DuckLake(find(lake)).prepare() as resolved:
+    with DuckLake(find(sample_lake)).prepare() as resolved:
         resolved.con.execute(f"""COPY (SELECT distinct_id, json(properties) AS properties FROM resolved_profiles)
                                  TO '{project}/mp_people_data/people.json' (FORMAT json)""")
     (project / "mp_identity_mappings_data").mkdir()
-    con.execute(f"""COPY (SELECT * FROM read_parquet('{lake}/identity_mappings/*.parquet'))
+    con.execute(f"""COPY (SELECT * FROM read_parquet('{sample_lake}/identity_mappings/*.parquet'))
                     TO '{project}/mp_identity_mappings_data/mappings.json' (FORMAT json)""")
     return project
 
 
 @pytest.mark.slow
-def test_a_data_pipelines_folder_is_read_in_place_and_deduplicated(lake, store_copy, tmp_path):
-    _as_pipelines(lake, tmp_path / "bucket")
+def test_a_data_pipelines_folder_is_read_in_place_and_deduplicated(sample_lake, sample_store_copy, tmp_path):
+    _as_pipelines(sample_lake, tmp_path / "bucket")
     found = find(tmp_path / "bucket")
     assert (found.kind, found.deduplicated) == ("pipelines", False)
-    with Store(store_copy) as store, engine.Evaluator(engine.choose(lake=str(tmp_path / "bucket"))) as ev:
+    with Store(sample_store_copy) as store, engine.Evaluator(engine.choose(lake=str(tmp_path / "bucket"))) as ev:
         count = ev.lake.con.execute("SELECT count(*), count(*) FILTER (WHERE properties LIKE '%\"stale\"%') "
                                     "FROM resolved_events").fetchall()[0]
         assert count == (store.con.execute("SELECT count(*) FROM events").fetchall()[0][0], 0)
@@ -159,9 +144,9 @@ def test_an_interrupted_export_leaves_nothing(sample_store_file, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_lake_file_added_after_the_export_is_deduplicated_again(lake, tmp_path):
+def test_a_lake_file_added_after_the_export_is_deduplicated_again(sample_lake, tmp_path):
     copy = tmp_path / "lake"
-    shutil.copytree(lake, copy)
+    shutil.copytree(sample_lake, copy)
     day = sorted((copy / "events").iterdir())[0]
     shutil.copy(next(day.glob("*.parquet")), day / "again.parquet")      # every event of that day twice
     assert not find(copy).deduplicated
@@ -189,9 +174,9 @@ def test_a_folder_without_events_is_named(tmp_path):
         find(tmp_path)
 
 
-def test_a_malformed_parquet_file_is_named(lake, tmp_path, sample_store_file):
+def test_a_malformed_parquet_file_is_named(sample_lake, tmp_path, sample_store_file):
     copy = tmp_path / "lake"
-    shutil.copytree(lake, copy)
+    shutil.copytree(sample_lake, copy)
     bad = sorted((copy / "events").iterdir())[3] / "broken.parquet"
     bad.write_bytes(b"PAR1 this is not parquet")
     with Store(sample_store_file, read_only=True) as store, \
@@ -210,42 +195,43 @@ def test_engine_options_are_checked():
 
 # -- the command -------------------------------------------------------------------------------------
 
-def test_the_commands_over_a_lake(store_copy, tmp_path):
-    out = toolkit("lake", "export", "--store", store_copy, tmp_path / "lake", "--json")
+def test_the_commands_over_a_lake(sample_store_copy, tmp_path):
+    out = toolkit("lake", "export", "--store", sample_store_copy, tmp_path / "lake", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["events"] > 4000
-    again = toolkit("lake", "export", "--store", store_copy, tmp_path / "lake")
+    again = toolkit("lake", "export", "--store", sample_store_copy, tmp_path / "lake")
     assert again.returncode == 1 and "is not empty" in again.stderr
-    preview = toolkit("cohorts", "preview", "VIP support list", "--db", store_copy, "--lake", tmp_path / "lake",
+    preview = toolkit("cohorts", "preview", "VIP support list", "--db", sample_store_copy, "--lake", tmp_path / "lake",
                       "--as-of", "2026-10-31", "--json")
-    on_store = toolkit("cohorts", "preview", "VIP support list", "--db", store_copy, "--as-of", "2026-10-31", "--json")
+    on_store = toolkit("cohorts", "preview", "VIP support list", "--db", sample_store_copy, "--as-of", "2026-10-31",
+                       "--json")
     assert preview.returncode == 0, preview.stderr
     assert json.loads(preview.stdout)["members"] == json.loads(on_store.stdout)["members"]
     assert json.loads(preview.stdout)["summary"]["engine"] == "duckdb"
-    months = toolkit("mtu", "--db", store_copy, "--lake", tmp_path / "lake", "--json")
-    assert json.loads(months.stdout) == json.loads(toolkit("mtu", "--db", store_copy, "--json").stdout)
-    bad = toolkit("mtu", "--db", store_copy, "--engine", "spark")
+    months = toolkit("mtu", "--db", sample_store_copy, "--lake", tmp_path / "lake", "--json")
+    assert json.loads(months.stdout) == json.loads(toolkit("mtu", "--db", sample_store_copy, "--json").stdout)
+    bad = toolkit("mtu", "--db", sample_store_copy, "--engine", "spark")
     assert bad.returncode == 2 and "--lake PATH" in bad.stderr
-    missing = toolkit("mtu", "--db", store_copy, "--lake", tmp_path / "nowhere")
+    missing = toolkit("mtu", "--db", sample_store_copy, "--lake", tmp_path / "nowhere")
     assert missing.returncode == 1 and f"lake {tmp_path / 'nowhere'} does not exist" in missing.stderr
 
 
 @pytest.mark.slow
-def test_the_scheduled_sync_evaluates_over_the_lake(lake, store_copy):
+def test_the_scheduled_sync_evaluates_over_the_lake(sample_lake, sample_store_copy):
     """run_scheduled (the sync notebook's body) with an engine: the same dry-run records and MTU."""
     from toolkit import sync
 
     names = "VIP support list, Engaged with push"
-    on_store = sync.run_scheduled(store_copy, cohorts=names, dry_run=True, now=NOW)
-    on_lake = sync.run_scheduled(store_copy, cohorts=names, dry_run=True, now=NOW,
-                                 engine=engine.choose(lake=str(lake)))
+    on_store = sync.run_scheduled(sample_store_copy, cohorts=names, dry_run=True, now=NOW)
+    on_lake = sync.run_scheduled(sample_store_copy, cohorts=names, dry_run=True, now=NOW,
+                                 engine=engine.choose(lake=str(sample_lake)))
     assert on_lake.status == on_store.status
     columns = ["cohort", "status", "members", "exportable", "added", "removed", "unchanged"]
     assert on_lake.table[columns].equals(on_store.table[columns])
     assert on_lake.mtu.equals(on_store.mtu)
-    with Store(store_copy, read_only=True) as store:
+    with Store(sample_store_copy, read_only=True) as store:
         assert {c for c, in store.con.execute("SELECT cohort FROM lake_evaluations").fetchall()} == \
             {"VIP support list", "Engaged with push"}
-    broken = sync.run_scheduled(store_copy, cohorts=names, dry_run=True, now=NOW,
-                                engine=engine.choose(lake=str(lake) + "-missing"))
-    assert broken.status == "failed" and f"lake {lake}-missing does not exist" in broken.summary
+    broken = sync.run_scheduled(sample_store_copy, cohorts=names, dry_run=True, now=NOW,
+                                engine=engine.choose(lake=str(sample_lake) + "-missing"))
+    assert broken.status == "failed" and f"lake {sample_lake}-missing does not exist" in broken.summary

@@ -11,7 +11,7 @@ from test_lake import _as_pipelines
 from helpers import NOW
 from toolkit import cohorts, engine, matching, mtu, sync
 from toolkit.demo import seed_users
-from toolkit.lake import home, writer
+from toolkit.lake import home
 from toolkit.lake.duck import DuckLake
 from toolkit.lake.layout import find
 from toolkit.sql import Query
@@ -21,28 +21,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def lake(sample_store_file, tmp_path_factory):
-    path = tmp_path_factory.mktemp("spark-lake") / "lake"
-    with Store(sample_store_file, read_only=True) as store:
-        writer.export_store(store, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def on_spark(spark, lake):
-    with engine.Evaluator(engine.choose("spark", lake=str(lake))) as ev:
+def on_spark(spark, sample_lake):
+    with engine.Evaluator(engine.choose("spark", lake=str(sample_lake))) as ev:
         yield ev
 
 
-@pytest.fixture
-def store_copy(sample_store_file, tmp_path):
-    path = tmp_path / "store.duckdb"
-    shutil.copy(sample_store_file, path)
-    return path
-
-
-def test_every_sample_cohort_has_the_same_members_and_reasons_on_spark(on_spark, store_copy):
-    with Store(store_copy) as store:
+def test_every_sample_cohort_has_the_same_members_and_reasons_on_spark(on_spark, sample_store_copy):
+    with Store(sample_store_copy) as store:
         names = [c["name"] for c in cohorts.list_cohorts(store)]
         assert len(names) >= 10
         for name in names:
@@ -56,12 +41,12 @@ def test_every_sample_cohort_has_the_same_members_and_reasons_on_spark(on_spark,
         assert on_spark.mtu(store, "2026-09", "strict") == mtu.report(store, "2026-09", "strict")
 
 
-def test_a_data_pipelines_folder_on_spark_equals_duckdb(spark, lake, store_copy, tmp_path):
+def test_a_data_pipelines_folder_on_spark_equals_duckdb(spark, sample_lake, sample_store_copy, tmp_path):
     """JSON read in place, copies deduplicated and, with no identity mappings, the links extracted
     on Spark and resolved by the loader's resolver: the same map and members as DuckDB's."""
-    project = _as_pipelines(lake, tmp_path / "bucket")
+    project = _as_pipelines(sample_lake, tmp_path / "bucket")
     shutil.rmtree(project / "mp_identity_mappings_data")
-    with Store(store_copy) as store, DuckLake(find(project)).prepare() as duck, \
+    with Store(sample_store_copy) as store, DuckLake(find(project)).prepare() as duck, \
             engine.Evaluator(engine.choose("spark", lake=str(tmp_path / "bucket"))) as ev:
         assert ev.lake.identity == "links"
         mapped = ev.lake.arrow(Query("SELECT distinct_id, canonical_id FROM identity_map", {}))
@@ -87,7 +72,7 @@ def _segments(state: dict, app_id: str) -> list:
     return sorted((s["name"], s["filters"]) for s in state["apps"][app_id]["segments"])
 
 
-def test_a_cohort_evaluated_on_spark_exports_as_one_evaluated_on_duckdb(on_spark, lake, sample_store_file,
+def test_a_cohort_evaluated_on_spark_exports_as_one_evaluated_on_duckdb(on_spark, sample_lake, sample_store_file,
                                                                        tmp_path):
     from toolkit.emulator import Emulator
     from toolkit.export import settings
@@ -123,25 +108,26 @@ def _credentials(app):
     return Credentials(app.app_id, app.api_key)
 
 
-def test_the_commands_run_on_spark(spark, lake, store_copy):
-    preview = toolkit("cohorts", "preview", "VIP support list", "--db", store_copy, "--engine", "spark",
-                      "--lake", lake, "--as-of", "2026-10-31", "--json")
-    on_store = toolkit("cohorts", "preview", "VIP support list", "--db", store_copy, "--as-of", "2026-10-31", "--json")
+def test_the_commands_run_on_spark(spark, sample_lake, sample_store_copy):
+    preview = toolkit("cohorts", "preview", "VIP support list", "--db", sample_store_copy, "--engine", "spark",
+                      "--lake", sample_lake, "--as-of", "2026-10-31", "--json")
+    on_store = toolkit("cohorts", "preview", "VIP support list", "--db", sample_store_copy, "--as-of", "2026-10-31",
+                       "--json")
     assert preview.returncode == 0, preview.stderr
     import json
 
     assert json.loads(preview.stdout)["members"] == json.loads(on_store.stdout)["members"]
-    months = toolkit("mtu", "--db", store_copy, "--engine", "spark", "--lake", lake, "--json")
-    assert json.loads(months.stdout) == json.loads(toolkit("mtu", "--db", store_copy, "--json").stdout)
+    months = toolkit("mtu", "--db", sample_store_copy, "--engine", "spark", "--lake", sample_lake, "--json")
+    assert json.loads(months.stdout) == json.loads(toolkit("mtu", "--db", sample_store_copy, "--json").stdout)
 
 
-def test_a_malformed_parquet_file_is_named_on_spark(spark, lake, store_copy, tmp_path):
+def test_a_malformed_parquet_file_is_named_on_spark(spark, sample_lake, sample_store_copy, tmp_path):
     from toolkit.errors import LakeError
 
     copy = tmp_path / "lake"
-    shutil.copytree(lake, copy)
+    shutil.copytree(sample_lake, copy)
     bad = sorted((copy / "events").iterdir())[3] / "broken.parquet"
     bad.write_bytes(b"PAR1 this is not parquet")
-    with Store(store_copy) as store, engine.Evaluator(engine.choose("spark", lake=str(copy))) as ev, \
+    with Store(sample_store_copy) as store, engine.Evaluator(engine.choose("spark", lake=str(copy))) as ev, \
             pytest.raises(LakeError, match=f"lake {copy}: cannot read .*{bad}"):
         ev.mtu(store)          # reads every event file

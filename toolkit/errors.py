@@ -169,14 +169,18 @@ class Conflict(OneSignalError):
     """409: the change conflicts with OneSignal's state (e.g. an alias already taken)."""
 
 
-class RateLimited(OneSignalError):
-    """429: too many requests; retried after ``retry_after`` seconds (OneSignal's Retry-After)."""
+class RetryAfter:
+    """Mixin of a 429: retried after ``retry_after`` seconds (the server's Retry-After; None: a backoff)."""
 
     retryable = True
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs):
         self.retry_after = retry_after
-        super().__init__(message, **kwargs)
+        super().__init__(message, **kwargs)    # type: ignore[call-arg]
+
+
+class RateLimited(RetryAfter, OneSignalError):
+    """429: too many requests; retried after ``retry_after`` seconds (OneSignal's Retry-After)."""
 
 
 class ServerError(OneSignalError):
@@ -272,14 +276,8 @@ class MixpanelBadRequest(MixpanelError):
     says which."""
 
 
-class MixpanelRateLimited(MixpanelError):
+class MixpanelRateLimited(RetryAfter, MixpanelError):
     """429: over one of Mixpanel's rate limits; retried after ``retry_after`` seconds (or a backoff)."""
-
-    retryable = True
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs):
-        self.retry_after = retry_after
-        super().__init__(message, **kwargs)
 
 
 class MixpanelServerError(MixpanelError):
