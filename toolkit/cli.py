@@ -265,7 +265,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--replace", action="store_true", help="write over a non-empty PATH")
     p.set_defaults(run=_lake_export)
 
-    p = sub.add_parser("lab", help="JupyterLab on the notebooks, with the demo's store and its emulator running")
+    p = sub.add_parser("lab", parents=[engined],
+                       help="JupyterLab on the notebooks, with the demo's store and its emulator running")
     p.add_argument("--workdir", type=Path, default=Path("var"),
                    help="the demo's folder: demo.duckdb and the emulator's onesignal.json (default var/)")
     p.add_argument("--db", metavar="PATH", help="the store the notebooks open (default: WORKDIR/demo.duckdb)")
@@ -705,10 +706,12 @@ def _mixpanel_cohorts(store, account, args) -> list:
 
 
 def _lab(args) -> int:
-    from toolkit import lab
+    from toolkit import engine, lab
 
+    lake = str(Path(args.lake).resolve()) if args.lake else None     # the kernels run in the notebooks' folder
     return lab.run(args.workdir, db=args.db, notebooks=args.notebooks, port=args.port,
-                   emulator_port=args.emulator_port, browser=not args.no_browser, as_of=args.as_of)
+                   emulator_port=args.emulator_port, browser=not args.no_browser, as_of=args.as_of,
+                   engine=engine.choose(args.engine, lake, args.master, args.remote))
 
 
 def _demo(args) -> int:

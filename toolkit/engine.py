@@ -17,7 +17,9 @@ written to the store, and the export runs from them as from a store evaluation.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +71,26 @@ def choose(engine: str | None = None, lake: str | None = None, master: str | Non
     if master and remote:
         raise UsageError("give --master (a Spark cluster or local[N]) or --remote (Spark Connect), not both")
     return EngineChoice(engine, str(lake) if lake else None, master or None, remote or None)
+
+
+# What a notebook falls back to for each choice not given as a parameter (`toolkit lab --lake ...` sets them).
+ENV_ENGINE, ENV_LAKE, ENV_MASTER, ENV_REMOTE = "TOOLKIT_ENGINE", "TOOLKIT_LAKE", "TOOLKIT_SPARK_MASTER", \
+    "TOOLKIT_SPARK_REMOTE"
+
+
+def from_environment(engine: str | None = None, lake: str | None = None, master: str | None = None,
+                     remote: str | None = None, environ: Mapping[str, str] | None = None) -> EngineChoice:
+    """`choose` for the notebooks: each setting given, else its environment variable (blank counts as unset)."""
+    env = os.environ if environ is None else environ
+    return choose(engine or env.get(ENV_ENGINE) or None, lake or env.get(ENV_LAKE) or None,
+                  master or env.get(ENV_MASTER) or None, remote or env.get(ENV_REMOTE) or None)
+
+
+def environment(choice: EngineChoice) -> dict[str, str]:
+    """The variables `from_environment` reads back as ``choice`` (only the ones set)."""
+    values = {ENV_ENGINE: choice.engine if not choice.on_store else None, ENV_LAKE: choice.lake,
+              ENV_MASTER: choice.master, ENV_REMOTE: choice.remote}
+    return {name: value for name, value in values.items() if value}
 
 
 def open_lake(choice: EngineChoice) -> LakeEngine:

@@ -6,7 +6,9 @@ app connects to it, so the exports the demo registered (against its own emulator
 the new address. JupyterLab then runs on 127.0.0.1 with TOOLKIT_DB, ONESIGNAL_APP_ID,
 ONESIGNAL_API_KEY and ONESIGNAL_BASE_URL in the environment its kernels inherit: a notebook finds the
 store, the app and its key without a word typed; TOOLKIT_AS_OF tells the explorer and export notebooks
-to evaluate cohorts as of the demo's day (the sample's last), as the demo did. When Lab exits, the
+to evaluate cohorts as of the demo's day (the sample's last), as the demo did. With ``--lake PATH``
+(``--engine spark --master URL``), TOOLKIT_LAKE and TOOLKIT_ENGINE (TOOLKIT_SPARK_MASTER/_REMOTE) make
+the explorer, export and MTU notebooks evaluate over that lake (toolkit.engine.from_environment). When Lab exits, the
 emulator saves its state and stops.
 """
 
@@ -22,9 +24,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from toolkit import demo, sync
+from toolkit import demo, report, sync
 from toolkit.credentials import ENV_APP, ENV_KEY
 from toolkit.emulator import App, Emulator
+from toolkit.engine import STORE, EngineChoice, environment
 from toolkit.errors import EmulatorError, SetupError
 from toolkit.onesignal import ENV_BASE_URL, Credentials
 from toolkit.resources import NOTEBOOKS
@@ -45,10 +48,12 @@ def pick_app(emulator: Emulator) -> App:
                        "run `toolkit demo` with a new --workdir")
 
 
-def kernel_environment(db: Path, app: App, base_url: str, as_of: datetime | None = None) -> dict[str, str]:
-    """What the kernels inherit: the store, the app, its key, the emulator's address and the "as of"."""
+def kernel_environment(db: Path, app: App, base_url: str, as_of: datetime | None = None,
+                       engine: EngineChoice = STORE) -> dict[str, str]:
+    """What the kernels inherit: the store, the app, its key, the emulator's address, the "as of" and the
+    engine with its lake."""
     env = {ENV_DB: str(db), ENV_APP: app.app_id, ENV_KEY: app.api_key, ENV_BASE_URL: base_url}
-    return env | ({ENV_AS_OF: as_of.isoformat()} if as_of else {})
+    return env | ({ENV_AS_OF: as_of.isoformat()} if as_of else {}) | environment(engine)
 
 
 def lab_command(notebooks: Path, port: int, browser: bool = True) -> list[str]:
@@ -58,7 +63,8 @@ def lab_command(notebooks: Path, port: int, browser: bool = True) -> list[str]:
 
 
 def run(workdir: Path, *, db: str | Path | None = None, notebooks: Path | None = None, port: int = 8888,
-        emulator_port: int = 0, browser: bool = True, as_of: datetime | Literal["now"] | None = None) -> int:
+        emulator_port: int = 0, browser: bool = True, as_of: datetime | Literal["now"] | None = None,
+        engine: EngineChoice = STORE) -> int:
     """``as_of``: when the notebooks evaluate cohorts; None: as the demo did (the store's last event
     day); "now": the current time."""
     workdir = Path(workdir).resolve()
@@ -86,9 +92,10 @@ def run(workdir: Path, *, db: str | Path | None = None, notebooks: Path | None =
               f"point here\nJupyterLab on {notebooks}, store {db}; the kernels have {ENV_DB}, {ENV_APP}, "
               f"{ENV_KEY}, {ENV_BASE_URL}" + (f" and {ENV_AS_OF}={as_of.isoformat()} (cohorts as of then; "
                                               "--as-of now for the current time)" if as_of else "")
+              + ("" if engine.on_store else f"; cohorts and MTU {report.engine_text(**engine.to_dict())}")
               + ". Stop Lab (Ctrl-C twice) to stop the emulator.", flush=True)
         lab = subprocess.Popen(lab_command(notebooks, port, browser),
-                               env={**os.environ, **kernel_environment(db, app, emulator.url, as_of)})
+                               env={**os.environ, **kernel_environment(db, app, emulator.url, as_of, engine)})
         code = wait(lab)
     print("JupyterLab stopped; the emulator saved its state and stopped.")
     return max(code, 0)

@@ -238,6 +238,8 @@ def preview_text(preview: Preview, rows: int = 20, more: str = "") -> str:
              f"by {s['user_id_property']} as {s['id_type']}",
              "  exportable: " + ", ".join(f"{v:,} {k}" for k, v in s["id_types"].items())]
     lines += [f"  {reason}: {count:,}" for reason, count in s["reasons"].items() if count]
+    if s.get("lake"):
+        lines.append("  " + engine_text(s.get("engine") or "duckdb", s["lake"]))
     total = s["members"]
     if total:
         lines.append("")
@@ -252,6 +254,20 @@ def preview_text(preview: Preview, rows: int = 20, more: str = "") -> str:
         if total > rows:
             lines.append(f"  ... {total - rows:,} more not shown" + (f" ({more})" if more else ""))
     return "\n".join(lines)
+
+
+def engine_text(engine: str = "duckdb", lake: str | None = None, master: str | None = None,
+                remote: str | None = None) -> str:
+    """Where cohorts and MTU are evaluated (`toolkit.engine.EngineChoice`), as the panels and notebooks say it."""
+    if not lake:
+        return "evaluated on DuckDB over the store"
+    if engine == "spark":
+        from toolkit.spark_session import DEFAULT_MASTER
+
+        where = f"Spark Connect at {remote}" if remote else f"Spark (master {master or DEFAULT_MASTER})"
+    else:
+        where = "DuckDB"
+    return f"evaluated on {where} over the lake {lake}"
 
 
 def _clip(text, width: int = 48) -> str:

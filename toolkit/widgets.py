@@ -44,6 +44,7 @@ except ImportError as exc:      # an optional dependency: say how to get it
                       "pip install 'toolkit[notebooks]'") from exc
 
 from toolkit import cohorts, credentials, export, matching, report, sync
+from toolkit.engine import STORE, EngineChoice, Evaluator
 from toolkit.errors import ToolkitError, UsageError
 from toolkit.onesignal import DEFAULT_BASE_URL, REDACTED, Credentials, default_base_url
 from toolkit.onesignal_ids import REASONS
@@ -242,6 +243,16 @@ class _Panel:
     store: Store | str | os.PathLike | None   # a path (opened per action) or an open Store
     busy: w.Label           # where "waiting for the store" shows
     cohort: w.Dropdown      # the cohort the panel shows
+    evaluator: Evaluator    # where cohorts are evaluated: the store, or a lake (kept open between actions)
+    engine_line: w.Label    # says which engine and lake
+
+    def _use_engine(self, choice: EngineChoice | None) -> None:
+        self.evaluator = Evaluator(choice or STORE)
+        self.engine_line = _wrapping_label(report.engine_text(**self.evaluator.choice.to_dict()))
+
+    def close(self) -> None:
+        """Let go of the lake session (a Spark session or a DuckDB over the lake's files), if one was opened."""
+        self.evaluator.close()
 
     def _open(self, read_only: bool = False):
         """The store for one action, closed after it (unless the panel was given an open Store)."""
@@ -380,8 +391,10 @@ def connect_panel(store, base_url: str | None = None) -> ConnectPanel:
 class CohortExplorer(_Panel):
     """Pick a cohort: its size, matchability funnel, reasons, and a searchable table of members."""
 
-    def __init__(self, store, now: datetime | str | None = None, rows: int = ROWS, mixpanel=None):
+    def __init__(self, store, now: datetime | str | None = None, rows: int = ROWS, mixpanel=None,
+                 engine: EngineChoice | None = None):
         self.store, self.now, self.rows = store, _as_time(now), rows
+        self._use_engine(engine)
         self.mixpanel = _MixpanelCohorts(mixpanel) if mixpanel is not None else None
         self.preview: matching.Preview | None = None
         self.shown: pd.DataFrame | None = None
@@ -396,7 +409,7 @@ class CohortExplorer(_Panel):
             self.show()
         self.cohort.observe(lambda _: self.show(), names="value")
         self.search.observe(lambda _: self._filter(), names="value")
-        self.widget = w.VBox([_style(), self.cohort, self.size,
+        self.widget = w.VBox([_style(), self.cohort, self.engine_line, self.size,
                               w.HBox([self.funnel, self.reasons], layout={"flex_flow": "row wrap"}),
                               w.HBox([self.search, self.matches], layout={"flex_flow": "row wrap"}), self.table],
                              layout={"width": "100%"})
@@ -421,7 +434,7 @@ class CohortExplorer(_Panel):
             return
         try:
             with self._open(read_only=True) as store:
-                self.preview = matching.preview(store, name, now=self.now or datetime.now(UTC))
+                self.preview = self.evaluator.preview(store, name, now=self.now or datetime.now(UTC))
         except Exception as exc:
             self.preview = None
             self.size.value = f"cannot evaluate {name}: {exc}"
@@ -458,11 +471,17 @@ class CohortExplorer(_Panel):
             f" (first {self.rows} shown)" if len(self.shown) > self.rows else "")
         self.table.value = _table(self.shown.head(self.rows), longest=LONGEST)
 
+    def __repr__(self) -> str:
+        return (f"CohortExplorer(cohort={self.cohort.value!r}, size={self.size.value!r}, "
+                f"engine={self.engine_line.value!r})")
 
-def cohort_explorer(store, now: datetime | str | None = None, mixpanel=None) -> CohortExplorer:
+
+def cohort_explorer(store, now: datetime | str | None = None, mixpanel=None,
+                    engine: EngineChoice | None = None) -> CohortExplorer:
     """A cohort Dropdown with size, matchability funnel, per-reason counts and a searchable member table;
-    with ``mixpanel`` (a project id), the project's Mixpanel cohorts too."""
-    return CohortExplorer(store, now, mixpanel=mixpanel)
+    with ``mixpanel`` (a project id), the project's Mixpanel cohorts too; with ``engine``
+    (`toolkit.engine.choose`), cohorts are evaluated over its lake instead of the store."""
+    return CohortExplorer(store, now, mixpanel=mixpanel, engine=engine)
 
 
 # -- export -----------------------------------------------------------------------------------------
@@ -474,8 +493,9 @@ class ExportPanel(_Panel):
     resume and stop dynamic syncs."""
 
     def __init__(self, store, connection: ConnectPanel | None = None, now: datetime | str | None = None,
-                 mixpanel=None, csv_dir: str | os.PathLike | None = None):
+                 mixpanel=None, csv_dir: str | os.PathLike | None = None, engine: EngineChoice | None = None):
         self.store, self.connection, self.now = store, connection, _as_time(now)
+        self._use_engine(engine)
         self.mixpanel = _MixpanelCohorts(mixpanel) if mixpanel is not None else None
         self.csv_dir = Path(csv_dir) if csv_dir is not None else None
         self.last_csv: Path | None = None
@@ -518,7 +538,7 @@ class ExportPanel(_Panel):
         self.sync_choice.observe(lambda _: self._ask_stop(None), names="value")
         self.cohort.observe(lambda _: self._picked(lambda text: setattr(self.status, "value", text)), names="value")
         self.widget = w.VBox([
-            _style(), self.cohort, self.mode, self.force,
+            _style(), self.cohort, self.engine_line, self.mode, self.force,
             w.HBox([self.preview_button, self.export_button, self.progress], layout={"flex_flow": "row wrap"}),
             self.status, self.diff, self.result,
             w.HTML("<b>Exports</b>"), self.syncs,
@@ -612,7 +632,8 @@ class ExportPanel(_Panel):
             return None
         try:
             with self._open(read_only=True) as store:
-                shown = export.preview_export(store, self.cohort.value, now=self._time(), force=self.force.value)
+                shown = export.preview_export(store, self.cohort.value, now=self._time(), force=self.force.value,
+                                              evaluate=self.evaluator.preview)
         except Exception as exc:
             self.status.value = f"Preview failed: {exc}"
             return None
@@ -646,7 +667,8 @@ class ExportPanel(_Panel):
                 chosen = export.settings(store, name, mode=self.mode.value, app_id=credentials.app_id,
                                          base_url=self.connection.base_url if self.connection is not None else None,
                                          force=self.force.value, now=self._time())
-                record = sync.export_cohort(store, chosen, credentials, on_progress=self._on_progress)
+                record = sync.export_cohort(store, chosen, credentials, on_progress=self._on_progress,
+                                            evaluator=self.evaluator)
         except Exception as exc:
             self.status.value = f"Export failed: {exc}"
             return
@@ -694,16 +716,19 @@ class ExportPanel(_Panel):
         self.refresh()
 
     def __repr__(self) -> str:
-        return f"ExportPanel(cohort={self.cohort.value!r}, mode={self.mode.value!r}, status={self.status.value!r})"
+        return (f"ExportPanel(cohort={self.cohort.value!r}, mode={self.mode.value!r}, status={self.status.value!r}, "
+                f"engine={self.engine_line.value!r})")
 
 
 def export_panel(store, connection: ConnectPanel | None = None, now: datetime | str | None = None,
-                 mixpanel=None, csv_dir: str | os.PathLike | None = None) -> ExportPanel:
+                 mixpanel=None, csv_dir: str | os.PathLike | None = None,
+                 engine: EngineChoice | None = None) -> ExportPanel:
     """Cohort, sync type, Preview (diff and removal guard), Export with progress, Force; each export's
     state and match rate, the cohort's members CSV; Pause, Resume and Stop for dynamic syncs. Uses
     ``connection``'s key, else $ONESIGNAL_API_KEY / the credentials file; with ``mixpanel`` (a project id),
-    the project's Mixpanel cohorts can be picked too."""
-    return ExportPanel(store, connection, now, mixpanel=mixpanel, csv_dir=csv_dir)
+    the project's Mixpanel cohorts can be picked too; with ``engine`` (`toolkit.engine.choose`), Preview and
+    Export evaluate the cohort over its lake (the members come home to the store on Export)."""
+    return ExportPanel(store, connection, now, mixpanel=mixpanel, csv_dir=csv_dir, engine=engine)
 
 
 def sync_table(overview: list[dict]) -> pd.DataFrame:
