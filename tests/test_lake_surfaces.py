@@ -66,7 +66,8 @@ def test_the_engine_line_says_where():
     assert report.engine_text() == "evaluated on DuckDB over the store"
     assert report.engine_text("duckdb", "/l") == "evaluated on DuckDB over the lake /l"
     assert report.engine_text("spark", "/l") == "evaluated on Spark (master local[2]) over the lake /l"
-    assert report.engine_text("spark", "/l", remote="sc://h:1") == "evaluated on Spark Connect at sc://h:1 over the lake /l"
+    assert report.engine_text("spark", "/l", remote="sc://h:1") == \
+        "evaluated on Spark Connect at sc://h:1 over the lake /l"
 
 
 # -- the panels ------------------------------------------------------------------------------------

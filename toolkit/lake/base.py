@@ -64,7 +64,7 @@ class LakeEngine:
     # -- the same for every engine ----------------------------------------------------------------
     def prepare(self) -> LakeEngine:
         self.read_sources()
-        self.view("lake_events", views.events(self.lake.deduplicated))
+        self.events(views.events(self.lake.deduplicated))
         if self.identity == "mappings":
             self.view("identity_map", views.mappings())
         else:
@@ -74,6 +74,11 @@ class LakeEngine:
         # them (identity, newest wins, the user-id value's type) took most of a cohort's time on Spark.
         self.materialize("resolved_profiles", views.resolved_profiles())
         return self
+
+    def events(self, query: Query) -> None:
+        """Define ``lake_events`` (deduplicated events): a view, read again by every query; an engine may
+        keep it instead (DuckDB does for JSON, whose parsing is most of a query's time)."""
+        self.view("lake_events", query)
 
     def resolve(self, links: pa.Table) -> pa.Table:
         """The identity map (distinct_id, canonical_id) of the extracted links, by loading.identity."""

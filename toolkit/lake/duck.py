@@ -1,4 +1,9 @@
-"""DuckDB over a lake: views over the Parquet or JSON files, read in place (nothing is copied)."""
+"""DuckDB over a lake: views over the Parquet or JSON files, read in place (nothing is copied to disk).
+
+A Data Pipelines JSON folder is read once per session: its events, parsed and deduplicated, and its
+identity mappings are kept in temporary tables (DuckDB parses JSON text on every read: a cohort over the
+views re-read every file), so a panel or a sync evaluating many cohorts reads the folder once. A session
+sees the files as they were when it opened; the next session reads the folder again."""
 
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ class DuckLake(LakeEngine):
 
     name = "duckdb"
 
-    def __init__(self, lake: Lake, memory_limit: str | None = None):
+    def __init__(self, lake: Lake, memory_limit: str | None = None, read_once: bool = True):
         super().__init__(lake)
+        self.read_once = read_once and lake.kind == "pipelines"     # False: read the JSON at every query
         self.con = duckdb.connect(config={"memory_limit": memory_limit} if memory_limit else {})
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")
@@ -49,7 +55,7 @@ class DuckLake(LakeEngine):
                 self.view("lake_profiles_src", views.pipeline_profiles())
             if lake.mappings:
                 self._json("lake_mappings_src", "identity mappings", lake.mappings,
-                           ("distinct_id", "resolved_distinct_id"))
+                           ("distinct_id", "resolved_distinct_id"), keep=self.read_once)
         if not lake.profiles:
             self.view("lake_profiles_src", views.no_profiles())
 
@@ -58,17 +64,27 @@ class DuckLake(LakeEngine):
         self._checked(what, files, f"CREATE VIEW {name} AS SELECT {columns} FROM "
                       f"read_parquet({listed!r}, hive_partitioning = false, filename = true, union_by_name = true)")
 
-    def _json(self, name: str, what: str, files: tuple[Path, ...], fields: tuple[str, ...]) -> None:
+    def _json(self, name: str, what: str, files: tuple[Path, ...], fields: tuple[str, ...], keep: bool = False) -> None:
+        """A view over JSON files; ``keep``: a temporary table (read now, once)."""
         listed = [str(f) for f in files]
         typed = "{" + ", ".join(f"'{f}': 'VARCHAR'" for f in fields) + "}"
-        self._checked(what, files, f"CREATE VIEW {name} AS SELECT {', '.join(fields)}, filename AS source_file FROM "
-                      f"read_json({listed!r}, format = 'newline_delimited', columns = {typed}, filename = true)")
+        self._checked(what, files, f"CREATE {'TEMP TABLE' if keep else 'VIEW'} {name} AS SELECT {', '.join(fields)}, "
+                      f"filename AS source_file FROM "
+                      f"read_json({listed!r}, format = 'newline_delimited', columns = {typed}, filename = true)",
+                      name)
 
-    def _checked(self, what: str, files: tuple[Path, ...], sql: str) -> None:
-        """Define the view and read a row of it, so an unreadable file fails here, named."""
+    def events(self, query: Query) -> None:
+        if self.read_once:
+            self._checked("events", self.lake.events, f"CREATE TEMP TABLE lake_events AS {_inlined(query)}",
+                          "lake_events")
+        else:
+            super().events(query)
+
+    def _checked(self, what: str, files: tuple[Path, ...], sql: str, name: str | None = None) -> None:
+        """Define the view (or fill the table) and read a row of it, so an unreadable file fails here, named."""
         try:
             self.con.execute(sql)
-            self.con.execute(f"SELECT * FROM {sql.split()[2]} LIMIT 1").fetchall()
+            self.con.execute(f"SELECT * FROM {name or sql.split()[2]} LIMIT 1").fetchall()
         except duckdb.Error as exc:
             raise LakeError(f"lake {self.lake}: cannot read its {what}: {_unreadable(self.con, files, exc)}") from None
 

@@ -1,0 +1,64 @@
+"""DuckDB over a Mixpanel Data Pipelines JSON folder reads the folder once per session (toolkit/lake/duck.py):
+the parsed, deduplicated events and the identity mappings are kept, so the cohorts a panel or a sync
+evaluates one after another do not parse every JSON file again. A new session reads the folder again."""
+
+import shutil
+
+import pytest
+from test_lake import _as_pipelines
+
+from helpers import NOW
+from toolkit import engine, matching
+from toolkit.errors import LakeError
+from toolkit.lake.duck import DuckLake
+from toolkit.lake.layout import find
+from toolkit.sql import Query
+from toolkit.store import Store
+
+CHURN = "Churn risk: active in September, silent in October"
+PRO = "Pro plan in the US"
+
+
+@pytest.fixture(scope="module")
+def bucket(sample_lake, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bucket")
+    _as_pipelines(sample_lake, root)
+    return root
+
+
+def _moved_away(bucket, tmp_path):
+    """The folder's files gone (moved aside): what a session that still read them would trip on."""
+    away = tmp_path / "away"
+    shutil.copytree(bucket, away / "copy")
+    return away / "copy"
+
+
+@pytest.mark.slow
+def test_a_session_reads_the_pipelines_folder_once(bucket, sample_store_copy, tmp_path):
+    folder = _moved_away(bucket, tmp_path)
+    with Store(sample_store_copy) as store, engine.Evaluator(engine.choose(lake=str(folder))) as ev:
+        first = ev.preview(store, CHURN, now=NOW)
+        shutil.rmtree(folder)                  # every JSON file gone: the session reads none of them again
+        assert ev.preview(store, PRO, now=NOW).members.equals(matching.preview(store, PRO, now=NOW).members)
+        assert first.members.equals(matching.preview(store, CHURN, now=NOW).members)
+        assert ev.mtu(store)                    # MTU from what was read too
+
+
+@pytest.mark.slow
+def test_read_once_off_reads_the_json_at_every_query_and_a_new_session_sees_a_change(bucket, tmp_path):
+    folder = _moved_away(bucket, tmp_path)
+    count = "SELECT count(*) FROM resolved_events"
+    with DuckLake(find(folder), read_once=False).prepare() as each_time:
+        before = each_time.con.execute(count).fetchall()[0][0]
+        with DuckLake(find(folder)).prepare() as once:
+            day = sorted((find(folder).root / "mp_master_event").rglob("part-1.json"))[0]
+            extra = day.with_name("part-2.json")
+            line = day.read_text().splitlines()[0].replace('"insert_id":', '"insert_id_was":')    # a new event
+            extra.write_text(line.replace('"distinct_id":"', '"distinct_id":"new-') + "\n")
+            assert once.con.execute(count).fetchall()[0][0] == before          # kept what it read
+        with DuckLake(find(folder)).prepare() as again:
+            assert again.con.execute(count).fetchall()[0][0] == before + 1      # a new session reads it
+        extra.unlink()
+        shutil.rmtree(find(folder).root / "mp_master_event")
+        with pytest.raises(LakeError):                      # without read_once, every query reads the files
+            each_time.arrow(Query(count, {}))
