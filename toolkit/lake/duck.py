@@ -49,7 +49,11 @@ class DuckLake(LakeEngine):
                               "CAST(resolved_distinct_id AS VARCHAR) AS resolved_distinct_id")
         else:
             self._json("lake_events_text", "events", lake.events, _TEXT)
-            self.view("lake_events_src", views.pipeline_events())
+            if self.read_once:      # parsed once here; dedup reads it twice (with and without $insert_id)
+                self._checked("events", lake.events, "CREATE TEMP TABLE lake_events_src AS "
+                              + _inlined(views.pipeline_events()), "lake_events_src")
+            else:
+                self.view("lake_events_src", views.pipeline_events())
             if lake.profiles:
                 self._json("lake_profiles_text", "people", lake.profiles, ("distinct_id", "properties"))
                 self.view("lake_profiles_src", views.pipeline_profiles())
@@ -75,8 +79,8 @@ class DuckLake(LakeEngine):
 
     def events(self, query: Query) -> None:
         if self.read_once:
-            self._checked("events", self.lake.events, f"CREATE TEMP TABLE lake_events AS {_inlined(query)}",
-                          "lake_events")
+            self.con.execute(f"CREATE TEMP TABLE lake_events AS {_inlined(query)}")
+            self.con.execute("DROP TABLE lake_events_src")      # read by lake_events only: free its memory
         else:
             super().events(query)
 
