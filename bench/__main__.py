@@ -92,6 +92,9 @@ def main() -> None:
     parser.add_argument("--spark", default="",
                         help="sizes at which Spark local[2] over a lake is measured next to DuckDB "
                              "(e.g. 1000000,5000000,10000000; default: none, Spark takes minutes)")
+    parser.add_argument("--pipelines", default="",
+                        help="sizes at which DuckDB over a Data Pipelines JSON folder is measured, reading it "
+                             "once per session against at every query (e.g. 1000000; default: none)")
     args = parser.parse_args()
     DATA.mkdir(exist_ok=True)
     rows: list[Row] = []
@@ -107,6 +110,10 @@ def main() -> None:
         from bench import spark_lake
 
         rows += spark_lake.rows([int(n) for n in args.spark.split(",") if n])
+    if args.pipelines:
+        from bench import pipelines_lake
+
+        rows += pipelines_lake.rows([int(n) for n in args.pipelines.split(",") if n])
     print_table(rows)
 
 

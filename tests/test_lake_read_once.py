@@ -62,3 +62,48 @@ def test_read_once_off_reads_the_json_at_every_query_and_a_new_session_sees_a_ch
         shutil.rmtree(find(folder).root / "mp_master_event")
         with pytest.raises(LakeError):                      # without read_once, every query reads the files
             each_time.arrow(Query(count, {}))
+
+
+@pytest.mark.slow
+def test_the_parsed_files_are_kept_beside_the_store_until_they_change(bucket, sample_store_copy, tmp_path):
+    """Each JSON file is parsed once, into `<store>.lake-cache/`; a later session parses only new or changed
+    files, drops the entries of removed ones, and gives the same members as the store."""
+    folder = _moved_away(bucket, tmp_path)
+    files = find(folder).events
+
+    def session(same_as_the_store=True):
+        with Store(sample_store_copy, read_only=True) as store, \
+                engine.Evaluator(engine.choose(lake=str(folder))) as ev:
+            got = ev.preview(store, CHURN, now=NOW)
+            if same_as_the_store:
+                assert got.members.equals(matching.preview(store, CHURN, now=NOW).members)
+            return ev.lake.parsed, sorted(cache.rglob("events-*.parquet"))
+
+    cache = engine.lake_cache(Store(sample_store_copy, read_only=True))
+    assert cache == sample_store_copy.with_name(sample_store_copy.name + ".lake-cache")
+    parsed, entries = session()
+    assert parsed == len(files) == len(entries)
+    assert session() == (0, entries)                               # nothing parsed again
+
+    day = sorted(p for p in files if p.name == "part-1.json")[0]
+    first = day.read_text().splitlines()[0]
+    (day.parent / "part-2.json").write_text(first.replace('"distinct_id":"', '"distinct_id":"new-') + "\n")
+    [p for p in files if p.name == "part-0.json.gz"][0].unlink()     # a file of stale copies gone
+    parsed, now_entries = session(same_as_the_store=False)
+    assert parsed == 1 and len(now_entries) == len(entries)          # one new, one dropped
+    with Store(sample_store_copy, read_only=True) as store, engine.Evaluator(engine.choose(lake=str(folder))) as ev:
+        ev.preview(store, CHURN, now=NOW)
+        count = ev.lake.con.execute("SELECT count(*) FROM resolved_events WHERE sent_distinct_id LIKE 'new-%'")
+        assert count.fetchall() == [(1,)]
+
+
+@pytest.mark.slow
+def test_a_malformed_file_is_named_when_it_is_parsed_into_the_cache(bucket, sample_store_copy, tmp_path):
+    folder = _moved_away(bucket, tmp_path)
+    day = sorted(p for p in find(folder).events if p.name == "part-1.json")[0]
+    bad = day.with_name("part-9.json")
+    bad.write_text('{"event_name": "x", "time": 1}\n{not json\n')
+    with Store(sample_store_copy, read_only=True) as store, engine.Evaluator(engine.choose(lake=str(folder))) as ev:
+        with pytest.raises(LakeError, match=f"{bad} is not readable"):
+            ev.preview(store, CHURN, now=NOW)
+    assert not list(engine.lake_cache(Store(sample_store_copy, read_only=True)).rglob(".events-*"))   # no half file

@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -93,8 +94,17 @@ def environment(choice: EngineChoice) -> dict[str, str]:
     return {name: value for name, value in values.items() if value}
 
 
-def open_lake(choice: EngineChoice) -> LakeEngine:
-    """The chosen engine over the chosen lake, its relations defined."""
+def lake_cache(store: Store) -> Path | None:
+    """Where DuckDB keeps a Data Pipelines folder's parsed events between sessions: beside the store's
+    file (``<store>.lake-cache/``); None for a store in memory."""
+    if store.path == ":memory:":
+        return None
+    path = Path(store.path)
+    return path.with_name(path.name + ".lake-cache")
+
+
+def open_lake(choice: EngineChoice, cache: Path | None = None) -> LakeEngine:
+    """The chosen engine over the chosen lake, its relations defined (``cache``: `lake_cache`)."""
     from toolkit.lake import layout
 
     lake = layout.find(choice.lake or "")
@@ -105,7 +115,7 @@ def open_lake(choice: EngineChoice) -> LakeEngine:
     else:
         from toolkit.lake.duck import DuckLake
 
-        engine = DuckLake(lake)
+        engine = DuckLake(lake, cache=cache)
     try:
         return engine.prepare()
     except BaseException:
@@ -125,6 +135,12 @@ class Evaluator:
     def lake(self) -> LakeEngine:
         if self._lake is None:
             self._lake = open_lake(self.choice)
+        return self._lake
+
+    def _lake_for(self, store: Store) -> LakeEngine:
+        """The lake engine, opened with its cache beside ``store`` when it was not open yet."""
+        if self._lake is None:
+            self._lake = open_lake(self.choice, lake_cache(store))
         return self._lake
 
     def preview(self, store: Store, name: str | cohorts.Cohort, *, now: dt.datetime | None = None,
@@ -150,10 +166,11 @@ class Evaluator:
 
         # No typed event columns on a lake: filters read the JSON, as the compiler does without them.
         members = compile_cohort(root, now, lookup)
+        lake = self._lake_for(store)
         prop = options["user_id_property"]
-        facts = self.lake.facts() if prop == USER_ID_PROPERTY else None
+        facts = lake.facts() if prop == USER_ID_PROPERTY else None
         query = matching.classify_sql(members, user_id_property=prop, id_type=options["id_type"], facts=facts)
-        table = matching.apply_limit(self.lake.arrow(query).select(matching.COLUMNS).cast(matching.SCHEMA),
+        table = matching.apply_limit(lake.arrow(query).select(matching.COLUMNS).cast(matching.SCHEMA),
                                      options["limit"])
         evaluated = time.perf_counter()
         from_store = isinstance(name, str) and name not in defs
@@ -163,14 +180,14 @@ class Evaluator:
         preview = matching.Preview(summary, table, cohort=root.name, version=version, now=now,
                                    seconds={"evaluate": round(evaluated - started, 4)})
         if not store.read_only:
-            home.write(store, preview, engine=self.choice.engine, lake=str(self.lake.lake))
+            home.write(store, preview, engine=self.choice.engine, lake=str(lake.lake))
         return preview
 
     def mtu(self, store: Store, month: str | None = None, rules: str = "seed") -> list[mtu.MonthMTU]:
         """`mtu.report` on this engine."""
         if self.choice.on_store:
             return mtu.report(store, month, rules)
-        table = self.lake.arrow(mtu.query(month, rules))
+        table = self._lake_for(store).arrow(mtu.query(month, rules))
         columns = [table.column(0).to_pylist()] + [table.column(i).cast(pa.int64()).to_pylist()   # sums: no
                                                    for i in range(1, table.num_columns)]          # decimals
         return mtu.from_rows(zip(*columns, strict=True), month, rules)

@@ -1,12 +1,20 @@
-"""DuckDB over a lake: views over the Parquet or JSON files, read in place (nothing is copied to disk).
+"""DuckDB over a lake: views over the Parquet or JSON files, read in place.
 
 A Data Pipelines JSON folder is read once per session: its events, parsed and deduplicated, and its
 identity mappings are kept in temporary tables (DuckDB parses JSON text on every read: a cohort over the
 views re-read every file), so a panel or a sync evaluating many cohorts reads the folder once. A session
-sees the files as they were when it opened; the next session reads the folder again."""
+sees the files as they were when it opened; the next session reads the folder again.
+
+With a ``cache`` folder (the engine seam gives one beside the store), each JSON file's parsed events are
+also kept there as Parquet, named by the file's path, size and modification time and by the parsing
+query: the next session parses only files that are new or changed (Data Pipelines adds files, it rarely
+rewrites them) and deduplicates from the Parquet. Entries of files no longer in the folder are removed."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -26,9 +34,12 @@ class DuckLake(LakeEngine):
 
     name = "duckdb"
 
-    def __init__(self, lake: Lake, memory_limit: str | None = None, read_once: bool = True):
+    def __init__(self, lake: Lake, memory_limit: str | None = None, read_once: bool = True,
+                 cache: str | os.PathLike | None = None):
         super().__init__(lake)
         self.read_once = read_once and lake.kind == "pipelines"     # False: read the JSON at every query
+        self.cache = Path(cache) if cache is not None and self.read_once else None
+        self.parsed = 0         # JSON files parsed by this session (the others came from the cache)
         self.con = duckdb.connect(config={"memory_limit": memory_limit} if memory_limit else {})
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")
@@ -48,11 +59,15 @@ class DuckLake(LakeEngine):
                               "CAST(distinct_id AS VARCHAR) AS distinct_id, "
                               "CAST(resolved_distinct_id AS VARCHAR) AS resolved_distinct_id")
         else:
-            self._json("lake_events_text", "events", lake.events, _TEXT)
-            if self.read_once:      # parsed once here; dedup reads it twice (with and without $insert_id)
+            if self.cache is not None and self._cached_events():
+                pass
+            elif self.read_once:    # parsed once here; dedup reads it twice (with and without $insert_id)
+                self._json("lake_events_text", "events", lake.events, _TEXT)
                 self._checked("events", lake.events, "CREATE TEMP TABLE lake_events_src AS "
                               + _inlined(views.pipeline_events()), "lake_events_src")
+                self.parsed = len(lake.events)
             else:
+                self._json("lake_events_text", "events", lake.events, _TEXT)
                 self.view("lake_events_src", views.pipeline_events())
             if lake.profiles:
                 self._json("lake_profiles_text", "people", lake.profiles, ("distinct_id", "properties"))
@@ -63,16 +78,60 @@ class DuckLake(LakeEngine):
         if not lake.profiles:
             self.view("lake_profiles_src", views.no_profiles())
 
+    def _cached_events(self) -> bool:
+        """``lake_events_src`` from the cache, parsing the files not in it yet; False when the cache folder
+        cannot be written (the session then parses every file, as without a cache)."""
+        assert self.cache is not None
+        parse = _inlined(views.pipeline_events())
+        version = hashlib.sha256(parse.encode()).hexdigest()[:12]    # a new parsing query: a new cache
+        folder = self.cache / hashlib.sha256(str(self.lake.root.resolve()).encode()).hexdigest()[:16]
+        entries = {}
+        for f in self.lake.events:
+            stat = f.stat()
+            key = f"{f.relative_to(self.lake.root)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{version}"
+            entries[f] = folder / f"events-{hashlib.sha256(key.encode()).hexdigest()[:32]}.parquet"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for f, entry in entries.items():
+                if not entry.exists():
+                    self._parse_into(f, parse, entry)
+            for old in folder.glob("events-*.parquet"):      # files gone from the folder, or changed
+                if old not in entries.values():
+                    old.unlink(missing_ok=True)
+        except OSError:
+            return False
+        listed = [str(e) for e in entries.values()]
+        self.con.execute(f"CREATE TEMP TABLE lake_events_src AS SELECT * FROM read_parquet({listed!r})")
+        return True
+
+    def _parse_into(self, file: Path, parse: str, entry: Path) -> None:
+        """One JSON file's parsed events, written to ``entry`` (aside first: a reader never sees half a file)."""
+        self._json("lake_events_text", "events", (file,), _TEXT, replace=True)
+        partial = entry.with_name(f".{entry.name}.{uuid.uuid4().hex}")
+        try:
+            self.con.execute(f"COPY ({parse}) TO '{partial}' (FORMAT parquet)")
+        except duckdb.IOException as exc:
+            partial.unlink(missing_ok=True)
+            raise OSError(str(exc)) from None
+        except duckdb.Error as exc:
+            partial.unlink(missing_ok=True)
+            raise LakeError(f"lake {self.lake}: cannot read its events: {_unreadable(self.con, (file,), exc)}"
+                            ) from None
+        os.replace(partial, entry)
+        self.parsed += 1
+
     def _parquet(self, name: str, what: str, files: tuple[Path, ...], columns: str) -> None:
         listed = [str(f) for f in files]
         self._checked(what, files, f"CREATE VIEW {name} AS SELECT {columns} FROM "
                       f"read_parquet({listed!r}, hive_partitioning = false, filename = true, union_by_name = true)")
 
-    def _json(self, name: str, what: str, files: tuple[Path, ...], fields: tuple[str, ...], keep: bool = False) -> None:
+    def _json(self, name: str, what: str, files: tuple[Path, ...], fields: tuple[str, ...], keep: bool = False,
+              replace: bool = False) -> None:
         """A view over JSON files; ``keep``: a temporary table (read now, once)."""
         listed = [str(f) for f in files]
         typed = "{" + ", ".join(f"'{f}': 'VARCHAR'" for f in fields) + "}"
-        self._checked(what, files, f"CREATE {'TEMP TABLE' if keep else 'VIEW'} {name} AS SELECT {', '.join(fields)}, "
+        kind = "TEMP TABLE" if keep else "OR REPLACE VIEW" if replace else "VIEW"
+        self._checked(what, files, f"CREATE {kind} {name} AS SELECT {', '.join(fields)}, "
                       f"filename AS source_file FROM "
                       f"read_json({listed!r}, format = 'newline_delimited', columns = {typed}, filename = true)",
                       name)
