@@ -181,3 +181,27 @@ def test_the_export_notebook_dry_runs_over_the_lake(definitions_only, sample_lak
                     tmp_path)
     assert dry["added"] > 0 and f"add {dry['added']:,}, remove 0, no-op 0" in text
     assert f"evaluated on DuckDB over the lake {sample_lake}" in text
+
+
+@pytest.mark.slow
+def test_the_panels_on_spark_show_what_duckdb_shows_over_the_lake(spark, definitions_only, sample_lake):
+    """Spark local (conftest's session): the explorer and the export panel's Preview give the numbers the
+    CLI gives over the same lake on DuckDB, and say they ran on Spark."""
+    on_spark = engine.choose("spark", lake=str(sample_lake))
+    explorer = widgets.cohort_explorer(definitions_only, now=NOW, engine=on_spark)
+    assert explorer.engine_line.value == f"evaluated on Spark (master local[2]) over the lake {sample_lake}"
+    panel = widgets.export_panel(definitions_only, now=NOW, engine=on_spark)
+    for name in (CHURN, VIP):
+        cli = cli_json("cohorts", "preview", name, "--db", definitions_only, "--lake", sample_lake, "--as-of", AS_OF)
+        explorer.select(name)
+        assert explorer.preview.summary["engine"] == "spark"
+        assert sorted(explorer.preview.members["distinct_id"]) == sorted(m["distinct_id"] for m in cli["members"])
+        assert explorer.preview.summary["reasons"] == cli["summary"]["reasons"]
+        dry = cli_json("export", name, "--dry-run", "--db", definitions_only, "--lake", sample_lake,
+                       "--as-of", AS_OF)
+        panel.select(name)
+        panel.preview_button.click()
+        shown = panel.last_preview
+        assert (shown.members, shown.exportable, shown.added) == (dry["members"], dry["exportable"], dry["added"])
+    explorer.close()
+    panel.close()
