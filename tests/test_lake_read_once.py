@@ -84,6 +84,7 @@ def test_the_parsed_files_are_kept_beside_the_store_until_they_change(bucket, sa
     parsed, entries = session()
     assert parsed == len(files) == len(entries)
     assert session() == (0, entries)                               # nothing parsed again
+    (kept,) = cache.rglob("lake-events-*.parquet")                  # the deduplicated events of these files
 
     day = sorted(p for p in files if p.name == "part-1.json")[0]
     first = day.read_text().splitlines()[0]
@@ -91,6 +92,7 @@ def test_the_parsed_files_are_kept_beside_the_store_until_they_change(bucket, sa
     [p for p in files if p.name == "part-0.json.gz"][0].unlink()     # a file of stale copies gone
     parsed, now_entries = session(same_as_the_store=False)
     assert parsed == 1 and len(now_entries) == len(entries)          # one new, one dropped
+    assert [p.name for p in cache.rglob("lake-events-*.parquet")] != [kept.name]     # a new set: deduplicated again
     with Store(sample_store_copy, read_only=True) as store, engine.Evaluator(engine.choose(lake=str(folder))) as ev:
         ev.preview(store, CHURN, now=NOW)
         count = ev.lake.con.execute("SELECT count(*) FROM resolved_events WHERE sent_distinct_id LIKE 'new-%'")

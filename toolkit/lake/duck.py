@@ -7,8 +7,9 @@ sees the files as they were when it opened; the next session reads the folder ag
 
 With a ``cache`` folder (the engine seam gives one beside the store), each JSON file's parsed events are
 also kept there as Parquet, named by the file's path, size and modification time and by the parsing
-query: the next session parses only files that are new or changed (Data Pipelines adds files, it rarely
-rewrites them) and deduplicates from the Parquet. Entries of files no longer in the folder are removed."""
+query, and so are the deduplicated events of the whole set: a next session over the same files loads
+those; over a changed folder it parses only the files that are new or changed (Data Pipelines adds files,
+it rarely rewrites them) and deduplicates again. Entries of files no longer there are removed."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class DuckLake(LakeEngine):
         self.read_once = read_once and lake.kind == "pipelines"     # False: read the JSON at every query
         self.cache = Path(cache) if cache is not None and self.read_once else None
         self.parsed = 0         # JSON files parsed by this session (the others came from the cache)
+        self.deduplicated: Path | None = None      # the cache's deduplicated events of these very files
         self.con = duckdb.connect(config={"memory_limit": memory_limit} if memory_limit else {})
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute("SET enable_progress_bar = false")
@@ -90,6 +92,10 @@ class DuckLake(LakeEngine):
             stat = f.stat()
             key = f"{f.relative_to(self.lake.root)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{version}"
             entries[f] = folder / f"events-{hashlib.sha256(key.encode()).hexdigest()[:32]}.parquet"
+        every = "\0".join([*(e.name for e in entries.values()), _inlined(views.events(self.lake.deduplicated))])
+        self.deduplicated = folder / f"lake-events-{hashlib.sha256(every.encode()).hexdigest()[:32]}.parquet"
+        if self.deduplicated.exists():
+            return True         # the same files as a session before: `events` reads what it kept
         try:
             folder.mkdir(parents=True, exist_ok=True)
             for f, entry in entries.items():
@@ -99,6 +105,7 @@ class DuckLake(LakeEngine):
                 if old not in entries.values():
                     old.unlink(missing_ok=True)
         except OSError:
+            self.deduplicated = None
             return False
         listed = [str(e) for e in entries.values()]
         self.con.execute(f"CREATE TEMP TABLE lake_events_src AS SELECT * FROM read_parquet({listed!r})")
@@ -120,6 +127,19 @@ class DuckLake(LakeEngine):
         os.replace(partial, entry)
         self.parsed += 1
 
+    def _keep_deduplicated(self, kept: Path) -> None:
+        """The deduplicated events, for the next session over the same files (an older set's file is
+        removed); a cache that cannot be written is skipped."""
+        partial = kept.with_name(f".{kept.name}.{uuid.uuid4().hex}")
+        try:
+            self.con.execute(f"COPY lake_events TO '{partial}' (FORMAT parquet)")
+            os.replace(partial, kept)
+            for old in kept.parent.glob("lake-events-*.parquet"):
+                if old != kept:
+                    old.unlink(missing_ok=True)
+        except (OSError, duckdb.IOException):
+            partial.unlink(missing_ok=True)
+
     def _parquet(self, name: str, what: str, files: tuple[Path, ...], columns: str) -> None:
         listed = [str(f) for f in files]
         self._checked(what, files, f"CREATE VIEW {name} AS SELECT {columns} FROM "
@@ -137,9 +157,14 @@ class DuckLake(LakeEngine):
                       name)
 
     def events(self, query: Query) -> None:
-        if self.read_once:
+        kept = self.deduplicated
+        if kept is not None and kept.exists():      # loaded, not a view: the file may be replaced meanwhile
+            self.con.execute(f"CREATE TEMP TABLE lake_events AS SELECT * FROM read_parquet('{kept}')")
+        elif self.read_once:
             self.con.execute(f"CREATE TEMP TABLE lake_events AS {_inlined(query)}")
             self.con.execute("DROP TABLE lake_events_src")      # read by lake_events only: free its memory
+            if kept is not None:
+                self._keep_deduplicated(kept)
         else:
             super().events(query)
 
