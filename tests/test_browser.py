@@ -102,11 +102,15 @@ def _free_port() -> int:
 def lab(world):
     """JupyterLab on 127.0.0.1 with the store, the emulator's address and key in its environment
     (the kernels inherit it), its settings and workspaces kept inside the test's directory."""
+    yield from _running_lab(world, {}, "jupyterlab.log")
+
+
+def _running_lab(world, extra_env: dict, log_name: str):
     root, app = world["root"], world["app"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port, token = _free_port(), secrets.token_hex(16)
     settings = root / ".lab" / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
+    settings.mkdir(parents=True, exist_ok=True)
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"checkForUpdates": False, "fetchNews": "false"}))     # no news toast over the cells
     env = {**os.environ,
@@ -116,8 +120,8 @@ def lab(world):
            "TOOLKIT_CREDENTIALS": str(root / "no-credentials.json"),
            "JUPYTERLAB_SETTINGS_DIR": str(root / ".lab" / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(root / ".lab" / "workspaces"),
-           "JUPYTER_RUNTIME_DIR": str(root / ".lab" / "runtime")}
-    log = open(ARTIFACTS / "jupyterlab.log", "w")
+           "JUPYTER_RUNTIME_DIR": str(root / ".lab" / "runtime"), **extra_env}
+    log = open(ARTIFACTS / log_name, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip", "127.0.0.1",
          "--port", str(port), f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
@@ -125,7 +129,7 @@ def lab(world):
         env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_server(process, f"{url}/api/status?token={token}")
+        _wait_for_server(process, f"{url}/api/status?token={token}", log_name)
         yield {"url": url, "token": token, "process": process}
     finally:
         process.terminate()
@@ -137,11 +141,11 @@ def lab(world):
         log.close()
 
 
-def _wait_for_server(process, status_url: str, limit: float = 180) -> None:
+def _wait_for_server(process, status_url: str, log_name: str, limit: float = 180) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"JupyterLab exited with {process.returncode}; see {ARTIFACTS / 'jupyterlab.log'}")
+            raise AssertionError(f"JupyterLab exited with {process.returncode}; see {ARTIFACTS / log_name}")
         try:
             with urllib.request.urlopen(status_url, timeout=5) as reply:
                 if reply.status == 200:
@@ -149,7 +153,7 @@ def _wait_for_server(process, status_url: str, limit: float = 180) -> None:
         except OSError:
             pass
         time.sleep(0.25)           # polling a server that is starting: the one wait with no DOM to watch
-    raise AssertionError(f"JupyterLab did not answer within {limit:.0f} s; see {ARTIFACTS / 'jupyterlab.log'}")
+    raise AssertionError(f"JupyterLab did not answer within {limit:.0f} s; see {ARTIFACTS / log_name}")
 
 
 def _api(lab, method: str, path: str):
@@ -371,6 +375,40 @@ def test_explorer_and_mtu_render_side_by_side(world, lab, page):
     assert once.inner_text().startswith(f"{CHURN}: once export ok")
     assert segment_members(world, CHURN) == world["exportable"]
     shot(page, "12-exported-beside-the-others")
+
+
+@pytest.fixture(scope="module")
+def lake_lab(world):
+    """A second Lab whose kernels have $TOOLKIT_LAKE (as `toolkit lab --lake` sets it): the world's data
+    as a lake, and a store holding the cohort definitions only, so what the explorer shows is the lake's."""
+    from toolkit.engine import Evaluator, choose
+    from toolkit.lake import writer
+
+    root = world["root"]
+    lake, definitions = root / "lake", root / "var" / "definitions.duckdb"
+    with Store(world["db"], read_only=True) as store:
+        writer.export_store(store, lake)
+    with Store(definitions) as store:
+        cohorts.save_all(store, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))
+    with Store(definitions, read_only=True) as store, Evaluator(choose(lake=str(lake))) as evaluator:
+        summary = evaluator.preview(store, CHURN, now=datetime.now(UTC)).summary   # the kernel's clock
+    assert summary["members"] > 0
+    for running in _running_lab(world, {"TOOLKIT_DB": str(definitions), "TOOLKIT_LAKE": str(lake)},
+                                "jupyterlab-lake.log"):
+        yield {**running, "lake": lake, "summary": summary}
+
+
+@pytest.mark.slow
+def test_the_explorer_previews_a_cohort_over_a_lake(lake_lab, page):
+    open_notebook(page, lake_lab, "explore_cohorts.ipynb")
+    run_all(page)
+    assert_rendered_cleanly(page)
+    label_with(page, rf"^evaluated on DuckDB over the lake {re.escape(str(lake_lab['lake']))}$").wait_for()
+    widget(page, "dropdown", "Cohort").locator("select").select_option(CHURN)
+    s = lake_lab["summary"]
+    size = label_with(page, rf"^{s['members']:,} members, {s['exportable']:,} exportable")
+    size.wait_for()
+    shot(page, "13-explorer-over-a-lake", size)
 
 
 def test_without_chromium_the_tests_say_how_to_run_them(monkeypatch, tmp_path):
