@@ -122,9 +122,11 @@ def rows(sizes: list[int]) -> list[Row]:
         for name in (*[n for n in m if n.startswith("bench: ")], "mtu"):
             t = m[name]
             label = "MTU" if name == "mtu" else f"cohort + matchability ({t['members']:,} members)"
+            reads_events = t["each"] >= 1.0     # a cohort of profile properties only reads no JSON either way
             table.append(Row(f"duckdb over a Pipelines folder {size}: {label}", f"{t['once']:.2f} s",
                              f"JSON read per query {t['each']:.2f} s", f"{t['each'] / t['once']:.0f}x faster",
-                             "faster than re-reading", t["once"] < t["each"]))
+                             "faster than re-reading" if reads_events else "(reads no events)",
+                             t["once"] < t["each"] if reads_events else None))
             if name != "mtu":
                 table.append(Row(f"  {name}: members equal the store's", str(t["equal"]), "", "", "equal",
                                  t["equal"]))
