@@ -85,8 +85,9 @@ def test_the_cycle_evaluates_its_cohorts_together(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_cohorts_changing_at_once_share_the_app_budget_fairly_and_never_exceed_it(tmp_path, monkeypatch):
     """Three cohorts of 40 users, and one user in all three, sent at once to an app allowing 20 requests/s
-    and one update per user per second: no request is answered 429, and each cohort progresses from the
-    start (in the order the requests arrived, none waits for another to finish)."""
+    and one update per user per second: no request is answered 429, the shared user gets one request
+    with the three cohorts' tags (export.merged), and each cohort progresses from the start (in the order
+    the requests arrived, none waits for another to finish)."""
     rate, size = 20, 40
     groups = {g: [f"{g.lower()}{n}" for n in range(size)] for g in ("A", "B", "C")}
     with Emulator(rate_limit=rate) as emu:
@@ -99,7 +100,8 @@ def test_cohorts_changing_at_once_share_the_app_budget_fairly_and_never_exceed_i
         log = emu.requests()
         assert [r for r in log if r["status"] == 429] == []
         patches = [r["path"].rsplit("/", 1)[1] for r in log if r["method"] == "PATCH" and "/users/" in r["path"]]
-        assert len(patches) == 3 * (size + 1)
+        assert len(patches) == 3 * size + 1 and patches.count("ext-s1") == 1
+        assert emu.user_tags(app.app_id)["ext-s1"] == {export.tag_key(g): "1" for g in groups}
         owner = {f"ext-{u}": g for g, members in groups.items() for u in members}
         order = [owner[p] for p in patches if p in owner]
         half, third = len(order) // 2, len(order) // 3
