@@ -9,9 +9,11 @@ budget, its own thread and loop. Each change's outcome goes back to the run that
 as if it had sent it: run records, per-member results, snapshots and tag-cap refusals stay per cohort.
 
 Exactness: a request that fails for the user (not found, a network failure after retries) fails that
-user's changes in every cohort it carried. A refusal that may come from one change alone (the app's tag
-cap, a 400) sends that user's changes again one by one, removals first, as the cohorts would have: each
-gets its own outcome. A bad key or an unknown app stops every run waiting (each records the failure).
+user's changes in every cohort it carried. A refusal that may come from some changes only (the app's tag
+cap counts the tags the user would end with; a 400) sends them again in parts, removals first, halved
+until each refused change is alone: as many additions go through as the cap allows, as they would one
+cohort at a time, and each change gets its own outcome. A bad key or an unknown app stops every run
+waiting (each records the failure, and its sync is paused as on its own).
 
 Sending starts once every run of the cycle to the app has handed over its changes or left (``leave``);
 changes handed over after that (a run started again) are sent as they come.
@@ -66,8 +68,8 @@ class MergedSends:
         self._failure: BaseException | None = None
         self._waiting: list[queue.Queue] = []
         # In the loop's thread only:
-        self._pending: dict[Alias, list[Change]] = {}      # users to send, in the order they came
-        self._deferred: dict[Alias, list[Change]] = {}     # changes for a user whose request is out
+        self._users: dict[Alias, _User] = {}              # every user with changes to send, or a request out
+        self._pending: dict[Alias, None] = {}             # users ready for their next request, in turn
         self._in_flight: set[Alias] = set()
         self._open = False
         self._ready: asyncio.Condition | None = None
@@ -149,11 +151,12 @@ class MergedSends:
 
     def _accept(self, batch: list[Change], opened: bool) -> None:
         for change in batch:
-            waiting = self._deferred if change.alias in self._in_flight else self._pending
-            waiting.setdefault(change.alias, []).append(change)
+            self._users.setdefault(change.alias, _User()).fresh.append(change)
+            if change.alias not in self._in_flight:
+                self._pending[change.alias] = None
         if opened and not self._open:
             # Users in an order of their own, not run by run: every cohort progresses from the start.
-            self._pending = dict(sorted(self._pending.items(), key=lambda item: _spread_key(item[0])))
+            self._pending = dict.fromkeys(sorted(self._pending, key=_spread_key))
             self._open = True
         asyncio.ensure_future(self._notify())
 
@@ -163,33 +166,39 @@ class MergedSends:
             self._ready.notify_all()
 
     async def _work(self) -> None:
+        """One request at a time, for the user whose turn it is. A user with more to send (a split request,
+        changes that came meanwhile) goes to the back of the line: no worker waits out a user's second."""
         assert self._ready is not None
         while True:
             async with self._ready:
                 await self._ready.wait_for(lambda: self._open and bool(self._pending))
                 alias = next(iter(self._pending))
-                changes = self._pending.pop(alias)
+                del self._pending[alias]
                 self._in_flight.add(alias)
+            user = self._users[alias]
             try:
-                await self._send(alias, changes)
+                if not user.todo:
+                    user.todo, user.fresh = chunks(user.fresh), []
+                await self._send(alias, user, user.todo.pop(0))
             finally:
                 self._in_flight.discard(alias)
-                if alias in self._deferred:
-                    self._pending[alias] = self._deferred.pop(alias)
+                if user.todo or user.fresh:
+                    self._pending[alias] = None
                     await self._notify()
+                else:
+                    del self._users[alias]
 
-    async def _send(self, alias: Alias, changes: list[Change]) -> None:
-        for chunk in chunks(changes):
-            if self._failure is not None:
-                self._answer(chunk, None, self._failure)
-                continue
-            outcome, error = await self._update(alias, chunk)
-            if len(chunk) > 1 and (outcome == TAG_CAP or isinstance(error, BadRequest)):
-                # Maybe one change's doing (the cap counts the tags the user would end with): one by one.
-                for change in sorted(chunk, key=lambda c: c.first):
-                    self._answer([change], *await self._update(alias, [change]))
-            else:
-                self._answer(chunk, outcome, error)
+    async def _send(self, alias: Alias, user: _User, request: list[Change]) -> None:
+        if self._failure is not None:
+            self._answer(request, None, self._failure)
+            return
+        outcome, error = await self._update(alias, request)
+        if len(request) > 1 and (outcome == TAG_CAP or isinstance(error, BadRequest)):
+            # Maybe some changes' doing (the cap counts the tags the user would end with): sent again in
+            # parts, removals first, halved until each change has its own answer.
+            user.todo[0:0] = split(request)
+        else:
+            self._answer(request, outcome, error)
 
     async def _update(self, alias: Alias, chunk: list[Change]) -> tuple[str | None, BaseException | None]:
         """One request: (outcome, error), or (None, the error that stops every run) for a bad key or app."""
@@ -224,10 +233,28 @@ class MergedSends:
             waiting = list(self._waiting)
         for answers in waiting:
             answers.put(exc)
-        for changes in [*self._pending.values(), *self._deferred.values()]:
-            self._answer(changes, None, exc)
+        for user in self._users.values():
+            for changes in [*user.todo, user.fresh]:
+                self._answer(changes, None, exc)
+            user.todo, user.fresh = [], []
         self._pending.clear()
-        self._deferred.clear()
+
+
+class _User:
+    """A user's changes: requests made (a split one's parts), and changes not yet in a request."""
+    __slots__ = ("fresh", "todo")
+
+    def __init__(self) -> None:
+        self.todo: list[list[Change]] = []
+        self.fresh: list[Change] = []
+
+
+def split(request: list[Change]) -> list[list[Change]]:
+    """A refused request's changes in two: its removals, then its additions; or halves."""
+    ordered = sorted(request, key=lambda c: c.first)
+    removals = [c for c in ordered if c.first == 0]
+    cut = len(removals) if 0 < len(removals) < len(ordered) else len(ordered) // 2
+    return [ordered[:cut], ordered[cut:]]
 
 
 def _spread_key(alias: Alias) -> bytes:
