@@ -2,6 +2,7 @@
 to a user, and each change's outcome is recorded by its own cohort's run, exactly as if that run had sent it.
 Real store files, the real emulator over HTTP; the same world run cohort by cohort is the reference."""
 
+import asyncio
 import threading
 from datetime import datetime, timedelta
 
@@ -229,3 +230,25 @@ def test_chunks_keep_to_100_keys_and_one_change_per_key():
     assert merged.chunks(moved) == [moved]
     again = [change("k"), change("k", answers=second)]
     assert merged.chunks(again) == [[again[0]], [again[1]]]
+
+
+def test_a_player_id_is_looked_up_once_for_the_runs_of_a_cycle():
+    """The first run to ask looks it up; the others wait for its answer. A lookup that failed is no answer:
+    the next run asking looks it up itself."""
+    sends = merged.MergedSends(2)
+
+    async def scenario():
+        assert await sends.looked_up("sub-1") is merged.NOT_LOOKED_UP          # this run looks it up
+        waiting = asyncio.ensure_future(sends.looked_up("sub-1"))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        sends.look_up_done("sub-1", "onesignal-1")
+        assert await waiting == "onesignal-1"
+        assert await sends.looked_up("sub-1") == "onesignal-1"                 # and later runs too
+        assert await sends.looked_up("sub-2") is merged.NOT_LOOKED_UP
+        waiting = asyncio.ensure_future(sends.looked_up("sub-2"))
+        await asyncio.sleep(0)
+        sends.look_up_done("sub-2", merged.NOT_LOOKED_UP)                      # its lookup failed
+        assert await waiting is merged.NOT_LOOKED_UP                           # so this one looks it up
+
+    asyncio.run(scenario())

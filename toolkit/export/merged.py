@@ -22,6 +22,7 @@ changes handed over after that (a run started again) are sent as they come.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import queue
 import threading
@@ -34,6 +35,7 @@ from toolkit.onesignal import FAILED, NOT_FOUND, OK, TAG_CAP, Credentials, OneSi
 from toolkit.planning import REMOVE, Step
 
 MAX_KEYS = 100          # OneSignal: "Please limit your tag updates to 100 per request"
+NOT_LOOKED_UP = object()    # a subscription's user: its run's own lookup failed, the next asks again
 Alias = tuple[str, str]
 
 
@@ -67,6 +69,7 @@ class MergedSends:
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._waiting: list[queue.Queue] = []
+        self._lookups: dict[str, concurrent.futures.Future] = {}
         # In the loop's thread only:
         self._users: dict[Alias, _User] = {}              # every user with changes to send, or a request out
         self._pending: dict[Alias, None] = {}             # users ready for their next request, in turn
@@ -108,6 +111,27 @@ class MergedSends:
             loop = self._loop if len(self._arrived) >= self.expected else None
         if loop is not None:
             loop.call_soon_threadsafe(self._accept, [], True)
+
+    async def looked_up(self, subscription_id: str) -> Any:
+        """A subscription's user (its OneSignal id, or None) as another run of the cycle looked it up, waiting
+        for that lookup; NOT_LOOKED_UP: this run looks it up, then says so with ``look_up_done``."""
+        while True:
+            with self._lock:
+                found = self._lookups.get(subscription_id)
+                if found is None:
+                    self._lookups[subscription_id] = concurrent.futures.Future()
+                    return NOT_LOOKED_UP
+            value = await asyncio.wrap_future(found)
+            if value is not NOT_LOOKED_UP:
+                return value
+
+    def look_up_done(self, subscription_id: str, value: Any) -> None:
+        """The lookup's user, or NOT_LOOKED_UP if it failed (the runs waiting then each try on their own)."""
+        with self._lock:
+            found = (self._lookups.pop(subscription_id, None) if value is NOT_LOOKED_UP
+                     else self._lookups.get(subscription_id))
+        if found is not None and not found.done():
+            found.set_result(value)
 
     def close(self) -> None:
         """Stop the sender once every request is answered (runs wait for their answers before they end)."""

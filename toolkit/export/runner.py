@@ -9,6 +9,7 @@ import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 import pyarrow as pa
 
@@ -17,6 +18,7 @@ from toolkit.errors import ExportError
 from toolkit.export import states
 from toolkit.export.helpers import _naive, _run_async
 from toolkit.export.lock import _run_lock
+from toolkit.export.merged import NOT_LOOKED_UP, MergedSends
 from toolkit.export.naming import segment_name
 from toolkit.export.records import RunRecord, _failed_users, _finish, _start
 from toolkit.export.results import _ResultWriter
@@ -132,7 +134,7 @@ async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: pla
         con.execute("DELETE FROM export_tag_caps WHERE cohort = ? AND distinct_id NOT IN (SELECT unnest(?::VARCHAR[]))",
                     [settings.cohort, list(caps.held)])
         changes = the_plan.changes
-        resolved = await _resolve_subscriptions(con, client, settings.app_id, changes)
+        resolved = await _resolve_subscriptions(con, client, settings.app_id, changes, settings.sends)
         writer = _ResultWriter(con, record, settings, caps, len(changes), on_progress)
         refused: dict[tuple[str, str], Step] = {}
 
@@ -242,9 +244,10 @@ async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
                         [known.get(onesignal_id, 0), settings.cohort, onesignal_id])
 
 
-async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
-                                 steps: Sequence[Step]) -> dict[Target, tuple[str, str] | None]:
-    """Subscription (Player) IDs -> ("onesignal_id", id) of their user, from the cache or OneSignal."""
+async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str, steps: Sequence[Step],
+                                 sends: MergedSends | None = None) -> dict[Target, tuple[str, str] | None]:
+    """Subscription (Player) IDs -> ("onesignal_id", id) of their user, from the cache or OneSignal (in a
+    cycle, each looked up once for all its runs: ``sends``)."""
     wanted = sorted({s.target for s in steps if s.target.id_type == "subscription_id"})
     if not wanted:
         return {}
@@ -256,11 +259,20 @@ async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
     gate = asyncio.Semaphore(client.concurrency)
 
     async def look_up(sub: str) -> None:
-        async with gate:
-            try:
-                known[sub] = (await client.identity_of_subscription(sub)).get("onesignal_id")
-            except NotFound:
-                known[sub] = None
+        if sends is not None and (shared := await sends.looked_up(sub)) is not NOT_LOOKED_UP:
+            known[sub] = shared          # another run of the cycle looked it up (and cached it)
+            return
+        found: Any = NOT_LOOKED_UP
+        try:
+            async with gate:
+                try:
+                    found = (await client.identity_of_subscription(sub)).get("onesignal_id")
+                except NotFound:
+                    found = None
+            known[sub] = found
+        finally:
+            if sends is not None:        # the cycle's other runs waiting for it (or, if it failed, not)
+                sends.look_up_done(sub, found)
         with _CACHE_WRITES:
             con.execute("INSERT OR REPLACE INTO subscription_users VALUES (?, ?, ?, now()::TIMESTAMP)",
                         [app_id, sub, known[sub]])
