@@ -170,6 +170,26 @@ def test_a_refusal_of_a_merged_request_sends_its_changes_one_by_one(tmp_path, mo
 
 
 @pytest.mark.slow
+def test_a_merged_request_over_the_tag_cap_sends_what_the_cap_allows(tmp_path, monkeypatch):
+    """The app allows 2 tags and s1 joins three cohorts: the merged request is refused, OneSignal naming the
+    cap; the next one carries two of the keys and is accepted; the third is then refused without a
+    request (the user already holds as many tags as the cap allows), recorded as the cap's refusal."""
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app(tag_limit=2)
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app)
+        with Store(db) as store:
+            runs = sync.run_due(store, now=NOW, client_options=FAST)
+            assert [r.status for r in runs] == ["ok"] * 3, [r.error for r in runs]
+            assert sum(r.tag_cap for r in runs) == 1
+            refused = store.con.execute("SELECT distinct_id, error FROM export_results WHERE outcome = 'tag_cap'"
+                                        ).fetchall()
+            assert refused == [("s1", "OneSignal refused: the app allows 2 data tags per user")]
+        assert [r["status"] for r in patches(emu) if r["path"].endswith("/ext-s1")] == [400, 202]
+        assert len(emu.user_tags(app.app_id)["ext-s1"]) == 2
+
+
+@pytest.mark.slow
 def test_a_user_with_more_keys_than_one_request_takes_gets_them_in_turn(tmp_path, monkeypatch):
     """Beyond OneSignal's 100 keys per request a user's changes are split (the limit lowered to 2 here, for
     three cohorts): two requests, a second apart (OneSignal's per-user limit is on: no 429)."""

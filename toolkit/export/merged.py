@@ -216,11 +216,22 @@ class MergedSends:
         if self._failure is not None:
             self._answer(request, None, self._failure)
             return
+        adds = {c.key for c in request if c.value}
+        if user.cap is not None and len(adds) == len(request) and user.added >= user.cap.limit:
+            # This cycle already set as many tags on the user as the cap allows: OneSignal would refuse.
+            self._answer(request, TAG_CAP, user.cap)
+            return
         outcome, error = await self._update(alias, request)
+        if outcome == OK:
+            user.added += len(adds)
+        if isinstance(error, TagLimitExceeded):
+            user.cap = error
         if len(request) > 1 and (outcome == TAG_CAP or isinstance(error, BadRequest)):
             # Maybe some changes' doing (the cap counts the tags the user would end with): sent again in
-            # parts, removals first, halved until each change has its own answer.
-            user.todo[0:0] = split(request)
+            # parts, removals first, as many additions as the cap leaves room for, halved until each
+            # refused change has its own answer.
+            room = user.cap.limit - user.added if user.cap is not None else None
+            user.todo[0:0] = split(request, room)
         else:
             self._answer(request, outcome, error)
 
@@ -265,19 +276,28 @@ class MergedSends:
 
 
 class _User:
-    """A user's changes: requests made (a split one's parts), and changes not yet in a request."""
-    __slots__ = ("fresh", "todo")
+    """A user's changes: requests made (a split one's parts), and changes not yet in a request; the tags
+    this cycle set on it, and the app's tag cap once OneSignal named it refusing the user."""
+    __slots__ = ("added", "cap", "fresh", "todo")
 
     def __init__(self) -> None:
         self.todo: list[list[Change]] = []
         self.fresh: list[Change] = []
+        self.added = 0
+        self.cap: TagLimitExceeded | None = None
 
 
-def split(request: list[Change]) -> list[list[Change]]:
-    """A refused request's changes in two: its removals, then its additions; or halves."""
+def split(request: list[Change], room: int | None = None) -> list[list[Change]]:
+    """A refused request's changes in two: its removals, then its additions; else as many as there is
+    ``room`` for (tags the cap still allows), then the rest; else halves."""
     ordered = sorted(request, key=lambda c: c.first)
     removals = [c for c in ordered if c.first == 0]
-    cut = len(removals) if 0 < len(removals) < len(ordered) else len(ordered) // 2
+    if 0 < len(removals) < len(ordered):
+        cut = len(removals)
+    elif room is not None and 0 < room < len(ordered):
+        cut = room
+    else:
+        cut = len(ordered) // 2
     return [ordered[:cut], ordered[cut:]]
 
 
