@@ -9,6 +9,7 @@ import pytest
 from helpers import NOW, event, write_lines
 from toolkit import Store, cohorts, export, load, sync
 from toolkit.emulator import Emulator
+from toolkit.onesignal import Credentials, SyncOneSignalClient
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3}
 
@@ -133,17 +134,19 @@ def test_runs_at_once_that_write_one_row_start_again_and_all_end_ok(tmp_path, mo
 
 @pytest.mark.slow
 def test_runs_refused_by_the_tag_cap_at_once_each_learn_the_users_tags(tmp_path, monkeypatch):
-    """Six cohorts share a user on an app whose plan allows 2 tags: OneSignal refuses the user to four of
-    them, each of those runs reads its tags back and keeps them (one row per user, written by one run at a
-    time), and every run ends with its outcome recorded."""
+    """Six cohorts share a user carrying a tag of its own on an app whose plan allows 2 tags: OneSignal
+    refuses the user to five of them, each of those runs reads its tags back and keeps them (one row per
+    user, written by one run at a time), and every run ends with its outcome recorded."""
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app(tag_limit=2)
         credentials(monkeypatch, tmp_path, app)
         db = build(tmp_path, emu, app, {g: [f"{g.lower()}1"] for g in "ABCDEF"}, shared=["s1"])
+        with SyncOneSignalClient(Credentials(app.app_id, app.api_key), emu.url) as client:
+            client.update_tags("external_id", "ext-s1", {"vip": "1"})     # set outside the toolkit
         with Store(db) as store:
             runs = sync.run_due(store, now=NOW, client_options=FAST)
             assert [r.status for r in runs] == ["ok"] * 6, [r.error for r in runs]
-            assert sum(r.tag_cap for r in runs) == 4 and sum(r.added for r in runs) == 8
+            assert sum(r.tag_cap for r in runs) == 5 and sum(r.added for r in runs) == 7
             assert store.con.execute("SELECT count(*) FROM export_runs WHERE status <> 'ok'").fetchone()[0] == 0
             assert store.con.execute("SELECT onesignal_id, len(tag_keys) FROM known_user_tags").fetchall() == \
                 [("ext-s1", 2)]

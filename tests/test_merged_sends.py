@@ -88,6 +88,12 @@ def outcome(store, runs):
     return records, results, members, fates
 
 
+def whole_cycle_at_once(monkeypatch):
+    """Sending waits until every run has handed its changes over: a user's changes are then in one request
+    whatever the threads' timing (sending early, a user's first cohort may be sent before the others)."""
+    monkeypatch.setattr(merged, "SEND_EARLY", False)
+
+
 def patches(emu):
     return [r for r in emu.requests() if r["method"] == "PATCH" and "/users/" in r["path"]]
 
@@ -132,6 +138,7 @@ def test_merged_sends_leave_what_cohort_by_cohort_sends_leave(tmp_path, monkeypa
 def test_a_user_failing_inside_a_merged_request_fails_only_that_users_changes(tmp_path, monkeypatch):
     """OneSignal answering 500 to every try for s1 (in all three cohorts): s1's change fails in each
     cohort, with the reason, every other user is tagged, and the next cycle sends s1 again and converges."""
+    whole_cycle_at_once(monkeypatch)
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
         credentials(monkeypatch, tmp_path, app)
@@ -157,6 +164,7 @@ def test_a_user_failing_inside_a_merged_request_fails_only_that_users_changes(tm
 def test_a_refusal_of_a_merged_request_sends_its_changes_one_by_one(tmp_path, monkeypatch):
     """A 400 to the merged request for s1 may be some changes' doing: they are sent again in halves, each
     getting its own answer (here: all accepted)."""
+    whole_cycle_at_once(monkeypatch)
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
         credentials(monkeypatch, tmp_path, app)
@@ -173,7 +181,9 @@ def test_a_refusal_of_a_merged_request_sends_its_changes_one_by_one(tmp_path, mo
 def test_a_merged_request_over_the_tag_cap_sends_what_the_cap_allows(tmp_path, monkeypatch):
     """The app allows 2 tags and s1 joins three cohorts: the merged request is refused, OneSignal naming the
     cap; the next one carries two of the keys and is accepted; the third is then refused without a
-    request (the user already holds as many tags as the cap allows), recorded as the cap's refusal."""
+    request (the user already holds as many tags as the cap allows), recorded as the cap's refusal, and
+    its run does not read the user's tags back (it knows why)."""
+    whole_cycle_at_once(monkeypatch)
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app(tag_limit=2)
         credentials(monkeypatch, tmp_path, app)
@@ -186,6 +196,8 @@ def test_a_merged_request_over_the_tag_cap_sends_what_the_cap_allows(tmp_path, m
                                         ).fetchall()
             assert refused == [("s1", "OneSignal refused: the app allows 2 data tags per user")]
         assert [r["status"] for r in patches(emu) if r["path"].endswith("/ext-s1")] == [400, 202]
+        views = [r for r in emu.requests() if r["method"] == "GET" and "/users/by/" in r["path"]]
+        assert views == []          # the cap's refusal is this cycle's own tags: no user's tags read back
         assert len(emu.user_tags(app.app_id)["ext-s1"]) == 2
 
 
@@ -193,6 +205,7 @@ def test_a_merged_request_over_the_tag_cap_sends_what_the_cap_allows(tmp_path, m
 def test_a_user_with_more_keys_than_one_request_takes_gets_them_in_turn(tmp_path, monkeypatch):
     """Beyond OneSignal's 100 keys per request a user's changes are split (the limit lowered to 2 here, for
     three cohorts): two requests, a second apart (OneSignal's per-user limit is on: no 429)."""
+    whole_cycle_at_once(monkeypatch)
     monkeypatch.setattr(merged, "MAX_KEYS", 2)
     with Emulator() as emu:
         app = emu.add_app()

@@ -15,8 +15,10 @@ until each refused change is alone: as many additions go through as the cap allo
 cohort at a time, and each change gets its own outcome. A bad key or an unknown app stops every run
 waiting (each records the failure, and its sync is paused as on its own).
 
-Sending starts once every run of the cycle to the app has handed over its changes or left (``leave``);
-changes handed over after that (a run started again) are sent as they come.
+Sending starts with the first run's changes (``SEND_EARLY``; else once every run of the cycle to the app
+has handed over its changes or left, ``leave``): changes to a user that come while its request is waiting
+or out join it or its next one. Once every run has handed over, the users left are sent in an order of
+their own, so every cohort progresses.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from toolkit.onesignal import FAILED, NOT_FOUND, OK, TAG_CAP, Credentials, OneSi
 from toolkit.planning import REMOVE, Step
 
 MAX_KEYS = 100          # OneSignal: "Please limit your tag updates to 100 per request"
+# Send while runs are still being prepared: budget otherwise idle, and a user whose later changes come
+# after its request gets one more (merged) request, so the sends end no later than if they waited.
+SEND_EARLY = True
 NOT_LOOKED_UP = object()    # a subscription's user: its run's own lookup failed, the next asks again
 Alias = tuple[str, str]
 
@@ -46,7 +51,7 @@ class Change:
     step: Step
     key: str
     value: str
-    answers: queue.Queue       # the run's: (alias, step, outcome, error) per change, or the error that stops it
+    answers: queue.Queue       # the run's answers (``MergedSends._answer``)
 
     @property
     def first(self) -> int:
@@ -58,8 +63,10 @@ class MergedSends:
     """The changes of ``expected`` runs to one app, sent merged per user. Every run calls ``submit`` (then
     reads its answers) or ``leave``, at least once; ``close`` when the cycle is over."""
 
-    def __init__(self, expected: int, *, concurrency: int = 64, on_submit: Callable[[str], None] | None = None):
+    def __init__(self, expected: int, *, concurrency: int = 64, on_submit: Callable[[str], None] | None = None,
+                 early: bool | None = None):
         self.expected = expected
+        self.early = SEND_EARLY if early is None else early
         self.concurrency = max(1, concurrency)
         self.on_submit = on_submit          # the run now only waits (the cycle lets another one start)
         self.requests = 0                   # update requests sent, for tests and the bench
@@ -83,7 +90,7 @@ class MergedSends:
     def submit(self, cohort: str, changes: Sequence[tuple[Alias, Step, str, str]], credentials: Credentials,
                base_url: str, client_options: Mapping[str, Any]) -> queue.Queue:
         """Hand over a run's changes (alias, step, tag key, value); its answers come on the queue returned:
-        one (alias, step, outcome, error) per change, or an exception that stops the run."""
+        one per change (``_answer``), or an exception that stops the run."""
         answers: queue.Queue = queue.Queue()
         with self._lock:
             if self._failure is not None:
@@ -195,7 +202,7 @@ class MergedSends:
         assert self._ready is not None
         while True:
             async with self._ready:
-                await self._ready.wait_for(lambda: self._open and bool(self._pending))
+                await self._ready.wait_for(lambda: (self._open or self.early) and bool(self._pending))
                 alias = next(iter(self._pending))
                 del self._pending[alias]
                 self._in_flight.add(alias)
@@ -219,7 +226,7 @@ class MergedSends:
         adds = {c.key for c in request if c.value}
         if user.cap is not None and len(adds) == len(request) and user.added >= user.cap.limit:
             # This cycle already set as many tags on the user as the cap allows: OneSignal would refuse.
-            self._answer(request, TAG_CAP, user.cap)
+            self._answer(request, TAG_CAP, user.cap, known=True)
             return
         outcome, error = await self._update(alias, request)
         if outcome == OK:
@@ -255,9 +262,12 @@ class MergedSends:
             return FAILED, exc
         return OK, None
 
-    def _answer(self, chunk: list[Change], outcome: str | None, error: BaseException | None) -> None:
+    def _answer(self, chunk: list[Change], outcome: str | None, error: BaseException | None, *,
+                known: bool = False) -> None:
+        """Each change's answer to its run: (alias, step, outcome, error, whether the cause is known: a cap
+        refusal of tags this cycle set needs no reading of the user's tags), or the error that stops it."""
         for change in chunk:
-            change.answers.put(error if outcome is None else (change.alias, change.step, outcome, error))
+            change.answers.put(error if outcome is None else (change.alias, change.step, outcome, error, known))
 
     def _fail(self, exc: BaseException) -> None:
         """Every run waiting gets the error (they stop as on their own); the changes not yet sent go."""

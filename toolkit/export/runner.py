@@ -138,9 +138,9 @@ async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: pla
         writer = _ResultWriter(con, record, settings, caps, len(changes), on_progress)
         refused: dict[tuple[str, str], Step] = {}
 
-        def answered(alias: tuple[str, str], step: Step, outcome: str, error) -> None:
+        def answered(alias: tuple[str, str], step: Step, outcome: str, error, known: bool = False) -> None:
             writer.add(step, outcome, error)
-            if outcome == TAG_CAP and step.operation == ADD and len(refused) < LEARN_TAGS_PER_RUN:
+            if outcome == TAG_CAP and step.operation == ADD and not known and len(refused) < LEARN_TAGS_PER_RUN:
                 refused[alias] = step
 
         try:
