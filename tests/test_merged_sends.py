@@ -12,6 +12,7 @@ from helpers import NOW, event, write_lines
 from toolkit import Store, cohorts, export, load, sync
 from toolkit.emulator import Emulator
 from toolkit.export import merged
+from toolkit.onesignal import Credentials
 from toolkit.planning import ADD, REMOVE, Step, Target
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3}
@@ -285,3 +286,27 @@ def test_a_player_id_is_looked_up_once_for_the_runs_of_a_cycle():
         assert await waiting is merged.NOT_LOOKED_UP                           # so this one looks it up
 
     asyncio.run(scenario())
+
+
+def test_the_cycle_counts_the_tags_it_set_on_a_user_across_its_requests():
+    """Sending early, a user's changes come in several requests. The app allows 2 tags: two are accepted,
+    the third is refused by OneSignal, known to be the cycle's own doing (no reading back), and the fourth
+    is then the cap's refusal without a request."""
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app(tag_limit=2)
+        emu.add_user(app.app_id, "ext-u")
+        sends = merged.MergedSends(5, early=True)
+        target, alias = Target("ext-u", "external_id"), ("external_id", "ext-u")
+        answers = []
+        try:
+            for cohort in "ABCD":
+                step = Step(f"u-{cohort}", ADD, target)
+                got = sends.submit(cohort, [(alias, step, f"k{cohort}", "1")],
+                                   Credentials(app.app_id, app.api_key), emu.url, FAST)
+                answers.append(got.get(timeout=30)[2:])
+        finally:
+            sends.close()
+        assert [(outcome, known) for outcome, _, known in answers] == [
+            ("ok", False), ("ok", False), ("tag_cap", True), ("tag_cap", True)]
+        assert [r["status"] for r in patches(emu)] == [202, 202, 400]
+        assert emu.user_tags(app.app_id)["ext-u"] == {"kA": "1", "kB": "1"}

@@ -81,6 +81,7 @@ class MergedSends:
         self._users: dict[Alias, _User] = {}              # every user with changes to send, or a request out
         self._pending: dict[Alias, None] = {}             # users ready for their next request, in turn
         self._in_flight: set[Alias] = set()
+        self._added: dict[Alias, int] = {}                # tags this cycle set on each user (the cap counts them)
         self._open = False
         self._ready: asyncio.Condition | None = None
         self._client: OneSignalClient | None = None
@@ -216,7 +217,7 @@ class MergedSends:
                 if user.todo or user.fresh:
                     self._pending[alias] = None
                     await self._notify()
-                else:
+                elif user.cap is None:       # a capped user's count is kept for its changes still to come
                     del self._users[alias]
 
     async def _send(self, alias: Alias, user: _User, request: list[Change]) -> None:
@@ -224,23 +225,25 @@ class MergedSends:
             self._answer(request, None, self._failure)
             return
         adds = {c.key for c in request if c.value}
-        if user.cap is not None and len(adds) == len(request) and user.added >= user.cap.limit:
+        added = self._added.get(alias, 0)
+        if user.cap is not None and len(adds) == len(request) and added >= user.cap.limit:
             # This cycle already set as many tags on the user as the cap allows: OneSignal would refuse.
             self._answer(request, TAG_CAP, user.cap, known=True)
             return
         outcome, error = await self._update(alias, request)
         if outcome == OK:
-            user.added += len(adds)
+            added = self._added[alias] = added + len(adds)
         if isinstance(error, TagLimitExceeded):
             user.cap = error
         if len(request) > 1 and (outcome == TAG_CAP or isinstance(error, BadRequest)):
             # Maybe some changes' doing (the cap counts the tags the user would end with): sent again in
             # parts, removals first, as many additions as the cap leaves room for, halved until each
             # refused change has its own answer.
-            room = user.cap.limit - user.added if user.cap is not None else None
+            room = user.cap.limit - added if user.cap is not None else None
             user.todo[0:0] = split(request, room)
         else:
-            self._answer(request, outcome, error)
+            known = outcome == TAG_CAP and user.cap is not None and added >= user.cap.limit
+            self._answer(request, outcome, error, known=known)
 
     async def _update(self, alias: Alias, chunk: list[Change]) -> tuple[str | None, BaseException | None]:
         """One request: (outcome, error), or (None, the error that stops every run) for a bad key or app."""
@@ -286,14 +289,13 @@ class MergedSends:
 
 
 class _User:
-    """A user's changes: requests made (a split one's parts), and changes not yet in a request; the tags
-    this cycle set on it, and the app's tag cap once OneSignal named it refusing the user."""
-    __slots__ = ("added", "cap", "fresh", "todo")
+    """A user's changes: requests made (a split one's parts), and changes not yet in a request; the app's
+    tag cap once OneSignal named it refusing the user."""
+    __slots__ = ("cap", "fresh", "todo")
 
     def __init__(self) -> None:
         self.todo: list[list[Change]] = []
         self.fresh: list[Change] = []
-        self.added = 0
         self.cap: TagLimitExceeded | None = None
 
 
