@@ -10,10 +10,12 @@ as if it had sent it: run records, per-member results, snapshots and tag-cap ref
 
 Exactness: a request that fails for the user (not found, a network failure after retries) fails that
 user's changes in every cohort it carried. A refusal that may come from some changes only (the app's tag
-cap counts the tags the user would end with; a 400) sends them again in parts, removals first, halved
-until each refused change is alone: as many additions go through as the cap allows, as they would one
-cohort at a time, and each change gets its own outcome. A bad key or an unknown app stops every run
-waiting (each records the failure, and its sync is paused as on its own).
+cap counts the tags the user would end with; a 400) sends them again in parts: removals first, then as
+many additions as the cap OneSignal named leaves room for (counting the tags this cycle set on the user),
+halved until each refused change is alone; once the cycle has set as many tags as the cap allows, the
+user's further additions are the cap's refusal without a request. So as many additions go through as
+the cap allows, as they would one cohort at a time, and each change gets its own outcome. A bad key or
+an unknown app stops every run waiting (each records the failure, and its sync is paused as on its own).
 
 Sending starts with the first run's changes (``SEND_EARLY``; else once every run of the cycle to the app
 has handed over its changes or left, ``leave``): changes to a user that come while its request is waiting
@@ -69,7 +71,6 @@ class MergedSends:
         self.early = SEND_EARLY if early is None else early
         self.concurrency = max(1, concurrency)
         self.on_submit = on_submit          # the run now only waits (the cycle lets another one start)
-        self.requests = 0                   # update requests sent, for tests and the bench
         self._lock = threading.Lock()
         self._arrived: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -251,7 +252,6 @@ class MergedSends:
         tags: dict[str, str] = {}
         for change in sorted(chunk, key=lambda c: c.first):      # a cleared key set again ends set
             tags[change.key] = change.value
-        self.requests += 1
         try:
             await self._client.update_tags(*alias, tags)
         except (AuthError, AppNotFound) as exc:
