@@ -232,6 +232,12 @@ def rows(source: Path, rate: int = 200, one_by_one: bool = True) -> list[Row]:
             kind = (r["method"], r["status"])
             kinds[kind] = kinds.get(kind, 0) + 1
         _note(f"requests per 10 s: {per10}; by method and status: {kinds}")
+        by_kind: dict[str, list[int]] = {}
+        for r in log:
+            counts = by_kind.setdefault(_kind(r), [0] * len(per10))
+            counts[int((r["t"] - start) // 10)] += 1
+        for kind, counts in by_kind.items():
+            _note(f"  {kind} per 10 s: {counts}")
     span = log[-1]["t"] - log[0]["t"] if len(log) > 1 else float("inf")
     share = (len(log) - 1) / span / rate if len(log) > 1 else 0.0
     events = con_events(source)
@@ -251,6 +257,16 @@ def rows(source: Path, rate: int = 200, one_by_one: bool = True) -> list[Row]:
             f"limit {rate} req/s, {len(log):,} requests in {send_s:.1f} s", f"{share:.2f} of limit, {limited} x 429",
             f">= {TARGET_SHARE:.2f}, 0 x 429", share >= TARGET_SHARE and limited == 0 and not failed),
     ]
+
+
+def _kind(request: dict) -> str:
+    """What a logged request was for: tag updates, segments, Player ID lookups, user views (tags read back)."""
+    path = request["path"]
+    if "/segments" in path:
+        return "segments"
+    if path.endswith("/user/identity"):
+        return "lookups"
+    return "updates" if request["method"] == "PATCH" else "views"
 
 
 def _note(text: str) -> None:

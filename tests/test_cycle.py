@@ -9,6 +9,7 @@ import pytest
 from helpers import NOW, event, write_lines
 from toolkit import Store, cohorts, export, load, sync
 from toolkit.emulator import Emulator
+from toolkit.onesignal import Credentials, SyncOneSignalClient
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3}
 
@@ -85,8 +86,9 @@ def test_the_cycle_evaluates_its_cohorts_together(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_cohorts_changing_at_once_share_the_app_budget_fairly_and_never_exceed_it(tmp_path, monkeypatch):
     """Three cohorts of 40 users, and one user in all three, sent at once to an app allowing 20 requests/s
-    and one update per user per second: no request is answered 429, and each cohort progresses from the
-    start (in the order the requests arrived, none waits for another to finish)."""
+    and one update per user per second: no request is answered 429, the shared user gets one request
+    with the three cohorts' tags (export.merged), and each cohort progresses from the start (in the order
+    the requests arrived, none waits for another to finish)."""
     rate, size = 20, 40
     groups = {g: [f"{g.lower()}{n}" for n in range(size)] for g in ("A", "B", "C")}
     with Emulator(rate_limit=rate) as emu:
@@ -99,7 +101,8 @@ def test_cohorts_changing_at_once_share_the_app_budget_fairly_and_never_exceed_i
         log = emu.requests()
         assert [r for r in log if r["status"] == 429] == []
         patches = [r["path"].rsplit("/", 1)[1] for r in log if r["method"] == "PATCH" and "/users/" in r["path"]]
-        assert len(patches) == 3 * (size + 1)
+        assert len(patches) == 3 * size + 1 and patches.count("ext-s1") == 1
+        assert emu.user_tags(app.app_id)["ext-s1"] == {export.tag_key(g): "1" for g in groups}
         owner = {f"ext-{u}": g for g, members in groups.items() for u in members}
         order = [owner[p] for p in patches if p in owner]
         half, third = len(order) // 2, len(order) // 3
@@ -131,17 +134,19 @@ def test_runs_at_once_that_write_one_row_start_again_and_all_end_ok(tmp_path, mo
 
 @pytest.mark.slow
 def test_runs_refused_by_the_tag_cap_at_once_each_learn_the_users_tags(tmp_path, monkeypatch):
-    """Six cohorts share a user on an app whose plan allows 2 tags: OneSignal refuses the user to four of
-    them, each of those runs reads its tags back and keeps them (one row per user, written by one run at a
-    time), and every run ends with its outcome recorded."""
+    """Six cohorts share a user carrying a tag of its own on an app whose plan allows 2 tags: OneSignal
+    refuses the user to five of them, each of those runs reads its tags back and keeps them (one row per
+    user, written by one run at a time), and every run ends with its outcome recorded."""
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app(tag_limit=2)
         credentials(monkeypatch, tmp_path, app)
         db = build(tmp_path, emu, app, {g: [f"{g.lower()}1"] for g in "ABCDEF"}, shared=["s1"])
+        with SyncOneSignalClient(Credentials(app.app_id, app.api_key), emu.url) as client:
+            client.update_tags("external_id", "ext-s1", {"vip": "1"})     # set outside the toolkit
         with Store(db) as store:
             runs = sync.run_due(store, now=NOW, client_options=FAST)
             assert [r.status for r in runs] == ["ok"] * 6, [r.error for r in runs]
-            assert sum(r.tag_cap for r in runs) == 4 and sum(r.added for r in runs) == 8
+            assert sum(r.tag_cap for r in runs) == 5 and sum(r.added for r in runs) == 7
             assert store.con.execute("SELECT count(*) FROM export_runs WHERE status <> 'ok'").fetchone()[0] == 0
             assert store.con.execute("SELECT onesignal_id, len(tag_keys) FROM known_user_tags").fetchall() == \
                 [("ext-s1", 2)]

@@ -21,6 +21,7 @@ from toolkit import cohort_batch, export, mtu, reconcile
 from toolkit.credentials import find as find_credentials
 from toolkit.engine import EngineChoice, Evaluator
 from toolkit.errors import CredentialsError, SyncFailed, ToolkitError, UsageError
+from toolkit.export.merged import MergedSends
 from toolkit.loading import LoadSummary, load
 from toolkit.onesignal import DEFAULT_MAX_RPS, Credentials, default_base_url
 from toolkit.rate_budget import AppBudget
@@ -105,24 +106,57 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
         budgets: dict[tuple, AppBudget] = {}
         parallel = 1 if on_lake else max(1, min(parallel, len(chosen)))
         slots = threading.BoundedSemaphore(parallel)
+        held = {settings.cohort: _Slot(slots) for settings in chosen.values()}
+        senders = _merged_senders(list(chosen.values()), client_options, held)
         try:
-            with ThreadPoolExecutor(parallel, thread_name_prefix="sync-run") as pool:
+            # A run waiting for its merged sends holds no slot, but its thread: one thread per run.
+            with ThreadPoolExecutor(len(chosen) if senders else parallel, thread_name_prefix="sync-run") as pool:
                 futures = {}
                 for i, settings in chosen.items():
                     slots.acquire()     # a cohort's members leave the shared pass only when it can run
                     found = shared.exportable(settings)
-                    futures[i] = pool.submit(_run_in_thread, store, _sharing(settings, budgets), found,
-                                             slots, evaluator)
+                    futures[i] = pool.submit(_run_in_thread, store, _sharing(settings, budgets, senders), found,
+                                             held[settings.cohort], evaluator)
                 for i, future in futures.items():
                     records[i] = future.result()
         finally:
             shared.close()
+            for sender in senders.values():
+                sender.close()
     return [records[i] for i in range(len(names))]
 
 
-def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget]
-             ) -> export.ExportSettings:
-    """The settings with their app's shared budget, and a share of the concurrency, in the client options."""
+def _merged_senders(chosen: list[export.ExportSettings], client_options: dict | None,
+                    held: dict[str, _Slot]) -> dict[tuple, MergedSends]:
+    """One merged sender per app the cycle sends to (``export.merged``): each user's changes from every
+    cohort in one request. A run hands its changes over and waits; its slot goes to the next run then."""
+    apps: dict[tuple, int] = {}
+    for settings in chosen:
+        if not settings.dry_run:
+            apps[(settings.app_id, settings.base_url)] = apps.get((settings.app_id, settings.base_url), 0) + 1
+    concurrency = int((client_options or {}).get("concurrency", 64))
+    return {key: MergedSends(count, concurrency=concurrency, on_submit=lambda cohort: held[cohort].release())
+            for key, count in apps.items()}
+
+
+class _Slot:
+    """A run's place among the ``parallel`` preparing at once, given back once: when it hands its sends
+    over, or when it ends."""
+
+    def __init__(self, slots: threading.BoundedSemaphore):
+        self.slots, self.lock, self.released = slots, threading.Lock(), False
+
+    def release(self) -> None:
+        with self.lock:
+            if not self.released:
+                self.released = True
+                self.slots.release()
+
+
+def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget],
+             senders: dict[tuple, MergedSends] | None = None) -> export.ExportSettings:
+    """The settings with their app's shared budget, and a share of the concurrency, in the client options,
+    and the app's merged sender."""
     options = dict(settings.client_options)
     key = (settings.app_id, settings.base_url)
     if key not in budgets:
@@ -131,11 +165,11 @@ def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget]
     # Enough requests in flight that the runs still sending fill the budget (a run of four went at 28/s when
     # few were left on a loaded machine); the budget, not this, bounds the rate.
     options["concurrency"] = max(8, int(options.get("concurrency", 64)) // 4)
-    return replace(settings, client_options=options)
+    return replace(settings, client_options=options, sends=(senders or {}).get(key))
 
 
 def _run_in_thread(store: Store, settings: export.ExportSettings, found: export.Exportable | None,
-                   slots: threading.BoundedSemaphore, evaluator: Evaluator | None) -> export.RunRecord:
+                   slot: _Slot, evaluator: Evaluator | None) -> export.RunRecord:
     """One cohort's run, on a connection of its own (a DuckDB connection is not used by two threads)."""
     view = copy.copy(store)
     view.con = store.con.cursor()
@@ -143,7 +177,9 @@ def _run_in_thread(store: Store, settings: export.ExportSettings, found: export.
         return _run_one(view, settings, found, evaluator)
     finally:
         view.con.close()
-        slots.release()
+        if settings.sends is not None:       # whatever ended the run, the merged sends need not wait for it
+            settings.sends.leave(settings.cohort)
+        slot.release()
 
 
 CONFLICT_TRIES = 5     # a run whose write met another run's (DuckDB: "Conflict on update") starts again

@@ -3,6 +3,9 @@ advancing only for what succeeded."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 from toolkit import snapshots
 from toolkit.export.records import RunRecord
 from toolkit.export.run_settings import ExportSettings
@@ -12,6 +15,10 @@ from toolkit.planning import ADD, REMOVE, Step
 from toolkit.store import transaction
 
 FLUSH_EVERY = 500
+
+# Runs of a cycle learn the app's tag cap together (a user in several cohorts refused at once): their writes
+# of its one app_limits row, each in its own transaction, would conflict. One at a time.
+_APP_LIMITS = threading.Lock()
 
 
 class _ResultWriter:
@@ -45,7 +52,8 @@ class _ResultWriter:
         batch, self.pending = self.pending, []
         # The run's clock, not the wall's: snapshot() compares checked_at with the run's `now`.
         cohort, run_id, now = self.record.cohort, self.record.run_id, self.record.started_at
-        with transaction(self.con) as con:
+        shared = _APP_LIMITS if self.learned_limit is not None else contextlib.nullcontext()
+        with shared, transaction(self.con) as con:
             snapshots.forget(con, cohort)        # with the writes: a kill never leaves a stale fingerprint
             for step, outcome, error in batch:
                 key = [cohort, step.distinct_id]

@@ -51,6 +51,8 @@ class ExportSettings:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))    # as of when cohorts are evaluated
     # OneSignalClient's options: timeouts, retries, concurrency, rate limits
     client_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # A cycle's merged sender for this app (export.merged.MergedSends); None: the run sends on its own
+    sends: Any = field(default=None, hash=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

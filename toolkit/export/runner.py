@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 import pyarrow as pa
 
@@ -16,6 +18,7 @@ from toolkit.errors import ExportError
 from toolkit.export import states
 from toolkit.export.helpers import _naive, _run_async
 from toolkit.export.lock import _run_lock
+from toolkit.export.merged import NOT_LOOKED_UP, MergedSends
 from toolkit.export.naming import segment_name
 from toolkit.export.records import RunRecord, _failed_users, _finish, _start
 from toolkit.export.results import _ResultWriter
@@ -131,38 +134,82 @@ async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: pla
         con.execute("DELETE FROM export_tag_caps WHERE cohort = ? AND distinct_id NOT IN (SELECT unnest(?::VARCHAR[]))",
                     [settings.cohort, list(caps.held)])
         changes = the_plan.changes
-        resolved = await _resolve_subscriptions(con, client, settings.app_id, changes)
+        resolved = await _resolve_subscriptions(con, client, settings.app_id, changes, settings.sends)
         writer = _ResultWriter(con, record, settings, caps, len(changes), on_progress)
         refused: dict[tuple[str, str], Step] = {}
+
+        def answered(alias: tuple[str, str], step: Step, outcome: str, error, known: bool = False) -> None:
+            writer.add(step, outcome, error)
+            if outcome == TAG_CAP and step.operation == ADD and not known and len(refused) < LEARN_TAGS_PER_RUN:
+                refused[alias] = step
+
         try:
             # Removals first: a OneSignal id that moved between members is cleared, then set again.
-            for operation in (REMOVE, ADD):
-                steps: dict[tuple[str, str], Step] = {}
-                for step in (s for s in changes if s.operation == operation):
-                    alias = (resolved.get(step.target) if step.target.id_type == "subscription_id"
-                             else ("external_id", step.target.onesignal_id))
-                    if alias is None:             # a Player ID OneSignal does not know
-                        writer.add(step, NOT_FOUND, None)
-                    elif operation == ADD and step.distinct_id in caps.over:
-                        writer.add(step, TAG_CAP, None)     # OneSignal would refuse it: no request
-                    else:
-                        steps[alias] = step
-                value = TAG_VALUE if operation == ADD else ""
+            by_operation = {operation: _sendable(changes, operation, resolved, caps, writer)
+                            for operation in (REMOVE, ADD)}
+            if settings.sends is not None:       # a cycle: every run's changes to a user in one request
+                await _send_merged(settings, credentials, by_operation, answered)
+            else:
+                for operation, steps in by_operation.items():
+                    value = TAG_VALUE if operation == ADD else ""
 
-                def on_result(r, steps=steps):    # this operation's steps, bound now
-                    step = steps[(r.alias_label, r.alias_id)]
-                    writer.add(step, r.outcome, r.error)
-                    if r.outcome == TAG_CAP and step.operation == ADD and len(refused) < LEARN_TAGS_PER_RUN:
-                        refused[(r.alias_label, r.alias_id)] = step
+                    def on_result(r, steps=steps):    # this operation's steps, bound now
+                        alias = (r.alias_label, r.alias_id)
+                        answered(alias, steps[alias], r.outcome, r.error)
 
-                await client.update_many(((label, alias_id, {settings.tag_key: value})
-                                          for label, alias_id in _spread(steps, settings.tag_key)),
-                                         on_result=on_result)
+                    await client.update_many(((label, alias_id, {settings.tag_key: value})
+                                              for label, alias_id in _spread(steps, settings.tag_key)),
+                                             on_result=on_result)
         finally:
             writer.flush()
         if refused:
             await _learn_tags(con, client, settings, refused)
     return segment_id
+
+
+def _sendable(changes: Sequence[Step], operation: str, resolved: Mapping[Target, tuple[str, str] | None],
+              caps: TagCaps, writer: _ResultWriter) -> dict[tuple[str, str], Step]:
+    """The operation's steps to send, by the alias OneSignal knows the user by; the others' outcomes
+    (a Player ID OneSignal does not know, an add over the tag cap) written without a request."""
+    steps: dict[tuple[str, str], Step] = {}
+    for step in (s for s in changes if s.operation == operation):
+        alias = (resolved.get(step.target) if step.target.id_type == "subscription_id"
+                 else ("external_id", step.target.onesignal_id))
+        if alias is None:             # a Player ID OneSignal does not know
+            writer.add(step, NOT_FOUND, None)
+        elif operation == ADD and step.distinct_id in caps.over:
+            writer.add(step, TAG_CAP, None)     # OneSignal would refuse it: no request
+        else:
+            steps[alias] = step
+    return steps
+
+
+async def _send_merged(settings: ExportSettings, credentials: Credentials,
+                       by_operation: Mapping[str, Mapping[tuple[str, str], Step]], answered) -> None:
+    """Hand the run's changes to the cycle's merged sender (``export.merged``) and record each answer as
+    it comes, as if this run had sent it."""
+    assert settings.sends is not None and settings.base_url
+    changes = [(alias, step, settings.tag_key, TAG_VALUE if operation == ADD else "")
+               for operation, steps in by_operation.items() for alias, step in steps.items()]
+    if not changes:
+        settings.sends.leave(settings.cohort)
+        return
+    answers = settings.sends.submit(settings.cohort, changes, credentials, settings.base_url,
+                                    settings.client_options)
+    remaining = len(changes)
+    while remaining:
+        item = await asyncio.to_thread(answers.get)
+        while True:
+            if isinstance(item, BaseException):
+                raise item
+            answered(*item)
+            remaining -= 1
+            if not remaining:
+                break
+            try:
+                item = answers.get_nowait()
+            except queue.Empty:
+                break
 
 
 async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
@@ -197,9 +244,10 @@ async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
                         [known.get(onesignal_id, 0), settings.cohort, onesignal_id])
 
 
-async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
-                                 steps: Sequence[Step]) -> dict[Target, tuple[str, str] | None]:
-    """Subscription (Player) IDs -> ("onesignal_id", id) of their user, from the cache or OneSignal."""
+async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str, steps: Sequence[Step],
+                                 sends: MergedSends | None = None) -> dict[Target, tuple[str, str] | None]:
+    """Subscription (Player) IDs -> ("onesignal_id", id) of their user, from the cache or OneSignal (in a
+    cycle, each looked up once for all its runs: ``sends``)."""
     wanted = sorted({s.target for s in steps if s.target.id_type == "subscription_id"})
     if not wanted:
         return {}
@@ -211,11 +259,20 @@ async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str,
     gate = asyncio.Semaphore(client.concurrency)
 
     async def look_up(sub: str) -> None:
-        async with gate:
-            try:
-                known[sub] = (await client.identity_of_subscription(sub)).get("onesignal_id")
-            except NotFound:
-                known[sub] = None
+        if sends is not None and (shared := await sends.looked_up(sub)) is not NOT_LOOKED_UP:
+            known[sub] = shared          # another run of the cycle looked it up (and cached it)
+            return
+        found: Any = NOT_LOOKED_UP
+        try:
+            async with gate:
+                try:
+                    found = (await client.identity_of_subscription(sub)).get("onesignal_id")
+                except NotFound:
+                    found = None
+            known[sub] = found
+        finally:
+            if sends is not None:        # the cycle's other runs waiting for it (or, if it failed, not)
+                sends.look_up_done(sub, found)
         with _CACHE_WRITES:
             con.execute("INSERT OR REPLACE INTO subscription_users VALUES (?, ?, ?, now()::TIMESTAMP)",
                         [app_id, sub, known[sub]])
