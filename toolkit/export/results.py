@@ -53,26 +53,46 @@ class _ResultWriter:
         # The run's clock, not the wall's: snapshot() compares checked_at with the run's `now`.
         cohort, run_id, now = self.record.cohort, self.record.run_id, self.record.started_at
         shared = _APP_LIMITS if self.learned_limit is not None else contextlib.nullcontext()
+        # Imported here, not at the top: `import toolkit` loads no pyarrow.
+        import pyarrow as pa
+
+        targets = [step.target for step, _, _ in batch]
+        table = pa.table({
+            "seq": range(len(batch)),
+            "distinct_id": [step.distinct_id for step, _, _ in batch],
+            "onesignal_id": [t.onesignal_id for t in targets],
+            "id_type": [t.id_type for t in targets],
+            "operation": [step.operation for step, _, _ in batch],
+            "outcome": [outcome for _, outcome, _ in batch],
+            "error": pa.array([error for _, _, error in batch], pa.string()),
+            "other_tags": [self.caps.other.get(t.onesignal_id, 0) for t in targets],
+        })
+        # Set-based writes, one statement per table: a cycle's 60 runs finishing together wrote ~20k single-row
+        # statements and queued minutes behind each other. A removal and an addition of one member never share
+        # a target (an id change removes the old one, adds the new), so deleting first equals the order sent.
         with shared, transaction(self.con) as con:
-            snapshots.forget(con, cohort)        # with the writes: a kill never leaves a stale fingerprint
-            for step, outcome, error in batch:
-                key = [cohort, step.distinct_id]
-                reported = "not_in_onesignal" if outcome == NOT_FOUND else outcome
+            con.register("written", table)
+            try:
+                snapshots.forget(con, cohort)    # with the writes: a kill never leaves a stale fingerprint
                 con.execute("INSERT INTO export_results (run_id, distinct_id, onesignal_id, id_type, operation, "
-                            "outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            [run_id, step.distinct_id, *step.target, step.operation, reported, error])
-                if step.operation == ADD and outcome in (OK, NOT_FOUND):
-                    con.execute("INSERT OR REPLACE INTO export_members VALUES (?, ?, ?, ?, ?, ?)",
-                                [*key, step.target.onesignal_id, step.target.id_type,
-                                 "tagged" if outcome == OK else "absent", now])
-                elif step.operation == REMOVE and outcome in (OK, NOT_FOUND):
-                    con.execute("DELETE FROM export_members WHERE cohort = ? AND distinct_id = ? "
-                                "AND onesignal_id = ?", [*key, step.target.onesignal_id])
-                if step.operation == ADD and outcome == TAG_CAP:
-                    con.execute("INSERT OR REPLACE INTO export_tag_caps VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                [*key, step.target.onesignal_id, step.target.id_type,
-                                 self.learned_limit or self.settings.tag_limit,
-                                 self.caps.other.get(step.target.onesignal_id, 0), now])
+                            "outcome, error) SELECT ?, distinct_id, onesignal_id, id_type, operation, "
+                            "CASE WHEN outcome = ? THEN 'not_in_onesignal' ELSE outcome END, error "
+                            "FROM written ORDER BY seq", [run_id, NOT_FOUND])
+                con.execute("DELETE FROM export_members m USING written w WHERE m.cohort = ? "
+                            "AND m.distinct_id = w.distinct_id AND m.onesignal_id = w.onesignal_id "
+                            "AND w.operation = ? AND w.outcome IN (?, ?)", [cohort, REMOVE, OK, NOT_FOUND])
+                con.execute("INSERT OR REPLACE INTO export_members SELECT ?, distinct_id, onesignal_id, id_type, "
+                            "CASE WHEN outcome = ? THEN 'tagged' ELSE 'absent' END, ? FROM written "
+                            "WHERE operation = ? AND outcome IN (?, ?) "
+                            "QUALIFY row_number() OVER (PARTITION BY distinct_id ORDER BY seq DESC) = 1",
+                            [cohort, OK, now, ADD, OK, NOT_FOUND])
+                con.execute("INSERT OR REPLACE INTO export_tag_caps SELECT ?, distinct_id, onesignal_id, id_type, "
+                            "?, other_tags, ? FROM written WHERE operation = ? AND outcome = ? "
+                            "QUALIFY row_number() OVER (PARTITION BY distinct_id ORDER BY seq DESC) = 1",
+                            [cohort, self.learned_limit or self.settings.tag_limit, now, ADD, TAG_CAP])
+            finally:
+                con.unregister("written")
+            for step, outcome, _ in batch:
                 self._count(step, outcome)
             if self.learned_limit is not None:      # OneSignal's own number beats a default or a stale setting
                 con.execute("INSERT OR REPLACE INTO app_limits VALUES (?, ?, 'onesignal', ?)",
