@@ -7,6 +7,8 @@ import logging
 
 import pytest
 from test_cycle import FAST, build, credentials
+from test_reconcile import COHORT, world  # noqa: F401 (a fixture)
+from test_reconcile import FAST as RECONCILE_FAST
 
 from helpers import NOW
 from toolkit import Store, sync
@@ -33,3 +35,16 @@ def test_runs_of_one_cycle_never_conflict_over_a_dead_runs_record(tmp_path, monk
             assert store.con.execute("SELECT status FROM export_runs WHERE cohort = 'Gone'").fetchall() == \
                 [("interrupted",)]
             assert store.con.execute("SELECT count(*) FROM export_runs WHERE cohort <> 'Gone'").fetchone()[0] == 16
+
+
+def test_repairing_a_cohort_in_step_with_onesignal_changes_nothing_and_does_not_fail(world, monkeypatch):  # noqa: F811
+    """``reconcile --repair`` with no drift found recorded an empty correction, which DuckDB refused
+    ("executemany requires a non-empty list"): the soak's repair of a cohort in step failed."""
+    db, emu, app, env = world
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with Store(db) as store:
+        found = sync.reconcile_cohort(store, COHORT, repair=True, client_options=RECONCILE_FAST)
+        assert not found.drifted and found.in_sync == found.snapshot > 0
+        assert found.repair is not None and found.repair.status == "ok"
+        assert (found.repair.added, found.repair.removed) == (0, 0)
