@@ -4,17 +4,22 @@ tag cap, a revoked key and a shrinking cohort each alerted once; reconcile repai
 the toolkit's back. And the problems such a soak found, each pinned by a test of its own."""
 
 import logging
+from collections import Counter
 from datetime import timedelta
 
 import pytest
+from alert_receivers import SmtpServer, WebhookReceiver
 from test_cycle import FAST, build, credentials
 from test_reconcile import COHORT, world  # noqa: F401 (a fixture)
 from test_reconcile import FAST as RECONCILE_FAST
 
+from bench.soak import Soak
 from helpers import NOW
-from toolkit import Store, incidents, sync
+from toolkit import Store, alerts, export, incidents, sync
 from toolkit.emulator import Emulator
 from toolkit.incidents import RunFacts, SyncFacts
+
+SOAK_EVENTS, SOAK_PROFILES = 2500, 180     # 60 cohorts, ~2,000 tags the first cycle
 
 
 @pytest.mark.slow
@@ -79,3 +84,115 @@ def test_a_paused_sync_is_not_stale():
     late = NOW.replace(tzinfo=None) + timedelta(hours=3)
     assert [c.kind for c in incidents.conditions([_facts("ok", paused=True)], late)] == []
     assert [c.kind for c in incidents.conditions([_facts("ok")], late)] == ["stale"]
+
+
+def _messages(hook, since: int = 0) -> list[str]:
+    return hook.texts[since:]
+
+
+@pytest.mark.slow
+def test_sixty_syncs_run_unattended_for_cycles_with_faults_alerts_and_drift(tmp_path, monkeypatch):
+    """Issue 15's "done when" (bench/soak.py is the scenario; this runs it small and asserts each step)."""
+    with Emulator(user_rate_limit=0) as emu, WebhookReceiver() as hook, SmtpServer() as smtp:
+        emu.limits.csv_records_per_second = 1e9          # the reconcile's CSV export is ready at once
+        soak = Soak(tmp_path, emu, events=SOAK_EVENTS, profiles=SOAK_PROFILES, setenv=monkeypatch.setenv,
+                    webhook=hook.url, smtp={"smtp": smtp.address, "mail_from": "toolkit@example.com",
+                                            "mail_to": ["growth@example.com"]})
+        soak.setup()
+        with Store(soak.db, read_only=True) as store:
+            assert len(export.list_exports(store)) == 60
+
+        soak.faults(True)                                 # 0: the first export of all sixty, under faults
+        first = soak.cycle("first export, faults")
+        stats = soak.stats[0]
+        assert len(first.runs) == 60 and stats.throttled and stats.server_errors and stats.unanswered
+        capped = {c for c, k in stats.opened if k == "tag_cap"}
+        assert capped, "users in more than 20 cohorts meet the paid plan's cap"
+        kind = {"partial": "partial", "failed": "failed"}       # runs a fault ended not ok: one incident each
+        assert {(c, k) for c, k in stats.opened if k != "tag_cap"} == {
+            (r.cohort, kind[r.status]) for r in first.runs if r.status != "ok"}
+        cap_alerts = [t for t in _messages(hook) if "data-tag cap" in t]
+        assert len(cap_alerts) == 1 and all(f'"{c}"' in cap_alerts[0] for c in capped)
+
+        soak.cycle("faults: the failed retried")          # 1: still faults; the next cycle is clean
+        soak.faults(False)
+        soak.cycle("no faults")                           # 2: every run converged
+        assert set(soak.stats[2].runs) <= {"ok", "paused, skipped"}, soak.stats[2].runs
+
+        seen = len(hook.texts)
+        shrunk = soak.names[0]
+        soak.shrink(shrunk)                               # 3: a cohort loses 40% of its members
+        result = soak.cycle("shrinks")
+        assert {r.cohort: r.status for r in result.runs}[shrunk] == "ok"
+        assert soak.stats[3].opened == [(shrunk, "shrinking")]
+        (alert,) = _messages(hook, seen)
+        assert alert.startswith(f'Sync of cohort "{shrunk}" is shrinking sharply: members fell from')
+
+        seen = len(hook.texts)
+        soak.revoke_key()                                 # 4: the key is revoked; the cohort grows back
+        soak.restore(shrunk)
+        result = soak.cycle("key revoked")
+        met = {r.cohort for r in result.runs if r.status == "paused"}    # the runs with a change met the refusal
+        assert shrunk in met and {r.status for r in result.runs} <= {"ok", "paused"}
+        with Store(soak.db, read_only=True) as store:
+            assert len(export.paused(store.con)) == 60    # the app's key: every sync of the app waits
+        assert sorted(soak.stats[4].opened) == sorted((c, "paused") for c in met)
+        (alert,) = [t for t in _messages(hook, seen) if not t.startswith("Resolved")]     # one, however many met it
+        assert "paused" in alert.splitlines()[0] and all(f'"{c}"' in alert for c in met)
+        assert "other active dynamic sync(s) are paused too" in alert and "What to do:" in alert
+
+        seen = len(hook.texts)
+        result = soak.cycle("paused syncs skipped")       # 5: nothing runs, nothing is said
+        assert result.runs == [] and len(result.paused) == 60 and _messages(hook, seen) == []
+        assert soak.stats[5].requests == 0
+
+        assert len(soak.new_key_and_resume()) == 60       # 6: a person puts the new key in, resumes
+        result = soak.cycle("resumed")
+        assert {r.status for r in result.runs} == {"ok"} and len(result.runs) == 60
+        assert {c for c, k in soak.stats[6].resolved if k == "paused"} == met
+        (resolved,) = [t for t in _messages(hook, seen) if "paused" in t]
+        assert resolved.startswith("Resolved: ") and all(f'"{c}"' in resolved for c in met)
+
+        drift = soak.drift()                              # behind the toolkit's back, in OneSignal
+        found = soak.reconcile(sorted(drift))
+        for cohort, (kind, who) in drift.items():
+            r = found[cohort]
+            got = {"tagged_outside": len(r.tagged_outside), "lost_tag": [m["distinct_id"] for m in r.lost_tag],
+                   "deleted": [m["distinct_id"] for m in r.deleted]}
+            assert got == {"tagged_outside": int(kind == "tagged_outside"), "lost_tag": [who] if kind == "lost_tag"
+                           else [], "deleted": [who] if kind == "deleted" else []}, (cohort, got)
+            assert r.repair is not None and r.repair.status == "ok"
+        outside = next(c for c, (k, _) in drift.items() if k == "tagged_outside")
+        assert len(found[outside].tagged_outside) == 1 and found[outside].repair.removed == 1
+        assert found[next(c for c, (k, _) in drift.items() if k == "lost_tag")].repair.added == 1
+
+        seen = len(hook.texts)
+        with Store(soak.db, read_only=True) as store:     # members join and leave: the capped cohorts vary
+            held = {i["cohort"] for i in alerts.incident_list(store, open_only=True, limit=1000) if i["kind"] == "tag_cap"}
+        assert held
+        soak.raise_cap()                                  # 7: the plan's cap raised: the held members go
+        soak.cycle("cap raised")
+        assert {c for c, k in soak.stats[7].resolved if k == "tag_cap"} == held
+        assert not any(k == "tag_cap" for _, k in soak.stats[7].opened)
+        resolved = [t for t in _messages(hook, seen) if "data-tag cap" in t]
+        assert len(resolved) == 1 and resolved[0].startswith("Resolved: ")
+
+        seen = len(hook.texts)
+        soak.cycle("steady")                              # 8: nothing changed: nothing sent, nothing said
+        assert soak.stats[8].requests == 0 and _messages(hook, seen) == []
+
+        assert [p for s in soak.stats for p in s.fate_problems] == []
+        assert sum(s.fates_checked for s in soak.stats) >= 60 * 7
+        assert soak.differences() == {} and soak.duplicates() == 0
+        with Store(soak.db, read_only=True) as store:
+            listed = alerts.incident_list(store, limit=1000)
+        for incident in listed:
+            said = Counter((d["message"], d["channel"]) for d in incident["deliveries"] if d["ok"])
+            expected = {("opened", "webhook"): 1, ("opened", "email"): 1}
+            if incident["resolved_at"] is not None:
+                expected |= {("resolved", "webhook"): 1, ("resolved", "email"): 1}
+            assert said == expected, incident
+        assert len(smtp.messages) == len(hook.texts)
+    print("\n".join(f"soak cycle {s.cycle} ({s.what}): {s.seconds:.1f} s, runs {dict(s.runs)}, {s.requests} requests "
+                    f"({s.throttled} x 429, {s.server_errors} x 5xx, {s.unanswered} hung), incidents +{len(s.opened)}"
+                    f" -{len(s.resolved)}, {s.fates_checked} listings checked" for s in soak.stats))

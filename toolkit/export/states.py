@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from toolkit.errors import ExportError, OneSignalError
+from toolkit.errors import ExportError, OneSignalError, SyncPaused
 from toolkit.export.helpers import _naive
 from toolkit.export.lock import _is_running
 from toolkit.store import Store
@@ -110,7 +110,7 @@ def refuse_if_paused(con, cohort: str) -> None:
     row = con.execute("SELECT paused_at, paused_reason FROM exports WHERE cohort = ? AND paused_at IS NOT NULL",
                       [cohort]).fetchone()
     if row:
-        raise ExportError(f"the dynamic sync of {cohort!r} is paused since {row[0]:%Y-%m-%d %H:%M} UTC: {row[1]}. "
+        raise SyncPaused(f"the dynamic sync of {cohort!r} is paused since {row[0]:%Y-%m-%d %H:%M} UTC: {row[1]}. "
                           f"Fix the cause, then resume it (toolkit resume {cohort!r}, or the export panel's Resume)")
 
 
