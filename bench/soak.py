@@ -15,9 +15,10 @@ Each cycle is the scheduled sync's body (``sync.run_scheduled``) at ``now`` fift
    the app's syncs; 4. a cycle skips every paused sync;
 5. a person puts the new key in place and resumes them;
 then drift is made in the emulator behind the toolkit's back (a user tagged, a tag removed, a user
-deleted) and ``sync.reconcile_cohort(repair=True)`` finds and repairs it; the app's cap is raised to 100
-and a last cycle tags the members it held back. Every run's member listing (``export.member_fates``) is
-checked against its plan, and at the end every cohort's tag in OneSignal against its exportable members.
+deleted) and ``sync.reconcile_cohort(repair=True)`` finds and repairs it, the app's cap raised to 100
+first; a cycle tags the members it held back, and a last one has nothing to do. Every run's member
+listing (``export.member_fates``) is checked against its plan, and at the end every cohort's tag in
+OneSignal against its exportable members.
 
 The test (tests/test_soak.py) runs this at a few thousand profiles and asserts; this prints one table.
 """
@@ -199,14 +200,15 @@ class Soak:
         a, b, c = sorted((n for n in self.names if len(tagged[n]) >= 10), key=lambda n: (len(tagged[n]), n))[:3]
         app = self.emu.app(self.app.app_id)
         with self.emu._lock:
+            lost, gone = tagged[b][0], tagged[c][len(tagged[c]) // 2]
+            lost_user, gone_user = self._user(app, lost[1], lost[2]), self._user(app, gone[1], gone[2])
             members = {self._user(app, o, t).onesignal_id for _, o, t in tagged[a]}
             outsider = next(u for u in sorted(app.users.values(), key=lambda u: u.onesignal_id)
-                            if u.onesignal_id not in members and len(u.tags) < 20 and u.subscriptions)
+                            if u.onesignal_id not in members | {lost_user.onesignal_id, gone_user.onesignal_id}
+                            and len(u.tags) < 20 and u.subscriptions)
             outsider.tags[keys[a]] = "1"
-            lost = tagged[b][0]
-            del self._user(app, lost[1], lost[2]).tags[keys[b]]
-            gone = tagged[c][len(tagged[c]) // 2]
-            app.remove_user(self._user(app, gone[1], gone[2]))
+            del lost_user.tags[keys[b]]
+            app.remove_user(gone_user)
             self.emu.world.changed()
         return {a: ("tagged_outside", outsider.onesignal_id), b: ("lost_tag", lost[0]), c: ("deleted", gone[0])}
 
@@ -320,12 +322,12 @@ def run_all(soak: Soak) -> dict:
     soak.cycle("paused syncs skipped")
     soak.new_key_and_resume()
     soak.cycle("new key, syncs resumed")
+    soak.raise_cap()
     drift = soak.drift()
     started = time.perf_counter()
     found = soak.reconcile(sorted(drift))
     reconcile_s = time.perf_counter() - started
-    soak.raise_cap()
-    soak.cycle("cap raised to 100")
+    soak.cycle("cap raised to 100, drift repaired")
     soak.cycle("steady")
     return {"drift": drift, "reconciled": found, "reconcile_s": reconcile_s, "differences": soak.differences(),
             "duplicates": soak.duplicates()}

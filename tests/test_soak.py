@@ -90,6 +90,11 @@ def _messages(hook, since: int = 0) -> list[str]:
     return hook.texts[since:]
 
 
+def _openings(hook, since: int) -> list[str]:
+    """The alerts since ``since``, not the "resolved" messages (members joining and leaving end a cap incident)."""
+    return [t for t in hook.texts[since:] if not t.startswith("Resolved")]
+
+
 @pytest.mark.slow
 def test_sixty_syncs_run_unattended_for_cycles_with_faults_alerts_and_drift(tmp_path, monkeypatch):
     """Issue 15's "done when" (bench/soak.py is the scenario; this runs it small and asserts each step)."""
@@ -125,7 +130,7 @@ def test_sixty_syncs_run_unattended_for_cycles_with_faults_alerts_and_drift(tmp_
         result = soak.cycle("shrinks")
         assert {r.cohort: r.status for r in result.runs}[shrunk] == "ok"
         assert soak.stats[3].opened == [(shrunk, "shrinking")]
-        (alert,) = _messages(hook, seen)
+        (alert,) = _openings(hook, seen)
         assert alert.startswith(f'Sync of cohort "{shrunk}" is shrinking sharply: members fell from')
 
         seen = len(hook.texts)
@@ -137,7 +142,7 @@ def test_sixty_syncs_run_unattended_for_cycles_with_faults_alerts_and_drift(tmp_
         with Store(soak.db, read_only=True) as store:
             assert len(export.paused(store.con)) == 60    # the app's key: every sync of the app waits
         assert sorted(soak.stats[4].opened) == sorted((c, "paused") for c in met)
-        (alert,) = [t for t in _messages(hook, seen) if not t.startswith("Resolved")]     # one, however many met it
+        (alert,) = _openings(hook, seen)                 # one, however many runs met the refusal
         assert "paused" in alert.splitlines()[0] and all(f'"{c}"' in alert for c in met)
         assert "other active dynamic sync(s) are paused too" in alert and "What to do:" in alert
 
@@ -153,33 +158,38 @@ def test_sixty_syncs_run_unattended_for_cycles_with_faults_alerts_and_drift(tmp_
         (resolved,) = [t for t in _messages(hook, seen) if "paused" in t]
         assert resolved.startswith("Resolved: ") and all(f'"{c}"' in resolved for c in met)
 
+        seen = len(hook.texts)
+        with Store(soak.db, read_only=True) as store:     # members join and leave: the capped cohorts vary
+            held = {i["cohort"] for i in alerts.incident_list(store, open_only=True, limit=1000)
+                    if i["kind"] == "tag_cap"}
+        assert held
+        soak.raise_cap()                                  # the plan's cap raised: the held members go
         drift = soak.drift()                              # behind the toolkit's back, in OneSignal
         found = soak.reconcile(sorted(drift))
         for cohort, (kind, who) in drift.items():
             r = found[cohort]
             got = {"tagged_outside": len(r.tagged_outside), "lost_tag": [m["distinct_id"] for m in r.lost_tag],
                    "deleted": [m["distinct_id"] for m in r.deleted]}
-            assert got == {"tagged_outside": int(kind == "tagged_outside"), "lost_tag": [who] if kind == "lost_tag"
-                           else [], "deleted": [who] if kind == "deleted" else []}, (cohort, got)
+            gone = next(w for k, w in drift.values() if k == "deleted")   # a user deleted leaves every cohort
+            assert got["tagged_outside"] == int(kind == "tagged_outside"), (cohort, got)
+            assert got["lost_tag"] == ([who] if kind == "lost_tag" else []), (cohort, got)
+            assert got["deleted"] == [gone] if kind == "deleted" else set(got["deleted"]) <= {gone}, (cohort, got)
             assert r.repair is not None and r.repair.status == "ok"
         outside = next(c for c, (k, _) in drift.items() if k == "tagged_outside")
-        assert len(found[outside].tagged_outside) == 1 and found[outside].repair.removed == 1
-        assert found[next(c for c, (k, _) in drift.items() if k == "lost_tag")].repair.added == 1
+        assert found[outside].repair.removed >= 1         # the end state below shows each repaired
+        assert found[next(c for c, (k, _) in drift.items() if k == "lost_tag")].repair.added >= 1
 
-        seen = len(hook.texts)
-        with Store(soak.db, read_only=True) as store:     # members join and leave: the capped cohorts vary
-            held = {i["cohort"] for i in alerts.incident_list(store, open_only=True, limit=1000) if i["kind"] == "tag_cap"}
-        assert held
-        soak.raise_cap()                                  # 7: the plan's cap raised: the held members go
-        soak.cycle("cap raised")
+        soak.cycle("cap raised, drift repaired")         # 7: (the repair runs went at the raised cap)
         assert {c for c, k in soak.stats[7].resolved if k == "tag_cap"} == held
         assert not any(k == "tag_cap" for _, k in soak.stats[7].opened)
         resolved = [t for t in _messages(hook, seen) if "data-tag cap" in t]
         assert len(resolved) == 1 and resolved[0].startswith("Resolved: ")
 
         seen = len(hook.texts)
-        soak.cycle("steady")                              # 8: nothing changed: nothing sent, nothing said
-        assert soak.stats[8].requests == 0 and _messages(hook, seen) == []
+        steady = soak.cycle("steady")                     # 8: nothing to say; nothing sent if nothing changed
+        assert {r.status for r in steady.runs} == {"ok"} and _openings(hook, seen) == []
+        if not any(r.plan and r.plan.changes for r in steady.runs):
+            assert soak.stats[8].requests == 0
 
         assert [p for s in soak.stats for p in s.fate_problems] == []
         assert sum(s.fates_checked for s in soak.stats) >= 60 * 7
