@@ -102,6 +102,11 @@ class ExportError(ToolkitError):
     registration. The message says which, and what to do (upgrade, --force, wait, --once...)."""
 
 
+class SyncPaused(ExportError):
+    """A run of a paused dynamic sync was refused: a person resumes it (a cycle skips it: another run of the
+    cycle may have paused it, for a key refused for the whole app)."""
+
+
 class SyncBusy(ToolkitError):
     """Another sync holds the runs folder's lock, so this one did nothing: the next one catches up.
     Exit status 4."""

@@ -45,6 +45,7 @@ class SyncFacts:
     created_at: datetime
     stopped_at: datetime | None = None
     runs: tuple[RunFacts, ...] = ()
+    paused: bool = False        # waiting for a person (its own run's refusal, a sibling's refused key, a person)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,9 @@ def _of_sync(sync: SyncFacts, now: datetime, rules: Rules) -> list[Condition]:
                                latest.run_id))
     last_attempt = sync.runs[0].started_at if sync.runs else sync.created_at
     overdue = now - last_attempt
-    if (latest is None or latest.status != "paused") and overdue > rules.cadence * rules.missed_cycles:
+    # A paused sync is not stale: it waits for a person (its pause is the incident, if a run met it).
+    waiting = sync.paused or (latest is not None and latest.status == "paused")
+    if not waiting and overdue > rules.cadence * rules.missed_cycles:
         found.append(Condition(name, STALE, f"has not run since {last_attempt:%Y-%m-%d %H:%M} UTC "
                                f"({_minutes(overdue)}; it should run every {_minutes(rules.cadence)})",
                                _ADVICE[STALE].format(cohort=name)))
@@ -157,11 +160,23 @@ class Changes:
     resolved: list[tuple[str, str]]     # (cohort, kind) of the open incidents that no longer hold
 
 
+# One incident per family: a sync whose runs go from failed to partially failed (or back) is still failing,
+# and a person hears once when it starts and once when a run ends well.
+FAMILY = {PARTIAL: FAILED}
+
+
 def changes(open_incidents: Iterable[tuple[str, str]], now_holding: Iterable[Condition]) -> Changes:
-    """The conditions to open an incident for (not open yet) and the open incidents to resolve."""
+    """The conditions to open an incident for (none of its family open yet) and the open incidents to
+    resolve (none of their family holds)."""
+    def family(key: tuple[str, str]) -> tuple[str, str]:
+        return key[0], FAMILY.get(key[1], key[1])
+
     open_keys = set(open_incidents)
     holding = {c.key: c for c in now_holding}
-    return Changes([c for k, c in holding.items() if k not in open_keys], sorted(open_keys - holding.keys()))
+    open_families = {family(k) for k in open_keys}
+    holding_families = {family(k) for k in holding}
+    return Changes([c for k, c in holding.items() if family(k) not in open_families],
+                   sorted(k for k in open_keys if family(k) not in holding_families))
 
 
 def resolution(cohort: str, kind: str, syncs: Mapping[str, SyncFacts]) -> str:
@@ -188,9 +203,28 @@ def opened_text(c: Condition) -> str:
     return f'Sync of cohort "{c.cohort}" {TITLES[c.kind]}: {c.cause.rstrip(".")}.\nWhat to do: {c.advice}'
 
 
+def opened_group_text(found: list[Condition]) -> str:
+    """One alert for incidents of one kind that opened at the same check (sixty syncs of one app meet a
+    cap or a revoked key together): each cohort with its cause, then what to do."""
+    if len(found) == 1:
+        return opened_text(found[0])
+    lines = "\n".join(f'- "{c.cohort}": {c.cause.rstrip(".")}' for c in found)
+    title = TITLES[found[0].kind].replace("is ", "are ", 1)
+    return f"Syncs of {len(found)} cohorts {title}:\n{lines}\nWhat to do: {found[0].advice}"
+
+
 def resolved_text(cohort: str, kind: str, opened_at: datetime, why: str) -> str:
     return (f'Resolved: sync of cohort "{cohort}" no longer {_NO_LONGER[kind]} '
             f"(since {opened_at:%Y-%m-%d %H:%M} UTC): {why.rstrip('.')}.")
+
+
+def resolved_group_text(found: list[tuple[str, str, datetime, str]]) -> str:
+    """One "resolved" for incidents of one kind that ended at the same check: (cohort, kind, opened_at, why)."""
+    if len(found) == 1:
+        return resolved_text(*found[0])
+    lines = "\n".join(f'- "{cohort}" (since {opened_at:%Y-%m-%d %H:%M} UTC): {why.rstrip(".")}'
+                       for cohort, _, opened_at, why in found)
+    return f"Resolved: syncs of {len(found)} cohorts no longer {_NO_LONGER[found[0][1]]}:\n{lines}"
 
 
 _NO_LONGER = {FAILED: "failing", PARTIAL: "partially failing", PAUSED: "paused", GUARD: "stopped by the removal guard",

@@ -162,9 +162,10 @@ def _record_correction(con, found: Reconciliation) -> None:
     rows = ([(m["distinct_id"], m["onesignal_id"], m["id_type"], "remove", "ok") for m in found.lost_tag]
             + [(m["distinct_id"], m["onesignal_id"], m["id_type"], "add", "not_in_onesignal") for m in found.deleted]
             + [(OUTSIDE + u["alias_id"], u["alias_id"], u["alias_label"], "add", "ok") for u in found.tagged_outside])
-    con.executemany("INSERT INTO export_results (run_id, distinct_id, onesignal_id, id_type, operation, outcome, "
-                    "error) VALUES (?, ?, ?, ?, ?, ?, 'found by toolkit reconcile')",
-                    [(run_id, *row) for row in rows])
+    if rows:             # DuckDB refuses an executemany of nothing (a repair of a cohort in step)
+        con.executemany("INSERT INTO export_results (run_id, distinct_id, onesignal_id, id_type, operation, "
+                        "outcome, error) VALUES (?, ?, ?, ?, ?, ?, 'found by toolkit reconcile')",
+                        [(run_id, *row) for row in rows])
 
 
 def restore_snapshot(store: Store, found: Reconciliation, before: list[tuple]) -> None:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from toolkit import cohort_batch, export, mtu, reconcile
 from toolkit.credentials import find as find_credentials
 from toolkit.engine import EngineChoice, Evaluator
-from toolkit.errors import CredentialsError, SyncFailed, ToolkitError, UsageError
+from toolkit.errors import CredentialsError, SyncFailed, SyncPaused, ToolkitError, UsageError
 from toolkit.export.merged import MergedSends
 from toolkit.loading import LoadSummary, load
 from toolkit.onesignal import DEFAULT_MAX_RPS, Credentials, default_base_url
@@ -93,7 +93,7 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
     for name, reason in waiting.items():    # a paused sync waits for a person (export.states)
         log.info('cohort "%s" is paused (%s): skipped until a person resumes it', name, reason)
     names = [name for name in names if name not in waiting]
-    records: dict[int, export.RunRecord] = {}
+    records: dict[int, export.RunRecord | None] = {}
     chosen: dict[int, export.ExportSettings] = {}
     for i, name in enumerate(names):
         try:
@@ -123,7 +123,7 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
             shared.close()
             for sender in senders.values():
                 sender.close()
-    return [records[i] for i in range(len(names))]
+    return [r for r in (records[i] for i in range(len(names))) if r is not None]    # None: paused meanwhile
 
 
 def _merged_senders(chosen: list[export.ExportSettings], client_options: dict | None,
@@ -169,7 +169,7 @@ def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget],
 
 
 def _run_in_thread(store: Store, settings: export.ExportSettings, found: export.Exportable | None,
-                   slot: _Slot, evaluator: Evaluator | None) -> export.RunRecord:
+                   slot: _Slot, evaluator: Evaluator | None) -> export.RunRecord | None:
     """One cohort's run, on a connection of its own (a DuckDB connection is not used by two threads)."""
     view = copy.copy(store)
     view.con = store.con.cursor()
@@ -186,7 +186,7 @@ CONFLICT_TRIES = 5     # a run whose write met another run's (DuckDB: "Conflict 
 
 
 def _run_one(store: Store, chosen: export.ExportSettings, found: export.Exportable | None,
-             evaluator: Evaluator | None = None) -> export.RunRecord:
+             evaluator: Evaluator | None = None) -> export.RunRecord | None:
     for attempt in range(1, CONFLICT_TRIES + 1):
         try:
             return export_cohort(store, chosen, found=found, evaluator=evaluator)
@@ -198,6 +198,9 @@ def _run_one(store: Store, chosen: export.ExportSettings, found: export.Exportab
                 return _failed(store, chosen.cohort, chosen, exc, chosen.now, chosen.dry_run)
             log.info('cohort "%s": its run met another run\'s write (%s); starting it again', chosen.cohort, exc)
             _end_open_transaction(store)
+        except SyncPaused as exc:    # paused since the cycle began (another run met the app's refused key)
+            log.info('cohort "%s" is skipped: %s', chosen.cohort, exc)
+            return None
         except Exception as exc:     # one cohort never stops the sync; the failure is its run record
             return _failed(store, chosen.cohort, chosen, exc, chosen.now, chosen.dry_run)
     raise AssertionError("unreachable")
@@ -451,13 +454,14 @@ def check_alerts(store: Store, now: datetime) -> dict:
 
 def reconcile_cohort(store: Store, name: str, credentials: Credentials | None = None, *, repair: bool = False,
                      force: bool = False, progress: bool = False,
-                     client_options: dict | None = None) -> reconcile.Reconciliation:
+                     client_options: dict | None = None, now: datetime | None = None) -> reconcile.Reconciliation:
     """Read the cohort's tag back from OneSignal and report drift against the snapshot
     (``toolkit.reconcile``). With ``repair``: correct the snapshot to what OneSignal holds, then run the
     registered export, which sends the difference to the cohort's current exportable set (re-tags those
     who lost the tag, clears it from users tagged outside the toolkit) under the usual rate limits,
-    removal guard (``force`` passes it) and run record."""
-    settings = export.settings(store, name, force=force, client_options=client_options)
+    removal guard (``force`` passes it) and run record, its cohort evaluated as of ``now`` (default: the
+    current time; a cycle's own ``now`` when a scheduler simulates time)."""
+    settings = export.settings(store, name, force=force, client_options=client_options, now=now)
     if credentials is None and settings.app_id:
         credentials = find_credentials(settings.app_id)
     if credentials is None:

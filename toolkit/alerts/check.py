@@ -32,8 +32,10 @@ def sync_facts(con) -> dict[str, SyncFacts]:
             QUALIFY row_number() OVER (PARTITION BY cohort ORDER BY run_id DESC) <= {RUNS_READ}
             ORDER BY cohort, run_id DESC""").fetchall():
         runs.setdefault(row[0], []).append(RunFacts(*row[1:]))
-    return {c: SyncFacts(c, mode, created, stopped, tuple(runs.get(c, ()))) for c, mode, created, stopped in
-            con.execute("SELECT cohort, mode, created_at, stopped_at FROM exports ORDER BY cohort").fetchall()}
+    return {c: SyncFacts(c, mode, created, stopped, tuple(runs.get(c, ())), paused)
+            for c, mode, created, stopped, paused in con.execute(
+                "SELECT cohort, mode, created_at, stopped_at, paused_at IS NOT NULL FROM exports ORDER BY cohort"
+            ).fetchall()}
 
 
 def check(store: Store, now: datetime | None = None, cadence: timedelta = DYNAMIC_INTERVAL) -> dict:
@@ -67,10 +69,11 @@ def check(store: Store, now: datetime | None = None, cadence: timedelta = DYNAMI
 def _deliver(con, settings: AlertSettings, now: datetime) -> tuple[int, list[str]]:
     sent, failures = 0, []
     for channel in settings.channels:
-        for incident_id, message, subject, text in _pending(con, channel):
+        for incident_ids, message, subject, text in _pending(con, channel):
             (delivery,) = channels.send(settings, subject, text, [channel])
-            con.execute("INSERT INTO alert_deliveries VALUES (?, ?, ?, ?, ?, ?)",
-                        [incident_id, message, channel, now, delivery.ok, delivery.error])
+            for incident_id in incident_ids:
+                con.execute("INSERT INTO alert_deliveries VALUES (?, ?, ?, ?, ?, ?)",
+                            [incident_id, message, channel, now, delivery.ok, delivery.error])
             if not delivery.ok:
                 failures.append(str(delivery.error))
                 break               # this channel is down: the rest wait for the next check
@@ -78,9 +81,10 @@ def _deliver(con, settings: AlertSettings, now: datetime) -> tuple[int, list[str
     return sent, failures
 
 
-def _pending(con, channel: str) -> list[tuple[int, str, str, str]]:
-    """(incident, message, subject, text) the channel has not taken yet: the opening alert of an open
-    incident, the resolution of one whose alert it took."""
+def _pending(con, channel: str) -> list[tuple[list[int], str, str, str]]:
+    """(incidents, message, subject, text) the channel has not taken yet: the opening alert of an open
+    incident, the resolution of one whose alert it took. Incidents of one kind pending together make one
+    message (a revoked key or the tag cap meets many syncs of an app at once: one alert, not sixty)."""
     rows = con.execute("""
         WITH d AS (SELECT incident_id, message, bool_or(ok) AS ok, count(*) AS tries FROM alert_deliveries
                    WHERE channel = $channel GROUP BY ALL)
@@ -93,15 +97,23 @@ def _pending(con, channel: str) -> list[tuple[int, str, str, str]]:
            OR (i.resolved_at IS NOT NULL AND coalesce(o.ok, false) AND NOT coalesce(r.ok, false)
                AND coalesce(r.tries, 0) < $max)
         ORDER BY i.incident_id""", {"channel": channel, "max": MAX_TRIES}).fetchall()
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for row in rows:
+        groups.setdefault(("opened" if row[-1] else "resolved", row[2]), []).append(row)
     pending = []
-    for incident_id, cohort, kind, cause, advice, run_id, opened_at, resolution, is_open in rows:
-        if is_open:
-            text = incidents.opened_text(incidents.Condition(cohort, kind, cause, advice, run_id))
-            subject = f'[toolkit] sync of "{cohort}" {incidents.TITLES[kind]}'
+    for (message, kind), found in groups.items():
+        ids = [row[0] for row in found]
+        if message == "opened":
+            text = incidents.opened_group_text([incidents.Condition(c, k, cause, advice, run_id)
+                                                for _, c, k, cause, advice, run_id, *_ in found])
+            subject = (f'[toolkit] sync of "{found[0][1]}" {incidents.TITLES[kind]}' if len(found) == 1 else
+                       f"[toolkit] syncs of {len(found)} cohorts {incidents.TITLES[kind].replace('is ', 'are ', 1)}")
         else:
-            text = incidents.resolved_text(cohort, kind, opened_at, resolution)
-            subject = f'[toolkit] resolved: sync of "{cohort}"'
-        pending.append((incident_id, "opened" if is_open else "resolved", subject, text))
+            text = incidents.resolved_group_text([(c, k, opened_at, resolution)
+                                                  for _, c, k, _, _, _, opened_at, resolution, _ in found])
+            subject = (f'[toolkit] resolved: sync of "{found[0][1]}"' if len(found) == 1 else
+                       f"[toolkit] resolved: syncs of {len(found)} cohorts")
+        pending.append((ids, message, subject, text))
     return pending
 
 

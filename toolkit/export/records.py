@@ -4,6 +4,7 @@ shown as interrupted."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -60,6 +61,12 @@ def runs(store: Store, cohort: str | None = None, limit: int = 50) -> list[dict]
     return found
 
 
+# Runs of a cycle start and end at once (threads of one process: no other process can open the store
+# meanwhile). A start marks the records of runs whose lock nobody holds; in a transaction overlapping another
+# start's, or a run's end (its record read "running" in the snapshot, its lock already released), both would
+# write one row and DuckDB refuse one. So starts and ends write run records one at a time.
+_RECORD_WRITES = threading.Lock()
+
 
 def _start(store: Store, con, settings: ExportSettings, the_plan: planning.Plan, verdict: GuardVerdict,
            members: int, exportable: int) -> RunRecord:
@@ -67,7 +74,7 @@ def _start(store: Store, con, settings: ExportSettings, the_plan: planning.Plan,
     and so was one of another cohort whose lock nobody holds (a killed run that no run of its own
     cohort followed would otherwise read "running" for ever)."""
     cohort, mode, dry_run, now = settings.cohort, settings.mode, settings.dry_run, _naive(settings.now)
-    with transaction(con):
+    with _RECORD_WRITES, transaction(con):
         stale = [c for c, in con.execute("SELECT DISTINCT cohort FROM export_runs WHERE status = 'running'")
                  .fetchall() if c == cohort or not _is_running(store, c)]
         con.execute("UPDATE export_runs SET status = 'interrupted', ended_at = ?, error = coalesce(error, ?) "
@@ -104,10 +111,11 @@ def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord
                         "dry run: not sent" if record.dry_run else f"not sent: the run {status}: {error}")
     if record.dry_run and record.plan is not None:   # what the run would do
         record.added, record.removed = record.plan.counts.get(ADD, 0), record.plan.counts.get(REMOVE, 0)
-    con.execute("""UPDATE export_runs SET status = ?, error = ?, ended_at = ?, added = ?, removed = ?,
-                         not_in_onesignal = ?, failed = ?, tag_cap = ? WHERE run_id = ?""",
-                      [status, error, record.ended_at, record.added, record.removed, record.not_in_onesignal,
-                       record.failed, record.tag_cap, record.run_id])
+    with _RECORD_WRITES:
+        con.execute("""UPDATE export_runs SET status = ?, error = ?, ended_at = ?, added = ?, removed = ?,
+                             not_in_onesignal = ?, failed = ?, tag_cap = ? WHERE run_id = ?""",
+                    [status, error, record.ended_at, record.added, record.removed, record.not_in_onesignal,
+                     record.failed, record.tag_cap, record.run_id])
     return record
 
 

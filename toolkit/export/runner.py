@@ -82,8 +82,9 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
                           or _run_async(_apply(con, settings, record, the_plan, caps, credentials, on_progress)))
         except (OneSignalError, ExportError) as exc:
             _keep_fingerprint(con, settings.cohort, the_plan)
-            status = states.after_failure(con, settings.cohort, settings.mode, settings.app_id, exc, settings.now)
-            return _finish(con, record, status, str(exc))
+            status, note = states.after_failure(con, settings.cohort, settings.mode, settings.app_id, exc,
+                                                settings.now)
+            return _finish(con, record, status, str(exc) + note)
         except BaseException as exc:
             _finish(con, record, "interrupted", f"{type(exc).__name__}: {exc}")
             raise

@@ -15,9 +15,10 @@ success, members, exportable, in segment, and the match rate (exportable / membe
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 
-from toolkit.errors import ExportError, OneSignalError
+from toolkit.errors import ExportError, OneSignalError, SyncPaused
 from toolkit.export.helpers import _naive
 from toolkit.export.lock import _is_running
 from toolkit.store import Store
@@ -25,6 +26,8 @@ from toolkit.store import Store
 ACTIVE, PAUSED, STOPPED, ONCE = "active", "paused", "stopped", "one-time"
 # OneSignal's answers to a whole request that no retry mends (402: the plan refuses segments).
 PAUSING = frozenset({400, 401, 402, 403, 404})
+KEY_REFUSED = frozenset({401, 403})     # the app's key: every sync of the app is refused alike
+_PAUSES = threading.Lock()
 PAUSED_BY_A_PERSON = "paused by a person"
 HISTORY = 96          # runs of the match-rate series (a day of fifteen-minute runs)
 # A run that did its work: ok, or partial with some users handled (sync.run_outcome's rule).
@@ -42,15 +45,30 @@ def pause_cause(exc: BaseException) -> OneSignalError | None:
 
 
 def after_failure(con, cohort: str, mode: str, app_id: str | None, exc: BaseException,
-                  now: datetime | None) -> str:
-    """The status of a run that ``exc`` ended: ``paused`` (and the export paused) when OneSignal refused a
-    whole request of the registered dynamic sync of this app; else ``failed``."""
-    if mode != "dynamic" or pause_cause(exc) is None:
-        return "failed"
-    found = con.execute("UPDATE exports SET paused_at = ?, paused_reason = ? WHERE cohort = ? AND app_id = ? "
-                        "AND mode = 'dynamic' AND stopped_at IS NULL RETURNING cohort",
-                        [_naive(now), str(exc), cohort, app_id]).fetchall()
-    return "paused" if found else "failed"
+                  now: datetime | None) -> tuple[str, str]:
+    """The status of a run that ``exc`` ended, and a note for its error: ``paused`` (and the export paused)
+    when OneSignal refused a whole request of the registered dynamic sync of this app; else ``failed``.
+    A refused key (401, 403) is the app's, not the cohort's: every active dynamic sync of the app is paused
+    with it, so the others (which send nothing while unchanged) do not meet it one by one, each with an
+    alert of its own; the note says how many."""
+    cause = pause_cause(exc)
+    if mode != "dynamic" or cause is None:
+        return "failed", ""
+    with _PAUSES:       # runs of a cycle meeting the refusal at once write the same rows
+        found = con.execute("UPDATE exports SET paused_at = ?, paused_reason = ? WHERE cohort = ? AND app_id = ? "
+                            "AND mode = 'dynamic' AND stopped_at IS NULL RETURNING cohort",
+                            [_naive(now), str(exc), cohort, app_id]).fetchall()
+        if not found:
+            return "failed", ""
+        if cause.status not in KEY_REFUSED:
+            return "paused", ""
+        others = con.execute(
+            "UPDATE exports SET paused_at = ?, paused_reason = ? WHERE app_id = ? AND cohort <> ? AND mode = 'dynamic' "
+            "AND stopped_at IS NULL AND paused_at IS NULL RETURNING cohort",
+            [_naive(now), f'OneSignal refused the app\'s key (the sync of "{cohort}" met it): {exc}', app_id,
+             cohort]).fetchall()
+    return "paused", (f" (the app's key: its {len(others)} other active dynamic sync(s) are paused too)"
+                      if others else "")
 
 
 def pause(store: Store, cohort: str, reason: str | None = None, now: datetime | None = None) -> None:
@@ -92,7 +110,7 @@ def refuse_if_paused(con, cohort: str) -> None:
     row = con.execute("SELECT paused_at, paused_reason FROM exports WHERE cohort = ? AND paused_at IS NOT NULL",
                       [cohort]).fetchone()
     if row:
-        raise ExportError(f"the dynamic sync of {cohort!r} is paused since {row[0]:%Y-%m-%d %H:%M} UTC: {row[1]}. "
+        raise SyncPaused(f"the dynamic sync of {cohort!r} is paused since {row[0]:%Y-%m-%d %H:%M} UTC: {row[1]}. "
                           f"Fix the cause, then resume it (toolkit resume {cohort!r}, or the export panel's Resume)")
 
 
