@@ -114,8 +114,10 @@ class Soak:
         faults = self.emu.faults
         faults.error_rate, faults.hang_seconds = (ERROR_RATE if on else 0.0), HANG_SECONDS
         if on:
-            for kind, skip, times in (("throttle", 40, 25), ("crash", 300, 10), ("hang", 500, 2),
-                                      ("throttle", 900, 25), ("crash", 1500, 10)):
+            # Early enough to hit: the cycle sends each user's changes from every cohort in one request
+            # (export.merged), about one update per user.
+            for kind, skip, times in (("throttle", 20, 25), ("crash", 60, 10), ("hang", 100, 2),
+                                      ("throttle", 140, 25), ("crash", 170, 10)):
                 faults.inject(kind, method="PATCH", path=UPDATES, skip=skip, times=times)
         else:
             faults._aimed.clear()
