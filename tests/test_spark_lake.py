@@ -131,3 +131,19 @@ def test_a_malformed_parquet_file_is_named_on_spark(spark, sample_lake, sample_s
     with Store(sample_store_copy) as store, engine.Evaluator(engine.choose("spark", lake=str(copy))) as ev, \
             pytest.raises(LakeError, match=f"lake {copy}: cannot read .*{bad}"):
         ev.mtu(store)          # reads every event file
+
+
+def test_a_cohort_query_reads_the_kept_relations_and_broadcasts_the_identity_map(spark, sample_lake,
+                                                                                 sample_store_copy):
+    """The profiles' ranking and the user-id facts are computed once per engine, not again in each
+    query (Spark's cache did not serve the cohort queries), and the events meet the identity map in a
+    broadcast join even where Spark would guess a sort-merge join (a shuffle of all the events)."""
+    from toolkit.cohort_sql import compile_cohort
+
+    with engine.Evaluator(engine.choose("spark", lake=str(sample_lake))) as ev, Store(sample_store_copy) as store:
+        ev.lake.spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")    # Spark broadcasts nothing itself
+        members = compile_cohort(cohorts.get(store, "Purchasers last 30 days"), NOW, lambda _: None)
+        query = matching.classify_sql(members, facts=ev.lake.facts())
+        plan = ev.lake.sql(query)._jdf.queryExecution().executedPlan().toString()
+    assert "Window" not in plan            # row_number() over the profiles: resolved_profiles and the facts
+    assert "BroadcastHashJoin" in plan     # the events with the identity map: only its hint asks for one

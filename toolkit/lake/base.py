@@ -52,6 +52,9 @@ class LakeEngine:
     def arrow(self, query: Query) -> pa.Table:
         raise NotImplementedError
 
+    def keep_identity_map(self) -> None:
+        """Called once ``identity_map`` is defined, before anything reads it (Spark caches it)."""
+
     def close(self) -> None:
         pass
 
@@ -69,6 +72,7 @@ class LakeEngine:
             self.view("identity_map", views.mappings())
         else:
             self.table("identity_map", self.resolve(self.arrow(views.links())))
+        self.keep_identity_map()
         self.view("resolved_events", views.resolved_events())
         # Kept (cached on Spark, a temp table on DuckDB): every query reads the profiles, and placing
         # them (identity, newest wins, the user-id value's type) took most of a cohort's time on Spark.

@@ -15,6 +15,10 @@ from toolkit.lake.base import LakeEngine
 from toolkit.lake.layout import Lake
 from toolkit.sql import Query
 
+IDENTITY_MAP = "identity_map"
+# Mappings up to which the identity map is broadcast (a hash table of ~100 bytes a mapping on each
+# executor); above, Spark's sort-merge join shuffles the events instead (a cluster's case).
+BROADCAST_MAPPINGS = 2_000_000
 _TEXT = ("event_name", "event", "time", "distinct_id", "insert_id", "device_id", "user_id", "properties")
 
 
@@ -25,8 +29,8 @@ class SparkLake(LakeEngine):
         super().__init__(lake)
         from toolkit import spark_session
 
-        self.spark = spark_session.start(master=master, remote=remote)
-        self._cached: list = []
+        self.spark = _own_session(spark_session.start(master=master, remote=remote))
+        self._kept: list = []
 
     def read_sources(self) -> None:
         from pyspark.sql import functions as F
@@ -95,13 +99,29 @@ class SparkLake(LakeEngine):
         spark_session.register(self.spark, name, table)
 
     def materialize(self, name: str, query: Query) -> None:
-        frame = self.sql(query).cache()
+        """The relation computed once, kept by Spark's block manager (memory, then disk), as a temp
+        view whose plan is that data: a local checkpoint. Spark's ``cache()`` (and CACHE TABLE) only
+        serve a query whose plan Spark matches to the cached one, and the cohort queries (WITH
+        clauses over the views) did not match: every query recomputed the profiles' ranking and the
+        user-id facts, up to three times each."""
+        self._keep(name, self.sql(query))
+
+    def keep_identity_map(self) -> None:
+        """The identity map kept, and broadcast to every join when it is small enough to: every query
+        joins the events to it, and above Spark's 10 MB guess (some 500k mappings) the join became a
+        sort-merge join shuffling all the events, per query (x11 time for x10 events)."""
+        kept = self._keep(IDENTITY_MAP, self.spark.table(IDENTITY_MAP))
+        if kept.count() <= BROADCAST_MAPPINGS:
+            kept.hint("broadcast").createOrReplaceTempView(IDENTITY_MAP)
+
+    def _keep(self, name: str, frame):
         try:
-            frame.count()
+            kept = frame.localCheckpoint(eager=True)    # computed now: a broken file fails here, named
         except Exception as exc:
             raise _failure(self.lake, exc) from None
-        frame.createOrReplaceTempView(name)
-        self._cached.append(frame)
+        kept.createOrReplaceTempView(name)
+        self._kept.append(kept)
+        return kept
 
     def arrow(self, query: Query) -> pa.Table:
         frame = self.sql(query)
@@ -111,10 +131,30 @@ class SparkLake(LakeEngine):
             raise _failure(self.lake, exc) from None
 
     def close(self) -> None:
-        """Unpersist what this engine cached; the session stays (one per process, toolkit/spark_session.py)."""
-        for frame in self._cached:
-            frame.unpersist()
-        self._cached.clear()
+        """Free what this engine kept; the session stays (one per process, toolkit/spark_session.py)."""
+        for frame in self._kept:
+            _release(frame)
+        self._kept.clear()
+
+
+def _own_session(spark):
+    """A session of this engine's own over the process's Spark (same JVM and settings): its temp views
+    (every engine names them alike) and kept data are its own, so closing one engine, or opening one
+    over another lake, leaves the others' views intact. Spark Connect has no such sessions."""
+    try:
+        return spark.newSession()
+    except Exception:
+        return spark
+
+
+def _release(frame) -> None:
+    """Unpersist a local checkpoint's blocks now (else Spark's cleaner frees them once the JVM
+    collects the plan). Its plan is a LogicalRDD over the persisted RDD; Spark Connect has no JVM
+    handle: its server frees them."""
+    try:
+        frame._jdf.queryExecution().analyzed().rdd().unpersist(False)
+    except Exception:
+        pass
 
 
 def _failure(lake: Lake, exc: Exception) -> Exception:
