@@ -157,8 +157,9 @@ def facts_sql(user_id_property: str = DEFAULT_USER_ID_PROPERTY, scope: str | Non
     Claimants are counted by value alone: a value's id type follows from its text (auto), or is the
     same for all, and subscription_id only refuses the non-UUIDs, whose claimants are all non-UUIDs.
     Only values held by several profiles are ranked: a sorted list per value costs more than the rest.
-    ``scope``: a table whose ``distinct_id`` column names the resolved profiles to compute (the default
-    property only); it must hold every holder of their values (`refresh_facts`)."""
+    ``scope``: a table of the profile rows of the resolved profiles to compute (``SCOPE_COLUMNS`` of
+    `profiles` and ``canonical``, their canonical id; the default property only); it must hold every
+    holder of their values (`refresh_facts`)."""
     params = {"f_uuid": UUID, "f_blanks": BLANKS, "f_max": MAX_ID_LENGTH}
     q = quote_ident
     did = q("distinct_id")
@@ -218,16 +219,20 @@ def _profile_rows_under(ids: str) -> str:
 
 
 def _scoped_profiles(scope: str) -> str:
-    """`resolved_profiles` (store migration 5) for the canonical ids in table ``scope`` only. A
-    canonical id with one profile row gets it whole; arg_max over one row is that row."""
+    """`resolved_profiles` (store migration 5) from the profile rows in table ``scope`` (with their
+    ``canonical`` id). A canonical id with one profile row gets it whole; arg_max over one row is that row."""
     q, did = quote_ident, quote_ident("distinct_id")
     key = "(p.updated_at, p.file_id, p.line, p.distinct_id)"
     return f"""(
         SELECT p.canonical AS {did}, max(p.updated_at) AS updated_at,
                arg_max(p.empty, {key}) AS empty, arg_max(p.onesignal_user_id_type, {key}) AS onesignal_user_id_type,
                arg_max(p.onesignal_user_id, {key}) AS onesignal_user_id
-        FROM {_profile_rows_under(f"SELECT {did} FROM {q(scope)}")} p
+        FROM {q(scope)} p
         GROUP BY 1)"""
+
+
+# What `_scoped_profiles` reads of a profile row (never `properties`: its JSON is the costly column).
+SCOPE_COLUMNS = "distinct_id, updated_at, file_id, line, empty, onesignal_user_id_type, onesignal_user_id"
 
 
 def track_changes(con) -> None:
@@ -286,34 +291,66 @@ def _touched_everything(con, generation: int) -> bool:
 
 
 def _refresh_touched_facts(con) -> None:
-    """Replace the facts of the touched ids and of every holder of an affected value (`refresh_facts`)."""
-    q = quote_ident
+    """Replace the facts of the touched ids and of every holder of an affected value (`refresh_facts`).
+
+    Each 1M-row text column read costs ~50 ms at 1M profiles, so each table is read once where it can
+    be: the map once for the touched ids' entries and those of the ids under them, the profiles once
+    for the rows under them and once for the holders of their values, the facts once for the values
+    they held (their rows then go by rowid). Holders outside the touched ids cost their own reads,
+    only when there are some."""
+    t = f"SELECT id FROM {TOUCHED}"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _tmap AS
+        SELECT distinct_id, canonical_id FROM identity_map WHERE distinct_id IN ({t}) OR canonical_id IN ({t})""")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _names AS
+        {t} UNION SELECT distinct_id FROM _tmap WHERE canonical_id IN ({t})""")
+    # The profile rows under the touched ids (their canonical id is one), with that id.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _scope AS
+        SELECT {", ".join(f"p.{c}" for c in SCOPE_COLUMNS.split(", "))},
+               coalesce(m.canonical_id, p.distinct_id) AS canonical
+        FROM profiles p LEFT JOIN _tmap m ON m.distinct_id = p.distinct_id
+        WHERE p.distinct_id IN (SELECT id FROM _names) AND coalesce(m.canonical_id, p.distinct_id) IN ({t})""")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _old_facts AS
+        SELECT rowid AS r, v, problem FROM {FACTS_TABLE} WHERE distinct_id IN ({t})""")
     # Values a touched profile held (stored facts) or holds (its profile rows), and the touched ids
-    # themselves: an id's entry in the identity map decides the winner of that value.
+    # themselves: an id's entry in the identity map decides the winner of that value. Only values
+    # several profiles can claim (strings without a problem, as `facts_sql` checks them): the facts of
+    # a profile whose value has a problem depend on its own rows alone (thousands share a blank value).
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _touched_values AS
         SELECT DISTINCT v FROM (
-            SELECT v FROM {FACTS_TABLE} WHERE distinct_id IN (SELECT id FROM {TOUCHED}) AND v IS NOT NULL
-            UNION ALL SELECT id FROM {TOUCHED}
-            UNION ALL SELECT onesignal_user_id FROM {_profile_rows_under(f"SELECT id FROM {TOUCHED}")}
-            WHERE onesignal_user_id IS NOT NULL)""")
+            SELECT v FROM _old_facts WHERE problem IS NULL
+            UNION ALL {t}
+            UNION ALL SELECT onesignal_user_id FROM _scope WHERE onesignal_user_id_type = 'VARCHAR')
+        WHERE ltrim(v, $blanks) <> '' AND length(v) <= $max""", {"blanks": BLANKS, "max": MAX_ID_LENGTH})
     # Every resolved profile to compute again: the touched ones, and every holder of a touched value
     # (a profile's resolved value is one of its profile rows' values). Every stored row holding a
     # touched value is among them: its profile was touched, or it still holds that value.
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _holders AS
-        SELECT distinct_id FROM profiles WHERE onesignal_user_id IN (SELECT v FROM _touched_values)""")
+        SELECT distinct_id, distinct_id IN (SELECT id FROM _names) AS known
+        FROM profiles WHERE onesignal_user_id IN (SELECT v FROM _touched_values)
+                        AND onesignal_user_id_type = 'VARCHAR'""")
+    if con.execute("SELECT count(*) FROM _holders WHERE NOT known").fetchone()[0]:   # their entries too
+        con.execute("""INSERT INTO _tmap SELECT distinct_id, canonical_id FROM identity_map
+                       WHERE distinct_id IN (SELECT distinct_id FROM _holders WHERE NOT known)""")
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _refreshed AS
-        SELECT coalesce(m.canonical_id, h.distinct_id) AS distinct_id
-        FROM _holders h LEFT JOIN (SELECT * FROM identity_map WHERE distinct_id IN (SELECT distinct_id FROM _holders)) m
-             ON m.distinct_id = h.distinct_id
-        UNION SELECT id FROM {TOUCHED}""")
-    sql, params = facts_sql(DEFAULT_USER_ID_PROPERTY, "_refreshed")
-    con.execute(f"DELETE FROM {FACTS_TABLE} WHERE distinct_id IN (SELECT distinct_id FROM _refreshed)")
+        CREATE OR REPLACE TEMP TABLE _extra AS
+        SELECT DISTINCT coalesce(m.canonical_id, h.distinct_id) AS distinct_id
+        FROM _holders h LEFT JOIN _tmap m ON m.distinct_id = h.distinct_id
+        EXCEPT {t}""")
+    con.execute(f"DELETE FROM {FACTS_TABLE} WHERE rowid IN (SELECT r FROM _old_facts)")
+    if con.execute("SELECT count(*) FROM _extra").fetchone()[0]:
+        con.execute(f"""INSERT INTO _scope SELECT {SCOPE_COLUMNS}, canonical
+                        FROM {_profile_rows_under("SELECT distinct_id FROM _extra")}""")
+        con.execute(f"DELETE FROM {FACTS_TABLE} WHERE distinct_id IN (SELECT distinct_id FROM _extra)")
+    sql, params = facts_sql(DEFAULT_USER_ID_PROPERTY, "_scope")
     con.execute(f"INSERT INTO {FACTS_TABLE} BY NAME SELECT * FROM ({sql})", params)
-    for table in ("_touched_values", "_holders", "_refreshed"):
-        con.execute(f"DROP TABLE {q(table)}")
+    for table in ("_tmap", "_names", "_scope", "_old_facts", "_touched_values", "_holders", "_extra"):
+        con.execute(f"DROP TABLE {table}")
 
 
 def stored_facts(con, user_id_property: str) -> str | None:
