@@ -218,3 +218,24 @@ def test_the_dedup_key_staged_is_the_one_the_migration_computes_for_older_rows(t
         assert rows(store, "SELECT insert_id, time, dedup_key FROM event_rows ORDER BY ALL") == staged
         again = [event("Purchase", "u1", T0, "i1", x=1), event("Open", "u1", T0 + 0.1234, "i-3", x=1)]
         assert run.load(store, [write_lines(tmp_path / "f.jsonl", again)], now=NOW).files[0].duplicates == 2
+
+
+def test_links_are_numbered_as_the_migration_numbers_older_ones_and_found_by_their_numbers(tmp_path):
+    """Store migration 14 numbers the links loaded before it; a load numbers its own. The numbers must
+    agree, or a delta would not reach a component through an older link (its ids found by number)."""
+    from toolkit.store import MIGRATIONS
+
+    migration = next(m for m in MIGRATIONS if "source_key" in m)
+    merge = lambda a, b, t: event("$merge", b, T0 + t, None, **{"$distinct_ids": [b, a]})   # noqa: E731
+    with Store(":memory:") as store:
+        run.load(store, [write_lines(tmp_path / "1.jsonl", [merge("a1", "a2", 1), merge("ü 3", "a2", 2)])], now=NOW)
+        numbered = "SELECT source, target, source_key, target_key FROM identity_links ORDER BY ALL"
+        staged = rows(store, numbered)
+        assert all(key is not None for *_, key in staged) and len({k for *_, k in staged}) == 1   # a2 twice
+        store.con.execute("UPDATE identity_links SET source_key = NULL, target_key = NULL")
+        store.con.execute(migration.split(";")[2])   # the UPDATE that numbers older links
+        assert rows(store, numbered) == staged
+        run.load(store, [write_lines(tmp_path / "2.jsonl", [merge("a1", "b1", 3)])], now=NOW)
+        assert_as_from_scratch(store)
+        canonical = dict(rows(store, "SELECT distinct_id, canonical_id FROM identity_map"))
+        assert len({canonical.get(i, i) for i in ("a1", "a2", "ü 3", "b1")}) == 1

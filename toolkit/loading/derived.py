@@ -61,6 +61,11 @@ def _take_reached_components(con, file_id: int | None) -> str | None:
                                    "FROM identity_links", [file_id, file_id]).fetchone()
     if not new:
         return None
+    # the file's links numbered (store migration 14 numbered the older ones), so later deltas find them
+    con.execute(f"""UPDATE identity_links SET source_key = {LINK_KEY.format("source")},
+                                              target_key = {LINK_KEY.format("target")}
+                    WHERE {"source_key IS NULL" if file_id is None else "file_id = $f"}""",
+                {} if file_id is None else {"f": file_id})
     con.execute("CREATE OR REPLACE TEMP TABLE _reached (id VARCHAR)")
     if earlier and file_id is not None:
         _reach(con, file_id)
@@ -81,10 +86,15 @@ def _reach(con, file_id: int) -> None:
     each step reads the links naming an id the step before added. Every reached id is read in one
     step, so the steps' links are all the components' links, and no later query reads the whole table
     again. (A recursive query joined every link in both directions at every step: at 900k links,
-    0.39 s of CPU; then reading the components' links took three more passes.)"""
-    con.execute("""CREATE OR REPLACE TEMP TABLE _frontier AS
-                   SELECT DISTINCT id FROM (SELECT source AS id FROM identity_links WHERE file_id = $f
-                                            UNION ALL SELECT target FROM identity_links WHERE file_id = $f)""",
+    0.39 s of CPU; then reading the components' links took three more passes.)
+
+    A step finds its links by the ids' numbers (``source_key``, ``target_key``: store migration 14),
+    then reads those few rows whole and checks the ids themselves (two numbers can be equal): at 900k
+    links, 15 ms of CPU a step instead of 90 ms for the two text columns."""
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _frontier AS
+                   SELECT id, {LINK_KEY.format("id")} AS k FROM (
+                       SELECT source AS id FROM identity_links WHERE file_id = $f
+                       UNION SELECT target FROM identity_links WHERE file_id = $f)""",
                 {"f": file_id})
     con.execute("INSERT INTO _reached SELECT id FROM _frontier")
     con.execute("CREATE OR REPLACE TEMP TABLE _reached_links AS SELECT rowid AS rid, * FROM identity_links LIMIT 0")
@@ -92,17 +102,23 @@ def _reach(con, file_id: int) -> None:
         con.execute("""
             CREATE OR REPLACE TEMP TABLE _step AS
             SELECT rowid AS rid, * FROM identity_links
-            WHERE source IN (SELECT id FROM _frontier) OR target IN (SELECT id FROM _frontier)""")
+            WHERE rowid IN (SELECT rowid FROM identity_links
+                            WHERE source_key IN (SELECT k FROM _frontier) OR target_key IN (SELECT k FROM _frontier))
+              AND (source IN (SELECT id FROM _frontier) OR target IN (SELECT id FROM _frontier))""")
         con.execute("INSERT INTO _reached_links SELECT * FROM _step WHERE rid NOT IN (SELECT rid FROM _reached_links)")
-        con.execute("""
+        con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _frontier AS
-            SELECT DISTINCT unnest([source, target]) AS id FROM _step
-            EXCEPT SELECT id FROM _reached""")
+            SELECT id, {LINK_KEY.format("id")} AS k FROM (
+                SELECT DISTINCT unnest([source, target]) AS id FROM _step EXCEPT SELECT id FROM _reached)""")
         if not con.execute("SELECT count(*) FROM _frontier").fetchone()[0]:
             break
         con.execute("INSERT INTO _reached SELECT id FROM _frontier")
     for table in ("_frontier", "_step"):
         con.execute(f"DROP TABLE {table}")
+
+
+# An identity link's id as a number (store migration 14): MD5, the same in every DuckDB version.
+LINK_KEY = "md5_number_lower({})"
 
 
 def _find_star_links(con, links: str) -> None:
@@ -275,18 +291,13 @@ def refresh_facts(con, generation: int) -> None:
 
 
 def _touched_everything(con, generation: int) -> bool:
-    """Add the profiles file ``generation`` wrote (and their canonical ids) to the touched ids; True when
-    the touched ids are unknown (not tracked) or include every id."""
+    """Add the profiles file ``generation`` wrote to the touched ids (`_refresh_touched_facts` adds their
+    canonical ids); True when the touched ids are unknown (not tracked) or include every id."""
     exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = ?",
                          [TOUCHED]).fetchone()[0]
     if not exists:
         return True
-    con.execute(f"""INSERT INTO {TOUCHED}
-                    SELECT p.distinct_id FROM profiles p WHERE p.file_id = {int(generation)}
-                    UNION ALL
-                    SELECT m.canonical_id FROM identity_map m
-                    WHERE m.distinct_id IN (SELECT id FROM {TOUCHED} UNION ALL
-                                            SELECT distinct_id FROM profiles WHERE file_id = {int(generation)})""")
+    con.execute(f"INSERT INTO {TOUCHED} SELECT distinct_id FROM profiles WHERE file_id = {int(generation)}")
     return bool(con.execute(f"SELECT count(*) FILTER (WHERE id IS NULL) FROM {TOUCHED}").fetchone()[0])
 
 
@@ -302,6 +313,14 @@ def _refresh_touched_facts(con) -> None:
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _tmap AS
         SELECT distinct_id, canonical_id FROM identity_map WHERE distinct_id IN ({t}) OR canonical_id IN ({t})""")
+    # The touched ids' canonical ids are touched too. A delta's re-resolved components hold theirs; a
+    # canonical id added here needs its own entry and those of the ids under it.
+    added = con.execute(f"""INSERT INTO {TOUCHED} SELECT DISTINCT canonical_id FROM _tmap
+                            WHERE distinct_id IN ({t}) AND canonical_id NOT IN ({t})""").fetchone()[0]
+    if added:
+        con.execute(f"""INSERT INTO _tmap SELECT distinct_id, canonical_id FROM identity_map
+                        WHERE (distinct_id IN ({t}) OR canonical_id IN ({t}))
+                          AND distinct_id NOT IN (SELECT distinct_id FROM _tmap)""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _names AS
         {t} UNION SELECT distinct_id FROM _tmap WHERE canonical_id IN ({t})""")
