@@ -42,9 +42,34 @@ def refresh_identity(con, file_id: int | None) -> None:
     resolution = identity.resolve(links_found, ordered=True)   # DuckDB sorted them as Python would
     con.execute("INSERT INTO identity_map SELECT source, target FROM _star_links")
     touch(con, "SELECT NULL" if links == _ALL_LINKS else "SELECT id FROM _reached")   # NULL: every id
+    if links != _ALL_LINKS:
+        _keep_remapped(con, resolution)
     for table in ("_star_links", "_reached", "_reached_links"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     _write_resolution(con, resolution)
+
+
+REMAPPED, REMAPPED_IDS = "_remapped", "_remapped_ids"
+
+
+def _keep_remapped(con, resolution: identity.Resolution) -> None:
+    """Keep (temp tables, for this file's facts refresh) the re-resolved ids and the map entries just
+    written for them: they are every entry of those ids, and of every id mapped to one of them (an id
+    and its canonical id are in one component), so the refresh need not read the map for them."""
+    con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {REMAPPED_IDS} (id VARCHAR)")
+    con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {REMAPPED} (distinct_id VARCHAR, canonical_id VARCHAR)")
+    con.execute(f"DELETE FROM {REMAPPED} WHERE distinct_id IN (SELECT id FROM _reached)")
+    con.execute(f"INSERT INTO {REMAPPED_IDS} SELECT id FROM _reached")
+    con.execute(f"INSERT INTO {REMAPPED} SELECT source, target FROM _star_links")
+    if resolution.canonical:
+        with registered(con, "_mapped_kept", distinct_id=list(resolution.canonical),
+                        canonical_id=list(resolution.canonical.values())):
+            con.execute(f"INSERT INTO {REMAPPED} SELECT distinct_id, canonical_id FROM _mapped_kept")
+
+
+def _drop_remapped(con) -> None:
+    for table in (REMAPPED, REMAPPED_IDS):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 _ALL_LINKS = "(SELECT rowid AS rid, * FROM identity_links)"
@@ -255,6 +280,7 @@ def track_changes(con) -> None:
     """Start recording (temp table ``_touched_ids``, for this file's settle) the ids whose resolved
     profile or user-id value this load may change, so `refresh_facts` refreshes only their facts."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {TOUCHED} (id VARCHAR)")
+    _drop_remapped(con)
 
 
 def touch(con, ids_sql: str) -> None:
@@ -287,6 +313,7 @@ def refresh_facts(con, generation: int) -> None:
     elif con.execute(f"SELECT count(*) FROM {TOUCHED}").fetchone()[0]:
         _refresh_touched_facts(con)
     con.execute(f"DROP TABLE IF EXISTS {TOUCHED}")
+    _drop_remapped(con)
     con.execute(f"COMMENT ON TABLE {FACTS_TABLE} IS 'generation {int(generation)}'")
 
 
@@ -310,15 +337,20 @@ def _refresh_touched_facts(con) -> None:
     they held (their rows then go by rowid). Holders outside the touched ids cost their own reads,
     only when there are some."""
     t = f"SELECT id FROM {TOUCHED}"
+    # A delta's touched ids are its re-resolved components: their entries were just written (kept).
+    kept = con.execute(f"SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = '{REMAPPED_IDS}'"
+                       ).fetchone()[0] and not con.execute(
+        f"SELECT count(*) FROM {TOUCHED} WHERE id NOT IN (SELECT id FROM {REMAPPED_IDS})").fetchone()[0]
+    entries = REMAPPED if kept else "identity_map"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _tmap AS
-        SELECT distinct_id, canonical_id FROM identity_map WHERE distinct_id IN ({t}) OR canonical_id IN ({t})""")
+        SELECT distinct_id, canonical_id FROM {entries} WHERE distinct_id IN ({t}) OR canonical_id IN ({t})""")
     # The touched ids' canonical ids are touched too. A delta's re-resolved components hold theirs; a
     # canonical id added here needs its own entry and those of the ids under it.
     added = con.execute(f"""INSERT INTO {TOUCHED} SELECT DISTINCT canonical_id FROM _tmap
                             WHERE distinct_id IN ({t}) AND canonical_id NOT IN ({t})""").fetchone()[0]
     if added:
-        con.execute(f"""INSERT INTO _tmap SELECT distinct_id, canonical_id FROM identity_map
+        con.execute(f"""INSERT INTO _tmap SELECT distinct_id, canonical_id FROM {entries}
                         WHERE (distinct_id IN ({t}) OR canonical_id IN ({t}))
                           AND distinct_id NOT IN (SELECT distinct_id FROM _tmap)""")
     con.execute(f"""
