@@ -437,6 +437,14 @@ MIGRATIONS: list[str] = [
         detail       VARCHAR
     );
     """,
+    # 14: each identity link's ids as 64-bit numbers (MD5, as dedup_key), so that finding the links a
+    # delta reaches scans two number columns instead of two of text (toolkit/loading/derived.py, _reach);
+    # a link inserted without them is numbered by the next resolution that reads them.
+    """
+    ALTER TABLE identity_links ADD COLUMN source_key UBIGINT;
+    ALTER TABLE identity_links ADD COLUMN target_key UBIGINT;
+    UPDATE identity_links SET source_key = md5_number_lower(source), target_key = md5_number_lower(target);
+    """,
 ]
 
 

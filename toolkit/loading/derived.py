@@ -42,9 +42,34 @@ def refresh_identity(con, file_id: int | None) -> None:
     resolution = identity.resolve(links_found, ordered=True)   # DuckDB sorted them as Python would
     con.execute("INSERT INTO identity_map SELECT source, target FROM _star_links")
     touch(con, "SELECT NULL" if links == _ALL_LINKS else "SELECT id FROM _reached")   # NULL: every id
+    if links != _ALL_LINKS:
+        _keep_remapped(con, resolution)
     for table in ("_star_links", "_reached", "_reached_links"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     _write_resolution(con, resolution)
+
+
+REMAPPED, REMAPPED_IDS = "_remapped", "_remapped_ids"
+
+
+def _keep_remapped(con, resolution: identity.Resolution) -> None:
+    """Keep (temp tables, for this file's facts refresh) the re-resolved ids and the map entries just
+    written for them: they are every entry of those ids, and of every id mapped to one of them (an id
+    and its canonical id are in one component), so the refresh need not read the map for them."""
+    con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {REMAPPED_IDS} (id VARCHAR)")
+    con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {REMAPPED} (distinct_id VARCHAR, canonical_id VARCHAR)")
+    con.execute(f"DELETE FROM {REMAPPED} WHERE distinct_id IN (SELECT id FROM _reached)")
+    con.execute(f"INSERT INTO {REMAPPED_IDS} SELECT id FROM _reached")
+    con.execute(f"INSERT INTO {REMAPPED} SELECT source, target FROM _star_links")
+    if resolution.canonical:
+        with registered(con, "_mapped_kept", distinct_id=list(resolution.canonical),
+                        canonical_id=list(resolution.canonical.values())):
+            con.execute(f"INSERT INTO {REMAPPED} SELECT distinct_id, canonical_id FROM _mapped_kept")
+
+
+def _drop_remapped(con) -> None:
+    for table in (REMAPPED, REMAPPED_IDS):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 _ALL_LINKS = "(SELECT rowid AS rid, * FROM identity_links)"
@@ -61,6 +86,11 @@ def _take_reached_components(con, file_id: int | None) -> str | None:
                                    "FROM identity_links", [file_id, file_id]).fetchone()
     if not new:
         return None
+    # the file's links numbered (store migration 14 numbered the older ones), so later deltas find them
+    con.execute(f"""UPDATE identity_links SET source_key = {LINK_KEY.format("source")},
+                                              target_key = {LINK_KEY.format("target")}
+                    WHERE {"source_key IS NULL" if file_id is None else "file_id = $f"}""",
+                {} if file_id is None else {"f": file_id})
     con.execute("CREATE OR REPLACE TEMP TABLE _reached (id VARCHAR)")
     if earlier and file_id is not None:
         _reach(con, file_id)
@@ -81,10 +111,15 @@ def _reach(con, file_id: int) -> None:
     each step reads the links naming an id the step before added. Every reached id is read in one
     step, so the steps' links are all the components' links, and no later query reads the whole table
     again. (A recursive query joined every link in both directions at every step: at 900k links,
-    0.39 s of CPU; then reading the components' links took three more passes.)"""
-    con.execute("""CREATE OR REPLACE TEMP TABLE _frontier AS
-                   SELECT DISTINCT id FROM (SELECT source AS id FROM identity_links WHERE file_id = $f
-                                            UNION ALL SELECT target FROM identity_links WHERE file_id = $f)""",
+    0.39 s of CPU; then reading the components' links took three more passes.)
+
+    A step finds its links by the ids' numbers (``source_key``, ``target_key``: store migration 14),
+    then reads those few rows whole and checks the ids themselves (two numbers can be equal): at 900k
+    links, 15 ms of CPU a step instead of 90 ms for the two text columns."""
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _frontier AS
+                   SELECT id, {LINK_KEY.format("id")} AS k FROM (
+                       SELECT source AS id FROM identity_links WHERE file_id = $f
+                       UNION SELECT target FROM identity_links WHERE file_id = $f)""",
                 {"f": file_id})
     con.execute("INSERT INTO _reached SELECT id FROM _frontier")
     con.execute("CREATE OR REPLACE TEMP TABLE _reached_links AS SELECT rowid AS rid, * FROM identity_links LIMIT 0")
@@ -92,17 +127,23 @@ def _reach(con, file_id: int) -> None:
         con.execute("""
             CREATE OR REPLACE TEMP TABLE _step AS
             SELECT rowid AS rid, * FROM identity_links
-            WHERE source IN (SELECT id FROM _frontier) OR target IN (SELECT id FROM _frontier)""")
+            WHERE rowid IN (SELECT rowid FROM identity_links
+                            WHERE source_key IN (SELECT k FROM _frontier) OR target_key IN (SELECT k FROM _frontier))
+              AND (source IN (SELECT id FROM _frontier) OR target IN (SELECT id FROM _frontier))""")
         con.execute("INSERT INTO _reached_links SELECT * FROM _step WHERE rid NOT IN (SELECT rid FROM _reached_links)")
-        con.execute("""
+        con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _frontier AS
-            SELECT DISTINCT unnest([source, target]) AS id FROM _step
-            EXCEPT SELECT id FROM _reached""")
+            SELECT id, {LINK_KEY.format("id")} AS k FROM (
+                SELECT DISTINCT unnest([source, target]) AS id FROM _step EXCEPT SELECT id FROM _reached)""")
         if not con.execute("SELECT count(*) FROM _frontier").fetchone()[0]:
             break
         con.execute("INSERT INTO _reached SELECT id FROM _frontier")
     for table in ("_frontier", "_step"):
         con.execute(f"DROP TABLE {table}")
+
+
+# An identity link's id as a number (store migration 14): MD5, the same in every DuckDB version.
+LINK_KEY = "md5_number_lower({})"
 
 
 def _find_star_links(con, links: str) -> None:
@@ -157,8 +198,9 @@ def facts_sql(user_id_property: str = DEFAULT_USER_ID_PROPERTY, scope: str | Non
     Claimants are counted by value alone: a value's id type follows from its text (auto), or is the
     same for all, and subscription_id only refuses the non-UUIDs, whose claimants are all non-UUIDs.
     Only values held by several profiles are ranked: a sorted list per value costs more than the rest.
-    ``scope``: a table whose ``distinct_id`` column names the resolved profiles to compute (the default
-    property only); it must hold every holder of their values (`refresh_facts`)."""
+    ``scope``: a table of the profile rows of the resolved profiles to compute (``SCOPE_COLUMNS`` of
+    `profiles` and ``canonical``, their canonical id; the default property only); it must hold every
+    holder of their values (`refresh_facts`)."""
     params = {"f_uuid": UUID, "f_blanks": BLANKS, "f_max": MAX_ID_LENGTH}
     q = quote_ident
     did = q("distinct_id")
@@ -218,22 +260,27 @@ def _profile_rows_under(ids: str) -> str:
 
 
 def _scoped_profiles(scope: str) -> str:
-    """`resolved_profiles` (store migration 5) for the canonical ids in table ``scope`` only. A
-    canonical id with one profile row gets it whole; arg_max over one row is that row."""
+    """`resolved_profiles` (store migration 5) from the profile rows in table ``scope`` (with their
+    ``canonical`` id). A canonical id with one profile row gets it whole; arg_max over one row is that row."""
     q, did = quote_ident, quote_ident("distinct_id")
     key = "(p.updated_at, p.file_id, p.line, p.distinct_id)"
     return f"""(
         SELECT p.canonical AS {did}, max(p.updated_at) AS updated_at,
                arg_max(p.empty, {key}) AS empty, arg_max(p.onesignal_user_id_type, {key}) AS onesignal_user_id_type,
                arg_max(p.onesignal_user_id, {key}) AS onesignal_user_id
-        FROM {_profile_rows_under(f"SELECT {did} FROM {q(scope)}")} p
+        FROM {q(scope)} p
         GROUP BY 1)"""
+
+
+# What `_scoped_profiles` reads of a profile row (never `properties`: its JSON is the costly column).
+SCOPE_COLUMNS = "distinct_id, updated_at, file_id, line, empty, onesignal_user_id_type, onesignal_user_id"
 
 
 def track_changes(con) -> None:
     """Start recording (temp table ``_touched_ids``, for this file's settle) the ids whose resolved
     profile or user-id value this load may change, so `refresh_facts` refreshes only their facts."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {TOUCHED} (id VARCHAR)")
+    _drop_remapped(con)
 
 
 def touch(con, ids_sql: str) -> None:
@@ -266,54 +313,95 @@ def refresh_facts(con, generation: int) -> None:
     elif con.execute(f"SELECT count(*) FROM {TOUCHED}").fetchone()[0]:
         _refresh_touched_facts(con)
     con.execute(f"DROP TABLE IF EXISTS {TOUCHED}")
+    _drop_remapped(con)
     con.execute(f"COMMENT ON TABLE {FACTS_TABLE} IS 'generation {int(generation)}'")
 
 
 def _touched_everything(con, generation: int) -> bool:
-    """Add the profiles file ``generation`` wrote (and their canonical ids) to the touched ids; True when
-    the touched ids are unknown (not tracked) or include every id."""
+    """Add the profiles file ``generation`` wrote to the touched ids (`_refresh_touched_facts` adds their
+    canonical ids); True when the touched ids are unknown (not tracked) or include every id."""
     exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = ?",
                          [TOUCHED]).fetchone()[0]
     if not exists:
         return True
-    con.execute(f"""INSERT INTO {TOUCHED}
-                    SELECT p.distinct_id FROM profiles p WHERE p.file_id = {int(generation)}
-                    UNION ALL
-                    SELECT m.canonical_id FROM identity_map m
-                    WHERE m.distinct_id IN (SELECT id FROM {TOUCHED} UNION ALL
-                                            SELECT distinct_id FROM profiles WHERE file_id = {int(generation)})""")
+    con.execute(f"INSERT INTO {TOUCHED} SELECT distinct_id FROM profiles WHERE file_id = {int(generation)}")
     return bool(con.execute(f"SELECT count(*) FILTER (WHERE id IS NULL) FROM {TOUCHED}").fetchone()[0])
 
 
 def _refresh_touched_facts(con) -> None:
-    """Replace the facts of the touched ids and of every holder of an affected value (`refresh_facts`)."""
-    q = quote_ident
+    """Replace the facts of the touched ids and of every holder of an affected value (`refresh_facts`).
+
+    Each 1M-row text column read costs ~50 ms at 1M profiles, so each table is read once where it can
+    be: the map once for the touched ids' entries and those of the ids under them, the profiles once
+    for the rows under them and once for the holders of their values, the facts once for the values
+    they held (their rows then go by rowid). Holders outside the touched ids cost their own reads,
+    only when there are some."""
+    t = f"SELECT id FROM {TOUCHED}"
+    # A delta's touched ids are its re-resolved components: their entries were just written (kept).
+    kept = con.execute(f"SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = '{REMAPPED_IDS}'"
+                       ).fetchone()[0] and not con.execute(
+        f"SELECT count(*) FROM {TOUCHED} WHERE id NOT IN (SELECT id FROM {REMAPPED_IDS})").fetchone()[0]
+    entries = REMAPPED if kept else "identity_map"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _tmap AS
+        SELECT distinct_id, canonical_id FROM {entries} WHERE distinct_id IN ({t}) OR canonical_id IN ({t})""")
+    # The touched ids' canonical ids are touched too. A delta's re-resolved components hold theirs; a
+    # canonical id added here needs its own entry and those of the ids under it.
+    added = con.execute(f"""INSERT INTO {TOUCHED} SELECT DISTINCT canonical_id FROM _tmap
+                            WHERE distinct_id IN ({t}) AND canonical_id NOT IN ({t})""").fetchone()[0]
+    if added:
+        con.execute(f"""INSERT INTO _tmap SELECT distinct_id, canonical_id FROM {entries}
+                        WHERE (distinct_id IN ({t}) OR canonical_id IN ({t}))
+                          AND distinct_id NOT IN (SELECT distinct_id FROM _tmap)""")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _names AS
+        {t} UNION SELECT distinct_id FROM _tmap WHERE canonical_id IN ({t})""")
+    # The profile rows under the touched ids (their canonical id is one), with that id.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _scope AS
+        SELECT {", ".join(f"p.{c}" for c in SCOPE_COLUMNS.split(", "))},
+               coalesce(m.canonical_id, p.distinct_id) AS canonical
+        FROM profiles p LEFT JOIN _tmap m ON m.distinct_id = p.distinct_id
+        WHERE p.distinct_id IN (SELECT id FROM _names) AND coalesce(m.canonical_id, p.distinct_id) IN ({t})""")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _old_facts AS
+        SELECT rowid AS r, v, problem FROM {FACTS_TABLE} WHERE distinct_id IN ({t})""")
     # Values a touched profile held (stored facts) or holds (its profile rows), and the touched ids
-    # themselves: an id's entry in the identity map decides the winner of that value.
+    # themselves: an id's entry in the identity map decides the winner of that value. Only values
+    # several profiles can claim (strings without a problem, as `facts_sql` checks them): the facts of
+    # a profile whose value has a problem depend on its own rows alone (thousands share a blank value).
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _touched_values AS
         SELECT DISTINCT v FROM (
-            SELECT v FROM {FACTS_TABLE} WHERE distinct_id IN (SELECT id FROM {TOUCHED}) AND v IS NOT NULL
-            UNION ALL SELECT id FROM {TOUCHED}
-            UNION ALL SELECT onesignal_user_id FROM {_profile_rows_under(f"SELECT id FROM {TOUCHED}")}
-            WHERE onesignal_user_id IS NOT NULL)""")
+            SELECT v FROM _old_facts WHERE problem IS NULL
+            UNION ALL {t}
+            UNION ALL SELECT onesignal_user_id FROM _scope WHERE onesignal_user_id_type = 'VARCHAR')
+        WHERE ltrim(v, $blanks) <> '' AND length(v) <= $max""", {"blanks": BLANKS, "max": MAX_ID_LENGTH})
     # Every resolved profile to compute again: the touched ones, and every holder of a touched value
     # (a profile's resolved value is one of its profile rows' values). Every stored row holding a
     # touched value is among them: its profile was touched, or it still holds that value.
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _holders AS
-        SELECT distinct_id FROM profiles WHERE onesignal_user_id IN (SELECT v FROM _touched_values)""")
+        SELECT distinct_id, distinct_id IN (SELECT id FROM _names) AS known
+        FROM profiles WHERE onesignal_user_id IN (SELECT v FROM _touched_values)
+                        AND onesignal_user_id_type = 'VARCHAR'""")
+    if con.execute("SELECT count(*) FROM _holders WHERE NOT known").fetchone()[0]:   # their entries too
+        con.execute("""INSERT INTO _tmap SELECT distinct_id, canonical_id FROM identity_map
+                       WHERE distinct_id IN (SELECT distinct_id FROM _holders WHERE NOT known)""")
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _refreshed AS
-        SELECT coalesce(m.canonical_id, h.distinct_id) AS distinct_id
-        FROM _holders h LEFT JOIN (SELECT * FROM identity_map WHERE distinct_id IN (SELECT distinct_id FROM _holders)) m
-             ON m.distinct_id = h.distinct_id
-        UNION SELECT id FROM {TOUCHED}""")
-    sql, params = facts_sql(DEFAULT_USER_ID_PROPERTY, "_refreshed")
-    con.execute(f"DELETE FROM {FACTS_TABLE} WHERE distinct_id IN (SELECT distinct_id FROM _refreshed)")
+        CREATE OR REPLACE TEMP TABLE _extra AS
+        SELECT DISTINCT coalesce(m.canonical_id, h.distinct_id) AS distinct_id
+        FROM _holders h LEFT JOIN _tmap m ON m.distinct_id = h.distinct_id
+        EXCEPT {t}""")
+    con.execute(f"DELETE FROM {FACTS_TABLE} WHERE rowid IN (SELECT r FROM _old_facts)")
+    if con.execute("SELECT count(*) FROM _extra").fetchone()[0]:
+        con.execute(f"""INSERT INTO _scope SELECT {SCOPE_COLUMNS}, canonical
+                        FROM {_profile_rows_under("SELECT distinct_id FROM _extra")}""")
+        con.execute(f"DELETE FROM {FACTS_TABLE} WHERE distinct_id IN (SELECT distinct_id FROM _extra)")
+    sql, params = facts_sql(DEFAULT_USER_ID_PROPERTY, "_scope")
     con.execute(f"INSERT INTO {FACTS_TABLE} BY NAME SELECT * FROM ({sql})", params)
-    for table in ("_touched_values", "_holders", "_refreshed"):
-        con.execute(f"DROP TABLE {q(table)}")
+    for table in ("_tmap", "_names", "_scope", "_old_facts", "_touched_values", "_holders", "_extra"):
+        con.execute(f"DROP TABLE {table}")
 
 
 def stored_facts(con, user_id_property: str) -> str | None:

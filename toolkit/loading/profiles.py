@@ -184,5 +184,9 @@ def _write_profile_states(con, states: dict[str, tuple[dict | None, int]], file_
         with registered(con, "_kept", distinct_id=list(kept),
                         properties=[json.dumps(props, ensure_ascii=False) for props, _ in kept.values()],
                         line=[line for _, line in kept.values()]):
-            con.execute("INSERT OR REPLACE INTO profiles SELECT distinct_id, properties::JSON, ?::TIMESTAMP, ?, "
+            # Delete and insert, not INSERT OR REPLACE: that updates the rows in place, and DuckDB's
+            # checkpoint then rewrites every row group holding one, properties and all (1,981 updates
+            # spread over 1M profiles: 3.6 s of CPU at close); deleted rows are only marked.
+            con.execute("DELETE FROM profiles WHERE distinct_id IN (SELECT distinct_id FROM _kept)")
+            con.execute("INSERT INTO profiles SELECT distinct_id, properties::JSON, ?::TIMESTAMP, ?, "
                         f"line, {profile_facts('properties::JSON')} FROM _kept", [now.replace(tzinfo=None), file_id])
