@@ -21,6 +21,7 @@ from toolkit import cohort_batch, export, mtu, reconcile
 from toolkit.credentials import find as find_credentials
 from toolkit.engine import EngineChoice, Evaluator
 from toolkit.errors import CredentialsError, SyncFailed, ToolkitError, UsageError
+from toolkit.export import cycle_plans
 from toolkit.loading import LoadSummary, load
 from toolkit.onesignal import DEFAULT_MAX_RPS, Credentials, default_base_url
 from toolkit.rate_budget import AppBudget
@@ -69,7 +70,8 @@ def export_cohort(store: Store, settings: export.ExportSettings | str, credentia
             on_progress(done, total)
 
     try:
-        return export.run(store, settings, found.table, credentials, members=found.members, on_progress=report)
+        return export.run(store, settings, found.table, credentials, members=found.members, on_progress=report,
+                          planned=found.planned)
     finally:
         bar.close()
 
@@ -162,6 +164,8 @@ def _run_one(store: Store, chosen: export.ExportSettings, found: export.Exportab
                 return _failed(store, chosen.cohort, chosen, exc, chosen.now, chosen.dry_run)
             log.info('cohort "%s": its run met another run\'s write (%s); starting it again', chosen.cohort, exc)
             _end_open_transaction(store)
+            if found is not None and found.planned is not None:
+                found = None        # a plan made before the cycle would resend what that attempt did: plan again
         except Exception as exc:     # one cohort never stops the sync; the failure is its run record
             return _failed(store, chosen.cohort, chosen, exc, chosen.now, chosen.dry_run)
     raise AssertionError("unreachable")
@@ -177,13 +181,15 @@ def _failed(store: Store, name: str, chosen: export.ExportSettings | None, exc: 
 
 
 class _SharedPass:
-    """A cycle's cohorts evaluated in one pass, and matched in one query per (user-id property, id type).
-    A pass that fails (a cohort that cannot be compiled) is given up: each cohort is then evaluated on
-    its own by its run, so the failure is that cohort's alone."""
+    """A cycle's cohorts evaluated in one pass, matched in one query per (user-id property, id type), and
+    planned together (``export.cycle_plans``). A pass that fails (a cohort that cannot be compiled) is
+    given up: each cohort is then evaluated on its own by its run, so the failure is that cohort's alone."""
 
     def __init__(self, store: Store, chosen: list[export.ExportSettings], now: datetime):
         self.store = store
+        self.chosen = chosen
         self.matched: dict[tuple[str, str], cohort_batch.Matched] = {}
+        self.planned: dict[str, export.Exportable] = {}
         self.members: cohort_batch.Members | None = None
         if len({s.cohort for s in chosen}) < 2:
             return                      # one cohort: its run evaluates it, as an export does
@@ -204,6 +210,9 @@ class _SharedPass:
                 self.matched[key] = cohort_batch.classify(
                     self.store, self.members, user_id_property=key[0], id_type=key[1],
                     table=f"{cohort_batch.MATCHED_TABLE}_{len(self.matched)}")
+                self._plan_together(key)
+            if settings.cohort in self.planned:
+                return self.planned[settings.cohort]
             found = self.matched[key].of(settings.cohort)
         except Exception as exc:
             log.info('cohort "%s" is matched on its own: %s', settings.cohort, failure_reason(exc))
@@ -211,6 +220,16 @@ class _SharedPass:
             return None
         return export.Exportable(int(found.summary["members"]), found.exportable_table,
                                  {reason: int(n) for reason, n in found.summary["reasons"].items() if n})
+
+    def _plan_together(self, key: tuple[str, str]) -> None:
+        """Plan every cohort of this (user-id property, id type) at once; if that fails, each run plans its own."""
+        assert self.members is not None
+        alike = [s for s in self.chosen if (s.user_id_property, s.id_type) == key]
+        try:
+            self.planned.update(cycle_plans.plan_all(self.store.con, self.members, self.matched[key].table, alike))
+        except Exception as exc:
+            log.info("the cycle's cohorts are planned one by one: %s", failure_reason(exc))
+            _end_open_transaction(self.store)
 
     def close(self) -> None:
         if self.members is not None:
