@@ -112,25 +112,26 @@ def kept_all(con, cohorts: list[str], since: datetime) -> dict[str, tuple[Finger
     return out
 
 
-def diff_all(con, wanted: str, cohorts: list[str], since: datetime, params: Mapping | None = None
+def diff_all(con, wanted: str, cohorts: list[str], since: datetime
              ) -> dict[str, tuple[list[tuple[str, Target]], list[tuple[str, Target]]]]:
-    """``diff`` of many cohorts in one outer join: ``wanted`` is a query of (cohort, distinct_id,
-    onesignal_id, id_type) rows for the ``cohorts`` (whose snapshots it is compared with); per cohort,
-    (adds, removes). Only the changed rows leave DuckDB."""
+    """``diff`` of many cohorts in one outer join: ``wanted`` is a query of (k, distinct_id, onesignal_id,
+    id_type) rows, k the position of their cohort in ``cohorts``; per cohort, (adds, removes). Joined on
+    (k, distinct_id) alone, a member whose OneSignal id changed is one row, both an add and a removal.
+    Only the changed rows leave DuckDB."""
     rows = con.execute(f"""
-        WITH current AS (
-            SELECT cohort, distinct_id, onesignal_id, id_type FROM export_members
-            WHERE cohort IN (SELECT unnest($cohorts::VARCHAR[])) AND (status = 'tagged' OR checked_at > $since))
-        SELECT coalesce(w.cohort, c.cohort), w.distinct_id, w.onesignal_id, w.id_type,
-               c.distinct_id, c.onesignal_id, c.id_type
-        FROM ({wanted}) w FULL JOIN current c
-          ON c.cohort = w.cohort AND c.distinct_id = w.distinct_id AND c.onesignal_id = w.onesignal_id
-             AND c.id_type = w.id_type
-        WHERE w.distinct_id IS NULL OR c.distinct_id IS NULL""",
-                       {**(params or {}), "cohorts": list(cohorts), "since": since}).fetchall()
+        WITH chosen AS (SELECT unnest($cohorts::VARCHAR[]) AS cohort,
+                               generate_subscripts($cohorts::VARCHAR[], 1) - 1 AS k),
+        current AS (
+            SELECT k, distinct_id, onesignal_id, id_type FROM export_members JOIN chosen USING (cohort)
+            WHERE status = 'tagged' OR checked_at > $since)
+        SELECT coalesce(w.k, c.k), w.distinct_id, w.onesignal_id, w.id_type, c.distinct_id, c.onesignal_id, c.id_type
+        FROM ({wanted}) w FULL JOIN current c ON c.k = w.k AND c.distinct_id = w.distinct_id
+        WHERE w.distinct_id IS NULL OR c.distinct_id IS NULL
+           OR w.onesignal_id <> c.onesignal_id OR w.id_type <> c.id_type""",
+                       {"cohorts": list(cohorts), "since": since}).fetchall()
     out: dict[str, tuple[list[tuple[str, Target]], list[tuple[str, Target]]]] = {c: ([], []) for c in cohorts}
-    for cohort, d, o, t, cd, co, ct in rows:
-        adds, removes = out[cohort]
+    for k, d, o, t, cd, co, ct in rows:
+        adds, removes = out[cohorts[k]]
         if d is not None:
             adds.append((d, Target(o, t)))
         if cd is not None:

@@ -52,11 +52,10 @@ def plan_all(con, members: cohort_batch.Members, matched: str, chosen: Sequence[
         name: planning.unchanged(counts[name][2], kept[name][0]) for name in settings}
     changed = [name for name, found in plans.items() if found is None]
     if changed:
-        flags = {f"n{i}": name for i, name in enumerate(changed)}
         wanted = " UNION ALL ".join(
-            f"SELECT ${key} AS cohort, {_EXPORTED} FROM {matched} "
-            f"WHERE exportable AND {quote_ident(members.flags[name])}" for key, name in flags.items())
-        diffs = snapshots.diff_all(con, wanted, changed, since, flags)
+            f"SELECT {k} AS k, {_EXPORTED} FROM {matched} WHERE exportable AND {quote_ident(members.flags[name])}"
+            for k, name in enumerate(changed))
+        diffs = snapshots.diff_all(con, wanted, changed, since)
         for name in changed:
             adds, removes = diffs[name]
             plans[name] = planning.plan(adds, removes, counts[name][2].members - len(adds))
