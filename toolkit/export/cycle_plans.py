@@ -81,24 +81,28 @@ def plan_all(con, members: cohort_batch.Members, matched: str, chosen: Sequence[
 def _counts(con, members: cohort_batch.Members, matched: str, names: list[str]
             ) -> dict[str, tuple[int, int, planning.Fingerprint, dict[str, int]]]:
     """Per cohort, in one pass over ``matched``: (members, exportable, the fingerprint of the exportable
-    members, the others by reason), as ``matching.summarize`` and ``snapshots.fingerprint`` give them."""
+    members, the others by reason), as ``matching.summarize`` and ``snapshots.fingerprint`` give them.
+    Each member's hash is computed once and summed in two 32-bit halves, as whole numbers times the
+    cohort's flag: filtered sums of the 64-bit hash took ten times longer."""
     aggregates = []
     for name in names:
-        flag = quote_ident(members.flags[name])
-        aggregates.append(f"count(*) FILTER (WHERE {flag})")
-        aggregates.append(f"coalesce(sum({_HASH}) FILTER (WHERE {flag}), 0)::HUGEINT")
-    rows = con.execute(f"SELECT exportable, reason, {', '.join(aggregates)} FROM {matched} "
-                       "GROUP BY ALL").fetchall()
+        flag = f"{quote_ident(members.flags[name])}::BIGINT"
+        aggregates.append(f"sum({flag}), sum(hi * {flag}), sum(lo * {flag})")
+    rows = con.execute(f"""
+        SELECT exportable, reason, {', '.join(aggregates)}
+        FROM (SELECT *, CASE WHEN exportable THEN {_HASH} ELSE 0 END AS _h,
+                     (_h >> 32)::BIGINT AS hi, (_h & 4294967295)::BIGINT AS lo FROM {matched})
+        GROUP BY ALL""").fetchall()
     out = {}
     for i, name in enumerate(names):
         total = exportable = digest = 0
         left_out: dict[str, int] = {}
         for row in rows:
-            n, hashed = row[2 + 2 * i], row[3 + 2 * i]
+            n, hi, lo = (int(v or 0) for v in row[2 + 3 * i:5 + 3 * i])
             total += n
             if row[0]:
                 exportable += n
-                digest += hashed
+                digest += (hi << 32) + lo
             elif n and row[1] in matching.REASONS:
                 left_out[row[1]] = left_out.get(row[1], 0) + n
         out[name] = (total, exportable, planning.Fingerprint(exportable, digest),
