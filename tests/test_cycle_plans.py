@@ -57,7 +57,9 @@ def _registered(path, seed: int):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_plans_made_together_equal_each_cohort_planned_alone(sample_store_copy, seed):
+def test_plans_made_together_equal_each_cohort_planned_alone(sample_store_copy, seed, monkeypatch):
+    if seed % 2:
+        monkeypatch.setattr(snapshots, "MASK_BITS", 3)      # the changed cohorts diffed a few at a time
     store, names = _registered(sample_store_copy, seed)
     with store:
         chosen = [export.settings(store, name, now=NOW + timedelta(minutes=15)) for name in names]

@@ -112,30 +112,43 @@ def kept_all(con, cohorts: list[str], since: datetime) -> dict[str, tuple[Finger
     return out
 
 
+MASK_BITS = 120       # cohorts one ``diff_all`` compares (a bit each in a 128-bit mask)
+
+
 def diff_all(con, wanted: str, cohorts: list[str], since: datetime
              ) -> dict[str, tuple[list[tuple[str, Target]], list[tuple[str, Target]]]]:
-    """``diff`` of many cohorts in one outer join: ``wanted`` is a query of (k, distinct_id, onesignal_id,
-    id_type) rows, k the position of their cohort in ``cohorts``; per cohort, (adds, removes). Joined on
-    (k, distinct_id) alone, a member whose OneSignal id changed is one row, both an add and a removal.
-    Only the changed rows leave DuckDB."""
+    """``diff`` of many cohorts (at most MASK_BITS) at once, per cohort (adds, removes). ``wanted`` is a
+    query of (distinct_id, onesignal_id, id_type, mask) with one row per member of any of them, bit k of
+    mask set when it is wanted in ``cohorts[k]``. The snapshots are folded the same way, one row per
+    (distinct_id, onesignal_id, id_type); one outer join of the two on those finds the rows whose masks
+    differ, and the bits that differ say in which cohorts each is an add or a removal (a member whose
+    OneSignal id changed is a removal under the old id and an add under the new). Joining users, not
+    (cohort, member) pairs, keeps the join a cohort's size whatever the number of cohorts."""
+    if len(cohorts) > MASK_BITS:
+        raise ValueError(f"diff_all compares at most {MASK_BITS} cohorts at once")
     rows = con.execute(f"""
         WITH chosen AS (SELECT unnest($cohorts::VARCHAR[]) AS cohort,
-                               generate_subscripts($cohorts::VARCHAR[], 1) - 1 AS k),
+                               (generate_subscripts($cohorts::VARCHAR[], 1) - 1)::UHUGEINT AS k),
         current AS (
-            SELECT k, distinct_id, onesignal_id, id_type FROM export_members JOIN chosen USING (cohort)
-            WHERE status = 'tagged' OR checked_at > $since)
-        SELECT coalesce(w.k, c.k), w.distinct_id, w.onesignal_id, w.id_type, c.distinct_id, c.onesignal_id, c.id_type
-        FROM ({wanted}) w FULL JOIN current c ON c.k = w.k AND c.distinct_id = w.distinct_id
-        WHERE w.distinct_id IS NULL OR c.distinct_id IS NULL
-           OR w.onesignal_id <> c.onesignal_id OR w.id_type <> c.id_type""",
-                       {"cohorts": list(cohorts), "since": since}).fetchall()
+            SELECT distinct_id, onesignal_id, id_type, bit_or(1::UHUGEINT << k) AS mask
+            FROM export_members JOIN chosen USING (cohort)
+            WHERE status = 'tagged' OR checked_at > $since GROUP BY ALL)
+        SELECT w.distinct_id, w.onesignal_id, w.id_type, w.mask, c.distinct_id, c.onesignal_id, c.id_type, c.mask
+        FROM ({wanted}) w FULL JOIN current c
+          ON c.distinct_id = w.distinct_id AND c.onesignal_id = w.onesignal_id AND c.id_type = w.id_type
+        WHERE w.mask IS DISTINCT FROM c.mask""", {"cohorts": list(cohorts), "since": since}).fetchall()
     out: dict[str, tuple[list[tuple[str, Target]], list[tuple[str, Target]]]] = {c: ([], []) for c in cohorts}
-    for k, d, o, t, cd, co, ct in rows:
-        adds, removes = out[cohorts[k]]
-        if d is not None:
-            adds.append((d, Target(o, t)))
-        if cd is not None:
-            removes.append((cd, Target(co, ct)))
+    for d, o, t, wanted_in, cd, co, ct, held_in in rows:
+        wanted_in, held_in = int(wanted_in or 0), int(held_in or 0)
+        differ = wanted_in ^ held_in
+        while differ:                       # the bits that differ, lowest first
+            bit = differ & -differ
+            differ ^= bit
+            adds, removes = out[cohorts[bit.bit_length() - 1]]
+            if wanted_in & bit:
+                adds.append((d, Target(o, t)))
+            else:
+                removes.append((cd, Target(co, ct)))
     return out
 
 

@@ -52,10 +52,14 @@ def plan_all(con, members: cohort_batch.Members, matched: str, chosen: Sequence[
         name: planning.unchanged(counts[name][2], kept[name][0]) for name in settings}
     changed = [name for name, found in plans.items() if found is None]
     if changed:
-        wanted = " UNION ALL ".join(
-            f"SELECT {k} AS k, {_EXPORTED} FROM {matched} WHERE exportable AND {quote_ident(members.flags[name])}"
-            for k, name in enumerate(changed))
-        diffs = snapshots.diff_all(con, wanted, changed, since)
+        diffs = {}
+        for start in range(0, len(changed), snapshots.MASK_BITS):
+            some = changed[start:start + snapshots.MASK_BITS]
+            flags = [quote_ident(members.flags[name]) for name in some]
+            mask = " | ".join(f"({flag}::UHUGEINT << {k}::UHUGEINT)" for k, flag in enumerate(flags))
+            wanted = (f"SELECT {_EXPORTED}, {mask} AS mask FROM {matched} "
+                      f"WHERE exportable AND ({' OR '.join(flags)})")
+            diffs.update(snapshots.diff_all(con, wanted, some, since))
         for name in changed:
             adds, removes = diffs[name]
             plans[name] = planning.plan(adds, removes, counts[name][2].members - len(adds))
