@@ -1,6 +1,7 @@
 """Bench rows: one fifteen-minute cycle of 60 dynamic syncs on the bench store (issue 15.5).
 
-    python -m bench.cycle STORE [--rate 200]    # a store holding the generated events and profiles
+    python -m bench.cycle STORE [--rate 200] [--no-one-by-one] [--memory-limit 4GB]    # a store holding the
+                                                                # generated events and profiles
 
 On a copy of the store (the cycle writes): 60 cohorts of mixed shape (profile only, behavioural, "did
 not", counts, event property filters, OR groups, first time, references, date ranges) registered as
@@ -160,7 +161,7 @@ def _best(fn, runs=5) -> float:
     return min(times)
 
 
-def rows(source: Path, rate: int = 200, one_by_one: bool = True) -> list[Row]:
+def rows(source: Path, rate: int = 200, one_by_one: bool = True, memory_limit: str | None = None) -> list[Row]:
     from bench.__main__ import INCREMENT_EVENTS, generated
     from bench.cohort_eval import COHORT
     from toolkit import Store, cohort_batch, cohorts, export, load, snapshots, sync
@@ -171,7 +172,7 @@ def rows(source: Path, rate: int = 200, one_by_one: bool = True) -> list[Row]:
     with tempfile.TemporaryDirectory(dir=source.parent) as tmp:
         db = Path(tmp) / "cycle.duckdb"
         shutil.copyfile(source, db)
-        with Store(db) as store:
+        with Store(db, memory_limit=memory_limit) as store:
             con = store.con
             now0 = con.execute("SELECT max(time) FROM events").fetchone()[0].replace(tzinfo=dt.UTC) \
                 + dt.timedelta(seconds=1)
@@ -307,8 +308,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200, help="the emulator app's limit, requests/s")
     parser.add_argument("--no-one-by-one", dest="one_by_one", action="store_false",
                         help="do not time the 60 cohorts evaluated one by one (minutes at 10M events)")
+    parser.add_argument("--memory-limit", help="DuckDB's memory limit for the store, e.g. 4GB (at 10M events)")
     args = parser.parse_args()
-    print_table(rows(args.store, args.rate, args.one_by_one))
+    print_table(rows(args.store, args.rate, args.one_by_one, args.memory_limit))
 
 
 if __name__ == "__main__":

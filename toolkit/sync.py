@@ -21,6 +21,7 @@ from toolkit import cohort_batch, export, mtu, reconcile
 from toolkit.credentials import find as find_credentials
 from toolkit.engine import EngineChoice, Evaluator
 from toolkit.errors import CredentialsError, SyncFailed, SyncPaused, ToolkitError, UsageError
+from toolkit.export import cycle_plans
 from toolkit.export.merged import MergedSends
 from toolkit.loading import LoadSummary, load
 from toolkit.onesignal import DEFAULT_MAX_RPS, Credentials, default_base_url
@@ -70,7 +71,8 @@ def export_cohort(store: Store, settings: export.ExportSettings | str, credentia
             on_progress(done, total)
 
     try:
-        return export.run(store, settings, found.table, credentials, members=found.members, on_progress=report)
+        return export.run(store, settings, found.table, credentials, members=found.members, on_progress=report,
+                          planned=found.planned)
     finally:
         bar.close()
 
@@ -198,6 +200,8 @@ def _run_one(store: Store, chosen: export.ExportSettings, found: export.Exportab
                 return _failed(store, chosen.cohort, chosen, exc, chosen.now, chosen.dry_run)
             log.info('cohort "%s": its run met another run\'s write (%s); starting it again', chosen.cohort, exc)
             _end_open_transaction(store)
+            if found is not None and found.planned is not None:
+                found = None        # a plan made before the cycle would resend what that attempt did: plan again
         except SyncPaused as exc:    # paused since the cycle began (another run met the app's refused key)
             log.info('cohort "%s" is skipped: %s', chosen.cohort, exc)
             return None
@@ -216,13 +220,15 @@ def _failed(store: Store, name: str, chosen: export.ExportSettings | None, exc: 
 
 
 class _SharedPass:
-    """A cycle's cohorts evaluated in one pass, and matched in one query per (user-id property, id type).
-    A pass that fails (a cohort that cannot be compiled) is given up: each cohort is then evaluated on
-    its own by its run, so the failure is that cohort's alone."""
+    """A cycle's cohorts evaluated in one pass, matched in one query per (user-id property, id type), and
+    planned together (``export.cycle_plans``). A pass that fails (a cohort that cannot be compiled) is
+    given up: each cohort is then evaluated on its own by its run, so the failure is that cohort's alone."""
 
     def __init__(self, store: Store, chosen: list[export.ExportSettings], now: datetime):
         self.store = store
+        self.chosen = chosen
         self.matched: dict[tuple[str, str], cohort_batch.Matched] = {}
+        self.planned: dict[str, export.Exportable] = {}
         self.members: cohort_batch.Members | None = None
         if len({s.cohort for s in chosen}) < 2:
             return                      # one cohort: its run evaluates it, as an export does
@@ -243,6 +249,9 @@ class _SharedPass:
                 self.matched[key] = cohort_batch.classify(
                     self.store, self.members, user_id_property=key[0], id_type=key[1],
                     table=f"{cohort_batch.MATCHED_TABLE}_{len(self.matched)}")
+                self._plan_together(key)
+            if settings.cohort in self.planned:
+                return self.planned[settings.cohort]
             found = self.matched[key].of(settings.cohort)
         except Exception as exc:
             log.info('cohort "%s" is matched on its own: %s', settings.cohort, failure_reason(exc))
@@ -250,6 +259,16 @@ class _SharedPass:
             return None
         return export.Exportable(int(found.summary["members"]), found.exportable_table,
                                  {reason: int(n) for reason, n in found.summary["reasons"].items() if n})
+
+    def _plan_together(self, key: tuple[str, str]) -> None:
+        """Plan every cohort of this (user-id property, id type) at once; if that fails, each run plans its own."""
+        assert self.members is not None
+        alike = [s for s in self.chosen if (s.user_id_property, s.id_type) == key]
+        try:
+            self.planned.update(cycle_plans.plan_all(self.store.con, self.members, self.matched[key].table, alike))
+        except Exception as exc:
+            log.info("the cycle's cohorts are planned one by one: %s", failure_reason(exc))
+            _end_open_transaction(self.store)
 
     def close(self) -> None:
         if self.members is not None:

@@ -88,11 +88,11 @@ def preview_targets(store: Store, chosen: ExportSettings, found: Exportable, *, 
     """``preview_export`` of members already evaluated (``found``): the plan, the guard and the app's
     data-tag cap, from the store alone."""
     reader = store.reader()
-    the_plan, verdict, caps = _capped_plan(reader, chosen, found.table)
+    the_plan, verdict, caps = _capped_plan(reader, chosen, found.table, found.planned)
     limit = app_tag_limit(reader, chosen.app_id)
     if limit["tag_limit"] != chosen.tag_limit:
         limit = {"tag_limit": chosen.tag_limit, "source": "this run"}
-    return ExportPreview(chosen.cohort, chosen.mode, chosen.now, found.members, found.table.num_rows,
+    return ExportPreview(chosen.cohort, chosen.mode, chosen.now, found.members, found.count,
                          {op: the_plan.counts.get(op, 0) for op in (ADD, REMOVE, NOOP)},
                          {op: tuple(the_plan.of(op)[:samples]) for op in (ADD, REMOVE)}, verdict, found.left_out,
                          limit, caps.count)

@@ -25,6 +25,7 @@ from toolkit.export.results import _ResultWriter
 from toolkit.export.run_settings import SAVE_REGISTRATION, ExportSettings, _save_registration
 from toolkit.export.segments import _ensure_segment
 from toolkit.export.tag_caps import TagCaps, _capped_plan, other_tags
+from toolkit.export.wanted import Planned
 from toolkit.onesignal import NOT_FOUND, TAG_CAP, Credentials, NotFound, OneSignalClient, OneSignalError
 from toolkit.planning import ADD, REMOVE, Step, Target
 from toolkit.store import Store, transaction
@@ -44,28 +45,31 @@ _CACHE_WRITES = threading.Lock()
 LEARN_TAGS_PER_RUN = 100        # users refused for the cap whose tags a run reads back (one view call each)
 
 
-def run(store: Store, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table,
+def run(store: Store, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table | None,
         credentials: Credentials | None, *, members: int | None = None,
-        on_progress: Callable[[int, int], None] | None = None) -> RunRecord:
+        on_progress: Callable[[int, int], None] | None = None, planned: Planned | None = None) -> RunRecord:
     """One export run of ``settings.cohort`` towards ``wanted`` (distinct_id -> OneSignal target, or
-    ``Exportable.table``; ``members``: the cohort's size, default the number wanted). Settings that
+    ``Exportable.table``; ``members``: the cohort's size, default the number wanted), or along a plan
+    made with the cycle's others (``planned``; then ``wanted`` is not read). Settings that
     register the export (``saves``) store it only if the run succeeds (ok or partial). A dry run needs
     no registration and changes no export."""
     con = store.con.cursor()     # a connection of its own: runs may happen in threads (widgets, scheduler)
     try:
-        return _run(store, con, settings, wanted, credentials, members, on_progress)
+        return _run(store, con, settings, wanted, credentials, members, on_progress, planned)
     finally:
         con.close()
 
 
-def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table,
-         credentials: Credentials | None, members: int | None, on_progress) -> RunRecord:
+def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table | None,
+         credentials: Credentials | None, members: int | None, on_progress, planned: Planned | None = None
+         ) -> RunRecord:
     if not settings.dry_run and not (settings.app_id and settings.base_url):
         raise ExportError(f"cohort {settings.cohort!r} has no export; register it first (toolkit export NAME --once)")
     if not settings.dry_run and settings.saves != SAVE_REGISTRATION:
         states.refuse_if_paused(con, settings.cohort)
-    the_plan, verdict, caps = _capped_plan(con, settings, wanted)
-    wanted_count = wanted.num_rows if isinstance(wanted, pa.Table) else len(wanted)
+    the_plan, verdict, caps = _capped_plan(con, settings, wanted, planned)
+    wanted_count = (planned.exportable if planned is not None else wanted.num_rows if isinstance(wanted, pa.Table)
+                    else len(wanted or {}))
     with _run_lock(store, settings.cohort):
         record = _start(store, con, settings, the_plan, verdict, members if members is not None else wanted_count,
                         wanted_count)

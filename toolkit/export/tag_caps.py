@@ -11,7 +11,7 @@ import pyarrow as pa
 from toolkit import planning
 from toolkit.export.helpers import _naive
 from toolkit.export.run_settings import ExportSettings
-from toolkit.export.wanted import RECHECK_ABSENT, _plan, _targets
+from toolkit.export.wanted import RECHECK_ABSENT, Planned, _plan, _targets
 from toolkit.planning import ADD, GuardVerdict, Target
 
 
@@ -70,6 +70,39 @@ def other_tags(con, settings: ExportSettings, ids: Sequence[str]) -> dict[str, i
     return dict(rows)
 
 
+def other_tags_all(con, wanted: Sequence[tuple[ExportSettings, Sequence[str]]]) -> dict[str, dict[str, int]]:
+    """``other_tags`` of many cohorts' users at once (settings, OneSignal ids): per cohort, as it gives
+    them, in one pass over the snapshots instead of one per cohort."""
+    rows = [(s.cohort, s.app_id, s.tag_key, i) for s, ids in wanted if s.app_id for i in dict.fromkeys(ids)]
+    if not rows:
+        return {}
+    names = ("cohort", "app_id", "tag_key", "onesignal_id")
+    con.register("cap_ids", pa.table({name: pa.array([r[i] for r in rows], pa.string())
+                                      for i, name in enumerate(names)}))
+    try:
+        found = con.execute("""
+            WITH ids AS (SELECT DISTINCT app_id, onesignal_id FROM cap_ids),
+            toolkit AS (SELECT DISTINCT e.app_id, m.onesignal_id, e.tag_key FROM export_members m
+                        JOIN exports e USING (cohort) JOIN ids ON ids.app_id = e.app_id
+                                                              AND ids.onesignal_id = m.onesignal_id
+                        WHERE m.status = 'tagged'),
+            viewed AS (SELECT k.app_id, k.onesignal_id, unnest(k.tag_keys) AS tag_key FROM known_user_tags k
+                       JOIN ids USING (app_id, onesignal_id)),
+            tags AS (SELECT * FROM toolkit
+                     UNION ALL SELECT * FROM viewed v
+                     WHERE v.tag_key NOT IN (SELECT tag_key FROM exports e WHERE e.app_id = v.app_id))
+            SELECT c.cohort, c.onesignal_id, count(DISTINCT t.tag_key)::INTEGER
+            FROM cap_ids c JOIN tags t ON t.app_id = c.app_id AND t.onesignal_id = c.onesignal_id
+                                      AND t.tag_key <> c.tag_key
+            GROUP BY ALL""").fetchall()
+    finally:
+        con.unregister("cap_ids")
+    out: dict[str, dict[str, int]] = {}
+    for cohort, onesignal_id, n in found:
+        out.setdefault(cohort, {})[onesignal_id] = n
+    return out
+
+
 def knows_other_tags(con, settings: ExportSettings) -> bool:
     """Whether the toolkit knows of any tag beside this cohort's on any user of the app (mostly not: then
     a million adds need no look-up)."""
@@ -109,9 +142,14 @@ def _over(con, settings: ExportSettings, caps: TagCaps, the_plan: planning.Plan)
     return replace(caps, over=over, other=known)
 
 
-def _capped_plan(con, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table
-                 ) -> tuple[planning.Plan, GuardVerdict, TagCaps]:
-    """The plan and guard of ``_plan`` for the members the cap does not hold back, and the cap's verdict."""
+def _capped_plan(con, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table | None,
+                 planned: Planned | None = None) -> tuple[planning.Plan, GuardVerdict, TagCaps]:
+    """The plan and guard of ``_plan`` for the members the cap does not hold back, and the cap's verdict.
+    A plan made with the cycle's others (``planned``: only for a cohort the cap held nobody of) is taken
+    as it is."""
+    if planned is not None:
+        return planned.plan, planned.verdict, TagCaps(settings.tag_limit, over=planned.over, other=planned.other)
+    assert wanted is not None
     caps = _held(con, settings, wanted)
     the_plan, verdict = _plan(con, settings, caps.sendable(wanted))
     return the_plan, verdict, _over(con, settings, caps, the_plan)

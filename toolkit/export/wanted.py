@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
+from typing import NamedTuple
 
 import pyarrow as pa
 
@@ -23,18 +24,39 @@ MAX_COHORT_MEMBERS = 10_000_000
 RECHECK_ABSENT = timedelta(hours=24)
 
 
+class Planned(NamedTuple):
+    """A plan made before its run, with the cycle's other cohorts (``export.cycle_plans``), and what the
+    app's tag cap says of its adds (``tag_caps.TagCaps``: ``over`` and ``other``, as of the cycle's start)."""
+    plan: planning.Plan
+    verdict: GuardVerdict
+    exportable: int                 # how many members it was planned for
+    over: frozenset[str] = frozenset()
+    other: Mapping[str, int] = {}
+
+
 @dataclass(frozen=True)
 class Exportable:
     """A cohort evaluated for export: its size, the OneSignal user of each exportable member (``table``:
     distinct_id, onesignal_id, id_type, what a run plans from), and how many of the others each reason
-    left out."""
+    left out. A cohort planned with the rest of its cycle carries its plan (``planned``) instead of its
+    members: then ``table`` is None."""
     members: int
-    table: pa.Table
+    table: pa.Table | None
     left_out: Mapping[str, int]
+    planned: Planned | None = None
+
+    @property
+    def count(self) -> int:
+        """How many members are exportable."""
+        if self.planned is not None:
+            return self.planned.exportable
+        assert self.table is not None
+        return self.table.num_rows
 
     @cached_property
     def wanted(self) -> dict[str, Target]:
         """The exportable members as a mapping (a run never needs it: small cohorts, reports)."""
+        assert self.table is not None, "a cohort planned with its cycle carries no members"
         return _targets(self.table)
 
 

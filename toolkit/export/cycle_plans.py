@@ -1,0 +1,114 @@
+"""A cycle's plans, made together: every due cohort of one shared pass planned in a few statements.
+
+Planning sixty cohorts one by one read each cohort's matched members into Arrow, hashed them, looked
+up its kept fingerprint and, when it differed, diffed it against its snapshot: a dozen round trips per
+cohort, most of the cycle's time once the evaluation itself is shared (``cohort_batch``). Here, over
+the classified users of the pass (one row per user, one flag per cohort): one aggregation gives every
+cohort's counts per reason and the fingerprint of its exportable members; one pass over
+``export_members`` gives every kept fingerprint and snapshot size (``snapshots.kept_all``); one outer
+join diffs all the cohorts whose fingerprints differ (``snapshots.diff_all``); one query counts the tags
+the toolkit knows the added users carry (``tag_caps.other_tags_all``). The pure core then orders each
+cohort's rows into its plan (``planning.plan``) and judges the removal guard, as a run alone does. The
+tag cap is judged as of the cycle's start: what the cycle's other runs tag meanwhile is not counted (a
+user OneSignal then refuses is recorded and held back, as any refusal).
+
+A cohort this cannot plan as its run would is left out, and its run plans it alone: a static cohort,
+one whose members the app's tag cap holds back (its plan leaves them out), one over the member limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from toolkit import cohort_batch, matching, planning, snapshots
+from toolkit.export.run_settings import ExportSettings
+from toolkit.export.tag_caps import other_tags_all
+from toolkit.export.wanted import MAX_COHORT_MEMBERS, Exportable, Planned, _recheck_since
+from toolkit.sql import quote_ident
+
+_EXPORTED = ", ".join(quote_ident(c) for c in snapshots.COLUMNS)
+_HASH = f"hash({_EXPORTED})"
+
+
+def plan_all(con, members: cohort_batch.Members, matched: str, chosen: Sequence[ExportSettings]
+             ) -> dict[str, Exportable]:
+    """The cohorts of ``chosen`` (one ``now``) that the pass evaluated, each as its ``Exportable`` with
+    its plan and guard (``planned``), from ``matched``: the pass's users classified with their flags
+    (``cohort_batch.classify``). Cohorts left out (see the module) are planned by their run."""
+    if not chosen:
+        return {}
+    now = chosen[0].now
+    held = {c for c, in con.execute("SELECT DISTINCT cohort FROM export_tag_caps").fetchall()}
+    settings = {s.cohort: s for s in chosen
+                if s.cohort in members.flags and s.cohort not in held and s.now == now}
+    if not settings:
+        return {}
+    counts = _counts(con, members, matched, list(settings))
+    limit = min(matching.COHORT_LIMIT, MAX_COHORT_MEMBERS)
+    settings = {name: s for name, s in settings.items() if counts[name][1] <= limit}
+    since = _recheck_since(now)
+    kept = snapshots.kept_all(con, list(settings), since)
+    plans: dict[str, planning.Plan | None] = {
+        name: planning.unchanged(counts[name][2], kept[name][0]) for name in settings}
+    changed = [name for name, found in plans.items() if found is None]
+    if changed:
+        diffs = {}
+        for start in range(0, len(changed), snapshots.MASK_BITS):
+            some = changed[start:start + snapshots.MASK_BITS]
+            flags = [quote_ident(members.flags[name]) for name in some]
+            mask = " | ".join(f"({flag}::UHUGEINT << {k}::UHUGEINT)" for k, flag in enumerate(flags))
+            wanted = (f"SELECT {_EXPORTED}, {mask} AS mask FROM {matched} "
+                      f"WHERE exportable AND ({' OR '.join(flags)})")
+            diffs.update(snapshots.diff_all(con, wanted, some, since))
+        for name in changed:
+            adds, removes = diffs[name]
+            plans[name] = planning.plan(adds, removes, counts[name][2].members - len(adds))
+    ready = {name: the_plan for name, the_plan in plans.items() if the_plan is not None}
+    known = other_tags_all(con, [(settings[name], [s.target.onesignal_id for s in the_plan.of(planning.ADD)])
+                                 for name, the_plan in ready.items() if the_plan.counts.get(planning.ADD)])
+    out = {}
+    for name, chosen_settings in settings.items():
+        the_plan = ready[name]
+        # As ``wanted._plan``: an unchanged plan's snapshot is the wanted set; else the snapshot's size.
+        size = the_plan.counts[planning.NOOP] if the_plan.recognised else kept[name][1]
+        verdict = planning.removal_guard(the_plan, size or None, chosen_settings.max_removal_share,
+                                         force=chosen_settings.force)
+        # As ``tag_caps._over``: the adds that the tags the toolkit knows of would take over the cap.
+        other = known.get(name, {})
+        over = frozenset(s.distinct_id for s in the_plan.of(planning.ADD)
+                         if other.get(s.target.onesignal_id, 0) + 1 > chosen_settings.tag_limit)
+        total, exportable, _, left_out = counts[name]
+        out[name] = Exportable(total, None, left_out, Planned(the_plan, verdict, exportable, over, other))
+    return out
+
+
+def _counts(con, members: cohort_batch.Members, matched: str, names: list[str]
+            ) -> dict[str, tuple[int, int, planning.Fingerprint, dict[str, int]]]:
+    """Per cohort, in one pass over ``matched``: (members, exportable, the fingerprint of the exportable
+    members, the others by reason), as ``matching.summarize`` and ``snapshots.fingerprint`` give them.
+    Each member's hash is computed once and summed in two 32-bit halves, as whole numbers times the
+    cohort's flag: filtered sums of the 64-bit hash took ten times longer."""
+    aggregates = []
+    for name in names:
+        flag = f"{quote_ident(members.flags[name])}::BIGINT"
+        aggregates.append(f"sum({flag}), sum(hi * {flag}), sum(lo * {flag})")
+    rows = con.execute(f"""
+        SELECT exportable, reason, {', '.join(aggregates)}
+        FROM (SELECT *, CASE WHEN exportable THEN {_HASH} ELSE 0 END AS _h,
+                     (_h >> 32)::BIGINT AS hi, (_h & 4294967295)::BIGINT AS lo FROM {matched})
+        GROUP BY ALL""").fetchall()
+    out = {}
+    for i, name in enumerate(names):
+        total = exportable = digest = 0
+        left_out: dict[str, int] = {}
+        for row in rows:
+            n, hi, lo = (int(v or 0) for v in row[2 + 3 * i:5 + 3 * i])
+            total += n
+            if row[0]:
+                exportable += n
+                digest += (hi << 32) + lo
+            elif n and row[1] in matching.REASONS:
+                left_out[row[1]] = left_out.get(row[1], 0) + n
+        out[name] = (total, exportable, planning.Fingerprint(exportable, digest),
+                     {r: left_out[r] for r in matching.REASONS if left_out.get(r)})
+    return out
