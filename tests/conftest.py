@@ -98,6 +98,26 @@ def empty_store(store_template, tmp_path):
         yield s
 
 
+@pytest.fixture(scope="module")
+def built_once(store_template, tmp_path_factory):
+    """``built_once(fill)``: a new store filled by ``fill(store, folder)`` once per module, then opened
+    read-only for every test of the module that asks for the same ``fill`` (a test that writes takes a
+    store of its own). Parametrized tests over one small data set load it once instead of per case."""
+    opened: dict = {}
+
+    def get(fill):
+        if fill not in opened:
+            folder = tmp_path_factory.mktemp("built")
+            with Store(copy_of(store_template, folder / "store.duckdb")) as store:
+                fill(store, folder)
+            opened[fill] = Store(folder / "store.duckdb", read_only=True)
+        return opened[fill]
+
+    yield get
+    for store in opened.values():
+        store.close()
+
+
 @pytest.fixture
 def empty_file_store(store_template, tmp_path):
     with Store(copy_of(store_template, tmp_path / "store.duckdb")) as s:
