@@ -33,6 +33,15 @@ from toolkit.store import Store
 os.environ.setdefault("TOOLKIT_SETTLE_SECONDS", "0")
 
 
+@pytest.fixture(autouse=True)
+def quick_webhook_retry(monkeypatch):
+    """A webhook that failed is tried again after 0.5 s; in the tests after 0.01 s (the alert tests fail a
+    webhook on purpose, cycle after cycle)."""
+    channels = sys.modules.get("toolkit.alerts.channels")
+    if channels is not None:
+        monkeypatch.setattr(channels, "RETRY_PAUSE", 0.01)
+
+
 # -- the property tests' examples: fewer in the fast part -------------------------------------------------
 
 FAST_EXAMPLES = 20
