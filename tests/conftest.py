@@ -1,9 +1,9 @@
 """Fixtures shared by the test modules (helpers that are not fixtures live in helpers.py).
 
 Stores: `empty_store` and `empty_file_store` are new and migrated (copies of `store_template`, migrated once
-per session); `sample_store` is
-the sample loaded with its cohorts (module scope, read only) and `sample_store_file` the same in a file
-that tests which write copy. Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it.
+per session); `sample_store_file` is the sample loaded with its cohorts, once per session, `sample_store`
+that file opened read-only (module scope) and `sample_store_copy` a copy to write in; `built_once(fill)` a
+small data set of a module's own, loaded once and shared read-only by its tests. Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it.
 `demo_run` is `toolkit demo` run once per session; `demo_copy` a copy of its folder to write in.
 
 The fast part (`-m "not slow"`, `make test-fast`) runs the property tests under the hypothesis profile
