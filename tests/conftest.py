@@ -2,8 +2,9 @@
 
 Stores: `empty_store` and `empty_file_store` are new and migrated (copies of `store_template`, migrated once
 per session); `sample_store_file` is the sample loaded with its cohorts, once per session, `sample_store`
-that file opened read-only (module scope) and `sample_store_copy` a copy to write in; `built_once(fill)` a
-small data set of a module's own, loaded once and shared read-only by its tests. Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it.
+a copy of it shared by a module's tests (they read) and `sample_store_copy` a copy a test writes in;
+`built_once(fill)` a small data set of a module's own, loaded once and shared read-only by its tests.
+Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it.
 `demo_run` is `toolkit demo` run once per session; `demo_copy` a copy of its folder to write in.
 
 The fast part (`-m "not slow"`, `make test-fast`) runs the property tests under the hypothesis profile
@@ -154,10 +155,11 @@ def emulator_app(running_emulator):
 
 
 @pytest.fixture(scope="module")
-def sample_store(sample_store_file):
-    """The sample loaded (as of NOW) with its cohorts stored; shared by a module's tests, read only (the
-    session's `sample_store_file` opened read-only: loading the sample costs ~0.5 s, opening it ~35 ms)."""
-    with Store(sample_store_file, read_only=True) as s:
+def sample_store(sample_store_file, tmp_path_factory):
+    """The sample loaded (as of NOW) with its cohorts stored; shared by a module's tests, which only read it.
+    A copy of the session's `sample_store_file` (loading the sample costs ~0.5 s of CPU, a copy ~35 ms),
+    writable as a store in use is: compiling a cohort may add typed event columns to it."""
+    with Store(copy_of(sample_store_file, tmp_path_factory.mktemp("sample") / "s.duckdb")) as s:
         yield s
 
 
