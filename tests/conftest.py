@@ -1,26 +1,95 @@
 """Fixtures shared by the test modules (helpers that are not fixtures live in helpers.py).
 
 Stores: `empty_store` and `empty_file_store` are new and migrated (copies of `store_template`, migrated once
-per session); `sample_store` is
-the sample loaded with its cohorts (module scope, read only) and `sample_store_file` the same in a file
-that tests which write copy. Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it.
-`demo_run` is `toolkit demo` run once per session; `demo_copy` a copy of its folder to write in."""
+per session); `sample_store_file` is the sample loaded with its cohorts, once per session, `sample_store`
+a copy of it shared by a module's tests (they read) and `sample_store_copy` a copy a test writes in;
+`built_once(fill)` a small data set of a module's own, loaded once and shared read-only by its tests.
+Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it.
+`demo_run` is `toolkit demo` run once per session; `demo_copy` a copy of its folder to write in.
+
+The fast part (`-m "not slow"`, `make test-fast`) runs the property tests under the hypothesis profile
+"fast" (at most FAST_EXAMPLES examples each); the whole suite (`make test`) runs each test's own count."""
+
+import sys
+
+# Keep the bytecode caches even where PYTHONDONTWRITEBYTECODE is set (as on the CI machines): without them each
+# worker compiles the toolkit and rewrites the tests' asserts again on every run, ~3.5 s of CPU per worker.
+# The caches are __pycache__ folders, ignored by git.
+sys.dont_write_bytecode = False
 
 import fcntl
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from helpers import NOW, ROOT, SAMPLE
 from toolkit.store import Store
 
 # Tests write a file and load it at once: no waiting for it to settle (tests/test_hostile_load.py tests it).
 os.environ.setdefault("TOOLKIT_SETTLE_SECONDS", "0")
+
+
+@pytest.fixture(autouse=True)
+def quick_webhook_retry(monkeypatch):
+    """A webhook that failed is tried again after 0.5 s; in the tests after 0.01 s (the alert tests fail a
+    webhook on purpose, cycle after cycle)."""
+    channels = sys.modules.get("toolkit.alerts.channels")
+    if channels is not None:
+        monkeypatch.setattr(channels, "RETRY_PAUSE", 0.01)
+
+
+# -- the property tests' examples: fewer in the fast part -------------------------------------------------
+
+FAST_EXAMPLES = 20
+settings.register_profile("fast", max_examples=FAST_EXAMPLES)
+
+
+def pytest_configure(config):
+    """A run that leaves the slow tests out (make test-fast) is a quick check: the property tests try
+    FAST_EXAMPLES examples each, unless a profile is named (--hypothesis-profile)."""
+    if config.getoption("markexpr", "") == "not slow" and not config.getoption("hypothesis_profile", None):
+        settings.load_profile("fast")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under the "fast" profile, a test's own @settings(max_examples=N) is capped too (its settings
+    override the profile's): the whole suite keeps every test's N."""
+    if settings.get_current_profile_name() != "fast":
+        return
+    for item in items:
+        test = getattr(item, "obj", None)
+        own = getattr(test, "_hypothesis_internal_use_settings", None)
+        if getattr(test, "is_hypothesis_test", False) and own is not None and own.max_examples > FAST_EXAMPLES:
+            test._hypothesis_internal_use_settings = settings(own, max_examples=FAST_EXAMPLES)
+
+
+# -- one TLS context per worker ---------------------------------------------------------------------------
+
+def _one_default_tls_context():
+    """httpx builds a new TLS context (reading certifi's ~150 certificates: ~30 ms of CPU) for every
+    client, even one that only speaks plain HTTP to the emulator; the tests make ~150 clients. They share
+    the one the first client built with the default settings (the same context, built the same way)."""
+    from httpx._transports import default
+
+    build, built = default.create_ssl_context, {}
+
+    def create_ssl_context(verify=True, cert=None, trust_env=True):
+        if verify is not True or cert is not None:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        key = (trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        if key not in built:
+            built[key] = build(verify=verify, cert=cert, trust_env=trust_env)
+        return built[key]
+
+    default.create_ssl_context = create_ssl_context
+
+
+_one_default_tls_context()
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +114,26 @@ def empty_store(store_template, tmp_path):
         yield s
 
 
+@pytest.fixture(scope="module")
+def built_once(store_template, tmp_path_factory):
+    """``built_once(fill)``: a new store filled by ``fill(store, folder)`` once per module, then opened
+    read-only for every test of the module that asks for the same ``fill`` (a test that writes takes a
+    store of its own). Parametrized tests over one small data set load it once instead of per case."""
+    opened: dict = {}
+
+    def get(fill):
+        if fill not in opened:
+            folder = tmp_path_factory.mktemp("built")
+            with Store(copy_of(store_template, folder / "store.duckdb")) as store:
+                fill(store, folder)
+            opened[fill] = Store(folder / "store.duckdb", read_only=True)
+        return opened[fill]
+
+    yield get
+    for store in opened.values():
+        store.close()
+
+
 @pytest.fixture
 def empty_file_store(store_template, tmp_path):
     with Store(copy_of(store_template, tmp_path / "store.duckdb")) as s:
@@ -66,13 +155,11 @@ def emulator_app(running_emulator):
 
 
 @pytest.fixture(scope="module")
-def sample_store():
-    """The sample loaded (as of NOW) with its cohorts stored; shared by a module's tests, read only."""
-    from toolkit import cohorts, load
-
-    with Store(":memory:") as s:
-        load(s, [SAMPLE], now=NOW)
-        cohorts.save_all(s, cohorts.load_definitions(SAMPLE / "cohorts.yaml"), now=NOW)
+def sample_store(sample_store_file, tmp_path_factory):
+    """The sample loaded (as of NOW) with its cohorts stored; shared by a module's tests, which only read it.
+    A copy of the session's `sample_store_file` (loading the sample costs ~0.5 s of CPU, a copy ~35 ms),
+    writable as a store in use is: compiling a cohort may add typed event columns to it."""
+    with Store(copy_of(sample_store_file, tmp_path_factory.mktemp("sample") / "s.duckdb")) as s:
         yield s
 
 
@@ -85,7 +172,7 @@ def sample_store_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("sample") / "s.duckdb"
     with Store(path) as s:
         load(s, [SAMPLE], now=NOW)
-        cohorts.save_all(s, cohorts.load_definitions(SAMPLE / "cohorts.yaml"))
+        cohorts.save_all(s, cohorts.load_definitions(SAMPLE / "cohorts.yaml"), now=NOW)
     return path
 
 

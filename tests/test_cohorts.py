@@ -60,14 +60,25 @@ def members(store, rules, match="all", definitions=None, now=NOW):
 
 # -- behaviour: counts ----------------------------------------------------------------------------
 
-@pytest.fixture
-def buyers(empty_store, tmp_path):
+def fill_buyers(store, tmp_path):
     # a: 3 purchases, b: 1, c: none (but known through a Login), d: a profile only.
-    return build(empty_store, tmp_path, [
+    return build(store, tmp_path, [
         event("Purchase", "a", ago(1), "a1"), event("Purchase", "a", ago(2), "a2"),
         event("Purchase", "a", ago(3), "a3"), event("Purchase", "b", ago(4), "b1"),
         event("Login", "c", ago(1), "c1"),
     ], profiles={"d": {"plan": "free"}})
+
+
+@pytest.fixture
+def buyers(built_once):
+    """The buyers, read only (shared by the module's tests)."""
+    return built_once(fill_buyers)
+
+
+@pytest.fixture
+def own_buyers(empty_store, tmp_path):
+    """The buyers in a store of the test's own, to write in."""
+    return fill_buyers(empty_store, tmp_path)
 
 
 @pytest.mark.parametrize("operator, count, did, expected", [
@@ -93,8 +104,12 @@ def test_default_rule_is_did_at_least_once(buyers):
 # -- behaviour: windows ---------------------------------------------------------------------------
 
 @pytest.fixture
-def timeline(empty_store, tmp_path):
-    return build(empty_store, tmp_path, [
+def timeline(built_once):
+    return built_once(fill_timeline)
+
+
+def fill_timeline(store, tmp_path):
+    return build(store, tmp_path, [
         event("Visit", "edge", NOW_S - 7 * DAY, "e1"),            # exactly 7 days before now: inside
         event("Visit", "old", NOW_S - 7 * DAY - 1, "o1"),         # one second earlier: outside
         event("Visit", "future", NOW_S + 60, "f1"),               # after now: ignored everywhere
@@ -170,9 +185,13 @@ PROFILES = {
 }
 
 
+def fill_people(store, tmp_path):
+    return build(store, tmp_path, [event("Visit", "visitor", ago(1), "x1")], profiles=PROFILES)
+
+
 @pytest.fixture
-def people(empty_store, tmp_path):
-    return build(empty_store, tmp_path, [event("Visit", "visitor", ago(1), "x1")], profiles=PROFILES)
+def people(built_once):
+    return built_once(fill_people)
 
 
 @pytest.mark.parametrize("prop, operator, value, expected", [
@@ -240,9 +259,9 @@ def test_include_and_exclude_other_cohorts(buyers):
     assert members(buyers, [{"not_in_cohort": "buyers"}], definitions=defs) == ["c", "d"]
 
 
-def test_referenced_cohorts_come_from_the_store(buyers):
-    cohorts.save(buyers, Cohort("buyers", rules=(EventRule("Purchase"),)))
-    assert members(buyers, [{"not_in_cohort": "buyers"}]) == ["c", "d"]
+def test_referenced_cohorts_come_from_the_store(own_buyers):
+    cohorts.save(own_buyers, Cohort("buyers", rules=(EventRule("Purchase"),)))
+    assert members(own_buyers, [{"not_in_cohort": "buyers"}]) == ["c", "d"]
 
 
 def test_unknown_referenced_cohort_names_the_field(buyers):
@@ -250,29 +269,29 @@ def test_unknown_referenced_cohort_names_the_field(buyers):
         members(buyers, [{"event": "Purchase"}, {"in_cohort": "ghost"}])
 
 
-def test_cycles_are_refused_with_the_cycle_named(buyers, tmp_path):
+def test_cycles_are_refused_with_the_cycle_named(own_buyers, tmp_path):
     a = Cohort("A", rules=(CohortRule("B"),))
     b = Cohort("B", rules=(EventRule("Purchase"), Group((CohortRule("C", include=False),), "any")))
     c = Cohort("C", rules=(CohortRule("A"),))
     with pytest.raises(CohortCycleError, match='cohort cycle: "A" -> "B" -> "C" -> "A"') as err:
-        cohorts.evaluate(buyers, "A", now=NOW, definitions=[a, b, c])
+        cohorts.evaluate(own_buyers, "A", now=NOW, definitions=[a, b, c])
     assert err.value.cycle == ["A", "B", "C", "A"]
     with pytest.raises(CohortCycleError, match='"A" -> "B" -> "C" -> "A"'):
-        cohorts.save_all(buyers, [a, b, c])
-    assert cohorts.list_cohorts(buyers) == []               # nothing half-saved
+        cohorts.save_all(own_buyers, [a, b, c])
+    assert cohorts.list_cohorts(own_buyers) == []               # nothing half-saved
     with pytest.raises(CohortCycleError, match='"self" -> "self"'):
-        cohorts.save(buyers, Cohort("self", rules=(CohortRule("self"),)))
+        cohorts.save(own_buyers, Cohort("self", rules=(CohortRule("self"),)))
     # a cycle closed against the stored cohorts is refused too
-    cohorts.save_all(buyers, [a, Cohort("B", rules=(EventRule("Purchase"),))])
+    cohorts.save_all(own_buyers, [a, Cohort("B", rules=(EventRule("Purchase"),))])
     with pytest.raises(CohortCycleError, match='"A" -> "B" -> "A"'):
-        cohorts.save(buyers, Cohort("B", rules=(CohortRule("A"),)))
+        cohorts.save(own_buyers, Cohort("B", rules=(CohortRule("A"),)))
     path = tmp_path / "loop.yaml"
     path.write_text("cohorts:\n  - {name: X, rules: [{in_cohort: Y}]}\n  - {name: Y, rules: [{not_in_cohort: X}]}\n")
     with pytest.raises(CohortCycleError, match=r'loop\.yaml: cohort cycle: "X" -> "Y" -> "X"'):
         cohorts.load_definitions(path)
 
 
-def test_save_all_is_all_or_nothing_and_takes_the_store_not_its_connection(buyers, monkeypatch):
+def test_save_all_is_all_or_nothing_and_takes_the_store_not_its_connection(own_buyers, monkeypatch):
     defs = [Cohort("one", rules=(EventRule("Purchase"),)), Cohort("two", rules=(EventRule("Login"),))]
     canonical, calls = cohorts._canonical, []
 
@@ -284,14 +303,14 @@ def test_save_all_is_all_or_nothing_and_takes_the_store_not_its_connection(buyer
 
     monkeypatch.setattr(cohorts, "_canonical", fail_on_the_second)
     with pytest.raises(OSError, match="disk full"):
-        cohorts.save_all(buyers, defs)
+        cohorts.save_all(own_buyers, defs)
     monkeypatch.undo()
-    assert cohorts.list_cohorts(buyers) == []               # the first one's row was rolled back
+    assert cohorts.list_cohorts(own_buyers) == []               # the first one's row was rolled back
     # a bare connection has no transaction of the Store's: refused, rather than saved piecemeal
     with pytest.raises(TypeError, match="expected a toolkit Store, got DuckDBPyConnection"):
-        cohorts.save_all(buyers.con, defs)
-    assert cohorts.list_cohorts(buyers) == []
-    assert cohorts.save_all(buyers, defs) == {"one": 1, "two": 1}
+        cohorts.save_all(own_buyers.con, defs)
+    assert cohorts.list_cohorts(own_buyers) == []
+    assert cohorts.save_all(own_buyers, defs) == {"one": 1, "two": 1}
 
 
 # -- identity ----------------------------------------------------------------------------------------

@@ -282,6 +282,7 @@ def test_a_stale_running_record_whose_pid_now_belongs_to_a_live_process_does_not
     assert [r["status"] for r in export.runs(empty_file_store)] == ["ok", "interrupted"]
 
 
+@pytest.mark.slow   # a toolkit run in a process of its own, racing this one
 def test_a_run_in_another_process_blocks_until_that_process_is_gone(empty_file_store, unlimited_emulator,
                                                                     app_with_users):
     export.register(empty_file_store, "Buyers", "once", app_with_users.app_id, unlimited_emulator.url)
@@ -358,6 +359,7 @@ def test_a_run_reads_its_registration_once(sample_copy_and_app, unlimited_emulat
         assert record.status == "ok" and reads == [COHORT]
 
 
+@pytest.mark.slow   # `toolkit export` as a process, interrupted
 def test_ctrl_c_during_an_export_says_the_export_stopped(sample_copy_and_app, tmp_path):
     db, app = sample_copy_and_app
     with Emulator(user_rate_limit=0) as slow:

@@ -207,7 +207,9 @@ def test_a_well_compressed_export_is_not_taken_for_a_bomb(empty_file_store, tmp_
 
 # -- record size (issue 13.8) --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mib", [16.5, 20, 55, 70])
+# 55 and 70 MiB records (large generated data, ~1 s of CPU and ~6 s of writing each) run in the whole suite
+@pytest.mark.parametrize("mib", [16.5, 20, pytest.param(55, marks=pytest.mark.slow),
+                                 pytest.param(70, marks=pytest.mark.slow)])
 def test_an_oversize_record_is_quarantined_with_its_line_and_size_and_the_rest_loads(empty_file_store, tmp_path, mib):
     path = tmp_path / "big.jsonl"
     path.write_text("\n".join([json.dumps(event(distinct_id="a")), "", big_event("big", mib),
