@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
+    # Before the address is announced: a caller may stop the emulator as soon as it has read it (a SIGTERM
+    # between the announcement and the handler killed it unsaved, exit -15, on a loaded machine).
+    done = threading.Event()
+    if threading.current_thread() is threading.main_thread():     # signals are for the main thread only
+        signal.signal(signal.SIGTERM, lambda *_: done.set())
     print(f"OneSignal emulator at {url}  (state: {args.state or 'in memory'})")
     for app in emulator.world.apps.values():
         print(f"  app {app.app_id}  plan {app.plan}  users {len(app.users)}  segments {len(app.segments)}")
@@ -84,9 +89,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  API key (from {args.state}): {app.api_key}")
     print("Ctrl-C to stop.", flush=True)
 
-    done = threading.Event()
-    if threading.current_thread() is threading.main_thread():     # signals are for the main thread only
-        signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
         done.wait()
     except KeyboardInterrupt:

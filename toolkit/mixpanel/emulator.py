@@ -480,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     except (EmulatorError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    done = threading.Event()       # before the address is announced: a caller may stop us once it has read it
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: done.set())
     # The secret is the emulator's own stand-in, generated now: shown once so a client can connect.
     print(f"Mixpanel emulator at {url}  project {emulator.project_id}  region {emulator.region}  "
           f"events {emulator.data.event_count}  profiles {len(emulator.data.profiles)}  "
@@ -487,9 +490,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  export MIXPANEL_BASE_URL={url} MIXPANEL_PROJECT_ID={emulator.project_id} "
           f"MIXPANEL_USERNAME={emulator.username} MIXPANEL_SECRET={emulator.secret}")
     print("Ctrl-C to stop.", flush=True)
-    done = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
         done.wait()
     except KeyboardInterrupt:
