@@ -159,6 +159,61 @@ def test_a_run_the_removal_guard_stops_raises_one_alert_until_a_forced_run(world
         'Resolved: sync of cohort "Panel" no longer stopped by the removal guard')
 
 
+def test_a_guard_stopped_sync_stays_stopped_writing_its_members_once_until_a_person_confirms(world):
+    with Store(world["db"]) as store:
+        export.register(store, "Panel", "dynamic", world["app"].app_id, world["emu"].url, now=NOW)
+    cycle(world, 1)
+    with Store(world["db"]) as store:                 # three of four would go: more than half
+        cohorts.save_all(store, [{"name": "Panel", "static_ids": USERS[:1]}])
+    stopped = [next(r for r in cycle(world, minutes).runs if r.cohort == "Panel") for minutes in (16, 31, 46)]
+    assert [(r.status, r.removed) for r in stopped] == [("stopped", 0)] * 3
+    first, *later = stopped
+    since = f"{NOW + timedelta(minutes=16):%Y-%m-%d %H:%M} UTC"
+    for run in later:                                 # a short run: when, the counts now, and the way out
+        assert run.error.startswith(f"still stopped by the removal guard since {since} (run #{first.run_id} ")
+        assert "now: would remove 3 of 4 users (75%)" in run.error and "toolkit export 'Panel' --force" in run.error
+    with Store(world["db"], read_only=True) as store:
+        rows = store.con.execute("SELECT run_id, operation, outcome, count(*) FROM export_results WHERE run_id "
+                                 "IN (SELECT unnest(?)) GROUP BY ALL", [[r.run_id for r in stopped]]).fetchall()
+        assert rows == [(first.run_id, "remove", "not_sent", 3)]      # one set of per-member rows: the first stop's
+        assert [r["status"] for r in export.runs(store, "Panel")] == ["stopped"] * 3 + ["ok"]
+        assert export.member_fates(store.con, first.run_id).counts() == {("remove", "not_sent"): 3, ("no-op", "ok"): 1}
+        assert "still stopped by the removal guard" in export.member_fates(store.con, later[-1].run_id).note
+        (panel,) = export.overview(store, "Panel")
+    assert (panel["state"], panel["guard_stopped_run"]) == ("guarded", first.run_id)
+    assert "Panel is stopped by the removal guard since" in toolkit("runs", "Panel", "--db", world["db"]).stdout
+    (alert,) = world["hook"].texts                    # one incident, one alert
+    assert alert.startswith('Sync of cohort "Panel" stopped by the removal guard') and "toolkit resume" in alert
+    # a person confirms the removals; then the cycles send again
+    confirmed = toolkit("export", "Panel", "--force", "--as-of", (NOW + timedelta(minutes=50)).isoformat(),
+                        "--db", world["db"])
+    assert confirmed.returncode == 0 and "removed 3" in confirmed.stdout
+    with Store(world["db"]) as store:
+        cohorts.save_all(store, [{"name": "Panel", "static_ids": USERS[:2]}])
+    runs = {r.cohort: (r.status, r.added, r.removed) for r in cycle(world, 66).runs}
+    assert runs == {"Buyers": ("ok", 0, 0), "Panel": ("ok", 1, 0)}
+    assert len(world["hook"].texts) == 2 and world["hook"].texts[1].startswith(
+        'Resolved: sync of cohort "Panel" no longer stopped by the removal guard')
+
+
+def test_resuming_a_guard_stopped_sync_plans_and_guards_it_afresh(world):
+    with Store(world["db"]) as store:
+        export.register(store, "Panel", "dynamic", world["app"].app_id, world["emu"].url, now=NOW)
+    cycle(world, 1)
+    with Store(world["db"]) as store:
+        cohorts.save_all(store, [{"name": "Panel", "static_ids": USERS[:1]}])
+    first = next(r for r in cycle(world, 16).runs if r.cohort == "Panel")
+    resumed = toolkit("resume", "Panel", "--db", world["db"])
+    since = f"{NOW + timedelta(minutes=16):%Y-%m-%d %H:%M}"
+    assert resumed.returncode == 0
+    assert f"stopped by the removal guard since {since}, run #{first.run_id}" in resumed.stdout
+    again = next(r for r in cycle(world, 31).runs if r.cohort == "Panel")    # still shrunk: a fresh stop
+    assert again.status == "stopped" and again.error.startswith("would remove 3 of 4 users")
+    with Store(world["db"], read_only=True) as store:
+        assert export.member_fates(store.con, again.run_id).counts()[("remove", "not_sent")] == 3
+        assert export.overview(store, "Panel")[0]["guard_stopped_run"] == again.run_id
+
+
 def test_users_onesignal_refuses_make_one_partial_alert_resolved_once_they_pass(world):
     world["emu"].faults.inject("refuse", method="PATCH", path="/ext-u4", times=2)     # two runs refused
     for minutes in (1, 16):

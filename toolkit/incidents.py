@@ -142,8 +142,9 @@ _ADVICE = {
              "(`toolkit runs --cohort \"{cohort}\"`; the per-user outcomes are in export_results).",
     PAUSED: "The sync stays paused until a person resumes it. Fix the cause first (a new key: `toolkit connect "
             "--app-id APP --save`; a deleted app or segment), then resume the sync.",
-    GUARD: "Nothing was removed. If the cohort really lost that many users, run `toolkit export \"{cohort}\" "
-           "--force` once; otherwise check the cohort's definition and the files loaded last.",
+    GUARD: "Nothing was removed, and the sync stays stopped until a person acts. If the cohort really lost that "
+           "many users, run `toolkit export \"{cohort}\" --force` once; otherwise check the cohort's definition "
+           "and the files loaded last, then resume it (`toolkit resume \"{cohort}\"`).",
     TAG_CAP: "Raise the app's data-tag limit in OneSignal (a paid plan allows 20) and tell the toolkit "
              "(`toolkit connect --app-id APP --tag-limit N`), or remove other tags from those users; "
              "the members kept out are tried again then.",

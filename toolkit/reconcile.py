@@ -28,7 +28,7 @@ from typing import IO, cast
 from toolkit import drift, snapshots
 from toolkit.drift import EXTERNAL_ID, Drift, Member
 from toolkit.errors import ExportError
-from toolkit.export import ExportSettings, RunRecord
+from toolkit.export import ExportSettings, RunRecord, states
 from toolkit.export.helpers import _naive, _run_async
 from toolkit.onesignal import Credentials, OneSignalClient
 from toolkit.store import Store, transaction
@@ -181,6 +181,8 @@ def restore_snapshot(store: Store, found: Reconciliation, before: list[tuple]) -
                                  [found.cohort, RECONCILED]).fetchone()[0]
         con.execute("DELETE FROM export_results WHERE run_id = ?", [correction])
         con.execute("DELETE FROM export_runs WHERE run_id = ?", [correction])
+        if found.repair is not None:     # the stop that repair run made is undone with it
+            states.end_guard_stop(con, found.cohort, found.repair.run_id)
 
 
 def _touched(found: Reconciliation) -> list[str]:

@@ -193,6 +193,11 @@ def syncs_text(syncs: list[dict]) -> str:
         if s["state"] == "paused":
             lines.append(f"{s['cohort']} is paused since {_when(s['paused_at'])}: {s['paused_reason']}; fix the "
                          f"cause, then resume it: toolkit resume {shlex.quote(s['cohort'])}")
+        elif s["state"] == "guarded":
+            lines.append(f"{s['cohort']} is stopped by the removal guard since {_when(s['guard_stopped_at'])} "
+                         f"(run #{s['guard_stopped_run']} lists the changes not sent); confirm the removals: "
+                         f"toolkit export {shlex.quote(s['cohort'])} --force, or resume it: "
+                         f"toolkit resume {shlex.quote(s['cohort'])}")
     return "\n".join(lines)
 
 
@@ -215,8 +220,10 @@ def paused_text(cohort: str) -> str:
 
 
 def resumed_text(ended: dict) -> str:
-    return (f"resumed the dynamic sync of {ended['cohort']} (paused since {_when(ended['paused_at'])}: "
-            f"{ended['paused_reason']}); the next scheduled run runs it")
+    why = (f"paused since {_when(ended['paused_at'])}: {ended['paused_reason']}" if ended.get("paused_at")
+           else f"stopped by the removal guard since {_when(ended['guard_stopped_at'])}, run "
+                f"#{ended['guard_stopped_run']}; its next run plans and guards afresh")
+    return f"resumed the dynamic sync of {ended['cohort']} ({why}); the next scheduled run runs it"
 
 
 # -- cohorts and matchability ------------------------------------------------------------------------

@@ -445,6 +445,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE identity_links ADD COLUMN target_key UBIGINT;
     UPDATE identity_links SET source_key = md5_number_lower(source), target_key = md5_number_lower(target);
     """,
+    # 15: a dynamic sync the removal guard stopped stays stopped until a person confirms the removals (a
+    # forced run) or resumes it (toolkit/export/states.py); later cycles record a short run, no member rows.
+    """
+    ALTER TABLE exports ADD COLUMN guard_stopped_at TIMESTAMP;
+    ALTER TABLE exports ADD COLUMN guard_stopped_run BIGINT;
+    """,
 ]
 
 

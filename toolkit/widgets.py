@@ -561,7 +561,7 @@ class ExportPanel(_Panel):
         _set_cohorts(self.cohort, names, listed)
         if self.mixpanel and self.mixpanel.error:
             self.status.value = self.mixpanel.error
-        _set_options(self.sync_choice, [s["cohort"] for s in found if s["state"] in ("active", "paused")])
+        _set_options(self.sync_choice, [s["cohort"] for s in found if s["state"] in ("active", "paused", "guarded")])
         self.syncs.value = _table(sync_table(found)) if found else "no exports yet"
         self._draw_chart()
 

@@ -27,6 +27,7 @@ import pyarrow.csv as pa_csv
 
 from toolkit.errors import ExportError
 from toolkit.export.lock import DEAD_RUN
+from toolkit.export.states import STILL_STOPPED
 from toolkit.export.wanted import RECHECK_ABSENT
 from toolkit.planning import ADD, NOOP, Target
 
@@ -144,6 +145,9 @@ def _note(run: dict, table: pa.Table) -> str | None:
     """What the listing cannot show of this run, if anything."""
     if run["unchanged"] is None:        # a run that failed before it could plan
         return f"the run {run['status']} before it planned anything: {run['error']}"
+    if run["status"] == "stopped" and (run["error"] or "").startswith(STILL_STOPPED):
+        return ("the sync was still stopped by the removal guard: this run sent nothing and wrote no member rows; "
+                "the run that stopped it lists every change not sent")
     if run["status"] == "running" or (run["status"] == "interrupted" and run["error"] == DEAD_RUN):
         return "the run's process died before it ended: members it had not reached yet are not listed"
     noops = pc.sum(pc.equal(table["operation"], NOOP)).as_py() or 0

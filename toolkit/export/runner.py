@@ -77,7 +77,16 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
         record.held = caps.held
         if settings.dry_run:
             return _finish(con, record, "ok" if verdict.ok else "stopped", None if verdict.ok else verdict.reason)
+        # A dynamic sync the guard stopped stays stopped: later runs say so, writing no member rows again.
+        guarded = settings.mode == "dynamic" and settings.saves != SAVE_REGISTRATION
+        stop = states.guard_stop(con, settings.cohort) if guarded else None
+        if stop and not settings.force:
+            record.plan, record.held = None, {}
+            return _finish(con, record, "stopped", states.still_stopped(settings.cohort, stop, verdict.reason,
+                                                                        verdict.ok))
         if not verdict.ok:
+            if guarded:
+                states.stop_by_guard(con, settings.cohort, settings.now, record.run_id)
             return _finish(con, record, "stopped", verdict.reason)
         if credentials is None:
             return _finish(con, record, "failed", "no OneSignal credentials: preview only (see toolkit connect)")
@@ -93,6 +102,8 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
             _finish(con, record, "interrupted", f"{type(exc).__name__}: {exc}")
             raise
         _keep_fingerprint(con, settings.cohort, the_plan)
+        if stop:                             # a person confirmed the removals the guard stopped
+            states.end_guard_stop(con, settings.cohort)
         if settings.saves:                   # the run succeeded: now the export is registered as asked
             _save_registration(con, settings, segment_id)
         if settings.mode == "dynamic":

@@ -24,6 +24,8 @@ from toolkit.export.lock import _is_running
 from toolkit.store import Store
 
 ACTIVE, PAUSED, STOPPED, ONCE = "active", "paused", "stopped", "one-time"
+GUARDED = "guarded"        # stopped by the removal guard until a person confirms the removals or resumes it
+STILL_STOPPED = "still stopped by the removal guard since"     # a later cycle's short run says so
 # OneSignal's answers to a whole request that no retry mends (402: the plan refuses segments).
 PAUSING = frozenset({400, 401, 402, 403, 404})
 KEY_REFUSED = frozenset({401, 403})     # the app's key: every sync of the app is refused alike
@@ -81,20 +83,54 @@ def pause(store: Store, cohort: str, reason: str | None = None, now: datetime | 
 
 
 def resume(store: Store, cohort: str, now: datetime | None = None) -> dict:
-    """A person resumes a paused dynamic sync (having fixed the cause): due at once. Returns the pause
-    it ended (paused_at, paused_reason)."""
+    """A person resumes a paused dynamic sync (having fixed the cause), or one the removal guard stopped
+    (its next run plans and guards afresh): due at once. Returns the pause or stop it ended (paused_at,
+    paused_reason, guard_stopped_at, guard_stopped_run: None for the one it was not)."""
     row = _dynamic(store, cohort)
-    if row["paused_at"] is None:
+    if row["paused_at"] is None and row["guard_stopped_at"] is None:
         raise ExportError(f"the dynamic sync of {cohort!r} is not paused")
-    store.con.execute("UPDATE exports SET paused_at = NULL, paused_reason = NULL, "
-                      "next_due_at = least(coalesce(next_due_at, $now), $now) WHERE cohort = $cohort",
-                      {"now": _naive(now), "cohort": cohort})
-    return {"cohort": cohort, "paused_at": row["paused_at"], "paused_reason": row["paused_reason"]}
+    store.con.execute("UPDATE exports SET paused_at = NULL, paused_reason = NULL, guard_stopped_at = NULL, "
+                      "guard_stopped_run = NULL, next_due_at = least(coalesce(next_due_at, $now), $now) "
+                      "WHERE cohort = $cohort", {"now": _naive(now), "cohort": cohort})
+    return {"cohort": cohort, **{k: row[k] for k in ("paused_at", "paused_reason", "guard_stopped_at",
+                                                      "guard_stopped_run")}}
+
+
+def guard_stop(con, cohort: str) -> tuple[datetime, int] | None:
+    """When the removal guard stopped the cohort's dynamic sync, and the run it stopped; None: not stopped."""
+    row = con.execute("SELECT guard_stopped_at, guard_stopped_run FROM exports WHERE cohort = ? "
+                      "AND guard_stopped_at IS NOT NULL", [cohort]).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def stop_by_guard(con, cohort: str, now: datetime | None, run_id: int) -> None:
+    """The removal guard stopped run ``run_id`` of the dynamic sync: it stays stopped (later cycles record
+    a short run, no member rows) until a person confirms the removals (a forced run) or resumes it."""
+    con.execute("UPDATE exports SET guard_stopped_at = ?, guard_stopped_run = ? WHERE cohort = ? "
+                "AND mode = 'dynamic' AND guard_stopped_at IS NULL", [_naive(now), run_id, cohort])
+
+
+def end_guard_stop(con, cohort: str, run_id: int | None = None) -> None:
+    """A person confirmed the removals (a forced run went through), or the run that stopped it is undone
+    (``run_id``: only the stop that run made)."""
+    con.execute("UPDATE exports SET guard_stopped_at = NULL, guard_stopped_run = NULL WHERE cohort = $cohort "
+                "AND guard_stopped_at IS NOT NULL AND ($run IS NULL OR guard_stopped_run = $run)",
+                {"cohort": cohort, "run": run_id})
+
+
+def still_stopped(cohort: str, stop: tuple[datetime, int], now_reason: str, guard_passes: bool) -> str:
+    """A later cycle's short run of a guard-stopped sync: since when, what the guard says of the plan now,
+    and the way out."""
+    since, run_id = stop
+    now = (f"now the guard would pass ({now_reason}): resume the sync to send the changes" if guard_passes
+           else f"now: {now_reason.split('; rerun with force')[0]}")
+    return (f"{STILL_STOPPED} {since:%Y-%m-%d %H:%M} UTC (run #{run_id} lists every change not sent); {now}. "
+            f"Confirm the removals: toolkit export {cohort!r} --force, or resume the sync: toolkit resume {cohort!r}")
 
 
 def _dynamic(store: Store, cohort: str) -> dict:
-    cursor = store.con.execute("SELECT mode, stopped_at, paused_at, paused_reason FROM exports WHERE cohort = ?",
-                               [cohort])
+    cursor = store.con.execute("SELECT mode, stopped_at, paused_at, paused_reason, guard_stopped_at, "
+                               "guard_stopped_run FROM exports WHERE cohort = ?", [cohort])
     row = cursor.fetchone()
     if row is None or row[0] != "dynamic":
         raise ExportError(f"cohort {cohort!r} has no dynamic sync" + ("" if row is None else " (a one-time export)"))
@@ -122,12 +158,14 @@ def paused(con) -> list[dict]:
 
 
 def state_of(export: dict) -> str:
-    """active / paused / stopped for a dynamic sync, one-time for a one-time export (a row of ``exports``)."""
+    """active / paused / guarded / stopped for a dynamic sync, one-time for a one-time export (a row of ``exports``)."""
     if export["mode"] != "dynamic":
         return ONCE
     if export.get("stopped_at") is not None:
         return STOPPED
-    return PAUSED if export.get("paused_at") is not None else ACTIVE
+    if export.get("paused_at") is not None:
+        return PAUSED
+    return GUARDED if export.get("guard_stopped_at") is not None else ACTIVE
 
 
 def overview(store: Store, cohort: str | None = None, history: int = HISTORY) -> list[dict]:
@@ -138,7 +176,7 @@ def overview(store: Store, cohort: str | None = None, history: int = HISTORY) ->
     con = store.reader()
     cursor = con.execute("""
         SELECT e.cohort, e.mode, e.app_id, e.segment_name, e.next_due_at, e.stopped_at, e.paused_at,
-               e.paused_reason,
+               e.paused_reason, e.guard_stopped_at, e.guard_stopped_run,
                (SELECT count(*) FROM export_members m WHERE m.cohort = e.cohort AND m.status = 'tagged') AS in_segment
         FROM exports e WHERE $cohort IS NULL OR e.cohort = $cohort ORDER BY e.cohort""", {"cohort": cohort})
     names = [d[0] for d in cursor.description]
