@@ -2,6 +2,7 @@
 dynamic sync, the scheduler skips it until a person resumes it, and a transient 429/5xx does not pause.
 Real store files, the emulator over HTTP, the `toolkit` command in this process."""
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -133,6 +134,40 @@ def test_pause_and_resume_by_a_person(world):
     assert state(world)["state"] == "stopped"
     stopped = toolkit("pause", "Buyers", "--db", world["db"])
     assert stopped.returncode == 1 and "stopped" in stopped.stderr
+
+
+def test_resume_all_resumes_every_paused_sync_of_an_app_naming_each(world):
+    other = world["emu"].add_app()
+    with Store(world["db"]) as store:
+        cohorts.save_all(store, [{"name": "Spenders", "rules": [{"event": "Purchase"}]},
+                                 {"name": "Elsewhere", "rules": [{"event": "Purchase"}]}])
+        export.register(store, "Spenders", "dynamic", world["app"].app_id, world["emu"].url, now=NOW)
+        export.register(store, "Elsewhere", "dynamic", other.app_id, world["emu"].url, now=NOW)
+    nothing = toolkit("resume", "--all", "--db", world["db"])
+    assert nothing.returncode == 1 and "no paused dynamic sync: nothing to resume" in nothing.stderr
+    assert toolkit("resume", "--db", world["db"]).returncode == 2                    # which sync?
+    assert toolkit("resume", "Buyers", "--all", "--db", world["db"]).returncode == 2
+    assert toolkit("resume", "Buyers", "--app", world["app"].app_id, "--db", world["db"]).returncode == 2
+    with Store(world["db"]) as store:
+        export.pause(store, "Elsewhere", "a person's pause")
+    # the app's key is revoked: the run that meets it pauses every dynamic sync of the app
+    world["app"].api_key, key = "revoked", world["app"].api_key
+    a_new_buyer(world["db"], world["emu"], world["app"].app_id, "u5", LATER[0])
+    assert {r.status for r in due_runs(world, LATER[0])} == {"paused"}
+    with Store(world["db"], read_only=True) as store:
+        assert [p["cohort"] for p in export.paused(store.con)] == ["Buyers", "Elsewhere", "Spenders"]
+    world["app"].api_key = key
+    resumed = toolkit("resume", "--all", "--app", world["app"].app_id, "--db", world["db"])
+    assert resumed.returncode == 0 and resumed.stdout.startswith("resumed 2 dynamic sync(s)")
+    assert [line.split(" (")[0].strip() for line in resumed.stdout.splitlines()[1:]] == ["Buyers", "Spenders"]
+    assert "403" in resumed.stdout
+    with Store(world["db"], read_only=True) as store:       # the other app's sync stays paused
+        assert [p["cohort"] for p in export.paused(store.con)] == ["Elsewhere"]
+    assert {r.cohort: r.status for r in due_runs(world, LATER[1])} == {"Buyers": "ok", "Spenders": "ok"}
+    mine = toolkit("resume", "--all", "--app", world["app"].app_id, "--db", world["db"])
+    assert mine.returncode == 1 and f"no paused dynamic sync of app {world['app'].app_id}" in mine.stderr
+    rest = toolkit("resume", "--all", "--json", "--db", world["db"])
+    assert rest.returncode == 0 and [r["cohort"] for r in json.loads(rest.stdout)["resumed"]] == ["Elsewhere"]
 
 
 def test_registering_the_sync_again_clears_a_pause(world):

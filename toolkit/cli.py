@@ -206,9 +206,14 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("pause", "pause a dynamic sync: the scheduler skips it until it is resumed"),
                        ("resume", "resume a paused dynamic sync (paused by you, or by OneSignal refusing it)")):
         p = sub.add_parser(name, parents=[common], help=text)
-        p.add_argument("cohort")
         if name == "pause":
+            p.add_argument("cohort")
             p.add_argument("--reason", help="why (shown with the sync's state)")
+        else:
+            p.add_argument("cohort", nargs="?")
+            p.add_argument("--all", action="store_true", help="resume every paused dynamic sync (after a refused "
+                           "key paused an app's syncs); syncs stopped by the removal guard are resumed one by one")
+            p.add_argument("--app", metavar="APP_ID", help="with --all: only the syncs of this OneSignal app")
         p.set_defaults(run=_pause if name == "pause" else _resume)
 
     _alerts_parser(sub, common)
@@ -507,6 +512,13 @@ def _pause(args) -> int:
 def _resume(args) -> int:
     from toolkit import cohorts, export
 
+    if args.all == bool(args.cohort) or (args.app and not args.all):
+        raise UsageError("resume: name a cohort, or --all (with --app APP_ID for one app's syncs)")
+    if args.all:
+        with _store(args) as store:
+            resumed = export.resume_all(store, args.app)
+        _emit(args, {"resumed": resumed}, report.resumed_all_text(resumed))
+        return 0
     with _store(args) as store:
         cohort = cohorts.resolve_name(store, args.cohort)
         ended = export.resume(store, cohort)

@@ -226,6 +226,13 @@ def resumed_text(ended: dict) -> str:
     return f"resumed the dynamic sync of {ended['cohort']} ({why}); the next scheduled run runs it"
 
 
+def resumed_all_text(resumed: list[dict]) -> str:
+    """``toolkit resume --all``: each sync resumed, with the pause it ended."""
+    lines = [f"resumed {len(resumed)} dynamic sync(s); the next scheduled run runs them:"]
+    lines += [f"  {r['cohort']} (paused since {_when(r['paused_at'])}: {r['paused_reason']})" for r in resumed]
+    return "\n".join(lines)
+
+
 # -- cohorts and matchability ------------------------------------------------------------------------
 
 def cohorts_saved_text(versions: dict[str, int]) -> str:

@@ -30,7 +30,7 @@ from toolkit.export.results import FLUSH_EVERY
 from toolkit.export.run_settings import ExportSettings, register, settings
 from toolkit.export.runner import run
 from toolkit.export.segments import FREE_PLAN_MESSAGE
-from toolkit.export.states import overview, pause, paused, resume, state_of
+from toolkit.export.states import overview, pause, paused, resume, resume_all, state_of
 from toolkit.export.wanted import RECHECK_ABSENT, Exportable, _plan, exportable, snapshot, targets
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "register",
     "registration",
     "resume",
+    "resume_all",
     "run",
     "runs",
     "segment_name",

@@ -21,7 +21,7 @@ from datetime import datetime
 from toolkit.errors import ExportError, OneSignalError, SyncPaused
 from toolkit.export.helpers import _naive
 from toolkit.export.lock import _is_running
-from toolkit.store import Store
+from toolkit.store import Store, transaction
 
 ACTIVE, PAUSED, STOPPED, ONCE = "active", "paused", "stopped", "one-time"
 GUARDED = "guarded"        # stopped by the removal guard until a person confirms the removals or resumes it
@@ -96,6 +96,21 @@ def resume(store: Store, cohort: str, now: datetime | None = None) -> dict:
                                                       "guard_stopped_run")}}
 
 
+def resume_all(store: Store, app_id: str | None = None, now: datetime | None = None) -> list[dict]:
+    """A person resumes every paused dynamic sync (of app ``app_id``), e.g. after fixing the app's key that
+    paused them all: each due at once. Returns the pauses it ended (cohort, paused_at, paused_reason) by
+    cohort; a sync the removal guard stopped is left to ``resume`` one by one (its removals need a look)."""
+    with transaction(store.con) as con:
+        found = [row for row in paused(con) if app_id is None or row["app_id"] == app_id]
+        con.execute("UPDATE exports SET paused_at = NULL, paused_reason = NULL, "
+                    "next_due_at = least(coalesce(next_due_at, $now), $now) WHERE cohort IN (SELECT unnest($cohorts))",
+                    {"now": _naive(now), "cohorts": [row["cohort"] for row in found]})
+    if not found:
+        raise ExportError("no paused dynamic sync" + (f" of app {app_id}" if app_id else "")
+                          + ": nothing to resume (toolkit runs shows each sync's state)")
+    return [{k: row[k] for k in ("cohort", "paused_at", "paused_reason")} for row in found]
+
+
 def guard_stop(con, cohort: str) -> tuple[datetime, int] | None:
     """When the removal guard stopped the cohort's dynamic sync, and the run it stopped; None: not stopped."""
     row = con.execute("SELECT guard_stopped_at, guard_stopped_run FROM exports WHERE cohort = ? "
@@ -151,10 +166,11 @@ def refuse_if_paused(con, cohort: str) -> None:
 
 
 def paused(con) -> list[dict]:
-    """The paused dynamic syncs: cohort, paused_at, paused_reason."""
-    cursor = con.execute("SELECT cohort, paused_at, paused_reason FROM exports WHERE mode = 'dynamic' "
+    """The paused dynamic syncs: cohort, paused_at, paused_reason, app_id."""
+    cursor = con.execute("SELECT cohort, paused_at, paused_reason, app_id FROM exports WHERE mode = 'dynamic' "
                          "AND stopped_at IS NULL AND paused_at IS NOT NULL ORDER BY cohort")
-    return [dict(zip(("cohort", "paused_at", "paused_reason"), row, strict=True)) for row in cursor.fetchall()]
+    return [dict(zip(("cohort", "paused_at", "paused_reason", "app_id"), row, strict=True))
+            for row in cursor.fetchall()]
 
 
 def state_of(export: dict) -> str:
