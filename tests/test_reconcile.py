@@ -187,3 +187,32 @@ def test_a_repair_the_removal_guard_stops_changes_nothing_until_forced(world):
     assert forced.returncode == 0 and json.loads(forced.stdout)["repair"]["removed"] == len(outsiders)
     assert json.loads(toolkit("reconcile", COHORT, "--db", db, "--json", env=env).stdout)["drifted"] is False
     assert not set(outsiders) & tagged_in_onesignal(emu, app)
+
+
+def test_the_sync_overview_shows_each_syncs_last_reconcile(world):
+    from toolkit import widgets
+
+    db, emu, app, env = world
+
+    def last():
+        data = json.loads(toolkit("runs", COHORT, "--db", db, "--json").stdout)
+        (found,) = data["syncs"]
+        with Store(db, read_only=True) as store:
+            (row,) = widgets.sync_table(export.overview(store)).to_dict("records")
+        line = [s for s in toolkit("runs", COHORT, "--db", db).stdout.splitlines() if "last reconciled" in s]
+        return found["last_reconcile"], row["last reconcile"], line
+
+    assert last() == (None, None, [])                           # never reconciled
+    assert toolkit("reconcile", COHORT, "--db", db, env=env).returncode == 0
+    found, row, (line,) = last()
+    assert (found["tagged_outside"], found["lost_tag"], found["deleted"], found["repair_run_id"]) == (0, 0, 0, None)
+    assert line.startswith(f"{COHORT} last reconciled ") and line.endswith(", no drift") and row in line
+    behind_the_back(emu, app, db)
+    assert toolkit("reconcile", COHORT, "--db", db, env=env).returncode == 1
+    found, row, (line,) = last()
+    assert (found["tagged_outside"], found["lost_tag"], found["deleted"]) == (1, 1, 1)
+    assert row.endswith("drift: 1 tagged outside, 1 lost the tag, 1 deleted; not repaired") and row in line
+    repaired = json.loads(toolkit("reconcile", COHORT, "--repair", "--db", db, "--json", env=env).stdout)["repair"]
+    found, row, _ = last()
+    assert (found["repair_run_id"], found["repair_status"]) == (repaired["run_id"], "ok")
+    assert row.endswith(f"drift: 1 tagged outside, 1 lost the tag, 1 deleted; repaired (run #{repaired['run_id']} ok)")

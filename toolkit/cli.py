@@ -443,6 +443,11 @@ def _reconcile(args) -> int:
     with _store(args, read_only=not args.repair) as store:
         found = sync.reconcile_cohort(store, args.cohort, repair=args.repair, force=args.force,
                                       progress=not args.json)
+    if store.read_only:       # read back without holding the store for writing; kept for the overview now
+        from toolkit import reconcile
+
+        with _store(args) as store:
+            reconcile.record(store, found)
     _emit(args, found.to_dict(), report.reconcile_text(found))
     if found.repair is not None:
         return EXIT_CODES[sync.run_outcome(found.repair)]

@@ -123,6 +123,15 @@ def _rows(content: bytes) -> Iterator[dict[str, str]]:
         raise ExportError(f"OneSignal's CSV export could not be read: {exc}") from None
 
 
+def record(store: Store, found: Reconciliation) -> None:
+    """Keep what a reconciliation found (counts by kind) and its repair run, for the sync overview."""
+    repair = found.repair
+    store.con.execute("INSERT INTO reconciliations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      [found.cohort, found.checked_at, found.snapshot, found.in_sync, len(found.tagged_outside),
+                       len(found.lost_tag), len(found.deleted), found.views, repair.run_id if repair else None,
+                       repair.status if repair else None])
+
+
 RECONCILED = "reconciled"        # the status of the run record a correction writes
 
 

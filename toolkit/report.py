@@ -190,6 +190,9 @@ def syncs_text(syncs: list[dict]) -> str:
                      f"{_when(s['last_success_at']):<16}  {_count(s['members']):>9}  {_count(s['exportable']):>10}  "
                      f"{_count(s['in_segment']):>10}  {rate:>6} {sparkline(rates)}".rstrip())
     for s in syncs:
+        if s.get("last_reconcile"):
+            lines.append(f"{s['cohort']} last reconciled {last_reconcile_text(s['last_reconcile'])}")
+    for s in syncs:
         if s["state"] == "paused":
             lines.append(f"{s['cohort']} is paused since {_when(s['paused_at'])}: {s['paused_reason']}; fix the "
                          f"cause, then resume it: toolkit resume {shlex.quote(s['cohort'])}")
@@ -199,6 +202,23 @@ def syncs_text(syncs: list[dict]) -> str:
                          f"toolkit export {shlex.quote(s['cohort'])} --force, or resume it: "
                          f"toolkit resume {shlex.quote(s['cohort'])}")
     return "\n".join(lines)
+
+
+def last_reconcile_text(last: dict | None) -> str | None:
+    """A sync's last reconciliation in a line: when, the drift found by kind, repaired or not (None: never)."""
+    if last is None:
+        return None
+    kinds = [(last["tagged_outside"], "tagged outside"), (last["lost_tag"], "lost the tag"),
+             (last["deleted"], "deleted")]
+    found = ", ".join(f"{n:,} {what}" for n, what in kinds if n)
+    if last["repair_run_id"] is None:
+        repaired = "not repaired" if found else ""
+    elif last["repair_status"] in ("ok", "partial"):
+        repaired = f"repaired (run #{last['repair_run_id']} {last['repair_status']})"
+    else:
+        repaired = f"not repaired: run #{last['repair_run_id']} {last['repair_status']}"
+    drift = f"drift: {found}" if found else "no drift"
+    return f"{_when(last['checked_at'])}, {drift}" + (f"; {repaired}" if repaired else "")
 
 
 def member_fates_text(fates, written_to: str) -> str:

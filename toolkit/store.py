@@ -451,6 +451,22 @@ MIGRATIONS: list[str] = [
     ALTER TABLE exports ADD COLUMN guard_stopped_at TIMESTAMP;
     ALTER TABLE exports ADD COLUMN guard_stopped_run BIGINT;
     """,
+    # 16: each `toolkit reconcile`: the drift it found by kind (counts) and its repair run, if any
+    # (toolkit/reconcile.py), so that `toolkit runs` and the export panel show each sync's last one.
+    """
+    CREATE TABLE reconciliations (
+        cohort         VARCHAR NOT NULL,
+        checked_at     TIMESTAMP NOT NULL,
+        snapshot       BIGINT NOT NULL,      -- members recorded as tagged
+        in_sync        BIGINT NOT NULL,
+        tagged_outside BIGINT NOT NULL,
+        lost_tag       BIGINT NOT NULL,
+        deleted        BIGINT NOT NULL,
+        views          BIGINT NOT NULL,
+        repair_run_id  BIGINT,               -- the repair's export run (--repair), else NULL
+        repair_status  VARCHAR
+    );
+    """,
 ]
 
 

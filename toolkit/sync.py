@@ -505,4 +505,6 @@ def reconcile_cohort(store: Store, name: str, credentials: Credentials | None = 
         found.repair = export_cohort(store, settings, credentials, progress=progress)
         if found.repair.status == "stopped":          # the removal guard: nothing sent, nothing changed
             reconcile.restore_snapshot(store, found, before)
+    if not store.read_only:          # a read-only caller (the CLI's read back) records it in a short write after
+        reconcile.record(store, found)
     return found

@@ -739,7 +739,8 @@ def sync_table(overview: list[dict]) -> pd.DataFrame:
         else None,
         "last success": s["last_success_at"], "members": s["members"], "exportable": s["exportable"],
         "in segment": s["in_segment"],
-        "match rate": None if s["match_rate"] is None else f"{s['match_rate']:.1%}"} for s in overview])
+        "match rate": None if s["match_rate"] is None else f"{s['match_rate']:.1%}",
+        "last reconcile": report.last_reconcile_text(s.get("last_reconcile"))} for s in overview])
 
 
 INLINE_BYTES = 2_000_000     # a CSV up to this size is in the link itself; a larger one is linked by its path

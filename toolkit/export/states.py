@@ -10,7 +10,8 @@ failure, and a 429 or 5xx is retried and then fails the run: neither pauses. A p
 too (``toolkit pause NAME``).
 
 ``overview`` is what ``toolkit runs`` and the export panel show per export: its state, last run, last
-success, members, exportable, in segment, and the match rate (exportable / members) run by run.
+success, members, exportable, in segment, the match rate (exportable / members) run by run, and its last
+reconciliation (the drift found by kind, repaired or not).
 """
 
 from __future__ import annotations
@@ -187,8 +188,9 @@ def state_of(export: dict) -> str:
 def overview(store: Store, cohort: str | None = None, history: int = HISTORY) -> list[dict]:
     """Per registered export (or ``cohort``'s): state, why paused, last run (id, time, status), last
     success, members and exportable (as its last run counted them), in segment (tagged now), match rate,
-    and ``series``: (started_at, members, exportable, match_rate) of its last ``history`` runs, oldest
-    first. Dry runs and runs that could not count members are left out of the numbers."""
+    ``series``: (started_at, members, exportable, match_rate) of its last ``history`` runs, oldest
+    first, and ``last_reconcile`` (``last_reconcile``). Dry runs and runs that could not count members
+    are left out of the numbers."""
     con = store.reader()
     cursor = con.execute("""
         SELECT e.cohort, e.mode, e.app_id, e.segment_name, e.next_due_at, e.stopped_at, e.paused_at,
@@ -209,6 +211,7 @@ def overview(store: Store, cohort: str | None = None, history: int = HISTORY) ->
         row["last_success_at"] = con.execute(
             f"SELECT max(started_at) FROM export_runs WHERE cohort = ? AND NOT dry_run AND ({_SUCCEEDED})",
             [row["cohort"]]).fetchone()[0]
+        row["last_reconcile"] = last_reconcile(con, row["cohort"])
         series = match_rates(con, row["cohort"], history)
         row["series"] = series
         latest = series[-1] if series else None
@@ -216,6 +219,17 @@ def overview(store: Store, cohort: str | None = None, history: int = HISTORY) ->
         row["exportable"] = latest["exportable"] if latest else None
         row["match_rate"] = latest["match_rate"] if latest else None
     return found
+
+
+def last_reconcile(con, cohort: str) -> dict | None:
+    """The cohort's last ``toolkit reconcile`` (``reconcile.record``): checked_at, the drift found by kind
+    (tagged_outside, lost_tag, deleted), snapshot, in_sync, and its repair run (repair_run_id,
+    repair_status; None without --repair); None if it was never reconciled."""
+    cursor = con.execute("SELECT checked_at, tagged_outside, lost_tag, deleted, snapshot, in_sync, repair_run_id, "
+                         "repair_status FROM reconciliations WHERE cohort = ? ORDER BY checked_at DESC, "
+                         "rowid DESC LIMIT 1", [cohort])
+    row = cursor.fetchone()
+    return dict(zip([d[0] for d in cursor.description], row, strict=True)) if row else None
 
 
 def match_rates(con, cohort: str, history: int = HISTORY) -> list[dict]:
