@@ -4,9 +4,10 @@
 
     python -m bench.pipelines_lake 1000000          # or: python -m bench --pipelines 1000000
 
-The folder is written once from the size's lake (bench/spark_lake.py makes the lake): events by day as
-JSON with Mixpanel's field names (every event with an $insert_id a second time, gzipped, in an earlier
-file: the copies dedup drops), people (one per resolved user) and identity mappings. Each timing is the
+The folder is written once from the size's lake (bench/spark_lake.py makes the lake) by
+``toolkit.lake.writer.export_pipelines``: events by day as JSON with Mixpanel's field names (every event
+with an $insert_id a second time, gzipped, in an earlier file: the copies dedup drops), people (one per
+resolved user) and identity mappings. Each timing is the
 best of ``RUNS`` after a warm-up, in one session per mode; the session's start (reading the folder,
 identity, profiles) is timed on its own row, also with the cache of parsed files beside the store
 (``DuckLake(cache=...)``), empty (every file parsed and written) and full (a later session: none parsed).
@@ -22,45 +23,16 @@ from pathlib import Path
 from bench.table import Row
 
 RUNS = 3
+PROJECT = "1000001"
 
 
 def _pipelines(lake: Path) -> Path:
-    """The lake as a Data Pipelines folder beside it (made once; written aside, then renamed)."""
-    import shutil
-
-    import duckdb
-
-    from toolkit.lake.duck import DuckLake
-    from toolkit.lake.layout import find
+    """The lake as a Data Pipelines folder beside it, made once (``writer.export_pipelines``)."""
+    from toolkit.lake import writer
 
     folder = lake.parent / "pipelines"
-    if folder.exists():
-        return folder
-    partial = lake.parent / "pipelines.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    project = partial / "1000001"
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    events = f"read_parquet('{lake}/events/*/*.parquet')"
-    days = [d for d, in con.execute(f"SELECT DISTINCT strftime(time, '%Y/%m/%d') FROM {events}").fetchall()]
-    for day in days:
-        out = project / "mp_master_event" / day
-        out.mkdir(parents=True)
-        select = f"""SELECT event AS event_name, epoch(time) AS time, distinct_id, insert_id, device_id, user_id,
-                            json(properties) AS properties FROM {events} WHERE strftime(time, '%Y/%m/%d') = '{day}'"""
-        con.execute(f"COPY ({select}) TO '{out}/part-1.json' (FORMAT json)")
-        stale = f"""SELECT event_name, time, distinct_id, insert_id, device_id, user_id,
-                           json_merge_patch(properties, '{{"mp_processing_time_ms": null}}') AS properties
-                    FROM ({select}) WHERE insert_id IS NOT NULL"""
-        con.execute(f"COPY ({stale}) TO '{out}/part-0.json.gz' (FORMAT json, COMPRESSION gzip)")
-    (project / "mp_people_data").mkdir()
-    with DuckLake(find(lake)).prepare() as resolved:
-        resolved.con.execute(f"""COPY (SELECT distinct_id, json(properties) AS properties FROM resolved_profiles)
-                                 TO '{project}/mp_people_data/people.json' (FORMAT json)""")
-    (project / "mp_identity_mappings_data").mkdir()
-    con.execute(f"""COPY (SELECT * FROM read_parquet('{lake}/identity_mappings/*.parquet'))
-                    TO '{project}/mp_identity_mappings_data/mappings.json' (FORMAT json)""")
-    partial.rename(folder)
+    if not (folder / PROJECT).exists():
+        writer.export_pipelines(lake, folder, PROJECT)
     return folder
 
 

@@ -13,7 +13,6 @@ from helpers import NOW, SAMPLE
 from toolkit import cohorts, engine, load, matching, mtu
 from toolkit.errors import LakeError, UsageError
 from toolkit.lake import find, home, writer
-from toolkit.lake.duck import DuckLake
 from toolkit.store import Store
 
 
@@ -75,41 +74,30 @@ def test_identity_from_links_when_the_lake_has_no_mappings(tmp_path):
                     matching.preview(store, name, now=NOW).members), name
 
 
-def _as_pipelines(sample_lake, root):
-    """The lake's data as a Mixpanel Data Pipelines JSON folder: events by day with Mixpanel's field
-    names and epoch-second times, every event with an $insert_id written twice (a copy without
-    mp_processing_time_ms, in an earlier file: it loses), people (one per resolved user, as Mixpanel
-    exports them), identity mappings."""
-    project = root / "3141592"
+def test_a_lake_is_written_as_a_data_pipelines_folder_once(sample_lake, sample_store_file, tmp_path):
+    project = writer.export_pipelines(sample_lake, tmp_path / "bucket", "3141592")
+    assert project == tmp_path / "bucket" / "3141592" and [p.name for p in project.parent.iterdir()] == ["3141592"]
+    found = find(tmp_path / "bucket")
+    assert (found.kind, found.deduplicated) == ("pipelines", False)
+    days = sorted(p.relative_to(project / "mp_master_event").as_posix()
+                  for p in (project / "mp_master_event").glob("*/*/*"))
+    with Store(sample_store_file, read_only=True) as store:
+        assert days == [d for d, in store.con.execute(
+            "SELECT DISTINCT strftime(time, '%Y/%m/%d') FROM events ORDER BY 1").fetchall()]
+        with_key = store.con.execute("SELECT count(*) FROM events WHERE insert_id IS NOT NULL").fetchall()[0][0]
     con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    events = f"read_parquet('{sample_lake}/events/*/*.parquet')"
-    days = [d for d, in con.execute(f"SELECT DISTINCT strftime(time, '%Y/%m/%d') FROM {events}").fetchall()]
-    for day in days:
-        folder = project / "mp_master_event" / day
-        folder.mkdir(parents=True)
-        select = f"""SELECT event AS event_name, epoch(time) AS time, distinct_id, insert_id, device_id, user_id,
-                            json(properties) AS properties FROM {events} WHERE strftime(time, '%Y/%m/%d') = '{day}'"""
-        con.execute(f"COPY ({select}) TO '{folder}/part-1.json' (FORMAT json)")
-        patch = '{"mp_processing_time_ms": null, "stale": true}'
-        stale = f"""SELECT event_name, time, distinct_id, insert_id, device_id, user_id,
-                           json_merge_patch(properties, '{patch}') AS properties
-                    FROM ({select}) WHERE insert_id IS NOT NULL"""
-        con.execute(f"COPY ({stale}) TO '{folder}/part-0.json' (FORMAT json, COMPRESSION gzip)")
-        (folder / "part-0.json").rename(folder / "part-0.json.gz")
-    (project / "mp_people_data").mkdir()     # Mixpanel's people: one profile per resolved user
-    with DuckLake(find(sample_lake)).prepare() as resolved:
-        resolved.con.execute(f"""COPY (SELECT distinct_id, json(properties) AS properties FROM resolved_profiles)
-                                 TO '{project}/mp_people_data/people.json' (FORMAT json)""")
-    (project / "mp_identity_mappings_data").mkdir()
-    con.execute(f"""COPY (SELECT * FROM read_parquet('{sample_lake}/identity_mappings/*.parquet'))
-                    TO '{project}/mp_identity_mappings_data/mappings.json' (FORMAT json)""")
-    return project
+    stale = con.execute("SELECT count(*), count(*) FILTER (WHERE json_extract(json, '$.properties.stale') = 'true' "
+                        "AND json_extract(json, '$.properties.mp_processing_time_ms') IS NULL) FROM "
+                        f"read_json_objects('{project}/mp_master_event/*/*/*/part-0.json.gz')").fetchall()[0]
+    assert stale == (with_key, with_key)            # every keyed event's older copy, marked
+    assert {p.parent.name for p in project.glob("*/*.json")} == {"mp_people_data", "mp_identity_mappings_data"}
+    with pytest.raises(LakeError, match="3141592 exists"):
+        writer.export_pipelines(sample_lake, tmp_path / "bucket", "3141592")
 
 
 @pytest.mark.slow
 def test_a_data_pipelines_folder_is_read_in_place_and_deduplicated(sample_lake, sample_store_copy, tmp_path):
-    _as_pipelines(sample_lake, tmp_path / "bucket")
+    writer.export_pipelines(sample_lake, tmp_path / "bucket", "3141592")
     found = find(tmp_path / "bucket")
     assert (found.kind, found.deduplicated) == ("pipelines", False)
     with Store(sample_store_copy) as store, engine.Evaluator(engine.choose(lake=str(tmp_path / "bucket"))) as ev:

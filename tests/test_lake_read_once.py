@@ -5,11 +5,11 @@ evaluates one after another do not parse every JSON file again. A new session re
 import shutil
 
 import pytest
-from test_lake import _as_pipelines
 
 from helpers import NOW
 from toolkit import engine, matching
 from toolkit.errors import LakeError
+from toolkit.lake import writer
 from toolkit.lake.duck import DuckLake
 from toolkit.lake.layout import find
 from toolkit.sql import Query
@@ -22,7 +22,7 @@ PRO = "Pro plan in the US"
 @pytest.fixture(scope="module")
 def bucket(sample_lake, tmp_path_factory):
     root = tmp_path_factory.mktemp("bucket")
-    _as_pipelines(sample_lake, root)
+    writer.export_pipelines(sample_lake, root, "3141592")
     return root
 
 

@@ -6,12 +6,11 @@ import shutil
 
 import pytest
 from cli_runner import toolkit
-from test_lake import _as_pipelines
 
 from helpers import NOW
 from toolkit import cohorts, engine, matching, mtu, sync
 from toolkit.demo import seed_users
-from toolkit.lake import home
+from toolkit.lake import home, writer
 from toolkit.lake.duck import DuckLake
 from toolkit.lake.layout import find
 from toolkit.sql import Query
@@ -44,7 +43,7 @@ def test_every_sample_cohort_has_the_same_members_and_reasons_on_spark(on_spark,
 def test_a_data_pipelines_folder_on_spark_equals_duckdb(spark, sample_lake, sample_store_copy, tmp_path):
     """JSON read in place, copies deduplicated and, with no identity mappings, the links extracted
     on Spark and resolved by the loader's resolver: the same map and members as DuckDB's."""
-    project = _as_pipelines(sample_lake, tmp_path / "bucket")
+    project = writer.export_pipelines(sample_lake, tmp_path / "bucket", "3141592")
     shutil.rmtree(project / "mp_identity_mappings_data")
     with Store(sample_store_copy) as store, DuckLake(find(project)).prepare() as duck, \
             engine.Evaluator(engine.choose("spark", lake=str(tmp_path / "bucket"))) as ev:

@@ -6,6 +6,9 @@ interrupt leaves the target as it was. A non-empty target is refused unless ``re
 What is written: the published events (already one copy per Mixpanel key), one file per day and
 month of writing; the profiles as loaded (before identity, with ``sequence``: the store's order
 among profiles, which breaks ties); the identity map as Mixpanel's identity mappings.
+
+``export_pipelines`` writes such a lake again as a Mixpanel Data Pipelines JSON folder (tests and benches
+read the same data both ways).
 """
 
 from __future__ import annotations
@@ -63,6 +66,60 @@ def export_store(store: Store, target: str | os.PathLike, *, replace: bool = Fal
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return Written(str(target), *written)
+
+
+# A copy of each event with an $insert_id, older than the event: no mp_processing_time_ms, and a marker that
+# shows if a copy ever survived deduplication.
+STALE_PATCH = '{"mp_processing_time_ms": null, "stale": true}'
+
+
+def export_pipelines(lake: str | os.PathLike, root: str | os.PathLike, project_id: str = "1000001") -> Path:
+    """Write a Parquet lake (``export_store``'s) as a Mixpanel Data Pipelines JSON folder,
+    ``root/<project_id>`` (the layout of ``loading.pipelines``), and return that folder: events by day
+    with Pipelines' field names and epoch-second times, every event with an $insert_id a second time in an
+    earlier gzipped file (without mp_processing_time_ms, marked ``"stale": true``: the copy deduplication
+    drops), people (one per resolved user, as Mixpanel exports them) and identity mappings. For tests and
+    benches. Atomic as ``export_store``; an existing project folder is refused."""
+    import duckdb
+
+    from toolkit.lake.duck import DuckLake
+    from toolkit.lake.layout import find
+    from toolkit.loading import pipelines
+
+    lake, target = Path(lake), Path(root) / project_id
+    if target.exists():
+        raise LakeError(f"{target} exists; choose another folder for the Data Pipelines copy of {lake}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{project_id}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        events = f"read_parquet('{_quoted(lake / EVENTS)}/*/*.parquet')"
+        columns = f"event AS {pipelines.EVENT_NAME}, epoch(time) AS time, distinct_id, insert_id, device_id, user_id"
+        days = [d for d, in con.execute(f"SELECT DISTINCT strftime(time, '%Y/%m/%d') FROM {events}").fetchall()]
+        for day in days:
+            out = partial / pipelines.EVENTS / day
+            out.mkdir(parents=True)
+            select = (f"SELECT {columns}, json(properties) AS properties FROM {events} "
+                      f"WHERE strftime(time, '%Y/%m/%d') = '{day}'")
+            con.execute(f"COPY ({select}) TO '{_quoted(out / 'part-1.json')}' (FORMAT json)")
+            stale = (f"SELECT * REPLACE (json_merge_patch(properties, '{STALE_PATCH}') AS properties) "
+                     f"FROM ({select}) WHERE insert_id IS NOT NULL")
+            con.execute(f"COPY ({stale}) TO '{_quoted(out / 'part-0.json.gz')}' (FORMAT json, COMPRESSION gzip)")
+        (partial / pipelines.PEOPLE).mkdir()
+        with DuckLake(find(lake)).prepare() as resolved:
+            resolved.con.execute(f"COPY (SELECT distinct_id, json(properties) AS properties FROM resolved_profiles) "
+                                 f"TO '{_quoted(partial / pipelines.PEOPLE / 'people.json')}' (FORMAT json)")
+        (partial / pipelines.IDENTITY).mkdir()
+        con.execute(f"COPY (SELECT * FROM read_parquet('{_quoted(lake / MAPPINGS)}/*.parquet')) "
+                    f"TO '{_quoted(partial / pipelines.IDENTITY / 'mappings.json')}' (FORMAT json)")
+        con.close()
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return target
 
 
 def _write(con, folder: Path, on_progress) -> tuple[int, int, int, int]:
