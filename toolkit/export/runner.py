@@ -143,8 +143,9 @@ async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: pla
         writer = _ResultWriter(con, record, settings, caps, len(changes), on_progress)
         refused: dict[tuple[str, str], Step] = {}
 
-        def answered(alias: tuple[str, str], step: Step, outcome: str, error, known: bool = False) -> None:
-            writer.add(step, outcome, error)
+        def answered(alias: tuple[str, str], step: Step, outcome: str, error, known: bool = False,
+                     carries: int | None = None) -> None:
+            writer.add(step, outcome, error, carries)
             if outcome == TAG_CAP and step.operation == ADD and not known and len(refused) < LEARN_TAGS_PER_RUN:
                 refused[alias] = step
 
@@ -153,7 +154,7 @@ async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: pla
             by_operation = {operation: _sendable(changes, operation, resolved, caps, writer)
                             for operation in (REMOVE, ADD)}
             if settings.sends is not None:       # a cycle: every run's changes to a user in one request
-                await _send_merged(settings, credentials, by_operation, answered)
+                await _send_merged(settings, credentials, by_operation, caps, answered)
             else:
                 for operation, steps in by_operation.items():
                     value = TAG_VALUE if operation == ADD else ""
@@ -190,17 +191,19 @@ def _sendable(changes: Sequence[Step], operation: str, resolved: Mapping[Target,
 
 
 async def _send_merged(settings: ExportSettings, credentials: Credentials,
-                       by_operation: Mapping[str, Mapping[tuple[str, str], Step]], answered) -> None:
+                       by_operation: Mapping[str, Mapping[tuple[str, str], Step]], caps: TagCaps, answered) -> None:
     """Hand the run's changes to the cycle's merged sender (``export.merged``) and record each answer as
-    it comes, as if this run had sent it."""
+    it comes, as if this run had sent it. An addition says how many tags the toolkit knows the user carries
+    besides this cohort's, so the sender keeps a user's merged request within the app's cap."""
     assert settings.sends is not None and settings.base_url
-    changes = [(alias, step, settings.tag_key, TAG_VALUE if operation == ADD else "")
-               for operation, steps in by_operation.items() for alias, step in steps.items()]
+    changes: list[tuple] = [(alias, step, settings.tag_key, "") for alias, step in by_operation.get(REMOVE, {}).items()]
+    changes += [(alias, step, settings.tag_key, TAG_VALUE, caps.other.get(step.target.onesignal_id, 0))
+                for alias, step in by_operation.get(ADD, {}).items()]
     if not changes:
         settings.sends.leave(settings.cohort)
         return
     answers = settings.sends.submit(settings.cohort, changes, credentials, settings.base_url,
-                                    settings.client_options)
+                                    settings.client_options, settings.tag_limit)
     remaining = len(changes)
     while remaining:
         item = await asyncio.to_thread(answers.get)
