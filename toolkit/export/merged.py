@@ -89,6 +89,7 @@ class MergedSends:
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._waiting: list[queue.Queue] = []
+        self._sent = threading.Event()                  # every run has handed over and every change is answered
         self._lookups: dict[str, concurrent.futures.Future] = {}
         # In the loop's thread only:
         self._tag_limit: int | None = None                # the app's data-tag cap, as the runs know it
@@ -160,8 +161,14 @@ class MergedSends:
         if found is not None and not found.done():
             found.set_result(value)
 
+    def wait_sent(self) -> None:
+        """Wait until the cycle's changes to the app are all answered (or sending stopped). A run that has its
+        answers writes them and finishes after that: its writes would take the CPU the sends still need."""
+        self._sent.wait()
+
     def close(self) -> None:
         """Stop the sender once every request is answered (runs wait for their answers before they end)."""
+        self._sent.set()
         with self._lock:
             loop, thread, self._loop = self._loop, self._thread, None
         if loop is None or thread is None:
@@ -216,7 +223,12 @@ class MergedSends:
             # Users in an order of their own, not run by run: every cohort progresses from the start.
             self._pending = dict.fromkeys(sorted(self._pending, key=_spread_key))
             self._open = True
+        self._check_sent()
         asyncio.ensure_future(self._notify())
+
+    def _check_sent(self) -> None:
+        if self._open and not (self._pending or self._in_flight or self._resting):
+            self._sent.set()
 
     async def _notify(self) -> None:
         assert self._ready is not None
@@ -276,6 +288,7 @@ class MergedSends:
                     await self._notify()
                 elif user.cap is None:       # a capped user's cap is kept for its changes still to come
                     del self._users[alias]
+                self._check_sent()
 
     def _forget_rested(self) -> None:
         """A million-user cycle must not keep a million answer times: those past a user's second go."""
@@ -376,6 +389,7 @@ class MergedSends:
             user.todo, user.fresh = [], []
         self._pending.clear()
         self._resting.clear()
+        self._sent.set()
 
 
 class _User:

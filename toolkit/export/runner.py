@@ -218,6 +218,10 @@ async def _send_merged(settings: ExportSettings, credentials: Credentials,
                 item = answers.get_nowait()
             except queue.Empty:
                 break
+    # The run's last results and its record are written once the cycle's sends to the app are over: on a
+    # cycle's few cores, sixty runs writing while the others' requests are still out slowed those to half
+    # the app's rate. Its slot went to the next run when it handed its changes over.
+    await asyncio.to_thread(settings.sends.wait_sent)
 
 
 async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
@@ -252,6 +256,21 @@ async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
                         [known.get(onesignal_id, 0), settings.cohort, onesignal_id])
 
 
+def _keep_subscription_users(con, app_id: str, learned: Mapping[str, str | None]) -> None:
+    """The subscriptions' users looked up (None: OneSignal has no such subscription), in one write."""
+    if not learned:
+        return
+    table = pa.table({"subscription_id": pa.array(list(learned), pa.string()),
+                      "onesignal_id": pa.array(list(learned.values()), pa.string())})
+    with _CACHE_WRITES:
+        con.register("looked_up", table)
+        try:
+            con.execute("INSERT OR REPLACE INTO subscription_users SELECT ?, subscription_id, onesignal_id, "
+                        "now()::TIMESTAMP FROM looked_up", [app_id])
+        finally:
+            con.unregister("looked_up")
+
+
 async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str, steps: Sequence[Step],
                                  sends: MergedSends | None = None) -> dict[Target, tuple[str, str] | None]:
     """Subscription (Player) IDs -> ("onesignal_id", id) of their user, from the cache or OneSignal (in a
@@ -263,8 +282,11 @@ async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str, step
     known = dict(con.execute("SELECT subscription_id, onesignal_id FROM subscription_users "
                                    "WHERE app_id = ? AND subscription_id IN (SELECT unnest(?))",
                                    [app_id, ids]).fetchall())
-    # Looked up concurrently (each a request within the rate limit), each kept in the cache as it comes.
+    # Looked up concurrently (each a request within the rate limit); what was learned is kept in the cache in
+    # one write, also when a lookup fails (a write per lookup, one at a time across a cycle's runs, took
+    # seconds at the cycle's start, with no update sent meanwhile).
     gate = asyncio.Semaphore(client.concurrency)
+    learned: dict[str, str | None] = {}
 
     async def look_up(sub: str) -> None:
         if sends is not None and (shared := await sends.looked_up(sub)) is not NOT_LOOKED_UP:
@@ -277,13 +299,10 @@ async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str, step
                     found = (await client.identity_of_subscription(sub)).get("onesignal_id")
                 except NotFound:
                     found = None
-            known[sub] = found
+            known[sub] = learned[sub] = found
         finally:
             if sends is not None:        # the cycle's other runs waiting for it (or, if it failed, not)
                 sends.look_up_done(sub, found)
-        with _CACHE_WRITES:
-            con.execute("INSERT OR REPLACE INTO subscription_users VALUES (?, ?, ?, now()::TIMESTAMP)",
-                        [app_id, sub, known[sub]])
 
     missing = [t.onesignal_id for t in wanted if known.get(t.onesignal_id) is None]
     tasks = [asyncio.ensure_future(look_up(sub)) for sub in missing]
@@ -294,6 +313,7 @@ async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str, step
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        _keep_subscription_users(con, app_id, learned)
     resolved: dict[Target, tuple[str, str] | None] = {}
     for target in wanted:
         sub = target.onesignal_id
