@@ -310,3 +310,91 @@ def test_the_cycle_counts_the_tags_it_set_on_a_user_across_its_requests():
             ("ok", False), ("ok", False), ("tag_cap", True), ("tag_cap", True)]
         assert [r["status"] for r in patches(emu)] == [202, 202, 400]
         assert emu.user_tags(app.app_id)["ext-u"] == {"kA": "1", "kB": "1"}
+
+
+@pytest.mark.slow
+def test_a_merged_request_the_known_tags_take_over_the_cap_carries_only_what_fits(tmp_path, monkeypatch):
+    """The toolkit knows the app allows 2 tags and s1 joins three cohorts at once: its one request carries two
+    of the keys and OneSignal answers no 400 (no request again in parts, a second apart, at the cycle's end);
+    the third cohort records the cap's refusal without a request, saying what the user carries, and its
+    next run holds the member back (no request for it)."""
+    whole_cycle_at_once(monkeypatch)
+    with Emulator() as emu:
+        app = emu.add_app(tag_limit=2)
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app)
+        with Store(db) as store:
+            export.set_tag_limit(store, app.app_id, 2)
+            runs = sync.run_due(store, now=NOW, client_options=FAST)
+            assert [r.status for r in runs] == ["ok"] * 3, [r.error for r in runs]
+            assert sum(r.tag_cap for r in runs) == 1
+            refused = store.con.execute("SELECT distinct_id, error FROM export_results WHERE outcome = 'tag_cap'"
+                                        ).fetchall()
+            assert refused == [("s1", "not sent: the app allows 2 data tags per user and this user carries 2 "
+                                "other(s)")]
+            assert [r["status"] for r in patches(emu) if r["path"].endswith("/ext-s1")] == [202]
+            assert not [r for r in emu.requests() if r["status"] in (400, 429)]
+            assert len(emu.user_tags(app.app_id)["ext-s1"]) == 2
+            before = len(patches(emu))
+            again = sync.run_due(store, now=NOW + timedelta(minutes=15), client_options=FAST)
+            assert [r.status for r in again] == ["ok"] * 3 and sum(r.tag_cap for r in again) == 1
+            assert patches(emu)[before:] == []
+
+
+def test_a_user_waiting_out_its_second_holds_no_worker():
+    """One worker, sending early: u's second change comes within a second of its first request, then v's
+    change. OneSignal takes one update per user per second, so u waits; v is sent meanwhile (the worker
+    does not wait out u's second), and u's second request goes once its second is over (no 429)."""
+    with Emulator() as emu:
+        app = emu.add_app()
+        for user in ("u", "v"):
+            emu.add_user(app.app_id, f"ext-{user}")
+        sends = merged.MergedSends(3, concurrency=1, early=True)
+        credentials_ = Credentials(app.app_id, app.api_key)
+
+        def change(user, cohort):
+            return (("external_id", f"ext-{user}"), Step(f"{user}-{cohort}", ADD, Target(f"ext-{user}", "external_id")),
+                    f"k{cohort}", "1")
+
+        try:
+            first = sends.submit("A", [change("u", "A")], credentials_, emu.url, FAST)
+            assert first.get(timeout=30)[2] == "ok"
+            later = [sends.submit("B", [change("u", "B")], credentials_, emu.url, FAST),
+                     sends.submit("C", [change("v", "C")], credentials_, emu.url, FAST)]
+            assert [answers.get(timeout=30)[2] for answers in later] == ["ok", "ok"]
+        finally:
+            sends.close()
+    assert [r["path"].rsplit("/", 1)[1] for r in patches(emu)] == ["ext-u", "ext-v", "ext-u"]
+    assert not [r for r in emu.requests() if r["status"] == 429]
+
+
+def test_runs_write_their_last_results_once_the_cycles_sends_are_over():
+    """``wait_sent`` (what a run waits for before writing its last results and record) returns only once
+    every run has handed over and every change is answered: not while another run's request is held."""
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        for user in ("u", "v"):
+            emu.add_user(app.app_id, f"ext-{user}")
+        emu.faults.inject("hold", method="PATCH", path="/ext-v")
+        sends = merged.MergedSends(2)
+        credentials_ = Credentials(app.app_id, app.api_key)
+        try:
+            answers = [sends.submit(cohort, [(("external_id", f"ext-{user}"), Step(user, ADD, Target(
+                f"ext-{user}", "external_id")), f"k{cohort}", "1")], credentials_, emu.url, FAST)
+                for cohort, user in (("A", "u"), ("B", "v"))]
+            assert answers[0].get(timeout=30)[2] == "ok"
+            for _ in range(500):
+                if emu.held():
+                    break
+                threading.Event().wait(0.02)
+            waiting = threading.Thread(target=sends.wait_sent)
+            waiting.start()
+            waiting.join(0.3)
+            assert waiting.is_alive()           # v's request is held: the cycle's sends are not over
+            emu.release()
+            assert answers[1].get(timeout=30)[2] == "ok"
+            waiting.join(30)
+            assert not waiting.is_alive()
+        finally:
+            emu.release()
+            sends.close()
