@@ -10,10 +10,11 @@ import pytest
 
 from helpers import NOW, event, write_lines
 from toolkit import Store, cohorts, export, load, sync
-from toolkit.emulator import Emulator
+from toolkit.emulator import Emulator, limits
 from toolkit.export import merged
-from toolkit.onesignal import Credentials
+from toolkit.onesignal import Credentials, SyncOneSignalClient
 from toolkit.planning import ADD, REMOVE, Step, Target
+from toolkit.rate_budget import ViewBudget
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3}
 SUBSCRIPTION = "8f0c8b1e-6a51-4c39-9d2e-3f6f3f1b2a77"       # a user known to OneSignal by its Player ID only
@@ -398,3 +399,40 @@ def test_runs_write_their_last_results_once_the_cycles_sends_are_over():
         finally:
             emu.release()
             sends.close()
+
+
+@pytest.mark.slow
+def test_the_cycles_runs_view_each_refused_user_once_at_the_apps_view_rate(tmp_path, monkeypatch):
+    """s1 (in A, B and C) and s3 (in A and C) carry two tags set outside the toolkit on an app allowing 2:
+    OneSignal refuses them to every cohort, and the runs read their tags back. OneSignal's View user limit is
+    the app's (1/s; the emulator's look-back lowered to 2 views, so a burst shows): the cycle views each user
+    once, the views a second apart, none answered 429."""
+    monkeypatch.setattr(limits, "VIEW_BURST", 2)
+    whole_cycle_at_once(monkeypatch)
+    with Emulator(user_rate_limit=0, view_rate_limit=1.0) as emu:
+        app = emu.add_app(tag_limit=2)
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app)
+        with SyncOneSignalClient(Credentials(app.app_id, app.api_key), emu.url) as client:
+            for user in ("ext-s1", "ext-s3"):
+                client.update_tags("external_id", user, {"vip": "1", "plan": "gold"})   # outside the toolkit
+        with Store(db) as store:
+            export.set_tag_limit(store, app.app_id, 2)
+            runs = sync.run_due(store, now=NOW, client_options=FAST)
+            assert [r.status for r in runs] == ["ok"] * 3, [r.error for r in runs]
+            assert sum(r.tag_cap for r in runs) == 5
+            known = dict(store.con.execute("SELECT onesignal_id, tag_keys FROM known_user_tags").fetchall())
+            assert known == {"ext-s1": ["plan", "vip"], "ext-s3": ["plan", "vip"]}
+    views = [r for r in emu.requests() if r["method"] == "GET" and "/users/by/" in r["path"]]
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in views) == ["ext-s1", "ext-s3"]
+    assert [r["status"] for r in views] == [200, 200]
+    assert views[1]["t"] - views[0]["t"] > 0.9
+
+
+def test_a_cycle_views_each_user_once_and_at_most_its_allowance():
+    """Pure accounting: users claimed by one run are not viewed again by another; the cycle's allowance runs
+    out across runs."""
+    budget = ViewBudget(allowance=3)
+    assert budget.claim(["u1", "u2", "u1"]) == ["u1", "u2"]
+    assert budget.claim(["u2", "u3", "u4"]) == ["u3"]
+    assert budget.claim(["u5"]) == [] and budget.allowance == 0

@@ -24,8 +24,8 @@ from toolkit.errors import CredentialsError, SyncFailed, SyncPaused, ToolkitErro
 from toolkit.export import cycle_plans
 from toolkit.export.merged import MergedSends
 from toolkit.loading import LoadSummary, load
-from toolkit.onesignal import DEFAULT_MAX_RPS, Credentials, default_base_url
-from toolkit.rate_budget import AppBudget
+from toolkit.onesignal import DEFAULT_MAX_RPS, VIEW_RPS, Credentials, default_base_url
+from toolkit.rate_budget import AppBudget, ViewBudget
 from toolkit.store import Store
 
 log = logging.getLogger("toolkit.sync")
@@ -164,6 +164,10 @@ def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget],
     if key not in budgets:
         budgets[key] = AppBudget(float(options.get("max_rps", DEFAULT_MAX_RPS)))
     options["limiter"] = budgets[key]
+    views = ("view", *key)              # OneSignal's View user limit is the app's too
+    if views not in budgets:
+        budgets[views] = ViewBudget(float(options.get("view_rps", VIEW_RPS)))
+    options["view_limiter"] = budgets[views]
     # Enough requests in flight that the runs still sending fill the budget (a run of four went at 28/s when
     # few were left on a loaded machine); the budget, not this, bounds the rate.
     options["concurrency"] = max(8, int(options.get("concurrency", 64)) // 4)

@@ -42,7 +42,9 @@ TAG_VALUE = "1"
 # user, a user's known tags) would conflict.
 _CACHE_WRITES = threading.Lock()
 
-LEARN_TAGS_PER_RUN = 100        # users refused for the cap whose tags a run reads back (one view call each)
+# Users refused for the cap whose tags a run reads back: one View user call each, at OneSignal's View user rate
+# (1/s per app; 10/s look-back). In a cycle, its runs share the app's views (rate_budget.ViewBudget).
+LEARN_TAGS_PER_RUN = 10
 
 
 def run(store: Store, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table | None,
@@ -227,22 +229,23 @@ async def _send_merged(settings: ExportSettings, credentials: Credentials,
 async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
                       refused: Mapping[tuple[str, str], Step]) -> None:
     """Read what tags the users the cap refused carry (OneSignal's view of each), so that previews count
-    them and a refused member is tried again only once its known tags drop. At most a few per run: view
-    calls are slow, and a refusal already says enough to hold the member back."""
+    them and a refused member is tried again only once its known tags drop. At most a few per run, at the
+    app's View user rate (in a cycle, each user once for all its runs, a few in all: ``ViewBudget.claim``):
+    view calls are slow, and a refusal already says enough to hold the member back."""
     learned: dict[str, list[str]] = {}
-    gate = asyncio.Semaphore(client.concurrency)
+    claim = getattr(client.view_limiter, "claim", None)
+    chosen = claim(refused) if claim is not None else list(refused)[:LEARN_TAGS_PER_RUN]
 
-    async def read(label: str, alias_id: str, step: Step) -> None:     # at once, within the rate limit
-        async with gate:
-            try:
-                view = await client.get_user(label, alias_id)
-            except OneSignalError as exc:
-                log.info("could not read the tags of user %r: %s", step.distinct_id, exc)
-                return
+    async def read(label: str, alias_id: str, step: Step) -> None:     # at once, at the View user rate
+        try:
+            view = await client.get_user(label, alias_id, paced=True)
+        except OneSignalError as exc:
+            log.info("could not read the tags of user %r: %s", step.distinct_id, exc)
+            return
         tags = ((view or {}).get("properties") or {}).get("tags") or {}
         learned[step.target.onesignal_id] = sorted(str(k) for k in tags)
 
-    await asyncio.gather(*(read(label, alias_id, step) for (label, alias_id), step in refused.items()))
+    await asyncio.gather(*(read(label, alias_id, refused[label, alias_id]) for label, alias_id in chosen))
     if not learned:
         return
     now = _naive(settings.now)
