@@ -436,3 +436,21 @@ def test_a_cycle_views_each_user_once_and_at_most_its_allowance():
     assert budget.claim(["u1", "u2", "u1"]) == ["u1", "u2"]
     assert budget.claim(["u2", "u3", "u4"]) == ["u3"]
     assert budget.claim(["u5"]) == [] and budget.allowance == 0
+
+
+@pytest.mark.slow
+def test_a_cohort_named_twice_in_a_cycle_does_not_keep_its_other_runs_waiting(tmp_path, monkeypatch):
+    """Runs write their last results once the cycle's sends are over, which needs every run to have handed
+    over: a cohort named twice is one run to wait for (its second run is refused as already running)."""
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app)
+        with Store(db) as store:
+            done: list = []
+            cycle = threading.Thread(target=lambda: done.append(sync.run_due(
+                store, now=NOW, cohorts=["A", "A", "B", "C"], client_options=FAST)), daemon=True)
+            cycle.start()
+            cycle.join(120)
+            assert not cycle.is_alive()
+            assert sorted(r.status for r in done[0]) == ["failed", "ok", "ok", "ok"]

@@ -132,13 +132,14 @@ def _merged_senders(chosen: list[export.ExportSettings], client_options: dict | 
                     held: dict[str, _Slot]) -> dict[tuple, MergedSends]:
     """One merged sender per app the cycle sends to (``export.merged``): each user's changes from every
     cohort in one request. A run hands its changes over and waits; its slot goes to the next run then."""
-    apps: dict[tuple, int] = {}
+    apps: dict[tuple, set[str]] = {}
     for settings in chosen:
-        if not settings.dry_run:
-            apps[(settings.app_id, settings.base_url)] = apps.get((settings.app_id, settings.base_url), 0) + 1
+        if not settings.dry_run:        # a cohort named twice is one run to wait for (the other is refused)
+            apps.setdefault((settings.app_id, settings.base_url), set()).add(settings.cohort)
     concurrency = int((client_options or {}).get("concurrency", 64))
-    return {key: MergedSends(count, concurrency=concurrency, on_submit=lambda cohort: held[cohort].release())
-            for key, count in apps.items()}
+    return {key: MergedSends(len(cohorts), concurrency=concurrency,
+                             on_submit=lambda cohort: held[cohort].release())
+            for key, cohorts in apps.items()}
 
 
 class _Slot:
