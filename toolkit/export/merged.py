@@ -31,7 +31,9 @@ request the app's budget can let through (a worker waiting out a user's second w
 Sending starts with the first run's changes (``SEND_EARLY``; else once every run of the cycle to the app
 has handed over its changes or left, ``leave``): changes to a user that come while its request is waiting
 or out join it or its next one. Once every run has handed over, the users left are sent in an order of
-their own, so every cohort progresses.
+their own, so every cohort progresses. A run that has its answers writes its last results and its record
+once every change to the app is answered (``wait_sent``): on a machine's few cores, runs writing while
+requests were out slowed the sender to half the app's rate.
 """
 
 from __future__ import annotations
