@@ -121,6 +121,23 @@ def test_player_ids_are_resolved_and_cached(empty_file_store, unlimited_emulator
     assert cached == 2
 
 
+def test_player_ids_looked_up_are_cached_even_when_another_lookup_fails(empty_file_store, unlimited_emulator,
+                                                                       app_with_users):
+    """The lookups are kept in one write at the end: also when one of them fails and stops the run."""
+    sub, broken = "5f0d7a2c-1e3b-4c6d-a8e9-0b1c2d3e4f50", "6a1e8b3d-2f4c-4d7e-b9fa-1c2d3e4f5061"
+    unlimited_emulator.add_user(app_with_users.app_id, external_id="erin", subscription_ids=[sub])
+    unlimited_emulator.faults.inject("crash", method="GET", path=f"/subscriptions/{broken}/", times=2)
+    export.register(empty_file_store, "Buyers", "dynamic", app_with_users.app_id, unlimited_emulator.url)
+    wanted = {"erin": Target(sub, "subscription_id"), "zed": Target(broken, "subscription_id")}
+    settings = export.settings(empty_file_store, "Buyers", client_options={**FAST, "max_attempts": 2})
+    record = export.run(empty_file_store, settings, wanted, creds(app_with_users))
+    assert record.status == "failed" and "500" in (record.error or "")
+    cached = empty_file_store.con.execute("SELECT subscription_id, onesignal_id IS NOT NULL FROM subscription_users"
+                                          ).fetchall()
+    assert cached == [(sub, True)]
+    assert patches(unlimited_emulator) == 0
+
+
 def test_users_not_in_onesignal_are_reported_never_created_and_not_resent(empty_file_store, unlimited_emulator,
                                                                           app_with_users):
     record = sync(empty_file_store, unlimited_emulator, app_with_users, ext("u1", "nobody"))

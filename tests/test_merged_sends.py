@@ -10,10 +10,11 @@ import pytest
 
 from helpers import NOW, event, write_lines
 from toolkit import Store, cohorts, export, load, sync
-from toolkit.emulator import Emulator
+from toolkit.emulator import Emulator, limits
 from toolkit.export import merged
-from toolkit.onesignal import Credentials
+from toolkit.onesignal import Credentials, SyncOneSignalClient
 from toolkit.planning import ADD, REMOVE, Step, Target
+from toolkit.rate_budget import ViewBudget
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3}
 SUBSCRIPTION = "8f0c8b1e-6a51-4c39-9d2e-3f6f3f1b2a77"       # a user known to OneSignal by its Player ID only
@@ -303,10 +304,153 @@ def test_the_cycle_counts_the_tags_it_set_on_a_user_across_its_requests():
                 step = Step(f"u-{cohort}", ADD, target)
                 got = sends.submit(cohort, [(alias, step, f"k{cohort}", "1")],
                                    Credentials(app.app_id, app.api_key), emu.url, FAST)
-                answers.append(got.get(timeout=30)[2:])
+                answers.append(got.get(timeout=30)[2:5])
         finally:
             sends.close()
         assert [(outcome, known) for outcome, _, known in answers] == [
             ("ok", False), ("ok", False), ("tag_cap", True), ("tag_cap", True)]
         assert [r["status"] for r in patches(emu)] == [202, 202, 400]
         assert emu.user_tags(app.app_id)["ext-u"] == {"kA": "1", "kB": "1"}
+
+
+@pytest.mark.slow
+def test_a_merged_request_the_known_tags_take_over_the_cap_carries_only_what_fits(tmp_path, monkeypatch):
+    """The toolkit knows the app allows 2 tags and s1 joins three cohorts at once: its one request carries two
+    of the keys and OneSignal answers no 400 (no request again in parts, a second apart, at the cycle's end);
+    the third cohort records the cap's refusal without a request, saying what the user carries, and its
+    next run holds the member back (no request for it)."""
+    whole_cycle_at_once(monkeypatch)
+    with Emulator() as emu:
+        app = emu.add_app(tag_limit=2)
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app)
+        with Store(db) as store:
+            export.set_tag_limit(store, app.app_id, 2)
+            runs = sync.run_due(store, now=NOW, client_options=FAST)
+            assert [r.status for r in runs] == ["ok"] * 3, [r.error for r in runs]
+            assert sum(r.tag_cap for r in runs) == 1
+            refused = store.con.execute("SELECT distinct_id, error FROM export_results WHERE outcome = 'tag_cap'"
+                                        ).fetchall()
+            assert refused == [("s1", "not sent: the app allows 2 data tags per user and this user carries 2 "
+                                "other(s)")]
+            assert [r["status"] for r in patches(emu) if r["path"].endswith("/ext-s1")] == [202]
+            assert not [r for r in emu.requests() if r["status"] in (400, 429)]
+            assert len(emu.user_tags(app.app_id)["ext-s1"]) == 2
+            before = len(patches(emu))
+            again = sync.run_due(store, now=NOW + timedelta(minutes=15), client_options=FAST)
+            assert [r.status for r in again] == ["ok"] * 3 and sum(r.tag_cap for r in again) == 1
+            assert patches(emu)[before:] == []
+
+
+def test_a_user_waiting_out_its_second_holds_no_worker():
+    """One worker, sending early: u's second change comes within a second of its first request, then v's
+    change. OneSignal takes one update per user per second, so u waits; v is sent meanwhile (the worker
+    does not wait out u's second), and u's second request goes once its second is over (no 429)."""
+    with Emulator() as emu:
+        app = emu.add_app()
+        for user in ("u", "v"):
+            emu.add_user(app.app_id, f"ext-{user}")
+        sends = merged.MergedSends(3, concurrency=1, early=True)
+        credentials_ = Credentials(app.app_id, app.api_key)
+
+        def change(user, cohort):
+            return (("external_id", f"ext-{user}"), Step(f"{user}-{cohort}", ADD, Target(f"ext-{user}", "external_id")),
+                    f"k{cohort}", "1")
+
+        try:
+            first = sends.submit("A", [change("u", "A")], credentials_, emu.url, FAST)
+            assert first.get(timeout=30)[2] == "ok"
+            later = [sends.submit("B", [change("u", "B")], credentials_, emu.url, FAST),
+                     sends.submit("C", [change("v", "C")], credentials_, emu.url, FAST)]
+            assert [answers.get(timeout=30)[2] for answers in later] == ["ok", "ok"]
+        finally:
+            sends.close()
+    assert [r["path"].rsplit("/", 1)[1] for r in patches(emu)] == ["ext-u", "ext-v", "ext-u"]
+    assert not [r for r in emu.requests() if r["status"] == 429]
+
+
+def test_runs_write_their_last_results_once_the_cycles_sends_are_over():
+    """``wait_sent`` (what a run waits for before writing its last results and record) returns only once
+    every run has handed over and every change is answered: not while another run's request is held."""
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        for user in ("u", "v"):
+            emu.add_user(app.app_id, f"ext-{user}")
+        emu.faults.inject("hold", method="PATCH", path="/ext-v")
+        sends = merged.MergedSends(2)
+        credentials_ = Credentials(app.app_id, app.api_key)
+        try:
+            answers = [sends.submit(cohort, [(("external_id", f"ext-{user}"), Step(user, ADD, Target(
+                f"ext-{user}", "external_id")), f"k{cohort}", "1")], credentials_, emu.url, FAST)
+                for cohort, user in (("A", "u"), ("B", "v"))]
+            assert answers[0].get(timeout=30)[2] == "ok"
+            for _ in range(500):
+                if emu.held():
+                    break
+                threading.Event().wait(0.02)
+            waiting = threading.Thread(target=sends.wait_sent)
+            waiting.start()
+            waiting.join(0.3)
+            assert waiting.is_alive()           # v's request is held: the cycle's sends are not over
+            emu.release()
+            assert answers[1].get(timeout=30)[2] == "ok"
+            waiting.join(30)
+            assert not waiting.is_alive()
+        finally:
+            emu.release()
+            sends.close()
+
+
+@pytest.mark.slow
+def test_the_cycles_runs_view_each_refused_user_once_at_the_apps_view_rate(tmp_path, monkeypatch):
+    """s1 (in A, B and C) and s3 (in A and C) carry two tags set outside the toolkit on an app allowing 2:
+    OneSignal refuses them to every cohort, and the runs read their tags back. OneSignal's View user limit is
+    the app's (1/s; the emulator's look-back lowered to 2 views, so a burst shows): the cycle views each user
+    once, the views a second apart, none answered 429."""
+    monkeypatch.setattr(limits, "VIEW_BURST", 2)
+    whole_cycle_at_once(monkeypatch)
+    with Emulator(user_rate_limit=0, view_rate_limit=1.0) as emu:
+        app = emu.add_app(tag_limit=2)
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app)
+        with SyncOneSignalClient(Credentials(app.app_id, app.api_key), emu.url) as client:
+            for user in ("ext-s1", "ext-s3"):
+                client.update_tags("external_id", user, {"vip": "1", "plan": "gold"})   # outside the toolkit
+        with Store(db) as store:
+            export.set_tag_limit(store, app.app_id, 2)
+            runs = sync.run_due(store, now=NOW, client_options=FAST)
+            assert [r.status for r in runs] == ["ok"] * 3, [r.error for r in runs]
+            assert sum(r.tag_cap for r in runs) == 5
+            known = dict(store.con.execute("SELECT onesignal_id, tag_keys FROM known_user_tags").fetchall())
+            assert known == {"ext-s1": ["plan", "vip"], "ext-s3": ["plan", "vip"]}
+    views = [r for r in emu.requests() if r["method"] == "GET" and "/users/by/" in r["path"]]
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in views) == ["ext-s1", "ext-s3"]
+    assert [r["status"] for r in views] == [200, 200]
+    assert views[1]["t"] - views[0]["t"] > 0.9
+
+
+def test_a_cycle_views_each_user_once_and_at_most_its_allowance():
+    """Pure accounting: users claimed by one run are not viewed again by another; the cycle's allowance runs
+    out across runs."""
+    budget = ViewBudget(allowance=3)
+    assert budget.claim(["u1", "u2", "u1"]) == ["u1", "u2"]
+    assert budget.claim(["u2", "u3", "u4"]) == ["u3"]
+    assert budget.claim(["u5"]) == [] and budget.allowance == 0
+
+
+@pytest.mark.slow
+def test_a_cohort_named_twice_in_a_cycle_does_not_keep_its_other_runs_waiting(tmp_path, monkeypatch):
+    """Runs write their last results once the cycle's sends are over, which needs every run to have handed
+    over: a cohort named twice is one run to wait for (its second run is refused as already running)."""
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app)
+        with Store(db) as store:
+            done: list = []
+            cycle = threading.Thread(target=lambda: done.append(sync.run_due(
+                store, now=NOW, cohorts=["A", "A", "B", "C"], client_options=FAST)), daemon=True)
+            cycle.start()
+            cycle.join(120)
+            assert not cycle.is_alive()
+            assert sorted(r.status for r in done[0]) == ["failed", "ok", "ok", "ok"]

@@ -375,7 +375,7 @@ class OneSignalClient:
                  timeout: float = 10.0, max_attempts: int = 10, backoff_base: float = 2.0,
                  backoff_max: float = 60.0, concurrency: int = 64, sleep=asyncio.sleep,
                  transport: httpx.AsyncBaseTransport | None = None, view_rps: float = VIEW_RPS,
-                 export_wait: float = EXPORT_WAIT, limiter: Any = None):
+                 export_wait: float = EXPORT_WAIT, limiter: Any = None, view_limiter: Any = None):
         if max_attempts < 1 or concurrency < 1:
             raise ValueError("max_attempts and concurrency must be at least 1")
         self.credentials = credentials
@@ -386,7 +386,9 @@ class OneSignalClient:
         self.concurrency = concurrency
         # ``limiter``: a budget shared with other clients of the same app (rate_budget.AppBudget)
         self.limiter = limiter if limiter is not None else RateLimiter(max_rps)
-        self.view_limiter = RateLimiter(view_rps)      # View user calls, on top of the app's limit
+        # View user calls, on top of the app's limit; ``view_limiter``: shared with the app's other clients
+        # (rate_budget.ViewBudget): OneSignal's View user limit is the app's, not a client's
+        self.view_limiter = view_limiter if view_limiter is not None else RateLimiter(view_rps)
         self.export_wait = export_wait
         self._transport = transport
         self._sleep = sleep
@@ -448,8 +450,9 @@ class OneSignalClient:
         return await self._request("PATCH", self._user_path(alias_label, alias_id),
                                    body={"properties": {"tags": dict(tags)}}, user=(alias_label, alias_id))
 
-    async def get_user(self, alias_label: str, alias_id: str) -> dict:
-        return await self._request("GET", self._user_path(alias_label, alias_id))
+    async def get_user(self, alias_label: str, alias_id: str, *, paced: bool = False) -> dict:
+        """View a user; ``paced``: at OneSignal's View user rate (``view_limiter``), as a series of views must be."""
+        return await self._request("GET", self._user_path(alias_label, alias_id), view=paced)
 
     async def view_users(self, aliases: Iterable[tuple[str, str]],
                          on_result: Callable[[str, str, dict | None], None]) -> None:

@@ -8,7 +8,8 @@ for all of them, safe across threads: slots are handed out in the order they are
 run asks, so runs sending at once share the rate in proportion to the requests each has in flight (the
 cycle gives each the same concurrency): every cohort progresses, none waits for another to finish.
 It has the interface the client uses of ``onesignal.RateLimiter``: ``acquire(user)``, ``answered(user)``
-and ``pause``.
+and ``pause``. ``ViewBudget`` is the same for OneSignal's View user limit (1 request/s per app), with how
+many users a cycle may still view.
 """
 
 from __future__ import annotations
@@ -17,8 +18,15 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
+from typing import TypeVar
 
+from toolkit.onesignal import VIEW_RPS
+
+# Users a cycle views to learn the tags of those the tag cap refused: OneSignal's View user limit is 1 request/s
+# per app (10/s look-back), so ten take ten seconds of a fifteen-minute cycle, however many runs were refused.
+VIEWS_PER_CYCLE = 10
+User = TypeVar("User", bound=Hashable)
 # OneSignal takes one update per user per second. Counted from the answer to the last one (which came
 # after OneSignal saw it), a small margin is enough, however late a loaded machine sends the next.
 USER_SPACING = 1.05
@@ -104,3 +112,23 @@ class AppBudget:
         horizon = self._clock() - self.user_spacing
         self._users = {k: t for k, t in self._users.items() if t == _BUSY or t > horizon}
         self._prune_at = max(1024, 2 * len(self._users))
+
+
+class ViewBudget(AppBudget):
+    """OneSignal's View user limit for one app (``rate`` views/s), shared by every client of a cycle as
+    ``AppBudget`` shares the app's: a limiter per run would let sixty runs view sixty users a second. And
+    which users the cycle still views (``claim``): each once, at most ``allowance`` in all."""
+
+    def __init__(self, rate: float = VIEW_RPS, allowance: int = VIEWS_PER_CYCLE,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(rate, user_spacing=0.0, clock=clock)
+        self.allowance = allowance
+        self._claimed: set[Hashable] = set()
+
+    def claim(self, users: Iterable[User]) -> list[User]:
+        """Those of ``users`` this caller views: not claimed before in the cycle, within the allowance."""
+        with self._lock:
+            mine = [u for u in dict.fromkeys(users) if u not in self._claimed][:max(0, self.allowance)]
+            self._claimed.update(mine)
+            self.allowance -= len(mine)
+            return mine

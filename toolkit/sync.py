@@ -24,8 +24,8 @@ from toolkit.errors import CredentialsError, SyncFailed, SyncPaused, ToolkitErro
 from toolkit.export import cycle_plans
 from toolkit.export.merged import MergedSends
 from toolkit.loading import LoadSummary, load
-from toolkit.onesignal import DEFAULT_MAX_RPS, Credentials, default_base_url
-from toolkit.rate_budget import AppBudget
+from toolkit.onesignal import DEFAULT_MAX_RPS, VIEW_RPS, Credentials, default_base_url
+from toolkit.rate_budget import AppBudget, ViewBudget
 from toolkit.store import Store
 
 log = logging.getLogger("toolkit.sync")
@@ -132,13 +132,14 @@ def _merged_senders(chosen: list[export.ExportSettings], client_options: dict | 
                     held: dict[str, _Slot]) -> dict[tuple, MergedSends]:
     """One merged sender per app the cycle sends to (``export.merged``): each user's changes from every
     cohort in one request. A run hands its changes over and waits; its slot goes to the next run then."""
-    apps: dict[tuple, int] = {}
+    apps: dict[tuple, set[str]] = {}
     for settings in chosen:
-        if not settings.dry_run:
-            apps[(settings.app_id, settings.base_url)] = apps.get((settings.app_id, settings.base_url), 0) + 1
+        if not settings.dry_run:        # a cohort named twice is one run to wait for (the other is refused)
+            apps.setdefault((settings.app_id, settings.base_url), set()).add(settings.cohort)
     concurrency = int((client_options or {}).get("concurrency", 64))
-    return {key: MergedSends(count, concurrency=concurrency, on_submit=lambda cohort: held[cohort].release())
-            for key, count in apps.items()}
+    return {key: MergedSends(len(cohorts), concurrency=concurrency,
+                             on_submit=lambda cohort: held[cohort].release())
+            for key, cohorts in apps.items()}
 
 
 class _Slot:
@@ -164,6 +165,10 @@ def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget],
     if key not in budgets:
         budgets[key] = AppBudget(float(options.get("max_rps", DEFAULT_MAX_RPS)))
     options["limiter"] = budgets[key]
+    views = ("view", *key)              # OneSignal's View user limit is the app's too
+    if views not in budgets:
+        budgets[views] = ViewBudget(float(options.get("view_rps", VIEW_RPS)))
+    options["view_limiter"] = budgets[views]
     # Enough requests in flight that the runs still sending fill the budget (a run of four went at 28/s when
     # few were left on a loaded machine); the budget, not this, bounds the rate.
     options["concurrency"] = max(8, int(options.get("concurrency", 64)) // 4)

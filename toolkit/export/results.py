@@ -27,22 +27,26 @@ class _ResultWriter:
     def __init__(self, con, record: RunRecord, settings: ExportSettings, caps: TagCaps, total: int, on_progress):
         self.con, self.record, self.total, self.on_progress = con, record, total, on_progress
         self.settings, self.caps = settings, caps
-        self.pending: list[tuple[Step, str, str | None]] = []
+        self.pending: list[tuple[Step, str, str | None, int | None]] = []
         self.done = 0
         self.learned_limit: int | None = None      # the cap OneSignal named, when it differs from ours
 
-    def add(self, step: Step, outcome: str, error: Exception | None) -> None:
+    def add(self, step: Step, outcome: str, error: Exception | None, carries: int | None = None) -> None:
+        """One user's outcome; ``carries``: for an addition the cap refused without a request, the tags the
+        user carries as the sender counted them (default: those the plan knew of besides this cohort's)."""
         text = None
         if outcome == TAG_CAP:
             limit = error.limit if isinstance(error, TagLimitExceeded) else self.caps.limit
             if limit != self.settings.tag_limit:
                 self.learned_limit = limit
-            known = self.caps.other.get(step.target.onesignal_id, 0)
+            if carries is None:
+                carries = self.caps.other.get(step.target.onesignal_id, 0)
             text = (f"OneSignal refused: the app allows {limit} data tags per user" if error is not None else
-                    f"not sent: the app allows {limit} data tags per user and this user carries {known} other(s)")
+                    f"not sent: the app allows {limit} data tags per user and this user carries {carries} "
+                    "other(s)")
         elif error is not None and outcome == FAILED:
             text = REDACTOR.redact(str(error))
-        self.pending.append((step, outcome, text))
+        self.pending.append((step, outcome, text, carries))
         if len(self.pending) >= FLUSH_EVERY:
             self.flush()
 
@@ -56,16 +60,17 @@ class _ResultWriter:
         # Imported here, not at the top: `import toolkit` loads no pyarrow.
         import pyarrow as pa
 
-        targets = [step.target for step, _, _ in batch]
+        targets = [step.target for step, _, _, _ in batch]
         table = pa.table({
             "seq": range(len(batch)),
-            "distinct_id": [step.distinct_id for step, _, _ in batch],
+            "distinct_id": [step.distinct_id for step, _, _, _ in batch],
             "onesignal_id": [t.onesignal_id for t in targets],
             "id_type": [t.id_type for t in targets],
-            "operation": [step.operation for step, _, _ in batch],
-            "outcome": [outcome for _, outcome, _ in batch],
-            "error": pa.array([error for _, _, error in batch], pa.string()),
-            "other_tags": [self.caps.other.get(t.onesignal_id, 0) for t in targets],
+            "operation": [step.operation for step, _, _, _ in batch],
+            "outcome": [outcome for _, outcome, _, _ in batch],
+            "error": pa.array([error for _, _, error, _ in batch], pa.string()),
+            "other_tags": [self.caps.other.get(t.onesignal_id, 0) if carries is None else carries
+                           for t, (_, _, _, carries) in zip(targets, batch, strict=True)],
         })
         # Set-based writes, one statement per table: a cycle's 60 runs finishing together wrote ~20k single-row
         # statements and queued minutes behind each other. A removal and an addition of one member never share
@@ -92,7 +97,7 @@ class _ResultWriter:
                             [cohort, self.learned_limit or self.settings.tag_limit, now, ADD, TAG_CAP])
             finally:
                 con.unregister("written")
-            for step, outcome, _ in batch:
+            for step, outcome, _, _ in batch:
                 self._count(step, outcome)
             if self.learned_limit is not None:      # OneSignal's own number beats a default or a stale setting
                 con.execute("INSERT OR REPLACE INTO app_limits VALUES (?, ?, 'onesignal', ?)",

@@ -42,7 +42,9 @@ TAG_VALUE = "1"
 # user, a user's known tags) would conflict.
 _CACHE_WRITES = threading.Lock()
 
-LEARN_TAGS_PER_RUN = 100        # users refused for the cap whose tags a run reads back (one view call each)
+# Users refused for the cap whose tags a run reads back: one View user call each, at OneSignal's View user rate
+# (1/s per app; 10/s look-back). In a cycle, its runs share the app's views (rate_budget.ViewBudget).
+LEARN_TAGS_PER_RUN = 10
 
 
 def run(store: Store, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table | None,
@@ -154,8 +156,9 @@ async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: pla
         writer = _ResultWriter(con, record, settings, caps, len(changes), on_progress)
         refused: dict[tuple[str, str], Step] = {}
 
-        def answered(alias: tuple[str, str], step: Step, outcome: str, error, known: bool = False) -> None:
-            writer.add(step, outcome, error)
+        def answered(alias: tuple[str, str], step: Step, outcome: str, error, known: bool = False,
+                     carries: int | None = None) -> None:
+            writer.add(step, outcome, error, carries)
             if outcome == TAG_CAP and step.operation == ADD and not known and len(refused) < LEARN_TAGS_PER_RUN:
                 refused[alias] = step
 
@@ -164,7 +167,7 @@ async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: pla
             by_operation = {operation: _sendable(changes, operation, resolved, caps, writer)
                             for operation in (REMOVE, ADD)}
             if settings.sends is not None:       # a cycle: every run's changes to a user in one request
-                await _send_merged(settings, credentials, by_operation, answered)
+                await _send_merged(settings, credentials, by_operation, caps, answered)
             else:
                 for operation, steps in by_operation.items():
                     value = TAG_VALUE if operation == ADD else ""
@@ -201,17 +204,19 @@ def _sendable(changes: Sequence[Step], operation: str, resolved: Mapping[Target,
 
 
 async def _send_merged(settings: ExportSettings, credentials: Credentials,
-                       by_operation: Mapping[str, Mapping[tuple[str, str], Step]], answered) -> None:
+                       by_operation: Mapping[str, Mapping[tuple[str, str], Step]], caps: TagCaps, answered) -> None:
     """Hand the run's changes to the cycle's merged sender (``export.merged``) and record each answer as
-    it comes, as if this run had sent it."""
+    it comes, as if this run had sent it. An addition says how many tags the toolkit knows the user carries
+    besides this cohort's, so the sender keeps a user's merged request within the app's cap."""
     assert settings.sends is not None and settings.base_url
-    changes = [(alias, step, settings.tag_key, TAG_VALUE if operation == ADD else "")
-               for operation, steps in by_operation.items() for alias, step in steps.items()]
+    changes: list[tuple] = [(alias, step, settings.tag_key, "") for alias, step in by_operation.get(REMOVE, {}).items()]
+    changes += [(alias, step, settings.tag_key, TAG_VALUE, caps.other.get(step.target.onesignal_id, 0))
+                for alias, step in by_operation.get(ADD, {}).items()]
     if not changes:
         settings.sends.leave(settings.cohort)
         return
     answers = settings.sends.submit(settings.cohort, changes, credentials, settings.base_url,
-                                    settings.client_options)
+                                    settings.client_options, settings.tag_limit)
     remaining = len(changes)
     while remaining:
         item = await asyncio.to_thread(answers.get)
@@ -226,27 +231,32 @@ async def _send_merged(settings: ExportSettings, credentials: Credentials,
                 item = answers.get_nowait()
             except queue.Empty:
                 break
+    # The run's last results and its record are written once the cycle's sends to the app are over: on a
+    # cycle's few cores, sixty runs writing while the others' requests are still out slowed those to half
+    # the app's rate. Its slot went to the next run when it handed its changes over.
+    await asyncio.to_thread(settings.sends.wait_sent)
 
 
 async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
                       refused: Mapping[tuple[str, str], Step]) -> None:
     """Read what tags the users the cap refused carry (OneSignal's view of each), so that previews count
-    them and a refused member is tried again only once its known tags drop. At most a few per run: view
-    calls are slow, and a refusal already says enough to hold the member back."""
+    them and a refused member is tried again only once its known tags drop. At most a few per run, at the
+    app's View user rate (in a cycle, each user once for all its runs, a few in all: ``ViewBudget.claim``):
+    view calls are slow, and a refusal already says enough to hold the member back."""
     learned: dict[str, list[str]] = {}
-    gate = asyncio.Semaphore(client.concurrency)
+    claim = getattr(client.view_limiter, "claim", None)
+    chosen = claim(refused) if claim is not None else list(refused)[:LEARN_TAGS_PER_RUN]
 
-    async def read(label: str, alias_id: str, step: Step) -> None:     # at once, within the rate limit
-        async with gate:
-            try:
-                view = await client.get_user(label, alias_id)
-            except OneSignalError as exc:
-                log.info("could not read the tags of user %r: %s", step.distinct_id, exc)
-                return
+    async def read(label: str, alias_id: str, step: Step) -> None:     # at once, at the View user rate
+        try:
+            view = await client.get_user(label, alias_id, paced=True)
+        except OneSignalError as exc:
+            log.info("could not read the tags of user %r: %s", step.distinct_id, exc)
+            return
         tags = ((view or {}).get("properties") or {}).get("tags") or {}
         learned[step.target.onesignal_id] = sorted(str(k) for k in tags)
 
-    await asyncio.gather(*(read(label, alias_id, step) for (label, alias_id), step in refused.items()))
+    await asyncio.gather(*(read(label, alias_id, refused[label, alias_id]) for label, alias_id in chosen))
     if not learned:
         return
     now = _naive(settings.now)
@@ -260,6 +270,21 @@ async def _learn_tags(con, client: OneSignalClient, settings: ExportSettings,
                         [known.get(onesignal_id, 0), settings.cohort, onesignal_id])
 
 
+def _keep_subscription_users(con, app_id: str, learned: Mapping[str, str | None]) -> None:
+    """The subscriptions' users looked up (None: OneSignal has no such subscription), in one write."""
+    if not learned:
+        return
+    table = pa.table({"subscription_id": pa.array(list(learned), pa.string()),
+                      "onesignal_id": pa.array(list(learned.values()), pa.string())})
+    with _CACHE_WRITES:
+        con.register("looked_up", table)
+        try:
+            con.execute("INSERT OR REPLACE INTO subscription_users SELECT ?, subscription_id, onesignal_id, "
+                        "now()::TIMESTAMP FROM looked_up", [app_id])
+        finally:
+            con.unregister("looked_up")
+
+
 async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str, steps: Sequence[Step],
                                  sends: MergedSends | None = None) -> dict[Target, tuple[str, str] | None]:
     """Subscription (Player) IDs -> ("onesignal_id", id) of their user, from the cache or OneSignal (in a
@@ -271,8 +296,11 @@ async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str, step
     known = dict(con.execute("SELECT subscription_id, onesignal_id FROM subscription_users "
                                    "WHERE app_id = ? AND subscription_id IN (SELECT unnest(?))",
                                    [app_id, ids]).fetchall())
-    # Looked up concurrently (each a request within the rate limit), each kept in the cache as it comes.
+    # Looked up concurrently (each a request within the rate limit); what was learned is kept in the cache in
+    # one write, also when a lookup fails (a write per lookup, one at a time across a cycle's runs, took
+    # seconds at the cycle's start, with no update sent meanwhile).
     gate = asyncio.Semaphore(client.concurrency)
+    learned: dict[str, str | None] = {}
 
     async def look_up(sub: str) -> None:
         if sends is not None and (shared := await sends.looked_up(sub)) is not NOT_LOOKED_UP:
@@ -285,13 +313,10 @@ async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str, step
                     found = (await client.identity_of_subscription(sub)).get("onesignal_id")
                 except NotFound:
                     found = None
-            known[sub] = found
+            known[sub] = learned[sub] = found
         finally:
             if sends is not None:        # the cycle's other runs waiting for it (or, if it failed, not)
                 sends.look_up_done(sub, found)
-        with _CACHE_WRITES:
-            con.execute("INSERT OR REPLACE INTO subscription_users VALUES (?, ?, ?, now()::TIMESTAMP)",
-                        [app_id, sub, known[sub]])
 
     missing = [t.onesignal_id for t in wanted if known.get(t.onesignal_id) is None]
     tasks = [asyncio.ensure_future(look_up(sub)) for sub in missing]
@@ -302,6 +327,7 @@ async def _resolve_subscriptions(con, client: OneSignalClient, app_id: str, step
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        _keep_subscription_users(con, app_id, learned)
     resolved: dict[Target, tuple[str, str] | None] = {}
     for target in wanted:
         sub = target.onesignal_id
