@@ -5,6 +5,7 @@ characters; columns are backfilled once when a definition needs a new pair, fill
 after that, and a failed load or backfill leaves nothing half-written."""
 
 import json
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -190,6 +191,24 @@ def test_a_new_pair_is_backfilled_once_and_remembered(empty_file_store, tmp_path
     registry = _registered(empty_file_store)
     _check(empty_file_store, _amount_over(20))                                  # already there: nothing added
     assert _registered(empty_file_store) == registry and len(_ep_columns(empty_file_store)) == 8
+
+
+def test_a_backfill_is_checkpointed_by_itself_leaving_the_stored_events_as_they_were(empty_file_store, tmp_path):
+    """The backfill writes its columns into the store file itself (checkpointed, vacuum off, as a load
+    does): the next load's checkpoint has no backfill left to write (issue 18: a delta pays for itself),
+    and the events' stored JSON keeps its blocks."""
+    store = empty_file_store
+    _load(store, tmp_path / "in", "shop.jsonl", SHOP)
+    blocks = ("SELECT column_name, segment_id, block_id, block_offset FROM pragma_storage_info('event_rows') "
+              "WHERE column_name IN ('properties', 'event', 'time') ORDER BY ALL")
+    before = rows(store, blocks)
+    wal = Path(store.path + ".wal")
+    assert _check(store, _amount_over(20)) == ["a", "b"]
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert rows(store, blocks) == before
+    assert rows(store, "SELECT count(*) FROM pragma_storage_info('event_rows') WHERE column_name = 'ep0_number' "
+                       "AND block_id >= 0") != [(0,)]      # the backfilled column is in the file
+    assert rows(store, "SELECT current_setting('max_vacuum_tasks')") == [(100,)]   # as it was
 
 
 def test_a_load_after_extraction_fills_the_new_rows(empty_file_store, tmp_path):

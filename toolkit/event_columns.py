@@ -15,13 +15,15 @@ These are exactly the expressions the compiler applies to the extracted JSON (co
 once, so answers are identical whichever path a filter takes.
 
 Filled on demand (``ensure``: a definition needs a pair not registered yet: register it, add the
-columns, backfill the rows, all in one transaction) and at load (``fill``: each events file's rows,
-in the transaction that publishes it). Loading reads the registry (data), never the cohort compiler.
-A read-only store, or one at ``MAX_PROPERTIES``, leaves new pairs on the JSON path.
+columns, backfill the rows, all in one transaction, then checkpoint it with vacuum off, as a load does,
+so the backfill pays for writing its columns, not the next load's checkpoint) and at load (``fill``:
+each events file's rows, in the transaction that publishes it). Loading reads the registry (data),
+never the cohort compiler. A read-only store, or one at ``MAX_PROPERTIES``, leaves new pairs on the JSON path.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import duckdb
@@ -59,11 +61,17 @@ def ensure(store: Store, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, st
     known = available(con)
     missing = sorted(wanted - set(known))
     if missing and not store.read_only:
+        vacuum = con.execute("SELECT current_setting('max_vacuum_tasks')").fetchone()[0]
+        con.execute("SET max_vacuum_tasks = 0")
         try:
             with store.transaction():
                 _register(con, missing)
+            with contextlib.suppress(duckdb.Error):   # another transaction open: the close checkpoints
+                con.execute("CHECKPOINT")
         except duckdb.Error:   # in the caller's transaction, or failed: nothing added, filters stay on JSON
             return known
+        finally:
+            con.execute("SET max_vacuum_tasks = ?", [vacuum])
         known = available(con)
     return known
 
