@@ -56,6 +56,17 @@ def test_a_shared_rule_is_counted_once():
     assert sql.count("resolved_events") == 1         # one scan of the events
 
 
+def test_profiles_are_read_and_parsed_once_for_every_cohort_and_property():
+    chosen = [parse({"name": n, "rules": [rule]}) for n, rule in (
+        ("pro", {"property": "plan", "operator": "equals", "value": "pro"}),
+        ("us", {"property": "$country_code", "operator": "equals", "value": "US"}),
+        ("beta, no login", {"match": "any", "rules": [{"property": "is_beta", "operator": "is_set"},
+                                                      {"event": "Login", "did": False}]}))]
+    sql = compile_cohorts(chosen, NOW).sql
+    assert sql.count("resolved_profiles") == 1       # listed users and their properties from one read
+    assert sql.count("json_extract(") == 1           # each profile's JSON parsed once for the three properties
+    assert "AS MATERIALIZED" in sql.split('"flags"', 1)[1]     # each cohort's predicate computed once
+
 def test_static_cohorts_are_refused_by_the_compiler_and_evaluated_alone(sample_store):
     static = cohorts.get(sample_store, "VIP support list")
     with pytest.raises(CohortError, match="VIP support list.*static"):
