@@ -130,6 +130,7 @@ class _Compiler:
         self.event_props: dict[str, str] = {}     # event property name -> extracted column
         self.profile_props: dict[str, str] = {}   # profile property name -> extracted column
         self.stack: list[str] = []            # cohorts being inlined, for cycle detection
+        self.batch = False                    # many cohorts in one pass (``many``)
 
     def bind(self, value) -> str:
         key = _value_key(value)
@@ -178,6 +179,7 @@ ORDER BY {DID}"""
             raise CohortError(f'cohort "{static[0]}" is static: evaluate it on its own')
         if not cohorts:
             raise CohortError("no cohorts to evaluate")
+        self.batch = True
         predicates = [self.members_of(c) for c in cohorts]
         bases = {self.universe(c) if self.restrict else "u" for c in cohorts}
         # Candidates must cover every cohort's: one shared restriction, else everyone known.
@@ -344,6 +346,13 @@ WHERE {" OR ".join(flags)}"""
                       f"{time} < {self.bind(_midnight(last) + dt.timedelta(days=1))}"]
         if start is not None:
             window = [f"{time} >= {start}"]
+        if self.batch and r.operator == "at_least" and r.count == 1 and r.first_time_last_days is None \
+                and r.between is None:
+            # "did E (in the last N days)": the latest such event is in the window. One aggregate per
+            # event (and filters) whatever the windows: a pass of sixty cohorts has a dozen windows of each.
+            latest = self.aggregate(f"max({time}) FILTER (WHERE {' AND '.join(matches)})", filtered)
+            expr = _boolean(f"{latest} >= {start}" if start is not None else f"{latest} IS NOT NULL")
+            return expr if r.did else f"(NOT {expr})"
         count = self.aggregate(f"count(*) FILTER (WHERE {' AND '.join(matches + window)})", filtered)
         expr = f"coalesce({count}, 0) {COUNT_OPERATORS[r.operator]} {self.bind(r.count)}"
         if r.first_time_last_days is not None:   # the first matching event ever is inside the window
