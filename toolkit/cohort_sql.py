@@ -24,6 +24,8 @@ Shape (one query):
 
 Portability: the query is plain SQL (CTEs, FILTER, FULL OUTER JOIN, COALESCE) except the JSON and list
 functions, which are confined to the ``_j*`` helpers below: the one place to change for another engine.
+The many-cohort query (``compile_cohorts``, DuckDB only: a sync cycle on the store) also materializes CTEs
+and extracts a list of JSON paths at once.
 
 Semantics chosen where Mixpanel's docs leave room (also in docs, see toolkit/cohorts.py):
 - Windows: ``last_days: N`` is the rolling [now - N days, now]; ``between: [d1, d2]`` covers whole UTC
