@@ -52,9 +52,29 @@ def test_a_shared_rule_is_counted_once():
             for n, extra in (("a", {"property": "plan", "operator": "equals", "value": "pro"}),
                              ("b", {"event": "Login", "did": False}))]
     sql = compile_cohorts(both, NOW).sql
-    assert sql.count("count(*) FILTER") == 2         # Purchase in 30 days once, Login once
+    assert sql.count("FILTER (WHERE") == 2           # Purchase in 30 days once, Login once
     assert sql.count("resolved_events") == 1         # one scan of the events
 
+
+def test_did_an_event_in_any_window_is_one_aggregate_per_event():
+    windows = [parse({"name": f"{days}d", "rules": [{"event": "Purchase", "last_days": days}]})
+               for days in (7, 14, 30)]
+    not_in_7d = parse({"name": "not 7d", "rules": [{"event": "Purchase", "did": False, "last_days": 7}]})
+    ever = parse({"name": "ever", "rules": [{"event": "Purchase"}]})
+    sql = compile_cohorts([*windows, not_in_7d, ever], NOW).sql
+    assert sql.count("FILTER (WHERE") == 1           # the latest Purchase, compared with each window
+
+
+def test_profiles_are_read_and_parsed_once_for_every_cohort_and_property():
+    chosen = [parse({"name": n, "rules": [rule]}) for n, rule in (
+        ("pro", {"property": "plan", "operator": "equals", "value": "pro"}),
+        ("us", {"property": "$country_code", "operator": "equals", "value": "US"}),
+        ("beta, no login", {"match": "any", "rules": [{"property": "is_beta", "operator": "is_set"},
+                                                      {"event": "Login", "did": False}]}))]
+    sql = compile_cohorts(chosen, NOW).sql
+    assert sql.count("resolved_profiles") == 1       # listed users and their properties from one read
+    assert sql.count("json_extract(") == 1           # each profile's JSON parsed once for the three properties
+    assert "AS MATERIALIZED" in sql.split('"flags"', 1)[1]     # each cohort's predicate computed once
 
 def test_static_cohorts_are_refused_by_the_compiler_and_evaluated_alone(sample_store):
     static = cohorts.get(sample_store, "VIP support list")

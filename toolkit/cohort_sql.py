@@ -24,6 +24,8 @@ Shape (one query):
 
 Portability: the query is plain SQL (CTEs, FILTER, FULL OUTER JOIN, COALESCE) except the JSON and list
 functions, which are confined to the ``_j*`` helpers below: the one place to change for another engine.
+The many-cohort query (``compile_cohorts``, DuckDB only: a sync cycle on the store) also materializes CTEs
+and extracts a list of JSON paths at once.
 
 Semantics chosen where Mixpanel's docs leave room (also in docs, see toolkit/cohorts.py):
 - Windows: ``last_days: N`` is the rolling [now - N days, now]; ``between: [d1, d2]`` covers whole UTC
@@ -130,6 +132,7 @@ class _Compiler:
         self.event_props: dict[str, str] = {}     # event property name -> extracted column
         self.profile_props: dict[str, str] = {}   # profile property name -> extracted column
         self.stack: list[str] = []            # cohorts being inlined, for cycle detection
+        self.batch = False                    # many cohorts in one pass (``many``)
 
     def bind(self, value) -> str:
         key = _value_key(value)
@@ -178,43 +181,57 @@ ORDER BY {DID}"""
             raise CohortError(f'cohort "{static[0]}" is static: evaluate it on its own')
         if not cohorts:
             raise CohortError("no cohorts to evaluate")
+        self.batch = True
         predicates = [self.members_of(c) for c in cohorts]
         bases = {self.universe(c) if self.restrict else "u" for c in cohorts}
         # Candidates must cover every cohort's: one shared restriction, else everyone known.
-        ctes = self.known(bases.pop() if len(bases) == 1 else "u", every_event=True)
+        ctes = self.known(bases.pop() if len(bases) == 1 else "u", every_event=True, batch=True)
         flags = [_q(f"m{i}") for i in range(len(cohorts))]
         selected = "".join(f",\n       {p} AS {f}" for p, f in zip(predicates, flags, strict=True))
-        sql = f"""WITH {", ".join(ctes)}
-SELECT * FROM (
+        # Materialized: else the filter below is pushed into it and every cohort's predicate computed twice.
+        sql = f"""WITH {", ".join(ctes)}, {_q("flags")} AS MATERIALIZED (
 SELECT {DID}{selected}
 FROM {_q("known")}
-) {_q("flags")}
+)
+SELECT * FROM {_q("flags")}
 WHERE {" OR ".join(flags)}"""
         return Query(sql, self.params)
 
-    def known(self, base: str, every_event: bool = False) -> list[str]:
+    def known(self, base: str, every_event: bool = False, batch: bool = False) -> list[str]:
         """The CTEs up to ``known``: one row per candidate (drawn from ``base``: "u" everyone known, or
         the restricting "p", "e", "f"), with the profile properties and aggregates the rules read.
         ``every_event``: when candidates are everyone known, ``ev`` groups every event up to now (its
-        aggregates filter by name anyway), so the same scan also lists the users with an event."""
+        aggregates filter by name anyway), so the same scan also lists the users with an event.
+        ``batch`` (many cohorts, many properties): each profile's JSON is parsed once for all the
+        properties (``pv``), and the profiles are read once."""
         shared = every_event and base == "u"
         now = self.bind(self.now) if (self.plain or self.filtered or base == "u") else None
         ctes, sources = self.event_ctes(now, every_event=shared)     # sources: alias -> relation joined into `known`
+        profiles = _q(PROFILES_VIEW)
+        if batch and self.profile_props:
+            paths = self.bind([json_pointer(n) for n in self.profile_props])
+            values = ", ".join(f"{_q('_v')}[{i + 1}] AS {c}" for i, c in enumerate(self.profile_props.values()))
+            ctes.append(f"""{_q("pv")} AS MATERIALIZED (
+    SELECT {DID}, {values}
+    FROM (SELECT {DID}, json_extract({PROPS}, {paths}) AS {_q("_v")} FROM {_q(PROFILES_VIEW)})
+)""")
+            profiles = _q("pv")
         if self.profile_props:
-            sources["p"] = _q(PROFILES_VIEW)
+            sources["p"] = profiles
         if base == "u":                 # everyone known: anyone with an event up to now, or a profile
             events = (f"SELECT {DID} FROM {_q('ev')}" if shared
                       else f"SELECT {DID} FROM {_q(EVENTS_VIEW)} WHERE {TIME} <= {now}")
             ctes.append(f"""{_q("users")} AS (
     {events}
-    UNION SELECT {DID} FROM {_q(PROFILES_VIEW)}
+    UNION SELECT {DID} FROM {profiles}
 )""")
             sources = {"u": _q("users"), **sources}
         else:                           # the restricting relation leads; the others join to it
-            sources = {base: sources.get(base, _q(PROFILES_VIEW)), **sources}
+            sources = {base: sources.get(base, profiles), **sources}
         (lead, relation), *rest = sources.items()
         joins = "".join(f"\n    LEFT JOIN {rel} {alias} ON {alias}.{DID} = {lead}.{DID}" for alias, rel in rest)
-        profile = [f"json_extract(p.{PROPS}, {self.bind(json_pointer(n))}) AS {c}"
+        profile = [f"p.{c} AS {c}" if profiles != _q(PROFILES_VIEW) else
+                   f"json_extract(p.{PROPS}, {self.bind(json_pointer(n))}) AS {c}"
                    for n, c in self.profile_props.items()]
         columns = _listed(profile) + _listed(_names(self.plain), "e.") + _listed(_names(self.filtered), "f.")
         ctes.append(f"""{_q("known")} AS (
@@ -331,6 +348,13 @@ WHERE {" OR ".join(flags)}"""
                       f"{time} < {self.bind(_midnight(last) + dt.timedelta(days=1))}"]
         if start is not None:
             window = [f"{time} >= {start}"]
+        if self.batch and r.operator == "at_least" and r.count == 1 and r.first_time_last_days is None \
+                and r.between is None:
+            # "did E (in the last N days)": the latest such event is in the window. One aggregate per
+            # event (and filters) whatever the windows: a pass of sixty cohorts has a dozen windows of each.
+            latest = self.aggregate(f"max({time}) FILTER (WHERE {' AND '.join(matches)})", filtered)
+            expr = _boolean(f"{latest} >= {start}" if start is not None else f"{latest} IS NOT NULL")
+            return expr if r.did else f"(NOT {expr})"
         count = self.aggregate(f"count(*) FILTER (WHERE {' AND '.join(matches + window)})", filtered)
         expr = f"coalesce({count}, 0) {COUNT_OPERATORS[r.operator]} {self.bind(r.count)}"
         if r.first_time_last_days is not None:   # the first matching event ever is inside the window

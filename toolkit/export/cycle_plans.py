@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from toolkit import cohort_batch, matching, planning, snapshots
 from toolkit.export.run_settings import ExportSettings
 from toolkit.export.tag_caps import other_tags_all
-from toolkit.export.wanted import MAX_COHORT_MEMBERS, Exportable, Planned, _recheck_since
+from toolkit.export.wanted import MAX_COHORT_MEMBERS, Exportable, Planned, recheck_since
 from toolkit.sql import quote_ident
 
 _EXPORTED = ", ".join(quote_ident(c) for c in snapshots.COLUMNS)
@@ -46,7 +46,7 @@ def plan_all(con, members: cohort_batch.Members, matched: str, chosen: Sequence[
     counts = _counts(con, members, matched, list(settings))
     limit = min(matching.COHORT_LIMIT, MAX_COHORT_MEMBERS)
     settings = {name: s for name, s in settings.items() if counts[name][1] <= limit}
-    since = _recheck_since(now)
+    since = recheck_since(now)
     kept = snapshots.kept_all(con, list(settings), since)
     plans: dict[str, planning.Plan | None] = {
         name: planning.unchanged(counts[name][2], kept[name][0]) for name in settings}

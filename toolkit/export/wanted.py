@@ -83,10 +83,10 @@ def exportable(store: Store, settings: ExportSettings, evaluate=None) -> Exporta
 
 def snapshot(con, cohort: str, now: datetime) -> dict[str, Target]:
     """Who the last successful export covered; absent users count until it is time to look again."""
-    return snapshots.current(con, cohort, _recheck_since(now))
+    return snapshots.current(con, cohort, recheck_since(now))
 
 
-def _recheck_since(now: datetime) -> datetime:
+def recheck_since(now: datetime) -> datetime:
     """Absent users checked at or before this are looked for again (they leave the snapshot)."""
     return _naive(now) - RECHECK_ABSENT
 
@@ -100,7 +100,7 @@ def _plan(con, settings: ExportSettings, wanted: Mapping[str, Target] | pa.Table
     if table.num_rows > MAX_COHORT_MEMBERS:
         raise ExportError(f"cohort {settings.cohort!r} has {table.num_rows:,} exportable members; the limit is "
                           f"{MAX_COHORT_MEMBERS:,} (matchability reports the rest as over_limit)")
-    since = _recheck_since(settings.now)
+    since = recheck_since(settings.now)
     kept = snapshots.kept(con, settings.cohort, since)
     the_plan = None if kept is None else planning.unchanged(snapshots.fingerprint(con, table), kept)
     if the_plan is None:
