@@ -1,9 +1,11 @@
 """Fixtures shared by the test modules (helpers that are not fixtures live in helpers.py).
 
 Stores: `empty_store` and `empty_file_store` are new and migrated (copies of `store_template`, migrated once
-per session); `sample_store_file` is the sample loaded with its cohorts, once per session, `sample_store`
-a copy of it shared by a module's tests (they read) and `sample_store_copy` a copy a test writes in;
-`built_once(fill)` a small data set of a module's own, loaded once and shared read-only by its tests.
+per session), `new_store_file` such a file not opened; `sample_store_file` is the sample loaded with its
+cohorts, once per session, `sample_store` a copy of it shared by a module's tests (they read) and
+`sample_store_copy` a copy a test writes in;
+`built_once(fill)` a small data set of a module's own, loaded once and shared read-only by its tests,
+`filled_once(fill, path)` a copy of one at `path` for a test to write in.
 Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it.
 `demo_run` is `toolkit demo` run once per session; `demo_copy` a copy of its folder to write in.
 
@@ -132,6 +134,32 @@ def built_once(store_template, tmp_path_factory):
     yield get
     for store in opened.values():
         store.close()
+
+
+@pytest.fixture(scope="module")
+def filled_once(store_template, tmp_path_factory):
+    """``filled_once(fill, path)``: ``path`` made a copy of a new store filled by ``fill(store, folder)``,
+    filled once per module (loading costs ~0.1 s of CPU, a copy ~1 ms): for a module whose tests each
+    start from the same data and write in their copy (a world fixture registering a sync with its own
+    emulator). Returns ``path``."""
+    filled: dict = {}
+
+    def copy(fill, path: Path) -> Path:
+        if fill not in filled:
+            folder = tmp_path_factory.mktemp("filled")
+            with Store(copy_of(store_template, folder / "store.duckdb")) as store:
+                fill(store, folder)
+            filled[fill] = folder / "store.duckdb"
+        return copy_of(filled[fill], path)
+
+    return copy
+
+
+@pytest.fixture
+def new_store_file(store_template, tmp_path) -> Path:
+    """A new migrated store file of the test's own, not open (tmp_path/store.duckdb): for a test that opens
+    it per action, as the commands do."""
+    return copy_of(store_template, tmp_path / "store.duckdb")
 
 
 @pytest.fixture
