@@ -70,6 +70,19 @@ def pytest_collection_modifyitems(config, items):
             test._hypothesis_internal_use_settings = settings(own, max_examples=FAST_EXAMPLES)
 
 
+@pytest.fixture
+def users_unspaced(monkeypatch):
+    """The cycle's shared budget (``sync.AppBudget``) spaces no user's updates a second apart, for tests
+    whose emulator takes them at any pace (``user_rate_limit=0``) and are about something else: two cohorts
+    sharing users otherwise wait out OneSignal's one update per user per second, cycle after cycle
+    (test_onesignal_client and the slow test_cycle fairness test keep the spacing)."""
+    import functools
+
+    from toolkit import rate_budget, sync
+
+    monkeypatch.setattr(sync, "AppBudget", functools.partial(rate_budget.AppBudget, user_spacing=0.0))
+
+
 # -- one TLS context per worker ---------------------------------------------------------------------------
 
 def _one_default_tls_context():

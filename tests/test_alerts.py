@@ -39,7 +39,7 @@ def four_buyers(store, folder):
 
 
 @pytest.fixture
-def world(tmp_path, filled_once, monkeypatch):
+def world(tmp_path, filled_once, users_unspaced, monkeypatch):
     """Four buyers with OneSignal ids, a dynamic sync of "Buyers" (and of the static "Panel") registered at
     NOW, the emulator holding the users (u1 and u2 carry a tag of their own), a webhook receiver and an
     SMTP server, and alerts configured to both. The loaded store is a copy of one loaded once per module."""

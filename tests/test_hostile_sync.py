@@ -41,7 +41,7 @@ def four_buyers(store, folder):
 
 
 @pytest.fixture
-def world(tmp_path, filled_once):
+def world(tmp_path, filled_once, users_unspaced):
     """A store file with four buyers who have OneSignal ids, two good cohorts with due dynamic syncs,
     and an emulator app holding the four users. The loaded store is a copy of one loaded once per module."""
     db = filled_once(four_buyers, tmp_path / "store.duckdb")
