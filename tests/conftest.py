@@ -83,6 +83,25 @@ def users_unspaced(monkeypatch):
     monkeypatch.setattr(sync, "AppBudget", functools.partial(rate_budget.AppBudget, user_spacing=0.0))
 
 
+@pytest.fixture
+def mixpanel_seconds(monkeypatch) -> dict:
+    """Mixpanel's 3 queries/second raised to 30 on both sides: the client's budgets (``toolkit.mixpanel``'s
+    pull and client) and the emulator's windows (pass the returned limits: ``MixpanelEmulator(...,
+    **mixpanel_seconds)``). For tests about something else that page a few records at a time: they waited
+    out the second, ~1 s a test. The hour and the concurrency keep Mixpanel's numbers; the budget's own
+    tests (test_mixpanel_client) keep the real second."""
+    from dataclasses import replace
+
+    from toolkit.mixpanel import budget, client, pull
+
+    limits = {"export_limits": replace(budget.EXPORT, per_second=30),
+              "query_limits": replace(budget.QUERY, per_second=30)}
+    for module in (client, pull):
+        monkeypatch.setattr(module, "EXPORT", limits["export_limits"])
+        monkeypatch.setattr(module, "QUERY", limits["query_limits"])
+    return limits
+
+
 # -- one TLS context per worker ---------------------------------------------------------------------------
 
 def _one_default_tls_context():
