@@ -84,6 +84,16 @@ def users_unspaced(monkeypatch):
 
 
 @pytest.fixture
+def funnel_as_text(monkeypatch):
+    """The cohort explorer shows its funnel as text only, as without matplotlib (``widgets._funnel_png``
+    gives None): for explorer tests about something else. A funnel drawn costs ~0.1 s of CPU (and
+    matplotlib's import); test_widgets' each-cohort test still draws every one."""
+    from toolkit import widgets
+
+    monkeypatch.setattr(widgets, "_funnel_png", lambda steps, title: None)
+
+
+@pytest.fixture
 def mixpanel_seconds(monkeypatch) -> dict:
     """Mixpanel's 3 queries/second raised to 30 on both sides: the client's budgets (``toolkit.mixpanel``'s
     pull and client) and the emulator's windows (pass the returned limits: ``MixpanelEmulator(...,
