@@ -52,7 +52,7 @@ def credentials(monkeypatch, tmp_path, app):
     monkeypatch.setenv("TOOLKIT_CREDENTIALS", str(tmp_path / "no-credentials.json"))
 
 
-def test_unchanged_cohorts_send_no_request_at_all(tmp_path, monkeypatch):
+def test_unchanged_cohorts_send_no_request_at_all(tmp_path, monkeypatch, users_unspaced):
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
         credentials(monkeypatch, tmp_path, app)
@@ -68,7 +68,7 @@ def test_unchanged_cohorts_send_no_request_at_all(tmp_path, monkeypatch):
             assert export.due(store, NOW + timedelta(minutes=29)) == []     # the runs still count as runs
 
 
-def test_the_cycle_evaluates_its_cohorts_together(tmp_path, monkeypatch):
+def test_the_cycle_evaluates_its_cohorts_together(tmp_path, monkeypatch, users_unspaced):
     """The runs get their members from the shared pass: evaluating a cohort on its own is never called."""
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
