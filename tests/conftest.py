@@ -1,9 +1,8 @@
 """Fixtures shared by the test modules (helpers that are not fixtures live in helpers.py).
 
 Stores: `empty_store` and `empty_file_store` are new and migrated (copies of `store_template`, migrated once
-per session), `new_store_file` such a file not opened; `sample_store_file` is the sample loaded with its
-cohorts, once per session, `sample_store` a copy of it shared by a module's tests (they read) and
-`sample_store_copy` a copy a test writes in;
+per session); `sample_store_file` is the sample loaded with its cohorts, once per session, `sample_store`
+a copy of it shared by a module's tests (they read) and `sample_store_copy` a copy a test writes in;
 `built_once(fill)` a small data set of a module's own, loaded once and shared read-only by its tests,
 `filled_once(fill, path)` a copy of one at `path` for a test to write in.
 Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it.
@@ -195,13 +194,6 @@ def filled_once(store_template, tmp_path_factory):
         return copy_of(filled[fill], path)
 
     return copy
-
-
-@pytest.fixture
-def new_store_file(store_template, tmp_path) -> Path:
-    """A new migrated store file of the test's own, not open (tmp_path/store.duckdb): for a test that opens
-    it per action, as the commands do."""
-    return copy_of(store_template, tmp_path / "store.duckdb")
 
 
 @pytest.fixture
