@@ -3,7 +3,8 @@
 Stores: `empty_store` and `empty_file_store` are new and migrated (copies of `store_template`, migrated once
 per session); `sample_store_file` is the sample loaded with its cohorts, once per session, `sample_store`
 a copy of it shared by a module's tests (they read) and `sample_store_copy` a copy a test writes in;
-`built_once(fill)` a small data set of a module's own, loaded once and shared read-only by its tests.
+`built_once(fill)` a small data set of a module's own, loaded once and shared read-only by its tests,
+`filled_once(fill, path)` a copy of one at `path` for a test to write in.
 Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it.
 `demo_run` is `toolkit demo` run once per session; `demo_copy` a copy of its folder to write in.
 
@@ -66,6 +67,48 @@ def pytest_collection_modifyitems(config, items):
         own = getattr(test, "_hypothesis_internal_use_settings", None)
         if getattr(test, "is_hypothesis_test", False) and own is not None and own.max_examples > FAST_EXAMPLES:
             test._hypothesis_internal_use_settings = settings(own, max_examples=FAST_EXAMPLES)
+
+
+@pytest.fixture
+def users_unspaced(monkeypatch):
+    """The cycle's shared budget (``sync.AppBudget``) spaces no user's updates a second apart, for tests
+    whose emulator takes them at any pace (``user_rate_limit=0``) and are about something else: two cohorts
+    sharing users otherwise wait out OneSignal's one update per user per second, cycle after cycle
+    (test_onesignal_client and the slow test_cycle fairness test keep the spacing)."""
+    import functools
+
+    from toolkit import rate_budget, sync
+
+    monkeypatch.setattr(sync, "AppBudget", functools.partial(rate_budget.AppBudget, user_spacing=0.0))
+
+
+@pytest.fixture
+def funnel_as_text(monkeypatch):
+    """The cohort explorer shows its funnel as text only, as without matplotlib (``widgets._funnel_png``
+    gives None): for explorer tests about something else. A funnel drawn costs ~0.1 s of CPU (and
+    matplotlib's import); test_widgets' each-cohort test still draws every one."""
+    from toolkit import widgets
+
+    monkeypatch.setattr(widgets, "_funnel_png", lambda steps, title: None)
+
+
+@pytest.fixture
+def mixpanel_seconds(monkeypatch) -> dict:
+    """Mixpanel's 3 queries/second raised to 30 on both sides: the client's budgets (``toolkit.mixpanel``'s
+    pull and client) and the emulator's windows (pass the returned limits: ``MixpanelEmulator(...,
+    **mixpanel_seconds)``). For tests about something else that page a few records at a time: they waited
+    out the second, ~1 s a test. The hour and the concurrency keep Mixpanel's numbers; the budget's own
+    tests (test_mixpanel_client) keep the real second."""
+    from dataclasses import replace
+
+    from toolkit.mixpanel import budget, client, pull
+
+    limits = {"export_limits": replace(budget.EXPORT, per_second=30),
+              "query_limits": replace(budget.QUERY, per_second=30)}
+    for module in (client, pull):
+        monkeypatch.setattr(module, "EXPORT", limits["export_limits"])
+        monkeypatch.setattr(module, "QUERY", limits["query_limits"])
+    return limits
 
 
 # -- one TLS context per worker ---------------------------------------------------------------------------
@@ -132,6 +175,25 @@ def built_once(store_template, tmp_path_factory):
     yield get
     for store in opened.values():
         store.close()
+
+
+@pytest.fixture(scope="module")
+def filled_once(store_template, tmp_path_factory):
+    """``filled_once(fill, path)``: ``path`` made a copy of a new store filled by ``fill(store, folder)``,
+    filled once per module (loading costs ~0.1 s of CPU, a copy ~1 ms): for a module whose tests each
+    start from the same data and write in their copy (a world fixture registering a sync with its own
+    emulator). Returns ``path``."""
+    filled: dict = {}
+
+    def copy(fill, path: Path) -> Path:
+        if fill not in filled:
+            folder = tmp_path_factory.mktemp("filled")
+            with Store(copy_of(store_template, folder / "store.duckdb")) as store:
+                fill(store, folder)
+            filled[fill] = folder / "store.duckdb"
+        return copy_of(filled[fill], path)
+
+    return copy
 
 
 @pytest.fixture

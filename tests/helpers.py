@@ -1,6 +1,8 @@
 """What the tests share besides fixtures (those live in conftest.py): the checkout's paths, the moments
 the tests evaluate at, and small builders of input files. Import them as `from helpers import ...`."""
 
+import ast
+import functools
 import gzip
 import json
 from datetime import UTC, datetime
@@ -10,6 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample"
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 T0 = 1_790_000_000          # 2026-09-21, seconds
+
+
+@functools.cache
+def toolkit_sources() -> dict[Path, ast.Module]:
+    """Every module of the toolkit package, parsed: once per process, when a test first asks (parsing the
+    ~100 modules costs ~0.5 s of CPU; test_errors and test_layers both read them, not at collection)."""
+    return {path: ast.parse(path.read_text(encoding="utf-8")) for path in (ROOT / "toolkit").rglob("*.py")}
 
 
 def event(name="Page View", distinct_id="u1", time=T0, insert_id=None, **props):

@@ -26,17 +26,24 @@ HOOK_SECRET = "T0SECRET/B0SECRET/xoxb-hook-token-4f9a2c"
 SMTP_SECRET = "smtp-pass-7d1e9b3c"
 
 
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    """Four buyers with OneSignal ids, a dynamic sync of "Buyers" (and of the static "Panel") registered at
-    NOW, the emulator holding the users (u1 and u2 carry a tag of their own), a webhook receiver and an
-    SMTP server, and alerts configured to both."""
-    data = tmp_path / "data"
+def four_buyers(store, folder):
+    """Four buyers with OneSignal ids; the cohorts "Buyers" and the static "Panel"."""
+    data = folder / "data"
     data.mkdir()
     write_lines(data / "events.jsonl", [event("Purchase", u, insert_id=f"p{u}") for u in USERS])
     write_lines(data / "profiles.jsonl", [{"$distinct_id": u, "$properties": {"$onesignal_user_id": f"ext-{u}"}}
                                           for u in USERS])
-    db = tmp_path / "store.duckdb"
+    load(store, [data], now=NOW)
+    cohorts.save_all(store, [{"name": "Buyers", "rules": [{"event": "Purchase"}]},
+                             {"name": "Panel", "static_ids": USERS}])
+
+
+@pytest.fixture
+def world(tmp_path, filled_once, users_unspaced, monkeypatch):
+    """Four buyers with OneSignal ids, a dynamic sync of "Buyers" (and of the static "Panel") registered at
+    NOW, the emulator holding the users (u1 and u2 carry a tag of their own), a webhook receiver and an
+    SMTP server, and alerts configured to both. The loaded store is a copy of one loaded once per module."""
+    db = filled_once(four_buyers, tmp_path / "store.duckdb")
     with Emulator(user_rate_limit=0) as emu, WebhookReceiver(f"/services/{HOOK_SECRET}") as hook, \
             SmtpServer() as smtp:
         app = emu.add_app()
@@ -47,9 +54,6 @@ def world(tmp_path, monkeypatch):
                             "TOOLKIT_ALERT_CREDENTIALS": str(tmp_path / "alerts.json")}.items():
             monkeypatch.setenv(name, value)
         with Store(db) as store:
-            load(store, [data], now=NOW)
-            cohorts.save_all(store, [{"name": "Buyers", "rules": [{"event": "Purchase"}]},
-                                     {"name": "Panel", "static_ids": USERS}])
             export.register(store, "Buyers", "dynamic", app.app_id, emu.url, now=NOW)
             alerts.configure(store, webhook=hook.url, smtp=smtp.address, smtp_user="alerts", smtp_password=SMTP_SECRET,
                              mail_from="toolkit@example.com", mail_to=["growth@example.com"], timeout=0.5)

@@ -503,8 +503,8 @@ HOSTILE = ["a'; drop table events; --", 'say "hi"', "a.b", "x[0]", "$.y", "~/0",
            "\\", "%_", "$onesignal_user_id", "a\nb"]
 
 
-def _hostile_store(tmp_path, name, value):
-    store = Store(":memory:")
+def _hostile_store(tmp_path, name, value, store=None):
+    store = store or Store(":memory:")
     build(store, tmp_path, [event("Ev'ent\"", "u1", ago(1), "e1", **{name: value}),
                             event("Ev'ent\"", "u2", ago(1), "e2", **{name: value + "~"})],
           profiles={"u1": {name: value}, "u2": {name: value + "~"}})
@@ -512,9 +512,9 @@ def _hostile_store(tmp_path, name, value):
 
 
 @pytest.mark.parametrize("name", HOSTILE)
-def test_hostile_property_names_are_just_names(tmp_path, name):
+def test_hostile_property_names_are_just_names(tmp_path, empty_store, name):
     value = "v'); DELETE FROM profiles; --"
-    store = _hostile_store(tmp_path, name, value)
+    store = _hostile_store(tmp_path, name, value, empty_store)
     query = compile_cohort(parse({"name": "h", "rules": [{"property": name, "operator": "equals", "value": value}]}),
                            NOW)
     assert value not in query.sql and (not name.strip() or name not in query.sql)

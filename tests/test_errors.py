@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, toolkit_sources
 from toolkit import Store, cli, errors, mtu, report, schedule
 from toolkit.emulator.limits import Faults
 from toolkit.errors import (
@@ -25,12 +25,9 @@ from toolkit.errors import (
 )
 from toolkit.onesignal import REDACTOR, Credentials
 
-PACKAGE = ROOT / "toolkit"
-SOURCES = {path: ast.parse(path.read_text(encoding="utf-8")) for path in PACKAGE.rglob("*.py")}
-
 
 def test_every_error_class_is_defined_in_errors_and_documented():
-    elsewhere = [f"{path.relative_to(ROOT)}: {node.name}" for path, tree in SOURCES.items()
+    elsewhere = [f"{path.relative_to(ROOT)}: {node.name}" for path, tree in toolkit_sources().items()
                  if path.name != "errors.py" for node in ast.walk(tree)
                  if isinstance(node, ast.ClassDef) and (node.name.endswith(("Error", "Busy", "Failed"))
                                                         or any(getattr(b, "id", "").endswith("Error")
@@ -53,8 +50,8 @@ def test_the_old_homes_still_resolve():
 
 
 def test_nothing_raises_a_bare_toolkit_error():
-    bare = [f"{path.relative_to(ROOT)}:{node.lineno}" for path, tree in SOURCES.items() for node in ast.walk(tree)
-            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+    bare = [f"{path.relative_to(ROOT)}:{node.lineno}" for path, tree in toolkit_sources().items()
+            for node in ast.walk(tree) if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
             and getattr(node.exc.func, "id", "") == "ToolkitError"]
     assert bare == []
 

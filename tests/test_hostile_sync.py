@@ -26,16 +26,25 @@ def break_cohort(db, name="Broken", missing="Ghost"):
                           [name, json.dumps({"name": name, "rules": [{"in_cohort": missing}]})])
 
 
-@pytest.fixture
-def world(tmp_path):
-    """A store file with four buyers who have OneSignal ids, two good cohorts with due dynamic syncs,
-    and an emulator app holding the four users."""
-    data = tmp_path / "data"
+def four_buyers(store, folder):
+    """Four buyers who have OneSignal ids (and u5, who has one but bought nothing); two good cohorts."""
+    from toolkit import load
+
+    data = folder / "data"
     data.mkdir()
     write_lines(data / "events.jsonl", [event("Purchase", u, insert_id=f"p{u}") for u in USERS])
     write_lines(data / "profiles.jsonl", [{"$distinct_id": u, "$properties": {"$onesignal_user_id": f"ext-{u}"}}
                                           for u in USERS + ["u5"]])
-    db = tmp_path / "store.duckdb"
+    load(store, [data], now=NOW)
+    cohorts.save_all(store, [{"name": "Buyers", "rules": [{"event": "Purchase"}]},
+                             {"name": "Also buyers", "rules": [{"in_cohort": "Buyers"}]}])
+
+
+@pytest.fixture
+def world(tmp_path, filled_once, users_unspaced):
+    """A store file with four buyers who have OneSignal ids, two good cohorts with due dynamic syncs,
+    and an emulator app holding the four users. The loaded store is a copy of one loaded once per module."""
+    db = filled_once(four_buyers, tmp_path / "store.duckdb")
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
         for u in USERS:
@@ -43,11 +52,6 @@ def world(tmp_path):
         # u5 (no purchase): OneSignal refuses any update of it with a 400 no retry mends.
         emu.add_user(app.app_id, "ext-u5")
         emu.faults.inject("refuse", method="PATCH", path="/ext-u5", times=1_000_000)
-        with Store(db) as store:
-            from toolkit import load
-            load(store, [data], now=NOW)
-            cohorts.save_all(store, [{"name": "Buyers", "rules": [{"event": "Purchase"}]},
-                                     {"name": "Also buyers", "rules": [{"in_cohort": "Buyers"}]}])
         yield {"db": db, "emu": emu, "app": app, "tmp": tmp_path,
                "env": {"ONESIGNAL_APP_ID": app.app_id, "ONESIGNAL_API_KEY": app.api_key,
                        "TOOLKIT_CREDENTIALS": str(tmp_path / "no-credentials.json")}}

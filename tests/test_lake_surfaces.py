@@ -72,7 +72,7 @@ def test_the_engine_line_says_where():
 
 # -- the panels ------------------------------------------------------------------------------------
 
-def test_the_explorer_shows_what_the_cli_previews_over_the_lake(definitions_only, sample_lake):
+def test_the_explorer_shows_what_the_cli_previews_over_the_lake(definitions_only, sample_lake, funnel_as_text):
     on_store = widgets.cohort_explorer(definitions_only, now=NOW)
     on_store.select(CHURN)
     assert on_store.preview.summary["members"] == 0              # the store has no events

@@ -2,10 +2,11 @@
 function): no cycles, no import up a layer, loading imports nothing above it, the pure core no I/O."""
 
 import ast
+import functools
 import sys
 from pathlib import Path
 
-from helpers import ROOT
+from helpers import ROOT, toolkit_sources
 
 PACKAGE = ROOT / "toolkit"
 # What a load runs: it must not reach cohorts, matching, export or the notebooks' layer.
@@ -29,7 +30,7 @@ def _module(path: Path) -> str:
 def _imports(path: Path) -> tuple[set[str], set[str]]:
     """(the toolkit modules ``path`` imports, the top-level names of everything else it imports)."""
     inside, outside = set(), set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(toolkit_sources()[path]):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module == "toolkit" or node.module.startswith("toolkit."):
                 base = node.module.removeprefix("toolkit").lstrip(".")
@@ -49,13 +50,16 @@ def _imports(path: Path) -> tuple[set[str], set[str]]:
     return inside, outside
 
 
-GRAPH = {_module(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+@functools.cache
+def graph() -> dict[str, tuple[set[str], set[str]]]:
+    """Each toolkit module's imports (``_imports``), read once, when a test first asks (not at collection)."""
+    return {_module(p): _imports(p) for p in toolkit_sources()}
 
 
 def _reach(start: str) -> set[str]:
     seen, todo = set(), [start]
     while todo:
-        for dep in GRAPH[todo.pop()][0]:
+        for dep in graph()[todo.pop()][0]:
             if dep and dep not in seen:
                 seen.add(dep)
                 todo.append(dep)
@@ -63,7 +67,7 @@ def _reach(start: str) -> set[str]:
 
 
 def test_the_imports_have_no_cycle():
-    for name in GRAPH:
+    for name in graph():
         assert name not in _reach(name), f"toolkit.{name} imports itself through others"
 
 
@@ -74,7 +78,7 @@ def test_loading_imports_nothing_above_it():
 
 def test_the_pure_core_does_no_io():
     for name in PURE:
-        inside, outside = GRAPH[name]
+        inside, outside = graph()[name]
         assert inside <= PURE | {"errors"}, (name, sorted(inside - PURE))
         assert outside <= STANDARD | PURE_LIBRARIES, (name, sorted(outside - STANDARD - PURE_LIBRARIES))
 
@@ -102,5 +106,5 @@ def _layer(module: str) -> int:
 
 def test_no_import_points_up_a_layer():
     upward = [f"toolkit.{name} ({LAYERS[_layer(name)][0]}) imports toolkit.{dep} ({LAYERS[_layer(dep)][0]})"
-              for name, (inside, _) in GRAPH.items() for dep in inside if dep and _layer(dep) > _layer(name)]
+              for name, (inside, _) in graph().items() for dep in inside if dep and _layer(dep) > _layer(name)]
     assert not upward, "\n".join(upward)

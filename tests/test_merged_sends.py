@@ -14,7 +14,7 @@ from toolkit.emulator import Emulator, limits
 from toolkit.export import merged
 from toolkit.onesignal import Credentials, SyncOneSignalClient
 from toolkit.planning import ADD, REMOVE, Step, Target
-from toolkit.rate_budget import ViewBudget
+from toolkit.rate_budget import AppBudget, ViewBudget
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3}
 SUBSCRIPTION = "8f0c8b1e-6a51-4c39-9d2e-3f6f3f1b2a77"       # a user known to OneSignal by its Player ID only
@@ -299,11 +299,13 @@ def test_the_cycle_counts_the_tags_it_set_on_a_user_across_its_requests():
         sends = merged.MergedSends(5, early=True)
         target, alias = Target("ext-u", "external_id"), ("external_id", "ext-u")
         answers = []
+        # The emulator takes the user's updates at any pace: no second between them to wait out.
+        unspaced = {**FAST, "limiter": AppBudget(10, user_spacing=0.0)}
         try:
             for cohort in "ABCD":
                 step = Step(f"u-{cohort}", ADD, target)
                 got = sends.submit(cohort, [(alias, step, f"k{cohort}", "1")],
-                                   Credentials(app.app_id, app.api_key), emu.url, FAST)
+                                   Credentials(app.app_id, app.api_key), emu.url, unspaced)
                 answers.append(got.get(timeout=30)[2:5])
         finally:
             sends.close()

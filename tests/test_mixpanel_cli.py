@@ -14,8 +14,8 @@ SECRET = "cli-test-secret-5e7a9b"
 
 
 @pytest.fixture
-def emu(tmp_path, monkeypatch):
-    with MixpanelEmulator(write_folder(tmp_path / "mp"), project_id="4242", secret=SECRET) as e:
+def emu(tmp_path, monkeypatch, mixpanel_seconds):
+    with MixpanelEmulator(write_folder(tmp_path / "mp"), project_id="4242", secret=SECRET, **mixpanel_seconds) as e:
         monkeypatch.setenv("MIXPANEL_USERNAME", e.username)
         monkeypatch.setenv("MIXPANEL_SECRET", SECRET)
         monkeypatch.setenv("MIXPANEL_PROJECT_ID", "4242")

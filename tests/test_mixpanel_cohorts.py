@@ -18,8 +18,9 @@ FAST = dict(backoff_base=0.01, backoff_max=0.05, rate_limited_wait=0.05)
 
 
 @pytest.fixture
-def mp(tmp_path):
-    with MixpanelEmulator(write_folder(tmp_path / "mp"), project_id="4242", secret=SECRET, page_size=2) as e:
+def mp(tmp_path, mixpanel_seconds):
+    with MixpanelEmulator(write_folder(tmp_path / "mp"), project_id="4242", secret=SECRET, page_size=2,
+                          **mixpanel_seconds) as e:
         yield e
 
 

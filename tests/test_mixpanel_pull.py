@@ -29,8 +29,9 @@ LAST_DAY = date(2026, 10, 4)
 
 
 @pytest.fixture
-def emu(tmp_path):
-    with MixpanelEmulator(write_folder(tmp_path / "mp"), project_id="4242", secret=SECRET, page_size=6) as e:
+def emu(tmp_path, mixpanel_seconds):
+    with MixpanelEmulator(write_folder(tmp_path / "mp"), project_id="4242", secret=SECRET, page_size=6,
+                          **mixpanel_seconds) as e:
         yield e
 
 

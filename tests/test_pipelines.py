@@ -88,13 +88,14 @@ def emulator_folder(tmp_path):
     return folder
 
 
-def test_a_pipelines_folder_loads_to_the_same_store_as_the_same_data_pulled(emulator_folder, tmp_path):
+def test_a_pipelines_folder_loads_to_the_same_store_as_the_same_data_pulled(emulator_folder, tmp_path,
+                                                                            mixpanel_seconds):
     mappings = [{"distinct_id": ANON, "resolved_distinct_id": "u1"},
                 {"distinct_id": "$device:dev-9", "resolved_distinct_id": "u9"}]
     folder = write_pipelines(tmp_path / "bucket", dataset(), profiles(), mappings)
     buyers = Cohort("buyers", rules=(EventRule("Purchase"),))
     stores = {}
-    with MixpanelEmulator(emulator_folder, project_id=PROJECT, secret=SECRET, page_size=7) as emu, \
+    with MixpanelEmulator(emulator_folder, project_id=PROJECT, secret=SECRET, page_size=7, **mixpanel_seconds) as emu, \
             MixpanelClient(ServiceAccount(emu.username, SECRET, PROJECT), emu.url, **FAST) as client:
         pulled = Store(tmp_path / "pulled.duckdb")
         pull(tmp_path / "landing", client.account, from_date=FIRST_DAY, to_date=date(2026, 10, 3), profiles=True,

@@ -17,26 +17,33 @@ FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts
 LATER = [NOW + timedelta(minutes=15 * i) for i in range(8)]
 
 
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    """Four buyers, three of them with a OneSignal id the app knows; Buyers registered as a dynamic sync."""
-    data = tmp_path / "data"
+USERS = ["u1", "u2", "u3", "u4"]
+
+
+def four_buyers(store, folder):
+    """Four buyers, three of them with a OneSignal id; the cohort "Buyers"."""
+    data = folder / "data"
     data.mkdir()
-    users = ["u1", "u2", "u3", "u4"]
-    write_lines(data / "events.jsonl", [event("Purchase", u, insert_id=f"p{u}") for u in users])
+    write_lines(data / "events.jsonl", [event("Purchase", u, insert_id=f"p{u}") for u in USERS])
     write_lines(data / "profiles.jsonl", [{"$distinct_id": u, "$properties": {"$onesignal_user_id": f"ext-{u}"}}
-                                          for u in users[:3]])
-    db = tmp_path / "store.duckdb"
+                                          for u in USERS[:3]])
+    load(store, [data], now=NOW)
+    cohorts.save_all(store, [{"name": "Buyers", "rules": [{"event": "Purchase"}]}])
+
+
+@pytest.fixture
+def world(tmp_path, filled_once, monkeypatch):
+    """Four buyers, three of them with a OneSignal id the app knows; Buyers registered as a dynamic sync.
+    The loaded store is a copy of one loaded once per module."""
+    db = filled_once(four_buyers, tmp_path / "store.duckdb")
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
-        for u in users[:3]:
+        for u in USERS[:3]:
             emu.add_user(app.app_id, f"ext-{u}")
         monkeypatch.setenv("ONESIGNAL_APP_ID", app.app_id)
         monkeypatch.setenv("ONESIGNAL_API_KEY", app.api_key)
         monkeypatch.setenv("TOOLKIT_CREDENTIALS", str(tmp_path / "no-credentials.json"))
         with Store(db) as store:
-            load(store, [data], now=NOW)
-            cohorts.save_all(store, [{"name": "Buyers", "rules": [{"event": "Purchase"}]}])
             export.register(store, "Buyers", "dynamic", app.app_id, emu.url, now=NOW)
         yield {"db": db, "emu": emu, "app": app}
 

@@ -176,7 +176,7 @@ def test_explorer_shows_each_cohort_as_matching_does(sample_store_copy):
         assert explorer.matches.value.startswith(f"{summary['members']:,} of {summary['members']:,} members")
 
 
-def test_explorer_search_narrows_the_table(sample_store_copy):
+def test_explorer_search_narrows_the_table(sample_store_copy, funnel_as_text):
     explorer = widgets.cohort_explorer(sample_store_copy, now=NOW)
     explorer.cohort.value = CHURN
     preview = matching.preview(sample_store_copy, CHURN, now=NOW)
@@ -199,7 +199,7 @@ def test_explorer_search_narrows_the_table(sample_store_copy):
     assert explorer.table.value.count("<tr") == min(total, widgets.ROWS) + 1
 
 
-def test_explorer_tables_name_every_column_and_fit_the_panel(sample_store_copy):
+def test_explorer_tables_name_every_column_and_fit_the_panel(sample_store_copy, funnel_as_text):
     explorer = widgets.cohort_explorer(sample_store_copy, now=NOW)
     explorer.cohort.value = CHURN
     for table in (explorer.table.value, explorer.reasons.value):
@@ -343,7 +343,7 @@ def test_export_without_a_connection_or_key_says_so(sample_store_copy, monkeypat
     assert panel.status.value.startswith("Not connected") and export.list_exports(sample_store_copy) == []
 
 
-def test_panels_display_as_their_container(sample_store_copy, monkeypatch):
+def test_panels_display_as_their_container(sample_store_copy, monkeypatch, funnel_as_text):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda *objs, **kw: shown.append((objs, kw)))
     for panel in (widgets.connect_panel(sample_store_copy), widgets.cohort_explorer(sample_store_copy, now=NOW),

@@ -506,7 +506,7 @@ class Store:
             # A reader of a store not made yet: make it (empty, current schema) rather than fail.
             Store(self.path, memory_limit=memory_limit, wait=wait, on_wait=on_wait).close()
         self.con = self._open(config, wait, on_wait)
-        if read_only and self.version() < SCHEMA_VERSION:
+        if read_only and self._opened_at < SCHEMA_VERSION:
             # An older store: upgrade it in a short write, then read as asked.
             self.con.close()
             Store(self.path, memory_limit=memory_limit, wait=wait, on_wait=on_wait).close()
@@ -516,12 +516,11 @@ class Store:
         con = _connect(self.path, self.read_only, config, wait, on_wait)
         self.con = con
         try:
-            con.execute("SET TimeZone = 'UTC'")
-            con.execute("SET enable_progress_bar = false")   # ours (tqdm) shows progress, DuckDB's would interleave
-            if self.read_only:
-                self._check_version()
-            else:
-                self._migrate()
+            # ours (tqdm) shows progress, DuckDB's would interleave
+            con.execute("SET TimeZone = 'UTC'; SET enable_progress_bar = false")
+            self._opened_at = self._check_version()     # the version found on opening (before migrating)
+            if not self.read_only:
+                self._migrate(self._opened_at)
         except BaseException:
             con.close()     # a half-opened store must not keep the file from others
             raise
@@ -529,12 +528,13 @@ class Store:
 
     # -- schema -----------------------------------------------------------------------------
     def version(self) -> int:
-        exists = self.con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
-        ).fetchone()[0]
-        if not exists:
+        # One query, on every open: reading the table and taking its absence for a new store costs a
+        # third of asking information_schema first (~0.5 ms against ~1.5 ms; a store opens ~1,000 times in
+        # the tests). A new store has no transaction open, so the refused query aborts none.
+        try:
+            return self.con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+        except duckdb.CatalogException:
             return 0
-        return self.con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
 
     def _check_version(self) -> int:
         current = self.version()
@@ -545,8 +545,7 @@ class Store:
             )
         return current
 
-    def _migrate(self) -> None:
-        current = self._check_version()
+    def _migrate(self, current: int) -> None:
         if current == 0:
             self.con.execute("CREATE TABLE IF NOT EXISTS schema_version "
                              "(version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)")

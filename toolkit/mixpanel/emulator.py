@@ -39,6 +39,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from toolkit.emulator.limits import take_aimed
+from toolkit.emulator.server import POLL_SECONDS
 from toolkit.errors import EmulatorError
 from toolkit.mixpanel.budget import EXPORT, QUERY, Limits
 from toolkit.mixpanel.client import COHORTS_PATH, ENGAGE_PATH, EXPORT_PATH
@@ -115,7 +116,7 @@ class MixpanelEmulator:
             self._server = _Server((self.host, self.port), _Handler)
             self._server.emulator = self
             self.port = self._server.server_address[1]
-            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+            self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL_SECONDS,),  # quick stop
                                             name="mixpanel-emulator", daemon=True)
             self._thread.start()
         return self.url
