@@ -461,13 +461,48 @@ def export_preview_text(preview: ExportPreview) -> str:
              f"({TAG_LIMIT_SOURCES.get(preview.tag_limit['source'], preview.tag_limit['source'])})",
              *([tag_cap_text(preview.over_tag_limit, preview.tag_limit["tag_limit"], True)]
                if preview.over_tag_limit else []),
-             f"  removal guard: {'passes' if preview.verdict.ok else 'STOPS the export'}: {preview.verdict.reason}"]
+             f"  removal guard: {'passes' if preview.verdict.ok else 'STOPS the export'}: {preview.verdict.reason}",
+             *sync_stop_lines(preview.cohort, preview.sync_stop)]
     return "\n".join(lines)
 
 
 def dry_run_text(preview: ExportPreview) -> str:
-    """``toolkit export --dry-run``: the shape of a run's report (``run_text``), then who would change."""
-    return "\n".join([run_text(preview.to_dict()), *_sample_lines(preview)])
+    """``toolkit export --dry-run``: the shape of a run's report (``run_text``), whether the sync is paused
+    or stopped by the removal guard, then who would change."""
+    shown = preview.to_dict()
+    if preview.sync_stop is not None:       # sync_stop_lines say it once, plainly (not run_text's lines for it)
+        shown.update(error=None, status="refused (paused)" if shown["status"] == "paused" else shown["status"])
+    return "\n".join([run_text(shown), *sync_stop_lines(preview.cohort, preview.sync_stop), *_sample_lines(preview)])
+
+
+def preview_verdict_text(preview: ExportPreview) -> str:
+    """The export panel's one-line word on a preview: what would happen, and the guard's or the sync's stop."""
+    stop = preview.sync_stop
+    if stop is not None and stop["state"] == "paused":
+        verdict = "the sync is PAUSED: the scheduler skips it until you resume it"
+    elif stop is not None and not stop["forced"]:
+        verdict = "the sync is STOPPED by the removal guard: tick Force to confirm the removals, or resume it"
+    else:
+        verdict = "guard passes" if preview.verdict.ok else "guard STOPS it (tick Force to override)"
+    return f"Preview: add {preview.added:,}, remove {preview.removed:,}, no-op {preview.unchanged:,}; {verdict}"
+
+
+def sync_stop_lines(cohort: str, stop) -> list[str]:
+    """A preview's word on the registered dynamic sync's pause or guard stop (``ExportPreview.sync_stop``):
+    that it is held back, since when and why, what a run now would do, and the way out."""
+    if stop is None:
+        return []
+    name = shlex.quote(cohort)
+    if stop["state"] == "paused":
+        return [f"  the dynamic sync is PAUSED since {_when(stop['since'])} UTC: {stop['reason']}",
+                f"  the scheduler skips it (and refuses a run of it) until you fix the cause and resume it: "
+                f"toolkit resume {name}"]
+    since = (f"  the dynamic sync is STOPPED by the removal guard since {_when(stop['since'])} UTC "
+             f"(run #{stop['run_id']} lists the changes it did not send)")
+    if stop["forced"]:
+        return [since, "  this forced export confirms the removals: it sends the changes above and ends the stop"]
+    return [since, f"  its runs send nothing until a person acts: confirm the removals: toolkit export {name} --force, "
+                   f"or resume it: toolkit resume {name} (its next run plans and guards afresh)"]
 
 
 def _sample_lines(preview: ExportPreview) -> list[str]:

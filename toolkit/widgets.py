@@ -638,9 +638,7 @@ class ExportPanel(_Panel):
             self.status.value = f"Preview failed: {exc}"
             return None
         self.last_preview = shown
-        verdict = "guard passes" if shown.verdict.ok else "guard STOPS it (tick Force to override)"
-        self.status.value = (f"Preview: add {shown.added:,}, remove {shown.removed:,}, "
-                             f"no-op {shown.unchanged:,}; {verdict}")
+        self.status.value = report.preview_verdict_text(shown)
         self.diff.value = _pre(report.export_preview_text(shown))
         return shown
 

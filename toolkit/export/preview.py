@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from toolkit.export import states
 from toolkit.export.registry import DEFAULT_TAG_LIMIT, app_tag_limit
 from toolkit.export.run_settings import ExportSettings, settings
 from toolkit.export.tag_caps import _capped_plan
@@ -33,6 +34,10 @@ class ExportPreview:
     tag_limit: Mapping[str, Any] = field(default_factory=lambda: {"tag_limit": DEFAULT_TAG_LIMIT,
                                                                   "source": "default"})
     over_tag_limit: int = 0                    # members the app's data-tag cap keeps out (not sent)
+    # The registered dynamic sync is paused or stopped by the removal guard (``states.sync_stop``), with
+    # ``forced`` (a forced run confirms the guard's removals) and ``refusal``: what a run now would record
+    # instead of sending (None: it would run).
+    sync_stop: Mapping[str, Any] | None = None
 
     @property
     def added(self) -> int:
@@ -48,12 +53,18 @@ class ExportPreview:
 
     @property
     def status(self) -> str:
-        """What a dry run records: ok, or stopped (by the removal guard)."""
+        """What a dry run records: ok; stopped (by the removal guard, now or since a run it stopped); paused
+        (a run now would be refused)."""
+        if self.sync_stop is not None and self.sync_stop["refusal"]:
+            return states.PAUSED if self.sync_stop["state"] == states.PAUSED else "stopped"
         return "ok" if self.verdict.ok else "stopped"
 
     @property
     def refused(self) -> str | None:
-        """Why an export now would be refused (the removal guard's reason), or None: it would run."""
+        """Why an export now would be refused (the sync's pause or standing guard stop, else the removal
+        guard's reason), or None: it would run."""
+        if self.sync_stop is not None and self.sync_stop["refusal"]:
+            return self.sync_stop["refusal"]
         return None if self.verdict.ok else self.verdict.reason
 
     def to_dict(self) -> dict:
@@ -67,7 +78,8 @@ class ExportPreview:
                 "added": self.added, "removed": self.removed, "unchanged": self.unchanged,
                 "not_in_onesignal": 0, "failed": 0, "tag_cap": self.over_tag_limit, "error": self.refused,
                 "guard": self.verdict.reason, "samples": {ADD: steps(ADD), REMOVE: steps(REMOVE)},
-                "left_out": dict(self.left_out), "tag_limit": dict(self.tag_limit)}
+                "left_out": dict(self.left_out), "tag_limit": dict(self.tag_limit),
+                "sync_stop": dict(self.sync_stop) if self.sync_stop is not None else None}
 
 
 def preview_export(store: Store, settings_or_cohort: ExportSettings | str, *, now: datetime | None = None,
@@ -95,4 +107,21 @@ def preview_targets(store: Store, chosen: ExportSettings, found: Exportable, *, 
     return ExportPreview(chosen.cohort, chosen.mode, chosen.now, found.members, found.count,
                          {op: the_plan.counts.get(op, 0) for op in (ADD, REMOVE, NOOP)},
                          {op: tuple(the_plan.of(op)[:samples]) for op in (ADD, REMOVE)}, verdict, found.left_out,
-                         limit, caps.count)
+                         limit, caps.count, _sync_stop(reader, chosen, verdict))
+
+
+def _sync_stop(con, chosen: ExportSettings, verdict: GuardVerdict) -> dict | None:
+    """The pause or guard stop of the registered dynamic sync this rehearses, and what a run now would
+    record because of it (``runner``'s rule: a paused sync's run is refused; a guard-stopped one's records
+    a short ``stopped`` run unless forced)."""
+    stop = states.sync_stop(con, chosen.cohort) if chosen.mode == "dynamic" else None
+    if stop is None:
+        return None
+    forced = stop["state"] == states.GUARDED and chosen.force
+    if stop["state"] == states.PAUSED:
+        refusal: str | None = states.paused_refusal(chosen.cohort, stop["since"], stop["reason"])
+    elif forced:
+        refusal = None
+    else:
+        refusal = states.still_stopped(chosen.cohort, (stop["since"], stop["run_id"]), verdict.reason, verdict.ok)
+    return {**stop, "forced": forced, "refusal": refusal}

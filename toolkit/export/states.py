@@ -162,8 +162,28 @@ def refuse_if_paused(con, cohort: str) -> None:
     row = con.execute("SELECT paused_at, paused_reason FROM exports WHERE cohort = ? AND paused_at IS NOT NULL",
                       [cohort]).fetchone()
     if row:
-        raise SyncPaused(f"the dynamic sync of {cohort!r} is paused since {row[0]:%Y-%m-%d %H:%M} UTC: {row[1]}. "
-                          f"Fix the cause, then resume it (toolkit resume {cohort!r}, or the export panel's Resume)")
+        raise SyncPaused(paused_refusal(cohort, row[0], row[1]))
+
+
+def paused_refusal(cohort: str, since: datetime, reason: str) -> str:
+    """Why a run of a paused sync is refused, and the way out."""
+    return (f"the dynamic sync of {cohort!r} is paused since {since:%Y-%m-%d %H:%M} UTC: {reason}. "
+            f"Fix the cause, then resume it (toolkit resume {cohort!r}, or the export panel's Resume)")
+
+
+def sync_stop(con, cohort: str) -> dict | None:
+    """What holds the registered dynamic sync of ``cohort`` back now, or None (active, one-time, unregistered,
+    stopped for good): ``state`` paused (``since``, ``reason``: a person's or OneSignal's 400-404) or guarded
+    (stopped by the removal guard: ``since``, ``run_id``, the run that lists the changes not sent)."""
+    row = con.execute("SELECT paused_at, paused_reason, guard_stopped_at, guard_stopped_run FROM exports "
+                      "WHERE cohort = ? AND mode = 'dynamic' AND stopped_at IS NULL", [cohort]).fetchone()
+    if row is None:
+        return None
+    if row[0] is not None:
+        return {"state": PAUSED, "since": row[0], "reason": row[1], "run_id": None}
+    if row[2] is not None:
+        return {"state": GUARDED, "since": row[2], "reason": None, "run_id": row[3]}
+    return None
 
 
 def paused(con) -> list[dict]:
