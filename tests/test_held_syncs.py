@@ -163,3 +163,34 @@ def test_the_export_panel_preview_says_a_sync_is_stopped_or_paused(world):
     panel.preview_button.click()
     assert panel.status.value.endswith("the sync is PAUSED: the scheduler skips it until you resume it")
     assert f"PAUSED since {at(20):%Y-%m-%d %H:%M} UTC: holiday freeze" in panel.diff.value
+
+
+@pytest.mark.parametrize("parallel", [1, sync.PARALLEL_RUNS])
+def test_a_cohort_named_twice_in_a_cycle_runs_once_and_the_cycle_ends(world, parallel):
+    """A cohort named twice (and once more in another case, which resolves to it) runs once. It ran once per
+    name: with one run at a time, each took a slot and the cohort's runs gave one back between them, so the
+    next cohort waited for a slot for ever, and the merged sends for it; at once, the second run failed on
+    the first's lock (a failed run, an alert)."""
+    import threading
+
+    a_new_buyer(world["db"], world["emu"], world["app"].app_id, "u5", at(1))
+    found: dict = {}
+
+    def cycle():
+        with Store(world["db"]) as store:
+            found["runs"] = sync.run_due(store, now=at(1), cohorts=["Buyers", "Buyers", "buyers", "Panel"],
+                                         client_options=FAST, parallel=parallel)
+
+    worker = threading.Thread(target=cycle, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the cycle never ended"
+    assert [(r.cohort, r.status, r.added) for r in found["runs"]] == [("Buyers", "ok", 5), ("Panel", "ok", 4)]
+    with Store(world["db"], read_only=True) as store:
+        assert store.con.execute("SELECT cohort, count(*) FROM export_runs GROUP BY ALL ORDER BY 1").fetchall() == [
+            ("Buyers", 1), ("Panel", 1)]
+    updates = [r for r in world["emu"].requests() if r["method"] == "PATCH"]
+    assert len(updates) <= 9                  # each cohort's change to a user sent once at most
+    assert world["emu"].user_tags(world["app"].app_id) == {
+        f"ext-{u}": {export.tag_key("Buyers"): "1", **({export.tag_key("Panel"): "1"} if u != "u5" else {})}
+        for u in [*USERS, "u5"]}

@@ -94,7 +94,7 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
     waiting = {p["cohort"]: p["paused_reason"] for p in export.paused(store.con)}   # due() leaves them out
     for name, reason in waiting.items():    # a paused sync waits for a person (export.states)
         log.info('cohort "%s" is paused (%s): skipped until a person resumes it', name, reason)
-    names = [name for name in names if name not in waiting]
+    names = [name for name in dict.fromkeys(names) if name not in waiting]     # a name given twice runs once
     records: dict[int, export.RunRecord | None] = {}
     chosen: dict[int, export.ExportSettings] = {}
     for i, name in enumerate(names):
@@ -102,6 +102,7 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
             chosen[i] = export.settings(store, name, now=now, dry_run=dry_run, client_options=client_options)
         except Exception as exc:
             records[i] = _failed(store, name, None, exc, now, dry_run)
+    _once_each(chosen, records)
     if chosen:
         on_lake = evaluator is not None and not evaluator.choice.on_store    # each cohort there, one at a time
         shared = _SharedPass(store, [] if on_lake else list(chosen.values()), now)
@@ -128,13 +129,27 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
     return [r for r in (records[i] for i in range(len(names))) if r is not None]    # None: paused meanwhile
 
 
+def _once_each(chosen: dict[int, export.ExportSettings], records: dict[int, export.RunRecord | None]) -> None:
+    """Each cohort once in a cycle, however many of the names given resolve to it (any case finds a cohort):
+    a second run of it would wait on the first's lock, or fail for it, and its slot and merged sends are
+    the cohort's, given back once (one run at a time, the cycle then waited for ever)."""
+    first: dict[str, int] = {}
+    for i, settings in list(chosen.items()):
+        if settings.cohort in first:
+            log.info('cohort "%s" is named more than once in this cycle: it runs once', settings.cohort)
+            del chosen[i]
+            records[i] = None
+        else:
+            first[settings.cohort] = i
+
+
 def _merged_senders(chosen: list[export.ExportSettings], client_options: dict | None,
                     held: dict[str, _Slot]) -> dict[tuple, MergedSends]:
     """One merged sender per app the cycle sends to (``export.merged``): each user's changes from every
     cohort in one request. A run hands its changes over and waits; its slot goes to the next run then."""
     apps: dict[tuple, set[str]] = {}
     for settings in chosen:
-        if not settings.dry_run:        # a cohort named twice is one run to wait for (the other is refused)
+        if not settings.dry_run:        # each cohort once (_once_each)
             apps.setdefault((settings.app_id, settings.base_url), set()).add(settings.cohort)
     concurrency = int((client_options or {}).get("concurrency", 64))
     return {key: MergedSends(len(cohorts), concurrency=concurrency,
