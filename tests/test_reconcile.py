@@ -216,3 +216,45 @@ def test_the_sync_overview_shows_each_syncs_last_reconcile(world):
     found, row, _ = last()
     assert (found["repair_run_id"], found["repair_status"]) == (repaired["run_id"], "ok")
     assert row.endswith(f"drift: 1 tagged outside, 1 lost the tag, 1 deleted; repaired (run #{repaired['run_id']} ok)")
+
+
+def test_toolkit_runs_lists_a_repairs_correction_as_the_drift_it_recorded_then_the_repair_run(world):
+    """A repair writes two runs: the correction of the toolkit's record (status reconciled: its counts are the
+    drift, nothing was sent) and the export run that sends the difference. `toolkit runs` tells them apart."""
+    from toolkit import reconcile, report
+
+    db, emu, app, env = world
+    behind_the_back(emu, app, db)
+    repaired = json.loads(toolkit("reconcile", COHORT, "--repair", "--db", db, "--json", env=env).stdout)["repair"]
+    listed = toolkit("runs", COHORT, "--db", db).stdout.splitlines()
+    (correction,) = [line for line in listed if f" {reconcile.RECONCILED}: " in line]
+    assert correction.endswith(f"{COHORT} once reconciled: toolkit reconcile --repair found 1 tagged outside the "
+                               "toolkit, 1 who lost the tag, 1 deleted from OneSignal; the record now says so, "
+                               "nothing sent (the next run sends the difference)")
+    (repair,) = [line for line in listed if line.startswith(f"#{repaired['run_id']} ")]
+    assert f"{COHORT} once ok: +{repaired['added']} -{repaired['removed']} " in repair
+    assert listed.index(repair) < listed.index(correction)          # newest first: the repair came after
+    assert report.RECONCILED == reconcile.RECONCILED
+    (found,) = json.loads(toolkit("runs", COHORT, "--db", db, "--json").stdout)["syncs"]
+    assert (found["last_reconcile"]["repair_run_id"], found["last_run_id"]) == (repaired["run_id"], repaired["run_id"])
+
+
+def test_a_repair_refused_before_its_run_keeps_the_record_and_still_shows_the_drift_found(world, monkeypatch):
+    """The repair's export is refused before it starts (here another run of the cohort holds its lock): nothing
+    is sent, so the correction of the record is undone, and the reconciliation still shows, not repaired."""
+    db, emu, app, env = world
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    behind_the_back(emu, app, db)
+    with Store(db) as store:
+        snapshot = store.con.execute("SELECT * FROM export_members ORDER BY ALL").fetchall()
+        runs = store.con.execute("SELECT run_id, status FROM export_runs ORDER BY 1").fetchall()
+        with export._run_lock(store, COHORT), pytest.raises(export.ExportError, match="already running"):
+            sync.reconcile_cohort(store, COHORT, repair=True, client_options=FAST)
+        assert store.con.execute("SELECT * FROM export_members ORDER BY ALL").fetchall() == snapshot
+        assert store.con.execute("SELECT run_id, status FROM export_runs ORDER BY 1").fetchall() == runs
+        (found,) = export.overview(store, COHORT)
+    last = found["last_reconcile"]
+    assert (last["tagged_outside"], last["lost_tag"], last["deleted"], last["repair_run_id"]) == (1, 1, 1, None)
+    line = [s for s in toolkit("runs", COHORT, "--db", db).stdout.splitlines() if "last reconciled" in s]
+    assert line and line[0].endswith("drift: 1 tagged outside, 1 lost the tag, 1 deleted; not repaired")

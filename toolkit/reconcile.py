@@ -194,6 +194,17 @@ def restore_snapshot(store: Store, found: Reconciliation, before: list[tuple]) -
             states.end_guard_stop(con, found.cohort, found.repair.run_id)
 
 
+def repair_refused(store: Store, found: Reconciliation, before: list[tuple]) -> None:
+    """The repair's export raised: if no run of it started (a paused sync, a run already going, a cohort
+    that could not be evaluated), nothing was sent, so the correction is undone. Either way the drift found
+    is kept (not repaired), so the overview shows this reconciliation."""
+    latest = store.con.execute("SELECT status FROM export_runs WHERE cohort = ? ORDER BY run_id DESC LIMIT 1",
+                               [found.cohort]).fetchone()
+    if latest is not None and latest[0] == RECONCILED:
+        restore_snapshot(store, found, before)
+    record(store, found)
+
+
 def _touched(found: Reconciliation) -> list[str]:
     """The members ``correct_snapshot`` writes (placeholders included)."""
     return ([m["distinct_id"] for m in (*found.lost_tag, *found.deleted)]

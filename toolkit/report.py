@@ -114,9 +114,22 @@ def runs_text(runs: list[dict]) -> str:
     if not runs:
         return "no export runs yet"
     return "\n".join(f"#{r['run_id']} {r['started_at']:%Y-%m-%d %H:%M:%S} {r['cohort']} {r['mode']}"
-                     f"{' dry-run' if r['dry_run'] else ''} {r['status']}: +{r['added'] or 0} "
-                     f"-{r['removed'] or 0} ={r['unchanged'] or 0} absent {r['not_in_onesignal'] or 0} "
-                     f"failed {r['failed'] or 0}{_over_cap(r)}{'  ' + r['error'] if r['error'] else ''}" for r in runs)
+                     f"{' dry-run' if r['dry_run'] else ''} {r['status']}: " + (
+                         _correction_text(r) if r["status"] == RECONCILED else
+                         f"+{r['added'] or 0} -{r['removed'] or 0} ={r['unchanged'] or 0} absent "
+                         f"{r['not_in_onesignal'] or 0} failed {r['failed'] or 0}{_over_cap(r)}"
+                         f"{'  ' + r['error'] if r['error'] else ''}") for r in runs)
+
+
+RECONCILED = "reconciled"       # reconcile.RECONCILED: the run record of a repair's correction of the snapshot
+
+
+def _correction_text(r: dict) -> str:
+    """A repair's correction (``reconcile.correct_snapshot``) sends nothing: its counts are the drift it wrote
+    into the toolkit's record (tagged outside, lost the tag, deleted), not adds and removes."""
+    return (f"toolkit reconcile --repair found {r['added'] or 0} tagged outside the toolkit, {r['removed'] or 0} "
+            f"who lost the tag, {r['not_in_onesignal'] or 0} deleted from OneSignal; the record now says so, "
+            "nothing sent (the next run sends the difference)")
 
 
 def reconcile_text(found, shown: int = 10) -> str:

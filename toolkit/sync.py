@@ -522,7 +522,11 @@ def reconcile_cohort(store: Store, name: str, credentials: Credentials | None = 
         bar.close()
     if repair:
         before = reconcile.correct_snapshot(store, found)
-        found.repair = export_cohort(store, settings, credentials, progress=progress)
+        try:
+            found.repair = export_cohort(store, settings, credentials, progress=progress)
+        except ToolkitError:        # e.g. refused before it started (paused, already running)
+            reconcile.repair_refused(store, found, before)
+            raise
         if found.repair.status == "stopped":          # the removal guard: nothing sent, nothing changed
             reconcile.restore_snapshot(store, found, before)
     if not store.read_only:          # a read-only caller (the CLI's read back) records it in a short write after
