@@ -83,6 +83,31 @@ def users_unspaced(monkeypatch):
 
 
 @pytest.fixture
+def retries_unwaited(monkeypatch) -> list[float]:
+    """The OneSignal client's retry waits recorded instead of waited (the returned list, in seconds): its
+    backoff sleeps and the second a 429 holds the app's budget (``pause``), for the tests of what a 429 or a
+    500 does to a run, a read-back or the output, in-process CLI runs included. A 429 without Retry-After
+    waited out a real second, a 500 up to two (the CLI's backoff); test_onesignal_client and
+    test_hostile_faults keep the real waits."""
+    from toolkit import onesignal, rate_budget
+
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    init = onesignal.OneSignalClient.__init__
+
+    def with_recorded_sleep(self, *args, **options):
+        init(self, *args, **{"sleep": sleep, **options})
+
+    monkeypatch.setattr(onesignal.OneSignalClient, "__init__", with_recorded_sleep)
+    for budget in (onesignal.RateLimiter, rate_budget.AppBudget):
+        monkeypatch.setattr(budget, "pause", lambda self, seconds: waits.append(seconds))
+    return waits
+
+
+@pytest.fixture
 def funnel_as_text(monkeypatch):
     """The cohort explorer shows its funnel as text only, as without matplotlib (``widgets._funnel_png``
     gives None): for explorer tests about something else. A funnel drawn costs ~0.1 s of CPU (and

@@ -20,7 +20,9 @@ from helpers import NOW, a_new_buyer, event, write_lines
 from toolkit import Store, alerts, cohorts, export, load, sync
 from toolkit.emulator import Emulator
 
-FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 2}
+# view_rps: the emulator takes views at any pace; a run reading back the users the tag cap refused paced its
+# views at OneSignal's 1/s
+FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 2, "view_rps": 50}
 USERS = ["u1", "u2", "u3", "u4"]
 HOOK_SECRET = "T0SECRET/B0SECRET/xoxb-hook-token-4f9a2c"
 SMTP_SECRET = "smtp-pass-7d1e9b3c"

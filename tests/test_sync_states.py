@@ -111,10 +111,12 @@ def test_a_refused_app_pauses_the_sync(world, breakage):
 
 
 @pytest.mark.parametrize("fault, status", [("crash", "500"), ("throttle", "429")])
-def test_a_transient_error_fails_the_run_but_does_not_pause(world, fault, status):
+def test_a_transient_error_fails_the_run_but_does_not_pause(world, fault, status, retries_unwaited):
     world["emu"].faults.inject(fault, path="/segments", times=FAST["max_attempts"])
     (record,) = due_runs(world, LATER[0])
     assert record.status == "failed" and status in record.error
+    assert len(retries_unwaited) == (2 * 2 if status == "429" else 2)   # a 429 holds the budget and waits too
+    assert status != "429" or 1.0 in retries_unwaited                   # a second: the 429 had no Retry-After
     assert state(world)["state"] == "active"
     (again,) = due_runs(world, LATER[1])          # still due: the next run tries again, and it works
     assert again.status == "ok"
