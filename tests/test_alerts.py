@@ -41,11 +41,11 @@ def four_buyers(store, folder):
 
 
 @pytest.fixture
-def world(tmp_path, filled_once, users_unspaced, monkeypatch):
+def world(tmp_path, filled_once, held_open, users_unspaced, monkeypatch):
     """Four buyers with OneSignal ids, a dynamic sync of "Buyers" (and of the static "Panel") registered at
     NOW, the emulator holding the users (u1 and u2 carry a tag of their own), a webhook receiver and an
     SMTP server, and alerts configured to both. The loaded store is a copy of one loaded once per module."""
-    db = filled_once(four_buyers, tmp_path / "store.duckdb")
+    db = held_open(filled_once(four_buyers, tmp_path / "store.duckdb"))     # each cycle reopens it
     with Emulator(user_rate_limit=0) as emu, WebhookReceiver(f"/services/{HOOK_SECRET}") as hook, \
             SmtpServer() as smtp:
         app = emu.add_app()
@@ -343,9 +343,10 @@ def test_configure_reads_the_webhook_from_stdin_and_refuses_bad_values_naming_th
 
 
 @pytest.mark.slow
-def test_toolkit_sync_says_an_alert_was_not_delivered_and_its_notebook_holds_no_secret(world):
+def test_toolkit_sync_says_an_alert_was_not_delivered_and_its_notebook_holds_no_secret(world, held_open):
     """The sync notebook run by papermill: the stale "Buyers" (registered, never run) raises an alert the
     webhook refuses; the sync itself is ok (exit 0) and its output and run record say so."""
+    held_open.release()                 # the notebook's kernel, another process, opens the store
     with Store(world["db"]) as store:
         export.register(store, "Panel", "dynamic", world["app"].app_id, world["emu"].url, now=NOW)
     world["hook"].mode = "500"

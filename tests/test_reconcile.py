@@ -20,11 +20,11 @@ FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts
 
 
 @pytest.fixture
-def world(sample_store_file, tmp_path):
+def world(sample_store_file, tmp_path, held_open):
     """The sample in a store file, its OneSignal users in an emulator (a subscription each but for a few
     External ID users, whom only the View user API shows), and the cohort exported once."""
     db = tmp_path / "s.duckdb"
-    shutil.copy(sample_store_file, db)
+    held_open(shutil.copy(sample_store_file, db))      # each command reopens it
     with Store(db) as store:
         users = seed_users(store)
     for n, user in enumerate(users):

@@ -32,10 +32,10 @@ def four_buyers(store, folder):
 
 
 @pytest.fixture
-def world(tmp_path, filled_once, monkeypatch):
+def world(tmp_path, filled_once, held_open, monkeypatch):
     """Four buyers, three of them with a OneSignal id the app knows; Buyers registered as a dynamic sync.
     The loaded store is a copy of one loaded once per module."""
-    db = filled_once(four_buyers, tmp_path / "store.duckdb")
+    db = held_open(filled_once(four_buyers, tmp_path / "store.duckdb"))     # each run reopens it
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
         for u in USERS[:3]:
