@@ -175,6 +175,13 @@ def copy_of(template: Path, path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def new_store(store_template):
+    """``new_store(path)``: ``path`` made a new migrated store (a copy of ``store_template``); returns ``path``.
+    For a test that makes its store where it chooses, or several."""
+    return lambda path: copy_of(store_template, path)
+
+
 @pytest.fixture
 def empty_store(store_template, tmp_path):
     """A new migrated store (a file of the test's own: a copy opens faster than an in-memory store migrates)."""
