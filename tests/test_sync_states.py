@@ -32,9 +32,10 @@ def four_buyers(store, folder):
 
 
 @pytest.fixture
-def world(tmp_path, filled_once, held_open, monkeypatch):
+def world(tmp_path, filled_once, held_open, users_unspaced, monkeypatch):
     """Four buyers, three of them with a OneSignal id the app knows; Buyers registered as a dynamic sync.
-    The loaded store is a copy of one loaded once per module."""
+    The loaded store is a copy of one loaded once per module. The emulator takes a user's updates at any
+    pace, and so do the runs (users_unspaced: syncs of several cohorts share the users)."""
     db = held_open(filled_once(four_buyers, tmp_path / "store.duckdb"))     # each run reopens it
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
