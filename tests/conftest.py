@@ -160,6 +160,27 @@ def _one_default_tls_context():
 _one_default_tls_context()
 
 
+# -- no fsync ---------------------------------------------------------------------------------------------
+
+def _databases_without_fsync():
+    """Every DuckDB database this process opens skips fsync (DuckDB's ``fsync_mode = NONE``): each close
+    checkpoints and waited ~20 ms for the disk (~700 closes a run, more on a disk other work keeps busy),
+    each commit ~0.2 ms. fsync only keeps data through an operating-system crash or a power cut, which no
+    test makes; a killed process's writes survive without it (tests that kill one run it as a process of
+    its own, which keeps DuckDB's default)."""
+    import duckdb
+
+    connect = duckdb.connect
+
+    def connect_without_fsync(database=":memory:", read_only=False, config=None, **options):
+        return connect(database, read_only=read_only, config={"fsync_mode": "NONE", **(config or {})}, **options)
+
+    duckdb.connect = connect_without_fsync
+
+
+_databases_without_fsync()
+
+
 @pytest.fixture(scope="session")
 def store_template(tmp_path_factory) -> Path:
     """A new store file, migrated once per session (per worker). About 400 tests start from a new store:
