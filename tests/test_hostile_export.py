@@ -53,15 +53,13 @@ def app_with_users(unlimited_emulator):
 
 
 @pytest.fixture(scope="module")
-def sample_file_and_users(tmp_path_factory):
-    """The sample loaded with its cohorts, in a file; tests take a copy."""
-    from toolkit import cohorts, load
+def sample_file_and_users(sample_store_file, tmp_path_factory):
+    """The sample loaded with its cohorts (a copy of the session's), in a file; tests take a copy."""
     from toolkit.demo import seed_users
 
     path = tmp_path_factory.mktemp("sample") / "sample.duckdb"
+    shutil.copy(sample_store_file, path)
     with Store(path) as s:
-        load(s, [ROOT / "data" / "sample"])
-        cohorts.save_all(s, cohorts.load_definitions(ROOT / "data" / "sample" / "cohorts.yaml"))
         users = seed_users(s)
     return path, users
 
