@@ -115,9 +115,10 @@ def test_the_user_id_property_is_configurable(sample_store):
 def test_the_oracle_and_the_sql_agree_on_the_sample(sample_store):
     for name in [c["name"] for c in cohorts.list_cohorts(sample_store)]:
         members = cohorts.evaluate(sample_store, name, now=NOW)
+        fetched = oracle.fetch_profiles(sample_store, list(members), matching.DEFAULT_USER_ID_PROPERTY)
         for id_type in matching.ID_TYPES:
             for limit in (matching.COHORT_LIMIT, 5):
-                expected, summary = oracle.match(sample_store, members, id_type=id_type, limit=limit)
+                expected, summary = oracle.match(sample_store, members, id_type=id_type, limit=limit, fetched=fetched)
                 b = matching.match(sample_store, members, id_type=id_type, limit=limit)
                 pd.testing.assert_frame_equal(expected, b.members)
                 assert summary == b.summary
