@@ -4,8 +4,11 @@ Stores: `empty_store` and `empty_file_store` are new and migrated (copies of `st
 per session); `sample_store_file` is the sample loaded with its cohorts, once per session, `sample_store`
 a copy of it shared by a module's tests (they read) and `sample_store_copy` a copy a test writes in;
 `built_once(fill)` a small data set of a module's own, loaded once and shared read-only by its tests,
-`filled_once(fill, path)` a copy of one at `path` for a test to write in.
-Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it.
+`filled_once(fill, path)` a copy of one at `path` for a test to write in; `new_store(path)` a new store at
+`path`; `held_open(path)` keeps a store's database open while a test reopens it dozens of times.
+Every DuckDB database the tests open in this process skips fsync (`_databases_without_fsync`).
+Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it; `retries_unwaited` records the
+OneSignal client's retry waits instead of waiting them.
 `demo_run` is `toolkit demo` run once per session; `demo_copy` a copy of its folder to write in.
 
 The fast part (`-m "not slow"`, `make test-fast`) runs the property tests under the hypothesis profile
