@@ -4,8 +4,11 @@ Stores: `empty_store` and `empty_file_store` are new and migrated (copies of `st
 per session); `sample_store_file` is the sample loaded with its cohorts, once per session, `sample_store`
 a copy of it shared by a module's tests (they read) and `sample_store_copy` a copy a test writes in;
 `built_once(fill)` a small data set of a module's own, loaded once and shared read-only by its tests,
-`filled_once(fill, path)` a copy of one at `path` for a test to write in.
-Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it.
+`filled_once(fill, path)` a copy of one at `path` for a test to write in; `new_store(path)` a new store at
+`path`; `held_open(path)` keeps a store's database open while a test reopens it dozens of times.
+Every DuckDB database the tests open in this process skips fsync (`_databases_without_fsync`).
+Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it; `retries_unwaited` records the
+OneSignal client's retry waits instead of waiting them.
 `demo_run` is `toolkit demo` run once per session; `demo_copy` a copy of its folder to write in.
 
 The fast part (`-m "not slow"`, `make test-fast`) runs the property tests under the hypothesis profile
@@ -83,6 +86,31 @@ def users_unspaced(monkeypatch):
 
 
 @pytest.fixture
+def retries_unwaited(monkeypatch) -> list[float]:
+    """The OneSignal client's retry waits recorded instead of waited (the returned list, in seconds): its
+    backoff sleeps and the second a 429 holds the app's budget (``pause``), for the tests of what a 429 or a
+    500 does to a run, a read-back or the output, in-process CLI runs included. A 429 without Retry-After
+    waited out a real second, a 500 up to two (the CLI's backoff); test_onesignal_client and
+    test_hostile_faults keep the real waits."""
+    from toolkit import onesignal, rate_budget
+
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    init = onesignal.OneSignalClient.__init__
+
+    def with_recorded_sleep(self, *args, **options):
+        init(self, *args, **{"sleep": sleep, **options})
+
+    monkeypatch.setattr(onesignal.OneSignalClient, "__init__", with_recorded_sleep)
+    for budget in (onesignal.RateLimiter, rate_budget.AppBudget):
+        monkeypatch.setattr(budget, "pause", lambda self, seconds: waits.append(seconds))
+    return waits
+
+
+@pytest.fixture
 def funnel_as_text(monkeypatch):
     """The cohort explorer shows its funnel as text only, as without matplotlib (``widgets._funnel_png``
     gives None): for explorer tests about something else. A funnel drawn costs ~0.1 s of CPU (and
@@ -135,6 +163,27 @@ def _one_default_tls_context():
 _one_default_tls_context()
 
 
+# -- no fsync ---------------------------------------------------------------------------------------------
+
+def _databases_without_fsync():
+    """Every DuckDB database this process opens skips fsync (DuckDB's ``fsync_mode = NONE``): each close
+    checkpoints and waited ~20 ms for the disk (~700 closes a run, more on a disk other work keeps busy),
+    each commit ~0.2 ms. fsync only keeps data through an operating-system crash or a power cut, which no
+    test makes; a killed process's writes survive without it (tests that kill one run it as a process of
+    its own, which keeps DuckDB's default)."""
+    import duckdb
+
+    connect = duckdb.connect
+
+    def connect_without_fsync(database=":memory:", read_only=False, config=None, **options):
+        return connect(database, read_only=read_only, config={"fsync_mode": "NONE", **(config or {})}, **options)
+
+    duckdb.connect = connect_without_fsync
+
+
+_databases_without_fsync()
+
+
 @pytest.fixture(scope="session")
 def store_template(tmp_path_factory) -> Path:
     """A new store file, migrated once per session (per worker). About 400 tests start from a new store:
@@ -148,6 +197,13 @@ def store_template(tmp_path_factory) -> Path:
 def copy_of(template: Path, path: Path) -> Path:
     shutil.copyfile(template, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def new_store(store_template):
+    """``new_store(path)``: ``path`` made a new migrated store (a copy of ``store_template``); returns ``path``.
+    For a test that makes its store where it chooses, or several."""
+    return lambda path: copy_of(store_template, path)
 
 
 @pytest.fixture
@@ -194,6 +250,36 @@ def filled_once(store_template, tmp_path_factory):
         return copy_of(filled[fill], path)
 
     return copy
+
+
+@pytest.fixture
+def held_open():
+    """``held_open(path)``: the store's database kept open by the test while it runs (returns ``path``), as
+    a notebook kernel holding its store keeps it. Every Store the code under test opens at ``path`` in
+    this process is then a new connection to that database: ~1 ms of CPU against ~20 ms for a DuckDB
+    database starting up (its catalog and built-in extensions), and no checkpoint on each close. For the
+    worlds whose scheduled runs and CLI commands reopen the store dozens of times a module
+    (test_alerts, test_sync_states, test_reconcile); a read-only Store is then read through the write
+    connection (store._connect's path for a store this process holds). The file stays locked while held:
+    a test where another process opens the store calls ``held_open.release()`` first."""
+    held = HeldOpen()
+    yield held
+    held.release()
+
+
+class HeldOpen:
+    def __init__(self):
+        self.connections: list = []
+
+    def __call__(self, path):
+        import duckdb
+
+        self.connections.append(duckdb.connect(str(path)))
+        return path
+
+    def release(self) -> None:
+        while self.connections:
+            self.connections.pop().close()
 
 
 @pytest.fixture

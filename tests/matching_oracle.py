@@ -142,13 +142,15 @@ def _others(names: list[str]) -> str:
 # -- against a store --------------------------------------------------------------------------------------
 
 def match(store: Store, members: Iterable[str] | Query, *, user_id_property: str = USER_ID_PROPERTY,
-          id_type: str = "auto", limit: int = COHORT_LIMIT) -> tuple[pd.DataFrame, dict]:
+          id_type: str = "auto", limit: int = COHORT_LIMIT,
+          fetched: tuple[list[ProfileRow], dict[str, str]] | None = None) -> tuple[pd.DataFrame, dict]:
     """What `matching.match` must give (its members and summary), computed by `classify` over the
-    profiles fetched from the store."""
+    profiles fetched from the store (``fetched``: what `fetch_profiles` gave for these members, to try
+    several id types and limits on one fetch)."""
     options = {"user_id_property": user_id_property, "id_type": id_type, "limit": limit}
     con = store.con
     ids = [r[0] for r in con.execute(*members).fetchall()] if isinstance(members, Query) else list(members)
-    profiles, aliases = fetch_profiles(store, ids, user_id_property)
+    profiles, aliases = fetched or fetch_profiles(store, ids, user_id_property)
     table = classify_table(ids, profiles, aliases=aliases, **options)
     return _frame(table), summarize(table.to_pylist(), **options)
 

@@ -20,7 +20,9 @@ from helpers import NOW, a_new_buyer, event, write_lines
 from toolkit import Store, alerts, cohorts, export, load, sync
 from toolkit.emulator import Emulator
 
-FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 2}
+# view_rps: the emulator takes views at any pace; a run reading back the users the tag cap refused paced its
+# views at OneSignal's 1/s
+FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 2, "view_rps": 50}
 USERS = ["u1", "u2", "u3", "u4"]
 HOOK_SECRET = "T0SECRET/B0SECRET/xoxb-hook-token-4f9a2c"
 SMTP_SECRET = "smtp-pass-7d1e9b3c"
@@ -39,11 +41,11 @@ def four_buyers(store, folder):
 
 
 @pytest.fixture
-def world(tmp_path, filled_once, users_unspaced, monkeypatch):
+def world(tmp_path, filled_once, held_open, users_unspaced, monkeypatch):
     """Four buyers with OneSignal ids, a dynamic sync of "Buyers" (and of the static "Panel") registered at
     NOW, the emulator holding the users (u1 and u2 carry a tag of their own), a webhook receiver and an
     SMTP server, and alerts configured to both. The loaded store is a copy of one loaded once per module."""
-    db = filled_once(four_buyers, tmp_path / "store.duckdb")
+    db = held_open(filled_once(four_buyers, tmp_path / "store.duckdb"))     # each cycle reopens it
     with Emulator(user_rate_limit=0) as emu, WebhookReceiver(f"/services/{HOOK_SECRET}") as hook, \
             SmtpServer() as smtp:
         app = emu.add_app()
@@ -341,9 +343,10 @@ def test_configure_reads_the_webhook_from_stdin_and_refuses_bad_values_naming_th
 
 
 @pytest.mark.slow
-def test_toolkit_sync_says_an_alert_was_not_delivered_and_its_notebook_holds_no_secret(world):
+def test_toolkit_sync_says_an_alert_was_not_delivered_and_its_notebook_holds_no_secret(world, held_open):
     """The sync notebook run by papermill: the stale "Buyers" (registered, never run) raises an alert the
     webhook refuses; the sync itself is ok (exit 0) and its output and run record say so."""
+    held_open.release()                 # the notebook's kernel, another process, opens the store
     with Store(world["db"]) as store:
         export.register(store, "Panel", "dynamic", world["app"].app_id, world["emu"].url, now=NOW)
     world["hook"].mode = "500"

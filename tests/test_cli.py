@@ -95,18 +95,16 @@ def test_mtu_command(tmp_path):
     assert bad.returncode == 2 and "YYYY-MM" in bad.stderr
 
 
-def test_connect_and_export_against_the_emulator(tmp_path):
+def test_connect_and_export_against_the_emulator(tmp_path, sample_store_copy):
     """The done-when of the export issue, through the real command: connect, export --once and
     --dynamic; segment members equal the exportable members OneSignal has; a rerun after the data
-    changed sends only the difference."""
-    from toolkit import Store, cohorts, load, matching
+    changed sends only the difference. The store: the sample loaded with its cohorts (a copy)."""
+    from toolkit import Store, matching
     from toolkit.demo import seed_users
     from toolkit.emulator import Emulator
 
-    db = tmp_path / "s.duckdb"
+    db = sample_store_copy
     with Store(db) as store:
-        load(store, [ROOT / "data" / "sample"])
-        cohorts.save_all(store, cohorts.load_definitions(ROOT / "data" / "sample" / "cohorts.yaml"))
         users = seed_users(store)
         exportable = {r.onesignal_id for r in matching.preview(store, "Tech fans worth a call").exportable
                       .itertuples()}

@@ -70,8 +70,8 @@ def test_the_special_ones_keep_their_shape():
 
 # -- each kind of user input raises a subclass ----------------------------------------------------------
 
-def test_a_bad_month_or_rule_set_is_a_usage_error(tmp_path):
-    with Store(tmp_path / "s.duckdb") as store:
+def test_a_bad_month_or_rule_set_is_a_usage_error(new_store, tmp_path):
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         for month, rules in (("2026-13", "seed"), (None, "nope")):
             with pytest.raises(UsageError) as bad:
                 mtu.report(store, month, rules)

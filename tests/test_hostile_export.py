@@ -53,15 +53,13 @@ def app_with_users(unlimited_emulator):
 
 
 @pytest.fixture(scope="module")
-def sample_file_and_users(tmp_path_factory):
-    """The sample loaded with its cohorts, in a file; tests take a copy."""
-    from toolkit import cohorts, load
+def sample_file_and_users(sample_store_file, tmp_path_factory):
+    """The sample loaded with its cohorts (a copy of the session's), in a file; tests take a copy."""
     from toolkit.demo import seed_users
 
     path = tmp_path_factory.mktemp("sample") / "sample.duckdb"
+    shutil.copy(sample_store_file, path)
     with Store(path) as s:
-        load(s, [ROOT / "data" / "sample"])
-        cohorts.save_all(s, cohorts.load_definitions(ROOT / "data" / "sample" / "cohorts.yaml"))
         users = seed_users(s)
     return path, users
 
@@ -111,12 +109,13 @@ def fragments(secret: str, size: int = 4) -> set[str]:
 
 # -- 13.1: a segment that already exists ----------------------------------------------------------
 
-def test_a_rebuilt_store_adopts_the_segment_its_earlier_export_made(tmp_path, unlimited_emulator, app_with_users):
-    with Store(tmp_path / "first.duckdb") as first:
+def test_a_rebuilt_store_adopts_the_segment_its_earlier_export_made(new_store, tmp_path, unlimited_emulator,
+                                                                    app_with_users):
+    with Store(new_store(tmp_path / "first.duckdb")) as first:
         export.register(first, "Buyers", "once", app_with_users.app_id, unlimited_emulator.url)
         assert export.run(first, fast(first, "Buyers"), ext("u1"), creds(app_with_users)).status == "ok"
     (made,) = segments(unlimited_emulator, app_with_users)
-    with Store(tmp_path / "rebuilt.duckdb") as rebuilt:          # same cohort, no segment id known
+    with Store(new_store(tmp_path / "rebuilt.duckdb")) as rebuilt:          # same cohort, no segment id known
         export.register(rebuilt, "Buyers", "once", app_with_users.app_id, unlimited_emulator.url)
         record = export.run(rebuilt, fast(rebuilt, "Buyers"), ext("u1", "u2"), creds(app_with_users))
         assert record.status == "ok", record.error

@@ -30,14 +30,14 @@ FORMER = [f"v{i}" for i in range(4)]         # in OneSignal; an earlier export t
 
 
 @pytest.fixture
-def world(tmp_path):
+def world(tmp_path, new_store):
     """A store file with the cohort Buyers (eight users), and an emulator holding them and four more."""
     data = tmp_path / "data"
     data.mkdir()
     write_lines(data / "events.jsonl", [event("Purchase", u, insert_id=f"p{u}") for u in USERS])
     write_lines(data / "profiles.jsonl", [{"$distinct_id": u, "$properties": {"$onesignal_user_id": f"ext-{u}"}}
                                           for u in USERS])
-    db = tmp_path / "store.duckdb"
+    db = new_store(tmp_path / "store.duckdb")
     with Emulator(user_rate_limit=0, hang_seconds=60) as emu:
         app = emu.add_app()
         for u in USERS + FORMER:

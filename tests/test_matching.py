@@ -115,9 +115,10 @@ def test_the_user_id_property_is_configurable(sample_store):
 def test_the_oracle_and_the_sql_agree_on_the_sample(sample_store):
     for name in [c["name"] for c in cohorts.list_cohorts(sample_store)]:
         members = cohorts.evaluate(sample_store, name, now=NOW)
+        fetched = oracle.fetch_profiles(sample_store, list(members), matching.DEFAULT_USER_ID_PROPERTY)
         for id_type in matching.ID_TYPES:
             for limit in (matching.COHORT_LIMIT, 5):
-                expected, summary = oracle.match(sample_store, members, id_type=id_type, limit=limit)
+                expected, summary = oracle.match(sample_store, members, id_type=id_type, limit=limit, fetched=fetched)
                 b = matching.match(sample_store, members, id_type=id_type, limit=limit)
                 pd.testing.assert_frame_equal(expected, b.members)
                 assert summary == b.summary
@@ -283,7 +284,7 @@ def test_a_subscription_id_and_an_external_id_with_the_same_text_do_not_clash():
     assert reasons(frame)["b"] == ("duplicate", "subscription_id")
 
 
-def test_each_load_stores_the_facts_and_they_agree_with_computing_them(tmp_path):
+def test_each_load_stores_the_facts_and_they_agree_with_computing_them(new_store, tmp_path):
     """The facts a load stores (user_id_facts.refresh) give the table computing them would, for
     each id type; a load that changes ids refreshes them; another property or a stale stamp computes."""
     from toolkit import load
@@ -299,7 +300,7 @@ def test_each_load_stores_the_facts_and_they_agree_with_computing_them(tmp_path)
         pd.testing.assert_frame_equal(stored, computed)
         return stored
 
-    with Store(tmp_path / "s.duckdb") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         load(store, [SAMPLE / "events.jsonl", SAMPLE / "profiles.json"], now=NOW)
         assert user_id_facts.stored_facts(store.con, matching.DEFAULT_USER_ID_PROPERTY) == user_id_facts.FACTS_TABLE
         before = {id_type: both(store, id_type) for id_type in matching.ID_TYPES}
@@ -314,7 +315,7 @@ def test_each_load_stores_the_facts_and_they_agree_with_computing_them(tmp_path)
         pd.testing.assert_frame_equal(matching.match(store, everyone).members, after)
 
 
-def test_a_load_without_profiles_or_identity_links_only_moves_the_facts_stamp(tmp_path, monkeypatch):
+def test_a_load_without_profiles_or_identity_links_only_moves_the_facts_stamp(new_store, tmp_path, monkeypatch):
     from toolkit import load
 
     built = []
@@ -323,7 +324,7 @@ def test_a_load_without_profiles_or_identity_links_only_moves_the_facts_stamp(tm
     plain = {"event": "Page View", "properties": {"distinct_id": "bob", "time": int(NOW.timestamp()) - 60}}
     merge = {"event": "$merge", "properties": {"distinct_id": "bob", "time": int(NOW.timestamp()) - 30,
                                                "$distinct_ids": ["bob", "bob-phone"]}}
-    with Store(tmp_path / "s.duckdb") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         load(store, [SAMPLE / "events.jsonl", SAMPLE / "profiles.json"], now=NOW)
         assert len(built) == 2
         for name, record, rebuilt in (("plain.jsonl", plain, 0), ("merge.jsonl", merge, 1)):

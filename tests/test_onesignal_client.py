@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from toolkit.emulator import Emulator
 from toolkit.emulator.transport import transport
 from toolkit.onesignal import (
+    DEFAULT_MAX_RPS,
     NOT_FOUND,
     OK,
     TAG_CAP,
@@ -40,6 +41,7 @@ from toolkit.onesignal import (
     OneSignalClient,
     OneSignalError,
     RateLimited,
+    RateLimiter,
     ServerError,
     SyncOneSignalClient,
     TagLimitExceeded,
@@ -572,9 +574,19 @@ def test_tags_must_be_strings(emu):
 
 # -- the blocking facade, end to end over real HTTP ------------------------------------------------
 
-def test_the_sync_client_works_even_inside_a_running_loop(running_emulator, emulator_app):
-    running_emulator.add_user(emulator_app.app_id, external_id="u1")
-    with SyncOneSignalClient(Credentials(emulator_app.app_id, emulator_app.api_key), running_emulator.url) as client:
+@pytest.fixture
+def unspaced_emulator():
+    """An emulator taking one user's updates at any pace (``user_rate_limit=0``)."""
+    with Emulator(user_rate_limit=0) as emu:
+        yield emu
+
+
+def test_the_sync_client_works_even_inside_a_running_loop(unspaced_emulator):
+    # u1 is updated twice: neither side spaces its requests a second apart (the limiter's own tests do)
+    emulator, app = unspaced_emulator, unspaced_emulator.add_app()
+    emulator.add_user(app.app_id, external_id="u1")
+    with SyncOneSignalClient(Credentials(app.app_id, app.api_key), emulator.url,
+                             limiter=RateLimiter(DEFAULT_MAX_RPS, user_spacing=0)) as client:
         assert str(client.validate()) == "Connected"
 
         async def notebook_cell():            # Jupyter runs cells inside an event loop
@@ -584,4 +596,4 @@ def test_the_sync_client_works_even_inside_a_running_loop(running_emulator, emul
         assert client.get_user("external_id", "u1")["properties"]["tags"] == {"a": "1"}
         summary = client.update_many([("external_id", "u1", {"a": ""})])
         assert summary.ok == 1
-    assert running_emulator.user_tags(emulator_app.app_id) == {"u1": {}}
+    assert emulator.user_tags(app.app_id) == {"u1": {}}

@@ -88,7 +88,7 @@ def emulator_folder(tmp_path):
     return folder
 
 
-def test_a_pipelines_folder_loads_to_the_same_store_as_the_same_data_pulled(emulator_folder, tmp_path,
+def test_a_pipelines_folder_loads_to_the_same_store_as_the_same_data_pulled(new_store, emulator_folder, tmp_path,
                                                                             mixpanel_seconds):
     mappings = [{"distinct_id": ANON, "resolved_distinct_id": "u1"},
                 {"distinct_id": "$device:dev-9", "resolved_distinct_id": "u9"}]
@@ -97,11 +97,11 @@ def test_a_pipelines_folder_loads_to_the_same_store_as_the_same_data_pulled(emul
     stores = {}
     with MixpanelEmulator(emulator_folder, project_id=PROJECT, secret=SECRET, page_size=7, **mixpanel_seconds) as emu, \
             MixpanelClient(ServiceAccount(emu.username, SECRET, PROJECT), emu.url, **FAST) as client:
-        pulled = Store(tmp_path / "pulled.duckdb")
+        pulled = Store(new_store(tmp_path / "pulled.duckdb"))
         pull(tmp_path / "landing", client.account, from_date=FIRST_DAY, to_date=date(2026, 10, 3), profiles=True,
              client=client, today=date(2026, 10, 3))
         assert not load(pulled, [tmp_path / "landing"], now=NOW).refused
-        from_folder = Store(tmp_path / "folder.duckdb")
+        from_folder = Store(new_store(tmp_path / "folder.duckdb"))
         summary = load(from_folder, [folder], now=NOW)
         assert not summary.refused and summary.to_dict()["files_loaded"] == 5   # 3 days, people, mappings
         for name, store in (("pulled", pulled), ("folder", from_folder)):
@@ -118,10 +118,10 @@ def test_a_pipelines_folder_loads_to_the_same_store_as_the_same_data_pulled(emul
     assert folder_view["Power users"] == ["u1", "u2", "u3"] and "u9" in folder_view["buyers"]
 
 
-def test_a_reload_reads_only_the_new_files_of_a_run_late_events_included(tmp_path):
+def test_a_reload_reads_only_the_new_files_of_a_run_late_events_included(new_store, tmp_path):
     records = events(days=2, per_day=10)
     folder = write_pipelines(tmp_path / "bucket", records, profiles(3), [])
-    with Store(tmp_path / "s.duckdb") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         load(store, [folder], now=NOW)
         late = {"event": "Purchase", "properties": {"time": day_start(FIRST_DAY) + 99, "distinct_id": "u5",
                                                     "$insert_id": "late-1"}}
@@ -134,13 +134,13 @@ def test_a_reload_reads_only_the_new_files_of_a_run_late_events_included(tmp_pat
         assert store.con.execute("SELECT count(*) FROM events").fetchone()[0] == 21
 
 
-def test_each_people_and_mappings_export_replaces_the_previous_one(tmp_path):
+def test_each_people_and_mappings_export_replaces_the_previous_one(new_store, tmp_path):
     root = tmp_path / "bucket"
     folder = write_pipelines(root, events(days=1, per_day=3), profiles(4),
                              [{"distinct_id": "anon-a", "resolved_distinct_id": "u1"}])
     people = Path(pipelines.table_path(root, PROJECT, pipelines.PEOPLE))
     mapped = Path(pipelines.table_path(root, PROJECT, pipelines.IDENTITY))
-    with Store(tmp_path / "s.duckdb") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         load(store, [folder], now=NOW)
         assert store.con.execute("SELECT count(*) FROM profiles").fetchone()[0] == 4
         # The next export: two files in place of the one; u0 and u3 are gone from Mixpanel, u1 changed.
@@ -159,11 +159,11 @@ def test_each_people_and_mappings_export_replaces_the_previous_one(tmp_path):
         assert facts == {"u1", "u2"}
 
 
-def test_an_export_not_all_loaded_keeps_the_previous_one(tmp_path):
+def test_an_export_not_all_loaded_keeps_the_previous_one(new_store, tmp_path):
     root = tmp_path / "bucket"
     folder = write_pipelines(root, [], profiles(4), [])
     people = Path(pipelines.table_path(root, PROJECT, pipelines.PEOPLE))
-    with Store(tmp_path / "s.duckdb") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         load(store, [folder], now=NOW)
         (people / "people-0.json").unlink()
         put(people / "people-a.json", [{"distinct_id": "u1", "properties": {"$email": "x"}}])
@@ -173,7 +173,7 @@ def test_an_export_not_all_loaded_keeps_the_previous_one(tmp_path):
         assert store.con.execute("SELECT count(*) FROM profiles").fetchone()[0] == 4
 
 
-def test_mixpanels_mappings_win_over_our_resolution(tmp_path):
+def test_mixpanels_mappings_win_over_our_resolution(new_store, tmp_path):
     """Our events say u7 merged into u8 and ANON identified as u1; Mixpanel's mappings say u7 is its own
     user's (w7) and ANON is u2's. Mixpanel's answer is the one a person sees in Mixpanel's UI."""
     t = day_start(FIRST_DAY) + 10
@@ -184,7 +184,7 @@ def test_mixpanels_mappings_win_over_our_resolution(tmp_path):
     mappings = [{"distinct_id": "u7", "resolved_distinct_id": "w7"},
                 {"distinct_id": ANON, "resolved_distinct_id": "u2"}]
     folder = write_pipelines(tmp_path / "bucket", records, [], mappings)
-    with Store(tmp_path / "s.duckdb") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         load(store, [folder], now=NOW)
         mapped = dict(store.con.execute("SELECT * FROM identity_map").fetchall())
         assert mapped == {"u7": "w7", "u8": "w7", ANON: "u2"}
@@ -192,7 +192,7 @@ def test_mixpanels_mappings_win_over_our_resolution(tmp_path):
         assert refused == [("identify", refused[0][1])] and "already merged" in refused[0][1]
 
 
-def test_pipelines_fields_are_checked_and_named(tmp_path):
+def test_pipelines_fields_are_checked_and_named(new_store, tmp_path):
     day = Path(pipelines.day_folder(tmp_path / "bucket", PROJECT, FIRST_DAY))
     put(day / "part-0.json", [
         {"event_name": "Buy", "time": "2026-10-01T10:00:00Z", "distinct_id": "u1", "insert_id": "ok-1",
@@ -203,7 +203,7 @@ def test_pipelines_fields_are_checked_and_named(tmp_path):
     ])
     (day / "part-1.json").write_text('{"event_name": "Buy", "time": 1790848800, "distinct_id": "u2", '
                                      '"properties": {}}\n{not json\n')
-    with Store(tmp_path / "s.duckdb") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         summary = load(store, [tmp_path / "bucket"], now=NOW)
         assert summary.to_dict()["events"] == 3
         row = store.con.execute("SELECT distinct_id, properties FROM events WHERE insert_id = 'top-wins'").fetchone()

@@ -35,8 +35,8 @@ stored = st.dictionaries(ids, rows, max_size=12)
 
 
 @pytest.fixture(scope="module")
-def shared_file_store(tmp_path_factory):
-    with Store(tmp_path_factory.mktemp("plan") / "s.duckdb") as s:
+def shared_file_store(new_store, tmp_path_factory):
+    with Store(new_store(tmp_path_factory.mktemp("plan") / "s.duckdb")) as s:
         yield s
 
 
@@ -216,13 +216,13 @@ with Store({str(db)!r}) as store:
             assert snapshots.kept(store.con, "Buyers", SINCE) == fresh(store)
 
 
-def test_a_run_interrupted_between_sends_is_followed_by_one_that_converges(tmp_path, monkeypatch):
+def test_a_run_interrupted_between_sends_is_followed_by_one_that_converges(new_store, tmp_path, monkeypatch):
     """The same in one process, interrupted right after a flush: then OneSignal holds exactly what the
     snapshot says, and the run towards A again must leave A tagged."""
     monkeypatch.setattr(export.results, "FLUSH_EVERY", 2)
     users = [f"k{i}" for i in range(12)]
     first, second = users[:8], users[4:]
-    with Emulator(user_rate_limit=0) as emu, Store(tmp_path / "s.duckdb") as store:
+    with Emulator(user_rate_limit=0) as emu, Store(new_store(tmp_path / "s.duckdb")) as store:
         app = emu.add_app()
         for user in users:
             emu.add_user(app.app_id, external_id=user)
@@ -244,8 +244,8 @@ def test_a_run_interrupted_between_sends_is_followed_by_one_that_converges(tmp_p
         assert record.status == "ok" and tagged(emu, app) == set(first)
 
 
-def test_a_changed_id_type_or_user_id_is_sent_and_then_nothing_is(tmp_path):
-    with Emulator(user_rate_limit=0) as emu, Store(tmp_path / "s.duckdb") as store:
+def test_a_changed_id_type_or_user_id_is_sent_and_then_nothing_is(new_store, tmp_path):
+    with Emulator(user_rate_limit=0) as emu, Store(new_store(tmp_path / "s.duckdb")) as store:
         app = emu.add_app()
         for user in ("u1", "u2", "u3", "v2"):
             emu.add_user(app.app_id, external_id=user)
@@ -264,10 +264,10 @@ def test_a_changed_id_type_or_user_id_is_sent_and_then_nothing_is(tmp_path):
         assert snapshots.kept(store.con, "Buyers", SINCE) == fresh(store)
 
 
-def test_a_fingerprint_that_never_matches_is_replaced_by_the_next_run(tmp_path):
+def test_a_fingerprint_that_never_matches_is_replaced_by_the_next_run(new_store, tmp_path):
     """As if another DuckDB hashed differently: one run diffs (and finds nothing to send), then keeps
     the right one, so the next is recognised again."""
-    with Emulator(user_rate_limit=0) as emu, Store(tmp_path / "s.duckdb") as store:
+    with Emulator(user_rate_limit=0) as emu, Store(new_store(tmp_path / "s.duckdb")) as store:
         app = emu.add_app()
         for user in ("u1", "u2"):
             emu.add_user(app.app_id, external_id=user)
@@ -286,12 +286,12 @@ def test_a_fingerprint_that_never_matches_is_replaced_by_the_next_run(tmp_path):
 
 
 @pytest.mark.slow   # a million members
-def test_an_unchanged_million_member_cohort_sends_nothing(tmp_path, monkeypatch):
+def test_an_unchanged_million_member_cohort_sends_nothing(new_store, tmp_path, monkeypatch):
     members = 1_000_000
     names = [f"user-{i:07d}" for i in range(members)]
     table = pa.table({"distinct_id": names, "onesignal_id": [f"ext-{n}" for n in names],
                       "id_type": ["external_id"] * members})
-    with Emulator() as emu, Store(tmp_path / "s.duckdb") as store:
+    with Emulator() as emu, Store(new_store(tmp_path / "s.duckdb")) as store:
         app = emu.add_app()
         export.register(store, "Big", "dynamic", app.app_id, emu.url, now=NOW)
         store.con.register("exported", table)

@@ -20,11 +20,11 @@ FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts
 
 
 @pytest.fixture
-def world(sample_store_file, tmp_path):
+def world(sample_store_file, tmp_path, held_open):
     """The sample in a store file, its OneSignal users in an emulator (a subscription each but for a few
     External ID users, whom only the View user API shows), and the cohort exported once."""
     db = tmp_path / "s.duckdb"
-    shutil.copy(sample_store_file, db)
+    held_open(shutil.copy(sample_store_file, db))      # each command reopens it
     with Store(db) as store:
         users = seed_users(store)
     for n, user in enumerate(users):
@@ -118,7 +118,7 @@ def test_reconcile_reports_each_kind_of_drift_and_repair_makes_both_sides_true(w
     assert fates.note is None and fates.counts()[("add", "ok")] == 1 and fates.counts()[("remove", "ok")] == 1
 
 
-def test_read_back_survives_429_and_500(world):
+def test_read_back_survives_429_and_500(world, retries_unwaited):
     db, emu, app, env = world
     lost, outside, deleted = behind_the_back(emu, app, db)
     emu.faults.inject("crash", method="POST", path="csv_export")
@@ -132,9 +132,10 @@ def test_read_back_survives_429_and_500(world):
     assert (found.lost_tag, found.tagged_outside, found.deleted) == (lost, outside, deleted)
     after = emu.counters
     assert after["rate_limited"] - before["rate_limited"] == 2 and after["server_errors"] - before["server_errors"] == 3
+    assert retries_unwaited.count(1.0) >= 2 * 2           # each 429 (no Retry-After) held the budget and waited 1 s
 
 
-def test_the_key_never_shows_and_never_goes_to_the_file_host(world, caplog):
+def test_the_key_never_shows_and_never_goes_to_the_file_host(world, caplog, retries_unwaited):
     db, emu, app, env = world
     behind_the_back(emu, app, db)
     emu.faults.inject("crash", method="POST", path="csv_export")       # a retry is logged

@@ -32,10 +32,11 @@ def four_buyers(store, folder):
 
 
 @pytest.fixture
-def world(tmp_path, filled_once, monkeypatch):
+def world(tmp_path, filled_once, held_open, users_unspaced, monkeypatch):
     """Four buyers, three of them with a OneSignal id the app knows; Buyers registered as a dynamic sync.
-    The loaded store is a copy of one loaded once per module."""
-    db = filled_once(four_buyers, tmp_path / "store.duckdb")
+    The loaded store is a copy of one loaded once per module. The emulator takes a user's updates at any
+    pace, and so do the runs (users_unspaced: syncs of several cohorts share the users)."""
+    db = held_open(filled_once(four_buyers, tmp_path / "store.duckdb"))     # each run reopens it
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
         for u in USERS[:3]:
@@ -111,10 +112,12 @@ def test_a_refused_app_pauses_the_sync(world, breakage):
 
 
 @pytest.mark.parametrize("fault, status", [("crash", "500"), ("throttle", "429")])
-def test_a_transient_error_fails_the_run_but_does_not_pause(world, fault, status):
+def test_a_transient_error_fails_the_run_but_does_not_pause(world, fault, status, retries_unwaited):
     world["emu"].faults.inject(fault, path="/segments", times=FAST["max_attempts"])
     (record,) = due_runs(world, LATER[0])
     assert record.status == "failed" and status in record.error
+    assert len(retries_unwaited) == (2 * 2 if status == "429" else 2)   # a 429 holds the budget and waits too
+    assert status != "429" or 1.0 in retries_unwaited                   # a second: the 429 had no Retry-After
     assert state(world)["state"] == "active"
     (again,) = due_runs(world, LATER[1])          # still due: the next run tries again, and it works
     assert again.status == "ok"
