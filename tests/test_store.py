@@ -106,6 +106,27 @@ def test_migration_5_takes_out_what_later_steps_read_of_existing_rows(tmp_path, 
                    ("d", "UBIGINT", "7", False)]
 
 
+def test_migration_17_keeps_every_profile_and_its_required_columns_without_the_primary_key(tmp_path, monkeypatch):
+    path = tmp_path / "s.duckdb"
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:16])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 16)
+    row = f"SELECT ?, ?::JSON, TIMESTAMP '2026-10-01', 1, ?, {store_module.profile_facts('$2::JSON')}"
+    with Store(path) as s:
+        for line, (did, props) in enumerate([("a", '{"$onesignal_user_id": "ext_a"}'), ("b", "{}")]):
+            s.con.execute(f"INSERT INTO profiles {row}", [did, props, line])
+    monkeypatch.undo()
+    with Store(path) as s:
+        assert s.version() == SCHEMA_VERSION
+        assert s.con.execute("SELECT distinct_id, onesignal_user_id, empty, line FROM profiles ORDER BY 1"
+                             ).fetchall() == [("a", "ext_a", False, 0), ("b", None, True, 1)]
+        assert s.con.execute("SELECT distinct_id, onesignal_user_id FROM resolved_profiles ORDER BY 1"
+                             ).fetchall() == [("a", "ext_a"), ("b", None)]
+        assert not s.con.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'profiles' "
+                                 "AND constraint_type = 'PRIMARY KEY'").fetchone()[0]
+        with pytest.raises(duckdb.ConstraintException):
+            s.con.execute(f"INSERT INTO profiles {row}", [None, "{}", 2])
+
+
 def test_public_functions_take_the_store_not_its_connection(empty_store):
     """One store type: what takes a store refuses a bare DuckDB connection by name, rather than working
     with it in part (a cohort save through one was not all or nothing)."""

@@ -6,6 +6,8 @@ and pandas code). The OneSignal id rules the facts apply are in toolkit/onesigna
 
 from __future__ import annotations
 
+import contextlib
+
 from toolkit.loading import identity
 from toolkit.loading.execute import registered
 from toolkit.onesignal_ids import BLANKS, MAX_ID_LENGTH, UUID
@@ -40,19 +42,25 @@ def refresh_identity(con, file_id: int | None) -> None:
     links_found = [(kind, source, target, (time_ms, file_id, line, kind, source, target, rowid))
                    for rowid, kind, source, target, time_ms, file_id, line in rows]
     resolution = identity.resolve(links_found, ordered=True)   # DuckDB sorted them as Python would
-    con.execute("INSERT INTO identity_map SELECT source, target FROM _star_links")
     touch(con, "SELECT NULL" if links == _ALL_LINKS else "SELECT id FROM _reached")   # NULL: every id
-    if links != _ALL_LINKS:
-        _keep_remapped(con, resolution)
+    # The resolution's mappings, registered once: for the map and for the entries kept for the facts.
+    mapped = (registered(con, "_mapped", distinct_id=list(resolution.canonical),
+                         canonical_id=list(resolution.canonical.values()))
+              if resolution.canonical else contextlib.nullcontext())
+    with mapped:
+        if links != _ALL_LINKS:
+            _keep_remapped(con, bool(resolution.canonical))
+        con.execute("INSERT INTO identity_map SELECT source, target FROM _star_links" + (
+            " UNION ALL SELECT distinct_id, canonical_id FROM _mapped" if resolution.canonical else ""))
     for table in ("_star_links", "_reached", "_reached_links"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
-    _write_resolution(con, resolution)
+    _mark_refused(con, resolution)
 
 
 REMAPPED, REMAPPED_IDS = "_remapped", "_remapped_ids"
 
 
-def _keep_remapped(con, resolution: identity.Resolution) -> None:
+def _keep_remapped(con, mapped: bool) -> None:
     """Keep (temp tables, for this file's facts refresh) the re-resolved ids and the map entries just
     written for them: they are every entry of those ids, and of every id mapped to one of them (an id
     and its canonical id are in one component), so the refresh need not read the map for them."""
@@ -60,11 +68,8 @@ def _keep_remapped(con, resolution: identity.Resolution) -> None:
     con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {REMAPPED} (distinct_id VARCHAR, canonical_id VARCHAR)")
     con.execute(f"DELETE FROM {REMAPPED} WHERE distinct_id IN (SELECT id FROM _reached)")
     con.execute(f"INSERT INTO {REMAPPED_IDS} SELECT id FROM _reached")
-    con.execute(f"INSERT INTO {REMAPPED} SELECT source, target FROM _star_links")
-    if resolution.canonical:
-        with registered(con, "_mapped_kept", distinct_id=list(resolution.canonical),
-                        canonical_id=list(resolution.canonical.values())):
-            con.execute(f"INSERT INTO {REMAPPED} SELECT distinct_id, canonical_id FROM _mapped_kept")
+    con.execute(f"INSERT INTO {REMAPPED} SELECT source, target FROM _star_links" + (
+        " UNION ALL SELECT distinct_id, canonical_id FROM _mapped" if mapped else ""))
 
 
 def _drop_remapped(con) -> None:
@@ -131,11 +136,11 @@ def _reach(con, file_id: int) -> None:
                             WHERE source_key IN (SELECT k FROM _frontier) OR target_key IN (SELECT k FROM _frontier))
               AND (source IN (SELECT id FROM _frontier) OR target IN (SELECT id FROM _frontier))""")
         con.execute("INSERT INTO _reached_links SELECT * FROM _step WHERE rid NOT IN (SELECT rid FROM _reached_links)")
-        con.execute(f"""
+        added, = con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _frontier AS
             SELECT id, {LINK_KEY.format("id")} AS k FROM (
-                SELECT DISTINCT unnest([source, target]) AS id FROM _step EXCEPT SELECT id FROM _reached)""")
-        if not con.execute("SELECT count(*) FROM _frontier").fetchone()[0]:
+                SELECT DISTINCT unnest([source, target]) AS id FROM _step EXCEPT SELECT id FROM _reached)""").fetchone()
+        if not added:   # CREATE TABLE AS answers its number of rows
             break
         con.execute("INSERT INTO _reached SELECT id FROM _frontier")
     for table in ("_frontier", "_step"):
@@ -171,12 +176,8 @@ def _find_star_links(con, links: str) -> None:
                 {"uuid4": identity.UUID4_PATTERN, "cap": identity.MAX_CLUSTER})
 
 
-def _write_resolution(con, resolution: identity.Resolution) -> None:
-    """Add a resolution's mappings to the map (their ids' rows are gone) and mark its refused links."""
-    if resolution.canonical:
-        with registered(con, "_mapped", distinct_id=list(resolution.canonical),
-                        canonical_id=list(resolution.canonical.values())):
-            con.execute("INSERT INTO identity_map SELECT distinct_id, canonical_id FROM _mapped")
+def _mark_refused(con, resolution: identity.Resolution) -> None:
+    """Mark a resolution's refused links."""
     if resolution.refused:
         with registered(con, "_refused", rid=[r.link.order[-1] for r in resolution.refused],
                         reason=[r.reason for r in resolution.refused]):
@@ -280,7 +281,9 @@ def track_changes(con) -> None:
     """Start recording (temp table ``_touched_ids``, for this file's settle) the ids whose resolved
     profile or user-id value this load may change, so `refresh_facts` refreshes only their facts."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {TOUCHED} (id VARCHAR)")
-    _drop_remapped(con)
+    # and the re-resolved ids with their entries (`_keep_remapped`): none yet
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {REMAPPED_IDS} (id VARCHAR)")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {REMAPPED} (distinct_id VARCHAR, canonical_id VARCHAR)")
 
 
 def touch(con, ids_sql: str) -> None:
@@ -304,28 +307,26 @@ def refresh_facts(con, generation: int) -> None:
     load wrote or deleted: those are the touched ids. So the facts of the touched ids, and of every
     profile holding a value that a touched id held before or holds now (or that is itself touched), are
     deleted and computed again, with all the holders of those values. Facts not current (no load stored
-    them, or a load before this code) and a first identity resolution rebuild the whole table."""
-    touched_all = _touched_everything(con, generation)
+    them, or a load before this code) and a first identity resolution rebuild the whole table.
+    The touched ids are those recorded since `track_changes`."""
+    touched_all, touched = _touched_everything(con, generation)
     if touched_all or stored_facts(con, DEFAULT_USER_ID_PROPERTY) is None:
         sql, params = facts_sql()
         con.execute(f"DELETE FROM {FACTS_TABLE}")   # the table is store migration 6's
         con.execute(f"INSERT INTO {FACTS_TABLE} BY NAME SELECT * FROM ({sql})", params)
-    elif con.execute(f"SELECT count(*) FROM {TOUCHED}").fetchone()[0]:
+    elif touched:
         _refresh_touched_facts(con)
     con.execute(f"DROP TABLE IF EXISTS {TOUCHED}")
     _drop_remapped(con)
     con.execute(f"COMMENT ON TABLE {FACTS_TABLE} IS 'generation {int(generation)}'")
 
 
-def _touched_everything(con, generation: int) -> bool:
+def _touched_everything(con, generation: int) -> tuple[bool, int]:
     """Add the profiles file ``generation`` wrote to the touched ids (`_refresh_touched_facts` adds their
-    canonical ids); True when the touched ids are unknown (not tracked) or include every id."""
-    exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = ?",
-                         [TOUCHED]).fetchone()[0]
-    if not exists:
-        return True
+    canonical ids); whether they include every id, and how many there are."""
     con.execute(f"INSERT INTO {TOUCHED} SELECT distinct_id FROM profiles WHERE file_id = {int(generation)}")
-    return bool(con.execute(f"SELECT count(*) FILTER (WHERE id IS NULL) FROM {TOUCHED}").fetchone()[0])
+    every, count = con.execute(f"SELECT count(*) FILTER (WHERE id IS NULL), count(*) FROM {TOUCHED}").fetchone()
+    return bool(every), count
 
 
 def _refresh_touched_facts(con) -> None:
@@ -337,10 +338,10 @@ def _refresh_touched_facts(con) -> None:
     they held (their rows then go by rowid). Holders outside the touched ids cost their own reads,
     only when there are some."""
     t = f"SELECT id FROM {TOUCHED}"
-    # A delta's touched ids are its re-resolved components: their entries were just written (kept).
-    kept = con.execute(f"SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = '{REMAPPED_IDS}'"
-                       ).fetchone()[0] and not con.execute(
-        f"SELECT count(*) FROM {TOUCHED} WHERE id NOT IN (SELECT id FROM {REMAPPED_IDS})").fetchone()[0]
+    # A delta's touched ids are its re-resolved components: their entries were just written (kept;
+    # `track_changes` made the table, empty until an identity refresh keeps some).
+    kept = not con.execute(f"SELECT count(*) FROM {TOUCHED} WHERE id NOT IN (SELECT id FROM {REMAPPED_IDS})"
+                           ).fetchone()[0]
     entries = REMAPPED if kept else "identity_map"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _tmap AS
@@ -353,16 +354,15 @@ def _refresh_touched_facts(con) -> None:
         con.execute(f"""INSERT INTO _tmap SELECT distinct_id, canonical_id FROM {entries}
                         WHERE (distinct_id IN ({t}) OR canonical_id IN ({t}))
                           AND distinct_id NOT IN (SELECT distinct_id FROM _tmap)""")
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _names AS
-        {t} UNION SELECT distinct_id FROM _tmap WHERE canonical_id IN ({t})""")
+    # The touched ids and every id mapped to one (SQL, used twice)
+    names = f"{t} UNION SELECT distinct_id FROM _tmap WHERE canonical_id IN ({t})"
     # The profile rows under the touched ids (their canonical id is one), with that id.
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _scope AS
         SELECT {", ".join(f"p.{c}" for c in SCOPE_COLUMNS.split(", "))},
                coalesce(m.canonical_id, p.distinct_id) AS canonical
         FROM profiles p LEFT JOIN _tmap m ON m.distinct_id = p.distinct_id
-        WHERE p.distinct_id IN (SELECT id FROM _names) AND coalesce(m.canonical_id, p.distinct_id) IN ({t})""")
+        WHERE p.distinct_id IN ({names}) AND coalesce(m.canonical_id, p.distinct_id) IN ({t})""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _old_facts AS
         SELECT rowid AS r, v, problem FROM {FACTS_TABLE} WHERE distinct_id IN ({t})""")
@@ -370,37 +370,37 @@ def _refresh_touched_facts(con) -> None:
     # themselves: an id's entry in the identity map decides the winner of that value. Only values
     # several profiles can claim (strings without a problem, as `facts_sql` checks them): the facts of
     # a profile whose value has a problem depend on its own rows alone (thousands share a blank value).
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _touched_values AS
+    touched_values = f"""
         SELECT DISTINCT v FROM (
             SELECT v FROM _old_facts WHERE problem IS NULL
             UNION ALL {t}
             UNION ALL SELECT onesignal_user_id FROM _scope WHERE onesignal_user_id_type = 'VARCHAR')
-        WHERE ltrim(v, $blanks) <> '' AND length(v) <= $max""", {"blanks": BLANKS, "max": MAX_ID_LENGTH})
+        WHERE ltrim(v, $blanks) <> '' AND length(v) <= $max"""
     # Every resolved profile to compute again: the touched ones, and every holder of a touched value
     # (a profile's resolved value is one of its profile rows' values). Every stored row holding a
     # touched value is among them: its profile was touched, or it still holds that value.
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _holders AS
-        SELECT distinct_id, distinct_id IN (SELECT id FROM _names) AS known
-        FROM profiles WHERE onesignal_user_id IN (SELECT v FROM _touched_values)
-                        AND onesignal_user_id_type = 'VARCHAR'""")
+        WITH touched_values AS ({touched_values}), names AS ({names})
+        SELECT distinct_id, distinct_id IN (SELECT id FROM names) AS known
+        FROM profiles WHERE onesignal_user_id IN (SELECT v FROM touched_values)
+                        AND onesignal_user_id_type = 'VARCHAR'""", {"blanks": BLANKS, "max": MAX_ID_LENGTH})
     if con.execute("SELECT count(*) FROM _holders WHERE NOT known").fetchone()[0]:   # their entries too
         con.execute("""INSERT INTO _tmap SELECT distinct_id, canonical_id FROM identity_map
                        WHERE distinct_id IN (SELECT distinct_id FROM _holders WHERE NOT known)""")
-    con.execute(f"""
+    extra, = con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _extra AS
         SELECT DISTINCT coalesce(m.canonical_id, h.distinct_id) AS distinct_id
         FROM _holders h LEFT JOIN _tmap m ON m.distinct_id = h.distinct_id
-        EXCEPT {t}""")
+        EXCEPT {t}""").fetchone()
     con.execute(f"DELETE FROM {FACTS_TABLE} WHERE rowid IN (SELECT r FROM _old_facts)")
-    if con.execute("SELECT count(*) FROM _extra").fetchone()[0]:
+    if extra:   # CREATE TABLE AS answers its number of rows
         con.execute(f"""INSERT INTO _scope SELECT {SCOPE_COLUMNS}, canonical
                         FROM {_profile_rows_under("SELECT distinct_id FROM _extra")}""")
         con.execute(f"DELETE FROM {FACTS_TABLE} WHERE distinct_id IN (SELECT distinct_id FROM _extra)")
     sql, params = facts_sql(DEFAULT_USER_ID_PROPERTY, "_scope")
     con.execute(f"INSERT INTO {FACTS_TABLE} BY NAME SELECT * FROM ({sql})", params)
-    for table in ("_tmap", "_names", "_scope", "_old_facts", "_touched_values", "_holders", "_extra"):
+    for table in ("_tmap", "_scope", "_old_facts", "_holders", "_extra"):
         con.execute(f"DROP TABLE {table}")
 
 

@@ -44,7 +44,7 @@ def apply_snapshots(con, source: Source, file_id: int, now: datetime, result: Fi
     did_key, props_key = ("distinct_id", "properties") if source.layout == "pipelines" else ("$distinct_id",
                                                                                              "$properties")
     reason = validation.profile_reason("did", "props", did_key, props_key)
-    execute(con, f"""
+    rows, = execute(con, f"""
         CREATE OR REPLACE TEMP TABLE _profiles AS
         WITH r00 AS (SELECT *, json_extract(doc, ['$."{did_key}"', '$."{props_key}"']) AS k FROM _records),
         r0 AS (SELECT line, item, paged, raw, doc_error, k[1] AS did, {readers.json_object_text("k[2]")} AS props,
@@ -57,9 +57,9 @@ def apply_snapshots(con, source: Source, file_id: int, now: datetime, result: Fi
                               {validation.QUARANTINED_RAW_CHARS}) END AS raw,
                did_s AS distinct_id, props,
                CASE WHEN reason IS NULL THEN props -> '$."$onesignal_user_id"' END AS onesignal_id
-        FROM v""", params)
+        FROM v""", params).fetchone()
     _refuse_deep_profiles(con)
-    quarantine.from_table(con, "_profiles", source, file_id)
+    refused = quarantine.from_table(con, "_profiles", source, file_id)
     # Replaced by delete and insert: INSERT OR REPLACE checks every row for a conflict (twice as slow).
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _placed AS
@@ -73,8 +73,7 @@ def apply_snapshots(con, source: Source, file_id: int, now: datetime, result: Fi
                 f"{profile_facts('props')} FROM _placed",
                 {"now": now.replace(tzinfo=None), "file_id": file_id})
     con.execute("DROP TABLE _placed")
-    counts = con.execute("SELECT count(*), count(*) FILTER (WHERE reason IS NULL) FROM _profiles").fetchone()
-    result.rows_read, result.rows_loaded = counts
+    result.rows_read, result.rows_loaded = rows, rows - refused
     result.quarantined = quarantine.count(con, file_id)
     # Seed rule: a profile carrying $onesignal_user_id aliases that value to the profile.
     con.execute("""
@@ -111,7 +110,7 @@ def apply_updates(con, source: Source, file_id: int, now: datetime, result: File
               **validation.parameters(epoch_ms(now))}
     id_reason = validation.distinct_id_reason("did", "$distinct_id")
     time_ms = validation.time_ms_expr("tm")
-    execute(con, f"""
+    rows, = execute(con, f"""
         CREATE OR REPLACE TEMP TABLE _updates AS
         WITH r0 AS (SELECT line, item, paged, raw, doc_error, doc, doc -> '$."$distinct_id"' AS did,
                            doc -> '$."$time"' AS tm,
@@ -130,7 +129,7 @@ def apply_updates(con, source: Source, file_id: int, now: datetime, result: File
                     ELSE coalesce(m.canonical_id, v.did_s) END AS target,
                v.ops[1] AS op, v.doc -> ('$."' || v.ops[1] || '"') AS value,
                coalesce({time_ms}, $now_ms) AS time_ms
-        FROM v LEFT JOIN identity_map m ON m.distinct_id = v.did_s AND v.reason IS NULL""", params)
+        FROM v LEFT JOIN identity_map m ON m.distinct_id = v.did_s AND v.reason IS NULL""", params).fetchone()
     # The fold runs in Python (operations are sequential per profile); rows stream in batches.
     cursor = con.execute("""
         SELECT u.line, u.item, u.raw, u.target, u.op, u.value, u.time_ms, p.properties
@@ -167,26 +166,27 @@ def apply_updates(con, source: Source, file_id: int, now: datetime, result: File
             con.execute("INSERT INTO identity_links (kind, source, target, time_ms, file_id, line) "
                         "SELECT 'onesignal', source, target, time_ms, ?, line FROM _new_links", [file_id])
         derived.refresh_identity(con, file_id)
-    result.rows_read = con.execute("SELECT count(*) FROM _updates").fetchone()[0]
+    result.rows_read = rows   # CREATE TABLE AS answered its number of rows
     result.rows_loaded = applied
     result.quarantined = quarantine.count(con, file_id)
 
 
 def _write_profile_states(con, states: dict[str, tuple[dict | None, int]], file_id: int,
                           now: datetime) -> None:
-    deleted = [target for target, (props, _) in states.items() if props is None]
-    kept = {target: v for target, v in states.items() if v[0] is not None}
-    if deleted:
-        with registered(con, "_deleted", distinct_id=deleted):
-            con.execute("DELETE FROM profiles WHERE distinct_id IN (SELECT distinct_id FROM _deleted)")
-            derived.touch(con, "SELECT distinct_id FROM _deleted")   # their facts go (derived.refresh_facts)
-    if kept:
-        with registered(con, "_kept", distinct_id=list(kept),
-                        properties=[json.dumps(props, ensure_ascii=False) for props, _ in kept.values()],
-                        line=[line for _, line in kept.values()]):
-            # Delete and insert, not INSERT OR REPLACE: that updates the rows in place, and DuckDB's
-            # checkpoint then rewrites every row group holding one, properties and all (1,981 updates
-            # spread over 1M profiles: 3.6 s of CPU at close); deleted rows are only marked.
-            con.execute("DELETE FROM profiles WHERE distinct_id IN (SELECT distinct_id FROM _kept)")
-            con.execute("INSERT INTO profiles SELECT distinct_id, properties::JSON, ?::TIMESTAMP, ?, "
-                        f"line, {profile_facts('properties::JSON')} FROM _kept", [now.replace(tzinfo=None), file_id])
+    """Write the folded profiles: each written id's row is deleted (one scan of `profiles` for the
+    deleted and the kept alike), then the kept ones inserted. Delete and insert, not INSERT OR REPLACE:
+    that updates the rows in place, and DuckDB's checkpoint then rewrites every row group holding one,
+    properties and all (1,981 updates spread over 1M profiles: 3.6 s of CPU at close); deleted rows
+    are only marked."""
+    if not states:
+        return
+    with registered(con, "_written", distinct_id=list(states),
+                    properties=[None if props is None else json.dumps(props, ensure_ascii=False)
+                                for props, _ in states.values()],
+                    line=[line for _, line in states.values()]):
+        con.execute("DELETE FROM profiles WHERE distinct_id IN (SELECT distinct_id FROM _written)")
+        if any(props is None for props, _ in states.values()):   # their facts go (derived.refresh_facts)
+            derived.touch(con, "SELECT distinct_id FROM _written WHERE properties IS NULL")
+        con.execute("INSERT INTO profiles SELECT distinct_id, properties::JSON, ?::TIMESTAMP, ?, "
+                    f"line, {profile_facts('properties::JSON')} FROM _written WHERE properties IS NOT NULL",
+                    [now.replace(tzinfo=None), file_id])

@@ -12,9 +12,14 @@ from toolkit.loading.sources import Source
 REJECTS = "_load_rejects"   # temp tables {REJECTS}, {REJECTS}_scan (the CSV reader's), {REJECTS}_lines
 
 
+SCRATCH = (REJECTS, f"{REJECTS}_scan", f"{REJECTS}_lines", "_records")
+
+
 def drop_scratch(con) -> None:
-    for table in (REJECTS, f"{REJECTS}_scan", f"{REJECTS}_lines", "_records"):
-        con.execute(f"DROP TABLE IF EXISTS temp.{table}")
+    """Drop what an earlier file's reading left (one query to find them: most loads find none)."""
+    for table, in con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary AND table_name IN ?",
+                              [list(SCRATCH)]).fetchall():
+        con.execute(f"DROP TABLE temp.{table}")
 
 
 def rejected_line_rows(con) -> str | None:
@@ -27,12 +32,12 @@ def rejected_line_rows(con) -> str | None:
 
 
 def from_table(con, table: str, source: Source, file_id: int,
-               extra: Sequence[tuple[int, str, str]] = ()) -> None:
+               extra: Sequence[tuple[int, str, str]] = ()) -> int:
     """Quarantine the rows of ``table`` that have a reason, the lines the reader rejected, and
-    ``extra`` (line, reason, raw) rows found in Python."""
+    ``extra`` (line, reason, raw) rows found in Python; return how many rows of ``table`` went."""
     path = str(source.path)
-    con.execute(f"INSERT INTO quarantine SELECT ?, ?, line, reason, raw FROM {table} WHERE reason IS NOT NULL",
-                [file_id, path])
+    refused, = con.execute(f"INSERT INTO quarantine SELECT ?, ?, line, reason, raw FROM {table} "
+                           "WHERE reason IS NOT NULL", [file_id, path]).fetchone()
     rejects = rejected_line_rows(con)
     if rejects:
         con.execute(f"INSERT INTO quarantine SELECT ?, ?, record, reason, raw FROM ({rejects})", [file_id, path])
@@ -40,6 +45,7 @@ def from_table(con, table: str, source: Source, file_id: int,
         line, reason, raw = (list(column) for column in zip(*extra, strict=True))
         with registered(con, "_found_bad", line=line, reason=reason, raw=raw):
             con.execute("INSERT INTO quarantine SELECT ?, ?, line, reason, raw FROM _found_bad", [file_id, path])
+    return refused
 
 
 def count(con, file_id: int) -> int:

@@ -115,14 +115,14 @@ def _load_sources(store, sources, summary, strict, now, progress, on_file) -> Lo
 def load_file(store: Store, source: Source, *, strict: bool = False, now: datetime) -> FileResult:
     started = time.perf_counter()
     result = FileResult(str(source.path), source.kind, "loaded")
-    seen = store.con.execute(
-        f"SELECT path FROM loads WHERE path = ? AND size = ? AND mtime_ns = ? AND {_same_kind(source)}",
-        [str(source.path), source.size, source.mtime_ns]).fetchone()
-    if seen:
-        result.status, result.message = "skipped", f"already loaded (same content as {seen[0]})"
+    # Every earlier load of this path, newest first: one query tells both "loaded already" and "grown".
+    earlier = store.con.execute(f"""SELECT size, mtime_ns, {_same_kind(source)}, content_hash, loaded_at FROM loads
+                                    WHERE path = ? ORDER BY file_id DESC""", [str(source.path)]).fetchall()
+    if any((size, mtime_ns, same) == (source.size, source.mtime_ns, True) for size, mtime_ns, same, *_ in earlier):
+        result.status, result.message = "skipped", f"already loaded (same content as {source.path})"
         return result
     try:
-        _refuse_grown(store, source)
+        _refuse_grown(source, earlier)
     except LoadError as exc:
         return _refused(source, exc, None, strict)
     # The file is hashed while DuckDB stages it: both read it (at 10M events, hashing first cost 2.6 s
@@ -157,14 +157,14 @@ def _load_once(store: Store, source: Source, digest: Future[str], strict: bool, 
     it inserted (+2.5 s per million events), and settling deletes refused rows and older copies."""
     result = FileResult(str(source.path), source.kind, "loaded")
     params = {"path": str(source.path), **validation.parameters(epoch_ms(now))}
-    with store.transaction() as con:
-        quarantine.drop_scratch(con)
-        params["file_id"] = con.execute("SELECT nextval('file_ids')").fetchone()[0]
-        if source.compressed and (failed := digest.exception()):
-            # Inflated and measured before DuckDB reads it: a gzip bomb that inflates to blank lines gives
-            # DuckDB no point at which to stop. Costs one inflation (in Python) of each gzip file.
-            raise failed
-        if source.kind == "events":
+    quarantine.drop_scratch(store.con)
+    params["file_id"] = store.con.execute("SELECT nextval('file_ids')").fetchone()[0]
+    if source.compressed and (failed := digest.exception()):
+        # Inflated and measured before DuckDB reads it: a gzip bomb that inflates to blank lines gives
+        # DuckDB no point at which to stop. Costs one inflation (in Python) of each gzip file.
+        raise failed
+    if source.kind == "events":   # only events are staged in a transaction of their own
+        with store.transaction() as con:
             events.stage(con, source, careful, params)
     try:
         copy_of = store.con.execute(f"SELECT path FROM loads WHERE content_hash = ? AND {_same_kind(source)}",
@@ -259,9 +259,9 @@ def _check_unchanged(source: Source) -> None:
 
 
 def _discard_unpublished(store: Store) -> None:
-    """Delete event rows staged by a load that never published (failed, interrupted or killed)."""
-    with store.transaction() as con:
-        con.execute("DELETE FROM event_rows WHERE file_id > (SELECT coalesce(max(file_id), 0) FROM loads)")
+    """Delete event rows staged by a load that never published (failed, interrupted or killed): one
+    statement, so its own transaction."""
+    store.con.execute("DELETE FROM event_rows WHERE file_id > (SELECT coalesce(max(file_id), 0) FROM loads)")
 
 
 def _same_kind(source: Source) -> str:
@@ -270,16 +270,18 @@ def _same_kind(source: Source) -> str:
     return f"kind = '{source.kind}'" if source.kind_given else "true"   # kind is one of sources.KINDS
 
 
-def _refuse_grown(store: Store, source: Source) -> None:
+def _refuse_grown(source: Source, earlier: list[tuple]) -> None:
     """A file loaded before under this path that has since grown at its end was loaded in part
-    (it was being written): loading it whole would load that part twice."""
-    earlier = store.con.execute(
-        "SELECT size, content_hash, loaded_at FROM loads WHERE path = ? AND size < ? ORDER BY file_id DESC LIMIT 1",
-        [str(source.path), source.size]).fetchone()
-    if earlier and earlier[0] > 0 and prefix_hash(source.path, earlier[0]) == earlier[1]:
+    (it was being written): loading it whole would load that part twice. ``earlier``: the loads of
+    this path, newest first (size, mtime_ns, same kind, content_hash, loaded_at)."""
+    smaller = next((row for row in earlier if row[0] < source.size), None)
+    if smaller is None:
+        return
+    size, _, _, sha, loaded_at = smaller
+    if size > 0 and prefix_hash(source.path, size) == sha:
         raise LoadError(str(source.path), (
-            f"grew by {source.size - earlier[0]} bytes since its first {earlier[0]} bytes were loaded "
-            f"({earlier[2]:%Y-%m-%d %H:%M} UTC); loading it again would load those twice: put the new "
+            f"grew by {source.size - size} bytes since its first {size} bytes were loaded "
+            f"({loaded_at:%Y-%m-%d %H:%M} UTC); loading it again would load those twice: put the new "
             "records in a file of their own"))
 
 
