@@ -3,7 +3,7 @@
 Planning sixty cohorts one by one read each cohort's matched members into Arrow, hashed them, looked
 up its kept fingerprint and, when it differed, diffed it against its snapshot: a dozen round trips per
 cohort, most of the cycle's time once the evaluation itself is shared (``cohort_batch``). Here, over
-the classified users of the pass (one row per user, one flag per cohort): one aggregation gives every
+the classified users of the pass (one row per user, a bit per cohort): one aggregation gives every
 cohort's counts per reason and the fingerprint of its exportable members; one pass over
 ``export_members`` gives every kept fingerprint and snapshot size (``snapshots.kept_all``); one outer
 join diffs all the cohorts whose fingerprints differ (``snapshots.diff_all``); one query counts the tags
@@ -33,7 +33,7 @@ _HASH = f"hash({_EXPORTED})"
 def plan_all(con, members: cohort_batch.Members, matched: str, chosen: Sequence[ExportSettings]
              ) -> dict[str, Exportable]:
     """The cohorts of ``chosen`` (one ``now``) that the pass evaluated, each as its ``Exportable`` with
-    its plan and guard (``planned``), from ``matched``: the pass's users classified with their flags
+    its plan and guard (``planned``), from ``matched``: the pass's users classified with their masks
     (``cohort_batch.classify``). Cohorts left out (see the module) are planned by their run."""
     if not chosen:
         return {}
@@ -55,10 +55,9 @@ def plan_all(con, members: cohort_batch.Members, matched: str, chosen: Sequence[
         diffs = {}
         for start in range(0, len(changed), snapshots.MASK_BITS):
             some = changed[start:start + snapshots.MASK_BITS]
-            flags = [quote_ident(members.flags[name]) for name in some]
-            mask = " | ".join(f"({flag}::UHUGEINT << {k}::UHUGEINT)" for k, flag in enumerate(flags))
-            wanted = (f"SELECT {_EXPORTED}, {mask} AS mask FROM {matched} "
-                      f"WHERE exportable AND ({' OR '.join(flags)})")
+            mask = " | ".join(f"({members.bit(name)} << {k})" for k, name in enumerate(some))
+            wanted = (f"SELECT * FROM (SELECT {_EXPORTED}, {mask} AS mask FROM {matched} WHERE exportable) "
+                      "WHERE mask <> 0")
             diffs.update(snapshots.diff_all(con, wanted, some, since))
         for name in changed:
             adds, removes = diffs[name]
@@ -90,7 +89,7 @@ def _counts(con, members: cohort_batch.Members, matched: str, names: list[str]
     cohort's flag: filtered sums of the 64-bit hash took ten times longer."""
     aggregates = []
     for name in names:
-        flag = f"{quote_ident(members.flags[name])}::BIGINT"
+        flag = f"{members.bit(name)}::BIGINT"
         aggregates.append(f"sum({flag}), sum(hi * {flag}), sum(lo * {flag})")
     rows = con.execute(f"""
         SELECT exportable, reason, {', '.join(aggregates)}
