@@ -26,7 +26,9 @@ def test_sample_cohorts_in_one_pass_equal_each_alone(sample_store):
     assert sum(map(len, together.values())) > len(names)          # not a pass of empty cohorts
 
 
-def test_sample_matchability_in_one_query_equals_each_alone(sample_store):
+@pytest.mark.parametrize("bits", [64, 3])             # 3: the cohorts' bits in several mask columns
+def test_sample_matchability_in_one_query_equals_each_alone(sample_store, bits, monkeypatch):
+    monkeypatch.setattr(cohort_batch, "MASK_BITS", bits)
     names = [c["name"] for c in cohorts.list_cohorts(sample_store)]
     for id_type in ("auto", "external_id"):
         found = cohort_batch.match(sample_store, cohort_batch.evaluate(sample_store, names, now=NOW), id_type=id_type)

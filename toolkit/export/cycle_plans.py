@@ -53,12 +53,16 @@ def plan_all(con, members: cohort_batch.Members, matched: str, chosen: Sequence[
     changed = [name for name, found in plans.items() if found is None]
     if changed:
         diffs = {}
-        for start in range(0, len(changed), snapshots.MASK_BITS):
-            some = changed[start:start + snapshots.MASK_BITS]
-            mask = " | ".join(f"({members.bit(name)} << {k})" for k, name in enumerate(some))
-            wanted = (f"SELECT * FROM (SELECT {_EXPORTED}, {mask} AS mask FROM {matched} WHERE exportable) "
-                      "WHERE mask <> 0")
-            diffs.update(snapshots.diff_all(con, wanted, some, since))
+        for column, by_bit in _by_column(members, changed).items():
+            # The changed cohorts' bits of the mask as they are (one AND a row), a few at a time.
+            bits = sorted(by_bit)
+            for start in range(0, len(bits), snapshots.MASK_BITS):
+                some = bits[start:start + snapshots.MASK_BITS]
+                keep = sum(1 << k for k in some)
+                wanted = (f"SELECT {_EXPORTED}, {quote_ident(column)}::UHUGEINT & {keep} AS mask FROM {matched} "
+                          f"WHERE exportable AND {quote_ident(column)} & {keep}::UBIGINT <> 0")
+                diffs.update(snapshots.diff_all(con, wanted, [by_bit[k] if k in some else None
+                                                              for k in range(some[-1] + 1)], since))
         for name in changed:
             adds, removes = diffs[name]
             plans[name] = planning.plan(adds, removes, counts[name][2].members - len(adds))
@@ -78,6 +82,15 @@ def plan_all(con, members: cohort_batch.Members, matched: str, chosen: Sequence[
                          if other.get(s.target.onesignal_id, 0) + 1 > chosen_settings.tag_limit)
         total, exportable, _, left_out = counts[name]
         out[name] = Exportable(total, None, left_out, Planned(the_plan, verdict, exportable, over, other))
+    return out
+
+
+def _by_column(members: cohort_batch.Members, names: list[str]) -> dict[str, dict[int, str]]:
+    """The cohorts by mask column, then by bit."""
+    out: dict[str, dict[int, str]] = {}
+    for name in names:
+        column, k = members.flags[name]
+        out.setdefault(column, {})[k] = name
     return out
 
 
