@@ -221,6 +221,8 @@ WHERE {" OR ".join(flags)}"""
             profiles = _q("pv")
         if self.profile_props:
             sources["p"] = profiles
+        if shared:                      # everyone known, listed by joining the events' users and the profiles
+            return [*ctes, self.known_shared(sources, profiles)]
         if base == "u":                 # everyone known: anyone with an event up to now, or a profile
             events = (f"SELECT {DID} FROM {_q('ev')}" if shared
                       else f"SELECT {DID} FROM {_q(EVENTS_VIEW)} WHERE {TIME} <= {now}")
@@ -243,6 +245,23 @@ WHERE {" OR ".join(flags)}"""
     FROM {relation} {lead}{joins}
 )""")
         return ctes
+
+    def known_shared(self, sources: dict[str, str], profiles: str) -> str:
+        """``known`` when ``ev`` groups every event: one outer join of ``ev`` (a row per user with an event)
+        and the profiles lists everyone known with their aggregates and properties (a UNION of the two
+        users' lists, then a join to each, took three hash tables of every user instead of one)."""
+        did = f"coalesce(e.{DID}, p.{DID})"
+        people = profiles if self.profile_props else f"(SELECT {DID} FROM {profiles})"
+        joins = "".join(f"\n    LEFT JOIN {rel} {alias} ON {alias}.{DID} = {did}"
+                        for alias, rel in sources.items() if alias not in ("e", "p"))
+        profile = [", ".join(f"p.{quote_ident(f'{c}_{s}')}" for s in _SUFFIXES) if profiles != _q(PROFILES_VIEW)
+                   else f"json_extract(p.{PROPS}, {self.bind(json_pointer(n))}) AS {quote_ident(c)}"
+                   for n, c in self.profile_props.items()]
+        columns = _listed(profile) + _listed(_names(self.plain), "e.") + _listed(_names(self.filtered), "f.")
+        return f"""{_q("known")} AS (
+    SELECT {did} AS {DID}{columns}
+    FROM {_q("ev")} e FULL JOIN {people} p ON p.{DID} = e.{DID}{joins}
+)"""
 
     def event_ctes(self, now: str | None, every_event: bool = False) -> tuple[list[str], dict[str, str]]:
         ctes, sources = [], {}
