@@ -99,15 +99,20 @@ def _counts(con, members: cohort_batch.Members, matched: str, names: list[str]
     """Per cohort, in one pass over ``matched``: (members, exportable, the fingerprint of the exportable
     members, the others by reason), as ``matching.summarize`` and ``snapshots.fingerprint`` give them.
     Each member's hash is computed once and summed in two 32-bit halves, as whole numbers times the
-    cohort's flag: filtered sums of the 64-bit hash took ten times longer."""
+    cohort's flag: filtered sums of the 64-bit hash took ten times longer. The members are first summed
+    per mask (users in the same cohorts), and each cohort's sums taken over those few rows: sixty cohorts'
+    bits read from every member took 0.8 s of CPU at 10M."""
     aggregates = []
     for name in names:
-        flag = f"{members.bit(name)}::BIGINT"
-        aggregates.append(f"sum({flag}), sum(hi * {flag}), sum(lo * {flag})")
+        flag = f"{members.bit(name)}::HUGEINT"
+        aggregates.append(f"sum(n * {flag}), sum(hi * {flag}), sum(lo * {flag})")
+    masks = ", ".join(quote_ident(c) for c in members.masks)
     rows = con.execute(f"""
         SELECT exportable, reason, {', '.join(aggregates)}
-        FROM (SELECT *, CASE WHEN exportable THEN {_HASH} ELSE 0 END AS _h,
-                     (_h >> 32)::BIGINT AS hi, (_h & 4294967295)::BIGINT AS lo FROM {matched})
+        FROM (SELECT exportable, reason, {masks}, count(*) AS n, sum(hi) AS hi, sum(lo) AS lo
+              FROM (SELECT *, CASE WHEN exportable THEN {_HASH} ELSE 0 END AS _h,
+                           (_h >> 32)::BIGINT AS hi, (_h & 4294967295)::BIGINT AS lo FROM {matched})
+              GROUP BY ALL)
         GROUP BY ALL""").fetchall()
     out = {}
     for i, name in enumerate(names):
