@@ -126,7 +126,8 @@ def _property_rule(operator: str, kind: str, value) -> dict:
 
 _RULES = [(op, kind, v) for op in ("equals", "not_equals", "contains", "not_contains") for kind in
           ("string", "number", "boolean", "datetime") for v in _VALUES[kind]
-          if (op in ("equals", "not_equals") or kind != "datetime") and (op.endswith("equals") or not isinstance(v, list))]
+          if (op in ("equals", "not_equals") or kind != "datetime")
+          and (op.endswith("equals") or not isinstance(v, list))]
 _RULES += [(op, kind, v) for op in ("greater", "less") for kind in ("number", "datetime") for v in _VALUES[kind]
            if not isinstance(v, list)]
 _RULES += [("between", "number", [0, 42]), ("between", "datetime", ["2026-10-01", "2026-10-05"]),

@@ -5,8 +5,9 @@ event rules of every dynamic cohort in one aggregation (a rule several cohorts s
 ``evaluate`` runs it into a temp table, one row per user who is a member of any of them, each cohort a
 bit of a 64-bit mask column (``Members.bit``: sixty boolean columns made every copy of the table and
 every read of it sixty columns wide; classifying the members at 1M took 0.21 s, with masks 0.08 s; 64-bit
-masks, not 128: reading sixty bits of a UHUGEINT per row took planning at 10M from 3.0 to 4.0 s of CPU). ``match`` classifies those users once (matchability does not depend on the cohort,
-only on the user-id property and id type) and then gives each cohort its own ``Matchability``, the
+masks, not 128: reading sixty bits of a UHUGEINT per row took planning at 10M from 3.0 to 4.0 s of CPU).
+``match`` classifies those users once (matchability does not depend on the cohort, only on the user-id
+property and id type) and then gives each cohort its own ``Matchability``, the
 same as ``matching.match`` of that cohort alone. Static cohorts read no events: each is evaluated on
 its own, its members need not be known users. Tests hold every answer equal to the cohort's own.
 

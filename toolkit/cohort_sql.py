@@ -214,7 +214,7 @@ WHERE {" OR ".join(flags)}"""
             paths = self.bind([json_pointer(n) for n in self.profile_props])
             values = ", ".join(_typed_columns(f"{_q('_v')}[{i + 1}]", c)
                                for i, c in enumerate(self.profile_props.values()))
-            ctes.append(f"""{_q("pv")} AS MATERIALIZED (
+            ctes.append(f"""{_q("pv")} AS {"" if shared else "MATERIALIZED "}(
     SELECT {DID}, {values}
     FROM (SELECT {DID}, json_extract({PROPS}, {paths}) AS {_q("_v")} FROM {_q(PROFILES_VIEW)})
 )""")
