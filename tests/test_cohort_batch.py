@@ -26,7 +26,9 @@ def test_sample_cohorts_in_one_pass_equal_each_alone(sample_store):
     assert sum(map(len, together.values())) > len(names)          # not a pass of empty cohorts
 
 
-def test_sample_matchability_in_one_query_equals_each_alone(sample_store):
+@pytest.mark.parametrize("bits", [64, 3])             # 3: the cohorts' bits in several mask columns
+def test_sample_matchability_in_one_query_equals_each_alone(sample_store, bits, monkeypatch):
+    monkeypatch.setattr(cohort_batch, "MASK_BITS", bits)
     names = [c["name"] for c in cohorts.list_cohorts(sample_store)]
     for id_type in ("auto", "external_id"):
         found = cohort_batch.match(sample_store, cohort_batch.evaluate(sample_store, names, now=NOW), id_type=id_type)
@@ -98,3 +100,50 @@ def test_generated_cohorts_in_one_pass_equal_each_alone(crowd, definitions):  # 
     # and through the store, with the filtered properties kept as typed columns
     together = cohort_batch.members_of(crowd, chosen, now=NOW)
     assert together == {c.name: cohorts.evaluate(crowd, c, now=NOW) for c in chosen}
+
+
+# Profiles whose property ``x`` takes every JSON shape a condition meets: strings (of numbers, booleans, dates),
+# numbers, booleans, null, lists (of each), an object, absent.
+_SHAPES = ["pro", "42", "true", "2026-10-05", "2026-10-05T10:00:00", "", 42, 41.5, 0, True, False, None,
+           ["pro", "x"], [42, 7], [True], ["2026-10-05"], [], {"a": 1}, "MISSING"]
+_VALUES = {"string": ["pro", "42", "true", "x", ["pro", "free"]], "number": [42, 0, 41.5, [7, 42]],
+           "boolean": [True, False], "datetime": ["2026-10-05", "2026-10-05T10:00:00"]}
+
+
+def _shapes(store, folder):
+    from test_cohorts import build
+
+    build(store, folder, profiles={f"u{i}": ({} if shape == "MISSING" else {"x": shape, "n": i})
+                                   for i, shape in enumerate(_SHAPES)})
+
+
+def _property_rule(operator: str, kind: str, value) -> dict:
+    rule = {"property": "x", "operator": operator}
+    if operator not in ("is_set", "is_not_set"):
+        rule |= {"value": value, "type": kind}
+    return rule
+
+
+_RULES = [(op, kind, v) for op in ("equals", "not_equals", "contains", "not_contains") for kind in
+          ("string", "number", "boolean", "datetime") for v in _VALUES[kind]
+          if (op in ("equals", "not_equals") or kind != "datetime")
+          and (op.endswith("equals") or not isinstance(v, list))]
+_RULES += [(op, kind, v) for op in ("greater", "less") for kind in ("number", "datetime") for v in _VALUES[kind]
+           if not isinstance(v, list)]
+_RULES += [("between", "number", [0, 42]), ("between", "datetime", ["2026-10-01", "2026-10-05"]),
+           ("is_set", None, None), ("is_not_set", None, None)]
+
+
+def test_every_profile_condition_in_one_pass_equals_it_alone(built_once):
+    """The pass computes each profile property's type, text, number and list once (cohort_sql._typed_columns)
+    where a cohort alone reads its JSON value: the same members for every operator, type and JSON shape."""
+    store = built_once(_shapes)
+    chosen = [parse({"name": f"c{i}", "rules": [_property_rule(*rule), {"property": "n", "operator": "is_set"}]})
+              for i, rule in enumerate(_RULES)]
+    rows = store.con.execute(*compile_cohorts(chosen, NOW)).fetchall()
+    nonempty = 0
+    for i, cohort in enumerate(chosen):
+        alone = [r[0] for r in store.con.execute(*compile_cohort(cohort, NOW)).fetchall()]
+        assert sorted(r[0] for r in rows if r[i + 1]) == alone, _RULES[i]
+        nonempty += bool(alone)
+    assert nonempty > len(chosen) // 2             # not a comparison of empty sets

@@ -20,7 +20,7 @@ reach; the next run then diffs and keeps it again. A kept fingerprint whose coun
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import pyarrow as pa
@@ -115,20 +115,23 @@ def kept_all(con, cohorts: list[str], since: datetime) -> dict[str, tuple[Finger
 MASK_BITS = 120       # cohorts one ``diff_all`` compares (a bit each in a 128-bit mask)
 
 
-def diff_all(con, wanted: str, cohorts: list[str], since: datetime
+def diff_all(con, wanted: str, cohorts: Sequence[str | None], since: datetime
              ) -> dict[str, tuple[list[tuple[str, Target]], list[tuple[str, Target]]]]:
     """``diff`` of many cohorts (at most MASK_BITS) at once, per cohort (adds, removes). ``wanted`` is a
     query of (distinct_id, onesignal_id, id_type, mask) with one row per member of any of them, bit k of
-    mask set when it is wanted in ``cohorts[k]``. The snapshots are folded the same way, one row per
-    (distinct_id, onesignal_id, id_type); one outer join of the two on those finds the rows whose masks
-    differ, and the bits that differ say in which cohorts each is an add or a removal (a member whose
-    OneSignal id changed is a removal under the old id and an add under the new). Joining users, not
-    (cohort, member) pairs, keeps the join a cohort's size whatever the number of cohorts."""
-    if len(cohorts) > MASK_BITS:
-        raise ValueError(f"diff_all compares at most {MASK_BITS} cohorts at once")
+    mask set when it is wanted in ``cohorts[k]`` (None: a bit no cohort here uses, never set). The
+    snapshots are folded the same way, one row per (distinct_id, onesignal_id, id_type); one outer join of
+    the two on those finds the rows whose masks differ, and the bits that differ say in which cohorts
+    each is an add or a removal (a member whose OneSignal id changed is a removal under the old id and an
+    add under the new). Joining users, not (cohort, member) pairs, keeps the join a cohort's size whatever
+    the number of cohorts."""
+    named = [c for c in cohorts if c is not None]
+    if len(named) > MASK_BITS or len(cohorts) > 128:
+        raise ValueError(f"diff_all compares at most {MASK_BITS} cohorts at once, on bits 0-127")
     rows = con.execute(f"""
-        WITH chosen AS (SELECT unnest($cohorts::VARCHAR[]) AS cohort,
-                               (generate_subscripts($cohorts::VARCHAR[], 1) - 1)::UHUGEINT AS k),
+        WITH chosen AS (SELECT * FROM (SELECT unnest($cohorts::VARCHAR[]) AS cohort,
+                                              (generate_subscripts($cohorts::VARCHAR[], 1) - 1)::UHUGEINT AS k)
+                        WHERE cohort IS NOT NULL),
         current AS (
             SELECT distinct_id, onesignal_id, id_type, bit_or(1::UHUGEINT << k) AS mask
             FROM export_members JOIN chosen USING (cohort)
@@ -137,14 +140,16 @@ def diff_all(con, wanted: str, cohorts: list[str], since: datetime
         FROM ({wanted}) w FULL JOIN current c
           ON c.distinct_id = w.distinct_id AND c.onesignal_id = w.onesignal_id AND c.id_type = w.id_type
         WHERE w.mask IS DISTINCT FROM c.mask""", {"cohorts": list(cohorts), "since": since}).fetchall()
-    out: dict[str, tuple[list[tuple[str, Target]], list[tuple[str, Target]]]] = {c: ([], []) for c in cohorts}
+    out: dict[str, tuple[list[tuple[str, Target]], list[tuple[str, Target]]]] = {c: ([], []) for c in named}
     for d, o, t, wanted_in, cd, co, ct, held_in in rows:
         wanted_in, held_in = int(wanted_in or 0), int(held_in or 0)
         differ = wanted_in ^ held_in
         while differ:                       # the bits that differ, lowest first
             bit = differ & -differ
             differ ^= bit
-            adds, removes = out[cohorts[bit.bit_length() - 1]]
+            cohort = cohorts[bit.bit_length() - 1]
+            assert cohort is not None, "a wanted bit no cohort here uses"
+            adds, removes = out[cohort]
             if wanted_in & bit:
                 adds.append((d, Target(o, t)))
             else:

@@ -69,24 +69,51 @@ _RECORD_WRITES = threading.Lock()
 
 
 def _start(store: Store, con, settings: ExportSettings, the_plan: planning.Plan, verdict: GuardVerdict,
-           members: int, exportable: int) -> RunRecord:
+           members: int, exportable: int, held: Mapping[str, Target], tag_cap: int) -> RunRecord:
     """Called holding the cohort's run lock: any run of this cohort still marked running was cut short,
     and so was one of another cohort whose lock nobody holds (a killed run that no run of its own
-    cohort followed would otherwise read "running" for ever)."""
+    cohort followed would otherwise read "running" for ever). A dry run is written whole in this one
+    transaction (it sends nothing, so there is no "running" to show): its status, counts and the rows
+    of what it would have done; a sending run's start is one commit, its end (``_finish``) another."""
     cohort, mode, dry_run, now = settings.cohort, settings.mode, settings.dry_run, _naive(settings.now)
+    record = RunRecord(0, cohort, mode, dry_run, "running", now, members=members, exportable=exportable,
+                       unchanged=the_plan.counts.get(NOOP, 0), guard=verdict.reason, plan=the_plan,
+                       held=held, tag_cap=tag_cap)
+    if dry_run:
+        _dry_run_outcome(record, verdict)
     with _RECORD_WRITES, transaction(con):
         stale = [c for c, in con.execute("SELECT DISTINCT cohort FROM export_runs WHERE status = 'running'")
                  .fetchall() if c == cohort or not _is_running(store, c)]
-        con.execute("UPDATE export_runs SET status = 'interrupted', ended_at = ?, error = coalesce(error, ?) "
-                    "WHERE status = 'running' AND cohort IN (SELECT unnest(?))", [now, DEAD_RUN, stale])
-        run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
+        if stale:
+            con.execute("UPDATE export_runs SET status = 'interrupted', ended_at = ?, "
+                        "error = coalesce(error, ?) WHERE status = 'running' AND cohort IN (SELECT unnest(?))",
+                        [now, DEAD_RUN, stale])
+        record.run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
         con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid, members, "
-                    "exportable, unchanged) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-                    [run_id, cohort, mode, dry_run, now, os.getpid(), members, exportable,
-                     the_plan.counts.get(NOOP, 0)])
-    return RunRecord(run_id, cohort, mode, dry_run, "running", now, members=members,
-                     exportable=exportable, unchanged=the_plan.counts.get(NOOP, 0),
-                     guard=verdict.reason, plan=the_plan)
+                    "exportable, unchanged, ended_at, error, added, removed, not_in_onesignal, failed, tag_cap) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [record.run_id, cohort, mode, dry_run, now, record.status, os.getpid(), members, exportable,
+                     record.unchanged, record.ended_at, record.error, record.added, record.removed,
+                     record.not_in_onesignal, record.failed, record.tag_cap])
+        if dry_run:
+            _record_unsent(con, record)
+    return record
+
+
+def _dry_run_outcome(record: RunRecord, verdict: GuardVerdict) -> None:
+    """A dry run's end, known at its start: what it would do, or the guard's stop."""
+    assert record.plan is not None
+    status, error = ("ok", None) if verdict.ok else ("stopped", REDACTOR.redact(verdict.reason))
+    record.status, record.error, record.ended_at = status, error, _naive(None)
+    record.added, record.removed = record.plan.counts.get(ADD, 0), record.plan.counts.get(REMOVE, 0)
+
+
+def _record_unsent(con, record: RunRecord) -> None:
+    """Every member's fate is on record (fates.py): what the run did not send, and who the cap held back."""
+    status = record.status
+    unsent = fates.DRY_RUN if record.dry_run else None if status in ("ok", "partial") else fates.NOT_SENT
+    fates.record_unsent(con, record.run_id, record.plan.changes if record.plan else (), record.held, unsent,
+                        "dry run: not sent" if record.dry_run else f"not sent: the run {status}: {record.error}")
 
 
 def _failed_users(con, record: RunRecord, shown: int = 3) -> str | None:
@@ -103,15 +130,12 @@ def _failed_users(con, record: RunRecord, shown: int = 3) -> str | None:
 
 
 def _finish(con, record: RunRecord, status: str, error: str | None) -> RunRecord:
+    """A sending run's end, in one commit: its status and counts, and the rows of what it did not send."""
+    assert not record.dry_run, "a dry run is written whole by its start"
     error = None if error is None else REDACTOR.redact(error)
     record.status, record.error, record.ended_at = status, error, _naive(None)
-    # Every member's fate is on record (fates.py): what the run did not send, and who the cap held back.
-    unsent = fates.DRY_RUN if record.dry_run else None if status in ("ok", "partial") else fates.NOT_SENT
-    fates.record_unsent(con, record.run_id, record.plan.changes if record.plan else (), record.held, unsent,
-                        "dry run: not sent" if record.dry_run else f"not sent: the run {status}: {error}")
-    if record.dry_run and record.plan is not None:   # what the run would do
-        record.added, record.removed = record.plan.counts.get(ADD, 0), record.plan.counts.get(REMOVE, 0)
-    with _RECORD_WRITES:
+    with _RECORD_WRITES, transaction(con):
+        _record_unsent(con, record)
         con.execute("""UPDATE export_runs SET status = ?, error = ?, ended_at = ?, added = ?, removed = ?,
                              not_in_onesignal = ?, failed = ?, tag_cap = ? WHERE run_id = ?""",
                     [status, error, record.ended_at, record.added, record.removed, record.not_in_onesignal,

@@ -74,11 +74,9 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
                     else len(wanted or {}))
     with _run_lock(store, settings.cohort):
         record = _start(store, con, settings, the_plan, verdict, members if members is not None else wanted_count,
-                        wanted_count)
-        record.tag_cap = len(caps.held) + (len(caps.over) if settings.dry_run else 0)
-        record.held = caps.held
-        if settings.dry_run:
-            return _finish(con, record, "ok" if verdict.ok else "stopped", None if verdict.ok else verdict.reason)
+                        wanted_count, caps.held, len(caps.held) + (len(caps.over) if settings.dry_run else 0))
+        if settings.dry_run:             # written whole, with its outcome, by its start
+            return record
         # A dynamic sync the guard stopped stays stopped: later runs say so, writing no member rows again.
         guarded = settings.mode == "dynamic" and settings.saves != SAVE_REGISTRATION
         stop = states.guard_stop(con, settings.cohort) if guarded else None
