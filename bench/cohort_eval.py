@@ -122,7 +122,7 @@ def _matchability(store, cohort, now) -> dict:
     from toolkit.cohort_sql import Query
 
     con = store.con
-    sql, params = cohorts.query(store, cohort, now=now)
+    sql, params = cohorts.query(store, cohort, now=now, on_store=True)     # as matching.preview compiles it
     _, evaluate = _timed(lambda: con.execute(f"CREATE OR REPLACE TEMP TABLE bench_members AS {sql}", params))
     members = Query("SELECT distinct_id FROM bench_members", {})
     result, match = _timed(lambda: matching.match(store, members))
