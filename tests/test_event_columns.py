@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from helpers import NOW, event, rows, write_lines
 from toolkit import Store, cohorts, event_columns, load
 from toolkit.cohort_model import parse
-from toolkit.cohort_sql import compile_cohort
+from toolkit.cohort_sql import compile_cohort, filtered_properties
 from toolkit.loading import derived
 
 DAY = 86_400
@@ -62,7 +62,13 @@ EVENT_RULES = st.builds(
     st.sampled_from(EVENTS), st.booleans(), st.sampled_from(["at_least", "at_most", "exactly", "less_than"]),
     st.integers(0, 2), st.sampled_from([{}, {"last_days": 10}, {"first_time_last_days": 20}]),
     st.lists(FILTERS, min_size=1, max_size=2))
-RULES = st.recursive(EVENT_RULES, lambda inner: st.builds(
+# Profile rules beside them: with a top-level event rule, the store's query reads only the candidates'
+# profiles, from the profiles table (cohort_sql: on_store); the oracle reads the resolved_profiles view.
+PROFILE_RULES = st.sampled_from([{"property": "plan", "operator": "equals", "value": "pro"},
+                                  {"property": "plan", "operator": "not_equals", "value": "pro"},
+                                  {"property": "age", "operator": "greater", "value": 10},
+                                  {"property": "age", "operator": "is_not_set"}])
+RULES = st.recursive(st.one_of(EVENT_RULES, EVENT_RULES, PROFILE_RULES), lambda inner: st.builds(
     lambda m, rs: {"match": m, "rules": rs}, st.sampled_from(["all", "any"]), st.lists(inner, min_size=1, max_size=2)),
     max_leaves=3)
 DEFINITIONS = st.builds(lambda m, rs: {"name": "c", "match": m, "rules": rs},
@@ -122,8 +128,21 @@ def rich(tmp_path_factory):
             ev = EVENTS[(i + j) % 2]
             records.append((ev, user, (i + 2 * j) % 30 + 0.5, {key: value, KEYS[(j + 1) % len(KEYS)]: RICH_VALUES[
                 (i + j) % len(RICH_VALUES)]}))
+    # Profiles for some users, others merged into u1, u2 and u4 after they were loaded (an alias each):
+    # the newest of a canonical id's profiles wins whole (one Engage page: the larger id), whichever
+    # holds which property (u2's winner has no age, u4's loser has none).
+    profiles = {f"u{n}": {"plan": ["pro", "free", 30][n % 3], "age": n * 3} for n in range(0, 23, 2)}
+    profiles |= {"u1-old": {"plan": "pro", "age": 40}, "u2": {"plan": "pro", "age": 30}, "u2-old": {"plan": "free"},
+                 "u4": {"plan": "free"}, "u4-old": {"plan": "pro", "age": 40}}
+    (folder / "profiles.json").write_text(json.dumps({"status": "ok", "results": [
+        {"$distinct_id": d, "$properties": p} for d, p in profiles.items()]}), encoding="utf-8")
     with Store(folder / "rich.duckdb") as store:
+        assert [f.status for f in load(store, [folder / "profiles.json"], now=NOW).files] == ["loaded"]
         _load(store, folder, "events.jsonl", records)
+        aliases = [event("$create_alias", u, NOW_S - DAY, f"al{u}", alias=f"{u}-old") for u in ("u1", "u2", "u4")]
+        write_lines(folder / "aliases.jsonl", aliases)
+        assert [f.status for f in load(store, [folder / "aliases.jsonl"], now=NOW).files] == ["loaded"]
+        assert rows(store, "SELECT count(*) FROM identity_map WHERE distinct_id LIKE '%-old'") == [(3,)]
         yield store
 
 
@@ -133,7 +152,24 @@ def rich(tmp_path_factory):
 def test_typed_columns_answer_as_the_json_does(rich, definition):
     _check(rich, definition)
     sql = cohorts.query(rich, definition, now=NOW).sql
-    assert '"fe"' not in sql and '"ep' in sql        # every filter read columns, none the JSON
+    assert '"fe"' not in sql                          # every filter read columns, none the JSON
+    assert ('"ep' in sql) == bool(filtered_properties([parse(definition)]))
+
+
+# An event rule that needs an event beside a profile rule, at the top of an AND: the store's query reads
+# the candidates' profiles only (cohort_sql: on_store), here against the oracle's resolved_profiles view.
+GATED = st.builds(lambda ev, count, window, where, profile, more: {
+    "name": "c", "rules": [{"event": ev, "count": count, **window, "where": where}, profile, *more]},
+    st.sampled_from(EVENTS), st.integers(1, 2), st.sampled_from([{}, {"last_days": 10}, {"first_time_last_days": 20}]),
+    st.lists(FILTERS, min_size=1, max_size=2), PROFILE_RULES, st.lists(RULES, max_size=2))
+
+
+@pytest.mark.slow   # 100 definitions
+@settings(max_examples=100, deadline=None)
+@given(definition=GATED)
+def test_candidates_profiles_answer_as_the_view_does(rich, definition):
+    _check(rich, definition)
+    assert '"cand"' in cohorts.query(rich, definition, now=NOW, on_store=True).sql
 
 
 @pytest.mark.slow   # a store and two loads per example

@@ -13,11 +13,19 @@ Shape (one query):
   only; each property is extracted once per row (reading ``properties`` means decompressing and parsing
   JSON). A filter on a property kept in typed columns (``columns``, toolkit/event_columns.py) reads them
   instead, and its rule is counted in ``ev`` with the others: one pass over the events.
+- Each of those reads only the rows some aggregate can count (its event, in its window): a cohort on
+  the last 30 days of a year of events groups a twelfth of them, and extracts from a twelfth of their JSON
+  (not when ``ev`` also lists who has an event, ``every_event``).
 - ``known``: one row per candidate user, with the profile properties the rules read (each extracted
   once) and the aggregates. Candidates are all known users (anyone with an event up to now, or a
   profile), which "did not" and profile rules draw from; when a top-level AND condition needs a
   profile or an event (``plan equals pro``, ``did Purchase``), only those users are listed, which gives
   the same members far more cheaply (``restrict=False`` turns this off; tests compare both).
+- On the store (``on_store``), when an event rule restricts the candidates, the users passing the
+  top-level event rules (``cand``) are found first, and only their profiles are read (``pr``: from the
+  ``profiles`` table, resolved exactly as the ``resolved_profiles`` view resolves them). The view
+  resolves every profile with its JSON before any filter can reach it: at 1M profiles that was most of
+  a "plan equals pro AND did Purchase" cohort's time, for the few percent of profiles it needs.
 - The cohort's rules become one boolean expression over a ``known`` row; rules of referenced cohorts
   are inlined the same way; a static cohort is an ``IN`` over its bound id list, resolved to canonical
   ids through the identity map.
@@ -65,6 +73,7 @@ __all__ = ["Query", "compile_cohort", "compile_cohorts", "filtered_properties", 
 
 EVENTS_VIEW = "resolved_events"
 PROFILES_VIEW = "resolved_profiles"
+PROFILES_TABLE = "profiles"           # read by ``on_store`` queries only (the store's own table)
 IDENTITY_MAP = "identity_map"
 
 
@@ -74,16 +83,20 @@ DID, TIME, PROPS = _q("distinct_id"), _q("time"), _q("properties")
 
 def compile_cohort(cohort: Cohort, now: dt.datetime,
                    lookup: Mapping[str, Cohort] | Callable[[str], Cohort | None] | None = None, *,
-                   restrict: bool = True, columns: Mapping[tuple[str, str], str] | None = None) -> Query:
+                   restrict: bool = True, columns: Mapping[tuple[str, str], str] | None = None,
+                   on_store: bool = False) -> Query:
     """SQL returning the cohort's members (column ``distinct_id``, sorted) as of ``now``.
     ``lookup`` finds cohorts referenced by in_cohort / not_in_cohort (a mapping or a function).
-    ``restrict=False`` always draws candidates from every known user (the plan tests compare against).
+    ``restrict=False`` always draws candidates from every known user and reads every row of the events
+    the rules name (the plan tests compare against).
     ``columns``: (event, property) -> prefix of the typed columns holding that property for that event's
-    rows (toolkit/event_columns.py); a filter on any other pair reads the JSON."""
+    rows (toolkit/event_columns.py); a filter on any other pair reads the JSON.
+    ``on_store``: the query runs on the store itself, so it may read the ``profiles`` table (not only
+    the relations another engine holds, toolkit/dialects.py): candidates' profiles are read, not all."""
     if lookup is None:
         lookup = {}
     find = lookup.get if isinstance(lookup, Mapping) else lookup
-    return _Compiler(to_utc_naive(now), find, restrict, columns or {}).cohort(cohort)
+    return _Compiler(to_utc_naive(now), find, restrict, columns or {}, on_store).cohort(cohort)
 
 
 def compile_cohorts(cohorts: Sequence[Cohort], now: dt.datetime,
@@ -119,8 +132,8 @@ def filtered_properties(cohorts: Iterable[Cohort]) -> set[tuple[str, str]]:
 
 class _Compiler:
     def __init__(self, now: dt.datetime, find, restrict: bool = True,
-                 columns: Mapping[tuple[str, str], str] | None = None):
-        self.now, self.find, self.restrict = now, find, restrict
+                 columns: Mapping[tuple[str, str], str] | None = None, on_store: bool = False):
+        self.now, self.find, self.restrict, self.on_store = now, find, restrict, on_store
         self.columns = columns or {}
         self.params: dict = {}
         self.bound: dict = {}                 # (type, value) -> its parameter: a value bound once
@@ -129,6 +142,7 @@ class _Compiler:
         self.filtered: list[str] = []         # aggregates in `fa` (over `filtered_events` only)
         self.plain_events: list[str] = []     # bound event names of rules without property filters
         self.filtered_events: list[str] = []  # bound event names of rules that filter on properties
+        self.counted: dict[bool, list[str]] = {False: [], True: []}   # rows an aggregate of `ev` / `fa` reads
         self.event_props: dict[str, str] = {}     # event property name -> extracted column
         self.profile_props: dict[str, str] = {}   # profile property name -> extracted column (batch: prefix)
         self.stack: list[str] = []            # cohorts being inlined, for cycle detection
@@ -144,9 +158,12 @@ class _Compiler:
             self.bound[key] = name
         return name
 
-    def aggregate(self, expr: str, filtered: bool) -> str:
+    def aggregate(self, expr: str, filtered: bool, rows: str) -> str:
         """The column of ``expr`` in ``ev`` (or ``fa``); the same expression twice is one column (values
-        are bound once each, so two cohorts' identical rules compile to the same text)."""
+        are bound once each, so two cohorts' identical rules compile to the same text). ``rows``: a
+        condition true on every row the aggregate counts (its event and window)."""
+        if rows not in self.counted[filtered]:
+            self.counted[filtered].append(rows)
         if (filtered, expr) in self.aggregates:
             return self.aggregates[(filtered, expr)]
         target = self.filtered if filtered else self.plain
@@ -167,7 +184,12 @@ class _Compiler:
         if cohort.is_static:
             return Query(f"SELECT DISTINCT {self.static(cohort)} ORDER BY 1", self.params)
         predicate = self.members_of(cohort)
-        ctes = self.known(self.universe(cohort) if self.restrict else "u")
+        base = self.universe(cohort) if self.restrict else "u"
+        gate = None
+        if self.on_store and self.profile_props and base in ("e", "f"):
+            # the top-level event rules compiled again: the same columns, the same text
+            gate = " AND ".join(self.event(r) for r in cohort.rules if isinstance(r, EventRule))
+        ctes = self.known(base, gate=gate)
         sql = f"""WITH {", ".join(ctes)}
 SELECT {DID} FROM {_q("known")}
 WHERE {predicate}
@@ -197,7 +219,7 @@ SELECT * FROM {_q("flags")}
 WHERE {" OR ".join(flags)}"""
         return Query(sql, self.params)
 
-    def known(self, base: str, every_event: bool = False, batch: bool = False) -> list[str]:
+    def known(self, base: str, every_event: bool = False, batch: bool = False, gate: str | None = None) -> list[str]:
         """The CTEs up to ``known``: one row per candidate (drawn from ``base``: "u" everyone known, or
         the restricting "p", "e", "f"), with the profile properties and aggregates the rules read.
         ``every_event``: when candidates are everyone known, ``ev`` groups every event up to now (its
@@ -205,10 +227,14 @@ WHERE {" OR ".join(flags)}"""
         ``batch`` (many cohorts, many properties): each profile's JSON is parsed once for all the
         properties (``pv``), and the profiles are read once; each property's type, text, number and
         list are computed there once (the typed columns of ``_Columns``), not in every cohort's
-        condition (sixty cohorts' conditions re-reading the JSON values took 0.58 s of CPU at 100k users)."""
+        condition (sixty cohorts' conditions re-reading the JSON values took 0.58 s of CPU at 100k users).
+        ``gate`` (on the store, an event relation leading): the cohort's top-level event rules, which pick
+        the candidates whose profiles are read."""
         shared = every_event and base == "u"
         now = self.bind(self.now) if (self.plain or self.filtered or base == "u") else None
         ctes, sources = self.event_ctes(now, every_event=shared)     # sources: alias -> relation joined into `known`
+        if gate is not None:
+            return ctes + self.candidates_first(base, sources, gate)
         profiles = _q(PROFILES_VIEW)
         if batch and self.profile_props:
             paths = self.bind([json_pointer(n) for n in self.profile_props])
@@ -263,10 +289,54 @@ WHERE {" OR ".join(flags)}"""
     FROM {_q("ev")} e FULL JOIN {people} p ON p.{DID} = e.{DID}{joins}
 )"""
 
+    def counted_rows(self, filtered: bool) -> str:
+        """`` AND (...)``: the rows some aggregate of ``fa`` (or ``ev``) counts, when windows narrow them
+        beyond the events' names; a row no aggregate counts changes no aggregate."""
+        rows = self.counted[filtered]
+        if not self.restrict or all(r.startswith(_q("event")) for r in rows):   # names only: the IN list says it
+            return ""
+        return f" AND ({' OR '.join(rows)})"
+
+    def candidates_first(self, base: str, sources: dict[str, str], gate: str) -> list[str]:
+        """``cand``: the users of the leading event relation who pass the cohort's top-level event rules
+        (``gate``: each is necessary, as the cohort matches all its rules); ``pr``: their profiles alone,
+        resolved as the ``resolved_profiles`` view resolves every profile (store migration 5: the newest
+        profile of a canonical id wins; ties go by file, line, then the profile's own id) but read from
+        the ``profiles`` table, found through the identity map's sent ids, so that DuckDB reads only
+        these profiles' JSON; ``known``: the candidates with their profile properties."""
+        (lead, relation), *rest = {base: sources[base], **sources}.items()
+        joins = "".join(f"\n        LEFT JOIN {rel} {alias} ON {alias}.{DID} = {lead}.{DID}" for alias, rel in rest)
+        events = _listed(_names(self.plain), "e.") + _listed(_names(self.filtered), "f.")
+        cand, sent, canonical, m = _q("cand"), _q("sent"), _q("canonical_id"), _q(IDENTITY_MAP)
+        order = ", ".join(f"p.{_q(c)}" for c in ("updated_at", "file_id", "line", "distinct_id"))
+        # Each profile parsed once, into a list that is never NULL: arg_max skips a NULL value, so one
+        # property extracted alone would fall back to an older profile's value when the newest lacks it.
+        paths = self.bind([json_pointer(n) for n in self.profile_props])
+        values = _q("_v")
+        profile = [f"p.{values}[{i + 1}] AS {quote_ident(c)}" for i, c in enumerate(self.profile_props.values())]
+        columns = _listed(profile) + _listed(_names(self.plain + self.filtered), "c.")
+        return [f"""{cand} AS (
+    SELECT * FROM (
+        SELECT {lead}.{DID}{events}
+        FROM {relation} {lead}{joins}
+    ) WHERE {gate}
+)""", f"""{_q("pr")} AS (
+    SELECT s.{canonical} AS {DID}, arg_max(json_extract(p.{PROPS}, {paths}), ({order})) AS {values}
+    FROM (SELECT {DID} AS {sent}, {canonical} FROM {m} WHERE {canonical} IN (SELECT {DID} FROM {cand})
+          UNION ALL
+          SELECT {DID}, {DID} FROM {cand} c WHERE NOT EXISTS (SELECT 1 FROM {m} WHERE {m}.{DID} = c.{DID})) s
+    JOIN {_q(PROFILES_TABLE)} p ON p.{DID} = s.{sent}
+    GROUP BY s.{canonical}
+)""", f"""{_q("known")} AS (
+    SELECT c.{DID}{columns}
+    FROM {cand} c LEFT JOIN {_q("pr")} p ON p.{DID} = c.{DID}
+)"""]
+
     def event_ctes(self, now: str | None, every_event: bool = False) -> tuple[list[str], dict[str, str]]:
         ctes, sources = [], {}
         if self.plain or every_event:
-            named = "" if every_event else f" AND {_q('event')} IN ({', '.join(self.plain_events)})"
+            named = "" if every_event else (f" AND {_q('event')} IN ({', '.join(self.plain_events)})"
+                                            + self.counted_rows(False))
             ctes.append(f"""{_q("ev")} AS (
     SELECT {DID}{_listed(self.plain)}
     FROM {_q(EVENTS_VIEW)}
@@ -280,7 +350,7 @@ WHERE {" OR ".join(flags)}"""
             ctes.append(f"""{_q("fe")} AS (
     SELECT {DID}, {_q("event")}, {TIME}{_listed(extracted)}
     FROM {_q(EVENTS_VIEW)}
-    WHERE {TIME} <= {now} AND {_q("event")} IN ({", ".join(self.filtered_events)})
+    WHERE {TIME} <= {now} AND {_q("event")} IN ({", ".join(self.filtered_events)}){self.counted_rows(True)}
 ), {_q("fa")} AS (
     SELECT {DID}{_listed(self.filtered)}
     FROM {_q("fe")}
@@ -301,7 +371,9 @@ WHERE {" OR ".join(flags)}"""
                 found.add("p")
             elif isinstance(r, EventRule) and _needs_an_event(r):
                 found.add("f" if self.on_json(r) else "e")
-        return next((k for k in ("p", "e", "f") if k in found), "u")
+        # On the store, events lead when they can: then only the candidates' profiles are read.
+        order = ("e", "f", "p") if self.on_store and self.profile_props and not self.batch else ("p", "e", "f")
+        return next((k for k in order if k in found), "u")
 
     def members_of(self, cohort: Cohort) -> str:
         """A boolean expression over a row of ``known``: is this user a member?"""
@@ -372,17 +444,19 @@ WHERE {" OR ".join(flags)}"""
                       f"{time} < {self.bind(_midnight(last) + dt.timedelta(days=1))}"]
         if start is not None:
             window = [f"{time} >= {start}"]
+        named = matches[0]
         if self.batch and r.operator == "at_least" and r.count == 1 and r.first_time_last_days is None \
                 and r.between is None:
             # "did E (in the last N days)": the latest such event is in the window. One aggregate per
             # event (and filters) whatever the windows: a pass of sixty cohorts has a dozen windows of each.
-            latest = self.aggregate(f"max({time}) FILTER (WHERE {' AND '.join(matches)})", filtered)
+            latest = self.aggregate(f"max({time}) FILTER (WHERE {' AND '.join(matches)})", filtered, named)
             expr = _boolean(f"{latest} >= {start}" if start is not None else f"{latest} IS NOT NULL")
             return expr if r.did else f"(NOT {expr})"
-        count = self.aggregate(f"count(*) FILTER (WHERE {' AND '.join(matches + window)})", filtered)
+        count = self.aggregate(f"count(*) FILTER (WHERE {' AND '.join(matches + window)})", filtered,
+                               f"({' AND '.join([named, *window])})" if window else named)
         expr = f"coalesce({count}, 0) {COUNT_OPERATORS[r.operator]} {self.bind(r.count)}"
         if r.first_time_last_days is not None:   # the first matching event ever is inside the window
-            first_seen = self.aggregate(f"min({time}) FILTER (WHERE {' AND '.join(matches)})", filtered)
+            first_seen = self.aggregate(f"min({time}) FILTER (WHERE {' AND '.join(matches)})", filtered, named)
             expr = f"{first_seen} >= {start} AND {expr}"
         expr = _boolean(expr)
         return expr if r.did else f"(NOT {expr})"

@@ -309,24 +309,27 @@ def version_of(store: Store, name: str) -> int | None:
 # -- evaluation --------------------------------------------------------------------------------------
 
 def query(store: Store, cohort: Cohort | str, *, now: dt.datetime | None = None,
-          definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None, typed_columns: bool = True) -> Query:
+          definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None, typed_columns: bool = True,
+          on_store: bool = False) -> Query:
     """The compiled query for a cohort (by name or definition). Referenced cohorts come from
     ``definitions`` first, then the store. Their definitions are fetched here, so compiling stays pure.
     The event properties its filters read are kept as typed columns first (once per property and
     event: ``event_columns.ensure``), so the query reads those instead of the JSON. ``typed_columns=False``
-    reads the JSON only: the query for an engine holding the raw events (a lake, a warehouse)."""
+    reads the JSON only: the query for an engine holding the raw events (a lake, a warehouse).
+    ``on_store``: the query is run on this store (it may read the ``profiles`` table, which other
+    engines do not hold: cohort_sql.compile_cohort); by default it reads only what toolkit/dialects.py lists."""
     defs = by_name(definitions)
     root = normalize(cohort) if not isinstance(cohort, str) else defs.get(cohort) or get(store, cohort)
     closure = _closure(store, root, defs)
     columns = event_columns.ensure(store, filtered_properties(closure.values())) if typed_columns else {}
-    return compile_cohort(root, now or dt.datetime.now(dt.UTC), closure, columns=columns)
+    return compile_cohort(root, now or dt.datetime.now(dt.UTC), closure, columns=columns, on_store=on_store)
 
 
 def evaluate(store: Store, cohort: Cohort | str, *, now: dt.datetime | None = None,
              definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None) -> list[str]:
     """The cohort's members as of ``now`` (default: the current time): canonical distinct_ids, sorted."""
     con = connection(store)
-    sql, params = query(store, cohort, now=now, definitions=definitions)
+    sql, params = query(store, cohort, now=now, definitions=definitions, on_store=True)
     return [row[0] for row in con.execute(sql, params).fetchall()]
 
 

@@ -293,7 +293,7 @@ def preview(store: Store, name: str | cohorts.Cohort, *, now: dt.datetime | None
     if isinstance(name, str) and name not in cohorts.by_name(definitions):
         name = cohorts.resolve_name(store, name)      # "pro plan in the us" finds "Pro plan in the US"
     # The members stay in DuckDB: a million ids through Python cost more than classifying them.
-    sql, params = cohorts.query(store, name, now=now, definitions=definitions)
+    sql, params = cohorts.query(store, name, now=now, definitions=definitions, on_store=True)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_MEMBERS} AS {sql}", params)
     evaluated = time.perf_counter()
     try:
