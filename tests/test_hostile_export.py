@@ -463,16 +463,19 @@ def test_ctrl_c_stops_a_run_even_if_its_cancellation_is_swallowed(where, termina
     goes on) must not turn an interrupted run into a finished one."""
     from toolkit.export.helpers import _run_async
 
+    cancelled = []
+
     async def swallowing():
         os.kill(os.getpid(), signal.SIGINT)
         try:
             await asyncio.sleep(10)
         except asyncio.CancelledError:
-            pass
+            cancelled.append(True)
         return "finished anyway"
 
     with pytest.raises(KeyboardInterrupt):
         _run_async(swallowing()) if where == "terminal" else in_a_notebook(lambda: _run_async(swallowing()))
+    assert cancelled, "the run was not cancelled: it ran on after Ctrl-C"
 
 
 # -- 12.5: a failed or refused export changes nothing; unreachable addresses fail at once ------------

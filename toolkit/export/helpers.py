@@ -69,14 +69,13 @@ def _run_in_thread(coroutine):
         with runner:
             return loop.run_until_complete(task)
 
+    # Leaving the pool waits for the thread: the run's cleanup, on the store's connection, ends first.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="export-run") as pool:
-        done = pool.submit(run)
-        try:
-            return done.result()
+        try:                 # the submit inside: a Ctrl-C as the run starts lands here too, not only in the wait
+            return pool.submit(run).result()
         except KeyboardInterrupt:
             with contextlib.suppress(RuntimeError):      # the loop closed: the run is over already
                 loop.call_soon_threadsafe(task.cancel)
-            concurrent.futures.wait([done])              # its cleanup, on the store's connection, ends first
             raise
 
 
