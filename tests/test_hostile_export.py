@@ -3,6 +3,7 @@ against the real emulator over HTTP and real DuckDB files. Every test here faile
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -358,8 +359,22 @@ def test_a_run_reads_its_registration_once(sample_copy_and_app, unlimited_emulat
         assert record.status == "ok" and reads == [COHORT]
 
 
+@pytest.fixture
+def terminal_ctrl_c():
+    """SIGINT as a terminal delivers it: KeyboardInterrupt in the main thread. Also when the suite runs as a
+    background job of a script, which starts with SIGINT ignored (the shell's rule for such jobs)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("a signal's handler runs in the main thread only")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.slow   # `toolkit export` as a process, interrupted
-def test_ctrl_c_during_an_export_says_the_export_stopped(sample_copy_and_app, tmp_path):
+def test_ctrl_c_during_an_export_says_the_export_stopped(sample_copy_and_app, tmp_path, terminal_ctrl_c):
+    """The process started as from a terminal (``terminal_ctrl_c``: a handled SIGINT is default again after
+    exec): started with SIGINT ignored, as a suite run as a script's background job is, it would ignore the
+    SIGINT as every program does, run the held update to its timeout and finish with 0."""
     db, app = sample_copy_and_app
     with Emulator(user_rate_limit=0) as slow:
         slow_app = slow.add_app(app.app_id, app.api_key)
@@ -386,6 +401,81 @@ def test_ctrl_c_during_an_export_says_the_export_stopped(sample_copy_and_app, tm
             slow.release()
     assert proc.returncode == 130, err
     assert "the export stopped" in err and "file being loaded" not in err
+
+
+@contextlib.contextmanager
+def ctrl_c_once_held(emulator):
+    """Press Ctrl-C once the emulator holds a user's update (``faults.inject("hold")``): the export is caught
+    mid-way whatever the machine's speed. Held requests are let go on the way out."""
+    done = threading.Event()
+
+    def press():
+        while not done.wait(0.01):
+            if emulator.held():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    presser = threading.Thread(target=press, daemon=True)
+    presser.start()
+    try:
+        yield
+    finally:
+        done.set()
+        presser.join()
+        emulator.release()
+
+
+def in_a_notebook(call):
+    """``call()`` from a cell: Jupyter runs cells with an event loop running (the export then runs its own in a
+    thread) and turns Ctrl-C (the kernel's interrupt) into KeyboardInterrupt wherever the main thread is."""
+    async def cell():
+        return call()
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(cell())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("where", ["terminal", "notebook"])
+def test_ctrl_c_mid_export_stops_it_at_once(where, empty_file_store, unlimited_emulator, app_with_users,
+                                            terminal_ctrl_c):
+    store, emulator = empty_file_store, unlimited_emulator
+    export.register(store, "Buyers", "once", app_with_users.app_id, emulator.url)
+    settings = export.settings(store, "Buyers", client_options={**FAST, "timeout": 1.0})
+    emulator.faults.inject("hold", method="PATCH", path="/users/")
+
+    def run():
+        return export.run(store, settings, ext("u1", "u2", "u3"), creds(app_with_users))
+
+    with pytest.raises(KeyboardInterrupt), ctrl_c_once_held(emulator):
+        run() if where == "terminal" else in_a_notebook(run)
+    (held,) = emulator.held()
+    tries = {r["t"] for r in emulator.requests() if r["method"] == "PATCH" and r["path"] == held["path"]}
+    assert len(tries) == 1, "the held update was tried again: the export went on after Ctrl-C"  # one arrival
+    assert store.con.execute("SELECT status FROM export_runs").fetchall() == [("interrupted",)]
+
+
+@pytest.mark.parametrize("where", ["terminal", "notebook"])
+def test_ctrl_c_stops_a_run_even_if_its_cancellation_is_swallowed(where, terminal_ctrl_c):
+    """Ctrl-C cancels the run's task; a library that swallows the cancellation (catches CancelledError and
+    goes on) must not turn an interrupted run into a finished one."""
+    from toolkit.export.helpers import _run_async
+
+    cancelled = []
+
+    async def swallowing():
+        os.kill(os.getpid(), signal.SIGINT)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+        return "finished anyway"
+
+    with pytest.raises(KeyboardInterrupt):
+        _run_async(swallowing()) if where == "terminal" else in_a_notebook(lambda: _run_async(swallowing()))
+    assert cancelled, "the run was not cancelled: it ran on after Ctrl-C"
 
 
 # -- 12.5: a failed or refused export changes nothing; unreachable addresses fail at once ------------
