@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -77,6 +76,7 @@ def ours(url: str, username: str, secret: str, project: str, landing: Path) -> d
 
 
 def child(url: str, username: str, project: str, landing: str) -> None:
+    from bench.worker import peak_rss
     from toolkit.mixpanel.client import ServiceAccount
     from toolkit.mixpanel.pull import pull
 
@@ -86,7 +86,7 @@ def child(url: str, username: str, project: str, landing: str) -> None:
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "bytes": result.bytes,
                       "exports": len(result.chunks),
-                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "peak_rss": peak_rss()}))
 
 
 def measure(events: int, repeat: int) -> dict:

@@ -52,6 +52,23 @@ def a_new_buyer(db: Path, emulator, app_id: str, user: str, when: datetime) -> N
         load(store, [data], now=when)
 
 
+FOUR_USERS = ["u1", "u2", "u3", "u4"]
+
+
+def buyers_and_panel(store, folder: Path) -> None:
+    """Four buyers with OneSignal ids; the cohorts "Buyers" and the static "Panel" (a world for sync tests)."""
+    from toolkit import cohorts, load
+
+    data = folder / "data"
+    data.mkdir()
+    write_lines(data / "events.jsonl", [event("Purchase", u, insert_id=f"p{u}") for u in FOUR_USERS])
+    write_lines(data / "profiles.jsonl", [{"$distinct_id": u, "$properties": {"$onesignal_user_id": f"ext-{u}"}}
+                                          for u in FOUR_USERS])
+    load(store, [data], now=NOW)
+    cohorts.save_all(store, [{"name": "Buyers", "rules": [{"event": "Purchase"}]},
+                             {"name": "Panel", "static_ids": FOUR_USERS}])
+
+
 def rows(store, sql, params=None):
     return store.con.execute(sql, params or []).fetchall()
 

@@ -16,28 +16,16 @@ import pytest
 from alert_receivers import SmtpServer, WebhookReceiver
 from cli_runner import toolkit
 
-from helpers import NOW, a_new_buyer, event, write_lines
-from toolkit import Store, alerts, cohorts, export, load, sync
+from helpers import FOUR_USERS, NOW, a_new_buyer, buyers_and_panel
+from toolkit import Store, alerts, cohorts, export, sync
 from toolkit.emulator import Emulator
 
 # view_rps: the emulator takes views at any pace; a run reading back the users the tag cap refused paced its
 # views at OneSignal's 1/s
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 2, "view_rps": 50}
-USERS = ["u1", "u2", "u3", "u4"]
+USERS = FOUR_USERS
 HOOK_SECRET = "T0SECRET/B0SECRET/xoxb-hook-token-4f9a2c"
 SMTP_SECRET = "smtp-pass-7d1e9b3c"
-
-
-def four_buyers(store, folder):
-    """Four buyers with OneSignal ids; the cohorts "Buyers" and the static "Panel"."""
-    data = folder / "data"
-    data.mkdir()
-    write_lines(data / "events.jsonl", [event("Purchase", u, insert_id=f"p{u}") for u in USERS])
-    write_lines(data / "profiles.jsonl", [{"$distinct_id": u, "$properties": {"$onesignal_user_id": f"ext-{u}"}}
-                                          for u in USERS])
-    load(store, [data], now=NOW)
-    cohorts.save_all(store, [{"name": "Buyers", "rules": [{"event": "Purchase"}]},
-                             {"name": "Panel", "static_ids": USERS}])
 
 
 @pytest.fixture
@@ -45,7 +33,7 @@ def world(tmp_path, filled_once, held_open, users_unspaced, monkeypatch):
     """Four buyers with OneSignal ids, a dynamic sync of "Buyers" (and of the static "Panel") registered at
     NOW, the emulator holding the users (u1 and u2 carry a tag of their own), a webhook receiver and an
     SMTP server, and alerts configured to both. The loaded store is a copy of one loaded once per module."""
-    db = held_open(filled_once(four_buyers, tmp_path / "store.duckdb"))     # each cycle reopens it
+    db = held_open(filled_once(buyers_and_panel, tmp_path / "store.duckdb"))     # each cycle reopens it
     with Emulator(user_rate_limit=0) as emu, WebhookReceiver(f"/services/{HOOK_SECRET}") as hook, \
             SmtpServer() as smtp:
         app = emu.add_app()

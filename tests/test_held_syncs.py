@@ -7,31 +7,19 @@ from datetime import timedelta
 import pytest
 from cli_runner import toolkit
 
-from helpers import NOW, a_new_buyer, event, write_lines
-from toolkit import Store, cohorts, export, load, report, sync
+from helpers import FOUR_USERS, NOW, a_new_buyer, buyers_and_panel
+from toolkit import Store, cohorts, export, report, sync
 from toolkit.emulator import Emulator
 from toolkit.errors import SyncPaused
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 2}
-USERS = ["u1", "u2", "u3", "u4"]
-
-
-def four_buyers(store, folder):
-    """Four buyers with OneSignal ids; the cohorts "Buyers" and the static "Panel"."""
-    data = folder / "data"
-    data.mkdir()
-    write_lines(data / "events.jsonl", [event("Purchase", u, insert_id=f"p{u}") for u in USERS])
-    write_lines(data / "profiles.jsonl", [{"$distinct_id": u, "$properties": {"$onesignal_user_id": f"ext-{u}"}}
-                                          for u in USERS])
-    load(store, [data], now=NOW)
-    cohorts.save_all(store, [{"name": "Buyers", "rules": [{"event": "Purchase"}]},
-                             {"name": "Panel", "static_ids": USERS}])
+USERS = FOUR_USERS
 
 
 @pytest.fixture
 def world(tmp_path, filled_once, users_unspaced, monkeypatch):
     """Buyers and Panel registered as dynamic syncs at NOW; the emulator holds the four users."""
-    db = filled_once(four_buyers, tmp_path / "store.duckdb")
+    db = filled_once(buyers_and_panel, tmp_path / "store.duckdb")
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
         for u in USERS:
