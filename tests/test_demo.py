@@ -91,8 +91,16 @@ def wait_for(check, what: str, proc, seconds: float = 120):
 
 
 def kernel_processes(proc) -> list[psutil.Process]:
-    return [p for p in psutil.Process(proc.pid).children(recursive=True)
-            if any("ipykernel" in part for part in p.cmdline())]
+    return [p for p in psutil.Process(proc.pid).children(recursive=True) if "ipykernel" in _command(p)]
+
+
+def _command(process: psutil.Process) -> str:
+    """Its command line, or "" for a child that ended meanwhile (JupyterLab's short-lived helpers: one
+    was a zombie not yet reaped when listed, and its cmdline raised)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
 
 
 @pytest.mark.slow
