@@ -163,3 +163,15 @@ def test_the_cli_dry_run_the_panel_and_the_notebook_show_what_preview_export_say
 
     with Store(fresh_sample_file, read_only=True) as store:
         assert export.runs(store) == runs_before                  # previews record nothing
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter_and_its_help(path, caplog):
+    """A parameter line papermill cannot parse is left out of `papermill --help-notebook` and warned about
+    in every scheduled run's output (the sync notebook's `master` line did, for an `=` in its comment)."""
+    import papermill
+
+    with caplog.at_level("WARNING", logger="papermill"):
+        parameters = papermill.inspect_notebook(str(path))
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("papermill")]
+    assert all(p["help"] for p in parameters.values()), [n for n, p in parameters.items() if not p["help"]]
