@@ -92,8 +92,7 @@ def evaluate(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
         sql, params = query(store, dynamic, now=now, definitions=defs)[0]
         members.flags = {c.name: (f"k{i // MASK_BITS}", i % MASK_BITS) for i, c in enumerate(dynamic)}
         masks: dict[str, list[str]] = {}
-        for i, _ in enumerate(dynamic):        # the pass's flag columns m0, m1... as bits
-            column, k = f"k{i // MASK_BITS}", i % MASK_BITS
+        for i, (column, k) in enumerate(members.flags.values()):     # the pass's flag columns m0, m1... as bits
             masks.setdefault(column, []).append(f"({quote_ident(f'm{i}')}::UBIGINT << {k})")
         listed = ", ".join(f"{' | '.join(bits)} AS {quote_ident(column)}" for column, bits in masks.items())
         con.execute(f"CREATE OR REPLACE TEMP TABLE {MEMBERS_TABLE.split('.')[1]} AS "
