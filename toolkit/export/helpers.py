@@ -4,7 +4,6 @@ so that Ctrl-C stops it."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import signal
 import threading
@@ -59,24 +58,54 @@ def _run_here(coroutine):
 
 def _run_in_thread(coroutine):
     """The coroutine on a loop in a thread of its own while this thread waits. Ctrl-C (the kernel's interrupt)
-    arrives here as KeyboardInterrupt: the run's task is cancelled and waited for, then the interrupt goes
-    on. Before, the wait went on until the whole export had been sent."""
+    arrives here as KeyboardInterrupt: the run's task is cancelled and its cleanup waited for, then the
+    interrupt goes on. Before, the wait went on until the whole export had been sent."""
     runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)     # leaves this thread's loop alone
     loop = runner.get_loop()
     task = loop.create_task(coroutine)
+    outcome: dict = {}
+    finished = threading.Event()     # not Thread.join: interrupted, 3.11's join can mark a running thread ended
 
-    def run():
-        with runner:
-            return loop.run_until_complete(task)
+    def run() -> None:
+        try:
+            with runner:
+                outcome["result"] = loop.run_until_complete(task)
+        except BaseException as error:   # noqa: B036 - handed to the waiting thread, which raises it
+            outcome["error"] = error
+        finally:
+            finished.set()
 
-    # Leaving the pool waits for the thread: the run's cleanup, on the store's connection, ends first.
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="export-run") as pool:
-        try:                 # the submit inside: a Ctrl-C as the run starts lands here too, not only in the wait
-            return pool.submit(run).result()
-        except KeyboardInterrupt:
-            with contextlib.suppress(RuntimeError):      # the loop closed: the run is over already
-                loop.call_soon_threadsafe(task.cancel)
-            raise
+    thread = threading.Thread(target=run, name="export-run")
+    try:
+        # Started with SIGINT blocked (the thread inherits the mask, for good), so the signal lands in this
+        # thread and never inside thread.start(): a KeyboardInterrupt there left the run going, unwaited for.
+        with _sigint_blocked():
+            thread.start()
+        while not finished.wait(0.1):    # a timeout: a signal the kernel gave another thread is seen soon
+            pass
+    except KeyboardInterrupt:
+        with contextlib.suppress(RuntimeError):      # the loop closed: the run is over already
+            loop.call_soon_threadsafe(task.cancel)
+        if thread.is_alive():
+            finished.wait()      # the run's cleanup, on the store's connection, ends first
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT held back from this thread meanwhile (and from threads started meanwhile, for good); one that
+    arrives is delivered when this ends. Where there is no signal mask (Windows) nothing is held."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager
