@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from toolkit import cohorts, event_columns, matching
+from toolkit import cohorts, event_columns, kept_pass, matching
 from toolkit.cohort_model import Cohort, normalize
 from toolkit.cohort_sql import compile_cohorts, filtered_properties
 from toolkit.loading.derived import stored_facts
@@ -64,10 +64,12 @@ class Members:
 
 
 def query(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
-          definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None) -> tuple[Query, list[Cohort]]:
+          definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None,
+          **relations: str) -> tuple[Query, list[Cohort]]:
     """The one query of the dynamic cohorts among ``chosen`` (by name or definition; referenced cohorts
     from ``definitions``, then the store), and those cohorts in its column order (m0, m1...). Their event
-    property filters get typed columns first, as ``cohorts.query`` does for one."""
+    property filters get typed columns first, as ``cohorts.query`` does for one. ``relations``: the
+    events and profiles read instead of the resolved views (``compile_cohorts``)."""
     defs = cohorts.by_name(definitions)
     roots = [_definition(store, c, defs) for c in chosen]
     closure: dict[str, Cohort] = {}
@@ -75,13 +77,15 @@ def query(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
         closure.update(cohorts._closure(store, root, {**defs, **closure}))
     dynamic = [c for c in roots if not c.is_static]
     columns = event_columns.ensure(store, filtered_properties(closure.values()))
-    return compile_cohorts(dynamic, now, closure, columns=columns), dynamic
+    return compile_cohorts(dynamic, now, closure, columns=columns, **relations), dynamic
 
 
 def evaluate(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
-             definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None) -> Members:
+             definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None, keep: bool = False) -> Members:
     """Evaluate ``chosen`` as of ``now``: the dynamic ones in one pass into MEMBERS_TABLE (replacing the
-    last), the static ones compiled on their own."""
+    last), the static ones compiled on their own. ``keep`` (a sync cycle, on a store it may write): the
+    pass is kept in the store, and brought up to date from the one kept before where it can be
+    (toolkit/kept_pass.py): only the users who may have changed since are evaluated."""
     con = connection(store)
     defs = _with_stored(store, chosen, cohorts.by_name(definitions))
     roots = [_definition(store, c, defs) for c in chosen]
@@ -89,14 +93,21 @@ def evaluate(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
                               for c in roots if c.is_static})
     dynamic = [c for c in roots if not c.is_static]
     if dynamic:
-        sql, params = query(store, dynamic, now=now, definitions=defs)[0]
         members.flags = {c.name: (f"k{i // MASK_BITS}", i % MASK_BITS) for i, c in enumerate(dynamic)}
         masks: dict[str, list[str]] = {}
         for i, (column, k) in enumerate(members.flags.values()):     # the pass's flag columns m0, m1... as bits
             masks.setdefault(column, []).append(f"({quote_ident(f'm{i}')}::UBIGINT << {k})")
         listed = ", ".join(f"{' | '.join(bits)} AS {quote_ident(column)}" for column, bits in masks.items())
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {MEMBERS_TABLE.split('.')[1]} AS "
-                    f"SELECT {_DID}, {listed} FROM ({sql})", params)
+
+        def select(at: dt.datetime, **relations: str) -> Query:
+            sql, params = query(store, dynamic, now=at, definitions=defs, **relations)[0]
+            return Query(f"SELECT {_DID}, {listed} FROM ({sql})", params)
+
+        if keep and len(masks) <= kept_pass.MASKS and not getattr(store, "read_only", True):
+            kept_pass.refresh(con, select, now, MEMBERS_TABLE, members.masks)
+        else:
+            sql, params = select(now)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {MEMBERS_TABLE.split('.')[1]} AS {sql}", params)
     return members
 
 

@@ -101,17 +101,22 @@ def compile_cohort(cohort: Cohort, now: dt.datetime,
 
 def compile_cohorts(cohorts: Sequence[Cohort], now: dt.datetime,
                     lookup: Mapping[str, Cohort] | Callable[[str], Cohort | None] | None = None, *,
-                    restrict: bool = True, columns: Mapping[tuple[str, str], str] | None = None) -> Query:
+                    restrict: bool = True, columns: Mapping[tuple[str, str], str] | None = None,
+                    events: str = EVENTS_VIEW, profiles: str = PROFILES_VIEW) -> Query:
     """SQL evaluating several dynamic cohorts in one pass over the events: one row per user who is a
     member of any of them, with ``distinct_id`` and one boolean column per cohort, ``m0``, ``m1``... in
     the order given. Every event rule of every cohort is one aggregate of the same ``ev`` (a rule that
     several cohorts share is counted once), so sixty cohorts cost one scan, not sixty. Each column holds
     exactly what ``compile_cohort`` would return for that cohort. Static cohorts are refused: their
-    members need not be known users, so they are evaluated on their own (no events are read)."""
+    members need not be known users, so they are evaluated on their own (no events are read).
+    ``events``, ``profiles``: the relations read instead of the resolved views, with their columns (a
+    kept pass re-evaluates some users only: toolkit/kept_pass.py)."""
     if lookup is None:
         lookup = {}
     find = lookup.get if isinstance(lookup, Mapping) else lookup
-    return _Compiler(to_utc_naive(now), find, restrict, columns or {}).many(list(cohorts))
+    compiler = _Compiler(to_utc_naive(now), find, restrict, columns or {})
+    compiler.events_view, compiler.profiles_view = events, profiles
+    return compiler.many(list(cohorts))
 
 
 def filtered_properties(cohorts: Iterable[Cohort]) -> set[tuple[str, str]]:
@@ -147,6 +152,7 @@ class _Compiler:
         self.profile_props: dict[str, str] = {}   # profile property name -> extracted column (batch: prefix)
         self.stack: list[str] = []            # cohorts being inlined, for cycle detection
         self.batch = False                    # many cohorts in one pass (``many``)
+        self.events_view, self.profiles_view = EVENTS_VIEW, PROFILES_VIEW   # what the rules read
 
     def bind(self, value) -> str:
         key = _value_key(value)
@@ -235,23 +241,23 @@ WHERE {" OR ".join(flags)}"""
         ctes, sources = self.event_ctes(now, every_event=shared)     # sources: alias -> relation joined into `known`
         if gate is not None:
             return ctes + self.candidates_first(base, sources, gate)
-        profiles = _q(PROFILES_VIEW)
+        profiles = view = _q(self.profiles_view)
         if batch and self.profile_props:
             paths = self.bind([json_pointer(n) for n in self.profile_props])
             values = ", ".join(_typed_columns(f"{_q('_v')}[{i + 1}]", c)
                                for i, c in enumerate(self.profile_props.values()))
             ctes.append(f"""{_q("pv")} AS {"" if shared else "MATERIALIZED "}(
     SELECT {DID}, {values}
-    FROM (SELECT {DID}, json_extract({PROPS}, {paths}) AS {_q("_v")} FROM {_q(PROFILES_VIEW)})
+    FROM (SELECT {DID}, json_extract({PROPS}, {paths}) AS {_q("_v")} FROM {view})
 )""")
             profiles = _q("pv")
         if self.profile_props:
             sources["p"] = profiles
         if shared:                      # everyone known, listed by joining the events' users and the profiles
-            return [*ctes, self.known_shared(sources, profiles)]
+            return [*ctes, self.known_shared(sources, profiles, view)]
         if base == "u":                 # everyone known: anyone with an event up to now, or a profile
             events = (f"SELECT {DID} FROM {_q('ev')}" if shared
-                      else f"SELECT {DID} FROM {_q(EVENTS_VIEW)} WHERE {TIME} <= {now}")
+                      else f"SELECT {DID} FROM {_q(self.events_view)} WHERE {TIME} <= {now}")
             ctes.append(f"""{_q("users")} AS (
     {events}
     UNION SELECT {DID} FROM {profiles}
@@ -262,7 +268,7 @@ WHERE {" OR ".join(flags)}"""
         (lead, relation), *rest = sources.items()
         joins = "".join(f"\n    LEFT JOIN {rel} {alias} ON {alias}.{DID} = {lead}.{DID}" for alias, rel in rest)
         profile = [", ".join(f"p.{quote_ident(f'{c}_{s}')}" for s in _SUFFIXES)
-                   if profiles != _q(PROFILES_VIEW) else
+                   if profiles != view else
                    f"json_extract(p.{PROPS}, {self.bind(json_pointer(n))}) AS {quote_ident(c)}"
                    for n, c in self.profile_props.items()]
         columns = _listed(profile) + _listed(_names(self.plain), "e.") + _listed(_names(self.filtered), "f.")
@@ -272,7 +278,7 @@ WHERE {" OR ".join(flags)}"""
 )""")
         return ctes
 
-    def known_shared(self, sources: dict[str, str], profiles: str) -> str:
+    def known_shared(self, sources: dict[str, str], profiles: str, view: str) -> str:
         """``known`` when ``ev`` groups every event: one outer join of ``ev`` (a row per user with an event)
         and the profiles lists everyone known with their aggregates and properties (a UNION of the two
         users' lists, then a join to each, took three hash tables of every user instead of one)."""
@@ -280,7 +286,7 @@ WHERE {" OR ".join(flags)}"""
         people = profiles if self.profile_props else f"(SELECT {DID} FROM {profiles})"
         joins = "".join(f"\n    LEFT JOIN {rel} {alias} ON {alias}.{DID} = {did}"
                         for alias, rel in sources.items() if alias not in ("e", "p"))
-        profile = [", ".join(f"p.{quote_ident(f'{c}_{s}')}" for s in _SUFFIXES) if profiles != _q(PROFILES_VIEW)
+        profile = [", ".join(f"p.{quote_ident(f'{c}_{s}')}" for s in _SUFFIXES) if profiles != view
                    else f"json_extract(p.{PROPS}, {self.bind(json_pointer(n))}) AS {quote_ident(c)}"
                    for n, c in self.profile_props.items()]
         columns = _listed(profile) + _listed(_names(self.plain), "e.") + _listed(_names(self.filtered), "f.")
@@ -339,7 +345,7 @@ WHERE {" OR ".join(flags)}"""
                                             + self.counted_rows(False))
             ctes.append(f"""{_q("ev")} AS (
     SELECT {DID}{_listed(self.plain)}
-    FROM {_q(EVENTS_VIEW)}
+    FROM {_q(self.events_view)}
     WHERE {TIME} <= {now}{named}
     GROUP BY {DID}
 )""")
@@ -349,7 +355,7 @@ WHERE {" OR ".join(flags)}"""
                          for n, c in self.event_props.items()]
             ctes.append(f"""{_q("fe")} AS (
     SELECT {DID}, {_q("event")}, {TIME}{_listed(extracted)}
-    FROM {_q(EVENTS_VIEW)}
+    FROM {_q(self.events_view)}
     WHERE {TIME} <= {now} AND {_q("event")} IN ({", ".join(self.filtered_events)}){self.counted_rows(True)}
 ), {_q("fa")} AS (
     SELECT {DID}{_listed(self.filtered)}

@@ -481,6 +481,27 @@ MIGRATIONS: list[str] = [
     ALTER TABLE profiles ALTER COLUMN file_id SET NOT NULL;
     ALTER TABLE profiles ALTER COLUMN line SET NOT NULL;
     """,
+    # 18: the last sync cycle's pass kept (toolkit/kept_pass.py): its members' cohort masks, what it was
+    # (the query's digest at its now), and the users each load since may have changed (a load writes
+    # them only while a pass is kept: toolkit/loading/derived.py), so the next cycle evaluates only those
+    # and the users whose events crossed a window's edge.
+    """
+    CREATE SEQUENCE member_change_ids START 1;
+    CREATE TABLE member_changes (
+        seq         BIGINT NOT NULL,       -- one per load step (file), member_change_ids
+        distinct_id VARCHAR                -- an id as sent or canonical; NULL: every user
+    );
+    CREATE TABLE kept_pass (
+        distinct_id VARCHAR NOT NULL,      -- canonical, a member of at least one of the pass's cohorts
+        k0 UBIGINT, k1 UBIGINT, k2 UBIGINT, k3 UBIGINT   -- the masks (cohort_batch.MASK_BITS each)
+    );
+    CREATE TABLE kept_pass_state (
+        digest      VARCHAR NOT NULL,      -- of the pass's query (text and values) at its now
+        now         TIMESTAMP NOT NULL,
+        seq         BIGINT NOT NULL,       -- the member changes it includes
+        masks       INTEGER NOT NULL       -- mask columns in use
+    );
+    """,
 ]
 
 

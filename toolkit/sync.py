@@ -253,7 +253,7 @@ class _SharedPass:
         if len({s.cohort for s in chosen}) < 2:
             return                      # one cohort: its run evaluates it, as an export does
         try:
-            self.members = cohort_batch.evaluate(store, sorted({s.cohort for s in chosen}), now=now)
+            self.members = cohort_batch.evaluate(store, sorted({s.cohort for s in chosen}), now=now, keep=True)
         except Exception as exc:
             log.info("the cycle's cohorts are evaluated one by one: %s", failure_reason(exc))
             _end_open_transaction(store)

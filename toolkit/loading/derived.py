@@ -310,6 +310,7 @@ def refresh_facts(con, generation: int) -> None:
     them, or a load before this code) and a first identity resolution rebuild the whole table.
     The touched ids are those recorded since `track_changes`."""
     touched_all, touched = _touched_everything(con, generation)
+    _log_member_changes(con, generation)
     if touched_all or stored_facts(con, DEFAULT_USER_ID_PROPERTY) is None:
         sql, params = facts_sql()
         con.execute(f"DELETE FROM {FACTS_TABLE}")   # the table is store migration 6's
@@ -327,6 +328,21 @@ def _touched_everything(con, generation: int) -> tuple[bool, int]:
     con.execute(f"INSERT INTO {TOUCHED} SELECT distinct_id FROM profiles WHERE file_id = {int(generation)}")
     every, count = con.execute(f"SELECT count(*) FILTER (WHERE id IS NULL), count(*) FROM {TOUCHED}").fetchone()
     return bool(every), count
+
+
+def _log_member_changes(con, generation: int) -> None:
+    """While a sync cycle's pass is kept (store migration 18, toolkit/kept_pass.py), record the users this
+    load step may have moved in or out of a cohort, so the next cycle evaluates only them: the touched ids
+    (a resolved profile changed; a re-resolved identity component, old and new canonical ids both; NULL:
+    every id) and the ids of the events file ``generation`` published (dropped duplicates were copies of
+    them). Ids as they came; the cycle adds their canonical ids. Not kept: nothing is written."""
+    if not con.execute("SELECT count(*) FROM kept_pass_state").fetchone()[0]:
+        return
+    seq, = con.execute("SELECT nextval('member_change_ids')").fetchone()
+    con.execute(f"""INSERT INTO member_changes SELECT DISTINCT $seq, id FROM (
+                        SELECT id FROM {TOUCHED}
+                        UNION ALL SELECT distinct_id FROM event_rows WHERE file_id = $g)""",
+                {"seq": seq, "g": int(generation)})
 
 
 def _refresh_touched_facts(con) -> None:

@@ -1,0 +1,131 @@
+"""A sync cycle's pass kept in the store and brought up to date (toolkit/kept_pass.py): after any sequence of
+loads (events, identity links, profiles, updates and deletions) and of moves of ``now`` across the windows'
+edges, the kept pass answers exactly what evaluating the whole pass answers, for every cohort."""
+
+import datetime as dt
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_delta import IDS, linking, snapshot, update, write
+
+from helpers import NOW, T0, event, rows, write_lines
+from toolkit import cohort_batch, kept_pass
+from toolkit.cohort_model import parse
+from toolkit.loading import run
+from toolkit.store import Store
+
+HOUR = 3600
+DEFINITIONS = [parse(d) for d in [
+    {"name": "viewed in 1d", "rules": [{"event": "Page View", "last_days": 1}]},
+    {"name": "bought twice in 3d", "rules": [{"event": "Purchase", "operator": "at_least", "count": 2,
+                                              "last_days": 3}]},
+    {"name": "no purchase in 2d", "rules": [{"event": "Purchase", "did": False, "last_days": 2}]},
+    {"name": "first purchase in 2d", "rules": [{"event": "Purchase", "first_time_last_days": 2}]},
+    {"name": "free plan", "rules": [{"property": "plan", "operator": "equals", "value": "free"}]},
+    {"name": "has an id, viewed x=1", "rules": [{"property": "$onesignal_user_id", "operator": "is_set"},
+                                                {"event": "Page View", "where": [
+                                                    {"property": "x", "operator": "equals", "value": 1}]}]},
+    {"name": "viewers not free", "rules": [{"in_cohort": "viewed in 1d"}, {"not_in_cohort": "free plan"}]},
+    {"name": "early viewers", "rules": [{"event": "Page View", "between": ["2026-09-21", "2026-09-22"]}]},
+]]
+NAMES = [d.name for d in DEFINITIONS]
+START = dt.datetime.fromtimestamp(T0, dt.UTC)
+
+spread = st.builds(lambda name, did, hours, x: event(name, did, T0 + hours * HOUR, None, x=x),
+                   st.sampled_from(["Page View", "Purchase"]), st.sampled_from(IDS), st.integers(0, 120),
+                   st.integers(0, 1))
+events_file = st.tuples(st.just("events"), st.lists(st.one_of(spread, spread, linking), min_size=1, max_size=10))
+profiles_file = st.tuples(st.just("profiles"), st.lists(snapshot, min_size=1, max_size=4))
+updates_file = st.tuples(st.just("updates"), st.lists(update, min_size=1, max_size=4))
+# a cycle: some files loaded, then the pass at a moment (hours after the first event: windows' edges move)
+CYCLES = st.lists(st.tuples(st.lists(st.one_of(events_file, profiles_file, updates_file), max_size=2),
+                            st.integers(0, 150)), min_size=2, max_size=5)
+
+
+def members(store: Store, *, keep: bool, now: dt.datetime) -> dict[str, list[str]]:
+    found = cohort_batch.evaluate(store, NAMES, now=now, definitions=DEFINITIONS, keep=keep)
+    return {name: sorted(r[0] for r in rows(store, found.query(name).sql, found.query(name).params))
+            for name in NAMES}
+
+
+@pytest.fixture
+def refreshes(monkeypatch) -> list[bool]:
+    """Whether each kept pass was brought up to date (True) or evaluated whole."""
+    taken: list[bool] = []
+    real = kept_pass.refresh
+
+    def recorded(*args, **kwargs):
+        taken.append(real(*args, **kwargs))
+        return taken[-1]
+
+    monkeypatch.setattr(kept_pass, "refresh", recorded)
+    return taken
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(CYCLES)
+def test_a_kept_pass_answers_what_the_whole_pass_answers(new_store, refreshes, cycles):
+    with tempfile.TemporaryDirectory() as tmp, Store(new_store(Path(tmp) / "s.duckdb")) as store:
+        refreshes.clear()
+        for n, (files, hours) in enumerate(cycles):
+            (Path(tmp) / f"c{n}").mkdir()
+            for path in write(Path(tmp) / f"c{n}", files):
+                run.load(store, [path], now=NOW)
+            everyone = rows(store, "SELECT count(*) FROM member_changes WHERE distinct_id IS NULL")[0][0]
+            now = START + dt.timedelta(hours=hours)
+            kept = members(store, keep=True, now=now)
+            # whole only the first time, or after a load that re-resolved every identity (the first links)
+            assert refreshes[-1] == (n > 0 and not everyone)
+            assert kept == members(store, keep=False, now=now), f"cycle {n} at +{hours} h"
+
+
+def test_only_changed_users_and_crossed_windows_are_evaluated_again(new_store, tmp_path, refreshes):
+    """Nothing loaded and the same now: no user is evaluated again. Two hours later, only users with an
+    event at a window's edge; after a load, its users."""
+    store = Store(new_store(tmp_path / "s.duckdb"))
+    run.load(store, [write_lines(tmp_path / "a.jsonl", [
+        event("Page View", f"u{n}", T0 + n * HOUR) for n in range(48)])], now=NOW)
+    now = START + dt.timedelta(days=2)                    # "viewed in 1d": u24..u47
+    evaluated = []
+    real = kept_pass._changed_users
+
+    def spy(con, since, slices):
+        real(con, since, slices)
+        evaluated.append(sorted(r[0] for r in con.execute(f"SELECT id FROM {kept_pass.USERS}").fetchall()))
+
+    def viewers(at):
+        return members(store, keep=True, now=at)["viewed in 1d"]
+
+    kept_pass._changed_users = spy
+    try:
+        assert viewers(now) == sorted(f"u{n}" for n in range(24, 48))
+        assert viewers(now) == sorted(f"u{n}" for n in range(24, 48))
+        assert evaluated[-1] == []
+        later = now + dt.timedelta(hours=2)                # u24 and u25 leave the window
+        assert viewers(later) == sorted(f"u{n}" for n in range(26, 48))
+        # events at [old edge, new edge] of each window that moved, both ends in: 1 day, 2 days (now: none)
+        assert evaluated[-1] == ["u0", "u1", "u2", "u24", "u25", "u26"]
+        run.load(store, [write_lines(tmp_path / "b.jsonl", [event("Page View", "u3", T0 + 49 * HOUR)])], now=NOW)
+        assert viewers(later) == sorted(["u3", *(f"u{n}" for n in range(26, 48))])
+        assert evaluated[-1] == ["u3"]
+    finally:
+        kept_pass._changed_users = real
+        store.close()
+    assert refreshes == [False, True, True, True]
+    with Store(tmp_path / "s.duckdb", read_only=True) as after:    # what the last pass took in is let go
+        assert rows(after, "SELECT count(*) FROM member_changes") == [(0,)]
+
+
+def test_loads_record_changed_users_only_while_a_pass_is_kept(new_store, tmp_path):
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
+        run.load(store, [write_lines(tmp_path / "a.jsonl", [event("Page View", "u1", T0)])], now=NOW)
+        assert rows(store, "SELECT count(*) FROM member_changes") == [(0,)]
+        members(store, keep=True, now=NOW)
+        run.load(store, [write_lines(tmp_path / "b.jsonl", [event("Page View", "u2", T0)])], now=NOW)
+        assert rows(store, "SELECT distinct_id FROM member_changes") == [("u2",)]
+        kept_pass.forget(store.con)
+        run.load(store, [write_lines(tmp_path / "c.jsonl", [event("Page View", "u3", T0)])], now=NOW)
+        assert rows(store, "SELECT count(*) FROM member_changes") == [(0,)]
