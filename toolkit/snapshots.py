@@ -86,21 +86,28 @@ def diff(con, cohort: str, since: datetime, wanted: pa.Table
 
 
 def kept_all(con, cohorts: list[str], since: datetime) -> dict[str, tuple[Fingerprint | None, int]]:
-    """``kept`` of many cohorts at once, with each snapshot's size as of ``since`` (what ``diff`` counts):
-    one pass over ``export_members`` for all of them instead of a few statements per cohort."""
+    """``kept`` of many cohorts at once, with each snapshot's size as of ``since`` (what ``diff`` counts).
+    The rows are counted per cohort, and only the few that are not tagged are read whole (the size, the
+    expired): one pass computing every condition over the 7M rows of sixty snapshots took 0.32-0.53 s
+    at 10M events, the count alone 34 ms."""
     found = con.execute(f"""
         WITH chosen AS (SELECT unnest($cohorts::VARCHAR[]) AS cohort),
         counted AS (
+            SELECT cohort, count(*) AS rows FROM export_members
+            WHERE cohort IN (SELECT cohort FROM chosen) GROUP BY cohort),
+        untagged AS (
             SELECT cohort, count(*) AS rows,
                    count(*) FILTER (WHERE status = 'tagged' OR checked_at > $since) AS size,
                    count(*) FILTER (WHERE status <> 'tagged' AND checked_at <= $since) AS expired,
                    coalesce(sum({_HASH}) FILTER (WHERE status <> 'tagged' AND checked_at <= $since), 0)::HUGEINT
                        AS expired_digest
-            FROM export_members WHERE cohort IN (SELECT cohort FROM chosen) GROUP BY cohort)
-        SELECT chosen.cohort, s.members, s.fingerprint, s.absent_since, coalesce(n.rows, 0), coalesce(n.size, 0),
-               coalesce(n.expired, 0), coalesce(n.expired_digest, 0)
-        FROM chosen LEFT JOIN export_snapshots s USING (cohort) LEFT JOIN counted n USING (cohort)""",
-                        {"cohorts": list(cohorts), "since": since}).fetchall()
+            FROM export_members WHERE status <> 'tagged'
+                                      AND cohort IN (SELECT cohort FROM chosen) GROUP BY cohort)
+        SELECT chosen.cohort, s.members, s.fingerprint, s.absent_since, coalesce(n.rows, 0),
+               coalesce(n.rows, 0) - coalesce(u.rows, 0) + coalesce(u.size, 0),
+               coalesce(u.expired, 0), coalesce(u.expired_digest, 0)
+        FROM chosen LEFT JOIN export_snapshots s USING (cohort) LEFT JOIN counted n USING (cohort)
+             LEFT JOIN untagged u USING (cohort)""", {"cohorts": list(cohorts), "since": since}).fetchall()
     out: dict[str, tuple[Fingerprint | None, int]] = {}
     for cohort, members, digest, absent_since, rows, size, expired, expired_digest in found:
         if members is None or members != rows:
