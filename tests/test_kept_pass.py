@@ -14,7 +14,7 @@ from test_delta import IDS, linking, snapshot, update, write
 from helpers import NOW, T0, event, rows, write_lines
 from toolkit import cohort_batch, kept_pass
 from toolkit.cohort_model import parse
-from toolkit.loading import run
+from toolkit.loading import derived, run
 from toolkit.store import Store
 
 HOUR = 3600
@@ -119,13 +119,21 @@ def test_only_changed_users_and_crossed_windows_are_evaluated_again(new_store, t
         assert rows(after, "SELECT count(*) FROM member_changes") == [(0,)]
 
 
-def test_loads_record_changed_users_only_while_a_pass_is_kept(new_store, tmp_path):
+def test_loads_record_changed_users_only_while_a_pass_is_kept(new_store, tmp_path, monkeypatch):
     with Store(new_store(tmp_path / "s.duckdb")) as store:
         run.load(store, [write_lines(tmp_path / "a.jsonl", [event("Page View", "u1", T0)])], now=NOW)
         assert rows(store, "SELECT count(*) FROM member_changes") == [(0,)]
         members(store, keep=True, now=NOW)
         run.load(store, [write_lines(tmp_path / "b.jsonl", [event("Page View", "u2", T0)])], now=NOW)
         assert rows(store, "SELECT distinct_id FROM member_changes") == [("u2",)]
-        kept_pass.forget(store.con)
-        run.load(store, [write_lines(tmp_path / "c.jsonl", [event("Page View", "u3", T0)])], now=NOW)
+        # cycles stopped, loads went on: past the cap the pass is let go, and the log with it
+        monkeypatch.setattr(derived, "MAX_MEMBER_CHANGES", 1)
+        run.load(store, [write_lines(tmp_path / "c.jsonl", [event("Page View", f"u{n}", T0) for n in (3, 4)])],
+                 now=NOW)
+        assert rows(store, "SELECT distinct_id FROM member_changes ORDER BY 1") == [("u2",), ("u3",), ("u4",)]
+        run.load(store, [write_lines(tmp_path / "d.jsonl", [event("Page View", "u5", T0)])], now=NOW)
+        assert rows(store, "SELECT (SELECT count(*) FROM member_changes), (SELECT count(*) FROM kept_pass), "
+                           "(SELECT count(*) FROM kept_pass_state)") == [(0, 0, 0)]
+        run.load(store, [write_lines(tmp_path / "e.jsonl", [event("Page View", "u6", T0)])], now=NOW)
         assert rows(store, "SELECT count(*) FROM member_changes") == [(0,)]
+        assert members(store, keep=True, now=NOW) == members(store, keep=False, now=NOW)   # whole again

@@ -28,7 +28,9 @@ from toolkit.sql import Query, to_utc_naive
 from toolkit.store import transaction
 
 MASKS = 4                                # the mask columns kept_pass has (k0..k3)
-USERS, SENT = "_kp_users", "_kp_sent"    # temp tables: the users evaluated again; every id resolving to one
+LOGGED, USERS, SENT = "_kp_logged", "_kp_users", "_kp_sent"   # temp tables: the ids a load or a window's
+                                                               # edge names; with their canonical ids; every
+                                                               # id resolving to one of those
 EVENTS, PROFILES = "_kp_events", "_kp_profiles"   # temp views: the resolved relations of those users only
 
 Select = Callable[..., Query]            # (now, events=, profiles=) -> the pass's query: distinct_id, k0...
@@ -63,16 +65,9 @@ def refresh(con, select: Select, now: dt.datetime, table: str, masks: list[str])
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table.split('.')[1]} AS SELECT distinct_id, {listed} FROM kept_pass")
         for view in (EVENTS, PROFILES):
             con.execute(f"DROP VIEW IF EXISTS {view}")
-        for temp in (SENT, USERS):
+        for temp in (SENT, USERS, LOGGED):
             con.execute(f"DROP TABLE IF EXISTS {temp}")
     return kept
-
-
-def forget(con) -> None:
-    """Keep no pass: the next cycle evaluates the whole pass, and loads stop recording changed users."""
-    with transaction(con):
-        for kept in ("kept_pass", "kept_pass_state", "member_changes"):
-            con.execute(f"DELETE FROM {kept}")
 
 
 def _slices(kept: Query, current: Query, digest: str) -> list[tuple[dt.datetime, dt.datetime]] | None:
@@ -92,18 +87,22 @@ def _slices(kept: Query, current: Query, digest: str) -> list[tuple[dt.datetime,
 
 
 def _changed_users(con, since: int, slices: list[tuple[dt.datetime, dt.datetime]]) -> None:
-    """``USERS``: the canonical ids to evaluate again (and the ids as logged: one that is no longer
-    canonical loses its kept row); ``SENT``: every id resolving to one of them, with it; and the
-    ``EVENTS`` and ``PROFILES`` views of their rows alone."""
+    """``LOGGED``: the ids loads logged since ``since`` and those with an event in a slice; ``USERS``:
+    those and their canonical ids, the users to evaluate again (an id no longer canonical loses its kept
+    row); ``SENT``: every id resolving to one of them, with it; the ``EVENTS`` and ``PROFILES`` views of
+    their rows alone."""
     crossed = " OR ".join(f"time BETWEEN $a{i} AND $b{i}" for i in range(len(slices)))
     bounds = {k: v for i, (a, b) in enumerate(slices) for k, v in ((f"a{i}", a), (f"b{i}", b))}
+    # The ids first (a few thousand), then their canonical ids: one statement planned the map's look-up
+    # over the whole events' scan (175 ms at 10M events instead of ~40). Unpublished rows may add ids: harmless.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {LOGGED} AS
+        SELECT distinct_id AS id FROM member_changes WHERE seq > $since
+        {f"UNION SELECT distinct_id FROM event_rows WHERE {crossed}" if slices else ""}""", {"since": since, **bounds})
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {USERS} AS
-        WITH logged AS (SELECT distinct_id AS id FROM member_changes WHERE seq > $since
-                        {f"UNION SELECT distinct_id FROM events WHERE {crossed}" if slices else ""})
-        SELECT id FROM logged
-        UNION SELECT canonical_id FROM identity_map WHERE distinct_id IN (SELECT id FROM logged)""",
-                {"since": since, **bounds})
+        SELECT id FROM {LOGGED}
+        UNION SELECT canonical_id FROM identity_map WHERE distinct_id IN (SELECT id FROM {LOGGED})""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {SENT} AS
         SELECT distinct_id AS sent, canonical_id AS canonical FROM identity_map

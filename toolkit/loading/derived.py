@@ -330,13 +330,24 @@ def _touched_everything(con, generation: int) -> tuple[bool, int]:
     return bool(every), count
 
 
+MAX_MEMBER_CHANGES = 1_000_000
+
+
 def _log_member_changes(con, generation: int) -> None:
     """While a sync cycle's pass is kept (store migration 18, toolkit/kept_pass.py), record the users this
     load step may have moved in or out of a cohort, so the next cycle evaluates only them: the touched ids
     (a resolved profile changed; a re-resolved identity component, old and new canonical ids both; NULL:
     every id) and the ids of the events file ``generation`` published (dropped duplicates were copies of
-    them). Ids as they came; the cycle adds their canonical ids. Not kept: nothing is written."""
-    if not con.execute("SELECT count(*) FROM kept_pass_state").fetchone()[0]:
+    them). Ids as they came; the cycle adds their canonical ids. Not kept: nothing is written. Once the
+    log outgrows ``MAX_MEMBER_CHANGES`` (cycles stopped, loads went on), the kept pass is let go: the next
+    cycle evaluates the whole pass, cheaper than that many users one by one, and the log stops growing."""
+    kept, logged = con.execute("SELECT (SELECT count(*) FROM kept_pass_state), (SELECT count(*) FROM member_changes)"
+                               ).fetchone()
+    if not kept:
+        return
+    if logged > MAX_MEMBER_CHANGES:
+        for table in ("kept_pass", "kept_pass_state", "member_changes"):
+            con.execute(f"DELETE FROM {table}")
         return
     seq, = con.execute("SELECT nextval('member_change_ids')").fetchone()
     con.execute(f"""INSERT INTO member_changes SELECT DISTINCT $seq, id FROM (
