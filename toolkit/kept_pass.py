@@ -43,10 +43,10 @@ def refresh(con, select: Select, now: dt.datetime, table: str, masks: list[str])
     current = select(now)
     state = con.execute("SELECT digest, now, seq, masks FROM kept_pass_state").fetchone()
     slices = _slices(select(state[1]), current, state[0]) if state and state[3] == len(masks) else None
-    listed = ", ".join(masks)
+    listed, temp = ", ".join(masks), table.split(".")[1]
     with transaction(con):
-        seq, everyone = con.execute("SELECT max(seq), count(*) FILTER (WHERE distinct_id IS NULL) FROM member_changes"
-                                    ).fetchone()
+        seq, everyone = con.execute("SELECT max(seq), count(*) FILTER (WHERE distinct_id IS NULL) "
+                                    "FROM member_changes").fetchone()
         seq = seq or (state[2] if state else 0)
         kept = slices is not None and not everyone
         if kept:
@@ -55,18 +55,18 @@ def refresh(con, select: Select, now: dt.datetime, table: str, masks: list[str])
             sql, params = select(now, events=EVENTS, profiles=PROFILES)
             con.execute(f"INSERT INTO kept_pass (distinct_id, {listed}) SELECT * FROM ({sql})", params)
         else:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {table.split('.')[1]} AS {current.sql}", current.params)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {temp} AS {current.sql}", current.params)
             con.execute("DELETE FROM kept_pass")
             con.execute(f"INSERT INTO kept_pass (distinct_id, {listed}) SELECT * FROM {table}")
         con.execute("DELETE FROM kept_pass_state")
         con.execute("INSERT INTO kept_pass_state VALUES (?, ?, ?, ?)", [_digest(current), now, seq, len(masks)])
         con.execute("DELETE FROM member_changes WHERE seq <= ?", [seq])
     if kept:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table.split('.')[1]} AS SELECT distinct_id, {listed} FROM kept_pass")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {temp} AS SELECT distinct_id, {listed} FROM kept_pass")
         for view in (EVENTS, PROFILES):
-            con.execute(f"DROP VIEW IF EXISTS {view}")
-        for temp in (SENT, USERS, LOGGED):
-            con.execute(f"DROP TABLE IF EXISTS {temp}")
+            con.execute(f"DROP VIEW {view}")
+        for scratch in (SENT, USERS, LOGGED):
+            con.execute(f"DROP TABLE {scratch}")
     return kept
 
 
