@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from toolkit import cohorts, event_columns, kept_pass, matching
 from toolkit.cohort_model import Cohort, normalize
-from toolkit.cohort_sql import compile_cohorts, filtered_properties
+from toolkit.cohort_sql import EVENTS_VIEW, PROFILES_VIEW, compile_cohorts, filtered_properties
 from toolkit.loading.derived import stored_facts
 from toolkit.sql import Query, quote_ident
 from toolkit.store import Store, connection
@@ -65,11 +65,11 @@ class Members:
 
 def query(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
           definitions: Iterable[Cohort] | Mapping[str, Cohort] | None = None,
-          **relations: str) -> tuple[Query, list[Cohort]]:
+          events: str = EVENTS_VIEW, profiles: str = PROFILES_VIEW) -> tuple[Query, list[Cohort]]:
     """The one query of the dynamic cohorts among ``chosen`` (by name or definition; referenced cohorts
     from ``definitions``, then the store), and those cohorts in its column order (m0, m1...). Their event
-    property filters get typed columns first, as ``cohorts.query`` does for one. ``relations``: the
-    events and profiles read instead of the resolved views (``compile_cohorts``)."""
+    property filters get typed columns first, as ``cohorts.query`` does for one. ``events``, ``profiles``:
+    the relations read instead of the resolved views (``compile_cohorts``)."""
     defs = cohorts.by_name(definitions)
     roots = [_definition(store, c, defs) for c in chosen]
     closure: dict[str, Cohort] = {}
@@ -77,7 +77,7 @@ def query(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
         closure.update(cohorts._closure(store, root, {**defs, **closure}))
     dynamic = [c for c in roots if not c.is_static]
     columns = event_columns.ensure(store, filtered_properties(closure.values()))
-    return compile_cohorts(dynamic, now, closure, columns=columns, **relations), dynamic
+    return compile_cohorts(dynamic, now, closure, columns=columns, events=events, profiles=profiles), dynamic
 
 
 def evaluate(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
@@ -99,8 +99,8 @@ def evaluate(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
             masks.setdefault(column, []).append(f"({quote_ident(f'm{i}')}::UBIGINT << {k})")
         listed = ", ".join(f"{' | '.join(bits)} AS {quote_ident(column)}" for column, bits in masks.items())
 
-        def select(at: dt.datetime, **relations: str) -> Query:
-            sql, params = query(store, dynamic, now=at, definitions=defs, **relations)[0]
+        def select(at: dt.datetime, events: str = EVENTS_VIEW, profiles: str = PROFILES_VIEW) -> Query:
+            sql, params = query(store, dynamic, now=at, definitions=defs, events=events, profiles=profiles)[0]
             return Query(f"SELECT {_DID}, {listed} FROM ({sql})", params)
 
         if keep and len(masks) <= kept_pass.MASKS and not getattr(store, "read_only", True):

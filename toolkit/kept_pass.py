@@ -48,8 +48,8 @@ def refresh(con, select: Select, now: dt.datetime, table: str, masks: list[str])
         seq, everyone = con.execute("SELECT max(seq), count(*) FILTER (WHERE distinct_id IS NULL) "
                                     "FROM member_changes").fetchone()
         seq = seq or (state[2] if state else 0)
-        kept = slices is not None and not everyone
-        if kept:
+        kept = bool(state and slices is not None and not everyone)
+        if state and slices is not None and not everyone:
             _changed_users(con, state[2], slices)
             con.execute(f"DELETE FROM kept_pass WHERE distinct_id IN (SELECT id FROM {USERS})")
             sql, params = select(now, events=EVENTS, profiles=PROFILES)
