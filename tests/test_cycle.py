@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from helpers import NOW, event, write_lines
-from toolkit import Store, cohorts, export, load, sync
+from toolkit import Store, cohorts, export, kept_pass, load, sync
 from toolkit.emulator import Emulator
 from toolkit.export import merged
 from toolkit.onesignal import Credentials, SyncOneSignalClient
@@ -84,6 +84,25 @@ def test_the_cycle_evaluates_its_cohorts_together(tmp_path, monkeypatch, users_u
         assert [(r.cohort, r.status, r.members, r.added) for r in runs] == [("A", "ok", 2, 2), ("B", "ok", 3, 3)]
         assert {u for u, tags in emu.user_tags(app.app_id).items() if tags.get(export.tag_key("B"))} == \
             {"ext-b1", "ext-b2", "ext-s1"}
+
+
+def test_the_next_cycle_brings_the_kept_pass_up_to_date(tmp_path, monkeypatch, users_unspaced):
+    """The first cycle keeps its pass (toolkit/kept_pass.py); the next brings it up to date instead of
+    evaluating it whole, and sends exactly what changed: a1, who did B after the first cycle, joins B."""
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app, {"A": ["a1"], "B": ["b1"]}, shared=["s1"])
+        taken: list[bool] = []
+        real = kept_pass.refresh
+        monkeypatch.setattr(kept_pass, "refresh", lambda *args: taken.append(real(*args)) or taken[-1])
+        with Store(db) as store:
+            sync.run_due(store, now=NOW, client_options=FAST)
+            load(store, [write_lines(tmp_path / "later.jsonl", [event("B", "a1", insert_id="B-a1")])], now=NOW)
+            again = sync.run_due(store, now=NOW + timedelta(minutes=15), client_options=FAST)
+        assert taken == [False, True]
+        assert [(r.cohort, r.status, r.added, r.removed) for r in again] == [("A", "ok", 0, 0), ("B", "ok", 1, 0)]
+        assert emu.user_tags(app.app_id)["ext-a1"] == {export.tag_key("A"): "1", export.tag_key("B"): "1"}
 
 
 class _Logged(deque):
