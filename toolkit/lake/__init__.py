@@ -1,5 +1,5 @@
 """The lake: Mixpanel data as files that DuckDB and Spark both read in place, so cohorts, matchability
-and MTU can run where the data lives (issue 17; docs/architecture.md, "The lake").
+and MTU can run where the data lives (issue 17; docs/design.md, "The lake").
 
 Two layouts are read (``layout.find``):
 

@@ -1,4 +1,4 @@
-"""Loading Mixpanel exports into the store (the algorithm: docs/architecture.md, "Loading a file").
+"""Loading Mixpanel exports into the store (the algorithm: docs/design.md, "Loading a file").
 
 The package is ``loading`` so that ``toolkit.load``, the function a notebook calls, never hides it.
 """

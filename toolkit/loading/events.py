@@ -1,6 +1,6 @@
 """An events file: staged (its own transaction, rows invisible until the file is published), then
 settled: refused rows to the quarantine, older copies of duplicate events dropped, identity links
-recorded. The steps and their reasons: docs/architecture.md, "Loading a file"."""
+recorded. The steps and their reasons: docs/design.md, "Loading a file"."""
 
 from __future__ import annotations
 

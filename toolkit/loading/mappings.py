@@ -1,6 +1,6 @@
 """Mixpanel's identity mappings (a Data Pipelines folder's ``mp_identity_mappings_data``: ``distinct_id``,
 ``resolved_distinct_id``) as identity links of kind ``mapping``: applied before every other link, and
-winning over our own resolution where both speak (`identity`, docs/architecture.md "Choices")."""
+winning over our own resolution where both speak (`identity`, docs/design.md "Choices")."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Every relation yields ``record`` (1-based line of a JSON Lines file, element of 
 row of a CSV), ``raw`` (the record's text where DuckDB gives it), ``doc_error`` (why the record is
 not a JSON object, else NULL) and the record's fields as JSON values. File paths are always bound
 as the parameter ``$path``. JSON events have a fast path (``read_json``) and a careful one (each line
-on its own, for a file ``read_json`` refuses): docs/architecture.md, "Loading a file".
+on its own, for a file ``read_json`` refuses): docs/design.md, "Loading a file".
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A load: find and describe the files, wait for those still being written, then each file on its
-own (manifest, stage, settle and publish); the algorithm is told in docs/architecture.md, "Loading a
+own (manifest, stage, settle and publish); the algorithm is told in docs/design.md, "Loading a
 file". Any failure or interrupt leaves the store as it was before that file; the files before it stay
 loaded."""
 
