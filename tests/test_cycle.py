@@ -2,6 +2,7 @@
 sending nothing, and the runs sharing the app's rate budget (rate_budget.AppBudget). Real store files and the
 real emulator over HTTP; the emulator's request log is the witness."""
 
+import logging
 from collections import deque
 from datetime import timedelta
 
@@ -86,21 +87,23 @@ def test_the_cycle_evaluates_its_cohorts_together(tmp_path, monkeypatch, users_u
             {"ext-b1", "ext-b2", "ext-s1"}
 
 
-def test_the_next_cycle_brings_the_kept_pass_up_to_date(tmp_path, monkeypatch, users_unspaced):
+def test_the_next_cycle_brings_the_kept_pass_up_to_date(tmp_path, monkeypatch, users_unspaced, caplog):
     """The first cycle keeps its pass (toolkit/kept_pass.py); the next brings it up to date instead of
     evaluating it whole, and sends exactly what changed: a1, who did B after the first cycle, joins B."""
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
         credentials(monkeypatch, tmp_path, app)
         db = build(tmp_path, emu, app, {"A": ["a1"], "B": ["b1"]}, shared=["s1"])
-        taken: list[bool] = []
+        evaluated: list[int | None] = []
         real = kept_pass.refresh
-        monkeypatch.setattr(kept_pass, "refresh", lambda *args: taken.append(real(*args)) or taken[-1])
+        monkeypatch.setattr(kept_pass, "refresh", lambda *args: evaluated.append(real(*args)) or evaluated[-1])
         with Store(db) as store:
             sync.run_due(store, now=NOW, client_options=FAST)
             load(store, [write_lines(tmp_path / "later.jsonl", [event("B", "a1", insert_id="B-a1")])], now=NOW)
-            again = sync.run_due(store, now=NOW + timedelta(minutes=15), client_options=FAST)
-        assert taken == [False, True]
+            with caplog.at_level(logging.INFO, logger="toolkit.sync"):
+                again = sync.run_due(store, now=NOW + timedelta(minutes=15), client_options=FAST)
+        assert evaluated == [None, 1]           # whole, then a1 alone
+        assert "the kept pass brought up to date, 1 user(s) evaluated again" in caplog.text
         assert [(r.cohort, r.status, r.added, r.removed) for r in again] == [("A", "ok", 0, 0), ("B", "ok", 1, 0)]
         assert emu.user_tags(app.app_id)["ext-a1"] == {export.tag_key("A"): "1", export.tag_key("B"): "1"}
 

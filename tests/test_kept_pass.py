@@ -58,13 +58,15 @@ def refreshes(monkeypatch) -> list[bool]:
     real = kept_pass.refresh
 
     def recorded(*args, **kwargs):
-        taken.append(real(*args, **kwargs))
-        return taken[-1]
+        again = real(*args, **kwargs)
+        taken.append(again is not None)
+        return again
 
     monkeypatch.setattr(kept_pass, "refresh", recorded)
     return taken
 
 
+@pytest.mark.slow   # 25 sequences of loads and passes
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(CYCLES)
 def test_a_kept_pass_answers_what_the_whole_pass_answers(new_store, refreshes, cycles):

@@ -41,6 +41,7 @@ class Members:
     """Where each cohort's members are, after ``evaluate``: a query per cohort yielding its distinct_ids."""
     flags: dict[str, tuple[str, int]] = field(default_factory=dict)  # dynamic cohort -> (mask column, its bit)
     static: dict[str, Query] = field(default_factory=dict)   # static cohort -> its own query
+    refreshed: int | None = None    # kept pass brought up to date: the users evaluated again (None: whole)
 
     def bit(self, name: str) -> str:
         """SQL of the dynamic cohort's bit in a row of MEMBERS_TABLE (or a table with its masks): 1 for
@@ -104,7 +105,7 @@ def evaluate(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
             return Query(f"SELECT {_DID}, {listed} FROM ({sql})", params)
 
         if keep and len(masks) <= kept_pass.MASKS and not getattr(store, "read_only", True):
-            kept_pass.refresh(con, select, now, MEMBERS_TABLE, members.masks)
+            members.refreshed = kept_pass.refresh(con, select, now, MEMBERS_TABLE, members.masks)
         else:
             sql, params = select(now)
             con.execute(f"CREATE OR REPLACE TEMP TABLE {MEMBERS_TABLE.split('.')[1]} AS {sql}", params)

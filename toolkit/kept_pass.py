@@ -37,9 +37,10 @@ EVENTS, PROFILES = "_kp_events", "_kp_profiles"   # temp views: the resolved rel
 Select = Callable[..., Query]            # (now, events=, profiles=) -> the pass's query: distinct_id, k0...
 
 
-def refresh(con, select: Select, now: dt.datetime, table: str, masks: list[str]) -> bool:
+def refresh(con, select: Select, now: dt.datetime, table: str, masks: list[str]) -> int | None:
     """Fill the temp ``table`` (distinct_id and the ``masks`` columns) with the pass at ``now``, from the
-    kept pass where it can be brought up to date, then keep this one. True if it was (False: evaluated whole)."""
+    kept pass where it can be brought up to date, then keep this one. The number of users evaluated again,
+    or None if the whole pass was."""
     now = to_utc_naive(now)
     current = select(now)
     state = con.execute("SELECT digest, now, seq, masks FROM kept_pass_state").fetchone()
@@ -49,20 +50,21 @@ def refresh(con, select: Select, now: dt.datetime, table: str, masks: list[str])
         seq, everyone = con.execute("SELECT max(seq), count(*) FILTER (WHERE distinct_id IS NULL) "
                                     "FROM member_changes").fetchone()
         seq = seq or (state[2] if state else 0)
-        kept = bool(state and slices is not None and not everyone)
         if state and slices is not None and not everyone:
             _changed_users(con, state[2], slices)
+            kept: int | None = con.execute(f"SELECT count(*) FROM {USERS}").fetchone()[0]
             con.execute(f"DELETE FROM kept_pass WHERE distinct_id IN (SELECT id FROM {USERS})")
             sql, params = select(now, events=EVENTS, profiles=PROFILES)
             con.execute(f"INSERT INTO kept_pass (distinct_id, {listed}) SELECT * FROM ({sql})", params)
         else:
+            kept = None
             con.execute(f"CREATE OR REPLACE TEMP TABLE {temp} AS {current.sql}", current.params)
             con.execute("DELETE FROM kept_pass")
             con.execute(f"INSERT INTO kept_pass (distinct_id, {listed}) SELECT * FROM {table}")
         con.execute("DELETE FROM kept_pass_state")
         con.execute("INSERT INTO kept_pass_state VALUES (?, ?, ?, ?)", [_digest(current), now, seq, len(masks)])
         con.execute("DELETE FROM member_changes WHERE seq <= ?", [seq])
-    if kept:
+    if kept is not None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {temp} AS SELECT distinct_id, {listed} FROM kept_pass")
         for view in (EVENTS, PROFILES):
             con.execute(f"DROP VIEW {view}")

@@ -254,6 +254,9 @@ class _SharedPass:
             return                      # one cohort: its run evaluates it, as an export does
         try:
             self.members = cohort_batch.evaluate(store, sorted({s.cohort for s in chosen}), now=now, keep=True)
+            if self.members.refreshed is not None:
+                log.info("the cycle's %d cohorts: the kept pass brought up to date, %d user(s) evaluated again",
+                         len(self.members.flags), self.members.refreshed)
         except Exception as exc:
             log.info("the cycle's cohorts are evaluated one by one: %s", failure_reason(exc))
             _end_open_transaction(store)
