@@ -23,7 +23,7 @@ import httpx
 import pytest
 from cli_runner import toolkit
 
-from helpers import ROOT
+from helpers import NOW, ROOT
 from toolkit import export, sync
 from toolkit.emulator import Emulator
 from toolkit.onesignal import REDACTOR, AuthError, Credentials, OneSignalClient, PlanRefused, ServerError, error_for
@@ -455,6 +455,33 @@ def test_ctrl_c_mid_export_stops_it_at_once(where, empty_file_store, unlimited_e
     tries = {r["t"] for r in emulator.requests() if r["method"] == "PATCH" and r["path"] == held["path"]}
     assert len(tries) == 1, "the held update was tried again: the export went on after Ctrl-C"  # one arrival
     assert store.con.execute("SELECT status FROM export_runs").fetchall() == [("interrupted",)]
+
+
+@pytest.mark.parametrize("where", ["terminal", "notebook"])
+def test_ctrl_c_stops_a_whole_cycle_at_once(where, tmp_path, monkeypatch, terminal_ctrl_c):
+    """Ctrl-C reaches the main thread only; a cycle's runs are threads, sending through the cycle's merged
+    sender. Every run stops as one alone does (recorded interrupted) and the request out is cancelled, not
+    waited for: before, the cycle ran on to the hung request's timeout, retried it, and recorded "ok"."""
+    from test_cycle import FAST as QUICK
+    from test_cycle import build, credentials
+
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app, {"A": ["a1", "a2"], "B": ["b1"]}, shared=["s1"])
+        emu.faults.inject("hold", method="PATCH", path="/users/")
+        with Store(db) as store:
+
+            def cycle():
+                return sync.run_due(store, now=NOW, client_options={**QUICK, "timeout": 30.0})
+
+            with pytest.raises(KeyboardInterrupt), ctrl_c_once_held(emu):
+                cycle() if where == "terminal" else in_a_notebook(cycle)
+            (held,) = emu.held()
+            tries = [r for r in emu.requests() if r["method"] == "PATCH" and r["path"] == held["path"]]
+            assert len(tries) == 1, "the held update was tried again: the cycle went on after Ctrl-C"
+            assert store.con.execute("SELECT cohort, status, error FROM export_runs ORDER BY cohort").fetchall() == [
+                ("A", "interrupted", "stopped by Ctrl-C"), ("B", "interrupted", "stopped by Ctrl-C")]
 
 
 @pytest.mark.parametrize("where", ["terminal", "notebook"])

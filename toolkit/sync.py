@@ -22,6 +22,7 @@ from toolkit.credentials import find as find_credentials
 from toolkit.engine import EngineChoice, Evaluator
 from toolkit.errors import CredentialsError, SyncFailed, SyncPaused, ToolkitError, UsageError
 from toolkit.export import cycle_plans
+from toolkit.export.helpers import stopped_by
 from toolkit.export.merged import MergedSends
 from toolkit.loading import LoadSummary, load
 from toolkit.onesignal import DEFAULT_MAX_RPS, VIEW_RPS, Credentials, default_base_url
@@ -111,17 +112,26 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
         slots = threading.BoundedSemaphore(parallel)
         held = {settings.cohort: _Slot(slots) for settings in chosen.values()}
         senders = _merged_senders(list(chosen.values()), client_options, held)
+        stop = threading.Event()
         try:
             # A run waiting for its merged sends holds no slot, but its thread: one thread per run.
             with ThreadPoolExecutor(len(chosen) if senders else parallel, thread_name_prefix="sync-run") as pool:
-                futures = {}
-                for i, settings in chosen.items():
-                    slots.acquire()     # a cohort's members leave the shared pass only when it can run
-                    found = shared.exportable(settings)
-                    futures[i] = pool.submit(_run_in_thread, store, _sharing(settings, budgets, senders), found,
-                                             held[settings.cohort], evaluator)
-                for i, future in futures.items():
-                    records[i] = future.result()
+                try:
+                    futures = {}
+                    for i, settings in chosen.items():
+                        slots.acquire()     # a cohort's members leave the shared pass only when it can run
+                        found = shared.exportable(settings)
+                        futures[i] = pool.submit(_run_in_thread, store, _sharing(settings, budgets, senders), found,
+                                                 held[settings.cohort], evaluator, stop)
+                    for i, future in futures.items():
+                        records[i] = future.result()
+                except KeyboardInterrupt:
+                    # Ctrl-C reaches this thread only: every run stops as one alone would (cancelled, recorded
+                    # interrupted) and the requests out are cancelled; leaving the pool waits for that alone.
+                    stop.set()
+                    for sender in senders.values():
+                        sender.stop()
+                    raise
         finally:
             shared.close()
             for sender in senders.values():
@@ -191,12 +201,16 @@ def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget],
 
 
 def _run_in_thread(store: Store, settings: export.ExportSettings, found: export.Exportable | None,
-                   slot: _Slot, evaluator: Evaluator | None) -> export.RunRecord | None:
-    """One cohort's run, on a connection of its own (a DuckDB connection is not used by two threads)."""
+                   slot: _Slot, evaluator: Evaluator | None, stop: threading.Event) -> export.RunRecord | None:
+    """One cohort's run, on a connection of its own (a DuckDB connection is not used by two threads),
+    stopped as by Ctrl-C once the cycle's ``stop`` is set."""
     view = copy.copy(store)
     view.con = store.con.cursor()
     try:
-        return _run_one(view, settings, found, evaluator)
+        if stop.is_set():
+            raise KeyboardInterrupt
+        with stopped_by(stop):
+            return _run_one(view, settings, found, evaluator)
     finally:
         view.con.close()
         if settings.sends is not None:       # whatever ended the run, the merged sends need not wait for it

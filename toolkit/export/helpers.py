@@ -26,6 +26,22 @@ def _run_async(coroutine):
     return _run_in_thread(coroutine)
 
 
+STOP_POLL = 0.05        # seconds between a cycle run's looks at the cycle's stop
+_cycle = threading.local()
+
+
+@contextlib.contextmanager
+def stopped_by(stop: threading.Event):
+    """A run started in this thread meanwhile ends as a Ctrl-C ends it (cancelled, its cleanup recorded,
+    KeyboardInterrupt) once ``stop`` is set: a cycle's runs are threads, and a signal reaches only the main
+    one (sync.run_due sets it there)."""
+    _cycle.stop = stop
+    try:
+        yield
+    finally:
+        _cycle.stop = None
+
+
 def _run_here(coroutine):
     """asyncio.run, whose Ctrl-C handling this repeats (the first cancels the task, so its cleanup records what
     was sent; a second raises at once), but remembering the press: asyncio.run raises KeyboardInterrupt only
@@ -43,6 +59,19 @@ def _run_here(coroutine):
             pressed = True
             task.cancel()
             loop.call_soon_threadsafe(lambda: None)      # wake a loop waiting in select()
+
+        stop = getattr(_cycle, "stop", None)
+
+        def watch() -> None:      # a run of a cycle (its own thread): the cycle's Ctrl-C is this run's
+            nonlocal pressed
+            if task.done() or stop is None:
+                return
+            if stop.is_set() and not pressed:
+                pressed = True
+                task.cancel()
+            loop.call_later(STOP_POLL, watch)
+
+        loop.call_soon(watch)
 
         with _ctrl_c_calls(on_ctrl_c):
             try:

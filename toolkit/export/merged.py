@@ -168,6 +168,15 @@ class MergedSends:
         answers writes them and finishes after that: its writes would take the CPU the sends still need."""
         self._sent.wait()
 
+    def stop(self) -> None:
+        """Ctrl-C: every run waiting is answered with the interruption, and the requests out are cancelled."""
+        with self._lock:
+            self._failure = self._failure or KeyboardInterrupt("the cycle was stopped")
+            waiting = list(self._waiting)
+        for answers in waiting:
+            answers.put(self._failure)
+        self.close()
+
     def close(self) -> None:
         """Stop the sender once every request is answered (runs wait for their answers before they end)."""
         self._sent.set()

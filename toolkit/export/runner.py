@@ -99,7 +99,8 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
                                                 settings.now)
             return _finish(con, record, status, str(exc) + note)
         except BaseException as exc:
-            _finish(con, record, "interrupted", f"{type(exc).__name__}: {exc}")
+            _finish(con, record, "interrupted", "stopped by Ctrl-C" if isinstance(exc, KeyboardInterrupt)
+                    else f"{type(exc).__name__}: {exc}")
             raise
         _keep_fingerprint(con, settings.cohort, the_plan)
         if stop:                             # a person confirmed the removals the guard stopped
