@@ -87,9 +87,8 @@ def test_the_pure_core_does_no_io():
 LAYERS = [
     ("ground", {"errors", "redaction", "onesignal_ids", "sql", "store", "resources"}),
     ("loading", {"loading", "event_columns"}),
-    ("core", {"cohort_model", "cohort_sql", "cohorts", "cohort_batch", "kept_pass", "matching", "planning", "incidents",
-              "drift",
-              "onesignal_events", "mtu", "dialects"}),
+    ("core", {"cohort_model", "cohort_sql", "cohorts", "cohort_batch", "kept_pass", "matching", "planning",
+              "incidents", "drift", "onesignal_events", "mtu", "dialects"}),
     ("services", {"onesignal", "rate_budget", "emulator", "credentials", "snapshots", "export", "mixpanel", "alerts",
                   "reconcile", "spark_session",
                   "lake", "engine"}),
