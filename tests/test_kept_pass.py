@@ -139,3 +139,88 @@ def test_loads_record_changed_users_only_while_a_pass_is_kept(new_store, tmp_pat
         run.load(store, [write_lines(tmp_path / "e.jsonl", [event("Page View", "u6", T0)])], now=NOW)
         assert rows(store, "SELECT count(*) FROM member_changes") == [(0,)]
         assert members(store, keep=True, now=NOW) == members(store, keep=False, now=NOW)   # whole again
+
+
+def test_snapshots_in_step_are_diffed_on_the_changed_users_alone_with_the_same_plans(tmp_path, monkeypatch,
+                                                                                       users_unspaced):
+    """A cycle that applied every plan leaves its snapshots in step with its pass. After loads that move
+    users in and out, change a OneSignal id, delete a profile, merge an anonymous user into a known one,
+    and time that empties a window, the next cycle's plans, made by diffing the changed users alone,
+    equal the plans made by diffing every member."""
+    from test_cycle import FAST, build, credentials
+
+    from toolkit import cohorts, export, snapshots, sync
+    from toolkit.emulator import Emulator
+    from toolkit.export import cycle_plans
+
+    anon = "9b2e4c1a-7d3f-4e8a-b5c6-0f1e2d3c4b5a"
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app, {"A": ["a1", "a2", "a3"], "B": ["b1", "b2"], "C": ["c1"]}, shared=["s1"])
+        first, second = START + dt.timedelta(hours=12), START + dt.timedelta(days=2)
+        with Store(db) as store:
+            cohorts.save_all(store, [{"name": "A today", "rules": [{"event": "A", "last_days": 1}]}])
+            export.register(store, "A today", "dynamic", app.app_id, emu.url, now=first)
+            names = sorted(["A", "B", "C", "A today"])
+            runs = sync.run_due(store, now=first, cohorts=names, client_options=FAST)
+            assert [r.status for r in runs] == ["ok"] * 4
+            marks = rows(store, "SELECT count(*) FROM export_snapshots WHERE in_step_with IS NOT NULL")
+            assert marks == [(4,)]
+            run.load(store, [write_lines(tmp_path / "later.jsonl", [
+                event("A", "b1", T0 + 30 * HOUR), event("B", "n1", T0 + 30 * HOUR),
+                event("C", anon, T0 + 30 * HOUR),
+                event("$identify", "a3", T0 + 31 * HOUR, **{"$anon_id": anon, "$identified_id": "a3"})]),
+                write_lines(tmp_path / "later-updates.jsonl", [
+                    {"$distinct_id": "a2", "$set": {"$onesignal_user_id": "ext-a2-new"}},
+                    {"$distinct_id": "c1", "$delete": None},
+                    {"$distinct_id": "n1", "$set": {"$onesignal_user_id": "ext-n1"}}])], now=NOW)
+            members = cohort_batch.evaluate(store, names, now=second, keep=True)
+            assert members.refreshed is not None
+            matched = cohort_batch.classify(store, members)
+            chosen = [export.settings(store, name, now=second) for name in names]
+            compared: list[str | None] = []
+            real = snapshots.diff_all
+
+            def spied(con, wanted, cohorts_, since, users=None):
+                compared.append(users)
+                return real(con, wanted, cohorts_, since, users)
+
+            monkeypatch.setattr(snapshots, "diff_all", spied)
+            alone = cycle_plans.plan_all(store.con, members, matched.table, chosen)
+            assert compared and all(users is not None for users in compared)    # the changed users alone
+            members.refreshed_from = None                                        # every member
+            every = cycle_plans.plan_all(store.con, members, matched.table, chosen)
+            assert compared[-1] is None
+            plans = {name: (e.planned.plan.changes, dict(e.planned.plan.counts)) for name, e in alone.items()}
+            assert plans == {name: (e.planned.plan.changes, dict(e.planned.plan.counts)) for name, e in every.items()}
+            changed = {name: [(s.distinct_id, s.operation, s.target.onesignal_id) for s in changes]
+                       for name, (changes, _) in plans.items()}
+            assert changed == {
+                "A": [("a2", "remove", "ext-a2"), ("a2", "add", "ext-a2-new"), ("b1", "add", "ext-b1")],
+                "A today": [("a1", "remove", "ext-a1"), ("a2", "remove", "ext-a2"), ("a3", "remove", "ext-a3"),
+                            ("b1", "add", "ext-b1"), ("s1", "remove", "ext-s1")],
+                "B": [("n1", "add", "ext-n1")],
+                "C": [("a3", "add", "ext-a3"), ("c1", "remove", "ext-c1")]}
+
+
+def test_a_run_with_a_failed_user_leaves_its_snapshot_out_of_step(tmp_path, monkeypatch, users_unspaced):
+    """A user whose update failed is not in the snapshot: that snapshot is not in step, so the next cycle
+    diffs every member and sends the user again, though nothing about the user changed."""
+    from test_cycle import FAST, build, credentials
+
+    from toolkit import export, sync
+    from toolkit.emulator import Emulator
+
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app, {"A": ["a1", "a2"], "B": ["b1"]}, shared=["s1"])
+        emu.faults.inject("crash", method="PATCH", path="/users/by/external_id/ext-a2", times=FAST["max_attempts"])
+        with Store(db) as store:
+            first = sync.run_due(store, now=NOW, cohorts=["A", "B"], client_options=FAST)
+            assert [(r.cohort, r.status, r.failed) for r in first] == [("A", "partial", 1), ("B", "ok", 0)]
+            assert rows(store, "SELECT cohort FROM export_snapshots WHERE in_step_with IS NOT NULL") == [("B",)]
+            again = sync.run_due(store, now=NOW + dt.timedelta(minutes=15), cohorts=["A", "B"], client_options=FAST)
+            assert [(r.cohort, r.status, r.added) for r in again] == [("A", "ok", 1), ("B", "ok", 0)]
+        assert emu.user_tags(app.app_id)["ext-a2"] == {export.tag_key("A"): "1"}

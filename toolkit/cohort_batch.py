@@ -42,6 +42,7 @@ class Members:
     flags: dict[str, tuple[str, int]] = field(default_factory=dict)  # dynamic cohort -> (mask column, its bit)
     static: dict[str, Query] = field(default_factory=dict)   # static cohort -> its own query
     refreshed: int | None = None    # kept pass brought up to date: the users evaluated again (None: whole)
+    refreshed_from: dt.datetime | None = None   # and the moment it was brought up from (kept_pass.USERS: who)
 
     def bit(self, name: str) -> str:
         """SQL of the dynamic cohort's bit in a row of MEMBERS_TABLE (or a table with its masks): 1 for
@@ -105,7 +106,9 @@ def evaluate(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
             return Query(f"SELECT {_DID}, {listed} FROM ({sql})", params)
 
         if keep and len(masks) <= kept_pass.MASKS and not getattr(store, "read_only", True):
+            kept_from = kept_pass.since(con)
             members.refreshed = kept_pass.refresh(con, select, now, MEMBERS_TABLE, members.masks)
+            members.refreshed_from = kept_from if members.refreshed is not None else None
         else:
             sql, params = select(now)
             con.execute(f"CREATE OR REPLACE TEMP TABLE {MEMBERS_TABLE.split('.')[1]} AS {sql}", params)
@@ -167,6 +170,7 @@ def drop(store: Store, *tables: str) -> None:
     con = connection(store)
     for table in (*tables, MATCHED_TABLE, MEMBERS_TABLE):
         con.execute(f"DROP TABLE IF EXISTS {table}")
+    kept_pass.drop(con)
 
 
 def _with_stored(store: Store, chosen: Sequence[Cohort | str], defs: dict[str, Cohort]) -> dict[str, Cohort]:

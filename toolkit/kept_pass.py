@@ -68,9 +68,20 @@ def refresh(con, select: Select, now: dt.datetime, table: str, masks: list[str])
         con.execute(f"CREATE OR REPLACE TEMP TABLE {temp} AS SELECT distinct_id, {listed} FROM kept_pass")
         for view in (EVENTS, PROFILES):
             con.execute(f"DROP VIEW {view}")
-        for scratch in (SENT, USERS, LOGGED):
+        for scratch in (SENT, LOGGED):     # USERS stays: the cycle's plans diff those users alone (drop)
             con.execute(f"DROP TABLE {scratch}")
     return kept
+
+
+def since(con) -> dt.datetime | None:
+    """The moment of the kept pass (what a brought-up-to-date pass was brought up from, read before it)."""
+    found = con.execute("SELECT now FROM kept_pass_state").fetchone()
+    return found[0] if found else None
+
+
+def drop(con) -> None:
+    """Free the users the last pass evaluated again (``USERS``)."""
+    con.execute(f"DROP TABLE IF EXISTS {USERS}")
 
 
 def _slices(kept: Query, current: Query, digest: str) -> list[tuple[dt.datetime, dt.datetime]] | None:

@@ -502,6 +502,13 @@ MIGRATIONS: list[str] = [
         masks       INTEGER NOT NULL       -- mask columns in use
     );
     """,
+    # 19: a snapshot in step: the moment (and user-id property, id type) as of which the snapshot holds
+    # exactly the members wanted (a run that applied its whole plan), so the next cycle, brought up from a
+    # pass kept at that moment, diffs only the users changed since (toolkit/export/cycle_plans.py).
+    # Written by `snapshots.keep` and `snapshots.in_step`; any write of the snapshot drops the row.
+    """
+    ALTER TABLE export_snapshots ADD COLUMN in_step_with VARCHAR;
+    """,
 ]
 
 

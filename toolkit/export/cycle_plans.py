@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from toolkit import cohort_batch, matching, planning, snapshots
+from toolkit import cohort_batch, kept_pass, matching, planning, snapshots
 from toolkit.export.run_settings import ExportSettings
 from toolkit.export.tag_caps import other_tags_all
 from toolkit.export.wanted import MAX_COHORT_MEMBERS, Exportable, Planned, recheck_since
+from toolkit.onesignal_ids import USER_ID_PROPERTY
 from toolkit.sql import quote_ident
 
 _EXPORTED = ", ".join(quote_ident(c) for c in snapshots.COLUMNS)
@@ -52,17 +53,18 @@ def plan_all(con, members: cohort_batch.Members, matched: str, chosen: Sequence[
         name: planning.unchanged(counts[name][2], kept[name][0]) for name in settings}
     changed = [name for name, found in plans.items() if found is None]
     if changed:
+        # A snapshot in step with the pass this one was brought up from differs from what is wanted now only
+        # for the users evaluated again (who a load changed, whose matching facts changed, whose events crossed
+        # a window's edge) and for its members not tagged (absent ones expire): only those are compared.
+        # (For the default user-id property only: its facts are refreshed, and logged, per touched profile.)
+        key = chosen[0]
+        in_step = (snapshots.in_step_with(con, changed, snapshots.step_mark(members.refreshed_from,
+                                                                            key.user_id_property, key.id_type))
+                   if members.refreshed_from is not None and key.user_id_property == USER_ID_PROPERTY else set())
         diffs = {}
-        for column, by_bit in _by_column(members, changed).items():
-            # The changed cohorts' bits of the mask as they are (one AND a row), a few at a time.
-            bits = sorted(by_bit)
-            for start in range(0, len(bits), snapshots.MASK_BITS):
-                some = bits[start:start + snapshots.MASK_BITS]
-                keep = sum(1 << k for k in some)
-                wanted = (f"SELECT {_EXPORTED}, {quote_ident(column)}::UHUGEINT & {keep} AS mask FROM {matched} "
-                          f"WHERE exportable AND {quote_ident(column)} & {keep}::UBIGINT <> 0")
-                diffs.update(snapshots.diff_all(con, wanted, [by_bit[k] if k in some else None
-                                                              for k in range(some[-1] + 1)], since))
+        for group, users in (([c for c in changed if c in in_step], _CHANGED_USERS),
+                             ([c for c in changed if c not in in_step], None)):
+            diffs.update(_diff(con, members, matched, group, since, users))
         for name in changed:
             adds, removes = diffs[name]
             plans[name] = planning.plan(adds, removes, counts[name][2].members - len(adds))
@@ -83,6 +85,26 @@ def plan_all(con, members: cohort_batch.Members, matched: str, chosen: Sequence[
         total, exportable, _, left_out = counts[name]
         out[name] = Exportable(total, None, left_out, Planned(the_plan, verdict, exportable, over, other))
     return out
+
+
+_CHANGED_USERS = (f"SELECT id FROM {kept_pass.USERS} "
+                  "UNION SELECT distinct_id FROM export_members WHERE status <> 'tagged'")
+
+
+def _diff(con, members: cohort_batch.Members, matched: str, names: list[str], since, users: str | None) -> dict:
+    """``snapshots.diff_all`` of ``names``: the cohorts' bits of the mask as they are (one AND a row), a few
+    cohorts at a time; only ``users``' rows, if given."""
+    diffs: dict = {}
+    for column, by_bit in _by_column(members, names).items():
+        bits = sorted(by_bit)
+        for start in range(0, len(bits), snapshots.MASK_BITS):
+            some = bits[start:start + snapshots.MASK_BITS]
+            keep = sum(1 << k for k in some)
+            wanted = (f"SELECT {_EXPORTED}, {quote_ident(column)}::UHUGEINT & {keep} AS mask FROM {matched} "
+                      f"WHERE exportable AND {quote_ident(column)} & {keep}::UBIGINT <> 0")
+            diffs.update(snapshots.diff_all(con, wanted, [by_bit[k] if k in some else None
+                                                          for k in range(some[-1] + 1)], since, users))
+    return diffs
 
 
 def _by_column(members: cohort_batch.Members, names: list[str]) -> dict[str, dict[int, str]]:

@@ -102,7 +102,9 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
             _finish(con, record, "interrupted", "stopped by Ctrl-C" if isinstance(exc, KeyboardInterrupt)
                     else f"{type(exc).__name__}: {exc}")
             raise
-        _keep_fingerprint(con, settings.cohort, the_plan)
+        # Every change applied (none failed, the cap held none back): the snapshot holds what was wanted now.
+        _keep_fingerprint(con, settings.cohort, the_plan, None if record.failed or record.tag_cap else
+                          snapshots.step_mark(_naive(settings.now), settings.user_id_property, settings.id_type))
         if stop:                             # a person confirmed the removals the guard stopped
             states.end_guard_stop(con, settings.cohort)
         if settings.saves:                   # the run succeeded: now the export is registered as asked
@@ -134,11 +136,14 @@ def _nothing_to_send(con, settings: ExportSettings, the_plan: planning.Plan, cap
     return settings.segment_id if found and found[0] and not stale_caps else None
 
 
-def _keep_fingerprint(con, cohort: str, the_plan: planning.Plan) -> None:
+def _keep_fingerprint(con, cohort: str, the_plan: planning.Plan, in_step_with: str | None = None) -> None:
     """The fingerprint of the snapshot this run reached, for the next plan: unless the plan was
-    recognised unchanged by it (then nothing was written and it still holds)."""
+    recognised unchanged by it (then nothing was written and it still holds). ``in_step_with``: the
+    snapshot now holds exactly the members wanted (``snapshots.step_mark``)."""
     if not the_plan.recognised:
-        snapshots.keep(con, cohort)
+        snapshots.keep(con, cohort, in_step_with)
+    elif in_step_with is not None:
+        snapshots.in_step(con, cohort, in_step_with)
 
 
 async def _apply(con, settings: ExportSettings, record: RunRecord, the_plan: planning.Plan, caps: TagCaps,

@@ -310,13 +310,14 @@ def refresh_facts(con, generation: int) -> None:
     them, or a load before this code) and a first identity resolution rebuild the whole table.
     The touched ids are those recorded since `track_changes`."""
     touched_all, touched = _touched_everything(con, generation)
-    _log_member_changes(con, generation)
     if touched_all or stored_facts(con, DEFAULT_USER_ID_PROPERTY) is None:
         sql, params = facts_sql()
         con.execute(f"DELETE FROM {FACTS_TABLE}")   # the table is store migration 6's
         con.execute(f"INSERT INTO {FACTS_TABLE} BY NAME SELECT * FROM ({sql})", params)
+        touch(con, "SELECT NULL")        # every profile's facts were computed again
     elif touched:
         _refresh_touched_facts(con)
+    _log_member_changes(con, generation)
     con.execute(f"DROP TABLE IF EXISTS {TOUCHED}")
     _drop_remapped(con)
     con.execute(f"COMMENT ON TABLE {FACTS_TABLE} IS 'generation {int(generation)}'")
@@ -335,12 +336,13 @@ MAX_MEMBER_CHANGES = 1_000_000
 
 def _log_member_changes(con, generation: int) -> None:
     """While a sync cycle's pass is kept (store migration 18, toolkit/kept_pass.py), record the users this
-    load step may have moved in or out of a cohort, so the next cycle evaluates only them: the touched ids
-    (a resolved profile changed; a re-resolved identity component, old and new canonical ids both; NULL:
-    every id) and the ids of the events file ``generation`` published (dropped duplicates were copies of
-    them). Ids as they came; the cycle adds their canonical ids. Not kept: nothing is written. Once the
-    log outgrows ``MAX_MEMBER_CHANGES`` (cycles stopped, loads went on), the kept pass is let go: the next
-    cycle evaluates the whole pass, cheaper than that many users one by one, and the log stops growing."""
+    load step may have moved in or out of a cohort, or whose matching facts it changed, so the next cycle
+    evaluates and diffs only them: the touched ids (a resolved profile changed; a re-resolved identity
+    component, old and new canonical ids both; the other holders of a touched id value; NULL: every id)
+    and the ids of the events file ``generation`` published (dropped duplicates were copies of them). Ids
+    as they came; the cycle adds their canonical ids. Not kept: nothing is written. Once the log outgrows
+    ``MAX_MEMBER_CHANGES`` (cycles stopped, loads went on), the kept pass is let go: the next cycle
+    evaluates the whole pass, cheaper than that many users one by one, and the log stops growing."""
     kept, logged = con.execute("SELECT (SELECT count(*) FROM kept_pass_state), (SELECT count(*) FROM member_changes)"
                                ).fetchone()
     if not kept:
@@ -427,6 +429,7 @@ def _refresh_touched_facts(con) -> None:
         con.execute(f"DELETE FROM {FACTS_TABLE} WHERE distinct_id IN (SELECT distinct_id FROM _extra)")
     sql, params = facts_sql(DEFAULT_USER_ID_PROPERTY, "_scope")
     con.execute(f"INSERT INTO {FACTS_TABLE} BY NAME SELECT * FROM ({sql})", params)
+    con.execute(f"INSERT INTO {TOUCHED} SELECT distinct_id FROM _extra")   # their facts changed too
     for table in ("_tmap", "_scope", "_old_facts", "_holders", "_extra"):
         con.execute(f"DROP TABLE {table}")
 
