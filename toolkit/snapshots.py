@@ -15,7 +15,10 @@ fingerprint in the same transaction (``forget``), and a run that read the member
 the table as it ends (``keep``), so a killed run leaves none rather than one for a snapshot it did not
 reach; the next run then diffs and keeps it again. A kept fingerprint whose count is not the table's
 (rows added or deleted by hand) is ignored; after editing ids in place, delete the cohort's row of
-``export_snapshots``. One that never matches (another DuckDB's ``hash``) costs a diff once.
+``export_snapshots``. One that never matches (another DuckDB's ``hash``) costs a diff once. The row also
+says whether the snapshot is in step (``step_mark``): exactly the members wanted as of a moment, so a
+cycle brought up from a pass kept at that moment diffs only the users changed since (``diff_all``'s
+``users``).
 """
 
 from __future__ import annotations

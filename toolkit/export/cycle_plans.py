@@ -6,7 +6,8 @@ cohort, most of the cycle's time once the evaluation itself is shared (``cohort_
 the classified users of the pass (one row per user, a bit per cohort): one aggregation gives every
 cohort's counts per reason and the fingerprint of its exportable members; one pass over
 ``export_members`` gives every kept fingerprint and snapshot size (``snapshots.kept_all``); one outer
-join diffs all the cohorts whose fingerprints differ (``snapshots.diff_all``); one query counts the tags
+join diffs all the cohorts whose fingerprints differ (``snapshots.diff_all``: for a snapshot in step
+with the pass this one was brought up from, only the users evaluated again); one query counts the tags
 the toolkit knows the added users carry (``tag_caps.other_tags_all``). The pure core then orders each
 cohort's rows into its plan (``planning.plan``) and judges the removal guard, as a run alone does. The
 tag cap is judged as of the cycle's start: what the cycle's other runs tag meanwhile is not counted (a
