@@ -1,6 +1,7 @@
 """A sync cycle's pass kept in the store and brought up to date (toolkit/kept_pass.py): after any sequence of
 loads (events, identity links, profiles, updates and deletions) and of moves of ``now`` across the windows'
-edges, the kept pass answers exactly what evaluating the whole pass answers, for every cohort."""
+edges, the kept pass answers exactly what evaluating the whole pass answers, for every cohort. A snapshot
+in step with the kept pass is diffed on the changed users alone, with the plans diffing every member gives."""
 
 import datetime as dt
 import tempfile
