@@ -14,7 +14,7 @@ Those users are evaluated again over the same query reading their rows only; the
 Anything else (the cohorts, their order or definitions changed: another query; a load that re-resolved
 every identity; more cohorts than the kept masks hold) evaluates the whole pass again.
 At 10M events the whole pass of sixty cohorts takes 3.7-4.1 s; brought up to date fifteen minutes later
-(2,600 users at the windows' edges), 0.7-0.9 s, most of it finding those users and rewriting the kept rows.
+(2,600 users at the windows' edges), 0.5-0.6 s, most of it finding those users and rewriting the kept rows.
 Tests hold every kept answer equal to the whole pass's (tests/test_kept_pass.py).
 """
 
