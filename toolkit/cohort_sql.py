@@ -267,13 +267,8 @@ WHERE {" OR ".join(flags)}"""
             sources = {base: sources.get(base, profiles), **sources}
         (lead, relation), *rest = sources.items()
         joins = "".join(f"\n    LEFT JOIN {rel} {alias} ON {alias}.{DID} = {lead}.{DID}" for alias, rel in rest)
-        profile = [", ".join(f"p.{quote_ident(f'{c}_{s}')}" for s in _SUFFIXES)
-                   if profiles != view else
-                   f"json_extract(p.{PROPS}, {self.bind(json_pointer(n))}) AS {quote_ident(c)}"
-                   for n, c in self.profile_props.items()]
-        columns = _listed(profile) + _listed(_names(self.plain), "e.") + _listed(_names(self.filtered), "f.")
         ctes.append(f"""{_q("known")} AS (
-    SELECT {lead}.{DID}{columns}
+    SELECT {lead}.{DID}{self.known_columns(profiles != view)}
     FROM {relation} {lead}{joins}
 )""")
         return ctes
@@ -286,14 +281,18 @@ WHERE {" OR ".join(flags)}"""
         people = profiles if self.profile_props else f"(SELECT {DID} FROM {profiles})"
         joins = "".join(f"\n    LEFT JOIN {rel} {alias} ON {alias}.{DID} = {did}"
                         for alias, rel in sources.items() if alias not in ("e", "p"))
-        profile = [", ".join(f"p.{quote_ident(f'{c}_{s}')}" for s in _SUFFIXES) if profiles != view
-                   else f"json_extract(p.{PROPS}, {self.bind(json_pointer(n))}) AS {quote_ident(c)}"
-                   for n, c in self.profile_props.items()]
-        columns = _listed(profile) + _listed(_names(self.plain), "e.") + _listed(_names(self.filtered), "f.")
         return f"""{_q("known")} AS (
-    SELECT {did} AS {DID}{columns}
+    SELECT {did} AS {DID}{self.known_columns(profiles != view)}
     FROM {_q("ev")} e FULL JOIN {people} p ON p.{DID} = e.{DID}{joins}
 )"""
+
+    def known_columns(self, typed: bool) -> str:
+        """``known``'s columns after the id: each profile property (``typed``: its columns of ``pv``, else
+        extracted from the profile ``p``'s JSON), then the aggregates of ``ev`` (``e``) and ``fa`` (``f``)."""
+        profile = [", ".join(f"p.{quote_ident(f'{c}_{s}')}" for s in _SUFFIXES) if typed
+                   else f"json_extract(p.{PROPS}, {self.bind(json_pointer(n))}) AS {quote_ident(c)}"
+                   for n, c in self.profile_props.items()]
+        return _listed(profile) + _listed(_names(self.plain), "e.") + _listed(_names(self.filtered), "f.")
 
     def counted_rows(self, filtered: bool) -> str:
         """`` AND (...)``: the rows some aggregate of ``fa`` (or ``ev``) counts, when windows narrow them

@@ -62,16 +62,17 @@ def _run_here(coroutine):
 
         stop = getattr(_cycle, "stop", None)
 
-        def watch() -> None:      # a run of a cycle (its own thread): the cycle's Ctrl-C is this run's
+        def watch(stop: threading.Event) -> None:     # a run of a cycle: the cycle's Ctrl-C is this run's
             nonlocal pressed
-            if task.done() or stop is None:
+            if task.done():
                 return
             if stop.is_set() and not pressed:
                 pressed = True
                 task.cancel()
-            loop.call_later(STOP_POLL, watch)
+            loop.call_later(STOP_POLL, watch, stop)
 
-        loop.call_soon(watch)
+        if stop is not None:
+            loop.call_soon(watch, stop)
 
         with _ctrl_c_calls(on_ctrl_c):
             try:
