@@ -125,3 +125,26 @@ def test_the_cycle_plans_its_cohorts_together_and_records_what_each_alone_would(
     assert [[r.to_dict()[k] for k in fields] for r in together] == [[r.to_dict()[k] for k in fields] for r in alone]
     assert set(calls) <= static          # only a static cohort is diffed alone
     assert sum(r.added + r.removed for r in together) > 0
+
+
+def test_a_dry_run_cycle_records_each_members_fate_as_its_own_dry_run_and_meets_a_running_export(sample_store_copy):
+    """The dry runs a cycle records together (``export.rehearse``: one transaction) list every member's fate
+    as each cohort's own dry run does, under run ids of their own; a cohort whose export is running
+    meanwhile fails alone, as its own dry run would, and the others are still recorded."""
+    store, names = _registered(sample_store_copy, 2)
+    later = NOW + timedelta(minutes=15)
+    with store:
+        alone = {name: sync.export_cohort(store, export.settings(store, name, now=later, dry_run=True))
+                 for name in names}
+        busy = next(name for name in names if alone[name].added + alone[name].removed)
+        with export._run_lock(store, busy):
+            together = sync.run_due(store, now=later, dry_run=True, cohorts=names)
+        fates = {r.cohort: export.member_fates(store.con, r.run_id).table.drop(["run_id"]).to_pylist()
+                 for r in together if r.cohort != busy}
+        assert fates == {name: export.member_fates(store.con, r.run_id).table.drop(["run_id"]).to_pylist()
+                         for name, r in alone.items() if name != busy}
+    assert [r.cohort for r in together] == names
+    assert len({r.run_id for r in together} | {r.run_id for r in alone.values()}) == 2 * len(names)
+    failed = next(r for r in together if r.cohort == busy)
+    assert failed.status == "failed" and "already running" in failed.error
+    assert sum(len(rows) for rows in fates.values()) > 0

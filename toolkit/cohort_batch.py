@@ -147,12 +147,10 @@ def classify(store: Store, members: Members, *, user_id_property: str = matching
     """Classify the users of the shared pass in one query, into the temp ``table`` with their masks."""
     con = connection(store)
     if members.flags:
-        sql, params = matching.classify_sql(Query(f"SELECT {_DID} FROM {MEMBERS_TABLE}", {}),
+        sql, params = matching.classify_sql(Query(f"SELECT * FROM {MEMBERS_TABLE}", {}),
                                             user_id_property=user_id_property, id_type=id_type,
-                                            facts=stored_facts(con, user_id_property))
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table.split('.')[1]} AS "
-                    f"SELECT c.*, w.* EXCLUDE ({_DID}) FROM ({sql}) c JOIN {MEMBERS_TABLE} w USING ({_DID})",
-                    params)
+                                            facts=stored_facts(con, user_id_property), carry=members.masks)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table.split('.')[1]} AS {sql}", params)
     return Matched(store, members, table,
                    {"user_id_property": user_id_property, "id_type": id_type, "limit": limit})
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -101,10 +101,12 @@ def _reason_case() -> str:
 
 
 def classify_sql(members: Query, *, user_id_property: str = DEFAULT_USER_ID_PROPERTY,
-                 id_type: str = "auto", facts: str | None = None) -> Query:
+                 id_type: str = "auto", facts: str | None = None, carry: Sequence[str] = ()) -> Query:
     """Each member's row with COLUMNS before the cohort limit (`apply_limit`), as one query over
     ``members`` (a query yielding each member's distinct_id once, e.g. a compiled cohort) and the
-    profiles' facts: `facts_sql`, or the table ``facts`` that holds them. Pure: builds SQL, runs nothing."""
+    profiles' facts: `facts_sql`, or the table ``facts`` that holds them; ``carry``: more columns of
+    ``members`` passed through after COLUMNS (a shared pass's masks: joining them back cost a second
+    hash join of every member). Pure: builds SQL, runs nothing."""
     _check_options(user_id_property, id_type, COHORT_LIMIT)
     params = dict(members.params)
     clash = [k for k in params if k[:2] in ("m_", "f_")]
@@ -117,11 +119,12 @@ def classify_sql(members: Query, *, user_id_property: str = DEFAULT_USER_ID_PROP
     params.update({"m_prop": user_id_property, "m_mode": id_type, "m_max": MAX_ID_LENGTH, "m_rule": WINNER_RULE})
     q = quote_ident
     did = q("distinct_id")
+    carried = "".join(f", {q(c)}" for c in carry)
     code = {reason: _sql_text(reason) for reason in REASON_SQL}
     # tests/matching_oracle.py states the same rules in Python; the tests keep the two equal.
     # (array_length, not len: len is a string's length elsewhere; toolkit/dialects.py moves this to Spark)
     sql = f"""
-WITH {q("m_members")} AS (SELECT {did} FROM ({members.sql}) {q("m_src")}),
+WITH {q("m_members")} AS (SELECT {did}{carried} FROM ({members.sql}) {q("m_src")}),
 {q("m_inspected")} AS (   -- the id type decides the rest: a UUID is required, and what kind of id it is
     SELECT {did}, jt, v, empty, claimants, names, winner,
            CASE WHEN problem IS NULL AND $m_mode = 'subscription_id' AND NOT is_uuid THEN 'not_uuid'
@@ -132,7 +135,7 @@ WITH {q("m_members")} AS (SELECT {did} FROM ({members.sql}) {q("m_src")}),
     FROM {facts} {q("m_facts")}
 ),
 {q("m_rows")} AS (
-    SELECT m.{did}, p.jt, p.v, p.problem, p.kind, p.claimants, p.winner,
+    SELECT m.{did}{"".join(f", m.{q(c)}" for c in carry)}, p.jt, p.v, p.problem, p.kind, p.claimants, p.winner,
            list_filter(p.names, lambda x: x <> m.{did}) AS others,
            {_reason_case()} AS reason
     FROM {q("m_members")} m LEFT JOIN {q("m_inspected")} p ON p.{did} = m.{did}
@@ -159,7 +162,7 @@ SELECT {did}, CASE WHEN jt = 'VARCHAR' THEN v END AS onesignal_id,
                       || '; ' || CASE WHEN reason = {code["duplicate"]} THEN winner ELSE 'this profile' END
                       || ' keeps it (' || $m_rule || ')'
                    ELSE '' END
-       END AS detail
+       END AS detail{carried}
 FROM {q("m_rows")}"""
     return Query(sql, params)
 

@@ -117,12 +117,19 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
             # A run waiting for its merged sends holds no slot, but its thread: one thread per run.
             with ThreadPoolExecutor(len(chosen) if senders else parallel, thread_name_prefix="sync-run") as pool:
                 try:
-                    futures = {}
+                    futures, rehearsed = {}, {}
                     for i, settings in chosen.items():
                         slots.acquire()     # a cohort's members leave the shared pass only when it can run
                         found = shared.exportable(settings)
+                        if settings.dry_run and found is not None and found.planned is not None:
+                            held[settings.cohort].release()     # planned already: recorded with the others
+                            rehearsed[i] = (settings, found.members, found.planned)
+                            continue
                         futures[i] = pool.submit(_run_in_thread, store, _sharing(settings, budgets, senders), found,
                                                  held[settings.cohort], evaluator, stop)
+                    for i, outcome in zip(rehearsed, export.rehearse(store, list(rehearsed.values())), strict=True):
+                        records[i] = (outcome if isinstance(outcome, export.RunRecord) else
+                                      _failed(store, chosen[i].cohort, chosen[i], outcome, now, dry_run))
                     for i, future in futures.items():
                         records[i] = future.result()
                 except KeyboardInterrupt:

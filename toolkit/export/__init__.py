@@ -28,7 +28,7 @@ from toolkit.export.records import RunRecord, record_failure, runs
 from toolkit.export.registry import app_tag_limit, due, follow_app, list_exports, registration, set_tag_limit, stop
 from toolkit.export.results import FLUSH_EVERY
 from toolkit.export.run_settings import ExportSettings, register, settings
-from toolkit.export.runner import run
+from toolkit.export.runner import rehearse, run
 from toolkit.export.segments import FREE_PLAN_MESSAGE
 from toolkit.export.states import overview, pause, paused, resume, resume_all, state_of
 from toolkit.export.wanted import RECHECK_ABSENT, Exportable, _plan, exportable, snapshot, targets
@@ -58,6 +58,7 @@ __all__ = [
     "preview_export",
     "preview_targets",
     "record_failure",
+    "rehearse",
     "register",
     "registration",
     "resume",

@@ -17,7 +17,7 @@ runs, make the listing say it is not exact instead of guessing.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -29,7 +29,7 @@ from toolkit.errors import ExportError
 from toolkit.export.lock import DEAD_RUN
 from toolkit.export.states import STILL_STOPPED
 from toolkit.export.wanted import RECHECK_ABSENT
-from toolkit.planning import ADD, NOOP, Target
+from toolkit.planning import ADD, NOOP, Step, Target
 
 NOT_SENT, DRY_RUN = "not_sent", "dry_run"
 # onesignal_id: the id the export addresses the user by (its id_type: external_id or subscription_id);
@@ -39,29 +39,36 @@ COLUMNS = ("run_id", "cohort", "distinct_id", "onesignal_id", "id_type", "onesig
 NOT_IN_ONESIGNAL = "not in OneSignal (the export never creates users); looked for again after a day"
 HELD = ("held back: OneSignal refused this user for the app's data-tag cap; tried again once the cap is raised, "
         "its other tags drop, or a day has passed")
-_ROWS = pa.schema([("distinct_id", pa.string()), ("onesignal_id", pa.string()), ("id_type", pa.string()),
-                   ("operation", pa.string())])
+_ROWS = pa.schema([("run_id", pa.int64()), ("distinct_id", pa.string()), ("onesignal_id", pa.string()),
+                   ("id_type", pa.string()), ("operation", pa.string()), ("outcome", pa.string()),
+                   ("reason", pa.string())])
 
 
-def record_unsent(con, run_id: int, changes, held: Mapping[str, Target], outcome: str | None, reason: str) -> None:
-    """Rows for what the run did not send: ``changes`` (plan steps) without a result yet, as ``outcome``
-    (NOT_SENT, DRY_RUN; None: all were sent), and the members the tag cap held back."""
-    unsent = list(changes) if outcome else []
-    rows = pa.table({"distinct_id": [s.distinct_id for s in unsent] + list(held),
-                     "onesignal_id": [s.target.onesignal_id for s in unsent] + [t.onesignal_id for t in held.values()],
-                     "id_type": [s.target.id_type for s in unsent] + [t.id_type for t in held.values()],
-                     "operation": [s.operation for s in unsent] + [ADD] * len(held)}, schema=_ROWS)
-    if not rows.num_rows:
+def record_unsent(con, runs: Sequence[tuple[int, Sequence[Step], Mapping[str, Target], str | None, str]]) -> None:
+    """Rows for what runs did not send, per run (run_id, its plan's changes, the members the tag cap held
+    back, outcome, reason): its ``changes`` without a result yet, as ``outcome`` (NOT_SENT, DRY_RUN; None:
+    all were sent), and its held members. One statement for all the runs."""
+    columns: dict[str, list] = {name: [] for name in _ROWS.names}
+    for run_id, changes, held, outcome, reason in runs:
+        unsent = list(changes) if outcome else []
+        n = len(unsent) + len(held)
+        columns["run_id"] += [run_id] * n
+        columns["distinct_id"] += [s.distinct_id for s in unsent] + list(held)
+        columns["onesignal_id"] += [s.target.onesignal_id for s in unsent] + [t.onesignal_id for t in held.values()]
+        columns["id_type"] += [s.target.id_type for s in unsent] + [t.id_type for t in held.values()]
+        columns["operation"] += [s.operation for s in unsent] + [ADD] * len(held)
+        columns["outcome"] += [outcome] * len(unsent) + ["tag_cap"] * len(held)
+        columns["reason"] += [reason] * len(unsent) + [HELD] * len(held)
+    if not columns["run_id"]:
         return
-    outcomes = pa.array([outcome] * len(unsent) + ["tag_cap"] * len(held), pa.string())
-    reasons = pa.array([reason] * len(unsent) + [HELD] * len(held), pa.string())
-    con.register("unsent_rows", rows.append_column("outcome", outcomes).append_column("reason", reasons))
+    con.register("unsent_rows", pa.table(columns, schema=_ROWS))
     try:
         con.execute("""
             INSERT INTO export_results (run_id, distinct_id, onesignal_id, id_type, operation, outcome, error)
-            SELECT $run, u.distinct_id, u.onesignal_id, u.id_type, u.operation, u.outcome, u.reason FROM unsent_rows u
-            WHERE NOT EXISTS (SELECT 1 FROM export_results r WHERE r.run_id = $run
-                              AND r.distinct_id = u.distinct_id AND r.operation = u.operation)""", {"run": run_id})
+            SELECT u.run_id, u.distinct_id, u.onesignal_id, u.id_type, u.operation, u.outcome, u.reason
+            FROM unsent_rows u
+            WHERE NOT EXISTS (SELECT 1 FROM export_results r WHERE r.run_id = u.run_id
+                              AND r.distinct_id = u.distinct_id AND r.operation = u.operation)""")
     finally:
         con.unregister("unsent_rows")
 

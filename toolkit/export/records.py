@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -75,29 +75,56 @@ def _start(store: Store, con, settings: ExportSettings, the_plan: planning.Plan,
     cohort followed would otherwise read "running" for ever). A dry run is written whole in this one
     transaction (it sends nothing, so there is no "running" to show): its status, counts and the rows
     of what it would have done; a sending run's start is one commit, its end (``_finish``) another."""
-    cohort, mode, dry_run, now = settings.cohort, settings.mode, settings.dry_run, _naive(settings.now)
-    record = RunRecord(0, cohort, mode, dry_run, "running", now, members=members, exportable=exportable,
-                       unchanged=the_plan.counts.get(NOOP, 0), guard=verdict.reason, plan=the_plan,
-                       held=held, tag_cap=tag_cap)
-    if dry_run:
+    record = new_record(settings, the_plan, verdict, members, exportable, held, tag_cap)
+    _write_starts(store, con, [record])
+    return record
+
+
+def new_record(settings: ExportSettings, the_plan: planning.Plan, verdict: GuardVerdict, members: int,
+               exportable: int, held: Mapping[str, Target], tag_cap: int) -> RunRecord:
+    """A run's record as it starts (a dry run's whole), not yet written."""
+    record = RunRecord(0, settings.cohort, settings.mode, settings.dry_run, "running", _naive(settings.now),
+                       members=members, exportable=exportable, unchanged=the_plan.counts.get(NOOP, 0),
+                       guard=verdict.reason, plan=the_plan, held=held, tag_cap=tag_cap)
+    if settings.dry_run:
         _dry_run_outcome(record, verdict)
+    return record
+
+
+def write_dry_runs(store: Store, con, records: Sequence[RunRecord]) -> None:
+    """Dry runs' records (``new_record``), written as ``_start`` writes one, all in one transaction: a
+    dry-run cycle's sixty runs each writing its own commit took ~0.4 s at 10M events. The caller holds
+    their cohorts' run locks."""
+    assert all(r.dry_run for r in records)
+    if records:
+        _write_starts(store, con, records)
+
+
+_STARTED = ("run_id", "cohort", "mode", "dry_run", "started_at", "status", "pid", "members", "exportable", "unchanged",
+            "ended_at", "error", "added", "removed", "not_in_onesignal", "failed", "tag_cap")
+
+
+def _write_starts(store: Store, con, records: Sequence[RunRecord]) -> None:
+    """Write ``records`` (numbered here) in one transaction, marking the runs they follow as cut short."""
+    now = records[0].started_at
     with _RECORD_WRITES, transaction(con):
+        ours = {r.cohort for r in records}
         stale = [c for c, in con.execute("SELECT DISTINCT cohort FROM export_runs WHERE status = 'running'")
-                 .fetchall() if c == cohort or not _is_running(store, c)]
+                 .fetchall() if c in ours or not _is_running(store, c)]
         if stale:
             con.execute("UPDATE export_runs SET status = 'interrupted', ended_at = ?, "
                         "error = coalesce(error, ?) WHERE status = 'running' AND cohort IN (SELECT unnest(?))",
                         [now, DEAD_RUN, stale])
-        record.run_id = con.execute("SELECT nextval('run_ids')").fetchone()[0]
-        con.execute("INSERT INTO export_runs (run_id, cohort, mode, dry_run, started_at, status, pid, members, "
-                    "exportable, unchanged, ended_at, error, added, removed, not_in_onesignal, failed, tag_cap) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [record.run_id, cohort, mode, dry_run, now, record.status, os.getpid(), members, exportable,
-                     record.unchanged, record.ended_at, record.error, record.added, record.removed,
-                     record.not_in_onesignal, record.failed, record.tag_cap])
-        if dry_run:
-            _record_unsent(con, record)
-    return record
+        ids = con.execute("SELECT nextval('run_ids') FROM range(?)", [len(records)]).fetchall()
+        for record, (run_id,) in zip(records, ids, strict=True):
+            record.run_id = run_id
+        pid = os.getpid()
+        row = f"({', '.join('?' * len(_STARTED))})"
+        con.execute(f"INSERT INTO export_runs ({', '.join(_STARTED)}) VALUES {', '.join([row] * len(records))}",
+                    [v for r in records for v in (r.run_id, r.cohort, r.mode, r.dry_run, r.started_at, r.status, pid,
+                                                  r.members, r.exportable, r.unchanged, r.ended_at, r.error, r.added,
+                                                  r.removed, r.not_in_onesignal, r.failed, r.tag_cap)])
+        _record_unsent(con, *(r for r in records if r.dry_run))
 
 
 def _dry_run_outcome(record: RunRecord, verdict: GuardVerdict) -> None:
@@ -108,12 +135,17 @@ def _dry_run_outcome(record: RunRecord, verdict: GuardVerdict) -> None:
     record.added, record.removed = record.plan.counts.get(ADD, 0), record.plan.counts.get(REMOVE, 0)
 
 
-def _record_unsent(con, record: RunRecord) -> None:
-    """Every member's fate is on record (fates.py): what the run did not send, and who the cap held back."""
+def _record_unsent(con, *records: RunRecord) -> None:
+    """Every member's fate is on record (fates.py): what the runs did not send, and who the cap held back."""
+    fates.record_unsent(con, [(record.run_id, record.plan.changes if record.plan else (), record.held,
+                               *_unsent(record)) for record in records])
+
+
+def _unsent(record: RunRecord) -> tuple[str | None, str]:
+    """The outcome and reason of what the run did not send."""
     status = record.status
     unsent = fates.DRY_RUN if record.dry_run else None if status in ("ok", "partial") else fates.NOT_SENT
-    fates.record_unsent(con, record.run_id, record.plan.changes if record.plan else (), record.held, unsent,
-                        "dry run: not sent" if record.dry_run else f"not sent: the run {status}: {record.error}")
+    return unsent, "dry run: not sent" if record.dry_run else f"not sent: the run {status}: {record.error}"
 
 
 def _failed_users(con, record: RunRecord, shown: int = 3) -> str | None:

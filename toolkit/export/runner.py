@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import queue
@@ -20,7 +21,7 @@ from toolkit.export.helpers import _naive, _run_async
 from toolkit.export.lock import _run_lock
 from toolkit.export.merged import NOT_LOOKED_UP, MergedSends
 from toolkit.export.naming import segment_name
-from toolkit.export.records import RunRecord, _failed_users, _finish, _start
+from toolkit.export.records import RunRecord, _failed_users, _finish, _start, new_record, write_dry_runs
 from toolkit.export.results import _ResultWriter
 from toolkit.export.run_settings import SAVE_REGISTRATION, ExportSettings, _save_registration
 from toolkit.export.segments import _ensure_segment
@@ -113,6 +114,27 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
             con.execute("UPDATE exports SET next_due_at = ? WHERE cohort = ? AND stopped_at IS NULL",
                         [_naive(settings.now) + DYNAMIC_INTERVAL, settings.cohort])
         return _finish(con, record, "partial" if record.failed else "ok", _failed_users(con, record))
+
+
+def rehearse(store: Store, planned: Sequence[tuple[ExportSettings, int, Planned]]) -> list[RunRecord | ExportError]:
+    """Dry runs of cohorts planned together (``cycle_plans``: settings, members, plan), each recorded as
+    ``run`` records it, all in one transaction, on the store's connection (this thread's): sixty runs each in a thread of its own,
+    writing its own commit, took ~0.4 s of a 10M dry-run cycle. A cohort whose run lock another run
+    holds gets the error ``run`` raises for it."""
+    out: list[RunRecord | ExportError] = []
+    with contextlib.ExitStack() as locks:
+        for settings, members, found in planned:
+            assert settings.dry_run
+            try:
+                locks.enter_context(_run_lock(store, settings.cohort))
+            except ExportError as exc:
+                out.append(exc)
+                continue
+            caps = TagCaps(settings.tag_limit, over=found.over, other=found.other)
+            out.append(new_record(settings, found.plan, found.verdict, members, found.exportable, caps.held,
+                                  caps.count))
+        write_dry_runs(store, store.con, [r for r in out if isinstance(r, RunRecord)])
+    return out
 
 
 def _spread(aliases, salt: str) -> list:
