@@ -8,7 +8,9 @@ import re
 import pytest
 from test_export import app_with_users, creds, ext, fast, unlimited_emulator  # noqa: F401  (fixtures)
 
-from toolkit import export
+from helpers import NOW
+
+from toolkit import Store, cohorts, export, sync
 
 _WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE)\b.*?\b(?:INTO|FROM|UPDATE)?\s*(export_runs|export_results)\b",
                     re.IGNORECASE | re.DOTALL)
@@ -110,10 +112,6 @@ def test_a_sending_run_commits_its_start_and_its_end_once_each(empty_file_store,
 def test_a_dry_run_cycle_commits_its_planned_runs_records_once(sample_store_copy):
     """A dry-run cycle's cohorts planned together are recorded in one commit (``export.rehearse``), each with
     its rows: sixty one-commit records took ~0.4 s of a 10M cycle."""
-    from helpers import NOW
-
-    from toolkit import Store, cohorts, sync
-
     with Store(sample_store_copy) as store:
         names = [c["name"] for c in cohorts.list_cohorts(store) if c["kind"] != "static"]
         for name in names:
