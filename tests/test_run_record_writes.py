@@ -9,7 +9,6 @@ import pytest
 from test_export import app_with_users, creds, ext, fast, unlimited_emulator  # noqa: F401  (fixtures)
 
 from helpers import NOW
-
 from toolkit import Store, cohorts, export, sync
 
 _WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE)\b.*?\b(?:INTO|FROM|UPDATE)?\s*(export_runs|export_results)\b",
