@@ -118,9 +118,9 @@ def _run(store: Store, con, settings: ExportSettings, wanted: Mapping[str, Targe
 
 def rehearse(store: Store, planned: Sequence[tuple[ExportSettings, int, Planned]]) -> list[RunRecord | ExportError]:
     """Dry runs of cohorts planned together (``cycle_plans``: settings, members, plan), each recorded as
-    ``run`` records it, all in one transaction, on the store's connection (this thread's): sixty runs each in a thread of its own,
-    writing its own commit, took ~0.4 s of a 10M dry-run cycle. A cohort whose run lock another run
-    holds gets the error ``run`` raises for it."""
+    ``run`` records it, all in one transaction on the store's connection: sixty runs each in a thread
+    of its own, writing its own commit, took ~0.4 s of a 10M dry-run cycle. A cohort whose run lock another
+    run holds gets the error ``run`` raises for it."""
     out: list[RunRecord | ExportError] = []
     with contextlib.ExitStack() as locks:
         for settings, members, found in planned:
