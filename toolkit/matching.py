@@ -136,7 +136,7 @@ WITH {q("m_members")} AS (SELECT {did}{carried} FROM ({members.sql}) {q("m_src")
 ),
 {q("m_rows")} AS (
     SELECT m.{did}{"".join(f", m.{q(c)}" for c in carry)}, p.jt, p.v, p.problem, p.kind, p.claimants, p.winner,
-           list_filter(p.names, lambda x: x <> m.{did}) AS others,
+           CASE WHEN p.claimants > 1 THEN list_filter(p.names, lambda x: x <> m.{did}) END AS others,
            {_reason_case()} AS reason
     FROM {q("m_members")} m LEFT JOIN {q("m_inspected")} p ON p.{did} = m.{did}
 )
