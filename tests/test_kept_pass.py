@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from test_delta import IDS, linking, snapshot, update, write
 
 from helpers import NOW, T0, event, rows, write_lines
-from toolkit import cohort_batch, kept_pass
+from toolkit import cohort_batch, kept_pass, matching
 from toolkit.cohort_model import parse
 from toolkit.loading import derived, run
 from toolkit.store import Store
@@ -52,6 +52,16 @@ def members(store: Store, *, keep: bool, now: dt.datetime) -> dict[str, list[str
             for name in NAMES}
 
 
+def classified(store: Store, *, keep: bool, now: dt.datetime, id_type: str) -> tuple[dict[str, list[str]], list]:
+    """``members``, and every member's row as ``cohort_batch.classify`` gives it (kept, or in a temp table)."""
+    found = cohort_batch.evaluate(store, NAMES, now=now, definitions=DEFINITIONS, keep=keep)
+    matched = cohort_batch.classify(store, found, id_type=id_type, keep=keep)
+    assert (matched.table == kept_pass.MATCHED) == keep
+    listed = ", ".join([*matching.COLUMNS, *found.masks])
+    return ({name: sorted(r[0] for r in rows(store, found.query(name).sql, found.query(name).params))
+             for name in NAMES}, sorted(rows(store, f"SELECT {listed} FROM {matched.table}"), key=str))
+
+
 @pytest.fixture
 def refreshes(monkeypatch) -> list[bool]:
     """Whether each kept pass was brought up to date (True) or evaluated whole."""
@@ -69,8 +79,9 @@ def refreshes(monkeypatch) -> list[bool]:
 
 @pytest.mark.slow   # 25 sequences of loads and passes
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(CYCLES)
-def test_a_kept_pass_answers_what_the_whole_pass_answers(new_store, refreshes, cycles):
+@given(CYCLES, st.sampled_from(matching.ID_TYPES))
+def test_a_kept_pass_answers_what_the_whole_pass_answers(new_store, refreshes, cycles, id_type):
+    """And its users classified, kept and brought up to date with it, are classified as the whole pass's."""
     with tempfile.TemporaryDirectory() as tmp, Store(new_store(Path(tmp) / "s.duckdb")) as store:
         refreshes.clear()
         for n, (files, hours) in enumerate(cycles):
@@ -79,10 +90,10 @@ def test_a_kept_pass_answers_what_the_whole_pass_answers(new_store, refreshes, c
                 run.load(store, [path], now=NOW)
             everyone = rows(store, "SELECT count(*) FROM member_changes WHERE distinct_id IS NULL")[0][0]
             now = START + dt.timedelta(hours=hours)
-            kept = members(store, keep=True, now=now)
+            kept = classified(store, keep=True, now=now, id_type=id_type)
             # whole only the first time, or after a load that re-resolved every identity (the first links)
             assert refreshes[-1] == (n > 0 and not everyone)
-            assert kept == members(store, keep=False, now=now), f"cycle {n} at +{hours} h"
+            assert kept == classified(store, keep=False, now=now, id_type=id_type), f"cycle {n} at +{hours} h"
 
 
 def test_only_changed_users_and_crossed_windows_are_evaluated_again(new_store, tmp_path, refreshes):
@@ -122,11 +133,51 @@ def test_only_changed_users_and_crossed_windows_are_evaluated_again(new_store, t
         assert rows(after, "SELECT count(*) FROM member_changes") == [(0,)]
 
 
+def test_the_kept_classification_classifies_again_only_the_users_evaluated_again(new_store, tmp_path,
+                                                                                    monkeypatch):
+    """Fifteen minutes on with nothing loaded, no user is classified again; after a profile takes a
+    OneSignal id two others share, it and both other holders are (their detail names it), and the kept
+    rows equal a whole classification. Another id type, or a pass evaluated whole, classifies everyone."""
+    store = Store(new_store(tmp_path / "s.duckdb"))
+    run.load(store, [write_lines(tmp_path / "p.jsonl", [
+        {"$distinct_id": d, "$properties": {"$onesignal_user_id": v, "plan": "free"}}
+        for d, v in (("a", "os-1"), ("b", "os-1"), ("c", "os-2"), ("d", "os-3"))])], now=NOW)
+    relations: list[str] = []
+    real = matching.classify_sql
+
+    def spy(members, **options):
+        relations.append(members.sql)
+        return real(members, **options)
+
+    monkeypatch.setattr(matching, "classify_sql", spy)
+    again = f"WHERE distinct_id IN (SELECT id FROM {kept_pass.USERS})"
+    try:
+        first = classified(store, keep=True, now=START, id_type="auto")
+        assert again not in relations[-1]                                  # no classification kept yet
+        assert classified(store, keep=True, now=START + dt.timedelta(minutes=15), id_type="auto") == first
+        assert again in relations[-1] and rows(store, f"SELECT count(*) FROM {kept_pass.USERS}") == [(0,)]
+        run.load(store, [write_lines(tmp_path / "u.jsonl", [
+            {"$distinct_id": "c", "$set": {"$onesignal_user_id": "os-1"}}])], now=NOW)
+        later = START + dt.timedelta(minutes=30)
+        kept = classified(store, keep=True, now=later, id_type="auto")
+        assert again in relations[-1]
+        users = {r[0] for r in rows(store, f"SELECT id FROM {kept_pass.USERS}")}
+        assert {"a", "b", "c"} <= users and "d" not in users        # (and the id values themselves)
+        whole = classified(store, keep=False, now=later, id_type="auto")
+        assert kept == whole and kept != first
+        assert [r[5] for r in kept[1] if r[0] == "a"][0].startswith("external_id also on b, c;")
+        classified(store, keep=True, now=later + dt.timedelta(minutes=15), id_type="external_id")
+        assert again not in relations[-1]                                  # kept for another id type
+    finally:
+        store.close()
+
+
 def test_loads_record_changed_users_only_while_a_pass_is_kept(new_store, tmp_path, monkeypatch):
     with Store(new_store(tmp_path / "s.duckdb")) as store:
         run.load(store, [write_lines(tmp_path / "a.jsonl", [event("Page View", "u1", T0)])], now=NOW)
         assert rows(store, "SELECT count(*) FROM member_changes") == [(0,)]
-        members(store, keep=True, now=NOW)
+        classified(store, keep=True, now=NOW, id_type="auto")
+        assert rows(store, "SELECT count(*) FROM kept_matched") == [(1,)]
         run.load(store, [write_lines(tmp_path / "b.jsonl", [event("Page View", "u2", T0)])], now=NOW)
         assert rows(store, "SELECT distinct_id FROM member_changes") == [("u2",)]
         # cycles stopped, loads went on: past the cap the pass is let go, and the log with it
@@ -136,7 +187,8 @@ def test_loads_record_changed_users_only_while_a_pass_is_kept(new_store, tmp_pat
         assert rows(store, "SELECT distinct_id FROM member_changes ORDER BY 1") == [("u2",), ("u3",), ("u4",)]
         run.load(store, [write_lines(tmp_path / "d.jsonl", [event("Page View", "u5", T0)])], now=NOW)
         assert rows(store, "SELECT (SELECT count(*) FROM member_changes), (SELECT count(*) FROM kept_pass), "
-                           "(SELECT count(*) FROM kept_pass_state)") == [(0, 0, 0)]
+                           "(SELECT count(*) FROM kept_pass_state), (SELECT count(*) FROM kept_matched), "
+                           "(SELECT count(*) FROM kept_matched_state)") == [(0, 0, 0, 0, 0)]
         run.load(store, [write_lines(tmp_path / "e.jsonl", [event("Page View", "u6", T0)])], now=NOW)
         assert rows(store, "SELECT count(*) FROM member_changes") == [(0,)]
         assert members(store, keep=True, now=NOW) == members(store, keep=False, now=NOW)   # whole again

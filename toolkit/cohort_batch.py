@@ -43,6 +43,7 @@ class Members:
     static: dict[str, Query] = field(default_factory=dict)   # static cohort -> its own query
     refreshed: int | None = None    # kept pass brought up to date: the users evaluated again (None: whole)
     refreshed_from: dt.datetime | None = None   # and the moment it was brought up from (kept_pass.USERS: who)
+    kept_at: dt.datetime | None = None      # the pass is kept in the store, as of this moment
 
     def bit(self, name: str) -> str:
         """SQL of the dynamic cohort's bit in a row of MEMBERS_TABLE (or a table with its masks): 1 for
@@ -109,6 +110,7 @@ def evaluate(store: Store, chosen: Sequence[Cohort | str], *, now: dt.datetime,
             kept_from = kept_pass.since(con)
             members.refreshed = kept_pass.refresh(con, select, now, MEMBERS_TABLE, members.masks)
             members.refreshed_from = kept_from if members.refreshed is not None else None
+            members.kept_at = now
         else:
             sql, params = select(now)
             con.execute(f"CREATE OR REPLACE TEMP TABLE {MEMBERS_TABLE.split('.')[1]} AS {sql}", params)
@@ -143,14 +145,23 @@ class Matched:
 
 
 def classify(store: Store, members: Members, *, user_id_property: str = matching.DEFAULT_USER_ID_PROPERTY,
-             id_type: str = "auto", limit: int = matching.COHORT_LIMIT, table: str = MATCHED_TABLE) -> Matched:
-    """Classify the users of the shared pass in one query, into the temp ``table`` with their masks."""
+             id_type: str = "auto", limit: int = matching.COHORT_LIMIT, table: str = MATCHED_TABLE,
+             keep: bool = False) -> Matched:
+    """Classify the users of the shared pass in one query, into the temp ``table`` with their masks.
+    ``keep`` (a cycle's first classification of a kept pass, by the default user-id property): into the
+    store instead, brought up to date from the last cycle's (``kept_pass.classified``)."""
     con = connection(store)
     if members.flags:
-        sql, params = matching.classify_sql(Query(f"SELECT * FROM {MEMBERS_TABLE}", {}),
-                                            user_id_property=user_id_property, id_type=id_type,
-                                            facts=stored_facts(con, user_id_property), carry=members.masks)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table.split('.')[1]} AS {sql}", params)
+        def classified(relation: str) -> Query:
+            return matching.classify_sql(Query(relation, {}), user_id_property=user_id_property, id_type=id_type,
+                                         facts=stored_facts(con, user_id_property), carry=members.masks)
+
+        if keep and members.kept_at is not None and user_id_property == matching.DEFAULT_USER_ID_PROPERTY:
+            table = kept_pass.classified(con, classified, MEMBERS_TABLE, f"{id_type} {user_id_property}",
+                                         members.kept_at, members.refreshed_from)
+        else:
+            sql, params = classified(f"SELECT * FROM {MEMBERS_TABLE}")
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {table.split('.')[1]} AS {sql}", params)
     return Matched(store, members, table,
                    {"user_id_property": user_id_property, "id_type": id_type, "limit": limit})
 
@@ -164,10 +175,12 @@ def match(store: Store, members: Members, *, user_id_property: str = matching.DE
 
 
 def drop(store: Store, *tables: str) -> None:
-    """Free the temp tables of the last pass (and the classified ``tables`` besides the default one)."""
+    """Free the temp tables of the last pass (and the classified ``tables`` besides the default one; a
+    kept one stays)."""
     con = connection(store)
     for table in (*tables, MATCHED_TABLE, MEMBERS_TABLE):
-        con.execute(f"DROP TABLE IF EXISTS {table}")
+        if table.startswith("temp."):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
     kept_pass.drop(con)
 
 

@@ -509,6 +509,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE export_snapshots ADD COLUMN in_step_with VARCHAR;
     """,
+    # 20: the kept pass's users classified (toolkit/kept_pass.py, `classified`): matching.COLUMNS and the
+    # masks, as of the moment, user-id property and id type of `kept_matched_state.mark` (a step mark), so
+    # the next cycle classifies only the users it evaluates again.
+    """
+    CREATE TABLE kept_matched (
+        distinct_id VARCHAR NOT NULL, onesignal_id VARCHAR, id_type VARCHAR, exportable BOOLEAN, reason VARCHAR,
+        detail VARCHAR,
+        k0 UBIGINT, k1 UBIGINT, k2 UBIGINT, k3 UBIGINT
+    );
+    CREATE TABLE kept_matched_state (mark VARCHAR NOT NULL);
+    """,
 ]
 
 

@@ -290,9 +290,10 @@ class _SharedPass:
         key = (settings.user_id_property, settings.id_type)
         try:
             if key not in self.matched:
+                # Only the first kept: two keys would take turns replacing it, while the first one's runs read it.
                 self.matched[key] = cohort_batch.classify(
                     self.store, self.members, user_id_property=key[0], id_type=key[1],
-                    table=f"{cohort_batch.MATCHED_TABLE}_{len(self.matched)}")
+                    table=f"{cohort_batch.MATCHED_TABLE}_{len(self.matched)}", keep=not self.matched)
                 self._plan_together(key)
             if settings.cohort in self.planned:
                 return self.planned[settings.cohort]

@@ -348,7 +348,7 @@ def _log_member_changes(con, generation: int) -> None:
     if not kept:
         return
     if logged > MAX_MEMBER_CHANGES:
-        for table in ("kept_pass", "kept_pass_state", "member_changes"):
+        for table in ("kept_pass", "kept_pass_state", "member_changes", "kept_matched", "kept_matched_state"):
             con.execute(f"DELETE FROM {table}")
         return
     seq, = con.execute("SELECT nextval('member_change_ids')").fetchone()
