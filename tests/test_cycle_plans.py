@@ -148,3 +148,21 @@ def test_a_dry_run_cycle_records_each_members_fate_as_its_own_dry_run_and_meets_
     failed = next(r for r in together if r.cohort == busy)
     assert failed.status == "failed" and "already running" in failed.error
     assert sum(len(rows) for rows in fates.values()) > 0
+
+
+def test_settings_read_once_for_a_cycle_are_each_cohorts_own(sample_store_copy):
+    """``export.settings`` from the registrations and limits read once (``Registered``, as ``run_due`` reads
+    them) equals reading each cohort's: a registered app's cap, the default cap of another app, a name in
+    another case, and an unregistered cohort's dry run."""
+    from toolkit.export.registry import Registered
+
+    store, names = _registered(sample_store_copy, 3)
+    with store:
+        export.register(store, names[0], "once", "00000000-0000-4000-8000-0000000000ff", URL, now=NOW)
+        store.con.execute("DELETE FROM exports WHERE cohort = ?", [names[-1]])
+        known = Registered.read(store.reader())
+        asked = [*names, names[1].upper()]
+        assert [export.settings(store, name, now=NOW, dry_run=True, known=known) for name in asked] == \
+            [export.settings(store, name, now=NOW, dry_run=True) for name in asked]
+        limits = {s.tag_limit for s in (export.settings(store, name, now=NOW, known=known) for name in names[:-1])}
+        assert len(limits) == 2

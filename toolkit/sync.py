@@ -24,6 +24,7 @@ from toolkit.errors import CredentialsError, SyncFailed, SyncPaused, ToolkitErro
 from toolkit.export import cycle_plans
 from toolkit.export.helpers import stopped_by
 from toolkit.export.merged import MergedSends
+from toolkit.export.registry import Registered
 from toolkit.loading import LoadSummary, load
 from toolkit.onesignal import DEFAULT_MAX_RPS, VIEW_RPS, Credentials, default_base_url
 from toolkit.rate_budget import AppBudget, ViewBudget
@@ -98,9 +99,11 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
     names = [name for name in dict.fromkeys(names) if name not in waiting]     # a name given twice runs once
     records: dict[int, export.RunRecord | None] = {}
     chosen: dict[int, export.ExportSettings] = {}
+    known = Registered.read(store.reader())
     for i, name in enumerate(names):
         try:
-            chosen[i] = export.settings(store, name, now=now, dry_run=dry_run, client_options=client_options)
+            chosen[i] = export.settings(store, name, now=now, dry_run=dry_run, client_options=client_options,
+                                        known=known)
         except Exception as exc:
             records[i] = _failed(store, name, None, exc, now, dry_run)
     _once_each(chosen, records)

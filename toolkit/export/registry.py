@@ -3,6 +3,8 @@ the app's data-tag cap."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 from toolkit.errors import ExportError
@@ -43,6 +45,30 @@ def app_tag_limit(con, app_id: str | None) -> dict:
     row = con.execute("SELECT tag_limit, source FROM app_limits WHERE app_id = ?", [app_id]).fetchone() \
         if app_id else None
     return {"tag_limit": row[0], "source": row[1]} if row else {"tag_limit": DEFAULT_TAG_LIMIT, "source": "default"}
+
+
+@dataclass(frozen=True)
+class Registered:
+    """Every registration and app limit, read at once: a cycle's sixty settings each read theirs in two
+    queries, ~0.1 s in all. Answers as ``registration`` and ``app_tag_limit`` do."""
+    exports: Mapping[str, dict]
+    limits: Mapping[str, dict]
+
+    @classmethod
+    def read(cls, con) -> Registered:
+        cursor = con.execute("SELECT * FROM exports")
+        names = [d[0] for d in cursor.description]
+        rows = (dict(zip(names, row, strict=True)) for row in cursor.fetchall())
+        exports = {found["cohort"]: found for found in rows}
+        limits = {app: {"tag_limit": limit, "source": source}
+                  for app, limit, source in con.execute("SELECT app_id, tag_limit, source FROM app_limits").fetchall()}
+        return cls(exports, limits)
+
+    def registration(self, cohort: str) -> dict | None:
+        return self.exports.get(cohort)
+
+    def tag_limit(self, app_id: str | None) -> dict:
+        return self.limits.get(app_id or "") or {"tag_limit": DEFAULT_TAG_LIMIT, "source": "default"}
 
 
 def due(store: Store, now: datetime | None = None) -> list[str]:

@@ -13,7 +13,7 @@ from toolkit import cohorts, credentials
 from toolkit.errors import ExportError
 from toolkit.export.helpers import _naive
 from toolkit.export.naming import segment_name, tag_key, tag_key_problem
-from toolkit.export.registry import DEFAULT_TAG_LIMIT, app_tag_limit, registration
+from toolkit.export.registry import DEFAULT_TAG_LIMIT, Registered, app_tag_limit, registration
 from toolkit.onesignal import default_base_url
 from toolkit.onesignal_ids import USER_ID_PROPERTY
 from toolkit.store import Store
@@ -67,17 +67,21 @@ class ExportSettings:
 def settings(store: Store, cohort: str, *, mode: str | None = None, app_id: str | None = None,
              base_url: str | None = None, user_id_property: str | None = None, id_type: str | None = None,
              dry_run: bool = False, force: bool = False, now: datetime | None = None,
-             client_options: Mapping[str, Any] | None = None, tag_limit: int | None = None) -> ExportSettings:
-    """As ``_settings`` says, with the app's data-tag cap (``tag_limit`` overrides it for this run)."""
+             client_options: Mapping[str, Any] | None = None, tag_limit: int | None = None,
+             known: Registered | None = None) -> ExportSettings:
+    """As ``_settings`` says, with the app's data-tag cap (``tag_limit`` overrides it for this run).
+    ``known``: the registrations and limits, read once for many settings."""
     chosen = _settings(store, cohort, mode=mode, app_id=app_id, base_url=base_url, user_id_property=user_id_property,
-                       id_type=id_type, dry_run=dry_run, force=force, now=now, client_options=client_options)
-    return replace(chosen, tag_limit=tag_limit if tag_limit is not None
-                   else app_tag_limit(store.reader(), chosen.app_id)["tag_limit"])
+                       id_type=id_type, dry_run=dry_run, force=force, now=now, client_options=client_options,
+                       known=known)
+    limit = known.tag_limit(chosen.app_id) if known else app_tag_limit(store.reader(), chosen.app_id)
+    return replace(chosen, tag_limit=tag_limit if tag_limit is not None else limit["tag_limit"])
 
 
 def _settings(store: Store, cohort: str, *, mode: str | None, app_id: str | None, base_url: str | None,
               user_id_property: str | None, id_type: str | None, dry_run: bool, force: bool,
-              now: datetime | None, client_options: Mapping[str, Any] | None) -> ExportSettings:
+              now: datetime | None, client_options: Mapping[str, Any] | None,
+              known: Registered | None = None) -> ExportSettings:
     """The settings of one export run of ``cohort``: its registration, read here once, with the
     caller's overrides. With ``mode`` (once/dynamic) the run (re)registers the export, overwriting the
     previous one; without, it runs the registered export again (at ``base_url`` if given). A new
@@ -86,7 +90,7 @@ def _settings(store: Store, cohort: str, *, mode: str | None, app_id: str | None
     cohort is rehearsed as a one-time export. A registered export is found by its exact name, any other
     name as ``cohorts.resolve_name`` finds it (any case, else "did you mean")."""
     con = store.reader()
-    found = registration(con, cohort)
+    found = known.registration(cohort) if known else registration(con, cohort)
     if found is None:
         resolved = cohorts.resolve_name(store, cohort)
         if resolved != cohort:
