@@ -163,6 +163,35 @@ def _one_default_tls_context():
 _one_default_tls_context()
 
 
+# -- jsonschema's IRI grammar, built when first used --------------------------------------------------
+
+def _iri_grammar_on_first_use():
+    """jsonschema imports rfc3987_syntax (when installed, as jupyter-events has it) for its "iri" format
+    check, and that import compiles a Lark grammar: ~1.5 s of CPU in whichever worker first imports
+    nbformat or papermill, though nothing here checks an IRI (nbformat, nbclient and papermill pass no
+    format checker). The module is loaded, and the grammar compiled, when the check is first called; the
+    check is the same."""
+    import importlib
+    import importlib.util
+    import types
+
+    if "rfc3987_syntax" in sys.modules or importlib.util.find_spec("rfc3987_syntax") is None:
+        return
+    stub = types.ModuleType("rfc3987_syntax")
+
+    def is_valid_syntax(term, value):
+        if sys.modules.get("rfc3987_syntax") is stub:
+            del sys.modules["rfc3987_syntax"]
+        stub.is_valid_syntax = importlib.import_module("rfc3987_syntax").is_valid_syntax
+        return stub.is_valid_syntax(term, value)
+
+    stub.is_valid_syntax = is_valid_syntax
+    sys.modules["rfc3987_syntax"] = stub
+
+
+_iri_grammar_on_first_use()
+
+
 # -- no fsync ---------------------------------------------------------------------------------------------
 
 def _databases_without_fsync():

@@ -529,8 +529,9 @@ def test_hostile_property_names_are_just_names(tmp_path, empty_store, name):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
        value=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12))
-def test_any_property_name_and_value_round_trip(tmp_path_factory, name, value):
-    store = _hostile_store(tmp_path_factory.mktemp("h"), name, value)
+def test_any_property_name_and_value_round_trip(tmp_path_factory, new_store, name, value):
+    folder = tmp_path_factory.mktemp("h")
+    store = _hostile_store(folder, name, value, Store(new_store(folder / "s.duckdb")))
     assert members(store, [{"property": name, "operator": "equals", "value": value}]) == ["u1"]
     assert members(store, [{"property": name, "operator": "is_set"}]) == ["u1", "u2"]
     assert members(store, [{"event": "Ev'ent\"", "where": [{"property": name, "operator": "not_equals",
@@ -602,13 +603,13 @@ def test_sample_is_listed_with_versions(sample_store):
 # -- the planner: a restricted candidate set never changes the answer ----------------------------------
 
 @pytest.fixture(scope="module")
-def crowd(tmp_path_factory):
+def crowd(tmp_path_factory, new_store):
     """Users with and without events and profiles; h, k and m have profiles merged after they were
     loaded (aliases), so a canonical id holds two profile rows (or only one moved under it), and the
     newest (here: the larger id, as one Engage page ties on time, file and line) is the whole profile:
     h's winner has no age, though its other profile has one."""
     tmp = tmp_path_factory.mktemp("crowd")
-    with Store(":memory:") as store:
+    with Store(new_store(tmp / "s.duckdb")) as store:
         build(store, tmp, [
             event("Purchase", "a", ago(2), "a1", amount=30), event("Purchase", "a", ago(35), "a2", amount=5),
             event("Login", "a", ago(1), "a3"), event("Visit", "b", ago(3), "b1"),

@@ -65,9 +65,10 @@ def load_each(store: Store, paths: list[Path]) -> None:
         run.load(store, [path], now=NOW)
 
 
-def from_scratch_events(paths: list[Path], monkeypatch) -> list:
+def from_scratch_events(paths: list[Path], monkeypatch, new_store) -> list:
     """Every copy of every event kept (dedup off), then the dedup rule applied to all rows at once."""
-    with monkeypatch.context() as m, Store(":memory:") as store:
+    with monkeypatch.context() as m, tempfile.TemporaryDirectory() as tmp, \
+            Store(new_store(Path(tmp) / "scratch.duckdb")) as store:
         m.setattr(events, "_drop_duplicates", lambda con, file_id: 0)
         load_each(store, paths)
         return sorted(rows(store, f"""
@@ -102,20 +103,21 @@ def assert_as_from_scratch(store: Store) -> None:
 @pytest.mark.slow   # 40 sequences of loads
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(FILES)
-def test_loading_files_one_by_one_stores_what_computing_from_scratch_gives(monkeypatch, files):
+def test_loading_files_one_by_one_stores_what_computing_from_scratch_gives(monkeypatch, new_store, files):
     with tempfile.TemporaryDirectory() as tmp:
         paths = write(Path(tmp), files)
-        with Store(":memory:") as store:
+        with Store(new_store(Path(tmp) / "store.duckdb")) as store:
             for n, path in enumerate(paths):
                 run.load(store, [path], now=NOW)
                 assert_as_from_scratch(store)   # after every file, not only the last
-                assert sorted(rows(store, KEEP_ALL), key=repr) == from_scratch_events(paths[: n + 1], monkeypatch)
+                from_scratch = from_scratch_events(paths[: n + 1], monkeypatch, new_store)
+                assert sorted(rows(store, KEEP_ALL), key=repr) == from_scratch
 
 
-def test_profiles_sharing_a_value_are_refreshed_when_one_of_them_changes(tmp_path):
+def test_profiles_sharing_a_value_are_refreshed_when_one_of_them_changes(tmp_path, new_store):
     """Three profiles claim os-1; one changes its id, one is deleted: every claimant's facts (count,
     names, winner) change, though only the two were touched by the loads."""
-    with Store(":memory:") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         (tmp_path / "p.json").write_text(json.dumps({"results": [
             {"$distinct_id": d, "$properties": {"$onesignal_user_id": "os-1"}} for d in ("a", "b", "c")]}))
         run.load(store, [tmp_path / "p.json"], now=NOW)
@@ -129,12 +131,12 @@ def test_profiles_sharing_a_value_are_refreshed_when_one_of_them_changes(tmp_pat
         assert_as_from_scratch(store)
 
 
-def test_holders_of_a_value_no_one_can_claim_are_left_alone(tmp_path):
+def test_holders_of_a_value_no_one_can_claim_are_left_alone(tmp_path, new_store):
     """A blank id, or a number, is no one's to claim: a touched profile holding one does not make every
     other holder's facts be computed again (at 1M profiles, 5,000 shared a blank id and cost a second
     pass over the profiles). Their stored rows stay as they were (same rowid); a claimable value's
     holders are refreshed."""
-    with Store(":memory:") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         (tmp_path / "p.json").write_text(json.dumps({"results": [
             *({"$distinct_id": f"blank{n}", "$properties": {"$onesignal_user_id": "  "}} for n in range(4)),
             *({"$distinct_id": f"number{n}", "$properties": {"$onesignal_user_id": 7}} for n in range(2)),
@@ -153,10 +155,10 @@ def test_holders_of_a_value_no_one_can_claim_are_left_alone(tmp_path):
         assert rewritten == ["blank0", "number0", "os0", "os1"]
 
 
-def test_a_late_merge_moves_a_profile_and_its_value(tmp_path):
+def test_a_late_merge_moves_a_profile_and_its_value(tmp_path, new_store):
     """A $merge arriving after the profiles joins two profiled ids: the canonical id's row changes and
     the moved profile's row goes, whose value another profile shares."""
-    with Store(":memory:") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         (tmp_path / "p.json").write_text(json.dumps({"results": [
             {"$distinct_id": "x", "$properties": {"$onesignal_user_id": "os-1"}},
             {"$distinct_id": "y", "$properties": {"$onesignal_user_id": "os-1"}},
@@ -170,14 +172,14 @@ def test_a_late_merge_moves_a_profile_and_its_value(tmp_path):
         assert_as_from_scratch(store)
 
 
-def test_a_delta_linking_two_long_components_resolves_both_whole(tmp_path):
+def test_a_delta_linking_two_long_components_resolves_both_whole(tmp_path, new_store):
     """The components a delta reaches are found a step at a time: a link joining the ends of two chains
     (and one next to a refused link) must bring every id of both, however far, into the resolution."""
     merge = lambda a, b, t: event("$merge", b, T0 + t, None, **{"$distinct_ids": [b, a]})   # noqa: E731
     chain_a = [merge(f"a{i}", f"a{i + 1}", i) for i in range(1, 6)]        # a1 - a2 - ... - a6
     chain_b = [merge(f"b{i}", f"b{i + 1}", i) for i in range(1, 4)]        # b1 - ... - b4
     refused = [event("$identify", "a1", T0 + 9, None, **{"$anon_id": "not-a-uuid", "$identified_id": "a1"})]
-    with Store(":memory:") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         run.load(store, [write_lines(tmp_path / "1.jsonl", chain_a + chain_b + refused)], now=NOW)
         assert_as_from_scratch(store)
         run.load(store, [write_lines(tmp_path / "2.jsonl", [merge("a1", "b1", 20)])], now=NOW)
@@ -188,8 +190,8 @@ def test_a_delta_linking_two_long_components_resolves_both_whole(tmp_path):
         assert rows(store, "SELECT count(*) FROM identity_links WHERE refused IS NOT NULL") == [(1,)]
 
 
-def test_dedup_keeps_the_new_files_copy_and_ranks_only_its_own(tmp_path):
-    with Store(":memory:") as store:
+def test_dedup_keeps_the_new_files_copy_and_ranks_only_its_own(tmp_path, new_store):
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         old = event("Purchase", "u1", T0, "i1", mp_processing_time_ms=9, x=0)
         run.load(store, [write_lines(tmp_path / "1.jsonl", [old, event("Purchase", "u1", T0, "i2", x=0)])], now=NOW)
         new = [event("Purchase", "u1", T0, "i1", mp_processing_time_ms=1, x=1),
@@ -201,7 +203,7 @@ def test_dedup_keeps_the_new_files_copy_and_ranks_only_its_own(tmp_path):
             ("i1", "2", 2), ("i2", "0", 1)]
 
 
-def test_the_dedup_key_staged_is_the_one_the_migration_computes_for_older_rows(tmp_path):
+def test_the_dedup_key_staged_is_the_one_the_migration_computes_for_older_rows(tmp_path, new_store):
     """Store migration 9 numbers the rows loaded before it; a load numbers its own at staging. The two
     must agree, or a new copy would never find an old one (times in seconds, milliseconds, fractions)."""
     from toolkit.store import MIGRATIONS
@@ -209,7 +211,7 @@ def test_the_dedup_key_staged_is_the_one_the_migration_computes_for_older_rows(t
     migration = next(m for m in MIGRATIONS if "dedup_key" in m)
     records = [event("Purchase", "u1", T0, "i1"), event("Purchase", "ü 2", T0 * 1000 + 7, "i1"),
                event("Open", "u1", T0 + 0.1234, "i-3"), event("Open", "u1", T0, None)]
-    with Store(":memory:") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         run.load(store, [write_lines(tmp_path / "e.jsonl", records)], now=NOW)
         staged = rows(store, "SELECT insert_id, time, dedup_key FROM event_rows ORDER BY ALL")
         assert sum(key is not None for *_, key in staged) == 3
@@ -220,14 +222,14 @@ def test_the_dedup_key_staged_is_the_one_the_migration_computes_for_older_rows(t
         assert run.load(store, [write_lines(tmp_path / "f.jsonl", again)], now=NOW).files[0].duplicates == 2
 
 
-def test_links_are_numbered_as_the_migration_numbers_older_ones_and_found_by_their_numbers(tmp_path):
+def test_links_are_numbered_as_the_migration_numbers_older_ones_and_found_by_their_numbers(tmp_path, new_store):
     """Store migration 14 numbers the links loaded before it; a load numbers its own. The numbers must
     agree, or a delta would not reach a component through an older link (its ids found by number)."""
     from toolkit.store import MIGRATIONS
 
     migration = next(m for m in MIGRATIONS if "source_key" in m)
     merge = lambda a, b, t: event("$merge", b, T0 + t, None, **{"$distinct_ids": [b, a]})   # noqa: E731
-    with Store(":memory:") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         run.load(store, [write_lines(tmp_path / "1.jsonl", [merge("a1", "a2", 1), merge("ü 3", "a2", 2)])], now=NOW)
         numbered = "SELECT source, target, source_key, target_key FROM identity_links ORDER BY ALL"
         staged = rows(store, numbered)

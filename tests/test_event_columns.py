@@ -179,11 +179,11 @@ def test_candidates_profiles_answer_as_the_view_does(rich, definition):
        later=st.lists(st.tuples(st.sampled_from(EVENTS), st.sampled_from(["b", "c", "d"]), st.floats(0, 30),
                                 st.dictionaries(st.sampled_from(KEYS[:4]), VALUES, max_size=3)), max_size=8),
        definitions=st.lists(DEFINITIONS, min_size=1, max_size=3))
-def test_backfilled_and_loaded_columns_answer_as_the_json_does(tmp_path_factory, first, later, definitions):
+def test_backfilled_and_loaded_columns_answer_as_the_json_does(tmp_path_factory, new_store, first, later, definitions):
     """Generated values: the columns backfilled for what a first load brought, then filled by a later
     load, give the JSON's answer every time."""
     folder = tmp_path_factory.mktemp("gen")
-    with Store(":memory:") as store:
+    with Store(new_store(folder / "s.duckdb")) as store:
         _load(store, folder, "first.jsonl", first or [("Purchase", "a", 1, {})])
         for definition in definitions:
             _check(store, definition)

@@ -168,7 +168,7 @@ def test_profiles_argument_and_default_ratio(tmp_path):
     assert generate(tmp_path / "b", events=2000)["profiles"] == 100
 
 
-def test_profiles_come_in_engage_pages_of_a_thousand_and_load(tmp_path):
+def test_profiles_come_in_engage_pages_of_a_thousand_and_load(tmp_path, new_store):
     counts = generate(tmp_path, events=3000, profiles=2345)
     pages, decoder, rest = [], json.JSONDecoder(), (tmp_path / PROFILES_FILE).read_text(encoding="utf-8")
     while rest := rest.lstrip():           # one JSON document after another
@@ -180,7 +180,7 @@ def test_profiles_come_in_engage_pages_of_a_thousand_and_load(tmp_path):
     assert {p["total"] for p in pages} == {2345} and {p["page_size"] for p in pages} == {1000}
     assert len({p["session_id"] for p in pages}) == 1
     ids = [r["$distinct_id"] for p in pages for r in p["results"]]
-    with Store(":memory:") as store:
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
         loaded = load(store, [tmp_path / PROFILES_FILE]).files[0]
         assert (loaded.rows_loaded, loaded.quarantined) == (2345, 0)
         stored = store.con.execute("SELECT distinct_id FROM profiles").fetchall()

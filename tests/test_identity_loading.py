@@ -39,7 +39,7 @@ def test_identify_ignores_a_non_uuid_anon_id(empty_store, tmp_path):
     assert "not-a-uuid" in refused
 
 
-def test_identity_event_fields_are_read_by_name_not_by_place(tmp_path, monkeypatch):
+def test_identity_event_fields_are_read_by_name_not_by_place(tmp_path, monkeypatch, new_store):
     """The reader pulls key and link fields out of `properties` in one list each; reordering those
     fields must change nothing a load stores (they were once read by position in the list)."""
     records = [event("Page View", "anon-dev", T0, **{"$device_id": "dev-1"}),
@@ -50,7 +50,7 @@ def test_identity_event_fields_are_read_by_name_not_by_place(tmp_path, monkeypat
     path = write_lines(tmp_path / "e.jsonl", records)
 
     def stored():
-        with Store(":memory:") as s:
+        with Store(new_store(tmp_path / "s.duckdb")) as s:
             run.load(s, [str(path)], now=NOW)
             return (rows(s, "SELECT kind, source, target FROM identity_links ORDER BY ALL"),
                     rows(s, "SELECT event, distinct_id, time, insert_id, device_id, user_id FROM events ORDER BY ALL"))
@@ -124,14 +124,14 @@ def test_resolved_profiles_one_row_per_user_the_newest_profile_of_a_merge_wins(e
     assert got == sorted([("alone", "solo"), (merged, "new")])
 
 
-def test_resolved_profiles_tie_between_merged_profiles_of_one_page_is_settled_by_profile_id(empty_store, tmp_path):
+def test_resolved_profiles_tie_between_merged_profiles_of_one_page_is_settled_by_profile_id(tmp_path, new_store):
     """Both profiles sit on the same Engage page (same file, line and time): the greater distinct_id wins,
     whichever comes first on the page."""
     import json
 
     got = set()
     for order, name in ((["a-user", "b-user"], "p1.json"), (["b-user", "a-user"], "p2.json")):
-        with Store(":memory:") as s:
+        with Store(new_store(tmp_path / f"{name}.duckdb")) as s:
             (tmp_path / name).write_text(json.dumps({"results": [
                 {"$distinct_id": d, "$properties": {"who": d}} for d in order]}))
             run.load(s, [str(tmp_path / name)], now=NOW)
@@ -148,8 +148,8 @@ stored_link = st.tuples(st.sampled_from(sorted(identity.KINDS)), st.sampled_from
 
 
 @pytest.fixture(scope="module")
-def scratch():
-    with Store(":memory:") as store:
+def scratch(new_store, tmp_path_factory):
+    with Store(new_store(tmp_path_factory.mktemp("scratch") / "s.duckdb")) as store:
         yield store
 
 

@@ -199,11 +199,11 @@ def test_dedup_most_recent_copy_wins_within_and_across_files(empty_store, tmp_pa
     assert sorted(rows(empty_store, "SELECT insert_id, properties->>'$.v' FROM events")) == [("k1", "3"), ("k2", "1")]
 
 
-def test_dedup_of_copies_alike_but_for_content_does_not_depend_on_their_order(tmp_path):
+def test_dedup_of_copies_alike_but_for_content_does_not_depend_on_their_order(tmp_path, new_store):
     copies = [event("A", insert_id="k", v=v) for v in (1, 2, 3)]
     kept = set()
     for name, order in (("one", copies), ("two", copies[::-1]), ("three", copies[1:] + copies[:1])):
-        with Store(":memory:") as store:
+        with Store(new_store(tmp_path / f"{name}.duckdb")) as store:
             load(store, write_lines(tmp_path / f"{name}.jsonl", order))
             kept.add(rows(store, "SELECT properties FROM events")[0][0])
     assert len(kept) == 1

@@ -50,10 +50,10 @@ def hostile_lines(draw):
 
 
 @pytest.fixture(scope="module")
-def scratch():
+def scratch(new_store, tmp_path_factory):
     """One store for the module's examples, emptied before each (opening one per example costs more than
     the load it checks)."""
-    with Store(":memory:") as store:
+    with Store(new_store(tmp_path_factory.mktemp("scratch") / "s.duckdb")) as store:
         yield store
 
 

@@ -346,8 +346,8 @@ PROFILE = st.one_of(st.just(None), st.just({}), st.fixed_dictionaries({}, option
 
 
 @pytest.fixture(scope="module")
-def scratch():
-    with Store(":memory:") as store:
+def scratch(new_store, tmp_path_factory):
+    with Store(new_store(tmp_path_factory.mktemp("scratch") / "s.duckdb")) as store:
         yield store
 
 
