@@ -15,7 +15,9 @@ Anything else (the cohorts, their order or definitions changed: another query; a
 every identity; more cohorts than the kept masks hold) evaluates the whole pass again.
 At 10M events the whole pass of sixty cohorts takes 3.7-4.1 s; brought up to date fifteen minutes later
 (2,600 users at the windows' edges), 0.5-0.6 s, most of it finding those users and rewriting the kept rows.
-Tests hold every kept answer equal to the whole pass's (tests/test_kept_pass.py).
+The pass's users classified by the default user-id property are kept beside it (``classified``, store
+migration 20), and brought up to date by classifying again the same users.
+Tests hold every kept answer and classification equal to the whole pass's (tests/test_kept_pass.py).
 """
 
 from __future__ import annotations
