@@ -339,11 +339,15 @@ def test_base_url_without_a_mode_is_honoured_and_kept_after_success(sample_copy_
 
 
 def test_a_run_reads_its_registration_once(sample_copy_and_app, unlimited_emulator, monkeypatch):
-    """The registration is read where the run's settings are made, and nowhere else in the run."""
+    """The registration is read where the run's settings are made, and nowhere else in the run; a cycle
+    reads every registration once for all its runs' settings."""
+    from toolkit.export.registry import Registered
+
     db, app = sample_copy_and_app
-    reads, read = [], export.registration
+    reads, read, read_all = [], export.registration, Registered.read
     monkeypatch.setattr(export.run_settings, "registration",
                         lambda con, cohort: reads.append(cohort) or read(con, cohort))
+    monkeypatch.setattr(Registered, "read", classmethod(lambda cls, con: reads.append("every one") or read_all(con)))
     later = datetime.now(UTC) + timedelta(minutes=1)
     with Store(db) as s:
         export.register(s, COHORT, "dynamic", app.app_id, unlimited_emulator.url)
@@ -356,7 +360,7 @@ def test_a_run_reads_its_registration_once(sample_copy_and_app, unlimited_emulat
         reads.clear()                                                 # the scheduled sync's way
         monkeypatch.setenv("ONESIGNAL_API_KEY", app.api_key)
         (record,) = sync.run_due(s, now=later, client_options=FAST)
-        assert record.status == "ok" and reads == [COHORT]
+        assert record.status == "ok" and reads == ["every one"]
 
 
 @pytest.fixture
