@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -213,10 +214,19 @@ def schedule(runs_dir: Path, parameters: dict, every: timedelta = DEFAULT_EVERY,
             due = next_due(due, clock(), every)
             if max_runs is not None and len(runs) >= max_runs:
                 break
-            stop.wait(max(0.0, (due - clock()).total_seconds()))
+            _wait(stop, max(0.0, (due - clock()).total_seconds()))
     finally:
         restore()
     return runs
+
+
+def _wait(stop: threading.Event, seconds: float, wake: float = 0.1) -> None:
+    """``stop.wait(seconds)`` in slices: the kernel may give SIGTERM to any thread, and the handler that sets
+    ``stop`` runs only when this thread runs Python again (one wait of the whole interval: not before it
+    ended, so a stopped schedule went on sleeping)."""
+    end = time.monotonic() + seconds
+    while not stop.is_set() and (left := end - time.monotonic()) > 0:
+        stop.wait(min(left, wake))
 
 
 def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
