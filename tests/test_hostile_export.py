@@ -499,6 +499,28 @@ def test_ctrl_c_stops_a_whole_cycle_at_once(where, elsewhere, tmp_path, monkeypa
                 ("A", "interrupted", "stopped by Ctrl-C"), ("B", "interrupted", "stopped by Ctrl-C")]
 
 
+def test_ctrl_c_stops_a_cycles_runs_before_they_hand_their_sends_over(tmp_path, monkeypatch, terminal_ctrl_c):
+    """A run still making its segment waits on no merged sends: the cycle's stop itself (``CycleStop``) tells
+    its loop, which cancels it at once; no update is sent."""
+    from test_cycle import FAST as QUICK
+    from test_cycle import build, credentials
+
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        credentials(monkeypatch, tmp_path, app)
+        db = build(tmp_path, emu, app, {"A": ["a1", "a2"], "B": ["b1"]})
+        emu.faults.inject("hold", method="POST", path="/segments")
+        with Store(db) as store:
+            with pytest.raises(KeyboardInterrupt), ctrl_c_once_held(emu):
+                sync.run_due(store, now=NOW, client_options={**QUICK, "timeout": 5.0})
+            held = {r["t"] for r in emu.held()}
+            tries = {r["t"] for r in emu.requests() if r["method"] == "POST" and r["path"].endswith("/segments")}
+            assert tries == held, "a held segment request was tried again: the cycle went on after Ctrl-C"
+            assert not [r for r in emu.requests() if r["method"] == "PATCH"]
+            statuses = store.con.execute("SELECT status, error FROM export_runs").fetchall()
+            assert statuses and set(statuses) == {("interrupted", "stopped by Ctrl-C")}
+
+
 @pytest.mark.parametrize("where", ["terminal", "notebook"])
 def test_ctrl_c_stops_a_run_even_if_its_cancellation_is_swallowed(where, terminal_ctrl_c):
     """Ctrl-C cancels the run's task; a library that swallows the cancellation (catches CancelledError and

@@ -85,7 +85,7 @@ def test_the_pure_core_does_no_io():
 
 # Bottom up, as docs/architecture.md draws them; a module may import its own layer or those below.
 LAYERS = [
-    ("ground", {"errors", "redaction", "onesignal_ids", "sql", "store", "resources"}),
+    ("ground", {"errors", "redaction", "onesignal_ids", "sql", "store", "resources", "waiting"}),
     ("loading", {"loading", "event_columns"}),
     ("core", {"cohort_model", "cohort_sql", "cohorts", "cohort_batch", "kept_pass", "matching", "planning",
               "incidents", "drift", "onesignal_events", "mtu", "dialects"}),

@@ -33,6 +33,14 @@ def at(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
+def answer(answers) -> tuple:
+    """A run's one change's answer: its next batch, of that one answer."""
+    batch = answers.get(timeout=30)
+    assert isinstance(batch, list), batch
+    (one,) = batch
+    return one
+
+
 def build(tmp_path, emu, app):
     """A store with cohorts A, B and C ("did the event in the last 10 days") registered as dynamic syncs,
     their users in the emulator (but "ghost"; "sub" by its subscription id)."""
@@ -306,7 +314,7 @@ def test_the_cycle_counts_the_tags_it_set_on_a_user_across_its_requests():
                 step = Step(f"u-{cohort}", ADD, target)
                 got = sends.submit(cohort, [(alias, step, f"k{cohort}", "1")],
                                    Credentials(app.app_id, app.api_key), emu.url, unspaced)
-                answers.append(got.get(timeout=30)[2:5])
+                answers.append(answer(got)[2:5])
         finally:
             sends.close()
         assert [(outcome, known) for outcome, _, known in answers] == [
@@ -361,10 +369,10 @@ def test_a_user_waiting_out_its_second_holds_no_worker():
 
         try:
             first = sends.submit("A", [change("u", "A")], credentials_, emu.url, FAST)
-            assert first.get(timeout=30)[2] == "ok"
+            assert answer(first)[2] == "ok"
             later = [sends.submit("B", [change("u", "B")], credentials_, emu.url, FAST),
                      sends.submit("C", [change("v", "C")], credentials_, emu.url, FAST)]
-            assert [answers.get(timeout=30)[2] for answers in later] == ["ok", "ok"]
+            assert [answer(answers)[2] for answers in later] == ["ok", "ok"]
         finally:
             sends.close()
     assert [r["path"].rsplit("/", 1)[1] for r in patches(emu)] == ["ext-u", "ext-v", "ext-u"]
@@ -385,7 +393,7 @@ def test_runs_write_their_last_results_once_the_cycles_sends_are_over():
             answers = [sends.submit(cohort, [(("external_id", f"ext-{user}"), Step(user, ADD, Target(
                 f"ext-{user}", "external_id")), f"k{cohort}", "1")], credentials_, emu.url, FAST)
                 for cohort, user in (("A", "u"), ("B", "v"))]
-            assert answers[0].get(timeout=30)[2] == "ok"
+            assert answer(answers[0])[2] == "ok"
             for _ in range(500):
                 if emu.held():
                     break
@@ -395,9 +403,61 @@ def test_runs_write_their_last_results_once_the_cycles_sends_are_over():
             waiting.join(0.3)
             assert waiting.is_alive()           # v's request is held: the cycle's sends are not over
             emu.release()
-            assert answers[1].get(timeout=30)[2] == "ok"
+            assert answer(answers[1])[2] == "ok"
             waiting.join(30)
             assert not waiting.is_alive()
+        finally:
+            emu.release()
+            sends.close()
+
+
+def _add(user: str, cohort: str = "A") -> tuple:
+    return (("external_id", f"ext-{user}"), Step(user, ADD, Target(f"ext-{user}", "external_id")), f"k{cohort}", "1")
+
+
+def test_a_runs_answers_reach_it_together_once_sending_is_over(monkeypatch):
+    """A run's answers gather (``ANSWER_EVERY``, here longer than the test) instead of waking the run once a
+    change, and reach it at once when every change is answered."""
+    monkeypatch.setattr(merged, "ANSWER_EVERY", 600.0)
+    users = sorted(f"u{i:02d}" for i in range(30))
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        for user in users:
+            emu.add_user(app.app_id, f"ext-{user}")
+        sends = merged.MergedSends(1)
+        try:
+            got = sends.submit("A", [_add(user) for user in users], Credentials(app.app_id, app.api_key),
+                               emu.url, FAST)
+            batch = got.get(timeout=30)
+            assert sorted(a[1].distinct_id for a in batch) == users
+            assert {a[2] for a in batch} == {"ok"}
+            assert got.empty()
+        finally:
+            sends.close()
+
+
+def test_a_stopped_cycles_runs_get_their_answers_before_the_interruption(monkeypatch):
+    """Ctrl-C: what OneSignal answered reaches its run before the interruption does, so the run records it
+    (else the next cycle sends it again)."""
+    monkeypatch.setattr(merged, "ANSWER_EVERY", 600.0)
+    with Emulator(user_rate_limit=0) as emu:
+        app = emu.add_app()
+        for user in ("u", "v"):
+            emu.add_user(app.app_id, f"ext-{user}")
+        emu.faults.inject("hold", method="PATCH", path="/ext-v")
+        sends = merged.MergedSends(1)
+        try:
+            got = sends.submit("A", [_add("u"), _add("v")], Credentials(app.app_id, app.api_key), emu.url, FAST)
+            for _ in range(1500):        # u answered (its answer gathering for the run), v's request held
+                if emu.held() and sum(len(b) for b in list(sends._outbox.values())) == 1:
+                    break
+                threading.Event().wait(0.02)
+            else:
+                pytest.fail("u's answer never came while v's request was held")
+            sends.stop()
+            first, then = got.get(timeout=30), got.get(timeout=30)
+            assert [(a[1].distinct_id, a[2]) for a in first] == [("u", "ok")]
+            assert isinstance(then, KeyboardInterrupt)
         finally:
             emu.release()
             sends.close()

@@ -93,17 +93,29 @@ def test_stop_event_ends_the_schedule_between_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["signal to the process", "signal to another thread"])
+def test_sigterm_stops_cleanly(tmp_path, elsewhere):
+    """SIGTERM between runs ends the schedule at once. The kernel may give the signal to any thread, and its
+    handler runs only when the main thread runs Python: a wait of the whole interval put it off for an hour.
+    ``elsewhere``: a thread of the scheduler's process gives the signal to itself."""
     nb = notebook(tmp_path / "nb.ipynb", "pass")
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import logging, sys
+        import logging, signal, sys, threading, time
         from datetime import timedelta
         from pathlib import Path
         from toolkit.schedule import schedule
+
+        def to_itself():     # a line on stdin: SIGTERM to this thread, once the main one waits for the next run
+            sys.stdin.readline()
+            while sys._current_frames()[threading.main_thread().ident].f_code.co_name != "wait":
+                time.sleep(0.01)
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+        threading.Thread(target=to_itself, daemon=True).start()
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="log: %(message)s", force=True)
         runs = schedule(Path({str(tmp_path / 'runs')!r}), {{}}, timedelta(hours=1), notebook=Path({str(nb)!r}))
         print("runs", len(runs), flush=True)
-    """)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     said = []
     for line in proc.stdout:                  # the first run ends (the scheduler logs it), then signal
         said.append(line)
@@ -111,6 +123,10 @@ def test_sigterm_stops_cleanly(tmp_path):
             break
     else:
         raise AssertionError(f"the schedule ended before its first run did: {''.join(said)}")
-    proc.send_signal(signal.SIGTERM)
+    if elsewhere:
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
+    else:
+        proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "runs 1" in out, "".join(said) + out

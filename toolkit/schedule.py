@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from toolkit.errors import SetupError, StoreError, SyncBusy, UsageError
 from toolkit.resources import SYNC_NOTEBOOK
+from toolkit.waiting import wait_until
 
 DEFAULT_EVERY = timedelta(minutes=15)
 log = logging.getLogger("toolkit.schedule")
@@ -214,19 +214,10 @@ def schedule(runs_dir: Path, parameters: dict, every: timedelta = DEFAULT_EVERY,
             due = next_due(due, clock(), every)
             if max_runs is not None and len(runs) >= max_runs:
                 break
-            _wait(stop, max(0.0, (due - clock()).total_seconds()))
+            wait_until(stop.wait, max(0.0, (due - clock()).total_seconds()))   # in slices: SIGTERM is seen
     finally:
         restore()
     return runs
-
-
-def _wait(stop: threading.Event, seconds: float, wake: float = 0.1) -> None:
-    """``stop.wait(seconds)`` in slices: the kernel may give SIGTERM to any thread, and the handler that sets
-    ``stop`` runs only when this thread runs Python again (one wait of the whole interval: not before it
-    ended, so a stopped schedule went on sleeping)."""
-    end = time.monotonic() + seconds
-    while not stop.is_set() and (left := end - time.monotonic()) > 0:
-        stop.wait(min(left, wake))
 
 
 def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:

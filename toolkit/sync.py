@@ -8,9 +8,10 @@ import copy
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -22,13 +23,14 @@ from toolkit.credentials import find as find_credentials
 from toolkit.engine import EngineChoice, Evaluator
 from toolkit.errors import CredentialsError, SyncFailed, SyncPaused, ToolkitError, UsageError
 from toolkit.export import cycle_plans
-from toolkit.export.helpers import stopped_by
+from toolkit.export.helpers import CycleStop, stopped_by
 from toolkit.export.merged import MergedSends
 from toolkit.export.registry import Registered
 from toolkit.loading import LoadSummary, load
 from toolkit.onesignal import DEFAULT_MAX_RPS, VIEW_RPS, Credentials, default_base_url
 from toolkit.rate_budget import AppBudget, ViewBudget
 from toolkit.store import Store
+from toolkit.waiting import wait_until
 
 log = logging.getLogger("toolkit.sync")
 
@@ -80,10 +82,6 @@ def export_cohort(store: Store, settings: export.ExportSettings | str, credentia
 
 
 PARALLEL_RUNS = 16     # a cycle's export runs at once: each a thread with its own client, all on the app's budget
-# The cycle's thread waits in slices: a Ctrl-C the kernel gives another thread (any thread may take SIGINT) is
-# raised in this one only when it runs Python again, which a wait without a timeout delays until the wait ends
-# (a hung request's timeout, then its retry: 1 in 8 tests under load).
-WAKE = 0.1
 
 
 def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
@@ -119,15 +117,15 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
         slots = threading.BoundedSemaphore(parallel)
         held = {settings.cohort: _Slot(slots) for settings in chosen.values()}
         senders = _merged_senders(list(chosen.values()), client_options, held)
-        stop = threading.Event()
+        stop = CycleStop()
         try:
             # A run waiting for its merged sends holds no slot, but its thread: one thread per run.
             with ThreadPoolExecutor(len(chosen) if senders else parallel, thread_name_prefix="sync-run") as pool:
                 try:
                     futures, rehearsed = {}, {}
                     for i, settings in chosen.items():
-                        while not slots.acquire(timeout=WAKE):  # a cohort's members leave the pass when it can run
-                            pass
+                        # In slices (toolkit.waiting), as every wait of the cycle's thread: Ctrl-C is seen.
+                        wait_until(lambda t: slots.acquire(timeout=t))  # its members leave the pass when it can run
                         found = shared.exportable(settings)
                         if settings.dry_run and found is not None and found.planned is not None:
                             held[settings.cohort].release()     # planned already: recorded with the others
@@ -139,8 +137,7 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
                         records[i] = (outcome if isinstance(outcome, export.RunRecord) else
                                       _failed(store, chosen[i].cohort, chosen[i], outcome, now, dry_run))
                     for i, future in futures.items():
-                        while not future.done():
-                            wait([future], timeout=WAKE)
+                        wait_until(partial(_done_within, future))
                         records[i] = future.result()
                 except KeyboardInterrupt:
                     # Ctrl-C reaches this thread only: every run stops as one alone would (cancelled, recorded
@@ -154,6 +151,10 @@ def run_due(store: Store, *, now: datetime | None = None, dry_run: bool = False,
             for sender in senders.values():
                 sender.close()
     return [r for r in (records[i] for i in range(len(names))) if r is not None]    # None: paused meanwhile
+
+
+def _done_within(future: Future, seconds: float) -> bool:
+    return bool(wait([future], timeout=seconds).done)
 
 
 def _once_each(chosen: dict[int, export.ExportSettings], records: dict[int, export.RunRecord | None]) -> None:
@@ -218,7 +219,7 @@ def _sharing(settings: export.ExportSettings, budgets: dict[tuple, AppBudget],
 
 
 def _run_in_thread(store: Store, settings: export.ExportSettings, found: export.Exportable | None,
-                   slot: _Slot, evaluator: Evaluator | None, stop: threading.Event) -> export.RunRecord | None:
+                   slot: _Slot, evaluator: Evaluator | None, stop: CycleStop) -> export.RunRecord | None:
     """One cohort's run, on a connection of its own (a DuckDB connection is not used by two threads),
     stopped as by Ctrl-C once the cycle's ``stop`` is set."""
     view = copy.copy(store)

@@ -10,6 +10,7 @@ import threading
 from datetime import UTC, datetime
 
 from toolkit.sql import to_utc_naive
+from toolkit.waiting import wait_until
 
 
 def _run_async(coroutine):
@@ -26,12 +27,47 @@ def _run_async(coroutine):
     return _run_in_thread(coroutine)
 
 
-STOP_POLL = 0.05        # seconds between a cycle run's looks at the cycle's stop
 _cycle = threading.local()
 
 
+class CycleStop:
+    """A cycle's Ctrl-C, passed on to its runs: each run listening is told the moment it is set. (Each run's
+    loop looked every 50 ms: sixty loops waking 1,200 times a second took the interpreter lock from the
+    cycle's sends.)"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._listeners: list = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener()
+
+    @contextlib.contextmanager
+    def listening(self, listener):
+        """``listener()`` is called (from the thread that sets it) if the stop is set meanwhile, or now."""
+        with self._lock:
+            already = self._set
+            if not already:
+                self._listeners.append(listener)
+        if already:
+            listener()
+        try:
+            yield
+        finally:
+            with self._lock, contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+
 @contextlib.contextmanager
-def stopped_by(stop: threading.Event):
+def stopped_by(stop: CycleStop):
     """A run started in this thread meanwhile ends as a Ctrl-C ends it (cancelled, its cleanup recorded,
     KeyboardInterrupt) once ``stop`` is set: a cycle's runs are threads, and a signal reaches only the main
     one (sync.run_due sets it there)."""
@@ -60,21 +96,19 @@ def _run_here(coroutine):
             task.cancel()
             loop.call_soon_threadsafe(lambda: None)      # wake a loop waiting in select()
 
-        stop = getattr(_cycle, "stop", None)
-
-        def watch(stop: threading.Event) -> None:     # a run of a cycle: the cycle's Ctrl-C is this run's
+        def on_cycle_stop() -> None:      # in this loop: a run of a cycle takes the cycle's Ctrl-C as its own
             nonlocal pressed
-            if task.done():
-                return
-            if stop.is_set() and not pressed:
+            if not (pressed or task.done()):
                 pressed = True
                 task.cancel()
-            loop.call_later(STOP_POLL, watch, stop)
 
-        if stop is not None:
-            loop.call_soon(watch, stop)
+        def cycle_stopped() -> None:      # in the thread that stopped the cycle
+            with contextlib.suppress(RuntimeError):      # the loop closed: the run is over already
+                loop.call_soon_threadsafe(on_cycle_stop)
 
-        with _ctrl_c_calls(on_ctrl_c):
+        stop = getattr(_cycle, "stop", None)
+        listening = stop.listening(cycle_stopped) if stop is not None else contextlib.nullcontext()
+        with listening, _ctrl_c_calls(on_ctrl_c):
             try:
                 result = loop.run_until_complete(task)
             except asyncio.CancelledError:
@@ -111,8 +145,7 @@ def _run_in_thread(coroutine):
         # thread and never inside thread.start(): a KeyboardInterrupt there left the run going, unwaited for.
         with _sigint_blocked():
             thread.start()
-        while not finished.wait(0.1):    # a timeout: a signal the kernel gave another thread is seen soon
-            pass
+        wait_until(finished.wait)        # in slices: a signal the kernel gave another thread is seen soon
     except KeyboardInterrupt:
         with contextlib.suppress(RuntimeError):      # the loop closed: the run is over already
             loop.call_soon_threadsafe(task.cancel)

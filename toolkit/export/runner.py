@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -245,18 +244,12 @@ async def _send_merged(settings: ExportSettings, credentials: Credentials,
                                     settings.client_options, settings.tag_limit)
     remaining = len(changes)
     while remaining:
-        item = await asyncio.to_thread(answers.get)
-        while True:
-            if isinstance(item, BaseException):
-                raise item
+        batch = await asyncio.to_thread(answers.get)
+        if isinstance(batch, BaseException):
+            raise batch
+        for item in batch:
             answered(*item)
-            remaining -= 1
-            if not remaining:
-                break
-            try:
-                item = answers.get_nowait()
-            except queue.Empty:
-                break
+        remaining -= len(batch)
     # The run's last results and its record are written once the cycle's sends to the app are over: on a
     # cycle's few cores, sixty runs writing while the others' requests are still out slowed those to half
     # the app's rate. Its slot went to the next run when it handed its changes over.
