@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -43,6 +44,26 @@ def test_parse_every():
     for bad in ("15", "m", "0.1s", "10x"):
         with pytest.raises(ToolkitError, match="--every"):
             schedule.parse_every(bad)
+
+
+def test_waits_are_made_in_slices_and_end_when_over_or_out_of_time():
+    """``waiting.wait_until``: no single wait longer than a slice (so a signal is seen), True as soon as what
+    it waits for happened, False once the time is out."""
+    from toolkit import waiting
+
+    asked: list[float] = []
+
+    def never(timeout: float) -> bool:
+        asked.append(timeout)
+        threading.Event().wait(timeout)
+        return False
+
+    started = time.monotonic()
+    assert waiting.wait_until(never, 0.35) is False
+    assert time.monotonic() - started >= 0.35 and 0 < max(asked) <= waiting.SLICE
+    calls = iter([False, False, True])
+    assert waiting.wait_until(lambda timeout: next(calls)) is True
+    assert waiting.wait_until(lambda timeout: True, 0) is False      # no time at all: not even one look
 
 
 def test_lock_is_exclusive_across_processes(tmp_path):
