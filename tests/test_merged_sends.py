@@ -3,6 +3,7 @@ to a user, and each change's outcome is recorded by its own cohort's run, exactl
 Real store files, the real emulator over HTTP; the same world run cohort by cohort is the reference."""
 
 import asyncio
+import contextlib
 import threading
 from datetime import datetime, timedelta
 
@@ -379,20 +380,33 @@ def test_a_user_waiting_out_its_second_holds_no_worker():
     assert not [r for r in emu.requests() if r["status"] == 429]
 
 
-def test_runs_write_their_last_results_once_the_cycles_sends_are_over():
-    """``wait_sent`` (what a run waits for before writing its last results and record) returns only once
-    every run has handed over and every change is answered: not while another run's request is held."""
+@contextlib.contextmanager
+def v_held():
+    """The emulator, an app with users u and v, v's updates held until released (at the latest on leaving)."""
     with Emulator(user_rate_limit=0) as emu:
         app = emu.add_app()
         for user in ("u", "v"):
             emu.add_user(app.app_id, f"ext-{user}")
         emu.faults.inject("hold", method="PATCH", path="/ext-v")
+        try:
+            yield emu, app
+        finally:
+            emu.release()
+
+
+def _add(user: str, cohort: str = "A") -> tuple:
+    return (("external_id", f"ext-{user}"), Step(user, ADD, Target(f"ext-{user}", "external_id")), f"k{cohort}", "1")
+
+
+def test_runs_write_their_last_results_once_the_cycles_sends_are_over():
+    """``wait_sent`` (what a run waits for before writing its last results and record) returns only once
+    every run has handed over and every change is answered: not while another run's request is held."""
+    with v_held() as (emu, app):
         sends = merged.MergedSends(2)
         credentials_ = Credentials(app.app_id, app.api_key)
         try:
-            answers = [sends.submit(cohort, [(("external_id", f"ext-{user}"), Step(user, ADD, Target(
-                f"ext-{user}", "external_id")), f"k{cohort}", "1")], credentials_, emu.url, FAST)
-                for cohort, user in (("A", "u"), ("B", "v"))]
+            answers = [sends.submit(cohort, [_add(user, cohort)], credentials_, emu.url, FAST)
+                       for cohort, user in (("A", "u"), ("B", "v"))]
             assert answer(answers[0])[2] == "ok"
             for _ in range(500):
                 if emu.held():
@@ -409,10 +423,6 @@ def test_runs_write_their_last_results_once_the_cycles_sends_are_over():
         finally:
             emu.release()
             sends.close()
-
-
-def _add(user: str, cohort: str = "A") -> tuple:
-    return (("external_id", f"ext-{user}"), Step(user, ADD, Target(f"ext-{user}", "external_id")), f"k{cohort}", "1")
 
 
 def test_a_runs_answers_reach_it_together_once_sending_is_over(monkeypatch):
@@ -440,11 +450,7 @@ def test_a_stopped_cycles_runs_get_their_answers_before_the_interruption(monkeyp
     """Ctrl-C: what OneSignal answered reaches its run before the interruption does, so the run records it
     (else the next cycle sends it again)."""
     monkeypatch.setattr(merged, "ANSWER_EVERY", 600.0)
-    with Emulator(user_rate_limit=0) as emu:
-        app = emu.add_app()
-        for user in ("u", "v"):
-            emu.add_user(app.app_id, f"ext-{user}")
-        emu.faults.inject("hold", method="PATCH", path="/ext-v")
+    with v_held() as (emu, app):
         sends = merged.MergedSends(1)
         try:
             got = sends.submit("A", [_add("u"), _add("v")], Credentials(app.app_id, app.api_key), emu.url, FAST)
@@ -459,7 +465,6 @@ def test_a_stopped_cycles_runs_get_their_answers_before_the_interruption(monkeyp
             assert [(a[1].distinct_id, a[2]) for a in first] == [("u", "ok")]
             assert isinstance(then, KeyboardInterrupt)
         finally:
-            emu.release()
             sends.close()
 
 
