@@ -509,7 +509,7 @@ def test_ctrl_c_stops_a_cycles_runs_before_they_hand_their_sends_over(tmp_path, 
         app = emu.add_app()
         credentials(monkeypatch, tmp_path, app)
         db = build(tmp_path, emu, app, {"A": ["a1", "a2"], "B": ["b1"]})
-        emu.faults.inject("hold", method="POST", path="/segments")
+        emu.faults.inject("hold", method="POST", path="/segments", times=2)     # each run's segment: held
         with Store(db) as store:
             with pytest.raises(KeyboardInterrupt), ctrl_c_once_held(emu):
                 sync.run_due(store, now=NOW, client_options={**QUICK, "timeout": 5.0})
