@@ -44,7 +44,17 @@ def app_tag_limit(con, app_id: str | None) -> dict:
     refusal named the number) or ``default`` (a paid plan's)."""
     row = con.execute("SELECT tag_limit, source FROM app_limits WHERE app_id = ?", [app_id]).fetchone() \
         if app_id else None
-    return {"tag_limit": row[0], "source": row[1]} if row else {"tag_limit": DEFAULT_TAG_LIMIT, "source": "default"}
+    return {"tag_limit": row[0], "source": row[1]} if row else _default_limit()
+
+
+def _default_limit() -> dict:
+    return {"tag_limit": DEFAULT_TAG_LIMIT, "source": "default"}
+
+
+def _as_dicts(cursor) -> list[dict]:
+    """The cursor's rows, each a dict by column name."""
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 @dataclass(frozen=True)
@@ -56,10 +66,7 @@ class Registered:
 
     @classmethod
     def read(cls, con) -> Registered:
-        cursor = con.execute("SELECT * FROM exports")
-        names = [d[0] for d in cursor.description]
-        rows = (dict(zip(names, row, strict=True)) for row in cursor.fetchall())
-        exports = {found["cohort"]: found for found in rows}
+        exports = {found["cohort"]: found for found in _as_dicts(con.execute("SELECT * FROM exports"))}
         limits = {app: {"tag_limit": limit, "source": source}
                   for app, limit, source in con.execute("SELECT app_id, tag_limit, source FROM app_limits").fetchall()}
         return cls(exports, limits)
@@ -68,7 +75,7 @@ class Registered:
         return self.exports.get(cohort)
 
     def tag_limit(self, app_id: str | None) -> dict:
-        return self.limits.get(app_id or "") or {"tag_limit": DEFAULT_TAG_LIMIT, "source": "default"}
+        return self.limits.get(app_id or "") or _default_limit()
 
 
 def due(store: Store, now: datetime | None = None) -> list[str]:
@@ -91,6 +98,5 @@ def list_exports(store: Store) -> list[dict]:
 
 def registration(con, cohort: str) -> dict | None:
     """The registered export of ``cohort`` (a row of ``exports``), or None."""
-    cursor = con.execute("SELECT * FROM exports WHERE cohort = ?", [cohort])
-    row = cursor.fetchone()
-    return dict(zip([d[0] for d in cursor.description], row, strict=True)) if row else None
+    found = _as_dicts(con.execute("SELECT * FROM exports WHERE cohort = ?", [cohort]))
+    return found[0] if found else None
