@@ -143,3 +143,20 @@ def test_public_functions_take_the_store_not_its_connection(empty_store):
         with pytest.raises(TypeError, match="expected a toolkit Store, got DuckDBPyConnection"):
             call(empty_store.con)
             pytest.fail(name)
+
+
+def test_the_stored_numbers_of_texts_are_md5_number_lower_whatever_the_text():
+    """Dedup keys and identity link keys written by one DuckDB version are read by the next: `md5_key`
+    must be md5_number_lower (MD5's, the same in every version) exactly, for any text."""
+    from toolkit.sql import md5_key
+
+    con = duckdb.connect()
+    con.execute("""CREATE TABLE t AS SELECT * FROM (VALUES (''), ('a'), ('é'), ('👍'), (chr(0)),
+                       ('a' || chr(0) || 'b'), (repeat('x', 100000)), ('"/'''), (NULL)) v(s)
+                   UNION ALL SELECT concat_ws(chr(0), 'e' || i, 'user_' || i, i * 1000003, uuid())
+                   FROM range(20000) r(i)""")
+    differ, = con.execute(f"""SELECT count(*) FROM t
+                              WHERE {md5_key("s")} IS DISTINCT FROM md5_number_lower(s)""").fetchone()
+    assert differ == 0
+    abc = md5_key("'abc'")
+    assert con.execute(f"SELECT typeof({abc}), {abc}").fetchone() == ("UBIGINT", 8250560606382298838)

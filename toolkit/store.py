@@ -26,7 +26,7 @@ import duckdb
 
 from toolkit.errors import StoreError
 from toolkit.onesignal_ids import USER_ID_PROPERTY
-from toolkit.sql import json_pointer
+from toolkit.sql import json_pointer, md5_key
 
 DEFAULT_DB = "toolkit.duckdb"
 ENV_WAIT = "TOOLKIT_STORE_WAIT"
@@ -338,9 +338,9 @@ MIGRATIONS: list[str] = [
     # 9: each event's dedup key (`event`, `distinct_id`, `time`, `$insert_id`) as one 64-bit number, so a
     # load finds the earlier copies of its keys by scanning one number column, not four of text
     # (toolkit/loading/events.py: DEDUP_KEY; MD5, so the numbers never change with DuckDB's version).
-    """
+    f"""
     ALTER TABLE event_rows ADD COLUMN dedup_key UBIGINT;
-    UPDATE event_rows SET dedup_key = md5_number_lower(concat_ws(chr(0), event, distinct_id, epoch_us(time), insert_id))
+    UPDATE event_rows SET dedup_key = {md5_key("concat_ws(chr(0), event, distinct_id, epoch_us(time), insert_id)")}
     WHERE insert_id IS NOT NULL AND rejected IS NULL;
     """,
     # 10: event properties that cohorts filter on, kept typed beside the JSON (toolkit/event_columns.py):
@@ -440,10 +440,10 @@ MIGRATIONS: list[str] = [
     # 14: each identity link's ids as 64-bit numbers (MD5, as dedup_key), so that finding the links a
     # delta reaches scans two number columns instead of two of text (toolkit/loading/derived.py, _reach);
     # a link inserted without them is numbered by the next resolution that reads them.
-    """
+    f"""
     ALTER TABLE identity_links ADD COLUMN source_key UBIGINT;
     ALTER TABLE identity_links ADD COLUMN target_key UBIGINT;
-    UPDATE identity_links SET source_key = md5_number_lower(source), target_key = md5_number_lower(target);
+    UPDATE identity_links SET source_key = {md5_key("source")}, target_key = {md5_key("target")};
     """,
     # 15: a dynamic sync the removal guard stopped stays stopped until a person confirms the removals (a
     # forced run) or resumes it (toolkit/export/states.py); later cycles record a short run, no member rows.

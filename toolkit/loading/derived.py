@@ -12,7 +12,7 @@ from toolkit.loading import identity
 from toolkit.loading.execute import registered
 from toolkit.onesignal_ids import BLANKS, MAX_ID_LENGTH, UUID
 from toolkit.onesignal_ids import USER_ID_PROPERTY as DEFAULT_USER_ID_PROPERTY
-from toolkit.sql import Query, json_pointer, quote_ident
+from toolkit.sql import Query, json_pointer, md5_key, quote_ident
 
 # -- the identity map ------------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ def _reach(con, file_id: int) -> None:
 
 
 # An identity link's id as a number (store migration 14): MD5, the same in every DuckDB version.
-LINK_KEY = "md5_number_lower({})"
+LINK_KEY = md5_key("{}")
 
 
 def _find_star_links(con, links: str) -> None:

@@ -11,10 +11,11 @@ from toolkit.loading.execute import epoch_ms, execute
 from toolkit.loading.quarantine import REJECTS
 from toolkit.loading.sources import Source
 from toolkit.loading.summary import FileResult
+from toolkit.sql import md5_key
 
 # The dedup key as one number (store migration 9 fills it for rows loaded before): MD5 is the same in
 # every DuckDB version, its hash() is not promised to be. Equal numbers are checked on the key itself.
-DEDUP_KEY = "md5_number_lower(concat_ws(chr(0), {event}, {distinct_id}, {epoch_us}, {insert_id}))"
+DEDUP_KEY = md5_key("concat_ws(chr(0), {event}, {distinct_id}, {epoch_us}, {insert_id})")
 
 
 def stage(con, source: Source, careful: bool, params: dict) -> None:
