@@ -16,10 +16,10 @@ SCRATCH = (REJECTS, f"{REJECTS}_scan", f"{REJECTS}_lines", "_records")
 
 
 def drop_scratch(con) -> None:
-    """Drop what an earlier file's reading left (one query to find them: most loads find none)."""
-    for table, in con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary AND table_name IN ?",
-                              [list(SCRATCH)]).fetchall():
-        con.execute(f"DROP TABLE temp.{table}")
+    """Drop what an earlier file's reading left. A DROP each: listing the temp tables (duckdb_tables())
+    took 12-15 ms at 1M-10M events, as it sizes every table of the store; four drops take ~2 ms."""
+    for table in SCRATCH:
+        con.execute(f"DROP TABLE IF EXISTS temp.{table}")
 
 
 def rejected_line_rows(con) -> str | None:
