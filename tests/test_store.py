@@ -3,6 +3,7 @@
 import duckdb
 import pytest
 
+from helpers import NOW, SAMPLE
 from toolkit import store as store_module
 from toolkit.errors import StoreError
 from toolkit.store import SCHEMA_VERSION, Store
@@ -125,6 +126,39 @@ def test_migration_17_keeps_every_profile_and_its_required_columns_without_the_p
                                  "AND constraint_type = 'PRIMARY KEY'").fetchone()[0]
         with pytest.raises(duckdb.ConstraintException):
             s.con.execute(f"INSERT INTO profiles {row}", [None, "{}", 2])
+
+
+def test_migration_21_keeps_every_row_and_stores_the_looked_up_ids_uncompressed(tmp_path, monkeypatch):
+    """The sample loaded under version 20, then opened: the three tables keep their rows, their id columns
+    are stored uncompressed, and the next load computes every profile's facts again (the mark is gone)."""
+    from toolkit import load
+    from toolkit.loading import derived
+
+    path = tmp_path / "s.duckdb"
+    tables = {"identity_map": ["distinct_id", "canonical_id"], "profiles": ["distinct_id", "onesignal_user_id"],
+              "user_id_facts": ["distinct_id", "v"]}
+
+    def rows(s):
+        return {table: sorted(s.con.execute(f"SELECT * FROM {table}").fetchall(), key=repr) for table in tables}
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:20])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 20)
+    with Store(path) as s:
+        load(s, [SAMPLE / "events.jsonl", SAMPLE / "profiles.json"], now=NOW)
+        before = rows(s)
+    monkeypatch.undo()
+    with Store(path) as s:
+        assert s.version() == SCHEMA_VERSION
+        assert rows(s) == before and all(before.values())
+        s.con.execute("CHECKPOINT")
+        for table, columns in tables.items():
+            stored = dict(s.con.execute(f"""SELECT column_name, list(DISTINCT compression)
+                                            FROM pragma_storage_info('{table}')
+                                            WHERE segment_type = 'VARCHAR' GROUP BY ALL""").fetchall())
+            assert {column: stored[column] for column in columns} == {column: ["Uncompressed"] for column in columns}
+        assert derived.stored_facts(s.con, derived.DEFAULT_USER_ID_PROPERTY) is None
+        load(s, [SAMPLE / "profile_updates.jsonl"], now=NOW)
+        assert derived.stored_facts(s.con, derived.DEFAULT_USER_ID_PROPERTY) == derived.FACTS_TABLE
 
 
 def test_public_functions_take_the_store_not_its_connection(empty_store):

@@ -520,6 +520,45 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE kept_matched_state (mark VARCHAR NOT NULL);
     """,
+    # 21: the id columns a load looks a few ids up in kept uncompressed (identity_map's two, profiles'
+    # distinct_id and onesignal_user_id, the facts' distinct_id and v). DuckDB's default for text,
+    # DICT_FSST, decodes a whole segment's dictionary to read any row of it, and the ids a delta touches
+    # lie in every segment: a 10k-event delta into 10M events / 1M profiles spent 59-86 ms on each of
+    # five such lookups, 27-54 ms uncompressed (toolkit/loading/derived.py). The tables are copied with
+    # their rows; the facts' generation mark is not carried, so the next load computes every profile's
+    # facts again (as after migration 6) and previews compute them until then.
+    """
+    CREATE TABLE identity_map_21 (
+        distinct_id  VARCHAR USING COMPRESSION uncompressed,
+        canonical_id VARCHAR NOT NULL USING COMPRESSION uncompressed
+    );
+    INSERT INTO identity_map_21 SELECT distinct_id, canonical_id FROM identity_map;
+    DROP TABLE identity_map;
+    ALTER TABLE identity_map_21 RENAME TO identity_map;
+    CREATE TABLE profiles_21 (
+        distinct_id            VARCHAR NOT NULL USING COMPRESSION uncompressed,
+        properties             JSON NOT NULL,
+        updated_at             TIMESTAMP NOT NULL,
+        file_id                INTEGER NOT NULL,
+        line                   BIGINT NOT NULL,
+        onesignal_user_id_type VARCHAR,
+        onesignal_user_id      VARCHAR USING COMPRESSION uncompressed,
+        empty                  BOOLEAN
+    );
+    INSERT INTO profiles_21 SELECT distinct_id, properties, updated_at, file_id, line, onesignal_user_id_type,
+                                   onesignal_user_id, empty FROM profiles;
+    DROP TABLE profiles;
+    ALTER TABLE profiles_21 RENAME TO profiles;
+    CREATE TABLE user_id_facts_21 (
+        distinct_id VARCHAR USING COMPRESSION uncompressed, updated_at TIMESTAMP, empty BOOLEAN, jt VARCHAR,
+        v VARCHAR USING COMPRESSION uncompressed, problem VARCHAR, is_uuid BOOLEAN, claimants BIGINT,
+        names VARCHAR[], winner VARCHAR
+    );
+    INSERT INTO user_id_facts_21 SELECT distinct_id, updated_at, empty, jt, v, problem, is_uuid, claimants, names,
+                                        winner FROM user_id_facts;
+    DROP TABLE user_id_facts;
+    ALTER TABLE user_id_facts_21 RENAME TO user_id_facts;
+    """,
 ]
 
 
