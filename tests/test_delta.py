@@ -203,6 +203,28 @@ def test_dedup_keeps_the_new_files_copy_and_ranks_only_its_own(tmp_path, new_sto
             ("i1", "2", 2), ("i2", "0", 1)]
 
 
+def test_events_whose_dedup_numbers_are_equal_but_keys_differ_are_never_copies(tmp_path, new_store, monkeypatch):
+    """Copies are found by the key's number, then checked on the key itself: with every number equal
+    (as if MD5 collided everywhere), a sequence of files keeps exactly what the real numbers keep."""
+    files = [[event("A", "u1", T0, "k", v=1, mp_processing_time_ms=9), event("A", "u1", T0, "k", v=2),
+              event("B", "u1", T0, "k"), event("A", "u2", T0, "k"), event("A", "u1", T0 + 1, "k")],
+             [event("A", "u1", T0, "k", v=3), event("A", "u1", T0 + 1, "k2"), event("B", "u1", T0, "k", v=4),
+              event("B", "u1", T0, "k", v=5), event("C", "u3", T0, None)],
+             [event("A", "u2", T0, "k", v=6), event("A", "u9", T0, "k")]]
+
+    def kept(name: str) -> tuple:
+        with Store(new_store(tmp_path / f"{name}.duckdb")) as store:
+            duplicates = [run.load(store, [write_lines(tmp_path / f"{name}-{n}.jsonl", records)],
+                                   now=NOW).files[0].duplicates for n, records in enumerate(files)]
+            return duplicates, rows(store, "SELECT event, distinct_id, time, insert_id, properties ->> 'v' "
+                                           "FROM events ORDER BY ALL")
+
+    real = kept("real")
+    assert real[0] == [1, 3, 1] and len(real[1]) == 7
+    monkeypatch.setattr(events, "DEDUP_KEY", "42::UBIGINT")
+    assert kept("colliding") == real
+
+
 def test_the_dedup_key_staged_is_the_one_the_migration_computes_for_older_rows(tmp_path, new_store):
     """Store migration 9 numbers the rows loaded before it; a load numbers its own at staging. The two
     must agree, or a new copy would never find an old one (times in seconds, milliseconds, fractions)."""

@@ -23,9 +23,11 @@ def drop_scratch(con) -> None:
 
 
 def rejected_line_rows(con) -> str | None:
-    """SQL for the lines the reader rejected (`readers.rejected_lines`), or None if it rejected none."""
-    exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND temporary",
-                         [REJECTS]).fetchone()[0]
+    """SQL for the lines the reader rejected (`readers.rejected_lines`), or None if it rejected none.
+    Asked of information_schema, not duckdb_tables(): that sizes every table, and the first time a
+    process asks, it reads their sizes from disk (12 ms at 10M events, ~2 ms here)."""
+    exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'temp' "
+                         "AND table_name = ?", [REJECTS]).fetchone()[0]
     if not exists:
         return None
     return readers.rejected_lines(REJECTS)
