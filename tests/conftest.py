@@ -7,7 +7,7 @@ a copy of it shared by a module's tests (they read) and `sample_store_copy` a co
 `filled_once(fill, path)` a copy of one at `path` for a test to write in; `new_store(path)` a new store at
 `path`; `held_open(path)` keeps a store's database open while a test reopens it dozens of times.
 Every DuckDB database the tests open in this process skips fsync and, under xdist, takes the worker's
-share of the cores as its threads (`_databases_without_fsync`).
+share of the cores as its threads, but in tests marked ``all_cores`` (`_databases_without_fsync`).
 Emulator: `running_emulator` on 127.0.0.1, `emulator_app` an app in it; `retries_unwaited` records the
 OneSignal client's retry waits instead of waiting them.
 `demo_run` is `toolkit demo` run once per session; `demo_copy` a copy of its folder to write in.
@@ -205,21 +205,39 @@ def _databases_without_fsync():
     Under pytest-xdist each database also gets the worker's share of the cores as its threads: DuckDB
     starts a thread per core in every worker, and on 2 cores two workers' four threads spent ~15% more
     CPU on the tests' small queries (measured over five modules: 47 s -> 40 s). Processes the tests start
-    (the demo, the CLI, killed loads) keep DuckDB's default, as does a run without workers."""
+    (the demo, the CLI, killed loads) keep DuckDB's default, as does a run without workers, and so do the
+    tests marked ``all_cores`` (a load within its memory: each thread holds buffers of its own)."""
     import duckdb
 
     connect = duckdb.connect
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-    shared = {"threads": max(1, (os.cpu_count() or 1) // workers)} if workers else {}
+    if workers:
+        _WORKER_THREADS["threads"] = max(1, (os.cpu_count() or 1) // workers)
 
     def connect_without_fsync(database=":memory:", read_only=False, config=None, **options):
         return connect(database, read_only=read_only,
-                       config={"fsync_mode": "NONE", **shared, **(config or {})}, **options)
+                       config={"fsync_mode": "NONE", **_WORKER_THREADS, **(config or {})}, **options)
 
     duckdb.connect = connect_without_fsync
 
 
+_WORKER_THREADS: dict[str, int] = {}
 _databases_without_fsync()
+
+
+@pytest.fixture(autouse=True)
+def _all_cores_when_marked(request):
+    """A test marked ``all_cores`` opens its databases with DuckDB's default threads (autouse: before the
+    fixtures that open its stores)."""
+    if not request.node.get_closest_marker("all_cores") or not _WORKER_THREADS:
+        yield
+        return
+    saved = dict(_WORKER_THREADS)
+    _WORKER_THREADS.clear()
+    try:
+        yield
+    finally:
+        _WORKER_THREADS.update(saved)
 
 
 @pytest.fixture(scope="session")

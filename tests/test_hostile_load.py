@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -223,6 +225,7 @@ def test_an_oversize_record_is_quarantined_with_its_line_and_size_and_the_rest_l
     assert_converges(empty_file_store, tmp_path)
 
 
+@pytest.mark.all_cores
 def test_records_just_under_the_limit_load_within_the_default_memory(empty_file_store, tmp_path):
     path = tmp_path / "big.jsonl"
     path.write_text("".join(big_event(f"u{i}", 15.9) + "\n" for i in range(3)))
@@ -231,6 +234,17 @@ def test_records_just_under_the_limit_load_within_the_default_memory(empty_file_
     assert summary.files[0].rows_loaded == 3, summary.files[0].message
 
 
+@pytest.mark.all_cores
+def test_the_tests_of_a_load_within_its_memory_run_duckdb_on_every_core(empty_file_store):
+    """DuckDB holds buffers per thread: the tests marked all_cores run with a user's threads, not the
+    xdist worker's share that the other tests take (conftest: _databases_without_fsync)."""
+    default = subprocess.run([sys.executable, "-c", "import duckdb; print(duckdb.connect().execute("
+                              "\"SELECT current_setting('threads')\").fetchone()[0])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert rows(empty_file_store, "SELECT current_setting('threads')") == [(int(default),)]
+
+
+@pytest.mark.all_cores
 @pytest.mark.slow
 def test_a_malformed_line_among_large_records_costs_only_that_line(empty_file_store, tmp_path, monkeypatch):
     """The careful reader (used when read_json refuses the file) parses a few megabytes at a time:
