@@ -97,6 +97,18 @@ def test_run_once_executes_with_parameters_and_keeps_the_notebook(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_kernels_own_stderr_goes_to_a_log_beside_the_notebook_not_to_the_terminal(tmp_path, capfd):
+    """A kernel writes warnings (and, at times, a shutdown's traceback) to its own stderr: an unattended
+    sync's terminal and log show only the sync's words; the kernel's stay beside its executed notebook."""
+    nb = notebook(tmp_path / "nb.ipynb", "import os\nos.write(2, b'the kernel itself\\n')\nprint('in the cell')")
+    run = schedule.run_once(tmp_path / "runs", {}, nb)
+    assert run.ok
+    assert "the kernel itself" in run.notebook.with_suffix(".kernel.log").read_text()
+    assert "the kernel itself" not in capfd.readouterr().err
+    assert "in the cell" in json.dumps(nbformat.read(run.notebook, 4).cells[-1].outputs)
+
+
+@pytest.mark.slow
 def test_failed_runs_are_recorded_and_the_schedule_goes_on(tmp_path):
     nb = notebook(tmp_path / "nb.ipynb", "assert not fail, 'boom'")
     runs = schedule.schedule(tmp_path / "runs", {"fail": True}, timedelta(seconds=0.1), notebook=nb, max_runs=2)

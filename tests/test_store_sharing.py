@@ -124,7 +124,7 @@ def test_a_writer_waits_for_the_holder_names_it_once_and_goes_on(db, env, holdin
     out, err = writer.communicate()
     assert writer.returncode == 0, err
     assert said in out
-    # said once, nothing raw (a kernel's own stderr may say "Address already in use" and retry a port)
+    # said once, nothing raw (the kernel's own stderr goes to its log beside the executed notebook)
     assert "is in use by process" not in err and not any(raw in waiting + err for raw in RAW)
 
 

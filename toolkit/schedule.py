@@ -2,10 +2,11 @@
 
 Each run writes its executed notebook under the runs folder, named by its UTC start time (cells,
 outputs, errors, timings), and beside it a run record (JSON): the verdict (ok, partial, failed), per
-cohort its status and counts, the load and the MTU count. The verdict gives the exit code. A lock
-file keeps runs from overlapping, across processes too. An overdue run (the previous one took longer
-than the interval) starts once, not once per missed slot. Each run's outcome is logged and the
-schedule goes on; Ctrl-C or SIGTERM stops it between runs, or interrupts the run in progress.
+cohort its status and counts, the load and the MTU count; and the kernel's own stderr (`.kernel.log`).
+The verdict gives the exit code. A lock file keeps runs from overlapping, across processes too. An
+overdue run (the previous one took longer than the interval) starts once, not once per missed slot.
+Each run's outcome is logged and the schedule goes on; Ctrl-C or SIGTERM stops it between runs, or
+interrupts the run in progress.
 """
 
 from __future__ import annotations
@@ -135,9 +136,11 @@ def run_once(runs_dir: Path, parameters: dict, notebook: Path = SYNC_NOTEBOOK,
         record = output.with_suffix(".json")
         log.info("sync started: %s", output)
         notebook_error = ""
+        kernel_log = output.with_suffix(".kernel.log")
         try:
             papermill.execute_notebook(str(notebook), str(output), parameters={**parameters, "run_record": str(record)},
-                                       kernel_name="python3", progress_bar=False)
+                                       kernel_name="python3", progress_bar=False,
+                                       kernel_manager_class=_kernel_logged_to(kernel_log))
         except papermill.PapermillExecutionError as exc:
             notebook_error = f"the sync notebook failed: {exc.evalue or exc.ename}"
         data = _read_record(record)
@@ -184,6 +187,21 @@ def write_record(path: Path, data: dict) -> None:
     temp = path.with_name(path.name + ".tmp")
     temp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
     os.replace(temp, path)
+
+
+def _kernel_logged_to(path: Path) -> type:
+    """A kernel manager for papermill whose kernel writes its own stderr to ``path``, beside the executed
+    notebook, not to the terminal or the log of the sync: the kernel's warning at start (every run) and, at
+    times, a traceback as it shuts down, none of them the sync's words. What the cells print stays in the
+    notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelLogged(AsyncKernelManager):
+        async def start_kernel(self, **options):   # type: ignore[override]  # (the sync base class says None)
+            with open(path, "ab") as log:       # the kernel keeps its own descriptor
+                return await super().start_kernel(stderr=log, **options)
+
+    return KernelLogged
 
 
 def notebook_runner():
