@@ -66,6 +66,22 @@ def test_waits_are_made_in_slices_and_end_when_over_or_out_of_time():
     assert waiting.wait_until(lambda timeout: True, 0) is False      # no time at all: not even one look
 
 
+def test_an_event_set_on_a_signal_never_waits_for_the_lock_the_interrupted_wait_holds():
+    """A signal handler runs in the main thread between two bytecodes, perhaps inside ``Event.wait`` while
+    that holds the event's lock (not reentrant): ``event.set()`` there waited for ever (the schedule hung
+    after logging "stopping on SIGTERM"). ``waiting.set_from_signal_handler`` returns at once and the event
+    is set when the wait lets go."""
+    from toolkit import waiting
+
+    event = threading.Event()
+    with event._cond:               # where the wait holds it when the signal lands
+        done = threading.Thread(target=waiting.set_from_signal_handler, args=(event,), daemon=True)
+        done.start()
+        done.join(2)
+        assert not done.is_alive() and not event.is_set()
+    assert event.wait(5)
+
+
 def test_lock_is_exclusive_across_processes(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from toolkit.errors import SetupError, StoreError, SyncBusy, UsageError
 from toolkit.resources import SYNC_NOTEBOOK
-from toolkit.waiting import wait_until
+from toolkit.waiting import set_from_signal_handler, wait_until
 
 DEFAULT_EVERY = timedelta(minutes=15)
 log = logging.getLogger("toolkit.schedule")
@@ -248,7 +248,7 @@ def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
 
     def handler(signum, frame):
         log.info("stopping on %s", signal.Signals(signum).name)
-        stop.set()
+        set_from_signal_handler(stop)
         signal.signal(signal.SIGINT, signal.default_int_handler)   # a second Ctrl-C stops at once
 
     for sig in previous:

@@ -8,6 +8,7 @@ timeout and its retry (1 whole-cycle Ctrl-C test in 5 under load), a stopped sch
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -25,3 +26,11 @@ def wait_until(over: Callable[[float], bool], seconds: float | None = None) -> b
             return False
         if over(left):
             return True
+
+
+def set_from_signal_handler(event: threading.Event) -> None:
+    """``event.set()`` for a signal handler. The handler runs in the main thread between two of its
+    bytecodes, perhaps inside ``event.wait()`` while that holds the event's lock, which is not reentrant:
+    a set there waits for ever (a SIGTERM once hung the schedule after "stopping on SIGTERM"). A thread
+    of its own sets it as soon as the main thread lets go."""
+    threading.Thread(target=event.set, name="set-on-signal", daemon=True).start()

@@ -16,6 +16,7 @@ import threading
 
 from toolkit.emulator.server import Emulator
 from toolkit.emulator.state import PLANS, EmulatorError
+from toolkit.waiting import set_from_signal_handler
 
 DEFAULT_PORT = 8787
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     # between the announcement and the handler killed it unsaved, exit -15, on a loaded machine).
     done = threading.Event()
     if threading.current_thread() is threading.main_thread():     # signals are for the main thread only
-        signal.signal(signal.SIGTERM, lambda *_: done.set())
+        signal.signal(signal.SIGTERM, lambda *_: set_from_signal_handler(done))
     print(f"OneSignal emulator at {url}  (state: {args.state or 'in memory'})")
     for app in emulator.world.apps.values():
         print(f"  app {app.app_id}  plan {app.plan}  users {len(app.users)}  segments {len(app.segments)}")

@@ -44,6 +44,7 @@ from toolkit.errors import EmulatorError
 from toolkit.mixpanel.budget import EXPORT, QUERY, Limits
 from toolkit.mixpanel.client import COHORTS_PATH, ENGAGE_PATH, EXPORT_PATH
 from toolkit.mixpanel.emulator_data import Data
+from toolkit.waiting import set_from_signal_handler
 
 log = logging.getLogger(__name__)
 ERROR, CRASH, THROTTLE, HANG, DROP = "error", "crash", "throttle", "hang", "drop"
@@ -483,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     done = threading.Event()       # before the address is announced: a caller may stop us once it has read it
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: done.set())
+        signal.signal(signal.SIGTERM, lambda *_: set_from_signal_handler(done))
     # The secret is the emulator's own stand-in, generated now: shown once so a client can connect.
     print(f"Mixpanel emulator at {url}  project {emulator.project_id}  region {emulator.region}  "
           f"events {emulator.data.event_count}  profiles {len(emulator.data.profiles)}  "
