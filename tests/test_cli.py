@@ -1,6 +1,7 @@
 """The `toolkit` command against real store files: in this process through `cli.main`, and as a real
 process where the process is what is tested (the exit status a shell sees, a reader closing the pipe)."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -26,6 +27,36 @@ def test_the_command_as_a_process_gives_the_shell_its_exit_status(tmp_path):
     assert status.returncode == 0 and json.loads(status.stdout)["events"] == 0
     usage = command("export", "Buyers", "--once", "--dynamic", "--db", db)
     assert usage.returncode == 2 and "not allowed with argument --once" in usage.stderr
+
+
+def test_a_load_in_a_terminal_shows_its_progress_and_a_piped_one_shows_none(tmp_path):
+    """The bar is tqdm's, shown where a person watches (a terminal: a pseudo-terminal here), never
+    in a pipe or a log; and with no bar to show, tqdm is not even imported."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    write_lines(tmp_path / "e.jsonl", [event("A"), event("B")])
+    primary, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # a new pty is 0 wide
+    with subprocess.Popen([sys.executable, "-m", "toolkit", "load", str(tmp_path / "e.jsonl"),
+                           "--db", str(tmp_path / "s.duckdb")], stdin=terminal, stdout=terminal, stderr=terminal,
+                          cwd=ROOT, env={**os.environ, "TOOLKIT_SETTLE_SECONDS": "0"}) as proc:
+        os.close(terminal)
+        seen = b""
+        with contextlib.suppress(OSError):   # EIO once the process has closed the terminal
+            while chunk := os.read(primary, 4096):
+                seen += chunk
+        assert proc.wait(timeout=300) == 0, seen
+    os.close(primary)
+    shown = seen.decode(errors="replace")
+    assert "load: 100%" in shown and "e.jsonl" in shown, shown
+    piped = subprocess.run([sys.executable, "-m", "toolkit", "load", str(tmp_path / "e.jsonl"),
+                            "--db", str(tmp_path / "piped.duckdb")], capture_output=True, text=True, cwd=ROOT,
+                           env={**os.environ, "TOOLKIT_SETTLE_SECONDS": "0"}, timeout=300)
+    assert piped.returncode == 0 and "load:" not in piped.stderr + piped.stdout, piped.stderr
 
 
 def test_load_status_quarantine_json(tmp_path):

@@ -14,7 +14,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import duckdb
-from tqdm.auto import tqdm
 
 from toolkit import event_columns
 from toolkit.errors import LoadError
@@ -100,8 +99,7 @@ def _restat(source: Source) -> Source:
 
 
 def _load_sources(store, sources, summary, strict, now, progress, on_file) -> LoadSummary:
-    with tqdm(total=sum(s.size for s in sources), unit="B", unit_scale=True, desc="load",
-              disable=not progress or None) as bar:
+    with _progress_bar(sum(s.size for s in sources), progress) as bar:
         for source in sources:
             bar.set_postfix_str(source.path.name)
             result = load_file(store, source, strict=strict, now=now)
@@ -110,6 +108,22 @@ def _load_sources(store, sources, summary, strict, now, progress, on_file) -> Lo
             if on_file:
                 on_file(result)
     return summary
+
+
+class _NoBar:
+    def set_postfix_str(self, text: str) -> None: ...
+    def update(self, n: int) -> None: ...
+
+
+def _progress_bar(total: int, shown: bool):
+    """tqdm's bar over ``total`` bytes (it hides itself where nothing shows it), or one that does
+    nothing: tqdm is imported only for a bar, since importing it costs `import toolkit` ~50 ms (it
+    brings asyncio), and a first bar, even disabled, ~6 ms more for its lock and monitor thread."""
+    if not shown:
+        return contextlib.nullcontext(_NoBar())
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="load", disable=None)
 
 
 def load_file(store: Store, source: Source, *, strict: bool = False, now: datetime) -> FileResult:
