@@ -225,6 +225,35 @@ def test_events_whose_dedup_numbers_are_equal_but_keys_differ_are_never_copies(t
     assert kept("colliding") == real
 
 
+def test_a_files_dedup_reads_only_the_files_whose_event_times_overlap_its_own(tmp_path, new_store):
+    """Copies share their time, so a file's earlier copies lie in the files whose first-to-last event
+    times overlap its own: only the range of those files' ids is scanned. Days loaded in order, a delta of
+    the last day with a late event of the day before reads those two days' files; a file older than every
+    day reads none; a backfill over every day reads from the first on. Copies are replaced wherever they are."""
+    day = 86_400
+    days = [[event("Open", f"u{d}", T0 + d * day + s, f"d{d}-{s}") for s in (0, 3600)] for d in range(3)]
+
+    def load(store, name, records) -> tuple[int, int]:
+        path = write_lines(tmp_path / f"{name}.jsonl", records)
+        duplicates = run.load(store, [path], now=NOW).files[0].duplicates
+        file_id, = store.con.execute("SELECT file_id FROM loads WHERE path = ?", [str(path)]).fetchone()
+        return file_id, duplicates
+
+    with Store(new_store(tmp_path / "s.duckdb")) as store:
+        ids = [load(store, f"day{d}", records)[0] for d, records in enumerate(days)]
+        delta, copies = load(store, "delta", [event("Open", "u1", T0 + day + 3600, "d1-3600", again=1),
+                                              event("Open", "u2", T0 + 2 * day + 60, "new")])
+        assert (events.overlapping_files(store.con, delta), copies) == ((ids[1], ids[2]), 1)
+        old, copies = load(store, "old", [event("Open", "u0", T0 - day, "d0-0")])   # a new time: no copy
+        assert (events.overlapping_files(store.con, old), copies) == ((None, None), 0)
+        backfill, copies = load(store, "backfill", [event("Open", "u0", T0, "d0-0", again=2),
+                                                    event("Open", "u2", T0 + 2 * day + 60, "new", again=2)])
+        assert (events.overlapping_files(store.con, backfill), copies) == ((ids[0], delta), 2)
+        assert rows(store, "SELECT insert_id, file_id, properties ->> 'again' FROM events ORDER BY ALL") == [
+            ("d0-0", old, None), ("d0-0", backfill, "2"), ("d0-3600", ids[0], None), ("d1-0", ids[1], None),
+            ("d1-3600", delta, "1"), ("d2-0", ids[2], None), ("d2-3600", ids[2], None), ("new", backfill, "2")]
+
+
 def test_the_dedup_key_staged_is_the_one_the_migration_computes_for_older_rows(tmp_path, new_store):
     """Store migration 9 numbers the rows loaded before it; a load numbers its own at staging. The two
     must agree, or a new copy would never find an old one (times in seconds, milliseconds, fractions)."""

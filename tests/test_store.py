@@ -161,6 +161,34 @@ def test_migration_21_keeps_every_row_and_stores_the_looked_up_ids_uncompressed(
         assert derived.stored_facts(s.con, derived.DEFAULT_USER_ID_PROPERTY) == derived.FACTS_TABLE
 
 
+def test_migration_22_records_each_loaded_events_files_times_and_later_copies_are_still_found(tmp_path,
+                                                                                             monkeypatch):
+    """The sample's events loaded under version 21, then opened: each events file has its first and last
+    event time, and a file loaded after it still replaces a copy of one of those events."""
+    import json
+
+    from toolkit import load
+    from toolkit.loading import events
+
+    path = tmp_path / "s.duckdb"
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:21])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 21)
+    monkeypatch.setattr(events, "_record_times", lambda con, file_id: None)   # as loads did before 22
+    monkeypatch.setattr(events, "overlapping_files", lambda con, file_id: (None, None))   # the first file
+    with Store(path) as s:
+        load(s, [SAMPLE / "events.jsonl", SAMPLE / "profiles.json"], now=NOW)
+    monkeypatch.undo()
+    with Store(path) as s:
+        assert s.con.execute("SELECT count(*) FROM events").fetchone()[0] == 4430
+        times = s.con.execute("SELECT file_id, min(time), max(time) FROM events GROUP BY ALL").fetchall()
+        assert s.con.execute("SELECT * FROM event_file_times").fetchall() == times and len(times) == 1
+        copied = json.loads((SAMPLE / "events.jsonl").read_text().splitlines()[-1])
+        assert copied["properties"]["$insert_id"]
+        copied["properties"]["x"] = 1
+        (tmp_path / "copy.jsonl").write_text(json.dumps(copied) + "\n")
+        assert load(s, [tmp_path / "copy.jsonl"], now=NOW).files[0].duplicates == 1
+
+
 def test_public_functions_take_the_store_not_its_connection(empty_store):
     """One store type: what takes a store refuses a bare DuckDB connection by name, rather than working
     with it in part (a cohort save through one was not all or nothing)."""

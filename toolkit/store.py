@@ -559,6 +559,17 @@ MIGRATIONS: list[str] = [
     DROP TABLE user_id_facts;
     ALTER TABLE user_id_facts_21 RENAME TO user_id_facts;
     """,
+    # 22: each published events file's first and last event time. Copies of an event share its time, so
+    # a new file's dedup reads only the files whose times overlap its own (toolkit/loading/events.py).
+    """
+    CREATE TABLE event_file_times (
+        file_id INTEGER NOT NULL, first_time TIMESTAMP NOT NULL, last_time TIMESTAMP NOT NULL
+    );
+    INSERT INTO event_file_times
+    SELECT file_id, min(time), max(time) FROM event_rows
+    WHERE file_id <= (SELECT coalesce(max(file_id), 0) FROM loads) AND time IS NOT NULL
+    GROUP BY file_id;
+    """,
 ]
 
 
