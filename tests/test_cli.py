@@ -31,7 +31,7 @@ def test_the_command_as_a_process_gives_the_shell_its_exit_status(tmp_path):
 
 def test_a_load_in_a_terminal_shows_its_progress_and_a_piped_one_shows_none(tmp_path):
     """The bar is tqdm's, shown where a person watches (a terminal: a pseudo-terminal here), never
-    in a pipe or a log; and with no bar to show, tqdm is not even imported."""
+    in a pipe or a log."""
     import fcntl
     import os
     import pty
