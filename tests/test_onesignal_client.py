@@ -338,7 +338,10 @@ def test_a_429_storm_ends_with_every_update_applied(emu):
 
 @pytest.mark.slow   # waits out real retries and backoff
 def test_faults_do_not_lose_or_add_a_single_tag():
-    # 10% of requests answered 503 or dropped, 2% hung past the client's timeout.
+    # 10% of requests answered 503 or dropped, 2% hung past the client's timeout. Until the server has
+    # answered once, a request gets only VALIDATE_ATTEMPTS tries (a wrong URL fails fast): the timeout
+    # leaves a starved in-process emulator seconds for its first answer (at 0.5 s, a busy CI machine
+    # once failed 5 of the first requests after three timeouts each).
     with Emulator(error_rate=0.05, drop_rate=0.05, hang_rate=0.02, hang_seconds=5, seed=7) as emulator:
         app = emulator.add_app()
         emulator.add_users(app.app_id, [{"external_id": f"u{n}", "tags": {"stale": "1"} if n % 3 == 0 else {}}
@@ -346,7 +349,7 @@ def test_faults_do_not_lose_or_add_a_single_tag():
         updates = [("external_id", f"u{n}", {"cohort_a": "1", "n": str(n), **({"stale": ""} if n % 3 == 0 else {})})
                    for n in range(500)]
         sleeps, results = Sleeps(), []
-        client = OneSignalClient(Credentials(app.app_id, app.api_key), emulator.url, timeout=0.5, sleep=sleeps)
+        client = OneSignalClient(Credentials(app.app_id, app.api_key), emulator.url, timeout=2.0, sleep=sleeps)
         summary = run(client, lambda c: c.update_many(updates, on_result=results.append))
         counters = emulator.counters
 
