@@ -118,7 +118,7 @@ def _renumber_blank_lines(con, source: Source, file_id: int) -> None:
         UPDATE quarantine SET line = m.line
         FROM (SELECT line, row_number() OVER (ORDER BY line) AS record FROM (
                   SELECT {readers.line_of('ordinality', REJECTS)} AS line
-                  FROM {REJECTS}_lines WHERE raw IS NOT NULL AND trim(raw, {readers.JSON_BLANKS}) <> ''
+                  FROM {REJECTS}_lines WHERE raw IS NOT NULL AND trim(raw, {readers.LINE_BLANKS}) <> ''
                   UNION ALL SELECT line FROM {REJECTS})) m
         WHERE quarantine.file_id = ? AND quarantine.line = m.record""", [file_id])
     con.execute(f"DROP TABLE IF EXISTS {REJECTS}")

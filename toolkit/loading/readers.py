@@ -17,8 +17,10 @@ from toolkit.loading.validation import QUARANTINED_RAW_CHARS, json_type_name
 # eight times its text, and a reader thread parses a buffer of up to this size at once: 16 MiB keeps a
 # load within its 1 GB (at 64 MiB, files of 1 MiB records ran out of memory). Mixpanel's own limit is 1 MB.
 MAX_RECORD_BYTES = 16 << 20
-# A line of JSON's whitespace only is blank; any other character (\x1f, say) makes it a record.
-JSON_BLANKS = "' ' || chr(9) || chr(10) || chr(13)"
+# A line of blanks only is skipped: JSON's whitespace (space, \t, \n, \r) and the \v and \f that
+# DuckDB's read_json skips as well, so that both readers skip the same lines. Any other character
+# (\x1f, say) makes a line a record.
+LINE_BLANKS = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
 DOCUMENT_BUFFER_BYTES = 4 << 20   # read_json_objects' buffer per thread (see _document_texts)
 PARSE_BATCH_BYTES = 4 << 20       # JSON Lines text parsed per statement (see line_ranges)
 
@@ -212,7 +214,7 @@ def _document_texts(source: Source, rejects: str, lines: tuple[int, int] | None 
         within = f" WHERE ordinality BETWEEN {int(lines[0])} AND {int(lines[1])}" if lines else ""
         return f"""SELECT {line_of('ordinality', rejects)} AS record, raw
                    FROM (SELECT * FROM {rejects}_lines{within})   -- the range first: trim reads every line
-                   WHERE raw IS NOT NULL AND trim(raw, {JSON_BLANKS}) <> ''"""
+                   WHERE raw IS NOT NULL AND trim(raw, {LINE_BLANKS}) <> ''"""
     return f"""SELECT ordinality AS record, json::VARCHAR AS raw
                FROM read_json_objects($path, format='auto', maximum_object_size={DOCUMENT_BUFFER_BYTES})
                WITH ORDINALITY"""
