@@ -190,7 +190,7 @@ def _with_stored(store: Store, chosen: Sequence[Cohort | str], defs: dict[str, C
     ``cohorts.get``, which resolves its case or says what is wrong."""
     names = [c for c in chosen if isinstance(c, str) and c not in defs]
     con = connection(store)
-    if not names or not cohorts._has_table(con):
+    if not names:
         return defs
     rows = con.execute("SELECT name, arg_max(definition, version) FROM cohorts "
                        "WHERE name IN (SELECT unnest($names::VARCHAR[])) GROUP BY name", {"names": names}).fetchall()
