@@ -1,8 +1,8 @@
 # Two commands for a fresh machine with Python 3.11+ and make:
 #   make demo   set up .venv, then run the main job on data/sample/
 #   make test   set up .venv with the test tools, then run the test suite
-# While working:  make test-fast   the suite without the end-to-end runs marked slow (~50 s on 2 fast cores,
-#                                  ~85 s of CPU; ~2 min on slower ones; three to four times that on busy cores)
+# While working:  make test-fast   the suite without the end-to-end runs marked slow (~85 s on 2 idle cores,
+#                                  ~150 s of CPU; three to four times that on busy cores)
 # Then:  make lint   ruff and mypy as configured in pyproject.toml (CI runs it after the tests)
 # After the demo:  make lab   JupyterLab on notebooks/ with the demo's store and emulator (toolkit lab)
 PYTHON ?= python3

@@ -20,6 +20,8 @@ from helpers import FOUR_USERS, NOW, a_new_buyer, buyers_and_panel
 from toolkit import Store, alerts, cohorts, export, sync
 from toolkit.emulator import Emulator
 
+pytestmark = pytest.mark.slow     # end to end: alerts raised and resolved over a sync's cycles
+
 # view_rps: the emulator takes views at any pace; a run reading back the users the tag cap refused paced its
 # views at OneSignal's 1/s
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 2, "view_rps": 50}
@@ -330,7 +332,6 @@ def test_configure_reads_the_webhook_from_stdin_and_refuses_bad_values_naming_th
     assert out.returncode == 1 and "no alert channel is configured" in out.stderr
 
 
-@pytest.mark.slow
 def test_toolkit_sync_says_an_alert_was_not_delivered_and_its_notebook_holds_no_secret(world, held_open):
     """The sync notebook run by papermill: the stale "Buyers" (registered, never run) raises an alert the
     webhook refuses; the sync itself is ok (exit 0) and its output and run record say so."""

@@ -29,6 +29,7 @@ def test_the_command_as_a_process_gives_the_shell_its_exit_status(tmp_path):
     assert usage.returncode == 2 and "not allowed with argument --once" in usage.stderr
 
 
+@pytest.mark.slow
 def test_a_load_in_a_terminal_shows_its_progress_and_a_piped_one_shows_none(tmp_path):
     """The bar is tqdm's, shown where a person watches (a terminal: a pseudo-terminal here), never
     in a pipe or a log."""
@@ -126,6 +127,7 @@ def test_mtu_command(tmp_path):
     assert bad.returncode == 2 and "YYYY-MM" in bad.stderr
 
 
+@pytest.mark.slow
 def test_connect_and_export_against_the_emulator(tmp_path, sample_store_copy):
     """The done-when of the export issue, through the real command: connect, export --once and
     --dynamic; segment members equal the exportable members OneSignal has; a rerun after the data
@@ -185,6 +187,7 @@ def _is_uuid(value):
     return is_uuid4(value)
 
 
+@pytest.mark.slow
 def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
     db = tmp_path / "s.duckdb"
     data = tmp_path / "in"

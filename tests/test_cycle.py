@@ -15,6 +15,8 @@ from toolkit.export import merged
 from toolkit.onesignal import Credentials, SyncOneSignalClient
 from toolkit.rate_budget import AppBudget
 
+pytestmark = pytest.mark.slow     # end to end: whole fifteen-minute cycles
+
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3}
 
 
@@ -120,7 +122,6 @@ class _Logged(deque):
         super().append(granted_at)
 
 
-@pytest.mark.slow
 def test_cohorts_changing_at_once_share_the_app_budget_fairly_and_never_exceed_it(tmp_path, monkeypatch):
     """Three cohorts of 40 users, and one user in all three, sent at once to an app allowing 20 requests/s
     and one update per user per second: the shared budget grants no more than 20 requests in any second,
@@ -168,7 +169,6 @@ def test_cohorts_changing_at_once_share_the_app_budget_fairly_and_never_exceed_i
         assert set(order[-third:]) == {"A", "B", "C"}           # C would start past half) and none was done first
 
 
-@pytest.mark.slow
 def test_runs_at_once_that_write_one_row_start_again_and_all_end_ok(tmp_path, monkeypatch):
     """A dead run's record is marked interrupted by every run's start: sixteen runs at once write that one
     row, DuckDB refuses all but one, and the others start again (nothing of them was kept). And each run
@@ -190,7 +190,6 @@ def test_runs_at_once_that_write_one_row_start_again_and_all_end_ok(tmp_path, mo
                    for g in "ABCDEFGHIJKLMNOP") == 32
 
 
-@pytest.mark.slow
 def test_runs_refused_by_the_tag_cap_at_once_each_learn_the_users_tags(tmp_path, monkeypatch):
     """Six cohorts share a user carrying a tag of its own on an app whose plan allows 2 tags: OneSignal
     refuses the user to five of them, each of those runs reads its tags back and keeps them (one row per

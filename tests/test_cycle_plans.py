@@ -12,6 +12,8 @@ from helpers import NOW
 from toolkit import Store, cohort_batch, cohorts, export, snapshots, sync
 from toolkit.export import cycle_plans, tag_caps
 
+pytestmark = pytest.mark.slow     # end to end: whole cycles planned against cohorts planned alone
+
 APP = "00000000-0000-4000-8000-0000000c7c1e"
 URL = "http://127.0.0.1:9"
 
@@ -55,7 +57,6 @@ def _registered(path, seed: int):
     return store, names
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_plans_made_together_equal_each_cohort_planned_alone(sample_store_copy, seed, monkeypatch):
     if seed % 2:
@@ -89,7 +90,6 @@ def test_plans_made_together_equal_each_cohort_planned_alone(sample_store_copy, 
         assert {"unchanged", "changed", "passed"} <= kinds, kinds       # the snapshots gave plans of each kind
 
 
-@pytest.mark.slow
 def test_a_cohort_the_tag_cap_holds_members_of_is_planned_alone(sample_store_copy):
     store, names = _registered(sample_store_copy, 5)
     with store:

@@ -12,6 +12,8 @@ from toolkit import Store, cohorts, export, report, sync
 from toolkit.emulator import Emulator
 from toolkit.errors import SyncPaused
 
+pytestmark = pytest.mark.slow     # end to end: syncs held back, previewed and run
+
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 2}
 USERS = FOUR_USERS
 

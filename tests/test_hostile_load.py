@@ -186,6 +186,7 @@ def test_empty_files_load_nothing_and_are_not_errors(empty_file_store, tmp_path)
     assert_converges(empty_file_store, tmp_path)
 
 
+@pytest.mark.slow
 def test_gzip_bomb_is_refused_early_without_inflating_it_all(empty_file_store, tmp_path):
     bomb = tmp_path / "bomb.jsonl.gz"
     with gzip.open(bomb, "wb", compresslevel=9) as fh:
@@ -225,6 +226,7 @@ def test_an_oversize_record_is_quarantined_with_its_line_and_size_and_the_rest_l
     assert_converges(empty_file_store, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.all_cores
 def test_records_just_under_the_limit_load_within_the_default_memory(empty_file_store, tmp_path):
     path = tmp_path / "big.jsonl"

@@ -101,6 +101,7 @@ def test_cohorts_load_names_the_file_cohort_and_missing_name(world):
 
 # -- one broken cohort in the sync --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_broken_cohort_fails_alone_and_the_others_and_mtu_still_run(world, monkeypatch):
     for k, v in world["env"].items():
         monkeypatch.setenv(k, v)
@@ -198,6 +199,7 @@ def test_fail_on_error_false_lets_the_notebook_finish_but_the_record_still_says_
     assert "SyncFailed" not in executed                          # the notebook itself succeeded
 
 
+@pytest.mark.slow
 def test_a_refused_landing_file_and_a_missing_landing_folder_are_reported(world, monkeypatch):
     for k, v in world["env"].items():
         monkeypatch.setenv(k, v)
@@ -220,6 +222,7 @@ def test_a_refused_landing_file_and_a_missing_landing_folder_are_reported(world,
 
 # -- exit codes of export and schedule ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_exit_codes_ok_partial_failed(world):
     with Store(world["db"]) as store:
         cohorts.save_all(store, [{"name": "Mixed", "static_ids": ["u1", "u5"]},

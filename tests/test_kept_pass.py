@@ -194,6 +194,7 @@ def test_loads_record_changed_users_only_while_a_pass_is_kept(new_store, tmp_pat
         assert members(store, keep=True, now=NOW) == members(store, keep=False, now=NOW)   # whole again
 
 
+@pytest.mark.slow
 def test_snapshots_in_step_are_diffed_on_the_changed_users_alone_with_the_same_plans(tmp_path, monkeypatch,
                                                                                        users_unspaced):
     """A cycle that applied every plan leaves its snapshots in step with its pass. After loads that move

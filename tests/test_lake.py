@@ -20,6 +20,7 @@ def _names(store):
     return [c["name"] for c in cohorts.list_cohorts(store)]
 
 
+@pytest.mark.slow
 def test_export_writes_events_by_day_profiles_and_mappings(sample_lake, sample_store_file):
     days = sorted(p.name for p in (sample_lake / "events").iterdir())
     with Store(sample_store_file, read_only=True) as store:
@@ -74,6 +75,7 @@ def test_identity_from_links_when_the_lake_has_no_mappings(tmp_path):
                     matching.preview(store, name, now=NOW).members), name
 
 
+@pytest.mark.slow
 def test_a_lake_is_written_as_a_data_pipelines_folder_once(sample_lake, sample_store_file, tmp_path):
     project = writer.export_pipelines(sample_lake, tmp_path / "bucket", "3141592")
     assert project == tmp_path / "bucket" / "3141592" and [p.name for p in project.parent.iterdir()] == ["3141592"]
@@ -110,6 +112,7 @@ def test_a_data_pipelines_folder_is_read_in_place_and_deduplicated(sample_lake, 
         assert ev.mtu(store) == mtu.report(store)
 
 
+@pytest.mark.slow
 def test_export_refuses_a_non_empty_target_and_replaces_only_when_asked(sample_store_file, tmp_path):
     target = tmp_path / "lake"
     target.mkdir()
@@ -183,6 +186,7 @@ def test_engine_options_are_checked():
 
 # -- the command -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_commands_over_a_lake(sample_store_copy, tmp_path):
     out = toolkit("lake", "export", "--store", sample_store_copy, tmp_path / "lake", "--json")
     assert out.returncode == 0, out.stderr

@@ -72,6 +72,7 @@ def test_the_engine_line_says_where():
 
 # -- the panels ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_explorer_shows_what_the_cli_previews_over_the_lake(definitions_only, sample_lake, funnel_as_text):
     on_store = widgets.cohort_explorer(definitions_only, now=NOW)
     on_store.select(CHURN)

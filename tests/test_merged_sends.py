@@ -17,6 +17,8 @@ from toolkit.onesignal import Credentials, SyncOneSignalClient
 from toolkit.planning import ADD, REMOVE, Step, Target
 from toolkit.rate_budget import AppBudget, ViewBudget
 
+pytestmark = pytest.mark.slow     # end to end: whole cycles of merged sends, some waiting out a per-user second
+
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3}
 SUBSCRIPTION = "8f0c8b1e-6a51-4c39-9d2e-3f6f3f1b2a77"       # a user known to OneSignal by its Player ID only
 LATER = NOW + timedelta(days=5)
@@ -109,7 +111,6 @@ def patches(emu):
     return [r for r in emu.requests() if r["method"] == "PATCH" and "/users/" in r["path"]]
 
 
-@pytest.mark.slow
 def test_merged_sends_leave_what_cohort_by_cohort_sends_leave(tmp_path, monkeypatch):
     """Two cycles (adds; then removals, new members, a user moving between cohorts), users not in OneSignal
     and one known by its Player ID: the emulator's users end with the same tags, and the runs with the same
@@ -145,7 +146,6 @@ def test_merged_sends_leave_what_cohort_by_cohort_sends_leave(tmp_path, monkeypa
     assert seen["merged", "patches"] < seen["alone", "patches"]
 
 
-@pytest.mark.slow
 def test_a_user_failing_inside_a_merged_request_fails_only_that_users_changes(tmp_path, monkeypatch):
     """OneSignal answering 500 to every try for s1 (in all three cohorts): s1's change fails in each
     cohort, with the reason, every other user is tagged, and the next cycle sends s1 again and converges."""
@@ -171,7 +171,6 @@ def test_a_user_failing_inside_a_merged_request_fails_only_that_users_changes(tm
         assert emu.user_tags(app.app_id)["ext-s1"] == {export.tag_key(g): "1" for g in "ABC"}
 
 
-@pytest.mark.slow
 def test_a_refusal_of_a_merged_request_sends_its_changes_one_by_one(tmp_path, monkeypatch):
     """A 400 to the merged request for s1 may be some changes' doing: they are sent again in halves, each
     getting its own answer (here: all accepted)."""
@@ -188,7 +187,6 @@ def test_a_refusal_of_a_merged_request_sends_its_changes_one_by_one(tmp_path, mo
         assert emu.user_tags(app.app_id)["ext-s1"] == {export.tag_key(g): "1" for g in "ABC"}
 
 
-@pytest.mark.slow
 def test_a_merged_request_over_the_tag_cap_sends_what_the_cap_allows(tmp_path, monkeypatch):
     """The app allows 2 tags and s1 joins three cohorts: the merged request is refused, OneSignal naming the
     cap; the next one carries two of the keys and is accepted; the third is then refused without a
@@ -212,7 +210,6 @@ def test_a_merged_request_over_the_tag_cap_sends_what_the_cap_allows(tmp_path, m
         assert len(emu.user_tags(app.app_id)["ext-s1"]) == 2
 
 
-@pytest.mark.slow
 def test_a_user_with_more_keys_than_one_request_takes_gets_them_in_turn(tmp_path, monkeypatch):
     """Beyond OneSignal's 100 keys per request a user's changes are split (the limit lowered to 2 here, for
     three cohorts): two requests, a second apart (OneSignal's per-user limit is on: no 429)."""
@@ -230,7 +227,6 @@ def test_a_user_with_more_keys_than_one_request_takes_gets_them_in_turn(tmp_path
         assert emu.user_tags(app.app_id)["ext-s1"] == {export.tag_key(g): "1" for g in "ABC"}
 
 
-@pytest.mark.slow
 def test_a_key_revoked_while_merged_sends_are_out_pauses_every_waiting_sync(tmp_path, monkeypatch):
     """The key revoked while the merged requests are out: every sync still waiting for answers stops with the
     403 and is paused (as a run sending on its own would be); what was answered before is kept."""
@@ -324,7 +320,6 @@ def test_the_cycle_counts_the_tags_it_set_on_a_user_across_its_requests():
         assert emu.user_tags(app.app_id)["ext-u"] == {"kA": "1", "kB": "1"}
 
 
-@pytest.mark.slow
 def test_a_merged_request_the_known_tags_take_over_the_cap_carries_only_what_fits(tmp_path, monkeypatch):
     """The toolkit knows the app allows 2 tags and s1 joins three cohorts at once: its one request carries two
     of the keys and OneSignal answers no 400 (no request again in parts, a second apart, at the cycle's end);
@@ -468,7 +463,6 @@ def test_a_stopped_cycles_runs_get_their_answers_before_the_interruption(monkeyp
             sends.close()
 
 
-@pytest.mark.slow
 def test_the_cycles_runs_view_each_refused_user_once_at_the_apps_view_rate(tmp_path, monkeypatch):
     """s1 (in A, B and C) and s3 (in A and C) carry two tags set outside the toolkit on an app allowing 2:
     OneSignal refuses them to every cohort, and the runs read their tags back. OneSignal's View user limit is
@@ -505,7 +499,6 @@ def test_a_cycle_views_each_user_once_and_at_most_its_allowance():
     assert budget.claim(["u5"]) == [] and budget.allowance == 0
 
 
-@pytest.mark.slow
 def test_a_cohort_named_twice_in_a_cycle_does_not_keep_its_other_runs_waiting(tmp_path, monkeypatch):
     """Runs write their last results once the cycle's sends are over, which needs every run to have handed
     over: a cohort named twice runs once (sync._once_each), one run to wait for."""

@@ -24,6 +24,7 @@ def emu(tmp_path, monkeypatch, mixpanel_seconds):
         yield e
 
 
+@pytest.mark.slow
 def test_pull_then_load_into_the_store(emu, tmp_path, capsys):
     db = tmp_path / "s.duckdb"
     code = cli.main(["pull", str(tmp_path / "landing"), "--from", "2026-10-01", "--to", "2026-10-04", "--profiles",
@@ -57,6 +58,7 @@ def test_a_first_pull_without_from_is_a_clear_error(emu, tmp_path, capsys):
     assert "--from" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pull_keeps_a_mixpanel_cohort_and_refreshes_it_on_the_next_pull(emu, tmp_path, capsys):
     db, landing = str(tmp_path / "s.duckdb"), str(tmp_path / "landing")
     assert cli.main(["pull", landing, "--from", "2026-10-01", "--to", "2026-10-01", "--cohort", "11",

@@ -88,6 +88,7 @@ def emulator_folder(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_a_pipelines_folder_loads_to_the_same_store_as_the_same_data_pulled(new_store, emulator_folder, tmp_path,
                                                                             mixpanel_seconds):
     mappings = [{"distinct_id": ANON, "resolved_distinct_id": "u1"},
@@ -134,6 +135,7 @@ def test_a_reload_reads_only_the_new_files_of_a_run_late_events_included(new_sto
         assert store.con.execute("SELECT count(*) FROM events").fetchone()[0] == 21
 
 
+@pytest.mark.slow
 def test_each_people_and_mappings_export_replaces_the_previous_one(new_store, tmp_path):
     root = tmp_path / "bucket"
     folder = write_pipelines(root, events(days=1, per_day=3), profiles(4),

@@ -278,6 +278,7 @@ def test_tag_keys_are_safe_stable_and_distinct():
     assert export.tag_key_problem("app") and export.tag_key_problem("a b") and export.tag_key_problem("x" * 65)
 
 
+@pytest.mark.slow
 def test_cohorts_with_hostile_names_export_with_their_keys_and_segments(empty_file_store, unlimited_emulator):
     app = unlimited_emulator.add_app()
     unlimited_emulator.add_user(app.app_id, external_id="u1")

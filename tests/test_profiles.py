@@ -71,6 +71,7 @@ def test_engage_page_bare_list_and_json_lines(empty_store, tmp_path):
         ("u1", "1"), ("u2", "2"), ("u3", "3")]
 
 
+@pytest.mark.slow
 @pytest.mark.all_cores
 def test_a_large_engage_page_loads_within_the_load_memory(empty_store, tmp_path, monkeypatch):
     """One Engage page holding 20,000 profiles (8 MB) under a 600 MB load memory, which the page's
@@ -86,6 +87,7 @@ def test_a_large_engage_page_loads_within_the_load_memory(empty_store, tmp_path,
                        "FROM profiles") == [(20_000, 20_000)]
 
 
+@pytest.mark.slow
 @pytest.mark.all_cores
 def test_many_engage_pages_load_within_the_load_memory(empty_store, tmp_path, monkeypatch):
     """Forty pages of 1,000 profiles (16 MB) under a 300 MB load memory: parsing all the pages of one

@@ -15,6 +15,8 @@ from toolkit.emulator import Emulator
 from toolkit.onesignal import Credentials
 from toolkit.store import Store
 
+pytestmark = pytest.mark.slow     # end to end: exports changed behind the toolkit's back, reconciled and repaired
+
 COHORT = "Tech fans worth a call"
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 30, "view_rps": 50}
 

@@ -64,6 +64,7 @@ def requests(world):
     return len(world["emu"].requests())
 
 
+@pytest.mark.slow
 def test_a_revoked_key_pauses_the_sync_until_a_person_resumes_it(world):
     (first,) = due_runs(world, LATER[0])
     assert first.status == "ok" and state(world)["state"] == "active"
@@ -146,6 +147,7 @@ def test_pause_and_resume_by_a_person(world):
     assert stopped.returncode == 1 and "stopped" in stopped.stderr
 
 
+@pytest.mark.slow
 def test_resume_all_resumes_every_paused_sync_of_an_app_naming_each(world):
     other = world["emu"].add_app()
     with Store(world["db"]) as store:
@@ -191,6 +193,7 @@ def test_registering_the_sync_again_clears_a_pause(world):
     assert state(world)["state"] == "active"
 
 
+@pytest.mark.slow
 def test_toolkit_runs_shows_each_syncs_state_and_match_rate_and_writes_the_members_csv(world, tmp_path):
     import csv
     import json
@@ -226,6 +229,7 @@ def test_toolkit_runs_shows_each_syncs_state_and_match_rate_and_writes_the_membe
     assert toolkit("runs", "--members", "-", "--db", world["db"]).returncode == 2     # which run?
 
 
+@pytest.mark.slow
 def test_the_export_panel_shows_states_charts_the_match_rate_writes_the_csv_and_resumes(world, tmp_path):
     import base64
     import csv

@@ -12,6 +12,8 @@ from toolkit.emulator import Emulator, limits
 from toolkit.onesignal import Credentials, SyncOneSignalClient
 from toolkit.rate_budget import VIEWS_PER_CYCLE
 
+pytestmark = pytest.mark.slow     # end to end: View-rate reads paced in real time
+
 VIEW_RPS = 4.0            # the app's View user rate in these tests (OneSignal's is 1/s: 10 views would take 10 s)
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, "max_attempts": 3, "view_rps": VIEW_RPS}
 USERS = [f"u{i:02}" for i in range(14)]       # more than a cycle may view

@@ -158,6 +158,7 @@ def test_connect_without_a_key_says_what_is_missing(sample_store_copy, unlimited
 
 # -- explore ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_explorer_shows_each_cohort_as_matching_does(sample_store_copy):
     explorer = widgets.cohort_explorer(sample_store_copy, now=NOW)
     names = list(explorer.cohort.options)
@@ -223,6 +224,7 @@ def counts_shown(panel) -> tuple[int, int, int]:
     return tuple(int(x.replace(",", "")) for x in m.groups())
 
 
+@pytest.mark.slow
 def test_preview_export_and_preview_again(sample_store_copy, unlimited_emulator, sample_app, connection):
     panel = widgets.export_panel(sample_store_copy, connection, now=NOW)
     panel.cohort.value = CHURN
